@@ -1,0 +1,328 @@
+//! `host flow run|inspect` and `host build`.
+
+use super::output::{Progress, print_summary};
+use super::{Exit, JsonFlag, paths};
+use crate::builder::{self, Built};
+use crate::clock::SystemClock;
+use crate::config::Paths;
+use crate::control::Control;
+use crate::engine::{Component, Engine, EngineConfig, EngineError, LoadKind, human_bytes};
+use crate::model::{FlowDef, Policy, RunState};
+use crate::protocol::{build_params, validate_params};
+use crate::store::{ComponentFiles, Store, Write};
+use crate::worker::{Executor, ExecutorSettings, FlowRunRequest};
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+#[derive(Subcommand, Debug)]
+pub enum FlowCommand {
+    /// Build (if needed) and run a flow in this process, showing live task states.
+    #[command(after_help = "Examples:
+  host flow run examples/etl --param rows=500
+  host flow run my_flow.wasm etl --params-json '{\"rows\": 10}' --json")]
+    Run(RunArgs),
+    /// Print a component's manifest: its flows, tasks, parameters and policies.
+    Inspect(InspectArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// A guest project folder (built first) or a .wasm component.
+    path: PathBuf,
+    /// The flow to run; may be left out when the component has only one.
+    flow: Option<String>,
+    /// A parameter as key=value; the value is read as JSON when it parses (rows=500), else as text.
+    #[arg(long = "param", short = 'p', value_name = "KEY=VALUE")]
+    params: Vec<String>,
+    /// All parameters as one JSON object; --param values override its keys.
+    #[arg(long, value_name = "JSON")]
+    params_json: Option<String>,
+    /// Override the flow's timeout, e.g. 30s or 5m.
+    #[arg(long, value_name = "DURATION")]
+    timeout: Option<humantime::Duration>,
+    /// Print one JSON object with the run's id, state, result and totals.
+    #[arg(long)]
+    json: bool,
+    /// Do not print the flow's log lines.
+    #[arg(long, short)]
+    quiet: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct InspectArgs {
+    /// A guest project folder (built first) or a .wasm component.
+    path: PathBuf,
+    #[command(flatten)]
+    format: JsonFlag,
+}
+
+#[derive(Args, Debug)]
+pub struct BuildArgs {
+    /// The guest project folder.
+    path: PathBuf,
+    #[command(flatten)]
+    format: JsonFlag,
+}
+
+pub fn run(command: FlowCommand) -> anyhow::Result<()> {
+    match command {
+        FlowCommand::Run(args) => run_flow(args),
+        FlowCommand::Inspect(args) => inspect(args),
+    }
+}
+
+pub fn build(args: BuildArgs) -> anyhow::Result<()> {
+    let built = build_component(&args.path, !args.format.json)?;
+    let bytes = std::fs::read(&built.wasm).with_context(|| format!("reading {}", built.wasm.display()))?;
+    let runtime = runtime()?;
+    let local = Local::open(&paths())?;
+    let component = runtime.block_on(local.load(&built.wasm, &bytes))?;
+    if args.format.json {
+        let json = serde_json::json!({
+            "wasm": built.wasm,
+            "digest": component.digest.as_str(),
+            "size_bytes": component.size_bytes,
+            "flows": component.manifest.flow_names(),
+        });
+        println!("{json}");
+    } else {
+        println!(
+            "Built {} ({}, sha256 {}), flows: {}",
+            built.wasm.display(),
+            human_bytes(component.size_bytes),
+            component.digest.short(),
+            component.manifest.flow_names().join(", ")
+        );
+    }
+    Ok(())
+}
+
+fn build_component(path: &std::path::Path, show_progress: bool) -> anyhow::Result<Built> {
+    builder::build(path, show_progress).map_err(|e| match e {
+        builder::BuildError::Missing(_) | builder::BuildError::UnknownProject(_) => Exit::bad_input(e.to_string()),
+        other => anyhow::Error::new(other),
+    })
+}
+
+fn inspect(args: InspectArgs) -> anyhow::Result<()> {
+    let built = build_component(&args.path, !args.format.json)?;
+    let bytes = std::fs::read(&built.wasm).with_context(|| format!("reading {}", built.wasm.display()))?;
+    let runtime = runtime()?;
+    let local = Local::open(&paths())?;
+    let component = runtime.block_on(local.load(&built.wasm, &bytes))?;
+    if args.format.json {
+        let json = serde_json::json!({
+            "digest": component.digest.as_str(),
+            "size_bytes": component.size_bytes,
+            "manifest": &*component.manifest,
+        });
+        println!("{}", serde_json::to_string_pretty(&json)?);
+        return Ok(());
+    }
+    let m = &component.manifest;
+    println!("component  sha256:{}  ({})", component.digest, human_bytes(component.size_bytes));
+    if let Some(sdk) = &m.sdk {
+        println!("sdk        {} {}", sdk.language, sdk.version);
+    }
+    println!();
+    for flow in &m.flows {
+        println!("flow {}{}", flow.name, describe_line(&flow.description));
+        if let Some(schema) = &flow.params_schema {
+            for line in param_lines(schema) {
+                println!("    {line}");
+            }
+        }
+        print_policy(&flow.policy);
+    }
+    println!();
+    for task in &m.tasks {
+        println!("task {}{}", task.name, describe_line(&task.description));
+        print_policy(&task.policy);
+    }
+    Ok(())
+}
+
+fn describe_line(description: &str) -> String {
+    match description.lines().next() {
+        Some(first) if !first.is_empty() => format!("  — {first}"),
+        _ => String::new(),
+    }
+}
+
+fn param_lines(schema: &serde_json::Value) -> Vec<String> {
+    let required: Vec<&str> = schema["required"].as_array().into_iter().flatten().filter_map(|v| v.as_str()).collect();
+    let Some(props) = schema["properties"].as_object() else { return Vec::new() };
+    props
+        .iter()
+        .map(|(name, prop)| {
+            let ty = match &prop["type"] {
+                serde_json::Value::String(t) => t.clone(),
+                serde_json::Value::Array(ts) => ts.iter().filter_map(|t| t.as_str()).collect::<Vec<_>>().join("|"),
+                _ => "any".into(),
+            };
+            let default = prop.get("default").map(|d| format!(" = {d}")).unwrap_or_default();
+            let req = if required.contains(&name.as_str()) { " (required)" } else { "" };
+            format!("--param {name}=<{ty}>{default}{req}")
+        })
+        .collect()
+}
+
+fn print_policy(policy: &Policy) {
+    let json = serde_json::to_value(policy).unwrap_or_default();
+    if let Some(map) = json.as_object().filter(|m| !m.is_empty()) {
+        let parts: Vec<String> = map.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        println!("    policy: {}", parts.join(" "));
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("weir-worker")
+        .build()
+        .context("starting the async runtime")
+}
+
+/// The local database, component files and engine.
+pub(crate) struct Local {
+    pub store: Arc<Store>,
+    pub files: ComponentFiles,
+    pub engine: Arc<Engine>,
+}
+
+impl Local {
+    pub fn open(paths: &Paths) -> anyhow::Result<Local> {
+        let store = Arc::new(Store::open(&paths.database())?);
+        let engine = Arc::new(Engine::new(EngineConfig {
+            cache_dir: Some(paths.compile_cache()),
+            ..EngineConfig::default()
+        })?);
+        Ok(Local { store, files: ComponentFiles::new(paths.components()), engine })
+    }
+
+    /// Validates, stores and records a component.
+    pub async fn load(&self, origin: &std::path::Path, bytes: &[u8]) -> anyhow::Result<Component> {
+        let component = self.engine.load(bytes).await.map_err(|e| match e {
+            EngineError::Setup(_) | EngineError::Cache { .. } => anyhow::Error::new(e),
+            other => Exit::bad_input(format!("{}: {other}", origin.display())),
+        })?;
+        self.files.put(bytes).context("storing the component")?;
+        let manifest = serde_json::to_string(&*component.manifest)?;
+        self.store
+            .submit(vec![Write::Component {
+                digest: component.digest.clone(),
+                size_bytes: component.size_bytes,
+                manifest,
+                at: crate::clock::Clock::now_micros(&SystemClock),
+            }])
+            .committed()
+            .await?;
+        Ok(component)
+    }
+
+    pub fn executor(&self) -> Arc<Executor> {
+        let control = Arc::new(Control::new(self.store.clone(), Arc::new(SystemClock)));
+        Executor::new(self.engine.clone(), control, ExecutorSettings::default())
+    }
+}
+
+fn choose_flow<'a>(component: &'a Component, wanted: Option<&str>) -> anyhow::Result<&'a FlowDef> {
+    let manifest = &component.manifest;
+    match wanted {
+        Some(name) => manifest.flow(name).ok_or_else(|| {
+            Exit::bad_input(format!(
+                "no flow named '{name}' in this component; it has: {}",
+                manifest.flow_names().join(", ")
+            ))
+        }),
+        None if manifest.flows.len() == 1 => Ok(&manifest.flows[0]),
+        None => Err(Exit::bad_input(format!(
+            "this component has several flows; name one: {}",
+            manifest.flow_names().join(", ")
+        ))),
+    }
+}
+
+fn run_flow(args: RunArgs) -> anyhow::Result<()> {
+    let tty = std::io::stderr().is_terminal() && !args.json;
+    let built = build_component(&args.path, !args.json)?;
+    let bytes = std::fs::read(&built.wasm).with_context(|| format!("reading {}", built.wasm.display()))?;
+
+    let runtime = runtime()?;
+    let local = Local::open(&paths())?;
+    let component = runtime.block_on(local.load(&built.wasm, &bytes))?;
+    let flow = choose_flow(&component, args.flow.as_deref())?;
+    let params = build_params(args.params_json.as_deref(), &args.params, flow.params_schema.as_ref())
+        .map_err(|e| Exit::bad_input(e.to_string()))?;
+    if let Some(schema) = &flow.params_schema {
+        validate_params(schema, &params).map_err(|e| Exit::bad_input(e.to_string()))?;
+    }
+    if !args.json {
+        let load = match component.load {
+            LoadKind::Compiled { millis } => format!("compiled in {millis} ms"),
+            LoadKind::Cached { millis } => format!("loaded from cache in {millis} ms"),
+        };
+        eprintln!("Running flow '{}' of {} ({load})", flow.name, built.wasm.display());
+    }
+
+    let executor = local.executor();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut request = FlowRunRequest::new(component.clone(), flow.name.clone(), params.to_string());
+    request.events = Some(tx);
+    if let Some(timeout) = args.timeout {
+        request.policy_override.timeout_ms = Some(timeout.as_millis() as u64);
+    }
+    let cancel = request.cancel.clone();
+    let progress = Progress::new(tty, args.json, args.quiet);
+    let outcome = runtime.block_on(async {
+        let watcher = tokio::spawn(progress.watch(rx));
+        let ctrl_c = cancel.clone();
+        tokio::spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                eprintln!("\nCancelling the run (Ctrl-C) ...");
+                ctrl_c.cancel();
+            }
+        });
+        let outcome = executor.run_flow(request).await;
+        let _ = watcher.await;
+        outcome
+    })?;
+    local.store.close();
+
+    if args.json {
+        let result = outcome.result.as_ref().ok().and_then(|r| serde_json::from_str::<serde_json::Value>(r).ok());
+        let error = outcome.result.as_ref().err().map(|f| serde_json::json!({"kind": f.kind, "message": f.message}));
+        let json = serde_json::json!({
+            "flow_run_id": outcome.id.to_string(),
+            "flow": flow.name,
+            "state": outcome.state,
+            "result": result,
+            "error": error,
+            "summary": outcome.summary,
+        });
+        println!("{json}");
+    } else {
+        match &outcome.result {
+            Ok(result) => {
+                eprintln!("\n✓ {} flow '{}' (run {})", outcome.state, flow.name, outcome.id);
+                println!("{}", pretty_json(result));
+            }
+            Err(failure) => {
+                eprintln!("\n✗ {} flow '{}' (run {})", outcome.state, flow.name, outcome.id);
+                eprintln!("  {failure}");
+            }
+        }
+        print_summary(&outcome.summary);
+        eprintln!("  details: host flow-run inspect {}   logs: host flow-run logs {}", outcome.id, outcome.id);
+    }
+    if outcome.state == RunState::Completed { Ok(()) } else { Err(Exit::code(1)) }
+}
+
+fn pretty_json(text: &str) -> String {
+    serde_json::from_str::<serde_json::Value>(text)
+        .and_then(|v| serde_json::to_string_pretty(&v))
+        .unwrap_or_else(|_| text.to_string())
+}

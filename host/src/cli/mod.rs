@@ -1,0 +1,97 @@
+//! The command line: the only module (with `main`) that names clap and anyhow.
+//!
+//! Commands read and write the local `$WEIR_HOME` database. Exit codes: 0 when
+//! the command (and the run it started) succeeded, 1 when a run ended in any
+//! state but Completed, 2 when the command could not start (bad input).
+
+mod flow;
+mod output;
+mod runs;
+
+use crate::config::Paths;
+use clap::{Args, Parser, Subcommand};
+
+const ABOUT: &str = "Weir runs workflows whose flows and tasks are WebAssembly components.
+
+Every task runs in its own sandbox with fuel, memory and deadline limits, and every
+state change and log line is recorded in $WEIR_HOME (default ~/.weir).";
+
+const AFTER_HELP: &str = "Examples:
+  host flow run examples/etl --param rows=500     build, run and watch a flow
+  host flow inspect examples/etl                  show its flows, tasks and policies
+  host flow-run ls                                recent runs
+  host flow-run inspect <ID>                      a run's tasks, attempts and limits
+  host flow-run logs <ID>                         a run's log";
+
+#[derive(Parser, Debug)]
+#[command(name = "host", version, about = ABOUT, after_help = AFTER_HELP, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run, inspect and build flows.
+    #[command(subcommand)]
+    Flow(flow::FlowCommand),
+    /// Compile a guest project (a folder with Cargo.toml) to a component.
+    Build(flow::BuildArgs),
+    /// Look at recorded flow runs.
+    #[command(name = "flow-run", subcommand)]
+    FlowRun(runs::FlowRunCommand),
+    /// Print the version of the host and its WebAssembly runtime.
+    Version(JsonFlag),
+}
+
+#[derive(Args, Debug, Clone, Copy)]
+pub struct JsonFlag {
+    /// Print JSON instead of text (for scripts).
+    #[arg(long)]
+    json: bool,
+}
+
+/// An error that carries the exit code it should end the process with.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct Exit {
+    pub code: i32,
+    pub message: String,
+}
+
+impl Exit {
+    /// The command could not start: what was wrong with the input.
+    pub fn bad_input(message: impl Into<String>) -> anyhow::Error {
+        Exit { code: 2, message: message.into() }.into()
+    }
+    /// Silent exit with a code (the output already said why).
+    pub fn code(code: i32) -> anyhow::Error {
+        Exit { code, message: String::new() }.into()
+    }
+}
+
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Version(flags) => version(flags),
+        Command::Build(args) => flow::build(args),
+        Command::Flow(command) => flow::run(command),
+        Command::FlowRun(command) => runs::run(command),
+    }
+}
+
+fn version(flags: JsonFlag) -> anyhow::Result<()> {
+    let host = env!("CARGO_PKG_VERSION");
+    let runtime = "wasmtime 48";
+    let wit = "weir:flow@0.1.0";
+    if flags.json {
+        println!("{}", serde_json::json!({"host": host, "runtime": runtime, "wit": wit}));
+    } else {
+        println!("host {host} ({runtime}, world {wit})");
+    }
+    Ok(())
+}
+
+/// `$WEIR_HOME`, or `~/.weir`.
+pub(crate) fn paths() -> Paths {
+    Paths::resolve(std::env::var("WEIR_HOME").ok().as_deref(), std::env::var("HOME").ok().as_deref())
+}

@@ -1,0 +1,182 @@
+//! How the CLI shows things: live progress, summaries and tables.
+
+use crate::clock::format_rfc3339;
+use crate::engine::human_bytes;
+use crate::model::{LogLevel, RunState};
+use crate::worker::{RunEvent, RunSummary};
+use indicatif::{ProgressBar, ProgressStyle};
+use std::collections::HashMap;
+use std::time::Duration;
+use tokio::sync::mpsc::UnboundedReceiver;
+
+/// Renders run events: a live status line on a terminal, plain lines otherwise.
+pub struct Progress {
+    bar: Option<ProgressBar>,
+    json: bool,
+    quiet: bool,
+}
+
+#[derive(Default)]
+struct Counts {
+    running: u64,
+    completed: u64,
+    cached: u64,
+    retrying: u64,
+    failed: u64,
+}
+
+impl Progress {
+    pub fn new(tty: bool, json: bool, quiet: bool) -> Progress {
+        let bar = tty.then(|| {
+            let bar = ProgressBar::new_spinner();
+            bar.set_style(ProgressStyle::with_template("{spinner} {msg} [{elapsed}]").unwrap_or_else(|_| ProgressStyle::default_spinner()));
+            bar.enable_steady_tick(Duration::from_millis(100));
+            bar
+        });
+        Progress { bar, json, quiet }
+    }
+
+    pub async fn watch(self, mut events: UnboundedReceiver<RunEvent>) {
+        let mut counts = Counts::default();
+        let mut attempts: HashMap<crate::model::TaskRunId, u32> = HashMap::new();
+        while let Some(event) = events.recv().await {
+            match event {
+                RunEvent::FlowStarted { flow_name, attempt, .. } if attempt > 1 => {
+                    self.line(&format!("flow '{flow_name}' attempt {attempt}"));
+                }
+                RunEvent::FlowStarted { .. } => {}
+                RunEvent::TaskStarted { id, attempt, .. } => {
+                    if attempt == 1 {
+                        counts.running += 1;
+                    } else {
+                        counts.retrying = counts.retrying.saturating_sub(1);
+                    }
+                    attempts.insert(id, attempt);
+                }
+                RunEvent::TaskRetrying { .. } => counts.retrying += 1,
+                RunEvent::TaskFinished { id, state, .. } => {
+                    if attempts.remove(&id).is_some() {
+                        counts.running = counts.running.saturating_sub(1);
+                    }
+                    match state {
+                        RunState::Completed => counts.completed += 1,
+                        RunState::Cached => counts.cached += 1,
+                        _ => counts.failed += 1,
+                    }
+                }
+                RunEvent::Log { task, level, message } => {
+                    if !self.quiet {
+                        let who = task.map(|t| format!("[{t}] ")).unwrap_or_default();
+                        self.line(&format!("{} {:<5} {who}{message}", now(), level_label(level)));
+                    }
+                }
+                RunEvent::FlowFinished { .. } => break,
+            }
+            if let Some(bar) = &self.bar {
+                bar.set_message(format!(
+                    "tasks: {} running · {} completed · {} cached · {} retrying · {} failed",
+                    counts.running, counts.completed, counts.cached, counts.retrying, counts.failed
+                ));
+            }
+        }
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
+
+    fn line(&self, text: &str) {
+        if self.json {
+            return;
+        }
+        match &self.bar {
+            Some(bar) => bar.println(text),
+            None => eprintln!("{text}"),
+        }
+    }
+}
+
+fn now() -> String {
+    let micros = crate::clock::Clock::now_micros(&crate::clock::SystemClock);
+    format_rfc3339(micros)[11..23].to_string()
+}
+
+pub fn level_label(level: LogLevel) -> &'static str {
+    match level {
+        LogLevel::Trace => "TRACE",
+        LogLevel::Debug => "DEBUG",
+        LogLevel::Info => "INFO",
+        LogLevel::Warn => "WARN",
+        LogLevel::Error => "ERROR",
+    }
+}
+
+pub fn print_summary(summary: &RunSummary) {
+    eprintln!(
+        "  tasks {} · attempts {} · cached {} · replayed {} · failed {} · fuel {} · peak memory {} · {}",
+        summary.tasks,
+        summary.attempts,
+        summary.cached,
+        summary.replayed,
+        summary.failed,
+        format_count(summary.fuel_used),
+        human_bytes(summary.peak_memory_bytes),
+        format_duration(summary.duration)
+    );
+}
+
+pub fn format_count(n: u64) -> String {
+    match n {
+        0..1_000 => n.to_string(),
+        1_000..1_000_000 => format!("{:.1}k", n as f64 / 1e3),
+        1_000_000..1_000_000_000 => format!("{:.1}M", n as f64 / 1e6),
+        _ => format!("{:.1}G", n as f64 / 1e9),
+    }
+}
+
+pub fn format_duration(d: Duration) -> String {
+    if d < Duration::from_millis(1) {
+        format!("{} µs", d.as_micros())
+    } else if d < Duration::from_secs(10) {
+        format!("{:.1} ms", d.as_secs_f64() * 1000.0)
+    } else {
+        format!("{:.1} s", d.as_secs_f64())
+    }
+}
+
+/// A plain text table with left-aligned columns.
+pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (i, cell) in row.iter().enumerate() {
+            widths[i] = widths[i].max(cell.chars().count());
+        }
+    }
+    let render = |cells: Vec<&str>| {
+        let line: Vec<String> = cells.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        line.join("  ").trim_end().to_string()
+    };
+    let mut out = vec![render(headers.to_vec())];
+    for row in rows {
+        out.push(render(row.iter().map(String::as_str).collect()));
+    }
+    out.join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tables_align_columns() {
+        let t = table(&["ID", "STATE"], &[vec!["a".into(), "Completed".into()], vec!["bbb".into(), "Failed".into()]]);
+        assert_eq!(t, "ID   STATE\na    Completed\nbbb  Failed");
+    }
+
+    #[test]
+    fn counts_and_durations_read_well() {
+        assert_eq!(format_count(999), "999");
+        assert_eq!(format_count(1_500_000), "1.5M");
+        assert_eq!(format_duration(Duration::from_micros(250)), "250 µs");
+        assert_eq!(format_duration(Duration::from_millis(1500)), "1500.0 ms");
+    }
+}

@@ -1,0 +1,95 @@
+//! Time as the rest of the host sees it: a `Clock` that can be replaced in tests.
+//!
+//! No IO and no async. Waiting is the worker's business; it asks a clock what
+//! time it is and records that, so tests can drive time by hand.
+
+use crate::model::TimestampMicros;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+pub trait Clock: Send + Sync + 'static {
+    /// Microseconds since the Unix epoch.
+    fn now_micros(&self) -> TimestampMicros;
+}
+
+/// The machine's wall clock.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now_micros(&self) -> TimestampMicros {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_micros() as i64)
+            .unwrap_or(0)
+    }
+}
+
+/// A clock that moves only when told to.
+#[derive(Clone, Debug, Default)]
+pub struct ManualClock(Arc<AtomicI64>);
+
+impl ManualClock {
+    pub fn starting_at(micros: TimestampMicros) -> Self {
+        Self(Arc::new(AtomicI64::new(micros)))
+    }
+    pub fn advance(&self, by: Duration) {
+        self.0.fetch_add(by.as_micros() as i64, Ordering::SeqCst);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now_micros(&self) -> TimestampMicros {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// RFC 3339 text for a timestamp, in UTC with millisecond precision.
+pub fn format_rfc3339(micros: TimestampMicros) -> String {
+    let secs = micros.div_euclid(1_000_000);
+    let millis = micros.rem_euclid(1_000_000) / 1000;
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    let (y, m, d) = civil_from_days(days);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{millis:03}Z",
+        rem / 3600,
+        (rem / 60) % 60,
+        rem % 60
+    )
+}
+
+/// Days since 1970-01-01 to (year, month, day); Howard Hinnant's algorithm.
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_known_instants() {
+        assert_eq!(format_rfc3339(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(format_rfc3339(951_782_400_123_000), "2000-02-29T00:00:00.123Z");
+        assert_eq!(format_rfc3339(1_795_000_000_000_000), "2026-11-18T07:06:40.000Z");
+    }
+
+    #[test]
+    fn manual_clock_moves_only_when_told() {
+        let clock = ManualClock::starting_at(10);
+        assert_eq!(clock.now_micros(), 10);
+        clock.advance(Duration::from_millis(2));
+        assert_eq!(clock.now_micros(), 2010);
+    }
+}

@@ -1,0 +1,114 @@
+//! Application services: each state change is decided by `orchestrate` and then
+//! queued to the store as one atomic unit with whatever goes with it.
+//!
+//! Nothing else writes run states. Callers say which state they believe a run is
+//! in; `orchestrate` decides whether the move is allowed and the store checks
+//! the belief with compare-and-set.
+
+use crate::clock::Clock;
+use crate::model::{RunState, TimestampMicros};
+use crate::orchestrate::{self, InvalidTransition};
+use crate::store::{NewFlowRun, NewTaskRun, StateChange, Store, StoreError, Ticket, Write};
+use std::sync::Arc;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error(transparent)]
+    InvalidTransition(#[from] InvalidTransition),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+pub struct Control {
+    store: Arc<Store>,
+    clock: Arc<dyn Clock>,
+}
+
+/// How long the caller is prepared to wait for a write.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Durability {
+    /// Return a ticket that resolves on commit.
+    Committed,
+    /// Queue and move on (logs, intermediate states).
+    Detached,
+}
+
+impl Control {
+    pub fn new(store: Arc<Store>, clock: Arc<dyn Clock>) -> Self {
+        Self { store, clock }
+    }
+
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    pub fn now(&self) -> TimestampMicros {
+        self.clock.now_micros()
+    }
+
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
+    }
+
+    pub fn create_flow_run(&self, run: NewFlowRun, durability: Durability) -> Result<Option<Ticket>, ControlError> {
+        orchestrate::decide(None, run.state)?;
+        Ok(self.submit(vec![Write::NewFlowRun(run)], durability))
+    }
+
+    pub fn create_task_run(&self, run: NewTaskRun, durability: Durability) -> Result<Option<Ticket>, ControlError> {
+        orchestrate::decide(None, run.state)?;
+        Ok(self.submit(vec![Write::NewTaskRun(run)], durability))
+    }
+
+    /// Moves a flow run, together with `with` (e.g. its last logs), in one unit.
+    pub fn change_flow_run(
+        &self,
+        change: StateChange,
+        with: Vec<Write>,
+        durability: Durability,
+    ) -> Result<Option<Ticket>, ControlError> {
+        orchestrate::decide(Some(change.from), change.to)?;
+        let mut writes = with;
+        writes.push(Write::FlowRunState(change));
+        Ok(self.submit(writes, durability))
+    }
+
+    /// Moves a task run, together with `with` (e.g. its attempt record), in one unit.
+    pub fn change_task_run(
+        &self,
+        change: StateChange,
+        with: Vec<Write>,
+        durability: Durability,
+    ) -> Result<Option<Ticket>, ControlError> {
+        orchestrate::decide(Some(change.from), change.to)?;
+        let mut writes = with;
+        writes.push(Write::TaskRunState(change));
+        Ok(self.submit(writes, durability))
+    }
+
+    /// Writes that carry no state change (logs, components).
+    pub fn record(&self, writes: Vec<Write>, durability: Durability) -> Option<Ticket> {
+        self.submit(writes, durability)
+    }
+
+    fn submit(&self, writes: Vec<Write>, durability: Durability) -> Option<Ticket> {
+        match durability {
+            Durability::Committed => Some(self.store.submit(writes)),
+            Durability::Detached => {
+                self.store.submit_detached(writes);
+                None
+            }
+        }
+    }
+
+    /// Marks a run that a dead process left behind as `Crashed`.
+    pub async fn mark_crashed(&self, id: crate::model::FlowRunId, from: RunState) -> Result<(), ControlError> {
+        let mut change = StateChange::new(id.0, from, RunState::Crashed, self.now());
+        change.message = Some("the process running it stopped before it finished".into());
+        change.failure_kind = Some(crate::model::FailureKind::Crashed);
+        if let Some(ticket) = self.change_flow_run(change, Vec::new(), Durability::Committed)? {
+            ticket.committed().await?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,93 @@
+//! Compiled artifacts on disk, so a component is compiled once per engine.
+//!
+//! An artifact is named by the component's sha256 and the engine's
+//! compatibility hash, and stored with the sha256 of its own bytes in a
+//! sidecar file. On load both names and the checksum must match, or the
+//! artifact is recompiled: a stale, foreign or damaged file is never trusted.
+//! Files are written to a temporary name and renamed, so a crash leaves no
+//! half-written artifact behind.
+
+use super::{EngineError, compile};
+use crate::model::ComponentDigest;
+use sha2::{Digest, Sha256};
+use std::hash::{Hash, Hasher};
+use std::path::Path;
+use wasmtime::component::Component;
+
+pub fn load_or_compile(
+    engine: &wasmtime::Engine,
+    dir: &Path,
+    digest: &ComponentDigest,
+    bytes: &[u8],
+) -> Result<(Component, bool), EngineError> {
+    let name = format!("{}-{:016x}", digest, compatibility_hash(engine));
+    let artifact = dir.join(format!("{name}.cwasm"));
+    let checksum = dir.join(format!("{name}.sha256"));
+
+    if let (Ok(code), Ok(expected)) = (std::fs::read(&artifact), std::fs::read_to_string(&checksum))
+        && hex::encode(Sha256::digest(&code)) == expected.trim()
+    {
+        // SAFETY: the bytes were produced by `Component::serialize` of an engine
+        // with the same compatibility hash (it is in the file name) and are
+        // unchanged since (the checksum matches).
+        match unsafe { Component::deserialize(engine, &code) } {
+            Ok(component) => return Ok((component, true)),
+            Err(e) => tracing::warn!(path = %artifact.display(), "recompiling: cached artifact rejected: {e}"),
+        }
+    }
+
+    let component = compile(engine, bytes)?;
+    let cache_error = |message: String| EngineError::Cache { path: artifact.clone(), message };
+    let code = component.serialize().map_err(|e| cache_error(e.to_string()))?;
+    if let Err(e) = write_atomically(dir, &artifact, &checksum, &code) {
+        // A cache that cannot be written costs time, not correctness.
+        tracing::warn!(path = %artifact.display(), "could not cache compiled component: {e}");
+    }
+    Ok((component, false))
+}
+
+fn write_atomically(dir: &Path, artifact: &Path, checksum: &Path, code: &[u8]) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let tmp = tempfile_in(dir, code)?;
+    tmp.persist(artifact)?;
+    let sum = hex::encode(Sha256::digest(code));
+    let tmp = tempfile_in(dir, sum.as_bytes())?;
+    tmp.persist(checksum)?;
+    Ok(())
+}
+
+/// A file in `dir` holding `bytes`, removed unless persisted.
+fn tempfile_in(dir: &Path, bytes: &[u8]) -> std::io::Result<TempFile> {
+    use std::io::Write;
+    let path = dir.join(format!(".tmp-{}", uuid::Uuid::now_v7()));
+    let mut file = std::fs::File::create(&path)?;
+    let guard = TempFile { path };
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    Ok(guard)
+}
+
+struct TempFile {
+    path: std::path::PathBuf,
+}
+
+impl TempFile {
+    fn persist(self, to: &Path) -> std::io::Result<()> {
+        std::fs::rename(&self.path, to)?;
+        std::mem::forget(self);
+        Ok(())
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+fn compatibility_hash(engine: &wasmtime::Engine) -> u64 {
+    // `DefaultHasher::new()` uses fixed keys, so the value is stable across runs.
+    let mut hasher = std::hash::DefaultHasher::new();
+    engine.precompile_compatibility_hash().hash(&mut hasher);
+    hasher.finish()
+}

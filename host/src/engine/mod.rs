@@ -1,0 +1,693 @@
+//! The sandbox: the only module that names wasmtime.
+//!
+//! One `Engine` with fuel, epoch interruption and a pooling allocator; one
+//! `Component` (an `InstancePre`) per uploaded `.wasm`; a fresh `Store` per flow
+//! and per task attempt. A guest's imports are served by a [`GuestHost`] that the
+//! caller supplies, so the engine knows nothing of runs, policies or the store.
+//!
+//! Every way a guest can fail (fuel, deadline, memory, trap, bad output) comes
+//! back as a [`Failure`] inside an [`Execution`]; nothing a guest does is an
+//! error of the host.
+
+mod cache;
+mod output;
+
+use crate::model::{
+    ComponentDigest, Failure, FailureKind, Limits, LogLevel, Manifest, RunInfo,
+};
+use sha2::{Digest, Sha256};
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+use wasmtime::component::{HasSelf, Linker, ResourceTable};
+use wasmtime::{
+    Config, InstanceAllocationStrategy, PoolingAllocationConfig, ResourceLimiter, Store, Trap,
+};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+pub use output::OutputCapture;
+
+mod bindings {
+    wasmtime::component::bindgen!({
+        world: "flow",
+        path: "../wit",
+        imports: { default: async | trappable },
+        exports: { default: async },
+    });
+}
+
+use bindings::weir::flow::types as wit;
+
+/// A boxed future, as returned by [`GuestHost`] methods.
+pub type HostFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// What a guest's imports do. The worker implements this per flow run and per
+/// task attempt; the engine only forwards calls.
+pub trait GuestHost: Send + Sync + 'static {
+    /// A log line from the `log` import or from the guest's stdout/stderr.
+    fn log(&self, level: LogLevel, message: &str);
+    fn call_task(&self, name: String, input: String) -> HostFuture<'_, Result<String, Failure>>;
+    /// Starts a task; the handle is awaited with `await_task`.
+    fn submit_task(&self, name: String, input: String) -> u64;
+    fn await_task(&self, handle: u64) -> HostFuture<'_, Result<String, Failure>>;
+    fn call_flow(&self, name: String, params: String) -> HostFuture<'_, Result<String, Failure>>;
+    fn get_secret(&self, name: &str) -> Option<String>;
+    fn info(&self) -> RunInfo;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("not a WebAssembly file (it does not start with the \\0asm magic bytes)")]
+    NotWasm,
+    #[error(
+        "this is a core WebAssembly module, not a component; build for the wasm32-wasip2 target (e.g. `host build PATH`)"
+    )]
+    CoreModule,
+    #[error("invalid WebAssembly component: {0}")]
+    Invalid(String),
+    #[error(
+        "this component is not a Weir flow: {0}. Build it with a Weir SDK for the world weir:flow/flow@0.1.0"
+    )]
+    WrongWorld(String),
+    #[error("the component's describe() failed: {0}")]
+    Describe(String),
+    #[error("the component's manifest is not valid: {0}")]
+    InvalidManifest(String),
+    #[error("wasmtime engine set-up failed: {0}")]
+    Setup(String),
+    #[error("compiled-artifact cache at {path}: {message}")]
+    Cache { path: PathBuf, message: String },
+}
+
+/// Engine-wide settings.
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    /// Where compiled artifacts are kept; `None` compiles every time.
+    pub cache_dir: Option<PathBuf>,
+    /// Instances that may exist at once (pool size).
+    pub max_instances: u32,
+    /// The largest memory any one instance may be given.
+    pub max_memory_bytes: u64,
+    /// Cap on JSON payloads crossing the boundary (input, output, params).
+    pub max_payload_bytes: usize,
+    /// Cap on what one instance may write to stdout + stderr; the rest is dropped.
+    pub max_output_bytes: usize,
+    /// How often running guests yield and have their deadline checked.
+    pub epoch_tick: Duration,
+    /// Use the pooling allocator (fast instantiation); off uses on-demand mmap.
+    pub pooling: bool,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            cache_dir: None,
+            max_instances: 1000,
+            max_memory_bytes: 4 << 30,
+            max_payload_bytes: 16 << 20,
+            max_output_bytes: 1 << 20,
+            epoch_tick: Duration::from_millis(5),
+            pooling: true,
+        }
+    }
+}
+
+/// The wasmtime engine, its linker and the ticker that drives deadlines.
+pub struct Engine {
+    wasmtime: wasmtime::Engine,
+    linker: Linker<Sandbox>,
+    config: EngineConfig,
+    ticker_stop: Arc<AtomicBool>,
+}
+
+/// A loaded, validated component, ready to instantiate.
+#[derive(Clone)]
+pub struct Component {
+    pub digest: ComponentDigest,
+    pub manifest: Arc<Manifest>,
+    pub size_bytes: u64,
+    /// How the compiled code was obtained.
+    pub load: LoadKind,
+    pre: bindings::FlowPre<Sandbox>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LoadKind {
+    Compiled { millis: u64 },
+    Cached { millis: u64 },
+}
+
+/// The result of running one instance.
+#[derive(Debug)]
+pub struct Execution {
+    pub result: Result<String, Failure>,
+    pub fuel_used: u64,
+    pub peak_memory_bytes: u64,
+    pub duration: Duration,
+}
+
+/// What to call in a fresh instance.
+#[derive(Clone, Copy, Debug)]
+pub enum Entry<'a> {
+    Flow { name: &'a str, params: &'a str },
+    Task { name: &'a str, input: &'a str },
+}
+
+impl Engine {
+    pub fn new(config: EngineConfig) -> Result<Self, EngineError> {
+        let mut wasm = Config::new();
+        wasm.consume_fuel(true)
+            .epoch_interruption(true)
+            .wasm_component_model(true)
+            .memory_reservation(config.max_memory_bytes.max(64 << 20))
+            .max_wasm_stack(2 << 20)
+            .async_stack_size(4 << 20);
+        if config.pooling {
+            let n = config.max_instances.max(1);
+            let mut pool = PoolingAllocationConfig::new();
+            pool.total_component_instances(n)
+                .total_core_instances(n.saturating_mul(8))
+                .total_memories(n.saturating_mul(2))
+                .total_tables(n.saturating_mul(4))
+                .total_stacks(n)
+                .max_core_instances_per_component(64)
+                .max_memories_per_component(8)
+                .max_tables_per_component(32)
+                .max_core_instance_size(4 << 20)
+                .max_component_instance_size(4 << 20)
+                .table_elements(100_000)
+                .max_memory_size(config.max_memory_bytes as usize)
+                .linear_memory_keep_resident(1 << 20)
+                .table_keep_resident(64 << 10);
+            wasm.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        }
+        let wasmtime = wasmtime::Engine::new(&wasm).map_err(|e| EngineError::Setup(e.to_string()))?;
+
+        let mut linker = Linker::<Sandbox>::new(&wasmtime);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
+            .map_err(|e| EngineError::Setup(e.to_string()))?;
+        bindings::Flow::add_to_linker::<Sandbox, HasSelf<Sandbox>>(&mut linker, |s| s)
+            .map_err(|e| EngineError::Setup(e.to_string()))?;
+
+        let ticker_stop = Arc::new(AtomicBool::new(false));
+        spawn_epoch_ticker(wasmtime.clone(), config.epoch_tick, ticker_stop.clone());
+        Ok(Self { wasmtime, linker, config, ticker_stop })
+    }
+
+    pub fn config(&self) -> &EngineConfig {
+        &self.config
+    }
+
+    /// Validates `bytes` as a Weir flow component, compiles it (or loads the
+    /// cached artifact) and reads its manifest.
+    pub async fn load(&self, bytes: &[u8]) -> Result<Component, EngineError> {
+        check_header(bytes)?;
+        let digest = ComponentDigest::from_sha256(Sha256::digest(bytes).into());
+        let started = Instant::now();
+        let (component, cached) = match &self.config.cache_dir {
+            Some(dir) => cache::load_or_compile(&self.wasmtime, dir, &digest, bytes)?,
+            None => (compile(&self.wasmtime, bytes)?, false),
+        };
+        let millis = started.elapsed().as_millis() as u64;
+        let load = if cached { LoadKind::Cached { millis } } else { LoadKind::Compiled { millis } };
+
+        let instance_pre = self
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|e| EngineError::WrongWorld(first_line(&e)))?;
+        let pre = bindings::FlowPre::new(instance_pre)
+            .map_err(|e| EngineError::WrongWorld(first_line(&e)))?;
+        let mut component = Component {
+            digest,
+            manifest: Arc::new(Manifest::default()),
+            size_bytes: bytes.len() as u64,
+            load,
+            pre,
+        };
+        component.manifest = Arc::new(self.describe(&component).await?);
+        Ok(component)
+    }
+
+    async fn describe(&self, component: &Component) -> Result<Manifest, EngineError> {
+        let host: Arc<dyn GuestHost> = Arc::new(DescribeHost);
+        let limits = Limits {
+            fuel: 10_000_000_000,
+            memory_bytes: self.config.max_memory_bytes.min(1 << 30),
+            timeout: Some(Duration::from_secs(30)),
+        };
+        let (mut store, output) = self.new_store(limits, host, CancellationToken::new());
+        let result = async {
+            let flow = component.pre.instantiate_async(&mut store).await?;
+            flow.weir_flow_guest().call_describe(&mut store).await
+        };
+        let text = match tokio::time::timeout(Duration::from_secs(30), result).await {
+            Ok(Ok(text)) => text,
+            Ok(Err(e)) => {
+                let failure = classify_trap(&e, &store, &output);
+                return Err(EngineError::Describe(failure.message));
+            }
+            Err(_) => return Err(EngineError::Describe("it did not return within 30 s".into())),
+        };
+        let manifest: Manifest = serde_json::from_str(&text)
+            .map_err(|e| EngineError::InvalidManifest(e.to_string()))?;
+        validate_manifest(&manifest)?;
+        Ok(manifest)
+    }
+
+    /// Runs one flow or task call in a fresh instance under `limits`.
+    ///
+    /// Stops the guest when `cancel` fires or the deadline passes; the instance
+    /// is dropped afterwards whatever happened, so a broken guest is never reused.
+    pub async fn run(
+        &self,
+        component: &Component,
+        entry: Entry<'_>,
+        limits: Limits,
+        host: Arc<dyn GuestHost>,
+        cancel: CancellationToken,
+    ) -> Execution {
+        let started = Instant::now();
+        let (mut store, output) = self.new_store(limits, host, cancel.clone());
+        let call = async {
+            let flow = component.pre.instantiate_async(&mut store).await?;
+            let guest = flow.weir_flow_guest();
+            match entry {
+                Entry::Flow { name, params } => {
+                    guest.call_run_flow(&mut store, &name.to_string(), &params.to_string()).await
+                }
+                Entry::Task { name, input } => {
+                    guest.call_run_task(&mut store, &name.to_string(), &input.to_string()).await
+                }
+            }
+        };
+        let deadline = limits.timeout.unwrap_or(Duration::from_secs(100 * 365 * 86_400));
+        let outcome = tokio::select! {
+            biased;
+            _ = cancel.cancelled() => Err(Failure::new(FailureKind::Cancelled, "the run was cancelled")),
+            finished = tokio::time::timeout(deadline, call) => match finished {
+                Err(_) => Err(Failure::new(
+                    FailureKind::Timeout,
+                    format!("deadline of {} exceeded", humantime::format_duration(deadline)),
+                )),
+                Ok(Err(trap)) => Err(classify_trap(&trap, &store, &output)),
+                Ok(Ok(Ok(json))) => self.check_output(json),
+                Ok(Ok(Err(guest_error))) => Err(from_wit_error(guest_error)),
+            },
+        };
+        output.flush();
+        let fuel_left = store.get_fuel().unwrap_or(0);
+        let data = store.data();
+        Execution {
+            result: outcome,
+            fuel_used: limits.fuel.saturating_sub(fuel_left),
+            peak_memory_bytes: data.limiter.peak_memory as u64,
+            duration: started.elapsed(),
+        }
+    }
+
+    fn new_store(
+        &self,
+        limits: Limits,
+        host: Arc<dyn GuestHost>,
+        cancel: CancellationToken,
+    ) -> (Store<Sandbox>, OutputCapture) {
+        let output = OutputCapture::new(host.clone(), self.config.max_output_bytes);
+        let wasi = sandboxed_wasi(&output);
+        let data = Sandbox {
+            wasi,
+            table: ResourceTable::new(),
+            host,
+            limiter: MemoryLimiter {
+                limit: limits.memory_bytes.min(self.config.max_memory_bytes) as usize,
+                peak_memory: 0,
+                denied: false,
+            },
+            max_payload_bytes: self.config.max_payload_bytes,
+            cancel,
+        };
+        let mut store = Store::new(&self.wasmtime, data);
+        store.limiter(|s| &mut s.limiter);
+        // Fuel is a u64 budget; setting it cannot fail with fuel enabled.
+        store.set_fuel(limits.fuel).ok();
+        store.epoch_deadline_async_yield_and_update(1);
+        (store, output)
+    }
+
+    fn check_output(&self, json: String) -> Result<String, Failure> {
+        if json.len() > self.config.max_payload_bytes {
+            return Err(Failure::new(
+                FailureKind::InvalidOutput,
+                format!(
+                    "output is {} bytes, over the limit of {} bytes; store large data elsewhere and return a reference",
+                    json.len(),
+                    self.config.max_payload_bytes
+                ),
+            ));
+        }
+        match serde_json::from_str::<serde::de::IgnoredAny>(&json) {
+            Ok(_) => Ok(json),
+            Err(e) => Err(Failure::new(FailureKind::InvalidOutput, format!("output is not JSON: {e}"))),
+        }
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.ticker_stop.store(true, Ordering::Relaxed);
+    }
+}
+
+fn spawn_epoch_ticker(engine: wasmtime::Engine, tick: Duration, stop: Arc<AtomicBool>) {
+    std::thread::Builder::new()
+        .name("weir-epoch".into())
+        .spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                std::thread::sleep(tick);
+                engine.increment_epoch();
+            }
+        })
+        .expect("spawning the epoch ticker thread");
+}
+
+fn compile(engine: &wasmtime::Engine, bytes: &[u8]) -> Result<wasmtime::component::Component, EngineError> {
+    wasmtime::component::Component::new(engine, bytes).map_err(|e| EngineError::Invalid(first_line(&e)))
+}
+
+/// Rejects what is plainly not a component before handing it to the compiler.
+fn check_header(bytes: &[u8]) -> Result<(), EngineError> {
+    if bytes.len() < 8 || &bytes[..4] != b"\0asm" {
+        return Err(EngineError::NotWasm);
+    }
+    match bytes[4..8] {
+        [1, 0, 0, 0] => Err(EngineError::CoreModule),
+        [_, _, 1, 0] => Ok(()),
+        _ => Err(EngineError::Invalid("unknown WebAssembly version or layer".into())),
+    }
+}
+
+fn validate_manifest(manifest: &Manifest) -> Result<(), EngineError> {
+    if manifest.flows.is_empty() {
+        return Err(EngineError::InvalidManifest("it declares no flows".into()));
+    }
+    let mut names = std::collections::HashSet::new();
+    for name in manifest.flows.iter().map(|f| &f.name).chain(manifest.tasks.iter().map(|t| &t.name)) {
+        if name.is_empty() || name.len() > 200 {
+            return Err(EngineError::InvalidManifest(format!("bad name '{name}'")));
+        }
+        if !names.insert(name) {
+            return Err(EngineError::InvalidManifest(format!("the name '{name}' is declared twice")));
+        }
+    }
+    Ok(())
+}
+
+fn first_line(e: &wasmtime::Error) -> String {
+    let text = format!("{e:#}");
+    text.lines().next().unwrap_or_default().to_string()
+}
+
+/// Turns a trap into a failure a user understands.
+fn classify_trap(error: &wasmtime::Error, store: &Store<Sandbox>, output: &OutputCapture) -> Failure {
+    let limiter = &store.data().limiter;
+    match error.downcast_ref::<Trap>() {
+        Some(Trap::OutOfFuel) => Failure::new(
+            FailureKind::OutOfFuel,
+            "ran out of fuel (its instruction budget); raise `fuel` in the task policy if this work is expected",
+        ),
+        Some(Trap::Interrupt) => Failure::new(FailureKind::Timeout, "interrupted at its deadline"),
+        _ if limiter.denied => Failure::new(
+            FailureKind::Memory,
+            format!(
+                "exceeded its memory limit of {}; raise `memory` in the task policy if this is expected",
+                human_bytes(limiter.limit as u64)
+            ),
+        ),
+        Some(Trap::StackOverflow) => Failure::new(FailureKind::Trap, "stack overflow (deep or endless recursion)"),
+        Some(trap) => match output.panic_message() {
+            Some(panic) => Failure::new(FailureKind::Trap, format!("guest panicked: {panic}")),
+            None => Failure::new(FailureKind::Trap, format!("guest trapped: {trap}")),
+        },
+        None => Failure::new(FailureKind::Trap, format!("guest trapped: {}", first_line(error))),
+    }
+}
+
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 { format!("{n} B") } else { format!("{value:.1} {}", UNITS[unit]) }
+}
+
+fn from_wit_error(error: wit::TaskError) -> Failure {
+    match error {
+        wit::TaskError::Failed(message) => Failure::new(FailureKind::Failed, cap_text(message)),
+        wit::TaskError::InvalidInput(message) => Failure::new(FailureKind::InvalidInput, cap_text(message)),
+        wit::TaskError::Cancelled => Failure::new(FailureKind::Cancelled, "cancelled"),
+        wit::TaskError::Sandbox(failure) => {
+            let kind = match failure.kind {
+                wit::SandboxFailureKind::OutOfFuel => FailureKind::OutOfFuel,
+                wit::SandboxFailureKind::DeadlineExceeded => FailureKind::Timeout,
+                wit::SandboxFailureKind::MemoryLimit => FailureKind::Memory,
+                wit::SandboxFailureKind::Trap => FailureKind::Trap,
+                wit::SandboxFailureKind::InvalidOutput => FailureKind::InvalidOutput,
+            };
+            Failure::new(kind, cap_text(failure.message))
+        }
+    }
+}
+
+fn to_wit_error(failure: Failure) -> wit::TaskError {
+    let sandbox = |kind| wit::TaskError::Sandbox(wit::SandboxFailure { kind, message: failure.message.clone() });
+    match failure.kind {
+        FailureKind::Failed | FailureKind::Crashed => wit::TaskError::Failed(failure.message),
+        FailureKind::InvalidInput => wit::TaskError::InvalidInput(failure.message),
+        FailureKind::Cancelled => wit::TaskError::Cancelled,
+        FailureKind::OutOfFuel => sandbox(wit::SandboxFailureKind::OutOfFuel),
+        FailureKind::Timeout => sandbox(wit::SandboxFailureKind::DeadlineExceeded),
+        FailureKind::Memory => sandbox(wit::SandboxFailureKind::MemoryLimit),
+        FailureKind::Trap => sandbox(wit::SandboxFailureKind::Trap),
+        FailureKind::InvalidOutput => sandbox(wit::SandboxFailureKind::InvalidOutput),
+    }
+}
+
+/// Error messages from guests are kept to a readable size.
+fn cap_text(mut text: String) -> String {
+    const MAX: usize = 16 << 10;
+    if text.len() > MAX {
+        let mut cut = MAX;
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        text.truncate(cut);
+        text.push_str(" … (truncated)");
+    }
+    text
+}
+
+/// WASI with nothing granted: no files, no network, no env; stdio captured.
+fn sandboxed_wasi(output: &OutputCapture) -> WasiCtx {
+    let mut builder = WasiCtx::builder();
+    builder
+        .stdout(output.stream(LogLevel::Info))
+        .stderr(output.stream(LogLevel::Warn))
+        .allow_tcp(false)
+        .allow_udp(false)
+        .allow_ip_name_lookup(false)
+        .socket_addr_check(|_, _| Box::pin(async { false }));
+    builder.build()
+}
+
+/// Per-store data: WASI state, the host that serves imports, and limits.
+struct Sandbox {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    host: Arc<dyn GuestHost>,
+    limiter: MemoryLimiter,
+    max_payload_bytes: usize,
+    cancel: CancellationToken,
+}
+
+impl WasiView for Sandbox {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+impl Sandbox {
+    fn check_payload(&self, what: &str, payload: &str) -> Result<(), Failure> {
+        if payload.len() > self.max_payload_bytes {
+            return Err(Failure::new(
+                FailureKind::InvalidInput,
+                format!("{what} is {} bytes, over the limit of {} bytes", payload.len(), self.max_payload_bytes),
+            ));
+        }
+        serde_json::from_str::<serde::de::IgnoredAny>(payload)
+            .map(|_| ())
+            .map_err(|e| Failure::new(FailureKind::InvalidInput, format!("{what} is not JSON: {e}")))
+    }
+
+}
+
+/// Waits for the host's answer, or for cancellation of the run.
+///
+/// Owns everything it needs: store data is not `Sync`, so the future must not borrow it.
+async fn guarded(
+    cancel: CancellationToken,
+    call: impl Future<Output = Result<String, Failure>> + Send,
+) -> wasmtime::Result<Result<String, wit::TaskError>> {
+    tokio::select! {
+        biased;
+        _ = cancel.cancelled() => Ok(Err(wit::TaskError::Cancelled)),
+        result = call => Ok(result.map_err(to_wit_error)),
+    }
+}
+
+impl wit::Host for Sandbox {}
+
+impl bindings::weir::flow::runtime::Host for Sandbox {
+    async fn log(&mut self, level: wit::LogLevel, message: String) -> wasmtime::Result<()> {
+        let level = match level {
+            wit::LogLevel::Trace => LogLevel::Trace,
+            wit::LogLevel::Debug => LogLevel::Debug,
+            wit::LogLevel::Info => LogLevel::Info,
+            wit::LogLevel::Warn => LogLevel::Warn,
+            wit::LogLevel::Error => LogLevel::Error,
+        };
+        self.host.log(level, &cap_text(message));
+        Ok(())
+    }
+
+    async fn call_task(&mut self, name: String, input: String) -> wasmtime::Result<Result<String, wit::TaskError>> {
+        if let Err(failure) = self.check_payload("task input", &input) {
+            return Ok(Err(to_wit_error(failure)));
+        }
+        let host = self.host.clone();
+        guarded(self.cancel.clone(), async move { host.call_task(name, input).await }).await
+    }
+
+    async fn submit_task(&mut self, name: String, input: String) -> wasmtime::Result<u64> {
+        Ok(self.host.submit_task(name, input))
+    }
+
+    async fn await_task(&mut self, handle: u64) -> wasmtime::Result<Result<String, wit::TaskError>> {
+        let host = self.host.clone();
+        guarded(self.cancel.clone(), async move { host.await_task(handle).await }).await
+    }
+
+    async fn call_flow(&mut self, name: String, params: String) -> wasmtime::Result<Result<String, wit::TaskError>> {
+        if let Err(failure) = self.check_payload("flow params", &params) {
+            return Ok(Err(to_wit_error(failure)));
+        }
+        let host = self.host.clone();
+        guarded(self.cancel.clone(), async move { host.call_flow(name, params).await }).await
+    }
+
+    async fn get_secret(&mut self, name: String) -> wasmtime::Result<Option<String>> {
+        Ok(self.host.get_secret(&name))
+    }
+
+    async fn info(&mut self) -> wasmtime::Result<wit::RunInfo> {
+        let info = self.host.info();
+        Ok(wit::RunInfo {
+            flow_run_id: info.flow_run_id,
+            task_run_id: info.task_run_id,
+            attempt: info.attempt,
+            flow_name: info.flow_name,
+            task_name: info.task_name,
+            deployment: info.deployment,
+            scheduled_at: info.scheduled_at,
+        })
+    }
+}
+
+/// Caps memory and remembers the peak and whether a request was denied.
+struct MemoryLimiter {
+    limit: usize,
+    peak_memory: usize,
+    denied: bool,
+}
+
+impl ResourceLimiter for MemoryLimiter {
+    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        if desired > self.limit {
+            self.denied = true;
+            return Ok(false);
+        }
+        self.peak_memory = self.peak_memory.max(desired);
+        Ok(true)
+    }
+
+    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        Ok(desired <= 1_000_000)
+    }
+}
+
+/// Serves `describe()`: a component may log while describing itself, nothing more.
+struct DescribeHost;
+
+impl GuestHost for DescribeHost {
+    fn log(&self, level: LogLevel, message: &str) {
+        tracing::debug!(%level, "describe: {message}");
+    }
+    fn call_task(&self, _: String, _: String) -> HostFuture<'_, Result<String, Failure>> {
+        Box::pin(async { Err(not_while_describing()) })
+    }
+    fn submit_task(&self, _: String, _: String) -> u64 {
+        0
+    }
+    fn await_task(&self, _: u64) -> HostFuture<'_, Result<String, Failure>> {
+        Box::pin(async { Err(not_while_describing()) })
+    }
+    fn call_flow(&self, _: String, _: String) -> HostFuture<'_, Result<String, Failure>> {
+        Box::pin(async { Err(not_while_describing()) })
+    }
+    fn get_secret(&self, _: &str) -> Option<String> {
+        None
+    }
+    fn info(&self) -> RunInfo {
+        RunInfo::default()
+    }
+}
+
+fn not_while_describing() -> Failure {
+    Failure::new(FailureKind::Failed, "tasks and flows cannot be called from describe()")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_check_names_the_problem() {
+        assert!(matches!(check_header(b"hello world"), Err(EngineError::NotWasm)));
+        assert!(matches!(check_header(b"\0asm\x01\0\0\0"), Err(EngineError::CoreModule)));
+        assert!(check_header(b"\0asm\x0d\0\x01\0").is_ok());
+    }
+
+    #[test]
+    fn wit_errors_round_trip() {
+        for kind in FailureKind::ALL {
+            let failure = Failure::new(kind, "m");
+            let back = from_wit_error(to_wit_error(failure.clone()));
+            let expected = match kind {
+                FailureKind::Crashed => FailureKind::Failed,
+                other => other,
+            };
+            assert_eq!(back.kind, expected);
+        }
+    }
+
+    #[test]
+    fn human_bytes_reads_well() {
+        assert_eq!(human_bytes(512), "512 B");
+        assert_eq!(human_bytes(16 << 20), "16.0 MiB");
+    }
+}

@@ -1,0 +1,805 @@
+//! Recording: the only module that names rusqlite.
+//!
+//! SQLite in WAL mode. All writes go to one writer thread that batches many
+//! units of work into one transaction; each unit runs in its own savepoint, so a
+//! failed compare-and-set rolls back that unit alone. A caller that needs a write
+//! to be durable before it goes on (a completed task's result) awaits its
+//! [`Ticket`]; everything else is fire-and-forget. Reads use their own connection.
+//!
+//! State columns are only written with compare-and-set (`WHERE state = ?`); the
+//! decision whether a transition is allowed is `orchestrate`'s, made before the
+//! write is queued.
+
+mod files;
+mod schema;
+
+pub use files::ComponentFiles;
+
+use crate::model::{
+    ComponentDigest, FailureKind, FlowRunId, LogLevel, Manifest, RunState, TaskRunId, TimestampMicros,
+};
+use rusqlite::{Connection, OptionalExtension, params};
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, mpsc};
+use tokio::sync::oneshot;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database {path}: {message}")]
+    Open { path: PathBuf, message: String },
+    #[error("database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("the run changed under us: expected state {expected}, it is not (another writer got there first)")]
+    Conflict { expected: RunState },
+    #[error("no {what} with id {id}")]
+    NotFound { what: &'static str, id: String },
+    #[error("the database writer has stopped")]
+    WriterGone,
+    #[error("corrupt row: {0}")]
+    Corrupt(String),
+}
+
+/// One change to record. A `Vec<Write>` is applied atomically.
+#[derive(Debug, Clone)]
+pub enum Write {
+    Component { digest: ComponentDigest, size_bytes: u64, manifest: String, at: TimestampMicros },
+    NewFlowRun(NewFlowRun),
+    FlowRunState(StateChange),
+    NewTaskRun(NewTaskRun),
+    TaskRunState(StateChange),
+    TaskAttempt(AttemptRecord),
+    Logs(Vec<LogRecord>),
+}
+
+#[derive(Debug, Clone)]
+pub struct NewFlowRun {
+    pub id: FlowRunId,
+    pub parent_flow_run: Option<FlowRunId>,
+    pub component: ComponentDigest,
+    pub flow_name: String,
+    pub params: String,
+    pub state: RunState,
+    pub attempt: u32,
+    pub host: String,
+    pub at: TimestampMicros,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewTaskRun {
+    pub id: TaskRunId,
+    pub flow_run: FlowRunId,
+    pub call_seq: u64,
+    pub task_name: String,
+    pub input: String,
+    pub state: RunState,
+    pub cache_key: Option<String>,
+    /// For a cache hit: the run whose output is reused, and that output.
+    pub cached_from: Option<(TaskRunId, String)>,
+    pub host: String,
+    pub at: TimestampMicros,
+}
+
+/// A compare-and-set state change with what came with it.
+#[derive(Debug, Clone)]
+pub struct StateChange {
+    pub id: uuid::Uuid,
+    pub from: RunState,
+    pub to: RunState,
+    pub at: TimestampMicros,
+    pub message: Option<String>,
+    pub failure_kind: Option<FailureKind>,
+    /// The result (flow) or output (task), on completion.
+    pub output: Option<String>,
+    pub attempts: Option<u32>,
+    pub fuel_used: Option<u64>,
+    pub peak_memory: Option<u64>,
+    pub next_attempt_at: Option<TimestampMicros>,
+}
+
+impl StateChange {
+    pub fn new(id: uuid::Uuid, from: RunState, to: RunState, at: TimestampMicros) -> Self {
+        Self {
+            id,
+            from,
+            to,
+            at,
+            message: None,
+            failure_kind: None,
+            output: None,
+            attempts: None,
+            fuel_used: None,
+            peak_memory: None,
+            next_attempt_at: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct AttemptRecord {
+    pub task_run: TaskRunId,
+    pub attempt: u32,
+    pub started_at: TimestampMicros,
+    pub ended_at: TimestampMicros,
+    pub fuel_used: u64,
+    pub peak_memory: u64,
+    pub failure: Option<(FailureKind, String)>,
+}
+
+#[derive(Debug, Clone)]
+pub struct LogRecord {
+    pub flow_run: FlowRunId,
+    pub task_run: Option<TaskRunId>,
+    pub at: TimestampMicros,
+    pub level: LogLevel,
+    pub message: String,
+}
+
+/// Resolves when the writes it was handed out for are committed.
+pub struct Ticket(oneshot::Receiver<Result<(), StoreError>>);
+
+impl Ticket {
+    pub async fn committed(self) -> Result<(), StoreError> {
+        self.0.await.unwrap_or(Err(StoreError::WriterGone))
+    }
+
+    /// For callers outside an async runtime (the CLI).
+    pub fn wait_blocking(self) -> Result<(), StoreError> {
+        self.0.blocking_recv().unwrap_or(Err(StoreError::WriterGone))
+    }
+}
+
+struct Job {
+    writes: Vec<Write>,
+    done: Option<oneshot::Sender<Result<(), StoreError>>>,
+}
+
+/// The database: a writer thread and a read connection.
+pub struct Store {
+    path: PathBuf,
+    writer: Mutex<Option<mpsc::Sender<Job>>>,
+    writer_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    reader: Mutex<Connection>,
+}
+
+/// The most units one transaction carries; more wait for the next commit.
+const MAX_BATCH: usize = 4096;
+
+impl Store {
+    /// Opens (creating if needed) the database at `path` and migrates it.
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        let open_error = |e: &dyn std::fmt::Display| StoreError::Open { path: path.to_path_buf(), message: e.to_string() };
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| open_error(&e))?;
+        }
+        let mut conn = connect(path).map_err(|e| open_error(&e))?;
+        schema::migrate(&mut conn).map_err(|e| open_error(&e))?;
+        let reader = connect(path).map_err(|e| open_error(&e))?;
+
+        let (tx, rx) = mpsc::channel::<Job>();
+        let thread = std::thread::Builder::new()
+            .name("weir-store-writer".into())
+            .spawn(move || writer_loop(conn, rx))
+            .map_err(|e| open_error(&e))?;
+        Ok(Store {
+            path: path.to_path_buf(),
+            writer: Mutex::new(Some(tx)),
+            writer_thread: Mutex::new(Some(thread)),
+            reader: Mutex::new(reader),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Queues writes to be applied atomically; the ticket says when they are durable.
+    pub fn submit(&self, writes: Vec<Write>) -> Ticket {
+        let (done, rx) = oneshot::channel();
+        self.send(Job { writes, done: Some(done) });
+        Ticket(rx)
+    }
+
+    /// Queues writes that nobody waits for (logs, intermediate states).
+    pub fn submit_detached(&self, writes: Vec<Write>) {
+        self.send(Job { writes, done: None });
+    }
+
+    fn send(&self, job: Job) {
+        let writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        match writer.as_ref() {
+            Some(tx) => {
+                if let Err(mpsc::SendError(job)) = tx.send(job) {
+                    fail_job(job);
+                }
+            }
+            None => fail_job(job),
+        }
+    }
+
+    /// Waits for everything queued so far to be committed, then stops the writer.
+    pub fn close(&self) {
+        self.writer.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(thread) = self.writer_thread.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            let _ = thread.join();
+        }
+    }
+
+    fn read<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T, StoreError> {
+        let conn = self.reader.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(f(&conn)?)
+    }
+
+    // ---- reads ----
+
+    pub fn component_manifest(&self, digest: &ComponentDigest) -> Result<Option<Manifest>, StoreError> {
+        let text: Option<String> = self.read(|c| {
+            c.query_row("SELECT manifest FROM components WHERE digest = ?1", [digest.as_str()], |r| r.get(0))
+                .optional()
+        })?;
+        text.map(|t| serde_json::from_str(&t).map_err(|e| StoreError::Corrupt(e.to_string())))
+            .transpose()
+    }
+
+    pub fn flow_run(&self, id: FlowRunId) -> Result<FlowRunRow, StoreError> {
+        self.read(|c| {
+            c.query_row(&format!("{FLOW_RUN_SELECT} WHERE id = ?1"), [id.as_bytes()], FlowRunRow::from_row)
+                .optional()
+        })?
+        .ok_or(StoreError::NotFound { what: "flow run", id: id.to_string() })
+    }
+
+    /// Finds a flow run by a prefix of its id, as users type them.
+    pub fn resolve_flow_run(&self, text: &str) -> Result<FlowRunId, StoreError> {
+        if let Ok(id) = text.parse::<FlowRunId>() {
+            return Ok(id);
+        }
+        let prefix: String = text.chars().filter(|c| c.is_ascii_hexdigit()).collect::<String>().to_lowercase();
+        let not_found = || StoreError::NotFound { what: "flow run", id: text.to_string() };
+        if prefix.len() < 4 || prefix.len() != text.replace('-', "").len() {
+            return Err(not_found());
+        }
+        let ids: Vec<Vec<u8>> = self.read(|c| {
+            let mut stmt = c.prepare("SELECT id FROM flow_runs WHERE hex(id) LIKE ?1 LIMIT 2")?;
+            stmt.query_map([format!("{}%", prefix.to_uppercase())], |r| r.get(0))?.collect()
+        })?;
+        match ids.as_slice() {
+            [one] => Ok(FlowRunId::from_bytes(blob16(one).map_err(StoreError::Corrupt)?)),
+            [] => Err(not_found()),
+            _ => Err(StoreError::Corrupt(format!("the id prefix '{text}' matches more than one flow run; type more of it"))),
+        }
+    }
+
+    pub fn list_flow_runs(&self, filter: &FlowRunFilter) -> Result<Vec<FlowRunRow>, StoreError> {
+        let mut sql = format!("{FLOW_RUN_SELECT} WHERE 1 = 1");
+        let mut args: Vec<rusqlite::types::Value> = Vec::new();
+        if let Some(state) = filter.state {
+            sql.push_str(" AND state = ?");
+            args.push(state.as_str().to_string().into());
+        }
+        if let Some(flow) = &filter.flow_name {
+            sql.push_str(" AND flow_name = ?");
+            args.push(flow.clone().into());
+        }
+        if filter.top_level_only {
+            sql.push_str(" AND parent_flow_run IS NULL");
+        }
+        sql.push_str(" ORDER BY created_us DESC, id DESC LIMIT ?");
+        args.push((filter.limit.max(1) as i64).into());
+        self.read(|c| {
+            let mut stmt = c.prepare(&sql)?;
+            stmt.query_map(rusqlite::params_from_iter(args), FlowRunRow::from_row)?.collect()
+        })
+    }
+
+    pub fn task_runs(&self, flow_run: FlowRunId) -> Result<Vec<TaskRunRow>, StoreError> {
+        self.read(|c| {
+            let mut stmt = c.prepare(&format!("{TASK_RUN_SELECT} WHERE flow_run = ?1 ORDER BY call_seq"))?;
+            stmt.query_map([flow_run.as_bytes()], TaskRunRow::from_row)?.collect()
+        })
+    }
+
+    pub fn task_attempts(&self, task_run: TaskRunId) -> Result<Vec<AttemptRecord>, StoreError> {
+        self.read(|c| {
+            let mut stmt = c.prepare(
+                "SELECT attempt, started_us, ended_us, fuel_used, peak_memory, failure_kind, message
+                 FROM task_attempts WHERE task_run = ?1 ORDER BY attempt",
+            )?;
+            stmt.query_map([task_run.as_bytes()], |r| {
+                let kind: Option<String> = r.get(5)?;
+                let message: Option<String> = r.get(6)?;
+                Ok(AttemptRecord {
+                    task_run,
+                    attempt: r.get(0)?,
+                    started_at: r.get(1)?,
+                    ended_at: r.get(2)?,
+                    fuel_used: r.get::<_, i64>(3)? as u64,
+                    peak_memory: r.get::<_, i64>(4)? as u64,
+                    failure: kind.and_then(|k| k.parse().ok()).map(|k| (k, message.unwrap_or_default())),
+                })
+            })?
+            .collect()
+        })
+    }
+
+    /// The state history of a flow run or task run, oldest first.
+    pub fn state_history(&self, run: uuid::Uuid) -> Result<Vec<(TimestampMicros, RunState, Option<String>)>, StoreError> {
+        let rows: Vec<(i64, String, Option<String>)> = self.read(|c| {
+            let mut stmt = c.prepare("SELECT at_us, state, message FROM run_states WHERE run_id = ?1 ORDER BY at_us, rowid")?;
+            stmt.query_map([run.as_bytes()], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?.collect()
+        })?;
+        rows.into_iter()
+            .map(|(at, state, message)| Ok((at, parse_state(&state)?, message)))
+            .collect()
+    }
+
+    /// Log lines of a flow run (and its tasks) after `after_id`, oldest first.
+    pub fn logs(&self, flow_run: FlowRunId, after_id: i64, limit: usize) -> Result<Vec<LogRow>, StoreError> {
+        self.read(|c| {
+            let mut stmt = c.prepare(
+                "SELECT id, task_run, at_us, level, message FROM logs
+                 WHERE flow_run = ?1 AND id > ?2 ORDER BY id LIMIT ?3",
+            )?;
+            stmt.query_map(params![flow_run.as_bytes(), after_id, limit as i64], |r| {
+                let task_run: Option<Vec<u8>> = r.get(1)?;
+                Ok(LogRow {
+                    id: r.get(0)?,
+                    task_run: task_run.and_then(|b| blob16(&b).ok()).map(TaskRunId::from_bytes),
+                    at: r.get(2)?,
+                    level: LogLevel::from_u8(r.get::<_, i64>(3)? as u8),
+                    message: r.get(4)?,
+                })
+            })?
+            .collect()
+        })
+    }
+
+    /// The newest unexpired output recorded for a cache key.
+    pub fn cached_output(&self, cache_key: &str, not_before: TimestampMicros) -> Result<Option<(TaskRunId, String)>, StoreError> {
+        let row: Option<(Vec<u8>, String)> = self.read(|c| {
+            c.query_row(
+                "SELECT id, output FROM task_runs
+                 WHERE cache_key = ?1 AND state = 'Completed' AND ended_us >= ?2
+                 ORDER BY ended_us DESC LIMIT 1",
+                params![cache_key, not_before],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()
+        })?;
+        row.map(|(id, out)| Ok((TaskRunId::from_bytes(blob16(&id).map_err(StoreError::Corrupt)?), out)))
+            .transpose()
+    }
+
+    /// Runs that were left unfinished (for recovery after a crash).
+    pub fn unfinished_flow_runs(&self) -> Result<Vec<FlowRunRow>, StoreError> {
+        self.read(|c| {
+            let mut stmt = c.prepare(&format!(
+                "{FLOW_RUN_SELECT} WHERE state IN ('Running', 'Pending', 'Retrying', 'Cancelling') ORDER BY created_us"
+            ))?;
+            stmt.query_map([], FlowRunRow::from_row)?.collect()
+        })
+    }
+
+    /// Counts rows per table, for `host version --verbose` and benchmarks.
+    pub fn count(&self, table: StoreTable) -> Result<u64, StoreError> {
+        let sql = format!("SELECT count(*) FROM {}", table.name());
+        self.read(|c| c.query_row(&sql, [], |r| r.get::<_, i64>(0)).map(|n| n as u64))
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub enum StoreTable {
+    FlowRuns,
+    TaskRuns,
+    Logs,
+}
+
+impl StoreTable {
+    fn name(self) -> &'static str {
+        match self {
+            StoreTable::FlowRuns => "flow_runs",
+            StoreTable::TaskRuns => "task_runs",
+            StoreTable::Logs => "logs",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct FlowRunFilter {
+    pub state: Option<RunState>,
+    pub flow_name: Option<String>,
+    pub top_level_only: bool,
+    pub limit: usize,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct FlowRunRow {
+    pub id: FlowRunId,
+    pub parent_flow_run: Option<FlowRunId>,
+    pub component: String,
+    pub flow_name: String,
+    pub params: String,
+    pub state: RunState,
+    pub message: Option<String>,
+    pub failure_kind: Option<FailureKind>,
+    pub result: Option<String>,
+    pub attempt: u32,
+    pub host: Option<String>,
+    pub created_at: TimestampMicros,
+    pub started_at: Option<TimestampMicros>,
+    pub ended_at: Option<TimestampMicros>,
+    pub fuel_used: u64,
+    pub peak_memory: u64,
+}
+
+const FLOW_RUN_SELECT: &str = "SELECT id, parent_flow_run, component, flow_name, params, state, message,
+    failure_kind, result, attempt, host, created_us, started_us, ended_us, fuel_used, peak_memory FROM flow_runs";
+
+impl FlowRunRow {
+    fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Self> {
+        Ok(FlowRunRow {
+            id: FlowRunId::from_bytes(row_blob16(r, 0)?),
+            parent_flow_run: r.get::<_, Option<Vec<u8>>>(1)?.and_then(|b| blob16(&b).ok()).map(FlowRunId::from_bytes),
+            component: r.get(2)?,
+            flow_name: r.get(3)?,
+            params: r.get(4)?,
+            state: row_state(r, 5)?,
+            message: r.get(6)?,
+            failure_kind: r.get::<_, Option<String>>(7)?.and_then(|k| k.parse().ok()),
+            result: r.get(8)?,
+            attempt: r.get(9)?,
+            host: r.get(10)?,
+            created_at: r.get(11)?,
+            started_at: r.get(12)?,
+            ended_at: r.get(13)?,
+            fuel_used: r.get::<_, i64>(14)? as u64,
+            peak_memory: r.get::<_, i64>(15)? as u64,
+        })
+    }
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TaskRunRow {
+    pub id: TaskRunId,
+    pub flow_run: FlowRunId,
+    pub call_seq: u64,
+    pub task_name: String,
+    pub input: String,
+    pub output: Option<String>,
+    pub state: RunState,
+    pub failure_kind: Option<FailureKind>,
+    pub message: Option<String>,
+    pub attempts: u32,
+    pub fuel_used: u64,
+    pub peak_memory: u64,
+    pub created_at: TimestampMicros,
+    pub started_at: Option<TimestampMicros>,
+    pub ended_at: Option<TimestampMicros>,
+    pub next_attempt_at: Option<TimestampMicros>,
+    pub cached_from: Option<TaskRunId>,
+    pub host: Option<String>,
+}
+
+const TASK_RUN_SELECT: &str = "SELECT id, flow_run, call_seq, task_name, input, output, state, failure_kind,
+    message, attempts, fuel_used, peak_memory, created_us, started_us, ended_us, next_attempt_us, cached_from, host
+    FROM task_runs";
+
+impl TaskRunRow {
+    fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Self> {
+        Ok(TaskRunRow {
+            id: TaskRunId::from_bytes(row_blob16(r, 0)?),
+            flow_run: FlowRunId::from_bytes(row_blob16(r, 1)?),
+            call_seq: r.get::<_, i64>(2)? as u64,
+            task_name: r.get(3)?,
+            input: r.get(4)?,
+            output: r.get(5)?,
+            state: row_state(r, 6)?,
+            failure_kind: r.get::<_, Option<String>>(7)?.and_then(|k| k.parse().ok()),
+            message: r.get(8)?,
+            attempts: r.get(9)?,
+            fuel_used: r.get::<_, i64>(10)? as u64,
+            peak_memory: r.get::<_, i64>(11)? as u64,
+            created_at: r.get(12)?,
+            started_at: r.get(13)?,
+            ended_at: r.get(14)?,
+            next_attempt_at: r.get(15)?,
+            cached_from: r.get::<_, Option<Vec<u8>>>(16)?.and_then(|b| blob16(&b).ok()).map(TaskRunId::from_bytes),
+            host: r.get(17)?,
+        })
+    }
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LogRow {
+    pub id: i64,
+    pub task_run: Option<TaskRunId>,
+    pub at: TimestampMicros,
+    pub level: LogLevel,
+    pub message: String,
+}
+
+fn blob16(bytes: &[u8]) -> Result<[u8; 16], String> {
+    bytes.try_into().map_err(|_| format!("expected a 16-byte id, found {} bytes", bytes.len()))
+}
+
+fn row_blob16(r: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<[u8; 16]> {
+    let bytes: Vec<u8> = r.get(i)?;
+    blob16(&bytes).map_err(|e| rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Blob, e.into()))
+}
+
+fn row_state(r: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<RunState> {
+    let text: String = r.get(i)?;
+    text.parse()
+        .map_err(|e: crate::model::UnknownState| rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, e.into()))
+}
+
+fn parse_state(text: &str) -> Result<RunState, StoreError> {
+    text.parse().map_err(|e: crate::model::UnknownState| StoreError::Corrupt(e.to_string()))
+}
+
+fn connect(path: &Path) -> rusqlite::Result<Connection> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    // WAL + NORMAL: a commit survives a process crash; only power loss can lose the last ones.
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    Ok(conn)
+}
+
+fn fail_job(job: Job) {
+    if let Some(done) = job.done {
+        let _ = done.send(Err(StoreError::WriterGone));
+    }
+}
+
+fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<Job>) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let results = apply_batch(&mut conn, &batch);
+        for (job, result) in batch.into_iter().zip(results) {
+            if let Some(done) = job.done {
+                let _ = done.send(result);
+            } else if let Err(e) = result {
+                tracing::warn!("a background write was not recorded: {e}");
+            }
+        }
+    }
+    // The channel is closed: everything queued was applied. Fold the WAL back.
+    let _ = conn.pragma_update(None, "wal_checkpoint", "TRUNCATE");
+}
+
+fn apply_batch(conn: &mut Connection, batch: &[Job]) -> Vec<Result<(), StoreError>> {
+    let tx = match conn.transaction() {
+        Ok(tx) => tx,
+        Err(e) => {
+            let message = e.to_string();
+            return batch.iter().map(|_| Err(StoreError::Corrupt(format!("begin failed: {message}")))).collect();
+        }
+    };
+    let mut results = Vec::with_capacity(batch.len());
+    for job in batch {
+        let unit = (|| -> Result<(), StoreError> {
+            let sp = tx.unchecked_transaction_savepoint()?;
+            for write in &job.writes {
+                apply(&sp, write)?;
+            }
+            sp.commit()?;
+            Ok(())
+        })();
+        results.push(unit);
+    }
+    if let Err(e) = tx.commit() {
+        let message = e.to_string();
+        return batch.iter().map(|_| Err(StoreError::Corrupt(format!("commit failed: {message}")))).collect();
+    }
+    results
+}
+
+/// Savepoints on a shared transaction reference (rusqlite wants `&mut`).
+trait SavepointExt {
+    fn unchecked_transaction_savepoint(&self) -> rusqlite::Result<Savepoint<'_>>;
+}
+
+impl SavepointExt for rusqlite::Transaction<'_> {
+    fn unchecked_transaction_savepoint(&self) -> rusqlite::Result<Savepoint<'_>> {
+        self.execute_batch("SAVEPOINT unit")?;
+        Ok(Savepoint { conn: self, done: false })
+    }
+}
+
+struct Savepoint<'a> {
+    conn: &'a Connection,
+    done: bool,
+}
+
+impl Savepoint<'_> {
+    fn commit(mut self) -> rusqlite::Result<()> {
+        self.done = true;
+        self.conn.execute_batch("RELEASE unit")
+    }
+}
+
+impl std::ops::Deref for Savepoint<'_> {
+    type Target = Connection;
+    fn deref(&self) -> &Connection {
+        self.conn
+    }
+}
+
+impl Drop for Savepoint<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            let _ = self.conn.execute_batch("ROLLBACK TO unit; RELEASE unit");
+        }
+    }
+}
+
+fn apply(conn: &Connection, write: &Write) -> Result<(), StoreError> {
+    match write {
+        Write::Component { digest, size_bytes, manifest, at } => {
+            conn.prepare_cached(
+                "INSERT INTO components (digest, size_bytes, manifest, created_us) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (digest) DO UPDATE SET manifest = excluded.manifest",
+            )?
+            .execute(params![digest.as_str(), *size_bytes as i64, manifest, at])?;
+        }
+        Write::NewFlowRun(run) => {
+            conn.prepare_cached(
+                "INSERT INTO flow_runs (id, parent_flow_run, component, flow_name, params, state, attempt, host, created_us, started_us)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, CASE WHEN ?6 = 'Running' THEN ?9 END)",
+            )?
+            .execute(params![
+                run.id.as_bytes(),
+                run.parent_flow_run.as_ref().map(|p| p.as_bytes().to_vec()),
+                run.component.as_str(),
+                run.flow_name,
+                run.params,
+                run.state.as_str(),
+                run.attempt,
+                run.host,
+                run.at,
+            ])?;
+            record_state(conn, run.id.0, run.at, run.state, None)?;
+        }
+        Write::NewTaskRun(run) => {
+            let (cached_from, output) = match &run.cached_from {
+                Some((from, output)) => (Some(from.as_bytes().to_vec()), Some(output.as_str())),
+                None => (None, None),
+            };
+            conn.prepare_cached(
+                "INSERT INTO task_runs (id, flow_run, call_seq, task_name, input, output, state, cache_key, cached_from,
+                    host, created_us, started_us, ended_us)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11,
+                    CASE WHEN ?7 = 'Running' THEN ?11 END, CASE WHEN ?7 = 'Cached' THEN ?11 END)",
+            )?
+            .execute(params![
+                run.id.as_bytes(),
+                run.flow_run.as_bytes(),
+                run.call_seq as i64,
+                run.task_name,
+                run.input,
+                output,
+                run.state.as_str(),
+                run.cache_key,
+                cached_from,
+                run.host,
+                run.at,
+            ])?;
+            record_state(conn, run.id.0, run.at, run.state, None)?;
+        }
+        Write::FlowRunState(change) => {
+            let n = conn
+                .prepare_cached(
+                    "UPDATE flow_runs SET state = ?3, message = CASE WHEN ?3 IN ('Completed', 'Running') THEN ?4 ELSE coalesce(?4, message) END, failure_kind = ?5,
+                        result = coalesce(?6, result), attempt = coalesce(?7, attempt),
+                        fuel_used = coalesce(?8, fuel_used), peak_memory = coalesce(?9, peak_memory),
+                        started_us = CASE WHEN ?3 = 'Running' THEN coalesce(started_us, ?10) ELSE started_us END,
+                        ended_us = CASE WHEN ?11 THEN ?10 ELSE NULL END
+                     WHERE id = ?1 AND state = ?2",
+                )?
+                .execute(params![
+                    change.id.as_bytes(),
+                    change.from.as_str(),
+                    change.to.as_str(),
+                    change.message,
+                    change.failure_kind.map(|k| k.as_str()),
+                    change.output,
+                    change.attempts,
+                    change.fuel_used.map(|v| v as i64),
+                    change.peak_memory.map(|v| v as i64),
+                    change.at,
+                    change.to.is_terminal(),
+                ])?;
+            if n != 1 {
+                return Err(StoreError::Conflict { expected: change.from });
+            }
+            record_state(conn, change.id, change.at, change.to, change.message.as_deref())?;
+        }
+        Write::TaskRunState(change) => {
+            let n = conn
+                .prepare_cached(
+                    "UPDATE task_runs SET state = ?3, message = CASE WHEN ?3 IN ('Completed', 'Running') THEN ?4 ELSE coalesce(?4, message) END, failure_kind = ?5,
+                        output = coalesce(?6, output), attempts = coalesce(?7, attempts),
+                        fuel_used = coalesce(?8, fuel_used), peak_memory = coalesce(?9, peak_memory),
+                        started_us = CASE WHEN ?3 = 'Running' THEN coalesce(started_us, ?10) ELSE started_us END,
+                        ended_us = CASE WHEN ?11 THEN ?10 ELSE NULL END,
+                        next_attempt_us = ?12
+                     WHERE id = ?1 AND state = ?2",
+                )?
+                .execute(params![
+                    change.id.as_bytes(),
+                    change.from.as_str(),
+                    change.to.as_str(),
+                    change.message,
+                    change.failure_kind.map(|k| k.as_str()),
+                    change.output,
+                    change.attempts,
+                    change.fuel_used.map(|v| v as i64),
+                    change.peak_memory.map(|v| v as i64),
+                    change.at,
+                    change.to.is_terminal(),
+                    change.next_attempt_at,
+                ])?;
+            if n != 1 {
+                return Err(StoreError::Conflict { expected: change.from });
+            }
+            record_state(conn, change.id, change.at, change.to, change.message.as_deref())?;
+        }
+        Write::TaskAttempt(a) => {
+            let (kind, message) = match &a.failure {
+                Some((kind, message)) => (Some(kind.as_str()), Some(message.as_str())),
+                None => (None, None),
+            };
+            conn.prepare_cached(
+                "INSERT INTO task_attempts (task_run, attempt, started_us, ended_us, fuel_used, peak_memory, failure_kind, message)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            )?
+            .execute(params![
+                a.task_run.as_bytes(),
+                a.attempt,
+                a.started_at,
+                a.ended_at,
+                a.fuel_used as i64,
+                a.peak_memory as i64,
+                kind,
+                message,
+            ])?;
+        }
+        Write::Logs(lines) => {
+            let mut stmt = conn.prepare_cached(
+                "INSERT INTO logs (flow_run, task_run, at_us, level, message) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?;
+            for line in lines {
+                stmt.execute(params![
+                    line.flow_run.as_bytes(),
+                    line.task_run.as_ref().map(|t| t.as_bytes().to_vec()),
+                    line.at,
+                    line.level as u8,
+                    line.message,
+                ])?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn record_state(conn: &Connection, run: uuid::Uuid, at: TimestampMicros, state: RunState, message: Option<&str>) -> rusqlite::Result<()> {
+    conn.prepare_cached("INSERT INTO run_states (run_id, at_us, state, message) VALUES (?1, ?2, ?3, ?4)")?
+        .execute(params![run.as_bytes(), at, state.as_str(), message])?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

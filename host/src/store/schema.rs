@@ -1,0 +1,108 @@
+//! Embedded, append-only migrations. Never edit one that has shipped; add another.
+
+use rusqlite::Connection;
+
+const MIGRATIONS: &[&str] = &[
+    // 1: components, flow runs, task runs, attempts, state history, logs.
+    "
+    CREATE TABLE components (
+        digest      TEXT PRIMARY KEY,
+        size_bytes  INTEGER NOT NULL,
+        manifest    TEXT NOT NULL,
+        created_us  INTEGER NOT NULL
+    );
+    CREATE TABLE flow_runs (
+        id              BLOB PRIMARY KEY,
+        parent_flow_run BLOB REFERENCES flow_runs (id) ON DELETE CASCADE,
+        component       TEXT NOT NULL,
+        flow_name       TEXT NOT NULL,
+        params          TEXT NOT NULL,
+        state           TEXT NOT NULL,
+        message         TEXT,
+        failure_kind    TEXT,
+        result          TEXT,
+        attempt         INTEGER NOT NULL DEFAULT 1,
+        host            TEXT,
+        created_us      INTEGER NOT NULL,
+        started_us      INTEGER,
+        ended_us        INTEGER,
+        fuel_used       INTEGER NOT NULL DEFAULT 0,
+        peak_memory     INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX flow_runs_by_created ON flow_runs (created_us);
+    CREATE INDEX flow_runs_by_state ON flow_runs (state, created_us);
+    CREATE INDEX flow_runs_by_parent ON flow_runs (parent_flow_run) WHERE parent_flow_run IS NOT NULL;
+    CREATE TABLE task_runs (
+        id              BLOB PRIMARY KEY,
+        flow_run        BLOB NOT NULL REFERENCES flow_runs (id) ON DELETE CASCADE,
+        call_seq        INTEGER NOT NULL,
+        task_name       TEXT NOT NULL,
+        input           TEXT NOT NULL,
+        output          TEXT,
+        state           TEXT NOT NULL,
+        failure_kind    TEXT,
+        message         TEXT,
+        attempts        INTEGER NOT NULL DEFAULT 0,
+        fuel_used       INTEGER NOT NULL DEFAULT 0,
+        peak_memory     INTEGER NOT NULL DEFAULT 0,
+        created_us      INTEGER NOT NULL,
+        started_us      INTEGER,
+        ended_us        INTEGER,
+        next_attempt_us INTEGER,
+        cache_key       TEXT,
+        cached_from     BLOB,
+        host            TEXT
+    );
+    CREATE INDEX task_runs_by_flow ON task_runs (flow_run, call_seq);
+    CREATE INDEX task_runs_by_cache_key ON task_runs (cache_key, ended_us) WHERE cache_key IS NOT NULL;
+    CREATE TABLE task_attempts (
+        task_run     BLOB NOT NULL REFERENCES task_runs (id) ON DELETE CASCADE,
+        attempt      INTEGER NOT NULL,
+        started_us   INTEGER NOT NULL,
+        ended_us     INTEGER NOT NULL,
+        fuel_used    INTEGER NOT NULL,
+        peak_memory  INTEGER NOT NULL,
+        failure_kind TEXT,
+        message      TEXT,
+        PRIMARY KEY (task_run, attempt)
+    ) WITHOUT ROWID;
+    CREATE TABLE run_states (
+        run_id  BLOB NOT NULL,
+        at_us   INTEGER NOT NULL,
+        state   TEXT NOT NULL,
+        message TEXT
+    );
+    CREATE INDEX run_states_by_run ON run_states (run_id);
+    CREATE TABLE logs (
+        id       INTEGER PRIMARY KEY,
+        flow_run BLOB NOT NULL,
+        task_run BLOB,
+        at_us    INTEGER NOT NULL,
+        level    INTEGER NOT NULL,
+        message  TEXT NOT NULL
+    );
+    CREATE INDEX logs_by_flow_run ON logs (flow_run, id);
+    ",
+];
+
+/// Brings the database up to the newest schema, one transaction per migration.
+pub fn migrate(conn: &mut Connection) -> Result<(), String> {
+    migrate_inner(conn).map_err(|e| e.to_string())?
+}
+
+fn migrate_inner(conn: &mut Connection) -> rusqlite::Result<Result<(), String>> {
+    let current: usize = conn.pragma_query_value(None, "user_version", |r| r.get::<_, i64>(0))? as usize;
+    if current > MIGRATIONS.len() {
+        return Ok(Err(format!(
+            "the database is at schema version {current}, newer than this host knows ({}); use a newer host",
+            MIGRATIONS.len()
+        )));
+    }
+    for (index, sql) in MIGRATIONS.iter().enumerate().skip(current) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", (index + 1) as i64)?;
+        tx.commit()?;
+    }
+    Ok(Ok(()))
+}

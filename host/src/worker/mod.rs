@@ -1,0 +1,808 @@
+//! Runs flows: claims nothing yet, executes one flow run in a sandbox, serves its
+//! imports (tasks, subflows, logs), applies task policies and records everything.
+//!
+//! A task call is: replay (if this run already completed the same call) → cache
+//! lookup → attempts in fresh sandboxes with retries and backoff → a durable
+//! record of the result before the flow sees it. Because of that last rule, a
+//! flow run that dies mid-way can be run again and will not redo finished work.
+
+mod events;
+
+pub use events::{RunEvent, RunSummary};
+
+use crate::control::{Control, ControlError, Durability};
+use crate::engine::{Component, Engine, Entry, GuestHost, HostFuture};
+use crate::model::{
+    ComponentDigest, EffectivePolicy, Failure, FailureKind, FlowRunId, LogLevel, Policy, PolicyDefaults,
+    RunInfo, RunState, TaskRunId,
+};
+use crate::store::{AttemptRecord, LogRecord, NewFlowRun, NewTaskRun, StateChange, Write};
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::{Semaphore, mpsc};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// Settings of an executor; defaults suit a laptop.
+#[derive(Clone, Debug)]
+pub struct ExecutorSettings {
+    pub task_defaults: PolicyDefaults,
+    pub flow_defaults: PolicyDefaults,
+    /// Tasks of one flow run that may run at once.
+    pub flow_concurrency: usize,
+    /// Log lines kept per flow run (its tasks included); the rest are counted and dropped.
+    pub max_log_lines_per_run: u64,
+    /// How deep subflows may nest.
+    pub max_subflow_depth: u32,
+    /// The name recorded as the host that ran each task.
+    pub host_name: String,
+}
+
+impl Default for ExecutorSettings {
+    fn default() -> Self {
+        Self {
+            task_defaults: PolicyDefaults {
+                // About ten seconds of busy CPU: a runaway is stopped, real work is not.
+                fuel: 100_000_000_000,
+                memory_bytes: 128 << 20,
+                timeout: Some(Duration::from_secs(300)),
+                max_memory_bytes: 4 << 30,
+            },
+            flow_defaults: PolicyDefaults {
+                fuel: 1_000_000_000_000,
+                memory_bytes: 256 << 20,
+                timeout: None,
+                max_memory_bytes: 4 << 30,
+            },
+            flow_concurrency: 64,
+            max_log_lines_per_run: 100_000,
+            max_subflow_depth: 16,
+            host_name: local_host_name(),
+        }
+    }
+}
+
+fn local_host_name() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "local".into())
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error("no flow named '{name}' in this component; it has: {available}")]
+    UnknownFlow { name: String, available: String },
+    #[error(transparent)]
+    Control(#[from] ControlError),
+}
+
+/// Executes flow runs on one engine and records them through `Control`.
+pub struct Executor {
+    engine: Arc<Engine>,
+    control: Arc<Control>,
+    settings: ExecutorSettings,
+}
+
+/// What to run.
+pub struct FlowRunRequest {
+    pub component: Component,
+    pub flow_name: String,
+    pub params: String,
+    /// Run again an existing flow run (retry or resume) instead of creating one.
+    pub existing: Option<ExistingRun>,
+    pub parent: Option<FlowRunId>,
+    pub events: Option<mpsc::UnboundedSender<RunEvent>>,
+    pub cancel: CancellationToken,
+    pub policy_override: Policy,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct ExistingRun {
+    pub id: FlowRunId,
+    pub state: RunState,
+    pub attempt: u32,
+}
+
+impl FlowRunRequest {
+    pub fn new(component: Component, flow_name: impl Into<String>, params: impl Into<String>) -> Self {
+        Self {
+            component,
+            flow_name: flow_name.into(),
+            params: params.into(),
+            existing: None,
+            parent: None,
+            events: None,
+            cancel: CancellationToken::new(),
+            policy_override: Policy::default(),
+        }
+    }
+}
+
+/// How a flow run ended.
+#[derive(Debug)]
+pub struct FlowRunOutcome {
+    pub id: FlowRunId,
+    pub state: RunState,
+    pub result: Result<String, Failure>,
+    pub summary: RunSummary,
+}
+
+impl Executor {
+    pub fn new(engine: Arc<Engine>, control: Arc<Control>, settings: ExecutorSettings) -> Arc<Self> {
+        Arc::new(Self { engine, control, settings })
+    }
+
+    pub fn engine(&self) -> &Arc<Engine> {
+        &self.engine
+    }
+
+    pub fn control(&self) -> &Arc<Control> {
+        &self.control
+    }
+
+    /// Runs a flow to its end: attempts, flow-level retries, replay of completed tasks.
+    pub async fn run_flow(self: &Arc<Self>, request: FlowRunRequest) -> Result<FlowRunOutcome, WorkerError> {
+        self.run_flow_at_depth(request, 0).await
+    }
+
+    fn run_flow_boxed(
+        self: Arc<Self>,
+        request: FlowRunRequest,
+        depth: u32,
+    ) -> HostFuture<'static, Result<FlowRunOutcome, WorkerError>> {
+        Box::pin(async move { self.run_flow_at_depth(request, depth).await })
+    }
+
+    async fn run_flow_at_depth(self: &Arc<Self>, request: FlowRunRequest, depth: u32) -> Result<FlowRunOutcome, WorkerError> {
+        let manifest = request.component.manifest.clone();
+        let Some(flow_def) = manifest.flow(&request.flow_name) else {
+            return Err(WorkerError::UnknownFlow {
+                name: request.flow_name.clone(),
+                available: manifest.flow_names().join(", "),
+            });
+        };
+        let policy = EffectivePolicy::resolve(&flow_def.policy.overlay(&request.policy_override), &self.settings.flow_defaults);
+        let started = Instant::now();
+
+        let (id, mut attempt, mut state) = match request.existing {
+            Some(run) => {
+                let to = RunState::Running;
+                let mut change = StateChange::new(run.id.0, run.state, to, self.control.now());
+                change.attempts = Some(run.attempt + 1);
+                change.message = Some(format!("attempt {} (completed tasks are replayed)", run.attempt + 1));
+                self.committed(self.control.change_flow_run(change, Vec::new(), Durability::Committed)?).await?;
+                (run.id, run.attempt + 1, to)
+            }
+            None => {
+                let id = FlowRunId::new();
+                self.control.create_flow_run(
+                    NewFlowRun {
+                        id,
+                        parent_flow_run: request.parent,
+                        component: request.component.digest.clone(),
+                        flow_name: request.flow_name.clone(),
+                        params: request.params.clone(),
+                        state: RunState::Running,
+                        attempt: 1,
+                        host: self.settings.host_name.clone(),
+                        at: self.control.now(),
+                    },
+                    Durability::Detached,
+                )?;
+                (id, 1, RunState::Running)
+            }
+        };
+        let events = request.events.clone();
+        send(&events, RunEvent::FlowStarted { id, flow_name: request.flow_name.clone(), attempt });
+
+        let run = Arc::new(FlowRun {
+            executor: self.clone(),
+            id,
+            component: request.component.clone(),
+            flow_name: request.flow_name.clone(),
+            attempt: AtomicU32::new(attempt),
+            depth,
+            seq: AtomicU64::new(0),
+            replay: Mutex::new(HashMap::new()),
+            handles: Mutex::new(HashMap::new()),
+            next_handle: AtomicU64::new(1),
+            permits: Arc::new(Semaphore::new(self.settings.flow_concurrency.max(1))),
+            cancel: request.cancel.clone(),
+            events: events.clone(),
+            logs: LogBudget::new(self.settings.max_log_lines_per_run),
+            stats: Stats::default(),
+        });
+
+        loop {
+            run.load_replay()?;
+            run.seq.store(0, Ordering::SeqCst);
+            let host: Arc<dyn GuestHost> = Arc::new(FlowHost(run.clone()));
+            let limits = policy.limits;
+            let execution = self
+                .engine
+                .run(
+                    &request.component,
+                    Entry::Flow { name: &request.flow_name, params: &request.params },
+                    limits,
+                    host,
+                    request.cancel.child_token(),
+                )
+                .await;
+            // Tasks the flow submitted but never awaited still finish and are recorded.
+            run.drain_handles().await;
+            run.stats.fuel.fetch_add(execution.fuel_used, Ordering::Relaxed);
+            run.stats.peak_memory.fetch_max(execution.peak_memory_bytes, Ordering::Relaxed);
+
+            let now = self.control.now();
+            match execution.result {
+                Ok(result) => {
+                    let mut change = StateChange::new(id.0, state, RunState::Completed, now);
+                    change.output = Some(result.clone());
+                    change.fuel_used = Some(run.stats.fuel.load(Ordering::Relaxed));
+                    change.peak_memory = Some(run.stats.peak_memory.load(Ordering::Relaxed));
+                    self.committed(self.control.change_flow_run(change, Vec::new(), Durability::Committed)?).await?;
+                    let summary = run.summary(started.elapsed());
+                    send(&events, RunEvent::FlowFinished { id, state: RunState::Completed, summary: summary.clone() });
+                    return Ok(FlowRunOutcome { id, state: RunState::Completed, result: Ok(result), summary });
+                }
+                Err(failure) => {
+                    let cancelled = request.cancel.is_cancelled();
+                    if !cancelled && policy.should_retry(attempt, failure.kind) {
+                        let delay = policy.retry_delay(attempt, rand::random::<f64>());
+                        let mut change = StateChange::new(id.0, state, RunState::Retrying, now);
+                        change.message = Some(format!("attempt {attempt} failed: {failure}"));
+                        change.next_attempt_at = Some(now + delay.as_micros() as i64);
+                        self.control.change_flow_run(change, Vec::new(), Durability::Detached)?;
+                        run.log(None, LogLevel::Warn, &format!(
+                            "flow attempt {attempt} failed ({failure}); retrying in {}",
+                            humantime::format_duration(delay)
+                        ));
+                        if !sleep_unless_cancelled(delay, &request.cancel).await {
+                            state = RunState::Retrying;
+                            continue;
+                        }
+                        attempt += 1;
+                        run.attempt.store(attempt, Ordering::SeqCst);
+                        let mut change = StateChange::new(id.0, RunState::Retrying, RunState::Running, self.control.now());
+                        change.attempts = Some(attempt);
+                        self.control.change_flow_run(change, Vec::new(), Durability::Detached)?;
+                        state = RunState::Running;
+                        continue;
+                    }
+                    let kind = if cancelled { FailureKind::Cancelled } else { failure.kind };
+                    let failure = Failure::new(kind, failure.message);
+                    let final_state = kind.final_state();
+                    let mut change = StateChange::new(id.0, state, final_state, self.control.now());
+                    change.message = Some(failure.message.clone());
+                    change.failure_kind = Some(kind);
+                    change.fuel_used = Some(run.stats.fuel.load(Ordering::Relaxed));
+                    change.peak_memory = Some(run.stats.peak_memory.load(Ordering::Relaxed));
+                    self.committed(self.control.change_flow_run(change, Vec::new(), Durability::Committed)?).await?;
+                    let summary = run.summary(started.elapsed());
+                    send(&events, RunEvent::FlowFinished { id, state: final_state, summary: summary.clone() });
+                    return Ok(FlowRunOutcome { id, state: final_state, result: Err(failure), summary });
+                }
+            }
+        }
+    }
+
+    async fn committed(&self, ticket: Option<crate::store::Ticket>) -> Result<(), WorkerError> {
+        if let Some(ticket) = ticket {
+            ticket.committed().await.map_err(ControlError::from)?;
+        }
+        Ok(())
+    }
+}
+
+/// Sleeps for `delay`; returns true if cancelled first.
+async fn sleep_unless_cancelled(delay: Duration, cancel: &CancellationToken) -> bool {
+    tokio::select! {
+        _ = cancel.cancelled() => true,
+        _ = tokio::time::sleep(delay) => false,
+    }
+}
+
+fn send(events: &Option<mpsc::UnboundedSender<RunEvent>>, event: RunEvent) {
+    if let Some(tx) = events {
+        let _ = tx.send(event);
+    }
+}
+
+#[derive(Default)]
+struct Stats {
+    tasks: AtomicU64,
+    attempts: AtomicU64,
+    cached: AtomicU64,
+    replayed: AtomicU64,
+    failed: AtomicU64,
+    fuel: AtomicU64,
+    peak_memory: AtomicU64,
+}
+
+/// Caps the log lines of one flow run; says once that it dropped some.
+struct LogBudget {
+    max: u64,
+    used: AtomicU64,
+}
+
+impl LogBudget {
+    fn new(max: u64) -> Self {
+        Self { max, used: AtomicU64::new(0) }
+    }
+
+    /// `Some(text)` for a line to keep (the last one kept says the budget ran out).
+    fn admit<'a>(&self, message: &'a str) -> Option<std::borrow::Cow<'a, str>> {
+        let n = self.used.fetch_add(1, Ordering::Relaxed);
+        if n < self.max {
+            Some(message.into())
+        } else if n == self.max {
+            Some(format!("log limit of {} lines per run reached; further lines are dropped", self.max).into())
+        } else {
+            None
+        }
+    }
+}
+
+/// A completed call from an earlier attempt of this flow run.
+struct Recorded {
+    task_name: String,
+    input: String,
+    output: String,
+}
+
+/// One flow run in progress: serves the flow instance's imports.
+struct FlowRun {
+    executor: Arc<Executor>,
+    id: FlowRunId,
+    component: Component,
+    flow_name: String,
+    attempt: AtomicU32,
+    depth: u32,
+    /// Call order within the current attempt; replay matches on it.
+    seq: AtomicU64,
+    replay: Mutex<HashMap<u64, Recorded>>,
+    handles: Mutex<HashMap<u64, JoinHandle<Result<String, Failure>>>>,
+    next_handle: AtomicU64,
+    permits: Arc<Semaphore>,
+    cancel: CancellationToken,
+    events: Option<mpsc::UnboundedSender<RunEvent>>,
+    logs: LogBudget,
+    stats: Stats,
+}
+
+impl FlowRun {
+    fn control(&self) -> &Control {
+        &self.executor.control
+    }
+
+    fn load_replay(&self) -> Result<(), WorkerError> {
+        let rows = self.control().store().task_runs(self.id).map_err(ControlError::from)?;
+        let mut replay = self.replay.lock().unwrap_or_else(|p| p.into_inner());
+        replay.clear();
+        for row in rows.into_iter().filter(|r| r.state.is_success()) {
+            if let Some(output) = row.output {
+                replay.insert(row.call_seq, Recorded { task_name: row.task_name, input: row.input, output });
+            }
+        }
+        Ok(())
+    }
+
+    fn summary(&self, duration: Duration) -> RunSummary {
+        RunSummary {
+            tasks: self.stats.tasks.load(Ordering::Relaxed),
+            attempts: self.stats.attempts.load(Ordering::Relaxed),
+            cached: self.stats.cached.load(Ordering::Relaxed),
+            replayed: self.stats.replayed.load(Ordering::Relaxed),
+            failed: self.stats.failed.load(Ordering::Relaxed),
+            fuel_used: self.stats.fuel.load(Ordering::Relaxed),
+            peak_memory_bytes: self.stats.peak_memory.load(Ordering::Relaxed),
+            duration,
+        }
+    }
+
+    fn log(&self, task: Option<(TaskRunId, &str)>, level: LogLevel, message: &str) {
+        let Some(message) = self.logs.admit(message) else { return };
+        self.control().record(
+            vec![Write::Logs(vec![LogRecord {
+                flow_run: self.id,
+                task_run: task.map(|t| t.0),
+                at: self.control().now(),
+                level,
+                message: message.to_string(),
+            }])],
+            Durability::Detached,
+        );
+        send(
+            &self.events,
+            RunEvent::Log { task: task.map(|t| t.1.to_string()), level, message: message.into_owned() },
+        );
+    }
+
+    async fn drain_handles(&self) {
+        let handles: Vec<_> = {
+            let mut map = self.handles.lock().unwrap_or_else(|p| p.into_inner());
+            map.drain().map(|(_, h)| h).collect()
+        };
+        for handle in handles {
+            let _ = handle.await;
+        }
+    }
+
+    /// One task call, with everything the policy asks for.
+    async fn execute_task(self: Arc<Self>, name: String, input: String, seq: u64) -> Result<String, Failure> {
+        if let Some(output) = self.replayed(seq, &name, &input) {
+            self.stats.replayed.fetch_add(1, Ordering::Relaxed);
+            return Ok(output);
+        }
+        let Some(task_def) = self.component.manifest.task(&name) else {
+            let names: Vec<&str> = self.component.manifest.tasks.iter().map(|t| t.name.as_str()).collect();
+            return Err(Failure::new(
+                FailureKind::InvalidInput,
+                format!("no task named '{name}' in this component; it has: {}", names.join(", ")),
+            ));
+        };
+        let policy = EffectivePolicy::resolve(&task_def.policy, &self.executor.settings.task_defaults);
+        let cache_key = cache_key(&policy, &self.component.digest, &name, &input);
+        self.stats.tasks.fetch_add(1, Ordering::Relaxed);
+
+        let control = self.control();
+        if let (Some(key), Some(ttl)) = (&cache_key, policy.cache_ttl) {
+            let not_before = control.now() - ttl.as_micros() as i64;
+            if let Ok(Some((from, output))) = control.store().cached_output(key, not_before) {
+                let id = TaskRunId::new();
+                let ticket = control
+                    .create_task_run(
+                        NewTaskRun {
+                            id,
+                            flow_run: self.id,
+                            call_seq: seq,
+                            task_name: name.clone(),
+                            input,
+                            state: RunState::Cached,
+                            cache_key: cache_key.clone(),
+                            cached_from: Some((from, output.clone())),
+                            host: self.executor.settings.host_name.clone(),
+                            at: control.now(),
+                        },
+                        Durability::Committed,
+                    )
+                    .map_err(crashed)?;
+                if let Some(ticket) = ticket {
+                    ticket.committed().await.map_err(crashed)?;
+                }
+                self.stats.cached.fetch_add(1, Ordering::Relaxed);
+                send(&self.events, RunEvent::TaskFinished { id, name, state: RunState::Cached, duration: Duration::ZERO });
+                return Ok(output);
+            }
+        }
+
+        let _permit = tokio::select! {
+            permit = self.permits.clone().acquire_owned() => permit.map_err(|_| crashed("the run is shutting down"))?,
+            _ = self.cancel.cancelled() => return Err(Failure::new(FailureKind::Cancelled, "the run was cancelled")),
+        };
+        let id = TaskRunId::new();
+        control
+            .create_task_run(
+                NewTaskRun {
+                    id,
+                    flow_run: self.id,
+                    call_seq: seq,
+                    task_name: name.clone(),
+                    input: input.clone(),
+                    state: RunState::Running,
+                    cache_key: cache_key.clone(),
+                    cached_from: None,
+                    host: self.executor.settings.host_name.clone(),
+                    at: control.now(),
+                },
+                Durability::Detached,
+            )
+            .map_err(crashed)?;
+
+        let started = Instant::now();
+        let mut state = RunState::Running;
+        let mut attempt = 1u32;
+        let (mut fuel_total, mut peak) = (0u64, 0u64);
+        loop {
+            send(&self.events, RunEvent::TaskStarted { id, name: name.clone(), attempt });
+            self.stats.attempts.fetch_add(1, Ordering::Relaxed);
+            let task_host = Arc::new(TaskHost { run: self.clone(), task_run: id, task_name: name.clone(), attempt });
+            let attempt_started = control.now();
+            let execution = self
+                .executor
+                .engine
+                .run(
+                    &self.component,
+                    Entry::Task { name: &name, input: &input },
+                    policy.limits,
+                    task_host,
+                    self.cancel.child_token(),
+                )
+                .await;
+            fuel_total += execution.fuel_used;
+            peak = peak.max(execution.peak_memory_bytes);
+            self.stats.fuel.fetch_add(execution.fuel_used, Ordering::Relaxed);
+            self.stats.peak_memory.fetch_max(execution.peak_memory_bytes, Ordering::Relaxed);
+            let now = control.now();
+            let record = AttemptRecord {
+                task_run: id,
+                attempt,
+                started_at: attempt_started,
+                ended_at: now,
+                fuel_used: execution.fuel_used,
+                peak_memory: execution.peak_memory_bytes,
+                failure: execution.result.as_ref().err().map(|f| (f.kind, f.message.clone())),
+            };
+            let mut change = StateChange::new(id.0, state, RunState::Completed, now);
+            change.attempts = Some(attempt);
+            change.fuel_used = Some(fuel_total);
+            change.peak_memory = Some(peak);
+
+            match execution.result {
+                Ok(output) => {
+                    change.output = Some(output.clone());
+                    // Durable before the flow sees it: the rule that makes resume safe.
+                    let ticket = control
+                        .change_task_run(change, vec![Write::TaskAttempt(record)], Durability::Committed)
+                        .map_err(crashed)?;
+                    if let Some(ticket) = ticket {
+                        ticket.committed().await.map_err(crashed)?;
+                    }
+                    send(&self.events, RunEvent::TaskFinished { id, name, state: RunState::Completed, duration: started.elapsed() });
+                    return Ok(output);
+                }
+                Err(failure) => {
+                    let cancelled = self.cancel.is_cancelled();
+                    if !cancelled && policy.should_retry(attempt, failure.kind) {
+                        let delay = policy.retry_delay(attempt, rand::random::<f64>());
+                        change.to = RunState::Retrying;
+                        change.message = Some(failure.to_string());
+                        change.failure_kind = Some(failure.kind);
+                        change.next_attempt_at = Some(now + delay.as_micros() as i64);
+                        control
+                            .change_task_run(change, vec![Write::TaskAttempt(record)], Durability::Detached)
+                            .map_err(crashed)?;
+                        self.log(
+                            Some((id, &name)),
+                            LogLevel::Warn,
+                            &format!(
+                                "attempt {attempt} of {} failed ({failure}); retrying in {}",
+                                policy.retries + 1,
+                                humantime::format_duration(delay)
+                            ),
+                        );
+                        send(&self.events, RunEvent::TaskRetrying { id, name: name.clone(), attempt, failure: failure.clone(), delay });
+                        if sleep_unless_cancelled(delay, &self.cancel).await {
+                            state = RunState::Retrying;
+                            change = StateChange::new(id.0, state, RunState::Cancelled, control.now());
+                            change.failure_kind = Some(FailureKind::Cancelled);
+                            change.message = Some("cancelled while waiting to retry".into());
+                            control.change_task_run(change, Vec::new(), Durability::Detached).map_err(crashed)?;
+                            return Err(Failure::new(FailureKind::Cancelled, "the run was cancelled"));
+                        }
+                        let resume = StateChange::new(id.0, RunState::Retrying, RunState::Running, control.now());
+                        control.change_task_run(resume, Vec::new(), Durability::Detached).map_err(crashed)?;
+                        state = RunState::Running;
+                        attempt += 1;
+                        continue;
+                    }
+                    let kind = if cancelled { FailureKind::Cancelled } else { failure.kind };
+                    let failure = Failure::new(kind, failure.message);
+                    change.to = kind.final_state();
+                    change.message = Some(failure.message.clone());
+                    change.failure_kind = Some(kind);
+                    let ticket = control
+                        .change_task_run(change, vec![Write::TaskAttempt(record)], Durability::Committed)
+                        .map_err(crashed)?;
+                    if let Some(ticket) = ticket {
+                        ticket.committed().await.map_err(crashed)?;
+                    }
+                    self.stats.failed.fetch_add(1, Ordering::Relaxed);
+                    self.log(Some((id, &name)), LogLevel::Error, &format!("task failed: {failure}"));
+                    send(&self.events, RunEvent::TaskFinished { id, name, state: kind.final_state(), duration: started.elapsed() });
+                    return Err(failure);
+                }
+            }
+        }
+    }
+
+    fn replayed(&self, seq: u64, name: &str, input: &str) -> Option<String> {
+        let mut replay = self.replay.lock().unwrap_or_else(|p| p.into_inner());
+        let recorded = replay.remove(&seq)?;
+        if recorded.task_name == name && recorded.input == input {
+            Some(recorded.output)
+        } else {
+            drop(replay);
+            self.log(
+                None,
+                LogLevel::Warn,
+                &format!(
+                    "call #{seq} was '{}' in an earlier attempt and is '{name}' now: the flow is not deterministic, so the task runs again",
+                    recorded.task_name
+                ),
+            );
+            None
+        }
+    }
+
+    /// Secrets are granted per deployment; a run started by hand has none.
+    fn get_secret(&self, _name: &str) -> Option<String> {
+        None
+    }
+
+    fn run_info(&self, task: Option<(&TaskRunId, &str, u32)>) -> RunInfo {
+        RunInfo {
+            flow_run_id: self.id.to_string(),
+            task_run_id: task.map(|t| t.0.to_string()),
+            attempt: task.map(|t| t.2).unwrap_or_else(|| self.attempt.load(Ordering::SeqCst)),
+            flow_name: self.flow_name.clone(),
+            task_name: task.map(|t| t.1.to_string()),
+            deployment: None,
+            scheduled_at: None,
+        }
+    }
+}
+
+/// The cache key of a call, or `None` when the task is not cached.
+fn cache_key(policy: &EffectivePolicy, digest: &ComponentDigest, name: &str, input: &str) -> Option<String> {
+    use crate::model::CacheKeyPolicy;
+    policy.cache_ttl?;
+    let canonical = serde_json::from_str::<serde_json::Value>(input).ok()?.to_string();
+    let mut hasher = Sha256::new();
+    match policy.cache_key {
+        CacheKeyPolicy::None => return None,
+        CacheKeyPolicy::InputAndCode => hasher.update(digest.as_str()),
+        CacheKeyPolicy::Input => {}
+    }
+    hasher.update([0]);
+    hasher.update(name);
+    hasher.update([0]);
+    hasher.update(canonical);
+    Some(hex::encode(hasher.finalize()))
+}
+
+fn crashed(e: impl std::fmt::Display) -> Failure {
+    Failure::new(FailureKind::Crashed, format!("could not record the task: {e}"))
+}
+
+/// Serves the flow instance's imports. Tasks it spawns hold the run alive.
+struct FlowHost(Arc<FlowRun>);
+
+impl GuestHost for FlowHost {
+    fn log(&self, level: LogLevel, message: &str) {
+        self.0.log(None, level, message);
+    }
+
+    fn call_task(&self, name: String, input: String) -> HostFuture<'_, Result<String, Failure>> {
+        let seq = self.0.seq.fetch_add(1, Ordering::SeqCst);
+        Box::pin(self.0.clone().execute_task(name, input, seq))
+    }
+
+    fn submit_task(&self, name: String, input: String) -> u64 {
+        let seq = self.0.seq.fetch_add(1, Ordering::SeqCst);
+        let handle = self.0.next_handle.fetch_add(1, Ordering::SeqCst);
+        let join = tokio::spawn(self.0.clone().execute_task(name, input, seq));
+        self.0.handles.lock().unwrap_or_else(|p| p.into_inner()).insert(handle, join);
+        handle
+    }
+
+    fn await_task(&self, handle: u64) -> HostFuture<'_, Result<String, Failure>> {
+        let join = self.0.handles.lock().unwrap_or_else(|p| p.into_inner()).remove(&handle);
+        Box::pin(async move {
+            match join {
+                Some(join) => join.await.unwrap_or_else(|e| Err(crashed(format!("task execution panicked: {e}")))),
+                None => Err(Failure::new(
+                    FailureKind::InvalidInput,
+                    format!("no pending task with handle {handle} (each handle can be awaited once)"),
+                )),
+            }
+        })
+    }
+
+    fn call_flow(&self, name: String, params: String) -> HostFuture<'_, Result<String, Failure>> {
+        let this = self.0.clone();
+        Box::pin(async move {
+            if this.depth + 1 > this.executor.settings.max_subflow_depth {
+                return Err(Failure::new(
+                    FailureKind::Failed,
+                    format!("subflows nest deeper than {} levels", this.executor.settings.max_subflow_depth),
+                ));
+            }
+            let mut request = FlowRunRequest::new(this.component.clone(), name, params);
+            request.parent = Some(this.id);
+            request.events = this.events.clone();
+            request.cancel = this.cancel.child_token();
+            match this.executor.clone().run_flow_boxed(request, this.depth + 1).await {
+                Ok(outcome) => outcome.result,
+                Err(WorkerError::UnknownFlow { name, available }) => Err(Failure::new(
+                    FailureKind::InvalidInput,
+                    format!("no flow named '{name}' in this component; it has: {available}"),
+                )),
+                Err(e) => Err(crashed(e)),
+            }
+        })
+    }
+
+    fn get_secret(&self, name: &str) -> Option<String> {
+        self.0.get_secret(name)
+    }
+
+    fn info(&self) -> RunInfo {
+        self.0.run_info(None)
+    }
+}
+
+/// Serves a task instance: logs and secrets; no nested tasks or flows.
+struct TaskHost {
+    run: Arc<FlowRun>,
+    task_run: TaskRunId,
+    task_name: String,
+    attempt: u32,
+}
+
+fn tasks_cannot_call() -> Failure {
+    Failure::new(
+        FailureKind::Failed,
+        "a task cannot start tasks or flows; call them from the flow instead",
+    )
+}
+
+impl GuestHost for TaskHost {
+    fn log(&self, level: LogLevel, message: &str) {
+        self.run.log(Some((self.task_run, &self.task_name)), level, message);
+    }
+    fn call_task(&self, _: String, _: String) -> HostFuture<'_, Result<String, Failure>> {
+        Box::pin(async { Err(tasks_cannot_call()) })
+    }
+    fn submit_task(&self, _: String, _: String) -> u64 {
+        0
+    }
+    fn await_task(&self, _: u64) -> HostFuture<'_, Result<String, Failure>> {
+        Box::pin(async { Err(tasks_cannot_call()) })
+    }
+    fn call_flow(&self, _: String, _: String) -> HostFuture<'_, Result<String, Failure>> {
+        Box::pin(async { Err(tasks_cannot_call()) })
+    }
+    fn get_secret(&self, name: &str) -> Option<String> {
+        self.run.get_secret(name)
+    }
+    fn info(&self) -> RunInfo {
+        self.run.run_info(Some((&self.task_run, &self.task_name, self.attempt)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_budget_keeps_max_lines_then_says_so_once() {
+        let budget = LogBudget::new(2);
+        assert_eq!(budget.admit("a").as_deref(), Some("a"));
+        assert_eq!(budget.admit("b").as_deref(), Some("b"));
+        assert!(budget.admit("c").unwrap().contains("log limit of 2 lines"));
+        assert!(budget.admit("d").is_none());
+    }
+
+    #[test]
+    fn cache_key_depends_on_policy_code_and_canonical_input() {
+        let defaults = PolicyDefaults { fuel: 1, memory_bytes: 1, timeout: None, max_memory_bytes: 1 };
+        let mut policy = Policy { cache_ttl_ms: Some(1000), ..Policy::default() };
+        let a = ComponentDigest::from_sha256([1; 32]);
+        let b = ComponentDigest::from_sha256([2; 32]);
+        let p = EffectivePolicy::resolve(&policy, &defaults);
+        let k1 = cache_key(&p, &a, "t", r#"{"x": 1}"#).unwrap();
+        assert_eq!(Some(k1.clone()), cache_key(&p, &a, "t", r#"{"x":1}"#), "whitespace does not matter");
+        assert_ne!(Some(k1.clone()), cache_key(&p, &b, "t", r#"{"x":1}"#), "code matters by default");
+        policy.cache_key = Some(crate::model::CacheKeyPolicy::Input);
+        let p = EffectivePolicy::resolve(&policy, &defaults);
+        assert_eq!(cache_key(&p, &a, "t", "1"), cache_key(&p, &b, "t", "1"));
+        policy.cache_ttl_ms = None;
+        assert_eq!(cache_key(&EffectivePolicy::resolve(&policy, &defaults), &a, "t", "1"), None);
+    }
+}
