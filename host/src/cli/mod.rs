@@ -11,6 +11,7 @@ mod runs;
 use crate::config::Paths;
 use clap::{Args, Parser, Subcommand};
 
+
 const ABOUT: &str = "Weir runs workflows whose flows and tasks are WebAssembly components.
 
 Every task runs in its own sandbox with fuel, memory and deadline limits, and every
@@ -68,6 +69,36 @@ impl Exit {
     pub fn code(code: i32) -> anyhow::Error {
         Exit { code, message: String::new() }.into()
     }
+}
+
+/// The whole program: parse the command line, run it, print errors with their
+/// causes and exit with the command's code. `main.rs` only calls this.
+pub fn main() -> ! {
+    let cli = Cli::parse();
+    init_tracing();
+    match run(cli) {
+        Ok(()) => std::process::exit(0),
+        Err(error) => {
+            if let Some(exit) = error.downcast_ref::<Exit>() {
+                if !exit.message.is_empty() {
+                    eprintln!("error: {}", exit.message);
+                }
+                std::process::exit(exit.code);
+            }
+            eprintln!("error: {error}");
+            for cause in error.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
+            std::process::exit(1);
+        }
+    }
+}
+
+/// `WEIR_LOG` takes tracing filter directives (e.g. `debug`, `weir_host=trace`).
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("WEIR_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {

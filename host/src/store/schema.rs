@@ -27,7 +27,9 @@ const MIGRATIONS: &[&str] = &[
         started_us      INTEGER,
         ended_us        INTEGER,
         fuel_used       INTEGER NOT NULL DEFAULT 0,
-        peak_memory     INTEGER NOT NULL DEFAULT 0
+        peak_memory     INTEGER NOT NULL DEFAULT 0,
+        -- Set by `host flow-run cancel` in any process; the process running it polls.
+        cancel_requested_us INTEGER
     );
     CREATE INDEX flow_runs_by_created ON flow_runs (created_us);
     CREATE INDEX flow_runs_by_state ON flow_runs (state, created_us);

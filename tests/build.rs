@@ -1,0 +1,102 @@
+//! Builds the guest components the tests run (the fixture guest and every
+//! example) for wasm32-wasip2 and exports their paths as constants.
+//!
+//! The guests are built by a nested cargo into `<target>/weir-guests`, apart
+//! from the host build, the same directory `host flow run` uses for them.
+
+use std::env;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+const TARGET: &str = "wasm32-wasip2";
+const GUESTS: &[(&str, &str)] = &[
+    ("FIXTURE_WASM", "fixture-guest"),
+    ("HELLO_WASM", "example-hello"),
+    ("ETL_WASM", "example-etl"),
+    ("SANDBOX_WASM", "example-sandbox"),
+];
+
+fn main() {
+    let manifest_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR").unwrap());
+    let workspace = manifest_dir.parent().unwrap().to_path_buf();
+    for dir in ["guest-sdk", "examples", "tests/fixtures", "wit"] {
+        println!("cargo:rerun-if-changed={}", workspace.join(dir).display());
+    }
+    println!("cargo:rerun-if-env-changed=CARGO_TARGET_DIR");
+
+    let target_dir = env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace.join("target"))
+        .join("weir-guests");
+    ensure_wasm_target();
+
+    let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut command = Command::new(cargo);
+    command
+        .current_dir(&workspace)
+        .args(["build", "--release", "--target", TARGET, "--message-format=json-render-diagnostics"])
+        .arg("--target-dir")
+        .arg(&target_dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    for (_, package) in GUESTS {
+        command.args(["-p", package]);
+    }
+    // What the outer build was told (clippy's wrapper, host RUSTFLAGS) is not for the guests.
+    for var in [
+        "RUSTFLAGS",
+        "CARGO_ENCODED_RUSTFLAGS",
+        "RUSTC_WRAPPER",
+        "RUSTC_WORKSPACE_WRAPPER",
+        "CLIPPY_ARGS",
+        "CARGO_BUILD_TARGET",
+        "CARGO_TARGET_DIR",
+        "CARGO_MAKEFLAGS",
+        "MAKEFLAGS",
+        "MFLAGS",
+    ] {
+        command.env_remove(var);
+    }
+    let output = command.output().expect("running cargo to build the guest components");
+    if !output.status.success() {
+        panic!("building the guest components for {TARGET} failed; cargo's messages are above");
+    }
+    let messages = String::from_utf8_lossy(&output.stdout);
+
+    let mut constants = String::new();
+    for (constant, package) in GUESTS {
+        let wasm = find_artifact(&messages, package)
+            .unwrap_or_else(|| panic!("cargo built no .wasm for {package}; is it a cdylib?"));
+        constants.push_str(&format!("/// The component built from `{package}`.\npub const {constant}: &str = {:?};\n", wasm.display().to_string()));
+    }
+    let out = PathBuf::from(env::var("OUT_DIR").unwrap()).join("guests.rs");
+    std::fs::write(out, constants).unwrap();
+}
+
+fn find_artifact(messages: &str, package: &str) -> Option<PathBuf> {
+    messages
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|m| m["reason"] == "compiler-artifact")
+        .filter(|m| {
+            let id = m["package_id"].as_str().unwrap_or_default();
+            id.contains(&format!("#{package}@")) || id.starts_with(&format!("{package} "))
+        })
+        .flat_map(|m| m["filenames"].as_array().cloned().unwrap_or_default())
+        .filter_map(|f| f.as_str().map(PathBuf::from))
+        .find(|f| f.extension().is_some_and(|e| e == "wasm"))
+}
+
+fn ensure_wasm_target() {
+    let rustc = env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
+    let sysroot = Command::new(rustc).args(["--print", "sysroot"]).output().expect("running rustc --print sysroot");
+    let sysroot = String::from_utf8_lossy(&sysroot.stdout).trim().to_string();
+    if Path::new(&sysroot).join("lib/rustlib").join(TARGET).is_dir() {
+        return;
+    }
+    let status = Command::new("rustup").args(["target", "add", TARGET]).status();
+    match status {
+        Ok(s) if s.success() => {}
+        _ => panic!("the {TARGET} target is missing and `rustup target add {TARGET}` failed; run it by hand"),
+    }
+}
