@@ -49,7 +49,10 @@ pub fn build(path: &Path, show_progress: bool) -> Result<Built, BuildError> {
         return Err(BuildError::Missing(path.to_path_buf()));
     }
     if path.is_file() {
-        return Ok(Built { wasm: path.to_path_buf(), compiled: false });
+        return Ok(Built {
+            wasm: path.to_path_buf(),
+            compiled: false,
+        });
     }
     let manifest = path.join("Cargo.toml");
     if !manifest.is_file() {
@@ -57,13 +60,19 @@ pub fn build(path: &Path, show_progress: bool) -> Result<Built, BuildError> {
     }
     ensure_target()?;
     let wasm = cargo_build(&manifest, show_progress)?;
-    Ok(Built { wasm, compiled: true })
+    Ok(Built {
+        wasm,
+        compiled: true,
+    })
 }
 
 /// Adds the wasm target with rustup if rustc does not have it.
 fn ensure_target() -> Result<(), BuildError> {
     let sysroot = output_of(Command::new(rustc()).args(["--print", "sysroot"]))?;
-    let installed = Path::new(sysroot.trim()).join("lib/rustlib").join(WASM_TARGET).is_dir();
+    let installed = Path::new(sysroot.trim())
+        .join("lib/rustlib")
+        .join(WASM_TARGET)
+        .is_dir();
     if installed {
         return Ok(());
     }
@@ -75,7 +84,9 @@ fn ensure_target() -> Result<(), BuildError> {
     if out.status.success() {
         Ok(())
     } else {
-        Err(BuildError::TargetMissing(String::from_utf8_lossy(&out.stderr).trim().to_string()))
+        Err(BuildError::TargetMissing(
+            String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        ))
     }
 }
 
@@ -89,9 +100,15 @@ fn rustc() -> String {
 
 fn output_of(command: &mut Command) -> Result<String, BuildError> {
     let shown = format!("{command:?}");
-    let out = command.output().map_err(|e| BuildError::Spawn { command: shown.clone(), message: e.to_string() })?;
+    let out = command.output().map_err(|e| BuildError::Spawn {
+        command: shown.clone(),
+        message: e.to_string(),
+    })?;
     if !out.status.success() {
-        return Err(BuildError::Spawn { command: shown, message: String::from_utf8_lossy(&out.stderr).trim().to_string() });
+        return Err(BuildError::Spawn {
+            command: shown,
+            message: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
@@ -100,22 +117,40 @@ fn output_of(command: &mut Command) -> Result<String, BuildError> {
 fn target_dir(manifest: &Path) -> Result<PathBuf, BuildError> {
     let text = output_of(
         Command::new(cargo())
-            .args(["metadata", "--format-version", "1", "--no-deps", "--manifest-path"])
+            .args([
+                "metadata",
+                "--format-version",
+                "1",
+                "--no-deps",
+                "--manifest-path",
+            ])
             .arg(manifest)
             .stderr(Stdio::piped()),
     )?;
-    let metadata: serde_json::Value = serde_json::from_str(&text)
-        .map_err(|e| BuildError::Spawn { command: "cargo metadata".into(), message: e.to_string() })?;
+    let metadata: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| BuildError::Spawn {
+            command: "cargo metadata".into(),
+            message: e.to_string(),
+        })?;
     let dir = metadata["target_directory"].as_str().unwrap_or("target");
     Ok(PathBuf::from(dir))
 }
 
 fn cargo_build(manifest: &Path, show_progress: bool) -> Result<PathBuf, BuildError> {
-    let manifest = manifest.canonicalize().map_err(|_| BuildError::Missing(manifest.to_path_buf()))?;
+    let manifest = manifest
+        .canonicalize()
+        .map_err(|_| BuildError::Missing(manifest.to_path_buf()))?;
     let target_dir = target_dir(&manifest)?.join("weir-guests");
     let mut command = Command::new(cargo());
     command
-        .args(["build", "--release", "--target", WASM_TARGET, "--message-format=json-render-diagnostics", "--manifest-path"])
+        .args([
+            "build",
+            "--release",
+            "--target",
+            WASM_TARGET,
+            "--message-format=json-render-diagnostics",
+            "--manifest-path",
+        ])
         .arg(&manifest)
         .arg("--target-dir")
         .arg(&target_dir)
@@ -124,9 +159,19 @@ fn cargo_build(manifest: &Path, show_progress: bool) -> Result<PathBuf, BuildErr
         .env_remove("CARGO_ENCODED_RUSTFLAGS")
         .env_remove("CARGO_BUILD_TARGET")
         .stdout(Stdio::piped())
-        .stderr(if show_progress { Stdio::inherit() } else { Stdio::piped() });
-    let shown = format!("cargo build --target {WASM_TARGET} --manifest-path {}", manifest.display());
-    let out = command.output().map_err(|e| BuildError::Spawn { command: shown, message: e.to_string() })?;
+        .stderr(if show_progress {
+            Stdio::inherit()
+        } else {
+            Stdio::piped()
+        });
+    let shown = format!(
+        "cargo build --target {WASM_TARGET} --manifest-path {}",
+        manifest.display()
+    );
+    let out = command.output().map_err(|e| BuildError::Spawn {
+        command: shown,
+        message: e.to_string(),
+    })?;
     if !out.status.success() {
         if !show_progress {
             eprintln!("{}", String::from_utf8_lossy(&out.stderr));
@@ -165,7 +210,10 @@ mod tests {
         let messages = r#"{"reason":"compiler-artifact","manifest_path":"/w/dep/Cargo.toml","filenames":["/t/dep.wasm"]}
 {"reason":"compiler-artifact","manifest_path":"/w/etl/Cargo.toml","filenames":["/t/etl.d","/t/etl.wasm"]}
 {"reason":"build-finished","success":true}"#;
-        assert_eq!(find_artifact(messages, Path::new("/w/etl/Cargo.toml")), Some(PathBuf::from("/t/etl.wasm")));
+        assert_eq!(
+            find_artifact(messages, Path::new("/w/etl/Cargo.toml")),
+            Some(PathBuf::from("/t/etl.wasm"))
+        );
         assert_eq!(find_artifact(messages, Path::new("/w/x/Cargo.toml")), None);
     }
 

@@ -49,8 +49,14 @@ mod tests {
 
     #[test]
     fn weir_home_wins_over_user_home() {
-        assert_eq!(Paths::resolve(Some("/w"), Some("/u")).home(), Path::new("/w"));
-        assert_eq!(Paths::resolve(None, Some("/u")).home(), Path::new("/u/.weir"));
+        assert_eq!(
+            Paths::resolve(Some("/w"), Some("/u")).home(),
+            Path::new("/w")
+        );
+        assert_eq!(
+            Paths::resolve(None, Some("/u")).home(),
+            Path::new("/u/.weir")
+        );
         assert_eq!(Paths::resolve(Some(""), None).home(), Path::new(".weir"));
     }
 }

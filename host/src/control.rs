@@ -50,12 +50,20 @@ impl Control {
         &self.clock
     }
 
-    pub fn create_flow_run(&self, run: NewFlowRun, durability: Durability) -> Result<Option<Ticket>, ControlError> {
+    pub fn create_flow_run(
+        &self,
+        run: NewFlowRun,
+        durability: Durability,
+    ) -> Result<Option<Ticket>, ControlError> {
         orchestrate::decide(None, run.state)?;
         Ok(self.submit(vec![Write::NewFlowRun(run)], durability))
     }
 
-    pub fn create_task_run(&self, run: NewTaskRun, durability: Durability) -> Result<Option<Ticket>, ControlError> {
+    pub fn create_task_run(
+        &self,
+        run: NewTaskRun,
+        durability: Durability,
+    ) -> Result<Option<Ticket>, ControlError> {
         orchestrate::decide(None, run.state)?;
         Ok(self.submit(vec![Write::NewTaskRun(run)], durability))
     }
@@ -102,7 +110,11 @@ impl Control {
     }
 
     /// Marks a run that a dead process left behind as `Crashed`.
-    pub async fn mark_crashed(&self, id: crate::model::FlowRunId, from: RunState) -> Result<(), ControlError> {
+    pub async fn mark_crashed(
+        &self,
+        id: crate::model::FlowRunId,
+        from: RunState,
+    ) -> Result<(), ControlError> {
         let mut change = StateChange::new(id.0, from, RunState::Crashed, self.now());
         change.message = Some("the process running it stopped before it finished".into());
         change.failure_kind = Some(crate::model::FailureKind::Crashed);

@@ -1,14 +1,14 @@
 //! Weir's host: API server, scheduler, executor and CLI for flows written as
 //! WebAssembly components. See ARCHITECTURE.md for the map.
 
+pub mod builder;
+pub mod cli;
 pub mod clock;
+pub mod config;
+pub mod control;
 pub mod engine;
 pub mod model;
 pub mod orchestrate;
-pub mod store;
-pub mod control;
-pub mod worker;
-pub mod config;
 pub mod protocol;
-pub mod builder;
-pub mod cli;
+pub mod store;
+pub mod worker;

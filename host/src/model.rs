@@ -179,7 +179,9 @@ impl fmt::Display for RunState {
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("unknown state '{0}'; expected one of: Scheduled, Late, Pending, Running, Retrying, Paused, Cancelling, Completed, Cached, Failed, TimedOut, Crashed, Cancelled")]
+#[error(
+    "unknown state '{0}'; expected one of: Scheduled, Late, Pending, Running, Retrying, Paused, Cancelling, Completed, Cached, Failed, TimedOut, Crashed, Cancelled"
+)]
 pub struct UnknownState(pub String);
 
 impl FromStr for RunState {
@@ -283,7 +285,10 @@ pub struct Failure {
 
 impl Failure {
     pub fn new(kind: FailureKind, message: impl Into<String>) -> Self {
-        Self { kind, message: message.into() }
+        Self {
+            kind,
+            message: message.into(),
+        }
     }
 }
 
@@ -432,7 +437,10 @@ impl Policy {
     pub fn overlay(&self, over: &Policy) -> Policy {
         Policy {
             retries: over.retries.or(self.retries),
-            retry_delay_ms: over.retry_delay_ms.clone().or_else(|| self.retry_delay_ms.clone()),
+            retry_delay_ms: over
+                .retry_delay_ms
+                .clone()
+                .or_else(|| self.retry_delay_ms.clone()),
             backoff: over.backoff.or(self.backoff),
             max_delay_ms: over.max_delay_ms.or(self.max_delay_ms),
             jitter: over.jitter.or(self.jitter),
@@ -511,7 +519,10 @@ impl EffectivePolicy {
                     .memory_bytes
                     .unwrap_or(defaults.memory_bytes)
                     .min(defaults.max_memory_bytes),
-                timeout: policy.timeout_ms.map(Duration::from_millis).or(defaults.timeout),
+                timeout: policy
+                    .timeout_ms
+                    .map(Duration::from_millis)
+                    .or(defaults.timeout),
             },
             cache_ttl: policy.cache_ttl_ms.map(Duration::from_millis),
             cache_key: policy.cache_key.unwrap_or_default(),
@@ -605,7 +616,10 @@ mod tests {
     fn retry_delay_uses_list_then_backoff_then_cap() {
         let p = policy(&[100, 200], 2.0, 0.0);
         let ms = |attempt| p.retry_delay(attempt, 0.5).as_millis();
-        assert_eq!([ms(1), ms(2), ms(3), ms(4), ms(10)], [100, 200, 400, 800, 10_000]);
+        assert_eq!(
+            [ms(1), ms(2), ms(3), ms(4), ms(10)],
+            [100, 200, 400, 800, 10_000]
+        );
     }
 
     #[test]
@@ -648,6 +662,9 @@ mod tests {
         let load = m.task("load").unwrap();
         assert_eq!(load.policy.retries, Some(3));
         assert_eq!(load.policy.cache_key, Some(CacheKeyPolicy::Input));
-        assert_eq!(load.policy.retry_on.as_deref(), Some(&[FailureKind::Failed, FailureKind::Timeout][..]));
+        assert_eq!(
+            load.policy.retry_on.as_deref(),
+            Some(&[FailureKind::Failed, FailureKind::Timeout][..])
+        );
     }
 }

@@ -55,20 +55,20 @@ mod tests {
         // Rows: from; columns in the order of RunState::ALL:
         // Sch Late Pend Run Retr Paus Canc'ing Comp Cach Fail TOut Crash Cancelled
         let table: [(Option<RunState>, [u8; 13]); 14] = [
-            (None,             [1, 0, 1, 1, 0, 0, 0, 0, 1, 0, 0, 0, 0]),
-            (Some(Scheduled),  [0, 1, 1, 1, 0, 1, 0, 0, 0, 0, 0, 0, 1]),
-            (Some(Late),       [0, 0, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 1]),
-            (Some(Pending),    [0, 0, 0, 1, 0, 0, 1, 0, 0, 0, 0, 1, 1]),
-            (Some(Running),    [0, 0, 0, 0, 1, 1, 1, 1, 0, 1, 1, 1, 1]),
-            (Some(Retrying),   [0, 0, 0, 1, 0, 0, 1, 0, 0, 1, 0, 1, 1]),
-            (Some(Paused),     [0, 0, 1, 1, 0, 0, 1, 0, 0, 0, 0, 0, 1]),
+            (None, [1, 0, 1, 1, 0, 0, 0, 0, 1, 0, 0, 0, 0]),
+            (Some(Scheduled), [0, 1, 1, 1, 0, 1, 0, 0, 0, 0, 0, 0, 1]),
+            (Some(Late), [0, 0, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 1]),
+            (Some(Pending), [0, 0, 0, 1, 0, 0, 1, 0, 0, 0, 0, 1, 1]),
+            (Some(Running), [0, 0, 0, 0, 1, 1, 1, 1, 0, 1, 1, 1, 1]),
+            (Some(Retrying), [0, 0, 0, 1, 0, 0, 1, 0, 0, 1, 0, 1, 1]),
+            (Some(Paused), [0, 0, 1, 1, 0, 0, 1, 0, 0, 0, 0, 0, 1]),
             (Some(Cancelling), [0, 0, 0, 0, 0, 0, 0, 1, 0, 1, 1, 1, 1]),
-            (Some(Completed),  [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
-            (Some(Cached),     [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
-            (Some(Failed),     [1, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
-            (Some(TimedOut),   [1, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
-            (Some(Crashed),    [1, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
-            (Some(Cancelled),  [1, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
+            (Some(Completed), [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
+            (Some(Cached), [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
+            (Some(Failed), [1, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
+            (Some(TimedOut), [1, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
+            (Some(Crashed), [1, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
+            (Some(Cancelled), [1, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
         ];
         for (from, row) in table {
             for (to, expected) in RunState::ALL.into_iter().zip(row) {
@@ -76,7 +76,11 @@ mod tests {
                     decide(from, to).is_ok(),
                     expected == 1,
                     "{from:?} -> {to:?} should be {}",
-                    if expected == 1 { "accepted" } else { "rejected" }
+                    if expected == 1 {
+                        "accepted"
+                    } else {
+                        "rejected"
+                    }
                 );
             }
         }

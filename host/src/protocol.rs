@@ -19,7 +19,11 @@ pub enum ParamError {
 ///
 /// A value is read as JSON (`rows=500` is a number, `tags=["a"]` a list) unless
 /// the schema says the property is a string, or it is not valid JSON.
-pub fn build_params(json: Option<&str>, assignments: &[String], schema: Option<&Value>) -> Result<Value, ParamError> {
+pub fn build_params(
+    json: Option<&str>,
+    assignments: &[String],
+    schema: Option<&Value>,
+) -> Result<Value, ParamError> {
     let mut params = match json {
         Some(text) => match serde_json::from_str::<Value>(text) {
             Ok(Value::Object(map)) => map,
@@ -71,15 +75,24 @@ fn kind(value: &Value) -> &'static str {
 
 /// Checks `params` against a flow's schema; every problem is listed.
 pub fn validate_params(schema: &Value, params: &Value) -> Result<(), ParamError> {
-    let validator = jsonschema::validator_for(schema).map_err(|e| ParamError::BadSchema(e.to_string()))?;
+    let validator =
+        jsonschema::validator_for(schema).map_err(|e| ParamError::BadSchema(e.to_string()))?;
     let problems: Vec<String> = validator
         .iter_errors(params)
         .map(|e| {
             let at = e.instance_path().to_string();
-            if at.is_empty() { e.to_string() } else { format!("{}: {e}", at.trim_start_matches('/')) }
+            if at.is_empty() {
+                e.to_string()
+            } else {
+                format!("{}: {e}", at.trim_start_matches('/'))
+            }
         })
         .collect();
-    if problems.is_empty() { Ok(()) } else { Err(ParamError::Invalid(problems)) }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(ParamError::Invalid(problems))
+    }
 }
 
 #[cfg(test)]
@@ -98,25 +111,48 @@ mod tests {
 
     #[test]
     fn assignments_are_json_unless_the_schema_wants_a_string() {
-        let p = build_params(None, &["rows=500".into(), "name=123".into()], Some(&schema())).unwrap();
+        let p = build_params(
+            None,
+            &["rows=500".into(), "name=123".into()],
+            Some(&schema()),
+        )
+        .unwrap();
         assert_eq!(p, json!({"rows": 500, "name": "123"}));
-        let p = build_params(Some(r#"{"rows": 1}"#), &["rows=2".into(), "x=hello world".into()], None).unwrap();
+        let p = build_params(
+            Some(r#"{"rows": 1}"#),
+            &["rows=2".into(), "x=hello world".into()],
+            None,
+        )
+        .unwrap();
         assert_eq!(p, json!({"rows": 2, "x": "hello world"}));
     }
 
     #[test]
     fn bad_assignments_and_json_are_named() {
-        assert_eq!(build_params(None, &["rows".into()], None), Err(ParamError::NotAnAssignment("rows".into())));
-        assert!(matches!(build_params(Some("[1]"), &[], None), Err(ParamError::NotAnObject(m)) if m.contains("a list")));
-        assert!(matches!(build_params(Some("{"), &[], None), Err(ParamError::NotAnObject(_))));
+        assert_eq!(
+            build_params(None, &["rows".into()], None),
+            Err(ParamError::NotAnAssignment("rows".into()))
+        );
+        assert!(
+            matches!(build_params(Some("[1]"), &[], None), Err(ParamError::NotAnObject(m)) if m.contains("a list"))
+        );
+        assert!(matches!(
+            build_params(Some("{"), &[], None),
+            Err(ParamError::NotAnObject(_))
+        ));
     }
 
     #[test]
     fn validation_lists_every_problem() {
         assert!(validate_params(&schema(), &json!({"rows": 3})).is_ok());
         let err = validate_params(&schema(), &json!({"rows": "many", "extra": 1})).unwrap_err();
-        let ParamError::Invalid(problems) = err else { panic!("{err:?}") };
+        let ParamError::Invalid(problems) = err else {
+            panic!("{err:?}")
+        };
         assert_eq!(problems.len(), 2, "{problems:?}");
-        assert!(problems.iter().any(|p| p.starts_with("rows:")), "{problems:?}");
+        assert!(
+            problems.iter().any(|p| p.starts_with("rows:")),
+            "{problems:?}"
+        );
     }
 }

@@ -10,9 +10,10 @@ use crate::engine::{Component, Engine, EngineConfig, EngineError, LoadKind, huma
 use crate::model::{FlowDef, Policy, RunState};
 use crate::protocol::{build_params, validate_params};
 use crate::store::{ComponentFiles, Store, Write};
-use crate::worker::{Executor, ExecutorSettings, FlowRunRequest};
+use crate::worker::{Executor, ExecutorSettings, FlowRunRequest, marker_pid};
 use anyhow::Context;
 use clap::{Args, Subcommand};
+use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -43,6 +44,9 @@ pub struct RunArgs {
     /// Override the flow's timeout, e.g. 30s or 5m.
     #[arg(long, value_name = "DURATION")]
     timeout: Option<humantime::Duration>,
+    /// At most N tasks with this tag at once, e.g. --limit db=2 (repeatable).
+    #[arg(long = "limit", value_name = "TAG=N")]
+    limits: Vec<String>,
     /// Print one JSON object with the run's id, state, result and totals.
     #[arg(long)]
     json: bool,
@@ -76,7 +80,8 @@ pub fn run(command: FlowCommand) -> anyhow::Result<()> {
 
 pub fn build(args: BuildArgs) -> anyhow::Result<()> {
     let built = build_component(&args.path, !args.format.json)?;
-    let bytes = std::fs::read(&built.wasm).with_context(|| format!("reading {}", built.wasm.display()))?;
+    let bytes =
+        std::fs::read(&built.wasm).with_context(|| format!("reading {}", built.wasm.display()))?;
     let runtime = runtime()?;
     let local = Local::open(&paths())?;
     let component = runtime.block_on(local.load(&built.wasm, &bytes))?;
@@ -102,14 +107,17 @@ pub fn build(args: BuildArgs) -> anyhow::Result<()> {
 
 fn build_component(path: &std::path::Path, show_progress: bool) -> anyhow::Result<Built> {
     builder::build(path, show_progress).map_err(|e| match e {
-        builder::BuildError::Missing(_) | builder::BuildError::UnknownProject(_) => Exit::bad_input(e.to_string()),
+        builder::BuildError::Missing(_) | builder::BuildError::UnknownProject(_) => {
+            Exit::bad_input(e.to_string())
+        }
         other => anyhow::Error::new(other),
     })
 }
 
 fn inspect(args: InspectArgs) -> anyhow::Result<()> {
     let built = build_component(&args.path, !args.format.json)?;
-    let bytes = std::fs::read(&built.wasm).with_context(|| format!("reading {}", built.wasm.display()))?;
+    let bytes =
+        std::fs::read(&built.wasm).with_context(|| format!("reading {}", built.wasm.display()))?;
     let runtime = runtime()?;
     let local = Local::open(&paths())?;
     let component = runtime.block_on(local.load(&built.wasm, &bytes))?;
@@ -123,7 +131,11 @@ fn inspect(args: InspectArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     let m = &component.manifest;
-    println!("component  sha256:{}  ({})", component.digest, human_bytes(component.size_bytes));
+    println!(
+        "component  sha256:{}  ({})",
+        component.digest,
+        human_bytes(component.size_bytes)
+    );
     if let Some(sdk) = &m.sdk {
         println!("sdk        {} {}", sdk.language, sdk.version);
     }
@@ -153,18 +165,36 @@ fn describe_line(description: &str) -> String {
 }
 
 fn param_lines(schema: &serde_json::Value) -> Vec<String> {
-    let required: Vec<&str> = schema["required"].as_array().into_iter().flatten().filter_map(|v| v.as_str()).collect();
-    let Some(props) = schema["properties"].as_object() else { return Vec::new() };
+    let required: Vec<&str> = schema["required"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|v| v.as_str())
+        .collect();
+    let Some(props) = schema["properties"].as_object() else {
+        return Vec::new();
+    };
     props
         .iter()
         .map(|(name, prop)| {
             let ty = match &prop["type"] {
                 serde_json::Value::String(t) => t.clone(),
-                serde_json::Value::Array(ts) => ts.iter().filter_map(|t| t.as_str()).collect::<Vec<_>>().join("|"),
+                serde_json::Value::Array(ts) => ts
+                    .iter()
+                    .filter_map(|t| t.as_str())
+                    .collect::<Vec<_>>()
+                    .join("|"),
                 _ => "any".into(),
             };
-            let default = prop.get("default").map(|d| format!(" = {d}")).unwrap_or_default();
-            let req = if required.contains(&name.as_str()) { " (required)" } else { "" };
+            let default = prop
+                .get("default")
+                .map(|d| format!(" = {d}"))
+                .unwrap_or_default();
+            let req = if required.contains(&name.as_str()) {
+                " (required)"
+            } else {
+                ""
+            };
             format!("--param {name}=<{ty}>{default}{req}")
         })
         .collect()
@@ -178,7 +208,7 @@ fn print_policy(policy: &Policy) {
     }
 }
 
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("weir-worker")
@@ -200,7 +230,11 @@ impl Local {
             cache_dir: Some(paths.compile_cache()),
             ..EngineConfig::default()
         })?);
-        Ok(Local { store, files: ComponentFiles::new(paths.components()), engine })
+        Ok(Local {
+            store,
+            files: ComponentFiles::new(paths.components()),
+            engine,
+        })
     }
 
     /// Validates, stores and records a component.
@@ -223,10 +257,44 @@ impl Local {
         Ok(component)
     }
 
-    pub fn executor(&self) -> Arc<Executor> {
-        let control = Arc::new(Control::new(self.store.clone(), Arc::new(SystemClock)));
-        Executor::new(self.engine.clone(), control, ExecutorSettings::default())
+    pub fn control(&self) -> Arc<Control> {
+        Arc::new(Control::new(self.store.clone(), Arc::new(SystemClock)))
     }
+
+    pub fn executor(&self, settings: ExecutorSettings) -> Arc<Executor> {
+        Executor::new(self.engine.clone(), self.control(), settings)
+    }
+
+    /// Says which runs were left Running by a process of this host that is gone.
+    pub fn report_dead_runs(&self) {
+        for run in dead_runs(&self.store) {
+            eprintln!(
+                "note: flow run {} ('{}') was interrupted when its process stopped; resume it with: host flow-run resume {}",
+                run.id, run.flow_name, run.id
+            );
+        }
+    }
+}
+
+/// Unfinished runs whose process (on this host) no longer exists.
+pub(crate) fn dead_runs(store: &Store) -> Vec<crate::store::FlowRunRow> {
+    let host = ExecutorSettings::default().host_name;
+    store
+        .unfinished_flow_runs()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|run| run.parent_flow_run.is_none())
+        .filter(
+            |run| match run.host.as_deref().and_then(|m| marker_pid(m, &host)) {
+                Some(pid) => !process_alive(pid),
+                None => false,
+            },
+        )
+        .collect()
+}
+
+pub(crate) fn process_alive(pid: u32) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
 }
 
 fn choose_flow<'a>(component: &'a Component, wanted: Option<&str>) -> anyhow::Result<&'a FlowDef> {
@@ -247,16 +315,22 @@ fn choose_flow<'a>(component: &'a Component, wanted: Option<&str>) -> anyhow::Re
 }
 
 fn run_flow(args: RunArgs) -> anyhow::Result<()> {
-    let tty = std::io::stderr().is_terminal() && !args.json;
     let built = build_component(&args.path, !args.json)?;
-    let bytes = std::fs::read(&built.wasm).with_context(|| format!("reading {}", built.wasm.display()))?;
+    let bytes =
+        std::fs::read(&built.wasm).with_context(|| format!("reading {}", built.wasm.display()))?;
+    let tag_limits = parse_tag_limits(&args.limits)?;
 
     let runtime = runtime()?;
     let local = Local::open(&paths())?;
+    local.report_dead_runs();
     let component = runtime.block_on(local.load(&built.wasm, &bytes))?;
     let flow = choose_flow(&component, args.flow.as_deref())?;
-    let params = build_params(args.params_json.as_deref(), &args.params, flow.params_schema.as_ref())
-        .map_err(|e| Exit::bad_input(e.to_string()))?;
+    let params = build_params(
+        args.params_json.as_deref(),
+        &args.params,
+        flow.params_schema.as_ref(),
+    )
+    .map_err(|e| Exit::bad_input(e.to_string()))?;
     if let Some(schema) = &flow.params_schema {
         validate_params(schema, &params).map_err(|e| Exit::bad_input(e.to_string()))?;
     }
@@ -265,25 +339,61 @@ fn run_flow(args: RunArgs) -> anyhow::Result<()> {
             LoadKind::Compiled { millis } => format!("compiled in {millis} ms"),
             LoadKind::Cached { millis } => format!("loaded from cache in {millis} ms"),
         };
-        eprintln!("Running flow '{}' of {} ({load})", flow.name, built.wasm.display());
+        eprintln!(
+            "Running flow '{}' of {} ({load})",
+            flow.name,
+            built.wasm.display()
+        );
     }
-
-    let executor = local.executor();
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let mut request = FlowRunRequest::new(component.clone(), flow.name.clone(), params.to_string());
-    request.events = Some(tx);
     if let Some(timeout) = args.timeout {
         request.policy_override.timeout_ms = Some(timeout.as_millis() as u64);
     }
+    let settings = ExecutorSettings {
+        tag_limits,
+        ..ExecutorSettings::default()
+    };
+    watch(
+        &runtime,
+        &local,
+        settings,
+        request,
+        Display {
+            json: args.json,
+            quiet: args.quiet,
+        },
+    )
+}
+
+/// How a run is shown while it runs and when it ends.
+#[derive(Clone, Copy)]
+pub(crate) struct Display {
+    pub json: bool,
+    pub quiet: bool,
+}
+
+/// Runs a flow in this process, shows its progress, prints its outcome, and
+/// ends with exit code 1 unless it completed. Ctrl-C cancels the run.
+pub(crate) fn watch(
+    runtime: &tokio::runtime::Runtime,
+    local: &Local,
+    settings: ExecutorSettings,
+    mut request: FlowRunRequest,
+    display: Display,
+) -> anyhow::Result<()> {
+    let tty = std::io::stderr().is_terminal() && !display.json;
+    let executor = local.executor(settings);
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    request.events = Some(tx);
     let cancel = request.cancel.clone();
-    let progress = Progress::new(tty, args.json, args.quiet);
+    let flow_name = request.flow_name.clone();
+    let progress = Progress::new(tty, display.json, display.quiet);
     let outcome = runtime.block_on(async {
         let watcher = tokio::spawn(progress.watch(rx));
-        let ctrl_c = cancel.clone();
         tokio::spawn(async move {
             if tokio::signal::ctrl_c().await.is_ok() {
                 eprintln!("\nCancelling the run (Ctrl-C) ...");
-                ctrl_c.cancel();
+                cancel.cancel();
             }
         });
         let outcome = executor.run_flow(request).await;
@@ -292,12 +402,20 @@ fn run_flow(args: RunArgs) -> anyhow::Result<()> {
     })?;
     local.store.close();
 
-    if args.json {
-        let result = outcome.result.as_ref().ok().and_then(|r| serde_json::from_str::<serde_json::Value>(r).ok());
-        let error = outcome.result.as_ref().err().map(|f| serde_json::json!({"kind": f.kind, "message": f.message}));
+    if display.json {
+        let result = outcome
+            .result
+            .as_ref()
+            .ok()
+            .and_then(|r| serde_json::from_str::<serde_json::Value>(r).ok());
+        let error = outcome
+            .result
+            .as_ref()
+            .err()
+            .map(|f| serde_json::json!({"kind": f.kind, "message": f.message}));
         let json = serde_json::json!({
             "flow_run_id": outcome.id.to_string(),
-            "flow": flow.name,
+            "flow": flow_name,
             "state": outcome.state,
             "result": result,
             "error": error,
@@ -307,18 +425,51 @@ fn run_flow(args: RunArgs) -> anyhow::Result<()> {
     } else {
         match &outcome.result {
             Ok(result) => {
-                eprintln!("\n✓ {} flow '{}' (run {})", outcome.state, flow.name, outcome.id);
+                eprintln!(
+                    "\n✓ {} flow '{flow_name}' (run {})",
+                    outcome.state, outcome.id
+                );
                 println!("{}", pretty_json(result));
             }
             Err(failure) => {
-                eprintln!("\n✗ {} flow '{}' (run {})", outcome.state, flow.name, outcome.id);
+                eprintln!(
+                    "\n✗ {} flow '{flow_name}' (run {})",
+                    outcome.state, outcome.id
+                );
                 eprintln!("  {failure}");
             }
         }
         print_summary(&outcome.summary);
-        eprintln!("  details: host flow-run inspect {}   logs: host flow-run logs {}", outcome.id, outcome.id);
+        eprintln!(
+            "  details: host flow-run inspect {}   logs: host flow-run logs {}",
+            outcome.id, outcome.id
+        );
     }
-    if outcome.state == RunState::Completed { Ok(()) } else { Err(Exit::code(1)) }
+    if outcome.state == RunState::Completed {
+        Ok(())
+    } else {
+        Err(Exit::code(1))
+    }
+}
+
+/// `--limit db=2` → at most two tasks tagged `db` at once.
+fn parse_tag_limits(limits: &[String]) -> anyhow::Result<BTreeMap<String, usize>> {
+    limits
+        .iter()
+        .map(|text| {
+            let bad = || {
+                Exit::bad_input(format!(
+                    "--limit '{text}' is not of the form TAG=N (N a positive number)"
+                ))
+            };
+            let (tag, n) = text.split_once('=').ok_or_else(bad)?;
+            let n: usize = n.trim().parse().map_err(|_| bad())?;
+            if tag.trim().is_empty() || n == 0 {
+                return Err(bad());
+            }
+            Ok((tag.trim().to_string(), n))
+        })
+        .collect()
 }
 
 fn pretty_json(text: &str) -> String {

@@ -11,7 +11,6 @@ mod runs;
 use crate::config::Paths;
 use clap::{Args, Parser, Subcommand};
 
-
 const ABOUT: &str = "Weir runs workflows whose flows and tasks are WebAssembly components.
 
 Every task runs in its own sandbox with fuel, memory and deadline limits, and every
@@ -63,11 +62,19 @@ pub struct Exit {
 impl Exit {
     /// The command could not start: what was wrong with the input.
     pub fn bad_input(message: impl Into<String>) -> anyhow::Error {
-        Exit { code: 2, message: message.into() }.into()
+        Exit {
+            code: 2,
+            message: message.into(),
+        }
+        .into()
     }
     /// Silent exit with a code (the output already said why).
     pub fn code(code: i32) -> anyhow::Error {
-        Exit { code, message: String::new() }.into()
+        Exit {
+            code,
+            message: String::new(),
+        }
+        .into()
     }
 }
 
@@ -98,7 +105,10 @@ pub fn main() -> ! {
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("WEIR_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -115,7 +125,10 @@ fn version(flags: JsonFlag) -> anyhow::Result<()> {
     let runtime = "wasmtime 48";
     let wit = "weir:flow@0.1.0";
     if flags.json {
-        println!("{}", serde_json::json!({"host": host, "runtime": runtime, "wit": wit}));
+        println!(
+            "{}",
+            serde_json::json!({"host": host, "runtime": runtime, "wit": wit})
+        );
     } else {
         println!("host {host} ({runtime}, world {wit})");
     }
@@ -124,5 +137,8 @@ fn version(flags: JsonFlag) -> anyhow::Result<()> {
 
 /// `$WEIR_HOME`, or `~/.weir`.
 pub(crate) fn paths() -> Paths {
-    Paths::resolve(std::env::var("WEIR_HOME").ok().as_deref(), std::env::var("HOME").ok().as_deref())
+    Paths::resolve(
+        std::env::var("WEIR_HOME").ok().as_deref(),
+        std::env::var("HOME").ok().as_deref(),
+    )
 }

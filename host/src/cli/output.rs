@@ -29,7 +29,10 @@ impl Progress {
     pub fn new(tty: bool, json: bool, quiet: bool) -> Progress {
         let bar = tty.then(|| {
             let bar = ProgressBar::new_spinner();
-            bar.set_style(ProgressStyle::with_template("{spinner} {msg} [{elapsed}]").unwrap_or_else(|_| ProgressStyle::default_spinner()));
+            bar.set_style(
+                ProgressStyle::with_template("{spinner} {msg} [{elapsed}]")
+                    .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+            );
             bar.enable_steady_tick(Duration::from_millis(100));
             bar
         });
@@ -41,7 +44,9 @@ impl Progress {
         let mut attempts: HashMap<crate::model::TaskRunId, u32> = HashMap::new();
         while let Some(event) = events.recv().await {
             match event {
-                RunEvent::FlowStarted { flow_name, attempt, .. } if attempt > 1 => {
+                RunEvent::FlowStarted {
+                    flow_name, attempt, ..
+                } if attempt > 1 => {
                     self.line(&format!("flow '{flow_name}' attempt {attempt}"));
                 }
                 RunEvent::FlowStarted { .. } => {}
@@ -64,10 +69,18 @@ impl Progress {
                         _ => counts.failed += 1,
                     }
                 }
-                RunEvent::Log { task, level, message } => {
+                RunEvent::Log {
+                    task,
+                    level,
+                    message,
+                } => {
                     if !self.quiet {
                         let who = task.map(|t| format!("[{t}] ")).unwrap_or_default();
-                        self.line(&format!("{} {:<5} {who}{message}", now(), level_label(level)));
+                        self.line(&format!(
+                            "{} {:<5} {who}{message}",
+                            now(),
+                            level_label(level)
+                        ));
                     }
                 }
                 RunEvent::FlowFinished { .. } => break,
@@ -152,7 +165,11 @@ pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
         }
     }
     let render = |cells: Vec<&str>| {
-        let line: Vec<String> = cells.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        let line: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
         line.join("  ").trim_end().to_string()
     };
     let mut out = vec![render(headers.to_vec())];
@@ -168,7 +185,13 @@ mod tests {
 
     #[test]
     fn tables_align_columns() {
-        let t = table(&["ID", "STATE"], &[vec!["a".into(), "Completed".into()], vec!["bbb".into(), "Failed".into()]]);
+        let t = table(
+            &["ID", "STATE"],
+            &[
+                vec!["a".into(), "Completed".into()],
+                vec!["bbb".into(), "Failed".into()],
+            ],
+        );
         assert_eq!(t, "ID   STATE\na    Completed\nbbb  Failed");
     }
 

@@ -1,11 +1,16 @@
 //! `host flow-run ls|inspect|logs`: what the local database recorded.
 
+use super::flow::{Display, Local, dead_runs, runtime, watch};
 use super::output::{format_count, format_duration, level_label, table};
 use super::{Exit, JsonFlag, paths};
 use crate::clock::format_rfc3339;
+use crate::clock::{Clock, SystemClock};
 use crate::engine::human_bytes;
 use crate::model::{FlowRunId, RunState};
+use crate::store::Write;
 use crate::store::{FlowRunFilter, Store, StoreError};
+use crate::worker::{ExecutorSettings, ExistingRun, FlowRunRequest};
+use anyhow::Context;
 use clap::{Args, Subcommand};
 use std::time::Duration;
 
@@ -17,6 +22,35 @@ pub enum FlowRunCommand {
     Inspect(IdArgs),
     /// Print a flow run's log lines (its tasks' included).
     Logs(IdArgs),
+    /// Stop a running flow and its tasks; they end Cancelled.
+    Cancel(IdArgs),
+    /// Run an interrupted flow run again: completed tasks are replayed, not re-run.
+    Resume(RerunArgs),
+    /// Run a Failed, TimedOut, Cancelled or Crashed flow run again, replaying completed tasks.
+    Retry(RerunArgs),
+    /// Delete runs (their tasks, logs and result files) that ended long ago.
+    Prune(PruneArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct RerunArgs {
+    /// The flow run's id (a unique prefix of at least 4 characters is enough).
+    id: String,
+    /// Print one JSON object with the run's id, state, result and totals.
+    #[arg(long)]
+    json: bool,
+    /// Do not print the flow's log lines.
+    #[arg(long, short)]
+    quiet: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct PruneArgs {
+    /// Delete runs that ended longer ago than this, e.g. 30d or 12h.
+    #[arg(long, value_name = "DURATION")]
+    older_than: humantime::Duration,
+    #[command(flatten)]
+    format: JsonFlag,
 }
 
 #[derive(Args, Debug)]
@@ -51,7 +85,183 @@ pub fn run(command: FlowRunCommand) -> anyhow::Result<()> {
         FlowRunCommand::Ls(args) => ls(&store, args),
         FlowRunCommand::Inspect(args) => inspect(&store, args),
         FlowRunCommand::Logs(args) => logs(&store, args),
+        FlowRunCommand::Cancel(args) => cancel(store, args),
+        FlowRunCommand::Resume(args) => rerun(store, args, Rerun::Resume),
+        FlowRunCommand::Retry(args) => rerun(store, args, Rerun::Retry),
+        FlowRunCommand::Prune(args) => prune(&store, args),
     }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Rerun {
+    Resume,
+    Retry,
+}
+
+fn rerun(store: Store, args: RerunArgs, mode: Rerun) -> anyhow::Result<()> {
+    let id = resolve(&store, &args.id)?;
+    let run = store.flow_run(id)?;
+    let unfinished = matches!(
+        run.state,
+        RunState::Running | RunState::Pending | RunState::Retrying | RunState::Cancelling
+    );
+    match (mode, run.state) {
+        (_, RunState::Completed | RunState::Cached) => {
+            return Err(Exit::bad_input(format!(
+                "flow run {id} already completed; start a new run instead"
+            )));
+        }
+        (Rerun::Retry, _) if unfinished => {
+            return Err(Exit::bad_input(format!(
+                "flow run {id} is {}; if its process died, use `host flow-run resume {id}`",
+                run.state
+            )));
+        }
+        (Rerun::Resume, s) if !unfinished && s != RunState::Crashed => {
+            return Err(Exit::bad_input(format!(
+                "flow run {id} is {s}, not interrupted; use `host flow-run retry {id}` to run it again"
+            )));
+        }
+        _ => {}
+    }
+    if run.parent_flow_run.is_some() {
+        return Err(Exit::bad_input(format!(
+            "flow run {id} is a subflow; resume or retry its parent instead"
+        )));
+    }
+    drop(store);
+
+    let runtime = runtime()?;
+    let local = Local::open(&paths())?;
+    let mut state = run.state;
+    if unfinished {
+        if !dead_runs(&local.store).iter().any(|r| r.id == id) {
+            return Err(Exit::bad_input(format!(
+                "flow run {id} is still {} in a live process ({}); cancel it first with `host flow-run cancel {id}`",
+                run.state,
+                run.host.as_deref().unwrap_or("unknown host")
+            )));
+        }
+        runtime.block_on(local.control().mark_crashed(id, run.state))?;
+        state = RunState::Crashed;
+    }
+    let digest = crate::model::ComponentDigest::parse(&run.component)
+        .ok_or_else(|| Exit::bad_input(format!("flow run {id} names no valid component digest")))?;
+    let bytes = local.files.get(&digest).with_context(|| {
+        format!(
+            "the component of flow run {id} (sha256:{}) is not stored here any more",
+            digest.short()
+        )
+    })?;
+    let component = runtime.block_on(local.load(&local.files.path_of(&digest), &bytes))?;
+    let mut request = FlowRunRequest::new(component, run.flow_name.clone(), run.params.clone());
+    request.existing = Some(ExistingRun {
+        id,
+        state,
+        attempt: run.attempt,
+    });
+    if !args.json {
+        eprintln!(
+            "Running flow run {id} ('{}') again as attempt {}; completed tasks are replayed",
+            run.flow_name,
+            run.attempt + 1
+        );
+    }
+    watch(
+        &runtime,
+        &local,
+        ExecutorSettings::default(),
+        request,
+        Display {
+            json: args.json,
+            quiet: args.quiet,
+        },
+    )
+}
+
+fn cancel(store: Store, args: IdArgs) -> anyhow::Result<()> {
+    let id = resolve(&store, &args.id)?;
+    let run = store.flow_run(id)?;
+    if run.state.is_terminal() {
+        return Err(Exit::bad_input(format!(
+            "flow run {id} already ended: {}",
+            run.state
+        )));
+    }
+    store
+        .submit(vec![Write::RequestCancel {
+            id,
+            at: SystemClock.now_micros(),
+        }])
+        .wait_blocking()?;
+    // A live runner notices within its poll interval and ends the run Cancelled.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let alive = !super::flow::dead_runs(&store).iter().any(|r| r.id == id);
+    while alive && std::time::Instant::now() < deadline {
+        let now = store.flow_run(id)?;
+        if now.state.is_terminal() {
+            return report_cancel(&store, id, args.format.json);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Nobody is running it (or it did not answer): record the end ourselves.
+    let current = store.flow_run(id)?.state;
+    if !current.is_terminal() {
+        let control = crate::control::Control::new(
+            std::sync::Arc::new(store),
+            std::sync::Arc::new(SystemClock),
+        );
+        let mut change = crate::store::StateChange::new(
+            id.0,
+            current,
+            RunState::Cancelled,
+            SystemClock.now_micros(),
+        );
+        change.failure_kind = Some(crate::model::FailureKind::Cancelled);
+        change.message = Some(if alive {
+            "cancelled; its process did not answer within 5 s".into()
+        } else {
+            "cancelled; its process had already stopped".into()
+        });
+        if let Some(ticket) =
+            control.change_flow_run(change, Vec::new(), crate::control::Durability::Committed)?
+        {
+            ticket.wait_blocking()?;
+        }
+        return report_cancel(control.store(), id, args.format.json);
+    }
+    report_cancel(&store, id, args.format.json)
+}
+
+fn report_cancel(store: &Store, id: FlowRunId, json: bool) -> anyhow::Result<()> {
+    let run = store.flow_run(id)?;
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({"flow_run_id": id.to_string(), "state": run.state})
+        );
+    } else {
+        println!("flow run {id}: {}", run.state);
+    }
+    Ok(())
+}
+
+fn prune(store: &Store, args: PruneArgs) -> anyhow::Result<()> {
+    let cutoff = SystemClock.now_micros() - Duration::from(args.older_than).as_micros() as i64;
+    let report = store.prune(cutoff)?;
+    if args.format.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        println!(
+            "Deleted {} flow runs, {} task runs, {} log lines and {} result files that ended before {}",
+            report.flow_runs,
+            report.task_runs,
+            report.logs,
+            report.result_files,
+            &format_rfc3339(cutoff)[..19]
+        );
+    }
+    Ok(())
 }
 
 fn open_store() -> anyhow::Result<Store> {
@@ -60,14 +270,18 @@ fn open_store() -> anyhow::Result<Store> {
 
 fn resolve(store: &Store, text: &str) -> anyhow::Result<FlowRunId> {
     store.resolve_flow_run(text).map_err(|e| match e {
-        StoreError::NotFound { .. } => Exit::bad_input(format!("no flow run with id '{text}'; list them with `host flow-run ls`")),
+        StoreError::NotFound { .. } => Exit::bad_input(format!(
+            "no flow run with id '{text}'; list them with `host flow-run ls`"
+        )),
         StoreError::Corrupt(message) => Exit::bad_input(message),
         other => anyhow::Error::new(other),
     })
 }
 
 fn when(micros: Option<i64>) -> String {
-    micros.map(|m| format_rfc3339(m)[..19].replace('T', " ")).unwrap_or_else(|| "-".into())
+    micros
+        .map(|m| format_rfc3339(m)[..19].replace('T', " "))
+        .unwrap_or_else(|| "-".into())
 }
 
 fn took(start: Option<i64>, end: Option<i64>) -> String {
@@ -101,11 +315,32 @@ fn ls(store: &Store, args: LsArgs) -> anyhow::Result<()> {
                 r.state.to_string(),
                 when(Some(r.created_at)),
                 took(r.started_at, r.ended_at),
-                r.message.clone().unwrap_or_default().lines().next().unwrap_or_default().chars().take(60).collect(),
+                r.message
+                    .clone()
+                    .unwrap_or_default()
+                    .lines()
+                    .next()
+                    .unwrap_or_default()
+                    .chars()
+                    .take(60)
+                    .collect(),
             ]
         })
         .collect();
-    println!("{}", table(&["ID", "FLOW", "STATE", "CREATED (UTC)", "DURATION", "MESSAGE"], &table_rows));
+    println!(
+        "{}",
+        table(
+            &[
+                "ID",
+                "FLOW",
+                "STATE",
+                "CREATED (UTC)",
+                "DURATION",
+                "MESSAGE"
+            ],
+            &table_rows
+        )
+    );
     Ok(())
 }
 
@@ -119,12 +354,26 @@ fn inspect(store: &Store, args: IdArgs) -> anyhow::Result<()> {
             .iter()
             .map(|(at, state, message)| serde_json::json!({"at": format_rfc3339(*at), "state": state, "message": message}))
             .collect();
-        println!("{}", serde_json::json!({"flow_run": run, "states": history, "task_runs": tasks}));
+        println!(
+            "{}",
+            serde_json::json!({"flow_run": run, "states": history, "task_runs": tasks})
+        );
         return Ok(());
     }
     println!("flow run   {}", run.id);
-    println!("flow       {} (component sha256:{})", run.flow_name, &run.component[..12.min(run.component.len())]);
-    println!("state      {}{}", run.state, run.message.as_deref().map(|m| format!(" — {m}")).unwrap_or_default());
+    println!(
+        "flow       {} (component sha256:{})",
+        run.flow_name,
+        &run.component[..12.min(run.component.len())]
+    );
+    println!(
+        "state      {}{}",
+        run.state,
+        run.message
+            .as_deref()
+            .map(|m| format!(" — {m}"))
+            .unwrap_or_default()
+    );
     println!("params     {}", run.params);
     if let Some(result) = &run.result {
         println!("result     {result}");
@@ -141,7 +390,14 @@ fn inspect(store: &Store, args: IdArgs) -> anyhow::Result<()> {
     }
     println!("\nstates");
     for (at, state, message) in &history {
-        println!("  {}  {state}{}", &format_rfc3339(*at)[11..23], message.as_deref().map(|m| format!("  {m}")).unwrap_or_default());
+        println!(
+            "  {}  {state}{}",
+            &format_rfc3339(*at)[11..23],
+            message
+                .as_deref()
+                .map(|m| format!("  {m}"))
+                .unwrap_or_default()
+        );
     }
     println!("\ntask runs ({})", tasks.len());
     let rows: Vec<Vec<String>> = tasks
@@ -156,18 +412,35 @@ fn inspect(store: &Store, args: IdArgs) -> anyhow::Result<()> {
                 format_count(t.fuel_used),
                 human_bytes(t.peak_memory),
                 t.host.clone().unwrap_or_default(),
-                t.message.clone().unwrap_or_default().lines().next().unwrap_or_default().chars().take(70).collect(),
+                t.message
+                    .clone()
+                    .unwrap_or_default()
+                    .lines()
+                    .next()
+                    .unwrap_or_default()
+                    .chars()
+                    .take(70)
+                    .collect(),
             ]
         })
         .collect();
-    println!("{}", table(&["#", "TASK", "STATE", "ATTEMPTS", "DURATION", "FUEL", "PEAK MEM", "HOST", "MESSAGE"], &rows));
+    println!(
+        "{}",
+        table(
+            &[
+                "#", "TASK", "STATE", "ATTEMPTS", "DURATION", "FUEL", "PEAK MEM", "HOST", "MESSAGE"
+            ],
+            &rows
+        )
+    );
     Ok(())
 }
 
 fn logs(store: &Store, args: IdArgs) -> anyhow::Result<()> {
     let id = resolve(store, &args.id)?;
     let tasks = store.task_runs(id)?;
-    let names: std::collections::HashMap<_, _> = tasks.iter().map(|t| (t.id, t.task_name.clone())).collect();
+    let names: std::collections::HashMap<_, _> =
+        tasks.iter().map(|t| (t.id, t.task_name.clone())).collect();
     let mut after = 0;
     loop {
         let page = store.logs(id, after, 1000)?;
@@ -177,8 +450,17 @@ fn logs(store: &Store, args: IdArgs) -> anyhow::Result<()> {
             if args.format.json {
                 println!("{}", serde_json::to_string(line)?);
             } else {
-                let who = line.task_run.and_then(|t| names.get(&t)).map(|n| format!("[{n}] ")).unwrap_or_default();
-                println!("{} {:<5} {who}{}", &format_rfc3339(line.at)[11..23], level_label(line.level), line.message);
+                let who = line
+                    .task_run
+                    .and_then(|t| names.get(&t))
+                    .map(|n| format!("[{n}] "))
+                    .unwrap_or_default();
+                println!(
+                    "{} {:<5} {who}{}",
+                    &format_rfc3339(line.at)[11..23],
+                    level_label(line.level),
+                    line.message
+                );
             }
         }
     }

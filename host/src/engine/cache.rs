@@ -32,13 +32,20 @@ pub fn load_or_compile(
         // unchanged since (the checksum matches).
         match unsafe { Component::deserialize(engine, &code) } {
             Ok(component) => return Ok((component, true)),
-            Err(e) => tracing::warn!(path = %artifact.display(), "recompiling: cached artifact rejected: {e}"),
+            Err(e) => {
+                tracing::warn!(path = %artifact.display(), "recompiling: cached artifact rejected: {e}")
+            }
         }
     }
 
     let component = compile(engine, bytes)?;
-    let cache_error = |message: String| EngineError::Cache { path: artifact.clone(), message };
-    let code = component.serialize().map_err(|e| cache_error(e.to_string()))?;
+    let cache_error = |message: String| EngineError::Cache {
+        path: artifact.clone(),
+        message,
+    };
+    let code = component
+        .serialize()
+        .map_err(|e| cache_error(e.to_string()))?;
     if let Err(e) = write_atomically(dir, &artifact, &checksum, &code) {
         // A cache that cannot be written costs time, not correctness.
         tracing::warn!(path = %artifact.display(), "could not cache compiled component: {e}");
@@ -46,7 +53,12 @@ pub fn load_or_compile(
     Ok((component, false))
 }
 
-fn write_atomically(dir: &Path, artifact: &Path, checksum: &Path, code: &[u8]) -> std::io::Result<()> {
+fn write_atomically(
+    dir: &Path,
+    artifact: &Path,
+    checksum: &Path,
+    code: &[u8],
+) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;
     let tmp = tempfile_in(dir, code)?;
     tmp.persist(artifact)?;

@@ -12,9 +12,7 @@
 mod cache;
 mod output;
 
-use crate::model::{
-    ComponentDigest, Failure, FailureKind, Limits, LogLevel, Manifest, RunInfo,
-};
+use crate::model::{ComponentDigest, Failure, FailureKind, Limits, LogLevel, Manifest, RunInfo};
 use sha2::{Digest, Sha256};
 use std::future::Future;
 use std::path::PathBuf;
@@ -185,7 +183,8 @@ impl Engine {
                 .table_keep_resident(64 << 10);
             wasm.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         }
-        let wasmtime = wasmtime::Engine::new(&wasm).map_err(|e| EngineError::Setup(e.to_string()))?;
+        let wasmtime =
+            wasmtime::Engine::new(&wasm).map_err(|e| EngineError::Setup(e.to_string()))?;
 
         let mut linker = Linker::<Sandbox>::new(&wasmtime);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)
@@ -195,7 +194,12 @@ impl Engine {
 
         let ticker_stop = Arc::new(AtomicBool::new(false));
         spawn_epoch_ticker(wasmtime.clone(), config.epoch_tick, ticker_stop.clone());
-        Ok(Self { wasmtime, linker, config, ticker_stop })
+        Ok(Self {
+            wasmtime,
+            linker,
+            config,
+            ticker_stop,
+        })
     }
 
     pub fn config(&self) -> &EngineConfig {
@@ -213,7 +217,11 @@ impl Engine {
             None => (compile(&self.wasmtime, bytes)?, false),
         };
         let millis = started.elapsed().as_millis() as u64;
-        let load = if cached { LoadKind::Cached { millis } } else { LoadKind::Compiled { millis } };
+        let load = if cached {
+            LoadKind::Cached { millis }
+        } else {
+            LoadKind::Compiled { millis }
+        };
 
         let instance_pre = self
             .linker
@@ -250,10 +258,14 @@ impl Engine {
                 let failure = classify_trap(&e, &store, &output);
                 return Err(EngineError::Describe(failure.message));
             }
-            Err(_) => return Err(EngineError::Describe("it did not return within 30 s".into())),
+            Err(_) => {
+                return Err(EngineError::Describe(
+                    "it did not return within 30 s".into(),
+                ));
+            }
         };
-        let manifest: Manifest = serde_json::from_str(&text)
-            .map_err(|e| EngineError::InvalidManifest(e.to_string()))?;
+        let manifest: Manifest =
+            serde_json::from_str(&text).map_err(|e| EngineError::InvalidManifest(e.to_string()))?;
         validate_manifest(&manifest)?;
         Ok(manifest)
     }
@@ -277,14 +289,20 @@ impl Engine {
             let guest = flow.weir_flow_guest();
             match entry {
                 Entry::Flow { name, params } => {
-                    guest.call_run_flow(&mut store, &name.to_string(), &params.to_string()).await
+                    guest
+                        .call_run_flow(&mut store, &name.to_string(), &params.to_string())
+                        .await
                 }
                 Entry::Task { name, input } => {
-                    guest.call_run_task(&mut store, &name.to_string(), &input.to_string()).await
+                    guest
+                        .call_run_task(&mut store, &name.to_string(), &input.to_string())
+                        .await
                 }
             }
         };
-        let deadline = limits.timeout.unwrap_or(Duration::from_secs(100 * 365 * 86_400));
+        let deadline = limits
+            .timeout
+            .unwrap_or(Duration::from_secs(100 * 365 * 86_400));
         let outcome = tokio::select! {
             biased;
             _ = cancel.cancelled() => Err(Failure::new(FailureKind::Cancelled, "the run was cancelled")),
@@ -350,7 +368,10 @@ impl Engine {
         }
         match serde_json::from_str::<serde::de::IgnoredAny>(&json) {
             Ok(_) => Ok(json),
-            Err(e) => Err(Failure::new(FailureKind::InvalidOutput, format!("output is not JSON: {e}"))),
+            Err(e) => Err(Failure::new(
+                FailureKind::InvalidOutput,
+                format!("output is not JSON: {e}"),
+            )),
         }
     }
 }
@@ -373,8 +394,12 @@ fn spawn_epoch_ticker(engine: wasmtime::Engine, tick: Duration, stop: Arc<Atomic
         .expect("spawning the epoch ticker thread");
 }
 
-fn compile(engine: &wasmtime::Engine, bytes: &[u8]) -> Result<wasmtime::component::Component, EngineError> {
-    wasmtime::component::Component::new(engine, bytes).map_err(|e| EngineError::Invalid(first_line(&e)))
+fn compile(
+    engine: &wasmtime::Engine,
+    bytes: &[u8],
+) -> Result<wasmtime::component::Component, EngineError> {
+    wasmtime::component::Component::new(engine, bytes)
+        .map_err(|e| EngineError::Invalid(first_line(&e)))
 }
 
 /// Rejects what is plainly not a component before handing it to the compiler.
@@ -385,7 +410,9 @@ fn check_header(bytes: &[u8]) -> Result<(), EngineError> {
     match bytes[4..8] {
         [1, 0, 0, 0] => Err(EngineError::CoreModule),
         [_, _, 1, 0] => Ok(()),
-        _ => Err(EngineError::Invalid("unknown WebAssembly version or layer".into())),
+        _ => Err(EngineError::Invalid(
+            "unknown WebAssembly version or layer".into(),
+        )),
     }
 }
 
@@ -394,12 +421,19 @@ fn validate_manifest(manifest: &Manifest) -> Result<(), EngineError> {
         return Err(EngineError::InvalidManifest("it declares no flows".into()));
     }
     let mut names = std::collections::HashSet::new();
-    for name in manifest.flows.iter().map(|f| &f.name).chain(manifest.tasks.iter().map(|t| &t.name)) {
+    for name in manifest
+        .flows
+        .iter()
+        .map(|f| &f.name)
+        .chain(manifest.tasks.iter().map(|t| &t.name))
+    {
         if name.is_empty() || name.len() > 200 {
             return Err(EngineError::InvalidManifest(format!("bad name '{name}'")));
         }
         if !names.insert(name) {
-            return Err(EngineError::InvalidManifest(format!("the name '{name}' is declared twice")));
+            return Err(EngineError::InvalidManifest(format!(
+                "the name '{name}' is declared twice"
+            )));
         }
     }
     Ok(())
@@ -411,7 +445,11 @@ fn first_line(e: &wasmtime::Error) -> String {
 }
 
 /// Turns a trap into a failure a user understands.
-fn classify_trap(error: &wasmtime::Error, store: &Store<Sandbox>, output: &OutputCapture) -> Failure {
+fn classify_trap(
+    error: &wasmtime::Error,
+    store: &Store<Sandbox>,
+    output: &OutputCapture,
+) -> Failure {
     let limiter = &store.data().limiter;
     match error.downcast_ref::<Trap>() {
         Some(Trap::OutOfFuel) => Failure::new(
@@ -426,12 +464,18 @@ fn classify_trap(error: &wasmtime::Error, store: &Store<Sandbox>, output: &Outpu
                 human_bytes(limiter.limit as u64)
             ),
         ),
-        Some(Trap::StackOverflow) => Failure::new(FailureKind::Trap, "stack overflow (deep or endless recursion)"),
+        Some(Trap::StackOverflow) => Failure::new(
+            FailureKind::Trap,
+            "stack overflow (deep or endless recursion)",
+        ),
         Some(trap) => match output.panic_message() {
             Some(panic) => Failure::new(FailureKind::Trap, format!("guest panicked: {panic}")),
             None => Failure::new(FailureKind::Trap, format!("guest trapped: {trap}")),
         },
-        None => Failure::new(FailureKind::Trap, format!("guest trapped: {}", first_line(error))),
+        None => Failure::new(
+            FailureKind::Trap,
+            format!("guest trapped: {}", first_line(error)),
+        ),
     }
 }
 
@@ -443,13 +487,19 @@ pub fn human_bytes(n: u64) -> String {
         value /= 1024.0;
         unit += 1;
     }
-    if unit == 0 { format!("{n} B") } else { format!("{value:.1} {}", UNITS[unit]) }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
 }
 
 fn from_wit_error(error: wit::TaskError) -> Failure {
     match error {
         wit::TaskError::Failed(message) => Failure::new(FailureKind::Failed, cap_text(message)),
-        wit::TaskError::InvalidInput(message) => Failure::new(FailureKind::InvalidInput, cap_text(message)),
+        wit::TaskError::InvalidInput(message) => {
+            Failure::new(FailureKind::InvalidInput, cap_text(message))
+        }
         wit::TaskError::Cancelled => Failure::new(FailureKind::Cancelled, "cancelled"),
         wit::TaskError::Sandbox(failure) => {
             let kind = match failure.kind {
@@ -465,7 +515,12 @@ fn from_wit_error(error: wit::TaskError) -> Failure {
 }
 
 fn to_wit_error(failure: Failure) -> wit::TaskError {
-    let sandbox = |kind| wit::TaskError::Sandbox(wit::SandboxFailure { kind, message: failure.message.clone() });
+    let sandbox = |kind| {
+        wit::TaskError::Sandbox(wit::SandboxFailure {
+            kind,
+            message: failure.message.clone(),
+        })
+    };
     match failure.kind {
         FailureKind::Failed | FailureKind::Crashed => wit::TaskError::Failed(failure.message),
         FailureKind::InvalidInput => wit::TaskError::InvalidInput(failure.message),
@@ -517,7 +572,10 @@ struct Sandbox {
 
 impl WasiView for Sandbox {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
     }
 }
 
@@ -526,14 +584,22 @@ impl Sandbox {
         if payload.len() > self.max_payload_bytes {
             return Err(Failure::new(
                 FailureKind::InvalidInput,
-                format!("{what} is {} bytes, over the limit of {} bytes", payload.len(), self.max_payload_bytes),
+                format!(
+                    "{what} is {} bytes, over the limit of {} bytes",
+                    payload.len(),
+                    self.max_payload_bytes
+                ),
             ));
         }
         serde_json::from_str::<serde::de::IgnoredAny>(payload)
             .map(|_| ())
-            .map_err(|e| Failure::new(FailureKind::InvalidInput, format!("{what} is not JSON: {e}")))
+            .map_err(|e| {
+                Failure::new(
+                    FailureKind::InvalidInput,
+                    format!("{what} is not JSON: {e}"),
+                )
+            })
     }
-
 }
 
 /// Waits for the host's answer, or for cancellation of the run.
@@ -565,29 +631,50 @@ impl bindings::weir::flow::runtime::Host for Sandbox {
         Ok(())
     }
 
-    async fn call_task(&mut self, name: String, input: String) -> wasmtime::Result<Result<String, wit::TaskError>> {
+    async fn call_task(
+        &mut self,
+        name: String,
+        input: String,
+    ) -> wasmtime::Result<Result<String, wit::TaskError>> {
         if let Err(failure) = self.check_payload("task input", &input) {
             return Ok(Err(to_wit_error(failure)));
         }
         let host = self.host.clone();
-        guarded(self.cancel.clone(), async move { host.call_task(name, input).await }).await
+        guarded(self.cancel.clone(), async move {
+            host.call_task(name, input).await
+        })
+        .await
     }
 
     async fn submit_task(&mut self, name: String, input: String) -> wasmtime::Result<u64> {
         Ok(self.host.submit_task(name, input))
     }
 
-    async fn await_task(&mut self, handle: u64) -> wasmtime::Result<Result<String, wit::TaskError>> {
+    async fn await_task(
+        &mut self,
+        handle: u64,
+    ) -> wasmtime::Result<Result<String, wit::TaskError>> {
         let host = self.host.clone();
-        guarded(self.cancel.clone(), async move { host.await_task(handle).await }).await
+        guarded(
+            self.cancel.clone(),
+            async move { host.await_task(handle).await },
+        )
+        .await
     }
 
-    async fn call_flow(&mut self, name: String, params: String) -> wasmtime::Result<Result<String, wit::TaskError>> {
+    async fn call_flow(
+        &mut self,
+        name: String,
+        params: String,
+    ) -> wasmtime::Result<Result<String, wit::TaskError>> {
         if let Err(failure) = self.check_payload("flow params", &params) {
             return Ok(Err(to_wit_error(failure)));
         }
         let host = self.host.clone();
-        guarded(self.cancel.clone(), async move { host.call_flow(name, params).await }).await
+        guarded(self.cancel.clone(), async move {
+            host.call_flow(name, params).await
+        })
+        .await
     }
 
     async fn get_secret(&mut self, name: String) -> wasmtime::Result<Option<String>> {
@@ -616,7 +703,12 @@ struct MemoryLimiter {
 }
 
 impl ResourceLimiter for MemoryLimiter {
-    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         if desired > self.limit {
             self.denied = true;
             return Ok(false);
@@ -625,7 +717,12 @@ impl ResourceLimiter for MemoryLimiter {
         Ok(true)
     }
 
-    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         Ok(desired <= 1_000_000)
     }
 }
@@ -658,7 +755,10 @@ impl GuestHost for DescribeHost {
 }
 
 fn not_while_describing() -> Failure {
-    Failure::new(FailureKind::Failed, "tasks and flows cannot be called from describe()")
+    Failure::new(
+        FailureKind::Failed,
+        "tasks and flows cannot be called from describe()",
+    )
 }
 
 #[cfg(test)]
@@ -667,8 +767,14 @@ mod tests {
 
     #[test]
     fn header_check_names_the_problem() {
-        assert!(matches!(check_header(b"hello world"), Err(EngineError::NotWasm)));
-        assert!(matches!(check_header(b"\0asm\x01\0\0\0"), Err(EngineError::CoreModule)));
+        assert!(matches!(
+            check_header(b"hello world"),
+            Err(EngineError::NotWasm)
+        ));
+        assert!(matches!(
+            check_header(b"\0asm\x01\0\0\0"),
+            Err(EngineError::CoreModule)
+        ));
         assert!(check_header(b"\0asm\x0d\0\x01\0").is_ok());
     }
 

@@ -48,7 +48,10 @@ impl OutputCapture {
     }
 
     pub(super) fn stream(&self, level: LogLevel) -> CaptureStream {
-        CaptureStream { capture: self.clone(), level }
+        CaptureStream {
+            capture: self.clone(),
+            level,
+        }
     }
 
     fn write(&self, level: LogLevel, bytes: &[u8]) {
@@ -79,7 +82,10 @@ impl OutputCapture {
         let after = &tail[at..];
         // "panicked at src/lib.rs:10:5:\nmessage\nnote: run with ..."
         let mut lines = after.lines();
-        let location = lines.next()?.trim_start_matches("panicked at ").trim_end_matches(':');
+        let location = lines
+            .next()?
+            .trim_start_matches("panicked at ")
+            .trim_end_matches(':');
         let message: Vec<&str> = lines.take_while(|l| !l.starts_with("note:")).collect();
         Some(format!("{} (at {location})", message.join("\n").trim()))
     }
@@ -107,7 +113,11 @@ impl Inner {
     }
 
     fn line_mut(&mut self, level: LogLevel) -> &mut Vec<u8> {
-        if level == LogLevel::Warn { &mut self.stderr_line } else { &mut self.stdout_line }
+        if level == LogLevel::Warn {
+            &mut self.stderr_line
+        } else {
+            &mut self.stdout_line
+        }
     }
 
     fn flush_line(&mut self, level: LogLevel) {
@@ -167,7 +177,11 @@ impl OutputStream for CaptureStream {
 }
 
 impl tokio::io::AsyncWrite for CaptureStream {
-    fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
         self.capture.write(self.level, buf);
         Poll::Ready(Ok(buf.len()))
     }

@@ -41,7 +41,10 @@ impl ComponentFiles {
         if ComponentDigest::from_sha256(Sha256::digest(&bytes).into()) != *digest {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::InvalidData,
-                format!("stored component {} does not match its sha256; upload it again", digest.short()),
+                format!(
+                    "stored component {} does not match its sha256; upload it again",
+                    digest.short()
+                ),
             ));
         }
         Ok(bytes)

@@ -11,16 +11,19 @@
 //! write is queued.
 
 mod files;
+mod results;
 mod schema;
 
 pub use files::ComponentFiles;
+pub use results::{DEFAULT_RESULT_THRESHOLD, ResultFiles};
 
 use crate::model::{
-    ComponentDigest, FailureKind, FlowRunId, LogLevel, Manifest, RunState, TaskRunId, TimestampMicros,
+    ComponentDigest, FailureKind, FlowRunId, LogLevel, Manifest, RunState, TaskRunId,
+    TimestampMicros,
 };
 use rusqlite::{Connection, OptionalExtension, params};
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, mpsc};
+use std::sync::{Arc, Mutex, mpsc};
 use tokio::sync::oneshot;
 
 #[derive(Debug, thiserror::Error)]
@@ -29,7 +32,9 @@ pub enum StoreError {
     Open { path: PathBuf, message: String },
     #[error("database error: {0}")]
     Sqlite(#[from] rusqlite::Error),
-    #[error("the run changed under us: expected state {expected}, it is not (another writer got there first)")]
+    #[error(
+        "the run changed under us: expected state {expected}, it is not (another writer got there first)"
+    )]
     Conflict { expected: RunState },
     #[error("no {what} with id {id}")]
     NotFound { what: &'static str, id: String },
@@ -42,13 +47,23 @@ pub enum StoreError {
 /// One change to record. A `Vec<Write>` is applied atomically.
 #[derive(Debug, Clone)]
 pub enum Write {
-    Component { digest: ComponentDigest, size_bytes: u64, manifest: String, at: TimestampMicros },
+    Component {
+        digest: ComponentDigest,
+        size_bytes: u64,
+        manifest: String,
+        at: TimestampMicros,
+    },
     NewFlowRun(NewFlowRun),
     FlowRunState(StateChange),
     NewTaskRun(NewTaskRun),
     TaskRunState(StateChange),
     TaskAttempt(AttemptRecord),
     Logs(Vec<LogRecord>),
+    /// Asks whoever runs a flow run to stop it (not a state change: the runner makes that).
+    RequestCancel {
+        id: FlowRunId,
+        at: TimestampMicros,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -144,7 +159,9 @@ impl Ticket {
 
     /// For callers outside an async runtime (the CLI).
     pub fn wait_blocking(self) -> Result<(), StoreError> {
-        self.0.blocking_recv().unwrap_or(Err(StoreError::WriterGone))
+        self.0
+            .blocking_recv()
+            .unwrap_or(Err(StoreError::WriterGone))
     }
 }
 
@@ -156,6 +173,7 @@ struct Job {
 /// The database: a writer thread and a read connection.
 pub struct Store {
     path: PathBuf,
+    results: Arc<ResultFiles>,
     writer: Mutex<Option<mpsc::Sender<Job>>>,
     writer_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     reader: Mutex<Connection>,
@@ -166,8 +184,17 @@ const MAX_BATCH: usize = 4096;
 
 impl Store {
     /// Opens (creating if needed) the database at `path` and migrates it.
+    /// Payloads over 64 KiB go to files in `results/` beside the database.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
-        let open_error = |e: &dyn std::fmt::Display| StoreError::Open { path: path.to_path_buf(), message: e.to_string() };
+        let dir = path.parent().unwrap_or(Path::new(".")).join("results");
+        Self::open_with(path, ResultFiles::new(dir, DEFAULT_RESULT_THRESHOLD))
+    }
+
+    pub fn open_with(path: &Path, results: ResultFiles) -> Result<Store, StoreError> {
+        let open_error = |e: &dyn std::fmt::Display| StoreError::Open {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        };
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(|e| open_error(&e))?;
         }
@@ -175,13 +202,16 @@ impl Store {
         schema::migrate(&mut conn).map_err(|e| open_error(&e))?;
         let reader = connect(path).map_err(|e| open_error(&e))?;
 
+        let results = Arc::new(results);
+        let writer_results = results.clone();
         let (tx, rx) = mpsc::channel::<Job>();
         let thread = std::thread::Builder::new()
             .name("weir-store-writer".into())
-            .spawn(move || writer_loop(conn, rx))
+            .spawn(move || writer_loop(conn, rx, &writer_results))
             .map_err(|e| open_error(&e))?;
         Ok(Store {
             path: path.to_path_buf(),
+            results,
             writer: Mutex::new(Some(tx)),
             writer_thread: Mutex::new(Some(thread)),
             reader: Mutex::new(reader),
@@ -195,7 +225,10 @@ impl Store {
     /// Queues writes to be applied atomically; the ticket says when they are durable.
     pub fn submit(&self, writes: Vec<Write>) -> Ticket {
         let (done, rx) = oneshot::channel();
-        self.send(Job { writes, done: Some(done) });
+        self.send(Job {
+            writes,
+            done: Some(done),
+        });
         Ticket(rx)
     }
 
@@ -219,7 +252,12 @@ impl Store {
     /// Waits for everything queued so far to be committed, then stops the writer.
     pub fn close(&self) {
         self.writer.lock().unwrap_or_else(|p| p.into_inner()).take();
-        if let Some(thread) = self.writer_thread.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        if let Some(thread) = self
+            .writer_thread
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
             let _ = thread.join();
         }
     }
@@ -231,21 +269,54 @@ impl Store {
 
     // ---- reads ----
 
-    pub fn component_manifest(&self, digest: &ComponentDigest) -> Result<Option<Manifest>, StoreError> {
+    pub fn component_manifest(
+        &self,
+        digest: &ComponentDigest,
+    ) -> Result<Option<Manifest>, StoreError> {
         let text: Option<String> = self.read(|c| {
-            c.query_row("SELECT manifest FROM components WHERE digest = ?1", [digest.as_str()], |r| r.get(0))
-                .optional()
+            c.query_row(
+                "SELECT manifest FROM components WHERE digest = ?1",
+                [digest.as_str()],
+                |r| r.get(0),
+            )
+            .optional()
         })?;
         text.map(|t| serde_json::from_str(&t).map_err(|e| StoreError::Corrupt(e.to_string())))
             .transpose()
     }
 
     pub fn flow_run(&self, id: FlowRunId) -> Result<FlowRunRow, StoreError> {
-        self.read(|c| {
-            c.query_row(&format!("{FLOW_RUN_SELECT} WHERE id = ?1"), [id.as_bytes()], FlowRunRow::from_row)
+        let mut row = self
+            .read(|c| {
+                c.query_row(
+                    &format!("{FLOW_RUN_SELECT} WHERE id = ?1"),
+                    [id.as_bytes()],
+                    FlowRunRow::from_row,
+                )
                 .optional()
-        })?
-        .ok_or(StoreError::NotFound { what: "flow run", id: id.to_string() })
+            })?
+            .ok_or(StoreError::NotFound {
+                what: "flow run",
+                id: id.to_string(),
+            })?;
+        self.results.inflate(&mut row.params)?;
+        if let Some(result) = row.result.as_mut() {
+            self.results.inflate(result)?;
+        }
+        Ok(row)
+    }
+
+    /// Whether someone asked for this run to be cancelled.
+    pub fn cancel_requested(&self, id: FlowRunId) -> Result<bool, StoreError> {
+        let at: Option<Option<i64>> = self.read(|c| {
+            c.query_row(
+                "SELECT cancel_requested_us FROM flow_runs WHERE id = ?1",
+                [id.as_bytes()],
+                |r| r.get(0),
+            )
+            .optional()
+        })?;
+        Ok(matches!(at, Some(Some(_))))
     }
 
     /// Finds a flow run by a prefix of its id, as users type them.
@@ -253,19 +324,31 @@ impl Store {
         if let Ok(id) = text.parse::<FlowRunId>() {
             return Ok(id);
         }
-        let prefix: String = text.chars().filter(|c| c.is_ascii_hexdigit()).collect::<String>().to_lowercase();
-        let not_found = || StoreError::NotFound { what: "flow run", id: text.to_string() };
+        let prefix: String = text
+            .chars()
+            .filter(|c| c.is_ascii_hexdigit())
+            .collect::<String>()
+            .to_lowercase();
+        let not_found = || StoreError::NotFound {
+            what: "flow run",
+            id: text.to_string(),
+        };
         if prefix.len() < 4 || prefix.len() != text.replace('-', "").len() {
             return Err(not_found());
         }
         let ids: Vec<Vec<u8>> = self.read(|c| {
             let mut stmt = c.prepare("SELECT id FROM flow_runs WHERE hex(id) LIKE ?1 LIMIT 2")?;
-            stmt.query_map([format!("{}%", prefix.to_uppercase())], |r| r.get(0))?.collect()
+            stmt.query_map([format!("{}%", prefix.to_uppercase())], |r| r.get(0))?
+                .collect()
         })?;
         match ids.as_slice() {
-            [one] => Ok(FlowRunId::from_bytes(blob16(one).map_err(StoreError::Corrupt)?)),
+            [one] => Ok(FlowRunId::from_bytes(
+                blob16(one).map_err(StoreError::Corrupt)?,
+            )),
             [] => Err(not_found()),
-            _ => Err(StoreError::Corrupt(format!("the id prefix '{text}' matches more than one flow run; type more of it"))),
+            _ => Err(StoreError::Corrupt(format!(
+                "the id prefix '{text}' matches more than one flow run; type more of it"
+            ))),
         }
     }
 
@@ -287,15 +370,26 @@ impl Store {
         args.push((filter.limit.max(1) as i64).into());
         self.read(|c| {
             let mut stmt = c.prepare(&sql)?;
-            stmt.query_map(rusqlite::params_from_iter(args), FlowRunRow::from_row)?.collect()
+            stmt.query_map(rusqlite::params_from_iter(args), FlowRunRow::from_row)?
+                .collect()
         })
     }
 
     pub fn task_runs(&self, flow_run: FlowRunId) -> Result<Vec<TaskRunRow>, StoreError> {
-        self.read(|c| {
-            let mut stmt = c.prepare(&format!("{TASK_RUN_SELECT} WHERE flow_run = ?1 ORDER BY call_seq"))?;
-            stmt.query_map([flow_run.as_bytes()], TaskRunRow::from_row)?.collect()
-        })
+        let mut rows: Vec<TaskRunRow> = self.read(|c| {
+            let mut stmt = c.prepare(&format!(
+                "{TASK_RUN_SELECT} WHERE flow_run = ?1 ORDER BY call_seq, created_us"
+            ))?;
+            stmt.query_map([flow_run.as_bytes()], TaskRunRow::from_row)?
+                .collect()
+        })?;
+        for row in &mut rows {
+            self.results.inflate(&mut row.input)?;
+            if let Some(output) = row.output.as_mut() {
+                self.results.inflate(output)?;
+            }
+        }
+        Ok(rows)
     }
 
     pub fn task_attempts(&self, task_run: TaskRunId) -> Result<Vec<AttemptRecord>, StoreError> {
@@ -314,7 +408,9 @@ impl Store {
                     ended_at: r.get(2)?,
                     fuel_used: r.get::<_, i64>(3)? as u64,
                     peak_memory: r.get::<_, i64>(4)? as u64,
-                    failure: kind.and_then(|k| k.parse().ok()).map(|k| (k, message.unwrap_or_default())),
+                    failure: kind
+                        .and_then(|k| k.parse().ok())
+                        .map(|k| (k, message.unwrap_or_default())),
                 })
             })?
             .collect()
@@ -322,7 +418,10 @@ impl Store {
     }
 
     /// The state history of a flow run or task run, oldest first.
-    pub fn state_history(&self, run: uuid::Uuid) -> Result<Vec<(TimestampMicros, RunState, Option<String>)>, StoreError> {
+    pub fn state_history(
+        &self,
+        run: uuid::Uuid,
+    ) -> Result<Vec<(TimestampMicros, RunState, Option<String>)>, StoreError> {
         let rows: Vec<(i64, String, Option<String>)> = self.read(|c| {
             let mut stmt = c.prepare("SELECT at_us, state, message FROM run_states WHERE run_id = ?1 ORDER BY at_us, rowid")?;
             stmt.query_map([run.as_bytes()], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?.collect()
@@ -333,7 +432,12 @@ impl Store {
     }
 
     /// Log lines of a flow run (and its tasks) after `after_id`, oldest first.
-    pub fn logs(&self, flow_run: FlowRunId, after_id: i64, limit: usize) -> Result<Vec<LogRow>, StoreError> {
+    pub fn logs(
+        &self,
+        flow_run: FlowRunId,
+        after_id: i64,
+        limit: usize,
+    ) -> Result<Vec<LogRow>, StoreError> {
         self.read(|c| {
             let mut stmt = c.prepare(
                 "SELECT id, task_run, at_us, level, message FROM logs
@@ -343,7 +447,9 @@ impl Store {
                 let task_run: Option<Vec<u8>> = r.get(1)?;
                 Ok(LogRow {
                     id: r.get(0)?,
-                    task_run: task_run.and_then(|b| blob16(&b).ok()).map(TaskRunId::from_bytes),
+                    task_run: task_run
+                        .and_then(|b| blob16(&b).ok())
+                        .map(TaskRunId::from_bytes),
                     at: r.get(2)?,
                     level: LogLevel::from_u8(r.get::<_, i64>(3)? as u8),
                     message: r.get(4)?,
@@ -354,7 +460,11 @@ impl Store {
     }
 
     /// The newest unexpired output recorded for a cache key.
-    pub fn cached_output(&self, cache_key: &str, not_before: TimestampMicros) -> Result<Option<(TaskRunId, String)>, StoreError> {
+    pub fn cached_output(
+        &self,
+        cache_key: &str,
+        not_before: TimestampMicros,
+    ) -> Result<Option<(TaskRunId, String)>, StoreError> {
         let row: Option<(Vec<u8>, String)> = self.read(|c| {
             c.query_row(
                 "SELECT id, output FROM task_runs
@@ -365,8 +475,14 @@ impl Store {
             )
             .optional()
         })?;
-        row.map(|(id, out)| Ok((TaskRunId::from_bytes(blob16(&id).map_err(StoreError::Corrupt)?), out)))
-            .transpose()
+        row.map(|(id, mut out)| {
+            self.results.inflate(&mut out)?;
+            Ok((
+                TaskRunId::from_bytes(blob16(&id).map_err(StoreError::Corrupt)?),
+                out,
+            ))
+        })
+        .transpose()
     }
 
     /// Runs that were left unfinished (for recovery after a crash).
@@ -379,10 +495,87 @@ impl Store {
         })
     }
 
+    /// Deletes flow runs (with their tasks, attempts, states and logs) that
+    /// ended before `ended_before`, then result files no row refers to.
+    pub fn prune(&self, ended_before: TimestampMicros) -> Result<PruneReport, StoreError> {
+        let mut report = PruneReport::default();
+        {
+            let mut conn = self.reader.lock().unwrap_or_else(|p| p.into_inner());
+            let tx = conn.transaction()?;
+            tx.execute_batch(
+                "CREATE TEMP TABLE IF NOT EXISTS doomed (id BLOB PRIMARY KEY); DELETE FROM doomed;",
+            )?;
+            // Whole trees only: a child goes with its root.
+            tx.execute(
+                "INSERT INTO doomed SELECT id FROM flow_runs WHERE parent_flow_run IS NULL AND ended_us < ?1",
+                [ended_before],
+            )?;
+            tx.execute_batch(
+                "WITH RECURSIVE tree(id) AS (SELECT id FROM doomed UNION SELECT f.id FROM flow_runs f JOIN tree ON f.parent_flow_run = tree.id)
+                 INSERT OR IGNORE INTO doomed SELECT id FROM tree;",
+            )?;
+            report.logs = tx.execute(
+                "DELETE FROM logs WHERE flow_run IN (SELECT id FROM doomed)",
+                [],
+            )? as u64;
+            tx.execute(
+                "DELETE FROM run_states WHERE run_id IN (SELECT id FROM doomed)
+                    OR run_id IN (SELECT id FROM task_runs WHERE flow_run IN (SELECT id FROM doomed))",
+                [],
+            )?;
+            report.task_runs = tx.execute(
+                "DELETE FROM task_runs WHERE flow_run IN (SELECT id FROM doomed)",
+                [],
+            )? as u64;
+            report.flow_runs = tx.execute(
+                "DELETE FROM flow_runs WHERE id IN (SELECT id FROM doomed)",
+                [],
+            )? as u64;
+            tx.commit()?;
+        }
+        report.result_files = self.collect_result_files()?;
+        Ok(report)
+    }
+
+    /// Removes result files that no row refers to any more.
+    fn collect_result_files(&self) -> Result<u64, StoreError> {
+        let Ok(entries) = std::fs::read_dir(self.results.dir()) else {
+            return Ok(0);
+        };
+        let referenced: std::collections::HashSet<String> = self.read(|c| {
+            let mut stmt = c.prepare(
+                "SELECT params FROM flow_runs UNION ALL SELECT result FROM flow_runs
+                 UNION ALL SELECT input FROM task_runs UNION ALL SELECT output FROM task_runs",
+            )?;
+            let texts: Vec<Option<String>> = stmt
+                .query_map([], |r| r.get(0))?
+                .collect::<Result<_, _>>()?;
+            Ok(texts
+                .into_iter()
+                .flatten()
+                .filter_map(|t| ResultFiles::referenced(&t).map(str::to_string))
+                .collect())
+        })?;
+        let mut removed = 0;
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if let Some(digest) = name.strip_suffix(".json")
+                && !referenced.contains(digest)
+                && std::fs::remove_file(entry.path()).is_ok()
+            {
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
     /// Counts rows per table, for `host version --verbose` and benchmarks.
     pub fn count(&self, table: StoreTable) -> Result<u64, StoreError> {
         let sql = format!("SELECT count(*) FROM {}", table.name());
-        self.read(|c| c.query_row(&sql, [], |r| r.get::<_, i64>(0)).map(|n| n as u64))
+        self.read(|c| {
+            c.query_row(&sql, [], |r| r.get::<_, i64>(0))
+                .map(|n| n as u64)
+        })
     }
 }
 
@@ -390,6 +583,14 @@ impl Drop for Store {
     fn drop(&mut self) {
         self.close();
     }
+}
+
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct PruneReport {
+    pub flow_runs: u64,
+    pub task_runs: u64,
+    pub logs: u64,
+    pub result_files: u64,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -444,7 +645,10 @@ impl FlowRunRow {
     fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Self> {
         Ok(FlowRunRow {
             id: FlowRunId::from_bytes(row_blob16(r, 0)?),
-            parent_flow_run: r.get::<_, Option<Vec<u8>>>(1)?.and_then(|b| blob16(&b).ok()).map(FlowRunId::from_bytes),
+            parent_flow_run: r
+                .get::<_, Option<Vec<u8>>>(1)?
+                .and_then(|b| blob16(&b).ok())
+                .map(FlowRunId::from_bytes),
             component: r.get(2)?,
             flow_name: r.get(3)?,
             params: r.get(4)?,
@@ -508,7 +712,10 @@ impl TaskRunRow {
             started_at: r.get(13)?,
             ended_at: r.get(14)?,
             next_attempt_at: r.get(15)?,
-            cached_from: r.get::<_, Option<Vec<u8>>>(16)?.and_then(|b| blob16(&b).ok()).map(TaskRunId::from_bytes),
+            cached_from: r
+                .get::<_, Option<Vec<u8>>>(16)?
+                .and_then(|b| blob16(&b).ok())
+                .map(TaskRunId::from_bytes),
             host: r.get(17)?,
         })
     }
@@ -524,22 +731,28 @@ pub struct LogRow {
 }
 
 fn blob16(bytes: &[u8]) -> Result<[u8; 16], String> {
-    bytes.try_into().map_err(|_| format!("expected a 16-byte id, found {} bytes", bytes.len()))
+    bytes
+        .try_into()
+        .map_err(|_| format!("expected a 16-byte id, found {} bytes", bytes.len()))
 }
 
 fn row_blob16(r: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<[u8; 16]> {
     let bytes: Vec<u8> = r.get(i)?;
-    blob16(&bytes).map_err(|e| rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Blob, e.into()))
+    blob16(&bytes).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Blob, e.into())
+    })
 }
 
 fn row_state(r: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<RunState> {
     let text: String = r.get(i)?;
-    text.parse()
-        .map_err(|e: crate::model::UnknownState| rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, e.into()))
+    text.parse().map_err(|e: crate::model::UnknownState| {
+        rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, e.into())
+    })
 }
 
 fn parse_state(text: &str) -> Result<RunState, StoreError> {
-    text.parse().map_err(|e: crate::model::UnknownState| StoreError::Corrupt(e.to_string()))
+    text.parse()
+        .map_err(|e: crate::model::UnknownState| StoreError::Corrupt(e.to_string()))
 }
 
 fn connect(path: &Path) -> rusqlite::Result<Connection> {
@@ -558,7 +771,7 @@ fn fail_job(job: Job) {
     }
 }
 
-fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<Job>) {
+fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<Job>, results: &ResultFiles) {
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -567,8 +780,8 @@ fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<Job>) {
                 Err(_) => break,
             }
         }
-        let results = apply_batch(&mut conn, &batch);
-        for (job, result) in batch.into_iter().zip(results) {
+        let outcomes = apply_batch(&mut conn, &batch, results);
+        for (job, result) in batch.into_iter().zip(outcomes) {
             if let Some(done) = job.done {
                 let _ = done.send(result);
             } else if let Err(e) = result {
@@ -580,12 +793,19 @@ fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<Job>) {
     let _ = conn.pragma_update(None, "wal_checkpoint", "TRUNCATE");
 }
 
-fn apply_batch(conn: &mut Connection, batch: &[Job]) -> Vec<Result<(), StoreError>> {
+fn apply_batch(
+    conn: &mut Connection,
+    batch: &[Job],
+    files: &ResultFiles,
+) -> Vec<Result<(), StoreError>> {
     let tx = match conn.transaction() {
         Ok(tx) => tx,
         Err(e) => {
             let message = e.to_string();
-            return batch.iter().map(|_| Err(StoreError::Corrupt(format!("begin failed: {message}")))).collect();
+            return batch
+                .iter()
+                .map(|_| Err(StoreError::Corrupt(format!("begin failed: {message}"))))
+                .collect();
         }
     };
     let mut results = Vec::with_capacity(batch.len());
@@ -593,7 +813,7 @@ fn apply_batch(conn: &mut Connection, batch: &[Job]) -> Vec<Result<(), StoreErro
         let unit = (|| -> Result<(), StoreError> {
             let sp = tx.unchecked_transaction_savepoint()?;
             for write in &job.writes {
-                apply(&sp, write)?;
+                apply(&sp, write, files)?;
             }
             sp.commit()?;
             Ok(())
@@ -602,7 +822,10 @@ fn apply_batch(conn: &mut Connection, batch: &[Job]) -> Vec<Result<(), StoreErro
     }
     if let Err(e) = tx.commit() {
         let message = e.to_string();
-        return batch.iter().map(|_| Err(StoreError::Corrupt(format!("commit failed: {message}")))).collect();
+        return batch
+            .iter()
+            .map(|_| Err(StoreError::Corrupt(format!("commit failed: {message}"))))
+            .collect();
     }
     results
 }
@@ -615,7 +838,10 @@ trait SavepointExt {
 impl SavepointExt for rusqlite::Transaction<'_> {
     fn unchecked_transaction_savepoint(&self) -> rusqlite::Result<Savepoint<'_>> {
         self.execute_batch("SAVEPOINT unit")?;
-        Ok(Savepoint { conn: self, done: false })
+        Ok(Savepoint {
+            conn: self,
+            done: false,
+        })
     }
 }
 
@@ -646,9 +872,14 @@ impl Drop for Savepoint<'_> {
     }
 }
 
-fn apply(conn: &Connection, write: &Write) -> Result<(), StoreError> {
+fn apply(conn: &Connection, write: &Write, files: &ResultFiles) -> Result<(), StoreError> {
     match write {
-        Write::Component { digest, size_bytes, manifest, at } => {
+        Write::Component {
+            digest,
+            size_bytes,
+            manifest,
+            at,
+        } => {
             conn.prepare_cached(
                 "INSERT INTO components (digest, size_bytes, manifest, created_us) VALUES (?1, ?2, ?3, ?4)
                  ON CONFLICT (digest) DO UPDATE SET manifest = excluded.manifest",
@@ -665,7 +896,7 @@ fn apply(conn: &Connection, write: &Write) -> Result<(), StoreError> {
                 run.parent_flow_run.as_ref().map(|p| p.as_bytes().to_vec()),
                 run.component.as_str(),
                 run.flow_name,
-                run.params,
+                files.deflate(&run.params)?,
                 run.state.as_str(),
                 run.attempt,
                 run.host,
@@ -689,8 +920,8 @@ fn apply(conn: &Connection, write: &Write) -> Result<(), StoreError> {
                 run.flow_run.as_bytes(),
                 run.call_seq as i64,
                 run.task_name,
-                run.input,
-                output,
+                files.deflate(&run.input)?,
+                output.map(|o| files.deflate(o)).transpose()?,
                 run.state.as_str(),
                 run.cache_key,
                 cached_from,
@@ -715,7 +946,7 @@ fn apply(conn: &Connection, write: &Write) -> Result<(), StoreError> {
                     change.to.as_str(),
                     change.message,
                     change.failure_kind.map(|k| k.as_str()),
-                    change.output,
+                    change.output.as_deref().map(|o| files.deflate(o)).transpose()?,
                     change.attempts,
                     change.fuel_used.map(|v| v as i64),
                     change.peak_memory.map(|v| v as i64),
@@ -723,9 +954,17 @@ fn apply(conn: &Connection, write: &Write) -> Result<(), StoreError> {
                     change.to.is_terminal(),
                 ])?;
             if n != 1 {
-                return Err(StoreError::Conflict { expected: change.from });
+                return Err(StoreError::Conflict {
+                    expected: change.from,
+                });
             }
-            record_state(conn, change.id, change.at, change.to, change.message.as_deref())?;
+            record_state(
+                conn,
+                change.id,
+                change.at,
+                change.to,
+                change.message.as_deref(),
+            )?;
         }
         Write::TaskRunState(change) => {
             let n = conn
@@ -744,7 +983,7 @@ fn apply(conn: &Connection, write: &Write) -> Result<(), StoreError> {
                     change.to.as_str(),
                     change.message,
                     change.failure_kind.map(|k| k.as_str()),
-                    change.output,
+                    change.output.as_deref().map(|o| files.deflate(o)).transpose()?,
                     change.attempts,
                     change.fuel_used.map(|v| v as i64),
                     change.peak_memory.map(|v| v as i64),
@@ -753,9 +992,17 @@ fn apply(conn: &Connection, write: &Write) -> Result<(), StoreError> {
                     change.next_attempt_at,
                 ])?;
             if n != 1 {
-                return Err(StoreError::Conflict { expected: change.from });
+                return Err(StoreError::Conflict {
+                    expected: change.from,
+                });
             }
-            record_state(conn, change.id, change.at, change.to, change.message.as_deref())?;
+            record_state(
+                conn,
+                change.id,
+                change.at,
+                change.to,
+                change.message.as_deref(),
+            )?;
         }
         Write::TaskAttempt(a) => {
             let (kind, message) = match &a.failure {
@@ -777,6 +1024,17 @@ fn apply(conn: &Connection, write: &Write) -> Result<(), StoreError> {
                 message,
             ])?;
         }
+        Write::RequestCancel { id, at } => {
+            let n = conn
+                .prepare_cached("UPDATE flow_runs SET cancel_requested_us = coalesce(cancel_requested_us, ?2) WHERE id = ?1")?
+                .execute(params![id.as_bytes(), at])?;
+            if n != 1 {
+                return Err(StoreError::NotFound {
+                    what: "flow run",
+                    id: id.to_string(),
+                });
+            }
+        }
         Write::Logs(lines) => {
             let mut stmt = conn.prepare_cached(
                 "INSERT INTO logs (flow_run, task_run, at_us, level, message) VALUES (?1, ?2, ?3, ?4, ?5)",
@@ -795,9 +1053,17 @@ fn apply(conn: &Connection, write: &Write) -> Result<(), StoreError> {
     Ok(())
 }
 
-fn record_state(conn: &Connection, run: uuid::Uuid, at: TimestampMicros, state: RunState, message: Option<&str>) -> rusqlite::Result<()> {
-    conn.prepare_cached("INSERT INTO run_states (run_id, at_us, state, message) VALUES (?1, ?2, ?3, ?4)")?
-        .execute(params![run.as_bytes(), at, state.as_str(), message])?;
+fn record_state(
+    conn: &Connection,
+    run: uuid::Uuid,
+    at: TimestampMicros,
+    state: RunState,
+    message: Option<&str>,
+) -> rusqlite::Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO run_states (run_id, at_us, state, message) VALUES (?1, ?2, ?3, ?4)",
+    )?
+    .execute(params![run.as_bytes(), at, state.as_str(), message])?;
     Ok(())
 }
 

@@ -93,7 +93,8 @@ pub fn migrate(conn: &mut Connection) -> Result<(), String> {
 }
 
 fn migrate_inner(conn: &mut Connection) -> rusqlite::Result<Result<(), String>> {
-    let current: usize = conn.pragma_query_value(None, "user_version", |r| r.get::<_, i64>(0))? as usize;
+    let current: usize =
+        conn.pragma_query_value(None, "user_version", |r| r.get::<_, i64>(0))? as usize;
     if current > MIGRATIONS.len() {
         return Ok(Err(format!(
             "the database is at schema version {current}, newer than this host knows ({}); use a newer host",

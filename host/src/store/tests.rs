@@ -25,7 +25,11 @@ fn new_flow_run(id: FlowRunId) -> Write {
 async fn writes_are_visible_after_the_ticket_resolves() {
     let (_dir, store) = open();
     let id = FlowRunId::new();
-    store.submit(vec![new_flow_run(id)]).committed().await.unwrap();
+    store
+        .submit(vec![new_flow_run(id)])
+        .committed()
+        .await
+        .unwrap();
     let row = store.flow_run(id).unwrap();
     assert_eq!(row.state, RunState::Running);
     assert_eq!(row.started_at, Some(1));
@@ -35,20 +39,54 @@ async fn writes_are_visible_after_the_ticket_resolves() {
 async fn compare_and_set_rejects_a_stale_state_and_rolls_back_its_unit() {
     let (_dir, store) = open();
     let id = FlowRunId::new();
-    store.submit(vec![new_flow_run(id)]).committed().await.unwrap();
+    store
+        .submit(vec![new_flow_run(id)])
+        .committed()
+        .await
+        .unwrap();
     let mut done = StateChange::new(id.0, RunState::Running, RunState::Completed, 5);
     done.output = Some("42".into());
-    store.submit(vec![Write::FlowRunState(done.clone())]).committed().await.unwrap();
+    store
+        .submit(vec![Write::FlowRunState(done.clone())])
+        .committed()
+        .await
+        .unwrap();
 
     // The same change again expects Running, which is no longer true; the log line
     // in the same unit must not be written either.
-    let log = Write::Logs(vec![LogRecord { flow_run: id, task_run: None, at: 6, level: LogLevel::Info, message: "x".into() }]);
-    let err = store.submit(vec![log, Write::FlowRunState(done)]).committed().await.unwrap_err();
-    assert!(matches!(err, StoreError::Conflict { expected: RunState::Running }), "{err}");
+    let log = Write::Logs(vec![LogRecord {
+        flow_run: id,
+        task_run: None,
+        at: 6,
+        level: LogLevel::Info,
+        message: "x".into(),
+    }]);
+    let err = store
+        .submit(vec![log, Write::FlowRunState(done)])
+        .committed()
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            StoreError::Conflict {
+                expected: RunState::Running
+            }
+        ),
+        "{err}"
+    );
     assert!(store.logs(id, 0, 10).unwrap().is_empty());
     let row = store.flow_run(id).unwrap();
-    assert_eq!((row.state, row.result.as_deref(), row.ended_at), (RunState::Completed, Some("42"), Some(5)));
-    let history: Vec<RunState> = store.state_history(id.0).unwrap().into_iter().map(|h| h.1).collect();
+    assert_eq!(
+        (row.state, row.result.as_deref(), row.ended_at),
+        (RunState::Completed, Some("42"), Some(5))
+    );
+    let history: Vec<RunState> = store
+        .state_history(id.0)
+        .unwrap()
+        .into_iter()
+        .map(|h| h.1)
+        .collect();
     assert_eq!(history, [RunState::Running, RunState::Completed]);
 }
 
@@ -82,7 +120,12 @@ async fn task_runs_attempts_and_cache_lookups() {
         failure: None,
     });
     store
-        .submit(vec![new_flow_run(flow), new_task, attempt, Write::TaskRunState(done)])
+        .submit(vec![
+            new_flow_run(flow),
+            new_task,
+            attempt,
+            Write::TaskRunState(done),
+        ])
         .committed()
         .await
         .unwrap();
@@ -90,7 +133,10 @@ async fn task_runs_attempts_and_cache_lookups() {
     assert_eq!(tasks.len(), 1);
     assert_eq!(tasks[0].output.as_deref(), Some("\"ok\""));
     assert_eq!(store.task_attempts(task).unwrap()[0].fuel_used, 100);
-    assert_eq!(store.cached_output("k1", 15).unwrap(), Some((task, "\"ok\"".into())));
+    assert_eq!(
+        store.cached_output("k1", 15).unwrap(),
+        Some((task, "\"ok\"".into()))
+    );
     assert_eq!(store.cached_output("k1", 21).unwrap(), None, "expired");
     assert_eq!(store.cached_output("k2", 0).unwrap(), None);
 }
@@ -99,10 +145,17 @@ async fn task_runs_attempts_and_cache_lookups() {
 async fn flow_runs_can_be_found_by_id_prefix() {
     let (_dir, store) = open();
     let id = FlowRunId::new();
-    store.submit(vec![new_flow_run(id)]).committed().await.unwrap();
+    store
+        .submit(vec![new_flow_run(id)])
+        .committed()
+        .await
+        .unwrap();
     let text = id.to_string();
     assert_eq!(store.resolve_flow_run(&text[..8]).unwrap(), id);
-    assert!(matches!(store.resolve_flow_run("zzzz"), Err(StoreError::NotFound { .. })));
+    assert!(matches!(
+        store.resolve_flow_run("zzzz"),
+        Err(StoreError::NotFound { .. })
+    ));
 }
 
 #[test]
@@ -112,7 +165,10 @@ fn reopening_keeps_data_and_schema() {
     let id = FlowRunId::new();
     {
         let store = Store::open(&path).unwrap();
-        store.submit(vec![new_flow_run(id)]).wait_blocking().unwrap();
+        store
+            .submit(vec![new_flow_run(id)])
+            .wait_blocking()
+            .unwrap();
     }
     let store = Store::open(&path).unwrap();
     assert_eq!(store.flow_run(id).unwrap().flow_name, "etl");

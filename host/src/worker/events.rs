@@ -5,12 +5,39 @@ use std::time::Duration;
 
 #[derive(Debug, Clone)]
 pub enum RunEvent {
-    FlowStarted { id: FlowRunId, flow_name: String, attempt: u32 },
-    TaskStarted { id: TaskRunId, name: String, attempt: u32 },
-    TaskRetrying { id: TaskRunId, name: String, attempt: u32, failure: Failure, delay: Duration },
-    TaskFinished { id: TaskRunId, name: String, state: RunState, duration: Duration },
-    Log { task: Option<String>, level: LogLevel, message: String },
-    FlowFinished { id: FlowRunId, state: RunState, summary: RunSummary },
+    FlowStarted {
+        id: FlowRunId,
+        flow_name: String,
+        attempt: u32,
+    },
+    TaskStarted {
+        id: TaskRunId,
+        name: String,
+        attempt: u32,
+    },
+    TaskRetrying {
+        id: TaskRunId,
+        name: String,
+        attempt: u32,
+        failure: Failure,
+        delay: Duration,
+    },
+    TaskFinished {
+        id: TaskRunId,
+        name: String,
+        state: RunState,
+        duration: Duration,
+    },
+    Log {
+        task: Option<String>,
+        level: LogLevel,
+        message: String,
+    },
+    FlowFinished {
+        id: FlowRunId,
+        state: RunState,
+        summary: RunSummary,
+    },
 }
 
 /// Totals for one flow run, its subflows' tasks included.

@@ -13,12 +13,12 @@ pub use events::{RunEvent, RunSummary};
 use crate::control::{Control, ControlError, Durability};
 use crate::engine::{Component, Engine, Entry, GuestHost, HostFuture};
 use crate::model::{
-    ComponentDigest, EffectivePolicy, Failure, FailureKind, FlowRunId, LogLevel, Policy, PolicyDefaults,
-    RunInfo, RunState, TaskRunId,
+    ComponentDigest, EffectivePolicy, Failure, FailureKind, FlowRunId, LogLevel, Policy,
+    PolicyDefaults, RunInfo, RunState, TaskRunId,
 };
 use crate::store::{AttemptRecord, LogRecord, NewFlowRun, NewTaskRun, StateChange, Write};
 use sha2::{Digest, Sha256};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -39,6 +39,10 @@ pub struct ExecutorSettings {
     pub max_subflow_depth: u32,
     /// The name recorded as the host that ran each task.
     pub host_name: String,
+    /// Tasks carrying a tag that may run at once across all flow runs of this executor.
+    pub tag_limits: BTreeMap<String, usize>,
+    /// How often a running flow checks whether someone asked to cancel it.
+    pub cancel_poll: Duration,
 }
 
 impl Default for ExecutorSettings {
@@ -61,8 +65,21 @@ impl Default for ExecutorSettings {
             max_log_lines_per_run: 100_000,
             max_subflow_depth: 16,
             host_name: local_host_name(),
+            tag_limits: BTreeMap::new(),
+            cancel_poll: Duration::from_millis(200),
         }
     }
+}
+
+/// "host pid=N": which process runs a flow, so a later one can tell if it died.
+pub fn process_marker(host_name: &str) -> String {
+    format!("{host_name} pid={}", std::process::id())
+}
+
+/// The pid in a process marker, if it names this host.
+pub fn marker_pid(marker: &str, host_name: &str) -> Option<u32> {
+    let (host, pid) = marker.rsplit_once(" pid=")?;
+    (host == host_name).then(|| pid.parse().ok()).flatten()
 }
 
 fn local_host_name() -> String {
@@ -81,11 +98,28 @@ pub enum WorkerError {
     Control(#[from] ControlError),
 }
 
+/// Waits between retries. Tests replace it to observe delays without waiting.
+pub trait Timer: Send + Sync + 'static {
+    fn sleep(&self, delay: Duration) -> HostFuture<'static, ()>;
+}
+
+/// The real timer.
+pub struct TokioTimer;
+
+impl Timer for TokioTimer {
+    fn sleep(&self, delay: Duration) -> HostFuture<'static, ()> {
+        Box::pin(tokio::time::sleep(delay))
+    }
+}
+
 /// Executes flow runs on one engine and records them through `Control`.
 pub struct Executor {
     engine: Arc<Engine>,
     control: Arc<Control>,
     settings: ExecutorSettings,
+    timer: Arc<dyn Timer>,
+    /// One semaphore per limited tag, shared by every run of this executor.
+    tag_permits: BTreeMap<String, Arc<Semaphore>>,
 }
 
 /// What to run.
@@ -109,7 +143,11 @@ pub struct ExistingRun {
 }
 
 impl FlowRunRequest {
-    pub fn new(component: Component, flow_name: impl Into<String>, params: impl Into<String>) -> Self {
+    pub fn new(
+        component: Component,
+        flow_name: impl Into<String>,
+        params: impl Into<String>,
+    ) -> Self {
         Self {
             component,
             flow_name: flow_name.into(),
@@ -133,8 +171,44 @@ pub struct FlowRunOutcome {
 }
 
 impl Executor {
-    pub fn new(engine: Arc<Engine>, control: Arc<Control>, settings: ExecutorSettings) -> Arc<Self> {
-        Arc::new(Self { engine, control, settings })
+    pub fn new(
+        engine: Arc<Engine>,
+        control: Arc<Control>,
+        settings: ExecutorSettings,
+    ) -> Arc<Self> {
+        Self::with_timer(engine, control, settings, Arc::new(TokioTimer))
+    }
+
+    pub fn with_timer(
+        engine: Arc<Engine>,
+        control: Arc<Control>,
+        settings: ExecutorSettings,
+        timer: Arc<dyn Timer>,
+    ) -> Arc<Self> {
+        let tag_permits = settings
+            .tag_limits
+            .iter()
+            .map(|(tag, limit)| (tag.clone(), Arc::new(Semaphore::new((*limit).max(1)))))
+            .collect();
+        Arc::new(Self {
+            engine,
+            control,
+            settings,
+            timer,
+            tag_permits,
+        })
+    }
+
+    pub fn settings(&self) -> &ExecutorSettings {
+        &self.settings
+    }
+
+    /// Sleeps for `delay` on the executor's timer; returns true if cancelled first.
+    async fn sleep_unless_cancelled(&self, delay: Duration, cancel: &CancellationToken) -> bool {
+        tokio::select! {
+            _ = cancel.cancelled() => true,
+            _ = self.timer.sleep(delay) => false,
+        }
     }
 
     pub fn engine(&self) -> &Arc<Engine> {
@@ -146,7 +220,10 @@ impl Executor {
     }
 
     /// Runs a flow to its end: attempts, flow-level retries, replay of completed tasks.
-    pub async fn run_flow(self: &Arc<Self>, request: FlowRunRequest) -> Result<FlowRunOutcome, WorkerError> {
+    pub async fn run_flow(
+        self: &Arc<Self>,
+        request: FlowRunRequest,
+    ) -> Result<FlowRunOutcome, WorkerError> {
         self.run_flow_at_depth(request, 0).await
     }
 
@@ -158,7 +235,11 @@ impl Executor {
         Box::pin(async move { self.run_flow_at_depth(request, depth).await })
     }
 
-    async fn run_flow_at_depth(self: &Arc<Self>, request: FlowRunRequest, depth: u32) -> Result<FlowRunOutcome, WorkerError> {
+    async fn run_flow_at_depth(
+        self: &Arc<Self>,
+        request: FlowRunRequest,
+        depth: u32,
+    ) -> Result<FlowRunOutcome, WorkerError> {
         let manifest = request.component.manifest.clone();
         let Some(flow_def) = manifest.flow(&request.flow_name) else {
             return Err(WorkerError::UnknownFlow {
@@ -166,17 +247,36 @@ impl Executor {
                 available: manifest.flow_names().join(", "),
             });
         };
-        let policy = EffectivePolicy::resolve(&flow_def.policy.overlay(&request.policy_override), &self.settings.flow_defaults);
+        let policy = EffectivePolicy::resolve(
+            &flow_def.policy.overlay(&request.policy_override),
+            &self.settings.flow_defaults,
+        );
         let started = Instant::now();
 
-        let (id, mut attempt, mut state) = match request.existing {
+        let (id, attempt, state) = match request.existing {
             Some(run) => {
-                let to = RunState::Running;
-                let mut change = StateChange::new(run.id.0, run.state, to, self.control.now());
-                change.attempts = Some(run.attempt + 1);
-                change.message = Some(format!("attempt {} (completed tasks are replayed)", run.attempt + 1));
-                self.committed(self.control.change_flow_run(change, Vec::new(), Durability::Committed)?).await?;
-                (run.id, run.attempt + 1, to)
+                let now = self.control.now();
+                let mut from = run.state;
+                let attempt = run.attempt + 1;
+                if from.is_terminal() {
+                    // A finished run comes back through Pending (a user's retry or a resume).
+                    let mut change = StateChange::new(run.id.0, from, RunState::Pending, now);
+                    change.message = Some(format!(
+                        "attempt {attempt} requested; completed tasks will be replayed"
+                    ));
+                    self.control
+                        .change_flow_run(change, Vec::new(), Durability::Detached)?;
+                    from = RunState::Pending;
+                }
+                let mut change = StateChange::new(run.id.0, from, RunState::Running, now);
+                change.attempts = Some(attempt);
+                self.committed(self.control.change_flow_run(
+                    change,
+                    Vec::new(),
+                    Durability::Committed,
+                )?)
+                .await?;
+                (run.id, attempt, RunState::Running)
             }
             None => {
                 let id = FlowRunId::new();
@@ -189,7 +289,7 @@ impl Executor {
                         params: request.params.clone(),
                         state: RunState::Running,
                         attempt: 1,
-                        host: self.settings.host_name.clone(),
+                        host: process_marker(&self.settings.host_name),
                         at: self.control.now(),
                     },
                     Durability::Detached,
@@ -198,7 +298,14 @@ impl Executor {
             }
         };
         let events = request.events.clone();
-        send(&events, RunEvent::FlowStarted { id, flow_name: request.flow_name.clone(), attempt });
+        send(
+            &events,
+            RunEvent::FlowStarted {
+                id,
+                flow_name: request.flow_name.clone(),
+                attempt,
+            },
+        );
 
         let run = Arc::new(FlowRun {
             executor: self.clone(),
@@ -218,6 +325,46 @@ impl Executor {
             stats: Stats::default(),
         });
 
+        // Someone in another process (or the API) may ask to cancel this run.
+        let poller = (depth == 0).then(|| {
+            let (store, cancel, every) = (
+                self.control.store().clone(),
+                request.cancel.clone(),
+                self.settings.cancel_poll,
+            );
+            tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        _ = cancel.cancelled() => return,
+                        _ = tokio::time::sleep(every) => {}
+                    }
+                    if store.cancel_requested(id).unwrap_or(false) {
+                        cancel.cancel();
+                        return;
+                    }
+                }
+            })
+        });
+        let outcome = self
+            .attempts(&run, &request, &policy, attempt, state, started)
+            .await;
+        if let Some(poller) = poller {
+            poller.abort();
+        }
+        outcome
+    }
+
+    /// Runs attempts of a flow until one succeeds or the policy gives up.
+    async fn attempts(
+        self: &Arc<Self>,
+        run: &Arc<FlowRun>,
+        request: &FlowRunRequest,
+        policy: &EffectivePolicy,
+        mut attempt: u32,
+        mut state: RunState,
+        started: Instant,
+    ) -> Result<FlowRunOutcome, WorkerError> {
+        let id = run.id;
         loop {
             run.load_replay()?;
             run.seq.store(0, Ordering::SeqCst);
@@ -227,7 +374,10 @@ impl Executor {
                 .engine
                 .run(
                     &request.component,
-                    Entry::Flow { name: &request.flow_name, params: &request.params },
+                    Entry::Flow {
+                        name: &request.flow_name,
+                        params: &request.params,
+                    },
                     limits,
                     host,
                     request.cancel.child_token(),
@@ -235,21 +385,16 @@ impl Executor {
                 .await;
             // Tasks the flow submitted but never awaited still finish and are recorded.
             run.drain_handles().await;
-            run.stats.fuel.fetch_add(execution.fuel_used, Ordering::Relaxed);
-            run.stats.peak_memory.fetch_max(execution.peak_memory_bytes, Ordering::Relaxed);
+            run.stats
+                .fuel
+                .fetch_add(execution.fuel_used, Ordering::Relaxed);
+            run.stats
+                .peak_memory
+                .fetch_max(execution.peak_memory_bytes, Ordering::Relaxed);
 
             let now = self.control.now();
             match execution.result {
-                Ok(result) => {
-                    let mut change = StateChange::new(id.0, state, RunState::Completed, now);
-                    change.output = Some(result.clone());
-                    change.fuel_used = Some(run.stats.fuel.load(Ordering::Relaxed));
-                    change.peak_memory = Some(run.stats.peak_memory.load(Ordering::Relaxed));
-                    self.committed(self.control.change_flow_run(change, Vec::new(), Durability::Committed)?).await?;
-                    let summary = run.summary(started.elapsed());
-                    send(&events, RunEvent::FlowFinished { id, state: RunState::Completed, summary: summary.clone() });
-                    return Ok(FlowRunOutcome { id, state: RunState::Completed, result: Ok(result), summary });
-                }
+                Ok(result) => return self.finish(run, state, Ok(result), started).await,
                 Err(failure) => {
                     let cancelled = request.cancel.is_cancelled();
                     if !cancelled && policy.should_retry(attempt, failure.kind) {
@@ -257,38 +402,148 @@ impl Executor {
                         let mut change = StateChange::new(id.0, state, RunState::Retrying, now);
                         change.message = Some(format!("attempt {attempt} failed: {failure}"));
                         change.next_attempt_at = Some(now + delay.as_micros() as i64);
-                        self.control.change_flow_run(change, Vec::new(), Durability::Detached)?;
-                        run.log(None, LogLevel::Warn, &format!(
-                            "flow attempt {attempt} failed ({failure}); retrying in {}",
-                            humantime::format_duration(delay)
-                        ));
-                        if !sleep_unless_cancelled(delay, &request.cancel).await {
-                            state = RunState::Retrying;
-                            continue;
+                        self.control
+                            .change_flow_run(change, Vec::new(), Durability::Detached)?;
+                        run.log(
+                            None,
+                            LogLevel::Warn,
+                            &format!(
+                                "flow attempt {attempt} failed ({failure}); retrying in {}",
+                                humantime::format_duration(delay)
+                            ),
+                        );
+                        if self.sleep_unless_cancelled(delay, &request.cancel).await {
+                            let cancelled = Failure::new(
+                                FailureKind::Cancelled,
+                                "cancelled while waiting to retry",
+                            );
+                            return self
+                                .finish(run, RunState::Retrying, Err(cancelled), started)
+                                .await;
                         }
                         attempt += 1;
                         run.attempt.store(attempt, Ordering::SeqCst);
-                        let mut change = StateChange::new(id.0, RunState::Retrying, RunState::Running, self.control.now());
+                        let mut change = StateChange::new(
+                            id.0,
+                            RunState::Retrying,
+                            RunState::Running,
+                            self.control.now(),
+                        );
                         change.attempts = Some(attempt);
-                        self.control.change_flow_run(change, Vec::new(), Durability::Detached)?;
+                        self.control
+                            .change_flow_run(change, Vec::new(), Durability::Detached)?;
                         state = RunState::Running;
                         continue;
                     }
-                    let kind = if cancelled { FailureKind::Cancelled } else { failure.kind };
-                    let failure = Failure::new(kind, failure.message);
-                    let final_state = kind.final_state();
-                    let mut change = StateChange::new(id.0, state, final_state, self.control.now());
-                    change.message = Some(failure.message.clone());
-                    change.failure_kind = Some(kind);
-                    change.fuel_used = Some(run.stats.fuel.load(Ordering::Relaxed));
-                    change.peak_memory = Some(run.stats.peak_memory.load(Ordering::Relaxed));
-                    self.committed(self.control.change_flow_run(change, Vec::new(), Durability::Committed)?).await?;
-                    let summary = run.summary(started.elapsed());
-                    send(&events, RunEvent::FlowFinished { id, state: final_state, summary: summary.clone() });
-                    return Ok(FlowRunOutcome { id, state: final_state, result: Err(failure), summary });
+                    let kind = if cancelled {
+                        FailureKind::Cancelled
+                    } else {
+                        failure.kind
+                    };
+                    return self
+                        .finish(
+                            run,
+                            state,
+                            Err(Failure::new(kind, failure.message)),
+                            started,
+                        )
+                        .await;
                 }
             }
         }
+    }
+
+    /// Records how a flow run ended. If someone else ended it first (a forced
+    /// cancel), their state stands and is what the outcome reports.
+    async fn finish(
+        &self,
+        run: &FlowRun,
+        from: RunState,
+        result: Result<String, Failure>,
+        started: Instant,
+    ) -> Result<FlowRunOutcome, WorkerError> {
+        let id = run.id;
+        let mut state = match &result {
+            Ok(_) => RunState::Completed,
+            Err(failure) => failure.kind.final_state(),
+        };
+        let mut change = StateChange::new(id.0, from, state, self.control.now());
+        match &result {
+            Ok(output) => change.output = Some(output.clone()),
+            Err(failure) => {
+                change.message = Some(failure.message.clone());
+                change.failure_kind = Some(failure.kind);
+            }
+        }
+        change.fuel_used = Some(run.stats.fuel.load(Ordering::Relaxed));
+        change.peak_memory = Some(run.stats.peak_memory.load(Ordering::Relaxed));
+        let ticket = self
+            .control
+            .change_flow_run(change, Vec::new(), Durability::Committed)?;
+        let mut result = result;
+        if let Some(ticket) = ticket {
+            match ticket.committed().await {
+                Ok(()) => {}
+                Err(crate::store::StoreError::Conflict { .. }) => {
+                    let row = self
+                        .control
+                        .store()
+                        .flow_run(id)
+                        .map_err(ControlError::from)?;
+                    state = row.state;
+                    if !state.is_success() {
+                        let message = row
+                            .message
+                            .unwrap_or_else(|| format!("ended {state} by another process"));
+                        result = Err(Failure::new(
+                            row.failure_kind.unwrap_or(FailureKind::Cancelled),
+                            message,
+                        ));
+                    }
+                }
+                Err(e) => return Err(ControlError::from(e).into()),
+            }
+        }
+        let summary = run.summary(started.elapsed());
+        send(
+            &run.events,
+            RunEvent::FlowFinished {
+                id,
+                state,
+                summary: summary.clone(),
+            },
+        );
+        Ok(FlowRunOutcome {
+            id,
+            state,
+            result,
+            summary,
+        })
+    }
+
+    /// Permits for each limited tag, taken in name order so two tasks never deadlock.
+    async fn acquire_tag_permits(
+        &self,
+        tags: &[String],
+        cancel: &CancellationToken,
+    ) -> Option<Vec<tokio::sync::OwnedSemaphorePermit>> {
+        let mut limited: Vec<&Arc<Semaphore>> = Vec::new();
+        let mut names: Vec<&String> = tags.iter().collect();
+        names.sort();
+        names.dedup();
+        for tag in names {
+            if let Some(semaphore) = self.tag_permits.get(tag) {
+                limited.push(semaphore);
+            }
+        }
+        let mut permits = Vec::with_capacity(limited.len());
+        for semaphore in limited {
+            tokio::select! {
+                permit = semaphore.clone().acquire_owned() => permits.push(permit.ok()?),
+                _ = cancel.cancelled() => return None,
+            }
+        }
+        Some(permits)
     }
 
     async fn committed(&self, ticket: Option<crate::store::Ticket>) -> Result<(), WorkerError> {
@@ -296,14 +551,6 @@ impl Executor {
             ticket.committed().await.map_err(ControlError::from)?;
         }
         Ok(())
-    }
-}
-
-/// Sleeps for `delay`; returns true if cancelled first.
-async fn sleep_unless_cancelled(delay: Duration, cancel: &CancellationToken) -> bool {
-    tokio::select! {
-        _ = cancel.cancelled() => true,
-        _ = tokio::time::sleep(delay) => false,
     }
 }
 
@@ -332,7 +579,10 @@ struct LogBudget {
 
 impl LogBudget {
     fn new(max: u64) -> Self {
-        Self { max, used: AtomicU64::new(0) }
+        Self {
+            max,
+            used: AtomicU64::new(0),
+        }
     }
 
     /// `Some(text)` for a line to keep (the last one kept says the budget ran out).
@@ -341,7 +591,13 @@ impl LogBudget {
         if n < self.max {
             Some(message.into())
         } else if n == self.max {
-            Some(format!("log limit of {} lines per run reached; further lines are dropped", self.max).into())
+            Some(
+                format!(
+                    "log limit of {} lines per run reached; further lines are dropped",
+                    self.max
+                )
+                .into(),
+            )
         } else {
             None
         }
@@ -381,12 +637,23 @@ impl FlowRun {
     }
 
     fn load_replay(&self) -> Result<(), WorkerError> {
-        let rows = self.control().store().task_runs(self.id).map_err(ControlError::from)?;
+        let rows = self
+            .control()
+            .store()
+            .task_runs(self.id)
+            .map_err(ControlError::from)?;
         let mut replay = self.replay.lock().unwrap_or_else(|p| p.into_inner());
         replay.clear();
         for row in rows.into_iter().filter(|r| r.state.is_success()) {
             if let Some(output) = row.output {
-                replay.insert(row.call_seq, Recorded { task_name: row.task_name, input: row.input, output });
+                replay.insert(
+                    row.call_seq,
+                    Recorded {
+                        task_name: row.task_name,
+                        input: row.input,
+                        output,
+                    },
+                );
             }
         }
         Ok(())
@@ -406,7 +673,9 @@ impl FlowRun {
     }
 
     fn log(&self, task: Option<(TaskRunId, &str)>, level: LogLevel, message: &str) {
-        let Some(message) = self.logs.admit(message) else { return };
+        let Some(message) = self.logs.admit(message) else {
+            return;
+        };
         self.control().record(
             vec![Write::Logs(vec![LogRecord {
                 flow_run: self.id,
@@ -419,7 +688,11 @@ impl FlowRun {
         );
         send(
             &self.events,
-            RunEvent::Log { task: task.map(|t| t.1.to_string()), level, message: message.into_owned() },
+            RunEvent::Log {
+                task: task.map(|t| t.1.to_string()),
+                level,
+                message: message.into_owned(),
+            },
         );
     }
 
@@ -434,19 +707,34 @@ impl FlowRun {
     }
 
     /// One task call, with everything the policy asks for.
-    async fn execute_task(self: Arc<Self>, name: String, input: String, seq: u64) -> Result<String, Failure> {
+    async fn execute_task(
+        self: Arc<Self>,
+        name: String,
+        input: String,
+        seq: u64,
+    ) -> Result<String, Failure> {
         if let Some(output) = self.replayed(seq, &name, &input) {
             self.stats.replayed.fetch_add(1, Ordering::Relaxed);
             return Ok(output);
         }
         let Some(task_def) = self.component.manifest.task(&name) else {
-            let names: Vec<&str> = self.component.manifest.tasks.iter().map(|t| t.name.as_str()).collect();
+            let names: Vec<&str> = self
+                .component
+                .manifest
+                .tasks
+                .iter()
+                .map(|t| t.name.as_str())
+                .collect();
             return Err(Failure::new(
                 FailureKind::InvalidInput,
-                format!("no task named '{name}' in this component; it has: {}", names.join(", ")),
+                format!(
+                    "no task named '{name}' in this component; it has: {}",
+                    names.join(", ")
+                ),
             ));
         };
-        let policy = EffectivePolicy::resolve(&task_def.policy, &self.executor.settings.task_defaults);
+        let policy =
+            EffectivePolicy::resolve(&task_def.policy, &self.executor.settings.task_defaults);
         let cache_key = cache_key(&policy, &self.component.digest, &name, &input);
         self.stats.tasks.fetch_add(1, Ordering::Relaxed);
 
@@ -476,7 +764,15 @@ impl FlowRun {
                     ticket.committed().await.map_err(crashed)?;
                 }
                 self.stats.cached.fetch_add(1, Ordering::Relaxed);
-                send(&self.events, RunEvent::TaskFinished { id, name, state: RunState::Cached, duration: Duration::ZERO });
+                send(
+                    &self.events,
+                    RunEvent::TaskFinished {
+                        id,
+                        name,
+                        state: RunState::Cached,
+                        duration: Duration::ZERO,
+                    },
+                );
                 return Ok(output);
             }
         }
@@ -484,6 +780,19 @@ impl FlowRun {
         let _permit = tokio::select! {
             permit = self.permits.clone().acquire_owned() => permit.map_err(|_| crashed("the run is shutting down"))?,
             _ = self.cancel.cancelled() => return Err(Failure::new(FailureKind::Cancelled, "the run was cancelled")),
+        };
+        let _tag_permits = match self
+            .executor
+            .acquire_tag_permits(&policy.tags, &self.cancel)
+            .await
+        {
+            Some(permits) => permits,
+            None => {
+                return Err(Failure::new(
+                    FailureKind::Cancelled,
+                    "the run was cancelled",
+                ));
+            }
         };
         let id = TaskRunId::new();
         control
@@ -509,16 +818,31 @@ impl FlowRun {
         let mut attempt = 1u32;
         let (mut fuel_total, mut peak) = (0u64, 0u64);
         loop {
-            send(&self.events, RunEvent::TaskStarted { id, name: name.clone(), attempt });
+            send(
+                &self.events,
+                RunEvent::TaskStarted {
+                    id,
+                    name: name.clone(),
+                    attempt,
+                },
+            );
             self.stats.attempts.fetch_add(1, Ordering::Relaxed);
-            let task_host = Arc::new(TaskHost { run: self.clone(), task_run: id, task_name: name.clone(), attempt });
+            let task_host = Arc::new(TaskHost {
+                run: self.clone(),
+                task_run: id,
+                task_name: name.clone(),
+                attempt,
+            });
             let attempt_started = control.now();
             let execution = self
                 .executor
                 .engine
                 .run(
                     &self.component,
-                    Entry::Task { name: &name, input: &input },
+                    Entry::Task {
+                        name: &name,
+                        input: &input,
+                    },
                     policy.limits,
                     task_host,
                     self.cancel.child_token(),
@@ -526,8 +850,12 @@ impl FlowRun {
                 .await;
             fuel_total += execution.fuel_used;
             peak = peak.max(execution.peak_memory_bytes);
-            self.stats.fuel.fetch_add(execution.fuel_used, Ordering::Relaxed);
-            self.stats.peak_memory.fetch_max(execution.peak_memory_bytes, Ordering::Relaxed);
+            self.stats
+                .fuel
+                .fetch_add(execution.fuel_used, Ordering::Relaxed);
+            self.stats
+                .peak_memory
+                .fetch_max(execution.peak_memory_bytes, Ordering::Relaxed);
             let now = control.now();
             let record = AttemptRecord {
                 task_run: id,
@@ -536,7 +864,11 @@ impl FlowRun {
                 ended_at: now,
                 fuel_used: execution.fuel_used,
                 peak_memory: execution.peak_memory_bytes,
-                failure: execution.result.as_ref().err().map(|f| (f.kind, f.message.clone())),
+                failure: execution
+                    .result
+                    .as_ref()
+                    .err()
+                    .map(|f| (f.kind, f.message.clone())),
             };
             let mut change = StateChange::new(id.0, state, RunState::Completed, now);
             change.attempts = Some(attempt);
@@ -548,12 +880,24 @@ impl FlowRun {
                     change.output = Some(output.clone());
                     // Durable before the flow sees it: the rule that makes resume safe.
                     let ticket = control
-                        .change_task_run(change, vec![Write::TaskAttempt(record)], Durability::Committed)
+                        .change_task_run(
+                            change,
+                            vec![Write::TaskAttempt(record)],
+                            Durability::Committed,
+                        )
                         .map_err(crashed)?;
                     if let Some(ticket) = ticket {
                         ticket.committed().await.map_err(crashed)?;
                     }
-                    send(&self.events, RunEvent::TaskFinished { id, name, state: RunState::Completed, duration: started.elapsed() });
+                    send(
+                        &self.events,
+                        RunEvent::TaskFinished {
+                            id,
+                            name,
+                            state: RunState::Completed,
+                            duration: started.elapsed(),
+                        },
+                    );
                     return Ok(output);
                 }
                 Err(failure) => {
@@ -565,7 +909,11 @@ impl FlowRun {
                         change.failure_kind = Some(failure.kind);
                         change.next_attempt_at = Some(now + delay.as_micros() as i64);
                         control
-                            .change_task_run(change, vec![Write::TaskAttempt(record)], Durability::Detached)
+                            .change_task_run(
+                                change,
+                                vec![Write::TaskAttempt(record)],
+                                Durability::Detached,
+                            )
                             .map_err(crashed)?;
                         self.log(
                             Some((id, &name)),
@@ -576,35 +924,81 @@ impl FlowRun {
                                 humantime::format_duration(delay)
                             ),
                         );
-                        send(&self.events, RunEvent::TaskRetrying { id, name: name.clone(), attempt, failure: failure.clone(), delay });
-                        if sleep_unless_cancelled(delay, &self.cancel).await {
+                        send(
+                            &self.events,
+                            RunEvent::TaskRetrying {
+                                id,
+                                name: name.clone(),
+                                attempt,
+                                failure: failure.clone(),
+                                delay,
+                            },
+                        );
+                        if self
+                            .executor
+                            .sleep_unless_cancelled(delay, &self.cancel)
+                            .await
+                        {
                             state = RunState::Retrying;
-                            change = StateChange::new(id.0, state, RunState::Cancelled, control.now());
+                            change =
+                                StateChange::new(id.0, state, RunState::Cancelled, control.now());
                             change.failure_kind = Some(FailureKind::Cancelled);
                             change.message = Some("cancelled while waiting to retry".into());
-                            control.change_task_run(change, Vec::new(), Durability::Detached).map_err(crashed)?;
-                            return Err(Failure::new(FailureKind::Cancelled, "the run was cancelled"));
+                            control
+                                .change_task_run(change, Vec::new(), Durability::Detached)
+                                .map_err(crashed)?;
+                            return Err(Failure::new(
+                                FailureKind::Cancelled,
+                                "the run was cancelled",
+                            ));
                         }
-                        let resume = StateChange::new(id.0, RunState::Retrying, RunState::Running, control.now());
-                        control.change_task_run(resume, Vec::new(), Durability::Detached).map_err(crashed)?;
+                        let resume = StateChange::new(
+                            id.0,
+                            RunState::Retrying,
+                            RunState::Running,
+                            control.now(),
+                        );
+                        control
+                            .change_task_run(resume, Vec::new(), Durability::Detached)
+                            .map_err(crashed)?;
                         state = RunState::Running;
                         attempt += 1;
                         continue;
                     }
-                    let kind = if cancelled { FailureKind::Cancelled } else { failure.kind };
+                    let kind = if cancelled {
+                        FailureKind::Cancelled
+                    } else {
+                        failure.kind
+                    };
                     let failure = Failure::new(kind, failure.message);
                     change.to = kind.final_state();
                     change.message = Some(failure.message.clone());
                     change.failure_kind = Some(kind);
                     let ticket = control
-                        .change_task_run(change, vec![Write::TaskAttempt(record)], Durability::Committed)
+                        .change_task_run(
+                            change,
+                            vec![Write::TaskAttempt(record)],
+                            Durability::Committed,
+                        )
                         .map_err(crashed)?;
                     if let Some(ticket) = ticket {
                         ticket.committed().await.map_err(crashed)?;
                     }
                     self.stats.failed.fetch_add(1, Ordering::Relaxed);
-                    self.log(Some((id, &name)), LogLevel::Error, &format!("task failed: {failure}"));
-                    send(&self.events, RunEvent::TaskFinished { id, name, state: kind.final_state(), duration: started.elapsed() });
+                    self.log(
+                        Some((id, &name)),
+                        LogLevel::Error,
+                        &format!("task failed: {failure}"),
+                    );
+                    send(
+                        &self.events,
+                        RunEvent::TaskFinished {
+                            id,
+                            name,
+                            state: kind.final_state(),
+                            duration: started.elapsed(),
+                        },
+                    );
                     return Err(failure);
                 }
             }
@@ -639,7 +1033,9 @@ impl FlowRun {
         RunInfo {
             flow_run_id: self.id.to_string(),
             task_run_id: task.map(|t| t.0.to_string()),
-            attempt: task.map(|t| t.2).unwrap_or_else(|| self.attempt.load(Ordering::SeqCst)),
+            attempt: task
+                .map(|t| t.2)
+                .unwrap_or_else(|| self.attempt.load(Ordering::SeqCst)),
             flow_name: self.flow_name.clone(),
             task_name: task.map(|t| t.1.to_string()),
             deployment: None,
@@ -649,10 +1045,17 @@ impl FlowRun {
 }
 
 /// The cache key of a call, or `None` when the task is not cached.
-fn cache_key(policy: &EffectivePolicy, digest: &ComponentDigest, name: &str, input: &str) -> Option<String> {
+fn cache_key(
+    policy: &EffectivePolicy,
+    digest: &ComponentDigest,
+    name: &str,
+    input: &str,
+) -> Option<String> {
     use crate::model::CacheKeyPolicy;
     policy.cache_ttl?;
-    let canonical = serde_json::from_str::<serde_json::Value>(input).ok()?.to_string();
+    let canonical = serde_json::from_str::<serde_json::Value>(input)
+        .ok()?
+        .to_string();
     let mut hasher = Sha256::new();
     match policy.cache_key {
         CacheKeyPolicy::None => return None,
@@ -667,7 +1070,10 @@ fn cache_key(policy: &EffectivePolicy, digest: &ComponentDigest, name: &str, inp
 }
 
 fn crashed(e: impl std::fmt::Display) -> Failure {
-    Failure::new(FailureKind::Crashed, format!("could not record the task: {e}"))
+    Failure::new(
+        FailureKind::Crashed,
+        format!("could not record the task: {e}"),
+    )
 }
 
 /// Serves the flow instance's imports. Tasks it spawns hold the run alive.
@@ -687,18 +1093,31 @@ impl GuestHost for FlowHost {
         let seq = self.0.seq.fetch_add(1, Ordering::SeqCst);
         let handle = self.0.next_handle.fetch_add(1, Ordering::SeqCst);
         let join = tokio::spawn(self.0.clone().execute_task(name, input, seq));
-        self.0.handles.lock().unwrap_or_else(|p| p.into_inner()).insert(handle, join);
+        self.0
+            .handles
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(handle, join);
         handle
     }
 
     fn await_task(&self, handle: u64) -> HostFuture<'_, Result<String, Failure>> {
-        let join = self.0.handles.lock().unwrap_or_else(|p| p.into_inner()).remove(&handle);
+        let join = self
+            .0
+            .handles
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&handle);
         Box::pin(async move {
             match join {
-                Some(join) => join.await.unwrap_or_else(|e| Err(crashed(format!("task execution panicked: {e}")))),
+                Some(join) => join
+                    .await
+                    .unwrap_or_else(|e| Err(crashed(format!("task execution panicked: {e}")))),
                 None => Err(Failure::new(
                     FailureKind::InvalidInput,
-                    format!("no pending task with handle {handle} (each handle can be awaited once)"),
+                    format!(
+                        "no pending task with handle {handle} (each handle can be awaited once)"
+                    ),
                 )),
             }
         })
@@ -710,14 +1129,22 @@ impl GuestHost for FlowHost {
             if this.depth + 1 > this.executor.settings.max_subflow_depth {
                 return Err(Failure::new(
                     FailureKind::Failed,
-                    format!("subflows nest deeper than {} levels", this.executor.settings.max_subflow_depth),
+                    format!(
+                        "subflows nest deeper than {} levels",
+                        this.executor.settings.max_subflow_depth
+                    ),
                 ));
             }
             let mut request = FlowRunRequest::new(this.component.clone(), name, params);
             request.parent = Some(this.id);
             request.events = this.events.clone();
             request.cancel = this.cancel.child_token();
-            match this.executor.clone().run_flow_boxed(request, this.depth + 1).await {
+            match this
+                .executor
+                .clone()
+                .run_flow_boxed(request, this.depth + 1)
+                .await
+            {
                 Ok(outcome) => outcome.result,
                 Err(WorkerError::UnknownFlow { name, available }) => Err(Failure::new(
                     FailureKind::InvalidInput,
@@ -754,7 +1181,8 @@ fn tasks_cannot_call() -> Failure {
 
 impl GuestHost for TaskHost {
     fn log(&self, level: LogLevel, message: &str) {
-        self.run.log(Some((self.task_run, &self.task_name)), level, message);
+        self.run
+            .log(Some((self.task_run, &self.task_name)), level, message);
     }
     fn call_task(&self, _: String, _: String) -> HostFuture<'_, Result<String, Failure>> {
         Box::pin(async { Err(tasks_cannot_call()) })
@@ -772,7 +1200,8 @@ impl GuestHost for TaskHost {
         self.run.get_secret(name)
     }
     fn info(&self) -> RunInfo {
-        self.run.run_info(Some((&self.task_run, &self.task_name, self.attempt)))
+        self.run
+            .run_info(Some((&self.task_run, &self.task_name, self.attempt)))
     }
 }
 
@@ -791,18 +1220,37 @@ mod tests {
 
     #[test]
     fn cache_key_depends_on_policy_code_and_canonical_input() {
-        let defaults = PolicyDefaults { fuel: 1, memory_bytes: 1, timeout: None, max_memory_bytes: 1 };
-        let mut policy = Policy { cache_ttl_ms: Some(1000), ..Policy::default() };
+        let defaults = PolicyDefaults {
+            fuel: 1,
+            memory_bytes: 1,
+            timeout: None,
+            max_memory_bytes: 1,
+        };
+        let mut policy = Policy {
+            cache_ttl_ms: Some(1000),
+            ..Policy::default()
+        };
         let a = ComponentDigest::from_sha256([1; 32]);
         let b = ComponentDigest::from_sha256([2; 32]);
         let p = EffectivePolicy::resolve(&policy, &defaults);
         let k1 = cache_key(&p, &a, "t", r#"{"x": 1}"#).unwrap();
-        assert_eq!(Some(k1.clone()), cache_key(&p, &a, "t", r#"{"x":1}"#), "whitespace does not matter");
-        assert_ne!(Some(k1.clone()), cache_key(&p, &b, "t", r#"{"x":1}"#), "code matters by default");
+        assert_eq!(
+            Some(k1.clone()),
+            cache_key(&p, &a, "t", r#"{"x":1}"#),
+            "whitespace does not matter"
+        );
+        assert_ne!(
+            Some(k1.clone()),
+            cache_key(&p, &b, "t", r#"{"x":1}"#),
+            "code matters by default"
+        );
         policy.cache_key = Some(crate::model::CacheKeyPolicy::Input);
         let p = EffectivePolicy::resolve(&policy, &defaults);
         assert_eq!(cache_key(&p, &a, "t", "1"), cache_key(&p, &b, "t", "1"));
         policy.cache_ttl_ms = None;
-        assert_eq!(cache_key(&EffectivePolicy::resolve(&policy, &defaults), &a, "t", "1"), None);
+        assert_eq!(
+            cache_key(&EffectivePolicy::resolve(&policy, &defaults), &a, "t", "1"),
+            None
+        );
     }
 }
