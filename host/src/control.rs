@@ -81,6 +81,13 @@ impl Control {
         Ok(self.submit(writes, durability))
     }
 
+    /// The write that creates a task run, to be put in a unit with what follows
+    /// (a fast task is created and completed in one commit).
+    pub fn creating_task_run(&self, run: NewTaskRun) -> Result<Write, ControlError> {
+        orchestrate::decide(None, run.state)?;
+        Ok(Write::NewTaskRun(run))
+    }
+
     /// Moves a task run, together with `with` (e.g. its attempt record), in one unit.
     pub fn change_task_run(
         &self,

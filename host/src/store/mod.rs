@@ -1,10 +1,11 @@
 //! Recording: the only module that names rusqlite.
 //!
-//! SQLite in WAL mode. All writes go to one writer thread that batches many
-//! units of work into one transaction; each unit runs in its own savepoint, so a
-//! failed compare-and-set rolls back that unit alone. A caller that needs a write
-//! to be durable before it goes on (a completed task's result) awaits its
-//! [`Ticket`]; everything else is fire-and-forget. Reads use their own connection.
+//! SQLite in WAL mode. Writes are queued and committed in groups: many units
+//! of work in one transaction, each in its own savepoint, so a failed
+//! compare-and-set rolls back that unit alone. A caller that needs a write to
+//! be durable before it goes on (a completed task's result) commits inline or
+//! has the current committer do it, and awaits its [`Ticket`]; everything else
+//! is committed by a flusher thread. Reads use their own connection.
 //!
 //! State columns are only written with compare-and-set (`WHERE state = ?`); the
 //! decision whether a transition is allowed is `orchestrate`'s, made before the
@@ -23,7 +24,7 @@ use crate::model::{
 };
 use rusqlite::{Connection, OptionalExtension, params};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{Arc, Condvar, Mutex};
 use tokio::sync::oneshot;
 
 #[derive(Debug, thiserror::Error)]
@@ -170,17 +171,131 @@ struct Job {
     done: Option<oneshot::Sender<Result<(), StoreError>>>,
 }
 
-/// The database: a writer thread and a read connection.
+/// The write side: a queue of jobs and the connection that commits them.
+///
+/// Whoever holds the connection commits everything queued (group commit). A
+/// caller that needs durability commits inline when the connection is free,
+/// so a lone sequential writer pays no thread hand-off; when it is busy, the
+/// holder picks the job up. Detached jobs are committed by the flusher
+/// thread (or by the next inline commit, whichever comes first).
+struct Writer {
+    queue: Mutex<Queue>,
+    wake: Condvar,
+    conn: Mutex<Connection>,
+    results: Arc<ResultFiles>,
+}
+
+#[derive(Default)]
+struct Queue {
+    jobs: Vec<Job>,
+    closed: bool,
+}
+
+impl Writer {
+    fn push(&self, job: Job) -> bool {
+        let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+        if queue.closed {
+            drop(queue);
+            fail_job(job);
+            return false;
+        }
+        queue.jobs.push(job);
+        true
+    }
+
+    /// Commits queued jobs until the queue is empty, unless another thread
+    /// holds the connection (it will see our jobs before it lets go).
+    fn flush(&self) {
+        loop {
+            let mut conn = match self.conn.try_lock() {
+                Ok(conn) => conn,
+                Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+                Err(std::sync::TryLockError::WouldBlock) => return,
+            };
+            loop {
+                let batch: Vec<Job> = {
+                    let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+                    let n = queue.jobs.len().min(MAX_BATCH);
+                    queue.jobs.drain(..n).collect()
+                };
+                if batch.is_empty() {
+                    break;
+                }
+                let outcomes = apply_batch(&mut conn, &batch, &self.results);
+                for (job, result) in batch.into_iter().zip(outcomes) {
+                    if let Some(done) = job.done {
+                        let _ = done.send(result);
+                    } else if let Err(e) = result {
+                        tracing::warn!("a background write was not recorded: {e}");
+                    }
+                }
+            }
+            drop(conn);
+            // A job may have arrived after our last look and before we let go.
+            if self
+                .queue
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .jobs
+                .is_empty()
+            {
+                return;
+            }
+        }
+    }
+
+    /// The flusher thread: commits detached jobs as they come, and folds the
+    /// WAL back into the database now and then, until closed.
+    ///
+    /// Checkpoints (which fsync) happen here, on a connection of their own,
+    /// so that no commit on the hot path ever waits for one.
+    fn run_flusher(&self, checkpointer: Connection) {
+        let mut last_checkpoint = std::time::Instant::now();
+        loop {
+            {
+                let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+                while queue.jobs.is_empty() && !queue.closed {
+                    let (q, _) = self
+                        .wake
+                        .wait_timeout(queue, CHECKPOINT_EVERY)
+                        .unwrap_or_else(|p| p.into_inner());
+                    queue = q;
+                    if last_checkpoint.elapsed() >= CHECKPOINT_EVERY {
+                        break;
+                    }
+                }
+                if queue.jobs.is_empty() && queue.closed {
+                    break;
+                }
+            }
+            if last_checkpoint.elapsed() >= CHECKPOINT_EVERY {
+                let _ = checkpointer.pragma_update(None, "wal_checkpoint", "PASSIVE");
+                last_checkpoint = std::time::Instant::now();
+            }
+            self.flush();
+            // Another thread may hold the connection; let it finish before looking again.
+            let _wait = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        }
+        let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        // Everything queued was applied. Fold the WAL back into the database.
+        let _ = conn.pragma_update(None, "wal_checkpoint", "TRUNCATE");
+    }
+}
+
+/// The database: a writer (inline group commit + a flusher thread) and a read connection.
 pub struct Store {
     path: PathBuf,
     results: Arc<ResultFiles>,
-    writer: Mutex<Option<mpsc::Sender<Job>>>,
-    writer_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    writer: Arc<Writer>,
+    flusher: Mutex<Option<std::thread::JoinHandle<()>>>,
     reader: Mutex<Connection>,
 }
 
 /// The most units one transaction carries; more wait for the next commit.
 const MAX_BATCH: usize = 4096;
+
+/// How often the flusher folds the WAL back into the database.
+const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl Store {
     /// Opens (creating if needed) the database at `path` and migrates it.
@@ -200,20 +315,29 @@ impl Store {
         }
         let mut conn = connect(path).map_err(|e| open_error(&e))?;
         schema::migrate(&mut conn).map_err(|e| open_error(&e))?;
+        // The flusher thread checkpoints; commits never do.
+        conn.pragma_update(None, "wal_autocheckpoint", 0)
+            .map_err(|e| open_error(&e))?;
         let reader = connect(path).map_err(|e| open_error(&e))?;
 
         let results = Arc::new(results);
-        let writer_results = results.clone();
-        let (tx, rx) = mpsc::channel::<Job>();
-        let thread = std::thread::Builder::new()
-            .name("weir-store-writer".into())
-            .spawn(move || writer_loop(conn, rx, &writer_results))
+        let writer = Arc::new(Writer {
+            queue: Mutex::new(Queue::default()),
+            wake: Condvar::new(),
+            conn: Mutex::new(conn),
+            results: results.clone(),
+        });
+        let flusher_writer = writer.clone();
+        let checkpointer = connect(path).map_err(|e| open_error(&e))?;
+        let flusher = std::thread::Builder::new()
+            .name("weir-store-flusher".into())
+            .spawn(move || flusher_writer.run_flusher(checkpointer))
             .map_err(|e| open_error(&e))?;
         Ok(Store {
             path: path.to_path_buf(),
             results,
-            writer: Mutex::new(Some(tx)),
-            writer_thread: Mutex::new(Some(thread)),
+            writer,
+            flusher: Mutex::new(Some(flusher)),
             reader: Mutex::new(reader),
         })
     }
@@ -222,38 +346,37 @@ impl Store {
         &self.path
     }
 
-    /// Queues writes to be applied atomically; the ticket says when they are durable.
+    /// Applies writes atomically, committing inline when the connection is
+    /// free; the ticket resolves when they are durable.
     pub fn submit(&self, writes: Vec<Write>) -> Ticket {
         let (done, rx) = oneshot::channel();
-        self.send(Job {
+        if self.writer.push(Job {
             writes,
             done: Some(done),
-        });
+        }) {
+            self.writer.flush();
+        }
         Ticket(rx)
     }
 
     /// Queues writes that nobody waits for (logs, intermediate states).
     pub fn submit_detached(&self, writes: Vec<Write>) {
-        self.send(Job { writes, done: None });
-    }
-
-    fn send(&self, job: Job) {
-        let writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
-        match writer.as_ref() {
-            Some(tx) => {
-                if let Err(mpsc::SendError(job)) = tx.send(job) {
-                    fail_job(job);
-                }
-            }
-            None => fail_job(job),
+        if self.writer.push(Job { writes, done: None }) {
+            self.writer.wake.notify_one();
         }
     }
 
-    /// Waits for everything queued so far to be committed, then stops the writer.
+    /// Commits everything queued so far, then stops the flusher. Later
+    /// writes fail with `WriterGone`.
     pub fn close(&self) {
-        self.writer.lock().unwrap_or_else(|p| p.into_inner()).take();
+        self.writer
+            .queue
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .closed = true;
+        self.writer.wake.notify_all();
         if let Some(thread) = self
-            .writer_thread
+            .flusher
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .take()
@@ -423,7 +546,7 @@ impl Store {
         run: uuid::Uuid,
     ) -> Result<Vec<(TimestampMicros, RunState, Option<String>)>, StoreError> {
         let rows: Vec<(i64, String, Option<String>)> = self.read(|c| {
-            let mut stmt = c.prepare("SELECT at_us, state, message FROM run_states WHERE run_id = ?1 ORDER BY at_us, rowid")?;
+            let mut stmt = c.prepare("SELECT at_us, state, message FROM run_states WHERE run_id = ?1 ORDER BY at_us")?;
             stmt.query_map([run.as_bytes()], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?.collect()
         })?;
         rows.into_iter()
@@ -771,28 +894,6 @@ fn fail_job(job: Job) {
     }
 }
 
-fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<Job>, results: &ResultFiles) {
-    while let Ok(first) = rx.recv() {
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
-            }
-        }
-        let outcomes = apply_batch(&mut conn, &batch, results);
-        for (job, result) in batch.into_iter().zip(outcomes) {
-            if let Some(done) = job.done {
-                let _ = done.send(result);
-            } else if let Err(e) = result {
-                tracing::warn!("a background write was not recorded: {e}");
-            }
-        }
-    }
-    // The channel is closed: everything queued was applied. Fold the WAL back.
-    let _ = conn.pragma_update(None, "wal_checkpoint", "TRUNCATE");
-}
-
 fn apply_batch(
     conn: &mut Connection,
     batch: &[Job],
@@ -1061,7 +1162,7 @@ fn record_state(
     message: Option<&str>,
 ) -> rusqlite::Result<()> {
     conn.prepare_cached(
-        "INSERT INTO run_states (run_id, at_us, state, message) VALUES (?1, ?2, ?3, ?4)",
+        "INSERT OR IGNORE INTO run_states (run_id, at_us, state, message) VALUES (?1, ?2, ?3, ?4)",
     )?
     .execute(params![run.as_bytes(), at, state.as_str(), message])?;
     Ok(())

@@ -54,7 +54,7 @@ const MIGRATIONS: &[&str] = &[
         cache_key       TEXT,
         cached_from     BLOB,
         host            TEXT
-    );
+    ) WITHOUT ROWID;
     CREATE INDEX task_runs_by_flow ON task_runs (flow_run, call_seq);
     CREATE INDEX task_runs_by_cache_key ON task_runs (cache_key, ended_us) WHERE cache_key IS NOT NULL;
     CREATE TABLE task_attempts (
@@ -72,9 +72,9 @@ const MIGRATIONS: &[&str] = &[
         run_id  BLOB NOT NULL,
         at_us   INTEGER NOT NULL,
         state   TEXT NOT NULL,
-        message TEXT
-    );
-    CREATE INDEX run_states_by_run ON run_states (run_id);
+        message TEXT,
+        PRIMARY KEY (run_id, at_us, state)
+    ) WITHOUT ROWID;
     CREATE TABLE logs (
         id       INTEGER PRIMARY KEY,
         flow_run BLOB NOT NULL,

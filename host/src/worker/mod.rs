@@ -71,6 +71,9 @@ impl Default for ExecutorSettings {
     }
 }
 
+/// How long a task attempt may run before its row is written as Running.
+const ANNOUNCE_AFTER: Duration = Duration::from_millis(50);
+
 /// "host pid=N": which process runs a flow, so a later one can tell if it died.
 pub fn process_marker(host_name: &str) -> String {
     format!("{host_name} pid={}", std::process::id())
@@ -795,23 +798,21 @@ impl FlowRun {
             }
         };
         let id = TaskRunId::new();
-        control
-            .create_task_run(
-                NewTaskRun {
-                    id,
-                    flow_run: self.id,
-                    call_seq: seq,
-                    task_name: name.clone(),
-                    input: input.clone(),
-                    state: RunState::Running,
-                    cache_key: cache_key.clone(),
-                    cached_from: None,
-                    host: self.executor.settings.host_name.clone(),
-                    at: control.now(),
-                },
-                Durability::Detached,
-            )
-            .map_err(crashed)?;
+        // The row is written with the first outcome, unless the attempt runs
+        // longer than ANNOUNCE_AFTER: then it is written as Running right away.
+        // A fast task costs one commit; a slow one is visible while it runs.
+        let mut unannounced = Some(NewTaskRun {
+            id,
+            flow_run: self.id,
+            call_seq: seq,
+            task_name: name.clone(),
+            input: input.clone(),
+            state: RunState::Running,
+            cache_key: cache_key.clone(),
+            cached_from: None,
+            host: self.executor.settings.host_name.clone(),
+            at: control.now(),
+        });
 
         let started = Instant::now();
         let mut state = RunState::Running;
@@ -834,20 +835,43 @@ impl FlowRun {
                 attempt,
             });
             let attempt_started = control.now();
-            let execution = self
-                .executor
-                .engine
-                .run(
-                    &self.component,
-                    Entry::Task {
-                        name: &name,
-                        input: &input,
-                    },
-                    policy.limits,
-                    task_host,
-                    self.cancel.child_token(),
-                )
-                .await;
+            let run = self.executor.engine.run(
+                &self.component,
+                Entry::Task {
+                    name: &name,
+                    input: &input,
+                },
+                policy.limits,
+                task_host,
+                self.cancel.child_token(),
+            );
+            let execution = match unannounced.take() {
+                None => run.await,
+                Some(new_run) => {
+                    tokio::pin!(run);
+                    tokio::select! {
+                        biased;
+                        execution = &mut run => {
+                            unannounced = Some(new_run);
+                            execution
+                        }
+                        _ = tokio::time::sleep(ANNOUNCE_AFTER) => {
+                            let create = control.creating_task_run(new_run).map_err(crashed)?;
+                            control.record(vec![create], Durability::Detached);
+                            run.await
+                        }
+                    }
+                }
+            };
+            // Everything written from here on creates the row first if it is not there yet.
+            let mut unit = |writes: Vec<Write>| -> Result<Vec<Write>, Failure> {
+                let mut all = Vec::with_capacity(writes.len() + 1);
+                if let Some(new_run) = unannounced.take() {
+                    all.push(control.creating_task_run(new_run).map_err(crashed)?);
+                }
+                all.extend(writes);
+                Ok(all)
+            };
             fuel_total += execution.fuel_used;
             peak = peak.max(execution.peak_memory_bytes);
             self.stats
@@ -882,7 +906,7 @@ impl FlowRun {
                     let ticket = control
                         .change_task_run(
                             change,
-                            vec![Write::TaskAttempt(record)],
+                            unit(vec![Write::TaskAttempt(record)])?,
                             Durability::Committed,
                         )
                         .map_err(crashed)?;
@@ -911,7 +935,7 @@ impl FlowRun {
                         control
                             .change_task_run(
                                 change,
-                                vec![Write::TaskAttempt(record)],
+                                unit(vec![Write::TaskAttempt(record)])?,
                                 Durability::Detached,
                             )
                             .map_err(crashed)?;
@@ -977,7 +1001,7 @@ impl FlowRun {
                     let ticket = control
                         .change_task_run(
                             change,
-                            vec![Write::TaskAttempt(record)],
+                            unit(vec![Write::TaskAttempt(record)])?,
                             Durability::Committed,
                         )
                         .map_err(crashed)?;
