@@ -9,11 +9,16 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 const TARGET: &str = "wasm32-wasip2";
-const GUESTS: &[(&str, &str)] = &[
-    ("FIXTURE_WASM", "fixture-guest"),
-    ("HELLO_WASM", "example-hello"),
-    ("ETL_WASM", "example-etl"),
-    ("SANDBOX_WASM", "example-sandbox"),
+/// (constant, package, folder)
+const GUESTS: &[(&str, &str, &str)] = &[
+    (
+        "FIXTURE_WASM",
+        "fixture-guest",
+        "tests/fixtures/fixture-guest",
+    ),
+    ("HELLO_WASM", "example-hello", "examples/hello"),
+    ("ETL_WASM", "example-etl", "examples/etl"),
+    ("SANDBOX_WASM", "example-sandbox", "examples/sandbox"),
 ];
 
 fn main() {
@@ -34,12 +39,21 @@ fn main() {
     let mut command = Command::new(cargo);
     command
         .current_dir(&workspace)
-        .args(["build", "--release", "--target", TARGET, "--message-format=json-render-diagnostics"])
+        .args([
+            "build",
+            "--release",
+            "--target",
+            TARGET,
+            "--message-format=json-render-diagnostics",
+        ])
         .arg("--target-dir")
         .arg(&target_dir)
+        // The same profile overrides as `host build`, so both share one build.
+        .env("CARGO_PROFILE_RELEASE_DEBUG", "false")
+        .env("CARGO_PROFILE_RELEASE_STRIP", "debuginfo")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
-    for (_, package) in GUESTS {
+    for (_, package, _) in GUESTS {
         command.args(["-p", package]);
     }
     // What the outer build was told (clippy's wrapper, host RUSTFLAGS) is not for the guests.
@@ -57,31 +71,34 @@ fn main() {
     ] {
         command.env_remove(var);
     }
-    let output = command.output().expect("running cargo to build the guest components");
+    let output = command
+        .output()
+        .expect("running cargo to build the guest components");
     if !output.status.success() {
         panic!("building the guest components for {TARGET} failed; cargo's messages are above");
     }
     let messages = String::from_utf8_lossy(&output.stdout);
 
     let mut constants = String::new();
-    for (constant, package) in GUESTS {
-        let wasm = find_artifact(&messages, package)
+    for (constant, package, folder) in GUESTS {
+        let manifest = workspace.join(folder).join("Cargo.toml");
+        let wasm = find_artifact(&messages, &manifest)
             .unwrap_or_else(|| panic!("cargo built no .wasm for {package}; is it a cdylib?"));
-        constants.push_str(&format!("/// The component built from `{package}`.\npub const {constant}: &str = {:?};\n", wasm.display().to_string()));
+        constants.push_str(&format!(
+            "/// The component built from `{package}`.\npub const {constant}: &str = {:?};\n",
+            wasm.display().to_string()
+        ));
     }
     let out = PathBuf::from(env::var("OUT_DIR").unwrap()).join("guests.rs");
     std::fs::write(out, constants).unwrap();
 }
 
-fn find_artifact(messages: &str, package: &str) -> Option<PathBuf> {
+fn find_artifact(messages: &str, manifest: &Path) -> Option<PathBuf> {
     messages
         .lines()
         .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
         .filter(|m| m["reason"] == "compiler-artifact")
-        .filter(|m| {
-            let id = m["package_id"].as_str().unwrap_or_default();
-            id.contains(&format!("#{package}@")) || id.starts_with(&format!("{package} "))
-        })
+        .filter(|m| m["manifest_path"].as_str().map(Path::new) == Some(manifest))
         .flat_map(|m| m["filenames"].as_array().cloned().unwrap_or_default())
         .filter_map(|f| f.as_str().map(PathBuf::from))
         .find(|f| f.extension().is_some_and(|e| e == "wasm"))
@@ -89,14 +106,25 @@ fn find_artifact(messages: &str, package: &str) -> Option<PathBuf> {
 
 fn ensure_wasm_target() {
     let rustc = env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
-    let sysroot = Command::new(rustc).args(["--print", "sysroot"]).output().expect("running rustc --print sysroot");
+    let sysroot = Command::new(rustc)
+        .args(["--print", "sysroot"])
+        .output()
+        .expect("running rustc --print sysroot");
     let sysroot = String::from_utf8_lossy(&sysroot.stdout).trim().to_string();
-    if Path::new(&sysroot).join("lib/rustlib").join(TARGET).is_dir() {
+    if Path::new(&sysroot)
+        .join("lib/rustlib")
+        .join(TARGET)
+        .is_dir()
+    {
         return;
     }
-    let status = Command::new("rustup").args(["target", "add", TARGET]).status();
+    let status = Command::new("rustup")
+        .args(["target", "add", TARGET])
+        .status();
     match status {
         Ok(s) if s.success() => {}
-        _ => panic!("the {TARGET} target is missing and `rustup target add {TARGET}` failed; run it by hand"),
+        _ => panic!(
+            "the {TARGET} target is missing and `rustup target add {TARGET}` failed; run it by hand"
+        ),
     }
 }

@@ -28,7 +28,10 @@ fn main() {
         .map(PathBuf::from)
         .unwrap_or_else(|| weir_tests::workspace().join("target/bench/foundation.json"));
     let quick = std::env::args().any(|a| a == "--quick");
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let results = runtime.block_on(run_all(quick));
     print_table(&results);
     if let Some(dir) = out.parent() {
@@ -49,14 +52,23 @@ async fn run_all(quick: bool) -> serde_json::Value {
     cold_engine.load(&bytes).await.unwrap();
     let cold_compile = t.elapsed();
     drop(cold_engine);
-    let engine = Arc::new(Engine::new(EngineConfig { cache_dir: Some(paths.compile_cache()), ..EngineConfig::default() }).unwrap());
+    let engine = Arc::new(
+        Engine::new(EngineConfig {
+            cache_dir: Some(paths.compile_cache()),
+            ..EngineConfig::default()
+        })
+        .unwrap(),
+    );
     engine.load(&bytes).await.unwrap(); // fills the cache
     let mut cached_loads = Vec::new();
     for _ in 0..20 {
         let t = Instant::now();
         let component = engine.load(&bytes).await.unwrap();
         cached_loads.push(t.elapsed());
-        assert!(matches!(component.load, weir_host::engine::LoadKind::Cached { .. }));
+        assert!(matches!(
+            component.load,
+            weir_host::engine::LoadKind::Cached { .. }
+        ));
     }
     let cached_load = median(&mut cached_loads);
     let component = engine.load(&bytes).await.unwrap();
@@ -64,11 +76,24 @@ async fn run_all(quick: bool) -> serde_json::Value {
     // The sandbox alone: instantiate + call a trivial task, nothing recorded.
     let n_raw = if quick { 2_000 } else { 20_000 };
     let host: Arc<dyn GuestHost> = Arc::new(NullHost);
-    let limits = Limits { fuel: 10_000_000, memory_bytes: 64 << 20, timeout: Some(Duration::from_secs(10)) };
+    let limits = Limits {
+        fuel: 10_000_000,
+        memory_bytes: 64 << 20,
+        timeout: Some(Duration::from_secs(10)),
+    };
     let t = Instant::now();
     for _ in 0..n_raw {
         let e = engine
-            .run(&component, Entry::Task { name: "add", input: r#"{"a":1,"b":2}"# }, limits, host.clone(), Default::default())
+            .run(
+                &component,
+                Entry::Task {
+                    name: "add",
+                    input: r#"{"a":1,"b":2}"#,
+                },
+                limits,
+                host.clone(),
+                Default::default(),
+            )
             .await;
         assert!(e.result.is_ok(), "{:?}", e.result);
     }
@@ -84,7 +109,8 @@ async fn run_all(quick: bool) -> serde_json::Value {
     let mut flows = Vec::new();
     for &n in sizes {
         for flow in ["sequential", "fan_out"] {
-            let request = FlowRunRequest::new(component.clone(), flow, json!({ "n": n }).to_string());
+            let request =
+                FlowRunRequest::new(component.clone(), flow, json!({ "n": n }).to_string());
             let t = Instant::now();
             let outcome = executor.run_flow(request).await.unwrap();
             let took = t.elapsed();
@@ -136,7 +162,11 @@ fn db_bytes(paths: &Paths) -> u64 {
 fn peak_rss_kb() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).map(|l| l.to_string()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .map(|l| l.to_string())
+        })
         .and_then(|l| l.split_whitespace().nth(1).and_then(|n| n.parse().ok()))
         .unwrap_or(0)
 }
@@ -162,25 +192,59 @@ fn host_version_ms() -> Option<f64> {
 
 fn print_table(r: &serde_json::Value) {
     let f = |v: &serde_json::Value| v.as_f64().unwrap_or(f64::NAN);
-    println!("Weir foundation benchmark ({} cores)\n", r["machine"]["cores"]);
-    println!("{:<44} {:>14}", "component size", format!("{} KB", r["component_bytes"].as_u64().unwrap_or(0) / 1024));
-    println!("{:<44} {:>11.1} ms", "cold compile", f(&r["cold_compile_ms"]));
-    println!("{:<44} {:>11.2} ms   (target <= 5 ms)", "cached load (median of 20)", f(&r["cached_load_ms"]));
+    println!(
+        "Weir foundation benchmark ({} cores)\n",
+        r["machine"]["cores"]
+    );
+    println!(
+        "{:<44} {:>14}",
+        "component size",
+        format!("{} KB", r["component_bytes"].as_u64().unwrap_or(0) / 1024)
+    );
+    println!(
+        "{:<44} {:>11.1} ms",
+        "cold compile",
+        f(&r["cold_compile_ms"])
+    );
+    println!(
+        "{:<44} {:>11.2} ms   (target <= 5 ms)",
+        "cached load (median of 20)",
+        f(&r["cached_load_ms"])
+    );
     let s = &r["sandbox_only"];
-    println!("{:<44} {:>9.0} /s   {:.1} us/task", format!("sandbox only, {} tasks", s["tasks"]), f(&s["tasks_per_second"]), f(&s["per_task_us"]));
+    println!(
+        "{:<44} {:>9.0} /s   {:.1} us/task",
+        format!("sandbox only, {} tasks", s["tasks"]),
+        f(&s["tasks_per_second"]),
+        f(&s["per_task_us"])
+    );
     for flow in r["recorded_flows"].as_array().into_iter().flatten() {
         println!(
             "{:<44} {:>9.0} /s   {:.1} us/task   (target >= 10,000 /s)",
-            format!("recorded {} {} tasks", flow["flow"].as_str().unwrap_or(""), flow["tasks"]),
+            format!(
+                "recorded {} {} tasks",
+                flow["flow"].as_str().unwrap_or(""),
+                flow["tasks"]
+            ),
             f(&flow["tasks_per_second"]),
             f(&flow["per_task_us"])
         );
     }
-    println!("{:<44} {:>12.0} B   (target <= 1,024 B)", "database bytes per task run", f(&r["db_bytes_per_task_run"]));
+    println!(
+        "{:<44} {:>12.0} B   (target <= 1,024 B)",
+        "database bytes per task run",
+        f(&r["db_bytes_per_task_run"])
+    );
     println!("{:<44} {:>11.1} MB", "peak RSS", f(&r["peak_rss_mb"]));
     match r["host_version_ms"].as_f64() {
-        Some(ms) => println!("{:<44} {:>11.1} ms   (target <= 20 ms)", "`host version` (median of 20)", ms),
-        None => println!("{:<44} {:>14}", "`host version`", "skipped: build with --release -p host first"),
+        Some(ms) => println!(
+            "{:<44} {:>11.1} ms   (target <= 20 ms)",
+            "`host version` (median of 20)", ms
+        ),
+        None => println!(
+            "{:<44} {:>14}",
+            "`host version`", "skipped: build with --release -p host first"
+        ),
     }
 }
 
@@ -190,16 +254,31 @@ struct NullHost;
 impl GuestHost for NullHost {
     fn log(&self, _: LogLevel, _: &str) {}
     fn call_task(&self, _: String, _: String) -> HostFuture<'_, Result<String, Failure>> {
-        Box::pin(async { Err(Failure::new(weir_host::model::FailureKind::Failed, "not in the benchmark")) })
+        Box::pin(async {
+            Err(Failure::new(
+                weir_host::model::FailureKind::Failed,
+                "not in the benchmark",
+            ))
+        })
     }
     fn submit_task(&self, _: String, _: String) -> u64 {
         0
     }
     fn await_task(&self, _: u64) -> HostFuture<'_, Result<String, Failure>> {
-        Box::pin(async { Err(Failure::new(weir_host::model::FailureKind::Failed, "not in the benchmark")) })
+        Box::pin(async {
+            Err(Failure::new(
+                weir_host::model::FailureKind::Failed,
+                "not in the benchmark",
+            ))
+        })
     }
     fn call_flow(&self, _: String, _: String) -> HostFuture<'_, Result<String, Failure>> {
-        Box::pin(async { Err(Failure::new(weir_host::model::FailureKind::Failed, "not in the benchmark")) })
+        Box::pin(async {
+            Err(Failure::new(
+                weir_host::model::FailureKind::Failed,
+                "not in the benchmark",
+            ))
+        })
     }
     fn get_secret(&self, _: &str) -> Option<String> {
         None

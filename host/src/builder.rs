@@ -158,6 +158,9 @@ fn cargo_build(manifest: &Path, show_progress: bool) -> Result<PathBuf, BuildErr
         .env_remove("RUSTFLAGS")
         .env_remove("CARGO_ENCODED_RUSTFLAGS")
         .env_remove("CARGO_BUILD_TARGET")
+        // Debug info would make components ten times larger and slower to compile.
+        .env("CARGO_PROFILE_RELEASE_DEBUG", "false")
+        .env("CARGO_PROFILE_RELEASE_STRIP", "debuginfo")
         .stdout(Stdio::piped())
         .stderr(if show_progress {
             Stdio::inherit()

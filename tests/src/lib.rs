@@ -14,12 +14,20 @@ include!(concat!(env!("OUT_DIR"), "/guests.rs"));
 
 /// The repository root.
 pub fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 /// An engine sized for tests, which run many at once in one process.
 pub fn test_engine_config(cache_dir: Option<PathBuf>) -> EngineConfig {
-    EngineConfig { cache_dir, max_instances: 200, max_memory_bytes: 1 << 30, ..EngineConfig::default() }
+    EngineConfig {
+        cache_dir,
+        max_instances: 200,
+        max_memory_bytes: 1 << 30,
+        ..EngineConfig::default()
+    }
 }
 
 /// A temporary `$WEIR_HOME` with a store, an engine and an executor over it.
@@ -40,10 +48,17 @@ impl Harness {
         let home = tempfile::tempdir().unwrap();
         let paths = Paths::at(home.path());
         let store = Arc::new(Store::open(&paths.database()).unwrap());
-        let engine = Arc::new(Engine::new(test_engine_config(Some(paths.compile_cache()))).unwrap());
+        let engine =
+            Arc::new(Engine::new(test_engine_config(Some(paths.compile_cache()))).unwrap());
         let control = Arc::new(Control::new(store.clone(), Arc::new(SystemClock)));
         let executor = Executor::new(engine.clone(), control, settings);
-        Harness { home, paths, store, engine, executor }
+        Harness {
+            home,
+            paths,
+            store,
+            engine,
+            executor,
+        }
     }
 
     pub async fn load(&self, wasm: &str) -> Component {
@@ -52,7 +67,12 @@ impl Harness {
     }
 
     /// Runs a flow of a component to its end.
-    pub async fn run(&self, component: &Component, flow: &str, params: serde_json::Value) -> FlowRunOutcome {
+    pub async fn run(
+        &self,
+        component: &Component,
+        flow: &str,
+        params: serde_json::Value,
+    ) -> FlowRunOutcome {
         let request = FlowRunRequest::new(component.clone(), flow, params.to_string());
         self.executor.run_flow(request).await.unwrap()
     }

@@ -43,13 +43,22 @@ fn host_sources() -> BTreeMap<PathBuf, String> {
             }
         }
     }
-    assert!(files.len() > 10, "found too few sources under {}", root.display());
+    assert!(
+        files.len() > 10,
+        "found too few sources under {}",
+        root.display()
+    );
     files
 }
 
 /// The top-level module a file belongs to: `store/mod.rs` → `store`.
 fn module_of(path: &Path) -> String {
-    let first = path.components().next().unwrap().as_os_str().to_string_lossy();
+    let first = path
+        .components()
+        .next()
+        .unwrap()
+        .as_os_str()
+        .to_string_lossy();
     first.trim_end_matches(".rs").to_string()
 }
 
@@ -62,14 +71,17 @@ fn layer_of(module: &str) -> usize {
 
 /// Code lines, without comments (so prose may name anything).
 fn code_lines(text: &str) -> impl Iterator<Item = (usize, &str)> {
-    text.lines().enumerate().filter(|(_, l)| !l.trim_start().starts_with("//")).map(|(i, l)| (i + 1, l))
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim_start().starts_with("//"))
+        .map(|(i, l)| (i + 1, l))
 }
 
 fn names_crate(line: &str, krate: &str) -> bool {
     let bytes = line.as_bytes();
     line.match_indices(krate).any(|(at, _)| {
         let before = at.checked_sub(1).map(|i| bytes[i]);
-        let after = line[at + krate.len()..].as_bytes();
+        let after = &line.as_bytes()[at + krate.len()..];
         let starts_word = before.is_none_or(|b| !(b.is_ascii_alphanumeric() || b == b'_'));
         starts_word && after.starts_with(b"::")
     })
@@ -81,12 +93,18 @@ fn foreign_libraries_have_one_owner() {
     for (path, text) in host_sources() {
         let module = module_of(&path);
         for (krate, owners) in OWNERS {
-            if owners.contains(&module.as_str()) || (module == "main" && (*krate == "clap" || *krate == "anyhow")) {
+            if owners.contains(&module.as_str())
+                || (module == "main" && (*krate == "clap" || *krate == "anyhow"))
+            {
                 continue;
             }
             for (n, line) in code_lines(&text) {
                 if names_crate(line, krate) {
-                    offences.push(format!("{}:{n}: `{krate}` belongs to {owners:?} only: {}", path.display(), line.trim()));
+                    offences.push(format!(
+                        "{}:{n}: `{krate}` belongs to {owners:?} only: {}",
+                        path.display(),
+                        line.trim()
+                    ));
                 }
             }
         }
@@ -103,7 +121,10 @@ fn modules_only_use_their_own_layer_or_lower() {
         for (n, line) in code_lines(&text) {
             for (at, _) in line.match_indices("crate::") {
                 let rest = &line[at + "crate::".len()..];
-                let used: String = rest.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+                let used: String = rest
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
                 if used.is_empty() || used == module {
                     continue;
                 }
@@ -123,7 +144,14 @@ fn modules_only_use_their_own_layer_or_lower() {
 
 #[test]
 fn the_lowest_layer_does_no_io_and_is_not_async() {
-    let forbidden = ["async fn", "tokio::", "std::fs", "std::net", "std::process", "std::env"];
+    let forbidden = [
+        "async fn",
+        "tokio::",
+        "std::fs",
+        "std::net",
+        "std::process",
+        "std::env",
+    ];
     let mut offences = Vec::new();
     for (path, text) in host_sources() {
         let module = module_of(&path);
@@ -133,7 +161,11 @@ fn the_lowest_layer_does_no_io_and_is_not_async() {
         for (n, line) in code_lines(&text) {
             for word in forbidden {
                 if line.contains(word) {
-                    offences.push(format!("{}:{n}: `{word}` in a no-IO module: {}", path.display(), line.trim()));
+                    offences.push(format!(
+                        "{}:{n}: `{word}` in a no-IO module: {}",
+                        path.display(),
+                        line.trim()
+                    ));
                 }
             }
         }
@@ -148,7 +180,10 @@ fn every_source_file_says_what_it_owns() {
         .filter(|(_, text)| !text.trim_start().starts_with("//!"))
         .map(|(path, _)| path.display().to_string())
         .collect();
-    assert!(missing.is_empty(), "files without a `//!` header: {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "files without a `//!` header: {missing:?}"
+    );
 }
 
 #[test]

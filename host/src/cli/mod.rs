@@ -81,6 +81,7 @@ impl Exit {
 /// The whole program: parse the command line, run it, print errors with their
 /// causes and exit with the command's code. `main.rs` only calls this.
 pub fn main() -> ! {
+    restore_sigpipe();
     let cli = Cli::parse();
     init_tracing();
     match run(cli) {
@@ -98,6 +99,16 @@ pub fn main() -> ! {
             }
             std::process::exit(1);
         }
+    }
+}
+
+/// `host flow-run ls | head` should end quietly, as Unix tools do, rather than
+/// panic on a closed pipe: restore the default SIGPIPE action Rust ignores.
+fn restore_sigpipe() {
+    // SAFETY: setting a signal's disposition to its default at start-up,
+    // before any other thread exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }
 

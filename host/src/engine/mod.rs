@@ -291,12 +291,12 @@ impl Engine {
             match entry {
                 Entry::Flow { name, params } => {
                     guest
-                        .call_run_flow(&mut store, &name.to_string(), &params.to_string())
+                        .call_run_flow(&mut store, name, &params.to_string())
                         .await
                 }
                 Entry::Task { name, input } => {
                     guest
-                        .call_run_task(&mut store, &name.to_string(), &input.to_string())
+                        .call_run_task(&mut store, name, &input.to_string())
                         .await
                 }
             }

@@ -546,8 +546,11 @@ impl Store {
         run: uuid::Uuid,
     ) -> Result<Vec<(TimestampMicros, RunState, Option<String>)>, StoreError> {
         let rows: Vec<(i64, String, Option<String>)> = self.read(|c| {
-            let mut stmt = c.prepare("SELECT at_us, state, message FROM run_states WHERE run_id = ?1 ORDER BY at_us")?;
-            stmt.query_map([run.as_bytes()], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?.collect()
+            let mut stmt = c.prepare(
+                "SELECT at_us, state, message FROM run_states WHERE run_id = ?1 ORDER BY at_us",
+            )?;
+            stmt.query_map([run.as_bytes()], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                .collect()
         })?;
         rows.into_iter()
             .map(|(at, state, message)| Ok((at, parse_state(&state)?, message)))

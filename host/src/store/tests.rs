@@ -1,3 +1,5 @@
+//! Store tests: writes through the batching writer, compare-and-set, reads back.
+
 use super::*;
 use crate::model::ComponentDigest;
 

@@ -320,6 +320,7 @@ impl Executor {
             seq: AtomicU64::new(0),
             replay: Mutex::new(HashMap::new()),
             handles: Mutex::new(HashMap::new()),
+            background: Mutex::new(Vec::new()),
             next_handle: AtomicU64::new(1),
             permits: Arc::new(Semaphore::new(self.settings.flow_concurrency.max(1))),
             cancel: request.cancel.clone(),
@@ -626,6 +627,8 @@ struct FlowRun {
     seq: AtomicU64,
     replay: Mutex<HashMap<u64, Recorded>>,
     handles: Mutex<HashMap<u64, JoinHandle<Result<String, Failure>>>>,
+    /// Calls the flow is waiting for (see `in_background`).
+    background: Mutex<Vec<JoinHandle<()>>>,
     next_handle: AtomicU64,
     permits: Arc<Semaphore>,
     cancel: CancellationToken,
@@ -707,6 +710,33 @@ impl FlowRun {
         for handle in handles {
             let _ = handle.await;
         }
+        let background: Vec<_> =
+            std::mem::take(&mut *self.background.lock().unwrap_or_else(|p| p.into_inner()));
+        for handle in background {
+            let _ = handle.await;
+        }
+    }
+
+    /// Runs a call the flow waits for as a task of its own, so that it ends
+    /// (and records how) even when the flow instance is dropped mid-call by a
+    /// cancel or a deadline. The flow run waits for these before it ends.
+    fn in_background(
+        &self,
+        call: impl Future<Output = Result<String, Failure>> + Send + 'static,
+    ) -> HostFuture<'static, Result<String, Failure>> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let join = tokio::spawn(async move {
+            let _ = tx.send(call.await);
+        });
+        let mut background = self.background.lock().unwrap_or_else(|p| p.into_inner());
+        if background.len() >= 1024 {
+            background.retain(|j| !j.is_finished());
+        }
+        background.push(join);
+        Box::pin(async move {
+            rx.await
+                .unwrap_or_else(|_| Err(crashed("the call ended without a result")))
+        })
     }
 
     /// One task call, with everything the policy asks for.
@@ -1110,7 +1140,8 @@ impl GuestHost for FlowHost {
 
     fn call_task(&self, name: String, input: String) -> HostFuture<'_, Result<String, Failure>> {
         let seq = self.0.seq.fetch_add(1, Ordering::SeqCst);
-        Box::pin(self.0.clone().execute_task(name, input, seq))
+        self.0
+            .in_background(self.0.clone().execute_task(name, input, seq))
     }
 
     fn submit_task(&self, name: String, input: String) -> u64 {
@@ -1149,7 +1180,7 @@ impl GuestHost for FlowHost {
 
     fn call_flow(&self, name: String, params: String) -> HostFuture<'_, Result<String, Failure>> {
         let this = self.0.clone();
-        Box::pin(async move {
+        self.0.in_background(async move {
             if this.depth + 1 > this.executor.settings.max_subflow_depth {
                 return Err(Failure::new(
                     FailureKind::Failed,

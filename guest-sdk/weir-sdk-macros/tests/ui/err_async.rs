@@ -1,0 +1,6 @@
+#[weir_sdk::flow]
+async fn load() -> u32 {
+    1
+}
+
+fn main() {}

@@ -1,0 +1,6 @@
+#[weir_sdk::task]
+fn load(name: &str) -> usize {
+    name.len()
+}
+
+fn main() {}

@@ -1,0 +1,4 @@
+#[weir_sdk::task]
+struct Load;
+
+fn main() {}

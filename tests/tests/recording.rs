@@ -1,0 +1,496 @@
+//! Policies and durability: retries, backoff, caching, fan-out limits,
+//! subflows, replay, cancellation, large results — as recorded in the store.
+
+use serde_json::json;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use weir_host::clock::{Clock, ManualClock};
+use weir_host::control::Control;
+use weir_host::engine::HostFuture;
+use weir_host::model::{FailureKind, RunState};
+use weir_host::store::{ComponentFiles, Store, TaskRunRow};
+use weir_host::worker::{Executor, ExecutorSettings, ExistingRun, FlowRunRequest, Timer};
+use weir_tests::{FIXTURE_WASM, Harness, json};
+
+fn calls(h: &Harness, id: weir_host::model::FlowRunId) -> Vec<TaskRunRow> {
+    h.store.task_runs(id).unwrap()
+}
+
+#[tokio::test]
+async fn a_flaky_task_is_retried_until_it_succeeds_and_each_attempt_is_recorded() {
+    let h = Harness::new();
+    let component = h.load(FIXTURE_WASM).await;
+    let outcome = h
+        .run(
+            &component,
+            "call",
+            json!({"task": "flaky", "input": {"fail_times": 2}}),
+        )
+        .await;
+    assert_eq!(outcome.state, RunState::Completed);
+    assert_eq!(
+        json(&outcome.result.unwrap()),
+        json!(3),
+        "succeeded on attempt 3"
+    );
+    let task = &calls(&h, outcome.id)[0];
+    assert_eq!((task.state, task.attempts), (RunState::Completed, 3));
+    let attempts = h.store.task_attempts(task.id).unwrap();
+    let failures: Vec<bool> = attempts.iter().map(|a| a.failure.is_some()).collect();
+    assert_eq!(failures, [true, true, false]);
+    let states: Vec<RunState> = h
+        .store
+        .state_history(task.id.0)
+        .unwrap()
+        .into_iter()
+        .map(|s| s.1)
+        .collect();
+    use RunState::*;
+    assert_eq!(
+        states,
+        [Running, Retrying, Running, Retrying, Running, Completed]
+    );
+}
+
+#[tokio::test]
+async fn retries_run_out() {
+    let h = Harness::new();
+    let component = h.load(FIXTURE_WASM).await;
+    let outcome = h
+        .run(
+            &component,
+            "call",
+            json!({"task": "flaky", "input": {"fail_times": 10}}),
+        )
+        .await;
+    assert_eq!(outcome.state, RunState::Failed);
+    let task = &calls(&h, outcome.id)[0];
+    assert_eq!(
+        (task.state, task.attempts),
+        (RunState::Failed, 4),
+        "1 attempt + 3 retries"
+    );
+    assert!(
+        task.message
+            .as_deref()
+            .unwrap()
+            .contains("attempt 4 fails on purpose")
+    );
+}
+
+/// Records the delays asked for and moves a manual clock instead of sleeping.
+struct RecordingTimer {
+    delays: Mutex<Vec<Duration>>,
+    clock: ManualClock,
+}
+
+impl Timer for RecordingTimer {
+    fn sleep(&self, delay: Duration) -> HostFuture<'static, ()> {
+        self.delays.lock().unwrap().push(delay);
+        self.clock.advance(delay);
+        Box::pin(async {})
+    }
+}
+
+#[tokio::test]
+async fn backoff_delays_follow_the_policy_without_waiting() {
+    let h = Harness::new();
+    let clock = ManualClock::starting_at(1_700_000_000_000_000);
+    let timer = Arc::new(RecordingTimer {
+        delays: Mutex::new(Vec::new()),
+        clock: clock.clone(),
+    });
+    let control = Arc::new(Control::new(h.store.clone(), Arc::new(clock.clone())));
+    let executor = Executor::with_timer(
+        h.engine.clone(),
+        control,
+        ExecutorSettings::default(),
+        timer.clone(),
+    );
+    let component = h.load(FIXTURE_WASM).await;
+    let started = Instant::now();
+    let request = FlowRunRequest::new(
+        component,
+        "call",
+        json!({"task": "flaky", "input": {"fail_times": 3}}).to_string(),
+    );
+    let outcome = executor.run_flow(request).await.unwrap();
+    assert_eq!(outcome.state, RunState::Completed);
+    // flaky: retry_delay = ["10ms", "20ms"], backoff = 2.0 → 10, 20, then 20 × 2.
+    let ms: Vec<u128> = timer
+        .delays
+        .lock()
+        .unwrap()
+        .iter()
+        .map(Duration::as_millis)
+        .collect();
+    assert_eq!(ms, [10, 20, 40]);
+    assert!(started.elapsed() < Duration::from_secs(30), "bounded");
+    // The recorded next-attempt time is on the injected clock.
+    let task = &calls(&h, outcome.id)[0];
+    let history = h.store.state_history(task.id.0).unwrap();
+    assert!(
+        history
+            .iter()
+            .all(|(at, _, _)| *at >= 1_700_000_000_000_000),
+        "{history:?}"
+    );
+    assert!(clock.now_micros() >= 1_700_000_000_070_000);
+}
+
+#[tokio::test]
+async fn a_thousand_task_fan_out_never_runs_more_than_the_limit_at_once() {
+    let h = Harness::with_settings(ExecutorSettings {
+        flow_concurrency: 8,
+        ..ExecutorSettings::default()
+    });
+    let component = h.load(FIXTURE_WASM).await;
+    let outcome = h.run(&component, "fan_out", json!({ "n": 1000 })).await;
+    assert_eq!(outcome.state, RunState::Completed);
+    assert_eq!(
+        json(&outcome.result.unwrap()),
+        json!((0..1000).map(|i| i + 1).sum::<i64>())
+    );
+    let tasks = calls(&h, outcome.id);
+    assert_eq!(tasks.len(), 1000);
+    // Replay the attempts' [start, end] intervals and track how many overlap.
+    let mut events = Vec::new();
+    for task in &tasks {
+        for attempt in h.store.task_attempts(task.id).unwrap() {
+            events.push((attempt.started_at, 1i32));
+            events.push((attempt.ended_at, -1i32));
+        }
+    }
+    events.sort_by_key(|&(at, delta)| (at, delta));
+    let (mut now, mut most) = (0, 0);
+    for (_, delta) in events {
+        now += delta;
+        most = most.max(now);
+    }
+    assert!(most <= 8, "{most} tasks overlapped");
+    assert!(most >= 2, "the fan-out did run concurrently ({most})");
+}
+
+#[tokio::test]
+async fn tag_limits_hold_across_a_fan_out() {
+    let settings = ExecutorSettings {
+        tag_limits: [("db".to_string(), 2)].into(),
+        ..ExecutorSettings::default()
+    };
+    let h = Harness::with_settings(settings);
+    let component = h.load(FIXTURE_WASM).await;
+    let outcome = h
+        .run(&component, "db_fan_out", json!({ "n": 12, "ms": 20 }))
+        .await;
+    assert_eq!(outcome.state, RunState::Completed);
+    let mut events = Vec::new();
+    for task in calls(&h, outcome.id) {
+        for attempt in h.store.task_attempts(task.id).unwrap() {
+            events.push((attempt.started_at, 1i32));
+            events.push((attempt.ended_at, -1i32));
+        }
+    }
+    events.sort();
+    let (mut now, mut most) = (0, 0);
+    for (_, delta) in events {
+        now += delta;
+        most = most.max(now);
+    }
+    assert_eq!(
+        most, 2,
+        "at most two `db` tasks at once, and the limit was reached"
+    );
+}
+
+#[tokio::test]
+async fn a_cache_hit_is_recorded_as_cached_and_expires_with_its_ttl() {
+    let h = Harness::new();
+    let clock = ManualClock::starting_at(1_700_000_000_000_000);
+    let control = Arc::new(Control::new(h.store.clone(), Arc::new(clock.clone())));
+    let executor = Executor::new(h.engine.clone(), control, ExecutorSettings::default());
+    let component = h.load(FIXTURE_WASM).await;
+    let run = |n: i64| {
+        let request = FlowRunRequest::new(
+            component.clone(),
+            "call",
+            json!({"task": "cached_square", "input": {"n": n}}).to_string(),
+        );
+        let executor = executor.clone();
+        async move { executor.run_flow(request).await.unwrap() }
+    };
+    let first = run(7).await;
+    let original = &calls(&h, first.id)[0];
+    assert_eq!(original.state, RunState::Completed);
+
+    clock.advance(Duration::from_secs(60));
+    let second = run(7).await;
+    assert_eq!(json(&second.result.unwrap()), json!(49));
+    let hit = &calls(&h, second.id)[0];
+    assert_eq!(hit.state, RunState::Cached);
+    assert_eq!(hit.cached_from, Some(original.id));
+    assert_eq!(second.summary.cached, 1);
+
+    let other_input = run(8).await;
+    assert_eq!(
+        calls(&h, other_input.id)[0].state,
+        RunState::Completed,
+        "another input is not a hit"
+    );
+
+    clock.advance(Duration::from_secs(2 * 3600));
+    let expired = run(7).await;
+    assert_eq!(
+        calls(&h, expired.id)[0].state,
+        RunState::Completed,
+        "past its TTL the task runs again"
+    );
+}
+
+#[tokio::test]
+async fn subflows_are_child_runs_and_their_failure_propagates() {
+    let h = Harness::new();
+    let component = h.load(FIXTURE_WASM).await;
+    let ok = h.run(&component, "subflow_parent", json!({ "x": 3 })).await;
+    assert_eq!(ok.state, RunState::Completed);
+    assert_eq!(json(&ok.result.unwrap()), json!(12));
+    let children: Vec<_> = h
+        .store
+        .list_flow_runs(&weir_host::store::FlowRunFilter {
+            flow_name: Some("subflow_child".into()),
+            limit: 10,
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(children.len(), 2);
+    assert!(
+        children
+            .iter()
+            .all(|c| c.parent_flow_run == Some(ok.id) && c.state == RunState::Completed)
+    );
+    assert_eq!(
+        calls(&h, children[0].id).len(),
+        1,
+        "the child's task is recorded under the child"
+    );
+
+    let failed = h
+        .run(&component, "subflow_parent", json!({ "x": -1 }))
+        .await;
+    assert_eq!(failed.state, RunState::Failed);
+    assert!(
+        failed
+            .result
+            .unwrap_err()
+            .message
+            .contains("child refuses negative numbers")
+    );
+}
+
+#[tokio::test]
+async fn a_retried_flow_run_replays_completed_tasks_instead_of_running_them() {
+    let h = Harness::new();
+    let component = h.load(FIXTURE_WASM).await;
+    // Cancel a slow sequential flow part-way through.
+    let request = FlowRunRequest::new(
+        component.clone(),
+        "slow_sequential",
+        json!({ "n": 6, "ms": 30 }).to_string(),
+    );
+    let cancel = request.cancel.clone();
+    let executor = h.executor.clone();
+    let running = tokio::spawn(async move { executor.run_flow(request).await.unwrap() });
+    let store = h.store.clone();
+    wait_until(Duration::from_secs(20), || completed_count(&store) >= 3).await;
+    cancel.cancel();
+    let cancelled = running.await.unwrap();
+    assert_eq!(cancelled.state, RunState::Cancelled);
+    let done_before = completed_count(&h.store);
+    assert!(
+        (3..6).contains(&done_before),
+        "{done_before} completed before the cancel"
+    );
+
+    let mut retry = FlowRunRequest::new(
+        component,
+        "slow_sequential",
+        json!({ "n": 6, "ms": 30 }).to_string(),
+    );
+    retry.existing = Some(ExistingRun {
+        id: cancelled.id,
+        state: RunState::Cancelled,
+        attempt: 1,
+    });
+    let outcome = h.executor.run_flow(retry).await.unwrap();
+    assert_eq!(outcome.state, RunState::Completed);
+    assert_eq!(json(&outcome.result.unwrap()), json!(180));
+    assert_eq!(outcome.summary.replayed, done_before as u64);
+    // Each call completed exactly once across both attempts.
+    let tasks = calls(&h, outcome.id);
+    for seq in 0..6 {
+        let completed = tasks
+            .iter()
+            .filter(|t| t.call_seq == seq && t.state == RunState::Completed)
+            .count();
+        assert_eq!(completed, 1, "call #{seq}: {tasks:?}");
+    }
+    assert_eq!(h.store.flow_run(outcome.id).unwrap().attempt, 2);
+}
+
+fn completed_count(store: &Store) -> usize {
+    let runs = store
+        .list_flow_runs(&weir_host::store::FlowRunFilter {
+            limit: 1,
+            ..Default::default()
+        })
+        .unwrap();
+    runs.first()
+        .map(|r| {
+            store
+                .task_runs(r.id)
+                .unwrap()
+                .iter()
+                .filter(|t| t.state == RunState::Completed)
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+async fn wait_until(limit: Duration, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !condition() {
+        assert!(
+            Instant::now() < deadline,
+            "condition not met within {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn cancel_stops_a_running_task_within_a_second() {
+    let h = Harness::new();
+    let component = h.load(FIXTURE_WASM).await;
+    let request = FlowRunRequest::new(
+        component,
+        "call",
+        json!({"task": "sleeper", "input": {"ms": 60_000}}).to_string(),
+    );
+    let id_cancel = request.cancel.clone();
+    let executor = h.executor.clone();
+    let running = tokio::spawn(async move { executor.run_flow(request).await.unwrap() });
+    let store = h.store.clone();
+    // The task row is announced once the attempt has run for a while.
+    wait_until(Duration::from_secs(20), || {
+        let runs = store
+            .list_flow_runs(&weir_host::store::FlowRunFilter {
+                limit: 1,
+                ..Default::default()
+            })
+            .unwrap();
+        runs.first()
+            .is_some_and(|r| !store.task_runs(r.id).unwrap().is_empty())
+    })
+    .await;
+    let asked = Instant::now();
+    id_cancel.cancel();
+    let outcome = tokio::time::timeout(Duration::from_secs(5), running)
+        .await
+        .expect("ended")
+        .unwrap();
+    let took = asked.elapsed();
+    assert_eq!(outcome.state, RunState::Cancelled);
+    assert!(took < Duration::from_secs(1), "stopped in {took:?}");
+    let task = &calls(&h, outcome.id)[0];
+    assert_eq!(
+        (task.state, task.failure_kind),
+        (RunState::Cancelled, Some(FailureKind::Cancelled))
+    );
+}
+
+#[tokio::test]
+async fn a_cancel_request_from_another_process_is_noticed() {
+    let h = Harness::new();
+    let component = h.load(FIXTURE_WASM).await;
+    let request = FlowRunRequest::new(
+        component,
+        "call",
+        json!({"task": "sleeper", "input": {"ms": 60_000}}).to_string(),
+    );
+    let executor = h.executor.clone();
+    let running = tokio::spawn(async move { executor.run_flow(request).await.unwrap() });
+    let store = h.store.clone();
+    wait_until(Duration::from_secs(20), || {
+        !store
+            .list_flow_runs(&weir_host::store::FlowRunFilter {
+                limit: 1,
+                ..Default::default()
+            })
+            .unwrap()
+            .is_empty()
+    })
+    .await;
+    let id = h
+        .store
+        .list_flow_runs(&weir_host::store::FlowRunFilter {
+            limit: 1,
+            ..Default::default()
+        })
+        .unwrap()[0]
+        .id;
+    // What `host flow-run cancel` writes, through a second connection as another process would.
+    let other = Store::open(&h.paths.database()).unwrap();
+    let at = weir_host::clock::SystemClock.now_micros();
+    other
+        .submit(vec![weir_host::store::Write::RequestCancel { id, at }])
+        .committed()
+        .await
+        .unwrap();
+    let outcome = tokio::time::timeout(Duration::from_secs(5), running)
+        .await
+        .expect("ended")
+        .unwrap();
+    assert_eq!(outcome.state, RunState::Cancelled);
+}
+
+#[tokio::test]
+async fn large_results_live_in_files_and_come_back_whole() {
+    let h = Harness::new();
+    let component = h.load(FIXTURE_WASM).await;
+    let outcome = h
+        .run(
+            &component,
+            "call",
+            json!({"task": "huge_output", "input": {"bytes": 200_000}}),
+        )
+        .await;
+    assert_eq!(outcome.state, RunState::Completed);
+    let task = &calls(&h, outcome.id)[0];
+    assert_eq!(
+        task.output.as_ref().unwrap().len(),
+        200_002,
+        "a JSON string of 200,000 characters"
+    );
+    let files: Vec<_> = std::fs::read_dir(h.home.path().join("results"))
+        .unwrap()
+        .collect();
+    assert!(!files.is_empty(), "the payload went to a file");
+    // Pruning removes old runs and the files only they referred to.
+    let report = h.store.prune(i64::MAX).unwrap();
+    assert!(
+        report.flow_runs >= 1 && report.result_files >= 1,
+        "{report:?}"
+    );
+    assert!(h.store.flow_run(outcome.id).is_err());
+}
+
+#[tokio::test]
+async fn components_are_stored_by_digest_and_checked_when_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = ComponentFiles::new(dir.path());
+    let bytes = std::fs::read(FIXTURE_WASM).unwrap();
+    let digest = files.put(&bytes).unwrap();
+    assert_eq!(files.put(&bytes).unwrap(), digest, "idempotent");
+    assert_eq!(files.get(&digest).unwrap(), bytes);
+    std::fs::write(files.path_of(&digest), b"tampered").unwrap();
+    assert!(files.get(&digest).is_err());
+}
