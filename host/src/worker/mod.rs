@@ -71,6 +71,54 @@ impl Default for ExecutorSettings {
     }
 }
 
+/// A task call in progress. If its future is dropped before it records an
+/// end (the flow was cancelled or hit its deadline mid-call), the drop
+/// records it as Cancelled, so no run is left Running.
+struct CallGuard<'a> {
+    control: &'a Control,
+    id: TaskRunId,
+    /// The state the row is in, as far as this call knows.
+    state: RunState,
+    finished: bool,
+    /// The row's creation, until it is written (see ANNOUNCE_AFTER).
+    unannounced: Option<NewTaskRun>,
+}
+
+impl CallGuard<'_> {
+    /// `writes`, preceded by the row's creation if it is not written yet.
+    fn unit(&mut self, writes: Vec<Write>) -> Result<Vec<Write>, Failure> {
+        let mut all = Vec::with_capacity(writes.len() + 1);
+        if let Some(new_run) = self.unannounced.take() {
+            all.push(self.control.creating_task_run(new_run).map_err(crashed)?);
+        }
+        all.extend(writes);
+        Ok(all)
+    }
+}
+
+impl Drop for CallGuard<'_> {
+    fn drop(&mut self) {
+        // Nothing was written for a call that never got announced.
+        if self.finished || self.unannounced.is_some() {
+            return;
+        }
+        let mut change = StateChange::new(
+            self.id.0,
+            self.state,
+            RunState::Cancelled,
+            self.control.now(),
+        );
+        change.failure_kind = Some(FailureKind::Cancelled);
+        change.message = Some("stopped because its flow run ended (cancelled or timed out)".into());
+        if let Err(e) = self
+            .control
+            .change_task_run(change, Vec::new(), Durability::Detached)
+        {
+            tracing::warn!("could not record the end of task run {}: {e}", self.id);
+        }
+    }
+}
+
 /// How long a task attempt may run before its row is written as Running.
 const ANNOUNCE_AFTER: Duration = Duration::from_millis(50);
 
@@ -831,7 +879,14 @@ impl FlowRun {
         // The row is written with the first outcome, unless the attempt runs
         // longer than ANNOUNCE_AFTER: then it is written as Running right away.
         // A fast task costs one commit; a slow one is visible while it runs.
-        let mut unannounced = Some(NewTaskRun {
+        let mut guard = CallGuard {
+            control,
+            id,
+            state: RunState::Running,
+            finished: false,
+            unannounced: None,
+        };
+        guard.unannounced = Some(NewTaskRun {
             id,
             flow_run: self.id,
             call_seq: seq,
@@ -845,7 +900,6 @@ impl FlowRun {
         });
 
         let started = Instant::now();
-        let mut state = RunState::Running;
         let mut attempt = 1u32;
         let (mut fuel_total, mut peak) = (0u64, 0u64);
         loop {
@@ -875,14 +929,14 @@ impl FlowRun {
                 task_host,
                 self.cancel.child_token(),
             );
-            let execution = match unannounced.take() {
+            let execution = match guard.unannounced.take() {
                 None => run.await,
                 Some(new_run) => {
                     tokio::pin!(run);
                     tokio::select! {
                         biased;
                         execution = &mut run => {
-                            unannounced = Some(new_run);
+                            guard.unannounced = Some(new_run);
                             execution
                         }
                         _ = tokio::time::sleep(ANNOUNCE_AFTER) => {
@@ -893,15 +947,7 @@ impl FlowRun {
                     }
                 }
             };
-            // Everything written from here on creates the row first if it is not there yet.
-            let mut unit = |writes: Vec<Write>| -> Result<Vec<Write>, Failure> {
-                let mut all = Vec::with_capacity(writes.len() + 1);
-                if let Some(new_run) = unannounced.take() {
-                    all.push(control.creating_task_run(new_run).map_err(crashed)?);
-                }
-                all.extend(writes);
-                Ok(all)
-            };
+
             fuel_total += execution.fuel_used;
             peak = peak.max(execution.peak_memory_bytes);
             self.stats
@@ -924,7 +970,7 @@ impl FlowRun {
                     .err()
                     .map(|f| (f.kind, f.message.clone())),
             };
-            let mut change = StateChange::new(id.0, state, RunState::Completed, now);
+            let mut change = StateChange::new(id.0, guard.state, RunState::Completed, now);
             change.attempts = Some(attempt);
             change.fuel_used = Some(fuel_total);
             change.peak_memory = Some(peak);
@@ -936,10 +982,11 @@ impl FlowRun {
                     let ticket = control
                         .change_task_run(
                             change,
-                            unit(vec![Write::TaskAttempt(record)])?,
+                            guard.unit(vec![Write::TaskAttempt(record)])?,
                             Durability::Committed,
                         )
                         .map_err(crashed)?;
+                    guard.finished = true;
                     if let Some(ticket) = ticket {
                         ticket.committed().await.map_err(crashed)?;
                     }
@@ -965,10 +1012,11 @@ impl FlowRun {
                         control
                             .change_task_run(
                                 change,
-                                unit(vec![Write::TaskAttempt(record)])?,
+                                guard.unit(vec![Write::TaskAttempt(record)])?,
                                 Durability::Detached,
                             )
                             .map_err(crashed)?;
+                        guard.state = RunState::Retrying;
                         self.log(
                             Some((id, &name)),
                             LogLevel::Warn,
@@ -993,9 +1041,13 @@ impl FlowRun {
                             .sleep_unless_cancelled(delay, &self.cancel)
                             .await
                         {
-                            state = RunState::Retrying;
-                            change =
-                                StateChange::new(id.0, state, RunState::Cancelled, control.now());
+                            guard.finished = true;
+                            change = StateChange::new(
+                                id.0,
+                                RunState::Retrying,
+                                RunState::Cancelled,
+                                control.now(),
+                            );
                             change.failure_kind = Some(FailureKind::Cancelled);
                             change.message = Some("cancelled while waiting to retry".into());
                             control
@@ -1015,7 +1067,7 @@ impl FlowRun {
                         control
                             .change_task_run(resume, Vec::new(), Durability::Detached)
                             .map_err(crashed)?;
-                        state = RunState::Running;
+                        guard.state = RunState::Running;
                         attempt += 1;
                         continue;
                     }
@@ -1031,10 +1083,11 @@ impl FlowRun {
                     let ticket = control
                         .change_task_run(
                             change,
-                            unit(vec![Write::TaskAttempt(record)])?,
+                            guard.unit(vec![Write::TaskAttempt(record)])?,
                             Durability::Committed,
                         )
                         .map_err(crashed)?;
+                    guard.finished = true;
                     if let Some(ticket) = ticket {
                         ticket.committed().await.map_err(crashed)?;
                     }
