@@ -129,6 +129,46 @@ async fn run_all(quick: bool) -> serde_json::Value {
     let tasks = store.count(StoreTable::TaskRuns).unwrap() - tasks_before;
     let db_per_task = (db_bytes(&paths) - db_before) as f64 / tasks as f64;
 
+    // Cache hits: the first call runs, every later one is served from the record.
+    let store = Arc::new(Store::open(&paths.database()).unwrap());
+    let control = Arc::new(Control::new(store.clone(), Arc::new(SystemClock)));
+    let executor = Executor::new(engine.clone(), control, ExecutorSettings::default());
+    let hits: u64 = if quick { 1_000 } else { 10_000 };
+    let t = Instant::now();
+    let outcome = executor
+        .run_flow(FlowRunRequest::new(
+            component.clone(),
+            "cached_repeat",
+            json!({ "n": hits }).to_string(),
+        ))
+        .await
+        .unwrap();
+    let cache_hit_us = t.elapsed().as_secs_f64() * 1e6 / hits as f64;
+    assert_eq!(outcome.summary.cached, hits - 1);
+
+    // Replay: attempt 1 runs n calls and fails; attempt 2 replays them from the record.
+    let n_replay: u64 = if quick { 1_000 } else { 10_000 };
+    let outcome = executor
+        .run_flow(FlowRunRequest::new(
+            component.clone(),
+            "replay_probe",
+            json!({ "n": n_replay }).to_string(),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(outcome.state, RunState::Completed, "{:?}", outcome.result);
+    assert_eq!(outcome.summary.replayed, n_replay);
+    let history = store.state_history(outcome.id.0).unwrap();
+    let second_start = history
+        .iter()
+        .rev()
+        .find(|h| h.1 == RunState::Running)
+        .unwrap()
+        .0;
+    let end = history.last().unwrap().0;
+    let replay_seconds = (end - second_start) as f64 / 1e6;
+    store.close();
+
     json!({
         "machine": { "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0) },
         "component_bytes": bytes.len(),
@@ -141,6 +181,8 @@ async fn run_all(quick: bool) -> serde_json::Value {
         },
         "recorded_flows": flows,
         "db_bytes_per_task_run": db_per_task,
+        "cache_hit_us": cache_hit_us,
+        "replay": { "calls": n_replay, "seconds": replay_seconds, "calls_per_second": n_replay as f64 / replay_seconds },
         "peak_rss_mb": peak_rss_kb() as f64 / 1024.0,
         "host_version_ms": host_version_ms(),
     })

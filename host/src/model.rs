@@ -428,6 +428,9 @@ pub struct Policy {
     pub cache_ttl_ms: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache_key: Option<CacheKeyPolicy>,
+    /// Run even on a cache hit, and cache the new result.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refresh_cache: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tags: Option<Vec<String>>,
 }
@@ -450,6 +453,7 @@ impl Policy {
             memory_bytes: over.memory_bytes.or(self.memory_bytes),
             cache_ttl_ms: over.cache_ttl_ms.or(self.cache_ttl_ms),
             cache_key: over.cache_key.or(self.cache_key),
+            refresh_cache: over.refresh_cache.or(self.refresh_cache),
             tags: over.tags.clone().or_else(|| self.tags.clone()),
         }
     }
@@ -477,6 +481,7 @@ pub struct EffectivePolicy {
     pub limits: Limits,
     pub cache_ttl: Option<Duration>,
     pub cache_key: CacheKeyPolicy,
+    pub refresh_cache: bool,
     pub tags: Vec<String>,
 }
 
@@ -526,6 +531,7 @@ impl EffectivePolicy {
             },
             cache_ttl: policy.cache_ttl_ms.map(Duration::from_millis),
             cache_key: policy.cache_key.unwrap_or_default(),
+            refresh_cache: policy.refresh_cache.unwrap_or(false),
             tags: policy.tags.clone().unwrap_or_default(),
         }
     }

@@ -95,6 +95,27 @@ pub fn validate_params(schema: &Value, params: &Value) -> Result<(), ParamError>
     }
 }
 
+/// "64MiB", "1GiB", "512KiB", "100MB" or a number of bytes.
+pub fn parse_memory_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let digits = text.chars().take_while(|c| c.is_ascii_digit()).count();
+    let (number, unit) = text.split_at(digits);
+    let bad =
+        || format!("'{text}' is not a memory size; use e.g. 64MiB, 1GiB or a number of bytes");
+    let number: u64 = number.parse().map_err(|_| bad())?;
+    let factor: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "KB" | "kB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        _ => return Err(bad()),
+    };
+    number.checked_mul(factor).ok_or_else(bad)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -140,6 +161,14 @@ mod tests {
             build_params(Some("{"), &[], None),
             Err(ParamError::NotAnObject(_))
         ));
+    }
+
+    #[test]
+    fn memory_sizes_read_like_people_write_them() {
+        assert_eq!(parse_memory_size("64MiB"), Ok(64 << 20));
+        assert_eq!(parse_memory_size("1 GiB"), Ok(1 << 30));
+        assert_eq!(parse_memory_size("4096"), Ok(4096));
+        assert!(parse_memory_size("lots").is_err());
     }
 
     #[test]

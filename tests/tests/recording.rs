@@ -247,6 +247,73 @@ async fn a_cache_hit_is_recorded_as_cached_and_expires_with_its_ttl() {
 }
 
 #[tokio::test]
+async fn refresh_cache_runs_again_and_caches_the_new_result() {
+    let h = Harness::new();
+    let component = h.load(FIXTURE_WASM).await;
+    let input = json!({"task": "cached_square", "input": {"n": 5}});
+    let first = h.run(&component, "call", input.clone()).await;
+    let mut refresh = FlowRunRequest::new(component.clone(), "call", input.to_string());
+    refresh.task_override.refresh_cache = Some(true);
+    let refreshed = h.executor.run_flow(refresh).await.unwrap();
+    let refreshed_task = &calls(&h, refreshed.id)[0];
+    assert_eq!(
+        refreshed_task.state,
+        RunState::Completed,
+        "refresh ran the task"
+    );
+    let third = h.run(&component, "call", input).await;
+    let hit = &calls(&h, third.id)[0];
+    assert_eq!(hit.state, RunState::Cached);
+    assert_eq!(
+        hit.cached_from,
+        Some(refreshed_task.id),
+        "the newest result is served"
+    );
+    assert_ne!(calls(&h, first.id)[0].id, refreshed_task.id);
+}
+
+#[tokio::test]
+async fn cancelling_a_parent_cancels_its_running_subflow() {
+    let h = Harness::new();
+    let component = h.load(FIXTURE_WASM).await;
+    let request = FlowRunRequest::new(
+        component,
+        "slow_parent",
+        json!({ "n": 100, "ms": 20 }).to_string(),
+    );
+    let cancel = request.cancel.clone();
+    let executor = h.executor.clone();
+    let running = tokio::spawn(async move { executor.run_flow(request).await.unwrap() });
+    let store = h.store.clone();
+    let child_filter = weir_host::store::FlowRunFilter {
+        flow_name: Some("slow_sequential".into()),
+        limit: 1,
+        ..Default::default()
+    };
+    wait_until(Duration::from_secs(20), || {
+        store
+            .list_flow_runs(&child_filter)
+            .unwrap()
+            .first()
+            .is_some_and(|c| !store.task_runs(c.id).unwrap().is_empty())
+    })
+    .await;
+    cancel.cancel();
+    let parent = tokio::time::timeout(Duration::from_secs(5), running)
+        .await
+        .expect("ended")
+        .unwrap();
+    assert_eq!(parent.state, RunState::Cancelled);
+    let child = &h.store.list_flow_runs(&child_filter).unwrap()[0];
+    assert_eq!(child.parent_flow_run, Some(parent.id));
+    assert_eq!(child.state, RunState::Cancelled, "the child ended too");
+    assert!(
+        calls(&h, child.id).iter().all(|t| t.state.is_terminal()),
+        "no task left running"
+    );
+}
+
+#[tokio::test]
 async fn subflows_are_child_runs_and_their_failure_propagates() {
     let h = Harness::new();
     let component = h.load(FIXTURE_WASM).await;

@@ -60,6 +60,7 @@ const OPTIONS: &[&str] = &[
     "memory",
     "cache_ttl",
     "cache_key",
+    "refresh_cache",
     "tags",
 ];
 
@@ -398,6 +399,12 @@ fn policy_json(
                 }
                 format!("\"cache_key\":\"{policy}\"")
             }
+            "refresh_cache" => match value {
+                Expr::Lit(ExprLit {
+                    lit: Lit::Bool(b), ..
+                }) => format!("\"refresh_cache\":{}", b.value),
+                other => return Err(syn::Error::new(other.span(), "expected true or false")),
+            },
             "retry_on" => {
                 let kinds = strings(value)?;
                 for (kind, span) in &kinds {

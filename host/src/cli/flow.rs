@@ -44,6 +44,18 @@ pub struct RunArgs {
     /// Override the flow's timeout, e.g. 30s or 5m.
     #[arg(long, value_name = "DURATION")]
     timeout: Option<humantime::Duration>,
+    /// Run cached tasks again and cache their new results.
+    #[arg(long)]
+    refresh_cache: bool,
+    /// Override every task's deadline per attempt, e.g. 10s.
+    #[arg(long, value_name = "DURATION")]
+    task_timeout: Option<humantime::Duration>,
+    /// Override every task's fuel (instruction budget) per attempt.
+    #[arg(long, value_name = "N")]
+    task_fuel: Option<u64>,
+    /// Override every task's memory cap, e.g. 256MiB.
+    #[arg(long, value_name = "SIZE")]
+    task_memory: Option<String>,
     /// At most N tasks with this tag at once, e.g. --limit db=2 (repeatable).
     #[arg(long = "limit", value_name = "TAG=N")]
     limits: Vec<String>,
@@ -265,13 +277,20 @@ impl Local {
         Executor::new(self.engine.clone(), self.control(), settings)
     }
 
-    /// Says which runs were left Running by a process of this host that is gone.
-    pub fn report_dead_runs(&self) {
+    /// Marks runs left unfinished by a process of this host that is gone as
+    /// Crashed, and says how to resume them.
+    pub fn report_dead_runs(&self, runtime: &tokio::runtime::Runtime) {
+        let control = self.control();
         for run in dead_runs(&self.store) {
-            eprintln!(
-                "note: flow run {} ('{}') was interrupted when its process stopped; resume it with: host flow-run resume {}",
-                run.id, run.flow_name, run.id
-            );
+            let marked = runtime
+                .block_on(control.mark_crashed(run.id, run.state))
+                .is_ok();
+            if marked && run.parent_flow_run.is_none() {
+                eprintln!(
+                    "note: flow run {} ('{}') was interrupted when its process stopped; it is now Crashed. Resume it with: host flow-run resume {}",
+                    run.id, run.flow_name, run.id
+                );
+            }
         }
     }
 }
@@ -322,7 +341,7 @@ fn run_flow(args: RunArgs) -> anyhow::Result<()> {
 
     let runtime = runtime()?;
     let local = Local::open(&paths())?;
-    local.report_dead_runs();
+    local.report_dead_runs(&runtime);
     let component = runtime.block_on(local.load(&built.wasm, &bytes))?;
     let flow = choose_flow(&component, args.flow.as_deref())?;
     let params = build_params(
@@ -349,6 +368,18 @@ fn run_flow(args: RunArgs) -> anyhow::Result<()> {
     if let Some(timeout) = args.timeout {
         request.policy_override.timeout_ms = Some(timeout.as_millis() as u64);
     }
+    request.task_override = Policy {
+        refresh_cache: args.refresh_cache.then_some(true),
+        timeout_ms: args.task_timeout.map(|d| d.as_millis() as u64),
+        fuel: args.task_fuel,
+        memory_bytes: args
+            .task_memory
+            .as_deref()
+            .map(crate::protocol::parse_memory_size)
+            .transpose()
+            .map_err(|e| Exit::bad_input(format!("--task-memory: {e}")))?,
+        ..Policy::default()
+    };
     let settings = ExecutorSettings {
         tag_limits,
         ..ExecutorSettings::default()

@@ -184,6 +184,9 @@ pub struct FlowRunRequest {
     pub events: Option<mpsc::UnboundedSender<RunEvent>>,
     pub cancel: CancellationToken,
     pub policy_override: Policy,
+    /// Applied over every task's own policy in this run (and its subflows):
+    /// limits, retries, `refresh_cache`.
+    pub task_override: Policy,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -208,6 +211,7 @@ impl FlowRunRequest {
             events: None,
             cancel: CancellationToken::new(),
             policy_override: Policy::default(),
+            task_override: Policy::default(),
         }
     }
 }
@@ -374,6 +378,7 @@ impl Executor {
             cancel: request.cancel.clone(),
             events: events.clone(),
             logs: LogBudget::new(self.settings.max_log_lines_per_run),
+            task_override: request.task_override.clone(),
             stats: Stats::default(),
         });
 
@@ -683,6 +688,7 @@ struct FlowRun {
     events: Option<mpsc::UnboundedSender<RunEvent>>,
     logs: LogBudget,
     stats: Stats,
+    task_override: Policy,
 }
 
 impl FlowRun {
@@ -814,13 +820,16 @@ impl FlowRun {
                 ),
             ));
         };
-        let policy =
-            EffectivePolicy::resolve(&task_def.policy, &self.executor.settings.task_defaults);
+        let policy = EffectivePolicy::resolve(
+            &task_def.policy.overlay(&self.task_override),
+            &self.executor.settings.task_defaults,
+        );
         let cache_key = cache_key(&policy, &self.component.digest, &name, &input);
         self.stats.tasks.fetch_add(1, Ordering::Relaxed);
 
         let control = self.control();
-        if let (Some(key), Some(ttl)) = (&cache_key, policy.cache_ttl) {
+        if let (Some(key), Some(ttl), false) = (&cache_key, policy.cache_ttl, policy.refresh_cache)
+        {
             let not_before = control.now() - ttl.as_micros() as i64;
             if let Ok(Some((from, output))) = control.store().cached_output(key, not_before) {
                 let id = TaskRunId::new();
@@ -1247,6 +1256,7 @@ impl GuestHost for FlowHost {
             request.parent = Some(this.id);
             request.events = this.events.clone();
             request.cancel = this.cancel.child_token();
+            request.task_override = this.task_override.clone();
             match this
                 .executor
                 .clone()
