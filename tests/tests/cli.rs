@@ -21,6 +21,19 @@ fn host(home: &Path, args: &[&str]) -> Output {
         .expect("running the host")
 }
 
+/// Starts `slow_sequential(n, ms)` in a host process of its own.
+fn spawn_slow_run(home: &Path, n: u32, ms: u32) -> std::process::Child {
+    Command::new(HOST)
+        .args(["flow", "run", FIXTURE_WASM, "slow_sequential", "--quiet"])
+        .args(["--param", &format!("n={n}"), "--param", &format!("ms={ms}")])
+        .env("WEIR_HOME", home)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("starting the host")
+}
+
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
@@ -244,24 +257,7 @@ fn recorded_runs_can_be_listed_inspected_and_read() {
 #[test]
 fn a_run_killed_with_sigkill_resumes_without_redoing_completed_tasks() {
     let home = tempfile::tempdir().unwrap();
-    let mut child = Command::new(HOST)
-        .args([
-            "flow",
-            "run",
-            FIXTURE_WASM,
-            "slow_sequential",
-            "--param",
-            "n=200",
-            "--param",
-            "ms=5",
-            "--quiet",
-        ])
-        .env("WEIR_HOME", home.path())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_slow_run(home.path(), 200, 5);
 
     let store = Store::open(&home.path().join("weir.db")).unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -349,24 +345,7 @@ fn a_run_killed_with_sigkill_resumes_without_redoing_completed_tasks() {
 #[test]
 fn cancel_from_another_process_stops_a_running_flow() {
     let home = tempfile::tempdir().unwrap();
-    let mut child = Command::new(HOST)
-        .args([
-            "flow",
-            "run",
-            FIXTURE_WASM,
-            "slow_sequential",
-            "--param",
-            "n=1000",
-            "--param",
-            "ms=20",
-            "--quiet",
-        ])
-        .env("WEIR_HOME", home.path())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_slow_run(home.path(), 1000, 20);
     let store = Store::open(&home.path().join("weir.db")).unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
     let id = loop {

@@ -16,6 +16,25 @@ fn calls(h: &Harness, id: weir_host::model::FlowRunId) -> Vec<TaskRunRow> {
     h.store.task_runs(id).unwrap()
 }
 
+/// The most task attempts of a run that overlapped in time, from their recorded
+/// [start, end] intervals (an end sorts before a start at the same instant).
+fn most_at_once(h: &Harness, id: weir_host::model::FlowRunId) -> i32 {
+    let mut events = Vec::new();
+    for task in calls(h, id) {
+        for attempt in h.store.task_attempts(task.id).unwrap() {
+            events.push((attempt.started_at, 1i32));
+            events.push((attempt.ended_at, -1i32));
+        }
+    }
+    events.sort();
+    let (mut now, mut most) = (0, 0);
+    for (_, delta) in events {
+        now += delta;
+        most = most.max(now);
+    }
+    most
+}
+
 #[tokio::test]
 async fn a_flaky_task_is_retried_until_it_succeeds_and_each_attempt_is_recorded() {
     let h = Harness::new();
@@ -153,20 +172,7 @@ async fn a_thousand_task_fan_out_never_runs_more_than_the_limit_at_once() {
     );
     let tasks = calls(&h, outcome.id);
     assert_eq!(tasks.len(), 1000);
-    // Replay the attempts' [start, end] intervals and track how many overlap.
-    let mut events = Vec::new();
-    for task in &tasks {
-        for attempt in h.store.task_attempts(task.id).unwrap() {
-            events.push((attempt.started_at, 1i32));
-            events.push((attempt.ended_at, -1i32));
-        }
-    }
-    events.sort_by_key(|&(at, delta)| (at, delta));
-    let (mut now, mut most) = (0, 0);
-    for (_, delta) in events {
-        now += delta;
-        most = most.max(now);
-    }
+    let most = most_at_once(&h, outcome.id);
     assert!(most <= 8, "{most} tasks overlapped");
     assert!(most >= 2, "the fan-out did run concurrently ({most})");
 }
@@ -183,19 +189,7 @@ async fn tag_limits_hold_across_a_fan_out() {
         .run(&component, "db_fan_out", json!({ "n": 12, "ms": 20 }))
         .await;
     assert_eq!(outcome.state, RunState::Completed);
-    let mut events = Vec::new();
-    for task in calls(&h, outcome.id) {
-        for attempt in h.store.task_attempts(task.id).unwrap() {
-            events.push((attempt.started_at, 1i32));
-            events.push((attempt.ended_at, -1i32));
-        }
-    }
-    events.sort();
-    let (mut now, mut most) = (0, 0);
-    for (_, delta) in events {
-        now += delta;
-        most = most.max(now);
-    }
+    let most = most_at_once(&h, outcome.id);
     assert_eq!(
         most, 2,
         "at most two `db` tasks at once, and the limit was reached"

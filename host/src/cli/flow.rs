@@ -91,12 +91,9 @@ pub fn run(command: FlowCommand) -> anyhow::Result<()> {
 }
 
 pub fn build(args: BuildArgs) -> anyhow::Result<()> {
-    let built = build_component(&args.path, !args.format.json)?;
-    let bytes =
-        std::fs::read(&built.wasm).with_context(|| format!("reading {}", built.wasm.display()))?;
-    let runtime = runtime()?;
-    let local = Local::open(&paths())?;
-    let component = runtime.block_on(local.load(&built.wasm, &bytes))?;
+    let Loaded {
+        built, component, ..
+    } = load_project(&args.path, !args.format.json)?;
     if args.format.json {
         let json = serde_json::json!({
             "wasm": built.wasm,
@@ -117,6 +114,29 @@ pub fn build(args: BuildArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A guest project built, stored, validated and recorded.
+struct Loaded {
+    built: Built,
+    runtime: tokio::runtime::Runtime,
+    local: Local,
+    component: Component,
+}
+
+fn load_project(path: &std::path::Path, show_progress: bool) -> anyhow::Result<Loaded> {
+    let built = build_component(path, show_progress)?;
+    let bytes =
+        std::fs::read(&built.wasm).with_context(|| format!("reading {}", built.wasm.display()))?;
+    let runtime = runtime()?;
+    let local = Local::open(&paths())?;
+    let component = runtime.block_on(local.load(&built.wasm, &bytes))?;
+    Ok(Loaded {
+        built,
+        runtime,
+        local,
+        component,
+    })
+}
+
 fn build_component(path: &std::path::Path, show_progress: bool) -> anyhow::Result<Built> {
     builder::build(path, show_progress).map_err(|e| match e {
         builder::BuildError::Missing(_) | builder::BuildError::UnknownProject(_) => {
@@ -127,12 +147,7 @@ fn build_component(path: &std::path::Path, show_progress: bool) -> anyhow::Resul
 }
 
 fn inspect(args: InspectArgs) -> anyhow::Result<()> {
-    let built = build_component(&args.path, !args.format.json)?;
-    let bytes =
-        std::fs::read(&built.wasm).with_context(|| format!("reading {}", built.wasm.display()))?;
-    let runtime = runtime()?;
-    let local = Local::open(&paths())?;
-    let component = runtime.block_on(local.load(&built.wasm, &bytes))?;
+    let Loaded { component, .. } = load_project(&args.path, !args.format.json)?;
     if args.format.json {
         let json = serde_json::json!({
             "digest": component.digest.as_str(),
@@ -334,15 +349,14 @@ fn choose_flow<'a>(component: &'a Component, wanted: Option<&str>) -> anyhow::Re
 }
 
 fn run_flow(args: RunArgs) -> anyhow::Result<()> {
-    let built = build_component(&args.path, !args.json)?;
-    let bytes =
-        std::fs::read(&built.wasm).with_context(|| format!("reading {}", built.wasm.display()))?;
     let tag_limits = parse_tag_limits(&args.limits)?;
-
-    let runtime = runtime()?;
-    let local = Local::open(&paths())?;
+    let Loaded {
+        built,
+        runtime,
+        local,
+        component,
+    } = load_project(&args.path, !args.json)?;
     local.report_dead_runs(&runtime);
-    let component = runtime.block_on(local.load(&built.wasm, &bytes))?;
     let flow = choose_flow(&component, args.flow.as_deref())?;
     let params = build_params(
         args.params_json.as_deref(),
