@@ -277,6 +277,16 @@ fn print_table(r: &serde_json::Value) {
         "database bytes per task run",
         f(&r["db_bytes_per_task_run"])
     );
+    println!(
+        "{:<44} {:>11.1} us   (target <= 50 us)",
+        "cache hit (a call served from the record)",
+        f(&r["cache_hit_us"])
+    );
+    println!(
+        "{:<44} {:>9.0} /s   (target >= 50,000 /s)",
+        format!("replay of {} completed calls", r["replay"]["calls"]),
+        f(&r["replay"]["calls_per_second"])
+    );
     println!("{:<44} {:>11.1} MB", "peak RSS", f(&r["peak_rss_mb"]));
     match r["host_version_ms"].as_f64() {
         Some(ms) => println!(

@@ -833,7 +833,8 @@ impl FlowRun {
             let not_before = control.now() - ttl.as_micros() as i64;
             if let Ok(Some((from, output))) = control.store().cached_output(key, not_before) {
                 let id = TaskRunId::new();
-                let ticket = control
+                // Not awaited: after a crash the same call would simply hit the cache again.
+                control
                     .create_task_run(
                         NewTaskRun {
                             id,
@@ -842,17 +843,15 @@ impl FlowRun {
                             task_name: name.clone(),
                             input,
                             state: RunState::Cached,
-                            cache_key: cache_key.clone(),
+                            // A hit is not a source for later hits: lookups stay one index probe.
+                            cache_key: None,
                             cached_from: Some((from, output.clone())),
                             host: self.executor.settings.host_name.clone(),
                             at: control.now(),
                         },
-                        Durability::Committed,
+                        Durability::Detached,
                     )
                     .map_err(crashed)?;
-                if let Some(ticket) = ticket {
-                    ticket.committed().await.map_err(crashed)?;
-                }
                 self.stats.cached.fetch_add(1, Ordering::Relaxed);
                 send(
                     &self.events,
