@@ -20,6 +20,7 @@ serve *ARGS:
 bench *ARGS:
     cargo build --release -p host
     cargo run --release -p bench -- {{ARGS}}
+    cargo run --release -p bench --bin server -- {{ARGS}}
 
 # Format everything.
 fmt:

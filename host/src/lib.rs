@@ -1,8 +1,10 @@
 //! Weir's host: API server, scheduler, executor and CLI for flows written as
 //! WebAssembly components. See ARCHITECTURE.md for the map.
 
+pub mod api;
 pub mod builder;
 pub mod cli;
+pub mod client;
 pub mod clock;
 pub mod config;
 pub mod control;
@@ -10,5 +12,7 @@ pub mod engine;
 pub mod model;
 pub mod orchestrate;
 pub mod protocol;
+pub mod scheduler;
+pub mod secrets;
 pub mod store;
 pub mod worker;

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 /// Layers, lowest first. A module may use its own layer and those below.
 const LAYERS: &[&[&str]] = &[
     &["model", "clock", "orchestrate", "protocol", "config"],
-    &["store", "engine"],
+    &["store", "engine", "secrets"],
     &["control", "client"],
     &["worker", "scheduler", "api", "ui", "builder"],
     &["cli", "telemetry", "main", "lib"],
@@ -24,6 +24,9 @@ const OWNERS: &[(&str, &[&str])] = &[
     ("wasmtime", &["engine"]),
     ("wasmtime_wasi", &["engine"]),
     ("axum", &["api", "ui"]),
+    ("utoipa", &["api"]),
+    ("chacha20poly1305", &["secrets"]),
+    ("ureq", &["client"]),
     ("clap", &["cli"]),
     ("anyhow", &["cli"]),
 ];

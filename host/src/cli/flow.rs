@@ -27,6 +27,13 @@ pub enum FlowCommand {
     Run(RunArgs),
     /// Print a component's manifest: its flows, tasks, parameters and policies.
     Inspect(InspectArgs),
+    /// Upload a component (building the project first) to the server or local store.
+    #[command(after_help = "Examples:
+  host flow upload examples/etl
+  host flow upload target/flow.wasm --json")]
+    Upload(super::deploy::UploadArgs),
+    /// List the flows of uploaded components.
+    Ls(JsonFlag),
 }
 
 #[derive(Args, Debug)]
@@ -87,6 +94,8 @@ pub fn run(command: FlowCommand) -> anyhow::Result<()> {
     match command {
         FlowCommand::Run(args) => run_flow(args),
         FlowCommand::Inspect(args) => inspect(args),
+        FlowCommand::Upload(args) => super::deploy::upload(args),
+        FlowCommand::Ls(format) => super::deploy::list_flows(format),
     }
 }
 

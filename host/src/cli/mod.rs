@@ -1,12 +1,18 @@
 //! The command line: the only module (with `main`) that names clap and anyhow.
 //!
-//! Commands read and write the local `$WEIR_HOME` database. Exit codes: 0 when
+//! Commands that read or change server state go to the API server named by
+//! `api.url` (a profile or `WEIR_API_URL`), else to the local `$WEIR_HOME`
+//! database through the same API in-process. Exit codes: 0 when
 //! the command (and the run it started) succeeded, 1 when a run ended in any
 //! state but Completed, 2 when the command could not start (bad input).
 
+mod backend;
+mod deploy;
 mod flow;
 mod output;
+mod profile;
 mod runs;
+mod server;
 
 use crate::config::Paths;
 use clap::{Args, Parser, Subcommand};
@@ -21,7 +27,11 @@ const AFTER_HELP: &str = "Examples:
   host flow inspect examples/etl                  show its flows, tasks and policies
   host flow-run ls                                recent runs
   host flow-run inspect <ID>                      a run's tasks, attempts and limits
-  host flow-run logs <ID>                         a run's log";
+  host flow-run logs <ID>                         a run's log
+  host server start                               the API and an executor on 127.0.0.1:4200
+  host config set api.url http://127.0.0.1:4200   talk to that server from now on
+  host deploy -f weir.yaml                        upload and deploy flows
+  host deployment run etl-nightly --watch         run a deployment and follow its log";
 
 #[derive(Parser, Debug)]
 #[command(name = "host", version, about = ABOUT, after_help = AFTER_HELP, propagate_version = true)]
@@ -40,6 +50,32 @@ enum Command {
     /// Look at recorded flow runs.
     #[command(name = "flow-run", subcommand)]
     FlowRun(runs::FlowRunCommand),
+    /// Run the API server with the embedded executor.
+    #[command(subcommand)]
+    Server(server::ServerCommand),
+    /// Upload and create or update deployments from a file (weir.yaml).
+    Deploy(deploy::DeployArgs),
+    /// List, inspect, run, pause, resume and delete deployments.
+    #[command(subcommand)]
+    Deployment(deploy::DeploymentCommand),
+    /// Secrets for flows: encrypted at rest, given only to deployments that grant them.
+    #[command(subcommand)]
+    Secret(deploy::SecretCommand),
+    /// Named JSON values.
+    #[command(subcommand)]
+    Variable(deploy::VariableCommand),
+    /// Work pools: which executors may run a deployment's runs.
+    #[command(name = "work-pool", subcommand)]
+    WorkPool(deploy::WorkPoolCommand),
+    /// Queues inside a work pool, with priorities and limits.
+    #[command(name = "work-queue", subcommand)]
+    WorkQueue(deploy::WorkQueueCommand),
+    /// Named sets of settings (profiles.toml).
+    #[command(subcommand)]
+    Profile(profile::ProfileCommand),
+    /// Settings of the active profile: api.url, api.key, logging.level, server.addr.
+    #[command(subcommand)]
+    Config(profile::ConfigCommand),
     /// Print the version of the host and its WebAssembly runtime.
     Version(JsonFlag),
 }
@@ -112,9 +148,14 @@ fn restore_sigpipe() {
     }
 }
 
-/// `WEIR_LOG` takes tracing filter directives (e.g. `debug`, `weir_host=trace`).
+/// `logging.level` (or `WEIR_LOG`) takes tracing filter directives (e.g.
+/// `debug`, `weir_host=trace`).
 fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("WEIR_LOG")
+    let level = backend::settings()
+        .ok()
+        .and_then(|s| s.get("logging.level").map(str::to_string))
+        .unwrap_or_else(|| "warn".into());
+    let filter = tracing_subscriber::EnvFilter::try_new(&level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -128,6 +169,15 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Build(args) => flow::build(args),
         Command::Flow(command) => flow::run(command),
         Command::FlowRun(command) => runs::run(command),
+        Command::Server(command) => server::run(command),
+        Command::Deploy(args) => deploy::deploy(args),
+        Command::Deployment(command) => deploy::deployment(command),
+        Command::Secret(command) => deploy::secret(command),
+        Command::Variable(command) => deploy::variable(command),
+        Command::WorkPool(command) => deploy::work_pool(command),
+        Command::WorkQueue(command) => deploy::work_queue(command),
+        Command::Profile(command) => profile::profile(command),
+        Command::Config(command) => profile::config(command),
     }
 }
 

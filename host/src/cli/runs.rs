@@ -8,7 +8,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::engine::human_bytes;
 use crate::model::{FlowRunId, RunState};
 use crate::store::Write;
-use crate::store::{FlowRunFilter, Store, StoreError};
+use crate::store::{FlowRunFilter, FlowRunRow, Store, StoreError, TaskRunRow};
 use crate::worker::{ExecutorSettings, ExistingRun, FlowRunRequest};
 use anyhow::Context;
 use clap::{Args, Subcommand};
@@ -20,8 +20,8 @@ pub enum FlowRunCommand {
     Ls(LsArgs),
     /// Show one flow run: its state history and a table of its task runs.
     Inspect(IdArgs),
-    /// Print a flow run's log lines (its tasks' included).
-    Logs(IdArgs),
+    /// Print a flow run's log lines (its tasks' included); -f follows until it ends.
+    Logs(LogsArgs),
     /// Stop a running flow and its tasks; they end Cancelled.
     Cancel(IdArgs),
     /// Run an interrupted flow run again: completed tasks are replayed, not re-run.
@@ -72,6 +72,17 @@ pub struct LsArgs {
 }
 
 #[derive(Args, Debug)]
+pub struct LogsArgs {
+    /// The flow run's id (a unique prefix of at least 4 characters is enough).
+    id: String,
+    /// Keep printing new lines until the run ends.
+    #[arg(long, short)]
+    follow: bool,
+    #[command(flatten)]
+    format: JsonFlag,
+}
+
+#[derive(Args, Debug)]
 pub struct IdArgs {
     /// The flow run's id (a unique prefix of at least 4 characters is enough).
     id: String,
@@ -80,6 +91,9 @@ pub struct IdArgs {
 }
 
 pub fn run(command: FlowRunCommand) -> anyhow::Result<()> {
+    if super::backend::settings()?.get("api.url").is_some() {
+        return remote(command);
+    }
     let store = open_store()?;
     match command {
         FlowRunCommand::Ls(args) => ls(&store, args),
@@ -294,10 +308,15 @@ fn took(start: Option<i64>, end: Option<i64>) -> String {
 fn ls(store: &Store, args: LsArgs) -> anyhow::Result<()> {
     let rows = store.list_flow_runs(&FlowRunFilter {
         state: args.state,
-        flow_name: args.flow,
+        flow_name: args.flow.clone(),
         top_level_only: !args.all,
         limit: args.limit,
+        ..FlowRunFilter::default()
     })?;
+    print_runs(&rows, &args)
+}
+
+fn print_runs(rows: &[FlowRunRow], args: &LsArgs) -> anyhow::Result<()> {
     if args.format.json {
         println!("{}", serde_json::to_string(&rows)?);
         return Ok(());
@@ -349,7 +368,18 @@ fn inspect(store: &Store, args: IdArgs) -> anyhow::Result<()> {
     let run = store.flow_run(id)?;
     let tasks = store.task_runs(id)?;
     let history = store.state_history(id.0)?;
-    if args.format.json {
+    print_inspect(run, tasks, history, args.format.json)
+}
+
+type History = Vec<(i64, RunState, Option<String>)>;
+
+fn print_inspect(
+    run: FlowRunRow,
+    tasks: Vec<TaskRunRow>,
+    history: History,
+    json: bool,
+) -> anyhow::Result<()> {
+    if json {
         let history: Vec<_> = history
             .iter()
             .map(|(at, state, message)| serde_json::json!({"at": format_rfc3339(*at), "state": state, "message": message}))
@@ -436,15 +466,39 @@ fn inspect(store: &Store, args: IdArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn logs(store: &Store, args: IdArgs) -> anyhow::Result<()> {
+fn logs(store: &Store, args: LogsArgs) -> anyhow::Result<()> {
     let id = resolve(store, &args.id)?;
-    let tasks = store.task_runs(id)?;
-    let names: std::collections::HashMap<_, _> =
-        tasks.iter().map(|t| (t.id, t.task_name.clone())).collect();
+    let mut names = std::collections::HashMap::new();
     let mut after = 0;
+    let mut quiet_looks_after_end = 0;
     loop {
         let page = store.logs(id, after, 1000)?;
-        let Some(last) = page.last() else { break };
+        if page
+            .iter()
+            .any(|l| l.task_run.is_some_and(|t| !names.contains_key(&t)))
+        {
+            names = store
+                .task_runs(id)?
+                .into_iter()
+                .map(|t| (t.id, t.task_name))
+                .collect();
+        }
+        let Some(last) = page.last() else {
+            if !args.follow {
+                break;
+            }
+            // Following: stop once the run ended and its last lines are in.
+            if store.flow_run(id)?.state.is_terminal() {
+                quiet_looks_after_end += 1;
+                if quiet_looks_after_end >= 2 {
+                    let run = store.flow_run(id)?;
+                    println!("-- {}", run.state);
+                    break;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(150));
+            continue;
+        };
         after = last.id;
         for line in &page {
             if args.format.json {
@@ -465,4 +519,123 @@ fn logs(store: &Store, args: IdArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The same commands against an API server.
+fn remote(command: FlowRunCommand) -> anyhow::Result<()> {
+    use super::backend::Backend;
+    let backend = Backend::open()?;
+    match command {
+        FlowRunCommand::Ls(args) => {
+            let mut query = format!("/api/flow-runs?limit={}", args.limit.max(1));
+            if let Some(state) = args.state {
+                query.push_str(&format!("&state={state}"));
+            }
+            if let Some(flow) = &args.flow {
+                query.push_str(&format!("&flow={flow}"));
+            }
+            let reply = backend.get(&query)?;
+            let mut rows: Vec<FlowRunRow> = serde_json::from_value(reply["flow_runs"].clone())
+                .context("reading the server's flow runs")?;
+            if !args.all {
+                rows.retain(|r| r.parent_flow_run.is_none());
+            }
+            print_runs(&rows, &args)
+        }
+        FlowRunCommand::Inspect(args) => {
+            let reply = backend.get(&format!("/api/flow-runs/{}", args.id))?;
+            let run: FlowRunRow = serde_json::from_value(reply["flow_run"].clone())?;
+            let tasks: Vec<TaskRunRow> = serde_json::from_value(reply["task_runs"].clone())?;
+            let history: History = reply["states"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|s| {
+                    Some((
+                        s["at"].as_i64()?,
+                        serde_json::from_value(s["state"].clone()).ok()?,
+                        s["message"].as_str().map(str::to_string),
+                    ))
+                })
+                .collect();
+            print_inspect(run, tasks, history, args.format.json)
+        }
+        FlowRunCommand::Logs(args) => {
+            let run = backend.get(&format!("/api/flow-runs/{}", args.id))?;
+            let id = run["flow_run"]["id"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            if args.follow {
+                let end = backend.follow(&id, args.format.json, super::deploy::print_log_line)?;
+                if !args.format.json {
+                    println!("-- {}", end["state"].as_str().unwrap_or_default());
+                }
+                return Ok(());
+            }
+            let mut after = 0;
+            loop {
+                let page = backend.get(&format!(
+                    "/api/flow-runs/{id}/logs?after={after}&limit=1000"
+                ))?;
+                let lines = page["logs"].as_array().cloned().unwrap_or_default();
+                let Some(last) = lines.last() else { break };
+                after = last["id"].as_i64().unwrap_or(after);
+                for line in &lines {
+                    if args.format.json {
+                        println!("{line}");
+                    } else {
+                        super::deploy::print_log_line(line);
+                    }
+                }
+            }
+            Ok(())
+        }
+        FlowRunCommand::Cancel(args) => {
+            let reply = backend.send(
+                "POST",
+                &format!("/api/flow-runs/{}/cancel", args.id),
+                &serde_json::json!({}),
+            )?;
+            if args.format.json {
+                println!("{reply}");
+            } else {
+                println!(
+                    "flow run {}: {}",
+                    reply["flow_run_id"].as_str().unwrap_or_default(),
+                    reply["state"].as_str().unwrap_or_default()
+                );
+            }
+            Ok(())
+        }
+        FlowRunCommand::Retry(args) => {
+            let reply = backend.send(
+                "POST",
+                &format!("/api/flow-runs/{}/retry", args.id),
+                &serde_json::json!({}),
+            )?;
+            let id = reply["flow_run_id"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            if !args.json {
+                eprintln!(
+                    "Retrying flow run {id} on {}; completed tasks are replayed",
+                    backend.describe()
+                );
+            }
+            let end = backend.follow(&id, args.json, |line| {
+                if !args.quiet {
+                    super::deploy::print_log_line(line)
+                }
+            })?;
+            super::deploy::finish(&end, args.json)
+        }
+        FlowRunCommand::Resume(_) => Err(Exit::bad_input(
+            "resume is for runs interrupted on this machine; on a server, a crashed run is resumed with `host flow-run retry ID`",
+        )),
+        FlowRunCommand::Prune(_) => Err(Exit::bad_input(
+            "prune works on the local database; run it on the server's machine (without api.url)",
+        )),
+    }
 }

@@ -60,6 +60,18 @@ pub enum Write {
     TaskRunState(StateChange),
     TaskAttempt(AttemptRecord),
     Logs(Vec<LogRecord>),
+    /// Creates or replaces a named object (deployment, pool, queue, variable, secret).
+    PutObject {
+        kind: ObjectKind,
+        name: String,
+        body: String,
+        at: TimestampMicros,
+    },
+    /// Deletes a named object; `NotFound` if there is none.
+    DeleteObject {
+        kind: ObjectKind,
+        name: String,
+    },
     /// Asks whoever runs a flow run to stop it (not a state change: the runner makes that).
     RequestCancel {
         id: FlowRunId,
@@ -78,6 +90,13 @@ pub struct NewFlowRun {
     pub attempt: u32,
     pub host: String,
     pub at: TimestampMicros,
+    /// The deployment that created it, if any.
+    pub deployment: Option<String>,
+    pub tags: Vec<String>,
+    /// When a scheduled run is due.
+    pub scheduled_at: Option<TimestampMicros>,
+    /// The pool whose executors may run it (runs started in-process have none).
+    pub work_pool: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -408,6 +427,109 @@ impl Store {
             .transpose()
     }
 
+    /// Uploaded components, newest first: (digest, size, manifest).
+    pub fn components(&self) -> Result<Vec<ComponentRow>, StoreError> {
+        let rows: Vec<(String, i64, String, i64)> = self.read(|c| {
+            let mut stmt = c.prepare(
+                "SELECT digest, size_bytes, manifest, created_us FROM components ORDER BY created_us DESC",
+            )?;
+            stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+                .collect()
+        })?;
+        rows.into_iter()
+            .map(|(digest, size, manifest, created)| {
+                Ok(ComponentRow {
+                    digest,
+                    size_bytes: size as u64,
+                    manifest: serde_json::from_str(&manifest)
+                        .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+                    created_at: created,
+                })
+            })
+            .collect()
+    }
+
+    /// One named object, if it exists.
+    pub fn object(&self, kind: ObjectKind, name: &str) -> Result<Option<ObjectRow>, StoreError> {
+        self.read(|c| {
+            c.query_row(
+                "SELECT name, body, created_us, updated_us FROM objects WHERE kind = ?1 AND name = ?2",
+                params![kind.as_str(), name],
+                ObjectRow::from_row,
+            )
+            .optional()
+        })
+    }
+
+    /// All objects of a kind, by name.
+    pub fn objects(&self, kind: ObjectKind) -> Result<Vec<ObjectRow>, StoreError> {
+        self.read(|c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT name, body, created_us, updated_us FROM objects WHERE kind = ?1 ORDER BY name",
+            )?;
+            stmt.query_map([kind.as_str()], ObjectRow::from_row)?.collect()
+        })
+    }
+
+    /// Scheduled runs of these pools due by `now`, oldest first.
+    pub fn due_runs(
+        &self,
+        pools: &[String],
+        now: TimestampMicros,
+        limit: usize,
+    ) -> Result<Vec<FlowRunRow>, StoreError> {
+        let rows: Vec<FlowRunRow> = self.read(|c| {
+            let mut stmt = c.prepare_cached(&format!(
+                "{FLOW_RUN_SELECT} WHERE state = 'Scheduled' AND scheduled_us <= ?1 ORDER BY scheduled_us LIMIT ?2"
+            ))?;
+            stmt.query_map(params![now, limit as i64], FlowRunRow::from_row)?
+                .collect()
+        })?;
+        Ok(rows
+            .into_iter()
+            .filter(|r| r.work_pool.as_ref().is_some_and(|p| pools.contains(p)))
+            .collect())
+    }
+
+    /// The latest scheduled time among a deployment's runs.
+    pub fn last_scheduled_at(
+        &self,
+        deployment: &str,
+    ) -> Result<Option<TimestampMicros>, StoreError> {
+        self.read(|c| {
+            c.query_row(
+                "SELECT max(scheduled_us) FROM flow_runs WHERE deployment = ?1",
+                [deployment],
+                |r| r.get(0),
+            )
+        })
+    }
+
+    /// Runs of a deployment that have not ended (for its concurrency limit).
+    pub fn active_runs_of_deployment(&self, deployment: &str) -> Result<u64, StoreError> {
+        let n: i64 = self.read(|c| {
+            c.query_row(
+                "SELECT count(*) FROM flow_runs WHERE deployment = ?1
+                 AND state IN ('Pending', 'Running', 'Retrying', 'Cancelling')",
+                [deployment],
+                |r| r.get(0),
+            )
+        })?;
+        Ok(n as u64)
+    }
+
+    /// Flow runs per state, for metrics.
+    pub fn count_flow_runs_by_state(&self) -> Result<Vec<(RunState, u64)>, StoreError> {
+        let rows: Vec<(String, i64)> = self.read(|c| {
+            let mut stmt = c.prepare("SELECT state, count(*) FROM flow_runs GROUP BY state")?;
+            stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect()
+        })?;
+        rows.into_iter()
+            .map(|(state, n)| Ok((parse_state(&state)?, n as u64)))
+            .collect()
+    }
+
     pub fn flow_run(&self, id: FlowRunId) -> Result<FlowRunRow, StoreError> {
         let mut row = self
             .read(|c| {
@@ -486,16 +608,56 @@ impl Store {
             sql.push_str(" AND flow_name = ?");
             args.push(flow.clone().into());
         }
+        if let Some(deployment) = &filter.deployment {
+            sql.push_str(" AND deployment = ?");
+            args.push(deployment.clone().into());
+        }
+        if let Some(tag) = &filter.tag {
+            sql.push_str(
+                " AND tags IS NOT NULL AND EXISTS (SELECT 1 FROM json_each(tags) WHERE value = ?)",
+            );
+            args.push(tag.clone().into());
+        }
+        if let Some(since) = filter.since {
+            sql.push_str(" AND created_us >= ?");
+            args.push(since.into());
+        }
+        if let Some(until) = filter.until {
+            sql.push_str(" AND created_us < ?");
+            args.push(until.into());
+        }
         if filter.top_level_only {
             sql.push_str(" AND parent_flow_run IS NULL");
         }
-        sql.push_str(" ORDER BY created_us DESC, id DESC LIMIT ?");
+        sql.push_str(" ORDER BY created_us DESC, id DESC LIMIT ? OFFSET ?");
         args.push((filter.limit.max(1) as i64).into());
+        args.push((filter.offset as i64).into());
         self.read(|c| {
             let mut stmt = c.prepare(&sql)?;
             stmt.query_map(rusqlite::params_from_iter(args), FlowRunRow::from_row)?
                 .collect()
         })
+    }
+
+    pub fn task_run(&self, id: TaskRunId) -> Result<TaskRunRow, StoreError> {
+        let mut row = self
+            .read(|c| {
+                c.query_row(
+                    &format!("{TASK_RUN_SELECT} WHERE id = ?1"),
+                    [id.as_bytes()],
+                    TaskRunRow::from_row,
+                )
+                .optional()
+            })?
+            .ok_or(StoreError::NotFound {
+                what: "task run",
+                id: id.to_string(),
+            })?;
+        self.results.inflate(&mut row.input)?;
+        if let Some(output) = row.output.as_mut() {
+            self.results.inflate(output)?;
+        }
+        Ok(row)
     }
 
     pub fn task_runs(&self, flow_run: FlowRunId) -> Result<Vec<TaskRunRow>, StoreError> {
@@ -711,6 +873,14 @@ impl Drop for Store {
     }
 }
 
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ComponentRow {
+    pub digest: String,
+    pub size_bytes: u64,
+    pub manifest: Manifest,
+    pub created_at: TimestampMicros,
+}
+
 #[derive(Debug, Clone, Copy, Default, serde::Serialize)]
 pub struct PruneReport {
     pub flow_runs: u64,
@@ -740,11 +910,62 @@ impl StoreTable {
 pub struct FlowRunFilter {
     pub state: Option<RunState>,
     pub flow_name: Option<String>,
+    pub deployment: Option<String>,
+    /// Runs carrying this tag.
+    pub tag: Option<String>,
+    /// Created at or after / before.
+    pub since: Option<TimestampMicros>,
+    pub until: Option<TimestampMicros>,
     pub top_level_only: bool,
     pub limit: usize,
+    pub offset: usize,
 }
 
-#[derive(Debug, Clone, serde::Serialize)]
+/// What kind of named object a row of `objects` holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ObjectKind {
+    Deployment,
+    WorkPool,
+    WorkQueue,
+    Variable,
+    Secret,
+}
+
+impl ObjectKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            ObjectKind::Deployment => "deployment",
+            ObjectKind::WorkPool => "work_pool",
+            ObjectKind::WorkQueue => "work_queue",
+            ObjectKind::Variable => "variable",
+            ObjectKind::Secret => "secret",
+        }
+    }
+    fn what(self) -> &'static str {
+        match self {
+            ObjectKind::Deployment => "deployment",
+            ObjectKind::WorkPool => "work pool",
+            ObjectKind::WorkQueue => "work queue",
+            ObjectKind::Variable => "variable",
+            ObjectKind::Secret => "secret",
+        }
+    }
+}
+
+/// One named object: its JSON body and when it was made and last changed.
+#[derive(Debug, Clone)]
+pub struct ObjectRow {
+    pub name: String,
+    pub body: String,
+    pub created_at: TimestampMicros,
+    pub updated_at: TimestampMicros,
+}
+
+fn tags_text(tags: &[String]) -> Option<String> {
+    (!tags.is_empty()).then(|| serde_json::to_string(tags).unwrap_or_default())
+}
+
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct FlowRunRow {
     pub id: FlowRunId,
     pub parent_flow_run: Option<FlowRunId>,
@@ -762,10 +983,20 @@ pub struct FlowRunRow {
     pub ended_at: Option<TimestampMicros>,
     pub fuel_used: u64,
     pub peak_memory: u64,
+    #[serde(default)]
+    pub deployment: Option<String>,
+    #[serde(default)]
+    pub tags: Vec<String>,
+    #[serde(default)]
+    pub scheduled_at: Option<TimestampMicros>,
+    #[serde(default)]
+    pub work_pool: Option<String>,
 }
 
-const FLOW_RUN_SELECT: &str = "SELECT id, parent_flow_run, component, flow_name, params, state, message,
-    failure_kind, result, attempt, host, created_us, started_us, ended_us, fuel_used, peak_memory FROM flow_runs";
+const FLOW_RUN_SELECT: &str =
+    "SELECT id, parent_flow_run, component, flow_name, params, state, message,
+    failure_kind, result, attempt, host, created_us, started_us, ended_us, fuel_used, peak_memory,
+    deployment, tags, scheduled_us, work_pool FROM flow_runs";
 
 impl FlowRunRow {
     fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Self> {
@@ -789,11 +1020,18 @@ impl FlowRunRow {
             ended_at: r.get(13)?,
             fuel_used: r.get::<_, i64>(14)? as u64,
             peak_memory: r.get::<_, i64>(15)? as u64,
+            deployment: r.get(16)?,
+            tags: r
+                .get::<_, Option<String>>(17)?
+                .and_then(|t| serde_json::from_str(&t).ok())
+                .unwrap_or_default(),
+            scheduled_at: r.get(18)?,
+            work_pool: r.get(19)?,
         })
     }
 }
 
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct TaskRunRow {
     pub id: TaskRunId,
     pub flow_run: FlowRunId,
@@ -847,13 +1085,24 @@ impl TaskRunRow {
     }
 }
 
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct LogRow {
     pub id: i64,
     pub task_run: Option<TaskRunId>,
     pub at: TimestampMicros,
     pub level: LogLevel,
     pub message: String,
+}
+
+impl ObjectRow {
+    fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Self> {
+        Ok(ObjectRow {
+            name: r.get(0)?,
+            body: r.get(1)?,
+            created_at: r.get(2)?,
+            updated_at: r.get(3)?,
+        })
+    }
 }
 
 fn blob16(bytes: &[u8]) -> Result<[u8; 16], String> {
@@ -992,8 +1241,9 @@ fn apply(conn: &Connection, write: &Write, files: &ResultFiles) -> Result<(), St
         }
         Write::NewFlowRun(run) => {
             conn.prepare_cached(
-                "INSERT INTO flow_runs (id, parent_flow_run, component, flow_name, params, state, attempt, host, created_us, started_us)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, CASE WHEN ?6 = 'Running' THEN ?9 END)",
+                "INSERT INTO flow_runs (id, parent_flow_run, component, flow_name, params, state, attempt, host, created_us, started_us,
+                    deployment, tags, scheduled_us, work_pool)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, CASE WHEN ?6 = 'Running' THEN ?9 END, ?10, ?11, ?12, ?13)",
             )?
             .execute(params![
                 run.id.as_bytes(),
@@ -1005,6 +1255,10 @@ fn apply(conn: &Connection, write: &Write, files: &ResultFiles) -> Result<(), St
                 run.attempt,
                 run.host,
                 run.at,
+                run.deployment,
+                tags_text(&run.tags),
+                run.scheduled_at,
+                run.work_pool,
             ])?;
             record_state(conn, run.id.0, run.at, run.state, None)?;
         }
@@ -1127,6 +1381,29 @@ fn apply(conn: &Connection, write: &Write, files: &ResultFiles) -> Result<(), St
                 kind,
                 message,
             ])?;
+        }
+        Write::PutObject {
+            kind,
+            name,
+            body,
+            at,
+        } => {
+            conn.prepare_cached(
+                "INSERT INTO objects (kind, name, body, created_us, updated_us) VALUES (?1, ?2, ?3, ?4, ?4)
+                 ON CONFLICT (kind, name) DO UPDATE SET body = excluded.body, updated_us = excluded.updated_us",
+            )?
+            .execute(params![kind.as_str(), name, body, at])?;
+        }
+        Write::DeleteObject { kind, name } => {
+            let n = conn
+                .prepare_cached("DELETE FROM objects WHERE kind = ?1 AND name = ?2")?
+                .execute(params![kind.as_str(), name])?;
+            if n == 0 {
+                return Err(StoreError::NotFound {
+                    what: kind.what(),
+                    id: name.clone(),
+                });
+            }
         }
         Write::RequestCancel { id, at } => {
             let n = conn

@@ -85,6 +85,24 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX logs_by_flow_run ON logs (flow_run, id);
     ",
+    // 2: deployments, pools, queues, variables and secrets as named objects;
+    // flow runs know their deployment, tags and scheduled time.
+    "
+    CREATE TABLE objects (
+        kind        TEXT NOT NULL,
+        name        TEXT NOT NULL,
+        body        TEXT NOT NULL,
+        created_us  INTEGER NOT NULL,
+        updated_us  INTEGER NOT NULL,
+        PRIMARY KEY (kind, name)
+    ) WITHOUT ROWID;
+    ALTER TABLE flow_runs ADD COLUMN deployment TEXT;
+    ALTER TABLE flow_runs ADD COLUMN tags TEXT;
+    ALTER TABLE flow_runs ADD COLUMN scheduled_us INTEGER;
+    ALTER TABLE flow_runs ADD COLUMN work_pool TEXT;
+    CREATE INDEX flow_runs_due ON flow_runs (scheduled_us) WHERE state = 'Scheduled';
+    CREATE INDEX flow_runs_by_deployment ON flow_runs (deployment, created_us) WHERE deployment IS NOT NULL;
+    ",
 ];
 
 /// Brings the database up to the newest schema, one transaction per migration.

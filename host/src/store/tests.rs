@@ -20,6 +20,10 @@ fn new_flow_run(id: FlowRunId) -> Write {
         attempt: 1,
         host: "test".into(),
         at: 1,
+        deployment: None,
+        tags: Vec::new(),
+        scheduled_at: None,
+        work_pool: None,
     })
 }
 

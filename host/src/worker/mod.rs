@@ -13,8 +13,8 @@ pub use events::{RunEvent, RunSummary};
 use crate::control::{Control, ControlError, Durability};
 use crate::engine::{Component, Engine, Entry, GuestHost, HostFuture};
 use crate::model::{
-    ComponentDigest, EffectivePolicy, Failure, FailureKind, FlowRunId, LogLevel, Policy,
-    PolicyDefaults, RunInfo, RunState, TaskRunId,
+    ComponentDigest, EffectivePolicy, Failure, FailureKind, FlowRunId, GrantedSecrets, LogLevel,
+    Policy, PolicyDefaults, RunInfo, RunState, TaskRunId,
 };
 use crate::store::{AttemptRecord, LogRecord, NewFlowRun, NewTaskRun, StateChange, Write};
 use sha2::{Digest, Sha256};
@@ -187,6 +187,10 @@ pub struct FlowRunRequest {
     /// Applied over every task's own policy in this run (and its subflows):
     /// limits, retries, `refresh_cache`.
     pub task_override: Policy,
+    /// The deployment that asked for this run (recorded, and shown to the guest).
+    pub deployment: Option<String>,
+    /// Secrets the guest may read; their values are redacted from its logs and results.
+    pub secrets: Arc<GrantedSecrets>,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -212,6 +216,8 @@ impl FlowRunRequest {
             cancel: CancellationToken::new(),
             policy_override: Policy::default(),
             task_override: Policy::default(),
+            deployment: None,
+            secrets: Arc::new(GrantedSecrets::default()),
         }
     }
 }
@@ -346,6 +352,10 @@ impl Executor {
                         attempt: 1,
                         host: process_marker(&self.settings.host_name),
                         at: self.control.now(),
+                        deployment: request.deployment.clone(),
+                        tags: Vec::new(),
+                        scheduled_at: None,
+                        work_pool: None,
                     },
                     Durability::Detached,
                 )?;
@@ -379,6 +389,8 @@ impl Executor {
             events: events.clone(),
             logs: LogBudget::new(self.settings.max_log_lines_per_run),
             task_override: request.task_override.clone(),
+            deployment: request.deployment.clone(),
+            secrets: request.secrets.clone(),
             stats: Stats::default(),
         });
 
@@ -526,9 +538,9 @@ impl Executor {
         };
         let mut change = StateChange::new(id.0, from, state, self.control.now());
         match &result {
-            Ok(output) => change.output = Some(output.clone()),
+            Ok(output) => change.output = Some(run.secrets.redact(output).into_owned()),
             Err(failure) => {
-                change.message = Some(failure.message.clone());
+                change.message = Some(run.secrets.redact(&failure.message).into_owned());
                 change.failure_kind = Some(failure.kind);
             }
         }
@@ -689,6 +701,8 @@ struct FlowRun {
     logs: LogBudget,
     stats: Stats,
     task_override: Policy,
+    deployment: Option<String>,
+    secrets: Arc<GrantedSecrets>,
 }
 
 impl FlowRun {
@@ -733,7 +747,8 @@ impl FlowRun {
     }
 
     fn log(&self, task: Option<(TaskRunId, &str)>, level: LogLevel, message: &str) {
-        let Some(message) = self.logs.admit(message) else {
+        let message = self.secrets.redact(message);
+        let Some(message) = self.logs.admit(&message) else {
             return;
         };
         self.control().record(
@@ -899,7 +914,7 @@ impl FlowRun {
             flow_run: self.id,
             call_seq: seq,
             task_name: name.clone(),
-            input: input.clone(),
+            input: self.secrets.redact(&input).into_owned(),
             state: RunState::Running,
             cache_key: cache_key.clone(),
             cached_from: None,
@@ -976,7 +991,7 @@ impl FlowRun {
                     .result
                     .as_ref()
                     .err()
-                    .map(|f| (f.kind, f.message.clone())),
+                    .map(|f| (f.kind, self.secrets.redact(&f.message).into_owned())),
             };
             let mut change = StateChange::new(id.0, guard.state, RunState::Completed, now);
             change.attempts = Some(attempt);
@@ -985,7 +1000,8 @@ impl FlowRun {
 
             match execution.result {
                 Ok(output) => {
-                    change.output = Some(output.clone());
+                    // Recorded redacted: a replay of a secret-bearing result sees `***`.
+                    change.output = Some(self.secrets.redact(&output).into_owned());
                     // Durable before the flow sees it: the rule that makes resume safe.
                     let ticket = control
                         .change_task_run(
@@ -1014,7 +1030,8 @@ impl FlowRun {
                     if !cancelled && policy.should_retry(attempt, failure.kind) {
                         let delay = policy.retry_delay(attempt, rand::random::<f64>());
                         change.to = RunState::Retrying;
-                        change.message = Some(failure.to_string());
+                        change.message =
+                            Some(self.secrets.redact(&failure.to_string()).into_owned());
                         change.failure_kind = Some(failure.kind);
                         change.next_attempt_at = Some(now + delay.as_micros() as i64);
                         control
@@ -1086,7 +1103,7 @@ impl FlowRun {
                     };
                     let failure = Failure::new(kind, failure.message);
                     change.to = kind.final_state();
-                    change.message = Some(failure.message.clone());
+                    change.message = Some(self.secrets.redact(&failure.message).into_owned());
                     change.failure_kind = Some(kind);
                     let ticket = control
                         .change_task_run(
@@ -1140,8 +1157,8 @@ impl FlowRun {
     }
 
     /// Secrets are granted per deployment; a run started by hand has none.
-    fn get_secret(&self, _name: &str) -> Option<String> {
-        None
+    fn get_secret(&self, name: &str) -> Option<String> {
+        self.secrets.get(name).map(str::to_string)
     }
 
     fn run_info(&self, task: Option<(&TaskRunId, &str, u32)>) -> RunInfo {
@@ -1153,7 +1170,7 @@ impl FlowRun {
                 .unwrap_or_else(|| self.attempt.load(Ordering::SeqCst)),
             flow_name: self.flow_name.clone(),
             task_name: task.map(|t| t.1.to_string()),
-            deployment: None,
+            deployment: self.deployment.clone(),
             scheduled_at: None,
         }
     }
@@ -1256,6 +1273,8 @@ impl GuestHost for FlowHost {
             request.events = this.events.clone();
             request.cancel = this.cancel.child_token();
             request.task_override = this.task_override.clone();
+            request.deployment = this.deployment.clone();
+            request.secrets = this.secrets.clone();
             match this
                 .executor
                 .clone()

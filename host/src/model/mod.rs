@@ -3,6 +3,9 @@
 //! Plain data with no IO and no async. Every other module speaks in these types;
 //! the store maps them to rows, the engine to WIT values, the API to JSON.
 
+pub mod deploy;
+
+pub use deploy::{Deployment, GrantedSecrets, Schedule, Variable, WorkPool, WorkQueue};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::str::FromStr;

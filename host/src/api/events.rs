@@ -1,0 +1,119 @@
+//! Live logs and state changes of a flow run as Server-Sent Events.
+//!
+//! The stream reads the database (so it follows runs executed by any process)
+//! every 100 ms: `log` events carry a log line (their SSE id is the line's id,
+//! so a client resumes with `?after=`), `state` events the run's state when
+//! it changes, and one `end` event the final run once it has ended and its
+//! log is drained. Then the stream closes.
+
+use super::runs::parse_run_id;
+use super::{ApiResult, ApiState};
+use axum::extract::{Path, Query, State};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use futures_util::stream::{self, Stream};
+use serde::Deserialize;
+use serde_json::json;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+const POLL: Duration = Duration::from_millis(100);
+/// A run's final lines may land just after its state: look this many more times.
+const DRAIN_POLLS: u32 = 3;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct EventQuery {
+    after: Option<i64>,
+}
+
+struct Cursor {
+    state: Arc<ApiState>,
+    id: crate::model::FlowRunId,
+    after: i64,
+    last_state: Option<crate::model::RunState>,
+    pending: std::collections::VecDeque<Event>,
+    drain: Option<u32>,
+    done: bool,
+}
+
+/// Follow a flow run: `log`, `state` and a final `end` event.
+#[utoipa::path(get, path = "/api/flow-runs/{id}/events", tag = "flow runs",
+    params(("id" = String, Path), ("after" = Option<i64>, Query, description = "skip log lines up to this id")),
+    responses((status = 200, content_type = "text/event-stream",
+        description = "`event: log` (a LogLine), `event: state` ({state, message}), `event: end` (the FlowRun)"),
+        (status = 404, body = super::schema::ErrorBody)))]
+pub(super) async fn flow_run_events(
+    State(state): State<Arc<ApiState>>,
+    Path(id): Path<String>,
+    Query(q): Query<EventQuery>,
+) -> ApiResult<Sse<impl Stream<Item = Result<Event, Infallible>>>> {
+    let id = parse_run_id(&state, &id)?;
+    state.store.flow_run(id)?;
+    let cursor = Cursor {
+        state,
+        id,
+        after: q.after.unwrap_or(0),
+        last_state: None,
+        pending: Default::default(),
+        drain: None,
+        done: false,
+    };
+    let events = stream::unfold(cursor, |mut c| async move {
+        loop {
+            if let Some(event) = c.pending.pop_front() {
+                return Some((Ok(event), c));
+            }
+            if c.done {
+                return None;
+            }
+            c.poll().await;
+        }
+    });
+    Ok(Sse::new(events).keep_alive(KeepAlive::default()))
+}
+
+impl Cursor {
+    /// Queues what changed since the last look; sleeps first unless it is the first look.
+    async fn poll(&mut self) {
+        if self.last_state.is_some() {
+            tokio::time::sleep(POLL).await;
+        }
+        let store = &self.state.store;
+        let lines = store.logs(self.id, self.after, 1000).unwrap_or_default();
+        let got_lines = !lines.is_empty();
+        for line in lines {
+            self.after = line.id;
+            self.pending.push_back(
+                Event::default()
+                    .event("log")
+                    .id(line.id.to_string())
+                    .data(json!(line).to_string()),
+            );
+        }
+        let Ok(run) = store.flow_run(self.id) else {
+            self.done = true;
+            return;
+        };
+        if self.last_state != Some(run.state) {
+            self.last_state = Some(run.state);
+            self.pending.push_back(
+                Event::default()
+                    .event("state")
+                    .data(json!({ "state": run.state, "message": run.message }).to_string()),
+            );
+        }
+        if run.state.is_terminal() {
+            let left = self.drain.get_or_insert(DRAIN_POLLS);
+            if got_lines {
+                *left = DRAIN_POLLS;
+            } else if *left == 0 {
+                self.pending
+                    .push_back(Event::default().event("end").data(json!(run).to_string()));
+                self.done = true;
+            } else {
+                *left -= 1;
+            }
+        }
+    }
+}

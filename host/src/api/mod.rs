@@ -1,0 +1,547 @@
+//! The HTTP API: the only module (with `ui`) that names axum and utoipa.
+//!
+//! JSON under `/api`, health at `/api/health`, Prometheus text at `/metrics`,
+//! the OpenAPI document (generated from these handlers) at `/api/openapi.json`.
+//! Components are uploaded as raw `.wasm` bodies, validated against the world
+//! and stored by sha256; flow runs start on the embedded executor, which runs
+//! guests on a runtime of its own so a busy guest cannot starve the API.
+//! Every 4xx body says what was wrong: `{"error": "...", "message": "..."}`.
+//!
+//! The CLI talks to this router for everything that changes server state: over
+//! HTTP when an API URL is configured, in-process (no socket) otherwise.
+
+mod deployments;
+mod events;
+mod objects;
+mod runs;
+pub mod schema;
+
+use crate::control::Control;
+use crate::engine::{Component, Engine};
+use crate::model::ComponentDigest;
+use crate::secrets::SecretBox;
+use crate::store::{ComponentFiles, Store, StoreError};
+use crate::worker::Executor;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use utoipa::OpenApi;
+
+pub use deployments::{launch_scheduled, run_deployment_now};
+pub use objects::ensure_pool;
+
+/// The largest `.wasm` accepted by `POST /api/components`.
+pub const MAX_COMPONENT_BYTES: usize = 64 << 20;
+/// The largest JSON body of any other request.
+pub const MAX_JSON_BYTES: usize = 4 << 20;
+
+/// What the handlers share.
+pub struct ApiState {
+    pub store: Arc<Store>,
+    pub files: ComponentFiles,
+    pub engine: Arc<Engine>,
+    pub control: Arc<Control>,
+    pub secrets: Arc<SecretBox>,
+    /// `None` with `--no-worker`: runs are created and wait for an executor.
+    pub executor: Option<Arc<Executor>>,
+    /// The pools the embedded executor serves.
+    pub pools: Vec<String>,
+    /// Where flow runs execute: a runtime apart from the API's.
+    pub runs: tokio::runtime::Handle,
+    /// sha256 of each accepted API key; empty means no auth.
+    api_keys: Vec<[u8; 32]>,
+    loaded: Mutex<HashMap<ComponentDigest, Component>>,
+}
+
+/// How to build an [`ApiState`].
+pub struct ApiConfig {
+    pub store: Arc<Store>,
+    pub files: ComponentFiles,
+    pub engine: Arc<Engine>,
+    pub control: Arc<Control>,
+    pub secrets: Arc<SecretBox>,
+    pub executor: Option<Arc<Executor>>,
+    pub pools: Vec<String>,
+    pub runs: tokio::runtime::Handle,
+    /// API keys in clear; only their hashes are kept.
+    pub api_keys: Vec<String>,
+}
+
+impl ApiState {
+    pub fn new(config: ApiConfig) -> Arc<Self> {
+        Arc::new(Self {
+            store: config.store,
+            files: config.files,
+            engine: config.engine,
+            control: config.control,
+            secrets: config.secrets,
+            executor: config.executor,
+            pools: config.pools,
+            runs: config.runs,
+            api_keys: config.api_keys.iter().map(|k| hash_key(k)).collect(),
+            loaded: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// A stored component, loaded once and kept.
+    async fn component(&self, digest: &ComponentDigest) -> Result<Component, ApiError> {
+        if let Some(component) = self
+            .loaded
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(digest)
+        {
+            return Ok(component.clone());
+        }
+        let bytes = self.files.get(digest).map_err(|_| {
+            ApiError::not_found(format!(
+                "no component with digest {digest}; upload it first (host flow upload FILE.wasm)"
+            ))
+        })?;
+        let component = self.engine.load(&bytes).await.map_err(ApiError::internal)?;
+        self.loaded
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(digest.clone(), component.clone());
+        Ok(component)
+    }
+
+    fn remember(&self, component: Component) {
+        self.loaded
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(component.digest.clone(), component);
+    }
+}
+
+/// sha256 of an API key, as the server keeps it.
+pub fn hash_key(key: &str) -> [u8; 32] {
+    Sha256::digest(key.trim().as_bytes()).into()
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Weir API",
+        description = "Upload flow components, deploy and run them, and follow their runs. \
+            Errors are `{\"error\": code, \"message\": sentence}` with a 4xx status. \
+            When the server has API keys, every endpoint but /api/health needs `Authorization: Bearer <key>`.",
+        license(name = "Apache-2.0")
+    ),
+    paths(
+        health,
+        metrics,
+        openapi_json,
+        runs::upload_component,
+        runs::list_components,
+        runs::get_component,
+        runs::download_component,
+        runs::list_flows,
+        runs::start_flow_run,
+        runs::list_flow_runs,
+        runs::get_flow_run,
+        runs::list_task_runs,
+        runs::get_task_run,
+        runs::get_logs,
+        runs::cancel_flow_run,
+        runs::retry_flow_run,
+        events::flow_run_events,
+        deployments::list_deployments,
+        deployments::create_deployment,
+        deployments::put_deployment,
+        deployments::get_deployment,
+        deployments::delete_deployment,
+        deployments::pause_deployment,
+        deployments::resume_deployment,
+        deployments::run_deployment,
+        objects::list_work_pools,
+        objects::create_work_pool,
+        objects::get_work_pool,
+        objects::delete_work_pool,
+        objects::pause_work_pool,
+        objects::resume_work_pool,
+        objects::list_work_queues,
+        objects::create_work_queue,
+        objects::delete_work_queue,
+        objects::list_secrets,
+        objects::put_secret,
+        objects::delete_secret,
+        objects::list_variables,
+        objects::get_variable,
+        objects::put_variable,
+        objects::delete_variable,
+    ),
+    modifiers(&BearerAuth)
+)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+/// The OpenAPI document, as served and as checked into `host/openapi.json`.
+pub fn openapi_document() -> String {
+    let mut text = ApiDoc::openapi()
+        .to_pretty_json()
+        .expect("the OpenAPI document serializes");
+    text.push('\n');
+    text
+}
+
+/// The routes.
+pub fn router(state: Arc<ApiState>) -> Router {
+    let json_limit = DefaultBodyLimit::max(MAX_JSON_BYTES);
+    let api = Router::new()
+        .route("/api/openapi.json", get(openapi_json))
+        .route("/metrics", get(metrics))
+        .route(
+            "/api/components",
+            get(runs::list_components)
+                .post(runs::upload_component)
+                .layer(DefaultBodyLimit::max(MAX_COMPONENT_BYTES)),
+        )
+        .route("/api/components/{digest}", get(runs::get_component))
+        .route(
+            "/api/components/{digest}/wasm",
+            get(runs::download_component),
+        )
+        .route(
+            "/api/components/{digest}/flows/{flow}/runs",
+            post(runs::start_flow_run),
+        )
+        .route("/api/flows", get(runs::list_flows))
+        .route("/api/flow-runs", get(runs::list_flow_runs))
+        .route("/api/flow-runs/{id}", get(runs::get_flow_run))
+        .route("/api/flow-runs/{id}/task-runs", get(runs::list_task_runs))
+        .route("/api/flow-runs/{id}/logs", get(runs::get_logs))
+        .route("/api/flow-runs/{id}/events", get(events::flow_run_events))
+        .route("/api/flow-runs/{id}/cancel", post(runs::cancel_flow_run))
+        .route("/api/flow-runs/{id}/retry", post(runs::retry_flow_run))
+        .route("/api/task-runs/{id}", get(runs::get_task_run))
+        .route(
+            "/api/deployments",
+            get(deployments::list_deployments).post(deployments::create_deployment),
+        )
+        .route(
+            "/api/deployments/{name}",
+            get(deployments::get_deployment)
+                .put(deployments::put_deployment)
+                .delete(deployments::delete_deployment),
+        )
+        .route(
+            "/api/deployments/{name}/pause",
+            post(deployments::pause_deployment),
+        )
+        .route(
+            "/api/deployments/{name}/resume",
+            post(deployments::resume_deployment),
+        )
+        .route(
+            "/api/deployments/{name}/runs",
+            post(deployments::run_deployment),
+        )
+        .route(
+            "/api/work-pools",
+            get(objects::list_work_pools).post(objects::create_work_pool),
+        )
+        .route(
+            "/api/work-pools/{name}",
+            get(objects::get_work_pool).delete(objects::delete_work_pool),
+        )
+        .route(
+            "/api/work-pools/{name}/pause",
+            post(objects::pause_work_pool),
+        )
+        .route(
+            "/api/work-pools/{name}/resume",
+            post(objects::resume_work_pool),
+        )
+        .route(
+            "/api/work-pools/{name}/queues",
+            get(objects::list_work_queues).post(objects::create_work_queue),
+        )
+        .route(
+            "/api/work-pools/{pool}/queues/{name}",
+            axum::routing::delete(objects::delete_work_queue),
+        )
+        .route("/api/secrets", get(objects::list_secrets))
+        .route(
+            "/api/secrets/{name}",
+            axum::routing::put(objects::put_secret).delete(objects::delete_secret),
+        )
+        .route("/api/variables", get(objects::list_variables))
+        .route(
+            "/api/variables/{name}",
+            get(objects::get_variable)
+                .put(objects::put_variable)
+                .delete(objects::delete_variable),
+        )
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            require_key,
+        ));
+    Router::new()
+        .route("/api/health", get(health))
+        .merge(api)
+        .fallback(|| async {
+            ApiError::not_found(
+                "no such endpoint; the API is described at /api/openapi.json".to_string(),
+            )
+        })
+        .layer(json_limit)
+        .with_state(state)
+}
+
+/// Binds `addr` (port 0 picks a free one) and returns the address and the
+/// server future, which ends when `shutdown` resolves.
+pub async fn bind(
+    state: Arc<ApiState>,
+    addr: SocketAddr,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<(
+    SocketAddr,
+    impl std::future::Future<Output = std::io::Result<()>>,
+)> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let local = listener.local_addr()?;
+    let server = axum::serve(listener, router(state)).with_graceful_shutdown(shutdown);
+    Ok((local, async move { server.await }))
+}
+
+/// The API without a socket: the CLI's local mode sends its requests through
+/// the same router, so local and remote commands share handlers and errors.
+pub struct InProcess {
+    router: Router,
+    pub state: Arc<ApiState>,
+}
+
+impl InProcess {
+    pub fn new(state: Arc<ApiState>) -> InProcess {
+        InProcess {
+            router: router(state.clone()),
+            state,
+        }
+    }
+
+    /// Sends one request; returns the status and body.
+    pub async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Vec<u8>>,
+        content_type: &str,
+    ) -> (u16, Vec<u8>) {
+        use tower::ServiceExt;
+        let request = axum::http::Request::builder()
+            .method(method)
+            .uri(path)
+            .header(header::CONTENT_TYPE, content_type)
+            .body(body.map(axum::body::Body::from).unwrap_or_default());
+        let request = match request {
+            Ok(r) => r,
+            Err(e) => {
+                let body = json!({ "error": "bad_request", "message": e.to_string() });
+                return (400, body.to_string().into_bytes());
+            }
+        };
+        let response = match self.router.clone().oneshot(request).await {
+            Ok(r) => r,
+            Err(never) => match never {},
+        };
+        let status = response.status().as_u16();
+        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .map(|b| b.to_vec())
+            .unwrap_or_default();
+        (status, bytes)
+    }
+}
+
+async fn require_key(
+    State(state): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    request: Request,
+    next: Next,
+) -> Response {
+    if state.api_keys.is_empty() {
+        return next.run(request).await;
+    }
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(hash_key);
+    match presented {
+        Some(hash) if state.api_keys.iter().any(|k| constant_time_eq(k, &hash)) => {
+            next.run(request).await
+        }
+        Some(_) => ApiError::unauthorized("the API key is not accepted by this server")
+            .into_response(),
+        None => ApiError::unauthorized(
+            "this server needs an API key: send `Authorization: Bearer <key>` (host config set api.key <KEY>)",
+        )
+        .into_response(),
+    }
+}
+
+fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// An API error: a status, a short code and a sentence for people.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    error: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    fn bad_request(error: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::BAD_REQUEST,
+            error,
+            message: message.into(),
+        }
+    }
+    fn unprocessable(error: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::UNPROCESSABLE_ENTITY,
+            error,
+            message: message.into(),
+        }
+    }
+    fn not_found(message: String) -> Self {
+        Self {
+            status: StatusCode::NOT_FOUND,
+            error: "not_found",
+            message,
+        }
+    }
+    fn conflict(message: String) -> Self {
+        Self {
+            status: StatusCode::CONFLICT,
+            error: "conflict",
+            message,
+        }
+    }
+    fn unauthorized(message: &str) -> Self {
+        Self {
+            status: StatusCode::UNAUTHORIZED,
+            error: "unauthorized",
+            message: message.to_string(),
+        }
+    }
+    fn unavailable(message: String) -> Self {
+        Self {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            error: "unavailable",
+            message,
+        }
+    }
+    fn internal(e: impl std::fmt::Display) -> Self {
+        // The details go to the server's log, not to the client.
+        tracing::error!("internal error: {e}");
+        Self {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            error: "internal",
+            message: "internal error; see the server log".into(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (
+            self.status,
+            Json(json!({ "error": self.error, "message": self.message })),
+        )
+            .into_response()
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound { .. } => ApiError::not_found(e.to_string()),
+            StoreError::Conflict { .. } => ApiError::conflict(e.to_string()),
+            other => ApiError::internal(other),
+        }
+    }
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+/// Parses a JSON body by hand so that a bad one gets our error shape.
+fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8], expected: &str) -> ApiResult<T> {
+    if body.is_empty() {
+        return Err(ApiError::bad_request(
+            "empty_body",
+            format!("send a JSON body: {expected}"),
+        ));
+    }
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request("bad_json", format!("the body is not {expected}: {e}")))
+}
+
+/// Liveness and version.
+#[utoipa::path(get, path = "/api/health", tag = "server",
+    responses((status = 200, body = schema::Health)))]
+async fn health() -> Json<Value> {
+    Json(json!({ "status": "ok", "version": env!("CARGO_PKG_VERSION") }))
+}
+
+/// This document.
+#[utoipa::path(get, path = "/api/openapi.json", tag = "server",
+    responses((status = 200, description = "The OpenAPI 3 document", content_type = "application/json")))]
+async fn openapi_json() -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        openapi_document(),
+    )
+        .into_response()
+}
+
+/// Prometheus metrics.
+#[utoipa::path(get, path = "/metrics", tag = "server",
+    responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
+async fn metrics(State(state): State<Arc<ApiState>>) -> ApiResult<String> {
+    use std::fmt::Write as _;
+    let mut text = String::from(
+        "# HELP weir_flow_runs Flow runs recorded, by state.\n# TYPE weir_flow_runs gauge\n",
+    );
+    for (run_state, n) in state.store.count_flow_runs_by_state()? {
+        let _ = writeln!(text, "weir_flow_runs{{state=\"{run_state}\"}} {n}");
+    }
+    let tasks = state.store.count(crate::store::StoreTable::TaskRuns)?;
+    let _ = write!(
+        text,
+        "# HELP weir_task_runs Task runs recorded.\n# TYPE weir_task_runs gauge\nweir_task_runs {tasks}\n"
+    );
+    let deployments = state
+        .store
+        .objects(crate::store::ObjectKind::Deployment)?
+        .len();
+    let _ = write!(
+        text,
+        "# HELP weir_deployments Deployments defined.\n# TYPE weir_deployments gauge\nweir_deployments {deployments}\n"
+    );
+    Ok(text)
+}

@@ -1,0 +1,362 @@
+//! Work pools and queues, secrets (write-only) and variables.
+
+use super::deployments::{delete_object, put_object, put_raw};
+use super::{ApiError, ApiResult, ApiState, parse_body, schema};
+use crate::model::deploy::{DEFAULT_QUEUE, validate_name};
+use crate::model::{Variable, WorkPool, WorkQueue};
+use crate::store::ObjectKind;
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use std::sync::Arc;
+
+fn check_name(what: &str, name: &str) -> ApiResult<()> {
+    validate_name(what, name).map_err(|e| ApiError::bad_request("bad_name", e))
+}
+
+fn parse_rows<T: serde::de::DeserializeOwned>(
+    state: &ApiState,
+    kind: ObjectKind,
+) -> ApiResult<Vec<T>> {
+    state
+        .store
+        .objects(kind)?
+        .iter()
+        .map(|row| serde_json::from_str(&row.body).map_err(ApiError::internal))
+        .collect()
+}
+
+fn pool(state: &ApiState, name: &str) -> ApiResult<WorkPool> {
+    let row = state
+        .store
+        .object(ObjectKind::WorkPool, name)?
+        .ok_or_else(|| {
+            ApiError::not_found(format!(
+                "no work pool named '{name}'; see `host work-pool ls`"
+            ))
+        })?;
+    serde_json::from_str(&row.body).map_err(ApiError::internal)
+}
+
+/// Creates a pool (and its `default` queue) if it does not exist.
+pub async fn ensure_pool(state: &ApiState, name: &str) -> ApiResult<()> {
+    if state.store.object(ObjectKind::WorkPool, name)?.is_none() {
+        let pool = WorkPool {
+            name: name.to_string(),
+            description: String::new(),
+            paused: false,
+            concurrency_limit: None,
+        };
+        put_object(state, ObjectKind::WorkPool, name, &pool).await?;
+    }
+    let queue_key = format!("{name}/{DEFAULT_QUEUE}");
+    if state
+        .store
+        .object(ObjectKind::WorkQueue, &queue_key)?
+        .is_none()
+    {
+        let queue = WorkQueue {
+            name: DEFAULT_QUEUE.to_string(),
+            work_pool: name.to_string(),
+            priority: 1,
+            concurrency_limit: None,
+            paused: false,
+        };
+        put_object(state, ObjectKind::WorkQueue, &queue_key, &queue).await?;
+    }
+    Ok(())
+}
+
+/// Work pools.
+#[utoipa::path(get, path = "/api/work-pools", tag = "work pools",
+    responses((status = 200, body = schema::WorkPoolList)))]
+pub(super) async fn list_work_pools(State(state): State<Arc<ApiState>>) -> ApiResult<Json<Value>> {
+    let pools: Vec<WorkPool> = parse_rows(&state, ObjectKind::WorkPool)?;
+    Ok(Json(json!({ "work_pools": pools })))
+}
+
+/// Create a work pool (with a `default` queue).
+#[utoipa::path(post, path = "/api/work-pools", tag = "work pools",
+    request_body(content = schema::WorkPool, content_type = "application/json"),
+    responses((status = 201, body = schema::WorkPool), (status = 409, body = schema::ErrorBody)))]
+pub(super) async fn create_work_pool(
+    State(state): State<Arc<ApiState>>,
+    body: axum::body::Bytes,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let new: WorkPool = parse_body(
+        &body,
+        r#"{"name": "...", "description": "...", "concurrency_limit": N}"#,
+    )?;
+    check_name("work pool", &new.name)?;
+    if state
+        .store
+        .object(ObjectKind::WorkPool, &new.name)?
+        .is_some()
+    {
+        return Err(ApiError::conflict(format!(
+            "work pool '{}' exists",
+            new.name
+        )));
+    }
+    put_object(&state, ObjectKind::WorkPool, &new.name, &new).await?;
+    ensure_pool(&state, &new.name).await?;
+    Ok((StatusCode::CREATED, Json(json!(new))))
+}
+
+/// A work pool.
+#[utoipa::path(get, path = "/api/work-pools/{name}", tag = "work pools",
+    params(("name" = String, Path)),
+    responses((status = 200, body = schema::WorkPool), (status = 404, body = schema::ErrorBody)))]
+pub(super) async fn get_work_pool(
+    State(state): State<Arc<ApiState>>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<Value>> {
+    Ok(Json(json!(pool(&state, &name)?)))
+}
+
+/// Delete a work pool and its queues; refused while a deployment uses it.
+#[utoipa::path(delete, path = "/api/work-pools/{name}", tag = "work pools",
+    params(("name" = String, Path)),
+    responses((status = 200, body = schema::Deleted), (status = 404, body = schema::ErrorBody), (status = 409, body = schema::ErrorBody)))]
+pub(super) async fn delete_work_pool(
+    State(state): State<Arc<ApiState>>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<Value>> {
+    pool(&state, &name)?;
+    let users: Vec<crate::model::Deployment> = parse_rows(&state, ObjectKind::Deployment)?;
+    let users: Vec<&str> = users
+        .iter()
+        .filter(|d| d.work_pool == name)
+        .map(|d| d.name.as_str())
+        .collect();
+    if !users.is_empty() {
+        return Err(ApiError::conflict(format!(
+            "work pool '{name}' is used by deployments {}; move or delete them first",
+            users.join(", ")
+        )));
+    }
+    let queues: Vec<WorkQueue> = parse_rows(&state, ObjectKind::WorkQueue)?;
+    for queue in queues.iter().filter(|q| q.work_pool == name) {
+        let _ = delete_object(
+            &state,
+            ObjectKind::WorkQueue,
+            &format!("{name}/{}", queue.name),
+        )
+        .await?;
+    }
+    delete_object(&state, ObjectKind::WorkPool, &name).await
+}
+
+async fn set_pool_paused(state: &ApiState, name: &str, paused: bool) -> ApiResult<Json<Value>> {
+    let mut p = pool(state, name)?;
+    p.paused = paused;
+    put_object(state, ObjectKind::WorkPool, name, &p).await?;
+    Ok(Json(json!(p)))
+}
+
+/// Pause a pool: its runs wait in `Scheduled`.
+#[utoipa::path(post, path = "/api/work-pools/{name}/pause", tag = "work pools",
+    params(("name" = String, Path)),
+    responses((status = 200, body = schema::WorkPool), (status = 404, body = schema::ErrorBody)))]
+pub(super) async fn pause_work_pool(
+    State(state): State<Arc<ApiState>>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<Value>> {
+    set_pool_paused(&state, &name, true).await
+}
+
+/// Resume a paused pool.
+#[utoipa::path(post, path = "/api/work-pools/{name}/resume", tag = "work pools",
+    params(("name" = String, Path)),
+    responses((status = 200, body = schema::WorkPool), (status = 404, body = schema::ErrorBody)))]
+pub(super) async fn resume_work_pool(
+    State(state): State<Arc<ApiState>>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<Value>> {
+    set_pool_paused(&state, &name, false).await
+}
+
+/// A pool's queues, by priority.
+#[utoipa::path(get, path = "/api/work-pools/{name}/queues", tag = "work pools",
+    params(("name" = String, Path)),
+    responses((status = 200, body = schema::WorkQueueList), (status = 404, body = schema::ErrorBody)))]
+pub(super) async fn list_work_queues(
+    State(state): State<Arc<ApiState>>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<Value>> {
+    pool(&state, &name)?;
+    let mut queues: Vec<WorkQueue> = parse_rows(&state, ObjectKind::WorkQueue)?;
+    queues.retain(|q| q.work_pool == name);
+    queues.sort_by(|a, b| a.priority.cmp(&b.priority).then(a.name.cmp(&b.name)));
+    Ok(Json(json!({ "work_queues": queues })))
+}
+
+/// Create or replace a queue in a pool.
+#[utoipa::path(post, path = "/api/work-pools/{name}/queues", tag = "work pools",
+    params(("name" = String, Path)),
+    request_body(content = schema::WorkQueue, content_type = "application/json"),
+    responses((status = 201, body = schema::WorkQueue), (status = 404, body = schema::ErrorBody)))]
+pub(super) async fn create_work_queue(
+    State(state): State<Arc<ApiState>>,
+    Path(name): Path<String>,
+    body: axum::body::Bytes,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    pool(&state, &name)?;
+    let mut value: Value = parse_body(
+        &body,
+        r#"{"name": "...", "priority": N, "concurrency_limit": N}"#,
+    )?;
+    if let Some(object) = value.as_object_mut() {
+        object.insert("work_pool".into(), Value::String(name.clone()));
+    }
+    let queue: WorkQueue = serde_json::from_value(value).map_err(|e| {
+        ApiError::bad_request("bad_json", format!("the body is not a work queue: {e}"))
+    })?;
+    check_name("work queue", &queue.name)?;
+    put_object(
+        &state,
+        ObjectKind::WorkQueue,
+        &format!("{name}/{}", queue.name),
+        &queue,
+    )
+    .await?;
+    Ok((StatusCode::CREATED, Json(json!(queue))))
+}
+
+/// Delete a queue (not a pool's `default`).
+#[utoipa::path(delete, path = "/api/work-pools/{pool}/queues/{name}", tag = "work pools",
+    params(("pool" = String, Path), ("name" = String, Path)),
+    responses((status = 200, body = schema::Deleted), (status = 404, body = schema::ErrorBody), (status = 409, body = schema::ErrorBody)))]
+pub(super) async fn delete_work_queue(
+    State(state): State<Arc<ApiState>>,
+    Path((pool_name, name)): Path<(String, String)>,
+) -> ApiResult<Json<Value>> {
+    if name == DEFAULT_QUEUE {
+        return Err(ApiError::conflict(format!(
+            "every pool keeps its '{DEFAULT_QUEUE}' queue; delete the pool instead"
+        )));
+    }
+    delete_object(
+        &state,
+        ObjectKind::WorkQueue,
+        &format!("{pool_name}/{name}"),
+    )
+    .await
+}
+
+/// Secret names; values are never returned.
+#[utoipa::path(get, path = "/api/secrets", tag = "secrets",
+    responses((status = 200, body = schema::SecretList)))]
+pub(super) async fn list_secrets(State(state): State<Arc<ApiState>>) -> ApiResult<Json<Value>> {
+    let list: Vec<Value> = state
+        .store
+        .objects(ObjectKind::Secret)?
+        .into_iter()
+        .map(|row| json!({ "name": row.name, "created_at": row.created_at, "updated_at": row.updated_at }))
+        .collect();
+    Ok(Json(json!({ "secrets": list })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SecretValue {
+    value: String,
+}
+
+/// Set a secret; it is encrypted at rest and readable only by runs of
+/// deployments that grant it.
+#[utoipa::path(put, path = "/api/secrets/{name}", tag = "secrets",
+    params(("name" = String, Path)),
+    request_body(content = schema::SecretValue, content_type = "application/json"),
+    responses((status = 200, body = schema::SecretName), (status = 400, body = schema::ErrorBody)))]
+pub(super) async fn put_secret(
+    State(state): State<Arc<ApiState>>,
+    Path(name): Path<String>,
+    body: axum::body::Bytes,
+) -> ApiResult<Json<Value>> {
+    check_name("secret", &name)?;
+    let SecretValue { value } = parse_body(&body, r#"{"value": "..."}"#)?;
+    let sealed = state.secrets.seal(&name, &value);
+    put_raw(&state, ObjectKind::Secret, &name, sealed).await?;
+    let row = state
+        .store
+        .object(ObjectKind::Secret, &name)?
+        .ok_or_else(|| ApiError::internal("a secret vanished after it was written"))?;
+    Ok(Json(
+        json!({ "name": name, "created_at": row.created_at, "updated_at": row.updated_at }),
+    ))
+}
+
+/// Delete a secret.
+#[utoipa::path(delete, path = "/api/secrets/{name}", tag = "secrets",
+    params(("name" = String, Path)),
+    responses((status = 200, body = schema::Deleted), (status = 404, body = schema::ErrorBody)))]
+pub(super) async fn delete_secret(
+    State(state): State<Arc<ApiState>>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<Value>> {
+    delete_object(&state, ObjectKind::Secret, &name).await
+}
+
+/// Variables, by name.
+#[utoipa::path(get, path = "/api/variables", tag = "variables",
+    responses((status = 200, body = schema::VariableList)))]
+pub(super) async fn list_variables(State(state): State<Arc<ApiState>>) -> ApiResult<Json<Value>> {
+    let list: Vec<Variable> = parse_rows(&state, ObjectKind::Variable)?;
+    Ok(Json(json!({ "variables": list })))
+}
+
+/// A variable.
+#[utoipa::path(get, path = "/api/variables/{name}", tag = "variables",
+    params(("name" = String, Path)),
+    responses((status = 200, body = schema::Variable), (status = 404, body = schema::ErrorBody)))]
+pub(super) async fn get_variable(
+    State(state): State<Arc<ApiState>>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let row = state
+        .store
+        .object(ObjectKind::Variable, &name)?
+        .ok_or_else(|| ApiError::not_found(format!("no variable named '{name}'")))?;
+    let variable: Variable = serde_json::from_str(&row.body).map_err(ApiError::internal)?;
+    Ok(Json(json!(variable)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VariableValue {
+    value: Value,
+}
+
+/// Set a variable to any JSON value.
+#[utoipa::path(put, path = "/api/variables/{name}", tag = "variables",
+    params(("name" = String, Path)),
+    request_body(content = schema::Variable, content_type = "application/json", description = "`{\"value\": <any JSON>}`"),
+    responses((status = 200, body = schema::Variable), (status = 400, body = schema::ErrorBody)))]
+pub(super) async fn put_variable(
+    State(state): State<Arc<ApiState>>,
+    Path(name): Path<String>,
+    body: axum::body::Bytes,
+) -> ApiResult<Json<Value>> {
+    check_name("variable", &name)?;
+    let VariableValue { value } = parse_body(&body, r#"{"value": <any JSON>}"#)?;
+    let variable = Variable {
+        name: name.clone(),
+        value,
+    };
+    put_object(&state, ObjectKind::Variable, &name, &variable).await?;
+    Ok(Json(json!(variable)))
+}
+
+/// Delete a variable.
+#[utoipa::path(delete, path = "/api/variables/{name}", tag = "variables",
+    params(("name" = String, Path)),
+    responses((status = 200, body = schema::Deleted), (status = 404, body = schema::ErrorBody)))]
+pub(super) async fn delete_variable(
+    State(state): State<Arc<ApiState>>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<Value>> {
+    delete_object(&state, ObjectKind::Variable, &name).await
+}

@@ -1,0 +1,509 @@
+//! Components, flows, flow runs, task runs and logs.
+
+use super::deployments::{Launch, launch, resolve_secrets};
+use super::{ApiError, ApiResult, ApiState, parse_body, schema};
+use crate::engine::EngineError;
+use crate::model::{ComponentDigest, Deployment, FlowRunId, RunState, TaskRunId};
+use crate::protocol::{ParamError, validate_params};
+use crate::store::{FlowRunFilter, ObjectKind, StateChange, Write};
+use crate::worker::{ExistingRun, FlowRunRequest};
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use std::sync::Arc;
+
+/// Upload a component: the raw `.wasm` bytes as the body.
+///
+/// Validated against the `weir:flow` world and stored by sha256; uploading
+/// the same bytes again changes nothing.
+#[utoipa::path(post, path = "/api/components", tag = "components",
+    request_body(content = Vec<u8>, content_type = "application/wasm", description = "The component's bytes (at most 64 MiB)"),
+    responses(
+        (status = 201, body = schema::Uploaded, description = "Stored"),
+        (status = 200, body = schema::Uploaded, description = "Already stored"),
+        (status = 400, body = schema::ErrorBody, description = "Empty, not a component, or a component of another world"),
+        (status = 413, description = "Larger than 64 MiB"),
+    ))]
+pub(super) async fn upload_component(
+    State(state): State<Arc<ApiState>>,
+    body: axum::body::Bytes,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    if body.is_empty() {
+        return Err(ApiError::bad_request(
+            "empty_body",
+            "send the component's .wasm bytes as the request body (curl --data-binary @flow.wasm)",
+        ));
+    }
+    let component = state.engine.load(&body).await.map_err(|e| match e {
+        EngineError::Setup(_) | EngineError::Cache { .. } => ApiError::internal(e),
+        other => ApiError::bad_request("invalid_component", other.to_string()),
+    })?;
+    let existed = state.store.component_manifest(&component.digest)?.is_some();
+    state.files.put(&body).map_err(ApiError::internal)?;
+    let manifest = serde_json::to_string(&*component.manifest).map_err(ApiError::internal)?;
+    state
+        .store
+        .submit(vec![Write::Component {
+            digest: component.digest.clone(),
+            size_bytes: component.size_bytes,
+            manifest,
+            at: state.control.now(),
+        }])
+        .committed()
+        .await?;
+    let reply = json!({
+        "digest": component.digest.as_str(),
+        "size_bytes": component.size_bytes,
+        "flows": component.manifest.flow_names(),
+        "created": !existed,
+    });
+    state.remember(component);
+    let status = if existed {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
+    Ok((status, Json(reply)))
+}
+
+/// Uploaded components, newest first.
+#[utoipa::path(get, path = "/api/components", tag = "components",
+    responses((status = 200, body = schema::ComponentList)))]
+pub(super) async fn list_components(State(state): State<Arc<ApiState>>) -> ApiResult<Json<Value>> {
+    let list: Vec<Value> = state
+        .store
+        .components()?
+        .iter()
+        .map(|c| {
+            json!({
+                "digest": c.digest,
+                "size_bytes": c.size_bytes,
+                "flows": c.manifest.flow_names(),
+                "created_at": c.created_at,
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "components": list })))
+}
+
+pub(super) fn parse_digest(text: &str) -> ApiResult<ComponentDigest> {
+    ComponentDigest::parse(text.trim_start_matches("sha256:")).ok_or_else(|| {
+        ApiError::bad_request(
+            "bad_digest",
+            format!("'{text}' is not a sha256 digest (64 lower-case hex characters)"),
+        )
+    })
+}
+
+/// A component's manifest: its flows, tasks, schemas and policies.
+#[utoipa::path(get, path = "/api/components/{digest}", tag = "components",
+    params(("digest" = String, Path, description = "sha256, hex")),
+    responses((status = 200, body = schema::ComponentDetail), (status = 404, body = schema::ErrorBody)))]
+pub(super) async fn get_component(
+    State(state): State<Arc<ApiState>>,
+    Path(digest): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let digest = parse_digest(&digest)?;
+    let row = state
+        .store
+        .components()?
+        .into_iter()
+        .find(|c| c.digest == digest.as_str())
+        .ok_or_else(|| ApiError::not_found(format!("no component with digest {digest}")))?;
+    Ok(Json(json!({
+        "digest": row.digest,
+        "size_bytes": row.size_bytes,
+        "created_at": row.created_at,
+        "manifest": row.manifest,
+    })))
+}
+
+/// The component's bytes, as uploaded (remote executors fetch them by digest).
+#[utoipa::path(get, path = "/api/components/{digest}/wasm", tag = "components",
+    params(("digest" = String, Path, description = "sha256, hex")),
+    responses((status = 200, content_type = "application/wasm", body = Vec<u8>), (status = 404, body = schema::ErrorBody)))]
+pub(super) async fn download_component(
+    State(state): State<Arc<ApiState>>,
+    Path(digest): Path<String>,
+) -> ApiResult<Response> {
+    let digest = parse_digest(&digest)?;
+    let bytes = state
+        .files
+        .get(&digest)
+        .map_err(|_| ApiError::not_found(format!("no component with digest {digest}")))?;
+    Ok(([(header::CONTENT_TYPE, "application/wasm")], bytes).into_response())
+}
+
+/// Flows of every uploaded component.
+#[utoipa::path(get, path = "/api/flows", tag = "components",
+    responses((status = 200, body = schema::FlowList)))]
+pub(super) async fn list_flows(State(state): State<Arc<ApiState>>) -> ApiResult<Json<Value>> {
+    let mut flows = Vec::new();
+    for component in state.store.components()? {
+        for flow in &component.manifest.flows {
+            flows.push(json!({
+                "name": flow.name,
+                "component": component.digest,
+                "description": flow.description,
+                "params_schema": flow.params_schema,
+            }));
+        }
+    }
+    Ok(Json(json!({ "flows": flows })))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct StartRun {
+    #[serde(default)]
+    pub params: Option<Value>,
+    #[serde(default)]
+    pub tags: Option<Vec<String>>,
+}
+
+impl StartRun {
+    pub(super) fn from_body(body: &[u8]) -> ApiResult<StartRun> {
+        if body.is_empty() {
+            return Ok(StartRun::default());
+        }
+        parse_body(body, r#"{"params": {...}, "tags": [...]}"#)
+    }
+}
+
+/// Checks `params` (an object) against the flow's schema.
+pub(super) fn check_params(schema: Option<&Value>, params: &Value) -> ApiResult<()> {
+    if !params.is_object() {
+        return Err(ApiError::bad_request(
+            "invalid_params",
+            "params must be a JSON object",
+        ));
+    }
+    if let Some(schema) = schema {
+        validate_params(schema, params).map_err(|e| match e {
+            ParamError::Invalid(problems) => {
+                ApiError::unprocessable("invalid_params", problems.join("; "))
+            }
+            other => ApiError::unprocessable("invalid_params", other.to_string()),
+        })?;
+    }
+    Ok(())
+}
+
+/// Run a flow of an uploaded component on the server's pool (no deployment).
+#[utoipa::path(post, path = "/api/components/{digest}/flows/{flow}/runs", tag = "flow runs",
+    params(("digest" = String, Path), ("flow" = String, Path)),
+    request_body(content = schema::StartRun, content_type = "application/json"),
+    responses(
+        (status = 202, body = schema::RunStarted),
+        (status = 404, body = schema::ErrorBody, description = "No such component or flow"),
+        (status = 422, body = schema::ErrorBody, description = "Params do not match the flow's schema"),
+    ))]
+pub(super) async fn start_flow_run(
+    State(state): State<Arc<ApiState>>,
+    Path((digest, flow)): Path<(String, String)>,
+    body: axum::body::Bytes,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let digest = parse_digest(&digest)?;
+    let start = StartRun::from_body(&body)?;
+    let component = state.component(&digest).await?;
+    let Some(flow_def) = component.manifest.flow(&flow) else {
+        return Err(ApiError::not_found(format!(
+            "no flow named '{flow}' in component {}; it has: {}",
+            digest.short(),
+            component.manifest.flow_names().join(", ")
+        )));
+    };
+    let params = start.params.unwrap_or_else(|| json!({}));
+    check_params(flow_def.params_schema.as_ref(), &params)?;
+    let (id, run_state) = launch(
+        &state,
+        Launch {
+            component,
+            flow,
+            params,
+            deployment: None,
+            tags: start.tags.unwrap_or_default(),
+            scheduled_at: None,
+        },
+    )
+    .await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({ "flow_run_id": id.to_string(), "state": run_state })),
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RunQuery {
+    state: Option<String>,
+    flow: Option<String>,
+    deployment: Option<String>,
+    tag: Option<String>,
+    /// RFC 3339 or microseconds since the epoch.
+    since: Option<String>,
+    until: Option<String>,
+    limit: Option<usize>,
+    offset: Option<usize>,
+}
+
+fn parse_time(name: &str, text: Option<&str>) -> ApiResult<Option<i64>> {
+    let Some(text) = text else { return Ok(None) };
+    if let Ok(micros) = text.parse::<i64>() {
+        return Ok(Some(micros));
+    }
+    let time = humantime::parse_rfc3339_weak(text).map_err(|e| {
+        ApiError::bad_request(
+            "bad_query",
+            format!("{name}='{text}' is not a time: {e} (use RFC 3339, e.g. 2026-11-25T10:00:00Z)"),
+        )
+    })?;
+    let micros = time
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0);
+    Ok(Some(micros))
+}
+
+/// Flow runs, newest first, filtered and paged.
+#[utoipa::path(get, path = "/api/flow-runs", tag = "flow runs",
+    params(
+        ("state" = Option<String>, Query, description = "e.g. Running, Completed, Failed"),
+        ("flow" = Option<String>, Query),
+        ("deployment" = Option<String>, Query),
+        ("tag" = Option<String>, Query),
+        ("since" = Option<String>, Query, description = "created at or after (RFC 3339 or epoch microseconds)"),
+        ("until" = Option<String>, Query, description = "created before"),
+        ("limit" = Option<usize>, Query, description = "default 50, at most 1000"),
+        ("offset" = Option<usize>, Query),
+    ),
+    responses((status = 200, body = schema::FlowRunList), (status = 400, body = schema::ErrorBody)))]
+pub(super) async fn list_flow_runs(
+    State(state): State<Arc<ApiState>>,
+    Query(q): Query<RunQuery>,
+) -> ApiResult<Json<Value>> {
+    let run_state = q
+        .state
+        .map(|s| s.parse::<RunState>())
+        .transpose()
+        .map_err(|e| ApiError::bad_request("bad_query", e.to_string()))?;
+    let limit = q.limit.unwrap_or(50).clamp(1, 1000);
+    let offset = q.offset.unwrap_or(0);
+    let rows = state.store.list_flow_runs(&FlowRunFilter {
+        state: run_state,
+        flow_name: q.flow,
+        deployment: q.deployment,
+        tag: q.tag,
+        since: parse_time("since", q.since.as_deref())?,
+        until: parse_time("until", q.until.as_deref())?,
+        top_level_only: false,
+        limit,
+        offset,
+    })?;
+    let next = (rows.len() == limit).then_some(offset + limit);
+    Ok(Json(json!({ "flow_runs": rows, "next_offset": next })))
+}
+
+/// A flow run id, or a unique prefix of one (at least 4 hex characters).
+pub(super) fn parse_run_id(state: &ApiState, text: &str) -> ApiResult<FlowRunId> {
+    state.store.resolve_flow_run(text).map_err(|e| match e {
+        crate::store::StoreError::NotFound { .. } => {
+            ApiError::not_found(format!("no flow run with id '{text}'"))
+        }
+        crate::store::StoreError::Corrupt(message) => ApiError::bad_request("bad_id", message),
+        other => ApiError::internal(other),
+    })
+}
+
+/// A flow run and its task runs.
+#[utoipa::path(get, path = "/api/flow-runs/{id}", tag = "flow runs",
+    params(("id" = String, Path)),
+    responses((status = 200, body = schema::FlowRunDetail), (status = 404, body = schema::ErrorBody)))]
+pub(super) async fn get_flow_run(
+    State(state): State<Arc<ApiState>>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let id = parse_run_id(&state, &id)?;
+    let run = state.store.flow_run(id)?;
+    let tasks = state.store.task_runs(id)?;
+    let states: Vec<Value> = state
+        .store
+        .state_history(id.0)?
+        .into_iter()
+        .map(|(at, s, message)| json!({ "at": at, "state": s, "message": message }))
+        .collect();
+    Ok(Json(
+        json!({ "flow_run": run, "task_runs": tasks, "states": states }),
+    ))
+}
+
+/// The task runs of a flow run, in call order.
+#[utoipa::path(get, path = "/api/flow-runs/{id}/task-runs", tag = "flow runs",
+    params(("id" = String, Path)),
+    responses((status = 200, body = schema::TaskRunList), (status = 404, body = schema::ErrorBody)))]
+pub(super) async fn list_task_runs(
+    State(state): State<Arc<ApiState>>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let id = parse_run_id(&state, &id)?;
+    state.store.flow_run(id)?;
+    Ok(Json(json!({ "task_runs": state.store.task_runs(id)? })))
+}
+
+/// A task run and each of its attempts.
+#[utoipa::path(get, path = "/api/task-runs/{id}", tag = "flow runs",
+    params(("id" = String, Path)),
+    responses((status = 200, body = schema::TaskRunDetail), (status = 404, body = schema::ErrorBody)))]
+pub(super) async fn get_task_run(
+    State(state): State<Arc<ApiState>>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let id: TaskRunId = id
+        .parse()
+        .map_err(|_| ApiError::bad_request("bad_id", format!("'{id}' is not a task run id")))?;
+    let run = state.store.task_run(id)?;
+    let attempts: Vec<Value> = state
+        .store
+        .task_attempts(id)?
+        .into_iter()
+        .map(|a| {
+            json!({
+                "attempt": a.attempt,
+                "started_at": a.started_at,
+                "ended_at": a.ended_at,
+                "fuel_used": a.fuel_used,
+                "peak_memory": a.peak_memory,
+                "failure_kind": a.failure.as_ref().map(|f| f.0),
+                "message": a.failure.map(|f| f.1),
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "task_run": run, "attempts": attempts })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct LogQuery {
+    after: Option<i64>,
+    limit: Option<usize>,
+}
+
+/// A page of a flow run's log.
+#[utoipa::path(get, path = "/api/flow-runs/{id}/logs", tag = "flow runs",
+    params(("id" = String, Path),
+        ("after" = Option<i64>, Query, description = "only lines with a greater id"),
+        ("limit" = Option<usize>, Query, description = "default 1000, at most 10000")),
+    responses((status = 200, body = schema::LogList), (status = 404, body = schema::ErrorBody)))]
+pub(super) async fn get_logs(
+    State(state): State<Arc<ApiState>>,
+    Path(id): Path<String>,
+    Query(q): Query<LogQuery>,
+) -> ApiResult<Json<Value>> {
+    let id = parse_run_id(&state, &id)?;
+    state.store.flow_run(id)?;
+    let lines = state.store.logs(
+        id,
+        q.after.unwrap_or(0),
+        q.limit.unwrap_or(1000).clamp(1, 10_000),
+    )?;
+    Ok(Json(json!({ "logs": lines })))
+}
+
+/// Cancel a flow run: a waiting run ends at once, a running one within a second.
+#[utoipa::path(post, path = "/api/flow-runs/{id}/cancel", tag = "flow runs",
+    params(("id" = String, Path)),
+    responses((status = 200, body = schema::RunAction), (status = 409, body = schema::ErrorBody, description = "It already ended")))]
+pub(super) async fn cancel_flow_run(
+    State(state): State<Arc<ApiState>>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let id = parse_run_id(&state, &id)?;
+    let run = state.store.flow_run(id)?;
+    if run.state.is_terminal() {
+        return Err(ApiError::conflict(format!(
+            "flow run {id} already ended: {}",
+            run.state
+        )));
+    }
+    let now = state.control.now();
+    if matches!(run.state, RunState::Scheduled | RunState::Late) {
+        // Nobody runs it yet: it ends here.
+        let mut change = StateChange::new(id.0, run.state, RunState::Cancelled, now);
+        change.message = Some("cancelled before it started".into());
+        let ticket = state
+            .control
+            .change_flow_run(change, Vec::new(), crate::control::Durability::Committed)
+            .map_err(|e| ApiError::conflict(e.to_string()))?;
+        if let Some(ticket) = ticket {
+            ticket.committed().await?;
+        }
+        return Ok(Json(
+            json!({ "flow_run_id": id.to_string(), "state": RunState::Cancelled }),
+        ));
+    }
+    state
+        .store
+        .submit(vec![Write::RequestCancel { id, at: now }])
+        .committed()
+        .await?;
+    Ok(Json(
+        json!({ "flow_run_id": id.to_string(), "state": RunState::Cancelling }),
+    ))
+}
+
+/// Run a Failed, Crashed, TimedOut or Cancelled flow run again; completed
+/// tasks are replayed from their recorded results.
+#[utoipa::path(post, path = "/api/flow-runs/{id}/retry", tag = "flow runs",
+    params(("id" = String, Path)),
+    responses((status = 202, body = schema::RunAction),
+        (status = 409, body = schema::ErrorBody, description = "It has not ended, or it completed"),
+        (status = 503, body = schema::ErrorBody, description = "This server runs no executor")))]
+pub(super) async fn retry_flow_run(
+    State(state): State<Arc<ApiState>>,
+    Path(id): Path<String>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let id = parse_run_id(&state, &id)?;
+    let run = state.store.flow_run(id)?;
+    if !run.state.is_terminal() || run.state.is_success() {
+        return Err(ApiError::conflict(format!(
+            "flow run {id} is {}; only a Failed, Crashed, TimedOut or Cancelled run can be retried",
+            run.state
+        )));
+    }
+    let Some(executor) = state.executor.clone() else {
+        return Err(ApiError::unavailable(
+            "this server runs no executor (--no-worker); retry it where one runs".into(),
+        ));
+    };
+    let component = state.component(&parse_digest(&run.component)?).await?;
+    let deployment: Option<Deployment> = match &run.deployment {
+        Some(name) => state
+            .store
+            .object(ObjectKind::Deployment, name)?
+            .and_then(|row| serde_json::from_str(&row.body).ok()),
+        None => None,
+    };
+    let mut request = FlowRunRequest::new(component, run.flow_name.clone(), run.params.clone());
+    request.existing = Some(ExistingRun {
+        id,
+        state: run.state,
+        attempt: run.attempt,
+    });
+    if let Some(deployment) = &deployment {
+        request.secrets = Arc::new(resolve_secrets(&state, deployment)?);
+        request.task_override = deployment.task_policy.clone();
+        request.deployment = Some(deployment.name.clone());
+    }
+    state.runs.spawn(async move {
+        if let Err(e) = executor.run_flow(request).await {
+            tracing::error!("retry of flow run {id} could not run: {e}");
+        }
+    });
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({ "flow_run_id": id.to_string(), "state": RunState::Pending })),
+    ))
+}

@@ -1,0 +1,333 @@
+//! The shapes of the API's JSON, for the OpenAPI document.
+//!
+//! Handlers serialize the model and store types; these mirror them field for
+//! field so the document can describe them without the lower layers knowing
+//! about OpenAPI. `tests/tests/api.rs` validates real responses against these
+//! schemas, so a field added on one side and not the other fails a test.
+//! Times are microseconds since the Unix epoch; ids are UUIDs.
+
+#![allow(dead_code)]
+
+use serde_json::Value;
+use utoipa::ToSchema;
+
+#[derive(ToSchema)]
+pub struct Health {
+    pub status: String,
+    pub version: String,
+}
+
+/// Every 4xx and 5xx body.
+#[derive(ToSchema)]
+pub struct ErrorBody {
+    /// A short code: `bad_json`, `invalid_params`, `invalid_component`, `not_found`, ...
+    pub error: String,
+    /// What was wrong and what to do, for people.
+    pub message: String,
+}
+
+#[derive(ToSchema)]
+pub struct Uploaded {
+    pub digest: String,
+    pub size_bytes: u64,
+    pub flows: Vec<String>,
+    /// False when the same bytes were uploaded before.
+    pub created: bool,
+}
+
+#[derive(ToSchema)]
+pub struct ComponentSummary {
+    pub digest: String,
+    pub size_bytes: u64,
+    pub flows: Vec<String>,
+    pub created_at: i64,
+}
+
+#[derive(ToSchema)]
+pub struct ComponentList {
+    pub components: Vec<ComponentSummary>,
+}
+
+#[derive(ToSchema)]
+pub struct ComponentDetail {
+    pub digest: String,
+    pub size_bytes: u64,
+    pub created_at: i64,
+    /// What the component's `describe()` returned: flows, tasks, schemas, policies.
+    pub manifest: Value,
+}
+
+#[derive(ToSchema)]
+pub struct FlowSummary {
+    pub name: String,
+    pub component: String,
+    pub description: String,
+    pub params_schema: Option<Value>,
+}
+
+#[derive(ToSchema)]
+pub struct FlowList {
+    pub flows: Vec<FlowSummary>,
+}
+
+/// The body of a request that starts a run.
+#[derive(ToSchema)]
+pub struct StartRun {
+    /// Parameters, checked against the flow's JSON Schema.
+    pub params: Option<Value>,
+    /// Tags recorded on the run (filter with `?tag=`).
+    pub tags: Option<Vec<String>>,
+}
+
+#[derive(ToSchema)]
+pub struct RunStarted {
+    pub flow_run_id: String,
+    /// `Pending` when an executor takes it now, `Scheduled` when it waits.
+    pub state: String,
+}
+
+#[derive(ToSchema)]
+pub struct FlowRun {
+    pub id: String,
+    pub parent_flow_run: Option<String>,
+    pub component: String,
+    pub flow_name: String,
+    /// The parameters as JSON text.
+    pub params: String,
+    pub state: String,
+    pub message: Option<String>,
+    pub failure_kind: Option<String>,
+    /// The result as JSON text, once Completed.
+    pub result: Option<String>,
+    pub attempt: u32,
+    pub host: Option<String>,
+    pub created_at: i64,
+    pub started_at: Option<i64>,
+    pub ended_at: Option<i64>,
+    pub fuel_used: u64,
+    pub peak_memory: u64,
+    pub deployment: Option<String>,
+    pub tags: Vec<String>,
+    pub scheduled_at: Option<i64>,
+    pub work_pool: Option<String>,
+}
+
+#[derive(ToSchema)]
+pub struct FlowRunList {
+    pub flow_runs: Vec<FlowRun>,
+    /// Pass as `offset` for the next page; absent on the last page.
+    pub next_offset: Option<usize>,
+}
+
+#[derive(ToSchema)]
+pub struct TaskRun {
+    pub id: String,
+    pub flow_run: String,
+    pub call_seq: u64,
+    pub task_name: String,
+    pub input: String,
+    pub output: Option<String>,
+    pub state: String,
+    pub failure_kind: Option<String>,
+    pub message: Option<String>,
+    pub attempts: u32,
+    pub fuel_used: u64,
+    pub peak_memory: u64,
+    pub created_at: i64,
+    pub started_at: Option<i64>,
+    pub ended_at: Option<i64>,
+    pub next_attempt_at: Option<i64>,
+    pub cached_from: Option<String>,
+    pub host: Option<String>,
+}
+
+#[derive(ToSchema)]
+pub struct FlowRunDetail {
+    pub flow_run: FlowRun,
+    pub task_runs: Vec<TaskRun>,
+    /// Every state it went through, oldest first.
+    pub states: Vec<StateEntry>,
+}
+
+#[derive(ToSchema)]
+pub struct StateEntry {
+    pub at: i64,
+    pub state: String,
+    pub message: Option<String>,
+}
+
+#[derive(ToSchema)]
+pub struct TaskRunList {
+    pub task_runs: Vec<TaskRun>,
+}
+
+#[derive(ToSchema)]
+pub struct Attempt {
+    pub attempt: u32,
+    pub started_at: i64,
+    pub ended_at: i64,
+    pub fuel_used: u64,
+    pub peak_memory: u64,
+    pub failure_kind: Option<String>,
+    pub message: Option<String>,
+}
+
+#[derive(ToSchema)]
+pub struct TaskRunDetail {
+    pub task_run: TaskRun,
+    pub attempts: Vec<Attempt>,
+}
+
+#[derive(ToSchema)]
+pub struct LogLine {
+    /// Increasing; pass the last one seen as `after`.
+    pub id: i64,
+    pub task_run: Option<String>,
+    pub at: i64,
+    /// trace, debug, info, warn or error.
+    pub level: String,
+    pub message: String,
+}
+
+#[derive(ToSchema)]
+pub struct LogList {
+    pub logs: Vec<LogLine>,
+}
+
+#[derive(ToSchema)]
+pub struct RunAction {
+    pub flow_run_id: String,
+    pub state: String,
+}
+
+/// A task policy or override; every field optional.
+#[derive(ToSchema)]
+pub struct TaskPolicy {
+    pub retries: Option<u32>,
+    pub retry_delay_ms: Option<Vec<u64>>,
+    pub backoff: Option<f64>,
+    pub max_delay_ms: Option<u64>,
+    pub jitter: Option<f64>,
+    /// failed, timeout, out-of-fuel, memory, trap.
+    pub retry_on: Option<Vec<String>>,
+    pub timeout_ms: Option<u64>,
+    pub fuel: Option<u64>,
+    pub memory_bytes: Option<u64>,
+    pub cache_ttl_ms: Option<u64>,
+    /// input-and-code, input or none.
+    pub cache_key: Option<String>,
+    pub refresh_cache: Option<bool>,
+    pub tags: Option<Vec<String>>,
+}
+
+#[derive(ToSchema)]
+pub struct Schedule {
+    /// Five fields, UTC: minute hour day-of-month month day-of-week.
+    pub cron: Option<String>,
+    pub interval_seconds: Option<u64>,
+    pub active: Option<bool>,
+}
+
+#[derive(ToSchema)]
+pub struct Deployment {
+    pub name: String,
+    /// sha256 of an uploaded component.
+    pub component: String,
+    pub flow: String,
+    pub description: Option<String>,
+    /// Default parameters; a run's own are laid over them.
+    pub params: Option<Value>,
+    /// Default `wasm`, served by the server's embedded executor.
+    pub work_pool: Option<String>,
+    pub work_queue: Option<String>,
+    pub schedules: Option<Vec<Schedule>>,
+    /// Laid over every task's own policy.
+    pub task_policy: Option<TaskPolicy>,
+    pub tags: Option<Vec<String>>,
+    /// Secrets its runs may read.
+    pub secrets: Option<Vec<String>>,
+    pub paused: Option<bool>,
+    pub concurrency_limit: Option<u32>,
+}
+
+#[derive(ToSchema)]
+pub struct DeploymentInfo {
+    pub deployment: Deployment,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+#[derive(ToSchema)]
+pub struct DeploymentList {
+    pub deployments: Vec<DeploymentInfo>,
+}
+
+#[derive(ToSchema)]
+pub struct DeploymentSaved {
+    pub deployment: Deployment,
+    pub created: bool,
+    /// Things that will fail later, e.g. a granted secret that is not set yet.
+    pub warnings: Vec<String>,
+}
+
+#[derive(ToSchema)]
+pub struct WorkPool {
+    pub name: String,
+    pub description: Option<String>,
+    pub paused: Option<bool>,
+    pub concurrency_limit: Option<u32>,
+}
+
+#[derive(ToSchema)]
+pub struct WorkPoolList {
+    pub work_pools: Vec<WorkPool>,
+}
+
+#[derive(ToSchema)]
+pub struct WorkQueue {
+    pub name: String,
+    pub work_pool: Option<String>,
+    /// Lower runs first.
+    pub priority: Option<u32>,
+    pub concurrency_limit: Option<u32>,
+    pub paused: Option<bool>,
+}
+
+#[derive(ToSchema)]
+pub struct WorkQueueList {
+    pub work_queues: Vec<WorkQueue>,
+}
+
+/// A secret as listed: never its value.
+#[derive(ToSchema)]
+pub struct SecretName {
+    pub name: String,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+#[derive(ToSchema)]
+pub struct SecretList {
+    pub secrets: Vec<SecretName>,
+}
+
+#[derive(ToSchema)]
+pub struct SecretValue {
+    pub value: String,
+}
+
+#[derive(ToSchema)]
+pub struct Variable {
+    pub name: String,
+    pub value: Value,
+}
+
+#[derive(ToSchema)]
+pub struct VariableList {
+    pub variables: Vec<Variable>,
+}
+
+#[derive(ToSchema)]
+pub struct Deleted {
+    pub deleted: String,
+}

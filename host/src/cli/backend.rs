@@ -1,0 +1,192 @@
+//! Where server state lives for a CLI command: the API server named by
+//! `api.url` (profile or `WEIR_API_URL`), or, when none is set, the same API
+//! router run in-process over the local `$WEIR_HOME` database.
+
+use super::flow::{Local, runtime};
+use super::{Exit, paths};
+use crate::api::{ApiConfig, ApiState, InProcess};
+use crate::client::Client;
+use crate::config::{Paths, Profiles, Settings};
+use crate::model::deploy::DEFAULT_POOL;
+use crate::secrets::SecretBox;
+use crate::store::ComponentFiles;
+use crate::worker::ExecutorSettings;
+use anyhow::Context;
+use serde_json::Value;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub(crate) enum Backend {
+    Remote(Client),
+    Local {
+        api: InProcess,
+        runtime: tokio::runtime::Runtime,
+        /// Kept open for as long as the in-process API uses it.
+        _local: Local,
+    },
+}
+
+/// Reads `$WEIR_HOME/profiles.toml` (if any).
+pub(crate) fn load_profiles(paths: &Paths) -> anyhow::Result<Profiles> {
+    let file = paths.profiles();
+    match std::fs::read_to_string(&file) {
+        Ok(text) => {
+            Profiles::parse(&text).map_err(|e| Exit::bad_input(format!("{}: {e}", file.display())))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Profiles::default()),
+        Err(e) => Err(anyhow::Error::new(e).context(format!("reading {}", file.display()))),
+    }
+}
+
+/// The settings in effect: environment over the active profile over defaults.
+pub(crate) fn settings() -> anyhow::Result<Settings> {
+    let profiles = load_profiles(&paths())?;
+    Ok(profiles.resolve(&|var| std::env::var(var).ok()))
+}
+
+impl Backend {
+    pub fn open() -> anyhow::Result<Backend> {
+        let settings = settings()?;
+        if let Some(url) = settings.get("api.url") {
+            let source = settings
+                .source("api.url")
+                .map(|s| s.to_string())
+                .unwrap_or_default();
+            let client = Client::new(url, settings.get("api.key").map(str::to_string), source)
+                .map_err(|e| Exit::bad_input(e.to_string()))?;
+            return Ok(Backend::Remote(client));
+        }
+        Self::open_local(&paths())
+    }
+
+    fn open_local(paths: &Paths) -> anyhow::Result<Backend> {
+        let runtime = runtime()?;
+        let local = Local::open(paths)?;
+        let secrets = SecretBox::open_or_create(&paths.secrets_key())?;
+        let state = ApiState::new(ApiConfig {
+            store: local.store.clone(),
+            files: ComponentFiles::new(paths.components()),
+            engine: local.engine.clone(),
+            control: local.control(),
+            secrets: Arc::new(secrets),
+            executor: Some(local.executor(ExecutorSettings::default())),
+            pools: vec![DEFAULT_POOL.to_string()],
+            runs: runtime.handle().clone(),
+            api_keys: Vec::new(),
+        });
+        runtime
+            .block_on(crate::api::ensure_pool(&state, DEFAULT_POOL))
+            .map_err(|e| anyhow::anyhow!("creating the default work pool: {e:?}"))?;
+        Ok(Backend::Local {
+            api: InProcess::new(state),
+            runtime,
+            _local: local,
+        })
+    }
+
+    pub fn is_remote(&self) -> bool {
+        matches!(self, Backend::Remote(_))
+    }
+
+    /// "http://HOST:PORT" or "the local database".
+    pub fn describe(&self) -> String {
+        match self {
+            Backend::Remote(client) => client.base().to_string(),
+            Backend::Local { .. } => format!("the local database in {}", paths().home().display()),
+        }
+    }
+
+    pub fn get(&self, path: &str) -> anyhow::Result<Value> {
+        self.call("GET", path, None, "application/json")
+    }
+
+    pub fn send(&self, method: &str, path: &str, body: &Value) -> anyhow::Result<Value> {
+        self.call(
+            method,
+            path,
+            Some(serde_json::to_vec(body)?),
+            "application/json",
+        )
+    }
+
+    pub fn upload(&self, bytes: Vec<u8>) -> anyhow::Result<Value> {
+        self.call("POST", "/api/components", Some(bytes), "application/wasm")
+    }
+
+    /// Non-2xx answers become errors that carry the API's message; a 4xx
+    /// exits with 2 (bad input), anything else with 1.
+    pub fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Vec<u8>>,
+        content_type: &str,
+    ) -> anyhow::Result<Value> {
+        let (status, bytes) = match self {
+            Backend::Remote(client) => client
+                .request(method, path, body, content_type)
+                .map_err(|e| Exit::bad_input(e.to_string()))?,
+            Backend::Local { api, runtime, .. } => {
+                runtime.block_on(api.call(method, path, body, content_type))
+            }
+        };
+        let value: Value = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes)
+                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()))
+        };
+        if (200..300).contains(&status) {
+            return Ok(value);
+        }
+        let message = value
+            .get("message")
+            .and_then(Value::as_str)
+            .map(str::to_string)
+            .unwrap_or_else(|| format!("HTTP {status}: {value}"));
+        Err(Exit {
+            code: if (400..500).contains(&status) { 2 } else { 1 },
+            message,
+        }
+        .into())
+    }
+
+    /// Prints a run's log as it grows and returns its final state (as JSON)
+    /// once it has ended. Used by `deployment run --watch` and `flow-run logs -f`.
+    pub fn follow(
+        &self,
+        id: &str,
+        json: bool,
+        mut print: impl FnMut(&Value),
+    ) -> anyhow::Result<Value> {
+        let mut after = 0i64;
+        let mut drained_after_end = 0;
+        loop {
+            let page = self.get(&format!(
+                "/api/flow-runs/{id}/logs?after={after}&limit=1000"
+            ))?;
+            let lines = page["logs"].as_array().cloned().unwrap_or_default();
+            for line in &lines {
+                after = line["id"].as_i64().unwrap_or(after);
+                if json {
+                    println!("{line}");
+                } else {
+                    print(line);
+                }
+            }
+            let run = self.get(&format!("/api/flow-runs/{id}"))?;
+            let state: crate::model::RunState =
+                serde_json::from_value(run["flow_run"]["state"].clone())
+                    .context("reading the run's state")?;
+            if state.is_terminal() && lines.is_empty() {
+                drained_after_end += 1;
+                if drained_after_end >= 2 {
+                    return Ok(run["flow_run"].clone());
+                }
+            }
+            if lines.len() < 1000 {
+                std::thread::sleep(Duration::from_millis(150));
+            }
+        }
+    }
+}

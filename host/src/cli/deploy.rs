@@ -1,0 +1,1021 @@
+//! Commands that change server state: `flow upload|ls`, `deploy`,
+//! `deployment ...`, `secret ...`, `variable ...`, `work-pool ...`,
+//! `work-queue ...`. Each is one or two API calls through [`Backend`], so it
+//! works against a server or the local database alike.
+
+use super::backend::Backend;
+use super::output::{level_label, table};
+use super::{Exit, JsonFlag};
+use crate::builder;
+use crate::clock::format_rfc3339;
+use crate::model::Policy;
+use crate::protocol::{build_params, parse_memory_size};
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+use std::path::{Path, PathBuf};
+
+fn print_json(value: &Value) {
+    println!("{value}");
+}
+
+fn when(value: &Value) -> String {
+    value
+        .as_i64()
+        .map(|m| format_rfc3339(m)[..19].replace('T', " "))
+        .unwrap_or_else(|| "-".into())
+}
+
+// ---- host flow upload / host flow ls ----
+
+#[derive(Args, Debug)]
+pub struct UploadArgs {
+    /// A guest project folder (built first) or a .wasm component.
+    path: PathBuf,
+    #[command(flatten)]
+    format: JsonFlag,
+}
+
+/// Builds `path` if it is a project and uploads the component; returns the reply.
+fn upload_path(backend: &Backend, path: &Path, progress: bool) -> anyhow::Result<Value> {
+    let built = builder::build(path, progress).map_err(|e| Exit::bad_input(e.to_string()))?;
+    let bytes =
+        std::fs::read(&built.wasm).with_context(|| format!("reading {}", built.wasm.display()))?;
+    backend.upload(bytes).map_err(|e| {
+        // Name the file in a refusal, as `flow run` does.
+        match e.downcast::<Exit>() {
+            Ok(exit) => Exit::bad_input(format!("{}: {}", path.display(), exit.message)),
+            Err(e) => e,
+        }
+    })
+}
+
+pub fn upload(args: UploadArgs) -> anyhow::Result<()> {
+    let backend = Backend::open()?;
+    let reply = upload_path(&backend, &args.path, !args.format.json)?;
+    if args.format.json {
+        print_json(&reply);
+    } else {
+        let flows: Vec<&str> = reply["flows"]
+            .as_array()
+            .map(|a| a.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        println!(
+            "{} sha256:{} to {} (flows: {})",
+            if reply["created"] == json!(true) {
+                "Uploaded"
+            } else {
+                "Already stored:"
+            },
+            reply["digest"].as_str().unwrap_or_default(),
+            backend.describe(),
+            flows.join(", ")
+        );
+    }
+    Ok(())
+}
+
+pub fn list_flows(format: JsonFlag) -> anyhow::Result<()> {
+    let backend = Backend::open()?;
+    let reply = backend.get("/api/flows")?;
+    if format.json {
+        print_json(&reply["flows"]);
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = reply["flows"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .map(|f| {
+            vec![
+                f["name"].as_str().unwrap_or_default().to_string(),
+                f["component"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .chars()
+                    .take(12)
+                    .collect(),
+                f["description"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .lines()
+                    .next()
+                    .unwrap_or_default()
+                    .to_string(),
+            ]
+        })
+        .collect();
+    if rows.is_empty() {
+        println!("No flows uploaded yet. Upload one with: host flow upload examples/etl");
+    } else {
+        println!("{}", table(&["FLOW", "COMPONENT", "DESCRIPTION"], &rows));
+    }
+    Ok(())
+}
+
+// ---- host deploy ----
+
+#[derive(Args, Debug)]
+#[command(after_help = "A deployment file (weir.yaml):
+
+  deployments:
+    - name: etl-nightly
+      component: examples/etl      # a guest project, a .wasm file or sha256:<digest>
+      flow: etl
+      params: {rows: 500}
+      work_pool: wasm              # default; served by `host server start`
+      schedules:
+        - cron: \"0 3 * * *\"        # UTC
+        - interval: 1h
+      limits: {timeout: 30s, memory: 256MiB, fuel: 5000000000, retries: 2}
+      tags: [nightly]
+      secrets: [warehouse-password]
+      concurrency_limit: 1
+
+Paths are relative to the file. Deploying again replaces the deployment.")]
+pub struct DeployArgs {
+    /// The deployment file.
+    #[arg(long, short = 'f', default_value = "weir.yaml")]
+    file: PathBuf,
+    /// Deploy only these (by name); all when left out.
+    #[arg(long = "name", short = 'n')]
+    names: Vec<String>,
+    #[command(flatten)]
+    format: JsonFlag,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct DeployFile {
+    deployments: Vec<DeploySpec>,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct DeploySpec {
+    name: String,
+    component: String,
+    flow: String,
+    #[serde(default)]
+    description: String,
+    #[serde(default)]
+    params: Map<String, Value>,
+    #[serde(default)]
+    work_pool: Option<String>,
+    #[serde(default)]
+    work_queue: Option<String>,
+    #[serde(default)]
+    schedules: Vec<ScheduleSpec>,
+    #[serde(default)]
+    limits: LimitSpec,
+    #[serde(default)]
+    tags: Vec<String>,
+    #[serde(default)]
+    secrets: Vec<String>,
+    #[serde(default)]
+    paused: bool,
+    #[serde(default)]
+    concurrency_limit: Option<u32>,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct ScheduleSpec {
+    cron: Option<String>,
+    /// e.g. 10m, 1h
+    interval: Option<String>,
+    #[serde(default = "yes")]
+    active: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct LimitSpec {
+    timeout: Option<String>,
+    memory: Option<String>,
+    fuel: Option<u64>,
+    retries: Option<u32>,
+}
+
+impl LimitSpec {
+    fn policy(&self, name: &str) -> anyhow::Result<Policy> {
+        let bad = |what: &str, e: String| {
+            Exit::bad_input(format!("deployment '{name}': limits.{what}: {e}"))
+        };
+        Ok(Policy {
+            timeout_ms: self
+                .timeout
+                .as_deref()
+                .map(|t| humantime::parse_duration(t).map(|d| d.as_millis() as u64))
+                .transpose()
+                .map_err(|e| bad("timeout", e.to_string()))?,
+            memory_bytes: self
+                .memory
+                .as_deref()
+                .map(parse_memory_size)
+                .transpose()
+                .map_err(|e| bad("memory", e))?,
+            fuel: self.fuel,
+            retries: self.retries,
+            ..Policy::default()
+        })
+    }
+}
+
+pub fn deploy(args: DeployArgs) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(&args.file).map_err(|e| {
+        Exit::bad_input(format!(
+            "cannot read {}: {e}; pass the deployment file with -f (see `host deploy --help`)",
+            args.file.display()
+        ))
+    })?;
+    let file: DeployFile = serde_yaml::from_str(&text)
+        .map_err(|e| Exit::bad_input(format!("{}: {e}", args.file.display())))?;
+    let base = args.file.parent().unwrap_or(Path::new("."));
+    let chosen: Vec<&DeploySpec> = file
+        .deployments
+        .iter()
+        .filter(|d| args.names.is_empty() || args.names.contains(&d.name))
+        .collect();
+    if chosen.is_empty() {
+        return Err(Exit::bad_input(format!(
+            "{} has no deployments{}",
+            args.file.display(),
+            if args.names.is_empty() {
+                String::new()
+            } else {
+                format!(" named {}", args.names.join(", "))
+            }
+        )));
+    }
+    let backend = Backend::open()?;
+    let mut replies = Vec::new();
+    for spec in chosen {
+        let digest = if let Some(digest) = spec.component.strip_prefix("sha256:") {
+            digest.to_string()
+        } else {
+            let path = base.join(&spec.component);
+            let reply = upload_path(&backend, &path, !args.format.json)?;
+            reply["digest"].as_str().unwrap_or_default().to_string()
+        };
+        let schedules = spec
+            .schedules
+            .iter()
+            .map(|s| {
+                let interval_seconds = s
+                    .interval
+                    .as_deref()
+                    .map(|i| humantime::parse_duration(i).map(|d| d.as_secs()))
+                    .transpose()
+                    .map_err(|e| Exit::bad_input(format!("deployment '{}': schedule interval: {e}", spec.name)))?;
+                Ok(json!({ "cron": s.cron, "interval_seconds": interval_seconds, "active": s.active }))
+            })
+            .collect::<anyhow::Result<Vec<Value>>>()?;
+        let mut body = json!({
+            "name": spec.name,
+            "component": digest,
+            "flow": spec.flow,
+            "description": spec.description,
+            "params": spec.params,
+            "schedules": schedules,
+            "task_policy": spec.limits.policy(&spec.name)?,
+            "tags": spec.tags,
+            "secrets": spec.secrets,
+            "paused": spec.paused,
+            "concurrency_limit": spec.concurrency_limit,
+        });
+        if let Some(pool) = &spec.work_pool {
+            body["work_pool"] = json!(pool);
+        }
+        if let Some(queue) = &spec.work_queue {
+            body["work_queue"] = json!(queue);
+        }
+        strip_nulls(&mut body);
+        let reply = backend.send("PUT", &format!("/api/deployments/{}", spec.name), &body)?;
+        if !args.format.json {
+            println!(
+                "{} deployment '{}' (flow {}, component sha256:{}, pool {}) on {}",
+                if reply["created"] == json!(true) {
+                    "Created"
+                } else {
+                    "Updated"
+                },
+                spec.name,
+                spec.flow,
+                &digest[..12.min(digest.len())],
+                reply["deployment"]["work_pool"]
+                    .as_str()
+                    .unwrap_or_default(),
+                backend.describe()
+            );
+            for warning in reply["warnings"].as_array().into_iter().flatten() {
+                println!("  warning: {}", warning.as_str().unwrap_or_default());
+            }
+            println!("  run it with: host deployment run {}", spec.name);
+        }
+        replies.push(reply);
+    }
+    if args.format.json {
+        print_json(&json!({ "deployments": replies }));
+    }
+    Ok(())
+}
+
+fn strip_nulls(value: &mut Value) {
+    if let Value::Object(map) = value {
+        map.retain(|_, v| !v.is_null());
+        map.values_mut().for_each(strip_nulls);
+    } else if let Value::Array(items) = value {
+        items.iter_mut().for_each(strip_nulls);
+    }
+}
+
+// ---- host deployment ... ----
+
+#[derive(Subcommand, Debug)]
+pub enum DeploymentCommand {
+    /// List deployments.
+    Ls(JsonFlag),
+    /// Show a deployment: flow, component, params, schedules, limits, secrets.
+    Inspect(NameArgs),
+    /// Start a run; --watch follows its log until it ends.
+    #[command(after_help = "Examples:
+  host deployment run etl-nightly --param rows=50 --watch
+  host deployment run etl-nightly --params-json '{\"rows\": 10}' --json")]
+    Run(DeploymentRunArgs),
+    /// Stop its schedules and refuse new runs.
+    Pause(NameArgs),
+    /// Undo pause.
+    Resume(NameArgs),
+    /// Delete it (its runs stay).
+    Delete(NameArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct NameArgs {
+    name: String,
+    #[command(flatten)]
+    format: JsonFlag,
+}
+
+#[derive(Args, Debug)]
+pub struct DeploymentRunArgs {
+    name: String,
+    /// A parameter as key=value, laid over the deployment's defaults.
+    #[arg(long = "param", short = 'p', value_name = "KEY=VALUE")]
+    params: Vec<String>,
+    /// Parameters as one JSON object; --param values override its keys.
+    #[arg(long, value_name = "JSON")]
+    params_json: Option<String>,
+    /// Follow the run's log until it ends; exit 1 unless it Completed.
+    #[arg(long, short)]
+    watch: bool,
+    #[command(flatten)]
+    format: JsonFlag,
+}
+
+pub fn deployment(command: DeploymentCommand) -> anyhow::Result<()> {
+    let backend = Backend::open()?;
+    match command {
+        DeploymentCommand::Ls(format) => {
+            let reply = backend.get("/api/deployments")?;
+            if format.json {
+                print_json(&reply["deployments"]);
+                return Ok(());
+            }
+            let rows: Vec<Vec<String>> = reply["deployments"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .iter()
+                .map(|d| {
+                    let d = &d["deployment"];
+                    let schedules: Vec<String> = d["schedules"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .map(
+                            |s| match (s["cron"].as_str(), s["interval_seconds"].as_u64()) {
+                                (Some(c), _) => format!("cron '{c}'"),
+                                (_, Some(i)) => format!(
+                                    "every {}",
+                                    humantime::format_duration(std::time::Duration::from_secs(i))
+                                ),
+                                _ => String::new(),
+                            },
+                        )
+                        .collect();
+                    vec![
+                        d["name"].as_str().unwrap_or_default().to_string(),
+                        d["flow"].as_str().unwrap_or_default().to_string(),
+                        d["component"]
+                            .as_str()
+                            .unwrap_or_default()
+                            .chars()
+                            .take(12)
+                            .collect(),
+                        d["work_pool"].as_str().unwrap_or_default().to_string(),
+                        if d["paused"] == json!(true) {
+                            "paused".into()
+                        } else {
+                            "active".into()
+                        },
+                        schedules.join(", "),
+                    ]
+                })
+                .collect();
+            if rows.is_empty() {
+                println!("No deployments yet. Create one with: host deploy -f weir.yaml");
+            } else {
+                println!(
+                    "{}",
+                    table(
+                        &["NAME", "FLOW", "COMPONENT", "POOL", "STATUS", "SCHEDULES"],
+                        &rows
+                    )
+                );
+            }
+        }
+        DeploymentCommand::Inspect(args) => {
+            let reply = backend.get(&format!("/api/deployments/{}", args.name))?;
+            if args.format.json {
+                print_json(&reply);
+            } else {
+                let d = &reply["deployment"];
+                println!("deployment {}", d["name"].as_str().unwrap_or_default());
+                println!("flow       {}", d["flow"].as_str().unwrap_or_default());
+                println!(
+                    "component  sha256:{}",
+                    d["component"].as_str().unwrap_or_default()
+                );
+                println!("params     {}", d["params"]);
+                println!(
+                    "pool       {} / queue {}",
+                    d["work_pool"].as_str().unwrap_or_default(),
+                    d["work_queue"].as_str().unwrap_or_default()
+                );
+                println!(
+                    "status     {}",
+                    if d["paused"] == json!(true) {
+                        "paused"
+                    } else {
+                        "active"
+                    }
+                );
+                println!("schedules  {}", d["schedules"]);
+                println!("limits     {}", d["task_policy"]);
+                println!("tags       {}", d["tags"]);
+                println!("secrets    {}", d["secrets"]);
+                println!("updated    {} UTC", when(&reply["updated_at"]));
+            }
+        }
+        DeploymentCommand::Run(args) => run_deployment(&backend, args)?,
+        DeploymentCommand::Pause(args) => {
+            let reply = backend.send(
+                "POST",
+                &format!("/api/deployments/{}/pause", args.name),
+                &json!({}),
+            )?;
+            report(&args, &reply, "paused");
+        }
+        DeploymentCommand::Resume(args) => {
+            let reply = backend.send(
+                "POST",
+                &format!("/api/deployments/{}/resume", args.name),
+                &json!({}),
+            )?;
+            report(&args, &reply, "resumed");
+        }
+        DeploymentCommand::Delete(args) => {
+            let reply = backend.call(
+                "DELETE",
+                &format!("/api/deployments/{}", args.name),
+                None,
+                "application/json",
+            )?;
+            report(&args, &reply, "deleted");
+        }
+    }
+    Ok(())
+}
+
+fn report(args: &NameArgs, reply: &Value, what: &str) {
+    if args.format.json {
+        print_json(reply);
+    } else {
+        println!("Deployment '{}' {what}.", args.name);
+    }
+}
+
+fn run_deployment(backend: &Backend, args: DeploymentRunArgs) -> anyhow::Result<()> {
+    let deployment = backend.get(&format!("/api/deployments/{}", args.name))?;
+    let digest = deployment["deployment"]["component"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let flow = deployment["deployment"]["flow"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let component = backend.get(&format!("/api/components/{digest}"))?;
+    let schema = component["manifest"]["flows"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|f| f["name"] == json!(flow))
+        .and_then(|f| f.get("params_schema").cloned());
+    let params = build_params(args.params_json.as_deref(), &args.params, schema.as_ref())
+        .map_err(|e| Exit::bad_input(e.to_string()))?;
+    let reply = backend.send(
+        "POST",
+        &format!("/api/deployments/{}/runs", args.name),
+        &json!({ "params": params }),
+    )?;
+    let id = reply["flow_run_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    // Without a server the run lives in this process: it must be followed.
+    let follow = args.watch || !backend.is_remote();
+    if !follow {
+        if args.format.json {
+            print_json(&reply);
+        } else {
+            println!(
+                "Started flow run {id} of deployment '{}' ({}). Follow it with: host flow-run logs -f {id}",
+                args.name,
+                reply["state"].as_str().unwrap_or_default()
+            );
+        }
+        return Ok(());
+    }
+    if !args.format.json {
+        eprintln!(
+            "Flow run {id} of deployment '{}' on {}",
+            args.name,
+            backend.describe()
+        );
+    }
+    let run = backend.follow(&id, args.format.json, print_log_line)?;
+    finish(&run, args.format.json)
+}
+
+pub(crate) fn print_log_line(line: &Value) {
+    let level: crate::model::LogLevel =
+        serde_json::from_value(line["level"].clone()).unwrap_or(crate::model::LogLevel::Info);
+    let at = line["at"]
+        .as_i64()
+        .map(|m| format_rfc3339(m)[11..23].to_string())
+        .unwrap_or_default();
+    println!(
+        "{at} {:<5} {}",
+        level_label(level),
+        line["message"].as_str().unwrap_or_default()
+    );
+}
+
+/// Prints how a followed run ended; exit 1 unless it Completed.
+pub(crate) fn finish(run: &Value, json: bool) -> anyhow::Result<()> {
+    let state = run["state"].as_str().unwrap_or_default();
+    if json {
+        print_json(&json!({
+            "flow_run_id": run["id"],
+            "state": state,
+            "result": run["result"].as_str().and_then(|r| serde_json::from_str::<Value>(r).ok()),
+            "message": run["message"],
+        }));
+    } else {
+        match run["result"].as_str() {
+            Some(result) => println!("\n{state}: {result}"),
+            None => println!(
+                "\n{state}{}",
+                run["message"]
+                    .as_str()
+                    .map(|m| format!(": {m}"))
+                    .unwrap_or_default()
+            ),
+        }
+    }
+    if state == "Completed" {
+        Ok(())
+    } else {
+        Err(Exit::code(1))
+    }
+}
+
+// ---- host secret ... ----
+
+#[derive(Subcommand, Debug)]
+pub enum SecretCommand {
+    /// Set a secret; the value is read from --value, or else from standard input.
+    #[command(after_help = "Examples:
+  printf %s \"$PASSWORD\" | host secret set warehouse-password
+  host secret set api-token --value abc123")]
+    Set(SecretSetArgs),
+    /// List secret names (values are never shown).
+    Ls(JsonFlag),
+    /// Delete a secret.
+    Rm(NameArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct SecretSetArgs {
+    name: String,
+    /// The value (visible in your shell history; prefer standard input).
+    #[arg(long)]
+    value: Option<String>,
+    #[command(flatten)]
+    format: JsonFlag,
+}
+
+pub fn secret(command: SecretCommand) -> anyhow::Result<()> {
+    let backend = Backend::open()?;
+    match command {
+        SecretCommand::Set(args) => {
+            let value = match args.value {
+                Some(v) => v,
+                None => {
+                    use std::io::{IsTerminal, Read};
+                    if std::io::stdin().is_terminal() {
+                        eprintln!("Value for secret '{}' (end with Ctrl-D):", args.name);
+                    }
+                    let mut text = String::new();
+                    std::io::stdin().read_to_string(&mut text)?;
+                    text.trim_end_matches(['\n', '\r']).to_string()
+                }
+            };
+            if value.is_empty() {
+                return Err(Exit::bad_input("the secret's value is empty"));
+            }
+            let reply = backend.send(
+                "PUT",
+                &format!("/api/secrets/{}", args.name),
+                &json!({ "value": value }),
+            )?;
+            if args.format.json {
+                print_json(&reply);
+            } else {
+                println!("Secret '{}' set on {}.", args.name, backend.describe());
+            }
+        }
+        SecretCommand::Ls(format) => {
+            let reply = backend.get("/api/secrets")?;
+            if format.json {
+                print_json(&reply["secrets"]);
+            } else {
+                let rows: Vec<Vec<String>> = reply["secrets"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|s| {
+                        vec![
+                            s["name"].as_str().unwrap_or_default().to_string(),
+                            when(&s["updated_at"]),
+                        ]
+                    })
+                    .collect();
+                println!("{}", table(&["NAME", "UPDATED (UTC)"], &rows));
+            }
+        }
+        SecretCommand::Rm(args) => {
+            let reply = backend.call(
+                "DELETE",
+                &format!("/api/secrets/{}", args.name),
+                None,
+                "application/json",
+            )?;
+            if args.format.json {
+                print_json(&reply);
+            } else {
+                println!("Secret '{}' deleted.", args.name);
+            }
+        }
+    }
+    Ok(())
+}
+
+// ---- host variable ... ----
+
+#[derive(Subcommand, Debug)]
+pub enum VariableCommand {
+    /// Set a variable; VALUE is read as JSON when it parses, else as text.
+    Set(VariableSetArgs),
+    /// Print a variable's value (as JSON).
+    Get(NameArgs),
+    /// List variables.
+    Ls(JsonFlag),
+    /// Delete a variable.
+    Rm(NameArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct VariableSetArgs {
+    name: String,
+    value: String,
+    #[command(flatten)]
+    format: JsonFlag,
+}
+
+pub fn variable(command: VariableCommand) -> anyhow::Result<()> {
+    let backend = Backend::open()?;
+    match command {
+        VariableCommand::Set(args) => {
+            let value: Value =
+                serde_json::from_str(&args.value).unwrap_or(Value::String(args.value.clone()));
+            let reply = backend.send(
+                "PUT",
+                &format!("/api/variables/{}", args.name),
+                &json!({ "value": value }),
+            )?;
+            if args.format.json {
+                print_json(&reply);
+            } else {
+                println!("Variable '{}' = {}", args.name, reply["value"]);
+            }
+        }
+        VariableCommand::Get(args) => {
+            let reply = backend.get(&format!("/api/variables/{}", args.name))?;
+            if args.format.json {
+                print_json(&reply);
+            } else {
+                println!("{}", reply["value"]);
+            }
+        }
+        VariableCommand::Ls(format) => {
+            let reply = backend.get("/api/variables")?;
+            if format.json {
+                print_json(&reply["variables"]);
+            } else {
+                let rows: Vec<Vec<String>> = reply["variables"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|v| {
+                        vec![
+                            v["name"].as_str().unwrap_or_default().to_string(),
+                            v["value"].to_string(),
+                        ]
+                    })
+                    .collect();
+                println!("{}", table(&["NAME", "VALUE"], &rows));
+            }
+        }
+        VariableCommand::Rm(args) => {
+            let reply = backend.call(
+                "DELETE",
+                &format!("/api/variables/{}", args.name),
+                None,
+                "application/json",
+            )?;
+            if args.format.json {
+                print_json(&reply);
+            } else {
+                println!("Variable '{}' deleted.", args.name);
+            }
+        }
+    }
+    Ok(())
+}
+
+// ---- host work-pool / work-queue ----
+
+#[derive(Subcommand, Debug)]
+pub enum WorkPoolCommand {
+    /// Create a pool (it gets a `default` queue).
+    Create(PoolCreateArgs),
+    /// List pools.
+    Ls(JsonFlag),
+    /// Show a pool and its queues.
+    Inspect(NameArgs),
+    /// Runs for a paused pool wait in Scheduled.
+    Pause(NameArgs),
+    /// Undo pause.
+    Resume(NameArgs),
+    /// Delete a pool no deployment uses.
+    Delete(NameArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct PoolCreateArgs {
+    name: String,
+    #[arg(long, default_value = "")]
+    description: String,
+    /// At most N runs of this pool at once.
+    #[arg(long)]
+    concurrency_limit: Option<u32>,
+    #[command(flatten)]
+    format: JsonFlag,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum WorkQueueCommand {
+    /// Create (or replace) a queue in a pool.
+    Create(QueueCreateArgs),
+    /// List a pool's queues, by priority.
+    Ls(QueueLsArgs),
+    /// Delete a queue.
+    Delete(QueueDeleteArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct QueueCreateArgs {
+    name: String,
+    #[arg(long, default_value = crate::model::deploy::DEFAULT_POOL)]
+    pool: String,
+    /// Lower numbers are served first.
+    #[arg(long, default_value_t = 1)]
+    priority: u32,
+    #[arg(long)]
+    concurrency_limit: Option<u32>,
+    #[command(flatten)]
+    format: JsonFlag,
+}
+
+#[derive(Args, Debug)]
+pub struct QueueLsArgs {
+    #[arg(long, default_value = crate::model::deploy::DEFAULT_POOL)]
+    pool: String,
+    #[command(flatten)]
+    format: JsonFlag,
+}
+
+#[derive(Args, Debug)]
+pub struct QueueDeleteArgs {
+    name: String,
+    #[arg(long, default_value = crate::model::deploy::DEFAULT_POOL)]
+    pool: String,
+    #[command(flatten)]
+    format: JsonFlag,
+}
+
+fn queue_rows(reply: &Value) -> Vec<Vec<String>> {
+    reply["work_queues"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|q| {
+            vec![
+                q["name"].as_str().unwrap_or_default().to_string(),
+                q["priority"].to_string(),
+                q["concurrency_limit"]
+                    .as_u64()
+                    .map(|n| n.to_string())
+                    .unwrap_or_else(|| "-".into()),
+                if q["paused"] == json!(true) {
+                    "paused".into()
+                } else {
+                    "active".into()
+                },
+            ]
+        })
+        .collect()
+}
+
+pub fn work_pool(command: WorkPoolCommand) -> anyhow::Result<()> {
+    let backend = Backend::open()?;
+    let simple = |args: &NameArgs, method: &str, suffix: &str, what: &str| -> anyhow::Result<()> {
+        let reply = backend.call(
+            method,
+            &format!("/api/work-pools/{}{suffix}", args.name),
+            None,
+            "application/json",
+        )?;
+        if args.format.json {
+            print_json(&reply);
+        } else {
+            println!("Work pool '{}' {what}.", args.name);
+        }
+        Ok(())
+    };
+    match command {
+        WorkPoolCommand::Create(args) => {
+            let reply = backend.send(
+                "POST",
+                "/api/work-pools",
+                &json!({ "name": args.name, "description": args.description, "concurrency_limit": args.concurrency_limit }),
+            )?;
+            if args.format.json {
+                print_json(&reply);
+            } else {
+                println!("Work pool '{}' created with queue 'default'.", args.name);
+            }
+        }
+        WorkPoolCommand::Ls(format) => {
+            let reply = backend.get("/api/work-pools")?;
+            if format.json {
+                print_json(&reply["work_pools"]);
+            } else {
+                let rows: Vec<Vec<String>> = reply["work_pools"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|p| {
+                        vec![
+                            p["name"].as_str().unwrap_or_default().to_string(),
+                            if p["paused"] == json!(true) {
+                                "paused".into()
+                            } else {
+                                "active".into()
+                            },
+                            p["concurrency_limit"]
+                                .as_u64()
+                                .map(|n| n.to_string())
+                                .unwrap_or_else(|| "-".into()),
+                            p["description"].as_str().unwrap_or_default().to_string(),
+                        ]
+                    })
+                    .collect();
+                println!(
+                    "{}",
+                    table(&["NAME", "STATUS", "LIMIT", "DESCRIPTION"], &rows)
+                );
+            }
+        }
+        WorkPoolCommand::Inspect(args) => {
+            let pool = backend.get(&format!("/api/work-pools/{}", args.name))?;
+            let queues = backend.get(&format!("/api/work-pools/{}/queues", args.name))?;
+            if args.format.json {
+                print_json(&json!({ "work_pool": pool, "work_queues": queues["work_queues"] }));
+            } else {
+                println!("work pool  {}", args.name);
+                println!(
+                    "status     {}",
+                    if pool["paused"] == json!(true) {
+                        "paused"
+                    } else {
+                        "active"
+                    }
+                );
+                println!(
+                    "\n{}",
+                    table(
+                        &["QUEUE", "PRIORITY", "LIMIT", "STATUS"],
+                        &queue_rows(&queues)
+                    )
+                );
+            }
+        }
+        WorkPoolCommand::Pause(args) => simple(&args, "POST", "/pause", "paused")?,
+        WorkPoolCommand::Resume(args) => simple(&args, "POST", "/resume", "resumed")?,
+        WorkPoolCommand::Delete(args) => simple(&args, "DELETE", "", "deleted")?,
+    }
+    Ok(())
+}
+
+pub fn work_queue(command: WorkQueueCommand) -> anyhow::Result<()> {
+    let backend = Backend::open()?;
+    match command {
+        WorkQueueCommand::Create(args) => {
+            let reply = backend.send(
+                "POST",
+                &format!("/api/work-pools/{}/queues", args.pool),
+                &json!({ "name": args.name, "priority": args.priority, "concurrency_limit": args.concurrency_limit }),
+            )?;
+            if args.format.json {
+                print_json(&reply);
+            } else {
+                println!(
+                    "Work queue '{}' in pool '{}' (priority {}).",
+                    args.name, args.pool, args.priority
+                );
+            }
+        }
+        WorkQueueCommand::Ls(args) => {
+            let reply = backend.get(&format!("/api/work-pools/{}/queues", args.pool))?;
+            if args.format.json {
+                print_json(&reply["work_queues"]);
+            } else {
+                println!(
+                    "{}",
+                    table(
+                        &["QUEUE", "PRIORITY", "LIMIT", "STATUS"],
+                        &queue_rows(&reply)
+                    )
+                );
+            }
+        }
+        WorkQueueCommand::Delete(args) => {
+            let reply = backend.call(
+                "DELETE",
+                &format!("/api/work-pools/{}/queues/{}", args.pool, args.name),
+                None,
+                "application/json",
+            )?;
+            if args.format.json {
+                print_json(&reply);
+            } else {
+                println!(
+                    "Work queue '{}' deleted from pool '{}'.",
+                    args.name, args.pool
+                );
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,178 @@
+//! `host server start`: the API and the embedded executor in one process.
+
+use super::flow::Local;
+use super::paths;
+use crate::api::{self, ApiConfig, ApiState};
+use crate::model::deploy::DEFAULT_POOL;
+use crate::secrets::SecretBox;
+use crate::store::ComponentFiles;
+use crate::worker::ExecutorSettings;
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+#[derive(Subcommand, Debug)]
+pub enum ServerCommand {
+    /// Serve the API on ADDR and run flow runs on the embedded executor.
+    #[command(after_help = "Examples:
+  host server start
+  curl --data-binary @flow.wasm http://127.0.0.1:4200/api/components
+  curl -X POST http://127.0.0.1:4200/api/components/<DIGEST>/flows/etl/runs -d '{\"params\": {\"rows\": 10}}' -H 'content-type: application/json'")]
+    Start(StartArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct StartArgs {
+    /// Where to listen (port 0 picks a free one and prints it) [default:
+    /// server.addr, i.e. 127.0.0.1:4200].
+    #[arg(long)]
+    addr: Option<SocketAddr>,
+    /// Serve the API only; runs wait for an executor.
+    #[arg(long)]
+    no_worker: bool,
+    /// Require `Authorization: Bearer <key>` with one of the keys in FILE (one
+    /// per line; `#` comments). Only their sha256 hashes are kept in memory.
+    #[arg(long, value_name = "FILE")]
+    api_key_file: Option<std::path::PathBuf>,
+}
+
+pub fn run(command: ServerCommand) -> anyhow::Result<()> {
+    match command {
+        ServerCommand::Start(args) => start(args),
+    }
+}
+
+fn start(args: StartArgs) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let paths = paths();
+    // Guests run on a runtime of their own, so a busy guest cannot starve the API.
+    let runs = tokio::runtime::Builder::new_multi_thread()
+        .thread_name("weir-runs")
+        .enable_all()
+        .build()
+        .context("starting the executor's runtime")?;
+    let api_runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("weir-api")
+        .enable_all()
+        .build()
+        .context("starting the API's runtime")?;
+
+    let settings = super::backend::settings()?;
+    let addr: SocketAddr = match args.addr {
+        Some(addr) => addr,
+        None => {
+            let text = settings.get("server.addr").unwrap_or("127.0.0.1:4200");
+            text.parse().map_err(|_| {
+                super::Exit::bad_input(format!(
+                    "server.addr '{text}' is not an address like 127.0.0.1:4200"
+                ))
+            })?
+        }
+    };
+    let key_file = args
+        .api_key_file
+        .clone()
+        .or_else(|| settings.get("server.api_key_file").map(Into::into));
+    let api_keys = match &key_file {
+        Some(file) => read_api_keys(file)?,
+        None => Vec::new(),
+    };
+    let local = Local::open(&paths)?;
+    local.report_dead_runs(&runs);
+    let executor = (!args.no_worker).then(|| local.executor(ExecutorSettings::default()));
+    let secrets = SecretBox::open_or_create(&paths.secrets_key())?;
+    let state = ApiState::new(ApiConfig {
+        store: local.store.clone(),
+        files: ComponentFiles::new(paths.components()),
+        engine: local.engine.clone(),
+        control: local.control(),
+        secrets: Arc::new(secrets),
+        executor,
+        pools: vec![DEFAULT_POOL.to_string()],
+        runs: runs.handle().clone(),
+        api_keys: api_keys.clone(),
+    });
+
+    let stop = tokio_util::sync::CancellationToken::new();
+    api_runtime.block_on(async {
+        api::ensure_pool(&state, DEFAULT_POOL)
+            .await
+            .map_err(|e| anyhow::anyhow!("creating the default work pool: {e:?}"))?;
+        let scheduler = tokio::spawn(crate::scheduler::run(
+            state.clone(),
+            crate::scheduler::TICK,
+            stop.clone(),
+        ));
+        let (addr, server) = api::bind(state, addr, shutdown_signal())
+            .await
+            .with_context(|| format!("listening on {addr}"))?;
+        eprintln!(
+            "Weir server on http://{addr} (home {}, ready in {} ms{}{})",
+            paths.home().display(),
+            started.elapsed().as_millis(),
+            if args.no_worker { ", no executor" } else { "" },
+            if api_keys.is_empty() {
+                String::new()
+            } else {
+                format!(", {} API keys", api_keys.len())
+            }
+        );
+        let served = server.await.context("serving the API");
+        stop.cancel();
+        let _ = scheduler.await;
+        served
+    })?;
+
+    eprintln!("Stopping: waiting up to 10 s for running flows ...");
+    runs.shutdown_timeout(Duration::from_secs(10));
+    // Whatever did not finish stays Running under this process's marker; the next
+    // start marks it Crashed and `host flow-run resume` finishes it.
+    local.store.close();
+    eprintln!("Stopped.");
+    Ok(())
+}
+
+/// One key per line; blank lines and `#` comments are skipped.
+fn read_api_keys(file: &std::path::Path) -> anyhow::Result<Vec<String>> {
+    let text = std::fs::read_to_string(file)
+        .with_context(|| format!("reading API keys from {}", file.display()))?;
+    let keys: Vec<String> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(str::to_string)
+        .collect();
+    if keys.is_empty() {
+        return Err(super::Exit::bad_input(format!(
+            "{} holds no API keys (one per line); without keys, leave out --api-key-file",
+            file.display()
+        )));
+    }
+    Ok(keys)
+}
+
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = interrupt => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = interrupt.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = interrupt.await;
+    }
+}

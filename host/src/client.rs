@@ -1,0 +1,103 @@
+//! A blocking HTTP client for the Weir API: the only module that names ureq.
+//!
+//! It moves bytes and statuses; the CLI decides what they mean. Plain
+//! `http://` only for now (servers behind TLS need a proxy in front).
+
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error(
+        "cannot reach the Weir API at {url}: {message}. Is `host server start` running there? (api.url comes from {source_hint})"
+    )]
+    Unreachable {
+        url: String,
+        message: String,
+        source_hint: String,
+    },
+    #[error("bad API URL '{0}': expected http://HOST:PORT")]
+    BadUrl(String),
+}
+
+/// One API server.
+pub struct Client {
+    base: String,
+    key: Option<String>,
+    agent: ureq::Agent,
+    /// Where the URL came from, for error messages.
+    source_hint: String,
+}
+
+impl Client {
+    pub fn new(
+        url: &str,
+        key: Option<String>,
+        source_hint: impl Into<String>,
+    ) -> Result<Client, ClientError> {
+        let base = url.trim_end_matches('/').to_string();
+        if !base.starts_with("http://") || base.len() <= "http://".len() {
+            return Err(ClientError::BadUrl(url.to_string()));
+        }
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_connect(Some(Duration::from_secs(5)))
+            .timeout_global(Some(Duration::from_secs(300)))
+            .build()
+            .into();
+        Ok(Client {
+            base,
+            key,
+            agent,
+            source_hint: source_hint.into(),
+        })
+    }
+
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    /// Sends a request; returns the status and the body, whatever the status.
+    pub fn request(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Vec<u8>>,
+        content_type: &str,
+    ) -> Result<(u16, Vec<u8>), ClientError> {
+        let url = format!("{}{path}", self.base);
+        let unreachable = |message: String| ClientError::Unreachable {
+            url: self.base.clone(),
+            message,
+            source_hint: self.source_hint.clone(),
+        };
+        let mut builder = ureq::http::Request::builder()
+            .method(method)
+            .uri(&url)
+            .header("content-type", content_type);
+        if let Some(key) = &self.key {
+            builder = builder.header("authorization", format!("Bearer {key}"));
+        }
+        let request = builder
+            .body(body.unwrap_or_default())
+            .map_err(|e| ClientError::BadUrl(format!("{url} ({e})")))?;
+        // A pooled connection the server has since closed fails at once; a
+        // GET is safe to send again on a fresh one.
+        let retry = (method == "GET").then(|| request.clone());
+        let mut response = match (self.agent.run(request), retry) {
+            (Ok(r), _) => r,
+            (Err(ureq::Error::Io(_)), Some(again)) => self
+                .agent
+                .run(again)
+                .map_err(|e| unreachable(e.to_string()))?,
+            (Err(e), _) => return Err(unreachable(e.to_string())),
+        };
+        let status = response.status().as_u16();
+        let bytes = response
+            .body_mut()
+            .with_config()
+            .limit(256 << 20)
+            .read_to_vec()
+            .map_err(|e| unreachable(e.to_string()))?;
+        Ok((status, bytes))
+    }
+}
