@@ -13,7 +13,7 @@ const HOST: &str = env!("CARGO_BIN_EXE_host-under-test");
 struct TestServer {
     child: Child,
     url: String,
-    home: tempfile::TempDir,
+    home: std::sync::Arc<tempfile::TempDir>,
     key: Option<String>,
     agent: ureq::Agent,
 }
@@ -28,7 +28,26 @@ impl TestServer {
     }
 
     fn start_with(extra: &[&str], key: Option<&str>) -> TestServer {
-        let home = tempfile::tempdir().unwrap();
+        Self::start_in(
+            std::sync::Arc::new(tempfile::tempdir().unwrap()),
+            extra,
+            key,
+        )
+    }
+
+    /// Kills the server with SIGKILL and starts another on the same home.
+    fn kill_and_restart(mut self) -> TestServer {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+        let (home, key) = (self.home.clone(), self.key.clone());
+        Self::start_in(home, &[], key.as_deref())
+    }
+
+    fn start_in(
+        home: std::sync::Arc<tempfile::TempDir>,
+        extra: &[&str],
+        key: Option<&str>,
+    ) -> TestServer {
         let mut command = Command::new(HOST);
         command
             .args(["server", "start", "--addr", "127.0.0.1:0"])
@@ -833,6 +852,60 @@ fn without_a_server_the_cli_uses_the_same_api_in_process() {
     let out = cli(&["deployment", "run", "nope"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("no deployment named 'nope'"));
+}
+
+/// A server killed with SIGKILL mid-run resumes the run when it starts again;
+/// the tasks that had completed are replayed, not run again.
+#[test]
+fn a_server_killed_mid_run_resumes_it_on_restart() {
+    let server = TestServer::start();
+    let digest = server.upload(FIXTURE_WASM);
+    let (status, started) = server.send(
+        "POST",
+        &format!("/api/components/{digest}/flows/slow_sequential/runs"),
+        json!({ "params": { "n": 40, "ms": 20 } }),
+    );
+    assert_eq!(status, 202, "{started}");
+    let id = started["flow_run_id"].as_str().unwrap().to_string();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let completed = |detail: &Value| {
+        detail["task_runs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|t| t["state"] == "Completed")
+            .count()
+    };
+    loop {
+        assert!(Instant::now() < deadline, "the run never got going");
+        if completed(&server.get(&format!("/api/flow-runs/{id}")).1) >= 10 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let server = server.kill_and_restart();
+    let (_, run) = server.events(&id);
+    assert_eq!(run["state"], "Completed", "{run}");
+    assert_eq!(run["result"], json!("800"));
+    let (_, detail) = server.get(&format!("/api/flow-runs/{id}"));
+    for seq in 0..40 {
+        let done: Vec<&Value> = detail["task_runs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|t| t["call_seq"] == seq && t["state"] == "Completed")
+            .collect();
+        assert_eq!(done.len(), 1, "call #{seq}: {detail}");
+        assert_eq!(done[0]["attempts"], 1, "call #{seq} ran once");
+    }
+    let states: Vec<&str> = detail["states"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["state"].as_str().unwrap())
+        .collect();
+    assert!(states.contains(&"Crashed"), "{states:?}");
+    assert_eq!(states.last(), Some(&"Completed"));
 }
 
 #[test]

@@ -9,7 +9,7 @@ use crate::engine::Component;
 use crate::model::deploy::DEFAULT_POOL;
 use crate::model::{Deployment, FlowRunId, GrantedSecrets, RunState, TimestampMicros, WorkPool};
 use crate::store::{FlowRunRow, NewFlowRun, ObjectKind, ObjectRow, Write};
-use crate::worker::{ExistingRun, FlowRunRequest, process_marker};
+use crate::worker::{ExistingRun, FlowRunRequest, this_process_marker};
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -68,7 +68,7 @@ pub(super) async fn launch(
                 params: launch.params.to_string(),
                 state: initial,
                 attempt: 0,
-                host: process_marker("api"),
+                host: this_process_marker(),
                 at: now,
                 deployment: launch.deployment.as_ref().map(|d| d.name.clone()),
                 tags,

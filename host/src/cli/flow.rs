@@ -303,19 +303,29 @@ impl Local {
 
     /// Marks runs left unfinished by a process of this host that is gone as
     /// Crashed, and says how to resume them.
-    pub fn report_dead_runs(&self, runtime: &tokio::runtime::Runtime) {
+    /// Marks runs of dead processes Crashed; returns the top-level ones.
+    pub fn report_dead_runs(
+        &self,
+        runtime: &tokio::runtime::Runtime,
+        say: bool,
+    ) -> Vec<crate::store::FlowRunRow> {
         let control = self.control();
+        let mut crashed = Vec::new();
         for run in dead_runs(&self.store) {
             let marked = runtime
                 .block_on(control.mark_crashed(run.id, run.state))
                 .is_ok();
             if marked && run.parent_flow_run.is_none() {
-                eprintln!(
-                    "note: flow run {} ('{}') was interrupted when its process stopped; it is now Crashed. Resume it with: host flow-run resume {}",
-                    run.id, run.flow_name, run.id
-                );
+                if say {
+                    eprintln!(
+                        "note: flow run {} ('{}') was interrupted when its process stopped; it is now Crashed. Resume it with: host flow-run resume {}",
+                        run.id, run.flow_name, run.id
+                    );
+                }
+                crashed.push(run);
             }
         }
+        crashed
     }
 }
 
@@ -365,7 +375,7 @@ fn run_flow(args: RunArgs) -> anyhow::Result<()> {
         local,
         component,
     } = load_project(&args.path, !args.json)?;
-    local.report_dead_runs(&runtime);
+    local.report_dead_runs(&runtime, true);
     let flow = choose_flow(&component, args.flow.as_deref())?;
     let params = build_params(
         args.params_json.as_deref(),

@@ -38,6 +38,9 @@ pub struct StartArgs {
     api_key_file: Option<std::path::PathBuf>,
 }
 
+/// How long a stopping server waits for running flows.
+const GRACE: Duration = Duration::from_secs(10);
+
 pub fn run(command: ServerCommand) -> anyhow::Result<()> {
     match command {
         ServerCommand::Start(args) => start(args),
@@ -81,8 +84,9 @@ fn start(args: StartArgs) -> anyhow::Result<()> {
         None => Vec::new(),
     };
     let local = Local::open(&paths)?;
-    local.report_dead_runs(&runs);
+    let interrupted = local.report_dead_runs(&runs, false);
     let executor = (!args.no_worker).then(|| local.executor(ExecutorSettings::default()));
+    let executor_present = executor.is_some();
     let secrets = SecretBox::open_or_create(&paths.secrets_key())?;
     let state = ApiState::new(ApiConfig {
         store: local.store.clone(),
@@ -101,6 +105,32 @@ fn start(args: StartArgs) -> anyhow::Result<()> {
         api::ensure_pool(&state, DEFAULT_POOL)
             .await
             .map_err(|e| anyhow::anyhow!("creating the default work pool: {e:?}"))?;
+        // Runs this server was running when it last stopped resume here:
+        // their completed tasks are replayed, the rest run.
+        if executor_present {
+            let api = api::InProcess::new(state.clone());
+            for run in interrupted.iter().filter(|r| r.work_pool.is_some()) {
+                let (status, body) = api
+                    .call("POST", &format!("/api/flow-runs/{}/retry", run.id), None, "application/json")
+                    .await;
+                eprintln!(
+                    "Resuming flow run {} ('{}'), interrupted when the server last stopped{}",
+                    run.id,
+                    run.flow_name,
+                    if status == 202 {
+                        String::new()
+                    } else {
+                        format!(": could not ({})", String::from_utf8_lossy(&body))
+                    }
+                );
+            }
+        }
+        for run in interrupted.iter().filter(|r| r.work_pool.is_none()) {
+            eprintln!(
+                "note: flow run {} ('{}') was interrupted when its process stopped; it is now Crashed. Resume it with: host flow-run resume {}",
+                run.id, run.flow_name, run.id
+            );
+        }
         let scheduler = tokio::spawn(crate::scheduler::run(
             state.clone(),
             crate::scheduler::TICK,
@@ -126,10 +156,37 @@ fn start(args: StartArgs) -> anyhow::Result<()> {
         served
     })?;
 
-    eprintln!("Stopping: waiting up to 10 s for running flows ...");
-    runs.shutdown_timeout(Duration::from_secs(10));
-    // Whatever did not finish stays Running under this process's marker; the next
-    // start marks it Crashed and `host flow-run resume` finishes it.
+    // Let running flows finish; whatever does not finish in time stays Running
+    // under this process's marker, and the next start marks it Crashed and
+    // resumes it (completed tasks are replayed).
+    let mine = crate::worker::this_process_marker();
+    let running = || {
+        local
+            .store
+            .unfinished_flow_runs()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|r| r.host.as_deref() == Some(mine.as_str()))
+            .count()
+    };
+    let deadline = Instant::now() + GRACE;
+    let mut said = false;
+    while running() > 0 && Instant::now() < deadline {
+        if !said {
+            eprintln!(
+                "Stopping: waiting up to {} s for {} running flow runs ...",
+                GRACE.as_secs(),
+                running()
+            );
+            said = true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let left = running();
+    if left > 0 {
+        eprintln!("{left} flow runs did not finish; they resume when the server starts again");
+    }
+    runs.shutdown_timeout(Duration::from_secs(1));
     local.store.close();
     eprintln!("Stopped.");
     Ok(())

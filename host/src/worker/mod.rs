@@ -127,6 +127,12 @@ pub fn process_marker(host_name: &str) -> String {
     format!("{host_name} pid={}", std::process::id())
 }
 
+/// The marker of this process on this host, as runs record it.
+pub fn this_process_marker() -> String {
+    static HOST: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    process_marker(HOST.get_or_init(local_host_name))
+}
+
 /// The pid in a process marker, if it names this host.
 pub fn marker_pid(marker: &str, host_name: &str) -> Option<u32> {
     let (host, pid) = marker.rsplit_once(" pid=")?;
