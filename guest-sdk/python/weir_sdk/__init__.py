@@ -625,7 +625,8 @@ def _traceback_text(exc: BaseException) -> str:
     """`Type: message` first, then the traceback without this module's frames."""
     try:
         frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename != __file__]
-        summary = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+        detail = str(exc)
+        summary = f"{type(exc).__name__}: {detail}" if detail else type(exc).__name__
         lines = "".join(traceback.format_list(frames)).rstrip()
         if not lines:
             return summary
