@@ -40,6 +40,14 @@ impl Paths {
     pub fn compile_cache(&self) -> PathBuf {
         self.home.join("cache")
     }
+    /// Pinned builders of Python and JavaScript guests, installed on first use.
+    pub fn toolchains(&self) -> PathBuf {
+        self.home.join("toolchains")
+    }
+    /// Components built from Python and JavaScript projects, by a hash of their inputs.
+    pub fn builds(&self) -> PathBuf {
+        self.home.join("builds")
+    }
     pub fn profiles(&self) -> PathBuf {
         self.home.join("profiles.toml")
     }

@@ -6,7 +6,6 @@
 use super::backend::Backend;
 use super::output::{level_label, table};
 use super::{Exit, JsonFlag};
-use crate::builder;
 use crate::clock::format_rfc3339;
 use crate::model::Policy;
 use crate::protocol::{build_params, parse_memory_size};
@@ -39,7 +38,7 @@ pub struct UploadArgs {
 
 /// Builds `path` if it is a project and uploads the component; returns the reply.
 fn upload_path(backend: &Backend, path: &Path, progress: bool) -> anyhow::Result<Value> {
-    let built = builder::build(path, progress).map_err(|e| Exit::bad_input(e.to_string()))?;
+    let built = super::flow::build_component(path, progress)?;
     let bytes =
         std::fs::read(&built.wasm).with_context(|| format!("reading {}", built.wasm.display()))?;
     backend.upload(bytes).map_err(|e| {

@@ -104,11 +104,19 @@ pub fn build(args: BuildArgs) -> anyhow::Result<()> {
         built, component, ..
     } = load_project(&args.path, !args.format.json)?;
     if args.format.json {
+        let (load, load_ms) = match component.load {
+            LoadKind::Compiled { millis } => ("compiled", millis),
+            LoadKind::Cached { millis } => ("cached", millis),
+        };
         let json = serde_json::json!({
             "wasm": built.wasm,
+            "language": built.language.map(|l| l.as_str()),
+            "reused_build": built.reused,
             "digest": component.digest.as_str(),
             "size_bytes": component.size_bytes,
             "flows": component.manifest.flow_names(),
+            "load": load,
+            "load_ms": load_ms,
         });
         println!("{json}");
     } else {
@@ -146,11 +154,18 @@ fn load_project(path: &std::path::Path, show_progress: bool) -> anyhow::Result<L
     })
 }
 
-fn build_component(path: &std::path::Path, show_progress: bool) -> anyhow::Result<Built> {
-    builder::build(path, show_progress).map_err(|e| match e {
-        builder::BuildError::Missing(_) | builder::BuildError::UnknownProject(_) => {
-            Exit::bad_input(e.to_string())
-        }
+pub(crate) fn build_component(
+    path: &std::path::Path,
+    show_progress: bool,
+) -> anyhow::Result<Built> {
+    let toolchains = std::env::var_os("WEIR_TOOLCHAINS")
+        .filter(|dir| !dir.is_empty())
+        .map(PathBuf::from);
+    let dirs = builder::BuildDirs::new(&paths(), toolchains);
+    builder::build(path, &dirs, show_progress).map_err(|e| match e {
+        builder::BuildError::Missing(_)
+        | builder::BuildError::UnknownProject(_)
+        | builder::BuildError::NoEntry { .. } => Exit::bad_input(e.to_string()),
         other => anyhow::Error::new(other),
     })
 }

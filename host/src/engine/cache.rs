@@ -1,15 +1,20 @@
 //! Compiled artifacts on disk, so a component is compiled once per engine.
 //!
 //! An artifact is named by the component's sha256 and the engine's
-//! compatibility hash, and stored with the sha256 of its own bytes in a
+//! compatibility hash, and stored with a CRC-32 of its own bytes in a
 //! sidecar file. On load both names and the checksum must match, or the
 //! artifact is recompiled: a stale, foreign or damaged file is never trusted.
+//!
+//! The sidecar guards against damage, not against someone who can write to
+//! `$WEIR_HOME` (they could rewrite any sidecar), so a fast checksum does the
+//! job of a cryptographic hash here. It matters: a Python component's artifact
+//! is ~40 MB, which SHA-256 took ~45 ms to check on every start; CRC-32 (SIMD)
+//! takes a few.
 //! Files are written to a temporary name and renamed, so a crash leaves no
 //! half-written artifact behind.
 
 use super::{EngineError, compile};
 use crate::model::ComponentDigest;
-use sha2::{Digest, Sha256};
 use std::hash::{Hash, Hasher};
 use std::path::Path;
 use wasmtime::component::Component;
@@ -22,15 +27,20 @@ pub fn load_or_compile(
 ) -> Result<(Component, bool), EngineError> {
     let name = format!("{}-{:016x}", digest, compatibility_hash(engine));
     let artifact = dir.join(format!("{name}.cwasm"));
-    let checksum = dir.join(format!("{name}.sha256"));
+    let checksum = dir.join(format!("{name}.crc32"));
 
     if let (Ok(code), Ok(expected)) = (std::fs::read(&artifact), std::fs::read_to_string(&checksum))
-        && hex::encode(Sha256::digest(&code)) == expected.trim()
+        && checksum_of(&code) == expected.trim()
     {
-        // SAFETY: the bytes were produced by `Component::serialize` of an engine
-        // with the same compatibility hash (it is in the file name) and are
-        // unchanged since (the checksum matches).
-        match unsafe { Component::deserialize(engine, &code) } {
+        drop(code);
+        // Mapping the file (rather than copying the bytes we read) lets wasmtime
+        // map the guest's initial memory straight from it: for a Python
+        // component that is ~20 MB not copied on every start.
+        // SAFETY: the file was produced by `Component::serialize` of an engine
+        // with the same compatibility hash (it is in the file name) and is
+        // unchanged since (the checksum matches). Artifacts are only ever
+        // replaced whole, by rename, never written in place.
+        match unsafe { Component::deserialize_file(engine, &artifact) } {
             Ok(component) => return Ok((component, true)),
             Err(e) => {
                 tracing::warn!(path = %artifact.display(), "recompiling: cached artifact rejected: {e}")
@@ -62,7 +72,7 @@ fn write_atomically(
     std::fs::create_dir_all(dir)?;
     let tmp = tempfile_in(dir, code)?;
     tmp.persist(artifact)?;
-    let sum = hex::encode(Sha256::digest(code));
+    let sum = checksum_of(code);
     let tmp = tempfile_in(dir, sum.as_bytes())?;
     tmp.persist(checksum)?;
     Ok(())
@@ -95,6 +105,10 @@ impl Drop for TempFile {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.path);
     }
+}
+
+fn checksum_of(code: &[u8]) -> String {
+    format!("{:08x}", crc32fast::hash(code))
 }
 
 fn compatibility_hash(engine: &wasmtime::Engine) -> u64 {

@@ -1,11 +1,25 @@
 //! Turns a guest project into a component: `host build PATH` and the build
 //! step of `host flow run PATH`.
 //!
-//! Rust projects (a `Cargo.toml`) are built with `cargo build --target
-//! wasm32-wasip2`; the target is added with rustup once if it is missing.
-//! Guests share one target directory (`<cargo target dir>/weir-guests`), apart
-//! from the host's own builds, so a nested build never waits on the outer one.
+//! The language is told by the project's files: `Cargo.toml` → Rust,
+//! `pyproject.toml` or `app.py` → Python, `package.json` → JavaScript.
+//!
+//! Rust projects are built with `cargo build --target wasm32-wasip2`; the
+//! target is added with rustup once if it is missing. Guests share one target
+//! directory (`<cargo target dir>/weir-guests`), apart from the host's own
+//! builds, so a nested build never waits on the outer one.
+//!
+//! Python and JavaScript projects are built by pinned toolchains that install
+//! themselves on first use (see [`polyglot`]); their components are kept by a
+//! hash of their inputs, so an unchanged project is not built again.
 
+mod js;
+mod polyglot;
+mod python;
+
+pub use polyglot::BuildDirs;
+
+use crate::config::Paths;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -16,9 +30,31 @@ pub enum BuildError {
     #[error("{0} does not exist")]
     Missing(PathBuf),
     #[error(
-        "{0} is not a guest project: expected a .wasm file or a folder with Cargo.toml (Rust); Python (pyproject.toml/app.py) and JavaScript (package.json) guests are not supported by this host yet"
+        "{0} is not a guest project: expected a .wasm file or a folder with Cargo.toml (Rust), pyproject.toml or app.py (Python), or package.json (JavaScript)"
     )]
     UnknownProject(PathBuf),
+    #[error("{project} has no entry module: expected {expected}")]
+    NoEntry {
+        project: PathBuf,
+        expected: &'static str,
+    },
+    #[error("{0} holds more than 64 MiB of sources; is it the right folder?")]
+    TooLarge(PathBuf),
+    #[error("{path}: {message}")]
+    Io { path: PathBuf, message: String },
+    #[error(
+        "could not install {tool} from the {registry} registry, which builds this guest:\n{message}"
+    )]
+    ToolchainInstall {
+        tool: String,
+        registry: &'static str,
+        message: String,
+    },
+    #[error("the {language} guest failed to build: {message}")]
+    ToolFailed {
+        language: &'static str,
+        message: String,
+    },
     #[error("could not run `{command}`: {message}")]
     Spawn { command: String, message: String },
     #[error(
@@ -33,36 +69,91 @@ pub enum BuildError {
     NoArtifact(PathBuf),
 }
 
+/// The language of a guest project.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Language {
+    Rust,
+    Python,
+    JavaScript,
+}
+
+impl Language {
+    /// What the folder's files say it is written in, if anything.
+    pub fn detect(project: &Path) -> Option<Language> {
+        let has = |name: &str| project.join(name).is_file();
+        if has("Cargo.toml") {
+            Some(Language::Rust)
+        } else if has("pyproject.toml") || has("app.py") {
+            Some(Language::Python)
+        } else if has("package.json") {
+            Some(Language::JavaScript)
+        } else {
+            None
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Language::Rust => "rust",
+            Language::Python => "python",
+            Language::JavaScript => "javascript",
+        }
+    }
+}
+
+impl BuildDirs {
+    /// Toolchains under `$WEIR_HOME/toolchains` unless `toolchains` (from
+    /// `$WEIR_TOOLCHAINS`) says otherwise; builds under `$WEIR_HOME/builds`.
+    pub fn new(paths: &Paths, toolchains: Option<PathBuf>) -> BuildDirs {
+        BuildDirs {
+            toolchains: toolchains.unwrap_or_else(|| paths.toolchains()),
+            builds: paths.builds(),
+        }
+    }
+}
+
 /// What a build produced.
 #[derive(Debug, Clone)]
 pub struct Built {
     pub wasm: PathBuf,
-    /// False when PATH was a `.wasm` file already.
+    /// None when PATH was a `.wasm` file already.
+    pub language: Option<Language>,
+    /// True when PATH was a project (built now or reused from the build cache).
     pub compiled: bool,
+    /// True when an unchanged Python or JavaScript project was not built again.
+    pub reused: bool,
 }
 
 /// Builds `path` (or takes it as is when it is a `.wasm` file).
 ///
-/// Cargo's own progress goes to stderr when `show_progress` is set.
-pub fn build(path: &Path, show_progress: bool) -> Result<Built, BuildError> {
+/// The tools' own progress goes to stderr when `show_progress` is set.
+pub fn build(path: &Path, dirs: &BuildDirs, show_progress: bool) -> Result<Built, BuildError> {
     if !path.exists() {
         return Err(BuildError::Missing(path.to_path_buf()));
     }
     if path.is_file() {
         return Ok(Built {
             wasm: path.to_path_buf(),
+            language: None,
             compiled: false,
+            reused: false,
         });
     }
-    let manifest = path.join("Cargo.toml");
-    if !manifest.is_file() {
-        return Err(BuildError::UnknownProject(path.to_path_buf()));
-    }
-    ensure_target()?;
-    let wasm = cargo_build(&manifest, show_progress)?;
+    let language =
+        Language::detect(path).ok_or_else(|| BuildError::UnknownProject(path.to_path_buf()))?;
+    let (wasm, reused) = match language {
+        Language::Rust => {
+            ensure_target()?;
+            (cargo_build(&path.join("Cargo.toml"), show_progress)?, false)
+        }
+        Language::Python => python::build(path, dirs, show_progress)?,
+        Language::JavaScript => js::build(path, dirs, show_progress)?,
+    };
     Ok(Built {
         wasm,
+        language: Some(language),
         compiled: true,
+        reused,
     })
 }
 
@@ -223,9 +314,41 @@ mod tests {
     #[test]
     fn a_folder_without_a_project_is_named() {
         let dir = tempfile::tempdir().unwrap();
-        let err = build(dir.path(), false).unwrap_err();
+        let dirs = BuildDirs::new(&Paths::at(dir.path()), None);
+        let err = build(dir.path(), &dirs, false).unwrap_err();
         assert!(err.to_string().contains("is not a guest project"), "{err}");
-        let err = build(&dir.path().join("nope"), false).unwrap_err();
+        let err = build(&dir.path().join("nope"), &dirs, false).unwrap_err();
         assert!(err.to_string().contains("does not exist"), "{err}");
+    }
+
+    #[test]
+    fn the_language_is_told_by_the_project_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let detect = |files: &[&str]| {
+            let project = tempfile::tempdir_in(dir.path()).unwrap();
+            for file in files {
+                std::fs::write(project.path().join(file), "").unwrap();
+            }
+            Language::detect(project.path())
+        };
+        assert_eq!(detect(&[]), None);
+        assert_eq!(
+            detect(&["Cargo.toml", "package.json"]),
+            Some(Language::Rust)
+        );
+        assert_eq!(detect(&["pyproject.toml"]), Some(Language::Python));
+        assert_eq!(detect(&["app.py"]), Some(Language::Python));
+        assert_eq!(detect(&["package.json"]), Some(Language::JavaScript));
+    }
+
+    #[test]
+    fn a_python_project_without_app_py_says_what_it_expects() {
+        let dir = tempfile::tempdir().unwrap();
+        let project = dir.path().join("p");
+        std::fs::create_dir(&project).unwrap();
+        std::fs::write(project.join("pyproject.toml"), "").unwrap();
+        let dirs = BuildDirs::new(&Paths::at(dir.path()), None);
+        let err = build(&project, &dirs, false).unwrap_err();
+        assert!(err.to_string().contains("expected app.py"), "{err}");
     }
 }

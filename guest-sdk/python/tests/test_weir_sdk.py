@@ -1,0 +1,151 @@
+"""Unit tests of weir_sdk in plain CPython, the host imports faked.
+
+The committed bindings (../bindings) stand in for the ones componentize-py
+generates at build time; the `runtime` functions are replaced per test.
+
+Run with: python3 -m unittest discover -s guest-sdk/python/tests
+"""
+
+import json
+import sys
+import unittest
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT / "bindings"), str(ROOT)]
+
+import weir_sdk  # noqa: E402
+from componentize_py_types import Err  # noqa: E402
+from wit_world.imports import runtime  # noqa: E402
+from wit_world.imports import types as wit  # noqa: E402
+
+
+class FakeHost:
+    """Runs called tasks in this process, like the host would in a sandbox."""
+
+    def __init__(self):
+        self.logs = []
+        self.calls = []
+        self.submitted = {}
+
+    def install(self):
+        runtime.log = lambda level, message: self.logs.append((level, message))
+        runtime.call_task = self.call_task
+        runtime.submit_task = self.submit_task
+        runtime.await_task = lambda handle: self.call_task(*self.submitted.pop(handle))
+        runtime.info = lambda: wit.RunInfo("run", None, 1, "f", None, None, None)
+
+    def call_task(self, name, payload):
+        self.calls.append((name, json.loads(payload)))
+        return weir_sdk.Guest().run_task(name, payload)
+
+    def submit_task(self, name, payload):
+        handle = len(self.submitted) + 100
+        self.submitted[handle] = (name, payload)
+        return handle
+
+
+@weir_sdk.task(retries=3, retry_delay="50ms", timeout=30, memory="64MiB", tags=["db"])
+def double(n: int) -> int:
+    """Doubles n."""
+    return n * 2
+
+
+@weir_sdk.task
+def explode(message: str) -> None:
+    raise ValueError(message)
+
+
+@weir_sdk.flow
+def fan_out(items: list, factor: float = 1.5, label: str | None = None) -> dict:
+    """Doubles every item in parallel."""
+    return {"doubled": weir_sdk.wait_all(double.map(items)), "factor": factor}
+
+
+class SdkTests(unittest.TestCase):
+    def setUp(self):
+        self.host = FakeHost()
+        self.host.install()
+
+    def test_describe_writes_the_manifest_format(self):
+        manifest = json.loads(weir_sdk.Guest().describe())
+        self.assertEqual(manifest["sdk"]["language"], "python")
+        flow = next(f for f in manifest["flows"] if f["name"] == "fan_out")
+        self.assertEqual(flow["description"], "Doubles every item in parallel.")
+        self.assertEqual(
+            flow["params_schema"],
+            {
+                "type": "object",
+                "properties": {
+                    "items": {"type": "array"},
+                    "factor": {"type": "number", "default": 1.5},
+                    "label": {"type": ["string", "null"], "default": None},
+                },
+                "required": ["items"],
+                "additionalProperties": False,
+            },
+        )
+        task = next(t for t in manifest["tasks"] if t["name"] == "double")
+        self.assertEqual(
+            task["policy"],
+            {"retries": 3, "retry_delay_ms": [50], "timeout_ms": 30000, "memory_bytes": 64 << 20, "tags": ["db"]},
+        )
+
+    def test_tasks_called_from_a_flow_go_through_the_host_with_named_arguments(self):
+        out = weir_sdk.Guest().run_flow("fan_out", json.dumps({"items": [1, 2, 3]}))
+        self.assertEqual(json.loads(out), {"doubled": [2, 4, 6], "factor": 1.5})
+        self.assertEqual(self.host.calls, [("double", {"n": 1}), ("double", {"n": 2}), ("double", {"n": 3})])
+
+    def test_an_exception_is_a_failed_error_with_its_traceback_and_a_log_line(self):
+        with self.assertRaises(Err) as caught:
+            weir_sdk.Guest().run_task("explode", '{"message": "boom"}')
+        error = caught.exception.value
+        self.assertIsInstance(error, wit.TaskError_Failed)
+        self.assertTrue(error.value.startswith("ValueError: boom\nTraceback"), error.value)
+        self.assertIn("in explode", error.value)
+        self.assertNotIn("in _dispatch", error.value)
+        self.assertEqual(self.host.logs[-1][0], wit.LogLevel.ERROR)
+
+    def test_a_failed_task_raises_task_error_in_the_caller(self):
+        with self.assertRaises(weir_sdk.TaskError) as caught:
+            explode("bad")
+        self.assertEqual(caught.exception.kind, "failed")
+        self.assertIn("ValueError: bad", caught.exception.message)
+
+    def test_bad_input_is_invalid_input_naming_the_problem(self):
+        guest = weir_sdk.Guest()
+        cases = {
+            '{"m": 1}': "unknown argument 'm'",
+            "{}": "missing argument 'n'",
+            '{"n": "x"}': "expected int, got str",
+            "[1]": "expects a JSON object",
+            "{": "not JSON",
+        }
+        for payload, expected in cases.items():
+            with self.assertRaises(Err) as caught:
+                guest.run_task("double", payload)
+            self.assertIsInstance(caught.exception.value, wit.TaskError_InvalidInput, payload)
+            self.assertIn(expected, caught.exception.value.value)
+        with self.assertRaises(Err) as caught:
+            guest.run_flow("nope", "{}")
+        self.assertIn("no flow named 'nope'", caught.exception.value.value)
+
+    def test_wait_all_waits_for_everything_before_raising(self):
+        handles = [double.submit(1), weir_sdk.submit(explode, "x"), double.submit(2)]
+        results = weir_sdk.wait_all(handles, return_exceptions=True)
+        self.assertEqual(results[0], 2)
+        self.assertIsInstance(results[1], weir_sdk.TaskError)
+        self.assertEqual(results[2], 4)
+        self.assertEqual(self.host.submitted, {})
+
+    def test_bad_options_fail_at_declaration(self):
+        with self.assertRaises(ValueError):
+            weir_sdk.task(retry_delay="soon")(lambda: None)
+        with self.assertRaises(TypeError):
+            weir_sdk.task(retries=-1)(lambda: None)
+        with self.assertRaises(ValueError):
+            weir_sdk.task(name="double")(lambda: None)
+
+
+if __name__ == "__main__":
+    unittest.main()

@@ -1,0 +1,266 @@
+//! Python and JavaScript guests, through the `host` program: the ETL twins
+//! give the Rust example's result, a second run neither rebuilds nor
+//! recompiles, a task that raises or throws is a clean failure, and the
+//! committed Python bindings match what componentize-py generates from the WIT.
+//!
+//! These need python3, node and npm and reach PyPI and npm on first use, so
+//! they run only with WEIR_POLYGLOT_TESTS=1 (CI sets it). The toolchains are
+//! installed once into the cargo target dir and shared by every test.
+
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use weir_tests::{ETL_WASM, workspace};
+
+const HOST: &str = env!("CARGO_BIN_EXE_host-under-test");
+
+fn enabled(test: &str) -> bool {
+    let on = std::env::var("WEIR_POLYGLOT_TESTS").is_ok_and(|v| v == "1");
+    if !on {
+        eprintln!(
+            "skipped {test}: set WEIR_POLYGLOT_TESTS=1 to build and run Python and JavaScript guests"
+        );
+    }
+    on
+}
+
+/// Shared by all tests (and runs) so componentize-py and jco install once.
+fn toolchains() -> PathBuf {
+    Path::new(env!("CARGO_TARGET_TMPDIR")).join("weir-toolchains")
+}
+
+fn host(home: &Path, args: &[&str]) -> Output {
+    Command::new(HOST)
+        .args(args)
+        .env("WEIR_HOME", home)
+        .env("WEIR_TOOLCHAINS", toolchains())
+        .current_dir(workspace())
+        .stdin(Stdio::null())
+        .output()
+        .expect("running the host")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn json_out(output: &Output) -> Value {
+    serde_json::from_slice(&output.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}\n{}", text(&output.stdout), text(&output.stderr)))
+}
+
+fn run_json(home: &Path, path: &str, flow: Option<&str>, params: &[&str]) -> (Output, Value) {
+    let mut args = vec!["flow", "run", path];
+    args.extend(flow);
+    for param in params {
+        args.extend(["--param", param]);
+    }
+    args.push("--json");
+    let out = host(home, &args);
+    let json = json_out(&out);
+    (out, json)
+}
+
+/// Builds twice, then runs the ETL with 100 and 500 rows and compares with Rust.
+fn runs_like_the_rust_etl(example: &str, language: &str) {
+    let home = tempfile::tempdir().unwrap();
+    let first = host(home.path(), &["build", example, "--json"]);
+    assert!(first.status.success(), "{}", text(&first.stderr));
+    let first = json_out(&first);
+    assert_eq!(first["language"], language);
+    assert_eq!(first["load"], "compiled", "{first}");
+
+    let second = host(home.path(), &["build", example, "--json"]);
+    assert!(second.status.success(), "{}", text(&second.stderr));
+    let second = json_out(&second);
+    assert_eq!(
+        second["reused_build"], true,
+        "the build was not reused: {second}"
+    );
+    assert_eq!(
+        second["load"], "cached",
+        "the component was compiled again: {second}"
+    );
+    assert_eq!(second["digest"], first["digest"]);
+    eprintln!(
+        "{example}: {} bytes, first load (compile) {} ms, second load (cached) {} ms",
+        first["size_bytes"], first["load_ms"], second["load_ms"]
+    );
+
+    for rows in ["rows=100", "rows=500"] {
+        let (out, run) = run_json(home.path(), example, None, &[rows]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let (_, rust) = run_json(home.path(), ETL_WASM, None, &[rows]);
+        assert_eq!(run["state"], "Completed", "{run}");
+        assert_eq!(run["result"], rust["result"], "{example} {rows}");
+        assert_eq!(
+            run["summary"]["attempts"], rust["summary"]["attempts"],
+            "the same tasks and the same one retry of load: {run}"
+        );
+    }
+}
+
+#[test]
+fn the_python_etl_gives_the_rust_result_and_is_not_rebuilt_or_recompiled() {
+    if enabled("the_python_etl_gives_the_rust_result") {
+        runs_like_the_rust_etl("examples/etl-python", "python");
+    }
+}
+
+#[test]
+fn the_js_etl_gives_the_rust_result_and_is_not_rebuilt_or_recompiled() {
+    if enabled("the_js_etl_gives_the_rust_result") {
+        runs_like_the_rust_etl("examples/etl-js", "javascript");
+    }
+}
+
+#[test]
+fn a_python_task_that_raises_is_a_clean_failure() {
+    if !enabled("a_python_task_that_raises_is_a_clean_failure") {
+        return;
+    }
+    let home = tempfile::tempdir().unwrap();
+    let fixture = "tests/fixtures/python-failing";
+    let (out, run) = run_json(home.path(), fixture, Some("survive"), &[]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let caught = &run["result"]["caught"];
+    assert_eq!(caught["kind"], "failed", "{run}");
+    let message = caught["message"].as_str().unwrap();
+    assert!(
+        message.starts_with("ValueError: boom 1\nTraceback"),
+        "{message}"
+    );
+    assert!(message.contains("in boom"), "{message}");
+    assert_eq!(
+        run["result"]["after"], 2,
+        "the flow went on after the failure"
+    );
+
+    let (out, run) = run_json(home.path(), fixture, Some("crash"), &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert_eq!(run["state"], "Failed", "{run}");
+    assert_eq!(run["error"]["kind"], "failed", "not a trap: {run}");
+    let message = run["error"]["message"].as_str().unwrap();
+    assert!(
+        message.starts_with("TaskError: failed: ValueError: boom 2"),
+        "{message}"
+    );
+}
+
+#[test]
+fn a_js_task_that_throws_anything_is_a_clean_failure() {
+    if !enabled("a_js_task_that_throws_anything_is_a_clean_failure") {
+        return;
+    }
+    let home = tempfile::tempdir().unwrap();
+    let fixture = "tests/fixtures/js-failing";
+    let (out, run) = run_json(home.path(), fixture, Some("survive"), &[]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let result = &run["result"];
+    assert_eq!(result["error"]["kind"], "failed", "{run}");
+    let message = result["error"]["message"].as_str().unwrap();
+    assert!(message.starts_with("RangeError: boom 1"), "{message}");
+    assert_eq!(result["bare"]["kind"], "failed", "{run}");
+    assert_eq!(result["bare"]["message"], "thrown: not an Error");
+    assert_eq!(result["after"], 2, "the flow went on after the failures");
+
+    let (out, run) = run_json(home.path(), fixture, Some("crash"), &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert_eq!(run["state"], "Failed", "{run}");
+    assert_eq!(run["error"]["kind"], "failed", "not a trap: {run}");
+    let message = run["error"]["message"].as_str().unwrap();
+    assert!(
+        message.starts_with("TaskError: failed: RangeError: boom 2"),
+        "{message}"
+    );
+}
+
+/// Files under `dir` (relative path → bytes), caches left out.
+fn tree(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut files = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(at) = stack.pop() {
+        for entry in std::fs::read_dir(&at).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                if !path.ends_with("__pycache__") {
+                    stack.push(path);
+                }
+            } else {
+                let bytes = std::fs::read(&path).unwrap();
+                files.push((path.strip_prefix(dir).unwrap().to_path_buf(), bytes));
+            }
+        }
+    }
+    files.sort();
+    files
+}
+
+#[test]
+fn the_committed_python_bindings_match_the_wit_and_the_sdk_tests_pass() {
+    if !enabled("the_committed_python_bindings_match_the_wit") {
+        return;
+    }
+    // Any Python build installs componentize-py into the shared toolchain dir.
+    let home = tempfile::tempdir().unwrap();
+    let built = host(
+        home.path(),
+        &["build", "tests/fixtures/python-failing", "--json"],
+    );
+    assert!(built.status.success(), "{}", text(&built.stderr));
+    let python = std::fs::read_dir(toolchains())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("componentize-py-")
+        })
+        .expect("componentize-py installed")
+        .join("bin/python3");
+
+    // componentize-py generates the bindings itself at build time; the
+    // committed copy (for editors and the SDK's unit tests) must not drift.
+    let fresh = tempfile::tempdir().unwrap();
+    let out = Command::new(&python)
+        .args([
+            "-c",
+            "import sys; from componentize_py import script; sys.argv[0] = 'componentize-py'; sys.exit(script())",
+            "--wit-path",
+            "wit",
+            "--world",
+            "flow",
+            "bindings",
+        ])
+        .arg(fresh.path())
+        .current_dir(workspace())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let committed = workspace().join("guest-sdk/python/bindings");
+    let (fresh, committed) = (tree(fresh.path()), tree(&committed));
+    let names =
+        |files: &[(PathBuf, Vec<u8>)]| files.iter().map(|f| f.0.clone()).collect::<Vec<_>>();
+    assert_eq!(names(&committed), names(&fresh), "files differ");
+    for ((path, want), (_, have)) in fresh.iter().zip(&committed) {
+        assert!(
+            want == have,
+            "guest-sdk/python/bindings/{} is out of date with wit/flow.wit; regenerate it with: componentize-py -d wit -w flow bindings guest-sdk/python/bindings",
+            path.display()
+        );
+    }
+
+    let out = Command::new("python3")
+        .args(["-m", "unittest", "discover", "-s", "guest-sdk/python/tests"])
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .current_dir(workspace())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+}
