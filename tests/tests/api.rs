@@ -662,6 +662,42 @@ fn a_paused_pool_holds_runs_in_scheduled_until_it_resumes() {
 }
 
 #[test]
+fn a_pool_concurrency_limit_holds_the_second_run_until_the_first_ends() {
+    let server = TestServer::start();
+    let digest = server.upload(FIXTURE_WASM);
+    let (status, pool) = server.send(
+        "PUT",
+        "/api/work-pools/wasm",
+        json!({ "concurrency_limit": 1 }),
+    );
+    assert_eq!(status, 200, "{pool}");
+    let slow = deployment(
+        "slow",
+        &digest,
+        "slow_sequential",
+        json!({ "n": 5, "ms": 100 }),
+    );
+    assert_eq!(server.send("PUT", "/api/deployments/slow", slow).0, 201);
+    let (_, first) = server.send("POST", "/api/deployments/slow/runs", json!({}));
+    let (_, second) = server.send("POST", "/api/deployments/slow/runs", json!({}));
+    assert_eq!(first["state"], "Pending");
+    assert_eq!(
+        second["state"], "Scheduled",
+        "the pool allows one at a time"
+    );
+    let (_, one) = server.events(first["flow_run_id"].as_str().unwrap());
+    let (_, two) = server.events(second["flow_run_id"].as_str().unwrap());
+    assert_eq!(
+        (one["state"].as_str(), two["state"].as_str()),
+        (Some("Completed"), Some("Completed"))
+    );
+    assert!(
+        two["started_at"].as_i64().unwrap() >= one["ended_at"].as_i64().unwrap(),
+        "the second started after the first ended: {one} {two}"
+    );
+}
+
+#[test]
 fn the_cli_deploys_from_a_file_and_follows_a_run() {
     let server = TestServer::start();
     let dir = tempfile::tempdir().unwrap();

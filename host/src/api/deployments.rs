@@ -173,6 +173,11 @@ fn may_start(state: &ApiState, pool: &str, deployment: Option<&Deployment>) -> A
         if pool.paused {
             return Ok(false);
         }
+        if let Some(limit) = pool.concurrency_limit
+            && state.store.active_runs_of_pool(&pool.name)? >= u64::from(limit)
+        {
+            return Ok(false);
+        }
     }
     if let Some(d) = deployment {
         if let Some(queue) = state.store.object(

@@ -165,6 +165,7 @@ pub fn hash_key(key: &str) -> [u8; 32] {
         objects::list_work_pools,
         objects::create_work_pool,
         objects::get_work_pool,
+        objects::put_work_pool,
         objects::delete_work_pool,
         objects::pause_work_pool,
         objects::resume_work_pool,
@@ -263,7 +264,9 @@ pub fn router(state: Arc<ApiState>) -> Router {
         )
         .route(
             "/api/work-pools/{name}",
-            get(objects::get_work_pool).delete(objects::delete_work_pool),
+            get(objects::get_work_pool)
+                .put(objects::put_work_pool)
+                .delete(objects::delete_work_pool),
         )
         .route(
             "/api/work-pools/{name}/pause",

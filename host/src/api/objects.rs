@@ -105,6 +105,29 @@ pub(super) async fn create_work_pool(
     Ok((StatusCode::CREATED, Json(json!(new))))
 }
 
+/// Create or replace a work pool (description, limit, paused).
+#[utoipa::path(put, path = "/api/work-pools/{name}", tag = "work pools",
+    params(("name" = String, Path)),
+    request_body(content = schema::WorkPool, content_type = "application/json"),
+    responses((status = 200, body = schema::WorkPool), (status = 400, body = schema::ErrorBody)))]
+pub(super) async fn put_work_pool(
+    State(state): State<Arc<ApiState>>,
+    Path(name): Path<String>,
+    body: axum::body::Bytes,
+) -> ApiResult<Json<Value>> {
+    check_name("work pool", &name)?;
+    let mut value: Value = parse_body(&body, r#"{"concurrency_limit": N, "paused": false}"#)?;
+    if let Some(object) = value.as_object_mut() {
+        object.insert("name".into(), Value::String(name.clone()));
+    }
+    let new: WorkPool = serde_json::from_value(value).map_err(|e| {
+        ApiError::bad_request("bad_json", format!("the body is not a work pool: {e}"))
+    })?;
+    put_object(&state, ObjectKind::WorkPool, &name, &new).await?;
+    ensure_pool(&state, &name).await?;
+    Ok(Json(json!(new)))
+}
+
 /// A work pool.
 #[utoipa::path(get, path = "/api/work-pools/{name}", tag = "work pools",
     params(("name" = String, Path)),

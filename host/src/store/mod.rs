@@ -505,6 +505,19 @@ impl Store {
         })
     }
 
+    /// Runs of a work pool that have not ended (for its concurrency limit).
+    pub fn active_runs_of_pool(&self, pool: &str) -> Result<u64, StoreError> {
+        let n: i64 = self.read(|c| {
+            c.query_row(
+                "SELECT count(*) FROM flow_runs WHERE work_pool = ?1
+                 AND state IN ('Pending', 'Running', 'Retrying', 'Cancelling')",
+                [pool],
+                |r| r.get(0),
+            )
+        })?;
+        Ok(n as u64)
+    }
+
     /// Runs of a deployment that have not ended (for its concurrency limit).
     pub fn active_runs_of_deployment(&self, deployment: &str) -> Result<u64, StoreError> {
         let n: i64 = self.read(|c| {
