@@ -96,9 +96,31 @@ async fn start_due_runs(state: &Arc<ApiState>) {
         return;
     }
     let now = state.control.now();
-    let Ok(due) = state.store.due_runs(&state.pools, now, 100) else {
+    let Ok(mut due) = state.store.due_runs(&state.pools, now, 100) else {
         return;
     };
+    // Lower queue priority numbers first; within a priority, the oldest first.
+    let priorities: HashMap<String, u32> = state
+        .store
+        .objects(ObjectKind::WorkQueue)
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|row| {
+            let queue: crate::model::WorkQueue = serde_json::from_str(&row.body).ok()?;
+            Some((row.name, queue.priority))
+        })
+        .collect();
+    let priority = |run: &crate::store::FlowRunRow| {
+        let key = format!(
+            "{}/{}",
+            run.work_pool.as_deref().unwrap_or_default(),
+            run.work_queue
+                .as_deref()
+                .unwrap_or(crate::model::deploy::DEFAULT_QUEUE)
+        );
+        priorities.get(&key).copied().unwrap_or(u32::MAX)
+    };
+    due.sort_by_key(|run| (priority(run), run.scheduled_at));
     for run in due {
         if let Err(e) = api::launch_scheduled(state, &run).await {
             tracing::warn!("flow run {} could not start: {e}", run.id);

@@ -698,6 +698,55 @@ fn a_pool_concurrency_limit_holds_the_second_run_until_the_first_ends() {
 }
 
 #[test]
+fn waiting_runs_start_by_queue_priority() {
+    let server = TestServer::start();
+    let digest = server.upload(FIXTURE_WASM);
+    let pool = |paused: bool| json!({ "concurrency_limit": 1, "paused": paused });
+    assert_eq!(
+        server.send("PUT", "/api/work-pools/wasm", pool(true)).0,
+        200
+    );
+    for (queue, priority) in [("bulk", 5), ("urgent", 0)] {
+        let (status, reply) = server.send(
+            "POST",
+            "/api/work-pools/wasm/queues",
+            json!({ "name": queue, "priority": priority }),
+        );
+        assert_eq!(status, 201, "{reply}");
+        let mut d = deployment(
+            queue,
+            &digest,
+            "slow_sequential",
+            json!({ "n": 3, "ms": 50 }),
+        );
+        d["work_queue"] = json!(queue);
+        assert_eq!(
+            server
+                .send("PUT", &format!("/api/deployments/{queue}"), d)
+                .0,
+            201
+        );
+    }
+    let (_, bulk) = server.send("POST", "/api/deployments/bulk/runs", json!({}));
+    let (_, urgent) = server.send("POST", "/api/deployments/urgent/runs", json!({}));
+    assert_eq!(
+        (bulk["state"].as_str(), urgent["state"].as_str()),
+        (Some("Scheduled"), Some("Scheduled"))
+    );
+    assert_eq!(
+        server.send("PUT", "/api/work-pools/wasm", pool(false)).0,
+        200
+    );
+    let (_, bulk) = server.events(bulk["flow_run_id"].as_str().unwrap());
+    let (_, urgent) = server.events(urgent["flow_run_id"].as_str().unwrap());
+    assert_eq!(urgent["work_queue"], "urgent");
+    assert!(
+        bulk["started_at"].as_i64().unwrap() >= urgent["ended_at"].as_i64().unwrap(),
+        "the urgent run, queued later, ran first: {urgent} {bulk}"
+    );
+}
+
+#[test]
 fn the_cli_deploys_from_a_file_and_follows_a_run() {
     let server = TestServer::start();
     let dir = tempfile::tempdir().unwrap();

@@ -249,6 +249,7 @@ fn fill(db: &Path, rows: usize) {
                     tags: vec!["bench".into()],
                     scheduled_at: Some(i64::MAX / 2),
                     work_pool: Some("elsewhere".into()),
+                    work_queue: Some("default".into()),
                 })
             })
             .collect();

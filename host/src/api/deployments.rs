@@ -6,7 +6,7 @@ use super::runs::{StartRun, check_params, parse_digest};
 use super::{ApiError, ApiResult, ApiState, parse_body, schema};
 use crate::control::Durability;
 use crate::engine::Component;
-use crate::model::deploy::DEFAULT_POOL;
+use crate::model::deploy::{DEFAULT_POOL, DEFAULT_QUEUE};
 use crate::model::{Deployment, FlowRunId, GrantedSecrets, RunState, TimestampMicros, WorkPool};
 use crate::store::{FlowRunRow, NewFlowRun, ObjectKind, ObjectRow, Write};
 use crate::worker::{ExistingRun, FlowRunRequest, this_process_marker};
@@ -38,13 +38,18 @@ pub(super) async fn launch(
         .as_ref()
         .map(|d| d.work_pool.clone())
         .unwrap_or_else(|| DEFAULT_POOL.to_string());
+    let queue = launch
+        .deployment
+        .as_ref()
+        .map(|d| d.work_queue.clone())
+        .unwrap_or_else(|| DEFAULT_QUEUE.to_string());
     let secrets = match &launch.deployment {
         Some(d) => resolve_secrets(state, d)?,
         None => GrantedSecrets::default(),
     };
     let now = state.control.now();
-    let start_now =
-        launch.scheduled_at.is_none() && may_start(state, &pool, launch.deployment.as_ref())?;
+    let start_now = launch.scheduled_at.is_none()
+        && may_start(state, &pool, &queue, launch.deployment.as_ref())?;
     let initial = if start_now {
         RunState::Pending
     } else {
@@ -74,6 +79,7 @@ pub(super) async fn launch(
                 tags,
                 scheduled_at: launch.scheduled_at.or((!start_now).then_some(now)),
                 work_pool: Some(pool),
+                work_queue: Some(queue),
             },
             Durability::Committed,
         )
@@ -111,7 +117,11 @@ pub async fn launch_scheduled(state: &Arc<ApiState>, run: &FlowRunRow) -> Result
         None => None,
     };
     let pool = run.work_pool.clone().unwrap_or_else(|| DEFAULT_POOL.into());
-    if !may_start(state, &pool, deployment.as_ref()).map_err(|e| e.message)? {
+    let queue = run
+        .work_queue
+        .clone()
+        .unwrap_or_else(|| DEFAULT_QUEUE.into());
+    if !may_start(state, &pool, &queue, deployment.as_ref()).map_err(|e| e.message)? {
         return Ok(false);
     }
     let secrets = match &deployment {
@@ -120,6 +130,18 @@ pub async fn launch_scheduled(state: &Arc<ApiState>, run: &FlowRunRow) -> Result
     };
     let digest = parse_digest(&run.component).map_err(|e| e.message)?;
     let component = state.component(&digest).await.map_err(|e| e.message)?;
+    // Pending before it is handed over, so the next limit check counts it
+    // (and a second dispatcher loses the compare-and-set).
+    let change =
+        crate::store::StateChange::new(run.id.0, run.state, RunState::Pending, state.control.now());
+    match state
+        .control
+        .change_flow_run(change, Vec::new(), Durability::Committed)
+    {
+        Ok(Some(ticket)) => ticket.committed().await.map_err(|e| e.to_string())?,
+        Ok(None) => {}
+        Err(e) => return Err(e.to_string()),
+    }
     spawn_run(
         state,
         component,
@@ -127,7 +149,7 @@ pub async fn launch_scheduled(state: &Arc<ApiState>, run: &FlowRunRow) -> Result
         run.params.clone(),
         ExistingRun {
             id: run.id,
-            state: run.state,
+            state: RunState::Pending,
             attempt: run.attempt,
         },
         deployment.as_ref(),
@@ -164,7 +186,12 @@ fn spawn_run(
 }
 
 /// Whether a run for `pool` (and `deployment`) may start on this server now.
-fn may_start(state: &ApiState, pool: &str, deployment: Option<&Deployment>) -> ApiResult<bool> {
+fn may_start(
+    state: &ApiState,
+    pool: &str,
+    queue: &str,
+    deployment: Option<&Deployment>,
+) -> ApiResult<bool> {
     if state.executor.is_none() || !state.pools.iter().any(|p| p == pool) {
         return Ok(false);
     }
@@ -174,22 +201,27 @@ fn may_start(state: &ApiState, pool: &str, deployment: Option<&Deployment>) -> A
             return Ok(false);
         }
         if let Some(limit) = pool.concurrency_limit
-            && state.store.active_runs_of_pool(&pool.name)? >= u64::from(limit)
+            && state.store.active_runs_of_pool(&pool.name, None)? >= u64::from(limit)
+        {
+            return Ok(false);
+        }
+    }
+    if let Some(row) = state
+        .store
+        .object(ObjectKind::WorkQueue, &format!("{pool}/{queue}"))?
+    {
+        let queue: crate::model::WorkQueue =
+            serde_json::from_str(&row.body).map_err(ApiError::internal)?;
+        if queue.paused {
+            return Ok(false);
+        }
+        if let Some(limit) = queue.concurrency_limit
+            && state.store.active_runs_of_pool(pool, Some(&queue.name))? >= u64::from(limit)
         {
             return Ok(false);
         }
     }
     if let Some(d) = deployment {
-        if let Some(queue) = state.store.object(
-            ObjectKind::WorkQueue,
-            &format!("{}/{}", d.work_pool, d.work_queue),
-        )? {
-            let queue: crate::model::WorkQueue =
-                serde_json::from_str(&queue.body).map_err(ApiError::internal)?;
-            if queue.paused {
-                return Ok(false);
-            }
-        }
         if let Some(limit) = d.concurrency_limit
             && state.store.active_runs_of_deployment(&d.name)? >= u64::from(limit)
         {

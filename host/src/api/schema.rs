@@ -110,6 +110,7 @@ pub struct FlowRun {
     pub tags: Vec<String>,
     pub scheduled_at: Option<i64>,
     pub work_pool: Option<String>,
+    pub work_queue: Option<String>,
 }
 
 #[derive(ToSchema)]

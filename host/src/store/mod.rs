@@ -97,6 +97,8 @@ pub struct NewFlowRun {
     pub scheduled_at: Option<TimestampMicros>,
     /// The pool whose executors may run it (runs started in-process have none).
     pub work_pool: Option<String>,
+    /// Its queue in that pool.
+    pub work_queue: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -505,13 +507,15 @@ impl Store {
         })
     }
 
-    /// Runs of a work pool that have not ended (for its concurrency limit).
-    pub fn active_runs_of_pool(&self, pool: &str) -> Result<u64, StoreError> {
+    /// Runs of a work pool (and, if given, one of its queues) that have not
+    /// ended, for their concurrency limits.
+    pub fn active_runs_of_pool(&self, pool: &str, queue: Option<&str>) -> Result<u64, StoreError> {
         let n: i64 = self.read(|c| {
             c.query_row(
                 "SELECT count(*) FROM flow_runs WHERE work_pool = ?1
+                 AND (?2 IS NULL OR work_queue = ?2)
                  AND state IN ('Pending', 'Running', 'Retrying', 'Cancelling')",
-                [pool],
+                params![pool, queue],
                 |r| r.get(0),
             )
         })?;
@@ -1004,12 +1008,14 @@ pub struct FlowRunRow {
     pub scheduled_at: Option<TimestampMicros>,
     #[serde(default)]
     pub work_pool: Option<String>,
+    #[serde(default)]
+    pub work_queue: Option<String>,
 }
 
 const FLOW_RUN_SELECT: &str =
     "SELECT id, parent_flow_run, component, flow_name, params, state, message,
     failure_kind, result, attempt, host, created_us, started_us, ended_us, fuel_used, peak_memory,
-    deployment, tags, scheduled_us, work_pool FROM flow_runs";
+    deployment, tags, scheduled_us, work_pool, work_queue FROM flow_runs";
 
 impl FlowRunRow {
     fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Self> {
@@ -1040,6 +1046,7 @@ impl FlowRunRow {
                 .unwrap_or_default(),
             scheduled_at: r.get(18)?,
             work_pool: r.get(19)?,
+            work_queue: r.get(20)?,
         })
     }
 }
@@ -1255,8 +1262,8 @@ fn apply(conn: &Connection, write: &Write, files: &ResultFiles) -> Result<(), St
         Write::NewFlowRun(run) => {
             conn.prepare_cached(
                 "INSERT INTO flow_runs (id, parent_flow_run, component, flow_name, params, state, attempt, host, created_us, started_us,
-                    deployment, tags, scheduled_us, work_pool)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, CASE WHEN ?6 = 'Running' THEN ?9 END, ?10, ?11, ?12, ?13)",
+                    deployment, tags, scheduled_us, work_pool, work_queue)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, CASE WHEN ?6 = 'Running' THEN ?9 END, ?10, ?11, ?12, ?13, ?14)",
             )?
             .execute(params![
                 run.id.as_bytes(),
@@ -1272,6 +1279,7 @@ fn apply(conn: &Connection, write: &Write, files: &ResultFiles) -> Result<(), St
                 tags_text(&run.tags),
                 run.scheduled_at,
                 run.work_pool,
+                run.work_queue,
             ])?;
             record_state(conn, run.id.0, run.at, run.state, None)?;
         }

@@ -100,6 +100,7 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE flow_runs ADD COLUMN tags TEXT;
     ALTER TABLE flow_runs ADD COLUMN scheduled_us INTEGER;
     ALTER TABLE flow_runs ADD COLUMN work_pool TEXT;
+    ALTER TABLE flow_runs ADD COLUMN work_queue TEXT;
     CREATE INDEX flow_runs_due ON flow_runs (scheduled_us) WHERE state = 'Scheduled';
     CREATE INDEX flow_runs_by_deployment ON flow_runs (deployment, created_us) WHERE deployment IS NOT NULL;
     ",

@@ -24,6 +24,7 @@ fn new_flow_run(id: FlowRunId) -> Write {
         tags: Vec::new(),
         scheduled_at: None,
         work_pool: None,
+        work_queue: None,
     })
 }
 

@@ -362,6 +362,7 @@ impl Executor {
                         tags: Vec::new(),
                         scheduled_at: None,
                         work_pool: None,
+                        work_queue: None,
                     },
                     Durability::Detached,
                 )?;
