@@ -221,12 +221,11 @@ fn may_start(
             return Ok(false);
         }
     }
-    if let Some(d) = deployment {
-        if let Some(limit) = d.concurrency_limit
-            && state.store.active_runs_of_deployment(&d.name)? >= u64::from(limit)
-        {
-            return Ok(false);
-        }
+    if let Some(d) = deployment
+        && let Some(limit) = d.concurrency_limit
+        && state.store.active_runs_of_deployment(&d.name)? >= u64::from(limit)
+    {
+        return Ok(false);
     }
     Ok(true)
 }
