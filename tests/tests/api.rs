@@ -272,6 +272,11 @@ fn upload_deploy_run_completes_with_logs_over_sse() {
         logs.iter().any(|l| l.contains("retrying in 50ms")),
         "{logs:?}"
     );
+    let retry_line = events
+        .iter()
+        .find(|(e, v)| e == "log" && v["message"].as_str().unwrap().contains("retrying in 50ms"))
+        .unwrap();
+    assert_eq!(retry_line.1["task_name"], "load", "{retry_line:?}");
     let states: Vec<&str> = events
         .iter()
         .filter(|(e, _)| e == "state")

@@ -188,6 +188,8 @@ pub struct LogLine {
     /// trace, debug, info, warn or error.
     pub level: String,
     pub message: String,
+    /// The task that wrote it, if a task did.
+    pub task_name: Option<String>,
 }
 
 #[derive(ToSchema)]

@@ -572,8 +572,12 @@ pub(crate) fn print_log_line(line: &Value) {
         .as_i64()
         .map(|m| format_rfc3339(m)[11..23].to_string())
         .unwrap_or_default();
+    let who = line["task_name"]
+        .as_str()
+        .map(|n| format!("[{n}] "))
+        .unwrap_or_default();
     println!(
-        "{at} {:<5} {}",
+        "{at} {:<5} {who}{}",
         level_label(level),
         line["message"].as_str().unwrap_or_default()
     );

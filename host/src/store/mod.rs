@@ -745,8 +745,9 @@ impl Store {
     ) -> Result<Vec<LogRow>, StoreError> {
         self.read(|c| {
             let mut stmt = c.prepare(
-                "SELECT id, task_run, at_us, level, message FROM logs
-                 WHERE flow_run = ?1 AND id > ?2 ORDER BY id LIMIT ?3",
+                "SELECT l.id, l.task_run, l.at_us, l.level, l.message, t.task_name FROM logs l
+                 LEFT JOIN task_runs t ON t.id = l.task_run
+                 WHERE l.flow_run = ?1 AND l.id > ?2 ORDER BY l.id LIMIT ?3",
             )?;
             stmt.query_map(params![flow_run.as_bytes(), after_id, limit as i64], |r| {
                 let task_run: Option<Vec<u8>> = r.get(1)?;
@@ -758,6 +759,7 @@ impl Store {
                     at: r.get(2)?,
                     level: LogLevel::from_u8(r.get::<_, i64>(3)? as u8),
                     message: r.get(4)?,
+                    task_name: r.get(5)?,
                 })
             })?
             .collect()
@@ -1112,6 +1114,9 @@ pub struct LogRow {
     pub at: TimestampMicros,
     pub level: LogLevel,
     pub message: String,
+    /// The task that wrote it, if a task did.
+    #[serde(default)]
+    pub task_name: Option<String>,
 }
 
 impl ObjectRow {
