@@ -6,8 +6,9 @@
 //! server was down gets one run, for the latest missed time, not one per miss.
 
 use crate::api::{self, ApiState};
-use crate::model::{Deployment, TimestampMicros};
-use crate::store::ObjectKind;
+use crate::control::Durability;
+use crate::model::{Deployment, RunState, TimestampMicros};
+use crate::store::{ObjectKind, StateChange};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,12 +17,21 @@ use tokio_util::sync::CancellationToken;
 /// How often the loop looks.
 pub const TICK: Duration = Duration::from_millis(500);
 
-/// Runs until `stop` is cancelled.
-pub async fn run(state: Arc<ApiState>, tick: Duration, stop: CancellationToken) {
+/// A run still waiting this long after its scheduled time is marked `Late`.
+pub const LATE_AFTER: Duration = Duration::from_secs(60);
+
+/// Runs until `stop` is cancelled; marks runs `Late` after `late_after`.
+pub async fn run(
+    state: Arc<ApiState>,
+    tick: Duration,
+    late_after: Duration,
+    stop: CancellationToken,
+) {
     let mut complained: HashMap<String, String> = HashMap::new();
     loop {
         make_scheduled_runs(&state, &mut complained).await;
         start_due_runs(&state).await;
+        mark_late_runs(&state, late_after).await;
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(tick) => {}
@@ -124,6 +134,37 @@ async fn start_due_runs(state: &Arc<ApiState>) {
     for run in due {
         if let Err(e) = api::launch_scheduled(state, &run).await {
             tracing::warn!("flow run {} could not start: {e}", run.id);
+        }
+    }
+}
+
+/// Marks runs that waited past `late_after` `Late` (they still start when allowed).
+async fn mark_late_runs(state: &Arc<ApiState>, late_after: Duration) {
+    let now = state.control.now();
+    let before = now - late_after.as_micros() as i64;
+    let Ok(overdue) = state.store.overdue_runs(before, 100) else {
+        return;
+    };
+    for run in overdue {
+        let pool = run.work_pool.as_deref().unwrap_or_default();
+        let why = if state.executor.is_some() && state.pools.iter().any(|p| p == pool) {
+            "its pool, queue or deployment is paused or at its concurrency limit".to_string()
+        } else {
+            format!("no executor here serves work pool '{pool}'")
+        };
+        let mut change = StateChange::new(run.id.0, RunState::Scheduled, RunState::Late, now);
+        change.message = Some(format!(
+            "not started {} after its scheduled time: {why}",
+            humantime::format_duration(Duration::from_secs(
+                ((now - run.scheduled_at.unwrap_or(now)) / 1_000_000).max(0) as u64
+            ))
+        ));
+        if let Ok(Some(ticket)) =
+            state
+                .control
+                .change_flow_run(change, Vec::new(), Durability::Committed)
+        {
+            let _ = ticket.committed().await;
         }
     }
 }

@@ -703,6 +703,49 @@ fn a_pool_concurrency_limit_holds_the_second_run_until_the_first_ends() {
 }
 
 #[test]
+fn a_run_that_waits_past_its_time_is_marked_late_and_still_runs() {
+    let server = TestServer::start_with(&["--late-after", "1s"], None);
+    let digest = server.upload(FIXTURE_WASM);
+    let d = deployment(
+        "adder",
+        &digest,
+        "call",
+        json!({ "task": "add", "input": { "a": 5, "b": 5 } }),
+    );
+    assert_eq!(server.send("PUT", "/api/deployments/adder", d).0, 201);
+    assert_eq!(
+        server
+            .send("POST", "/api/work-pools/wasm/pause", json!({}))
+            .0,
+        200
+    );
+    let (_, started) = server.send("POST", "/api/deployments/adder/runs", json!({}));
+    let id = started["flow_run_id"].as_str().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let late = loop {
+        let (_, detail) = server.get(&format!("/api/flow-runs/{id}"));
+        if detail["flow_run"]["state"] == "Late" {
+            break detail;
+        }
+        assert!(Instant::now() < deadline, "never Late: {detail}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let message = late["flow_run"]["message"].as_str().unwrap();
+    assert!(message.contains("after its scheduled time"), "{message}");
+    assert_eq!(
+        server
+            .send("POST", "/api/work-pools/wasm/resume", json!({}))
+            .0,
+        200
+    );
+    let (_, run) = server.events(id);
+    assert_eq!(
+        (run["state"].as_str(), run["result"].as_str()),
+        (Some("Completed"), Some("10"))
+    );
+}
+
+#[test]
 fn waiting_runs_start_by_queue_priority() {
     let server = TestServer::start();
     let digest = server.upload(FIXTURE_WASM);

@@ -36,6 +36,9 @@ pub struct StartArgs {
     /// per line; `#` comments). Only their sha256 hashes are kept in memory.
     #[arg(long, value_name = "FILE")]
     api_key_file: Option<std::path::PathBuf>,
+    /// Mark a run `Late` when it has waited this long past its scheduled time.
+    #[arg(long, value_name = "DURATION", default_value = "60s")]
+    late_after: humantime::Duration,
 }
 
 /// How long a stopping server waits for running flows.
@@ -134,6 +137,7 @@ fn start(args: StartArgs) -> anyhow::Result<()> {
         let scheduler = tokio::spawn(crate::scheduler::run(
             state.clone(),
             crate::scheduler::TICK,
+            args.late_after.into(),
             stop.clone(),
         ));
         let (addr, server) = api::bind(state, addr, shutdown_signal())

@@ -473,7 +473,22 @@ impl Store {
         })
     }
 
-    /// Scheduled runs of these pools due by `now`, oldest first.
+    /// Scheduled runs still waiting though they were due before `before`.
+    pub fn overdue_runs(
+        &self,
+        before: TimestampMicros,
+        limit: usize,
+    ) -> Result<Vec<FlowRunRow>, StoreError> {
+        self.read(|c| {
+            let mut stmt = c.prepare_cached(&format!(
+                "{FLOW_RUN_SELECT} WHERE state = 'Scheduled' AND scheduled_us < ?1 ORDER BY scheduled_us LIMIT ?2"
+            ))?;
+            stmt.query_map(params![before, limit as i64], FlowRunRow::from_row)?
+                .collect()
+        })
+    }
+
+    /// Scheduled runs of these pools due by `now`, and Late ones, oldest first.
     pub fn due_runs(
         &self,
         pools: &[String],
@@ -482,7 +497,8 @@ impl Store {
     ) -> Result<Vec<FlowRunRow>, StoreError> {
         let rows: Vec<FlowRunRow> = self.read(|c| {
             let mut stmt = c.prepare_cached(&format!(
-                "{FLOW_RUN_SELECT} WHERE state = 'Scheduled' AND scheduled_us <= ?1 ORDER BY scheduled_us LIMIT ?2"
+                "SELECT * FROM ({FLOW_RUN_SELECT} WHERE state = 'Scheduled' AND scheduled_us <= ?1
+                 UNION ALL {FLOW_RUN_SELECT} WHERE state = 'Late') ORDER BY scheduled_us LIMIT ?2"
             ))?;
             stmt.query_map(params![now, limit as i64], FlowRunRow::from_row)?
                 .collect()
