@@ -10,8 +10,8 @@
 
 use super::BuildError;
 use super::polyglot::{
-    BuildDirs, JCO, JS_SDK, PREVIEW2_SHIM, WIT, build_key, js_toolchain, publish, run_tool,
-    scratch_dir, source_files, write,
+    BuildDirs, JCO, JS_SDK, PREVIEW2_SHIM, WIT, build_key, in_scratch, js_toolchain, run_tool,
+    source_files, write,
 };
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -41,8 +41,7 @@ pub fn build(project: &Path, dirs: &BuildDirs, show: bool) -> Result<(PathBuf, b
             project.display()
         );
     }
-    let scratch = scratch_dir(&out)?;
-    let result = (|| {
+    in_scratch(&out, |scratch| {
         let sdk = scratch.join("sdk/weir-sdk.js");
         write(&sdk, JS_SDK)?;
         write(&scratch.join("entry.js"), &entry)?;
@@ -67,7 +66,7 @@ pub fn build(project: &Path, dirs: &BuildDirs, show: bool) -> Result<(PathBuf, b
                 "--out",
                 "component.wasm",
             ])
-            .current_dir(&scratch);
+            .current_dir(scratch);
         run_tool(
             &mut command,
             &format!("jco componentize (in {})", scratch.display()),
@@ -77,12 +76,7 @@ pub fn build(project: &Path, dirs: &BuildDirs, show: bool) -> Result<(PathBuf, b
             language: "JavaScript",
             message,
         })
-    })();
-    if let Err(e) = result {
-        let _ = std::fs::remove_dir_all(&scratch);
-        return Err(e);
-    }
-    publish(&scratch, &out)?;
+    })??;
     Ok((wasm, false))
 }
 

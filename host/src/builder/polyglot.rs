@@ -111,7 +111,7 @@ pub fn write(path: &Path, text: impl AsRef<[u8]>) -> Result<(), BuildError> {
 }
 
 /// A fresh, empty folder next to `final_dir` for building it.
-pub fn scratch_dir(final_dir: &Path) -> Result<PathBuf, BuildError> {
+fn scratch_dir(final_dir: &Path) -> Result<PathBuf, BuildError> {
     let name = final_dir
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -128,9 +128,26 @@ pub fn scratch_dir(final_dir: &Path) -> Result<PathBuf, BuildError> {
     Ok(scratch)
 }
 
+/// Makes `final_dir` in a scratch folder beside it: `fill` writes into the
+/// scratch; when it succeeds the folder is moved into place, when it fails
+/// the folder is removed and `fill`'s error is returned (inner `Err`). The
+/// outer error is the file system's.
+pub fn in_scratch<E>(
+    final_dir: &Path,
+    fill: impl FnOnce(&Path) -> Result<(), E>,
+) -> Result<Result<(), E>, BuildError> {
+    let scratch = scratch_dir(final_dir)?;
+    if let Err(e) = fill(&scratch) {
+        let _ = std::fs::remove_dir_all(&scratch);
+        return Ok(Err(e));
+    }
+    publish(&scratch, final_dir)?;
+    Ok(Ok(()))
+}
+
 /// Moves a completed `scratch` folder to `final_dir`. If another process got
 /// there first its copy is kept (both are complete) and ours is removed.
-pub fn publish(scratch: &Path, final_dir: &Path) -> Result<(), BuildError> {
+fn publish(scratch: &Path, final_dir: &Path) -> Result<(), BuildError> {
     match std::fs::rename(scratch, final_dir) {
         Ok(()) => Ok(()),
         Err(_) if final_dir.is_dir() => {
@@ -200,10 +217,11 @@ pub fn python_toolchain(dirs: &BuildDirs, show: bool) -> Result<PathBuf, BuildEr
         "Installing componentize-py {COMPONENTIZE_PY} from PyPI into {} (once) ...",
         dir.display()
     );
-    let scratch = scratch_dir(&dir)?;
-    let install = || -> Result<(), String> {
+    remove_incomplete(&dir);
+    // A venv's interpreter finds its packages relative to itself, so it moves.
+    let install = in_scratch(&dir, |scratch| -> Result<(), String> {
         run_tool(
-            Command::new("python3").arg("-m").arg("venv").arg(&scratch),
+            Command::new("python3").arg("-m").arg("venv").arg(scratch),
             "python3 -m venv",
             show,
         )
@@ -222,18 +240,12 @@ pub fn python_toolchain(dirs: &BuildDirs, show: bool) -> Result<PathBuf, BuildEr
             show,
         )?;
         write(&scratch.join(".complete"), COMPONENTIZE_PY).map_err(|e| e.to_string())
-    };
-    if let Err(message) = install() {
-        let _ = std::fs::remove_dir_all(&scratch);
-        return Err(BuildError::ToolchainInstall {
-            tool: format!("componentize-py {COMPONENTIZE_PY}"),
-            registry: "PyPI",
-            message,
-        });
-    }
-    remove_incomplete(&dir);
-    // A venv's interpreter finds its packages relative to itself, so it moves.
-    publish(&scratch, &dir)?;
+    })?;
+    install.map_err(|message| BuildError::ToolchainInstall {
+        tool: format!("componentize-py {COMPONENTIZE_PY}"),
+        registry: "PyPI",
+        message,
+    })?;
     Ok(python)
 }
 
@@ -262,7 +274,6 @@ pub fn js_toolchain(dirs: &BuildDirs, show: bool) -> Result<PathBuf, BuildError>
         "Installing jco {JCO} from npm into {} (once) ...",
         dir.display()
     );
-    let scratch = scratch_dir(&dir)?;
     let package = serde_json::json!({
         "name": "weir-js-toolchain",
         "private": true,
@@ -270,34 +281,29 @@ pub fn js_toolchain(dirs: &BuildDirs, show: bool) -> Result<PathBuf, BuildError>
         "dependencies": { "@bytecodealliance/jco": JCO },
         "overrides": { "@bytecodealliance/preview2-shim": PREVIEW2_SHIM },
     });
-    write(
-        &scratch.join("package.json"),
-        serde_json::to_string_pretty(&package).unwrap_or_default(),
-    )?;
-    let install = run_tool(
-        Command::new("npm")
-            .args(["install", "--no-audit", "--no-fund", "--loglevel=error"])
-            .current_dir(&scratch),
-        &format!("npm install @bytecodealliance/jco@{JCO}"),
-        show,
-    )
-    .map_err(|e| format!("{e}\nIs Node.js 18 or later (with npm) installed?"))
-    .and_then(|()| write(&scratch.join(".complete"), JCO).map_err(|e| e.to_string()));
-    if let Err(message) = install {
-        let _ = std::fs::remove_dir_all(&scratch);
-        return Err(BuildError::ToolchainInstall {
-            tool: format!("jco {JCO}"),
-            registry: "npm",
-            message,
-        });
-    }
     remove_incomplete(&dir);
-    publish(&scratch, &dir)?;
-    entry(&dir).ok_or_else(|| BuildError::ToolchainInstall {
+    let failed = |message: String| BuildError::ToolchainInstall {
         tool: format!("jco {JCO}"),
         registry: "npm",
-        message: "the package has no `jco` command".into(),
-    })
+        message,
+    };
+    in_scratch(&dir, |scratch| {
+        write(
+            &scratch.join("package.json"),
+            serde_json::to_string_pretty(&package).unwrap_or_default(),
+        )?;
+        run_tool(
+            Command::new("npm")
+                .args(["install", "--no-audit", "--no-fund", "--loglevel=error"])
+                .current_dir(scratch),
+            &format!("npm install @bytecodealliance/jco@{JCO}"),
+            show,
+        )
+        .map_err(|e| format!("{e}\nIs Node.js 18 or later (with npm) installed?"))
+        .and_then(|()| write(&scratch.join(".complete"), JCO).map_err(|e| e.to_string()))
+        .map_err(failed)
+    })??;
+    entry(&dir).ok_or_else(|| failed("the package has no `jco` command".into()))
 }
 
 #[cfg(test)]

@@ -9,8 +9,8 @@
 
 use super::BuildError;
 use super::polyglot::{
-    BuildDirs, COMPONENTIZE_PY, PYTHON_SDK, WIT, build_key, publish, python_toolchain, run_tool,
-    scratch_dir, source_files, write,
+    BuildDirs, COMPONENTIZE_PY, PYTHON_SDK, WIT, build_key, in_scratch, python_toolchain, run_tool,
+    source_files, write,
 };
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -47,8 +47,7 @@ pub fn build(project: &Path, dirs: &BuildDirs, show: bool) -> Result<(PathBuf, b
             project.display()
         );
     }
-    let scratch = scratch_dir(&out)?;
-    let result = (|| {
+    in_scratch(&out, |scratch| {
         for (path, bytes) in &files {
             write(&scratch.join("src").join(path), bytes)?;
         }
@@ -80,7 +79,7 @@ pub fn build(project: &Path, dirs: &BuildDirs, show: bool) -> Result<(PathBuf, b
                 "--output",
                 "component.wasm",
             ])
-            .current_dir(&scratch)
+            .current_dir(scratch)
             // The venv is not activated; nothing else may leak onto the path.
             .env_remove("VIRTUAL_ENV")
             .env_remove("PYTHONPATH")
@@ -94,11 +93,6 @@ pub fn build(project: &Path, dirs: &BuildDirs, show: bool) -> Result<(PathBuf, b
             language: "Python",
             message,
         })
-    })();
-    if let Err(e) = result {
-        let _ = std::fs::remove_dir_all(&scratch);
-        return Err(e);
-    }
-    publish(&scratch, &out)?;
+    })??;
     Ok((wasm, false))
 }
