@@ -109,6 +109,10 @@ impl Backend {
         )
     }
 
+    pub fn delete(&self, path: &str) -> anyhow::Result<Value> {
+        self.call("DELETE", path, None, "application/json")
+    }
+
     pub fn upload(&self, bytes: Vec<u8>) -> anyhow::Result<Value> {
         self.call("POST", "/api/components", Some(bytes), "application/wasm")
     }

@@ -19,6 +19,29 @@ fn print_json(value: &Value) {
     println!("{value}");
 }
 
+/// A JSON string field as text ("" when absent).
+fn field(value: &Value) -> String {
+    value.as_str().unwrap_or_default().to_string()
+}
+
+/// "paused" or "active", for deployments, pools and queues.
+fn status(value: &Value) -> &'static str {
+    if value["paused"] == json!(true) {
+        "paused"
+    } else {
+        "active"
+    }
+}
+
+/// Prints the API's reply for scripts (`--json`), else a sentence for people.
+fn said(reply: &Value, json: bool, sentence: impl FnOnce() -> String) {
+    if json {
+        print_json(reply);
+    } else {
+        println!("{}", sentence());
+    }
+}
+
 fn when(value: &Value) -> String {
     value
         .as_i64()
@@ -89,7 +112,7 @@ pub fn list_flows(format: JsonFlag) -> anyhow::Result<()> {
         .iter()
         .map(|f| {
             vec![
-                f["name"].as_str().unwrap_or_default().to_string(),
+                field(&f["name"]),
                 f["component"]
                     .as_str()
                     .unwrap_or_default()
@@ -261,7 +284,7 @@ pub fn deploy(args: DeployArgs) -> anyhow::Result<()> {
         } else {
             let path = base.join(&spec.component);
             let reply = upload_path(&backend, &path, !args.format.json)?;
-            reply["digest"].as_str().unwrap_or_default().to_string()
+            field(&reply["digest"])
         };
         let schedules = spec
             .schedules
@@ -411,20 +434,16 @@ pub fn deployment(command: DeploymentCommand) -> anyhow::Result<()> {
                         )
                         .collect();
                     vec![
-                        d["name"].as_str().unwrap_or_default().to_string(),
-                        d["flow"].as_str().unwrap_or_default().to_string(),
+                        field(&d["name"]),
+                        field(&d["flow"]),
                         d["component"]
                             .as_str()
                             .unwrap_or_default()
                             .chars()
                             .take(12)
                             .collect(),
-                        d["work_pool"].as_str().unwrap_or_default().to_string(),
-                        if d["paused"] == json!(true) {
-                            "paused".into()
-                        } else {
-                            "active".into()
-                        },
+                        field(&d["work_pool"]),
+                        status(d).into(),
                         schedules.join(", "),
                     ]
                 })
@@ -459,14 +478,7 @@ pub fn deployment(command: DeploymentCommand) -> anyhow::Result<()> {
                     d["work_pool"].as_str().unwrap_or_default(),
                     d["work_queue"].as_str().unwrap_or_default()
                 );
-                println!(
-                    "status     {}",
-                    if d["paused"] == json!(true) {
-                        "paused"
-                    } else {
-                        "active"
-                    }
-                );
+                println!("status     {}", status(d));
                 println!("schedules  {}", d["schedules"]);
                 println!("limits     {}", d["task_policy"]);
                 println!("tags       {}", d["tags"]);
@@ -492,12 +504,7 @@ pub fn deployment(command: DeploymentCommand) -> anyhow::Result<()> {
             report(&args, &reply, "resumed");
         }
         DeploymentCommand::Delete(args) => {
-            let reply = backend.call(
-                "DELETE",
-                &format!("/api/deployments/{}", args.name),
-                None,
-                "application/json",
-            )?;
+            let reply = backend.delete(&format!("/api/deployments/{}", args.name))?;
             report(&args, &reply, "deleted");
         }
     }
@@ -505,11 +512,9 @@ pub fn deployment(command: DeploymentCommand) -> anyhow::Result<()> {
 }
 
 fn report(args: &NameArgs, reply: &Value, what: &str) {
-    if args.format.json {
-        print_json(reply);
-    } else {
-        println!("Deployment '{}' {what}.", args.name);
-    }
+    said(reply, args.format.json, || {
+        format!("Deployment '{}' {what}.", args.name)
+    });
 }
 
 fn run_deployment(backend: &Backend, args: DeploymentRunArgs) -> anyhow::Result<()> {
@@ -543,15 +548,13 @@ fn run_deployment(backend: &Backend, args: DeploymentRunArgs) -> anyhow::Result<
     // Without a server the run lives in this process: it must be followed.
     let follow = args.watch || !backend.is_remote();
     if !follow {
-        if args.format.json {
-            print_json(&reply);
-        } else {
-            println!(
+        said(&reply, args.format.json, || {
+            format!(
                 "Started flow run {id} of deployment '{}' ({}). Follow it with: host flow-run logs -f {id}",
                 args.name,
                 reply["state"].as_str().unwrap_or_default()
-            );
-        }
+            )
+        });
         return Ok(());
     }
     if !args.format.json {
@@ -661,11 +664,9 @@ pub fn secret(command: SecretCommand) -> anyhow::Result<()> {
                 &format!("/api/secrets/{}", args.name),
                 &json!({ "value": value }),
             )?;
-            if args.format.json {
-                print_json(&reply);
-            } else {
-                println!("Secret '{}' set on {}.", args.name, backend.describe());
-            }
+            said(&reply, args.format.json, || {
+                format!("Secret '{}' set on {}.", args.name, backend.describe())
+            });
         }
         SecretCommand::Ls(format) => {
             let reply = backend.get("/api/secrets")?;
@@ -676,28 +677,16 @@ pub fn secret(command: SecretCommand) -> anyhow::Result<()> {
                     .as_array()
                     .into_iter()
                     .flatten()
-                    .map(|s| {
-                        vec![
-                            s["name"].as_str().unwrap_or_default().to_string(),
-                            when(&s["updated_at"]),
-                        ]
-                    })
+                    .map(|s| vec![field(&s["name"]), when(&s["updated_at"])])
                     .collect();
                 println!("{}", table(&["NAME", "UPDATED (UTC)"], &rows));
             }
         }
         SecretCommand::Rm(args) => {
-            let reply = backend.call(
-                "DELETE",
-                &format!("/api/secrets/{}", args.name),
-                None,
-                "application/json",
-            )?;
-            if args.format.json {
-                print_json(&reply);
-            } else {
-                println!("Secret '{}' deleted.", args.name);
-            }
+            let reply = backend.delete(&format!("/api/secrets/{}", args.name))?;
+            said(&reply, args.format.json, || {
+                format!("Secret '{}' deleted.", args.name)
+            });
         }
     }
     Ok(())
@@ -736,19 +725,13 @@ pub fn variable(command: VariableCommand) -> anyhow::Result<()> {
                 &format!("/api/variables/{}", args.name),
                 &json!({ "value": value }),
             )?;
-            if args.format.json {
-                print_json(&reply);
-            } else {
-                println!("Variable '{}' = {}", args.name, reply["value"]);
-            }
+            said(&reply, args.format.json, || {
+                format!("Variable '{}' = {}", args.name, reply["value"])
+            });
         }
         VariableCommand::Get(args) => {
             let reply = backend.get(&format!("/api/variables/{}", args.name))?;
-            if args.format.json {
-                print_json(&reply);
-            } else {
-                println!("{}", reply["value"]);
-            }
+            said(&reply, args.format.json, || format!("{}", reply["value"]));
         }
         VariableCommand::Ls(format) => {
             let reply = backend.get("/api/variables")?;
@@ -759,28 +742,16 @@ pub fn variable(command: VariableCommand) -> anyhow::Result<()> {
                     .as_array()
                     .into_iter()
                     .flatten()
-                    .map(|v| {
-                        vec![
-                            v["name"].as_str().unwrap_or_default().to_string(),
-                            v["value"].to_string(),
-                        ]
-                    })
+                    .map(|v| vec![field(&v["name"]), v["value"].to_string()])
                     .collect();
                 println!("{}", table(&["NAME", "VALUE"], &rows));
             }
         }
         VariableCommand::Rm(args) => {
-            let reply = backend.call(
-                "DELETE",
-                &format!("/api/variables/{}", args.name),
-                None,
-                "application/json",
-            )?;
-            if args.format.json {
-                print_json(&reply);
-            } else {
-                println!("Variable '{}' deleted.", args.name);
-            }
+            let reply = backend.delete(&format!("/api/variables/{}", args.name))?;
+            said(&reply, args.format.json, || {
+                format!("Variable '{}' deleted.", args.name)
+            });
         }
     }
     Ok(())
@@ -864,17 +835,13 @@ fn queue_rows(reply: &Value) -> Vec<Vec<String>> {
         .flatten()
         .map(|q| {
             vec![
-                q["name"].as_str().unwrap_or_default().to_string(),
+                field(&q["name"]),
                 q["priority"].to_string(),
                 q["concurrency_limit"]
                     .as_u64()
                     .map(|n| n.to_string())
                     .unwrap_or_else(|| "-".into()),
-                if q["paused"] == json!(true) {
-                    "paused".into()
-                } else {
-                    "active".into()
-                },
+                status(q).into(),
             ]
         })
         .collect()
@@ -889,11 +856,9 @@ pub fn work_pool(command: WorkPoolCommand) -> anyhow::Result<()> {
             None,
             "application/json",
         )?;
-        if args.format.json {
-            print_json(&reply);
-        } else {
-            println!("Work pool '{}' {what}.", args.name);
-        }
+        said(&reply, args.format.json, || {
+            format!("Work pool '{}' {what}.", args.name)
+        });
         Ok(())
     };
     match command {
@@ -903,11 +868,9 @@ pub fn work_pool(command: WorkPoolCommand) -> anyhow::Result<()> {
                 "/api/work-pools",
                 &json!({ "name": args.name, "description": args.description, "concurrency_limit": args.concurrency_limit }),
             )?;
-            if args.format.json {
-                print_json(&reply);
-            } else {
-                println!("Work pool '{}' created with queue 'default'.", args.name);
-            }
+            said(&reply, args.format.json, || {
+                format!("Work pool '{}' created with queue 'default'.", args.name)
+            });
         }
         WorkPoolCommand::Ls(format) => {
             let reply = backend.get("/api/work-pools")?;
@@ -920,17 +883,13 @@ pub fn work_pool(command: WorkPoolCommand) -> anyhow::Result<()> {
                     .flatten()
                     .map(|p| {
                         vec![
-                            p["name"].as_str().unwrap_or_default().to_string(),
-                            if p["paused"] == json!(true) {
-                                "paused".into()
-                            } else {
-                                "active".into()
-                            },
+                            field(&p["name"]),
+                            status(p).into(),
                             p["concurrency_limit"]
                                 .as_u64()
                                 .map(|n| n.to_string())
                                 .unwrap_or_else(|| "-".into()),
-                            p["description"].as_str().unwrap_or_default().to_string(),
+                            field(&p["description"]),
                         ]
                     })
                     .collect();
@@ -947,14 +906,7 @@ pub fn work_pool(command: WorkPoolCommand) -> anyhow::Result<()> {
                 print_json(&json!({ "work_pool": pool, "work_queues": queues["work_queues"] }));
             } else {
                 println!("work pool  {}", args.name);
-                println!(
-                    "status     {}",
-                    if pool["paused"] == json!(true) {
-                        "paused"
-                    } else {
-                        "active"
-                    }
-                );
+                println!("status     {}", status(&pool));
                 println!(
                     "\n{}",
                     table(
@@ -980,14 +932,12 @@ pub fn work_queue(command: WorkQueueCommand) -> anyhow::Result<()> {
                 &format!("/api/work-pools/{}/queues", args.pool),
                 &json!({ "name": args.name, "priority": args.priority, "concurrency_limit": args.concurrency_limit }),
             )?;
-            if args.format.json {
-                print_json(&reply);
-            } else {
-                println!(
+            said(&reply, args.format.json, || {
+                format!(
                     "Work queue '{}' in pool '{}' (priority {}).",
                     args.name, args.pool, args.priority
-                );
-            }
+                )
+            });
         }
         WorkQueueCommand::Ls(args) => {
             let reply = backend.get(&format!("/api/work-pools/{}/queues", args.pool))?;
@@ -1004,20 +954,16 @@ pub fn work_queue(command: WorkQueueCommand) -> anyhow::Result<()> {
             }
         }
         WorkQueueCommand::Delete(args) => {
-            let reply = backend.call(
-                "DELETE",
-                &format!("/api/work-pools/{}/queues/{}", args.pool, args.name),
-                None,
-                "application/json",
-            )?;
-            if args.format.json {
-                print_json(&reply);
-            } else {
-                println!(
+            let reply = backend.delete(&format!(
+                "/api/work-pools/{}/queues/{}",
+                args.pool, args.name
+            ))?;
+            said(&reply, args.format.json, || {
+                format!(
                     "Work queue '{}' deleted from pool '{}'.",
                     args.name, args.pool
-                );
-            }
+                )
+            });
         }
     }
     Ok(())
