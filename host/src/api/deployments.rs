@@ -43,10 +43,7 @@ pub(super) async fn launch(
         .as_ref()
         .map(|d| d.work_queue.clone())
         .unwrap_or_else(|| DEFAULT_QUEUE.to_string());
-    let secrets = match &launch.deployment {
-        Some(d) => resolve_secrets(state, d)?,
-        None => GrantedSecrets::default(),
-    };
+    let secrets = resolve_secrets(state, launch.deployment.as_ref())?;
     let now = state.control.now();
     let start_now = launch.scheduled_at.is_none()
         && may_start(state, &pool, &queue, launch.deployment.as_ref())?;
@@ -108,14 +105,7 @@ pub(super) async fn launch(
 /// Starts a `Scheduled` run whose time has come, if its pool and limits allow.
 /// Returns whether it started.
 pub async fn launch_scheduled(state: &Arc<ApiState>, run: &FlowRunRow) -> Result<bool, String> {
-    let deployment = match &run.deployment {
-        Some(name) => match state.store.object(ObjectKind::Deployment, name) {
-            Ok(Some(row)) => Some(parse_deployment(&row).map_err(|e| e.message)?),
-            Ok(None) => None,
-            Err(e) => return Err(e.to_string()),
-        },
-        None => None,
-    };
+    let deployment = deployment_of(state, run).map_err(|e| e.message)?;
     let pool = run.work_pool.clone().unwrap_or_else(|| DEFAULT_POOL.into());
     let queue = run
         .work_queue
@@ -124,10 +114,7 @@ pub async fn launch_scheduled(state: &Arc<ApiState>, run: &FlowRunRow) -> Result
     if !may_start(state, &pool, &queue, deployment.as_ref()).map_err(|e| e.message)? {
         return Ok(false);
     }
-    let secrets = match &deployment {
-        Some(d) => resolve_secrets(state, d).map_err(|e| e.message)?,
-        None => GrantedSecrets::default(),
-    };
+    let secrets = resolve_secrets(state, deployment.as_ref()).map_err(|e| e.message)?;
     let digest = parse_digest(&run.component).map_err(|e| e.message)?;
     let component = state.component(&digest).await.map_err(|e| e.message)?;
     // Pending before it is handed over, so the next limit check counts it
@@ -158,7 +145,20 @@ pub async fn launch_scheduled(state: &Arc<ApiState>, run: &FlowRunRow) -> Result
     Ok(true)
 }
 
-fn spawn_run(
+/// The deployment that made `run`, if it still exists.
+pub(super) fn deployment_of(state: &ApiState, run: &FlowRunRow) -> ApiResult<Option<Deployment>> {
+    match &run.deployment {
+        Some(name) => state
+            .store
+            .object(ObjectKind::Deployment, name)?
+            .map(|row| parse_deployment(&row))
+            .transpose(),
+        None => Ok(None),
+    }
+}
+
+/// Hands a created run to the embedded executor (none: it waits).
+pub(super) fn spawn_run(
     state: &Arc<ApiState>,
     component: Component,
     flow: String,
@@ -230,11 +230,15 @@ fn may_start(
     Ok(true)
 }
 
-/// The granted secrets in clear; a granted one that is not set is an error.
+/// The secrets a deployment grants, in clear (none without a deployment);
+/// a granted one that is not set is an error.
 pub(super) fn resolve_secrets(
     state: &ApiState,
-    deployment: &Deployment,
+    deployment: Option<&Deployment>,
 ) -> ApiResult<GrantedSecrets> {
+    let Some(deployment) = deployment else {
+        return Ok(GrantedSecrets::default());
+    };
     let mut values = Vec::new();
     for name in &deployment.secrets {
         let row = state.store.object(ObjectKind::Secret, name)?.ok_or_else(|| {
@@ -607,8 +611,6 @@ pub async fn run_deployment_now(
     }
     let params = Value::Object(merged);
     check_params(flow_def.params_schema.as_ref(), &params)?;
-    // Fail now, not in the run, when a granted secret is missing.
-    resolve_secrets(state, &deployment)?;
     launch(
         state,
         Launch {

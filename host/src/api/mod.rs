@@ -417,56 +417,39 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn bad_request(error: &'static str, message: impl Into<String>) -> Self {
+    fn new(status: StatusCode, error: &'static str, message: impl Into<String>) -> Self {
         Self {
-            status: StatusCode::BAD_REQUEST,
+            status,
             error,
             message: message.into(),
         }
+    }
+    fn bad_request(error: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, error, message)
     }
     fn unprocessable(error: &'static str, message: impl Into<String>) -> Self {
-        Self {
-            status: StatusCode::UNPROCESSABLE_ENTITY,
-            error,
-            message: message.into(),
-        }
+        Self::new(StatusCode::UNPROCESSABLE_ENTITY, error, message)
     }
     fn not_found(message: String) -> Self {
-        Self {
-            status: StatusCode::NOT_FOUND,
-            error: "not_found",
-            message,
-        }
+        Self::new(StatusCode::NOT_FOUND, "not_found", message)
     }
     fn conflict(message: String) -> Self {
-        Self {
-            status: StatusCode::CONFLICT,
-            error: "conflict",
-            message,
-        }
+        Self::new(StatusCode::CONFLICT, "conflict", message)
     }
     fn unauthorized(message: &str) -> Self {
-        Self {
-            status: StatusCode::UNAUTHORIZED,
-            error: "unauthorized",
-            message: message.to_string(),
-        }
+        Self::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
     }
     fn unavailable(message: String) -> Self {
-        Self {
-            status: StatusCode::SERVICE_UNAVAILABLE,
-            error: "unavailable",
-            message,
-        }
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
     }
     fn internal(e: impl std::fmt::Display) -> Self {
         // The details go to the server's log, not to the client.
         tracing::error!("internal error: {e}");
-        Self {
-            status: StatusCode::INTERNAL_SERVER_ERROR,
-            error: "internal",
-            message: "internal error; see the server log".into(),
-        }
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "internal error; see the server log",
+        )
     }
 }
 

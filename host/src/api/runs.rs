@@ -1,12 +1,12 @@
 //! Components, flows, flow runs, task runs and logs.
 
-use super::deployments::{Launch, launch, resolve_secrets};
+use super::deployments::{Launch, deployment_of, launch, resolve_secrets, spawn_run};
 use super::{ApiError, ApiResult, ApiState, parse_body, schema};
 use crate::engine::EngineError;
-use crate::model::{ComponentDigest, Deployment, FlowRunId, RunState, TaskRunId};
+use crate::model::{ComponentDigest, FlowRunId, RunState, TaskRunId};
 use crate::protocol::{ParamError, validate_params};
-use crate::store::{FlowRunFilter, ObjectKind, StateChange, Write};
-use crate::worker::{ExistingRun, FlowRunRequest};
+use crate::store::{FlowRunFilter, StateChange, Write};
+use crate::worker::ExistingRun;
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
@@ -473,35 +473,27 @@ pub(super) async fn retry_flow_run(
             run.state
         )));
     }
-    let Some(executor) = state.executor.clone() else {
+    if state.executor.is_none() {
         return Err(ApiError::unavailable(
             "this server runs no executor (--no-worker); retry it where one runs".into(),
         ));
-    };
-    let component = state.component(&parse_digest(&run.component)?).await?;
-    let deployment: Option<Deployment> = match &run.deployment {
-        Some(name) => state
-            .store
-            .object(ObjectKind::Deployment, name)?
-            .and_then(|row| serde_json::from_str(&row.body).ok()),
-        None => None,
-    };
-    let mut request = FlowRunRequest::new(component, run.flow_name.clone(), run.params.clone());
-    request.existing = Some(ExistingRun {
-        id,
-        state: run.state,
-        attempt: run.attempt,
-    });
-    if let Some(deployment) = &deployment {
-        request.secrets = Arc::new(resolve_secrets(&state, deployment)?);
-        request.task_override = deployment.task_policy.clone();
-        request.deployment = Some(deployment.name.clone());
     }
-    state.runs.spawn(async move {
-        if let Err(e) = executor.run_flow(request).await {
-            tracing::error!("retry of flow run {id} could not run: {e}");
-        }
-    });
+    let component = state.component(&parse_digest(&run.component)?).await?;
+    let deployment = deployment_of(&state, &run)?;
+    let secrets = resolve_secrets(&state, deployment.as_ref())?;
+    spawn_run(
+        &state,
+        component,
+        run.flow_name.clone(),
+        run.params.clone(),
+        ExistingRun {
+            id,
+            state: run.state,
+            attempt: run.attempt,
+        },
+        deployment.as_ref(),
+        secrets,
+    );
     Ok((
         StatusCode::ACCEPTED,
         Json(json!({ "flow_run_id": id.to_string(), "state": RunState::Pending })),
