@@ -106,8 +106,9 @@ async fn start_due_runs(state: &Arc<ApiState>) {
         return;
     }
     let now = state.control.now();
-    let Ok(mut due) = state.store.due_runs(&state.pools, now, 100) else {
-        return;
+    let mut due = match state.store.due_runs(&state.pools, now, 100) {
+        Ok(due) if !due.is_empty() => due,
+        _ => return,
     };
     // Lower queue priority numbers first; within a priority, the oldest first.
     let priorities: HashMap<String, u32> = state

@@ -109,9 +109,7 @@ pub(super) async fn get_component(
     let digest = parse_digest(&digest)?;
     let row = state
         .store
-        .components()?
-        .into_iter()
-        .find(|c| c.digest == digest.as_str())
+        .component(&digest)?
         .ok_or_else(|| ApiError::not_found(format!("no component with digest {digest}")))?;
     Ok(Json(json!({
         "digest": row.digest,

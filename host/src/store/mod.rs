@@ -417,26 +417,35 @@ impl Store {
         &self,
         digest: &ComponentDigest,
     ) -> Result<Option<Manifest>, StoreError> {
-        let text: Option<String> = self.read(|c| {
-            c.query_row(
-                "SELECT manifest FROM components WHERE digest = ?1",
-                [digest.as_str()],
-                |r| r.get(0),
-            )
-            .optional()
-        })?;
-        text.map(|t| serde_json::from_str(&t).map_err(|e| StoreError::Corrupt(e.to_string())))
-            .transpose()
+        Ok(self.component(digest)?.map(|row| row.manifest))
     }
 
     /// Uploaded components, newest first: (digest, size, manifest).
     pub fn components(&self) -> Result<Vec<ComponentRow>, StoreError> {
+        self.component_rows("ORDER BY created_us DESC", None)
+    }
+
+    /// One uploaded component, if it is stored.
+    pub fn component(&self, digest: &ComponentDigest) -> Result<Option<ComponentRow>, StoreError> {
+        Ok(self
+            .component_rows("WHERE digest = ?1", Some(digest.as_str()))?
+            .pop())
+    }
+
+    fn component_rows(
+        &self,
+        tail: &str,
+        digest: Option<&str>,
+    ) -> Result<Vec<ComponentRow>, StoreError> {
         let rows: Vec<(String, i64, String, i64)> = self.read(|c| {
-            let mut stmt = c.prepare(
-                "SELECT digest, size_bytes, manifest, created_us FROM components ORDER BY created_us DESC",
-            )?;
-            stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
-                .collect()
+            let mut stmt = c.prepare(&format!(
+                "SELECT digest, size_bytes, manifest, created_us FROM components {tail}"
+            ))?;
+            let args: Vec<&str> = digest.into_iter().collect();
+            stmt.query_map(rusqlite::params_from_iter(args), |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+            })?
+            .collect()
         })?;
         rows.into_iter()
             .map(|(digest, size, manifest, created)| {
