@@ -1,7 +1,7 @@
 //! `host flow-run ls|inspect|logs`: what the local database recorded.
 
 use super::flow::{Display, Local, dead_runs, runtime, watch};
-use super::output::{format_count, format_duration, level_label, table};
+use super::output::{format_count, format_duration, table};
 use super::{Exit, JsonFlag, paths};
 use crate::clock::format_rfc3339;
 use crate::clock::{Clock, SystemClock};
@@ -468,21 +468,10 @@ fn print_inspect(
 
 fn logs(store: &Store, args: LogsArgs) -> anyhow::Result<()> {
     let id = resolve(store, &args.id)?;
-    let mut names = std::collections::HashMap::new();
     let mut after = 0;
     let mut quiet_looks_after_end = 0;
     loop {
         let page = store.logs(id, after, 1000)?;
-        if page
-            .iter()
-            .any(|l| l.task_run.is_some_and(|t| !names.contains_key(&t)))
-        {
-            names = store
-                .task_runs(id)?
-                .into_iter()
-                .map(|t| (t.id, t.task_name))
-                .collect();
-        }
         let Some(last) = page.last() else {
             if !args.follow {
                 break;
@@ -504,17 +493,7 @@ fn logs(store: &Store, args: LogsArgs) -> anyhow::Result<()> {
             if args.format.json {
                 println!("{}", serde_json::to_string(line)?);
             } else {
-                let who = line
-                    .task_run
-                    .and_then(|t| names.get(&t))
-                    .map(|n| format!("[{n}] "))
-                    .unwrap_or_default();
-                println!(
-                    "{} {:<5} {who}{}",
-                    &format_rfc3339(line.at)[11..23],
-                    level_label(line.level),
-                    line.message
-                );
+                super::deploy::print_log_line(&serde_json::to_value(line)?);
             }
         }
     }
