@@ -332,16 +332,21 @@ impl Local {
                 .is_ok();
             if marked && run.parent_flow_run.is_none() {
                 if say {
-                    eprintln!(
-                        "note: flow run {} ('{}') was interrupted when its process stopped; it is now Crashed. Resume it with: host flow-run resume {}",
-                        run.id, run.flow_name, run.id
-                    );
+                    note_interrupted(&run);
                 }
                 crashed.push(run);
             }
         }
         crashed
     }
+}
+
+/// Tells the user a dead process left `run` behind and how to finish it.
+pub(crate) fn note_interrupted(run: &crate::store::FlowRunRow) {
+    eprintln!(
+        "note: flow run {} ('{}') was interrupted when its process stopped; it is now Crashed. Resume it with: host flow-run resume {}",
+        run.id, run.flow_name, run.id
+    );
 }
 
 /// Unfinished runs whose process (on this host) no longer exists.

@@ -114,7 +114,12 @@ fn start(args: StartArgs) -> anyhow::Result<()> {
             let api = api::InProcess::new(state.clone());
             for run in interrupted.iter().filter(|r| r.work_pool.is_some()) {
                 let (status, body) = api
-                    .call("POST", &format!("/api/flow-runs/{}/retry", run.id), None, "application/json")
+                    .call(
+                        "POST",
+                        &format!("/api/flow-runs/{}/retry", run.id),
+                        None,
+                        "application/json",
+                    )
                     .await;
                 eprintln!(
                     "Resuming flow run {} ('{}'), interrupted when the server last stopped{}",
@@ -129,10 +134,7 @@ fn start(args: StartArgs) -> anyhow::Result<()> {
             }
         }
         for run in interrupted.iter().filter(|r| r.work_pool.is_none()) {
-            eprintln!(
-                "note: flow run {} ('{}') was interrupted when its process stopped; it is now Crashed. Resume it with: host flow-run resume {}",
-                run.id, run.flow_name, run.id
-            );
+            super::flow::note_interrupted(run);
         }
         let scheduler = tokio::spawn(crate::scheduler::run(
             state.clone(),

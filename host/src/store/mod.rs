@@ -535,25 +535,26 @@ impl Store {
     /// Runs of a work pool (and, if given, one of its queues) that have not
     /// ended, for their concurrency limits.
     pub fn active_runs_of_pool(&self, pool: &str, queue: Option<&str>) -> Result<u64, StoreError> {
-        let n: i64 = self.read(|c| {
-            c.query_row(
-                "SELECT count(*) FROM flow_runs WHERE work_pool = ?1
-                 AND (?2 IS NULL OR work_queue = ?2)
-                 AND state IN ('Pending', 'Running', 'Retrying', 'Cancelling')",
-                params![pool, queue],
-                |r| r.get(0),
-            )
-        })?;
-        Ok(n as u64)
+        self.count_unfinished(
+            "work_pool = ?1 AND (?2 IS NULL OR work_queue = ?2)",
+            params![pool, queue],
+        )
     }
 
     /// Runs of a deployment that have not ended (for its concurrency limit).
     pub fn active_runs_of_deployment(&self, deployment: &str) -> Result<u64, StoreError> {
+        self.count_unfinished("deployment = ?1", params![deployment])
+    }
+
+    fn count_unfinished(
+        &self,
+        filter: &str,
+        args: impl rusqlite::Params,
+    ) -> Result<u64, StoreError> {
         let n: i64 = self.read(|c| {
             c.query_row(
-                "SELECT count(*) FROM flow_runs WHERE deployment = ?1
-                 AND state IN ('Pending', 'Running', 'Retrying', 'Cancelling')",
-                [deployment],
+                &format!("SELECT count(*) FROM flow_runs WHERE {filter} AND {UNFINISHED}"),
+                args,
                 |r| r.get(0),
             )
         })?;
@@ -821,7 +822,7 @@ impl Store {
     pub fn unfinished_flow_runs(&self) -> Result<Vec<FlowRunRow>, StoreError> {
         self.read(|c| {
             let mut stmt = c.prepare(&format!(
-                "{FLOW_RUN_SELECT} WHERE state IN ('Running', 'Pending', 'Retrying', 'Cancelling') ORDER BY created_us"
+                "{FLOW_RUN_SELECT} WHERE {UNFINISHED} ORDER BY created_us"
             ))?;
             stmt.query_map([], FlowRunRow::from_row)?.collect()
         })
@@ -1038,6 +1039,9 @@ pub struct FlowRunRow {
     #[serde(default)]
     pub work_queue: Option<String>,
 }
+
+/// Flow runs that have not ended, as SQL.
+const UNFINISHED: &str = "state IN ('Pending', 'Running', 'Retrying', 'Cancelling')";
 
 const FLOW_RUN_SELECT: &str =
     "SELECT id, parent_flow_run, component, flow_name, params, state, message,
