@@ -1,12 +1,13 @@
-//! The server's scheduler loop: makes runs for deployment schedules and
-//! starts `Scheduled` runs whose time has come (and that their pool, queue
-//! and concurrency limits now allow).
+//! The server's scheduler loop: makes `Scheduled` runs for deployment
+//! schedules (through the dispatcher, which owns run creation) and marks
+//! runs waiting past their time `Late`. Executors claim due runs themselves;
+//! the loop only wakes them when it made new ones.
 //!
 //! Catch-up after downtime: a schedule whose fire times were missed while the
 //! server was down gets one run, for the latest missed time, not one per miss.
 
-use crate::api::{self, ApiState};
 use crate::control::Durability;
+use crate::dispatch::{Dispatcher, RunSource};
 use crate::model::{Deployment, RunState, TimestampMicros};
 use crate::store::{ObjectKind, StateChange};
 use std::collections::HashMap;
@@ -22,16 +23,17 @@ pub const LATE_AFTER: Duration = Duration::from_secs(60);
 
 /// Runs until `stop` is cancelled; marks runs `Late` after `late_after`.
 pub async fn run(
-    state: Arc<ApiState>,
+    dispatcher: Arc<Dispatcher>,
     tick: Duration,
     late_after: Duration,
     stop: CancellationToken,
 ) {
     let mut complained: HashMap<String, String> = HashMap::new();
     loop {
-        make_scheduled_runs(&state, &mut complained).await;
-        start_due_runs(&state).await;
-        mark_late_runs(&state, late_after).await;
+        make_scheduled_runs(&dispatcher, &mut complained).await;
+        mark_late_runs(&dispatcher, late_after).await;
+        // Runs made earlier for now may have come due: executors look again.
+        dispatcher.run_ended();
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(tick) => {}
@@ -39,11 +41,15 @@ pub async fn run(
     }
 }
 
-async fn make_scheduled_runs(state: &Arc<ApiState>, complained: &mut HashMap<String, String>) {
-    let Ok(rows) = state.store.objects(ObjectKind::Deployment) else {
+async fn make_scheduled_runs(
+    dispatcher: &Arc<Dispatcher>,
+    complained: &mut HashMap<String, String>,
+) {
+    let store = dispatcher.store();
+    let Ok(rows) = store.objects(ObjectKind::Deployment) else {
         return;
     };
-    let now = state.control.now();
+    let now = dispatcher.control().now();
     for row in rows {
         let Ok(deployment) = serde_json::from_str::<Deployment>(&row.body) else {
             continue;
@@ -51,8 +57,7 @@ async fn make_scheduled_runs(state: &Arc<ApiState>, complained: &mut HashMap<Str
         if deployment.paused || deployment.schedules.iter().all(|s| !s.active) {
             continue;
         }
-        let last = state
-            .store
+        let last = store
             .last_scheduled_at(&deployment.name)
             .ok()
             .flatten()
@@ -62,13 +67,13 @@ async fn make_scheduled_runs(state: &Arc<ApiState>, complained: &mut HashMap<Str
             continue;
         };
         let name = deployment.name.clone();
-        match api::run_deployment_now(state, deployment, None, None, Some(due)).await {
-            Ok((id, _)) => {
+        match dispatcher.schedule_run(deployment, due).await {
+            Ok(run) => {
                 complained.remove(&name);
-                tracing::info!("scheduled flow run {id} of deployment '{name}'");
+                tracing::info!("scheduled flow run {} of deployment '{name}'", run.id);
             }
             Err(e) => {
-                let message = format!("{e:?}");
+                let message = e.to_string();
                 if complained.get(&name) != Some(&message) {
                     tracing::warn!("deployment '{name}' could not be scheduled: {message}");
                     complained.insert(name, message);
@@ -101,54 +106,16 @@ fn latest_due(
     latest
 }
 
-async fn start_due_runs(state: &Arc<ApiState>) {
-    if state.executor.is_none() {
-        return;
-    }
-    let now = state.control.now();
-    let mut due = match state.store.due_runs(&state.pools, now, 100) {
-        Ok(due) if !due.is_empty() => due,
-        _ => return,
-    };
-    // Lower queue priority numbers first; within a priority, the oldest first.
-    let priorities: HashMap<String, u32> = state
-        .store
-        .objects(ObjectKind::WorkQueue)
-        .unwrap_or_default()
-        .into_iter()
-        .filter_map(|row| {
-            let queue: crate::model::WorkQueue = serde_json::from_str(&row.body).ok()?;
-            Some((row.name, queue.priority))
-        })
-        .collect();
-    let priority = |run: &crate::store::FlowRunRow| {
-        let key = format!(
-            "{}/{}",
-            run.work_pool.as_deref().unwrap_or_default(),
-            run.work_queue
-                .as_deref()
-                .unwrap_or(crate::model::deploy::DEFAULT_QUEUE)
-        );
-        priorities.get(&key).copied().unwrap_or(u32::MAX)
-    };
-    due.sort_by_key(|run| (priority(run), run.scheduled_at));
-    for run in due {
-        if let Err(e) = api::launch_scheduled(state, &run).await {
-            tracing::warn!("flow run {} could not start: {e}", run.id);
-        }
-    }
-}
-
 /// Marks runs that waited past `late_after` `Late` (they still start when allowed).
-async fn mark_late_runs(state: &Arc<ApiState>, late_after: Duration) {
-    let now = state.control.now();
+async fn mark_late_runs(dispatcher: &Dispatcher, late_after: Duration) {
+    let now = dispatcher.control().now();
     let before = now - late_after.as_micros() as i64;
-    let Ok(overdue) = state.store.overdue_runs(before, 100) else {
+    let Ok(overdue) = dispatcher.store().overdue_runs(before, 100) else {
         return;
     };
     for run in overdue {
         let pool = run.work_pool.as_deref().unwrap_or_default();
-        let why = if state.executor.is_some() && state.pools.iter().any(|p| p == pool) {
+        let why = if dispatcher.serves(pool) {
             "its pool, queue or deployment is paused or at its concurrency limit".to_string()
         } else {
             format!("no executor here serves work pool '{pool}'")
@@ -161,8 +128,8 @@ async fn mark_late_runs(state: &Arc<ApiState>, late_after: Duration) {
             ))
         ));
         if let Ok(Some(ticket)) =
-            state
-                .control
+            dispatcher
+                .control()
                 .change_flow_run(change, Vec::new(), Durability::Committed)
         {
             let _ = ticket.committed().await;

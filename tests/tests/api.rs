@@ -1146,3 +1146,291 @@ fn replies_match_their_documented_schemas() {
     check("ErrorBody", &error);
     insta::assert_json_snapshot!("error_body", error);
 }
+
+// ---- the dispatcher: admission, pauses and grants on every path ----
+
+/// Polls a run until `done` holds; panics with the last reply after `within`.
+fn wait_for_run(
+    server: &TestServer,
+    id: &str,
+    within: Duration,
+    done: impl Fn(&Value) -> bool,
+) -> Value {
+    let deadline = Instant::now() + within;
+    loop {
+        let (_, detail) = server.get(&format!("/api/flow-runs/{id}"));
+        if done(&detail["flow_run"]) {
+            return detail["flow_run"].clone();
+        }
+        assert!(Instant::now() < deadline, "gave up waiting: {detail}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn concurrent_triggers_never_exceed_a_deployment_limit() {
+    let server = TestServer::start();
+    let digest = server.upload(FIXTURE_WASM);
+    let mut d = deployment(
+        "one-at-a-time",
+        &digest,
+        "slow_sequential",
+        json!({ "n": 1, "ms": 20 }),
+    );
+    d["concurrency_limit"] = json!(1);
+    assert_eq!(
+        server.send("PUT", "/api/deployments/one-at-a-time", d).0,
+        201
+    );
+    // Eight clients trigger at the same moment, three times each.
+    let barrier = std::sync::Barrier::new(8);
+    let started: Vec<Value> = std::thread::scope(|scope| {
+        let clients: Vec<_> = (0..8)
+            .map(|_| {
+                scope.spawn(|| {
+                    barrier.wait();
+                    (0..3)
+                        .map(|_| {
+                            let (status, reply) = server.send(
+                                "POST",
+                                "/api/deployments/one-at-a-time/runs",
+                                json!({}),
+                            );
+                            assert_eq!(status, 202, "{reply}");
+                            reply
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        clients
+            .into_iter()
+            .flat_map(|c| c.join().unwrap())
+            .collect()
+    });
+    assert_eq!(started.len(), 24);
+    let admitted_at_once = started.iter().filter(|r| r["state"] == "Pending").count();
+    assert!(admitted_at_once <= 1, "{admitted_at_once} admitted at once");
+    let mut runs: Vec<Value> = started
+        .iter()
+        .map(|r| {
+            let id = r["flow_run_id"].as_str().unwrap();
+            wait_for_run(&server, id, Duration::from_secs(120), |run| {
+                run["state"] == "Completed"
+            })
+        })
+        .collect();
+    // From the records: no two runs were ever running at the same time.
+    runs.sort_by_key(|r| r["started_at"].as_i64().unwrap());
+    for pair in runs.windows(2) {
+        assert!(
+            pair[1]["started_at"].as_i64() >= pair[0]["ended_at"].as_i64(),
+            "two runs overlapped: {} and {}",
+            pair[0],
+            pair[1]
+        );
+    }
+}
+
+#[test]
+fn runs_stuck_behind_a_limit_do_not_starve_other_deployments() {
+    let server = TestServer::start();
+    let digest = server.upload(FIXTURE_WASM);
+    let mut stuck = deployment(
+        "stuck",
+        &digest,
+        "slow_sequential",
+        json!({ "n": 1, "ms": 1500 }),
+    );
+    stuck["concurrency_limit"] = json!(1);
+    assert_eq!(server.send("PUT", "/api/deployments/stuck", stuck).0, 201);
+    let quick = deployment(
+        "quick",
+        &digest,
+        "call",
+        json!({ "task": "add", "input": { "a": 1, "b": 1 } }),
+    );
+    assert_eq!(server.send("PUT", "/api/deployments/quick", quick).0, 201);
+    assert_eq!(
+        server
+            .send("POST", "/api/work-pools/wasm/pause", json!({}))
+            .0,
+        200
+    );
+    // 150 runs wait ahead of the quick one, all but one held by their limit.
+    for _ in 0..150 {
+        let (status, _) = server.send("POST", "/api/deployments/stuck/runs", json!({}));
+        assert_eq!(status, 202);
+    }
+    let (_, started) = server.send("POST", "/api/deployments/quick/runs", json!({}));
+    assert_eq!(started["state"], "Scheduled");
+    assert_eq!(
+        server
+            .send("POST", "/api/work-pools/wasm/resume", json!({}))
+            .0,
+        200
+    );
+    // Far sooner than the 150 × 1.5 s the stuck runs need.
+    let run = wait_for_run(
+        &server,
+        started["flow_run_id"].as_str().unwrap(),
+        Duration::from_secs(60),
+        |run| run["state"] == "Completed",
+    );
+    assert_eq!(run["result"], json!("2"));
+    let (_, running) = server.get("/api/flow-runs?deployment=stuck&state=Running");
+    assert!(
+        running["flow_runs"].as_array().unwrap().len() <= 1,
+        "{running}"
+    );
+}
+
+#[test]
+fn a_paused_deployment_holds_its_waiting_runs() {
+    let server = TestServer::start();
+    let digest = server.upload(FIXTURE_WASM);
+    let d = deployment(
+        "adder",
+        &digest,
+        "call",
+        json!({ "task": "add", "input": { "a": 3, "b": 4 } }),
+    );
+    assert_eq!(server.send("PUT", "/api/deployments/adder", d).0, 201);
+    assert_eq!(
+        server
+            .send("POST", "/api/work-pools/wasm/pause", json!({}))
+            .0,
+        200
+    );
+    let (_, started) = server.send("POST", "/api/deployments/adder/runs", json!({}));
+    let id = started["flow_run_id"].as_str().unwrap();
+    assert_eq!(
+        server
+            .send("POST", "/api/deployments/adder/pause", json!({}))
+            .0,
+        200
+    );
+    assert_eq!(
+        server
+            .send("POST", "/api/work-pools/wasm/resume", json!({}))
+            .0,
+        200
+    );
+    // Several claim ticks pass: the run must still wait.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(
+        server.get(&format!("/api/flow-runs/{id}")).1["flow_run"]["state"],
+        "Scheduled"
+    );
+    assert_eq!(
+        server
+            .send("POST", "/api/deployments/adder/resume", json!({}))
+            .0,
+        200
+    );
+    let run = wait_for_run(&server, id, Duration::from_secs(30), |run| {
+        run["state"] == "Completed"
+    });
+    assert_eq!(run["result"], json!("7"));
+}
+
+#[test]
+fn a_retry_waits_while_its_pool_is_paused() {
+    let server = TestServer::start();
+    let digest = server.upload(FIXTURE_WASM);
+    let d = deployment("fails", &digest, "flow_fails", json!({}));
+    assert_eq!(server.send("PUT", "/api/deployments/fails", d).0, 201);
+    let (_, started) = server.send("POST", "/api/deployments/fails/runs", json!({}));
+    let id = started["flow_run_id"].as_str().unwrap();
+    let failed = wait_for_run(&server, id, Duration::from_secs(30), |run| {
+        run["state"] == "Failed"
+    });
+    assert_eq!(
+        server
+            .send("POST", "/api/work-pools/wasm/pause", json!({}))
+            .0,
+        200
+    );
+    let (status, retried) = server.send("POST", &format!("/api/flow-runs/{id}/retry"), json!({}));
+    assert_eq!(
+        (status, retried["state"].as_str()),
+        (202, Some("Scheduled"))
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(
+        server.get(&format!("/api/flow-runs/{id}")).1["flow_run"]["state"],
+        "Scheduled"
+    );
+    assert_eq!(
+        server
+            .send("POST", "/api/work-pools/wasm/resume", json!({}))
+            .0,
+        200
+    );
+    let again = wait_for_run(&server, id, Duration::from_secs(30), |run| {
+        run["state"] == "Failed" && run["attempt"].as_u64() > failed["attempt"].as_u64()
+    });
+    assert!(
+        again["message"].as_str().unwrap().contains("on purpose"),
+        "{again}"
+    );
+}
+
+#[test]
+fn a_run_reads_the_secrets_granted_when_it_was_created() {
+    let server = TestServer::start();
+    let digest = server.upload(FIXTURE_WASM);
+    for (name, value) in [("alpha", "alpha-value-1"), ("beta", "beta-value-2")] {
+        let (status, _) = server.send(
+            "PUT",
+            &format!("/api/secrets/{name}"),
+            json!({ "value": value }),
+        );
+        assert_eq!(status, 200);
+    }
+    let reads = |granted: &str| {
+        let mut d = deployment(
+            "reader",
+            &digest,
+            "call",
+            json!({ "task": "get_secret", "input": { "name": "beta" } }),
+        );
+        d["secrets"] = json!([granted]);
+        d
+    };
+    assert_eq!(
+        server
+            .send("PUT", "/api/deployments/reader", reads("alpha"))
+            .0,
+        201
+    );
+    assert_eq!(
+        server
+            .send("POST", "/api/work-pools/wasm/pause", json!({}))
+            .0,
+        200
+    );
+    let (_, started) = server.send("POST", "/api/deployments/reader/runs", json!({}));
+    let id = started["flow_run_id"].as_str().unwrap();
+    // Whoever can deploy now grants the waiting run another secret: it must not get it.
+    assert_eq!(
+        server
+            .send("PUT", "/api/deployments/reader", reads("beta"))
+            .0,
+        200
+    );
+    assert_eq!(
+        server
+            .send("POST", "/api/work-pools/wasm/resume", json!({}))
+            .0,
+        200
+    );
+    let run = wait_for_run(&server, id, Duration::from_secs(30), |run| {
+        run["state"] == "Completed"
+    });
+    assert_eq!(run["result"], json!("null"), "{run}");
+    // A run created under the new grant does read it (redacted in its record).
+    let (_, started) = server.send("POST", "/api/deployments/reader/runs", json!({}));
+    let (_, run) = server.events(started["flow_run_id"].as_str().unwrap());
+    assert_eq!(run["result"], json!("\"***\""), "{run}");
+}

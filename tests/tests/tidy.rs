@@ -9,13 +9,43 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-/// Layers, lowest first. A module may use its own layer and those below.
+/// Layers, lowest first. A module may use the layers below its own, and a
+/// module of its own layer only where [`SAME_LAYER`] allows it.
 const LAYERS: &[&[&str]] = &[
     &["model", "clock", "orchestrate", "protocol", "config"],
     &["store", "engine", "secrets"],
-    &["control", "client"],
-    &["worker", "scheduler", "api", "ui", "builder"],
-    &["cli", "telemetry", "main", "lib"],
+    &["control", "client", "dispatch"],
+    &["worker", "scheduler", "api", "builder"],
+    &["server"],
+    &["cli", "main", "lib"],
+];
+
+/// The only uses within one layer: (user, used). Each one is a decision,
+/// written down; anything else within a layer is a tangle in the making.
+const SAME_LAYER: &[(&str, &str)] = &[
+    // The vocabulary every layer-0 module speaks.
+    ("clock", "model"),
+    ("orchestrate", "model"),
+    ("protocol", "model"),
+    ("config", "model"),
+    // The dispatcher decides admission; control makes each state change.
+    ("dispatch", "control"),
+    // The CLI's program is the library's, and `lib` declares every module.
+    ("main", "cli"),
+    ("lib", "cli"),
+];
+
+/// Types only some modules may name: the write side of the store and the
+/// service that makes state changes stay below the API and the CLI.
+const RESTRICTED: &[(&str, &[&str])] = &[
+    (
+        "StateChange",
+        &["store", "control", "dispatch", "worker", "scheduler"],
+    ),
+    (
+        "Durability",
+        &["control", "dispatch", "worker", "scheduler"],
+    ),
 ];
 
 /// Foreign crates and the only modules that may name them.
@@ -115,13 +145,13 @@ fn foreign_libraries_have_one_owner() {
     assert!(offences.is_empty(), "\n{}", offences.join("\n"));
 }
 
-#[test]
-fn modules_only_use_their_own_layer_or_lower() {
+/// Every use of a higher layer, or of one's own layer not in [`SAME_LAYER`].
+fn layer_offences(sources: &BTreeMap<PathBuf, String>) -> Vec<String> {
     let mut offences = Vec::new();
-    for (path, text) in host_sources() {
-        let module = module_of(&path);
+    for (path, text) in sources {
+        let module = module_of(path);
         let own = layer_of(&module);
-        for (n, line) in code_lines(&text) {
+        for (n, line) in code_lines(text) {
             for (at, _) in line.match_indices("crate::") {
                 let rest = &line[at + "crate::".len()..];
                 let used: String = rest
@@ -131,17 +161,65 @@ fn modules_only_use_their_own_layer_or_lower() {
                 if used.is_empty() || used == module {
                     continue;
                 }
-                if layer_of(&used) > own {
+                let theirs = layer_of(&used);
+                let allowed = theirs < own
+                    || (theirs == own && SAME_LAYER.contains(&(module.as_str(), used.as_str())));
+                if !allowed {
                     offences.push(format!(
-                        "{}:{n}: `{module}` (layer {own}) uses `{used}` (layer {}): {}",
+                        "{}:{n}: `{module}` (layer {own}) uses `{used}` (layer {theirs}): {}",
                         path.display(),
-                        layer_of(&used),
                         line.trim()
                     ));
                 }
             }
         }
     }
+    offences
+}
+
+/// Every naming of a [`RESTRICTED`] type outside the modules allowed it.
+fn restricted_offences(sources: &BTreeMap<PathBuf, String>) -> Vec<String> {
+    let mut offences = Vec::new();
+    for (path, text) in sources {
+        let module = module_of(path);
+        for (name, owners) in RESTRICTED {
+            if owners.contains(&module.as_str()) {
+                continue;
+            }
+            for (n, line) in code_lines(text) {
+                if names_word(line, name) {
+                    offences.push(format!(
+                        "{}:{n}: `{name}` belongs to {owners:?} only: {}",
+                        path.display(),
+                        line.trim()
+                    ));
+                }
+            }
+        }
+    }
+    offences
+}
+
+/// `word` as a whole identifier in `line`.
+fn names_word(line: &str, word: &str) -> bool {
+    let bytes = line.as_bytes();
+    let ident = |b: u8| b.is_ascii_alphanumeric() || b == b'_';
+    line.match_indices(word).any(|(at, _)| {
+        let before = at.checked_sub(1).map(|i| bytes[i]);
+        let after = bytes.get(at + word.len()).copied();
+        !before.is_some_and(ident) && !after.is_some_and(ident)
+    })
+}
+
+#[test]
+fn modules_only_use_lower_layers_and_allowed_neighbours() {
+    let offences = layer_offences(&host_sources());
+    assert!(offences.is_empty(), "\n{}", offences.join("\n"));
+}
+
+#[test]
+fn restricted_types_stay_with_their_owners() {
+    let offences = restricted_offences(&host_sources());
     assert!(offences.is_empty(), "\n{}", offences.join("\n"));
 }
 
@@ -186,6 +264,44 @@ fn every_source_file_says_what_it_owns() {
     assert!(
         missing.is_empty(),
         "files without a `//!` header: {missing:?}"
+    );
+}
+
+/// Planted violations: each rule must catch its own.
+#[test]
+fn the_rules_catch_planted_violations() {
+    let planted = |path: &str, text: &str| {
+        BTreeMap::from([(PathBuf::from(path), format!("//! planted\n{text}\n"))])
+    };
+    // The API reaching into the executor (same layer, not allowed).
+    assert_eq!(
+        layer_offences(&planted("api/runs.rs", "use crate::worker::Executor;")).len(),
+        1
+    );
+    // The scheduler calling the API (same layer).
+    assert_eq!(
+        layer_offences(&planted("scheduler.rs", "crate::api::launch();")).len(),
+        1
+    );
+    // The store calling up into the dispatcher (higher layer).
+    assert_eq!(
+        layer_offences(&planted("store/mod.rs", "use crate::dispatch::Dispatcher;")).len(),
+        1
+    );
+    // Allowed: lower layers, and the written-down neighbour.
+    assert!(layer_offences(&planted("api/mod.rs", "use crate::dispatch::Dispatcher;")).is_empty());
+    assert!(layer_offences(&planted("dispatch.rs", "use crate::control::Control;")).is_empty());
+    // The CLI making a state change by hand.
+    assert_eq!(
+        restricted_offences(&planted(
+            "cli/runs.rs",
+            "let c = store::StateChange::new(id);"
+        ))
+        .len(),
+        1
+    );
+    assert!(
+        restricted_offences(&planted("cli/runs.rs", "let c = MyStateChanger::new();")).is_empty()
     );
 }
 

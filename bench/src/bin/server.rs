@@ -250,6 +250,7 @@ fn fill(db: &Path, rows: usize) {
                     scheduled_at: Some(i64::MAX / 2),
                     work_pool: Some("elsewhere".into()),
                     work_queue: Some("default".into()),
+                    secret_grants: Vec::new(),
                 })
             })
             .collect();

@@ -1,260 +1,16 @@
-//! Deployments, and how every run the server makes is launched: now on the
-//! embedded executor when its pool, queue and limits allow, or `Scheduled`
-//! for the scheduler (or a remote executor) to start later.
+//! Deployments: create, replace, pause, delete, and run one. Runs are
+//! created by the dispatcher; this module only turns HTTP into its calls.
 
-use super::runs::{StartRun, check_params, parse_digest};
+use super::runs::{StartRun, parse_digest, run_action};
 use super::{ApiError, ApiResult, ApiState, parse_body, schema};
-use crate::control::Durability;
-use crate::engine::Component;
-use crate::model::deploy::{DEFAULT_POOL, DEFAULT_QUEUE};
-use crate::model::{Deployment, FlowRunId, GrantedSecrets, RunState, TimestampMicros, WorkPool};
-use crate::store::{FlowRunRow, NewFlowRun, ObjectKind, ObjectRow, Write};
-use crate::worker::{ExistingRun, FlowRunRequest, this_process_marker};
+use crate::model::Deployment;
+use crate::model::deploy::DEFAULT_POOL;
+use crate::store::{ObjectKind, ObjectRow, Write};
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 use std::sync::Arc;
-
-/// What to run.
-pub(super) struct Launch {
-    pub component: Component,
-    pub flow: String,
-    /// Already checked against the flow's schema.
-    pub params: Value,
-    pub deployment: Option<Deployment>,
-    pub tags: Vec<String>,
-    /// Made by a schedule for this time: created `Scheduled`, started when due.
-    pub scheduled_at: Option<TimestampMicros>,
-}
-
-/// Creates the flow run and starts it if it may start now.
-pub(super) async fn launch(
-    state: &Arc<ApiState>,
-    launch: Launch,
-) -> ApiResult<(FlowRunId, RunState)> {
-    let pool = launch
-        .deployment
-        .as_ref()
-        .map(|d| d.work_pool.clone())
-        .unwrap_or_else(|| DEFAULT_POOL.to_string());
-    let queue = launch
-        .deployment
-        .as_ref()
-        .map(|d| d.work_queue.clone())
-        .unwrap_or_else(|| DEFAULT_QUEUE.to_string());
-    let secrets = resolve_secrets(state, launch.deployment.as_ref())?;
-    let now = state.control.now();
-    let start_now = launch.scheduled_at.is_none()
-        && may_start(state, &pool, &queue, launch.deployment.as_ref())?;
-    let initial = if start_now {
-        RunState::Pending
-    } else {
-        RunState::Scheduled
-    };
-    let mut tags = launch.tags;
-    if let Some(d) = &launch.deployment {
-        tags.extend(d.tags.iter().cloned());
-    }
-    tags.sort();
-    tags.dedup();
-    let id = FlowRunId::new();
-    let ticket = state
-        .control
-        .create_flow_run(
-            NewFlowRun {
-                id,
-                parent_flow_run: None,
-                component: launch.component.digest.clone(),
-                flow_name: launch.flow.clone(),
-                params: launch.params.to_string(),
-                state: initial,
-                attempt: 0,
-                host: this_process_marker(),
-                at: now,
-                deployment: launch.deployment.as_ref().map(|d| d.name.clone()),
-                tags,
-                scheduled_at: launch.scheduled_at.or((!start_now).then_some(now)),
-                work_pool: Some(pool),
-                work_queue: Some(queue),
-            },
-            Durability::Committed,
-        )
-        .map_err(ApiError::internal)?;
-    if let Some(ticket) = ticket {
-        ticket.committed().await?;
-    }
-    if start_now {
-        spawn_run(
-            state,
-            launch.component,
-            launch.flow,
-            launch.params.to_string(),
-            ExistingRun {
-                id,
-                state: RunState::Pending,
-                attempt: 0,
-            },
-            launch.deployment.as_ref(),
-            secrets,
-        );
-    }
-    Ok((id, initial))
-}
-
-/// Starts a `Scheduled` run whose time has come, if its pool and limits allow.
-/// Returns whether it started.
-pub async fn launch_scheduled(state: &Arc<ApiState>, run: &FlowRunRow) -> Result<bool, String> {
-    let deployment = deployment_of(state, run).map_err(|e| e.message)?;
-    let pool = run.work_pool.clone().unwrap_or_else(|| DEFAULT_POOL.into());
-    let queue = run
-        .work_queue
-        .clone()
-        .unwrap_or_else(|| DEFAULT_QUEUE.into());
-    if !may_start(state, &pool, &queue, deployment.as_ref()).map_err(|e| e.message)? {
-        return Ok(false);
-    }
-    let secrets = resolve_secrets(state, deployment.as_ref()).map_err(|e| e.message)?;
-    let digest = parse_digest(&run.component).map_err(|e| e.message)?;
-    let component = state.component(&digest).await.map_err(|e| e.message)?;
-    // Pending before it is handed over, so the next limit check counts it
-    // (and a second dispatcher loses the compare-and-set).
-    let change =
-        crate::store::StateChange::new(run.id.0, run.state, RunState::Pending, state.control.now());
-    match state
-        .control
-        .change_flow_run(change, Vec::new(), Durability::Committed)
-    {
-        Ok(Some(ticket)) => ticket.committed().await.map_err(|e| e.to_string())?,
-        Ok(None) => {}
-        Err(e) => return Err(e.to_string()),
-    }
-    spawn_run(
-        state,
-        component,
-        run.flow_name.clone(),
-        run.params.clone(),
-        ExistingRun {
-            id: run.id,
-            state: RunState::Pending,
-            attempt: run.attempt,
-        },
-        deployment.as_ref(),
-        secrets,
-    );
-    Ok(true)
-}
-
-/// The deployment that made `run`, if it still exists.
-pub(super) fn deployment_of(state: &ApiState, run: &FlowRunRow) -> ApiResult<Option<Deployment>> {
-    match &run.deployment {
-        Some(name) => state
-            .store
-            .object(ObjectKind::Deployment, name)?
-            .map(|row| parse_deployment(&row))
-            .transpose(),
-        None => Ok(None),
-    }
-}
-
-/// Hands a created run to the embedded executor (none: it waits).
-pub(super) fn spawn_run(
-    state: &Arc<ApiState>,
-    component: Component,
-    flow: String,
-    params: String,
-    existing: ExistingRun,
-    deployment: Option<&Deployment>,
-    secrets: GrantedSecrets,
-) {
-    let Some(executor) = state.executor.clone() else {
-        return;
-    };
-    let mut request = FlowRunRequest::new(component, flow, params);
-    request.existing = Some(existing);
-    request.secrets = Arc::new(secrets);
-    if let Some(d) = deployment {
-        request.deployment = Some(d.name.clone());
-        request.task_override = d.task_policy.clone();
-    }
-    let id = existing.id;
-    state.runs.spawn(async move {
-        if let Err(e) = executor.run_flow(request).await {
-            tracing::error!("flow run {id} could not run: {e}");
-        }
-    });
-}
-
-/// Whether a run for `pool` (and `deployment`) may start on this server now.
-fn may_start(
-    state: &ApiState,
-    pool: &str,
-    queue: &str,
-    deployment: Option<&Deployment>,
-) -> ApiResult<bool> {
-    if state.executor.is_none() || !state.pools.iter().any(|p| p == pool) {
-        return Ok(false);
-    }
-    if let Some(row) = state.store.object(ObjectKind::WorkPool, pool)? {
-        let pool: WorkPool = serde_json::from_str(&row.body).map_err(ApiError::internal)?;
-        if pool.paused {
-            return Ok(false);
-        }
-        if let Some(limit) = pool.concurrency_limit
-            && state.store.active_runs_of_pool(&pool.name, None)? >= u64::from(limit)
-        {
-            return Ok(false);
-        }
-    }
-    if let Some(row) = state
-        .store
-        .object(ObjectKind::WorkQueue, &format!("{pool}/{queue}"))?
-    {
-        let queue: crate::model::WorkQueue =
-            serde_json::from_str(&row.body).map_err(ApiError::internal)?;
-        if queue.paused {
-            return Ok(false);
-        }
-        if let Some(limit) = queue.concurrency_limit
-            && state.store.active_runs_of_pool(pool, Some(&queue.name))? >= u64::from(limit)
-        {
-            return Ok(false);
-        }
-    }
-    if let Some(d) = deployment
-        && let Some(limit) = d.concurrency_limit
-        && state.store.active_runs_of_deployment(&d.name)? >= u64::from(limit)
-    {
-        return Ok(false);
-    }
-    Ok(true)
-}
-
-/// The secrets a deployment grants, in clear (none without a deployment);
-/// a granted one that is not set is an error.
-pub(super) fn resolve_secrets(
-    state: &ApiState,
-    deployment: Option<&Deployment>,
-) -> ApiResult<GrantedSecrets> {
-    let Some(deployment) = deployment else {
-        return Ok(GrantedSecrets::default());
-    };
-    let mut values = Vec::new();
-    for name in &deployment.secrets {
-        let row = state.store.object(ObjectKind::Secret, name)?.ok_or_else(|| {
-            ApiError::conflict(format!(
-                "deployment '{}' is granted secret '{name}', which is not set; set it with `host secret set {name}`",
-                deployment.name
-            ))
-        })?;
-        let value = state
-            .secrets
-            .open(name, &row.body)
-            .map_err(|e| ApiError::conflict(e.to_string()))?;
-        values.push((name.clone(), value));
-    }
-    Ok(GrantedSecrets::new(values))
-}
 
 fn parse_deployment(row: &ObjectRow) -> ApiResult<Deployment> {
     serde_json::from_str(&row.body).map_err(ApiError::internal)
@@ -268,6 +24,7 @@ fn deployment_json(row: &ObjectRow) -> ApiResult<Value> {
     }))
 }
 
+/// The deployment `name` and its row. Blocks: call inside `ApiState::blocking`.
 fn load(state: &ApiState, name: &str) -> ApiResult<(Deployment, ObjectRow)> {
     let row = state
         .store
@@ -284,13 +41,17 @@ fn load(state: &ApiState, name: &str) -> ApiResult<(Deployment, ObjectRow)> {
 #[utoipa::path(get, path = "/api/deployments", tag = "deployments",
     responses((status = 200, body = schema::DeploymentList)))]
 pub(super) async fn list_deployments(State(state): State<Arc<ApiState>>) -> ApiResult<Json<Value>> {
-    let list = state
-        .store
-        .objects(ObjectKind::Deployment)?
-        .iter()
-        .map(deployment_json)
-        .collect::<ApiResult<Vec<_>>>()?;
-    Ok(Json(json!({ "deployments": list })))
+    state
+        .blocking(|state| {
+            let list = state
+                .store
+                .objects(ObjectKind::Deployment)?
+                .iter()
+                .map(deployment_json)
+                .collect::<ApiResult<Vec<_>>>()?;
+            Ok(Json(json!({ "deployments": list })))
+        })
+        .await
 }
 
 /// Create a deployment; 409 if one has its name (use PUT to replace).
@@ -304,17 +65,21 @@ pub(super) async fn create_deployment(
     body: axum::body::Bytes,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     let deployment: Deployment = parse_body(&body, "a deployment (see /api/openapi.json)")?;
-    if state
-        .store
-        .object(ObjectKind::Deployment, &deployment.name)?
-        .is_some()
-    {
-        return Err(ApiError::conflict(format!(
-            "deployment '{}' exists; PUT /api/deployments/{} replaces it",
-            deployment.name, deployment.name
-        )));
-    }
-    save(&state, deployment).await
+    state
+        .blocking(move |state| {
+            if state
+                .store
+                .object(ObjectKind::Deployment, &deployment.name)?
+                .is_some()
+            {
+                return Err(ApiError::conflict(format!(
+                    "deployment '{}' exists; PUT /api/deployments/{} replaces it",
+                    deployment.name, deployment.name
+                )));
+            }
+            save(state, deployment)
+        })
+        .await
 }
 
 /// Create or replace a deployment.
@@ -346,13 +111,11 @@ pub(super) async fn put_deployment(
     let deployment: Deployment = serde_json::from_value(value).map_err(|e| {
         ApiError::bad_request("bad_json", format!("the body is not a deployment: {e}"))
     })?;
-    save(&state, deployment).await
+    state.blocking(move |state| save(state, deployment)).await
 }
 
-async fn save(
-    state: &Arc<ApiState>,
-    mut deployment: Deployment,
-) -> ApiResult<(StatusCode, Json<Value>)> {
+/// Checks a deployment against what is stored and saves it. Blocks.
+fn save(state: &ApiState, mut deployment: Deployment) -> ApiResult<(StatusCode, Json<Value>)> {
     deployment
         .validate()
         .map_err(|e| ApiError::bad_request("invalid_deployment", e))?;
@@ -440,7 +203,7 @@ async fn save(
         .store
         .object(ObjectKind::Deployment, &deployment.name)?
         .is_some();
-    put_object(state, ObjectKind::Deployment, &deployment.name, &deployment).await?;
+    put_object(state, ObjectKind::Deployment, &deployment.name, &deployment)?;
     let status = if existed {
         StatusCode::OK
     } else {
@@ -452,17 +215,19 @@ async fn save(
     ))
 }
 
-pub(super) async fn put_object(
+/// Creates or replaces a named object and waits for the commit. Blocks.
+pub(super) fn put_object(
     state: &ApiState,
     kind: ObjectKind,
     name: &str,
     value: &impl serde::Serialize,
 ) -> ApiResult<()> {
     let body = serde_json::to_string(value).map_err(ApiError::internal)?;
-    put_raw(state, kind, name, body).await
+    put_raw(state, kind, name, body)
 }
 
-pub(super) async fn put_raw(
+/// Like [`put_object`], with the body already serialized (sealed secrets). Blocks.
+pub(super) fn put_raw(
     state: &ApiState,
     kind: ObjectKind,
     name: &str,
@@ -474,14 +239,14 @@ pub(super) async fn put_raw(
             kind,
             name: name.to_string(),
             body,
-            at: state.control.now(),
+            at: state.now(),
         }])
-        .committed()
-        .await?;
+        .wait_blocking()?;
     Ok(())
 }
 
-pub(super) async fn delete_object(
+/// Deletes a named object (404 if there is none). Blocks.
+pub(super) fn delete_object(
     state: &ApiState,
     kind: ObjectKind,
     name: &str,
@@ -492,8 +257,7 @@ pub(super) async fn delete_object(
             kind,
             name: name.to_string(),
         }])
-        .committed()
-        .await?;
+        .wait_blocking()?;
     Ok(Json(json!({ "deleted": name })))
 }
 
@@ -505,8 +269,12 @@ pub(super) async fn get_deployment(
     State(state): State<Arc<ApiState>>,
     Path(name): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    let (_, row) = load(&state, &name)?;
-    Ok(Json(deployment_json(&row)?))
+    state
+        .blocking(move |state| {
+            let (_, row) = load(state, &name)?;
+            Ok(Json(deployment_json(&row)?))
+        })
+        .await
 }
 
 /// Delete a deployment (its runs stay).
@@ -517,15 +285,21 @@ pub(super) async fn delete_deployment(
     State(state): State<Arc<ApiState>>,
     Path(name): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    delete_object(&state, ObjectKind::Deployment, &name).await
+    state
+        .blocking(move |state| delete_object(state, ObjectKind::Deployment, &name))
+        .await
 }
 
-async fn set_paused(state: &ApiState, name: &str, paused: bool) -> ApiResult<Json<Value>> {
-    let (mut deployment, _) = load(state, name)?;
-    deployment.paused = paused;
-    put_object(state, ObjectKind::Deployment, name, &deployment).await?;
-    let (_, row) = load(state, name)?;
-    Ok(Json(deployment_json(&row)?))
+async fn set_paused(state: &Arc<ApiState>, name: String, paused: bool) -> ApiResult<Json<Value>> {
+    state
+        .blocking(move |state| {
+            let (mut deployment, _) = load(state, &name)?;
+            deployment.paused = paused;
+            put_object(state, ObjectKind::Deployment, &name, &deployment)?;
+            let (_, row) = load(state, &name)?;
+            Ok(Json(deployment_json(&row)?))
+        })
+        .await
 }
 
 /// Pause a deployment: its schedules stop and runs cannot be started.
@@ -536,7 +310,7 @@ pub(super) async fn pause_deployment(
     State(state): State<Arc<ApiState>>,
     Path(name): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    set_paused(&state, &name, true).await
+    set_paused(&state, name, true).await
 }
 
 /// Resume a paused deployment.
@@ -547,7 +321,7 @@ pub(super) async fn resume_deployment(
     State(state): State<Arc<ApiState>>,
     Path(name): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    set_paused(&state, &name, false).await
+    set_paused(&state, name, false).await
 }
 
 /// Run a deployment; `params` are laid over its defaults and checked against the schema.
@@ -564,63 +338,9 @@ pub(super) async fn run_deployment(
     body: axum::body::Bytes,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     let start = StartRun::from_body(&body)?;
-    let (deployment, _) = load(&state, &name)?;
-    if deployment.paused {
-        return Err(ApiError::conflict(format!(
-            "deployment '{name}' is paused; resume it with `host deployment resume {name}`"
-        )));
-    }
-    let (id, run_state) =
-        run_deployment_now(&state, deployment, start.params, start.tags, None).await?;
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(json!({ "flow_run_id": id.to_string(), "state": run_state })),
-    ))
-}
-
-/// Shared by `run_deployment` and the scheduler (which passes the fire time).
-pub async fn run_deployment_now(
-    state: &Arc<ApiState>,
-    deployment: Deployment,
-    params: Option<Value>,
-    tags: Option<Vec<String>>,
-    scheduled_at: Option<TimestampMicros>,
-) -> ApiResult<(FlowRunId, RunState)> {
-    let digest = parse_digest(&deployment.component)?;
-    let component = state.component(&digest).await?;
-    let Some(flow_def) = component.manifest.flow(&deployment.flow) else {
-        return Err(ApiError::unprocessable(
-            "unknown_flow",
-            format!(
-                "component {} no longer has flow '{}'",
-                digest.short(),
-                deployment.flow
-            ),
-        ));
-    };
-    let mut merged: Map<String, Value> = deployment.params.clone();
-    match params {
-        Some(Value::Object(own)) => merged.extend(own),
-        Some(Value::Null) | None => {}
-        Some(_) => {
-            return Err(ApiError::bad_request(
-                "invalid_params",
-                "params must be a JSON object",
-            ));
-        }
-    }
-    let params = Value::Object(merged);
-    check_params(flow_def.params_schema.as_ref(), &params)?;
-    launch(
-        state,
-        Launch {
-            component,
-            flow: deployment.flow.clone(),
-            params,
-            deployment: Some(deployment),
-            tags: tags.unwrap_or_default(),
-            scheduled_at,
-        },
-    )
-    .await
+    let dispatched = state
+        .dispatcher
+        .run_deployment(&name, start.params, start.tags.unwrap_or_default())
+        .await?;
+    Ok((StatusCode::ACCEPTED, Json(run_action(dispatched))))
 }

@@ -4,10 +4,12 @@
 //! every 100 ms: `log` events carry a log line (their SSE id is the line's id,
 //! so a client resumes with `?after=`), `state` events the run's state when
 //! it changes, and one `end` event the final run once it has ended and its
-//! log is drained. Then the stream closes.
+//! log is drained. Then the stream closes. At most `MAX_EVENT_STREAMS` are
+//! open at once (more get 503), each read runs on the blocking pool, and
+//! every stream ends when the server stops.
 
 use super::runs::parse_run_id;
-use super::{ApiResult, ApiState};
+use super::{ApiError, ApiResult, ApiState, MAX_EVENT_STREAMS};
 use axum::extract::{Path, Query, State};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures_util::stream::{self, Stream};
@@ -35,6 +37,8 @@ struct Cursor {
     pending: std::collections::VecDeque<Event>,
     drain: Option<u32>,
     done: bool,
+    /// Held while the stream is open.
+    _slot: tokio::sync::OwnedSemaphorePermit,
 }
 
 /// Follow a flow run: `log`, `state` and a final `end` event.
@@ -42,14 +46,25 @@ struct Cursor {
     params(("id" = String, Path), ("after" = Option<i64>, Query, description = "skip log lines up to this id")),
     responses((status = 200, content_type = "text/event-stream",
         description = "`event: log` (a LogLine), `event: state` ({state, message}), `event: end` (the FlowRun)"),
-        (status = 404, body = super::schema::ErrorBody)))]
+        (status = 404, body = super::schema::ErrorBody),
+        (status = 503, body = super::schema::ErrorBody, description = "Too many streams are open")))]
 pub(super) async fn flow_run_events(
     State(state): State<Arc<ApiState>>,
     Path(id): Path<String>,
     Query(q): Query<EventQuery>,
 ) -> ApiResult<Sse<impl Stream<Item = Result<Event, Infallible>>>> {
-    let id = parse_run_id(&state, &id)?;
-    state.store.flow_run(id)?;
+    let slot = state.streams.clone().try_acquire_owned().map_err(|_| {
+        ApiError::unavailable(format!(
+            "{MAX_EVENT_STREAMS} event streams are open already; close one or poll /api/flow-runs/{{id}}/logs"
+        ))
+    })?;
+    let id = state
+        .blocking(move |state| {
+            let id = parse_run_id(state, &id)?;
+            state.store.flow_run(id)?;
+            Ok(id)
+        })
+        .await?;
     let cursor = Cursor {
         state,
         id,
@@ -58,6 +73,7 @@ pub(super) async fn flow_run_events(
         pending: Default::default(),
         drain: None,
         done: false,
+        _slot: slot,
     };
     let events = stream::unfold(cursor, |mut c| async move {
         loop {
@@ -77,10 +93,26 @@ impl Cursor {
     /// Queues what changed since the last look; sleeps first unless it is the first look.
     async fn poll(&mut self) {
         if self.last_state.is_some() {
-            tokio::time::sleep(POLL).await;
+            tokio::select! {
+                _ = self.state.shutdown.cancelled() => {
+                    self.done = true;
+                    return;
+                }
+                _ = tokio::time::sleep(POLL) => {}
+            }
         }
-        let store = &self.state.store;
-        let lines = store.logs(self.id, self.after, 1000).unwrap_or_default();
+        let (id, after) = (self.id, self.after);
+        let read = self
+            .state
+            .blocking(move |state| {
+                let lines = state.store.logs(id, after, 1000).unwrap_or_default();
+                Ok((lines, state.store.flow_run(id)))
+            })
+            .await;
+        let Ok((lines, run)) = read else {
+            self.done = true;
+            return;
+        };
         let got_lines = !lines.is_empty();
         for line in lines {
             self.after = line.id;
@@ -91,7 +123,7 @@ impl Cursor {
                     .data(json!(line).to_string()),
             );
         }
-        let Ok(run) = store.flow_run(self.id) else {
+        let Ok(run) = run else {
             self.done = true;
             return;
         };

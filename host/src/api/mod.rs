@@ -16,12 +16,8 @@ mod objects;
 mod runs;
 pub mod schema;
 
-use crate::control::Control;
-use crate::engine::{Component, Engine};
-use crate::model::ComponentDigest;
-use crate::secrets::SecretBox;
-use crate::store::{ComponentFiles, Store, StoreError};
-use crate::worker::Executor;
+use crate::dispatch::{DispatchError, Dispatcher};
+use crate::store::{Store, StoreError};
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::Next;
@@ -30,95 +26,69 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
-use std::collections::HashMap;
-use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
 use utoipa::OpenApi;
 
-pub use deployments::{launch_scheduled, run_deployment_now};
 pub use objects::ensure_pool;
 
 /// The largest `.wasm` accepted by `POST /api/components`.
 pub const MAX_COMPONENT_BYTES: usize = 64 << 20;
 /// The largest JSON body of any other request.
 pub const MAX_JSON_BYTES: usize = 4 << 20;
+/// Event streams followed at once; more get 503 until one closes.
+pub const MAX_EVENT_STREAMS: usize = 256;
+/// A request (other than an event stream) that takes longer gets 503.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// What the handlers share.
 pub struct ApiState {
+    /// Creates, admits and hands over runs; stores components.
+    pub dispatcher: Arc<Dispatcher>,
+    /// For reads; every one runs on the blocking pool (see [`ApiState::blocking`]).
     pub store: Arc<Store>,
-    pub files: ComponentFiles,
-    pub engine: Arc<Engine>,
-    pub control: Arc<Control>,
-    pub secrets: Arc<SecretBox>,
-    /// `None` with `--no-worker`: runs are created and wait for an executor.
-    pub executor: Option<Arc<Executor>>,
-    /// The pools the embedded executor serves.
-    pub pools: Vec<String>,
-    /// Where flow runs execute: a runtime apart from the API's.
-    pub runs: tokio::runtime::Handle,
     /// sha256 of each accepted API key; empty means no auth.
     api_keys: Vec<[u8; 32]>,
-    loaded: Mutex<HashMap<ComponentDigest, Component>>,
+    /// Open event streams.
+    streams: Arc<tokio::sync::Semaphore>,
+    /// Cancelled when the server stops: event streams end.
+    pub shutdown: CancellationToken,
 }
 
 /// How to build an [`ApiState`].
 pub struct ApiConfig {
-    pub store: Arc<Store>,
-    pub files: ComponentFiles,
-    pub engine: Arc<Engine>,
-    pub control: Arc<Control>,
-    pub secrets: Arc<SecretBox>,
-    pub executor: Option<Arc<Executor>>,
-    pub pools: Vec<String>,
-    pub runs: tokio::runtime::Handle,
+    pub dispatcher: Arc<Dispatcher>,
     /// API keys in clear; only their hashes are kept.
     pub api_keys: Vec<String>,
+    pub shutdown: CancellationToken,
 }
 
 impl ApiState {
     pub fn new(config: ApiConfig) -> Arc<Self> {
         Arc::new(Self {
-            store: config.store,
-            files: config.files,
-            engine: config.engine,
-            control: config.control,
-            secrets: config.secrets,
-            executor: config.executor,
-            pools: config.pools,
-            runs: config.runs,
+            store: config.dispatcher.store().clone(),
+            dispatcher: config.dispatcher,
             api_keys: config.api_keys.iter().map(|k| hash_key(k)).collect(),
-            loaded: Mutex::new(HashMap::new()),
+            streams: Arc::new(tokio::sync::Semaphore::new(MAX_EVENT_STREAMS)),
+            shutdown: config.shutdown,
         })
     }
 
-    /// A stored component, loaded once and kept.
-    async fn component(&self, digest: &ComponentDigest) -> Result<Component, ApiError> {
-        if let Some(component) = self
-            .loaded
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(digest)
-        {
-            return Ok(component.clone());
-        }
-        let bytes = self.files.get(digest).map_err(|_| {
-            ApiError::not_found(format!(
-                "no component with digest {digest}; upload it first (host flow upload FILE.wasm)"
-            ))
-        })?;
-        let component = self.engine.load(&bytes).await.map_err(ApiError::internal)?;
-        self.loaded
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(digest.clone(), component.clone());
-        Ok(component)
+    /// Runs `work` on the blocking pool: SQLite reads and commits block, and
+    /// the API's own thread must stay free for every other request.
+    async fn blocking<T: Send + 'static>(
+        self: &Arc<Self>,
+        work: impl FnOnce(&ApiState) -> ApiResult<T> + Send + 'static,
+    ) -> ApiResult<T> {
+        let state = self.clone();
+        tokio::task::spawn_blocking(move || work(&state))
+            .await
+            .map_err(ApiError::internal)?
     }
 
-    fn remember(&self, component: Component) {
-        self.loaded
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(component.digest.clone(), component);
+    fn now(&self) -> crate::model::TimestampMicros {
+        self.dispatcher.control().now()
     }
 }
 
@@ -309,23 +279,35 @@ pub fn router(state: Arc<ApiState>) -> Router {
             )
         })
         .layer(json_limit)
+        .layer(axum::middleware::from_fn(time_limit))
         .with_state(state)
 }
 
-/// Binds `addr` (port 0 picks a free one) and returns the address and the
-/// server future, which ends when `shutdown` resolves.
-pub async fn bind(
+/// Ends a request that runs past [`REQUEST_TIMEOUT`] with 503 (event streams
+/// are long by design and end with the server instead).
+async fn time_limit(request: Request, next: Next) -> Response {
+    if request.uri().path().ends_with("/events") {
+        return next.run(request).await;
+    }
+    match tokio::time::timeout(REQUEST_TIMEOUT, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => ApiError::unavailable(format!(
+            "the request took longer than {} s; the server is busy, try again",
+            REQUEST_TIMEOUT.as_secs()
+        ))
+        .into_response(),
+    }
+}
+
+/// Serves the API on `listener` until `shutdown` resolves.
+pub async fn serve(
     state: Arc<ApiState>,
-    addr: SocketAddr,
+    listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> std::io::Result<(
-    SocketAddr,
-    impl std::future::Future<Output = std::io::Result<()>>,
-)> {
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    let local = listener.local_addr()?;
-    let server = axum::serve(listener, router(state)).with_graceful_shutdown(shutdown);
-    Ok((local, async move { server.await }))
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
 }
 
 /// The API without a socket: the CLI's local mode sends its requests through
@@ -463,6 +445,30 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// The one place dispatcher errors become statuses.
+impl From<DispatchError> for ApiError {
+    fn from(e: DispatchError) -> Self {
+        use DispatchError as D;
+        let message = e.to_string();
+        match e {
+            D::UnknownComponent(_) | D::UnknownDeployment(_) | D::UnknownRun(_) => {
+                ApiError::not_found(message)
+            }
+            D::UnknownFlow { .. } => ApiError::unprocessable("unknown_flow", message),
+            D::ParamsNotObject => ApiError::bad_request("invalid_params", message),
+            D::InvalidParams(_) => ApiError::unprocessable("invalid_params", message),
+            D::DeploymentPaused(_) | D::SecretNotSet { .. } | D::WrongState { .. } => {
+                ApiError::conflict(message)
+            }
+            D::InvalidComponent(_) => ApiError::bad_request("invalid_component", message),
+            D::Store(e) => e.into(),
+            D::Engine(_) | D::Files(_) | D::Corrupt { .. } | D::Control(_) | D::Join(_) => {
+                ApiError::internal(message)
+            }
+        }
+    }
+}
+
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
@@ -509,25 +515,29 @@ async fn openapi_json() -> Response {
 #[utoipa::path(get, path = "/metrics", tag = "server",
     responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
 async fn metrics(State(state): State<Arc<ApiState>>) -> ApiResult<String> {
-    use std::fmt::Write as _;
-    let mut text = String::from(
-        "# HELP weir_flow_runs Flow runs recorded, by state.\n# TYPE weir_flow_runs gauge\n",
-    );
-    for (run_state, n) in state.store.count_flow_runs_by_state()? {
-        let _ = writeln!(text, "weir_flow_runs{{state=\"{run_state}\"}} {n}");
-    }
-    let tasks = state.store.count(crate::store::StoreTable::TaskRuns)?;
-    let _ = write!(
-        text,
-        "# HELP weir_task_runs Task runs recorded.\n# TYPE weir_task_runs gauge\nweir_task_runs {tasks}\n"
-    );
-    let deployments = state
-        .store
-        .objects(crate::store::ObjectKind::Deployment)?
-        .len();
-    let _ = write!(
-        text,
-        "# HELP weir_deployments Deployments defined.\n# TYPE weir_deployments gauge\nweir_deployments {deployments}\n"
-    );
-    Ok(text)
+    state
+        .blocking(|state| {
+            use std::fmt::Write as _;
+            let mut text = String::from(
+                "# HELP weir_flow_runs Flow runs recorded, by state.\n# TYPE weir_flow_runs gauge\n",
+            );
+            for (run_state, n) in state.store.count_flow_runs_by_state()? {
+                let _ = writeln!(text, "weir_flow_runs{{state=\"{run_state}\"}} {n}");
+            }
+            let tasks = state.store.count(crate::store::StoreTable::TaskRuns)?;
+            let _ = write!(
+                text,
+                "# HELP weir_task_runs Task runs recorded.\n# TYPE weir_task_runs gauge\nweir_task_runs {tasks}\n"
+            );
+            let deployments = state
+                .store
+                .objects(crate::store::ObjectKind::Deployment)?
+                .len();
+            let _ = write!(
+                text,
+                "# HELP weir_deployments Deployments defined.\n# TYPE weir_deployments gauge\nweir_deployments {deployments}\n"
+            );
+            Ok(text)
+        })
+        .await
 }

@@ -41,7 +41,15 @@ fn pool(state: &ApiState, name: &str) -> ApiResult<WorkPool> {
 }
 
 /// Creates a pool (and its `default` queue) if it does not exist.
-pub async fn ensure_pool(state: &ApiState, name: &str) -> ApiResult<()> {
+pub async fn ensure_pool(state: &Arc<ApiState>, name: &str) -> ApiResult<()> {
+    let name = name.to_string();
+    state
+        .blocking(move |state| ensure_pool_now(state, &name))
+        .await
+}
+
+/// [`ensure_pool`], blocking.
+fn ensure_pool_now(state: &ApiState, name: &str) -> ApiResult<()> {
     if state.store.object(ObjectKind::WorkPool, name)?.is_none() {
         let pool = WorkPool {
             name: name.to_string(),
@@ -49,7 +57,7 @@ pub async fn ensure_pool(state: &ApiState, name: &str) -> ApiResult<()> {
             paused: false,
             concurrency_limit: None,
         };
-        put_object(state, ObjectKind::WorkPool, name, &pool).await?;
+        put_object(state, ObjectKind::WorkPool, name, &pool)?;
     }
     let queue_key = format!("{name}/{DEFAULT_QUEUE}");
     if state
@@ -64,7 +72,7 @@ pub async fn ensure_pool(state: &ApiState, name: &str) -> ApiResult<()> {
             concurrency_limit: None,
             paused: false,
         };
-        put_object(state, ObjectKind::WorkQueue, &queue_key, &queue).await?;
+        put_object(state, ObjectKind::WorkQueue, &queue_key, &queue)?;
     }
     Ok(())
 }
@@ -73,8 +81,12 @@ pub async fn ensure_pool(state: &ApiState, name: &str) -> ApiResult<()> {
 #[utoipa::path(get, path = "/api/work-pools", tag = "work pools",
     responses((status = 200, body = schema::WorkPoolList)))]
 pub(super) async fn list_work_pools(State(state): State<Arc<ApiState>>) -> ApiResult<Json<Value>> {
-    let pools: Vec<WorkPool> = parse_rows(&state, ObjectKind::WorkPool)?;
-    Ok(Json(json!({ "work_pools": pools })))
+    state
+        .blocking(|state| {
+            let pools: Vec<WorkPool> = parse_rows(state, ObjectKind::WorkPool)?;
+            Ok(Json(json!({ "work_pools": pools })))
+        })
+        .await
 }
 
 /// Create a work pool (with a `default` queue).
@@ -90,19 +102,23 @@ pub(super) async fn create_work_pool(
         r#"{"name": "...", "description": "...", "concurrency_limit": N}"#,
     )?;
     check_name("work pool", &new.name)?;
-    if state
-        .store
-        .object(ObjectKind::WorkPool, &new.name)?
-        .is_some()
-    {
-        return Err(ApiError::conflict(format!(
-            "work pool '{}' exists",
-            new.name
-        )));
-    }
-    put_object(&state, ObjectKind::WorkPool, &new.name, &new).await?;
-    ensure_pool(&state, &new.name).await?;
-    Ok((StatusCode::CREATED, Json(json!(new))))
+    state
+        .blocking(move |state| {
+            if state
+                .store
+                .object(ObjectKind::WorkPool, &new.name)?
+                .is_some()
+            {
+                return Err(ApiError::conflict(format!(
+                    "work pool '{}' exists",
+                    new.name
+                )));
+            }
+            put_object(state, ObjectKind::WorkPool, &new.name, &new)?;
+            ensure_pool_now(state, &new.name)?;
+            Ok((StatusCode::CREATED, Json(json!(new))))
+        })
+        .await
 }
 
 /// Create or replace a work pool (description, limit, paused).
@@ -123,9 +139,13 @@ pub(super) async fn put_work_pool(
     let new: WorkPool = serde_json::from_value(value).map_err(|e| {
         ApiError::bad_request("bad_json", format!("the body is not a work pool: {e}"))
     })?;
-    put_object(&state, ObjectKind::WorkPool, &name, &new).await?;
-    ensure_pool(&state, &name).await?;
-    Ok(Json(json!(new)))
+    state
+        .blocking(move |state| {
+            put_object(state, ObjectKind::WorkPool, &name, &new)?;
+            ensure_pool_now(state, &name)?;
+            Ok(Json(json!(new)))
+        })
+        .await
 }
 
 /// A work pool.
@@ -136,7 +156,9 @@ pub(super) async fn get_work_pool(
     State(state): State<Arc<ApiState>>,
     Path(name): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    Ok(Json(json!(pool(&state, &name)?)))
+    state
+        .blocking(move |state| Ok(Json(json!(pool(state, &name)?))))
+        .await
 }
 
 /// Delete a work pool and its queues; refused while a deployment uses it.
@@ -147,8 +169,12 @@ pub(super) async fn delete_work_pool(
     State(state): State<Arc<ApiState>>,
     Path(name): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    pool(&state, &name)?;
-    let users: Vec<crate::model::Deployment> = parse_rows(&state, ObjectKind::Deployment)?;
+    state.blocking(move |state| delete_pool(state, &name)).await
+}
+
+fn delete_pool(state: &ApiState, name: &str) -> ApiResult<Json<Value>> {
+    pool(state, name)?;
+    let users: Vec<crate::model::Deployment> = parse_rows(state, ObjectKind::Deployment)?;
     let users: Vec<&str> = users
         .iter()
         .filter(|d| d.work_pool == name)
@@ -160,23 +186,30 @@ pub(super) async fn delete_work_pool(
             users.join(", ")
         )));
     }
-    let queues: Vec<WorkQueue> = parse_rows(&state, ObjectKind::WorkQueue)?;
+    let queues: Vec<WorkQueue> = parse_rows(state, ObjectKind::WorkQueue)?;
     for queue in queues.iter().filter(|q| q.work_pool == name) {
         let _ = delete_object(
-            &state,
+            state,
             ObjectKind::WorkQueue,
             &format!("{name}/{}", queue.name),
-        )
-        .await?;
+        )?;
     }
-    delete_object(&state, ObjectKind::WorkPool, &name).await
+    delete_object(state, ObjectKind::WorkPool, &name)
 }
 
-async fn set_pool_paused(state: &ApiState, name: &str, paused: bool) -> ApiResult<Json<Value>> {
-    let mut p = pool(state, name)?;
-    p.paused = paused;
-    put_object(state, ObjectKind::WorkPool, name, &p).await?;
-    Ok(Json(json!(p)))
+async fn set_pool_paused(
+    state: &Arc<ApiState>,
+    name: String,
+    paused: bool,
+) -> ApiResult<Json<Value>> {
+    state
+        .blocking(move |state| {
+            let mut p = pool(state, &name)?;
+            p.paused = paused;
+            put_object(state, ObjectKind::WorkPool, &name, &p)?;
+            Ok(Json(json!(p)))
+        })
+        .await
 }
 
 /// Pause a pool: its runs wait in `Scheduled`.
@@ -187,7 +220,7 @@ pub(super) async fn pause_work_pool(
     State(state): State<Arc<ApiState>>,
     Path(name): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    set_pool_paused(&state, &name, true).await
+    set_pool_paused(&state, name, true).await
 }
 
 /// Resume a paused pool.
@@ -198,7 +231,7 @@ pub(super) async fn resume_work_pool(
     State(state): State<Arc<ApiState>>,
     Path(name): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    set_pool_paused(&state, &name, false).await
+    set_pool_paused(&state, name, false).await
 }
 
 /// A pool's queues, by priority.
@@ -209,11 +242,15 @@ pub(super) async fn list_work_queues(
     State(state): State<Arc<ApiState>>,
     Path(name): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    pool(&state, &name)?;
-    let mut queues: Vec<WorkQueue> = parse_rows(&state, ObjectKind::WorkQueue)?;
-    queues.retain(|q| q.work_pool == name);
-    queues.sort_by(|a, b| a.priority.cmp(&b.priority).then(a.name.cmp(&b.name)));
-    Ok(Json(json!({ "work_queues": queues })))
+    state
+        .blocking(move |state| {
+            pool(state, &name)?;
+            let mut queues: Vec<WorkQueue> = parse_rows(state, ObjectKind::WorkQueue)?;
+            queues.retain(|q| q.work_pool == name);
+            queues.sort_by(|a, b| a.priority.cmp(&b.priority).then(a.name.cmp(&b.name)));
+            Ok(Json(json!({ "work_queues": queues })))
+        })
+        .await
 }
 
 /// Create or replace a queue in a pool.
@@ -226,7 +263,6 @@ pub(super) async fn create_work_queue(
     Path(name): Path<String>,
     body: axum::body::Bytes,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
-    pool(&state, &name)?;
     let mut value: Value = parse_body(
         &body,
         r#"{"name": "...", "priority": N, "concurrency_limit": N}"#,
@@ -238,14 +274,18 @@ pub(super) async fn create_work_queue(
         ApiError::bad_request("bad_json", format!("the body is not a work queue: {e}"))
     })?;
     check_name("work queue", &queue.name)?;
-    put_object(
-        &state,
-        ObjectKind::WorkQueue,
-        &format!("{name}/{}", queue.name),
-        &queue,
-    )
-    .await?;
-    Ok((StatusCode::CREATED, Json(json!(queue))))
+    state
+        .blocking(move |state| {
+            pool(state, &name)?;
+            put_object(
+                state,
+                ObjectKind::WorkQueue,
+                &format!("{name}/{}", queue.name),
+                &queue,
+            )?;
+            Ok((StatusCode::CREATED, Json(json!(queue))))
+        })
+        .await
 }
 
 /// Delete a queue (not a pool's `default`).
@@ -261,12 +301,11 @@ pub(super) async fn delete_work_queue(
             "every pool keeps its '{DEFAULT_QUEUE}' queue; delete the pool instead"
         )));
     }
-    delete_object(
-        &state,
-        ObjectKind::WorkQueue,
-        &format!("{pool_name}/{name}"),
-    )
-    .await
+    state
+        .blocking(move |state| {
+            delete_object(state, ObjectKind::WorkQueue, &format!("{pool_name}/{name}"))
+        })
+        .await
 }
 
 /// Secret names; values are never returned.
@@ -274,8 +313,8 @@ pub(super) async fn delete_work_queue(
     responses((status = 200, body = schema::SecretList)))]
 pub(super) async fn list_secrets(State(state): State<Arc<ApiState>>) -> ApiResult<Json<Value>> {
     let list: Vec<Value> = state
-        .store
-        .objects(ObjectKind::Secret)?
+        .blocking(|state| Ok(state.store.objects(ObjectKind::Secret)?))
+        .await?
         .into_iter()
         .map(|row| json!({ "name": row.name, "created_at": row.created_at, "updated_at": row.updated_at }))
         .collect();
@@ -301,15 +340,19 @@ pub(super) async fn put_secret(
 ) -> ApiResult<Json<Value>> {
     check_name("secret", &name)?;
     let SecretValue { value } = parse_body(&body, r#"{"value": "..."}"#)?;
-    let sealed = state.secrets.seal(&name, &value);
-    put_raw(&state, ObjectKind::Secret, &name, sealed).await?;
-    let row = state
-        .store
-        .object(ObjectKind::Secret, &name)?
-        .ok_or_else(|| ApiError::internal("a secret vanished after it was written"))?;
-    Ok(Json(
-        json!({ "name": name, "created_at": row.created_at, "updated_at": row.updated_at }),
-    ))
+    state
+        .blocking(move |state| {
+            let sealed = state.dispatcher.secrets().seal(&name, &value);
+            put_raw(state, ObjectKind::Secret, &name, sealed)?;
+            let row = state
+                .store
+                .object(ObjectKind::Secret, &name)?
+                .ok_or_else(|| ApiError::internal("a secret vanished after it was written"))?;
+            Ok(Json(
+                json!({ "name": name, "created_at": row.created_at, "updated_at": row.updated_at }),
+            ))
+        })
+        .await
 }
 
 /// Delete a secret.
@@ -320,15 +363,21 @@ pub(super) async fn delete_secret(
     State(state): State<Arc<ApiState>>,
     Path(name): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    delete_object(&state, ObjectKind::Secret, &name).await
+    state
+        .blocking(move |state| delete_object(state, ObjectKind::Secret, &name))
+        .await
 }
 
 /// Variables, by name.
 #[utoipa::path(get, path = "/api/variables", tag = "variables",
     responses((status = 200, body = schema::VariableList)))]
 pub(super) async fn list_variables(State(state): State<Arc<ApiState>>) -> ApiResult<Json<Value>> {
-    let list: Vec<Variable> = parse_rows(&state, ObjectKind::Variable)?;
-    Ok(Json(json!({ "variables": list })))
+    state
+        .blocking(|state| {
+            let list: Vec<Variable> = parse_rows(state, ObjectKind::Variable)?;
+            Ok(Json(json!({ "variables": list })))
+        })
+        .await
 }
 
 /// A variable.
@@ -340,9 +389,13 @@ pub(super) async fn get_variable(
     Path(name): Path<String>,
 ) -> ApiResult<Json<Value>> {
     let row = state
-        .store
-        .object(ObjectKind::Variable, &name)?
-        .ok_or_else(|| ApiError::not_found(format!("no variable named '{name}'")))?;
+        .blocking(move |state| {
+            state
+                .store
+                .object(ObjectKind::Variable, &name)?
+                .ok_or_else(|| ApiError::not_found(format!("no variable named '{name}'")))
+        })
+        .await?;
     let variable: Variable = serde_json::from_str(&row.body).map_err(ApiError::internal)?;
     Ok(Json(json!(variable)))
 }
@@ -369,8 +422,12 @@ pub(super) async fn put_variable(
         name: name.clone(),
         value,
     };
-    put_object(&state, ObjectKind::Variable, &name, &variable).await?;
-    Ok(Json(json!(variable)))
+    state
+        .blocking(move |state| {
+            put_object(state, ObjectKind::Variable, &name, &variable)?;
+            Ok(Json(json!(variable)))
+        })
+        .await
 }
 
 /// Delete a variable.
@@ -381,5 +438,7 @@ pub(super) async fn delete_variable(
     State(state): State<Arc<ApiState>>,
     Path(name): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    delete_object(&state, ObjectKind::Variable, &name).await
+    state
+        .blocking(move |state| delete_object(state, ObjectKind::Variable, &name))
+        .await
 }

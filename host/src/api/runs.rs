@@ -1,12 +1,9 @@
 //! Components, flows, flow runs, task runs and logs.
 
-use super::deployments::{Launch, deployment_of, launch, resolve_secrets, spawn_run};
 use super::{ApiError, ApiResult, ApiState, parse_body, schema};
-use crate::engine::EngineError;
+use crate::dispatch::{DispatchError, Dispatched, NewRun};
 use crate::model::{ComponentDigest, FlowRunId, RunState, TaskRunId};
-use crate::protocol::{ParamError, validate_params};
-use crate::store::{FlowRunFilter, StateChange, Write};
-use crate::worker::ExistingRun;
+use crate::store::FlowRunFilter;
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
@@ -37,30 +34,13 @@ pub(super) async fn upload_component(
             "send the component's .wasm bytes as the request body (curl --data-binary @flow.wasm)",
         ));
     }
-    let component = state.engine.load(&body).await.map_err(|e| match e {
-        EngineError::Setup(_) | EngineError::Cache { .. } => ApiError::internal(e),
-        other => ApiError::bad_request("invalid_component", other.to_string()),
-    })?;
-    let existed = state.store.component_manifest(&component.digest)?.is_some();
-    state.files.put(&body).map_err(ApiError::internal)?;
-    let manifest = serde_json::to_string(&*component.manifest).map_err(ApiError::internal)?;
-    state
-        .store
-        .submit(vec![Write::Component {
-            digest: component.digest.clone(),
-            size_bytes: component.size_bytes,
-            manifest,
-            at: state.control.now(),
-        }])
-        .committed()
-        .await?;
+    let (component, existed) = state.dispatcher.store_component(body).await?;
     let reply = json!({
         "digest": component.digest.as_str(),
         "size_bytes": component.size_bytes,
         "flows": component.manifest.flow_names(),
         "created": !existed,
     });
-    state.remember(component);
     let status = if existed {
         StatusCode::OK
     } else {
@@ -74,8 +54,8 @@ pub(super) async fn upload_component(
     responses((status = 200, body = schema::ComponentList)))]
 pub(super) async fn list_components(State(state): State<Arc<ApiState>>) -> ApiResult<Json<Value>> {
     let list: Vec<Value> = state
-        .store
-        .components()?
+        .blocking(|state| Ok(state.store.components()?))
+        .await?
         .iter()
         .map(|c| {
             json!({
@@ -108,9 +88,13 @@ pub(super) async fn get_component(
 ) -> ApiResult<Json<Value>> {
     let digest = parse_digest(&digest)?;
     let row = state
-        .store
-        .component(&digest)?
-        .ok_or_else(|| ApiError::not_found(format!("no component with digest {digest}")))?;
+        .blocking(move |state| {
+            state
+                .store
+                .component(&digest)?
+                .ok_or_else(|| ApiError::not_found(format!("no component with digest {digest}")))
+        })
+        .await?;
     Ok(Json(json!({
         "digest": row.digest,
         "size_bytes": row.size_bytes,
@@ -129,9 +113,14 @@ pub(super) async fn download_component(
 ) -> ApiResult<Response> {
     let digest = parse_digest(&digest)?;
     let bytes = state
-        .files
-        .get(&digest)
-        .map_err(|_| ApiError::not_found(format!("no component with digest {digest}")))?;
+        .blocking(move |state| {
+            state
+                .dispatcher
+                .files()
+                .get(&digest)
+                .map_err(|_| ApiError::not_found(format!("no component with digest {digest}")))
+        })
+        .await?;
     Ok(([(header::CONTENT_TYPE, "application/wasm")], bytes).into_response())
 }
 
@@ -140,7 +129,10 @@ pub(super) async fn download_component(
     responses((status = 200, body = schema::FlowList)))]
 pub(super) async fn list_flows(State(state): State<Arc<ApiState>>) -> ApiResult<Json<Value>> {
     let mut flows = Vec::new();
-    for component in state.store.components()? {
+    let components = state
+        .blocking(|state| Ok(state.store.components()?))
+        .await?;
+    for component in components {
         for flow in &component.manifest.flows {
             flows.push(json!({
                 "name": flow.name,
@@ -171,25 +163,6 @@ impl StartRun {
     }
 }
 
-/// Checks `params` (an object) against the flow's schema.
-pub(super) fn check_params(schema: Option<&Value>, params: &Value) -> ApiResult<()> {
-    if !params.is_object() {
-        return Err(ApiError::bad_request(
-            "invalid_params",
-            "params must be a JSON object",
-        ));
-    }
-    if let Some(schema) = schema {
-        validate_params(schema, params).map_err(|e| match e {
-            ParamError::Invalid(problems) => {
-                ApiError::unprocessable("invalid_params", problems.join("; "))
-            }
-            other => ApiError::unprocessable("invalid_params", other.to_string()),
-        })?;
-    }
-    Ok(())
-}
-
 /// Run a flow of an uploaded component on the server's pool (no deployment).
 #[utoipa::path(post, path = "/api/components/{digest}/flows/{flow}/runs", tag = "flow runs",
     params(("digest" = String, Path), ("flow" = String, Path)),
@@ -206,32 +179,28 @@ pub(super) async fn start_flow_run(
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     let digest = parse_digest(&digest)?;
     let start = StartRun::from_body(&body)?;
-    let component = state.component(&digest).await?;
-    let Some(flow_def) = component.manifest.flow(&flow) else {
-        return Err(ApiError::not_found(format!(
-            "no flow named '{flow}' in component {}; it has: {}",
-            digest.short(),
-            component.manifest.flow_names().join(", ")
-        )));
-    };
-    let params = start.params.unwrap_or_else(|| json!({}));
-    check_params(flow_def.params_schema.as_ref(), &params)?;
-    let (id, run_state) = launch(
-        &state,
-        Launch {
-            component,
+    let dispatched = state
+        .dispatcher
+        .create_run(NewRun {
+            component: digest,
             flow,
-            params,
+            params: start.params,
             deployment: None,
             tags: start.tags.unwrap_or_default(),
             scheduled_at: None,
-        },
-    )
-    .await?;
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(json!({ "flow_run_id": id.to_string(), "state": run_state })),
-    ))
+        })
+        .await
+        .map_err(|e| match e {
+            // The flow is named in the path: a missing one is a missing resource.
+            DispatchError::UnknownFlow { .. } => ApiError::not_found(e.to_string()),
+            other => other.into(),
+        })?;
+    Ok((StatusCode::ACCEPTED, Json(run_action(dispatched))))
+}
+
+/// The reply to starting, retrying or cancelling a run.
+pub(super) fn run_action(dispatched: Dispatched) -> Value {
+    json!({ "flow_run_id": dispatched.id.to_string(), "state": dispatched.state })
 }
 
 #[derive(Deserialize)]
@@ -290,7 +259,7 @@ pub(super) async fn list_flow_runs(
         .map_err(|e| ApiError::bad_request("bad_query", e.to_string()))?;
     let limit = q.limit.unwrap_or(50).clamp(1, 1000);
     let offset = q.offset.unwrap_or(0);
-    let rows = state.store.list_flow_runs(&FlowRunFilter {
+    let filter = FlowRunFilter {
         state: run_state,
         flow_name: q.flow,
         deployment: q.deployment,
@@ -300,7 +269,10 @@ pub(super) async fn list_flow_runs(
         top_level_only: false,
         limit,
         offset,
-    })?;
+    };
+    let rows = state
+        .blocking(move |state| Ok(state.store.list_flow_runs(&filter)?))
+        .await?;
     let next = (rows.len() == limit).then_some(offset + limit);
     Ok(Json(json!({ "flow_runs": rows, "next_offset": next })))
 }
@@ -324,18 +296,22 @@ pub(super) async fn get_flow_run(
     State(state): State<Arc<ApiState>>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    let id = parse_run_id(&state, &id)?;
-    let run = state.store.flow_run(id)?;
-    let tasks = state.store.task_runs(id)?;
-    let states: Vec<Value> = state
-        .store
-        .state_history(id.0)?
-        .into_iter()
-        .map(|(at, s, message)| json!({ "at": at, "state": s, "message": message }))
-        .collect();
-    Ok(Json(
-        json!({ "flow_run": run, "task_runs": tasks, "states": states }),
-    ))
+    state
+        .blocking(move |state| {
+            let id = parse_run_id(state, &id)?;
+            let run = state.store.flow_run(id)?;
+            let tasks = state.store.task_runs(id)?;
+            let states: Vec<Value> = state
+                .store
+                .state_history(id.0)?
+                .into_iter()
+                .map(|(at, s, message)| json!({ "at": at, "state": s, "message": message }))
+                .collect();
+            Ok(Json(
+                json!({ "flow_run": run, "task_runs": tasks, "states": states }),
+            ))
+        })
+        .await
 }
 
 /// The task runs of a flow run, in call order.
@@ -346,9 +322,13 @@ pub(super) async fn list_task_runs(
     State(state): State<Arc<ApiState>>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    let id = parse_run_id(&state, &id)?;
-    state.store.flow_run(id)?;
-    Ok(Json(json!({ "task_runs": state.store.task_runs(id)? })))
+    state
+        .blocking(move |state| {
+            let id = parse_run_id(state, &id)?;
+            state.store.flow_run(id)?;
+            Ok(Json(json!({ "task_runs": state.store.task_runs(id)? })))
+        })
+        .await
 }
 
 /// A task run and each of its attempts.
@@ -362,10 +342,10 @@ pub(super) async fn get_task_run(
     let id: TaskRunId = id
         .parse()
         .map_err(|_| ApiError::bad_request("bad_id", format!("'{id}' is not a task run id")))?;
-    let run = state.store.task_run(id)?;
-    let attempts: Vec<Value> = state
-        .store
-        .task_attempts(id)?
+    let (run, attempts) = state
+        .blocking(move |state| Ok((state.store.task_run(id)?, state.store.task_attempts(id)?)))
+        .await?;
+    let attempts: Vec<Value> = attempts
         .into_iter()
         .map(|a| {
             json!({
@@ -400,100 +380,64 @@ pub(super) async fn get_logs(
     Path(id): Path<String>,
     Query(q): Query<LogQuery>,
 ) -> ApiResult<Json<Value>> {
-    let id = parse_run_id(&state, &id)?;
-    state.store.flow_run(id)?;
-    let lines = state.store.logs(
-        id,
-        q.after.unwrap_or(0),
-        q.limit.unwrap_or(1000).clamp(1, 10_000),
-    )?;
-    Ok(Json(json!({ "logs": lines })))
+    state
+        .blocking(move |state| {
+            let id = parse_run_id(state, &id)?;
+            state.store.flow_run(id)?;
+            let lines = state.store.logs(
+                id,
+                q.after.unwrap_or(0),
+                q.limit.unwrap_or(1000).clamp(1, 10_000),
+            )?;
+            Ok(Json(json!({ "logs": lines })))
+        })
+        .await
 }
 
-/// Cancel a flow run: a waiting run ends at once, a running one within a second.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct CancelQuery {
+    force: Option<bool>,
+}
+
+/// Cancel a flow run: a waiting run ends at once, a running one within a
+/// second. `force=true` ends a run whose executor does not answer.
 #[utoipa::path(post, path = "/api/flow-runs/{id}/cancel", tag = "flow runs",
-    params(("id" = String, Path)),
-    responses((status = 200, body = schema::RunAction), (status = 409, body = schema::ErrorBody, description = "It already ended")))]
+    params(("id" = String, Path),
+        ("force" = Option<bool>, Query, description = "end it here even if its executor does not answer")),
+    responses((status = 200, body = schema::RunAction),
+        (status = 404, body = schema::ErrorBody),
+        (status = 409, body = schema::ErrorBody, description = "It already ended")))]
 pub(super) async fn cancel_flow_run(
     State(state): State<Arc<ApiState>>,
     Path(id): Path<String>,
+    Query(q): Query<CancelQuery>,
 ) -> ApiResult<Json<Value>> {
-    let id = parse_run_id(&state, &id)?;
-    let run = state.store.flow_run(id)?;
-    if run.state.is_terminal() {
-        return Err(ApiError::conflict(format!(
-            "flow run {id} already ended: {}",
-            run.state
-        )));
-    }
-    let now = state.control.now();
-    if matches!(run.state, RunState::Scheduled | RunState::Late) {
-        // Nobody runs it yet: it ends here.
-        let mut change = StateChange::new(id.0, run.state, RunState::Cancelled, now);
-        change.message = Some("cancelled before it started".into());
-        let ticket = state
-            .control
-            .change_flow_run(change, Vec::new(), crate::control::Durability::Committed)
-            .map_err(|e| ApiError::conflict(e.to_string()))?;
-        if let Some(ticket) = ticket {
-            ticket.committed().await?;
-        }
-        return Ok(Json(
-            json!({ "flow_run_id": id.to_string(), "state": RunState::Cancelled }),
-        ));
-    }
-    state
-        .store
-        .submit(vec![Write::RequestCancel { id, at: now }])
-        .committed()
+    let id = state
+        .blocking(move |state| parse_run_id(state, &id))
         .await?;
-    Ok(Json(
-        json!({ "flow_run_id": id.to_string(), "state": RunState::Cancelling }),
-    ))
+    let force = q.force.unwrap_or(false);
+    Ok(Json(run_action(state.dispatcher.cancel(id, force).await?)))
 }
 
 /// Run a Failed, Crashed, TimedOut or Cancelled flow run again; completed
-/// tasks are replayed from their recorded results.
+/// tasks are replayed from their recorded results. It starts at once
+/// (`Pending`) when its pool, queue and deployment allow, else it waits
+/// (`Scheduled`) like any other run.
 #[utoipa::path(post, path = "/api/flow-runs/{id}/retry", tag = "flow runs",
     params(("id" = String, Path)),
     responses((status = 202, body = schema::RunAction),
-        (status = 409, body = schema::ErrorBody, description = "It has not ended, or it completed"),
-        (status = 503, body = schema::ErrorBody, description = "This server runs no executor")))]
+        (status = 404, body = schema::ErrorBody),
+        (status = 409, body = schema::ErrorBody, description = "It has not ended, or it completed")))]
 pub(super) async fn retry_flow_run(
     State(state): State<Arc<ApiState>>,
     Path(id): Path<String>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
-    let id = parse_run_id(&state, &id)?;
-    let run = state.store.flow_run(id)?;
-    if !run.state.is_terminal() || run.state.is_success() {
-        return Err(ApiError::conflict(format!(
-            "flow run {id} is {}; only a Failed, Crashed, TimedOut or Cancelled run can be retried",
-            run.state
-        )));
-    }
-    if state.executor.is_none() {
-        return Err(ApiError::unavailable(
-            "this server runs no executor (--no-worker); retry it where one runs".into(),
-        ));
-    }
-    let component = state.component(&parse_digest(&run.component)?).await?;
-    let deployment = deployment_of(&state, &run)?;
-    let secrets = resolve_secrets(&state, deployment.as_ref())?;
-    spawn_run(
-        &state,
-        component,
-        run.flow_name.clone(),
-        run.params.clone(),
-        ExistingRun {
-            id,
-            state: run.state,
-            attempt: run.attempt,
-        },
-        deployment.as_ref(),
-        secrets,
-    );
+    let id = state
+        .blocking(move |state| parse_run_id(state, &id))
+        .await?;
     Ok((
         StatusCode::ACCEPTED,
-        Json(json!({ "flow_run_id": id.to_string(), "state": RunState::Pending })),
+        Json(run_action(state.dispatcher.retry(id).await?)),
     ))
 }

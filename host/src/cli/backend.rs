@@ -2,27 +2,21 @@
 //! `api.url` (profile or `WEIR_API_URL`), or, when none is set, the same API
 //! router run in-process over the local `$WEIR_HOME` database.
 
-use super::flow::{Local, runtime};
 use super::{Exit, paths};
-use crate::api::{ApiConfig, ApiState, InProcess};
+use crate::api::InProcess;
 use crate::client::Client;
 use crate::config::{Paths, Profiles, Settings};
-use crate::model::deploy::DEFAULT_POOL;
-use crate::secrets::SecretBox;
-use crate::store::ComponentFiles;
-use crate::worker::ExecutorSettings;
+use crate::server::{Server, ServerConfig};
 use anyhow::Context;
 use serde_json::Value;
-use std::sync::Arc;
 use std::time::Duration;
 
 pub(crate) enum Backend {
     Remote(Client),
     Local {
         api: InProcess,
-        runtime: tokio::runtime::Runtime,
-        /// Kept open for as long as the in-process API uses it.
-        _local: Local,
+        /// The store, executor and runtimes the in-process API uses.
+        server: Server,
     },
 }
 
@@ -60,27 +54,16 @@ impl Backend {
     }
 
     fn open_local(paths: &Paths) -> anyhow::Result<Backend> {
-        let runtime = runtime()?;
-        let local = Local::open(paths)?;
-        let secrets = SecretBox::open_or_create(&paths.secrets_key())?;
-        let state = ApiState::new(ApiConfig {
-            store: local.store.clone(),
-            files: ComponentFiles::new(paths.components()),
-            engine: local.engine.clone(),
-            control: local.control(),
-            secrets: Arc::new(secrets),
-            executor: Some(local.executor(ExecutorSettings::default())),
-            pools: vec![DEFAULT_POOL.to_string()],
-            runs: runtime.handle().clone(),
-            api_keys: Vec::new(),
-        });
-        runtime
-            .block_on(crate::api::ensure_pool(&state, DEFAULT_POOL))
-            .map_err(|e| anyhow::anyhow!("creating the default work pool: {e:?}"))?;
+        let mut config = ServerConfig::new(paths.clone());
+        // Runs waiting for a server stay for it: this process takes only its own.
+        config.take_waiting = false;
+        let server = Server::open(config)?;
+        for run in &server.interrupted {
+            super::flow::note_interrupted(run);
+        }
         Ok(Backend::Local {
-            api: InProcess::new(state),
-            runtime,
-            _local: local,
+            api: server.in_process(),
+            server,
         })
     }
 
@@ -130,8 +113,8 @@ impl Backend {
             Backend::Remote(client) => client
                 .request(method, path, body, content_type)
                 .map_err(|e| Exit::bad_input(e.to_string()))?,
-            Backend::Local { api, runtime, .. } => {
-                runtime.block_on(api.call(method, path, body, content_type))
+            Backend::Local { api, server } => {
+                server.block_on(api.call(method, path, body, content_type))
             }
         };
         let value: Value = if bytes.is_empty() {

@@ -10,7 +10,7 @@ use crate::engine::{Component, Engine, EngineConfig, EngineError, LoadKind, huma
 use crate::model::{FlowDef, Policy, RunState};
 use crate::protocol::{build_params, validate_params};
 use crate::store::{ComponentFiles, Store, Write};
-use crate::worker::{Executor, ExecutorSettings, FlowRunRequest, marker_pid};
+use crate::worker::{Executor, ExecutorSettings, FlowRunRequest};
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use std::collections::BTreeMap;
@@ -316,28 +316,12 @@ impl Local {
         Executor::new(self.engine.clone(), self.control(), settings)
     }
 
-    /// Marks runs left unfinished by a process of this host that is gone as
-    /// Crashed, and says how to resume them.
-    /// Marks runs of dead processes Crashed; returns the top-level ones.
-    pub fn report_dead_runs(
-        &self,
-        runtime: &tokio::runtime::Runtime,
-        say: bool,
-    ) -> Vec<crate::store::FlowRunRow> {
+    /// Marks runs of dead processes Crashed and says how to resume each.
+    pub fn report_dead_runs(&self, runtime: &tokio::runtime::Runtime) {
         let control = self.control();
-        let mut crashed = Vec::new();
-        for run in dead_runs(&self.store) {
-            let marked = runtime
-                .block_on(control.mark_crashed(run.id, run.state))
-                .is_ok();
-            if marked && run.parent_flow_run.is_none() {
-                if say {
-                    note_interrupted(&run);
-                }
-                crashed.push(run);
-            }
+        for run in runtime.block_on(crate::server::mark_dead_runs(&control, &self.store)) {
+            note_interrupted(&run);
         }
-        crashed
     }
 }
 
@@ -350,26 +334,6 @@ pub(crate) fn note_interrupted(run: &crate::store::FlowRunRow) {
 }
 
 /// Unfinished runs whose process (on this host) no longer exists.
-pub(crate) fn dead_runs(store: &Store) -> Vec<crate::store::FlowRunRow> {
-    let host = ExecutorSettings::default().host_name;
-    store
-        .unfinished_flow_runs()
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|run| run.parent_flow_run.is_none())
-        .filter(
-            |run| match run.host.as_deref().and_then(|m| marker_pid(m, &host)) {
-                Some(pid) => !process_alive(pid),
-                None => false,
-            },
-        )
-        .collect()
-}
-
-pub(crate) fn process_alive(pid: u32) -> bool {
-    std::path::Path::new(&format!("/proc/{pid}")).exists()
-}
-
 fn choose_flow<'a>(component: &'a Component, wanted: Option<&str>) -> anyhow::Result<&'a FlowDef> {
     let manifest = &component.manifest;
     match wanted {
@@ -395,7 +359,7 @@ fn run_flow(args: RunArgs) -> anyhow::Result<()> {
         local,
         component,
     } = load_project(&args.path, !args.json)?;
-    local.report_dead_runs(&runtime, true);
+    local.report_dead_runs(&runtime);
     let flow = choose_flow(&component, args.flow.as_deref())?;
     let params = build_params(
         args.params_json.as_deref(),

@@ -1,13 +1,13 @@
 //! `host flow-run ls|inspect|logs`: what the local database recorded.
 
-use super::flow::{Display, Local, dead_runs, runtime, watch};
+use super::flow::{Display, Local, runtime, watch};
 use super::output::{format_count, format_duration, table};
 use super::{Exit, JsonFlag, paths};
 use crate::clock::format_rfc3339;
 use crate::clock::{Clock, SystemClock};
 use crate::engine::human_bytes;
 use crate::model::{FlowRunId, RunState};
-use crate::store::Write;
+use crate::server::dead_runs;
 use crate::store::{FlowRunFilter, FlowRunRow, Store, StoreError, TaskRunRow};
 use crate::worker::{ExecutorSettings, ExistingRun, FlowRunRequest};
 use anyhow::Context;
@@ -99,7 +99,10 @@ pub fn run(command: FlowRunCommand) -> anyhow::Result<()> {
         FlowRunCommand::Ls(args) => ls(&store, args),
         FlowRunCommand::Inspect(args) => inspect(&store, args),
         FlowRunCommand::Logs(args) => logs(&store, args),
-        FlowRunCommand::Cancel(args) => cancel(store, args),
+        FlowRunCommand::Cancel(args) => {
+            drop(store);
+            cancel(args)
+        }
         FlowRunCommand::Resume(args) => rerun(store, args, Rerun::Resume),
         FlowRunCommand::Retry(args) => rerun(store, args, Rerun::Retry),
         FlowRunCommand::Prune(args) => prune(&store, args),
@@ -193,69 +196,55 @@ fn rerun(store: Store, args: RerunArgs, mode: Rerun) -> anyhow::Result<()> {
     )
 }
 
-fn cancel(store: Store, args: IdArgs) -> anyhow::Result<()> {
-    let id = resolve(&store, &args.id)?;
-    let run = store.flow_run(id)?;
-    if run.state.is_terminal() {
-        return Err(Exit::bad_input(format!(
-            "flow run {id} already ended: {}",
-            run.state
-        )));
-    }
-    store
-        .submit(vec![Write::RequestCancel {
-            id,
-            at: SystemClock.now_micros(),
-        }])
-        .wait_blocking()?;
-    // A live runner notices within its poll interval and ends the run Cancelled.
+/// Cancels through the API (the server's, or in-process over the local
+/// database): a waiting run ends at once; a running one when its runner
+/// notices, or by force when the runner does not answer within 5 s.
+fn cancel(args: IdArgs) -> anyhow::Result<()> {
+    use super::backend::Backend;
+    let backend = Backend::open()?;
+    let reply = backend.send(
+        "POST",
+        &format!("/api/flow-runs/{}/cancel", args.id),
+        &serde_json::json!({}),
+    )?;
+    let id = reply["flow_run_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let ended = |state: &serde_json::Value| {
+        state
+            .as_str()
+            .and_then(|s| s.parse::<RunState>().ok())
+            .is_some_and(|s| s.is_terminal())
+    };
+    let mut state = reply["state"].clone();
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    let alive = !super::flow::dead_runs(&store).iter().any(|r| r.id == id);
-    while alive && std::time::Instant::now() < deadline {
-        let now = store.flow_run(id)?;
-        if now.state.is_terminal() {
-            return report_cancel(&store, id, args.format.json);
+    while !ended(&state) {
+        if std::time::Instant::now() >= deadline {
+            let forced = backend.send(
+                "POST",
+                &format!("/api/flow-runs/{id}/cancel?force=true"),
+                &serde_json::json!({}),
+            );
+            state = match forced {
+                Ok(reply) => reply["state"].clone(),
+                // It ended on its own just now.
+                Err(_) => {
+                    backend.get(&format!("/api/flow-runs/{id}"))?["flow_run"]["state"].clone()
+                }
+            };
+            break;
         }
         std::thread::sleep(Duration::from_millis(50));
+        state = backend.get(&format!("/api/flow-runs/{id}"))?["flow_run"]["state"].clone();
     }
-    // Nobody is running it (or it did not answer): record the end ourselves.
-    let current = store.flow_run(id)?.state;
-    if !current.is_terminal() {
-        let control = crate::control::Control::new(
-            std::sync::Arc::new(store),
-            std::sync::Arc::new(SystemClock),
-        );
-        let mut change = crate::store::StateChange::new(
-            id.0,
-            current,
-            RunState::Cancelled,
-            SystemClock.now_micros(),
-        );
-        change.failure_kind = Some(crate::model::FailureKind::Cancelled);
-        change.message = Some(if alive {
-            "cancelled; its process did not answer within 5 s".into()
-        } else {
-            "cancelled; its process had already stopped".into()
-        });
-        if let Some(ticket) =
-            control.change_flow_run(change, Vec::new(), crate::control::Durability::Committed)?
-        {
-            ticket.wait_blocking()?;
-        }
-        return report_cancel(control.store(), id, args.format.json);
-    }
-    report_cancel(&store, id, args.format.json)
-}
-
-fn report_cancel(store: &Store, id: FlowRunId, json: bool) -> anyhow::Result<()> {
-    let run = store.flow_run(id)?;
-    if json {
+    if args.format.json {
         println!(
             "{}",
-            serde_json::json!({"flow_run_id": id.to_string(), "state": run.state})
+            serde_json::json!({ "flow_run_id": id, "state": state })
         );
     } else {
-        println!("flow run {id}: {}", run.state);
+        println!("flow run {id}: {}", state.as_str().unwrap_or_default());
     }
     Ok(())
 }
@@ -570,23 +559,7 @@ fn remote(command: FlowRunCommand) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        FlowRunCommand::Cancel(args) => {
-            let reply = backend.send(
-                "POST",
-                &format!("/api/flow-runs/{}/cancel", args.id),
-                &serde_json::json!({}),
-            )?;
-            if args.format.json {
-                println!("{reply}");
-            } else {
-                println!(
-                    "flow run {}: {}",
-                    reply["flow_run_id"].as_str().unwrap_or_default(),
-                    reply["state"].as_str().unwrap_or_default()
-                );
-            }
-            Ok(())
-        }
+        FlowRunCommand::Cancel(args) => cancel(args),
         FlowRunCommand::Retry(args) => {
             let reply = backend.send(
                 "POST",

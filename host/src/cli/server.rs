@@ -1,16 +1,10 @@
 //! `host server start`: the API and the embedded executor in one process.
 
-use super::flow::Local;
 use super::paths;
-use crate::api::{self, ApiConfig, ApiState};
-use crate::model::deploy::DEFAULT_POOL;
-use crate::secrets::SecretBox;
-use crate::store::ComponentFiles;
-use crate::worker::ExecutorSettings;
+use crate::server::{Server, ServerConfig};
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 #[derive(Subcommand, Debug)]
@@ -53,19 +47,6 @@ pub fn run(command: ServerCommand) -> anyhow::Result<()> {
 fn start(args: StartArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     let paths = paths();
-    // Guests run on a runtime of their own, so a busy guest cannot starve the API.
-    let runs = tokio::runtime::Builder::new_multi_thread()
-        .thread_name("weir-runs")
-        .enable_all()
-        .build()
-        .context("starting the executor's runtime")?;
-    let api_runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .thread_name("weir-api")
-        .enable_all()
-        .build()
-        .context("starting the API's runtime")?;
-
     let settings = super::backend::settings()?;
     let addr: SocketAddr = match args.addr {
         Some(addr) => addr,
@@ -86,114 +67,59 @@ fn start(args: StartArgs) -> anyhow::Result<()> {
         Some(file) => read_api_keys(file)?,
         None => Vec::new(),
     };
-    let local = Local::open(&paths)?;
-    let interrupted = local.report_dead_runs(&runs, false);
-    let executor = (!args.no_worker).then(|| local.executor(ExecutorSettings::default()));
-    let executor_present = executor.is_some();
-    let secrets = SecretBox::open_or_create(&paths.secrets_key())?;
-    let state = ApiState::new(ApiConfig {
-        store: local.store.clone(),
-        files: ComponentFiles::new(paths.components()),
-        engine: local.engine.clone(),
-        control: local.control(),
-        secrets: Arc::new(secrets),
-        executor,
-        pools: vec![DEFAULT_POOL.to_string()],
-        runs: runs.handle().clone(),
-        api_keys: api_keys.clone(),
-    });
-
-    let stop = tokio_util::sync::CancellationToken::new();
-    api_runtime.block_on(async {
-        api::ensure_pool(&state, DEFAULT_POOL)
-            .await
-            .map_err(|e| anyhow::anyhow!("creating the default work pool: {e:?}"))?;
-        // Runs this server was running when it last stopped resume here:
-        // their completed tasks are replayed, the rest run.
-        if executor_present {
-            let api = api::InProcess::new(state.clone());
-            for run in interrupted.iter().filter(|r| r.work_pool.is_some()) {
-                let (status, body) = api
-                    .call(
-                        "POST",
-                        &format!("/api/flow-runs/{}/retry", run.id),
-                        None,
-                        "application/json",
-                    )
-                    .await;
-                eprintln!(
-                    "Resuming flow run {} ('{}'), interrupted when the server last stopped{}",
-                    run.id,
-                    run.flow_name,
-                    if status == 202 {
-                        String::new()
-                    } else {
-                        format!(": could not ({})", String::from_utf8_lossy(&body))
-                    }
-                );
-            }
-        }
-        for run in interrupted.iter().filter(|r| r.work_pool.is_none()) {
-            super::flow::note_interrupted(run);
-        }
-        let scheduler = tokio::spawn(crate::scheduler::run(
-            state.clone(),
-            crate::scheduler::TICK,
-            args.late_after.into(),
-            stop.clone(),
-        ));
-        let (addr, server) = api::bind(state, addr, shutdown_signal())
-            .await
-            .with_context(|| format!("listening on {addr}"))?;
+    let mut config = ServerConfig::new(paths.clone());
+    config.api_keys = api_keys.clone();
+    config.late_after = args.late_after.into();
+    if args.no_worker {
+        config.executor = None;
+    }
+    let server = Server::open(config)?;
+    for run in server.interrupted.iter().filter(|r| r.work_pool.is_none()) {
+        super::flow::note_interrupted(run);
+    }
+    // The main thread only waits: the server serves on runtimes of its own.
+    let waiter = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the signal handler")?;
+    let handle = waiter
+        .block_on(server.start(addr))
+        .with_context(|| format!("listening on {addr}"))?;
+    for (run, outcome) in &handle.resumed {
         eprintln!(
-            "Weir server on http://{addr} (home {}, ready in {} ms{}{})",
-            paths.home().display(),
-            started.elapsed().as_millis(),
-            if args.no_worker { ", no executor" } else { "" },
-            if api_keys.is_empty() {
-                String::new()
-            } else {
-                format!(", {} API keys", api_keys.len())
+            "Resuming flow run {} ('{}'), interrupted when the server last stopped{}",
+            run.id,
+            run.flow_name,
+            match outcome {
+                Ok(_) => String::new(),
+                Err(e) => format!(": could not ({e})"),
             }
         );
-        let served = server.await.context("serving the API");
-        stop.cancel();
-        let _ = scheduler.await;
-        served
-    })?;
-
-    // Let running flows finish; whatever does not finish in time stays Running
-    // under this process's marker, and the next start marks it Crashed and
-    // resumes it (completed tasks are replayed).
-    let mine = crate::worker::this_process_marker();
-    let running = || {
-        local
-            .store
-            .unfinished_flow_runs()
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|r| r.host.as_deref() == Some(mine.as_str()))
-            .count()
-    };
-    let deadline = Instant::now() + GRACE;
-    let mut said = false;
-    while running() > 0 && Instant::now() < deadline {
-        if !said {
-            eprintln!(
-                "Stopping: waiting up to {} s for {} running flow runs ...",
-                GRACE.as_secs(),
-                running()
-            );
-            said = true;
-        }
-        std::thread::sleep(Duration::from_millis(50));
     }
-    let left = running();
+    eprintln!(
+        "Weir server on http://{} (home {}, ready in {} ms{}{})",
+        handle.addr(),
+        paths.home().display(),
+        started.elapsed().as_millis(),
+        if args.no_worker { ", no executor" } else { "" },
+        if api_keys.is_empty() {
+            String::new()
+        } else {
+            format!(", {} API keys", api_keys.len())
+        }
+    );
+    waiter.block_on(shutdown_signal());
+    let running = handle.running();
+    if running > 0 {
+        eprintln!(
+            "Stopping: waiting up to {} s for {running} running flow runs ...",
+            GRACE.as_secs()
+        );
+    }
+    let left = waiter.block_on(handle.shutdown(GRACE));
     if left > 0 {
         eprintln!("{left} flow runs did not finish; they resume when the server starts again");
     }
-    runs.shutdown_timeout(Duration::from_secs(1));
-    local.store.close();
     eprintln!("Stopped.");
     Ok(())
 }

@@ -72,6 +72,14 @@ pub enum Write {
         kind: ObjectKind,
         name: String,
     },
+    /// Puts a run (back) in a pool's queue, due at `scheduled_at`: a retry
+    /// waits there like any other run when it may not start at once.
+    PlaceRun {
+        id: FlowRunId,
+        work_pool: String,
+        work_queue: String,
+        scheduled_at: TimestampMicros,
+    },
     /// Asks whoever runs a flow run to stop it (not a state change: the runner makes that).
     RequestCancel {
         id: FlowRunId,
@@ -99,6 +107,8 @@ pub struct NewFlowRun {
     pub work_pool: Option<String>,
     /// Its queue in that pool.
     pub work_queue: Option<String>,
+    /// Names of the secrets it may read, fixed when it is created.
+    pub secret_grants: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -309,8 +319,12 @@ pub struct Store {
     results: Arc<ResultFiles>,
     writer: Arc<Writer>,
     flusher: Mutex<Option<std::thread::JoinHandle<()>>>,
-    reader: Mutex<Connection>,
+    /// A few read connections: a slow read holds one, the others serve.
+    readers: Vec<Mutex<Connection>>,
 }
+
+/// Read connections per store (WAL readers do not block each other or the writer).
+const READERS: usize = 4;
 
 /// The most units one transaction carries; more wait for the next commit.
 const MAX_BATCH: usize = 4096;
@@ -339,7 +353,10 @@ impl Store {
         // The flusher thread checkpoints; commits never do.
         conn.pragma_update(None, "wal_autocheckpoint", 0)
             .map_err(|e| open_error(&e))?;
-        let reader = connect(path).map_err(|e| open_error(&e))?;
+        let readers = (0..READERS)
+            .map(|_| connect(path).map(Mutex::new))
+            .collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(|e| open_error(&e))?;
 
         let results = Arc::new(results);
         let writer = Arc::new(Writer {
@@ -359,7 +376,7 @@ impl Store {
             results,
             writer,
             flusher: Mutex::new(Some(flusher)),
-            reader: Mutex::new(reader),
+            readers,
         })
     }
 
@@ -407,7 +424,17 @@ impl Store {
     }
 
     fn read<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T, StoreError> {
-        let conn = self.reader.lock().unwrap_or_else(|p| p.into_inner());
+        // A free connection if there is one; otherwise wait for one, chosen by thread.
+        let conn = self
+            .readers
+            .iter()
+            .find_map(|r| r.try_lock().ok())
+            .unwrap_or_else(|| {
+                let mut hasher = std::hash::DefaultHasher::new();
+                std::hash::Hash::hash(&std::thread::current().id(), &mut hasher);
+                let i = std::hash::Hasher::finish(&hasher) as usize % self.readers.len();
+                self.readers[i].lock().unwrap_or_else(|p| p.into_inner())
+            });
         Ok(f(&conn)?)
     }
 
@@ -497,25 +524,26 @@ impl Store {
         })
     }
 
-    /// Scheduled runs of these pools due by `now`, and Late ones, oldest first.
+    /// Scheduled runs of these pools due by `now`, and Late ones, oldest
+    /// first. Filtered by pool in SQL, so runs waiting for other pools (or
+    /// stuck behind a limit) never crowd out the ones asked for.
     pub fn due_runs(
         &self,
         pools: &[String],
         now: TimestampMicros,
         limit: usize,
     ) -> Result<Vec<FlowRunRow>, StoreError> {
-        let rows: Vec<FlowRunRow> = self.read(|c| {
+        let pools = serde_json::to_string(pools).unwrap_or_else(|_| "[]".into());
+        self.read(|c| {
             let mut stmt = c.prepare_cached(&format!(
                 "SELECT * FROM ({FLOW_RUN_SELECT} WHERE state = 'Scheduled' AND scheduled_us <= ?1
-                 UNION ALL {FLOW_RUN_SELECT} WHERE state = 'Late') ORDER BY scheduled_us LIMIT ?2"
+                 UNION ALL {FLOW_RUN_SELECT} WHERE state = 'Late')
+                 WHERE work_pool IN (SELECT value FROM json_each(?3))
+                 ORDER BY scheduled_us LIMIT ?2"
             ))?;
-            stmt.query_map(params![now, limit as i64], FlowRunRow::from_row)?
+            stmt.query_map(params![now, limit as i64, pools], FlowRunRow::from_row)?
                 .collect()
-        })?;
-        Ok(rows
-            .into_iter()
-            .filter(|r| r.work_pool.as_ref().is_some_and(|p| pools.contains(p)))
-            .collect())
+        })
     }
 
     /// The latest scheduled time among a deployment's runs.
@@ -833,7 +861,7 @@ impl Store {
     pub fn prune(&self, ended_before: TimestampMicros) -> Result<PruneReport, StoreError> {
         let mut report = PruneReport::default();
         {
-            let mut conn = self.reader.lock().unwrap_or_else(|p| p.into_inner());
+            let mut conn = self.readers[0].lock().unwrap_or_else(|p| p.into_inner());
             let tx = conn.transaction()?;
             tx.execute_batch(
                 "CREATE TEMP TABLE IF NOT EXISTS doomed (id BLOB PRIMARY KEY); DELETE FROM doomed;",
@@ -1038,6 +1066,9 @@ pub struct FlowRunRow {
     pub work_pool: Option<String>,
     #[serde(default)]
     pub work_queue: Option<String>,
+    /// Names of the secrets it may read (fixed at creation).
+    #[serde(skip)]
+    pub secret_grants: Vec<String>,
 }
 
 /// Flow runs that have not ended, as SQL.
@@ -1046,7 +1077,7 @@ const UNFINISHED: &str = "state IN ('Pending', 'Running', 'Retrying', 'Cancellin
 const FLOW_RUN_SELECT: &str =
     "SELECT id, parent_flow_run, component, flow_name, params, state, message,
     failure_kind, result, attempt, host, created_us, started_us, ended_us, fuel_used, peak_memory,
-    deployment, tags, scheduled_us, work_pool, work_queue FROM flow_runs";
+    deployment, tags, scheduled_us, work_pool, work_queue, secret_grants FROM flow_runs";
 
 impl FlowRunRow {
     fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Self> {
@@ -1078,6 +1109,10 @@ impl FlowRunRow {
             scheduled_at: r.get(18)?,
             work_pool: r.get(19)?,
             work_queue: r.get(20)?,
+            secret_grants: r
+                .get::<_, Option<String>>(21)?
+                .and_then(|t| serde_json::from_str(&t).ok())
+                .unwrap_or_default(),
         })
     }
 }
@@ -1296,8 +1331,8 @@ fn apply(conn: &Connection, write: &Write, files: &ResultFiles) -> Result<(), St
         Write::NewFlowRun(run) => {
             conn.prepare_cached(
                 "INSERT INTO flow_runs (id, parent_flow_run, component, flow_name, params, state, attempt, host, created_us, started_us,
-                    deployment, tags, scheduled_us, work_pool, work_queue)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, CASE WHEN ?6 = 'Running' THEN ?9 END, ?10, ?11, ?12, ?13, ?14)",
+                    deployment, tags, scheduled_us, work_pool, work_queue, secret_grants)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, CASE WHEN ?6 = 'Running' THEN ?9 END, ?10, ?11, ?12, ?13, ?14, ?15)",
             )?
             .execute(params![
                 run.id.as_bytes(),
@@ -1314,6 +1349,7 @@ fn apply(conn: &Connection, write: &Write, files: &ResultFiles) -> Result<(), St
                 run.scheduled_at,
                 run.work_pool,
                 run.work_queue,
+                tags_text(&run.secret_grants),
             ])?;
             record_state(conn, run.id.0, run.at, run.state, None)?;
         }
@@ -1457,6 +1493,24 @@ fn apply(conn: &Connection, write: &Write, files: &ResultFiles) -> Result<(), St
                 return Err(StoreError::NotFound {
                     what: kind.what(),
                     id: name.clone(),
+                });
+            }
+        }
+        Write::PlaceRun {
+            id,
+            work_pool,
+            work_queue,
+            scheduled_at,
+        } => {
+            let n = conn
+                .prepare_cached(
+                    "UPDATE flow_runs SET work_pool = ?2, work_queue = ?3, scheduled_us = ?4 WHERE id = ?1",
+                )?
+                .execute(params![id.as_bytes(), work_pool, work_queue, scheduled_at])?;
+            if n != 1 {
+                return Err(StoreError::NotFound {
+                    what: "flow run",
+                    id: id.to_string(),
                 });
             }
         }

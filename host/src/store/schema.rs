@@ -104,6 +104,11 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX flow_runs_due ON flow_runs (scheduled_us) WHERE state = 'Scheduled';
     CREATE INDEX flow_runs_by_deployment ON flow_runs (deployment, created_us) WHERE deployment IS NOT NULL;
     ",
+    // 3: the secrets a run may read, bound when it is created; waiting runs by pool.
+    "
+    ALTER TABLE flow_runs ADD COLUMN secret_grants TEXT;
+    CREATE INDEX flow_runs_waiting_by_pool ON flow_runs (work_pool, scheduled_us) WHERE state IN ('Scheduled', 'Late');
+    ",
 ];
 
 /// Brings the database up to the newest schema, one transaction per migration.

@@ -25,6 +25,7 @@ fn new_flow_run(id: FlowRunId) -> Write {
         scheduled_at: None,
         work_pool: None,
         work_queue: None,
+        secret_grants: Vec::new(),
     })
 }
 

@@ -7,8 +7,10 @@
 //! flow run that dies mid-way can be run again and will not redo finished work.
 
 mod events;
+mod serve;
 
 pub use events::{RunEvent, RunSummary};
+pub use serve::{CLAIM_TICK, serve};
 
 use crate::control::{Control, ControlError, Durability};
 use crate::engine::{Component, Engine, Entry, GuestHost, HostFuture};
@@ -363,6 +365,7 @@ impl Executor {
                         scheduled_at: None,
                         work_pool: None,
                         work_queue: None,
+                        secret_grants: Vec::new(),
                     },
                     Durability::Detached,
                 )?;

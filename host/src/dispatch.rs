@@ -1,0 +1,870 @@
+//! The dispatcher: the one service that stores components, creates server
+//! runs, admits them (pool, queue and deployment pause and concurrency
+//! limits), binds what they may read, and hands admitted runs to executors.
+//!
+//! The API and the scheduler create and query; they never start a run.
+//! Executors take work through [`RunSource::claim`]: the embedded executor
+//! claims from this dispatcher in-process; remote hosts will claim the same
+//! way over HTTP. A run is handed to exactly one claimer because it moves to
+//! `Pending` by compare-and-set before it is handed over.
+//!
+//! Admission is one critical section per process: counting the runs a limit
+//! covers and moving a run to `Pending` happen under one lock, and the move
+//! is committed before the lock is released, so two concurrent triggers can
+//! never both take a pool's last slot.
+//!
+//! Everything here blocks on SQLite, so the async entry points run it on the
+//! blocking pool: a slow read never stalls the API's own thread.
+
+use crate::control::{Control, ControlError, Durability};
+use crate::engine::{Component, Engine, EngineError};
+use crate::model::deploy::{DEFAULT_POOL, DEFAULT_QUEUE};
+use crate::model::{
+    ComponentDigest, Deployment, FlowRunId, GrantedSecrets, Policy, RunState, TimestampMicros,
+    WorkPool, WorkQueue,
+};
+use crate::protocol::{ParamError, validate_params};
+use crate::secrets::SecretBox;
+use crate::store::{
+    ComponentFiles, FlowRunRow, NewFlowRun, ObjectKind, StateChange, Store, StoreError, Write,
+};
+use serde_json::{Map, Value};
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+
+/// Why the dispatcher refused or failed. The API maps each to one status.
+#[derive(Debug, thiserror::Error)]
+pub enum DispatchError {
+    #[error("no component with digest {0}; upload it first (host flow upload FILE.wasm)")]
+    UnknownComponent(ComponentDigest),
+    #[error("component {component} has no flow '{flow}'; it has: {available}")]
+    UnknownFlow {
+        component: String,
+        flow: String,
+        available: String,
+    },
+    #[error("no deployment named '{0}'; see `host deployment ls`")]
+    UnknownDeployment(String),
+    #[error("no flow run {0}")]
+    UnknownRun(FlowRunId),
+    /// Params that are not a JSON object.
+    #[error("params must be a JSON object")]
+    ParamsNotObject,
+    /// Params that do not match the flow's schema.
+    #[error("{0}")]
+    InvalidParams(String),
+    #[error("deployment '{0}' is paused; resume it with `host deployment resume {0}`")]
+    DeploymentPaused(String),
+    #[error(
+        "deployment '{deployment}' is granted secret '{secret}', which is not set; set it with `host secret set {secret}`"
+    )]
+    SecretNotSet { deployment: String, secret: String },
+    #[error("flow run {id} is {state}; {why}")]
+    WrongState {
+        id: FlowRunId,
+        state: RunState,
+        why: &'static str,
+    },
+    #[error("{0}")]
+    InvalidComponent(EngineError),
+    #[error("the component could not be loaded: {0}")]
+    Engine(EngineError),
+    #[error("storing the component: {0}")]
+    Files(std::io::Error),
+    #[error("a stored {what} is unreadable: {message}")]
+    Corrupt { what: &'static str, message: String },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Control(#[from] ControlError),
+    #[error("the dispatcher's worker thread stopped: {0}")]
+    Join(String),
+}
+
+/// A run handed to an executor: everything it needs to start it.
+pub struct Claim {
+    pub run: FlowRunId,
+    pub component: Component,
+    pub flow: String,
+    pub params: String,
+    /// The attempt the run has had so far (the executor makes the next one).
+    pub attempt: u32,
+    /// The state it was claimed in (`Pending`).
+    pub state: RunState,
+    pub deployment: Option<String>,
+    /// The deployment's task policy, laid over every task of the run.
+    pub task_override: Policy,
+    /// The secrets bound to the run when it was created, in clear.
+    pub secrets: GrantedSecrets,
+}
+
+/// How many waiting runs one claim looks through for one that may start.
+const MAX_WAITING_SCAN: usize = 2_000;
+
+/// A boxed future, as the object-safe [`RunSource`] returns.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Where an executor gets its runs: this dispatcher in-process, or a server
+/// over HTTP. The executor cannot tell which one it has.
+pub trait RunSource: Send + Sync + 'static {
+    /// The next run admitted for one of `pools`, now owned by the caller.
+    fn claim<'a>(
+        &'a self,
+        pools: &'a [String],
+    ) -> BoxFuture<'a, Result<Option<Claim>, DispatchError>>;
+
+    /// Resolves when new work may be ready.
+    fn work_ready(&self) -> BoxFuture<'_, ()>;
+
+    /// Says a run handed over earlier has ended, so waiting runs may fit now.
+    fn run_ended(&self);
+}
+
+/// A run to create.
+pub struct NewRun {
+    pub component: ComponentDigest,
+    pub flow: String,
+    /// The run's own params; a deployment's defaults are laid under them.
+    pub params: Option<Value>,
+    pub deployment: Option<Deployment>,
+    pub tags: Vec<String>,
+    /// Made by a schedule for this time: it waits until then.
+    pub scheduled_at: Option<TimestampMicros>,
+}
+
+/// What `create_run` and `retry` report.
+#[derive(Clone, Copy, Debug)]
+pub struct Dispatched {
+    pub id: FlowRunId,
+    pub state: RunState,
+}
+
+/// How to build a [`Dispatcher`].
+pub struct DispatcherConfig {
+    pub store: Arc<Store>,
+    pub control: Arc<Control>,
+    pub engine: Arc<Engine>,
+    pub files: ComponentFiles,
+    pub secrets: Arc<SecretBox>,
+    /// Pools whose runs an executor of this process takes; empty without one.
+    pub local_pools: Vec<String>,
+    /// The runtime guest code runs on (component loads run `describe()`).
+    pub guests: tokio::runtime::Handle,
+    /// Recorded as the host of the runs it creates ("host pid=N"), so the
+    /// next start of this server can tell which of them it left unfinished.
+    pub host_marker: String,
+    /// Whether this process's executor also takes runs that wait in the
+    /// database (a server), or only those it creates itself (the CLI's
+    /// local mode, which must not pick up a stopped server's work).
+    pub take_waiting: bool,
+}
+
+pub struct Dispatcher {
+    store: Arc<Store>,
+    control: Arc<Control>,
+    engine: Arc<Engine>,
+    files: ComponentFiles,
+    secrets: Arc<SecretBox>,
+    local_pools: Vec<String>,
+    guests: tokio::runtime::Handle,
+    host_marker: String,
+    take_waiting: bool,
+    /// Loaded components by digest; loading compiles or maps the artifact once.
+    loaded: Mutex<HashMap<ComponentDigest, Component>>,
+    /// Held from counting a limit to committing the move to `Pending`.
+    admission: Mutex<()>,
+    /// Runs admitted at creation, waiting for an executor of this process.
+    ready: Mutex<VecDeque<FlowRunId>>,
+    wake: tokio::sync::Notify,
+    me: std::sync::Weak<Dispatcher>,
+}
+
+impl Dispatcher {
+    pub fn new(config: DispatcherConfig) -> Arc<Dispatcher> {
+        Arc::new_cyclic(|me| Dispatcher {
+            store: config.store,
+            control: config.control,
+            engine: config.engine,
+            files: config.files,
+            secrets: config.secrets,
+            local_pools: config.local_pools,
+            guests: config.guests,
+            host_marker: config.host_marker,
+            take_waiting: config.take_waiting,
+            loaded: Mutex::new(HashMap::new()),
+            admission: Mutex::new(()),
+            ready: Mutex::new(VecDeque::new()),
+            wake: tokio::sync::Notify::new(),
+            me: me.clone(),
+        })
+    }
+
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    pub fn control(&self) -> &Arc<Control> {
+        &self.control
+    }
+
+    pub fn secrets(&self) -> &SecretBox {
+        &self.secrets
+    }
+
+    pub fn files(&self) -> &ComponentFiles {
+        &self.files
+    }
+
+    /// Whether an executor in this process takes runs of `pool`.
+    pub fn serves(&self, pool: &str) -> bool {
+        self.local_pools.iter().any(|p| p == pool)
+    }
+
+    /// Runs `work` on the blocking pool (SQLite reads and commits block).
+    async fn blocking<T: Send + 'static>(
+        self: &Arc<Self>,
+        work: impl FnOnce(&Dispatcher) -> Result<T, DispatchError> + Send + 'static,
+    ) -> Result<T, DispatchError> {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || work(&this))
+            .await
+            .map_err(|e| DispatchError::Join(e.to_string()))?
+    }
+
+    // ---- components ----
+
+    /// Validates `bytes` against the world, stores them by sha256 and records
+    /// the component. Returns it and whether it was stored before.
+    pub async fn store_component(
+        self: &Arc<Self>,
+        bytes: bytes::Bytes,
+    ) -> Result<(Component, bool), DispatchError> {
+        let component = self.load_bytes(bytes.clone()).await.map_err(|e| match e {
+            EngineError::Setup(_) | EngineError::Cache { .. } => DispatchError::Engine(e),
+            other => DispatchError::InvalidComponent(other),
+        })?;
+        let manifest =
+            serde_json::to_string(&*component.manifest).map_err(|e| DispatchError::Corrupt {
+                what: "manifest",
+                message: e.to_string(),
+            })?;
+        let digest = component.digest.clone();
+        let size_bytes = component.size_bytes;
+        let existed = self
+            .blocking(move |d| {
+                let existed = d.store.component(&digest)?.is_some();
+                d.files.put(&bytes).map_err(DispatchError::Files)?;
+                d.store
+                    .submit(vec![Write::Component {
+                        digest,
+                        size_bytes,
+                        manifest,
+                        at: d.control.now(),
+                    }])
+                    .wait_blocking()?;
+                Ok(existed)
+            })
+            .await?;
+        self.remember(component.clone());
+        Ok((component, existed))
+    }
+
+    /// A stored component, loaded once and kept.
+    pub async fn component(
+        self: &Arc<Self>,
+        digest: &ComponentDigest,
+    ) -> Result<Component, DispatchError> {
+        if let Some(component) = self.loaded().get(digest) {
+            return Ok(component.clone());
+        }
+        let wanted = digest.clone();
+        let bytes = self
+            .blocking(move |d| {
+                d.files
+                    .get(&wanted)
+                    .map_err(|_| DispatchError::UnknownComponent(wanted.clone()))
+            })
+            .await?;
+        let component = self
+            .load_bytes(bytes.into())
+            .await
+            .map_err(DispatchError::Engine)?;
+        self.remember(component.clone());
+        Ok(component)
+    }
+
+    /// Compiles (or maps the cached artifact) and runs `describe()` on the
+    /// guests' runtime, so neither stalls the caller's.
+    async fn load_bytes(&self, bytes: bytes::Bytes) -> Result<Component, EngineError> {
+        let engine = self.engine.clone();
+        match self
+            .guests
+            .spawn(async move { engine.load(&bytes).await })
+            .await
+        {
+            Ok(loaded) => loaded,
+            Err(e) => Err(EngineError::Setup(format!("loading stopped: {e}"))),
+        }
+    }
+
+    fn loaded(&self) -> std::sync::MutexGuard<'_, HashMap<ComponentDigest, Component>> {
+        self.loaded.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn remember(&self, component: Component) {
+        self.loaded().insert(component.digest.clone(), component);
+    }
+
+    // ---- creating runs ----
+
+    /// Creates a run: `Pending` and handed to an executor here when it may
+    /// start now, `Scheduled` otherwise (paused, at a limit, no executor of
+    /// its pool here, or made by a schedule for later).
+    pub async fn create_run(
+        self: &Arc<Self>,
+        mut new: NewRun,
+    ) -> Result<Dispatched, DispatchError> {
+        let component = self.component(&new.component).await?;
+        let Some(flow_def) = component.manifest.flow(&new.flow) else {
+            return Err(DispatchError::UnknownFlow {
+                component: new.component.short().to_string(),
+                flow: new.flow,
+                available: component.manifest.flow_names().join(", "),
+            });
+        };
+        let mut params: Map<String, Value> = new
+            .deployment
+            .as_ref()
+            .map(|d| d.params.clone())
+            .unwrap_or_default();
+        match new.params.take() {
+            Some(Value::Object(own)) => params.extend(own),
+            Some(Value::Null) | None => {}
+            Some(_) => return Err(DispatchError::ParamsNotObject),
+        }
+        let params = Value::Object(params);
+        check_params(flow_def.params_schema.as_ref(), &params)?;
+        let dispatched = self
+            .blocking(move |d| d.create_blocking(new, params))
+            .await?;
+        if dispatched.state == RunState::Pending {
+            self.wake.notify_waiters();
+        }
+        Ok(dispatched)
+    }
+
+    fn create_blocking(&self, new: NewRun, params: Value) -> Result<Dispatched, DispatchError> {
+        let deployment = new.deployment.as_ref();
+        let pool = deployment.map_or(DEFAULT_POOL, |d| d.work_pool.as_str());
+        let queue = deployment.map_or(DEFAULT_QUEUE, |d| d.work_queue.as_str());
+        // The run may read exactly what its deployment grants now, even if the
+        // deployment is changed before it starts.
+        let grants = match deployment {
+            Some(d) => {
+                for secret in &d.secrets {
+                    if self.store.object(ObjectKind::Secret, secret)?.is_none() {
+                        return Err(DispatchError::SecretNotSet {
+                            deployment: d.name.clone(),
+                            secret: secret.clone(),
+                        });
+                    }
+                }
+                d.secrets.clone()
+            }
+            None => Vec::new(),
+        };
+        let mut tags = new.tags;
+        if let Some(d) = deployment {
+            tags.extend(d.tags.iter().cloned());
+        }
+        tags.sort();
+        tags.dedup();
+
+        let _admission = self.admission.lock().unwrap_or_else(|p| p.into_inner());
+        let now = self.control.now();
+        let start_now = new.scheduled_at.is_none()
+            && self.admits(pool, queue, deployment.map(|d| d.name.as_str()))?;
+        let state = if start_now {
+            RunState::Pending
+        } else {
+            RunState::Scheduled
+        };
+        let id = FlowRunId::new();
+        let ticket = self.control.create_flow_run(
+            NewFlowRun {
+                id,
+                parent_flow_run: None,
+                component: new.component,
+                flow_name: new.flow,
+                params: params.to_string(),
+                state,
+                attempt: 0,
+                host: self.host_marker.clone(),
+                at: now,
+                deployment: deployment.map(|d| d.name.clone()),
+                tags,
+                scheduled_at: new.scheduled_at.or((!start_now).then_some(now)),
+                work_pool: Some(pool.to_string()),
+                work_queue: Some(queue.to_string()),
+                secret_grants: grants,
+            },
+            Durability::Committed,
+        )?;
+        if let Some(ticket) = ticket {
+            ticket.wait_blocking()?;
+        }
+        if start_now {
+            self.ready().push_back(id);
+        }
+        Ok(Dispatched { id, state })
+    }
+
+    /// Runs a deployment now with `params` laid over its defaults.
+    pub async fn run_deployment(
+        self: &Arc<Self>,
+        name: &str,
+        params: Option<Value>,
+        tags: Vec<String>,
+    ) -> Result<Dispatched, DispatchError> {
+        let deployment = self.deployment(name).await?;
+        if deployment.paused {
+            return Err(DispatchError::DeploymentPaused(deployment.name));
+        }
+        self.create_run(NewRun {
+            component: parse_component(&deployment.component)?,
+            flow: deployment.flow.clone(),
+            params,
+            deployment: Some(deployment),
+            tags,
+            scheduled_at: None,
+        })
+        .await
+    }
+
+    /// A run a schedule made for `at`: it waits in `Scheduled` until then.
+    pub async fn schedule_run(
+        self: &Arc<Self>,
+        deployment: Deployment,
+        at: TimestampMicros,
+    ) -> Result<Dispatched, DispatchError> {
+        self.create_run(NewRun {
+            component: parse_component(&deployment.component)?,
+            flow: deployment.flow.clone(),
+            params: None,
+            deployment: Some(deployment),
+            tags: Vec::new(),
+            scheduled_at: Some(at),
+        })
+        .await
+    }
+
+    async fn deployment(self: &Arc<Self>, name: &str) -> Result<Deployment, DispatchError> {
+        let name = name.to_string();
+        self.blocking(move |d| {
+            d.deployment_named(&name)?
+                .ok_or(DispatchError::UnknownDeployment(name))
+        })
+        .await
+    }
+
+    fn deployment_named(&self, name: &str) -> Result<Option<Deployment>, DispatchError> {
+        self.store
+            .object(ObjectKind::Deployment, name)?
+            .map(|row| parse_object("deployment", &row.body))
+            .transpose()
+    }
+
+    /// Runs a finished, unsuccessful run again (completed tasks are replayed):
+    /// `Pending` and handed over when it may start now, else `Scheduled`.
+    pub async fn retry(self: &Arc<Self>, id: FlowRunId) -> Result<Dispatched, DispatchError> {
+        let dispatched = self.blocking(move |d| d.retry_blocking(id)).await?;
+        if dispatched.state == RunState::Pending {
+            self.wake.notify_waiters();
+        }
+        Ok(dispatched)
+    }
+
+    fn retry_blocking(&self, id: FlowRunId) -> Result<Dispatched, DispatchError> {
+        let run = self.run(id)?;
+        if !run.state.is_terminal() || run.state.is_success() {
+            return Err(DispatchError::WrongState {
+                id,
+                state: run.state,
+                why: "only a Failed, Crashed, TimedOut or Cancelled run can be retried",
+            });
+        }
+        // Runs started by `host flow run` have no pool: they come back on the default one.
+        let pool = run.work_pool.as_deref().unwrap_or(DEFAULT_POOL);
+        let queue = run.work_queue.as_deref().unwrap_or(DEFAULT_QUEUE);
+        let _admission = self.admission.lock().unwrap_or_else(|p| p.into_inner());
+        let now = self.control.now();
+        let to = if self.admits(pool, queue, run.deployment.as_deref())? {
+            RunState::Pending
+        } else {
+            RunState::Scheduled
+        };
+        let mut change = StateChange::new(id.0, run.state, to, now);
+        change.message = Some(format!(
+            "attempt {} requested; completed tasks will be replayed",
+            run.attempt + 1
+        ));
+        let placed = vec![Write::PlaceRun {
+            id,
+            work_pool: pool.to_string(),
+            work_queue: queue.to_string(),
+            scheduled_at: now,
+        }];
+        if let Some(ticket) = self
+            .control
+            .change_flow_run(change, placed, Durability::Committed)?
+        {
+            ticket.wait_blocking()?;
+        }
+        if to == RunState::Pending {
+            self.ready().push_back(id);
+        }
+        Ok(Dispatched { id, state: to })
+    }
+
+    /// Cancels a run: at once if nobody runs it yet, else by asking its
+    /// executor (the run ends `Cancelled` when it notices). With `force`, a
+    /// run whose executor does not answer is ended here and now.
+    pub async fn cancel(
+        self: &Arc<Self>,
+        id: FlowRunId,
+        force: bool,
+    ) -> Result<Dispatched, DispatchError> {
+        self.blocking(move |d| {
+            let run = d.run(id)?;
+            if run.state.is_terminal() {
+                return Err(DispatchError::WrongState {
+                    id,
+                    state: run.state,
+                    why: "it already ended",
+                });
+            }
+            let now = d.control.now();
+            let waiting = matches!(run.state, RunState::Scheduled | RunState::Late);
+            if waiting || force {
+                let mut change = StateChange::new(id.0, run.state, RunState::Cancelled, now);
+                change.failure_kind = Some(crate::model::FailureKind::Cancelled);
+                change.message = Some(if waiting {
+                    "cancelled before it started".into()
+                } else {
+                    "cancelled by force; whoever ran it did not answer".into()
+                });
+                // A runner that is alive after all stops at its next look.
+                let request = vec![Write::RequestCancel { id, at: now }];
+                if let Some(ticket) =
+                    d.control
+                        .change_flow_run(change, request, Durability::Committed)?
+                {
+                    ticket.wait_blocking()?;
+                }
+                return Ok(Dispatched {
+                    id,
+                    state: RunState::Cancelled,
+                });
+            }
+            d.store
+                .submit(vec![Write::RequestCancel { id, at: now }])
+                .wait_blocking()?;
+            Ok(Dispatched {
+                id,
+                state: RunState::Cancelling,
+            })
+        })
+        .await
+    }
+
+    fn run(&self, id: FlowRunId) -> Result<FlowRunRow, DispatchError> {
+        self.store.flow_run(id).map_err(|e| match e {
+            StoreError::NotFound { .. } => DispatchError::UnknownRun(id),
+            other => other.into(),
+        })
+    }
+
+    // ---- admission ----
+
+    /// Whether a run of `pool`/`queue` (and `deployment`) may start here now.
+    /// Call with the admission lock held.
+    fn admits(
+        &self,
+        pool: &str,
+        queue: &str,
+        deployment: Option<&str>,
+    ) -> Result<bool, DispatchError> {
+        if !self.serves(pool) {
+            return Ok(false);
+        }
+        if let Some(row) = self.store.object(ObjectKind::WorkPool, pool)? {
+            let pool: WorkPool = parse_object("work pool", &row.body)?;
+            if pool.paused
+                || pool.concurrency_limit.is_some_and(|limit| {
+                    self.store
+                        .active_runs_of_pool(&pool.name, None)
+                        .is_ok_and(|n| n >= u64::from(limit))
+                })
+            {
+                return Ok(false);
+            }
+        }
+        if let Some(row) = self
+            .store
+            .object(ObjectKind::WorkQueue, &format!("{pool}/{queue}"))?
+        {
+            let queue: WorkQueue = parse_object("work queue", &row.body)?;
+            if queue.paused {
+                return Ok(false);
+            }
+            if let Some(limit) = queue.concurrency_limit
+                && self.store.active_runs_of_pool(pool, Some(&queue.name))? >= u64::from(limit)
+            {
+                return Ok(false);
+            }
+        }
+        if let Some(name) = deployment
+            && let Some(d) = self.deployment_named(name)?
+        {
+            if d.paused {
+                return Ok(false);
+            }
+            if let Some(limit) = d.concurrency_limit
+                && self.store.active_runs_of_deployment(&d.name)? >= u64::from(limit)
+            {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    fn ready(&self) -> std::sync::MutexGuard<'_, VecDeque<FlowRunId>> {
+        self.ready.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Admits the first waiting run of `pools` that may start now, by queue
+    /// priority then age, and moves it to `Pending`.
+    fn admit_waiting(&self, pools: &[String]) -> Result<Option<FlowRunId>, DispatchError> {
+        let now = self.control.now();
+        let pools: Vec<String> = pools.iter().filter(|p| self.serves(p)).cloned().collect();
+        if pools.is_empty() || !self.take_waiting {
+            return Ok(None);
+        }
+        let mut due = self.store.due_runs(&pools, now, MAX_WAITING_SCAN)?;
+        if due.is_empty() {
+            return Ok(None);
+        }
+        let priorities: HashMap<String, u32> = self
+            .store
+            .objects(ObjectKind::WorkQueue)?
+            .into_iter()
+            .filter_map(|row| {
+                let queue: WorkQueue = serde_json::from_str(&row.body).ok()?;
+                Some((row.name, queue.priority))
+            })
+            .collect();
+        let priority = |run: &FlowRunRow| {
+            let key = format!(
+                "{}/{}",
+                run.work_pool.as_deref().unwrap_or_default(),
+                run.work_queue.as_deref().unwrap_or(DEFAULT_QUEUE)
+            );
+            priorities.get(&key).copied().unwrap_or(u32::MAX)
+        };
+        due.sort_by_key(|run| (priority(run), run.scheduled_at));
+        let _admission = self.admission.lock().unwrap_or_else(|p| p.into_inner());
+        // Runs held by one limit say nothing of runs under others, and are
+        // decided once per pass: a hundred stuck runs cost one check.
+        let mut decided: HashMap<(String, String, Option<String>), bool> = HashMap::new();
+        for run in due {
+            let pool = run.work_pool.as_deref().unwrap_or(DEFAULT_POOL);
+            let queue = run.work_queue.as_deref().unwrap_or(DEFAULT_QUEUE);
+            let key = (pool.to_string(), queue.to_string(), run.deployment.clone());
+            let admitted = match decided.get(&key) {
+                Some(admitted) => *admitted,
+                None => {
+                    let admitted = self.admits(pool, queue, run.deployment.as_deref())?;
+                    decided.insert(key, admitted);
+                    admitted
+                }
+            };
+            if !admitted {
+                continue;
+            }
+            let change = StateChange::new(run.id.0, run.state, RunState::Pending, now);
+            let moved = self
+                .control
+                .change_flow_run(change, Vec::new(), Durability::Committed)
+                .map_err(DispatchError::from)
+                .and_then(|ticket| match ticket {
+                    Some(ticket) => ticket.wait_blocking().map_err(DispatchError::from),
+                    None => Ok(()),
+                });
+            match moved {
+                Ok(()) => return Ok(Some(run.id)),
+                // Another claimer (or a cancel) got there first.
+                Err(DispatchError::Store(StoreError::Conflict { .. })) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(None)
+    }
+
+    /// The run `id`, which the caller now owns in `Pending`, as a claim.
+    async fn claim_of(self: &Arc<Self>, id: FlowRunId) -> Result<Claim, DispatchError> {
+        let (run, deployment, secrets) = self
+            .blocking(move |d| {
+                let run = d.run(id)?;
+                let deployment = match &run.deployment {
+                    Some(name) => d.deployment_named(name)?,
+                    None => None,
+                };
+                let secrets = d.open_grants(&run)?;
+                Ok((run, deployment, secrets))
+            })
+            .await?;
+        let component = self.component(&parse_component(&run.component)?).await?;
+        Ok(Claim {
+            run: run.id,
+            component,
+            flow: run.flow_name,
+            params: run.params,
+            attempt: run.attempt,
+            state: RunState::Pending,
+            deployment: run.deployment,
+            task_override: deployment.map(|d| d.task_policy).unwrap_or_default(),
+            secrets,
+        })
+    }
+
+    /// The secrets bound to `run`, in clear. One that was removed since the
+    /// run was created is simply not there for the guest.
+    fn open_grants(&self, run: &FlowRunRow) -> Result<GrantedSecrets, DispatchError> {
+        let mut values = Vec::new();
+        for name in &run.secret_grants {
+            if let Some(row) = self.store.object(ObjectKind::Secret, name)? {
+                let value =
+                    self.secrets
+                        .open(name, &row.body)
+                        .map_err(|e| DispatchError::Corrupt {
+                            what: "secret",
+                            message: e.to_string(),
+                        })?;
+                values.push((name.clone(), value));
+            }
+        }
+        Ok(GrantedSecrets::new(values))
+    }
+
+    /// Ends a claimed run that could not be started (its component or a
+    /// secret is unreadable), so it does not stay `Pending`.
+    fn fail_claim(&self, id: FlowRunId, error: &DispatchError) {
+        let mut change = StateChange::new(
+            id.0,
+            RunState::Pending,
+            RunState::Crashed,
+            self.control.now(),
+        );
+        change.message = Some(format!("could not start: {error}"));
+        change.failure_kind = Some(crate::model::FailureKind::Crashed);
+        match self
+            .control
+            .change_flow_run(change, Vec::new(), Durability::Committed)
+        {
+            Ok(Some(ticket)) => {
+                if let Err(e) = ticket.wait_blocking() {
+                    tracing::warn!("flow run {id} could not be marked Crashed: {e}");
+                }
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!("flow run {id} could not be marked Crashed: {e}"),
+        }
+    }
+}
+
+impl RunSource for Dispatcher {
+    fn claim<'a>(
+        &'a self,
+        pools: &'a [String],
+    ) -> BoxFuture<'a, Result<Option<Claim>, DispatchError>> {
+        Box::pin(async move {
+            let this = self.arc();
+            loop {
+                let next = self.ready().pop_front();
+                let id = match next {
+                    Some(id) => id,
+                    None => {
+                        let pools = pools.to_vec();
+                        match this.blocking(move |d| d.admit_waiting(&pools)).await? {
+                            Some(id) => id,
+                            None => return Ok(None),
+                        }
+                    }
+                };
+                match this.claim_of(id).await {
+                    Ok(claim) => return Ok(Some(claim)),
+                    Err(e) => {
+                        tracing::warn!("flow run {id} could not start: {e}");
+                        this.blocking(move |d| {
+                            d.fail_claim(id, &e);
+                            Ok(())
+                        })
+                        .await?;
+                    }
+                }
+            }
+        })
+    }
+
+    fn work_ready(&self) -> BoxFuture<'_, ()> {
+        Box::pin(self.wake.notified())
+    }
+
+    fn run_ended(&self) {
+        self.wake.notify_waiters();
+    }
+}
+
+impl Dispatcher {
+    /// The dispatcher as an `Arc` again: every one is made inside an `Arc` by
+    /// `new`, and a borrow of it keeps that `Arc` alive.
+    fn arc(&self) -> Arc<Dispatcher> {
+        self.me.upgrade().expect("a borrowed dispatcher is alive")
+    }
+}
+
+/// Checks `params` (an object) against the flow's schema.
+pub fn check_params(schema: Option<&Value>, params: &Value) -> Result<(), DispatchError> {
+    if !params.is_object() {
+        return Err(DispatchError::ParamsNotObject);
+    }
+    if let Some(schema) = schema {
+        validate_params(schema, params).map_err(|e| match e {
+            ParamError::Invalid(problems) => DispatchError::InvalidParams(problems.join("; ")),
+            other => DispatchError::InvalidParams(other.to_string()),
+        })?;
+    }
+    Ok(())
+}
+
+/// A component digest as a run or deployment records it.
+fn parse_component(text: &str) -> Result<ComponentDigest, DispatchError> {
+    ComponentDigest::parse(text.trim_start_matches("sha256:")).ok_or_else(|| {
+        DispatchError::Corrupt {
+            what: "component digest",
+            message: format!("'{text}' is not a sha256 digest"),
+        }
+    })
+}
+
+fn parse_object<T: serde::de::DeserializeOwned>(
+    what: &'static str,
+    body: &str,
+) -> Result<T, DispatchError> {
+    serde_json::from_str(body).map_err(|e| DispatchError::Corrupt {
+        what,
+        message: e.to_string(),
+    })
+}

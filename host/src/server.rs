@@ -1,0 +1,364 @@
+//! A whole server assembled once: store, engine, dispatcher, API, scheduler
+//! and the embedded executor, for `host server start`, the CLI's local mode,
+//! the tests and the benchmarks.
+//!
+//! A server owns two runtimes. Guests, the executor and the scheduler run on
+//! one; the API runs on another with one thread, so a busy guest cannot
+//! starve a request and a request never waits behind a guest.
+//!
+//! Runs that a stopped (or killed) server of this machine left unfinished are
+//! marked `Crashed` when the next one opens the home, and those of its pools
+//! are resumed when it starts: their completed tasks are replayed.
+
+use crate::api::{self, ApiConfig, ApiState, InProcess};
+use crate::clock::SystemClock;
+use crate::config::Paths;
+use crate::control::Control;
+use crate::dispatch::{DispatchError, Dispatched, Dispatcher, DispatcherConfig, RunSource};
+use crate::engine::{Engine, EngineConfig, EngineError};
+use crate::model::deploy::DEFAULT_POOL;
+use crate::secrets::{SecretBox, SecretError};
+use crate::store::{ComponentFiles, FlowRunRow, Store, StoreError};
+use crate::worker::{Executor, ExecutorSettings, marker_pid, this_process_marker};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    #[error(transparent)]
+    Secrets(#[from] SecretError),
+    #[error("starting the {what} runtime: {source}")]
+    Runtime {
+        what: &'static str,
+        source: std::io::Error,
+    },
+    #[error("listening on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("creating work pool '{pool}': {message}")]
+    Pool { pool: String, message: String },
+}
+
+/// What a server is made of; [`ServerConfig::new`] gives the defaults.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    pub paths: Paths,
+    /// API keys in clear; none means no auth.
+    pub api_keys: Vec<String>,
+    /// The embedded executor's settings; `None` runs no executor (runs wait).
+    pub executor: Option<ExecutorSettings>,
+    /// The pools the embedded executor serves.
+    pub pools: Vec<String>,
+    pub engine: EngineConfig,
+    /// A run still waiting this long past its time is marked `Late`.
+    pub late_after: Duration,
+    pub scheduler_tick: Duration,
+    /// Whether the executor takes runs waiting in the database, or only the
+    /// ones this process creates (the CLI's local mode).
+    pub take_waiting: bool,
+}
+
+impl ServerConfig {
+    pub fn new(paths: Paths) -> ServerConfig {
+        ServerConfig {
+            engine: EngineConfig {
+                cache_dir: Some(paths.compile_cache()),
+                ..EngineConfig::default()
+            },
+            paths,
+            api_keys: Vec::new(),
+            executor: Some(ExecutorSettings::default()),
+            pools: vec![DEFAULT_POOL.to_string()],
+            late_after: crate::scheduler::LATE_AFTER,
+            scheduler_tick: crate::scheduler::TICK,
+            take_waiting: true,
+        }
+    }
+}
+
+/// An assembled server, not yet serving.
+pub struct Server {
+    config: ServerConfig,
+    pub store: Arc<Store>,
+    pub engine: Arc<Engine>,
+    pub dispatcher: Arc<Dispatcher>,
+    pub executor: Option<Arc<Executor>>,
+    pub api: Arc<ApiState>,
+    /// Top-level runs a dead process left unfinished, now `Crashed`.
+    pub interrupted: Vec<FlowRunRow>,
+    stop: CancellationToken,
+    guests: Option<tokio::runtime::Runtime>,
+    api_runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl Server {
+    /// Opens the home (database, engine, secrets key), marks runs of dead
+    /// processes `Crashed` and makes sure the served pools exist. Blocks.
+    pub fn open(config: ServerConfig) -> Result<Server, ServerError> {
+        let guests = tokio::runtime::Builder::new_multi_thread()
+            .thread_name("weir-runs")
+            .enable_all()
+            .build()
+            .map_err(|source| ServerError::Runtime {
+                what: "executor's",
+                source,
+            })?;
+        let api_runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("weir-api")
+            .enable_all()
+            .build()
+            .map_err(|source| ServerError::Runtime {
+                what: "API's",
+                source,
+            })?;
+        let paths = &config.paths;
+        let store = Arc::new(Store::open(&paths.database())?);
+        let engine = Arc::new(Engine::new(config.engine.clone())?);
+        let control = Arc::new(Control::new(store.clone(), Arc::new(SystemClock)));
+        let secrets = Arc::new(SecretBox::open_or_create(&paths.secrets_key())?);
+        let executor = config
+            .executor
+            .clone()
+            .map(|settings| Executor::new(engine.clone(), control.clone(), settings));
+        let dispatcher = Dispatcher::new(DispatcherConfig {
+            store: store.clone(),
+            control: control.clone(),
+            engine: engine.clone(),
+            files: ComponentFiles::new(paths.components()),
+            secrets,
+            local_pools: if executor.is_some() {
+                config.pools.clone()
+            } else {
+                Vec::new()
+            },
+            guests: guests.handle().clone(),
+            host_marker: this_process_marker(),
+            take_waiting: config.take_waiting,
+        });
+        let stop = CancellationToken::new();
+        let api = ApiState::new(ApiConfig {
+            dispatcher: dispatcher.clone(),
+            api_keys: config.api_keys.clone(),
+            shutdown: stop.clone(),
+        });
+        let interrupted = guests.block_on(mark_dead_runs(&control, &store));
+        for pool in &config.pools {
+            api_runtime
+                .block_on(api::ensure_pool(&api, pool))
+                .map_err(|e| ServerError::Pool {
+                    pool: pool.clone(),
+                    message: format!("{e:?}"),
+                })?;
+        }
+        Ok(Server {
+            config,
+            store,
+            engine,
+            dispatcher,
+            executor,
+            api,
+            interrupted,
+            stop,
+            guests: Some(guests),
+            api_runtime: Some(api_runtime),
+        })
+    }
+
+    fn guests(&self) -> &tokio::runtime::Runtime {
+        self.guests.as_ref().expect("runtimes live until drop")
+    }
+
+    fn api_runtime(&self) -> &tokio::runtime::Runtime {
+        self.api_runtime.as_ref().expect("runtimes live until drop")
+    }
+
+    /// Runs `future` to its end on the API's runtime (for callers outside
+    /// any runtime: the CLI).
+    pub fn block_on<F: std::future::Future>(&self, future: F) -> F::Output {
+        self.api_runtime().block_on(future)
+    }
+
+    /// Starts the embedded executor's claim loop, if there is an executor.
+    fn start_executor(&self) {
+        if let Some(executor) = &self.executor {
+            let source: Arc<dyn RunSource> = self.dispatcher.clone();
+            self.guests().spawn(crate::worker::serve(
+                executor.clone(),
+                source,
+                self.config.pools.clone(),
+                self.guests().handle().clone(),
+                self.stop.clone(),
+            ));
+        }
+    }
+
+    /// The API without a socket, with the executor running: the CLI's local
+    /// mode. No scheduler runs.
+    pub fn in_process(&self) -> InProcess {
+        self.start_executor();
+        InProcess::new(self.api.clone())
+    }
+
+    /// Binds `addr` (port 0 picks one) and serves the API, the scheduler and
+    /// the executor until [`ServerHandle::shutdown`]. Interrupted runs of the
+    /// served pools are resumed; what became of each is in the handle.
+    pub async fn start(self, addr: SocketAddr) -> Result<ServerHandle, ServerError> {
+        let bind_error = |source| ServerError::Bind { addr, source };
+        let listener = std::net::TcpListener::bind(addr).map_err(bind_error)?;
+        listener.set_nonblocking(true).map_err(bind_error)?;
+        let local = listener.local_addr().map_err(bind_error)?;
+        let listener = {
+            let _entered = self.api_runtime().enter();
+            tokio::net::TcpListener::from_std(listener).map_err(bind_error)?
+        };
+        let serving = self.api_runtime().spawn(api::serve(
+            self.api.clone(),
+            listener,
+            self.stop.clone().cancelled_owned(),
+        ));
+        let scheduler = self.guests().spawn(crate::scheduler::run(
+            self.dispatcher.clone(),
+            self.config.scheduler_tick,
+            self.config.late_after,
+            self.stop.clone(),
+        ));
+        self.start_executor();
+        let mut resumed = Vec::new();
+        if self.executor.is_some() {
+            for run in self.interrupted.iter().filter(|r| r.work_pool.is_some()) {
+                resumed.push((run.clone(), self.dispatcher.retry(run.id).await));
+            }
+        }
+        Ok(ServerHandle {
+            addr: local,
+            started: Instant::now(),
+            serving: Some(serving),
+            scheduler: Some(scheduler),
+            resumed,
+            server: self,
+        })
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop.cancel();
+        // Dropping a runtime may happen inside another one (tests): never block here.
+        for runtime in [self.guests.take(), self.api_runtime.take()]
+            .into_iter()
+            .flatten()
+        {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+/// A serving server.
+pub struct ServerHandle {
+    addr: SocketAddr,
+    pub started: Instant,
+    serving: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+    scheduler: Option<tokio::task::JoinHandle<()>>,
+    /// Interrupted runs resumed at start, and how.
+    pub resumed: Vec<(FlowRunRow, Result<Dispatched, DispatchError>)>,
+    pub server: Server,
+}
+
+impl ServerHandle {
+    /// Where it listens (the real port when asked for port 0).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://ADDR`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Stops taking requests and claims, closes event streams, waits up to
+    /// `grace` for running flows, then closes the store. Flows still running
+    /// stay `Running` under this process's marker: the next start marks them
+    /// `Crashed` and resumes them. Returns how many were left.
+    pub async fn shutdown(mut self, grace: Duration) -> usize {
+        self.server.stop.cancel();
+        if let Some(serving) = self.serving.take() {
+            let _ = serving.await;
+        }
+        if let Some(scheduler) = self.scheduler.take() {
+            let _ = scheduler.await;
+        }
+        let store = self.server.store.clone();
+        let left = tokio::task::spawn_blocking(move || {
+            let deadline = Instant::now() + grace;
+            loop {
+                let left = running_here(&store);
+                if left == 0 || Instant::now() >= deadline {
+                    return left;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        })
+        .await
+        .unwrap_or(0);
+        self.server.store.close();
+        left
+    }
+
+    /// Flow runs this process is running now.
+    pub fn running(&self) -> usize {
+        running_here(&self.server.store)
+    }
+}
+
+fn running_here(store: &Store) -> usize {
+    let mine = this_process_marker();
+    store
+        .unfinished_flow_runs()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|r| r.host.as_deref() == Some(mine.as_str()))
+        .count()
+}
+
+/// Marks runs left unfinished by dead processes of this machine `Crashed`;
+/// returns the top-level ones.
+pub async fn mark_dead_runs(control: &Control, store: &Store) -> Vec<FlowRunRow> {
+    let mut crashed = Vec::new();
+    for run in dead_runs(store) {
+        if control.mark_crashed(run.id, run.state).await.is_ok() && run.parent_flow_run.is_none() {
+            crashed.push(run);
+        }
+    }
+    crashed
+}
+
+/// Top-level unfinished runs whose process, on this machine, is gone.
+pub fn dead_runs(store: &Store) -> Vec<FlowRunRow> {
+    let host = ExecutorSettings::default().host_name;
+    store
+        .unfinished_flow_runs()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|run| run.parent_flow_run.is_none())
+        .filter(
+            |run| match run.host.as_deref().and_then(|m| marker_pid(m, &host)) {
+                Some(pid) => !process_alive(pid),
+                None => false,
+            },
+        )
+        .collect()
+}
+
+/// Whether a process with this pid exists on this machine.
+pub fn process_alive(pid: u32) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
