@@ -48,38 +48,49 @@ impl TestServer {
         extra: &[&str],
         key: Option<&str>,
     ) -> TestServer {
+        // The server says where it listens in a file it writes once ready;
+        // its log goes beside it, for when a test fails.
+        let ready = home.path().join("ready.json");
+        let _ = std::fs::remove_file(&ready);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(home.path().join("server.log"))
+            .unwrap();
         let mut command = Command::new(HOST);
         command
             .args(["server", "start", "--addr", "127.0.0.1:0"])
+            .arg("--ready-file")
+            .arg(&ready)
             .args(extra)
             .env("WEIR_HOME", home.path())
             .env_remove("WEIR_API_URL")
             .env_remove("WEIR_API_KEY")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::piped());
+            .stderr(log);
         if let Some(key) = key {
             let file = home.path().join("keys.txt");
             std::fs::write(&file, format!("# test keys\n{key}\n")).unwrap();
             command.arg("--api-key-file").arg(&file);
         }
         let mut child = command.spawn().expect("starting the server");
-        let stderr = child.stderr.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut lines = BufReader::new(stderr).lines();
-            let mut sent = false;
-            while let Some(Ok(line)) = lines.next() {
-                if !sent && let Some(rest) = line.strip_prefix("Weir server on ") {
-                    let url = rest.split_whitespace().next().unwrap().to_string();
-                    tx.send(url).unwrap();
-                    sent = true;
-                }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let url = loop {
+            if let Ok(text) = std::fs::read_to_string(&ready) {
+                let ready: Value = serde_json::from_str(&text).unwrap();
+                assert_eq!(ready["pid"], json!(child.id()), "{text}");
+                break ready["url"].as_str().unwrap().to_string();
             }
-        });
-        let url = rx
-            .recv_timeout(Duration::from_secs(30))
-            .expect("the server did not say where it listens");
+            if let Some(status) = child.try_wait().unwrap() {
+                panic!(
+                    "the server exited ({status}) before it was ready:\n{}",
+                    std::fs::read_to_string(home.path().join("server.log")).unwrap_or_default()
+                );
+            }
+            assert!(Instant::now() < deadline, "the server was not ready in 30 s");
+            std::thread::sleep(Duration::from_millis(10));
+        };
         let agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_global(Some(Duration::from_secs(60)))
@@ -1433,4 +1444,79 @@ fn a_run_reads_the_secrets_granted_when_it_was_created() {
     let (_, started) = server.send("POST", "/api/deployments/reader/runs", json!({}));
     let (_, run) = server.events(started["flow_run_id"].as_str().unwrap());
     assert_eq!(run["result"], json!("\"***\""), "{run}");
+}
+
+// ---- the API never stalls ----
+
+#[test]
+fn health_answers_while_a_component_compiles() {
+    let server = TestServer::start();
+    let wasm = std::fs::read(ETL_WASM).unwrap();
+    let uploaded = std::sync::atomic::AtomicBool::new(false);
+    let answered_during_upload = std::thread::scope(|scope| {
+        let upload = scope.spawn(|| {
+            // A fresh home has no compiled artifact: this upload compiles.
+            let (status, reply) = server.request("POST", "/api/components", Some(wasm));
+            uploaded.store(true, std::sync::atomic::Ordering::SeqCst);
+            assert_eq!(status, 201, "{reply}");
+        });
+        let mut answered = 0;
+        while !uploaded.load(std::sync::atomic::Ordering::SeqCst) {
+            let (status, _) = server.get("/api/health");
+            if status == 200 && !uploaded.load(std::sync::atomic::Ordering::SeqCst) {
+                answered += 1;
+            }
+        }
+        upload.join().unwrap();
+        answered
+    });
+    // Ordering, not timing: the API thread served health while the compile ran.
+    assert!(
+        answered_during_upload > 0,
+        "/api/health never answered while the upload compiled"
+    );
+}
+
+#[test]
+fn sigterm_ends_event_streams_and_stops_while_a_run_is_followed() {
+    let mut server = TestServer::start();
+    let digest = server.upload(FIXTURE_WASM);
+    let d = deployment("long", &digest, "slow_sequential", json!({ "n": 1, "ms": 60000 }));
+    assert_eq!(server.send("PUT", "/api/deployments/long", d).0, 201);
+    let (_, started) = server.send("POST", "/api/deployments/long/runs", json!({}));
+    let id = started["flow_run_id"].as_str().unwrap().to_string();
+    let url = format!("{}/api/flow-runs/{id}/events", server.url);
+    let follower = std::thread::spawn(move || {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .max_idle_connections(0)
+            .build()
+            .into();
+        let mut response = agent.get(&url).call().unwrap();
+        let mut sink = Vec::new();
+        // Reads until the server closes the stream.
+        let _ = std::io::Read::read_to_end(&mut response.body_mut().as_reader(), &mut sink);
+        String::from_utf8_lossy(&sink).into_owned()
+    });
+    wait_for_run(&server, &id, Duration::from_secs(30), |run| {
+        run["state"] == "Running"
+    });
+    // SAFETY: signalling our own child process.
+    unsafe {
+        libc::kill(server.child.id() as i32, libc::SIGTERM);
+    }
+    // The grace for running flows is 10 s; a stream held open would hang forever.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = server.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the server did not stop while an event stream was open"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status:?}");
+    let streamed = follower.join().unwrap();
+    assert!(streamed.contains("event: state"), "{streamed}");
 }

@@ -33,6 +33,10 @@ pub struct StartArgs {
     /// Mark a run `Late` when it has waited this long past its scheduled time.
     #[arg(long, value_name = "DURATION", default_value = "60s")]
     late_after: humantime::Duration,
+    /// Once listening, write `{"url": ..., "pid": ...}` to FILE (atomically),
+    /// for scripts and supervisors that start the server on port 0.
+    #[arg(long, value_name = "FILE")]
+    ready_file: Option<std::path::PathBuf>,
 }
 
 /// How long a stopping server waits for running flows.
@@ -108,6 +112,9 @@ fn start(args: StartArgs) -> anyhow::Result<()> {
             format!(", {} API keys", api_keys.len())
         }
     );
+    if let Some(file) = &args.ready_file {
+        write_ready_file(file, &handle.url())?;
+    }
     waiter.block_on(shutdown_signal());
     let running = handle.running();
     if running > 0 {
@@ -122,6 +129,16 @@ fn start(args: StartArgs) -> anyhow::Result<()> {
     }
     eprintln!("Stopped.");
     Ok(())
+}
+
+/// Writes the ready file through a temporary beside it, so a reader never
+/// sees half of it.
+fn write_ready_file(file: &std::path::Path, url: &str) -> anyhow::Result<()> {
+    let text = serde_json::json!({ "url": url, "pid": std::process::id() }).to_string();
+    let tmp = file.with_extension("tmp");
+    std::fs::write(&tmp, text)
+        .and_then(|()| std::fs::rename(&tmp, file))
+        .with_context(|| format!("writing the ready file {}", file.display()))
 }
 
 /// One key per line; blank lines and `#` comments are skipped.
