@@ -590,3 +590,42 @@ async fn twenty_fan_out_runs_wanting_more_instances_than_the_pool_has_all_comple
         );
     }
 }
+
+#[tokio::test]
+async fn log_retention_deletes_only_lines_older_than_the_setting_and_keeps_the_runs() {
+    let h = Harness::new();
+    let component = h.load(FIXTURE_WASM).await;
+    let outcome = h.run(&component, "subflow_parent", json!({ "x": 1 })).await;
+    assert_eq!(outcome.state, RunState::Completed);
+    h.store.close();
+    let lines = |h: &Harness| {
+        h.store
+            .list_flow_runs(&weir_host::store::FlowRunFilter {
+                limit: 100,
+                ..Default::default()
+            })
+            .unwrap()
+            .iter()
+            .map(|run| h.store.logs(run.id, 0, 10_000).unwrap().len())
+            .sum::<usize>()
+    };
+    let written = lines(&h);
+    assert!(written >= 2, "the children logged: {written}");
+    let control = h.executor.control();
+    assert_eq!(
+        weir_host::worker::prune_logs_once(control, Duration::from_secs(3600)),
+        0,
+        "nothing is an hour old"
+    );
+    assert_eq!(lines(&h), written);
+    assert_eq!(
+        weir_host::worker::prune_logs_once(control, Duration::ZERO) as usize,
+        written
+    );
+    assert_eq!(lines(&h), 0);
+    assert_eq!(
+        h.store.flow_run(outcome.id).unwrap().state,
+        RunState::Completed,
+        "the run stays"
+    );
+}
