@@ -313,8 +313,8 @@ impl GuestHost for NullHost {
             ))
         })
     }
-    fn submit_task(&self, _: String, _: String) -> u64 {
-        0
+    fn submit_task(&self, _: String, _: String) -> HostFuture<'_, u64> {
+        Box::pin(async { 0 })
     }
     fn await_task(&self, _: u64) -> HostFuture<'_, Result<String, Failure>> {
         Box::pin(async {

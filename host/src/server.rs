@@ -64,6 +64,8 @@ pub struct ServerConfig {
     /// Whether the executor takes runs waiting in the database, or only the
     /// ones this process creates (the CLI's local mode).
     pub take_waiting: bool,
+    /// Log lines older than this are deleted now and then; `None` keeps them.
+    pub log_retention: Option<Duration>,
 }
 
 impl ServerConfig {
@@ -80,6 +82,7 @@ impl ServerConfig {
             late_after: crate::scheduler::LATE_AFTER,
             scheduler_tick: crate::scheduler::TICK,
             take_waiting: true,
+            log_retention: None,
         }
     }
 }
@@ -232,6 +235,13 @@ impl Server {
             self.stop.clone(),
         ));
         self.start_executor();
+        if let Some(keep) = self.config.log_retention {
+            self.guests().spawn(crate::worker::log_retention_job(
+                self.dispatcher.control().clone(),
+                keep,
+                self.stop.clone(),
+            ));
+        }
         let mut resumed = Vec::new();
         if self.executor.is_some() {
             for run in self.interrupted.iter().filter(|r| r.work_pool.is_some()) {

@@ -555,3 +555,77 @@ async fn components_are_stored_by_digest_and_checked_when_read() {
     std::fs::write(files.path_of(&digest), b"tampered").unwrap();
     assert!(files.get(&digest).is_err());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_fan_out_runs_wanting_more_instances_than_the_pool_has_all_complete() {
+    let h = Harness::new();
+    let pool = weir_tests::test_engine_config(None).max_instances as u64;
+    let component = h.load(FIXTURE_WASM).await;
+    let (runs, tasks, ms) = (20u64, 100u64, 20u64);
+    let per_run_at_once = (h.executor.settings().flow_concurrency as u64).min(tasks);
+    assert!(
+        runs * (per_run_at_once + 1) > pool,
+        "the runs want more instances at once than the pool of {pool} has"
+    );
+    let started: Vec<_> = (0..runs)
+        .map(|_| {
+            let (executor, component) = (h.executor.clone(), component.clone());
+            tokio::spawn(async move {
+                let params = json!({ "n": tasks, "ms": ms }).to_string();
+                executor
+                    .run_flow(FlowRunRequest::new(component, "db_fan_out", params))
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect();
+    for run in started {
+        let outcome = run.await.unwrap();
+        assert_eq!(outcome.state, RunState::Completed, "{:?}", outcome.result);
+        assert_eq!(json(&outcome.result.unwrap()), json!(tasks * ms));
+        let attempts: u32 = calls(&h, outcome.id).iter().map(|t| t.attempts).sum();
+        assert_eq!(
+            attempts as u64, tasks,
+            "no task failed for want of an instance"
+        );
+    }
+}
+
+#[tokio::test]
+async fn log_retention_deletes_only_lines_older_than_the_setting_and_keeps_the_runs() {
+    let h = Harness::new();
+    let component = h.load(FIXTURE_WASM).await;
+    let outcome = h.run(&component, "subflow_parent", json!({ "x": 1 })).await;
+    assert_eq!(outcome.state, RunState::Completed);
+    h.store.close();
+    let lines = |h: &Harness| {
+        h.store
+            .list_flow_runs(&weir_host::store::FlowRunFilter {
+                limit: 100,
+                ..Default::default()
+            })
+            .unwrap()
+            .iter()
+            .map(|run| h.store.logs(run.id, 0, 10_000).unwrap().len())
+            .sum::<usize>()
+    };
+    let written = lines(&h);
+    assert!(written >= 2, "the children logged: {written}");
+    let control = h.executor.control();
+    assert_eq!(
+        weir_host::worker::prune_logs_once(control, Duration::from_secs(3600)),
+        0,
+        "nothing is an hour old"
+    );
+    assert_eq!(lines(&h), written);
+    assert_eq!(
+        weir_host::worker::prune_logs_once(control, Duration::ZERO) as usize,
+        written
+    );
+    assert_eq!(lines(&h), 0);
+    assert_eq!(
+        h.store.flow_run(outcome.id).unwrap().state,
+        RunState::Completed,
+        "the run stays"
+    );
+}

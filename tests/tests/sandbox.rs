@@ -2,9 +2,11 @@
 //! failure, and the host goes on serving.
 
 use serde_json::json;
+use std::time::Duration;
 use weir_host::engine::{EngineError, LoadKind};
-use weir_host::model::{FailureKind, RunState};
-use weir_host::store::TaskRunRow;
+use weir_host::model::{FailureKind, Policy, RunState};
+use weir_host::store::{FlowRunFilter, TaskRunRow};
+use weir_host::worker::{ExecutorSettings, FlowRunRequest};
 use weir_tests::{FIXTURE_WASM, Harness, json};
 
 /// Runs `call(task, input)` and returns the outcome and the one task run it made.
@@ -283,4 +285,347 @@ async fn run_info_tells_the_task_who_it_is() {
     assert_eq!(info["flow_name"], "call");
     assert_eq!(info["flow_run_id"], outcome.id.to_string());
     assert_eq!(info["task_run_id"], task.id.to_string());
+}
+
+/// This process's resident memory, from /proc/self/status.
+fn resident_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .expect("VmRSS in /proc/self/status");
+    let kib: u64 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap();
+    kib << 10
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flow_submitting_millions_is_refused_past_the_cap_and_the_host_stays_small() {
+    let h = Harness::new();
+    let limit = h.executor.settings().max_pending_submits;
+    assert_eq!(limit, 10_000, "the default cap");
+    let component = h.load(FIXTURE_WASM).await;
+    let before = resident_bytes();
+    let flood = {
+        let (executor, component) = (h.executor.clone(), component.clone());
+        tokio::spawn(async move {
+            let params = json!({ "n": 10_000_000u64 }).to_string();
+            let request = FlowRunRequest::new(component, "submit_flood", params);
+            executor.run_flow(request).await.unwrap()
+        })
+    };
+    // Another run of the same executor is not held up by the flood.
+    let other = h.run(&component, "sequential", json!({ "n": 5 })).await;
+    assert_eq!(other.state, RunState::Completed, "{:?}", other.result);
+
+    let outcome = flood.await.unwrap();
+    let grown = resident_bytes().saturating_sub(before);
+    assert_eq!(outcome.state, RunState::Completed, "{:?}", outcome.result);
+    let report = json(&outcome.result.unwrap());
+    assert_eq!(report["first"], "ok: 1", "submits under the cap run");
+    let last = report["last"].as_str().unwrap();
+    assert!(
+        last.starts_with("err: failed: submit-task refused")
+            && last.contains("10000 submitted tasks that were not awaited")
+            && last.contains("max_pending_submits"),
+        "{last}"
+    );
+    assert!(
+        grown < 500 << 20,
+        "resident memory grew by {} MiB",
+        grown >> 20
+    );
+    assert_eq!(
+        h.store.task_runs(outcome.id).unwrap().len(),
+        limit,
+        "only submits under the cap became task runs"
+    );
+    h.store.close();
+    let refusals = h
+        .store
+        .logs(outcome.id, 0, 1_000_000)
+        .unwrap()
+        .into_iter()
+        .filter(|l| l.message.contains("submit-task refused"))
+        .count();
+    assert_eq!(refusals, 1, "the refusal is logged once, not per submit");
+}
+
+#[tokio::test]
+async fn a_submit_input_over_the_payload_cap_is_a_task_error_not_a_task() {
+    let h = Harness::new();
+    let component = h.load(FIXTURE_WASM).await;
+    let cap = h.engine.config().max_payload_bytes as u64;
+    let outcome = h
+        .run(&component, "submit_big", json!({ "bytes": cap + 1 }))
+        .await;
+    assert_eq!(outcome.state, RunState::Completed, "{:?}", outcome.result);
+    let answer = json(&outcome.result.unwrap());
+    let answer = answer.as_str().unwrap();
+    assert!(
+        answer.starts_with("err: invalid input: task input is")
+            && answer.contains(&format!("over the limit of {cap} bytes")),
+        "{answer}"
+    );
+    assert!(
+        h.store.task_runs(outcome.id).unwrap().is_empty(),
+        "nothing ran"
+    );
+    // Under the cap the same flow's task runs.
+    let small = h
+        .run(&component, "submit_big", json!({ "bytes": 10 }))
+        .await;
+    assert_eq!(json(&small.result.unwrap()), "accepted");
+}
+
+/// Runs `flow` with overrides that ask for far more than any server allows.
+async fn greedy_run(
+    h: &Harness,
+    flow: &str,
+    params: serde_json::Value,
+) -> (RunState, Vec<TaskRunRow>, Vec<String>) {
+    let component = h.load(FIXTURE_WASM).await;
+    let mut request = FlowRunRequest::new(component, flow, params.to_string());
+    let greedy = Policy {
+        retries: Some(1_000),
+        fuel: Some(u64::MAX),
+        memory_bytes: Some(64 << 30),
+        timeout_ms: Some(86_400_000),
+        ..Policy::default()
+    };
+    request.task_override = greedy.clone();
+    request.policy_override = greedy;
+    // Without ceilings these runs would go on for hours; bound the wait.
+    let outcome = tokio::time::timeout(Duration::from_secs(120), h.executor.run_flow(request))
+        .await
+        .expect("the ceilings stop the run")
+        .unwrap();
+    h.store.close();
+    let logs = h
+        .store
+        .logs(outcome.id, 0, 10_000)
+        .unwrap()
+        .into_iter()
+        .map(|l| l.message)
+        .collect();
+    (outcome.state, h.store.task_runs(outcome.id).unwrap(), logs)
+}
+
+#[tokio::test]
+async fn server_ceilings_bind_whatever_a_policy_asks_and_the_log_says_why() {
+    let mut settings = ExecutorSettings::default();
+    settings.task_defaults.max_fuel = 5_000_000;
+    settings.task_defaults.max_retries = 1;
+    settings.task_defaults.max_memory_bytes = 16 << 20;
+    settings.task_defaults.max_timeout = Some(Duration::from_millis(700));
+    settings.flow_defaults.max_retries = 0;
+
+    let h = Harness::with_settings(settings.clone());
+    let (_, tasks, logs) = greedy_run(
+        &h,
+        "call",
+        json!({"task": "burn", "input": {"n": 10_000_000_000u64}}),
+    )
+    .await;
+    let burn = &tasks[0];
+    assert_eq!(burn.failure_kind, Some(FailureKind::OutOfFuel), "{burn:?}");
+    assert_eq!(burn.attempts, 2, "1000 retries asked, 1 allowed");
+    assert!(
+        burn.fuel_used <= 2 * 5_000_000 + 100_000,
+        "fuel {}",
+        burn.fuel_used
+    );
+    let clamp_lines: Vec<&String> = logs
+        .iter()
+        .filter(|l| l.contains("lowered to the server's ceiling"))
+        .collect();
+    assert!(
+        clamp_lines
+            .iter()
+            .any(|l| l.starts_with("policy of task 'burn'")
+                && l.contains(
+                    "fuel 18446744073709551615 lowered to the server's ceiling of 5000000"
+                )
+                && l.contains("retries 1000 lowered to the server's ceiling of 1")),
+        "{logs:#?}"
+    );
+    assert_eq!(
+        clamp_lines
+            .iter()
+            .filter(|l| l.contains("task 'burn'"))
+            .count(),
+        1,
+        "said once, not per attempt"
+    );
+
+    // Enough fuel to reach the memory ceiling.
+    let mut roomy = settings.clone();
+    roomy.task_defaults.max_fuel = 100_000_000_000;
+    let h = Harness::with_settings(roomy.clone());
+    let (_, tasks, _) = greedy_run(&h, "call", json!({"task": "alloc_bomb", "input": {}})).await;
+    assert_eq!(tasks[0].failure_kind, Some(FailureKind::Memory));
+    assert!(
+        tasks[0]
+            .message
+            .as_deref()
+            .unwrap()
+            .contains("memory limit of 16.0 MiB"),
+        "{:?}",
+        tasks[0]
+    );
+
+    let h = Harness::with_settings(roomy);
+    let (_, tasks, _) = greedy_run(&h, "call", json!({"task": "spin", "input": {}})).await;
+    assert_eq!(tasks[0].failure_kind, Some(FailureKind::Timeout));
+    assert!(
+        tasks[0]
+            .message
+            .as_deref()
+            .unwrap()
+            .contains("deadline of 700ms exceeded"),
+        "{:?}",
+        tasks[0]
+    );
+
+    settings.flow_defaults.max_timeout = Some(Duration::from_millis(300));
+    let h = Harness::with_settings(settings);
+    let (state, _, logs) = greedy_run(&h, "flow_loops", json!({})).await;
+    assert_eq!(state, RunState::TimedOut, "the flow deadline ceiling holds");
+    assert!(
+        logs.iter().any(|l| l.starts_with("policy of this flow")
+            && l.contains("timeout 1day lowered to the server's ceiling of 300ms")),
+        "{logs:#?}"
+    );
+}
+
+/// A component whose describe() is the core function `body` (returning a
+/// pointer to a (pointer, length) pair) and whose other exports trap.
+fn describe_component(body: &str) -> Vec<u8> {
+    let wat = format!(
+        r#"(component
+  (import "weir:flow/types@0.1.0" (instance $types
+    (type $kind (enum "out-of-fuel" "deadline-exceeded" "memory-limit" "trap" "invalid-output"))
+    (export "sandbox-failure-kind" (type $kind' (eq $kind)))
+    (type $failure (record (field "kind" $kind') (field "message" string)))
+    (export "sandbox-failure" (type $failure' (eq $failure)))
+    (type $error (variant (case "failed" string) (case "invalid-input" string) (case "cancelled") (case "sandbox" $failure')))
+    (export "task-error" (type (eq $error)))
+  ))
+  (alias export $types "task-error" (type $task-error))
+  (core module $m
+    (memory (export "memory") 1)
+    (func (export "realloc") (param i32 i32 i32 i32) (result i32) (i32.const 1024))
+    (func (export "run") (param i32 i32 i32 i32) (result i32) unreachable)
+    (func (export "describe") (result i32) {body}))
+  (core instance $i (instantiate $m))
+  (func $describe (result string) (canon lift (core func $i "describe") (memory (core memory $i "memory"))))
+  (func $run (param "name" string) (param "input" string) (result (result string (error $task-error)))
+    (canon lift (core func $i "run") (memory (core memory $i "memory")) (realloc (core func $i "realloc"))))
+  (instance $guest
+    (export "describe" (func $describe))
+    (export "run-flow" (func $run))
+    (export "run-task" (func $run)))
+  (export "weir:flow/guest@0.1.0" (instance $guest)))"#
+    );
+    wat::parse_str(wat).unwrap()
+}
+
+#[tokio::test]
+async fn a_describe_that_loops_or_answers_megabytes_fails_the_load_within_its_budget() {
+    let h = Harness::new();
+    let forever = describe_component("(loop $again (br $again)) unreachable");
+    let err = h.engine.load(&forever).await.err().expect("refused");
+    assert!(matches!(err, EngineError::Describe(_)), "{err}");
+    let text = err.to_string();
+    assert!(
+        text.contains("ran out of fuel") || text.contains("did not return within"),
+        "{text}"
+    );
+    assert!(
+        text.contains("describe() may use") || text.contains("describe() should only"),
+        "the message names the budget: {text}"
+    );
+
+    // 100 MB of text: memory grown to 101 MiB, the answer's (pointer, length) at 0.
+    let huge = describe_component(
+        "(drop (memory.grow (i32.const 1616)))
+         (i32.store (i32.const 0) (i32.const 16))
+         (i32.store (i32.const 4) (i32.const 100000000))
+         (i32.const 0)",
+    );
+    let err = h.engine.load(&huge).await.err().expect("refused");
+    assert!(
+        matches!(
+            err,
+            EngineError::ManifestTooLarge {
+                bytes: 100_000_000,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains("over the limit of 1048576 bytes"),
+        "{err}"
+    );
+
+    // The host goes on serving.
+    let component = h.load(FIXTURE_WASM).await;
+    let outcome = h.run(&component, "sequential", json!({ "n": 3 })).await;
+    assert_eq!(outcome.state, RunState::Completed);
+}
+
+#[tokio::test]
+async fn a_log_flood_keeps_at_most_the_byte_cap_across_a_subflow_tree_and_counts_the_rest() {
+    let cap: u64 = 64 << 10;
+    let h = Harness::with_settings(ExecutorSettings {
+        max_log_bytes_per_run: cap,
+        ..ExecutorSettings::default()
+    });
+    let component = h.load(FIXTURE_WASM).await;
+    let outcome = h
+        .run(
+            &component,
+            "log_flood_tree",
+            json!({ "lines": 20_000, "depth": 2 }),
+        )
+        .await;
+    assert_eq!(outcome.state, RunState::Completed, "{:?}", outcome.result);
+    h.store.close();
+    let runs = h
+        .store
+        .list_flow_runs(&FlowRunFilter {
+            limit: 100,
+            ..FlowRunFilter::default()
+        })
+        .unwrap();
+    assert_eq!(runs.len(), 3, "the run and two nested subflows");
+    let (mut kept_bytes, mut kept_lines, mut notes) = (0u64, 0u64, Vec::new());
+    for run in &runs {
+        for line in h.store.logs(run.id, 0, 1_000_000).unwrap() {
+            if line.message.contains("log lines (") && line.message.contains("dropped") {
+                notes.push((run.id, line.message));
+            } else {
+                kept_bytes += line.message.len() as u64;
+                kept_lines += 1;
+            }
+        }
+    }
+    assert!(
+        kept_bytes <= cap,
+        "{kept_bytes} bytes kept over a cap of {cap}"
+    );
+    assert!(
+        kept_bytes > cap / 2,
+        "the budget is used, not wasted: {kept_bytes}"
+    );
+    assert_eq!(notes.len(), 1, "one note for the whole tree: {notes:?}");
+    let (note_run, note) = &notes[0];
+    assert_eq!(*note_run, outcome.id, "written by the root run");
+    let dropped: u64 = note.split_whitespace().next().unwrap().parse().unwrap();
+    // Three floods of 20,000 stdout lines and 20 stderr lines each.
+    assert_eq!(kept_lines + dropped, 3 * 20_020, "{note}");
 }

@@ -33,6 +33,10 @@ pub struct StartArgs {
     /// Mark a run `Late` when it has waited this long past its scheduled time.
     #[arg(long, value_name = "DURATION", default_value = "60s")]
     late_after: humantime::Duration,
+    /// Delete log lines older than this (e.g. 30d), checked hourly; runs and
+    /// their states are kept (`host flow-run prune` removes those).
+    #[arg(long, value_name = "DURATION")]
+    log_retention: Option<humantime::Duration>,
     /// Once listening, write `{"url": ..., "pid": ...}` to FILE (atomically),
     /// for scripts and supervisors that start the server on port 0.
     #[arg(long, value_name = "FILE")]
@@ -74,6 +78,7 @@ fn start(args: StartArgs) -> anyhow::Result<()> {
     let mut config = ServerConfig::new(paths.clone());
     config.api_keys = api_keys.clone();
     config.late_after = args.late_after.into();
+    config.log_retention = args.log_retention.map(Into::into);
     if args.no_worker {
         config.executor = None;
     }

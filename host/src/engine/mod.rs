@@ -49,8 +49,9 @@ pub trait GuestHost: Send + Sync + 'static {
     /// A log line from the `log` import or from the guest's stdout/stderr.
     fn log(&self, level: LogLevel, message: &str);
     fn call_task(&self, name: String, input: String) -> HostFuture<'_, Result<String, Failure>>;
-    /// Starts a task; the handle is awaited with `await_task`.
-    fn submit_task(&self, name: String, input: String) -> u64;
+    /// Starts a task; the handle is awaited with `await_task`. May wait (for a
+    /// concurrency slot) before it answers, so a flow cannot outrun its tasks.
+    fn submit_task(&self, name: String, input: String) -> HostFuture<'_, u64>;
     fn await_task(&self, handle: u64) -> HostFuture<'_, Result<String, Failure>>;
     fn call_flow(&self, name: String, params: String) -> HostFuture<'_, Result<String, Failure>>;
     fn get_secret(&self, name: &str) -> Option<String>;
@@ -73,6 +74,10 @@ pub enum EngineError {
     WrongWorld(String),
     #[error("the component's describe() failed: {0}")]
     Describe(String),
+    #[error(
+        "the component's manifest is {bytes} bytes, over the limit of {limit} bytes; describe fewer or smaller flows and tasks"
+    )]
+    ManifestTooLarge { bytes: usize, limit: usize },
     #[error("the component's manifest is not valid: {0}")]
     InvalidManifest(String),
     #[error("wasmtime engine set-up failed: {0}")]
@@ -96,6 +101,11 @@ pub struct EngineConfig {
     pub max_output_bytes: usize,
     /// How often running guests yield and have their deadline checked.
     pub epoch_tick: Duration,
+    /// The budget of `describe()` at load: a manifest is a few KiB of JSON,
+    /// so a component that needs more than this is broken or hostile.
+    pub describe_limits: Limits,
+    /// Cap on the manifest `describe()` returns.
+    pub max_manifest_bytes: usize,
     /// Use the pooling allocator (fast instantiation); off uses on-demand mmap.
     pub pooling: bool,
 }
@@ -109,6 +119,14 @@ impl Default for EngineConfig {
             max_payload_bytes: 16 << 20,
             max_output_bytes: 1 << 20,
             epoch_tick: Duration::from_millis(5),
+            // Rust SDK components describe themselves in ~1M fuel; Python and JS
+            // ones (interpreters) in well under 1G. Memory covers their heaps.
+            describe_limits: Limits {
+                fuel: 2_000_000_000,
+                memory_bytes: 256 << 20,
+                timeout: Some(Duration::from_secs(5)),
+            },
+            max_manifest_bytes: 1 << 20,
             pooling: true,
         }
     }
@@ -120,6 +138,39 @@ pub struct Engine {
     linker: Linker<Sandbox>,
     config: EngineConfig,
     ticker_stop: Arc<AtomicBool>,
+    slots: InstanceSlots,
+}
+
+/// Admission to the instance pool. The pool refuses an instantiation when it
+/// is full, which would fail a run only because others are busy; instead each
+/// instance first waits, in arrival order (tokio's semaphore is fair), for a
+/// slot of its class. Tasks never wait on anything while holding a slot, so
+/// task slots always come free. Flow instances hold theirs while their tasks
+/// run, so they get a separate quarter of the pool: tasks can never be starved
+/// by flows. Subflows are not admitted (a parent holding a flow slot waiting for
+/// a child that waits for one would deadlock); they use the quarter of the pool
+/// that neither class is given.
+struct InstanceSlots {
+    tasks: Arc<tokio::sync::Semaphore>,
+    flows: Arc<tokio::sync::Semaphore>,
+}
+
+impl InstanceSlots {
+    fn new(max_instances: u32) -> Self {
+        let n = max_instances.max(4) as usize;
+        Self {
+            tasks: Arc::new(tokio::sync::Semaphore::new(n / 2)),
+            flows: Arc::new(tokio::sync::Semaphore::new(n / 4)),
+        }
+    }
+
+    fn class(&self, entry: &Entry<'_>) -> Option<&Arc<tokio::sync::Semaphore>> {
+        match entry {
+            Entry::Task { .. } => Some(&self.tasks),
+            Entry::Flow { nested: false, .. } => Some(&self.flows),
+            Entry::Flow { nested: true, .. } => None,
+        }
+    }
 }
 
 /// A loaded, validated component, ready to instantiate.
@@ -151,8 +202,16 @@ pub struct Execution {
 /// What to call in a fresh instance.
 #[derive(Clone, Copy, Debug)]
 pub enum Entry<'a> {
-    Flow { name: &'a str, params: &'a str },
-    Task { name: &'a str, input: &'a str },
+    /// `nested` for a subflow: it is not admitted (see `InstanceSlots`).
+    Flow {
+        name: &'a str,
+        params: &'a str,
+        nested: bool,
+    },
+    Task {
+        name: &'a str,
+        input: &'a str,
+    },
 }
 
 impl Engine {
@@ -198,6 +257,7 @@ impl Engine {
         Ok(Self {
             wasmtime,
             linker,
+            slots: InstanceSlots::new(config.max_instances),
             config,
             ticker_stop,
         })
@@ -241,34 +301,70 @@ impl Engine {
         Ok(component)
     }
 
+    /// Reads the manifest under `describe_limits`: a describe() that loops,
+    /// allocates without end or answers with megabytes fails the load with a
+    /// reason, and costs the host no more than that budget.
     async fn describe(&self, component: &Component) -> Result<Manifest, EngineError> {
         let host: Arc<dyn GuestHost> = Arc::new(DescribeHost);
-        let limits = Limits {
-            fuel: 10_000_000_000,
-            memory_bytes: self.config.max_memory_bytes.min(1 << 30),
-            timeout: Some(Duration::from_secs(30)),
-        };
+        let limits = self.config.describe_limits;
+        let deadline = limits.timeout.unwrap_or(Duration::from_secs(5));
+        let _slot = self
+            .admit(&self.slots.tasks, &CancellationToken::new())
+            .await;
         let (mut store, output) = self.new_store(limits, host, CancellationToken::new());
         let result = async {
             let flow = component.pre.instantiate_async(&mut store).await?;
             flow.weir_flow_guest().call_describe(&mut store).await
         };
-        let text = match tokio::time::timeout(Duration::from_secs(30), result).await {
+        let text = match tokio::time::timeout(deadline, result).await {
             Ok(Ok(text)) => text,
             Ok(Err(e)) => {
                 let failure = classify_trap(&e, &store, &output);
-                return Err(EngineError::Describe(failure.message));
+                let hint = match failure.kind {
+                    FailureKind::OutOfFuel | FailureKind::Memory => format!(
+                        " (describe() may use {} fuel and {} of memory; it should only return the manifest)",
+                        limits.fuel,
+                        human_bytes(limits.memory_bytes)
+                    ),
+                    _ => String::new(),
+                };
+                return Err(EngineError::Describe(format!("{}{hint}", failure.message)));
             }
             Err(_) => {
-                return Err(EngineError::Describe(
-                    "it did not return within 30 s".into(),
-                ));
+                return Err(EngineError::Describe(format!(
+                    "it did not return within {}; describe() should only return the manifest",
+                    humantime::format_duration(deadline)
+                )));
             }
         };
+        if text.len() > self.config.max_manifest_bytes {
+            return Err(EngineError::ManifestTooLarge {
+                bytes: text.len(),
+                limit: self.config.max_manifest_bytes,
+            });
+        }
         let manifest: Manifest =
             serde_json::from_str(&text).map_err(|e| EngineError::InvalidManifest(e.to_string()))?;
         validate_manifest(&manifest)?;
         Ok(manifest)
+    }
+
+    /// Waits for an instance slot of a class, unless `cancel` fires first.
+    async fn admit(
+        &self,
+        class: &Arc<tokio::sync::Semaphore>,
+        cancel: &CancellationToken,
+    ) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        tokio::select! {
+            // The semaphores are never closed.
+            permit = class.clone().acquire_owned() => permit.ok(),
+            _ = cancel.cancelled() => None,
+        }
+    }
+
+    /// Checks a JSON payload a guest hands to the host against the size cap.
+    pub fn check_payload(&self, what: &str, payload: &str) -> Result<(), Failure> {
+        check_payload(what, payload, self.config.max_payload_bytes)
     }
 
     /// Runs one flow or task call in a fresh instance under `limits`.
@@ -284,12 +380,31 @@ impl Engine {
         cancel: CancellationToken,
     ) -> Execution {
         let started = Instant::now();
+        // Waiting for a slot is not the guest's fault: it is not charged to its deadline.
+        let _slot = match self.slots.class(&entry) {
+            Some(class) => match self.admit(class, &cancel).await {
+                Some(slot) => Some(slot),
+                None => {
+                    return Execution {
+                        result: Err(Failure::new(
+                            FailureKind::Cancelled,
+                            "the run was cancelled",
+                        )),
+                        fuel_used: 0,
+                        peak_memory_bytes: 0,
+                        duration: started.elapsed(),
+                    };
+                }
+            },
+            None => None,
+        };
+        let started = Instant::now();
         let (mut store, output) = self.new_store(limits, host, cancel.clone());
         let call = async {
             let flow = component.pre.instantiate_async(&mut store).await?;
             let guest = flow.weir_flow_guest();
             match entry {
-                Entry::Flow { name, params } => {
+                Entry::Flow { name, params, .. } => {
                     guest
                         .call_run_flow(&mut store, name, &params.to_string())
                         .await
@@ -342,6 +457,7 @@ impl Engine {
             host,
             limiter: MemoryLimiter {
                 limit: limits.memory_bytes.min(self.config.max_memory_bytes) as usize,
+                total: 0,
                 peak_memory: 0,
                 denied: false,
             },
@@ -582,25 +698,28 @@ impl WasiView for Sandbox {
 
 impl Sandbox {
     fn check_payload(&self, what: &str, payload: &str) -> Result<(), Failure> {
-        if payload.len() > self.max_payload_bytes {
-            return Err(Failure::new(
-                FailureKind::InvalidInput,
-                format!(
-                    "{what} is {} bytes, over the limit of {} bytes",
-                    payload.len(),
-                    self.max_payload_bytes
-                ),
-            ));
-        }
-        serde_json::from_str::<serde::de::IgnoredAny>(payload)
-            .map(|_| ())
-            .map_err(|e| {
-                Failure::new(
-                    FailureKind::InvalidInput,
-                    format!("{what} is not JSON: {e}"),
-                )
-            })
+        check_payload(what, payload, self.max_payload_bytes)
     }
+}
+
+fn check_payload(what: &str, payload: &str, max_payload_bytes: usize) -> Result<(), Failure> {
+    if payload.len() > max_payload_bytes {
+        return Err(Failure::new(
+            FailureKind::InvalidInput,
+            format!(
+                "{what} is {} bytes, over the limit of {max_payload_bytes} bytes; pass large data by reference",
+                payload.len(),
+            ),
+        ));
+    }
+    serde_json::from_str::<serde::de::IgnoredAny>(payload)
+        .map(|_| ())
+        .map_err(|e| {
+            Failure::new(
+                FailureKind::InvalidInput,
+                format!("{what} is not JSON: {e}"),
+            )
+        })
 }
 
 /// Waits for the host's answer, or for cancellation of the run.
@@ -648,7 +767,8 @@ impl bindings::weir::flow::runtime::Host for Sandbox {
     }
 
     async fn submit_task(&mut self, name: String, input: String) -> wasmtime::Result<u64> {
-        Ok(self.host.submit_task(name, input))
+        let host = self.host.clone();
+        Ok(host.submit_task(name, input).await)
     }
 
     async fn await_task(
@@ -696,9 +816,13 @@ impl bindings::weir::flow::runtime::Host for Sandbox {
     }
 }
 
-/// Caps memory and remembers the peak and whether a request was denied.
+/// Caps the memory of an instance and remembers the peak and whether a
+/// request was denied. The cap is on the sum of all the instance's linear
+/// memories (a component may have several), not on each.
 struct MemoryLimiter {
     limit: usize,
+    /// Bytes of every memory of the instance together.
+    total: usize,
     peak_memory: usize,
     denied: bool,
 }
@@ -706,15 +830,17 @@ struct MemoryLimiter {
 impl ResourceLimiter for MemoryLimiter {
     fn memory_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        if desired > self.limit {
+        let total = self.total.saturating_add(desired.saturating_sub(current));
+        if total > self.limit {
             self.denied = true;
             return Ok(false);
         }
-        self.peak_memory = self.peak_memory.max(desired);
+        self.total = total;
+        self.peak_memory = self.peak_memory.max(total);
         Ok(true)
     }
 
@@ -738,8 +864,8 @@ impl GuestHost for DescribeHost {
     fn call_task(&self, _: String, _: String) -> HostFuture<'_, Result<String, Failure>> {
         Box::pin(async { Err(not_while_describing()) })
     }
-    fn submit_task(&self, _: String, _: String) -> u64 {
-        0
+    fn submit_task(&self, _: String, _: String) -> HostFuture<'_, u64> {
+        Box::pin(async { 0 })
     }
     fn await_task(&self, _: u64) -> HostFuture<'_, Result<String, Failure>> {
         Box::pin(async { Err(not_while_describing()) })

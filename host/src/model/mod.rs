@@ -486,21 +486,86 @@ pub struct EffectivePolicy {
     pub cache_key: CacheKeyPolicy,
     pub refresh_cache: bool,
     pub tags: Vec<String>,
+    /// What the server's ceilings lowered, one sentence each, for the run log.
+    pub clamped: Vec<String>,
 }
 
-/// The host's defaults for fields a policy leaves out.
+/// The host's defaults for fields a policy leaves out, and the ceilings that
+/// no policy (a component's manifest, a deployment, a CLI override) may exceed.
 #[derive(Clone, Copy, Debug)]
 pub struct PolicyDefaults {
     pub fuel: u64,
     pub memory_bytes: u64,
     pub timeout: Option<Duration>,
     pub max_memory_bytes: u64,
+    pub max_fuel: u64,
+    /// The longest deadline; `None` allows a policy to ask for no deadline.
+    pub max_timeout: Option<Duration>,
+    pub max_retries: u32,
+}
+
+impl PolicyDefaults {
+    /// Defaults with ceilings that never bind: for tests and tools.
+    pub fn unbounded(fuel: u64, memory_bytes: u64, timeout: Option<Duration>) -> Self {
+        Self {
+            fuel,
+            memory_bytes,
+            timeout,
+            max_memory_bytes: u64::MAX,
+            max_fuel: u64::MAX,
+            max_timeout: None,
+            max_retries: u32::MAX,
+        }
+    }
 }
 
 impl EffectivePolicy {
     pub fn resolve(policy: &Policy, defaults: &PolicyDefaults) -> EffectivePolicy {
+        let mut clamped = Vec::new();
+        let mut ceiling = |what: &str, asked: String, limit: String| {
+            clamped.push(format!(
+                "{what} {asked} lowered to the server's ceiling of {limit}; ask the server's operator to raise it if this work needs more"
+            ));
+        };
+        let retries = policy.retries.unwrap_or(0);
+        if retries > defaults.max_retries {
+            ceiling(
+                "retries",
+                retries.to_string(),
+                defaults.max_retries.to_string(),
+            );
+        }
+        let fuel = policy.fuel.unwrap_or(defaults.fuel);
+        if fuel > defaults.max_fuel {
+            ceiling("fuel", fuel.to_string(), defaults.max_fuel.to_string());
+        }
+        let memory_bytes = policy.memory_bytes.unwrap_or(defaults.memory_bytes);
+        if memory_bytes > defaults.max_memory_bytes {
+            ceiling(
+                "memory",
+                format!("{memory_bytes} bytes"),
+                format!("{} bytes", defaults.max_memory_bytes),
+            );
+        }
+        let timeout = policy
+            .timeout_ms
+            .map(Duration::from_millis)
+            .or(defaults.timeout);
+        let timeout = match (timeout, defaults.max_timeout) {
+            (Some(asked), Some(max)) if asked > max => {
+                ceiling(
+                    "timeout",
+                    humantime::format_duration(asked).to_string(),
+                    humantime::format_duration(max).to_string(),
+                );
+                Some(max)
+            }
+            // Nobody asked for "no deadline" (a policy cannot): the ceiling is the default.
+            (None, Some(max)) => Some(max),
+            (asked, _) => asked,
+        };
         EffectivePolicy {
-            retries: policy.retries.unwrap_or(0),
+            retries: retries.min(defaults.max_retries),
             retry_delays: policy
                 .retry_delay_ms
                 .as_deref()
@@ -522,20 +587,15 @@ impl EffectivePolicy {
                 ]
             }),
             limits: Limits {
-                fuel: policy.fuel.unwrap_or(defaults.fuel),
-                memory_bytes: policy
-                    .memory_bytes
-                    .unwrap_or(defaults.memory_bytes)
-                    .min(defaults.max_memory_bytes),
-                timeout: policy
-                    .timeout_ms
-                    .map(Duration::from_millis)
-                    .or(defaults.timeout),
+                fuel: fuel.min(defaults.max_fuel),
+                memory_bytes: memory_bytes.min(defaults.max_memory_bytes),
+                timeout,
             },
             cache_ttl: policy.cache_ttl_ms.map(Duration::from_millis),
             cache_key: policy.cache_key.unwrap_or_default(),
             refresh_cache: policy.refresh_cache.unwrap_or(false),
             tags: policy.tags.clone().unwrap_or_default(),
+            clamped,
         }
     }
 
@@ -602,12 +662,7 @@ mod tests {
     use super::*;
 
     fn policy(delays: &[u64], backoff: f64, jitter: f64) -> EffectivePolicy {
-        let defaults = PolicyDefaults {
-            fuel: 1,
-            memory_bytes: 1,
-            timeout: None,
-            max_memory_bytes: 1,
-        };
+        let defaults = PolicyDefaults::unbounded(1, 1, None);
         EffectivePolicy::resolve(
             &Policy {
                 retries: Some(5),
@@ -675,5 +730,53 @@ mod tests {
             load.policy.retry_on.as_deref(),
             Some(&[FailureKind::Failed, FailureKind::Timeout][..])
         );
+    }
+
+    #[test]
+    fn ceilings_bind_whatever_the_policy_asks_and_say_so() {
+        let defaults = PolicyDefaults {
+            fuel: 1_000,
+            memory_bytes: 1 << 20,
+            timeout: Some(Duration::from_secs(1)),
+            max_memory_bytes: 2 << 20,
+            max_fuel: 10_000,
+            max_timeout: Some(Duration::from_secs(60)),
+            max_retries: 5,
+        };
+        let greedy = Policy {
+            retries: Some(1_000_000),
+            fuel: Some(u64::MAX),
+            memory_bytes: Some(64 << 30),
+            timeout_ms: Some(86_400_000),
+            ..Policy::default()
+        };
+        let p = EffectivePolicy::resolve(&greedy, &defaults);
+        assert_eq!(p.retries, 5);
+        assert_eq!(
+            p.limits,
+            Limits {
+                fuel: 10_000,
+                memory_bytes: 2 << 20,
+                timeout: Some(Duration::from_secs(60)),
+            }
+        );
+        assert_eq!(p.clamped.len(), 4, "{:?}", p.clamped);
+        assert!(p.clamped[0].starts_with("retries 1000000 lowered to the server's ceiling of 5"));
+        // Within the ceilings nothing changes and nothing is said.
+        let modest = Policy {
+            retries: Some(2),
+            fuel: Some(5_000),
+            ..Policy::default()
+        };
+        let p = EffectivePolicy::resolve(&modest, &defaults);
+        assert_eq!((p.retries, p.limits.fuel), (2, 5_000));
+        assert!(p.clamped.is_empty());
+        // A ceiling on the deadline also bounds "no deadline".
+        let defaults = PolicyDefaults {
+            timeout: None,
+            ..defaults
+        };
+        let p = EffectivePolicy::resolve(&Policy::default(), &defaults);
+        assert_eq!(p.limits.timeout, Some(Duration::from_secs(60)));
     }
 }

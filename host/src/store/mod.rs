@@ -930,6 +930,13 @@ impl Store {
         Ok(removed)
     }
 
+    /// Deletes log lines written before `before`, whatever their run: the
+    /// server's log retention. Runs and their records stay. Returns the lines deleted.
+    pub fn prune_logs_older_than(&self, before: TimestampMicros) -> Result<u64, StoreError> {
+        let conn = self.reader.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(conn.execute("DELETE FROM logs WHERE at_us < ?1", [before])? as u64)
+    }
+
     /// Counts rows per table, for `host version --verbose` and benchmarks.
     pub fn count(&self, table: StoreTable) -> Result<u64, StoreError> {
         let sql = format!("SELECT count(*) FROM {}", table.name());

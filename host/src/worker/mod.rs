@@ -7,9 +7,11 @@
 //! flow run that dies mid-way can be run again and will not redo finished work.
 
 mod events;
+mod retention;
 mod serve;
 
 pub use events::{RunEvent, RunSummary};
+pub use retention::{log_retention_job, prune_logs_once};
 pub use serve::{CLAIM_TICK, serve};
 
 use crate::control::{Control, ControlError, Durability};
@@ -20,23 +22,30 @@ use crate::model::{
 };
 use crate::store::{AttemptRecord, LogRecord, NewFlowRun, NewTaskRun, StateChange, Write};
 use sha2::{Digest, Sha256};
-use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 /// Settings of an executor; defaults suit a laptop.
 #[derive(Clone, Debug)]
 pub struct ExecutorSettings {
+    /// Defaults for tasks, and the server's ceilings no task policy may exceed.
     pub task_defaults: PolicyDefaults,
+    /// Defaults for flows, and the ceilings (flow deadline included) no flow policy may exceed.
     pub flow_defaults: PolicyDefaults,
     /// Tasks of one flow run that may run at once.
     pub flow_concurrency: usize,
-    /// Log lines kept per flow run (its tasks included); the rest are counted and dropped.
+    /// Tasks a flow run may have submitted and not yet awaited. Past it,
+    /// `submit-task` answers at once with a handle whose await fails, saying so.
+    pub max_pending_submits: usize,
+    /// Log lines kept per flow run (its tasks and subflows included); the rest are counted and dropped.
     pub max_log_lines_per_run: u64,
+    /// Bytes of log text kept per flow run (its tasks and subflows included).
+    pub max_log_bytes_per_run: u64,
     /// How deep subflows may nest.
     pub max_subflow_depth: u32,
     /// The name recorded as the host that ran each task.
@@ -56,15 +65,24 @@ impl Default for ExecutorSettings {
                 memory_bytes: 128 << 20,
                 timeout: Some(Duration::from_secs(300)),
                 max_memory_bytes: 4 << 30,
+                // Ceilings: generous, but a manifest cannot ask for forever.
+                max_fuel: 10_000_000_000_000,
+                max_timeout: Some(Duration::from_secs(24 * 3600)),
+                max_retries: 100,
             },
             flow_defaults: PolicyDefaults {
                 fuel: 1_000_000_000_000,
                 memory_bytes: 256 << 20,
                 timeout: None,
                 max_memory_bytes: 4 << 30,
+                max_fuel: 100_000_000_000_000,
+                max_timeout: Some(Duration::from_secs(7 * 24 * 3600)),
+                max_retries: 100,
             },
             flow_concurrency: 64,
+            max_pending_submits: 10_000,
             max_log_lines_per_run: 100_000,
+            max_log_bytes_per_run: 64 << 20,
             max_subflow_depth: 16,
             host_name: local_host_name(),
             tag_limits: BTreeMap::new(),
@@ -199,6 +217,8 @@ pub struct FlowRunRequest {
     pub deployment: Option<String>,
     /// Secrets the guest may read; their values are redacted from its logs and results.
     pub secrets: Arc<GrantedSecrets>,
+    /// A subflow writes into its root run's log budget.
+    log_budget: Option<Arc<LogBudget>>,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -226,6 +246,7 @@ impl FlowRunRequest {
             task_override: Policy::default(),
             deployment: None,
             secrets: Arc::new(GrantedSecrets::default()),
+            log_budget: None,
         }
     }
 }
@@ -397,12 +418,22 @@ impl Executor {
             permits: Arc::new(Semaphore::new(self.settings.flow_concurrency.max(1))),
             cancel: request.cancel.clone(),
             events: events.clone(),
-            logs: LogBudget::new(self.settings.max_log_lines_per_run),
+            owns_log_budget: request.log_budget.is_none(),
+            logs: request.log_budget.clone().unwrap_or_else(|| {
+                Arc::new(LogBudget::new(
+                    self.settings.max_log_lines_per_run,
+                    self.settings.max_log_bytes_per_run,
+                ))
+            }),
+            clamps_noted: Mutex::new(HashSet::new()),
+            submits_refused: AtomicBool::new(false),
             task_override: request.task_override.clone(),
             deployment: request.deployment.clone(),
             secrets: request.secrets.clone(),
             stats: Stats::default(),
         });
+
+        run.note_clamps("this flow", &policy.clamped);
 
         // Someone in another process (or the API) may ask to cancel this run.
         let poller = (depth == 0).then(|| {
@@ -456,6 +487,7 @@ impl Executor {
                     Entry::Flow {
                         name: &request.flow_name,
                         params: &request.params,
+                        nested: run.depth > 0,
                     },
                     limits,
                     host,
@@ -541,6 +573,11 @@ impl Executor {
         result: Result<String, Failure>,
         started: Instant,
     ) -> Result<FlowRunOutcome, WorkerError> {
+        if run.owns_log_budget
+            && let Some(note) = run.logs.dropped_note()
+        {
+            run.write_log(None, LogLevel::Warn, note);
+        }
         let id = run.id;
         let mut state = match &result {
             Ok(_) => RunState::Completed,
@@ -650,37 +687,79 @@ struct Stats {
     peak_memory: AtomicU64,
 }
 
-/// Caps the log lines of one flow run; says once that it dropped some.
+/// Caps the log of one flow run and its subflows, in lines and in bytes.
+/// Once a line does not fit, the budget is closed: later lines are only
+/// counted, and the run's end records one line saying how many were dropped.
 struct LogBudget {
-    max: u64,
-    used: AtomicU64,
+    max_lines: u64,
+    max_bytes: u64,
+    lines: AtomicU64,
+    bytes: AtomicU64,
+    closed: AtomicBool,
+    dropped_lines: AtomicU64,
+    dropped_bytes: AtomicU64,
 }
 
 impl LogBudget {
-    fn new(max: u64) -> Self {
+    fn new(max_lines: u64, max_bytes: u64) -> Self {
         Self {
-            max,
-            used: AtomicU64::new(0),
+            max_lines,
+            max_bytes,
+            lines: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+            closed: AtomicBool::new(false),
+            dropped_lines: AtomicU64::new(0),
+            dropped_bytes: AtomicU64::new(0),
         }
     }
 
-    /// `Some(text)` for a line to keep (the last one kept says the budget ran out).
-    fn admit<'a>(&self, message: &'a str) -> Option<std::borrow::Cow<'a, str>> {
-        let n = self.used.fetch_add(1, Ordering::Relaxed);
-        if n < self.max {
-            Some(message.into())
-        } else if n == self.max {
-            Some(
-                format!(
-                    "log limit of {} lines per run reached; further lines are dropped",
-                    self.max
-                )
-                .into(),
-            )
-        } else {
-            None
+    /// Whether to keep a line of this text.
+    fn admit(&self, message: &str) -> bool {
+        let size = message.len() as u64;
+        if !self.closed.load(Ordering::Relaxed) {
+            let lines = self.lines.fetch_add(1, Ordering::Relaxed);
+            let bytes = self.bytes.fetch_add(size, Ordering::Relaxed);
+            if lines < self.max_lines && bytes.saturating_add(size) <= self.max_bytes {
+                return true;
+            }
+            self.closed.store(true, Ordering::Relaxed);
         }
+        self.dropped_lines.fetch_add(1, Ordering::Relaxed);
+        self.dropped_bytes.fetch_add(size, Ordering::Relaxed);
+        false
     }
+
+    /// The line that says what was dropped, if anything was.
+    fn dropped_note(&self) -> Option<String> {
+        let lines = self.dropped_lines.load(Ordering::Relaxed);
+        (lines > 0).then(|| {
+            format!(
+                "{lines} log lines ({}) dropped: this run and its subflows reached the log limit of {} lines or {} per run; log less, or ask the server's operator to raise the limit",
+                crate::engine::human_bytes(self.dropped_bytes.load(Ordering::Relaxed)),
+                self.max_lines,
+                crate::engine::human_bytes(self.max_bytes),
+            )
+        })
+    }
+}
+
+/// A handle `submit-task` gave out: a task, or why none was started.
+enum Submitted {
+    Started(JoinHandle<Result<String, Failure>>),
+    Refused(Failure),
+}
+
+/// Marks handles of submits refused because too many were pending: they need
+/// no entry in the table, so a flow that submits millions costs no memory.
+const OVER_PENDING_LIMIT: u64 = 1 << 63;
+
+fn too_many_pending(limit: usize) -> Failure {
+    Failure::new(
+        FailureKind::Failed,
+        format!(
+            "submit-task refused: this flow run already has {limit} submitted tasks that were not awaited (the limit `max_pending_submits`); await some before submitting more, or ask the server's operator to raise the limit"
+        ),
+    )
 }
 
 /// A completed call from an earlier attempt of this flow run.
@@ -701,14 +780,20 @@ struct FlowRun {
     /// Call order within the current attempt; replay matches on it.
     seq: AtomicU64,
     replay: Mutex<HashMap<u64, Recorded>>,
-    handles: Mutex<HashMap<u64, JoinHandle<Result<String, Failure>>>>,
+    handles: Mutex<HashMap<u64, Submitted>>,
     /// Calls the flow is waiting for (see `in_background`).
     background: Mutex<Vec<JoinHandle<()>>>,
     next_handle: AtomicU64,
     permits: Arc<Semaphore>,
     cancel: CancellationToken,
     events: Option<mpsc::UnboundedSender<RunEvent>>,
-    logs: LogBudget,
+    /// Shared with subflows; the run that made it writes what was dropped.
+    logs: Arc<LogBudget>,
+    owns_log_budget: bool,
+    /// Tasks whose clamped policy was already logged (once per task name).
+    clamps_noted: Mutex<HashSet<String>>,
+    /// Whether the refusal of a submit past the pending limit was logged.
+    submits_refused: AtomicBool,
     stats: Stats,
     task_override: Policy,
     deployment: Option<String>,
@@ -758,9 +843,14 @@ impl FlowRun {
 
     fn log(&self, task: Option<(TaskRunId, &str)>, level: LogLevel, message: &str) {
         let message = self.secrets.redact(message);
-        let Some(message) = self.logs.admit(&message) else {
+        if !self.logs.admit(&message) {
             return;
-        };
+        }
+        self.write_log(task, level, message.into_owned());
+    }
+
+    /// Records a log line, outside the budget.
+    fn write_log(&self, task: Option<(TaskRunId, &str)>, level: LogLevel, message: String) {
         self.control().record(
             vec![Write::Logs(vec![LogRecord {
                 flow_run: self.id,
@@ -776,9 +866,28 @@ impl FlowRun {
             RunEvent::Log {
                 task: task.map(|t| t.1.to_string()),
                 level,
-                message: message.into_owned(),
+                message,
             },
         );
+    }
+
+    /// Logs, once per name, what the server's ceilings lowered in a policy.
+    fn note_clamps(&self, name: &str, clamped: &[String]) {
+        if clamped.is_empty() {
+            return;
+        }
+        let first = self
+            .clamps_noted
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name.to_string());
+        if first {
+            self.log(
+                None,
+                LogLevel::Warn,
+                &format!("policy of {name}: {}", clamped.join("; ")),
+            );
+        }
     }
 
     async fn drain_handles(&self) {
@@ -787,7 +896,9 @@ impl FlowRun {
             map.drain().map(|(_, h)| h).collect()
         };
         for handle in handles {
-            let _ = handle.await;
+            if let Submitted::Started(join) = handle {
+                let _ = join.await;
+            }
         }
         let background: Vec<_> =
             std::mem::take(&mut *self.background.lock().unwrap_or_else(|p| p.into_inner()));
@@ -818,12 +929,21 @@ impl FlowRun {
         })
     }
 
+    /// A slot among the tasks of this run that may run at once.
+    async fn concurrency_permit(&self) -> Result<OwnedSemaphorePermit, Failure> {
+        tokio::select! {
+            permit = self.permits.clone().acquire_owned() => permit.map_err(|_| crashed("the run is shutting down")),
+            _ = self.cancel.cancelled() => Err(Failure::new(FailureKind::Cancelled, "the run was cancelled")),
+        }
+    }
+
     /// One task call, with everything the policy asks for.
     async fn execute_task(
         self: Arc<Self>,
         name: String,
         input: String,
         seq: u64,
+        permit: Option<OwnedSemaphorePermit>,
     ) -> Result<String, Failure> {
         if let Some(output) = self.replayed(seq, &name, &input) {
             self.stats.replayed.fetch_add(1, Ordering::Relaxed);
@@ -849,6 +969,7 @@ impl FlowRun {
             &task_def.policy.overlay(&self.task_override),
             &self.executor.settings.task_defaults,
         );
+        self.note_clamps(&format!("task '{name}'"), &policy.clamped);
         let cache_key = cache_key(&policy, &self.component.digest, &name, &input);
         self.stats.tasks.fetch_add(1, Ordering::Relaxed);
 
@@ -891,9 +1012,9 @@ impl FlowRun {
             }
         }
 
-        let _permit = tokio::select! {
-            permit = self.permits.clone().acquire_owned() => permit.map_err(|_| crashed("the run is shutting down"))?,
-            _ = self.cancel.cancelled() => return Err(Failure::new(FailureKind::Cancelled, "the run was cancelled")),
+        let _permit = match permit {
+            Some(permit) => permit,
+            None => self.concurrency_permit().await?,
         };
         let _tag_permits = match self
             .executor
@@ -1229,33 +1350,65 @@ impl GuestHost for FlowHost {
     fn call_task(&self, name: String, input: String) -> HostFuture<'_, Result<String, Failure>> {
         let seq = self.0.seq.fetch_add(1, Ordering::SeqCst);
         self.0
-            .in_background(self.0.clone().execute_task(name, input, seq))
+            .in_background(self.0.clone().execute_task(name, input, seq, None))
     }
 
-    fn submit_task(&self, name: String, input: String) -> u64 {
-        let seq = self.0.seq.fetch_add(1, Ordering::SeqCst);
-        let handle = self.0.next_handle.fetch_add(1, Ordering::SeqCst);
-        let join = tokio::spawn(self.0.clone().execute_task(name, input, seq));
-        self.0
-            .handles
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(handle, join);
-        handle
+    /// Refuses what would let a flow exhaust the host: an input over the
+    /// payload cap, or more pending submits than `max_pending_submits`. A
+    /// refusal is a handle whose await fails with the reason, as the WIT's
+    /// `submit-task` returns a bare handle. The concurrency permit is taken
+    /// before the task is spawned, so a flow submits no faster than its tasks
+    /// run and spawned tasks never pile up waiting.
+    fn submit_task(&self, name: String, input: String) -> HostFuture<'_, u64> {
+        Box::pin(async move {
+            let run = &self.0;
+            let handle = run.next_handle.fetch_add(1, Ordering::SeqCst);
+            let limit = run.executor.settings.max_pending_submits;
+            let pending = run.handles.lock().unwrap_or_else(|p| p.into_inner()).len();
+            if pending >= limit {
+                if !run.submits_refused.swap(true, Ordering::Relaxed) {
+                    run.log(None, LogLevel::Warn, &too_many_pending(limit).message);
+                }
+                return handle | OVER_PENDING_LIMIT;
+            }
+            let submitted = match run.executor.engine.check_payload("task input", &input) {
+                Err(failure) => Submitted::Refused(failure),
+                Ok(()) => match run.concurrency_permit().await {
+                    Err(failure) => Submitted::Refused(failure),
+                    Ok(permit) => {
+                        let seq = run.seq.fetch_add(1, Ordering::SeqCst);
+                        Submitted::Started(tokio::spawn(run.clone().execute_task(
+                            name,
+                            input,
+                            seq,
+                            Some(permit),
+                        )))
+                    }
+                },
+            };
+            run.handles
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(handle, submitted);
+            handle
+        })
     }
 
     fn await_task(&self, handle: u64) -> HostFuture<'_, Result<String, Failure>> {
-        let join = self
+        let submitted = self
             .0
             .handles
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&handle);
+        let limit = self.0.executor.settings.max_pending_submits;
         Box::pin(async move {
-            match join {
-                Some(join) => join
+            match submitted {
+                Some(Submitted::Started(join)) => join
                     .await
                     .unwrap_or_else(|e| Err(crashed(format!("task execution panicked: {e}")))),
+                Some(Submitted::Refused(failure)) => Err(failure),
+                None if handle & OVER_PENDING_LIMIT != 0 => Err(too_many_pending(limit)),
                 None => Err(Failure::new(
                     FailureKind::InvalidInput,
                     format!(
@@ -1285,6 +1438,7 @@ impl GuestHost for FlowHost {
             request.task_override = this.task_override.clone();
             request.deployment = this.deployment.clone();
             request.secrets = this.secrets.clone();
+            request.log_budget = Some(this.logs.clone());
             match this
                 .executor
                 .clone()
@@ -1333,8 +1487,8 @@ impl GuestHost for TaskHost {
     fn call_task(&self, _: String, _: String) -> HostFuture<'_, Result<String, Failure>> {
         Box::pin(async { Err(tasks_cannot_call()) })
     }
-    fn submit_task(&self, _: String, _: String) -> u64 {
-        0
+    fn submit_task(&self, _: String, _: String) -> HostFuture<'_, u64> {
+        Box::pin(async { 0 })
     }
     fn await_task(&self, _: u64) -> HostFuture<'_, Result<String, Failure>> {
         Box::pin(async { Err(tasks_cannot_call()) })
@@ -1356,22 +1510,32 @@ mod tests {
     use super::*;
 
     #[test]
-    fn log_budget_keeps_max_lines_then_says_so_once() {
-        let budget = LogBudget::new(2);
-        assert_eq!(budget.admit("a").as_deref(), Some("a"));
-        assert_eq!(budget.admit("b").as_deref(), Some("b"));
-        assert!(budget.admit("c").unwrap().contains("log limit of 2 lines"));
-        assert!(budget.admit("d").is_none());
+    fn log_budget_keeps_max_lines_then_counts_what_it_drops() {
+        let budget = LogBudget::new(2, 1000);
+        assert!(budget.admit("a") && budget.admit("b"));
+        assert!(budget.dropped_note().is_none());
+        assert!(!budget.admit("c") && !budget.admit("d"));
+        let note = budget.dropped_note().unwrap();
+        assert!(note.starts_with("2 log lines (2 B) dropped"), "{note}");
+    }
+
+    #[test]
+    fn log_budget_keeps_at_most_max_bytes_and_closes_at_the_first_misfit() {
+        let budget = LogBudget::new(100, 10);
+        assert!(budget.admit("12345678"));
+        assert!(!budget.admit("123"), "would make 11 bytes");
+        assert!(!budget.admit("1"), "closed: lines stay in order");
+        assert!(
+            budget
+                .dropped_note()
+                .unwrap()
+                .starts_with("2 log lines (4 B)")
+        );
     }
 
     #[test]
     fn cache_key_depends_on_policy_code_and_canonical_input() {
-        let defaults = PolicyDefaults {
-            fuel: 1,
-            memory_bytes: 1,
-            timeout: None,
-            max_memory_bytes: 1,
-        };
+        let defaults = PolicyDefaults::unbounded(1, 1, None);
         let mut policy = Policy {
             cache_ttl_ms: Some(1000),
             ..Policy::default()
