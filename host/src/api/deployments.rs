@@ -355,7 +355,7 @@ async fn save(
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     deployment
         .validate()
-        .map_err(|e| ApiError::bad_request("invalid_deployment", e))?;
+        .map_err(|e| ApiError::bad_request("invalid_deployment", e.to_string()))?;
     deployment.component = deployment
         .component
         .trim_start_matches("sha256:")
