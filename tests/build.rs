@@ -2,13 +2,19 @@
 //! example) for wasm32-wasip2 and exports their paths as constants.
 //!
 //! The guests are built by a nested cargo into `<target>/weir-guests`, apart
-//! from the host build, the same directory `host flow run` uses for them.
+//! from the host build, the same directory `host flow run` uses for them. The
+//! command and the reading of cargo's messages are the builder's own
+//! (`host/src/builder/cargo_guest.rs`), included as a file: depending on the
+//! host crate would compile all of it before this script could run.
 
+#[path = "../host/src/builder/cargo_guest.rs"]
+mod cargo_guest;
+
+use cargo_guest::{WASM_TARGET as TARGET, build_command, find_artifact, target_installed};
 use std::env;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
-const TARGET: &str = "wasm32-wasip2";
 /// (constant, package, folder)
 const GUESTS: &[(&str, &str, &str)] = &[
     (
@@ -36,34 +42,16 @@ fn main() {
     ensure_wasm_target();
 
     let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut command = Command::new(cargo);
-    command
-        .current_dir(&workspace)
-        .args([
-            "build",
-            "--release",
-            "--target",
-            TARGET,
-            "--message-format=json-render-diagnostics",
-        ])
-        .arg("--target-dir")
-        .arg(&target_dir)
-        // The same profile overrides as `host build`, so both share one build.
-        .env("CARGO_PROFILE_RELEASE_DEBUG", "false")
-        .env("CARGO_PROFILE_RELEASE_STRIP", "debuginfo")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
+    let mut command = build_command(&cargo, &target_dir);
+    command.current_dir(&workspace).stderr(Stdio::inherit());
     for (_, package, _) in GUESTS {
         command.args(["-p", package]);
     }
-    // What the outer build was told (clippy's wrapper, host RUSTFLAGS) is not for the guests.
+    // What the outer build was told (clippy's wrapper, its make jobserver) is not for the guests.
     for var in [
-        "RUSTFLAGS",
-        "CARGO_ENCODED_RUSTFLAGS",
         "RUSTC_WRAPPER",
         "RUSTC_WORKSPACE_WRAPPER",
         "CLIPPY_ARGS",
-        "CARGO_BUILD_TARGET",
         "CARGO_TARGET_DIR",
         "CARGO_MAKEFLAGS",
         "MAKEFLAGS",
@@ -93,17 +81,6 @@ fn main() {
     std::fs::write(out, constants).unwrap();
 }
 
-fn find_artifact(messages: &str, manifest: &Path) -> Option<PathBuf> {
-    messages
-        .lines()
-        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
-        .filter(|m| m["reason"] == "compiler-artifact")
-        .filter(|m| m["manifest_path"].as_str().map(Path::new) == Some(manifest))
-        .flat_map(|m| m["filenames"].as_array().cloned().unwrap_or_default())
-        .filter_map(|f| f.as_str().map(PathBuf::from))
-        .find(|f| f.extension().is_some_and(|e| e == "wasm"))
-}
-
 fn ensure_wasm_target() {
     let rustc = env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
     let sysroot = Command::new(rustc)
@@ -111,11 +88,7 @@ fn ensure_wasm_target() {
         .output()
         .expect("running rustc --print sysroot");
     let sysroot = String::from_utf8_lossy(&sysroot.stdout).trim().to_string();
-    if Path::new(&sysroot)
-        .join("lib/rustlib")
-        .join(TARGET)
-        .is_dir()
-    {
+    if target_installed(&sysroot) {
         return;
     }
     let status = Command::new("rustup")

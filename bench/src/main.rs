@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 use weir_host::clock::SystemClock;
 use weir_host::config::Paths;
 use weir_host::control::Control;
-use weir_host::engine::{Engine, EngineConfig, Entry, GuestHost, HostFuture};
-use weir_host::model::{Failure, Limits, LogLevel, RunInfo, RunState};
+use weir_host::engine::{Engine, EngineConfig, Entry, GuestHost, NullHost};
+use weir_host::model::{Limits, RunState};
 use weir_host::store::{Store, StoreTable};
 use weir_host::worker::{Executor, ExecutorSettings, FlowRunRequest};
 
@@ -297,45 +297,5 @@ fn print_table(r: &serde_json::Value) {
             "{:<44} {:>14}",
             "`host version`", "skipped: build with --release -p host first"
         ),
-    }
-}
-
-/// Serves a task instance in the sandbox-only measurement.
-struct NullHost;
-
-impl GuestHost for NullHost {
-    fn log(&self, _: LogLevel, _: &str) {}
-    fn call_task(&self, _: String, _: String) -> HostFuture<'_, Result<String, Failure>> {
-        Box::pin(async {
-            Err(Failure::new(
-                weir_host::model::FailureKind::Failed,
-                "not in the benchmark",
-            ))
-        })
-    }
-    fn submit_task(&self, _: String, _: String) -> HostFuture<'_, u64> {
-        Box::pin(async { 0 })
-    }
-    fn await_task(&self, _: u64) -> HostFuture<'_, Result<String, Failure>> {
-        Box::pin(async {
-            Err(Failure::new(
-                weir_host::model::FailureKind::Failed,
-                "not in the benchmark",
-            ))
-        })
-    }
-    fn call_flow(&self, _: String, _: String) -> HostFuture<'_, Result<String, Failure>> {
-        Box::pin(async {
-            Err(Failure::new(
-                weir_host::model::FailureKind::Failed,
-                "not in the benchmark",
-            ))
-        })
-    }
-    fn get_secret(&self, _: &str) -> Option<String> {
-        None
-    }
-    fn info(&self) -> RunInfo {
-        RunInfo::default()
     }
 }

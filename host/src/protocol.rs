@@ -1,7 +1,11 @@
 //! Wire formats: flow parameters from the command line and their validation
-//! against a flow's JSON Schema. No IO.
+//! against a flow's JSON Schema, and memory sizes as users write them. No IO.
 
 use serde_json::{Map, Value};
+
+/// Memory sizes ("64MiB") are read by the same parser as the SDK's
+/// `#[task(memory = ...)]`, so a size means one thing everywhere.
+pub use weir_units::{MemorySizeError, parse_memory_size};
 
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum ParamError {
@@ -95,27 +99,6 @@ pub fn validate_params(schema: &Value, params: &Value) -> Result<(), ParamError>
     }
 }
 
-/// "64MiB", "1GiB", "512KiB", "100MB" or a number of bytes.
-pub fn parse_memory_size(text: &str) -> Result<u64, String> {
-    let text = text.trim();
-    let digits = text.chars().take_while(|c| c.is_ascii_digit()).count();
-    let (number, unit) = text.split_at(digits);
-    let bad =
-        || format!("'{text}' is not a memory size; use e.g. 64MiB, 1GiB or a number of bytes");
-    let number: u64 = number.parse().map_err(|_| bad())?;
-    let factor: u64 = match unit.trim() {
-        "" | "B" => 1,
-        "KiB" => 1 << 10,
-        "MiB" => 1 << 20,
-        "GiB" => 1 << 30,
-        "KB" | "kB" => 1_000,
-        "MB" => 1_000_000,
-        "GB" => 1_000_000_000,
-        _ => return Err(bad()),
-    };
-    number.checked_mul(factor).ok_or_else(bad)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -161,14 +144,6 @@ mod tests {
             build_params(Some("{"), &[], None),
             Err(ParamError::NotAnObject(_))
         ));
-    }
-
-    #[test]
-    fn memory_sizes_read_like_people_write_them() {
-        assert_eq!(parse_memory_size("64MiB"), Ok(64 << 20));
-        assert_eq!(parse_memory_size("1 GiB"), Ok(1 << 30));
-        assert_eq!(parse_memory_size("4096"), Ok(4096));
-        assert!(parse_memory_size("lots").is_err());
     }
 
     #[test]

@@ -629,3 +629,31 @@ async fn a_log_flood_keeps_at_most_the_byte_cap_across_a_subflow_tree_and_counts
     // Three floods of 20,000 stdout lines and 20 stderr lines each.
     assert_eq!(kept_lines + dropped, 3 * 20_020, "{note}");
 }
+
+#[tokio::test]
+async fn a_task_cannot_start_tasks_or_flows() {
+    let h = Harness::new();
+    let (outcome, task) = call(&h, "nested_calls", json!({})).await;
+    assert_eq!(outcome.state, RunState::Completed, "{outcome:?}");
+    let answers = json(task.output.as_deref().unwrap());
+    let answers = answers.as_array().unwrap();
+    assert_eq!(answers.len(), 3, "{answers:?}");
+    for answer in answers {
+        assert!(
+            answer
+                .as_str()
+                .unwrap()
+                .contains("a task cannot start tasks or flows; call them from the flow instead"),
+            "{answer}"
+        );
+    }
+    // Nothing was started: `call` saw one task run, and there is no subflow run.
+    let runs = h
+        .store
+        .list_flow_runs(&weir_host::store::FlowRunFilter {
+            limit: 10,
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(runs.len(), 1, "{runs:?}");
+}

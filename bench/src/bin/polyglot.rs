@@ -17,8 +17,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use weir_host::builder::{self, BuildDirs};
 use weir_host::config::Paths;
-use weir_host::engine::{Engine, EngineConfig, Entry, GuestHost, HostFuture, LoadKind};
-use weir_host::model::{Failure, FailureKind, Limits, LogLevel, RunInfo};
+use weir_host::engine::{Engine, EngineConfig, Entry, GuestHost, LoadKind, NullHost};
+use weir_host::model::Limits;
 
 /// Targets from issue 6.
 const PYTHON_SECOND_LOAD_MS: f64 = 50.0;
@@ -198,32 +198,4 @@ fn print_table(rows: &[serde_json::Value], targets: &serde_json::Value) {
         let verdict = if measured <= target { "met" } else { "MISSED" };
         println!("target {name}: {measured} ms (≤ {target} ms) {verdict}");
     }
-}
-
-struct NullHost;
-
-impl GuestHost for NullHost {
-    fn log(&self, _: LogLevel, _: &str) {}
-    fn call_task(&self, _: String, _: String) -> HostFuture<'_, Result<String, Failure>> {
-        Box::pin(async { Err(not_here()) })
-    }
-    fn submit_task(&self, _: String, _: String) -> HostFuture<'_, u64> {
-        Box::pin(async { 0 })
-    }
-    fn await_task(&self, _: u64) -> HostFuture<'_, Result<String, Failure>> {
-        Box::pin(async { Err(not_here()) })
-    }
-    fn call_flow(&self, _: String, _: String) -> HostFuture<'_, Result<String, Failure>> {
-        Box::pin(async { Err(not_here()) })
-    }
-    fn get_secret(&self, _: &str) -> Option<String> {
-        None
-    }
-    fn info(&self) -> RunInfo {
-        RunInfo::default()
-    }
-}
-
-fn not_here() -> Failure {
-    Failure::new(FailureKind::Failed, "not in the benchmark")
 }

@@ -524,34 +524,12 @@ fn duration_ms(value: &Expr) -> syn::Result<u64> {
     Ok(number * factor)
 }
 
-/// "64MiB", "1GiB", "512KiB", "100MB", or a number of bytes → bytes.
+/// "64MiB", "1GiB", "512KiB", "100MB", or a number of bytes → bytes, read
+/// by the same parser as the host's `--task-memory` (crate `weir-units`).
 fn memory_bytes(value: &Expr) -> syn::Result<u64> {
     if let Ok(bytes) = integer(value) {
         return Ok(bytes);
     }
     let text = string(value)?;
-    let bad = || {
-        syn::Error::new(
-            value.span(),
-            format!("invalid memory size \"{text}\": use e.g. \"64MiB\", \"1GiB\", \"512KiB\""),
-        )
-    };
-    let digits = text
-        .trim()
-        .chars()
-        .take_while(|c| c.is_ascii_digit())
-        .count();
-    let (number, unit) = text.trim().split_at(digits);
-    let number: u64 = number.parse().map_err(|_| bad())?;
-    let factor: u64 = match unit.trim() {
-        "" | "B" => 1,
-        "KiB" => 1 << 10,
-        "MiB" => 1 << 20,
-        "GiB" => 1 << 30,
-        "KB" | "kB" => 1_000,
-        "MB" => 1_000_000,
-        "GB" => 1_000_000_000,
-        _ => return Err(bad()),
-    };
-    Ok(number * factor)
+    weir_units::parse_memory_size(&text).map_err(|e| syn::Error::new(value.span(), e))
 }

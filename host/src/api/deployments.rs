@@ -118,7 +118,7 @@ pub(super) async fn put_deployment(
 fn save(state: &ApiState, mut deployment: Deployment) -> ApiResult<(StatusCode, Json<Value>)> {
     deployment
         .validate()
-        .map_err(|e| ApiError::bad_request("invalid_deployment", e))?;
+        .map_err(|e| ApiError::bad_request("invalid_deployment", e.to_string()))?;
     deployment.component = deployment
         .component
         .trim_start_matches("sha256:")

@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use std::sync::Arc;
 
 fn check_name(what: &str, name: &str) -> ApiResult<()> {
-    validate_name(what, name).map_err(|e| ApiError::bad_request("bad_name", e))
+    validate_name(what, name).map_err(|e| ApiError::bad_request("bad_name", e.to_string()))
 }
 
 fn parse_rows<T: serde::de::DeserializeOwned>(

@@ -13,6 +13,7 @@
 //! themselves on first use (see [`polyglot`]); their components are kept by a
 //! hash of their inputs, so an unchanged project is not built again.
 
+mod cargo_guest;
 mod js;
 mod polyglot;
 mod python;
@@ -23,7 +24,7 @@ use crate::config::Paths;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-pub const WASM_TARGET: &str = "wasm32-wasip2";
+pub use cargo_guest::WASM_TARGET;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
@@ -160,11 +161,7 @@ pub fn build(path: &Path, dirs: &BuildDirs, show_progress: bool) -> Result<Built
 /// Adds the wasm target with rustup if rustc does not have it.
 fn ensure_target() -> Result<(), BuildError> {
     let sysroot = output_of(Command::new(rustc()).args(["--print", "sysroot"]))?;
-    let installed = Path::new(sysroot.trim())
-        .join("lib/rustlib")
-        .join(WASM_TARGET)
-        .is_dir();
-    if installed {
+    if cargo_guest::target_installed(&sysroot) {
         return Ok(());
     }
     eprintln!("Adding the {WASM_TARGET} target with rustup (once) ...");
@@ -232,27 +229,10 @@ fn cargo_build(manifest: &Path, show_progress: bool) -> Result<PathBuf, BuildErr
         .canonicalize()
         .map_err(|_| BuildError::Missing(manifest.to_path_buf()))?;
     let target_dir = target_dir(&manifest)?.join("weir-guests");
-    let mut command = Command::new(cargo());
+    let mut command = cargo_guest::build_command(&cargo(), &target_dir);
     command
-        .args([
-            "build",
-            "--release",
-            "--target",
-            WASM_TARGET,
-            "--message-format=json-render-diagnostics",
-            "--manifest-path",
-        ])
+        .arg("--manifest-path")
         .arg(&manifest)
-        .arg("--target-dir")
-        .arg(&target_dir)
-        // Flags meant for the host's own build must not leak into the guest's.
-        .env_remove("RUSTFLAGS")
-        .env_remove("CARGO_ENCODED_RUSTFLAGS")
-        .env_remove("CARGO_BUILD_TARGET")
-        // Debug info would make components ten times larger and slower to compile.
-        .env("CARGO_PROFILE_RELEASE_DEBUG", "false")
-        .env("CARGO_PROFILE_RELEASE_STRIP", "debuginfo")
-        .stdout(Stdio::piped())
         .stderr(if show_progress {
             Stdio::inherit()
         } else {
@@ -272,44 +252,13 @@ fn cargo_build(manifest: &Path, show_progress: bool) -> Result<PathBuf, BuildErr
         }
         return Err(BuildError::CompileFailed);
     }
-    find_artifact(&String::from_utf8_lossy(&out.stdout), &manifest)
+    cargo_guest::find_artifact(&String::from_utf8_lossy(&out.stdout), &manifest)
         .ok_or_else(|| BuildError::NoArtifact(manifest.parent().unwrap_or(&manifest).to_path_buf()))
-}
-
-/// The `.wasm` that cargo reported for the package at `manifest`.
-fn find_artifact(messages: &str, manifest: &Path) -> Option<PathBuf> {
-    messages
-        .lines()
-        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
-        .filter(|m| m["reason"] == "compiler-artifact")
-        .filter(|m| m["manifest_path"].as_str().map(Path::new) == Some(manifest))
-        .flat_map(|m| {
-            m["filenames"]
-                .as_array()
-                .cloned()
-                .unwrap_or_default()
-                .into_iter()
-                .filter_map(|f| f.as_str().map(PathBuf::from))
-                .collect::<Vec<_>>()
-        })
-        .find(|f| f.extension().is_some_and(|e| e == "wasm"))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn finds_the_wasm_of_the_named_package_only() {
-        let messages = r#"{"reason":"compiler-artifact","manifest_path":"/w/dep/Cargo.toml","filenames":["/t/dep.wasm"]}
-{"reason":"compiler-artifact","manifest_path":"/w/etl/Cargo.toml","filenames":["/t/etl.d","/t/etl.wasm"]}
-{"reason":"build-finished","success":true}"#;
-        assert_eq!(
-            find_artifact(messages, Path::new("/w/etl/Cargo.toml")),
-            Some(PathBuf::from("/t/etl.wasm"))
-        );
-        assert_eq!(find_artifact(messages, Path::new("/w/x/Cargo.toml")), None);
-    }
 
     #[test]
     fn a_folder_without_a_project_is_named() {

@@ -242,7 +242,7 @@ impl LimitSpec {
                 .as_deref()
                 .map(parse_memory_size)
                 .transpose()
-                .map_err(|e| bad("memory", e))?,
+                .map_err(|e| bad("memory", e.to_string()))?,
             fuel: self.fuel,
             retries: self.retries,
             ..Policy::default()

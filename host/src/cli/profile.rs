@@ -93,7 +93,8 @@ pub fn profile(command: ProfileCommand) -> anyhow::Result<()> {
     let mut profiles = load_profiles(&paths())?;
     match command {
         ProfileCommand::Create(p) => {
-            crate::model::deploy::validate_name("profile", &p.name).map_err(Exit::bad_input)?;
+            crate::model::deploy::validate_name("profile", &p.name)
+                .map_err(|e| Exit::bad_input(e.to_string()))?;
             if profiles.profiles.contains_key(&p.name) {
                 return Err(Exit::bad_input(format!("profile '{}' exists", p.name)));
             }

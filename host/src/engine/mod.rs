@@ -45,18 +45,52 @@ pub type HostFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// What a guest's imports do. The worker implements this per flow run and per
 /// task attempt; the engine only forwards calls.
+///
+/// Every method has a default that serves nothing: logs are dropped, secrets
+/// are absent, and calls to tasks and flows fail with [`GuestHost::refusal`].
+/// A host implements only what its instances may do (a task's host logs and
+/// reads secrets, but starts nothing).
 pub trait GuestHost: Send + Sync + 'static {
     /// A log line from the `log` import or from the guest's stdout/stderr.
-    fn log(&self, level: LogLevel, message: &str);
-    fn call_task(&self, name: String, input: String) -> HostFuture<'_, Result<String, Failure>>;
+    fn log(&self, _level: LogLevel, _message: &str) {}
+    fn call_task(&self, _name: String, _input: String) -> HostFuture<'_, Result<String, Failure>> {
+        let refusal = self.refusal();
+        Box::pin(async { Err(refusal) })
+    }
     /// Starts a task; the handle is awaited with `await_task`. May wait (for a
     /// concurrency slot) before it answers, so a flow cannot outrun its tasks.
-    fn submit_task(&self, name: String, input: String) -> HostFuture<'_, u64>;
-    fn await_task(&self, handle: u64) -> HostFuture<'_, Result<String, Failure>>;
-    fn call_flow(&self, name: String, params: String) -> HostFuture<'_, Result<String, Failure>>;
-    fn get_secret(&self, name: &str) -> Option<String>;
-    fn info(&self) -> RunInfo;
+    fn submit_task(&self, _name: String, _input: String) -> HostFuture<'_, u64> {
+        Box::pin(async { 0 })
+    }
+    fn await_task(&self, _handle: u64) -> HostFuture<'_, Result<String, Failure>> {
+        let refusal = self.refusal();
+        Box::pin(async { Err(refusal) })
+    }
+    fn call_flow(&self, _name: String, _params: String) -> HostFuture<'_, Result<String, Failure>> {
+        let refusal = self.refusal();
+        Box::pin(async { Err(refusal) })
+    }
+    fn get_secret(&self, _name: &str) -> Option<String> {
+        None
+    }
+    fn info(&self) -> RunInfo {
+        RunInfo::default()
+    }
+    /// Why the default `call_task`, `await_task` and `call_flow` fail: the
+    /// guest sees it as the call's error, so say what to do instead.
+    fn refusal(&self) -> Failure {
+        Failure::new(
+            FailureKind::Failed,
+            "this instance cannot start tasks or flows",
+        )
+    }
 }
+
+/// A host that serves nothing: every [`GuestHost`] default (benchmarks, tools
+/// that run a task on its own).
+pub struct NullHost;
+
+impl GuestHost for NullHost {}
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
@@ -861,31 +895,12 @@ impl GuestHost for DescribeHost {
     fn log(&self, level: LogLevel, message: &str) {
         tracing::debug!(%level, "describe: {message}");
     }
-    fn call_task(&self, _: String, _: String) -> HostFuture<'_, Result<String, Failure>> {
-        Box::pin(async { Err(not_while_describing()) })
+    fn refusal(&self) -> Failure {
+        Failure::new(
+            FailureKind::Failed,
+            "tasks and flows cannot be called from describe()",
+        )
     }
-    fn submit_task(&self, _: String, _: String) -> HostFuture<'_, u64> {
-        Box::pin(async { 0 })
-    }
-    fn await_task(&self, _: u64) -> HostFuture<'_, Result<String, Failure>> {
-        Box::pin(async { Err(not_while_describing()) })
-    }
-    fn call_flow(&self, _: String, _: String) -> HostFuture<'_, Result<String, Failure>> {
-        Box::pin(async { Err(not_while_describing()) })
-    }
-    fn get_secret(&self, _: &str) -> Option<String> {
-        None
-    }
-    fn info(&self) -> RunInfo {
-        RunInfo::default()
-    }
-}
-
-fn not_while_describing() -> Failure {
-    Failure::new(
-        FailureKind::Failed,
-        "tasks and flows cannot be called from describe()",
-    )
 }
 
 #[cfg(test)]

@@ -10,6 +10,59 @@ pub const DEFAULT_POOL: &str = "wasm";
 /// The queue every pool has.
 pub const DEFAULT_QUEUE: &str = "default";
 
+/// Why a deployment (or a name of one of its objects) is refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum DeploymentError {
+    #[error(
+        "{what} name '{name}' is not allowed: use 1-100 letters, digits, '-', '_' or '.' (not first)"
+    )]
+    BadName { what: String, name: String },
+    #[error(
+        "component '{0}' is not a sha256 digest; upload the .wasm first (host flow upload) and use the digest it prints"
+    )]
+    NotADigest(String),
+    #[error("flow is empty: name the flow of the component to run")]
+    EmptyFlow,
+    #[error("interval_seconds must be at least 1")]
+    ZeroInterval,
+    #[error("a schedule has either `cron` or `interval_seconds`, not both or neither")]
+    ScheduleKind,
+    #[error(transparent)]
+    Cron(#[from] CronError),
+    #[error("concurrency_limit must be at least 1 (or absent for no limit)")]
+    ZeroConcurrencyLimit,
+}
+
+/// Why a cron expression is refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum CronError {
+    #[error(
+        "cron '{expr}' has {count} fields; expected 5: minute hour day-of-month month day-of-week (e.g. '0 3 * * *')"
+    )]
+    FieldCount { expr: String, count: usize },
+    #[error("cron '{expr}': {field}: {problem}")]
+    Field {
+        expr: String,
+        field: &'static str,
+        problem: CronFieldError,
+    },
+}
+
+/// What is wrong with one cron field.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum CronFieldError {
+    #[error("'{0}' is not a number")]
+    NotANumber(String),
+    #[error("{n} is outside {lo}-{hi}")]
+    OutOfRange { n: u32, lo: u32, hi: u32 },
+    #[error("step '{0}' is not a number")]
+    StepNotANumber(String),
+    #[error("a step of 0")]
+    ZeroStep,
+    #[error("range {0}-{1} runs backwards")]
+    Backwards(u32, u32),
+}
+
 /// A named, server-side way to run one flow of one component.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -54,16 +107,13 @@ fn default_queue() -> String {
 
 impl Deployment {
     /// Checks what can be checked without the store.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), DeploymentError> {
         validate_name("deployment", &self.name)?;
         if super::ComponentDigest::parse(self.component.trim_start_matches("sha256:")).is_none() {
-            return Err(format!(
-                "component '{}' is not a sha256 digest; upload the .wasm first (host flow upload) and use the digest it prints",
-                self.component
-            ));
+            return Err(DeploymentError::NotADigest(self.component.clone()));
         }
         if self.flow.is_empty() {
-            return Err("flow is empty: name the flow of the component to run".into());
+            return Err(DeploymentError::EmptyFlow);
         }
         validate_name("work pool", &self.work_pool)?;
         validate_name("work queue", &self.work_queue)?;
@@ -74,7 +124,7 @@ impl Deployment {
             schedule.validate()?;
         }
         if self.concurrency_limit == Some(0) {
-            return Err("concurrency_limit must be at least 1 (or absent for no limit)".into());
+            return Err(DeploymentError::ZeroConcurrencyLimit);
         }
         Ok(())
     }
@@ -99,14 +149,12 @@ fn default_active() -> bool {
 }
 
 impl Schedule {
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), DeploymentError> {
         match (&self.cron, self.interval_seconds) {
-            (Some(expr), None) => Cron::parse(expr).map(|_| ()),
-            (None, Some(0)) => Err("interval_seconds must be at least 1".into()),
+            (Some(expr), None) => Ok(Cron::parse(expr).map(|_| ())?),
+            (None, Some(0)) => Err(DeploymentError::ZeroInterval),
             (None, Some(_)) => Ok(()),
-            _ => Err(
-                "a schedule has either `cron` or `interval_seconds`, not both or neither".into(),
-            ),
+            _ => Err(DeploymentError::ScheduleKind),
         }
     }
 
@@ -135,15 +183,19 @@ pub struct Cron {
 }
 
 impl Cron {
-    pub fn parse(expr: &str) -> Result<Cron, String> {
+    pub fn parse(expr: &str) -> Result<Cron, CronError> {
         let fields: Vec<&str> = expr.split_whitespace().collect();
         let [min, hour, dom, month, dow] = fields.as_slice() else {
-            return Err(format!(
-                "cron '{expr}' has {} fields; expected 5: minute hour day-of-month month day-of-week (e.g. '0 3 * * *')",
-                fields.len()
-            ));
+            return Err(CronError::FieldCount {
+                expr: expr.to_string(),
+                count: fields.len(),
+            });
         };
-        let bad = |what: &str, e: String| format!("cron '{expr}': {what}: {e}");
+        let bad = |field: &'static str, problem: CronFieldError| CronError::Field {
+            expr: expr.to_string(),
+            field,
+            problem,
+        };
         let weekdays = field(
             dow,
             0,
@@ -207,15 +259,17 @@ fn bit(set: u64, n: u32) -> bool {
 }
 
 /// Parses one cron field into a bit set.
-fn field(text: &str, lo: u32, hi: u32, names: &[&str]) -> Result<u64, String> {
-    let value = |s: &str| -> Result<u32, String> {
+fn field(text: &str, lo: u32, hi: u32, names: &[&str]) -> Result<u64, CronFieldError> {
+    let value = |s: &str| -> Result<u32, CronFieldError> {
         let lower = s.to_ascii_lowercase();
         if let Some(i) = names.iter().position(|n| *n == lower) {
             return Ok(i as u32 + lo);
         }
-        let n: u32 = s.parse().map_err(|_| format!("'{s}' is not a number"))?;
+        let n: u32 = s
+            .parse()
+            .map_err(|_| CronFieldError::NotANumber(s.to_string()))?;
         if n < lo || n > hi {
-            return Err(format!("{n} is outside {lo}-{hi}"));
+            return Err(CronFieldError::OutOfRange { n, lo, hi });
         }
         Ok(n)
     };
@@ -225,9 +279,9 @@ fn field(text: &str, lo: u32, hi: u32, names: &[&str]) -> Result<u64, String> {
             Some((r, s)) => {
                 let step: u32 = s
                     .parse()
-                    .map_err(|_| format!("step '{s}' is not a number"))?;
+                    .map_err(|_| CronFieldError::StepNotANumber(s.to_string()))?;
                 if step == 0 {
-                    return Err("a step of 0".into());
+                    return Err(CronFieldError::ZeroStep);
                 }
                 (r, step)
             }
@@ -238,7 +292,7 @@ fn field(text: &str, lo: u32, hi: u32, names: &[&str]) -> Result<u64, String> {
         } else if let Some((a, b)) = range.split_once('-') {
             let (a, b) = (value(a)?, value(b)?);
             if a > b {
-                return Err(format!("range {a}-{b} runs backwards"));
+                return Err(CronFieldError::Backwards(a, b));
             }
             (a, b)
         } else {
@@ -345,7 +399,7 @@ impl std::fmt::Debug for GrantedSecrets {
 
 /// Names of deployments, pools, queues, secrets and variables: they appear in
 /// URLs and files, so letters, digits, `-`, `_` and `.`, at most 100.
-pub fn validate_name(what: &str, name: &str) -> Result<(), String> {
+pub fn validate_name(what: &str, name: &str) -> Result<(), DeploymentError> {
     let ok = !name.is_empty()
         && name.len() <= 100
         && name
@@ -355,9 +409,10 @@ pub fn validate_name(what: &str, name: &str) -> Result<(), String> {
     if ok {
         Ok(())
     } else {
-        Err(format!(
-            "{what} name '{name}' is not allowed: use 1-100 letters, digits, '-', '_' or '.' (not first)"
-        ))
+        Err(DeploymentError::BadName {
+            what: what.to_string(),
+            name: name.to_string(),
+        })
     }
 }
 
@@ -415,17 +470,19 @@ mod tests {
 
     #[test]
     fn bad_cron_says_which_field() {
-        assert!(Cron::parse("* * *").unwrap_err().contains("expected 5"));
-        assert!(
-            Cron::parse("61 * * * *")
-                .unwrap_err()
-                .contains("minute: 61 is outside 0-59")
-        );
-        assert!(Cron::parse("* * * foo *").unwrap_err().contains("month"));
-        assert!(
-            Cron::parse("*/0 * * * *")
-                .unwrap_err()
-                .contains("step of 0")
+        let message = |expr: &str| Cron::parse(expr).unwrap_err().to_string();
+        assert!(message("* * *").contains("expected 5"));
+        assert!(message("61 * * * *").contains("minute: 61 is outside 0-59"));
+        assert!(message("* * * foo *").contains("month: 'foo' is not a number"));
+        assert!(message("*/0 * * * *").contains("step of 0"));
+        assert!(message("5-1 * * * *").contains("range 5-1 runs backwards"));
+        assert_eq!(
+            Cron::parse("* * * * x/2"),
+            Err(CronError::Field {
+                expr: "* * * * x/2".into(),
+                field: "day-of-week",
+                problem: CronFieldError::NotANumber("x".into())
+            })
         );
     }
 

@@ -1321,6 +1321,85 @@ impl Drop for Savepoint<'_> {
     }
 }
 
+/// The two run tables whose state changes are written alike.
+#[derive(Clone, Copy)]
+enum RunTable {
+    Flow,
+    Task,
+}
+
+impl RunTable {
+    /// The compare-and-set update of a run's state, with the table's column
+    /// names; only task runs wait for a next attempt (`?12`).
+    fn set_state_sql(self) -> String {
+        let (table, output, attempts, next_attempt) = match self {
+            RunTable::Flow => ("flow_runs", "result", "attempt", ""),
+            RunTable::Task => ("task_runs", "output", "attempts", ", next_attempt_us = ?12"),
+        };
+        format!(
+            "UPDATE {table} SET state = ?3, message = CASE WHEN ?3 IN ('Completed', 'Running') THEN ?4 ELSE coalesce(?4, message) END, failure_kind = ?5,
+                {output} = coalesce(?6, {output}), {attempts} = coalesce(?7, {attempts}),
+                fuel_used = coalesce(?8, fuel_used), peak_memory = coalesce(?9, peak_memory),
+                started_us = CASE WHEN ?3 = 'Running' THEN coalesce(started_us, ?10) ELSE started_us END,
+                ended_us = CASE WHEN ?11 THEN ?10 ELSE NULL END{next_attempt}
+             WHERE id = ?1 AND state = ?2"
+        )
+    }
+
+    /// How many of `set_state`'s parameters its update binds.
+    fn set_state_parameters(self) -> usize {
+        match self {
+            RunTable::Flow => 11,
+            RunTable::Task => 12,
+        }
+    }
+}
+
+/// Writes a state change to a flow or task run if the run is still in
+/// `change.from`, and adds it to the run's state history.
+fn set_state(
+    conn: &Connection,
+    table: RunTable,
+    change: &StateChange,
+    files: &ResultFiles,
+) -> Result<(), StoreError> {
+    let output = change
+        .output
+        .as_deref()
+        .map(|o| files.deflate(o))
+        .transpose()?;
+    let args = params![
+        change.id.as_bytes(),
+        change.from.as_str(),
+        change.to.as_str(),
+        change.message,
+        change.failure_kind.map(|k| k.as_str()),
+        output,
+        change.attempts,
+        change.fuel_used.map(|v| v as i64),
+        change.peak_memory.map(|v| v as i64),
+        change.at,
+        change.to.is_terminal(),
+        change.next_attempt_at,
+    ];
+    let n = conn
+        .prepare_cached(&table.set_state_sql())?
+        .execute(&args[..table.set_state_parameters()])?;
+    if n != 1 {
+        return Err(StoreError::Conflict {
+            expected: change.from,
+        });
+    }
+    record_state(
+        conn,
+        change.id,
+        change.at,
+        change.to,
+        change.message.as_deref(),
+    )?;
+    Ok(())
+}
+
 fn apply(conn: &Connection, write: &Write, files: &ResultFiles) -> Result<(), StoreError> {
     match write {
         Write::Component {
@@ -1386,80 +1465,8 @@ fn apply(conn: &Connection, write: &Write, files: &ResultFiles) -> Result<(), St
             ])?;
             record_state(conn, run.id.0, run.at, run.state, None)?;
         }
-        Write::FlowRunState(change) => {
-            let n = conn
-                .prepare_cached(
-                    "UPDATE flow_runs SET state = ?3, message = CASE WHEN ?3 IN ('Completed', 'Running') THEN ?4 ELSE coalesce(?4, message) END, failure_kind = ?5,
-                        result = coalesce(?6, result), attempt = coalesce(?7, attempt),
-                        fuel_used = coalesce(?8, fuel_used), peak_memory = coalesce(?9, peak_memory),
-                        started_us = CASE WHEN ?3 = 'Running' THEN coalesce(started_us, ?10) ELSE started_us END,
-                        ended_us = CASE WHEN ?11 THEN ?10 ELSE NULL END
-                     WHERE id = ?1 AND state = ?2",
-                )?
-                .execute(params![
-                    change.id.as_bytes(),
-                    change.from.as_str(),
-                    change.to.as_str(),
-                    change.message,
-                    change.failure_kind.map(|k| k.as_str()),
-                    change.output.as_deref().map(|o| files.deflate(o)).transpose()?,
-                    change.attempts,
-                    change.fuel_used.map(|v| v as i64),
-                    change.peak_memory.map(|v| v as i64),
-                    change.at,
-                    change.to.is_terminal(),
-                ])?;
-            if n != 1 {
-                return Err(StoreError::Conflict {
-                    expected: change.from,
-                });
-            }
-            record_state(
-                conn,
-                change.id,
-                change.at,
-                change.to,
-                change.message.as_deref(),
-            )?;
-        }
-        Write::TaskRunState(change) => {
-            let n = conn
-                .prepare_cached(
-                    "UPDATE task_runs SET state = ?3, message = CASE WHEN ?3 IN ('Completed', 'Running') THEN ?4 ELSE coalesce(?4, message) END, failure_kind = ?5,
-                        output = coalesce(?6, output), attempts = coalesce(?7, attempts),
-                        fuel_used = coalesce(?8, fuel_used), peak_memory = coalesce(?9, peak_memory),
-                        started_us = CASE WHEN ?3 = 'Running' THEN coalesce(started_us, ?10) ELSE started_us END,
-                        ended_us = CASE WHEN ?11 THEN ?10 ELSE NULL END,
-                        next_attempt_us = ?12
-                     WHERE id = ?1 AND state = ?2",
-                )?
-                .execute(params![
-                    change.id.as_bytes(),
-                    change.from.as_str(),
-                    change.to.as_str(),
-                    change.message,
-                    change.failure_kind.map(|k| k.as_str()),
-                    change.output.as_deref().map(|o| files.deflate(o)).transpose()?,
-                    change.attempts,
-                    change.fuel_used.map(|v| v as i64),
-                    change.peak_memory.map(|v| v as i64),
-                    change.at,
-                    change.to.is_terminal(),
-                    change.next_attempt_at,
-                ])?;
-            if n != 1 {
-                return Err(StoreError::Conflict {
-                    expected: change.from,
-                });
-            }
-            record_state(
-                conn,
-                change.id,
-                change.at,
-                change.to,
-                change.message.as_deref(),
-            )?;
-        }
+        Write::FlowRunState(change) => set_state(conn, RunTable::Flow, change, files)?,
+        Write::TaskRunState(change) => set_state(conn, RunTable::Task, change, files)?,
         Write::TaskAttempt(a) => {
             let (kind, message) = match &a.failure {
                 Some((kind, message)) => (Some(kind.as_str()), Some(message.as_str())),

@@ -181,3 +181,86 @@ fn reopening_keeps_data_and_schema() {
     let store = Store::open(&path).unwrap();
     assert_eq!(store.flow_run(id).unwrap().flow_name, "etl");
 }
+
+/// Flow and task runs share one state update; each must still write its own
+/// table and columns: a task's wait for its next attempt, a flow's result.
+#[tokio::test]
+async fn state_changes_write_the_table_of_their_run_kind_only() {
+    let (_dir, store) = open();
+    let flow = FlowRunId::new();
+    let task = TaskRunId::new();
+    let new_task = Write::NewTaskRun(NewTaskRun {
+        id: task,
+        flow_run: flow,
+        call_seq: 0,
+        task_name: "load".into(),
+        input: "{}".into(),
+        state: RunState::Running,
+        cache_key: None,
+        cached_from: None,
+        host: "test".into(),
+        at: 10,
+    });
+    store
+        .submit(vec![new_flow_run(flow), new_task])
+        .committed()
+        .await
+        .unwrap();
+
+    let mut retrying = StateChange::new(task.0, RunState::Running, RunState::Retrying, 20);
+    retrying.message = Some("boom".into());
+    retrying.attempts = Some(1);
+    retrying.next_attempt_at = Some(30);
+    // Aimed at the other table, the same change finds no such run and writes nothing.
+    let err = store
+        .submit(vec![Write::FlowRunState(retrying.clone())])
+        .committed()
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Conflict { .. }), "{err}");
+    assert_eq!(store.state_history(task.0).unwrap().len(), 1);
+
+    store
+        .submit(vec![Write::TaskRunState(retrying)])
+        .committed()
+        .await
+        .unwrap();
+    let row = store.task_run(task).unwrap();
+    assert_eq!(
+        (
+            row.state,
+            row.attempts,
+            row.next_attempt_at,
+            row.message.as_deref()
+        ),
+        (RunState::Retrying, 1, Some(30), Some("boom"))
+    );
+
+    // The next attempt starts: the wait is over.
+    let running = StateChange::new(task.0, RunState::Retrying, RunState::Running, 30);
+    store
+        .submit(vec![Write::TaskRunState(running)])
+        .committed()
+        .await
+        .unwrap();
+    let row = store.task_run(task).unwrap();
+    assert_eq!((row.state, row.next_attempt_at), (RunState::Running, None));
+
+    // A flow run has no next attempt column; a change that carries one still
+    // writes the flow's result and attempt, and leaves its task alone.
+    let mut done = StateChange::new(flow.0, RunState::Running, RunState::Completed, 40);
+    done.output = Some("7".into());
+    done.attempts = Some(2);
+    done.next_attempt_at = Some(99);
+    store
+        .submit(vec![Write::FlowRunState(done)])
+        .committed()
+        .await
+        .unwrap();
+    let row = store.flow_run(flow).unwrap();
+    assert_eq!(
+        (row.state, row.result.as_deref(), row.attempt, row.ended_at),
+        (RunState::Completed, Some("7"), 2, Some(40))
+    );
+    assert_eq!(store.task_run(task).unwrap().state, RunState::Running);
+}

@@ -1472,29 +1472,10 @@ struct TaskHost {
     attempt: u32,
 }
 
-fn tasks_cannot_call() -> Failure {
-    Failure::new(
-        FailureKind::Failed,
-        "a task cannot start tasks or flows; call them from the flow instead",
-    )
-}
-
 impl GuestHost for TaskHost {
     fn log(&self, level: LogLevel, message: &str) {
         self.run
             .log(Some((self.task_run, &self.task_name)), level, message);
-    }
-    fn call_task(&self, _: String, _: String) -> HostFuture<'_, Result<String, Failure>> {
-        Box::pin(async { Err(tasks_cannot_call()) })
-    }
-    fn submit_task(&self, _: String, _: String) -> HostFuture<'_, u64> {
-        Box::pin(async { 0 })
-    }
-    fn await_task(&self, _: u64) -> HostFuture<'_, Result<String, Failure>> {
-        Box::pin(async { Err(tasks_cannot_call()) })
-    }
-    fn call_flow(&self, _: String, _: String) -> HostFuture<'_, Result<String, Failure>> {
-        Box::pin(async { Err(tasks_cannot_call()) })
     }
     fn get_secret(&self, name: &str) -> Option<String> {
         self.run.get_secret(name)
@@ -1502,6 +1483,12 @@ impl GuestHost for TaskHost {
     fn info(&self) -> RunInfo {
         self.run
             .run_info(Some((&self.task_run, &self.task_name, self.attempt)))
+    }
+    fn refusal(&self) -> Failure {
+        Failure::new(
+            FailureKind::Failed,
+            "a task cannot start tasks or flows; call them from the flow instead",
+        )
     }
 }
 
