@@ -933,7 +933,7 @@ impl Store {
     /// Deletes log lines written before `before`, whatever their run: the
     /// server's log retention. Runs and their records stay. Returns the lines deleted.
     pub fn prune_logs_older_than(&self, before: TimestampMicros) -> Result<u64, StoreError> {
-        let conn = self.reader.lock().unwrap_or_else(|p| p.into_inner());
+        let conn = self.readers[0].lock().unwrap_or_else(|p| p.into_inner());
         Ok(conn.execute("DELETE FROM logs WHERE at_us < ?1", [before])? as u64)
     }
 
