@@ -104,6 +104,11 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX flow_runs_due ON flow_runs (scheduled_us) WHERE state = 'Scheduled';
     CREATE INDEX flow_runs_by_deployment ON flow_runs (deployment, created_us) WHERE deployment IS NOT NULL;
     ",
+    // 3: task inputs are recorded redacted; replay matches a call by the hash
+    // of its input before redaction.
+    "
+    ALTER TABLE task_runs ADD COLUMN input_sha256 TEXT;
+    ",
 ];
 
 /// Brings the database up to the newest schema, one transaction per migration.

@@ -108,6 +108,7 @@ async fn task_runs_attempts_and_cache_lookups() {
         call_seq: 0,
         task_name: "load".into(),
         input: "{}".into(),
+        input_sha256: "sha-of-input".into(),
         state: RunState::Running,
         cache_key: Some("k1".into()),
         cached_from: None,
