@@ -140,6 +140,13 @@ async fn task_runs_attempts_and_cache_lookups() {
     let tasks = store.task_runs(flow).unwrap();
     assert_eq!(tasks.len(), 1);
     assert_eq!(tasks[0].output.as_deref(), Some("\"ok\""));
+    // Replay matches on the hash of the raw input; it is read back, never sent.
+    assert_eq!(tasks[0].input_sha256.as_deref(), Some("sha-of-input"));
+    assert!(
+        !serde_json::to_string(&tasks[0])
+            .unwrap()
+            .contains("sha-of-input")
+    );
     assert_eq!(store.task_attempts(task).unwrap()[0].fuel_used, 100);
     assert_eq!(
         store.cached_output("k1", 15).unwrap(),
