@@ -1172,15 +1172,18 @@ impl FlowRun {
         } else {
             drop(replay);
             let what = if recorded.task_name == name {
-                format!("'{name}' with another input")
+                format!("'{name}' had another input in an earlier attempt")
             } else {
-                format!("'{}' and is '{name}' now", recorded.task_name)
+                format!(
+                    "was '{}' in an earlier attempt and is '{name}' now",
+                    recorded.task_name
+                )
             };
             self.log(
                 None,
                 LogLevel::Warn,
                 &format!(
-                    "call #{seq} was {what} in an earlier attempt: the flow is not deterministic, so the task runs again"
+                    "call #{seq} {what}: the flow is not deterministic, so the task runs again"
                 ),
             );
             None
