@@ -1520,3 +1520,273 @@ fn sigterm_ends_event_streams_and_stops_while_a_run_is_followed() {
     let streamed = follower.join().unwrap();
     assert!(streamed.contains("event: state"), "{streamed}");
 }
+
+/// Secrets that defeat matching on the raw text: a quote, a backslash and a
+/// newline (with unicode), a PEM-like block printed line by line, and one of
+/// three characters.
+const HARD_SECRETS: [(&str, &str); 3] = [
+    ("quoted", "q\"uo\\te\nsecond-line-é"),
+    (
+        "pem",
+        "-----BEGIN TEST KEY-----\nMIIBVwIBADANBgkqhkiG9w0BAQEFAASCAUEwggE9\nq8Zr4KpLmN0vW2yT7uJ3hFdS9aXcE6bR\n-----END TEST KEY-----\n",
+    ),
+    ("short", "#Q~"),
+];
+
+/// Every text that would give a secret away: the value and each of its lines
+/// longer than 2 characters, raw, JSON-escaped (once and twice) and `{:?}`-escaped.
+fn secret_traces(values: &[&str]) -> Vec<String> {
+    let body = |quoted: String| quoted[1..quoted.len() - 1].to_string();
+    let json = |text: &str| body(serde_json::to_string(text).unwrap());
+    let mut traces = std::collections::BTreeSet::new();
+    for value in values {
+        let lines = value.lines().filter(|l| l.chars().count() > 2);
+        for text in std::iter::once(*value).chain(lines) {
+            traces.insert(text.to_string());
+            traces.insert(json(text));
+            traces.insert(json(&json(text)));
+            traces.insert(body(format!("{text:?}")));
+        }
+    }
+    traces.into_iter().collect()
+}
+
+/// `value` as sent, and every string inside it, JSON nested in strings included.
+fn texts_in(value: &Value, out: &mut Vec<String>) {
+    match value {
+        Value::String(s) => {
+            out.push(s.clone());
+            if let Ok(inner) = serde_json::from_str::<Value>(s)
+                && !inner.is_number()
+            {
+                texts_in(&inner, out);
+            }
+        }
+        Value::Array(items) => items.iter().for_each(|v| texts_in(v, out)),
+        Value::Object(map) => map.values().for_each(|v| texts_in(v, out)),
+        _ => {}
+    }
+}
+
+fn assert_no_trace(traces: &[String], what: &str, text: &str) {
+    for trace in traces {
+        assert!(
+            !text.contains(trace.as_str()),
+            "{what} holds {trace:?} in clear: {text}"
+        );
+    }
+}
+
+/// The attacker's view of redaction: secrets with quotes, backslashes,
+/// newlines, a PEM block and three characters, put by the guest everywhere it
+/// can (logs raw/JSON/`{:?}`/stdout, task inputs and outputs, a cache hit, a
+/// task retry, subflow params, a flow retry, the result), must not be found
+/// in any API reply, event, CLI output or file under `$WEIR_HOME`; and the
+/// flow's second attempt replays its secret-bearing calls instead of rerunning them.
+#[test]
+fn secrets_are_redacted_in_every_encoding_on_every_record_path() {
+    let server = TestServer::start();
+    let digest = server.upload(FIXTURE_WASM);
+    for (name, value) in HARD_SECRETS {
+        let (status, reply) = server.send(
+            "PUT",
+            &format!("/api/secrets/{name}"),
+            json!({ "value": value }),
+        );
+        assert_eq!(status, 200, "{reply}");
+    }
+    let names: Vec<&str> = HARD_SECRETS.iter().map(|(n, _)| *n).collect();
+    let mut d = deployment(
+        "everywhere",
+        &digest,
+        "secret_everywhere",
+        // Over the 64 KiB threshold: the result goes to a file under results/.
+        json!({ "names": names, "pad": 70_000 }),
+    );
+    d["secrets"] = json!(names);
+    assert_eq!(server.send("PUT", "/api/deployments/everywhere", d).0, 201);
+    let (status, started) = server.send("POST", "/api/deployments/everywhere/runs", json!({}));
+    assert_eq!(status, 202, "{started}");
+    let id = started["flow_run_id"].as_str().unwrap().to_string();
+    let (events, run) = server.events(&id);
+    assert_eq!(run["state"], "Completed", "{run}");
+
+    // The guest had the values: what it wrote is there, redacted.
+    let result: Value = serde_json::from_str(run["result"].as_str().unwrap()).unwrap();
+    for (i, _) in HARD_SECRETS.iter().enumerate() {
+        assert_eq!(result["results"][i]["value"], "***", "{result}");
+    }
+    let logs: Vec<&str> = events
+        .iter()
+        .filter(|(e, _)| e == "log")
+        .map(|(_, v)| v["message"].as_str().unwrap())
+        .collect();
+    assert!(logs.contains(&"flow raw: ***"), "{logs:?}");
+
+    let (_, detail) = server.get(&format!("/api/flow-runs/{id}"));
+    let tasks = detail["task_runs"].as_array().unwrap();
+    assert!(
+        tasks.iter().any(|t| t["state"] == "Cached"),
+        "the second cached call hits the cache: {detail}"
+    );
+    // Attempt 2 replayed every call of attempt 1, secret-bearing inputs included.
+    let mut seqs: Vec<u64> = tasks
+        .iter()
+        .map(|t| t["call_seq"].as_u64().unwrap())
+        .collect();
+    let calls = seqs.len();
+    seqs.dedup();
+    assert_eq!(seqs.len(), calls, "a call ran twice: {detail}");
+    let states: Vec<&str> = detail["states"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["state"].as_str().unwrap())
+        .collect();
+    assert!(states.contains(&"Retrying"), "{states:?}");
+
+    let values: Vec<&str> = HARD_SECRETS.iter().map(|(_, v)| *v).collect();
+    let traces = secret_traces(&values);
+    let mut replies: Vec<(String, Value)> = events
+        .iter()
+        .map(|(e, v)| (format!("event {e}"), v.clone()))
+        .collect();
+    replies.push(("event end".into(), run.clone()));
+    let (_, list) = server.get("/api/flow-runs");
+    let runs: Vec<String> = list["flow_runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_str().unwrap().to_string())
+        .collect();
+    assert!(runs.len() > 1, "the subflows are listed: {list}");
+    replies.push(("/api/flow-runs".into(), list));
+    for run in &runs {
+        for path in [
+            format!("/api/flow-runs/{run}"),
+            format!("/api/flow-runs/{run}/logs"),
+            format!("/api/flow-runs/{run}/task-runs"),
+        ] {
+            let (status, reply) = server.get(&path);
+            assert_eq!(status, 200, "{path}");
+            replies.push((path, reply));
+        }
+        let (_, detail) = server.get(&format!("/api/flow-runs/{run}"));
+        for task in detail["task_runs"].as_array().unwrap() {
+            let path = format!("/api/task-runs/{}", task["id"].as_str().unwrap());
+            let (status, reply) = server.get(&path);
+            assert_eq!(status, 200, "{path}");
+            replies.push((path, reply));
+        }
+    }
+    for (what, reply) in &replies {
+        let mut texts = vec![reply.to_string()];
+        texts_in(reply, &mut texts);
+        for text in texts {
+            assert_no_trace(&traces, what, &text);
+        }
+    }
+    for args in [
+        ["flow-run", "inspect", id.as_str()],
+        ["flow-run", "logs", id.as_str()],
+    ] {
+        let out = server.cli(&args);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        assert_no_trace(&traces, &args.join(" "), &text(&out.stdout));
+        assert_no_trace(&traces, &args.join(" "), &text(&out.stderr));
+    }
+
+    // Every record on disk: the database, its WAL, result files. (Components
+    // and compiled code are not records, and are large enough to hold any
+    // three bytes by chance.)
+    let mut dirs = vec![server.home.path().to_path_buf()];
+    let mut result_files = 0;
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            if path.is_dir() {
+                if name != "components" && name != "cache" {
+                    dirs.push(path);
+                }
+                continue;
+            }
+            result_files += usize::from(dir.ends_with("results"));
+            let bytes = std::fs::read(&path).unwrap();
+            for trace in &traces {
+                assert!(
+                    !bytes.windows(trace.len()).any(|w| w == trace.as_bytes()),
+                    "{} holds {trace:?} in clear",
+                    path.display()
+                );
+            }
+        }
+    }
+    assert!(result_files > 0, "the padded result went to a file");
+}
+
+/// A server killed after a task whose input holds a secret completed: on
+/// restart the run resumes and replays that call (its recorded input is
+/// redacted, so it is matched by the hash of the real one), not run it again.
+#[test]
+fn a_resumed_run_replays_a_call_whose_input_held_a_secret() {
+    let server = TestServer::start();
+    let digest = server.upload(FIXTURE_WASM);
+    let (status, _) = server.send(
+        "PUT",
+        "/api/secrets/token",
+        json!({ "value": "resume-me-t0ken" }),
+    );
+    assert_eq!(status, 200);
+    let mut d = deployment(
+        "resumable",
+        &digest,
+        "secret_then_sleep",
+        json!({ "name": "token", "n": 40, "ms": 20 }),
+    );
+    d["secrets"] = json!(["token"]);
+    assert_eq!(server.send("PUT", "/api/deployments/resumable", d).0, 201);
+    let (status, started) = server.send("POST", "/api/deployments/resumable/runs", json!({}));
+    assert_eq!(status, 202, "{started}");
+    let id = started["flow_run_id"].as_str().unwrap().to_string();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let completed = |detail: &Value| {
+        detail["task_runs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|t| t["state"] == "Completed")
+            .count()
+    };
+    loop {
+        assert!(Instant::now() < deadline, "the run never got going");
+        // The echo (call #0) and a few sleepers are durable.
+        if completed(&server.get(&format!("/api/flow-runs/{id}")).1) >= 3 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let server = server.kill_and_restart();
+    let (_, run) = server.events(&id);
+    assert_eq!(run["state"], "Completed", "{run}");
+    let (_, detail) = server.get(&format!("/api/flow-runs/{id}"));
+    let echo: Vec<&Value> = detail["task_runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["call_seq"] == 0)
+        .collect();
+    assert_eq!(echo.len(), 1, "the secret-bearing call ran again: {detail}");
+    assert!(
+        echo[0]["input"].as_str().unwrap().contains("***"),
+        "{detail}"
+    );
+    let states: Vec<&str> = detail["states"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["state"].as_str().unwrap())
+        .collect();
+    assert!(states.contains(&"Crashed"), "{states:?}");
+    assert!(!detail.to_string().contains("resume-me-t0ken"));
+}

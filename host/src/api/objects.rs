@@ -340,6 +340,8 @@ pub(super) async fn put_secret(
 ) -> ApiResult<Json<Value>> {
     check_name("secret", &name)?;
     let SecretValue { value } = parse_body(&body, r#"{"value": "..."}"#)?;
+    crate::model::validate_secret_value(&name, &value)
+        .map_err(|e| ApiError::bad_request("secret_too_short", e))?;
     state
         .blocking(move |state| {
             let sealed = state.dispatcher.secrets().seal(&name, &value);

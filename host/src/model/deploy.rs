@@ -362,39 +362,159 @@ pub struct Variable {
     pub value: Value,
 }
 
+/// The fewest characters a secret may have when it is set. Every granted
+/// value is redacted whatever its length, but a one- or two-character value
+/// would turn every occurrence of those characters in logs and results into
+/// `***` while protecting nothing: it can be guessed.
+pub const MIN_SECRET_CHARS: usize = 3;
+
+/// Lines of a multi-line secret shorter than this are not redacted on their
+/// own: a PEM's `==` tail or a JSON credential's `}` would blank out every
+/// such text in the run's records.
+const MIN_SECRET_LINE_CHARS: usize = 3;
+
+/// What replaces a secret in everything recorded.
+pub const REDACTED: &str = "***";
+
+/// Refuses a secret value too short to be worth keeping secret.
+pub fn validate_secret_value(name: &str, value: &str) -> Result<(), String> {
+    let chars = value.chars().count();
+    if chars < MIN_SECRET_CHARS {
+        return Err(format!(
+            "secret '{name}' has {chars} characters; a secret needs at least {MIN_SECRET_CHARS} \
+             (a shorter one can be guessed, and redacting it would blank those characters out of every log and result)"
+        ));
+    }
+    Ok(())
+}
+
 /// The secrets a run may read, in clear, and the redaction of their values.
 #[derive(Clone, Default)]
-pub struct GrantedSecrets(std::collections::BTreeMap<String, String>);
+pub struct GrantedSecrets {
+    values: std::collections::BTreeMap<String, String>,
+    /// Every encoded form of every value (see `encoded_forms`); `None` when
+    /// nothing is granted, so a run without secrets pays nothing.
+    patterns: Option<aho_corasick::AhoCorasick>,
+}
 
 impl GrantedSecrets {
     pub fn new(values: impl IntoIterator<Item = (String, String)>) -> Self {
-        Self(values.into_iter().collect())
+        let values: std::collections::BTreeMap<String, String> = values.into_iter().collect();
+        let forms: std::collections::BTreeSet<String> =
+            values.values().flat_map(|v| encoded_forms(v)).collect();
+        // Overlapping matches are all reported (see `redact`), so the order of
+        // the patterns does not decide what is covered.
+        let patterns = (!forms.is_empty()).then(|| {
+            aho_corasick::AhoCorasick::new(&forms)
+                // Only fails past u32::MAX automaton states: gigabytes of secrets.
+                .expect("the patterns of a run's secrets fit an automaton")
+        });
+        Self { values, patterns }
     }
 
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.0.get(name).map(String::as_str)
+        self.values.get(name).map(String::as_str)
     }
 
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.values.is_empty()
     }
 
-    /// `text` with every granted value (of 4+ characters) replaced by `***`.
+    /// `text` with every granted value replaced by `***`, in every form a
+    /// guest or the host may have written it: raw, JSON-escaped (also with
+    /// `\uXXXX` for non-ASCII, as Python writes it), Rust-`{:?}`-escaped,
+    /// any two of those nested, and each line of a multi-line value (stdout
+    /// reaches the log one line at a time). Where secrets overlap, the union
+    /// of their spans is replaced, so no tail of the longer one is left.
     pub fn redact<'a>(&self, text: &'a str) -> std::borrow::Cow<'a, str> {
-        let mut out = std::borrow::Cow::Borrowed(text);
-        for value in self.0.values().filter(|v| v.len() >= 4) {
-            if out.contains(value.as_str()) {
-                out = std::borrow::Cow::Owned(out.replace(value.as_str(), "***"));
-            }
+        let Some(patterns) = &self.patterns else {
+            return std::borrow::Cow::Borrowed(text);
+        };
+        let mut spans: Vec<(usize, usize)> = patterns
+            .find_overlapping_iter(text)
+            .map(|m| (m.start(), m.end()))
+            .collect();
+        if spans.is_empty() {
+            return std::borrow::Cow::Borrowed(text);
         }
-        out
+        spans.sort_unstable();
+        let mut out = String::with_capacity(text.len());
+        let mut written = 0;
+        let mut spans = spans.into_iter().peekable();
+        while let Some((start, mut end)) = spans.next() {
+            while let Some(&(next_start, next_end)) = spans.peek() {
+                if next_start > end {
+                    break;
+                }
+                end = end.max(next_end);
+                spans.next();
+            }
+            // Patterns are whole UTF-8 strings, so spans fall on char boundaries.
+            out.push_str(&text[written..start]);
+            out.push_str(REDACTED);
+            written = end;
+        }
+        out.push_str(&text[written..]);
+        std::borrow::Cow::Owned(out)
     }
 }
 
 impl std::fmt::Debug for GrantedSecrets {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_list().entries(self.0.keys()).finish()
+        f.debug_list().entries(self.values.keys()).finish()
     }
+}
+
+/// Every text `value` can become on its way into a record: the value, its
+/// trimmed form, each line of a multi-line value, and each of those encoded
+/// once or twice (a JSON string inside a JSON document, a `{:?}` of JSON).
+fn encoded_forms(value: &str) -> Vec<String> {
+    let mut sources = vec![value];
+    if value.trim().chars().count() >= MIN_SECRET_LINE_CHARS {
+        sources.push(value.trim());
+    }
+    if value.contains('\n') {
+        for line in value.split('\n') {
+            for line in [line.trim_end_matches('\r'), line.trim()] {
+                if line.chars().count() >= MIN_SECRET_LINE_CHARS {
+                    sources.push(line);
+                }
+            }
+        }
+    }
+    let mut forms = std::collections::BTreeSet::new();
+    for source in sources {
+        for once in encodings(source) {
+            forms.extend(encodings(&once));
+            forms.insert(once);
+        }
+    }
+    forms.retain(|f| !f.is_empty());
+    forms.into_iter().collect()
+}
+
+/// `text` as it is, and as the body of a JSON string (raw and ASCII-only
+/// non-ASCII) and of a Rust `{:?}` string.
+fn encodings(text: &str) -> [String; 4] {
+    let json = serde_json::to_string(text).unwrap_or_default();
+    let json = json
+        .strip_prefix('"')
+        .and_then(|j| j.strip_suffix('"'))
+        .unwrap_or_default()
+        .to_string();
+    let mut json_ascii = String::with_capacity(json.len());
+    for c in json.chars() {
+        if c.is_ascii() {
+            json_ascii.push(c);
+        } else {
+            for unit in c.encode_utf16(&mut [0; 2]) {
+                json_ascii.push_str(&format!("\\u{unit:04x}"));
+            }
+        }
+    }
+    let debug = format!("{text:?}");
+    let debug = debug[1..debug.len() - 1].to_string();
+    [text.to_string(), json, json_ascii, debug]
 }
 
 /// Names of deployments, pools, queues, secrets and variables: they appear in
@@ -510,5 +630,138 @@ mod tests {
         assert!(validate_name("deployment", "").is_err());
         assert!(validate_name("deployment", "a/b").is_err());
         assert!(validate_name("deployment", ".hidden").is_err());
+    }
+
+    fn granted(values: &[&str]) -> GrantedSecrets {
+        GrantedSecrets::new(
+            values
+                .iter()
+                .enumerate()
+                .map(|(i, v)| (format!("s{i}"), v.to_string())),
+        )
+    }
+
+    /// Asserts that no trace of `secret` (nor of its lines of 3+ characters)
+    /// is left in `redacted`, in any of the encodings tested.
+    fn assert_no_trace(secret: &str, redacted: &str) {
+        let mut traces = vec![secret.to_string()];
+        traces.extend(
+            secret
+                .lines()
+                .filter(|l| l.chars().count() >= 3)
+                .map(str::to_string),
+        );
+        for trace in traces {
+            let json = serde_json::to_string(&trace).unwrap();
+            let debug = format!("{trace:?}");
+            for form in [&trace, &json[1..json.len() - 1], &debug[1..debug.len() - 1]] {
+                assert!(
+                    !redacted.contains(form),
+                    "{form:?} of {secret:?} is left in {redacted:?}"
+                );
+            }
+        }
+    }
+
+    /// Secrets that break naive matching: escapes, newlines, PEM and JSON
+    /// credentials, unicode, three characters.
+    const HARD_SECRETS: &[&str] = &[
+        "pa\"ss\\wo\nrd-line2",
+        "-----BEGIN TEST KEY-----\nMIIBVwIBADANBgkqhkiG9w0BAQEFAASCAUEwggE9\nq8Zr4KpLmN0vW2yT7uJ3hFdS9aXcE6bR\n-----END TEST KEY-----\n",
+        "{\n  \"type\": \"service_account\",\n  \"private_key\": \"k3y\\nm4t3r1al\"\n}",
+        "mot-de-passe-été-🔑",
+        "Zq7",
+        "tab\there\r\nand\u{1}control",
+    ];
+
+    #[test]
+    fn every_encoded_form_of_a_secret_is_redacted() {
+        let secrets = granted(HARD_SECRETS);
+        for secret in HARD_SECRETS {
+            let json = serde_json::to_string(secret).unwrap();
+            let debug = format!("{secret:?}");
+            let json_in_json = serde_json::to_string(&json).unwrap();
+            let debug_of_json = format!("{json:?}");
+            let python_json: String = json
+                .chars()
+                .map(|c| match c {
+                    c if c.is_ascii() => c.to_string(),
+                    c => c
+                        .encode_utf16(&mut [0; 2])
+                        .iter()
+                        .map(|u| format!("\\u{u:04x}"))
+                        .collect(),
+                })
+                .collect();
+            for written in [
+                format!("raw: {secret} end"),
+                format!("{{\"result\": {json}}}"),
+                format!("the secret is Some({debug})"),
+                format!("double: {json_in_json}"),
+                format!("debug of json: {debug_of_json}"),
+                format!("python: {python_json}"),
+            ] {
+                let redacted = secrets.redact(&written);
+                assert!(redacted.contains("***"), "{written:?} -> {redacted:?}");
+                assert_no_trace(secret, &redacted);
+            }
+            // stdout reaches the log one line at a time.
+            for line in secret.lines() {
+                let redacted = secrets.redact(line);
+                assert_no_trace(secret, &redacted);
+            }
+        }
+    }
+
+    #[test]
+    fn redaction_keeps_the_text_around_the_secret() {
+        let secrets = granted(&["a\"b\\c", "Zq7"]);
+        assert_eq!(
+            secrets.redact(r#"{"k":"a\"b\\c","n":"Zq7Zq7","m":"ok"}"#),
+            r#"{"k":"***","n":"***","m":"ok"}"#
+        );
+        assert_eq!(secrets.redact("nothing here"), "nothing here");
+        assert!(matches!(
+            secrets.redact("nothing here"),
+            std::borrow::Cow::Borrowed(_)
+        ));
+        assert!(matches!(
+            GrantedSecrets::default().redact("Zq7"),
+            std::borrow::Cow::Borrowed("Zq7")
+        ));
+    }
+
+    #[test]
+    fn overlapping_secrets_are_redacted_whole() {
+        // Neither order of replacement leaves a tail: the union is covered.
+        let secrets = granted(&["abcdef", "cdefgh", "ghij"]);
+        assert_eq!(secrets.redact("<abcdefghij>"), "<***>");
+        assert_eq!(secrets.redact("<cdefgh>"), "<***>");
+        // A secret inside another, and one repeating itself.
+        let secrets = granted(&["token-XYZ-token", "XYZ", "aaa"]);
+        assert_eq!(secrets.redact("1 token-XYZ-token 2 XYZ 3"), "1 *** 2 *** 3");
+        assert_eq!(secrets.redact("aaaaa"), "***");
+    }
+
+    #[test]
+    fn short_lines_of_a_multi_line_secret_are_not_patterns_but_the_whole_is() {
+        let secrets = granted(&["{\nlong-enough-line\n}"]);
+        assert_eq!(secrets.redact("{ok}"), "{ok}");
+        assert_eq!(secrets.redact("x long-enough-line y"), "x *** y");
+        // A whole value is redacted whatever its length.
+        assert_eq!(granted(&["#"]).redact("a#b"), "a***b");
+    }
+
+    #[test]
+    fn secrets_shorter_than_three_characters_are_refused() {
+        assert!(
+            validate_secret_value("pin", "ab")
+                .unwrap_err()
+                .contains("at least 3")
+        );
+        assert!(validate_secret_value("pin", "").is_err());
+        assert!(validate_secret_value("pin", "abc").is_ok());
+        // Characters, not bytes.
+        assert!(validate_secret_value("pin", "éé").is_err());
     }
 }

@@ -5,7 +5,9 @@
 
 pub mod deploy;
 
-pub use deploy::{Deployment, GrantedSecrets, Schedule, Variable, WorkPool, WorkQueue};
+pub use deploy::{
+    Deployment, GrantedSecrets, Schedule, Variable, WorkPool, WorkQueue, validate_secret_value,
+};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::str::FromStr;

@@ -117,7 +117,10 @@ pub struct NewTaskRun {
     pub flow_run: FlowRunId,
     pub call_seq: u64,
     pub task_name: String,
+    /// Recorded redacted (secrets replaced), so replay compares this instead.
     pub input: String,
+    /// sha256 (hex) of the input before redaction.
+    pub input_sha256: String,
     pub state: RunState,
     pub cache_key: Option<String>,
     /// For a cache hit: the run whose output is reused, and that output.
@@ -1144,10 +1147,15 @@ pub struct TaskRunRow {
     pub next_attempt_at: Option<TimestampMicros>,
     pub cached_from: Option<TaskRunId>,
     pub host: Option<String>,
+    /// sha256 of the input before redaction, for replay. Never sent: from
+    /// the hash of a known input shape a short secret could be guessed.
+    #[serde(skip)]
+    pub input_sha256: Option<String>,
 }
 
 const TASK_RUN_SELECT: &str = "SELECT id, flow_run, call_seq, task_name, input, output, state, failure_kind,
-    message, attempts, fuel_used, peak_memory, created_us, started_us, ended_us, next_attempt_us, cached_from, host
+    message, attempts, fuel_used, peak_memory, created_us, started_us, ended_us, next_attempt_us, cached_from, host,
+    input_sha256
     FROM task_runs";
 
 impl TaskRunRow {
@@ -1174,6 +1182,7 @@ impl TaskRunRow {
                 .and_then(|b| blob16(&b).ok())
                 .map(TaskRunId::from_bytes),
             host: r.get(17)?,
+            input_sha256: r.get(18)?,
         })
     }
 }
@@ -1446,9 +1455,9 @@ fn apply(conn: &Connection, write: &Write, files: &ResultFiles) -> Result<(), St
             };
             conn.prepare_cached(
                 "INSERT INTO task_runs (id, flow_run, call_seq, task_name, input, output, state, cache_key, cached_from,
-                    host, created_us, started_us, ended_us)
+                    host, created_us, started_us, ended_us, input_sha256)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11,
-                    CASE WHEN ?7 = 'Running' THEN ?11 END, CASE WHEN ?7 = 'Cached' THEN ?11 END)",
+                    CASE WHEN ?7 = 'Running' THEN ?11 END, CASE WHEN ?7 = 'Cached' THEN ?11 END, ?12)",
             )?
             .execute(params![
                 run.id.as_bytes(),
@@ -1462,6 +1471,7 @@ fn apply(conn: &Connection, write: &Write, files: &ResultFiles) -> Result<(), St
                 cached_from,
                 run.host,
                 run.at,
+                run.input_sha256,
             ])?;
             record_state(conn, run.id.0, run.at, run.state, None)?;
         }

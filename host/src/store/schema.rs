@@ -109,6 +109,11 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE flow_runs ADD COLUMN secret_grants TEXT;
     CREATE INDEX flow_runs_waiting_by_pool ON flow_runs (work_pool, scheduled_us) WHERE state IN ('Scheduled', 'Late');
     ",
+    // 4: task inputs are recorded redacted; replay matches a call by the hash
+    // of its input before redaction.
+    "
+    ALTER TABLE task_runs ADD COLUMN input_sha256 TEXT;
+    ",
 ];
 
 /// Brings the database up to the newest schema, one transaction per migration.

@@ -109,6 +109,7 @@ async fn task_runs_attempts_and_cache_lookups() {
         call_seq: 0,
         task_name: "load".into(),
         input: "{}".into(),
+        input_sha256: "sha-of-input".into(),
         state: RunState::Running,
         cache_key: Some("k1".into()),
         cached_from: None,
@@ -140,6 +141,13 @@ async fn task_runs_attempts_and_cache_lookups() {
     let tasks = store.task_runs(flow).unwrap();
     assert_eq!(tasks.len(), 1);
     assert_eq!(tasks[0].output.as_deref(), Some("\"ok\""));
+    // Replay matches on the hash of the raw input; it is read back, never sent.
+    assert_eq!(tasks[0].input_sha256.as_deref(), Some("sha-of-input"));
+    assert!(
+        !serde_json::to_string(&tasks[0])
+            .unwrap()
+            .contains("sha-of-input")
+    );
     assert_eq!(store.task_attempts(task).unwrap()[0].fuel_used, 100);
     assert_eq!(
         store.cached_output("k1", 15).unwrap(),
@@ -195,6 +203,7 @@ async fn state_changes_write_the_table_of_their_run_kind_only() {
         call_seq: 0,
         task_name: "load".into(),
         input: "{}".into(),
+        input_sha256: "sha-of-{}".into(),
         state: RunState::Running,
         cache_key: None,
         cached_from: None,

@@ -376,7 +376,8 @@ impl Executor {
                         parent_flow_run: request.parent,
                         component: request.component.digest.clone(),
                         flow_name: request.flow_name.clone(),
-                        params: request.params.clone(),
+                        // A subflow's params are built by its parent from what it read.
+                        params: request.secrets.redact(&request.params).into_owned(),
                         state: RunState::Running,
                         attempt: 1,
                         host: process_marker(&self.settings.host_name),
@@ -511,7 +512,11 @@ impl Executor {
                     if !cancelled && policy.should_retry(attempt, failure.kind) {
                         let delay = policy.retry_delay(attempt, rand::random::<f64>());
                         let mut change = StateChange::new(id.0, state, RunState::Retrying, now);
-                        change.message = Some(format!("attempt {attempt} failed: {failure}"));
+                        change.message = Some(
+                            run.secrets
+                                .redact(&format!("attempt {attempt} failed: {failure}"))
+                                .into_owned(),
+                        );
                         change.next_attempt_at = Some(now + delay.as_micros() as i64);
                         self.control
                             .change_flow_run(change, Vec::new(), Durability::Detached)?;
@@ -765,6 +770,9 @@ fn too_many_pending(limit: usize) -> Failure {
 /// A completed call from an earlier attempt of this flow run.
 struct Recorded {
     task_name: String,
+    /// sha256 of the input as the flow passed it (rows from before the
+    /// hash was kept have none: their recorded input is compared instead).
+    input_sha256: Option<String>,
     input: String,
     output: String,
 }
@@ -819,6 +827,7 @@ impl FlowRun {
                     row.call_seq,
                     Recorded {
                         task_name: row.task_name,
+                        input_sha256: row.input_sha256,
                         input: row.input,
                         output,
                     },
@@ -987,7 +996,8 @@ impl FlowRun {
                             flow_run: self.id,
                             call_seq: seq,
                             task_name: name.clone(),
-                            input,
+                            input_sha256: input_sha256(&input),
+                            input: self.secrets.redact(&input).into_owned(),
                             state: RunState::Cached,
                             // A hit is not a source for later hits: lookups stay one index probe.
                             cache_key: None,
@@ -1045,6 +1055,7 @@ impl FlowRun {
             flow_run: self.id,
             call_seq: seq,
             task_name: name.clone(),
+            input_sha256: input_sha256(&input),
             input: self.secrets.redact(&input).into_owned(),
             state: RunState::Running,
             cache_key: cache_key.clone(),
@@ -1188,7 +1199,10 @@ impl FlowRun {
                                 id,
                                 name: name.clone(),
                                 attempt,
-                                failure: failure.clone(),
+                                failure: Failure::new(
+                                    failure.kind,
+                                    self.secrets.redact(&failure.message),
+                                ),
                                 delay,
                             },
                         );
@@ -1271,16 +1285,29 @@ impl FlowRun {
     fn replayed(&self, seq: u64, name: &str, input: &str) -> Option<String> {
         let mut replay = self.replay.lock().unwrap_or_else(|p| p.into_inner());
         let recorded = replay.remove(&seq)?;
-        if recorded.task_name == name && recorded.input == input {
+        // Inputs are recorded redacted, so a secret-bearing input is matched
+        // by the hash of what the flow passed, not by its recorded text.
+        let same_input = match &recorded.input_sha256 {
+            Some(hash) => *hash == input_sha256(input),
+            None => recorded.input == input,
+        };
+        if recorded.task_name == name && same_input {
             Some(recorded.output)
         } else {
             drop(replay);
+            let what = if recorded.task_name == name {
+                format!("'{name}' had another input in an earlier attempt")
+            } else {
+                format!(
+                    "was '{}' in an earlier attempt and is '{name}' now",
+                    recorded.task_name
+                )
+            };
             self.log(
                 None,
                 LogLevel::Warn,
                 &format!(
-                    "call #{seq} was '{}' in an earlier attempt and is '{name}' now: the flow is not deterministic, so the task runs again",
-                    recorded.task_name
+                    "call #{seq} {what}: the flow is not deterministic, so the task runs again"
                 ),
             );
             None
@@ -1330,6 +1357,11 @@ fn cache_key(
     hasher.update([0]);
     hasher.update(canonical);
     Some(hex::encode(hasher.finalize()))
+}
+
+/// What replay compares a call's input by (sha256 of the text the flow passed, hex).
+fn input_sha256(input: &str) -> String {
+    hex::encode(Sha256::digest(input))
 }
 
 fn crashed(e: impl std::fmt::Display) -> Failure {
