@@ -20,7 +20,7 @@ use crate::control::Control;
 use crate::engine::{Component, Engine};
 use crate::model::ComponentDigest;
 use crate::secrets::SecretBox;
-use crate::store::{ComponentFiles, Store, StoreError};
+use crate::store::{ComponentFileError, ComponentFiles, Store, StoreError};
 use crate::worker::Executor;
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
@@ -101,11 +101,7 @@ impl ApiState {
         {
             return Ok(component.clone());
         }
-        let bytes = self.files.get(digest).map_err(|_| {
-            ApiError::not_found(format!(
-                "no component with digest {digest}; upload it first (host flow upload FILE.wasm)"
-            ))
-        })?;
+        let bytes = self.files.get(digest)?;
         let component = self.engine.load(&bytes).await.map_err(ApiError::internal)?;
         self.loaded
             .lock()
@@ -469,6 +465,24 @@ impl From<StoreError> for ApiError {
             StoreError::NotFound { .. } => ApiError::not_found(e.to_string()),
             StoreError::Conflict { .. } => ApiError::conflict(e.to_string()),
             other => ApiError::internal(other),
+        }
+    }
+}
+
+impl From<ComponentFileError> for ApiError {
+    fn from(e: ComponentFileError) -> Self {
+        match e {
+            ComponentFileError::Missing { .. } => ApiError::not_found(e.to_string()),
+            // The server's copy is bad, not the request; the message says how to repair it.
+            ComponentFileError::Damaged { .. } => {
+                tracing::error!("{e}");
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "component_damaged",
+                    e.to_string(),
+                )
+            }
+            ComponentFileError::Io { .. } => ApiError::internal(e),
         }
     }
 }

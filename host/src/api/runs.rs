@@ -128,10 +128,7 @@ pub(super) async fn download_component(
     Path(digest): Path<String>,
 ) -> ApiResult<Response> {
     let digest = parse_digest(&digest)?;
-    let bytes = state
-        .files
-        .get(&digest)
-        .map_err(|_| ApiError::not_found(format!("no component with digest {digest}")))?;
+    let bytes = state.files.get(&digest)?;
     Ok(([(header::CONTENT_TYPE, "application/wasm")], bytes).into_response())
 }
 
