@@ -1146,3 +1146,59 @@ fn replies_match_their_documented_schemas() {
     check("ErrorBody", &error);
     insta::assert_json_snapshot!("error_body", error);
 }
+
+#[test]
+fn a_damaged_component_file_is_reported_and_a_fresh_upload_repairs_it() {
+    let server = TestServer::start();
+    let digest = server.upload(FIXTURE_WASM);
+    let run = |server: &TestServer| {
+        server.send(
+            "POST",
+            &format!("/api/components/{digest}/flows/sequential/runs"),
+            json!({ "params": { "n": 3 } }),
+        )
+    };
+    // A disk error or a hand edit: same name, other bytes.
+    let file = server
+        .home
+        .path()
+        .join("components")
+        .join(format!("{digest}.wasm"));
+    let mut bytes = std::fs::read(&file).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xff;
+    std::fs::write(&file, &bytes).unwrap();
+    // A fresh process has only the file to go by.
+    let server = server.kill_and_restart();
+    let (status, reply) = run(&server);
+    assert_eq!(status, 500, "{reply}");
+    assert_eq!(reply["error"], "component_damaged", "{reply}");
+    let message = reply["message"].as_str().unwrap();
+    assert!(
+        message.contains(&digest) && message.contains("upload the same .wasm again"),
+        "{message}"
+    );
+    let (status, reply) = server.get(&format!("/api/components/{digest}/wasm"));
+    assert_eq!(
+        (status, reply["error"].clone()),
+        (500, json!("component_damaged"))
+    );
+    server.healthy();
+
+    let (status, reply) = server.request(
+        "POST",
+        "/api/components",
+        Some(std::fs::read(FIXTURE_WASM).unwrap()),
+    );
+    assert_eq!(status, 200, "already known, now repaired: {reply}");
+    assert_eq!(
+        std::fs::read(&file).unwrap(),
+        std::fs::read(FIXTURE_WASM).unwrap()
+    );
+    // And a process that starts after the repair reads it from disk.
+    let server = server.kill_and_restart();
+    let (status, started) = run(&server);
+    assert_eq!(status, 202, "{started}");
+    let (_, finished) = server.events(started["flow_run_id"].as_str().unwrap());
+    assert_eq!(finished["state"], "Completed", "{finished}");
+}
