@@ -97,6 +97,12 @@ pub const SETTINGS: &[Setting] = &[
         default: None,
         help: "a file of API keys the server accepts (one per line)",
     },
+    Setting {
+        key: "store.durability",
+        env: "WEIR_DURABILITY",
+        default: Some("normal"),
+        help: "`normal`: commits survive a process crash; `full`: also a power loss (an fsync per commit)",
+    },
 ];
 
 pub const DEFAULT_PROFILE: &str = "default";

@@ -26,7 +26,8 @@ use crate::model::{
 use crate::protocol::{ParamError, validate_params};
 use crate::secrets::SecretBox;
 use crate::store::{
-    ComponentFiles, FlowRunRow, NewFlowRun, ObjectKind, StateChange, Store, StoreError, Write,
+    ComponentFileError, ComponentFiles, FlowRunRow, NewFlowRun, ObjectKind, StateChange, Store,
+    StoreError, Write,
 };
 use serde_json::{Map, Value};
 use std::collections::{HashMap, VecDeque};
@@ -72,7 +73,10 @@ pub enum DispatchError {
     #[error("the component could not be loaded: {0}")]
     Engine(EngineError),
     #[error("storing the component: {0}")]
-    Files(std::io::Error),
+    Files(ComponentFileError),
+    /// A stored component that is damaged or unreadable.
+    #[error(transparent)]
+    ComponentFile(ComponentFileError),
     #[error("a stored {what} is unreadable: {message}")]
     Corrupt { what: &'static str, message: String },
     #[error(transparent)]
@@ -282,9 +286,12 @@ impl Dispatcher {
         let wanted = digest.clone();
         let bytes = self
             .blocking(move |d| {
-                d.files
-                    .get(&wanted)
-                    .map_err(|_| DispatchError::UnknownComponent(wanted.clone()))
+                d.files.get(&wanted).map_err(|e| match e {
+                    ComponentFileError::Missing { .. } => {
+                        DispatchError::UnknownComponent(wanted.clone())
+                    }
+                    other => DispatchError::ComponentFile(other),
+                })
             })
             .await?;
         let component = self

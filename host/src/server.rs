@@ -18,7 +18,7 @@ use crate::dispatch::{DispatchError, Dispatched, Dispatcher, DispatcherConfig, R
 use crate::engine::{Engine, EngineConfig, EngineError};
 use crate::model::deploy::DEFAULT_POOL;
 use crate::secrets::{SecretBox, SecretError};
-use crate::store::{ComponentFiles, FlowRunRow, Store, StoreError};
+use crate::store::{ComponentFiles, FlowRunRow, Store, StoreError, StoreOptions};
 use crate::worker::{Executor, ExecutorSettings, marker_pid, this_process_marker};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -66,6 +66,8 @@ pub struct ServerConfig {
     pub take_waiting: bool,
     /// Log lines older than this are deleted now and then; `None` keeps them.
     pub log_retention: Option<Duration>,
+    /// How the database is opened (durability).
+    pub store: StoreOptions,
 }
 
 impl ServerConfig {
@@ -83,6 +85,7 @@ impl ServerConfig {
             scheduler_tick: crate::scheduler::TICK,
             take_waiting: true,
             log_retention: None,
+            store: StoreOptions::default(),
         }
     }
 }
@@ -124,7 +127,10 @@ impl Server {
                 source,
             })?;
         let paths = &config.paths;
-        let store = Arc::new(Store::open(&paths.database())?);
+        let store = Arc::new(Store::open_with_options(
+            &paths.database(),
+            config.store.clone(),
+        )?);
         let engine = Arc::new(Engine::new(config.engine.clone())?);
         let control = Arc::new(Control::new(store.clone(), Arc::new(SystemClock)));
         let secrets = Arc::new(SecretBox::open_or_create(&paths.secrets_key())?);

@@ -88,7 +88,10 @@ impl TestServer {
                     std::fs::read_to_string(home.path().join("server.log")).unwrap_or_default()
                 );
             }
-            assert!(Instant::now() < deadline, "the server was not ready in 30 s");
+            assert!(
+                Instant::now() < deadline,
+                "the server was not ready in 30 s"
+            );
             std::thread::sleep(Duration::from_millis(10));
         };
         let agent = ureq::Agent::config_builder()
@@ -1481,7 +1484,12 @@ fn health_answers_while_a_component_compiles() {
 fn sigterm_ends_event_streams_and_stops_while_a_run_is_followed() {
     let mut server = TestServer::start();
     let digest = server.upload(FIXTURE_WASM);
-    let d = deployment("long", &digest, "slow_sequential", json!({ "n": 1, "ms": 60000 }));
+    let d = deployment(
+        "long",
+        &digest,
+        "slow_sequential",
+        json!({ "n": 1, "ms": 60000 }),
+    );
     assert_eq!(server.send("PUT", "/api/deployments/long", d).0, 201);
     let (_, started) = server.send("POST", "/api/deployments/long/runs", json!({}));
     let id = started["flow_run_id"].as_str().unwrap().to_string();
@@ -1789,4 +1797,60 @@ fn a_resumed_run_replays_a_call_whose_input_held_a_secret() {
         .collect();
     assert!(states.contains(&"Crashed"), "{states:?}");
     assert!(!detail.to_string().contains("resume-me-t0ken"));
+}
+
+#[test]
+fn a_damaged_component_file_is_reported_and_a_fresh_upload_repairs_it() {
+    let server = TestServer::start();
+    let digest = server.upload(FIXTURE_WASM);
+    let run = |server: &TestServer| {
+        server.send(
+            "POST",
+            &format!("/api/components/{digest}/flows/sequential/runs"),
+            json!({ "params": { "n": 3 } }),
+        )
+    };
+    // A disk error or a hand edit: same name, other bytes.
+    let file = server
+        .home
+        .path()
+        .join("components")
+        .join(format!("{digest}.wasm"));
+    let mut bytes = std::fs::read(&file).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xff;
+    std::fs::write(&file, &bytes).unwrap();
+    // A fresh process has only the file to go by.
+    let server = server.kill_and_restart();
+    let (status, reply) = run(&server);
+    assert_eq!(status, 500, "{reply}");
+    assert_eq!(reply["error"], "component_damaged", "{reply}");
+    let message = reply["message"].as_str().unwrap();
+    assert!(
+        message.contains(&digest) && message.contains("upload the same .wasm again"),
+        "{message}"
+    );
+    let (status, reply) = server.get(&format!("/api/components/{digest}/wasm"));
+    assert_eq!(
+        (status, reply["error"].clone()),
+        (500, json!("component_damaged"))
+    );
+    server.healthy();
+
+    let (status, reply) = server.request(
+        "POST",
+        "/api/components",
+        Some(std::fs::read(FIXTURE_WASM).unwrap()),
+    );
+    assert_eq!(status, 200, "already known, now repaired: {reply}");
+    assert_eq!(
+        std::fs::read(&file).unwrap(),
+        std::fs::read(FIXTURE_WASM).unwrap()
+    );
+    // And a process that starts after the repair reads it from disk.
+    let server = server.kill_and_restart();
+    let (status, started) = run(&server);
+    assert_eq!(status, 202, "{started}");
+    let (_, finished) = server.events(started["flow_run_id"].as_str().unwrap());
+    assert_eq!(finished["state"], "Completed", "{finished}");
 }

@@ -373,3 +373,36 @@ fn cancel_from_another_process_stops_a_running_flow() {
     );
     assert_eq!(store.flow_run(id).unwrap().state, RunState::Cancelled);
 }
+
+#[test]
+fn store_durability_is_a_setting_and_a_bad_value_is_refused() {
+    let home = tempfile::tempdir().unwrap();
+    let out = Command::new(HOST)
+        .args(["flow-run", "ls"])
+        .env("WEIR_HOME", home.path())
+        .env("WEIR_DURABILITY", "sometimes")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("store.durability 'sometimes' is not `normal` or `full`"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = host(home.path(), &["config", "set", "store.durability", "full"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = host(
+        home.path(),
+        &[
+            "flow",
+            "run",
+            FIXTURE_WASM,
+            "sequential",
+            "--param",
+            "n=2",
+            "--quiet",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+}

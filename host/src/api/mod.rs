@@ -17,7 +17,7 @@ mod runs;
 pub mod schema;
 
 use crate::dispatch::{DispatchError, Dispatcher};
-use crate::store::{Store, StoreError};
+use crate::store::{ComponentFileError, Store, StoreError};
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::Next;
@@ -462,6 +462,7 @@ impl From<DispatchError> for ApiError {
             }
             D::InvalidComponent(_) => ApiError::bad_request("invalid_component", message),
             D::Store(e) => e.into(),
+            D::ComponentFile(e) => e.into(),
             D::Engine(_) | D::Files(_) | D::Corrupt { .. } | D::Control(_) | D::Join(_) => {
                 ApiError::internal(message)
             }
@@ -475,6 +476,24 @@ impl From<StoreError> for ApiError {
             StoreError::NotFound { .. } => ApiError::not_found(e.to_string()),
             StoreError::Conflict { .. } => ApiError::conflict(e.to_string()),
             other => ApiError::internal(other),
+        }
+    }
+}
+
+impl From<ComponentFileError> for ApiError {
+    fn from(e: ComponentFileError) -> Self {
+        match e {
+            ComponentFileError::Missing { .. } => ApiError::not_found(e.to_string()),
+            // The server's copy is bad, not the request; the message says how to repair it.
+            ComponentFileError::Damaged { .. } => {
+                tracing::error!("{e}");
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "component_damaged",
+                    e.to_string(),
+                )
+            }
+            ComponentFileError::Io { .. } => ApiError::internal(e),
         }
     }
 }

@@ -113,13 +113,7 @@ pub(super) async fn download_component(
 ) -> ApiResult<Response> {
     let digest = parse_digest(&digest)?;
     let bytes = state
-        .blocking(move |state| {
-            state
-                .dispatcher
-                .files()
-                .get(&digest)
-                .map_err(|_| ApiError::not_found(format!("no component with digest {digest}")))
-        })
+        .blocking(move |state| Ok(state.dispatcher.files().get(&digest)?))
         .await?;
     Ok(([(header::CONTENT_TYPE, "application/wasm")], bytes).into_response())
 }

@@ -1,8 +1,14 @@
 //! Python and JavaScript guests: the toolchains that build them, installed on
 //! first use, and a build cache keyed by what went into a component.
 //!
-//! Each toolchain is pinned and lives in its own folder under the toolchain
-//! dir (`$WEIR_HOME/toolchains`, or `$WEIR_TOOLCHAINS`). It is installed into a
+//! Each toolchain is pinned by version and by hash and lives in its own
+//! folder under the toolchain dir (`$WEIR_HOME/toolchains`, or
+//! `$WEIR_TOOLCHAINS`), named after its version and its pin file. componentize-py
+//! is installed with `pip --require-hashes` from a requirements file listing
+//! the sha256 of every wheel PyPI serves for it; jco and all its dependencies
+//! with `npm ci` from a committed `package-lock.json` (sha512 `integrity` of
+//! each package). A download that does not match is refused. Both pin files
+//! live in `toolchains/` beside this file. A toolchain is installed into a
 //! temporary folder and renamed into place when complete, so a failed or
 //! concurrent install never leaves a half-installed toolchain behind.
 //!
@@ -26,6 +32,15 @@ pub const COMPONENTIZE_PY: &str = "0.25.1";
 pub const JCO: &str = "1.35.0";
 /// jco reads a WIT folder through this package; later versions break that.
 pub const PREVIEW2_SHIM: &str = "0.25.0";
+
+/// componentize-py's version and the sha256 of each of its wheels.
+const COMPONENTIZE_PY_REQUIREMENTS: &str =
+    include_str!("toolchains/componentize-py-requirements.txt");
+/// The jco toolchain's `package.json` and the lock that pins its whole tree.
+/// Regenerate both with `npm install --package-lock-only` in a folder holding
+/// the `package.json` after changing [`JCO`] or [`PREVIEW2_SHIM`].
+const JCO_PACKAGE: &str = include_str!("toolchains/jco-package.json");
+const JCO_PACKAGE_LOCK: &str = include_str!("toolchains/jco-package-lock.json");
 
 /// Folders never part of a guest's sources.
 const SKIPPED_DIRS: &[&str] = &[
@@ -161,6 +176,31 @@ fn publish(scratch: &Path, final_dir: &Path) -> Result<(), BuildError> {
     }
 }
 
+/// `name-version-<hash of its pin files>`: a changed pin installs afresh.
+fn toolchain_dir(dirs: &BuildDirs, name: &str, version: &str, pins: &[&str]) -> PathBuf {
+    let mut hasher = Sha256::new();
+    for pin in pins {
+        hasher.update(pin.as_bytes());
+    }
+    let hash = hex::encode(hasher.finalize());
+    dirs.toolchains
+        .join(format!("{name}-{version}-{}", &hash[..12]))
+}
+
+/// Adds what a hash mismatch means to an installer's failure.
+fn explain_pin_failure(message: String) -> String {
+    let mismatch = message.contains("DO NOT MATCH THE HASHES") || message.contains("EINTEGRITY");
+    if mismatch {
+        format!(
+            "{message}\nA download did not match the hash Weir pins for it: the registry (or \
+             something between it and you) served other bytes than the ones this host was \
+             released with. Nothing was installed; do not install it by hand."
+        )
+    } else {
+        message
+    }
+}
+
 /// A toolchain folder without its `.complete` marker was not installed by
 /// this code (or was damaged); it is replaced.
 fn remove_incomplete(dir: &Path) {
@@ -206,9 +246,12 @@ pub fn run_tool(command: &mut Command, shown: &str, show: bool) -> Result<(), St
 
 /// The Python toolchain: a venv with componentize-py, installed from PyPI once.
 pub fn python_toolchain(dirs: &BuildDirs, show: bool) -> Result<PathBuf, BuildError> {
-    let dir = dirs
-        .toolchains
-        .join(format!("componentize-py-{COMPONENTIZE_PY}"));
+    let dir = toolchain_dir(
+        dirs,
+        "componentize-py",
+        COMPONENTIZE_PY,
+        &[COMPONENTIZE_PY_REQUIREMENTS],
+    );
     let python = dir.join("bin/python3");
     if dir.join(".complete").is_file() {
         return Ok(python);
@@ -226,19 +269,32 @@ pub fn python_toolchain(dirs: &BuildDirs, show: bool) -> Result<PathBuf, BuildEr
             show,
         )
         .map_err(|e| format!("{e}\nIs Python 3.9 or later installed as `python3`?"))?;
+        write(
+            &scratch.join("requirements.txt"),
+            COMPONENTIZE_PY_REQUIREMENTS,
+        )
+        .map_err(|e| e.to_string())?;
         run_tool(
-            Command::new(scratch.join("bin/python3")).args([
-                "-m",
-                "pip",
-                "install",
-                "--disable-pip-version-check",
-                "--no-input",
-                "--quiet",
-                &format!("componentize-py=={COMPONENTIZE_PY}"),
-            ]),
-            &format!("pip install componentize-py=={COMPONENTIZE_PY}"),
+            Command::new(scratch.join("bin/python3"))
+                .args([
+                    "-m",
+                    "pip",
+                    "install",
+                    "--disable-pip-version-check",
+                    "--no-input",
+                    "--quiet",
+                    // Wheels only: building componentize-py from source needs Rust and
+                    // runs its build scripts here; the pinned wheels cover the usual hosts.
+                    "--only-binary=:all:",
+                    "--require-hashes",
+                    "--requirement",
+                    "requirements.txt",
+                ])
+                .current_dir(scratch),
+            &format!("pip install --require-hashes componentize-py=={COMPONENTIZE_PY}"),
             show,
-        )?;
+        )
+        .map_err(explain_pin_failure)?;
         write(&scratch.join(".complete"), COMPONENTIZE_PY).map_err(|e| e.to_string())
     })?;
     install.map_err(|message| BuildError::ToolchainInstall {
@@ -252,7 +308,7 @@ pub fn python_toolchain(dirs: &BuildDirs, show: bool) -> Result<PathBuf, BuildEr
 /// The JavaScript toolchain: jco (QuickJS backend) in a folder of its own,
 /// installed from npm once. Returns jco's command-line entry point.
 pub fn js_toolchain(dirs: &BuildDirs, show: bool) -> Result<PathBuf, BuildError> {
-    let dir = dirs.toolchains.join(format!("jco-{JCO}"));
+    let dir = toolchain_dir(dirs, "jco", JCO, &[JCO_PACKAGE, JCO_PACKAGE_LOCK]);
     let entry = |dir: &Path| -> Option<PathBuf> {
         let package = dir.join("node_modules/@bytecodealliance/jco/package.json");
         let text = std::fs::read_to_string(package).ok()?;
@@ -274,13 +330,6 @@ pub fn js_toolchain(dirs: &BuildDirs, show: bool) -> Result<PathBuf, BuildError>
         "Installing jco {JCO} from npm into {} (once) ...",
         dir.display()
     );
-    let package = serde_json::json!({
-        "name": "weir-js-toolchain",
-        "private": true,
-        "description": "Builds Weir JavaScript guests; installed by `host build`.",
-        "dependencies": { "@bytecodealliance/jco": JCO },
-        "overrides": { "@bytecodealliance/preview2-shim": PREVIEW2_SHIM },
-    });
     remove_incomplete(&dir);
     let failed = |message: String| BuildError::ToolchainInstall {
         tool: format!("jco {JCO}"),
@@ -288,18 +337,23 @@ pub fn js_toolchain(dirs: &BuildDirs, show: bool) -> Result<PathBuf, BuildError>
         message,
     };
     in_scratch(&dir, |scratch| {
-        write(
-            &scratch.join("package.json"),
-            serde_json::to_string_pretty(&package).unwrap_or_default(),
-        )?;
+        write(&scratch.join("package.json"), JCO_PACKAGE)?;
+        write(&scratch.join("package-lock.json"), JCO_PACKAGE_LOCK)?;
         run_tool(
             Command::new("npm")
-                .args(["install", "--no-audit", "--no-fund", "--loglevel=error"])
+                // `ci` installs exactly the lock (integrity checked) or fails; it never re-resolves.
+                .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
                 .current_dir(scratch),
-            &format!("npm install @bytecodealliance/jco@{JCO}"),
+            &format!("npm ci (@bytecodealliance/jco@{JCO}, from the lock)"),
             show,
         )
-        .map_err(|e| format!("{e}\nIs Node.js 18 or later (with npm) installed?"))
+        .map_err(|e| {
+            if e.contains("EINTEGRITY") {
+                explain_pin_failure(e)
+            } else {
+                format!("{e}\nIs Node.js 18 or later (with npm) installed?")
+            }
+        })
         .and_then(|()| write(&scratch.join(".complete"), JCO).map_err(|e| e.to_string()))
         .map_err(failed)
     })??;
@@ -329,5 +383,88 @@ mod tests {
             key,
             build_key(&["python"], &source_files(dir.path()).unwrap())
         );
+    }
+
+    #[test]
+    fn componentize_py_is_pinned_by_version_and_every_wheel_by_sha256() {
+        let pins: Vec<&str> = COMPONENTIZE_PY_REQUIREMENTS
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+            .collect();
+        assert_eq!(pins[0], format!("componentize-py=={COMPONENTIZE_PY} \\"));
+        let hashes: Vec<&str> = pins[1..]
+            .iter()
+            .map(|l| l.trim_end_matches(" \\"))
+            .map(|l| l.strip_prefix("--hash=sha256:").expect(l))
+            .collect();
+        assert!(hashes.len() >= 5, "linux x86_64/aarch64, macOS x2, windows");
+        for hash in hashes {
+            assert!(
+                hash.len() == 64 && hash.bytes().all(|b| b.is_ascii_hexdigit()),
+                "{hash}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_jco_lock_pins_every_package_by_integrity_and_matches_the_versions() {
+        let package: serde_json::Value = serde_json::from_str(JCO_PACKAGE).unwrap();
+        assert_eq!(package["dependencies"]["@bytecodealliance/jco"], JCO);
+        assert_eq!(
+            package["overrides"]["@bytecodealliance/preview2-shim"],
+            PREVIEW2_SHIM
+        );
+        let lock: serde_json::Value = serde_json::from_str(JCO_PACKAGE_LOCK).unwrap();
+        let packages = lock["packages"].as_object().unwrap();
+        assert_eq!(packages[""]["dependencies"], package["dependencies"]);
+        assert_eq!(
+            packages["node_modules/@bytecodealliance/jco"]["version"],
+            JCO
+        );
+        assert_eq!(
+            packages["node_modules/@bytecodealliance/preview2-shim"]["version"],
+            PREVIEW2_SHIM
+        );
+        for (path, entry) in packages.iter().filter(|(path, _)| !path.is_empty()) {
+            let integrity = entry["integrity"].as_str().unwrap_or_default();
+            assert!(
+                integrity.starts_with("sha512-"),
+                "{path} is not pinned by hash"
+            );
+        }
+    }
+
+    #[test]
+    fn a_changed_pin_installs_into_a_new_folder() {
+        let dirs = BuildDirs {
+            toolchains: "/t".into(),
+            builds: "/b".into(),
+        };
+        let pinned = toolchain_dir(&dirs, "jco", JCO, &[JCO_PACKAGE, JCO_PACKAGE_LOCK]);
+        let tampered = JCO_PACKAGE_LOCK.replacen("sha512-", "sha512-AAAA", 1);
+        assert_ne!(
+            pinned,
+            toolchain_dir(&dirs, "jco", JCO, &[JCO_PACKAGE, &tampered])
+        );
+    }
+
+    #[test]
+    fn a_hash_mismatch_says_what_it_means() {
+        // What pip printed for a tampered hash (the sha256 of the x86_64 wheel changed).
+        let pip = "ERROR: THESE PACKAGES DO NOT MATCH THE HASHES FROM THE REQUIREMENTS FILE. \
+                   If you have updated the package versions, please update the hashes.\n    \
+                   componentize-py==0.25.1 from https://files.pythonhosted.org/...whl:\n        \
+                   Expected sha256 00000000ab8453cb0cd8bf03f3c7103420d06f2f3d360186a280a70a1ca5e89f\n             \
+                   Got        8623cd8cab8453cb0cd8bf03f3c7103420d06f2f3d360186a280a70a1ca5e89f";
+        let explained = explain_pin_failure(pip.to_string());
+        assert!(explained.starts_with(pip));
+        assert!(
+            explained.contains("did not match the hash Weir pins"),
+            "{explained}"
+        );
+        let npm = "npm error code EINTEGRITY\nnpm error sha512-... integrity checksum failed";
+        assert!(explain_pin_failure(npm.into()).contains("Nothing was installed"));
+        assert_eq!(explain_pin_failure("network down".into()), "network down");
     }
 }

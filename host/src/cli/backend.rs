@@ -57,6 +57,7 @@ impl Backend {
         let mut config = ServerConfig::new(paths.clone());
         // Runs waiting for a server stay for it: this process takes only its own.
         config.take_waiting = false;
+        config.store = super::flow::store_options(paths)?;
         let server = Server::open(config)?;
         for run in &server.interrupted {
             super::flow::note_interrupted(run);

@@ -9,7 +9,7 @@ use crate::control::Control;
 use crate::engine::{Component, Engine, EngineConfig, EngineError, LoadKind, human_bytes};
 use crate::model::{FlowDef, Policy, RunState};
 use crate::protocol::{build_params, validate_params};
-use crate::store::{ComponentFiles, Store, Write};
+use crate::store::{ComponentFiles, Store, StoreOptions, Write};
 use crate::worker::{Executor, ExecutorSettings, FlowRunRequest};
 use anyhow::Context;
 use clap::{Args, Subcommand};
@@ -267,6 +267,24 @@ pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("starting the async runtime")
 }
 
+/// Opens the local database with the profile's `store.durability`.
+pub(crate) fn open_store(paths: &Paths) -> anyhow::Result<Store> {
+    Ok(Store::open_with_options(
+        &paths.database(),
+        store_options(paths)?,
+    )?)
+}
+
+/// How to open the database, from the `store.durability` setting.
+pub(crate) fn store_options(paths: &Paths) -> anyhow::Result<StoreOptions> {
+    let settings = super::backend::load_profiles(paths)?.resolve(&|var| std::env::var(var).ok());
+    let durability = match settings.get("store.durability") {
+        Some(text) => text.parse().map_err(Exit::bad_input)?,
+        None => Default::default(),
+    };
+    Ok(StoreOptions { durability })
+}
+
 /// The local database, component files and engine.
 pub(crate) struct Local {
     pub store: Arc<Store>,
@@ -276,7 +294,7 @@ pub(crate) struct Local {
 
 impl Local {
     pub fn open(paths: &Paths) -> anyhow::Result<Local> {
-        let store = Arc::new(Store::open(&paths.database())?);
+        let store = Arc::new(open_store(paths)?);
         let engine = Arc::new(Engine::new(EngineConfig {
             cache_dir: Some(paths.compile_cache()),
             ..EngineConfig::default()

@@ -268,7 +268,7 @@ fn prune(store: &Store, args: PruneArgs) -> anyhow::Result<()> {
 }
 
 fn open_store() -> anyhow::Result<Store> {
-    Ok(Store::open(&paths().database())?)
+    super::flow::open_store(&paths())
 }
 
 fn resolve(store: &Store, text: &str) -> anyhow::Result<FlowRunId> {

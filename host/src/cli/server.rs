@@ -78,6 +78,7 @@ fn start(args: StartArgs) -> anyhow::Result<()> {
     let mut config = ServerConfig::new(paths.clone());
     config.api_keys = api_keys.clone();
     config.late_after = args.late_after.into();
+    config.store = super::flow::store_options(&paths)?;
     config.log_retention = args.log_retention.map(Into::into);
     if args.no_worker {
         config.executor = None;

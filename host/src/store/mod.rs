@@ -15,7 +15,7 @@ mod files;
 mod results;
 mod schema;
 
-pub use files::ComponentFiles;
+pub use files::{ComponentFileError, ComponentFiles};
 pub use results::{DEFAULT_RESULT_THRESHOLD, ResultFiles};
 
 use crate::model::{
@@ -184,6 +184,47 @@ pub struct LogRecord {
     pub message: String,
 }
 
+/// How hard a commit tries to reach the disk (the profile setting `store.durability`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Durability {
+    /// `synchronous=NORMAL`: every commit survives a process crash; a power
+    /// loss may lose the commits since the WAL was last synced (the flusher
+    /// checkpoints, which syncs it, about every second).
+    #[default]
+    Normal,
+    /// `synchronous=FULL`: the WAL is synced at every commit, so a commit
+    /// also survives a power loss. Each commit waits for an fsync.
+    Full,
+}
+
+impl std::str::FromStr for Durability {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text {
+            "normal" => Ok(Durability::Normal),
+            "full" => Ok(Durability::Full),
+            other => Err(format!(
+                "store.durability '{other}' is not `normal` or `full` (host config set store.durability full)"
+            )),
+        }
+    }
+}
+
+impl Durability {
+    fn pragma(self) -> &'static str {
+        match self {
+            Durability::Normal => "NORMAL",
+            Durability::Full => "FULL",
+        }
+    }
+}
+
+/// How to open a [`Store`]; `Default` is what [`Store::open`] uses.
+#[derive(Debug, Clone, Default)]
+pub struct StoreOptions {
+    pub durability: Durability,
+}
+
 /// Resolves when the writes it was handed out for are committed.
 pub struct Ticket(oneshot::Receiver<Result<(), StoreError>>);
 
@@ -339,11 +380,29 @@ impl Store {
     /// Opens (creating if needed) the database at `path` and migrates it.
     /// Payloads over 64 KiB go to files in `results/` beside the database.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
+        Self::open_with_options(path, StoreOptions::default())
+    }
+
+    /// [`Store::open`] with options (the durability of commits).
+    pub fn open_with_options(path: &Path, options: StoreOptions) -> Result<Store, StoreError> {
         let dir = path.parent().unwrap_or(Path::new(".")).join("results");
-        Self::open_with(path, ResultFiles::new(dir, DEFAULT_RESULT_THRESHOLD))
+        Self::open_inner(
+            path,
+            ResultFiles::new(dir, DEFAULT_RESULT_THRESHOLD),
+            &options,
+        )
     }
 
     pub fn open_with(path: &Path, results: ResultFiles) -> Result<Store, StoreError> {
+        Self::open_inner(path, results, &StoreOptions::default())
+    }
+
+    fn open_inner(
+        path: &Path,
+        results: ResultFiles,
+        options: &StoreOptions,
+    ) -> Result<Store, StoreError> {
+        let durability = options.durability;
         let open_error = |e: &dyn std::fmt::Display| StoreError::Open {
             path: path.to_path_buf(),
             message: e.to_string(),
@@ -351,13 +410,13 @@ impl Store {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(|e| open_error(&e))?;
         }
-        let mut conn = connect(path).map_err(|e| open_error(&e))?;
+        let mut conn = connect(path, durability).map_err(|e| open_error(&e))?;
         schema::migrate(&mut conn).map_err(|e| open_error(&e))?;
         // The flusher thread checkpoints; commits never do.
         conn.pragma_update(None, "wal_autocheckpoint", 0)
             .map_err(|e| open_error(&e))?;
         let readers = (0..READERS)
-            .map(|_| connect(path).map(Mutex::new))
+            .map(|_| connect(path, durability).map(Mutex::new))
             .collect::<rusqlite::Result<Vec<_>>>()
             .map_err(|e| open_error(&e))?;
 
@@ -369,7 +428,7 @@ impl Store {
             results: results.clone(),
         });
         let flusher_writer = writer.clone();
-        let checkpointer = connect(path).map_err(|e| open_error(&e))?;
+        let checkpointer = connect(path, durability).map_err(|e| open_error(&e))?;
         let flusher = std::thread::Builder::new()
             .name("weir-store-flusher".into())
             .spawn(move || flusher_writer.run_flusher(checkpointer))
@@ -385,6 +444,13 @@ impl Store {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The write connection's `PRAGMA synchronous` (1 NORMAL, 2 FULL), to
+    /// check what [`Durability`] is in effect.
+    pub fn synchronous(&self) -> Result<u8, StoreError> {
+        let conn = self.writer.conn.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(conn.pragma_query_value(None, "synchronous", |r| r.get(0))?)
     }
 
     /// Applies writes atomically, committing inline when the connection is
@@ -861,11 +927,16 @@ impl Store {
 
     /// Deletes flow runs (with their tasks, attempts, states and logs) that
     /// ended before `ended_before`, then result files no row refers to.
+    ///
+    /// Files go only after the rows' deletion has committed (a crash in
+    /// between leaves unreferenced files, never rows without their files),
+    /// and only files that no row refers to, whether old or new, in any
+    /// process: see [`Store::collect_result_files`].
     pub fn prune(&self, ended_before: TimestampMicros) -> Result<PruneReport, StoreError> {
         let mut report = PruneReport::default();
         {
             let mut conn = self.readers[0].lock().unwrap_or_else(|p| p.into_inner());
-            let tx = conn.transaction()?;
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             tx.execute_batch(
                 "CREATE TEMP TABLE IF NOT EXISTS doomed (id BLOB PRIMARY KEY); DELETE FROM doomed;",
             )?;
@@ -901,35 +972,49 @@ impl Store {
         Ok(report)
     }
 
-    /// Removes result files that no row refers to any more.
+    /// Removes result files that no committed row refers to, and temp
+    /// files left by a crash mid-write.
+    ///
+    /// Writers write (or find) a result file only inside their write
+    /// transaction, which begins IMMEDIATE. Holding the write lock here, from
+    /// reading the references to the last removal, means every writer in
+    /// every process has either committed its rows (so they are read here)
+    /// or not yet begun (so it writes the file again if it is gone); a temp
+    /// file seen now belongs to no writer in progress.
     fn collect_result_files(&self) -> Result<u64, StoreError> {
-        let Ok(entries) = std::fs::read_dir(self.results.dir()) else {
-            return Ok(0);
-        };
-        let referenced: std::collections::HashSet<String> = self.read(|c| {
-            let mut stmt = c.prepare(
+        let mut conn = self.readers[0].lock().unwrap_or_else(|p| p.into_inner());
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let referenced: std::collections::HashSet<String> = {
+            let mut stmt = tx.prepare(
                 "SELECT params FROM flow_runs UNION ALL SELECT result FROM flow_runs
                  UNION ALL SELECT input FROM task_runs UNION ALL SELECT output FROM task_runs",
             )?;
             let texts: Vec<Option<String>> = stmt
                 .query_map([], |r| r.get(0))?
                 .collect::<Result<_, _>>()?;
-            Ok(texts
+            texts
                 .into_iter()
                 .flatten()
                 .filter_map(|t| ResultFiles::referenced(&t).map(str::to_string))
-                .collect())
-        })?;
+                .collect()
+        };
+        let Ok(entries) = std::fs::read_dir(self.results.dir()) else {
+            return Ok(0);
+        };
         let mut removed = 0;
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
-            if let Some(digest) = name.strip_suffix(".json")
-                && !referenced.contains(digest)
+            let unreferenced = name
+                .strip_suffix(".json")
+                .is_some_and(|digest| !referenced.contains(digest));
+            if (unreferenced || name.starts_with(files::TEMP_PREFIX))
                 && std::fs::remove_file(entry.path()).is_ok()
             {
                 removed += 1;
             }
         }
+        // Nothing was written; ending the transaction lets writers go on.
+        tx.rollback()?;
         Ok(removed)
     }
 
@@ -1235,12 +1320,13 @@ fn parse_state(text: &str) -> Result<RunState, StoreError> {
         .map_err(|e: crate::model::UnknownState| StoreError::Corrupt(e.to_string()))
 }
 
-fn connect(path: &Path) -> rusqlite::Result<Connection> {
+fn connect(path: &Path, durability: Durability) -> rusqlite::Result<Connection> {
     let conn = Connection::open(path)?;
     conn.busy_timeout(std::time::Duration::from_secs(10))?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
-    // WAL + NORMAL: a commit survives a process crash; only power loss can lose the last ones.
-    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    // WAL + NORMAL: a commit survives a process crash; only power loss can
+    // lose the last ones. FULL syncs the WAL at every commit.
+    conn.pragma_update(None, "synchronous", durability.pragma())?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
     Ok(conn)
 }
@@ -1256,7 +1342,10 @@ fn apply_batch(
     batch: &[Job],
     files: &ResultFiles,
 ) -> Vec<Result<(), StoreError>> {
-    let tx = match conn.transaction() {
+    // IMMEDIATE takes the write lock before any unit runs, so result files
+    // are written or found while the lock is held: `prune` cannot remove one
+    // between then and the commit of the row that points at it.
+    let tx = match conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate) {
         Ok(tx) => tx,
         Err(e) => {
             let message = e.to_string();
