@@ -62,7 +62,8 @@ impl Backend {
     fn open_local(paths: &Paths) -> anyhow::Result<Backend> {
         let runtime = runtime()?;
         let local = Local::open(paths)?;
-        let secrets = SecretBox::open_or_create(&paths.secrets_key())?;
+        let sealed = local.store.objects(crate::store::ObjectKind::Secret)?.len();
+        let secrets = SecretBox::open_key(&paths.secrets_key(), sealed)?;
         let state = ApiState::new(ApiConfig {
             store: local.store.clone(),
             files: ComponentFiles::new(paths.components()),

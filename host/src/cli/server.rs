@@ -90,7 +90,8 @@ fn start(args: StartArgs) -> anyhow::Result<()> {
     let interrupted = local.report_dead_runs(&runs, false);
     let executor = (!args.no_worker).then(|| local.executor(ExecutorSettings::default()));
     let executor_present = executor.is_some();
-    let secrets = SecretBox::open_or_create(&paths.secrets_key())?;
+    let sealed = local.store.objects(crate::store::ObjectKind::Secret)?.len();
+    let secrets = SecretBox::open_key(&paths.secrets_key(), sealed)?;
     let state = ApiState::new(ApiConfig {
         store: local.store.clone(),
         files: ComponentFiles::new(paths.components()),

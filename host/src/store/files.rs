@@ -25,7 +25,7 @@ impl ComponentFiles {
         if path.exists() {
             return Ok(digest);
         }
-        std::fs::create_dir_all(&self.dir)?;
+        super::create_private_dir(&self.dir)?;
         let tmp = self.dir.join(format!(".tmp-{}", uuid::Uuid::now_v7()));
         std::fs::write(&tmp, bytes)?;
         if let Err(e) = std::fs::rename(&tmp, &path) {

@@ -42,7 +42,7 @@ impl ResultFiles {
         if !path.exists() {
             let io =
                 |e: std::io::Error| StoreError::Corrupt(format!("writing {}: {e}", path.display()));
-            std::fs::create_dir_all(&self.dir).map_err(io)?;
+            super::create_private_dir(&self.dir).map_err(io)?;
             let tmp = self.dir.join(format!(".tmp-{}", uuid::Uuid::now_v7()));
             std::fs::write(&tmp, payload).map_err(io)?;
             std::fs::rename(&tmp, &path).map_err(io)?;
