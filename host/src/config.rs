@@ -95,7 +95,13 @@ pub const SETTINGS: &[Setting] = &[
         key: "server.api_key_file",
         env: "WEIR_SERVER_API_KEY_FILE",
         default: None,
-        help: "a file of API keys the server accepts (one per line)",
+        help: "a file of API keys the server accepts (one per line, `read-only: KEY`, `operator: KEY` or `admin: KEY`; a bare KEY is admin)",
+    },
+    Setting {
+        key: "server.allowed_hosts",
+        env: "WEIR_SERVER_ALLOWED_HOSTS",
+        default: None,
+        help: "comma-separated host names the server answers to besides localhost and its addresses (e.g. weir.example.com behind a proxy)",
     },
     Setting {
         key: "store.durability",

@@ -10,6 +10,7 @@
 //! marked `Crashed` when the next one opens the home, and those of its pools
 //! are resumed when it starts: their completed tasks are replayed.
 
+use crate::api::guard::ApiKey;
 use crate::api::{self, ApiConfig, ApiState, InProcess};
 use crate::clock::SystemClock;
 use crate::config::Paths;
@@ -18,7 +19,7 @@ use crate::dispatch::{DispatchError, Dispatched, Dispatcher, DispatcherConfig, R
 use crate::engine::{Engine, EngineConfig, EngineError};
 use crate::model::deploy::DEFAULT_POOL;
 use crate::secrets::{SecretBox, SecretError};
-use crate::store::{ComponentFiles, FlowRunRow, Store, StoreError, StoreOptions};
+use crate::store::{ComponentFiles, FlowRunRow, ObjectKind, Store, StoreError, StoreOptions};
 use crate::worker::{Executor, ExecutorSettings, marker_pid, this_process_marker};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -51,8 +52,10 @@ pub enum ServerError {
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
     pub paths: Paths,
-    /// API keys in clear; none means no auth.
-    pub api_keys: Vec<String>,
+    /// API keys with their roles; none means no auth.
+    pub api_keys: Vec<ApiKey>,
+    /// Host names besides loopback and the bound address that requests may name.
+    pub allowed_hosts: Vec<String>,
     /// The embedded executor's settings; `None` runs no executor (runs wait).
     pub executor: Option<ExecutorSettings>,
     /// The pools the embedded executor serves.
@@ -79,6 +82,7 @@ impl ServerConfig {
             },
             paths,
             api_keys: Vec::new(),
+            allowed_hosts: Vec::new(),
             executor: Some(ExecutorSettings::default()),
             pools: vec![DEFAULT_POOL.to_string()],
             late_after: crate::scheduler::LATE_AFTER,
@@ -133,7 +137,8 @@ impl Server {
         )?);
         let engine = Arc::new(Engine::new(config.engine.clone())?);
         let control = Arc::new(Control::new(store.clone(), Arc::new(SystemClock)));
-        let secrets = Arc::new(SecretBox::open_or_create(&paths.secrets_key())?);
+        let sealed = store.objects(ObjectKind::Secret)?.len();
+        let secrets = Arc::new(SecretBox::open_key(&paths.secrets_key(), sealed)?);
         let executor = config
             .executor
             .clone()
@@ -232,6 +237,7 @@ impl Server {
         let serving = self.api_runtime().spawn(api::serve(
             self.api.clone(),
             listener,
+            self.config.allowed_hosts.clone(),
             self.stop.clone().cancelled_owned(),
         ));
         let scheduler = self.guests().spawn(crate::scheduler::run(

@@ -16,6 +16,8 @@ struct TestServer {
     home: std::sync::Arc<tempfile::TempDir>,
     key: Option<String>,
     agent: ureq::Agent,
+    /// The server's ready file and log.
+    _scratch: tempfile::TempDir,
 }
 
 impl TestServer {
@@ -48,22 +50,36 @@ impl TestServer {
         extra: &[&str],
         key: Option<&str>,
     ) -> TestServer {
+        let weir_home = home.path().to_path_buf();
+        Self::start_at(home, &weir_home, extra, key)
+    }
+
+    /// A server whose `$WEIR_HOME` is `weir_home` (which may not exist yet);
+    /// `extra` may give its own `--addr`.
+    fn start_at(
+        home: std::sync::Arc<tempfile::TempDir>,
+        weir_home: &std::path::Path,
+        extra: &[&str],
+        key: Option<&str>,
+    ) -> TestServer {
+        let addr: &[&str] = if extra.contains(&"--addr") {
+            &[]
+        } else {
+            &["--addr", "127.0.0.1:0"]
+        };
         // The server says where it listens in a file it writes once ready;
-        // its log goes beside it, for when a test fails.
-        let ready = home.path().join("ready.json");
-        let _ = std::fs::remove_file(&ready);
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(home.path().join("server.log"))
-            .unwrap();
+        // its log goes beside it (outside its home), for when a test fails.
+        let scratch = tempfile::tempdir().unwrap();
+        let ready = scratch.path().join("ready.json");
+        let log = std::fs::File::create(scratch.path().join("server.log")).unwrap();
         let mut command = Command::new(HOST);
         command
-            .args(["server", "start", "--addr", "127.0.0.1:0"])
+            .args(["server", "start"])
+            .args(addr)
             .arg("--ready-file")
             .arg(&ready)
             .args(extra)
-            .env("WEIR_HOME", home.path())
+            .env("WEIR_HOME", weir_home)
             .env_remove("WEIR_API_URL")
             .env_remove("WEIR_API_KEY")
             .stdin(Stdio::null())
@@ -85,7 +101,7 @@ impl TestServer {
             if let Some(status) = child.try_wait().unwrap() {
                 panic!(
                     "the server exited ({status}) before it was ready:\n{}",
-                    std::fs::read_to_string(home.path().join("server.log")).unwrap_or_default()
+                    std::fs::read_to_string(scratch.path().join("server.log")).unwrap_or_default()
                 );
             }
             assert!(
@@ -105,6 +121,7 @@ impl TestServer {
             home,
             key: key.map(str::to_string),
             agent,
+            _scratch: scratch,
         }
     }
 
@@ -122,6 +139,14 @@ impl TestServer {
         let mut request = ureq::http::Request::builder()
             .method(method)
             .uri(format!("{}{path}", self.url));
+        if body.is_some() {
+            let media_type = if path == "/api/components" {
+                "application/wasm"
+            } else {
+                "application/json"
+            };
+            request = request.header("content-type", media_type);
+        }
         if let Some(key) = key {
             request = request.header("authorization", format!("Bearer {key}"));
         }
@@ -415,45 +440,136 @@ fn params_are_checked_against_the_flow_schema() {
     );
 }
 
+/// Every operation the API documents, not a hand-picked few: without a key
+/// each answers 401 (but health), with a read-only key each write answers 403.
 #[test]
 fn with_api_keys_every_endpoint_but_health_needs_one() {
-    let server = TestServer::with_key("k-123-test");
-    assert_eq!(
-        server.request_with_key("GET", "/api/health", None, None).0,
-        200
+    let home = std::sync::Arc::new(tempfile::tempdir().unwrap());
+    let keys = home.path().join("roles.txt");
+    std::fs::write(
+        &keys,
+        format!("# roles\n{ADMIN_KEY}\nread-only: {READ_KEY}\noperator: {OPERATOR_KEY}\n"),
+    )
+    .unwrap();
+    let mut server = TestServer::start_in(
+        home.clone(),
+        &["--api-key-file", keys.to_str().unwrap()],
+        None,
     );
-    for path in [
-        "/api/flow-runs",
-        "/api/deployments",
-        "/api/openapi.json",
-        "/metrics",
-    ] {
-        let (status, reply) = server.request_with_key("GET", path, None, None);
-        assert_eq!(status, 401, "{path}: {reply}");
+    server.key = Some(ADMIN_KEY.to_string());
+    let (status, doc) = server.get("/api/openapi.json");
+    assert_eq!(status, 200, "{doc}");
+    let mut operations = Vec::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        let concrete = path
+            .split('/')
+            .map(|part| if part.starts_with('{') { "x" } else { part })
+            .collect::<Vec<_>>()
+            .join("/");
+        for method in item.as_object().unwrap().keys() {
+            operations.push((method.to_uppercase(), path.clone(), concrete.clone()));
+        }
+    }
+    assert!(operations.len() >= 40, "too few operations: {operations:?}");
+    let forbidden_writes = operations.iter().filter(|(m, _, _)| m != "GET").count();
+    assert!(forbidden_writes >= 20, "too few writes: {operations:?}");
+    for (method, template, path) in &operations {
+        let (status, reply) = server.request_with_key(method, path, None, None);
+        if template == "/api/health" {
+            assert_eq!(status, 200, "{method} {path}: {reply}");
+            continue;
+        }
+        assert_eq!(status, 401, "{method} {path} without a key: {reply}");
         assert!(
             reply["message"]
                 .as_str()
                 .unwrap()
-                .contains("Authorization: Bearer")
+                .contains("Authorization: Bearer"),
+            "{reply}"
         );
-        assert_eq!(
-            server.request_with_key("GET", path, None, Some("wrong")).0,
-            401
-        );
-        assert_eq!(
-            server
-                .request_with_key("GET", path, None, Some("k-123-test"))
-                .0,
-            200,
-            "{path}"
+        let (status, _) = server.request_with_key(method, path, None, Some("wrong-key-0123456789"));
+        assert_eq!(status, 401, "{method} {path} with a wrong key");
+        let (status, reply) = server.request_with_key(method, path, None, Some(READ_KEY));
+        if method == "GET" {
+            assert!(
+                status != 401 && status != 403,
+                "{method} {path} with a read-only key: {status} {reply}"
+            );
+        } else {
+            assert_eq!(status, 403, "{method} {path} with a read-only key: {reply}");
+            assert_eq!(reply["error"], "forbidden", "{reply}");
+            let message = reply["message"].as_str().unwrap();
+            assert!(message.contains("read-only"), "{message}");
+        }
+        let (status, reply) = server.request_with_key(method, path, None, Some(OPERATOR_KEY));
+        if template.starts_with("/api/secrets/") {
+            assert_eq!(status, 403, "{method} {path} with an operator key: {reply}");
+            assert!(
+                reply["message"].as_str().unwrap().contains("admin"),
+                "{reply}"
+            );
+        } else {
+            assert!(
+                status != 401 && status != 403,
+                "{method} {path} with an operator key: {status} {reply}"
+            );
+        }
+    }
+
+    // Granting secrets to a deployment is as strong as reading them: admin only.
+    let digest = server.upload(FIXTURE_WASM);
+    let mut granted = deployment("g", &digest, "call", json!({}));
+    granted["secrets"] = json!(["db"]);
+    let body = || Some(granted.to_string().into_bytes());
+    for (method, path) in [("PUT", "/api/deployments/g"), ("POST", "/api/deployments")] {
+        let (status, reply) = server.request_with_key(method, path, body(), Some(OPERATOR_KEY));
+        assert_eq!(status, 403, "{method} {path}: {reply}");
+        assert!(
+            reply["message"].as_str().unwrap().contains("admin key"),
+            "{reply}"
         );
     }
+    assert_eq!(server.get("/api/deployments/g").0, 404, "nothing was saved");
+    let plain = deployment("p", &digest, "call", json!({}));
+    let (status, reply) = server.request_with_key(
+        "PUT",
+        "/api/deployments/p",
+        Some(plain.to_string().into_bytes()),
+        Some(OPERATOR_KEY),
+    );
+    assert_eq!(status, 201, "{reply}");
+    let (status, reply) =
+        server.request_with_key("PUT", "/api/deployments/g", body(), Some(ADMIN_KEY));
+    assert_eq!(status, 201, "{reply}");
+    let (status, reply) = server.request_with_key(
+        "PUT",
+        "/api/secrets/db",
+        Some(json!({ "value": "pw" }).to_string().into_bytes()),
+        Some(OPERATOR_KEY),
+    );
+    assert_eq!(status, 403, "{reply}");
+
+    // A read-only key follows a run an operator started.
+    let (status, started) = server.request_with_key(
+        "POST",
+        "/api/deployments/p/runs",
+        Some(
+            json!({ "params": { "task": "add", "input": { "a": 1, "b": 2 } } })
+                .to_string()
+                .into_bytes(),
+        ),
+        Some(OPERATOR_KEY),
+    );
+    assert_eq!(status, 202, "{started}");
+    server.key = Some(READ_KEY.to_string());
+    let (_, run) = server.events(started["flow_run_id"].as_str().unwrap());
+    assert_eq!(run["state"], "Completed", "{run}");
+
     // The CLI sends the profile's (here the environment's) key.
+    server.key = Some(ADMIN_KEY.to_string());
     let out = server.cli(&["flow-run", "ls", "--json"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    let mut without = server.cli(&["deployment", "ls"]);
-    assert!(without.status.success());
-    without = Command::new(HOST)
+    let without = Command::new(HOST)
         .args(["deployment", "ls"])
         .env("WEIR_HOME", server.home.path().join("cli"))
         .env("WEIR_API_URL", &server.url)
@@ -467,6 +583,10 @@ fn with_api_keys_every_endpoint_but_health_needs_one() {
         text(&without.stderr)
     );
 }
+
+const ADMIN_KEY: &str = "admin-key-0123456789";
+const READ_KEY: &str = "read-key-0123456789";
+const OPERATOR_KEY: &str = "operator-key-0123456789";
 
 #[test]
 fn without_api_keys_no_header_is_needed() {
@@ -1853,4 +1973,451 @@ fn a_damaged_component_file_is_reported_and_a_fresh_upload_repairs_it() {
     assert_eq!(status, 202, "{started}");
     let (_, finished) = server.events(started["flow_run_id"].as_str().unwrap());
     assert_eq!(finished["state"], "Completed", "{finished}");
+}
+
+/// Sends one HTTP/1.1 request as raw text, so that `Host` and the other
+/// headers are exactly what a hostile page or client would send; returns the
+/// status and the JSON body.
+fn raw_request(server: &TestServer, request_head: &str, body: &[u8]) -> (u16, Value) {
+    use std::io::{Read, Write};
+    let authority = server.url.trim_start_matches("http://");
+    let mut stream = std::net::TcpStream::connect(authority).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let head = request_head.replace("{addr}", authority);
+    let mut bytes = format!(
+        "{}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        head.trim_end().replace('\n', "\r\n"),
+        body.len()
+    )
+    .into_bytes();
+    bytes.extend_from_slice(body);
+    stream.write_all(&bytes).unwrap();
+    let mut reply = Vec::new();
+    stream.read_to_end(&mut reply).unwrap();
+    let reply = String::from_utf8_lossy(&reply).into_owned();
+    let status: u16 = reply
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status line in {reply:?}"));
+    let body = reply.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    let value = serde_json::from_str(body).unwrap_or_else(|_| Value::String(body.to_string()));
+    (status, value)
+}
+
+/// DNS rebinding and cross-site requests: a page at evil.example (resolving
+/// to 127.0.0.1, or fetching 127.0.0.1 directly) gets nothing done and reads nothing.
+#[test]
+fn a_foreign_host_or_origin_is_refused() {
+    let server = TestServer::start();
+    let digest = server.upload(FIXTURE_WASM);
+    let body = deployment("d", &digest, "call", json!({})).to_string();
+    let refused = [
+        // A rebinding name, on a read and on a write.
+        (
+            "GET /api/flow-runs HTTP/1.1\nHost: evil.example:{port}",
+            "forbidden_host",
+        ),
+        (
+            "POST /api/deployments HTTP/1.1\nHost: evil.example:{port}\nContent-Type: application/json",
+            "forbidden_host",
+        ),
+        (
+            "GET /api/health HTTP/1.1\nHost: localhost.evil.example",
+            "forbidden_host",
+        ),
+        // No Host at all (HTTP/1.0): a browser never does this, a socket must not let it in.
+        ("GET /api/flow-runs HTTP/1.0", "forbidden_host"),
+        // Our Host, but an absolute request line naming another.
+        (
+            "GET http://evil.example/api/flow-runs HTTP/1.1\nHost: {addr}",
+            "forbidden_host",
+        ),
+        // A page of another site calling 127.0.0.1 directly.
+        (
+            "POST /api/deployments HTTP/1.1\nHost: {addr}\nOrigin: http://evil.example\nContent-Type: application/json",
+            "forbidden_origin",
+        ),
+        (
+            "GET /api/secrets HTTP/1.1\nHost: {addr}\nOrigin: http://localhost:1",
+            "forbidden_origin",
+        ),
+        (
+            "POST /api/deployments HTTP/1.1\nHost: {addr}\nOrigin: null\nContent-Type: application/json",
+            "forbidden_origin",
+        ),
+    ];
+    let port = server.url.rsplit(':').next().unwrap().to_string();
+    for (head, error) in refused {
+        let head = head.replace("{port}", &port);
+        let (status, reply) = raw_request(&server, &head, body.as_bytes());
+        assert_eq!(status, 403, "{head}: {reply}");
+        assert_eq!(reply["error"], error, "{head}: {reply}");
+        assert!(
+            reply["message"].as_str().is_some_and(|m| m.len() > 20),
+            "{reply}"
+        );
+    }
+    assert_eq!(
+        server.get("/api/deployments").1["deployments"],
+        json!([]),
+        "no refused request created anything"
+    );
+    // The same requests from this server's own pages, and from curl, pass.
+    let allowed = [
+        format!("GET /api/flow-runs HTTP/1.1\nHost: localhost:{port}"),
+        format!("GET /api/flow-runs HTTP/1.1\nHost: [::1]:{port}\nOrigin: http://[::1]:{port}"),
+        "POST /api/deployments HTTP/1.1\nHost: {addr}\nOrigin: http://{addr}\nContent-Type: application/json".to_string(),
+    ];
+    for head in allowed {
+        let (status, reply) = raw_request(&server, &head, body.as_bytes());
+        assert!(status == 200 || status == 201, "{head}: {status} {reply}");
+    }
+    assert_eq!(server.get("/api/deployments/d").0, 200);
+}
+
+/// A configured name is answered; others still are not.
+#[test]
+fn allowed_host_names_are_answered() {
+    let server = TestServer::start_with(&["--allowed-host", "Weir.Example.com"], None);
+    let (status, reply) = raw_request(
+        &server,
+        "GET /api/health HTTP/1.1\nHost: weir.example.com\nOrigin: https://weir.example.com",
+        b"",
+    );
+    assert_eq!(status, 200, "{reply}");
+    let (status, reply) = raw_request(&server, "GET /api/health HTTP/1.1\nHost: evil.example", b"");
+    assert_eq!(status, 403, "{reply}");
+    assert!(
+        reply["message"]
+            .as_str()
+            .unwrap()
+            .contains("--allowed-host evil.example"),
+        "{reply}"
+    );
+}
+
+/// What a cross-site form or `no-cors` fetch can send (text/plain, forms)
+/// is refused with 415 and changes nothing.
+#[test]
+fn bodies_without_their_content_type_get_415_and_change_nothing() {
+    let server = TestServer::start();
+    let wasm = std::fs::read(FIXTURE_WASM).unwrap();
+    for media_type in [
+        "text/plain",
+        "application/x-www-form-urlencoded",
+        "application/json",
+    ] {
+        let (status, reply) = raw_request(
+            &server,
+            &format!("POST /api/components HTTP/1.1\nHost: {{addr}}\nContent-Type: {media_type}"),
+            &wasm,
+        );
+        assert_eq!(status, 415, "{media_type}: {reply}");
+        assert_eq!(reply["error"], "unsupported_media_type");
+        assert!(
+            reply["message"]
+                .as_str()
+                .unwrap()
+                .contains("application/wasm"),
+            "{reply}"
+        );
+    }
+    assert_eq!(server.get("/api/components").1["components"], json!([]));
+    let (status, reply) = raw_request(
+        &server,
+        "POST /api/components HTTP/1.1\nHost: {addr}\nContent-Type: application/octet-stream",
+        &wasm,
+    );
+    assert_eq!(status, 201, "{reply}");
+    let digest = reply["digest"].as_str().unwrap().to_string();
+    let run = json!({ "params": { "task": "add", "input": { "a": 1, "b": 2 } } }).to_string();
+    let saved = deployment("d", &digest, "call", json!({})).to_string();
+    let writes = [
+        ("POST /api/deployments", saved.clone()),
+        ("PUT /api/deployments/d", saved.clone()),
+        (
+            &*format!("POST /api/components/{digest}/flows/call/runs"),
+            run.clone(),
+        ),
+        ("PUT /api/secrets/db", json!({ "value": "pw" }).to_string()),
+        ("PUT /api/variables/v", json!({ "value": "x" }).to_string()),
+    ]
+    .map(|(line, body)| (line.to_string(), body));
+    for (line, body) in &writes {
+        for media_type in [
+            Some("text/plain"),
+            Some("text/plain;charset=UTF-8"),
+            Some("multipart/form-data; boundary=x"),
+            None,
+        ] {
+            let header = media_type
+                .map(|t| format!("\nContent-Type: {t}"))
+                .unwrap_or_default();
+            let head = format!("{line} HTTP/1.1\nHost: {{addr}}{header}");
+            let (status, reply) = raw_request(&server, &head, body.as_bytes());
+            assert_eq!(status, 415, "{head}: {reply}");
+            assert!(
+                reply["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("Content-Type: application/json"),
+                "{reply}"
+            );
+        }
+    }
+    // An empty form post (what a bare <form method=post> sends) is refused too.
+    let (status, reply) = raw_request(
+        &server,
+        "POST /api/deployments/d/runs HTTP/1.1\nHost: {addr}\nContent-Type: application/x-www-form-urlencoded",
+        b"",
+    );
+    assert_eq!(status, 415, "{reply}");
+    assert_eq!(server.get("/api/deployments").1["deployments"], json!([]));
+    assert_eq!(server.get("/api/flow-runs").1["flow_runs"], json!([]));
+    assert_eq!(server.get("/api/secrets").1["secrets"], json!([]));
+    assert_eq!(server.get("/api/variables").1["variables"], json!([]));
+    // The right type, with a charset, is read.
+    let (status, reply) = raw_request(
+        &server,
+        "PUT /api/deployments/d HTTP/1.1\nHost: {addr}\nContent-Type: application/json; charset=utf-8",
+        saved.as_bytes(),
+    );
+    assert_eq!(status, 201, "{reply}");
+}
+
+/// Runs `host` with `args` on `weir_home`, expecting it to refuse to start:
+/// returns its exit code and stderr. A server that starts anyway is killed
+/// and the test fails.
+fn refused_start(weir_home: &std::path::Path, args: &[&str]) -> (Option<i32>, String) {
+    let mut child = Command::new(HOST)
+        .args(args)
+        .env("WEIR_HOME", weir_home)
+        .env_remove("WEIR_API_URL")
+        .env_remove("WEIR_API_KEY")
+        .env_remove("WEIR_SERVER_API_KEY_FILE")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = std::io::Read::read_to_string(&mut BufReader::new(stderr), &mut text);
+        text
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "`host {}` kept running; it should have refused: {}",
+                args.join(" "),
+                reader.join().unwrap()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    (status.code(), reader.join().unwrap())
+}
+
+#[test]
+fn a_server_on_a_public_address_needs_keys_or_insecure_no_auth() {
+    let home = std::sync::Arc::new(tempfile::tempdir().unwrap());
+    let (code, stderr) = refused_start(home.path(), &["server", "start", "--addr", "0.0.0.0:0"]);
+    assert_eq!(code, Some(2), "{stderr}");
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "one line: {stderr}");
+    assert!(
+        lines[0].contains("--api-key-file") && lines[0].contains("--insecure-no-auth"),
+        "{stderr}"
+    );
+    let mut server =
+        TestServer::start_in(home, &["--addr", "0.0.0.0:0", "--insecure-no-auth"], None);
+    assert!(server.url.starts_with("http://0.0.0.0:"), "{}", server.url);
+    server.url = server.url.replace("0.0.0.0", "127.0.0.1");
+    server.healthy();
+    // With keys it starts too, and wants them.
+    let home = std::sync::Arc::new(tempfile::tempdir().unwrap());
+    let mut keyed = TestServer::start_in(home, &["--addr", "0.0.0.0:0"], Some(ADMIN_KEY));
+    keyed.url = keyed.url.replace("0.0.0.0", "127.0.0.1");
+    assert_eq!(
+        keyed
+            .request_with_key("GET", "/api/flow-runs", None, None)
+            .0,
+        401
+    );
+    assert_eq!(keyed.get("/api/flow-runs").0, 200);
+}
+
+#[test]
+fn bearer_is_accepted_in_any_case_and_short_keys_are_refused() {
+    let server = TestServer::with_key(ADMIN_KEY);
+    for scheme in ["Bearer", "bearer", "BEARER", "bEaReR"] {
+        let (status, reply) = raw_request(
+            &server,
+            &format!(
+                "GET /api/flow-runs HTTP/1.1\nHost: {{addr}}\nAuthorization: {scheme} {ADMIN_KEY}"
+            ),
+            b"",
+        );
+        assert_eq!(status, 200, "{scheme}: {reply}");
+    }
+    let (status, _) = raw_request(
+        &server,
+        &format!("GET /api/flow-runs HTTP/1.1\nHost: {{addr}}\nAuthorization: Basic {ADMIN_KEY}"),
+        b"",
+    );
+    assert_eq!(status, 401);
+    let home = tempfile::tempdir().unwrap();
+    for (file, says) in [
+        ("# short\nabcde\n", "at least 16"),
+        ("read-only: abcde\n", "at least 16"),
+        (
+            "readonly: 0123456789abcdef0123\n",
+            "unknown role 'readonly'",
+        ),
+    ] {
+        let keys = home.path().join("keys.txt");
+        std::fs::write(&keys, file).unwrap();
+        let (code, stderr) = refused_start(
+            home.path(),
+            &[
+                "server",
+                "start",
+                "--addr",
+                "127.0.0.1:0",
+                "--api-key-file",
+                keys.to_str().unwrap(),
+            ],
+        );
+        assert_eq!(code, Some(2), "{file}: {stderr}");
+        assert!(stderr.contains(says), "{file}: {stderr}");
+        assert!(
+            !stderr.contains("abcde"),
+            "the key is not printed: {stderr}"
+        );
+    }
+}
+
+#[cfg(unix)]
+fn mode_of(path: &std::path::Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .permissions()
+        .mode()
+        & 0o777
+}
+
+/// A fresh `$WEIR_HOME` and everything in it is the owner's alone.
+#[cfg(unix)]
+#[test]
+fn home_database_results_components_and_key_are_private() {
+    let parent = std::sync::Arc::new(tempfile::tempdir().unwrap());
+    // tempdir() itself is 0700; the home the server makes is a new one.
+    let weir_home = parent.path().join("home");
+    let server = TestServer::start_at(parent.clone(), &weir_home, &[], None);
+    let digest = server.upload(FIXTURE_WASM);
+    let (status, started) = server.send(
+        "POST",
+        &format!("/api/components/{digest}/flows/call/runs"),
+        json!({ "params": { "task": "huge_output", "input": { "bytes": 200000 } } }),
+    );
+    assert_eq!(status, 202, "{started}");
+    let (_, run) = server.events(started["flow_run_id"].as_str().unwrap());
+    assert_eq!(run["state"], "Completed", "{run}");
+    let mut checked = 0;
+    for name in [
+        "",
+        "weir.db",
+        "weir.db-wal",
+        "weir.db-shm",
+        "results",
+        "components",
+        "secrets.key",
+    ] {
+        let path = weir_home.join(name);
+        let mode = mode_of(&path);
+        assert_eq!(mode & 0o077, 0, "{} is mode {mode:o}", path.display());
+        checked += 1;
+    }
+    assert_eq!(checked, 7);
+    assert!(
+        std::fs::read_dir(weir_home.join("results"))
+            .unwrap()
+            .count()
+            > 0,
+        "the run's result went to a file"
+    );
+}
+
+#[cfg(unix)]
+#[test]
+fn a_secrets_key_others_can_read_or_a_lost_one_stops_the_server() {
+    use std::os::unix::fs::PermissionsExt;
+    let home = std::sync::Arc::new(tempfile::tempdir().unwrap());
+    let key = home.path().join("secrets.key");
+    let server = TestServer::start_in(home.clone(), &[], None);
+    let (status, reply) = server.send("PUT", "/api/secrets/db", json!({ "value": "hunter2" }));
+    assert_eq!(status, 200, "{reply}");
+    drop(server);
+    let original = std::fs::read(&key).unwrap();
+    let start = ["server", "start", "--addr", "127.0.0.1:0"];
+
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let (code, stderr) = refused_start(home.path(), &start);
+    assert_ne!(code, Some(0));
+    assert!(
+        stderr.contains(&format!("chmod 600 {}", key.display())),
+        "{stderr}"
+    );
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+
+    std::fs::remove_file(&key).unwrap();
+    let (code, stderr) = refused_start(home.path(), &start);
+    assert_ne!(code, Some(0));
+    assert!(
+        stderr.contains("restore the file from a backup"),
+        "{stderr}"
+    );
+    assert!(
+        !key.exists(),
+        "the server made a new key over sealed secrets"
+    );
+    let (code, stderr) = refused_start(home.path(), &["secret", "ls"]);
+    assert_ne!(code, Some(0));
+    assert!(
+        stderr.contains("restore the file from a backup"),
+        "{stderr}"
+    );
+    assert!(
+        !key.exists(),
+        "`host secret ls` made a new key over sealed secrets"
+    );
+
+    // Restored, everything works again and the secret still opens.
+    std::fs::write(&key, &original).unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let server = TestServer::start_in(home, &[], None);
+    let digest = server.upload(FIXTURE_WASM);
+    let mut granted = deployment(
+        "s",
+        &digest,
+        "call",
+        json!({ "task": "get_secret", "input": { "name": "db" } }),
+    );
+    granted["secrets"] = json!(["db"]);
+    assert_eq!(server.send("PUT", "/api/deployments/s", granted).0, 201);
+    let (status, started) = server.send("POST", "/api/deployments/s/runs", json!({}));
+    assert_eq!(status, 202, "{started}");
+    let (_, run) = server.events(started["flow_run_id"].as_str().unwrap());
+    assert_eq!(run["state"], "Completed", "{run}");
 }

@@ -62,9 +62,11 @@ pub(super) async fn list_deployments(State(state): State<Arc<ApiState>>) -> ApiR
         (status = 422, body = schema::ErrorBody, description = "Unknown component, flow, pool or queue, or bad default params")))]
 pub(super) async fn create_deployment(
     State(state): State<Arc<ApiState>>,
+    axum::Extension(caller): axum::Extension<super::guard::Role>,
     body: axum::body::Bytes,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     let deployment: Deployment = parse_body(&body, "a deployment (see /api/openapi.json)")?;
+    caller.may_grant_secrets(&deployment.secrets)?;
     state
         .blocking(move |state| {
             if state
@@ -92,6 +94,7 @@ pub(super) async fn create_deployment(
 pub(super) async fn put_deployment(
     State(state): State<Arc<ApiState>>,
     Path(name): Path<String>,
+    axum::Extension(caller): axum::Extension<super::guard::Role>,
     body: axum::body::Bytes,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     let mut value: Value = parse_body(&body, "a deployment (see /api/openapi.json)")?;
@@ -111,6 +114,7 @@ pub(super) async fn put_deployment(
     let deployment: Deployment = serde_json::from_value(value).map_err(|e| {
         ApiError::bad_request("bad_json", format!("the body is not a deployment: {e}"))
     })?;
+    caller.may_grant_secrets(&deployment.secrets)?;
     state.blocking(move |state| save(state, deployment)).await
 }
 

@@ -12,6 +12,7 @@
 
 mod deployments;
 mod events;
+pub mod guard;
 mod objects;
 mod runs;
 pub mod schema;
@@ -19,18 +20,18 @@ pub mod schema;
 use crate::dispatch::{DispatchError, Dispatcher};
 use crate::store::{ComponentFileError, Store, StoreError};
 use axum::extract::{DefaultBodyLimit, Request, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use utoipa::OpenApi;
 
+use guard::GuardResponses;
 pub use objects::ensure_pool;
 
 /// The largest `.wasm` accepted by `POST /api/components`.
@@ -48,8 +49,8 @@ pub struct ApiState {
     pub dispatcher: Arc<Dispatcher>,
     /// For reads; every one runs on the blocking pool (see [`ApiState::blocking`]).
     pub store: Arc<Store>,
-    /// sha256 of each accepted API key; empty means no auth.
-    api_keys: Vec<[u8; 32]>,
+    /// The accepted API keys (hashed, with their roles); empty means no auth.
+    api_keys: Vec<guard::ApiKey>,
     /// Open event streams.
     streams: Arc<tokio::sync::Semaphore>,
     /// Cancelled when the server stops: event streams end.
@@ -59,8 +60,8 @@ pub struct ApiState {
 /// How to build an [`ApiState`].
 pub struct ApiConfig {
     pub dispatcher: Arc<Dispatcher>,
-    /// API keys in clear; only their hashes are kept.
-    pub api_keys: Vec<String>,
+    /// The accepted API keys ([`guard::parse_key_file`]); empty means no auth.
+    pub api_keys: Vec<guard::ApiKey>,
     pub shutdown: CancellationToken,
 }
 
@@ -69,7 +70,7 @@ impl ApiState {
         Arc::new(Self {
             store: config.dispatcher.store().clone(),
             dispatcher: config.dispatcher,
-            api_keys: config.api_keys.iter().map(|k| hash_key(k)).collect(),
+            api_keys: config.api_keys,
             streams: Arc::new(tokio::sync::Semaphore::new(MAX_EVENT_STREAMS)),
             shutdown: config.shutdown,
         })
@@ -92,18 +93,15 @@ impl ApiState {
     }
 }
 
-/// sha256 of an API key, as the server keeps it.
-pub fn hash_key(key: &str) -> [u8; 32] {
-    Sha256::digest(key.trim().as_bytes()).into()
-}
-
 #[derive(OpenApi)]
 #[openapi(
     info(
         title = "Weir API",
         description = "Upload flow components, deploy and run them, and follow their runs. \
             Errors are `{\"error\": code, \"message\": sentence}` with a 4xx status. \
-            When the server has API keys, every endpoint but /api/health needs `Authorization: Bearer <key>`.",
+            When the server has API keys, every endpoint but /api/health needs `Authorization: Bearer <key>`; \
+            read-only keys may only GET, operator keys may not write secrets or grant them to deployments. \
+            Bodies must be sent with their Content-Type (`application/json`, or `application/wasm` for uploads).",
         license(name = "Apache-2.0")
     ),
     paths(
@@ -150,7 +148,7 @@ pub fn hash_key(key: &str) -> [u8; 32] {
         objects::put_variable,
         objects::delete_variable,
     ),
-    modifiers(&BearerAuth)
+    modifiers(&BearerAuth, &GuardResponses)
 )]
 pub struct ApiDoc;
 
@@ -266,9 +264,10 @@ pub fn router(state: Arc<ApiState>) -> Router {
                 .put(objects::put_variable)
                 .delete(objects::delete_variable),
         )
+        .layer(axum::middleware::from_fn(guard::require_body_type))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
-            require_key,
+            guard::require_key,
         ));
     Router::new()
         .route("/api/health", get(health))
@@ -299,13 +298,24 @@ async fn time_limit(request: Request, next: Next) -> Response {
     }
 }
 
-/// Serves the API on `listener` until `shutdown` resolves.
+/// Serves the API on `listener` until `shutdown` resolves. Requests must
+/// name this server in `Host` (loopback, the bound address or one of
+/// `allowed_hosts`) and come from no other site's page ([`guard::HostGuard`]).
 pub async fn serve(
     state: Arc<ApiState>,
     listener: tokio::net::TcpListener,
+    allowed_hosts: Vec<String>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state))
+    let host_guard = Arc::new(guard::HostGuard::new(
+        listener.local_addr()?,
+        &allowed_hosts,
+    ));
+    let app = router(state).layer(axum::middleware::from_fn_with_state(
+        host_guard,
+        guard::require_own_host,
+    ));
+    axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await
 }
@@ -357,37 +367,6 @@ impl InProcess {
             .unwrap_or_default();
         (status, bytes)
     }
-}
-
-async fn require_key(
-    State(state): State<Arc<ApiState>>,
-    headers: HeaderMap,
-    request: Request,
-    next: Next,
-) -> Response {
-    if state.api_keys.is_empty() {
-        return next.run(request).await;
-    }
-    let presented = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(hash_key);
-    match presented {
-        Some(hash) if state.api_keys.iter().any(|k| constant_time_eq(k, &hash)) => {
-            next.run(request).await
-        }
-        Some(_) => ApiError::unauthorized("the API key is not accepted by this server")
-            .into_response(),
-        None => ApiError::unauthorized(
-            "this server needs an API key: send `Authorization: Bearer <key>` (host config set api.key <KEY>)",
-        )
-        .into_response(),
-    }
-}
-
-fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// An API error: a status, a short code and a sentence for people.

@@ -66,7 +66,7 @@ pub struct ViewArgs {
 fn save(profiles: &Profiles) -> anyhow::Result<()> {
     let file = paths().profiles();
     if let Some(dir) = file.parent() {
-        std::fs::create_dir_all(dir)?;
+        crate::store::create_private_dir(dir)?;
     }
     let tmp = file.with_extension("toml.tmp");
     let mut options = std::fs::OpenOptions::new();

@@ -1,6 +1,7 @@
 //! `host server start`: the API and the embedded executor in one process.
 
 use super::paths;
+use crate::api;
 use crate::server::{Server, ServerConfig};
 use anyhow::Context;
 use clap::{Args, Subcommand};
@@ -12,7 +13,7 @@ pub enum ServerCommand {
     /// Serve the API on ADDR and run flow runs on the embedded executor.
     #[command(after_help = "Examples:
   host server start
-  curl --data-binary @flow.wasm http://127.0.0.1:4200/api/components
+  curl --data-binary @flow.wasm -H 'content-type: application/wasm' http://127.0.0.1:4200/api/components
   curl -X POST http://127.0.0.1:4200/api/components/<DIGEST>/flows/etl/runs -d '{\"params\": {\"rows\": 10}}' -H 'content-type: application/json'")]
     Start(StartArgs),
 }
@@ -26,10 +27,22 @@ pub struct StartArgs {
     /// Serve the API only; runs wait for an executor.
     #[arg(long)]
     no_worker: bool,
-    /// Require `Authorization: Bearer <key>` with one of the keys in FILE (one
-    /// per line; `#` comments). Only their sha256 hashes are kept in memory.
+    /// Require `Authorization: Bearer <key>` with one of the keys in FILE: one
+    /// per line, `#` comments, at least 16 characters. `read-only: KEY` may
+    /// only read, `operator: KEY` may also upload, deploy and run, `admin:
+    /// KEY` (or a bare KEY) may also write secrets and grant them to
+    /// deployments. Only their sha256 hashes are kept in memory.
     #[arg(long, value_name = "FILE")]
     api_key_file: Option<std::path::PathBuf>,
+    /// Serve an address other machines can reach without API keys (only on
+    /// a network you trust: anyone there may run code and read results).
+    #[arg(long)]
+    insecure_no_auth: bool,
+    /// Also answer to this host name (besides localhost and the server's
+    /// addresses), e.g. the name of a proxy in front; repeatable [also:
+    /// server.allowed_hosts, comma-separated].
+    #[arg(long = "allowed-host", value_name = "NAME")]
+    allowed_hosts: Vec<String>,
     /// Mark a run `Late` when it has waited this long past its scheduled time.
     #[arg(long, value_name = "DURATION", default_value = "60s")]
     late_after: humantime::Duration,
@@ -75,8 +88,18 @@ fn start(args: StartArgs) -> anyhow::Result<()> {
         Some(file) => read_api_keys(file)?,
         None => Vec::new(),
     };
+    api::guard::check_exposure(addr, !api_keys.is_empty(), args.insecure_no_auth)
+        .map_err(|e| super::Exit::bad_input(e.to_string()))?;
     let mut config = ServerConfig::new(paths.clone());
     config.api_keys = api_keys.clone();
+    config.allowed_hosts = args.allowed_hosts.clone();
+    config.allowed_hosts.extend(
+        settings
+            .get("server.allowed_hosts")
+            .into_iter()
+            .flat_map(|names| names.split(',').map(|n| n.trim().to_string()))
+            .filter(|n| !n.is_empty()),
+    );
     config.late_after = args.late_after.into();
     config.store = super::flow::store_options(&paths)?;
     config.log_retention = args.log_retention.map(Into::into);
@@ -147,23 +170,12 @@ fn write_ready_file(file: &std::path::Path, url: &str) -> anyhow::Result<()> {
         .with_context(|| format!("writing the ready file {}", file.display()))
 }
 
-/// One key per line; blank lines and `#` comments are skipped.
-fn read_api_keys(file: &std::path::Path) -> anyhow::Result<Vec<String>> {
+/// The keys and their roles ([`api::guard::parse_key_file`]).
+fn read_api_keys(file: &std::path::Path) -> anyhow::Result<Vec<api::guard::ApiKey>> {
     let text = std::fs::read_to_string(file)
         .with_context(|| format!("reading API keys from {}", file.display()))?;
-    let keys: Vec<String> = text
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .map(str::to_string)
-        .collect();
-    if keys.is_empty() {
-        return Err(super::Exit::bad_input(format!(
-            "{} holds no API keys (one per line); without keys, leave out --api-key-file",
-            file.display()
-        )));
-    }
-    Ok(keys)
+    api::guard::parse_key_file(&text)
+        .map_err(|e| super::Exit::bad_input(format!("{}: {e}", file.display())))
 }
 
 async fn shutdown_signal() {

@@ -66,6 +66,7 @@ impl ComponentFiles {
             path: path.clone(),
             source,
         };
+        super::create_private_dir(&self.dir).map_err(io)?;
         remove_stale_temp_files(&self.dir, STALE_TEMP_AFTER).map_err(io)?;
         write_durably(&self.dir, &path, bytes).map_err(io)?;
         Ok(digest)

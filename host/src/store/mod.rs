@@ -408,8 +408,9 @@ impl Store {
             message: e.to_string(),
         };
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| open_error(&e))?;
+            create_private_dir(dir).map_err(|e| open_error(&e))?;
         }
+        create_private_file(path).map_err(|e| open_error(&e))?;
         let mut conn = connect(path, durability).map_err(|e| open_error(&e))?;
         schema::migrate(&mut conn).map_err(|e| open_error(&e))?;
         // The flusher thread checkpoints; commits never do.
@@ -1318,6 +1319,30 @@ fn row_state(r: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<RunState> {
 fn parse_state(text: &str) -> Result<RunState, StoreError> {
     text.parse()
         .map_err(|e: crate::model::UnknownState| StoreError::Corrupt(e.to_string()))
+}
+
+/// Creates `dir` and its missing parents readable by the owner only (0700):
+/// `$WEIR_HOME` holds run records, results and sealed secrets.
+pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(dir)
+}
+
+/// Creates an empty database file 0600 if there is none, so that SQLite,
+/// which gives its `-wal` and `-shm` files the database's mode, keeps all
+/// three from other users.
+fn create_private_file(path: &Path) -> std::io::Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    match options.open(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => Err(e),
+        _ => Ok(()),
+    }
 }
 
 fn connect(path: &Path, durability: Durability) -> rusqlite::Result<Connection> {

@@ -51,6 +51,9 @@ impl ResultFiles {
             hex::encode(Sha256::digest(stored)) == digest
         });
         if !intact {
+            super::create_private_dir(&self.dir).map_err(|e| {
+                StoreError::Corrupt(format!("creating {}: {e}", self.dir.display()))
+            })?;
             write_durably(&self.dir, &path, payload.as_bytes()).map_err(|e| {
                 StoreError::Corrupt(format!("writing result file {}: {e}", path.display()))
             })?;
