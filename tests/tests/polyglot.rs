@@ -17,8 +17,12 @@ const HOST: &str = env!("CARGO_BIN_EXE_host-under-test");
 fn enabled(test: &str) -> bool {
     let on = std::env::var("WEIR_POLYGLOT_TESTS").is_ok_and(|v| v == "1");
     if !on {
-        eprintln!(
-            "skipped {test}: set WEIR_POLYGLOT_TESTS=1 to build and run Python and JavaScript guests"
+        // Straight to the terminal, past the test harness's capture: a skip
+        // must be seen, never pass for a run.
+        use std::io::Write;
+        let _ = writeln!(
+            std::io::stderr().lock(),
+            "SKIPPED {test}: set WEIR_POLYGLOT_TESTS=1 to build and run Python and JavaScript guests"
         );
     }
     on

@@ -30,6 +30,8 @@ const SAME_LAYER: &[(&str, &str)] = &[
     ("config", "model"),
     // The dispatcher decides admission; control makes each state change.
     ("dispatch", "control"),
+    // The secrets key lives in `$WEIR_HOME`, whose folders the store makes private.
+    ("secrets", "store"),
     // The CLI's program is the library's, and `lib` declares every module.
     ("main", "cli"),
     ("lib", "cli"),

@@ -186,7 +186,7 @@ pub struct LogRecord {
 
 /// How hard a commit tries to reach the disk (the profile setting `store.durability`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum Durability {
+pub enum DiskSync {
     /// `synchronous=NORMAL`: every commit survives a process crash; a power
     /// loss may lose the commits since the WAL was last synced (the flusher
     /// checkpoints, which syncs it, about every second).
@@ -197,12 +197,12 @@ pub enum Durability {
     Full,
 }
 
-impl std::str::FromStr for Durability {
+impl std::str::FromStr for DiskSync {
     type Err = String;
     fn from_str(text: &str) -> Result<Self, String> {
         match text {
-            "normal" => Ok(Durability::Normal),
-            "full" => Ok(Durability::Full),
+            "normal" => Ok(DiskSync::Normal),
+            "full" => Ok(DiskSync::Full),
             other => Err(format!(
                 "store.durability '{other}' is not `normal` or `full` (host config set store.durability full)"
             )),
@@ -210,11 +210,11 @@ impl std::str::FromStr for Durability {
     }
 }
 
-impl Durability {
+impl DiskSync {
     fn pragma(self) -> &'static str {
         match self {
-            Durability::Normal => "NORMAL",
-            Durability::Full => "FULL",
+            DiskSync::Normal => "NORMAL",
+            DiskSync::Full => "FULL",
         }
     }
 }
@@ -222,7 +222,7 @@ impl Durability {
 /// How to open a [`Store`]; `Default` is what [`Store::open`] uses.
 #[derive(Debug, Clone, Default)]
 pub struct StoreOptions {
-    pub durability: Durability,
+    pub durability: DiskSync,
 }
 
 /// Resolves when the writes it was handed out for are committed.
@@ -448,7 +448,7 @@ impl Store {
     }
 
     /// The write connection's `PRAGMA synchronous` (1 NORMAL, 2 FULL), to
-    /// check what [`Durability`] is in effect.
+    /// check what [`DiskSync`] is in effect.
     pub fn synchronous(&self) -> Result<u8, StoreError> {
         let conn = self.writer.conn.lock().unwrap_or_else(|p| p.into_inner());
         Ok(conn.pragma_query_value(None, "synchronous", |r| r.get(0))?)
@@ -1345,7 +1345,7 @@ fn create_private_file(path: &Path) -> std::io::Result<()> {
     }
 }
 
-fn connect(path: &Path, durability: Durability) -> rusqlite::Result<Connection> {
+fn connect(path: &Path, durability: DiskSync) -> rusqlite::Result<Connection> {
     let conn = Connection::open(path)?;
     conn.busy_timeout(std::time::Duration::from_secs(10))?;
     conn.pragma_update(None, "journal_mode", "WAL")?;

@@ -280,12 +280,12 @@ fn durability_full_syncs_every_commit_and_normal_is_the_default() {
     let path = dir.path().join("weir.db");
     assert_eq!(Store::open(&path).unwrap().synchronous().unwrap(), 1);
     let full = StoreOptions {
-        durability: Durability::Full,
+        durability: DiskSync::Full,
     };
     let store = Store::open_with_options(&path, full).unwrap();
     assert_eq!(store.synchronous().unwrap(), 2, "synchronous=FULL");
-    assert!("sometimes".parse::<Durability>().is_err());
-    assert_eq!("full".parse::<Durability>(), Ok(Durability::Full));
+    assert!("sometimes".parse::<DiskSync>().is_err());
+    assert_eq!("full".parse::<DiskSync>(), Ok(DiskSync::Full));
 }
 
 fn flow_run_with_params(id: FlowRunId, params: &str, at: TimestampMicros) -> Write {
