@@ -168,6 +168,13 @@ impl TestServer {
         self.request("GET", path, None)
     }
 
+    /// POSTs an empty JSON object (pause, resume, ...) and expects 200.
+    fn post_ok(&self, path: &str) -> Value {
+        let (status, reply) = self.send("POST", path, json!({}));
+        assert_eq!(status, 200, "POST {path}: {reply}");
+        reply
+    }
+
     fn send(&self, method: &str, path: &str, body: Value) -> (u16, Value) {
         self.request(method, path, Some(body.to_string().into_bytes()))
     }
@@ -730,12 +737,7 @@ fn paused_deployments_refuse_runs_until_resumed() {
         json!({ "task": "add", "input": { "a": 1, "b": 2 } }),
     );
     assert_eq!(server.send("PUT", "/api/deployments/adder", d).0, 201);
-    assert_eq!(
-        server
-            .send("POST", "/api/deployments/adder/pause", json!({}))
-            .0,
-        200
-    );
+    server.post_ok("/api/deployments/adder/pause");
     let (status, reply) = server.send("POST", "/api/deployments/adder/runs", json!({}));
     assert_eq!(status, 409);
     assert!(
@@ -744,12 +746,7 @@ fn paused_deployments_refuse_runs_until_resumed() {
             .unwrap()
             .contains("host deployment resume adder")
     );
-    assert_eq!(
-        server
-            .send("POST", "/api/deployments/adder/resume", json!({}))
-            .0,
-        200
-    );
+    server.post_ok("/api/deployments/adder/resume");
     let (status, started) = server.send("POST", "/api/deployments/adder/runs", json!({}));
     assert_eq!(status, 202);
     let (_, run) = server.events(started["flow_run_id"].as_str().unwrap());
@@ -775,12 +772,7 @@ fn a_paused_pool_holds_runs_in_scheduled_until_it_resumes() {
         json!({ "task": "add", "input": { "a": 2, "b": 2 } }),
     );
     assert_eq!(server.send("PUT", "/api/deployments/adder", d).0, 201);
-    assert_eq!(
-        server
-            .send("POST", "/api/work-pools/wasm/pause", json!({}))
-            .0,
-        200
-    );
+    server.post_ok("/api/work-pools/wasm/pause");
     let (_, started) = server.send("POST", "/api/deployments/adder/runs", json!({}));
     assert_eq!(started["state"], "Scheduled");
     let id = started["flow_run_id"].as_str().unwrap();
@@ -789,12 +781,7 @@ fn a_paused_pool_holds_runs_in_scheduled_until_it_resumes() {
         server.get(&format!("/api/flow-runs/{id}")).1["flow_run"]["state"],
         "Scheduled"
     );
-    assert_eq!(
-        server
-            .send("POST", "/api/work-pools/wasm/resume", json!({}))
-            .0,
-        200
-    );
+    server.post_ok("/api/work-pools/wasm/resume");
     let (_, run) = server.events(id);
     assert_eq!(run["state"], "Completed");
     assert_eq!(run["result"], json!("4"));
@@ -847,12 +834,7 @@ fn a_run_that_waits_past_its_time_is_marked_late_and_still_runs() {
         json!({ "task": "add", "input": { "a": 5, "b": 5 } }),
     );
     assert_eq!(server.send("PUT", "/api/deployments/adder", d).0, 201);
-    assert_eq!(
-        server
-            .send("POST", "/api/work-pools/wasm/pause", json!({}))
-            .0,
-        200
-    );
+    server.post_ok("/api/work-pools/wasm/pause");
     let (_, started) = server.send("POST", "/api/deployments/adder/runs", json!({}));
     let id = started["flow_run_id"].as_str().unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -866,12 +848,7 @@ fn a_run_that_waits_past_its_time_is_marked_late_and_still_runs() {
     };
     let message = late["flow_run"]["message"].as_str().unwrap();
     assert!(message.contains("after its scheduled time"), "{message}");
-    assert_eq!(
-        server
-            .send("POST", "/api/work-pools/wasm/resume", json!({}))
-            .0,
-        200
-    );
+    server.post_ok("/api/work-pools/wasm/resume");
     let (_, run) = server.events(id);
     assert_eq!(
         (run["state"].as_str(), run["result"].as_str()),
@@ -1385,12 +1362,7 @@ fn runs_stuck_behind_a_limit_do_not_starve_other_deployments() {
         json!({ "task": "add", "input": { "a": 1, "b": 1 } }),
     );
     assert_eq!(server.send("PUT", "/api/deployments/quick", quick).0, 201);
-    assert_eq!(
-        server
-            .send("POST", "/api/work-pools/wasm/pause", json!({}))
-            .0,
-        200
-    );
+    server.post_ok("/api/work-pools/wasm/pause");
     // 150 runs wait ahead of the quick one, all but one held by their limit.
     for _ in 0..150 {
         let (status, _) = server.send("POST", "/api/deployments/stuck/runs", json!({}));
@@ -1398,12 +1370,7 @@ fn runs_stuck_behind_a_limit_do_not_starve_other_deployments() {
     }
     let (_, started) = server.send("POST", "/api/deployments/quick/runs", json!({}));
     assert_eq!(started["state"], "Scheduled");
-    assert_eq!(
-        server
-            .send("POST", "/api/work-pools/wasm/resume", json!({}))
-            .0,
-        200
-    );
+    server.post_ok("/api/work-pools/wasm/resume");
     // Far sooner than the 150 × 1.5 s the stuck runs need.
     let run = wait_for_run(
         &server,
@@ -1430,38 +1397,18 @@ fn a_paused_deployment_holds_its_waiting_runs() {
         json!({ "task": "add", "input": { "a": 3, "b": 4 } }),
     );
     assert_eq!(server.send("PUT", "/api/deployments/adder", d).0, 201);
-    assert_eq!(
-        server
-            .send("POST", "/api/work-pools/wasm/pause", json!({}))
-            .0,
-        200
-    );
+    server.post_ok("/api/work-pools/wasm/pause");
     let (_, started) = server.send("POST", "/api/deployments/adder/runs", json!({}));
     let id = started["flow_run_id"].as_str().unwrap();
-    assert_eq!(
-        server
-            .send("POST", "/api/deployments/adder/pause", json!({}))
-            .0,
-        200
-    );
-    assert_eq!(
-        server
-            .send("POST", "/api/work-pools/wasm/resume", json!({}))
-            .0,
-        200
-    );
+    server.post_ok("/api/deployments/adder/pause");
+    server.post_ok("/api/work-pools/wasm/resume");
     // Several claim ticks pass: the run must still wait.
     std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(
         server.get(&format!("/api/flow-runs/{id}")).1["flow_run"]["state"],
         "Scheduled"
     );
-    assert_eq!(
-        server
-            .send("POST", "/api/deployments/adder/resume", json!({}))
-            .0,
-        200
-    );
+    server.post_ok("/api/deployments/adder/resume");
     let run = wait_for_run(&server, id, Duration::from_secs(30), |run| {
         run["state"] == "Completed"
     });
@@ -1479,12 +1426,7 @@ fn a_retry_waits_while_its_pool_is_paused() {
     let failed = wait_for_run(&server, id, Duration::from_secs(30), |run| {
         run["state"] == "Failed"
     });
-    assert_eq!(
-        server
-            .send("POST", "/api/work-pools/wasm/pause", json!({}))
-            .0,
-        200
-    );
+    server.post_ok("/api/work-pools/wasm/pause");
     let (status, retried) = server.send("POST", &format!("/api/flow-runs/{id}/retry"), json!({}));
     assert_eq!(
         (status, retried["state"].as_str()),
@@ -1495,12 +1437,7 @@ fn a_retry_waits_while_its_pool_is_paused() {
         server.get(&format!("/api/flow-runs/{id}")).1["flow_run"]["state"],
         "Scheduled"
     );
-    assert_eq!(
-        server
-            .send("POST", "/api/work-pools/wasm/resume", json!({}))
-            .0,
-        200
-    );
+    server.post_ok("/api/work-pools/wasm/resume");
     let again = wait_for_run(&server, id, Duration::from_secs(30), |run| {
         run["state"] == "Failed" && run["attempt"].as_u64() > failed["attempt"].as_u64()
     });
@@ -1538,12 +1475,7 @@ fn a_run_reads_the_secrets_granted_when_it_was_created() {
             .0,
         201
     );
-    assert_eq!(
-        server
-            .send("POST", "/api/work-pools/wasm/pause", json!({}))
-            .0,
-        200
-    );
+    server.post_ok("/api/work-pools/wasm/pause");
     let (_, started) = server.send("POST", "/api/deployments/reader/runs", json!({}));
     let id = started["flow_run_id"].as_str().unwrap();
     // Whoever can deploy now grants the waiting run another secret: it must not get it.
@@ -1553,12 +1485,7 @@ fn a_run_reads_the_secrets_granted_when_it_was_created() {
             .0,
         200
     );
-    assert_eq!(
-        server
-            .send("POST", "/api/work-pools/wasm/resume", json!({}))
-            .0,
-        200
-    );
+    server.post_ok("/api/work-pools/wasm/resume");
     let run = wait_for_run(&server, id, Duration::from_secs(30), |run| {
         run["state"] == "Completed"
     });

@@ -194,7 +194,7 @@ fn delete_pool(state: &ApiState, name: &str) -> ApiResult<Json<Value>> {
             &format!("{name}/{}", queue.name),
         )?;
     }
-    delete_object(state, ObjectKind::WorkPool, &name)
+    delete_object(state, ObjectKind::WorkPool, name)
 }
 
 async fn set_pool_paused(

@@ -16,7 +16,7 @@ pub(crate) enum Backend {
     Local {
         api: InProcess,
         /// The store, executor and runtimes the in-process API uses.
-        server: Server,
+        server: Box<Server>,
     },
 }
 
@@ -64,7 +64,7 @@ impl Backend {
         }
         Ok(Backend::Local {
             api: server.in_process(),
-            server,
+            server: Box::new(server),
         })
     }
 

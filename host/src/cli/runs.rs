@@ -196,21 +196,31 @@ fn rerun(store: Store, args: RerunArgs, mode: Rerun) -> anyhow::Result<()> {
     )
 }
 
-/// Cancels through the API (the server's, or in-process over the local
-/// database): a waiting run ends at once; a running one when its runner
-/// notices, or by force when the runner does not answer within 5 s.
-fn cancel(args: IdArgs) -> anyhow::Result<()> {
-    use super::backend::Backend;
-    let backend = Backend::open()?;
+/// POSTs `/api/flow-runs/{id}/{action}`; returns the run's full id and the reply.
+fn run_action(
+    backend: &super::backend::Backend,
+    id: &str,
+    action: &str,
+) -> anyhow::Result<(String, serde_json::Value)> {
     let reply = backend.send(
         "POST",
-        &format!("/api/flow-runs/{}/cancel", args.id),
+        &format!("/api/flow-runs/{id}/{action}"),
         &serde_json::json!({}),
     )?;
     let id = reply["flow_run_id"]
         .as_str()
         .unwrap_or_default()
         .to_string();
+    Ok((id, reply))
+}
+
+/// Cancels through the API (the server's, or in-process over the local
+/// database): a waiting run ends at once; a running one when its runner
+/// notices, or by force when the runner does not answer within 5 s.
+fn cancel(args: IdArgs) -> anyhow::Result<()> {
+    use super::backend::Backend;
+    let backend = Backend::open()?;
+    let (id, reply) = run_action(&backend, &args.id, "cancel")?;
     let ended = |state: &serde_json::Value| {
         state
             .as_str()
@@ -561,15 +571,7 @@ fn remote(command: FlowRunCommand) -> anyhow::Result<()> {
         }
         FlowRunCommand::Cancel(args) => cancel(args),
         FlowRunCommand::Retry(args) => {
-            let reply = backend.send(
-                "POST",
-                &format!("/api/flow-runs/{}/retry", args.id),
-                &serde_json::json!({}),
-            )?;
-            let id = reply["flow_run_id"]
-                .as_str()
-                .unwrap_or_default()
-                .to_string();
+            let (id, _) = run_action(&backend, &args.id, "retry")?;
             if !args.json {
                 eprintln!(
                     "Retrying flow run {id} on {}; completed tasks are replayed",
