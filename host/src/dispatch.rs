@@ -107,6 +107,14 @@ pub struct Claim {
 /// How many waiting runs one claim looks through for one that may start.
 const MAX_WAITING_SCAN: usize = 2_000;
 
+/// A run admitted in this process, waiting for its executor.
+enum Ready {
+    /// Made at creation, with everything the executor needs.
+    Claim(Box<Claim>),
+    /// Moved to `Pending` (a retry); its claim is read when it is taken.
+    Admitted(FlowRunId),
+}
+
 /// A boxed future, as the object-safe [`RunSource`] returns.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -179,8 +187,8 @@ pub struct Dispatcher {
     loaded: Mutex<HashMap<ComponentDigest, Component>>,
     /// Held from counting a limit to committing the move to `Pending`.
     admission: Mutex<()>,
-    /// Runs admitted at creation, waiting for an executor of this process.
-    ready: Mutex<VecDeque<FlowRunId>>,
+    /// Runs admitted here, waiting for an executor of this process.
+    ready: Mutex<VecDeque<Ready>>,
     wake: tokio::sync::Notify,
     me: std::sync::Weak<Dispatcher>,
 }
@@ -329,11 +337,29 @@ impl Dispatcher {
     /// Creates a run: `Pending` and handed to an executor here when it may
     /// start now, `Scheduled` otherwise (paused, at a limit, no executor of
     /// its pool here, or made by a schedule for later).
-    pub async fn create_run(
-        self: &Arc<Self>,
-        mut new: NewRun,
-    ) -> Result<Dispatched, DispatchError> {
+    pub async fn create_run(self: &Arc<Self>, new: NewRun) -> Result<Dispatched, DispatchError> {
         let component = self.component(&new.component).await?;
+        let dispatched = self
+            .blocking(move |d| d.create_loaded(new, component))
+            .await?;
+        self.announce(dispatched);
+        Ok(dispatched)
+    }
+
+    /// Wakes this process's executor for a run it may take now.
+    fn announce(&self, dispatched: Dispatched) {
+        if dispatched.state == RunState::Pending {
+            self.wake.notify_waiters();
+        }
+    }
+
+    /// [`Dispatcher::create_run`] once its component is loaded: checks the
+    /// flow and the params, then creates the run. Blocks.
+    fn create_loaded(
+        &self,
+        mut new: NewRun,
+        component: Component,
+    ) -> Result<Dispatched, DispatchError> {
         let Some(flow_def) = component.manifest.flow(&new.flow) else {
             return Err(DispatchError::UnknownFlow {
                 component: new.component.short().to_string(),
@@ -353,16 +379,15 @@ impl Dispatcher {
         }
         let params = Value::Object(params);
         check_params(flow_def.params_schema.as_ref(), &params)?;
-        let dispatched = self
-            .blocking(move |d| d.create_blocking(new, params))
-            .await?;
-        if dispatched.state == RunState::Pending {
-            self.wake.notify_waiters();
-        }
-        Ok(dispatched)
+        self.create_blocking(new, params, component)
     }
 
-    fn create_blocking(&self, new: NewRun, params: Value) -> Result<Dispatched, DispatchError> {
+    fn create_blocking(
+        &self,
+        new: NewRun,
+        params: Value,
+        component: Component,
+    ) -> Result<Dispatched, DispatchError> {
         let deployment = new.deployment.as_ref();
         let pool = deployment.map_or(DEFAULT_POOL, |d| d.work_pool.as_str());
         let queue = deployment.map_or(DEFAULT_QUEUE, |d| d.work_queue.as_str());
@@ -399,13 +424,31 @@ impl Dispatcher {
             RunState::Scheduled
         };
         let id = FlowRunId::new();
+        let params = params.to_string();
+        // A run that starts now is handed over as it is: the executor reads nothing again.
+        let claim = match start_now {
+            true => Some(Claim {
+                run: id,
+                component,
+                flow: new.flow.clone(),
+                params: params.clone(),
+                attempt: 0,
+                state: RunState::Pending,
+                deployment: deployment.map(|d| d.name.clone()),
+                task_override: deployment
+                    .map(|d| d.task_policy.clone())
+                    .unwrap_or_default(),
+                secrets: self.open_secrets(&grants)?,
+            }),
+            false => None,
+        };
         let ticket = self.control.create_flow_run(
             NewFlowRun {
                 id,
                 parent_flow_run: None,
                 component: new.component,
                 flow_name: new.flow,
-                params: params.to_string(),
+                params,
                 state,
                 attempt: 0,
                 host: self.host_marker.clone(),
@@ -422,8 +465,8 @@ impl Dispatcher {
         if let Some(ticket) = ticket {
             ticket.wait_blocking()?;
         }
-        if start_now {
-            self.ready().push_back(id);
+        if let Some(claim) = claim {
+            self.ready().push_back(Ready::Claim(Box::new(claim)));
         }
         Ok(Dispatched { id, state })
     }
@@ -435,19 +478,39 @@ impl Dispatcher {
         params: Option<Value>,
         tags: Vec<String>,
     ) -> Result<Dispatched, DispatchError> {
-        let deployment = self.deployment(name).await?;
-        if deployment.paused {
-            return Err(DispatchError::DeploymentPaused(deployment.name));
+        let name = name.to_string();
+        // One trip to the blocking pool when the component is loaded already
+        // (the usual case): this is the trigger's latency.
+        let outcome = self
+            .blocking(move |d| {
+                let deployment = d
+                    .deployment_named(&name)?
+                    .ok_or(DispatchError::UnknownDeployment(name))?;
+                if deployment.paused {
+                    return Err(DispatchError::DeploymentPaused(deployment.name));
+                }
+                let new = NewRun {
+                    component: parse_component(&deployment.component)?,
+                    flow: deployment.flow.clone(),
+                    params,
+                    deployment: Some(deployment),
+                    tags,
+                    scheduled_at: None,
+                };
+                let loaded = d.loaded().get(&new.component).cloned();
+                match loaded {
+                    Some(component) => d.create_loaded(new, component).map(Ok),
+                    None => Ok(Err(new)),
+                }
+            })
+            .await?;
+        match outcome {
+            Ok(dispatched) => {
+                self.announce(dispatched);
+                Ok(dispatched)
+            }
+            Err(new) => self.create_run(new).await,
         }
-        self.create_run(NewRun {
-            component: parse_component(&deployment.component)?,
-            flow: deployment.flow.clone(),
-            params,
-            deployment: Some(deployment),
-            tags,
-            scheduled_at: None,
-        })
-        .await
     }
 
     /// A run a schedule made for `at`: it waits in `Scheduled` until then.
@@ -467,15 +530,6 @@ impl Dispatcher {
         .await
     }
 
-    async fn deployment(self: &Arc<Self>, name: &str) -> Result<Deployment, DispatchError> {
-        let name = name.to_string();
-        self.blocking(move |d| {
-            d.deployment_named(&name)?
-                .ok_or(DispatchError::UnknownDeployment(name))
-        })
-        .await
-    }
-
     fn deployment_named(&self, name: &str) -> Result<Option<Deployment>, DispatchError> {
         self.store
             .object(ObjectKind::Deployment, name)?
@@ -487,9 +541,7 @@ impl Dispatcher {
     /// `Pending` and handed over when it may start now, else `Scheduled`.
     pub async fn retry(self: &Arc<Self>, id: FlowRunId) -> Result<Dispatched, DispatchError> {
         let dispatched = self.blocking(move |d| d.retry_blocking(id)).await?;
-        if dispatched.state == RunState::Pending {
-            self.wake.notify_waiters();
-        }
+        self.announce(dispatched);
         Ok(dispatched)
     }
 
@@ -530,7 +582,7 @@ impl Dispatcher {
             ticket.wait_blocking()?;
         }
         if to == RunState::Pending {
-            self.ready().push_back(id);
+            self.ready().push_back(Ready::Admitted(id));
         }
         Ok(Dispatched { id, state: to })
     }
@@ -647,7 +699,7 @@ impl Dispatcher {
         Ok(true)
     }
 
-    fn ready(&self) -> std::sync::MutexGuard<'_, VecDeque<FlowRunId>> {
+    fn ready(&self) -> std::sync::MutexGuard<'_, VecDeque<Ready>> {
         self.ready.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -728,7 +780,7 @@ impl Dispatcher {
                     Some(name) => d.deployment_named(name)?,
                     None => None,
                 };
-                let secrets = d.open_grants(&run)?;
+                let secrets = d.open_secrets(&run.secret_grants)?;
                 Ok((run, deployment, secrets))
             })
             .await?;
@@ -746,11 +798,11 @@ impl Dispatcher {
         })
     }
 
-    /// The secrets bound to `run`, in clear. One that was removed since the
+    /// The secrets named, in clear (a run's grant). One that was removed since the
     /// run was created is simply not there for the guest.
-    fn open_grants(&self, run: &FlowRunRow) -> Result<GrantedSecrets, DispatchError> {
+    fn open_secrets(&self, names: &[String]) -> Result<GrantedSecrets, DispatchError> {
         let mut values = Vec::new();
-        for name in &run.secret_grants {
+        for name in names {
             if let Some(row) = self.store.object(ObjectKind::Secret, name)? {
                 let value =
                     self.secrets
@@ -801,7 +853,8 @@ impl RunSource for Dispatcher {
             loop {
                 let next = self.ready().pop_front();
                 let id = match next {
-                    Some(id) => id,
+                    Some(Ready::Claim(claim)) => return Ok(Some(*claim)),
+                    Some(Ready::Admitted(id)) => id,
                     None => {
                         let pools = pools.to_vec();
                         match this.blocking(move |d| d.admit_waiting(&pools)).await? {

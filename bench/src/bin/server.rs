@@ -210,9 +210,16 @@ fn get(agent: &ureq::Agent, url: &str) -> (u16, Value) {
 }
 
 fn send(agent: &ureq::Agent, method: &str, url: &str, body: Vec<u8>) -> (u16, Value) {
+    // The server reads a body only with its type: JSON, or the component's bytes.
+    let content_type = if url.ends_with("/api/components") {
+        "application/wasm"
+    } else {
+        "application/json"
+    };
     let request = ureq::http::Request::builder()
         .method(method)
         .uri(url)
+        .header("content-type", content_type)
         .body(body)
         .unwrap();
     let mut r = agent.run(request).unwrap();
