@@ -209,6 +209,8 @@ pub(super) struct RunQuery {
     until: Option<String>,
     limit: Option<usize>,
     offset: Option<usize>,
+    /// Leave out subflow runs.
+    top_level: Option<bool>,
 }
 
 fn parse_time(name: &str, text: Option<&str>) -> ApiResult<Option<i64>> {
@@ -240,6 +242,7 @@ fn parse_time(name: &str, text: Option<&str>) -> ApiResult<Option<i64>> {
         ("until" = Option<String>, Query, description = "created before"),
         ("limit" = Option<usize>, Query, description = "default 50, at most 1000"),
         ("offset" = Option<usize>, Query),
+        ("top_level" = Option<bool>, Query, description = "true leaves out subflow runs"),
     ),
     responses((status = 200, body = schema::FlowRunList), (status = 400, body = schema::ErrorBody)))]
 pub(super) async fn list_flow_runs(
@@ -260,7 +263,7 @@ pub(super) async fn list_flow_runs(
         tag: q.tag,
         since: parse_time("since", q.since.as_deref())?,
         until: parse_time("until", q.until.as_deref())?,
-        top_level_only: false,
+        top_level_only: q.top_level.unwrap_or(false),
         limit,
         offset,
     };
@@ -274,9 +277,9 @@ pub(super) async fn list_flow_runs(
 /// A flow run id, or a unique prefix of one (at least 4 hex characters).
 pub(super) fn parse_run_id(state: &ApiState, text: &str) -> ApiResult<FlowRunId> {
     state.store.resolve_flow_run(text).map_err(|e| match e {
-        crate::store::StoreError::NotFound { .. } => {
-            ApiError::not_found(format!("no flow run with id '{text}'"))
-        }
+        crate::store::StoreError::NotFound { .. } => ApiError::not_found(format!(
+            "no flow run with id '{text}'; list them with `host flow-run ls`"
+        )),
         crate::store::StoreError::Corrupt(message) => ApiError::bad_request("bad_id", message),
         other => ApiError::internal(other),
     })

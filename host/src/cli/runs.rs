@@ -8,7 +8,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::engine::human_bytes;
 use crate::model::{FlowRunId, RunState};
 use crate::server::dead_runs;
-use crate::store::{FlowRunFilter, FlowRunRow, Store, StoreError, TaskRunRow};
+use crate::store::{FlowRunRow, Store, StoreError, TaskRunRow};
 use crate::worker::{ExecutorSettings, ExistingRun, FlowRunRequest};
 use anyhow::Context;
 use clap::{Args, Subcommand};
@@ -91,21 +91,22 @@ pub struct IdArgs {
 }
 
 pub fn run(command: FlowRunCommand) -> anyhow::Result<()> {
-    if super::backend::settings()?.get("api.url").is_some() {
-        return remote(command);
+    // Reading and cancelling go through the API (the server's, or in-process
+    // over the local database); resume, a local retry (which runs the flow in
+    // this process with live progress) and prune are still local-only.
+    let local_only = matches!(
+        command,
+        FlowRunCommand::Resume(_) | FlowRunCommand::Retry(_) | FlowRunCommand::Prune(_)
+    );
+    if !local_only || super::backend::settings()?.get("api.url").is_some() {
+        return through_api(command);
     }
     let store = open_store()?;
     match command {
-        FlowRunCommand::Ls(args) => ls(&store, args),
-        FlowRunCommand::Inspect(args) => inspect(&store, args),
-        FlowRunCommand::Logs(args) => logs(&store, args),
-        FlowRunCommand::Cancel(args) => {
-            drop(store);
-            cancel(args)
-        }
         FlowRunCommand::Resume(args) => rerun(store, args, Rerun::Resume),
         FlowRunCommand::Retry(args) => rerun(store, args, Rerun::Retry),
         FlowRunCommand::Prune(args) => prune(&store, args),
+        _ => unreachable!("only local commands get here"),
     }
 }
 
@@ -304,17 +305,6 @@ fn took(start: Option<i64>, end: Option<i64>) -> String {
     }
 }
 
-fn ls(store: &Store, args: LsArgs) -> anyhow::Result<()> {
-    let rows = store.list_flow_runs(&FlowRunFilter {
-        state: args.state,
-        flow_name: args.flow.clone(),
-        top_level_only: !args.all,
-        limit: args.limit,
-        ..FlowRunFilter::default()
-    })?;
-    print_runs(&rows, &args)
-}
-
 fn print_runs(rows: &[FlowRunRow], args: &LsArgs) -> anyhow::Result<()> {
     if args.format.json {
         println!("{}", serde_json::to_string(&rows)?);
@@ -360,14 +350,6 @@ fn print_runs(rows: &[FlowRunRow], args: &LsArgs) -> anyhow::Result<()> {
         )
     );
     Ok(())
-}
-
-fn inspect(store: &Store, args: IdArgs) -> anyhow::Result<()> {
-    let id = resolve(store, &args.id)?;
-    let run = store.flow_run(id)?;
-    let tasks = store.task_runs(id)?;
-    let history = store.state_history(id.0)?;
-    print_inspect(run, tasks, history, args.format.json)
 }
 
 type History = Vec<(i64, RunState, Option<String>)>;
@@ -465,47 +447,17 @@ fn print_inspect(
     Ok(())
 }
 
-fn logs(store: &Store, args: LogsArgs) -> anyhow::Result<()> {
-    let id = resolve(store, &args.id)?;
-    let mut after = 0;
-    let mut quiet_looks_after_end = 0;
-    loop {
-        let page = store.logs(id, after, 1000)?;
-        let Some(last) = page.last() else {
-            if !args.follow {
-                break;
-            }
-            // Following: stop once the run ended and its last lines are in.
-            if store.flow_run(id)?.state.is_terminal() {
-                quiet_looks_after_end += 1;
-                if quiet_looks_after_end >= 2 {
-                    let run = store.flow_run(id)?;
-                    println!("-- {}", run.state);
-                    break;
-                }
-            }
-            std::thread::sleep(Duration::from_millis(150));
-            continue;
-        };
-        after = last.id;
-        for line in &page {
-            if args.format.json {
-                println!("{}", serde_json::to_string(line)?);
-            } else {
-                super::deploy::print_log_line(&serde_json::to_value(line)?);
-            }
-        }
-    }
-    Ok(())
-}
-
-/// The same commands against an API server.
-fn remote(command: FlowRunCommand) -> anyhow::Result<()> {
+/// The commands through the API: the server's, or in-process over the local database.
+fn through_api(command: FlowRunCommand) -> anyhow::Result<()> {
     use super::backend::Backend;
     let backend = Backend::open()?;
     match command {
         FlowRunCommand::Ls(args) => {
-            let mut query = format!("/api/flow-runs?limit={}", args.limit.max(1));
+            let mut query = format!(
+                "/api/flow-runs?limit={}&top_level={}",
+                args.limit.max(1),
+                !args.all
+            );
             if let Some(state) = args.state {
                 query.push_str(&format!("&state={state}"));
             }
@@ -513,11 +465,8 @@ fn remote(command: FlowRunCommand) -> anyhow::Result<()> {
                 query.push_str(&format!("&flow={flow}"));
             }
             let reply = backend.get(&query)?;
-            let mut rows: Vec<FlowRunRow> = serde_json::from_value(reply["flow_runs"].clone())
-                .context("reading the server's flow runs")?;
-            if !args.all {
-                rows.retain(|r| r.parent_flow_run.is_none());
-            }
+            let rows: Vec<FlowRunRow> = serde_json::from_value(reply["flow_runs"].clone())
+                .context("reading the flow runs")?;
             print_runs(&rows, &args)
         }
         FlowRunCommand::Inspect(args) => {
