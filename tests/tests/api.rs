@@ -168,6 +168,28 @@ impl TestServer {
         self.request("GET", path, None)
     }
 
+    /// Waits (at most a minute) until run `id` has `n` completed task runs.
+    fn wait_for_completed_tasks(&self, id: &str, n: usize) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let (_, detail) = self.get(&format!("/api/flow-runs/{id}"));
+            let completed = detail["task_runs"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|t| t["state"] == "Completed")
+                .count();
+            if completed >= n {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the run never got going: {detail}"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
     /// POSTs an empty JSON object (pause, resume, ...) and expects 200.
     fn post_ok(&self, path: &str) -> Value {
         let (status, reply) = self.send("POST", path, json!({}));
@@ -1111,22 +1133,7 @@ fn a_server_killed_mid_run_resumes_it_on_restart() {
     );
     assert_eq!(status, 202, "{started}");
     let id = started["flow_run_id"].as_str().unwrap().to_string();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let completed = |detail: &Value| {
-        detail["task_runs"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|t| t["state"] == "Completed")
-            .count()
-    };
-    loop {
-        assert!(Instant::now() < deadline, "the run never got going");
-        if completed(&server.get(&format!("/api/flow-runs/{id}")).1) >= 10 {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    server.wait_for_completed_tasks(&id, 10);
     let server = server.kill_and_restart();
     let (_, run) = server.events(&id);
     assert_eq!(run["state"], "Completed", "{run}");
@@ -1806,23 +1813,8 @@ fn a_resumed_run_replays_a_call_whose_input_held_a_secret() {
     let (status, started) = server.send("POST", "/api/deployments/resumable/runs", json!({}));
     assert_eq!(status, 202, "{started}");
     let id = started["flow_run_id"].as_str().unwrap().to_string();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let completed = |detail: &Value| {
-        detail["task_runs"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|t| t["state"] == "Completed")
-            .count()
-    };
-    loop {
-        assert!(Instant::now() < deadline, "the run never got going");
-        // The echo (call #0) and a few sleepers are durable.
-        if completed(&server.get(&format!("/api/flow-runs/{id}")).1) >= 3 {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    // The echo (call #0) and a few sleepers are durable.
+    server.wait_for_completed_tasks(&id, 3);
     let server = server.kill_and_restart();
     let (_, run) = server.events(&id);
     assert_eq!(run["state"], "Completed", "{run}");
