@@ -190,6 +190,12 @@ impl TestServer {
         }
     }
 
+    /// PUTs a new deployment `name` and expects 201 (created).
+    fn deploy(&self, name: &str, body: Value) {
+        let (status, reply) = self.send("PUT", &format!("/api/deployments/{name}"), body);
+        assert_eq!(status, 201, "{reply}");
+    }
+
     /// POSTs an empty JSON object (pause, resume, ...) and expects 200.
     fn post_ok(&self, path: &str) -> Value {
         let (status, reply) = self.send("POST", path, json!({}));
@@ -289,6 +295,16 @@ fn text(bytes: &[u8]) -> String {
 
 fn deployment(name: &str, digest: &str, flow: &str, params: Value) -> Value {
     json!({ "name": name, "component": digest, "flow": flow, "params": params })
+}
+
+/// A deployment of the fixture's `call` flow that adds `a` and `b` in one task.
+fn adder(name: &str, digest: &str, a: i64, b: i64) -> Value {
+    deployment(
+        name,
+        digest,
+        "call",
+        json!({ "task": "add", "input": { "a": a, "b": b } }),
+    )
 }
 
 fn expected_total(rows: u64) -> u64 {
@@ -639,7 +655,7 @@ fn a_secret_never_appears_in_clear_outside_the_guest() {
     let call = |task: &str| json!({ "task": task, "input": { "name": "db-password" } });
     let mut granted = deployment("leaky", &digest, "call", call("leak_secret"));
     granted["secrets"] = json!(["db-password"]);
-    assert_eq!(server.send("PUT", "/api/deployments/leaky", granted).0, 201);
+    server.deploy("leaky", granted);
     assert_eq!(
         server
             .send(
@@ -752,13 +768,8 @@ fn a_granted_secret_that_is_not_set_refuses_the_run() {
 fn paused_deployments_refuse_runs_until_resumed() {
     let server = TestServer::start();
     let digest = server.upload(FIXTURE_WASM);
-    let d = deployment(
-        "adder",
-        &digest,
-        "call",
-        json!({ "task": "add", "input": { "a": 1, "b": 2 } }),
-    );
-    assert_eq!(server.send("PUT", "/api/deployments/adder", d).0, 201);
+    let d = adder("adder", &digest, 1, 2);
+    server.deploy("adder", d);
     server.post_ok("/api/deployments/adder/pause");
     let (status, reply) = server.send("POST", "/api/deployments/adder/runs", json!({}));
     assert_eq!(status, 409);
@@ -787,13 +798,8 @@ fn paused_deployments_refuse_runs_until_resumed() {
 fn a_paused_pool_holds_runs_in_scheduled_until_it_resumes() {
     let server = TestServer::start();
     let digest = server.upload(FIXTURE_WASM);
-    let d = deployment(
-        "adder",
-        &digest,
-        "call",
-        json!({ "task": "add", "input": { "a": 2, "b": 2 } }),
-    );
-    assert_eq!(server.send("PUT", "/api/deployments/adder", d).0, 201);
+    let d = adder("adder", &digest, 2, 2);
+    server.deploy("adder", d);
     server.post_ok("/api/work-pools/wasm/pause");
     let (_, started) = server.send("POST", "/api/deployments/adder/runs", json!({}));
     assert_eq!(started["state"], "Scheduled");
@@ -825,7 +831,7 @@ fn a_pool_concurrency_limit_holds_the_second_run_until_the_first_ends() {
         "slow_sequential",
         json!({ "n": 5, "ms": 100 }),
     );
-    assert_eq!(server.send("PUT", "/api/deployments/slow", slow).0, 201);
+    server.deploy("slow", slow);
     let (_, first) = server.send("POST", "/api/deployments/slow/runs", json!({}));
     let (_, second) = server.send("POST", "/api/deployments/slow/runs", json!({}));
     assert_eq!(first["state"], "Pending");
@@ -849,13 +855,8 @@ fn a_pool_concurrency_limit_holds_the_second_run_until_the_first_ends() {
 fn a_run_that_waits_past_its_time_is_marked_late_and_still_runs() {
     let server = TestServer::start_with(&["--late-after", "1s"], None);
     let digest = server.upload(FIXTURE_WASM);
-    let d = deployment(
-        "adder",
-        &digest,
-        "call",
-        json!({ "task": "add", "input": { "a": 5, "b": 5 } }),
-    );
-    assert_eq!(server.send("PUT", "/api/deployments/adder", d).0, 201);
+    let d = adder("adder", &digest, 5, 5);
+    server.deploy("adder", d);
     server.post_ok("/api/work-pools/wasm/pause");
     let (_, started) = server.send("POST", "/api/deployments/adder/runs", json!({}));
     let id = started["flow_run_id"].as_str().unwrap();
@@ -1296,10 +1297,7 @@ fn concurrent_triggers_never_exceed_a_deployment_limit() {
         json!({ "n": 1, "ms": 20 }),
     );
     d["concurrency_limit"] = json!(1);
-    assert_eq!(
-        server.send("PUT", "/api/deployments/one-at-a-time", d).0,
-        201
-    );
+    server.deploy("one-at-a-time", d);
     // Eight clients trigger at the same moment, three times each.
     let barrier = std::sync::Barrier::new(8);
     let started: Vec<Value> = std::thread::scope(|scope| {
@@ -1359,14 +1357,9 @@ fn runs_stuck_behind_a_limit_do_not_starve_other_deployments() {
         json!({ "n": 1, "ms": 1500 }),
     );
     stuck["concurrency_limit"] = json!(1);
-    assert_eq!(server.send("PUT", "/api/deployments/stuck", stuck).0, 201);
-    let quick = deployment(
-        "quick",
-        &digest,
-        "call",
-        json!({ "task": "add", "input": { "a": 1, "b": 1 } }),
-    );
-    assert_eq!(server.send("PUT", "/api/deployments/quick", quick).0, 201);
+    server.deploy("stuck", stuck);
+    let quick = adder("quick", &digest, 1, 1);
+    server.deploy("quick", quick);
     server.post_ok("/api/work-pools/wasm/pause");
     // 150 runs wait ahead of the quick one, all but one held by their limit.
     for _ in 0..150 {
@@ -1395,13 +1388,8 @@ fn runs_stuck_behind_a_limit_do_not_starve_other_deployments() {
 fn a_paused_deployment_holds_its_waiting_runs() {
     let server = TestServer::start();
     let digest = server.upload(FIXTURE_WASM);
-    let d = deployment(
-        "adder",
-        &digest,
-        "call",
-        json!({ "task": "add", "input": { "a": 3, "b": 4 } }),
-    );
-    assert_eq!(server.send("PUT", "/api/deployments/adder", d).0, 201);
+    let d = adder("adder", &digest, 3, 4);
+    server.deploy("adder", d);
     server.post_ok("/api/work-pools/wasm/pause");
     let (_, started) = server.send("POST", "/api/deployments/adder/runs", json!({}));
     let id = started["flow_run_id"].as_str().unwrap();
@@ -1425,7 +1413,7 @@ fn a_retry_waits_while_its_pool_is_paused() {
     let server = TestServer::start();
     let digest = server.upload(FIXTURE_WASM);
     let d = deployment("fails", &digest, "flow_fails", json!({}));
-    assert_eq!(server.send("PUT", "/api/deployments/fails", d).0, 201);
+    server.deploy("fails", d);
     let (_, started) = server.send("POST", "/api/deployments/fails/runs", json!({}));
     let id = started["flow_run_id"].as_str().unwrap();
     let failed = wait_for_run(&server, id, Duration::from_secs(30), |run| {
@@ -1542,7 +1530,7 @@ fn sigterm_ends_event_streams_and_stops_while_a_run_is_followed() {
         "slow_sequential",
         json!({ "n": 1, "ms": 60000 }),
     );
-    assert_eq!(server.send("PUT", "/api/deployments/long", d).0, 201);
+    server.deploy("long", d);
     let (_, started) = server.send("POST", "/api/deployments/long/runs", json!({}));
     let id = started["flow_run_id"].as_str().unwrap().to_string();
     let url = format!("{}/api/flow-runs/{id}/events", server.url);
@@ -1668,7 +1656,7 @@ fn secrets_are_redacted_in_every_encoding_on_every_record_path() {
         json!({ "names": names, "pad": 70_000 }),
     );
     d["secrets"] = json!(names);
-    assert_eq!(server.send("PUT", "/api/deployments/everywhere", d).0, 201);
+    server.deploy("everywhere", d);
     let (status, started) = server.send("POST", "/api/deployments/everywhere/runs", json!({}));
     assert_eq!(status, 202, "{started}");
     let id = started["flow_run_id"].as_str().unwrap().to_string();
@@ -1809,7 +1797,7 @@ fn a_resumed_run_replays_a_call_whose_input_held_a_secret() {
         json!({ "name": "token", "n": 40, "ms": 20 }),
     );
     d["secrets"] = json!(["token"]);
-    assert_eq!(server.send("PUT", "/api/deployments/resumable", d).0, 201);
+    server.deploy("resumable", d);
     let (status, started) = server.send("POST", "/api/deployments/resumable/runs", json!({}));
     assert_eq!(status, 202, "{started}");
     let id = started["flow_run_id"].as_str().unwrap().to_string();
@@ -2336,7 +2324,7 @@ fn a_secrets_key_others_can_read_or_a_lost_one_stops_the_server() {
         json!({ "task": "get_secret", "input": { "name": "db" } }),
     );
     granted["secrets"] = json!(["db"]);
-    assert_eq!(server.send("PUT", "/api/deployments/s", granted).0, 201);
+    server.deploy("s", granted);
     let (status, started) = server.send("POST", "/api/deployments/s/runs", json!({}));
     assert_eq!(status, 202, "{started}");
     let (_, run) = server.events(started["flow_run_id"].as_str().unwrap());
