@@ -29,6 +29,23 @@ fn new_flow_run(id: FlowRunId) -> Write {
     })
 }
 
+/// Call #0 of `flow`, task `load` with input `{}`, Running since 10.
+fn new_task_run(id: TaskRunId, flow: FlowRunId, cache_key: Option<&str>) -> Write {
+    Write::NewTaskRun(NewTaskRun {
+        id,
+        flow_run: flow,
+        call_seq: 0,
+        task_name: "load".into(),
+        input: "{}".into(),
+        input_sha256: "sha-of-input".into(),
+        state: RunState::Running,
+        cache_key: cache_key.map(str::to_string),
+        cached_from: None,
+        host: "test".into(),
+        at: 10,
+    })
+}
+
 #[tokio::test]
 async fn writes_are_visible_after_the_ticket_resolves() {
     let (_dir, store) = open();
@@ -103,19 +120,7 @@ async fn task_runs_attempts_and_cache_lookups() {
     let (_dir, store) = open();
     let flow = FlowRunId::new();
     let task = TaskRunId::new();
-    let new_task = Write::NewTaskRun(NewTaskRun {
-        id: task,
-        flow_run: flow,
-        call_seq: 0,
-        task_name: "load".into(),
-        input: "{}".into(),
-        input_sha256: "sha-of-input".into(),
-        state: RunState::Running,
-        cache_key: Some("k1".into()),
-        cached_from: None,
-        host: "test".into(),
-        at: 10,
-    });
+    let new_task = new_task_run(task, flow, Some("k1"));
     let mut done = StateChange::new(task.0, RunState::Running, RunState::Completed, 20);
     done.output = Some("\"ok\"".into());
     done.attempts = Some(1);
@@ -197,19 +202,7 @@ async fn state_changes_write_the_table_of_their_run_kind_only() {
     let (_dir, store) = open();
     let flow = FlowRunId::new();
     let task = TaskRunId::new();
-    let new_task = Write::NewTaskRun(NewTaskRun {
-        id: task,
-        flow_run: flow,
-        call_seq: 0,
-        task_name: "load".into(),
-        input: "{}".into(),
-        input_sha256: "sha-of-{}".into(),
-        state: RunState::Running,
-        cache_key: None,
-        cached_from: None,
-        host: "test".into(),
-        at: 10,
-    });
+    let new_task = new_task_run(task, flow, None);
     store
         .submit(vec![new_flow_run(flow), new_task])
         .committed()
