@@ -6,7 +6,7 @@
 //! the belief with compare-and-set.
 
 use crate::clock::Clock;
-use crate::model::{RunState, TimestampMicros};
+use crate::model::TimestampMicros;
 use crate::orchestrate::{self, InvalidTransition};
 use crate::store::{NewFlowRun, NewTaskRun, StateChange, Store, StoreError, Ticket, Write};
 use std::sync::Arc;
@@ -114,20 +114,5 @@ impl Control {
                 None
             }
         }
-    }
-
-    /// Marks a run that a dead process left behind as `Crashed`.
-    pub async fn mark_crashed(
-        &self,
-        id: crate::model::FlowRunId,
-        from: RunState,
-    ) -> Result<(), ControlError> {
-        let mut change = StateChange::new(id.0, from, RunState::Crashed, self.now());
-        change.message = Some("the process running it stopped before it finished".into());
-        change.failure_kind = Some(crate::model::FailureKind::Crashed);
-        if let Some(ticket) = self.change_flow_run(change, Vec::new(), Durability::Committed)? {
-            ticket.committed().await?;
-        }
-        Ok(())
     }
 }

@@ -32,6 +32,14 @@ pub async fn run(
     loop {
         make_scheduled_runs(&dispatcher, &mut complained).await;
         mark_late_runs(&dispatcher, late_after).await;
+        match dispatcher.reap().await {
+            Ok(crashed) => {
+                for run in crashed {
+                    tracing::warn!("flow run {} crashed: its holder is gone", run.id);
+                }
+            }
+            Err(e) => tracing::warn!("looking for runs whose holder is gone: {e}"),
+        }
         // Runs made earlier for now may have come due: executors look again.
         dispatcher.run_ended();
         tokio::select! {

@@ -6,21 +6,24 @@
 //! one; the API runs on another with one thread, so a busy guest cannot
 //! starve a request and a request never waits behind a guest.
 //!
-//! Runs that a stopped (or killed) server of this machine left unfinished are
-//! marked `Crashed` when the next one opens the home, and those of its pools
-//! are resumed when it starts: their completed tasks are replayed.
+//! Runs that a stopped (or killed) server left unfinished are marked
+//! `Crashed` when the next one opens the home (see `dispatch::leases`), and
+//! those of its pools are resumed when it starts: their completed tasks are
+//! replayed. While it serves, the scheduler's tick crashes runs whose lease
+//! ran out.
 
 use crate::api::guard::ApiKey;
 use crate::api::{self, ApiConfig, ApiState, InProcess};
 use crate::clock::SystemClock;
 use crate::config::Paths;
 use crate::control::Control;
+use crate::dispatch::leases::{self, LEASE_TTL};
 use crate::dispatch::{DispatchError, Dispatched, Dispatcher, DispatcherConfig, RunSource};
 use crate::engine::{Engine, EngineConfig, EngineError};
 use crate::model::deploy::DEFAULT_POOL;
 use crate::secrets::{SecretBox, SecretError};
 use crate::store::{ComponentFiles, FlowRunRow, ObjectKind, Store, StoreError, StoreOptions};
-use crate::worker::{Executor, ExecutorSettings, marker_pid, this_process_marker};
+use crate::worker::{Executor, ExecutorSettings, this_process_marker};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -156,6 +159,10 @@ impl Server {
             },
             guests: guests.handle().clone(),
             host_marker: this_process_marker(),
+            lease_ttl: config
+                .executor
+                .as_ref()
+                .map_or(LEASE_TTL, |settings| settings.lease_ttl),
             take_waiting: config.take_waiting,
         });
         let stop = CancellationToken::new();
@@ -164,7 +171,7 @@ impl Server {
             api_keys: config.api_keys.clone(),
             shutdown: stop.clone(),
         });
-        let interrupted = guests.block_on(mark_dead_runs(&control, &store));
+        let interrupted = leases::crash_lost_runs(&control);
         for pool in &config.pools {
             api_runtime
                 .block_on(api::ensure_pool(&api, pool))
@@ -204,6 +211,12 @@ impl Server {
     /// Starts the embedded executor's claim loop, if there is an executor.
     fn start_executor(&self) {
         if let Some(executor) = &self.executor {
+            self.guests().spawn(leases::keep_leases(
+                self.dispatcher.control().clone(),
+                self.dispatcher.holder().to_string(),
+                self.dispatcher.lease_ttl(),
+                self.stop.clone(),
+            ));
             let source: Arc<dyn RunSource> = self.dispatcher.clone();
             self.guests().spawn(crate::worker::serve(
                 executor.clone(),
@@ -347,40 +360,7 @@ fn running_here(store: &Store) -> usize {
         .unfinished_flow_runs()
         .unwrap_or_default()
         .into_iter()
-        .filter(|r| r.host.as_deref() == Some(mine.as_str()))
+        .filter(|r| r.parent_flow_run.is_none())
+        .filter(|r| r.lease_holder.as_deref() == Some(mine.as_str()))
         .count()
-}
-
-/// Marks runs left unfinished by dead processes of this machine `Crashed`;
-/// returns the top-level ones.
-pub async fn mark_dead_runs(control: &Control, store: &Store) -> Vec<FlowRunRow> {
-    let mut crashed = Vec::new();
-    for run in dead_runs(store) {
-        if control.mark_crashed(run.id, run.state).await.is_ok() && run.parent_flow_run.is_none() {
-            crashed.push(run);
-        }
-    }
-    crashed
-}
-
-/// Top-level unfinished runs whose process, on this machine, is gone.
-pub fn dead_runs(store: &Store) -> Vec<FlowRunRow> {
-    let host = ExecutorSettings::default().host_name;
-    store
-        .unfinished_flow_runs()
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|run| run.parent_flow_run.is_none())
-        .filter(
-            |run| match run.host.as_deref().and_then(|m| marker_pid(m, &host)) {
-                Some(pid) => !process_alive(pid),
-                None => false,
-            },
-        )
-        .collect()
-}
-
-/// Whether a process with this pid exists on this machine.
-pub fn process_alive(pid: u32) -> bool {
-    std::path::Path::new(&format!("/proc/{pid}")).exists()
 }

@@ -62,6 +62,25 @@ impl TestServer {
         extra: &[&str],
         key: Option<&str>,
     ) -> TestServer {
+        Self::launch(home, weir_home, extra, key, &[])
+    }
+
+    /// A server on `home` that is PID 1 of a new PID namespace, as in a
+    /// container; killing the launcher kills it.
+    fn start_as_pid_1(home: std::sync::Arc<tempfile::TempDir>) -> TestServer {
+        let weir_home = home.path().to_path_buf();
+        let launcher = ["unshare", "--pid", "--fork", "--mount-proc", "--kill-child"];
+        Self::launch(home, &weir_home, &[], None, &launcher)
+    }
+
+    /// Starts `launcher... host server start ...` and waits until it is ready.
+    fn launch(
+        home: std::sync::Arc<tempfile::TempDir>,
+        weir_home: &std::path::Path,
+        extra: &[&str],
+        key: Option<&str>,
+        launcher: &[&str],
+    ) -> TestServer {
         let addr: &[&str] = if extra.contains(&"--addr") {
             &[]
         } else {
@@ -72,7 +91,14 @@ impl TestServer {
         let scratch = tempfile::tempdir().unwrap();
         let ready = scratch.path().join("ready.json");
         let log = std::fs::File::create(scratch.path().join("server.log")).unwrap();
-        let mut command = Command::new(HOST);
+        let mut command = match launcher.split_first() {
+            Some((program, args)) => {
+                let mut command = Command::new(program);
+                command.args(args).arg(HOST);
+                command
+            }
+            None => Command::new(HOST),
+        };
         command
             .args(["server", "start"])
             .args(addr)
@@ -95,7 +121,9 @@ impl TestServer {
         let url = loop {
             if let Ok(text) = std::fs::read_to_string(&ready) {
                 let ready: Value = serde_json::from_str(&text).unwrap();
-                assert_eq!(ready["pid"], json!(child.id()), "{text}");
+                if launcher.is_empty() {
+                    assert_eq!(ready["pid"], json!(child.id()), "{text}");
+                }
                 break ready["url"].as_str().unwrap().to_string();
             }
             if let Some(status) = child.try_wait().unwrap() {
@@ -345,6 +373,8 @@ fn upload_deploy_run_completes_with_logs_over_sse() {
         ".ended_at" => "[time]",
         ".fuel_used" => "[fuel]",
         ".peak_memory" => "[bytes]",
+        ".lease_holder" => "[host]",
+        ".lease_expires_at" => "[time]",
     });
     let logs: Vec<&str> = events
         .iter()
@@ -2329,4 +2359,63 @@ fn a_secrets_key_others_can_read_or_a_lost_one_stops_the_server() {
     assert_eq!(status, 202, "{started}");
     let (_, run) = server.events(started["flow_run_id"].as_str().unwrap());
     assert_eq!(run["state"], "Completed", "{run}");
+}
+
+/// In a container the server is PID 1 after every restart, so "its pid is
+/// alive" says nothing about the run an earlier life left behind. Killed
+/// mid-run and started again as PID 1, the server still crashes and resumes
+/// that run, replaying the tasks it had finished.
+#[test]
+fn a_server_that_is_pid_1_again_after_a_restart_resumes_its_run() {
+    let probe = Command::new("unshare")
+        .args(["--pid", "--fork", "--mount-proc", "true"])
+        .output();
+    if !probe.as_ref().is_ok_and(|out| out.status.success()) {
+        let why = "needs `unshare --pid` (root or user namespaces)";
+        assert!(std::env::var_os("CI").is_none(), "{why}: {probe:?}");
+        eprintln!("SKIPPED a_server_that_is_pid_1_again_after_a_restart_resumes_its_run: {why}");
+        return;
+    }
+    let home = std::sync::Arc::new(tempfile::tempdir().unwrap());
+    let mut server = TestServer::start_as_pid_1(home.clone());
+    let digest = server.upload(FIXTURE_WASM);
+    let (status, started) = server.send(
+        "POST",
+        &format!("/api/components/{digest}/flows/slow_sequential/runs"),
+        json!({ "params": { "n": 40, "ms": 20 } }),
+    );
+    assert_eq!(status, 202, "{started}");
+    let id = started["flow_run_id"].as_str().unwrap().to_string();
+    server.wait_for_completed_tasks(&id, 10);
+    let (_, before) = server.get(&format!("/api/flow-runs/{id}"));
+    assert!(
+        before["flow_run"]["lease_holder"]
+            .as_str()
+            .is_some_and(|h| h.contains(" pid=1 ")),
+        "the server ran as PID 1: {before}"
+    );
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+    let server = TestServer::start_as_pid_1(home);
+    let (_, run) = server.events(&id);
+    assert_eq!(run["state"], "Completed", "{run}");
+    assert_eq!(run["result"], json!("800"));
+    let (_, detail) = server.get(&format!("/api/flow-runs/{id}"));
+    let reran = detail["task_runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["attempts"] != 1)
+        .count();
+    assert_eq!(
+        reran, 0,
+        "finished tasks were replayed, not re-run: {detail}"
+    );
+    let states: Vec<&str> = detail["states"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["state"].as_str().unwrap())
+        .collect();
+    assert!(states.contains(&"Crashed"), "{states:?}");
 }

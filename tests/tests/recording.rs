@@ -629,3 +629,145 @@ async fn log_retention_deletes_only_lines_older_than_the_setting_and_keeps_the_r
         "the run stays"
     );
 }
+
+// ---- leases: runs whose holder is gone ----
+
+/// A server without executor or scheduler, for driving the dispatcher by hand.
+fn idle_server(home: &std::path::Path) -> weir_host::server::Server {
+    let mut config = weir_host::server::ServerConfig::new(weir_host::config::Paths::at(home));
+    config.executor = None;
+    weir_host::server::Server::open(config).unwrap()
+}
+
+/// Records a Running flow run held by `holder` until `expires_at`, or a
+/// subflow of `parent` (which holds no lease of its own).
+fn held_run(
+    store: &Store,
+    parent: Option<weir_host::model::FlowRunId>,
+    lease: Option<(&str, i64)>,
+) -> weir_host::model::FlowRunId {
+    let id = weir_host::model::FlowRunId::new();
+    store
+        .submit(vec![weir_host::store::Write::NewFlowRun(
+            weir_host::store::NewFlowRun {
+                id,
+                parent_flow_run: parent,
+                component: weir_host::model::ComponentDigest::from_sha256([0; 32]),
+                flow_name: "f".into(),
+                params: "{}".into(),
+                state: RunState::Running,
+                attempt: 1,
+                host: "remote".into(),
+                at: weir_host::clock::SystemClock.now_micros(),
+                deployment: None,
+                tags: Vec::new(),
+                scheduled_at: None,
+                work_pool: None,
+                work_queue: None,
+                secret_grants: Vec::new(),
+                lease: lease.map(|(holder, expires_at)| weir_host::store::Lease {
+                    holder: holder.into(),
+                    expires_at,
+                }),
+            },
+        )])
+        .wait_blocking()
+        .unwrap();
+    id
+}
+
+#[test]
+fn a_run_whose_lease_ran_out_is_crashed_with_its_subflows_and_a_held_one_is_not() {
+    let home = tempfile::tempdir().unwrap();
+    let server = idle_server(home.path());
+    let now = weir_host::clock::SystemClock.now_micros();
+    let store = server.store.clone();
+    let lost = held_run(&store, None, Some(("remote-7", now - 1)));
+    let child = held_run(&store, Some(lost), None);
+    let grandchild = held_run(&store, Some(child), None);
+    let held = held_run(&store, None, Some(("remote-8", now + 3_600_000_000)));
+    let held_child = held_run(&store, Some(held), None);
+
+    let crashed = server.block_on(server.dispatcher.reap()).unwrap();
+    assert_eq!(
+        crashed.iter().map(|r| r.id).collect::<Vec<_>>(),
+        vec![lost],
+        "only the run whose lease ran out"
+    );
+    let run = store.flow_run(lost).unwrap();
+    assert_eq!(run.state, RunState::Crashed);
+    assert_eq!(run.failure_kind, Some(FailureKind::Crashed));
+    assert!(
+        run.message
+            .as_deref()
+            .unwrap()
+            .contains("host remote-7 lost"),
+        "{:?}",
+        run.message
+    );
+    for sub in [child, grandchild] {
+        let sub = store.flow_run(sub).unwrap();
+        assert_eq!(sub.state, RunState::Crashed, "subflows die with their root");
+        assert!(sub.message.as_deref().unwrap().contains(&lost.to_string()));
+    }
+    assert_eq!(store.flow_run(held).unwrap().state, RunState::Running);
+    assert_eq!(store.flow_run(held_child).unwrap().state, RunState::Running);
+    // Reaping again finds nothing new.
+    assert!(
+        server
+            .block_on(server.dispatcher.reap())
+            .unwrap()
+            .is_empty()
+    );
+}
+
+#[test]
+fn cancelling_a_run_nobody_holds_ends_it_at_once() {
+    let home = tempfile::tempdir().unwrap();
+    let server = idle_server(home.path());
+    let now = weir_host::clock::SystemClock.now_micros();
+    let store = server.store.clone();
+    let orphan = held_run(&store, None, Some(("remote-7", now - 1)));
+    let orphan_child = held_run(&store, Some(orphan), None);
+    let held = held_run(&store, None, Some(("remote-8", now + 3_600_000_000)));
+
+    let ended = server
+        .block_on(server.dispatcher.cancel(orphan, false))
+        .unwrap();
+    assert_eq!(ended.state, RunState::Cancelled, "nobody would ever answer");
+    assert_eq!(store.flow_run(orphan).unwrap().state, RunState::Cancelled);
+    assert_eq!(
+        store.flow_run(orphan_child).unwrap().state,
+        RunState::Cancelled
+    );
+
+    let asked = server
+        .block_on(server.dispatcher.cancel(held, false))
+        .unwrap();
+    assert_eq!(asked.state, RunState::Cancelling, "its holder is asked");
+    assert_eq!(store.flow_run(held).unwrap().state, RunState::Running);
+    assert!(store.cancel_requested(held).unwrap());
+}
+
+#[test]
+fn a_restarted_server_crashes_what_an_earlier_life_with_its_pid_held() {
+    let home = tempfile::tempdir().unwrap();
+    let earlier_life = {
+        let server = idle_server(home.path());
+        let host = weir_host::dispatch::leases::local_host_name();
+        // Same host and pid as this process (PID 1 again in a container),
+        // another boot; its lease has not run out yet.
+        let marker = format!("{host} pid={} boot=0ldl1fe0", std::process::id());
+        let now = weir_host::clock::SystemClock.now_micros();
+        held_run(&server.store, None, Some((&marker, now + 3_600_000_000)))
+    };
+    let server = idle_server(home.path());
+    assert_eq!(
+        server.interrupted.iter().map(|r| r.id).collect::<Vec<_>>(),
+        vec![earlier_life]
+    );
+    assert_eq!(
+        server.store.flow_run(earlier_life).unwrap().state,
+        RunState::Crashed
+    );
+}

@@ -258,6 +258,7 @@ fn fill(db: &Path, rows: usize) {
                     work_pool: Some("elsewhere".into()),
                     work_queue: Some("default".into()),
                     secret_grants: Vec::new(),
+                    lease: None,
                 })
             })
             .collect();

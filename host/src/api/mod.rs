@@ -12,6 +12,7 @@
 
 mod deployments;
 mod events;
+mod hosts;
 pub mod guard;
 mod objects;
 mod runs;
@@ -122,6 +123,10 @@ impl ApiState {
         runs::cancel_flow_run,
         runs::retry_flow_run,
         events::flow_run_events,
+        hosts::claim,
+        hosts::heartbeat,
+        hosts::report,
+        hosts::list_hosts,
         deployments::list_deployments,
         deployments::create_deployment,
         deployments::put_deployment,
@@ -203,7 +208,11 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/api/flow-runs/{id}/events", get(events::flow_run_events))
         .route("/api/flow-runs/{id}/cancel", post(runs::cancel_flow_run))
         .route("/api/flow-runs/{id}/retry", post(runs::retry_flow_run))
+        .route("/api/flow-runs/{id}/report", post(hosts::report))
         .route("/api/task-runs/{id}", get(runs::get_task_run))
+        .route("/api/hosts", get(hosts::list_hosts))
+        .route("/api/hosts/claim", post(hosts::claim))
+        .route("/api/hosts/heartbeat", post(hosts::heartbeat))
         .route(
             "/api/deployments",
             get(deployments::list_deployments).post(deployments::create_deployment),
@@ -453,7 +462,9 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::NotFound { .. } => ApiError::not_found(e.to_string()),
-            StoreError::Conflict { .. } => ApiError::conflict(e.to_string()),
+            StoreError::Conflict { .. } | StoreError::LeaseLost { .. } => {
+                ApiError::conflict(e.to_string())
+            }
             other => ApiError::internal(other),
         }
     }

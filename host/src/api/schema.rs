@@ -111,6 +111,12 @@ pub struct FlowRun {
     pub scheduled_at: Option<i64>,
     pub work_pool: Option<String>,
     pub work_queue: Option<String>,
+    /// Who holds the run: the executor or remote host that claimed it.
+    pub lease_holder: Option<String>,
+    /// Grows with every claim; a write from an older claim is refused.
+    pub lease_epoch: u64,
+    /// When the lease runs out unless its holder renews it (µs since the epoch).
+    pub lease_expires_at: Option<i64>,
 }
 
 #[derive(ToSchema)]
@@ -333,4 +339,90 @@ pub struct VariableList {
 #[derive(ToSchema)]
 pub struct Deleted {
     pub deleted: String,
+}
+
+#[derive(ToSchema)]
+pub struct HostClaimRequest {
+    /// The lease holder: unique per host process ("name pid=N boot=B").
+    pub holder: String,
+    pub pools: Vec<String>,
+    /// Only runs of these queues; empty or absent takes every queue.
+    pub queues: Option<Vec<String>>,
+    /// How long to wait for work before answering 204 (at most 25 s).
+    pub wait_ms: Option<u64>,
+}
+
+/// A run handed to a remote host, leased to it at `epoch`.
+#[derive(ToSchema)]
+pub struct HostClaim {
+    pub run: String,
+    pub epoch: u64,
+    /// sha256 of the component; fetch it from /api/components/{digest}/wasm and check it.
+    pub component: String,
+    pub flow: String,
+    pub params: String,
+    pub attempt: u32,
+    pub deployment: Option<String>,
+    pub task_override: TaskPolicy,
+    /// (name, value) of each secret bound to the run.
+    pub secrets: Vec<Vec<String>>,
+    /// Task runs earlier attempts completed, replayed instead of run again.
+    pub replay: Vec<Value>,
+    pub lease_ttl_ms: u64,
+}
+
+#[derive(ToSchema)]
+pub struct HostHeartbeat {
+    pub holder: String,
+    pub name: String,
+    pub version: String,
+    pub pools: Vec<String>,
+    pub queues: Option<Vec<String>>,
+    pub slots: u32,
+    /// [run id, epoch] of each run the host holds.
+    pub runs: Vec<Vec<Value>>,
+}
+
+#[derive(ToSchema)]
+pub struct HostHeartbeatReply {
+    /// Runs the host lost: stop them and report nothing more.
+    pub lost: Vec<String>,
+    /// Runs someone asked to cancel.
+    pub cancel: Vec<String>,
+    pub lease_ttl_ms: u64,
+}
+
+/// What a host recorded for a run since its last report.
+#[derive(ToSchema)]
+pub struct HostReport {
+    pub holder: String,
+    pub epoch: u64,
+    /// The run first, then its subflows.
+    pub flow_runs: Vec<FlowRun>,
+    pub task_runs: Option<Vec<Value>>,
+    pub logs: Option<Vec<Value>>,
+}
+
+#[derive(ToSchema)]
+pub struct Accepted {
+    pub accepted: bool,
+}
+
+#[derive(ToSchema)]
+pub struct Host {
+    pub name: String,
+    pub holder: String,
+    pub version: String,
+    pub pools: Vec<String>,
+    pub queues: Vec<String>,
+    pub slots: u32,
+    pub runs_in_hand: u64,
+    pub last_heartbeat: i64,
+    /// Heard from within two lease periods.
+    pub online: bool,
+}
+
+#[derive(ToSchema)]
+pub struct HostList {
+    pub hosts: Vec<Host>,
 }

@@ -335,9 +335,8 @@ impl Local {
     }
 
     /// Marks runs of dead processes Crashed and says how to resume each.
-    pub fn report_dead_runs(&self, runtime: &tokio::runtime::Runtime) {
-        let control = self.control();
-        for run in runtime.block_on(crate::server::mark_dead_runs(&control, &self.store)) {
+    pub fn report_dead_runs(&self) {
+        for run in crate::dispatch::leases::crash_lost_runs(&self.control()) {
             note_interrupted(&run);
         }
     }
@@ -377,7 +376,7 @@ fn run_flow(args: RunArgs) -> anyhow::Result<()> {
         local,
         component,
     } = load_project(&args.path, !args.json)?;
-    local.report_dead_runs(&runtime);
+    local.report_dead_runs();
     let flow = choose_flow(&component, args.flow.as_deref())?;
     let params = build_params(
         args.params_json.as_deref(),

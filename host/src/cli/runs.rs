@@ -7,7 +7,6 @@ use crate::clock::format_rfc3339;
 use crate::clock::{Clock, SystemClock};
 use crate::engine::human_bytes;
 use crate::model::{FlowRunId, RunState};
-use crate::server::dead_runs;
 use crate::store::{FlowRunRow, Store, StoreError, TaskRunRow};
 use crate::worker::{ExecutorSettings, ExistingRun, FlowRunRequest};
 use anyhow::Context;
@@ -153,14 +152,23 @@ fn rerun(store: Store, args: RerunArgs, mode: Rerun) -> anyhow::Result<()> {
     let local = Local::open(&paths())?;
     let mut state = run.state;
     if unfinished {
-        if !dead_runs(&local.store).iter().any(|r| r.id == id) {
+        let now = local.control().now();
+        if crate::dispatch::leases::is_held(&run, now) {
             return Err(Exit::bad_input(format!(
                 "flow run {id} is still {} in a live process ({}); cancel it first with `host flow-run cancel {id}`",
                 run.state,
                 run.host.as_deref().unwrap_or("unknown host")
             )));
         }
-        runtime.block_on(local.control().mark_crashed(id, run.state))?;
+        let why = format!(
+            "the process running it ({}) is gone; resumed by hand",
+            run.host.as_deref().unwrap_or("unknown host")
+        );
+        if !crate::dispatch::leases::crash_tree(&local.control(), &run, &why) {
+            return Err(Exit::bad_input(format!(
+                "flow run {id} changed while it was being resumed; look at it again with `host flow-run inspect {id}`"
+            )));
+        }
         state = RunState::Crashed;
     }
     let digest = crate::model::ComponentDigest::parse(&run.component)

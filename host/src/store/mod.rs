@@ -43,6 +43,14 @@ pub enum StoreError {
     WriterGone,
     #[error("corrupt row: {0}")]
     Corrupt(String),
+    /// The writer does not hold the run's lease (any more): another holder
+    /// took it, or it expired and the run was crashed.
+    #[error("flow run {id} is not held by {holder} at epoch {epoch} (its lease was lost)")]
+    LeaseLost {
+        id: FlowRunId,
+        holder: String,
+        epoch: u64,
+    },
 }
 
 /// One change to record. A `Vec<Write>` is applied atomically.
@@ -85,6 +93,49 @@ pub enum Write {
         id: FlowRunId,
         at: TimestampMicros,
     },
+    /// Gives a run to `holder` until `expires_at`, with the next epoch.
+    TakeLease {
+        id: FlowRunId,
+        holder: String,
+        expires_at: TimestampMicros,
+    },
+    /// Renews every unfinished run `holder` holds (an executor's heartbeat).
+    RenewLeases {
+        holder: String,
+        expires_at: TimestampMicros,
+    },
+    /// Fails the unit with `LeaseLost` unless `holder` holds the run at
+    /// `epoch` and the run has not ended (a report from a host that lost it).
+    CheckLease {
+        id: FlowRunId,
+        holder: String,
+        epoch: u64,
+    },
+    /// A flow run as another store has it (a remote host's report): created,
+    /// or its progress copied over. A run that ended here is never moved.
+    UpsertFlowRun(Box<FlowRunRow>),
+    /// A task run as another store has it; created or updated.
+    UpsertTaskRun(Box<TaskRunRow>),
+    /// Log lines from another store, each with its origin there: a line
+    /// sent twice is stored once.
+    ImportLogs(Vec<(String, LogRecord)>),
+    /// Deletes a flow run with everything under it (a remote host's local
+    /// copy of a run, before it takes the run again).
+    ForgetFlowRun(FlowRunId),
+    /// Renews one run, if `holder` still holds it at `epoch`; `LeaseLost` if not.
+    RenewLease {
+        id: FlowRunId,
+        holder: String,
+        epoch: u64,
+        expires_at: TimestampMicros,
+    },
+}
+
+/// Who holds a run and until when.
+#[derive(Debug, Clone)]
+pub struct Lease {
+    pub holder: String,
+    pub expires_at: TimestampMicros,
 }
 
 #[derive(Debug, Clone)]
@@ -109,6 +160,9 @@ pub struct NewFlowRun {
     pub work_queue: Option<String>,
     /// Names of the secrets it may read, fixed when it is created.
     pub secret_grants: Vec<String>,
+    /// Held from creation (a run that starts at once); subflows have none,
+    /// they live and die with their parent's.
+    pub lease: Option<Lease>,
 }
 
 #[derive(Debug, Clone)]
@@ -916,6 +970,61 @@ impl Store {
         .transpose()
     }
 
+    /// Unfinished runs someone claimed whose lease ran out before `now`,
+    /// top-level first.
+    pub fn expired_leases(&self, now: TimestampMicros) -> Result<Vec<FlowRunRow>, StoreError> {
+        self.read(|c| {
+            let mut stmt = c.prepare_cached(&format!(
+                "{FLOW_RUN_SELECT} WHERE lease_holder IS NOT NULL AND lease_expires_us < ?1 AND {UNFINISHED}
+                 ORDER BY parent_flow_run IS NOT NULL, created_us"
+            ))?;
+            stmt.query_map([now], FlowRunRow::from_row)?.collect()
+        })
+    }
+
+    /// Unfinished runs that anyone holds (their holders may be checked for life).
+    pub fn held_runs(&self) -> Result<Vec<FlowRunRow>, StoreError> {
+        self.read(|c| {
+            let mut stmt = c.prepare_cached(&format!(
+                "{FLOW_RUN_SELECT} WHERE lease_holder IS NOT NULL AND {UNFINISHED} ORDER BY created_us"
+            ))?;
+            stmt.query_map([], FlowRunRow::from_row)?.collect()
+        })
+    }
+
+    /// Unfinished subflow runs below `id`, at any depth, deepest last.
+    pub fn unfinished_descendants(&self, id: FlowRunId) -> Result<Vec<FlowRunRow>, StoreError> {
+        let mut runs = self.descendants(id)?;
+        runs.retain(|r| {
+            matches!(
+                r.state,
+                RunState::Pending | RunState::Running | RunState::Retrying | RunState::Cancelling
+            )
+        });
+        Ok(runs)
+    }
+
+    /// Subflow runs below `id`, at any depth, deepest last.
+    pub fn descendants(&self, id: FlowRunId) -> Result<Vec<FlowRunRow>, StoreError> {
+        let mut runs: Vec<FlowRunRow> = self.read(|c| {
+            let mut stmt = c.prepare_cached(&format!(
+                "WITH RECURSIVE tree (id, depth) AS (
+                    SELECT id, 1 FROM flow_runs WHERE parent_flow_run = ?1
+                    UNION ALL SELECT f.id, tree.depth + 1 FROM flow_runs f JOIN tree ON f.parent_flow_run = tree.id)
+                 SELECT r.* FROM ({FLOW_RUN_SELECT}) AS r JOIN tree USING (id) ORDER BY tree.depth, r.created_us"
+            ))?;
+            stmt.query_map([id.as_bytes()], FlowRunRow::from_row)?
+                .collect()
+        })?;
+        for run in &mut runs {
+            self.results.inflate(&mut run.params)?;
+            if let Some(result) = run.result.as_mut() {
+                self.results.inflate(result)?;
+            }
+        }
+        Ok(runs)
+    }
+
     /// Runs that were left unfinished (for recovery after a crash).
     pub fn unfinished_flow_runs(&self) -> Result<Vec<FlowRunRow>, StoreError> {
         self.read(|c| {
@@ -1098,6 +1207,8 @@ pub enum ObjectKind {
     WorkQueue,
     Variable,
     Secret,
+    /// A remote host as it last said hello (name, pools, slots, runs in hand).
+    Host,
 }
 
 impl ObjectKind {
@@ -1108,6 +1219,7 @@ impl ObjectKind {
             ObjectKind::WorkQueue => "work_queue",
             ObjectKind::Variable => "variable",
             ObjectKind::Secret => "secret",
+            ObjectKind::Host => "host",
         }
     }
     fn what(self) -> &'static str {
@@ -1117,6 +1229,7 @@ impl ObjectKind {
             ObjectKind::WorkQueue => "work queue",
             ObjectKind::Variable => "variable",
             ObjectKind::Secret => "secret",
+            ObjectKind::Host => "host",
         }
     }
 }
@@ -1165,6 +1278,14 @@ pub struct FlowRunRow {
     /// Names of the secrets it may read (fixed at creation).
     #[serde(skip)]
     pub secret_grants: Vec<String>,
+    /// Who holds it (an executor in a server or a remote host), if anyone claimed it.
+    #[serde(default)]
+    pub lease_holder: Option<String>,
+    /// Grows with every claim: a write from an older epoch is refused.
+    #[serde(default)]
+    pub lease_epoch: u64,
+    #[serde(default)]
+    pub lease_expires_at: Option<TimestampMicros>,
 }
 
 /// Flow runs that have not ended, as SQL.
@@ -1173,7 +1294,8 @@ const UNFINISHED: &str = "state IN ('Pending', 'Running', 'Retrying', 'Cancellin
 const FLOW_RUN_SELECT: &str =
     "SELECT id, parent_flow_run, component, flow_name, params, state, message,
     failure_kind, result, attempt, host, created_us, started_us, ended_us, fuel_used, peak_memory,
-    deployment, tags, scheduled_us, work_pool, work_queue, secret_grants FROM flow_runs";
+    deployment, tags, scheduled_us, work_pool, work_queue, secret_grants,
+    lease_holder, lease_epoch, lease_expires_us FROM flow_runs";
 
 impl FlowRunRow {
     fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Self> {
@@ -1209,6 +1331,9 @@ impl FlowRunRow {
                 .get::<_, Option<String>>(21)?
                 .and_then(|t| serde_json::from_str(&t).ok())
                 .unwrap_or_default(),
+            lease_holder: r.get(22)?,
+            lease_epoch: r.get::<_, i64>(23)? as u64,
+            lease_expires_at: r.get(24)?,
         })
     }
 }
@@ -1540,8 +1665,9 @@ fn apply(conn: &Connection, write: &Write, files: &ResultFiles) -> Result<(), St
         Write::NewFlowRun(run) => {
             conn.prepare_cached(
                 "INSERT INTO flow_runs (id, parent_flow_run, component, flow_name, params, state, attempt, host, created_us, started_us,
-                    deployment, tags, scheduled_us, work_pool, work_queue, secret_grants)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, CASE WHEN ?6 = 'Running' THEN ?9 END, ?10, ?11, ?12, ?13, ?14, ?15)",
+                    deployment, tags, scheduled_us, work_pool, work_queue, secret_grants, lease_holder, lease_epoch, lease_expires_us)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, CASE WHEN ?6 = 'Running' THEN ?9 END, ?10, ?11, ?12, ?13, ?14, ?15,
+                    ?16, CASE WHEN ?16 IS NULL THEN 0 ELSE 1 END, ?17)",
             )?
             .execute(params![
                 run.id.as_bytes(),
@@ -1559,6 +1685,8 @@ fn apply(conn: &Connection, write: &Write, files: &ResultFiles) -> Result<(), St
                 run.work_pool,
                 run.work_queue,
                 tags_text(&run.secret_grants),
+                run.lease.as_ref().map(|l| l.holder.as_str()),
+                run.lease.as_ref().map(|l| l.expires_at),
             ])?;
             record_state(conn, run.id.0, run.at, run.state, None)?;
         }
@@ -1662,6 +1790,166 @@ fn apply(conn: &Connection, write: &Write, files: &ResultFiles) -> Result<(), St
                     id: id.to_string(),
                 });
             }
+        }
+        Write::TakeLease {
+            id,
+            holder,
+            expires_at,
+        } => {
+            let n = conn
+                .prepare_cached(
+                    "UPDATE flow_runs SET lease_holder = ?2, lease_epoch = lease_epoch + 1, lease_expires_us = ?3 WHERE id = ?1",
+                )?
+                .execute(params![id.as_bytes(), holder, expires_at])?;
+            if n != 1 {
+                return Err(StoreError::NotFound {
+                    what: "flow run",
+                    id: id.to_string(),
+                });
+            }
+        }
+        Write::RenewLeases { holder, expires_at } => {
+            conn.prepare_cached(&format!(
+                "UPDATE flow_runs SET lease_expires_us = ?2 WHERE lease_holder = ?1 AND {UNFINISHED}"
+            ))?
+            .execute(params![holder, expires_at])?;
+        }
+        Write::RenewLease {
+            id,
+            holder,
+            epoch,
+            expires_at,
+        } => {
+            let n = conn
+                .prepare_cached(&format!(
+                    "UPDATE flow_runs SET lease_expires_us = ?4
+                     WHERE id = ?1 AND lease_holder = ?2 AND lease_epoch = ?3 AND {UNFINISHED}"
+                ))?
+                .execute(params![id.as_bytes(), holder, *epoch as i64, expires_at])?;
+            if n != 1 {
+                return Err(StoreError::LeaseLost {
+                    id: *id,
+                    holder: holder.clone(),
+                    epoch: *epoch,
+                });
+            }
+        }
+        Write::CheckLease { id, holder, epoch } => {
+            let held: Option<(Option<String>, i64, String)> = conn
+                .prepare_cached("SELECT lease_holder, lease_epoch, state FROM flow_runs WHERE id = ?1")?
+                .query_row([id.as_bytes()], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                .optional()?;
+            let holds = held.is_some_and(|(h, e, state)| {
+                h.as_deref() == Some(holder.as_str())
+                    && e as u64 == *epoch
+                    && state.parse::<RunState>().is_ok_and(|s| !s.is_terminal())
+            });
+            if !holds {
+                return Err(StoreError::LeaseLost {
+                    id: *id,
+                    holder: holder.clone(),
+                    epoch: *epoch,
+                });
+            }
+        }
+        Write::UpsertFlowRun(run) => {
+            let params_text = files.deflate(&run.params)?;
+            let result = run.result.as_deref().map(|r| files.deflate(r)).transpose()?;
+            conn.prepare_cached(
+                "INSERT INTO flow_runs (id, parent_flow_run, component, flow_name, params, state, message, failure_kind,
+                    result, attempt, host, created_us, started_us, ended_us, fuel_used, peak_memory,
+                    deployment, tags, scheduled_us, work_pool, work_queue)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21)
+                 ON CONFLICT (id) DO UPDATE SET state = excluded.state, message = excluded.message,
+                    failure_kind = excluded.failure_kind, result = excluded.result, attempt = excluded.attempt,
+                    host = excluded.host, started_us = excluded.started_us, ended_us = excluded.ended_us,
+                    fuel_used = excluded.fuel_used, peak_memory = excluded.peak_memory
+                 WHERE flow_runs.state NOT IN ('Completed', 'Cached', 'Failed', 'Cancelled', 'Crashed', 'TimedOut')",
+            )?
+            .execute(params![
+                run.id.as_bytes(),
+                run.parent_flow_run.as_ref().map(|p| p.as_bytes().to_vec()),
+                run.component,
+                run.flow_name,
+                params_text,
+                run.state.as_str(),
+                run.message,
+                run.failure_kind.map(|k| k.as_str()),
+                result,
+                run.attempt,
+                run.host,
+                run.created_at,
+                run.started_at,
+                run.ended_at,
+                run.fuel_used as i64,
+                run.peak_memory as i64,
+                run.deployment,
+                tags_text(&run.tags),
+                run.scheduled_at,
+                run.work_pool,
+                run.work_queue,
+            ])?;
+            let at = run.ended_at.or(run.started_at).unwrap_or(run.created_at);
+            record_state(conn, run.id.0, at, run.state, run.message.as_deref())?;
+        }
+        Write::UpsertTaskRun(task) => {
+            let input = files.deflate(&task.input)?;
+            let output = task.output.as_deref().map(|o| files.deflate(o)).transpose()?;
+            conn.prepare_cached(
+                "INSERT INTO task_runs (id, flow_run, call_seq, task_name, input, output, state, failure_kind, message,
+                    attempts, fuel_used, peak_memory, created_us, started_us, ended_us, next_attempt_us, cached_from,
+                    host, input_sha256)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)
+                 ON CONFLICT (id) DO UPDATE SET output = excluded.output, state = excluded.state,
+                    failure_kind = excluded.failure_kind, message = excluded.message, attempts = excluded.attempts,
+                    fuel_used = excluded.fuel_used, peak_memory = excluded.peak_memory,
+                    started_us = excluded.started_us, ended_us = excluded.ended_us,
+                    next_attempt_us = excluded.next_attempt_us, host = excluded.host",
+            )?
+            .execute(params![
+                task.id.as_bytes(),
+                task.flow_run.as_bytes(),
+                task.call_seq as i64,
+                task.task_name,
+                input,
+                output,
+                task.state.as_str(),
+                task.failure_kind.map(|k| k.as_str()),
+                task.message,
+                task.attempts,
+                task.fuel_used as i64,
+                task.peak_memory as i64,
+                task.created_at,
+                task.started_at,
+                task.ended_at,
+                task.next_attempt_at,
+                task.cached_from.map(|c| c.as_bytes().to_vec()),
+                task.host,
+                task.input_sha256,
+            ])?;
+            let at = task.ended_at.or(task.started_at).unwrap_or(task.created_at);
+            record_state(conn, task.id.0, at, task.state, task.message.as_deref())?;
+        }
+        Write::ImportLogs(lines) => {
+            let mut stmt = conn.prepare_cached(
+                "INSERT OR IGNORE INTO logs (flow_run, task_run, at_us, level, message, origin) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?;
+            for (origin, line) in lines {
+                stmt.execute(params![
+                    line.flow_run.as_bytes(),
+                    line.task_run.as_ref().map(|t| t.as_bytes().to_vec()),
+                    line.at,
+                    line.level as u8,
+                    line.message,
+                    origin,
+                ])?;
+            }
+        }
+        Write::ForgetFlowRun(id) => {
+            conn.prepare_cached("DELETE FROM logs WHERE flow_run = ?1")?
+                .execute([id.as_bytes()])?;
+            conn.prepare_cached("DELETE FROM flow_runs WHERE id = ?1")?
+                .execute([id.as_bytes()])?;
         }
         Write::Logs(lines) => {
             let mut stmt = conn.prepare_cached(

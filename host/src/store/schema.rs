@@ -114,6 +114,22 @@ const MIGRATIONS: &[&str] = &[
     "
     ALTER TABLE task_runs ADD COLUMN input_sha256 TEXT;
     ",
+    // 5: leases. Whoever runs a flow run holds it until `lease_expires_us`
+    // and renews it while alive; a run whose lease ran out is crashed. The
+    // epoch grows with every claim, so a holder that lost the run is fenced.
+    "
+    ALTER TABLE flow_runs ADD COLUMN lease_holder TEXT;
+    ALTER TABLE flow_runs ADD COLUMN lease_epoch INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE flow_runs ADD COLUMN lease_expires_us INTEGER;
+    CREATE INDEX flow_runs_by_lease ON flow_runs (lease_expires_us)
+        WHERE lease_holder IS NOT NULL AND state IN ('Pending', 'Running', 'Retrying', 'Cancelling');
+    ",
+    // 6: log lines shipped from a remote host carry where they came from, so
+    // a batch sent twice is stored once.
+    "
+    ALTER TABLE logs ADD COLUMN origin TEXT;
+    CREATE UNIQUE INDEX logs_by_origin ON logs (flow_run, origin) WHERE origin IS NOT NULL;
+    ",
 ];
 
 /// Brings the database up to the newest schema, one transaction per migration.

@@ -26,6 +26,7 @@ fn new_flow_run(id: FlowRunId) -> Write {
         work_pool: None,
         work_queue: None,
         secret_grants: Vec::new(),
+        lease: None,
     })
 }
 

@@ -20,7 +20,7 @@ use crate::model::{
     ComponentDigest, EffectivePolicy, Failure, FailureKind, FlowRunId, GrantedSecrets, LogLevel,
     Policy, PolicyDefaults, RunInfo, RunState, TaskRunId,
 };
-use crate::store::{AttemptRecord, LogRecord, NewFlowRun, NewTaskRun, StateChange, Write};
+use crate::store::{AttemptRecord, Lease, LogRecord, NewFlowRun, NewTaskRun, StateChange, Write};
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -54,6 +54,9 @@ pub struct ExecutorSettings {
     pub tag_limits: BTreeMap<String, usize>,
     /// How often a running flow checks whether someone asked to cancel it.
     pub cancel_poll: Duration,
+    /// How long a claim on a run lasts unless renewed (the holder renews it
+    /// every third of this while it lives).
+    pub lease_ttl: Duration,
 }
 
 impl Default for ExecutorSettings {
@@ -84,9 +87,10 @@ impl Default for ExecutorSettings {
             max_log_lines_per_run: 100_000,
             max_log_bytes_per_run: 64 << 20,
             max_subflow_depth: 16,
-            host_name: local_host_name(),
+            host_name: crate::dispatch::leases::local_host_name(),
             tag_limits: BTreeMap::new(),
             cancel_poll: Duration::from_millis(200),
+            lease_ttl: crate::dispatch::leases::LEASE_TTL,
         }
     }
 }
@@ -142,30 +146,7 @@ impl Drop for CallGuard<'_> {
 /// How long a task attempt may run before its row is written as Running.
 const ANNOUNCE_AFTER: Duration = Duration::from_millis(50);
 
-/// "host pid=N": which process runs a flow, so a later one can tell if it died.
-pub fn process_marker(host_name: &str) -> String {
-    format!("{host_name} pid={}", std::process::id())
-}
-
-/// The marker of this process on this host, as runs record it.
-pub fn this_process_marker() -> String {
-    static HOST: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    process_marker(HOST.get_or_init(local_host_name))
-}
-
-/// The pid in a process marker, if it names this host.
-pub fn marker_pid(marker: &str, host_name: &str) -> Option<u32> {
-    let (host, pid) = marker.rsplit_once(" pid=")?;
-    (host == host_name).then(|| pid.parse().ok()).flatten()
-}
-
-fn local_host_name() -> String {
-    std::fs::read_to_string("/etc/hostname")
-        .ok()
-        .map(|s| s.trim().to_string())
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "local".into())
-}
+pub use crate::dispatch::leases::{process_marker, this_process_marker};
 
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
@@ -388,6 +369,12 @@ impl Executor {
                         work_pool: None,
                         work_queue: None,
                         secret_grants: Vec::new(),
+                        // A subflow lives and dies under its root's lease.
+                        lease: request.parent.is_none().then(|| Lease {
+                            holder: process_marker(&self.settings.host_name),
+                            expires_at: self.control.now()
+                                + self.settings.lease_ttl.as_micros() as i64,
+                        }),
                     },
                     Durability::Detached,
                 )?;

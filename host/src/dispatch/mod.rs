@@ -16,6 +16,9 @@
 //! Everything here blocks on SQLite, so the async entry points run it on the
 //! blocking pool: a slow read never stalls the API's own thread.
 
+pub mod leases;
+pub mod remote;
+
 use crate::control::{Control, ControlError, Durability};
 use crate::engine::{Component, Engine, EngineError};
 use crate::model::deploy::{DEFAULT_POOL, DEFAULT_QUEUE};
@@ -26,14 +29,15 @@ use crate::model::{
 use crate::protocol::{ParamError, validate_params};
 use crate::secrets::SecretBox;
 use crate::store::{
-    ComponentFileError, ComponentFiles, FlowRunRow, NewFlowRun, ObjectKind, StateChange, Store,
-    StoreError, Write,
+    ComponentFileError, ComponentFiles, FlowRunRow, Lease, NewFlowRun, ObjectKind, StateChange,
+    Store, StoreError, Write,
 };
 use serde_json::{Map, Value};
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 /// Why the dispatcher refused or failed. The API maps each to one status.
 #[derive(Debug, thiserror::Error)]
@@ -97,6 +101,8 @@ pub struct Claim {
     pub attempt: u32,
     /// The state it was claimed in (`Pending`).
     pub state: RunState,
+    /// The claim's lease epoch: every write about the run names it.
+    pub epoch: u64,
     pub deployment: Option<String>,
     /// The deployment's task policy, laid over every task of the run.
     pub task_override: Policy,
@@ -164,9 +170,11 @@ pub struct DispatcherConfig {
     pub local_pools: Vec<String>,
     /// The runtime guest code runs on (component loads run `describe()`).
     pub guests: tokio::runtime::Handle,
-    /// Recorded as the host of the runs it creates ("host pid=N"), so the
-    /// next start of this server can tell which of them it left unfinished.
+    /// The holder of the leases this process's executor takes ("host pid=N
+    /// boot=B"), also recorded as the host of the runs it creates.
     pub host_marker: String,
+    /// How long a lease lasts unless renewed.
+    pub lease_ttl: Duration,
     /// Whether this process's executor also takes runs that wait in the
     /// database (a server), or only those it creates itself (the CLI's
     /// local mode, which must not pick up a stopped server's work).
@@ -182,6 +190,7 @@ pub struct Dispatcher {
     local_pools: Vec<String>,
     guests: tokio::runtime::Handle,
     host_marker: String,
+    lease_ttl: Duration,
     take_waiting: bool,
     /// Loaded components by digest; loading compiles or maps the artifact once.
     loaded: Mutex<HashMap<ComponentDigest, Component>>,
@@ -204,6 +213,7 @@ impl Dispatcher {
             local_pools: config.local_pools,
             guests: config.guests,
             host_marker: config.host_marker,
+            lease_ttl: config.lease_ttl,
             take_waiting: config.take_waiting,
             loaded: Mutex::new(HashMap::new()),
             admission: Mutex::new(()),
@@ -227,6 +237,19 @@ impl Dispatcher {
 
     pub fn files(&self) -> &ComponentFiles {
         &self.files
+    }
+
+    /// The lease holder of this process's executor.
+    pub fn holder(&self) -> &str {
+        &self.host_marker
+    }
+
+    pub fn lease_ttl(&self) -> Duration {
+        self.lease_ttl
+    }
+
+    fn lease_until(&self, now: TimestampMicros) -> TimestampMicros {
+        now + self.lease_ttl.as_micros() as i64
     }
 
     /// Whether an executor in this process takes runs of `pool`.
@@ -346,11 +369,10 @@ impl Dispatcher {
         Ok(dispatched)
     }
 
-    /// Wakes this process's executor for a run it may take now.
-    fn announce(&self, dispatched: Dispatched) {
-        if dispatched.state == RunState::Pending {
-            self.wake.notify_waiters();
-        }
+    /// Wakes this process's executor for a run it may take now, and remote
+    /// hosts waiting for work (a run that waits here may be theirs).
+    fn announce(&self, _dispatched: Dispatched) {
+        self.wake.notify_waiters();
     }
 
     /// [`Dispatcher::create_run`] once its component is loaded: checks the
@@ -417,6 +439,7 @@ impl Dispatcher {
         let _admission = self.admission.lock().unwrap_or_else(|p| p.into_inner());
         let now = self.control.now();
         let start_now = new.scheduled_at.is_none()
+            && self.serves(pool)
             && self.admits(pool, queue, deployment.map(|d| d.name.as_str()))?;
         let state = if start_now {
             RunState::Pending
@@ -434,6 +457,7 @@ impl Dispatcher {
                 params: params.clone(),
                 attempt: 0,
                 state: RunState::Pending,
+                epoch: 1,
                 deployment: deployment.map(|d| d.name.clone()),
                 task_override: deployment
                     .map(|d| d.task_policy.clone())
@@ -459,6 +483,10 @@ impl Dispatcher {
                 work_pool: Some(pool.to_string()),
                 work_queue: Some(queue.to_string()),
                 secret_grants: grants,
+                lease: start_now.then(|| Lease {
+                    holder: self.host_marker.clone(),
+                    expires_at: self.lease_until(now),
+                }),
             },
             Durability::Committed,
         )?;
@@ -559,7 +587,7 @@ impl Dispatcher {
         let queue = run.work_queue.as_deref().unwrap_or(DEFAULT_QUEUE);
         let _admission = self.admission.lock().unwrap_or_else(|p| p.into_inner());
         let now = self.control.now();
-        let to = if self.admits(pool, queue, run.deployment.as_deref())? {
+        let to = if self.serves(pool) && self.admits(pool, queue, run.deployment.as_deref())? {
             RunState::Pending
         } else {
             RunState::Scheduled
@@ -569,12 +597,19 @@ impl Dispatcher {
             "attempt {} requested; completed tasks will be replayed",
             run.attempt + 1
         ));
-        let placed = vec![Write::PlaceRun {
+        let mut placed = vec![Write::PlaceRun {
             id,
             work_pool: pool.to_string(),
             work_queue: queue.to_string(),
             scheduled_at: now,
         }];
+        if to == RunState::Pending {
+            placed.push(Write::TakeLease {
+                id,
+                holder: self.host_marker.clone(),
+                expires_at: self.lease_until(now),
+            });
+        }
         if let Some(ticket) = self
             .control
             .change_flow_run(change, placed, Durability::Committed)?
@@ -606,16 +641,26 @@ impl Dispatcher {
             }
             let now = d.control.now();
             let waiting = matches!(run.state, RunState::Scheduled | RunState::Late);
-            if waiting || force {
+            let unheld = !waiting && !leases::is_held(&run, now);
+            if waiting || force || unheld {
                 let mut change = StateChange::new(id.0, run.state, RunState::Cancelled, now);
                 change.failure_kind = Some(crate::model::FailureKind::Cancelled);
                 change.message = Some(if waiting {
                     "cancelled before it started".into()
+                } else if unheld {
+                    "cancelled; nobody held it any more (its host is gone)".into()
                 } else {
                     "cancelled by force; whoever ran it did not answer".into()
                 });
                 // A runner that is alive after all stops at its next look.
-                let request = vec![Write::RequestCancel { id, at: now }];
+                let mut request = vec![Write::RequestCancel { id, at: now }];
+                for sub in d.store.unfinished_descendants(id)?.into_iter().rev() {
+                    let mut change =
+                        StateChange::new(sub.id.0, sub.state, RunState::Cancelled, now);
+                    change.failure_kind = Some(crate::model::FailureKind::Cancelled);
+                    change.message = Some(format!("its parent run {id} was cancelled"));
+                    request.push(Write::FlowRunState(change));
+                }
                 if let Some(ticket) =
                     d.control
                         .change_flow_run(change, request, Durability::Committed)?
@@ -647,17 +692,14 @@ impl Dispatcher {
 
     // ---- admission ----
 
-    /// Whether a run of `pool`/`queue` (and `deployment`) may start here now.
-    /// Call with the admission lock held.
+    /// Whether a run of `pool`/`queue` (and `deployment`) may start now:
+    /// nothing paused, no limit reached. Call with the admission lock held.
     fn admits(
         &self,
         pool: &str,
         queue: &str,
         deployment: Option<&str>,
     ) -> Result<bool, DispatchError> {
-        if !self.serves(pool) {
-            return Ok(false);
-        }
         if let Some(row) = self.store.object(ObjectKind::WorkPool, pool)? {
             let pool: WorkPool = parse_object("work pool", &row.body)?;
             if pool.paused
@@ -705,13 +747,38 @@ impl Dispatcher {
 
     /// Admits the first waiting run of `pools` that may start now, by queue
     /// priority then age, and moves it to `Pending`.
-    fn admit_waiting(&self, pools: &[String]) -> Result<Option<FlowRunId>, DispatchError> {
-        let now = self.control.now();
+    fn admit_waiting(
+        &self,
+        pools: &[String],
+        holder: &str,
+    ) -> Result<Option<FlowRunId>, DispatchError> {
         let pools: Vec<String> = pools.iter().filter(|p| self.serves(p)).cloned().collect();
-        if pools.is_empty() || !self.take_waiting {
+        if !self.take_waiting {
             return Ok(None);
         }
-        let mut due = self.store.due_runs(&pools, now, MAX_WAITING_SCAN)?;
+        self.admit_for(&pools, &[], holder)
+    }
+
+    /// Admits the first waiting run of `pools` (and of `queues`, unless
+    /// empty) that may start now, by queue priority then age, and moves it to
+    /// `Pending` under a lease for `holder`.
+    fn admit_for(
+        &self,
+        pools: &[String],
+        queues: &[String],
+        holder: &str,
+    ) -> Result<Option<FlowRunId>, DispatchError> {
+        if pools.is_empty() {
+            return Ok(None);
+        }
+        let now = self.control.now();
+        let mut due = self.store.due_runs(pools, now, MAX_WAITING_SCAN)?;
+        if !queues.is_empty() {
+            due.retain(|run| {
+                let queue = run.work_queue.as_deref().unwrap_or(DEFAULT_QUEUE);
+                queues.iter().any(|q| q == queue)
+            });
+        }
         if due.is_empty() {
             return Ok(None);
         }
@@ -753,9 +820,14 @@ impl Dispatcher {
                 continue;
             }
             let change = StateChange::new(run.id.0, run.state, RunState::Pending, now);
+            let lease = vec![Write::TakeLease {
+                id: run.id,
+                holder: holder.to_string(),
+                expires_at: self.lease_until(now),
+            }];
             let moved = self
                 .control
-                .change_flow_run(change, Vec::new(), Durability::Committed)
+                .change_flow_run(change, lease, Durability::Committed)
                 .map_err(DispatchError::from)
                 .and_then(|ticket| match ticket {
                     Some(ticket) => ticket.wait_blocking().map_err(DispatchError::from),
@@ -792,6 +864,7 @@ impl Dispatcher {
             params: run.params,
             attempt: run.attempt,
             state: RunState::Pending,
+            epoch: run.lease_epoch,
             deployment: run.deployment,
             task_override: deployment.map(|d| d.task_policy).unwrap_or_default(),
             secrets,
@@ -801,6 +874,11 @@ impl Dispatcher {
     /// The secrets named, in clear (a run's grant). One that was removed since the
     /// run was created is simply not there for the guest.
     fn open_secrets(&self, names: &[String]) -> Result<GrantedSecrets, DispatchError> {
+        Ok(GrantedSecrets::new(self.secret_values(names)?))
+    }
+
+    /// The secrets named, in clear, as (name, value).
+    fn secret_values(&self, names: &[String]) -> Result<Vec<(String, String)>, DispatchError> {
         let mut values = Vec::new();
         for name in names {
             if let Some(row) = self.store.object(ObjectKind::Secret, name)? {
@@ -814,7 +892,14 @@ impl Dispatcher {
                 values.push((name.clone(), value));
             }
         }
-        Ok(GrantedSecrets::new(values))
+        Ok(values)
+    }
+
+    /// Crashes runs whose holder is gone (its process died, or its lease ran
+    /// out), with their subflows. Returns the top-level runs it crashed.
+    pub async fn reap(self: &Arc<Self>) -> Result<Vec<FlowRunRow>, DispatchError> {
+        self.blocking(|d| Ok(leases::crash_lost_runs(&d.control)))
+            .await
     }
 
     /// Ends a claimed run that could not be started (its component or a
@@ -857,7 +942,11 @@ impl RunSource for Dispatcher {
                     Some(Ready::Admitted(id)) => id,
                     None => {
                         let pools = pools.to_vec();
-                        match this.blocking(move |d| d.admit_waiting(&pools)).await? {
+                        let holder = self.host_marker.clone();
+                        match this
+                            .blocking(move |d| d.admit_waiting(&pools, &holder))
+                            .await?
+                        {
                             Some(id) => id,
                             None => return Ok(None),
                         }

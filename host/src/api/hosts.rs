@@ -1,0 +1,103 @@
+//! The remote-host protocol over HTTP: claim (a long poll), heartbeat,
+//! report, and the list of hosts. What each does is the dispatcher's
+//! (`dispatch::remote`); this file only moves it on and off the wire.
+
+use super::runs::parse_run_id;
+use super::{ApiError, ApiResult, ApiState, schema};
+use crate::dispatch::RunSource;
+use crate::dispatch::remote::{ClaimRequest, Heartbeat, Report};
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::{Value, json};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The longest a claim waits for work before answering 204.
+const MAX_CLAIM_WAIT: Duration = Duration::from_secs(25);
+
+/// Take the next run of the host's pools: 200 with the run (now leased to
+/// the host), or 204 when none became ready within `wait_ms`. Hands over
+/// the run's secrets in clear, so it needs an admin key.
+#[utoipa::path(post, path = "/api/hosts/claim", tag = "hosts",
+    request_body = schema::HostClaimRequest,
+    responses((status = 200, body = schema::HostClaim),
+        (status = 204, description = "Nothing became ready in time; ask again")))]
+pub(super) async fn claim(
+    State(state): State<Arc<ApiState>>,
+    Json(request): Json<ClaimRequest>,
+) -> ApiResult<Response> {
+    if request.pools.is_empty() {
+        return Err(ApiError::bad_request(
+            "no_pools",
+            "name at least one pool to take runs from".to_string(),
+        ));
+    }
+    let wait = Duration::from_millis(request.wait_ms).min(MAX_CLAIM_WAIT);
+    let deadline = tokio::time::Instant::now() + wait;
+    let dispatcher = state.dispatcher.clone();
+    loop {
+        // Interest first, so a run created between the look and the wait wakes us.
+        let ready = RunSource::work_ready(&*dispatcher);
+        if let Some(claim) = dispatcher.claim_remote(request.clone()).await? {
+            return Ok(Json(claim).into_response());
+        }
+        tokio::select! {
+            _ = ready => {}
+            _ = tokio::time::sleep_until(deadline) => return Ok(StatusCode::NO_CONTENT.into_response()),
+            _ = state.shutdown.cancelled() => return Ok(StatusCode::NO_CONTENT.into_response()),
+        }
+    }
+}
+
+/// Renew the leases of the runs a host holds; says which it lost and which
+/// someone asked to cancel.
+#[utoipa::path(post, path = "/api/hosts/heartbeat", tag = "hosts",
+    request_body = schema::HostHeartbeat,
+    responses((status = 200, body = schema::HostHeartbeatReply)))]
+pub(super) async fn heartbeat(
+    State(state): State<Arc<ApiState>>,
+    Json(beat): Json<Heartbeat>,
+) -> ApiResult<Json<Value>> {
+    let reply = state.dispatcher.heartbeat(beat).await?;
+    Ok(Json(json!(reply)))
+}
+
+/// Record what a host recorded for a run it holds (states, task runs,
+/// logs). 409 when the host's lease on the run is lost: it must stop it.
+#[utoipa::path(post, path = "/api/flow-runs/{id}/report", tag = "hosts",
+    params(("id" = String, Path)),
+    request_body = schema::HostReport,
+    responses((status = 200, body = schema::Accepted),
+        (status = 404, body = schema::ErrorBody),
+        (status = 409, body = schema::ErrorBody, description = "The host does not hold the run (any more)")))]
+pub(super) async fn report(
+    State(state): State<Arc<ApiState>>,
+    Path(id): Path<String>,
+    Json(report): Json<Report>,
+) -> ApiResult<Json<Value>> {
+    let id = state
+        .blocking(move |state| parse_run_id(state, &id))
+        .await?;
+    state.dispatcher.apply_report(id, report).await?;
+    Ok(Json(json!({ "accepted": true })))
+}
+
+/// The hosts that have said hello: pools, slots, runs in hand, last heartbeat.
+#[utoipa::path(get, path = "/api/hosts", tag = "hosts",
+    responses((status = 200, body = schema::HostList)))]
+pub(super) async fn list_hosts(State(state): State<Arc<ApiState>>) -> ApiResult<Json<Value>> {
+    let hosts: Vec<Value> = state
+        .dispatcher
+        .hosts()
+        .await?
+        .into_iter()
+        .map(|(host, online)| {
+            let mut value = json!(host);
+            value["online"] = json!(online);
+            value
+        })
+        .collect();
+    Ok(Json(json!({ "hosts": hosts })))
+}
