@@ -7,7 +7,7 @@
 //! server was down gets one run, for the latest missed time, not one per miss.
 
 use crate::control::Durability;
-use crate::dispatch::{Dispatcher, RunSource};
+use crate::dispatch::Dispatcher;
 use crate::model::{Deployment, RunState, TimestampMicros};
 use crate::store::{ObjectKind, StateChange};
 use std::collections::HashMap;
@@ -41,7 +41,7 @@ pub async fn run(
             Err(e) => tracing::warn!("looking for runs whose holder is gone: {e}"),
         }
         // Runs made earlier for now may have come due: executors look again.
-        dispatcher.run_ended();
+        dispatcher.wake_claimers();
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(tick) => {}

@@ -74,6 +74,8 @@ pub struct ServerConfig {
     pub log_retention: Option<Duration>,
     /// How the database is opened (durability).
     pub store: StoreOptions,
+    /// How long a claim on a run lasts unless renewed.
+    pub lease_ttl: Duration,
 }
 
 impl ServerConfig {
@@ -93,6 +95,7 @@ impl ServerConfig {
             take_waiting: true,
             log_retention: None,
             store: StoreOptions::default(),
+            lease_ttl: LEASE_TTL,
         }
     }
 }
@@ -142,10 +145,10 @@ impl Server {
         let control = Arc::new(Control::new(store.clone(), Arc::new(SystemClock)));
         let sealed = store.objects(ObjectKind::Secret)?.len();
         let secrets = Arc::new(SecretBox::open_key(&paths.secrets_key(), sealed)?);
-        let executor = config
-            .executor
-            .clone()
-            .map(|settings| Executor::new(engine.clone(), control.clone(), settings));
+        let executor = config.executor.clone().map(|mut settings| {
+            settings.lease_ttl = config.lease_ttl;
+            Executor::new(engine.clone(), control.clone(), settings)
+        });
         let dispatcher = Dispatcher::new(DispatcherConfig {
             store: store.clone(),
             control: control.clone(),
@@ -159,10 +162,7 @@ impl Server {
             },
             guests: guests.handle().clone(),
             host_marker: this_process_marker(),
-            lease_ttl: config
-                .executor
-                .as_ref()
-                .map_or(LEASE_TTL, |settings| settings.lease_ttl),
+            lease_ttl: config.lease_ttl,
             take_waiting: config.take_waiting,
         });
         let stop = CancellationToken::new();

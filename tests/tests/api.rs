@@ -226,8 +226,13 @@ impl TestServer {
 
     /// POSTs an empty JSON object (pause, resume, ...) and expects 200.
     fn post_ok(&self, path: &str) -> Value {
-        let (status, reply) = self.send("POST", path, json!({}));
-        assert_eq!(status, 200, "POST {path}: {reply}");
+        self.post_ok_status(path, 200)
+    }
+
+    /// POSTs an empty JSON object and expects `status`.
+    fn post_ok_status(&self, path: &str, status: u16) -> Value {
+        let (got, reply) = self.send("POST", path, json!({}));
+        assert_eq!(got, status, "POST {path}: {reply}");
         reply
     }
 
@@ -2418,4 +2423,425 @@ fn a_server_that_is_pid_1_again_after_a_restart_resumes_its_run() {
         .map(|s| s["state"].as_str().unwrap())
         .collect();
     assert!(states.contains(&"Crashed"), "{states:?}");
+}
+
+// ---- remote hosts: `host run --pool` ----
+
+/// A remote host process (`host run --pool wasm`) with a home of its own.
+struct TestHost {
+    child: Child,
+    _home: tempfile::TempDir,
+    log: std::path::PathBuf,
+}
+
+impl TestHost {
+    fn start(server: &TestServer, name: &str, extra: &[&str]) -> TestHost {
+        Self::start_against(&server.url, server.key.as_deref(), name, extra)
+    }
+
+    fn start_against(url: &str, key: Option<&str>, name: &str, extra: &[&str]) -> TestHost {
+        let home = tempfile::tempdir().unwrap();
+        let log = home.path().join("host.log");
+        let mut command = Command::new(HOST);
+        command
+            .args(["run", "--pool", "wasm", "--api", url, "--name", name])
+            .args(extra)
+            .env("WEIR_HOME", home.path().join("home"))
+            .env_remove("WEIR_API_URL")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap());
+        match key {
+            Some(key) => command.env("WEIR_API_KEY", key),
+            None => command.env_remove("WEIR_API_KEY"),
+        };
+        TestHost {
+            child: command.spawn().expect("starting a host"),
+            _home: home,
+            log,
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits (bounded) for the process to exit by itself.
+    fn wait_exit(&mut self, within: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the host did not exit in {within:?}:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn signal(&self, signal: i32) {
+        // SAFETY: signalling our own child process.
+        unsafe {
+            libc::kill(self.child.id() as i32, signal);
+        }
+    }
+}
+
+impl Drop for TestHost {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `flow` of the fixture with `params`; returns the run's id.
+fn start_fixture_run(server: &TestServer, digest: &str, flow: &str, params: Value) -> String {
+    let (status, started) = server.send(
+        "POST",
+        &format!("/api/components/{digest}/flows/{flow}/runs"),
+        json!({ "params": params }),
+    );
+    assert_eq!(status, 202, "{started}");
+    started["flow_run_id"].as_str().unwrap().to_string()
+}
+
+fn task_hosts(detail: &Value) -> Vec<String> {
+    detail["task_runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["host"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+#[test]
+fn runs_of_a_pool_go_to_remote_hosts_each_exactly_once() {
+    let server = TestServer::start_with(&["--no-worker"], None);
+    let _h1 = TestHost::start(&server, "h1", &["--slots", "3"]);
+    let _h2 = TestHost::start(&server, "h2", &["--slots", "3"]);
+    let digest = server.upload(FIXTURE_WASM);
+    let ids: Vec<String> = (0..30)
+        .map(|_| {
+            start_fixture_run(
+                &server,
+                &digest,
+                "slow_sequential",
+                json!({ "n": 3, "ms": 30 }),
+            )
+        })
+        .collect();
+    let mut hosts = std::collections::BTreeSet::new();
+    for id in &ids {
+        let run = wait_for_run(&server, id, Duration::from_secs(120), |r| {
+            r["state"]
+                .as_str()
+                .is_some_and(|s| s != "Scheduled" && s != "Pending" && s != "Running")
+        });
+        assert_eq!(run["state"], "Completed", "{run}");
+        assert_eq!(run["result"], json!("90"));
+        let (_, detail) = server.get(&format!("/api/flow-runs/{id}"));
+        let tasks = detail["task_runs"].as_array().unwrap();
+        assert_eq!(tasks.len(), 3, "each call recorded once: {detail}");
+        assert!(
+            tasks
+                .iter()
+                .all(|t| t["state"] == "Completed" && t["attempts"] == 1),
+            "{detail}"
+        );
+        let ran_on: std::collections::BTreeSet<String> = task_hosts(&detail).into_iter().collect();
+        assert_eq!(ran_on.len(), 1, "one run, one host: {detail}");
+        hosts.extend(ran_on);
+        assert!(
+            run["lease_holder"]
+                .as_str()
+                .is_some_and(|h| h.starts_with("h1 ") || h.starts_with("h2 ")),
+            "{run}"
+        );
+    }
+    assert_eq!(
+        hosts.into_iter().collect::<Vec<_>>(),
+        ["h1", "h2"],
+        "both hosts took runs"
+    );
+    let (_, listed) = server.get("/api/hosts");
+    let names: Vec<&str> = listed["hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|h| h["online"] == true && h["slots"] == 3)
+        .map(|h| h["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["h1", "h2"], "{listed}");
+}
+
+/// A host SIGKILLed mid-run stops renewing its lease: the run is crashed
+/// ("host h1 lost"), and since its flow has a retry left it runs again on
+/// the other host, replaying the calls h1 finished instead of redoing them.
+#[test]
+fn a_host_killed_mid_run_is_replaced_and_its_finished_tasks_replay() {
+    let server = TestServer::start_with(&["--no-worker", "--lease-ttl", "2s"], None);
+    let mut h1 = TestHost::start(&server, "h1", &[]);
+    let digest = server.upload(FIXTURE_WASM);
+    let id = start_fixture_run(
+        &server,
+        &digest,
+        "slow_retried",
+        json!({ "n": 30, "ms": 40 }),
+    );
+    server.wait_for_completed_tasks(&id, 5);
+    h1.child.kill().unwrap();
+    h1.child.wait().unwrap();
+    let _h2 = TestHost::start(&server, "h2", &[]);
+    let (_, run) = server.events(&id);
+    assert_eq!(run["state"], "Completed", "{run}");
+    assert_eq!(run["result"], json!("1200"));
+    let (_, detail) = server.get(&format!("/api/flow-runs/{id}"));
+    for seq in 0..30 {
+        let calls: Vec<&Value> = detail["task_runs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|t| t["call_seq"] == seq && t["state"] == "Completed")
+            .collect();
+        assert_eq!(calls.len(), 1, "call #{seq} completed once: {detail}");
+        assert_eq!(calls[0]["attempts"], 1, "call #{seq} ran once");
+    }
+    let hosts = task_hosts(&detail);
+    let on_h1 = hosts.iter().filter(|h| *h == "h1").count();
+    assert!(
+        on_h1 >= 5,
+        "h1's finished calls were replayed, not re-run: {hosts:?}"
+    );
+    assert!(
+        hosts.iter().any(|h| h == "h2"),
+        "the rest ran on h2: {hosts:?}"
+    );
+    let crashed = detail["states"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["state"] == "Crashed")
+        .unwrap_or_else(|| panic!("{detail}"));
+    assert!(
+        crashed["message"]
+            .as_str()
+            .unwrap()
+            .contains("host h1 pid="),
+        "{crashed}"
+    );
+}
+
+/// The protocol as two hosts speak it, one of which lost its lease: every
+/// write from the old epoch is refused, so it cannot overwrite the attempt
+/// that replaced it.
+#[test]
+fn a_host_that_lost_its_lease_is_fenced() {
+    let server = TestServer::start_with(&["--no-worker", "--lease-ttl", "1s"], None);
+    let digest = server.upload(FIXTURE_WASM);
+    let id = start_fixture_run(
+        &server,
+        &digest,
+        "slow_sequential",
+        json!({ "n": 1, "ms": 1 }),
+    );
+    let claim = |holder: &str| {
+        let (status, claim) = server.send(
+            "POST",
+            "/api/hosts/claim",
+            json!({ "holder": holder, "pools": ["wasm"], "wait_ms": 5000 }),
+        );
+        assert_eq!(status, 200, "{claim}");
+        assert_eq!(claim["run"], json!(id));
+        claim
+    };
+    let report = |holder: &str, epoch: &Value, state: &str, result: Option<&str>| {
+        let (_, detail) = server.get(&format!("/api/flow-runs/{id}"));
+        let mut run = detail["flow_run"].clone();
+        run["state"] = json!(state);
+        run["attempt"] = json!(1);
+        run["result"] = json!(result);
+        run["ended_at"] = if result.is_some() {
+            run["created_at"].clone()
+        } else {
+            Value::Null
+        };
+        server.send(
+            "POST",
+            &format!("/api/flow-runs/{id}/report"),
+            json!({ "holder": holder, "epoch": epoch, "flow_runs": [run] }),
+        )
+    };
+    let a = "fenced-a pid=1 boot=a";
+    let b = "fenced-b pid=1 boot=b";
+    let first = claim(a);
+    assert_eq!(first["epoch"], 1);
+    assert_eq!(report(a, &first["epoch"], "Running", None).0, 200);
+    // A stops renewing: after its lease the run is crashed; a retry goes to B.
+    wait_for_run(&server, &id, Duration::from_secs(30), |r| {
+        r["state"] == "Crashed"
+    });
+    server.post_ok_status(&format!("/api/flow-runs/{id}/retry"), 202);
+    let second = claim(b);
+    assert_eq!(second["epoch"], 2);
+    // A comes back: its report and its heartbeat are refused.
+    let (status, refused) = report(a, &first["epoch"], "Completed", Some("\"999\""));
+    assert_eq!(status, 409, "{refused}");
+    let (status, beat) = server.send(
+        "POST",
+        "/api/hosts/heartbeat",
+        json!({ "holder": a, "name": "fenced-a", "version": "x", "pools": ["wasm"], "slots": 1,
+                "runs": [[id, 1]] }),
+    );
+    assert_eq!(status, 200, "{beat}");
+    assert_eq!(beat["lost"], json!([id]));
+    // B finishes; A again cannot touch the result.
+    assert_eq!(
+        report(b, &second["epoch"], "Completed", Some("\"42\"")).0,
+        200
+    );
+    assert_eq!(
+        report(a, &first["epoch"], "Completed", Some("\"999\"")).0,
+        409
+    );
+    let (_, detail) = server.get(&format!("/api/flow-runs/{id}"));
+    assert_eq!(detail["flow_run"]["state"], "Completed");
+    assert_eq!(detail["flow_run"]["result"], json!("\"42\""));
+    // B's final report sent twice (a lost reply) is accepted, and changes nothing.
+    assert_eq!(
+        report(b, &second["epoch"], "Completed", Some("\"42\"")).0,
+        200
+    );
+}
+
+#[test]
+fn sigterm_lets_a_host_finish_its_runs_and_exit_0() {
+    let server = TestServer::start_with(&["--no-worker"], None);
+    let mut h1 = TestHost::start(&server, "h1", &[]);
+    let digest = server.upload(FIXTURE_WASM);
+    let id = start_fixture_run(
+        &server,
+        &digest,
+        "slow_sequential",
+        json!({ "n": 20, "ms": 40 }),
+    );
+    server.wait_for_completed_tasks(&id, 3);
+    h1.signal(libc::SIGTERM);
+    let status = h1.wait_exit(Duration::from_secs(60));
+    assert!(status.success(), "{status:?}\n{}", h1.log());
+    let (_, detail) = server.get(&format!("/api/flow-runs/{id}"));
+    assert_eq!(detail["flow_run"]["state"], "Completed", "{detail}");
+    assert_eq!(detail["task_runs"].as_array().unwrap().len(), 20);
+}
+
+#[test]
+fn a_host_with_a_wrong_key_stops_with_one_clear_line() {
+    let server = TestServer::with_key(ADMIN_KEY);
+    let mut host = TestHost::start_against(&server.url, Some("wrong-key-0123456789"), "h1", &[]);
+    let status = host.wait_exit(Duration::from_secs(30));
+    assert_eq!(status.code(), Some(2));
+    let log = host.log();
+    let errors: Vec<&str> = log.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(errors.len(), 1, "{log}");
+    assert!(errors[0].contains("401"), "{log}");
+}
+
+/// A proxy between a host and the server that flips one byte of every
+/// component download: what a tampering network would do.
+fn tampering_proxy(server_url: &str) -> String {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let upstream = server_url.to_string();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let upstream = upstream.clone();
+            std::thread::spawn(move || {
+                let mut stream = stream;
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    if stream.read(&mut byte).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    head.push(byte[0]);
+                }
+                let head = String::from_utf8_lossy(&head).to_string();
+                let mut lines = head.lines();
+                let mut first = lines.next().unwrap_or_default().split(' ');
+                let (method, path) = (first.next().unwrap_or("GET"), first.next().unwrap_or("/"));
+                let mut length = 0;
+                let mut request = ureq::http::Request::builder()
+                    .method(method)
+                    .uri(format!("{upstream}{path}"));
+                for line in lines {
+                    if let Some((name, value)) = line.split_once(':') {
+                        let (name, value) = (name.trim().to_ascii_lowercase(), value.trim());
+                        if name == "content-length" {
+                            length = value.parse().unwrap_or(0);
+                        }
+                        if name == "content-type" || name == "authorization" {
+                            request = request.header(name, value);
+                        }
+                    }
+                }
+                let mut body = vec![0u8; length];
+                if stream.read_exact(&mut body).is_err() {
+                    return;
+                }
+                let agent: ureq::Agent = ureq::Agent::config_builder()
+                    .http_status_as_error(false)
+                    .build()
+                    .into();
+                let Ok(mut response) = agent.run(request.body(body).unwrap()) else {
+                    return;
+                };
+                let status = response.status().as_u16();
+                let mut bytes = response
+                    .body_mut()
+                    .with_config()
+                    .limit(u64::MAX)
+                    .read_to_vec()
+                    .unwrap_or_default();
+                if path.ends_with("/wasm") && status == 200 {
+                    let last = bytes.len() - 1;
+                    bytes[last] ^= 0x01;
+                }
+                let reply = format!(
+                    "HTTP/1.1 {status} X\r\ncontent-length: {}\r\ncontent-type: application/json\r\nconnection: close\r\n\r\n",
+                    bytes.len()
+                );
+                let _ = stream.write_all(reply.as_bytes());
+                let _ = stream.write_all(&bytes);
+            });
+        }
+    });
+    format!("http://{addr}")
+}
+
+#[test]
+fn a_tampered_component_download_is_refused_and_the_run_says_why() {
+    let server = TestServer::start_with(&["--no-worker"], None);
+    let proxy = tampering_proxy(&server.url);
+    let _host = TestHost::start_against(&proxy, None, "h1", &[]);
+    let digest = server.upload(FIXTURE_WASM);
+    let id = start_fixture_run(
+        &server,
+        &digest,
+        "slow_sequential",
+        json!({ "n": 2, "ms": 1 }),
+    );
+    let run = wait_for_run(&server, &id, Duration::from_secs(60), |r| {
+        r["state"] == "Crashed"
+    });
+    let message = run["message"].as_str().unwrap();
+    assert!(message.contains("host h1 could not start it"), "{run}");
+    assert!(message.contains("refusing to run it"), "{run}");
+    let (_, detail) = server.get(&format!("/api/flow-runs/{id}"));
+    assert!(
+        detail["task_runs"].as_array().unwrap().is_empty(),
+        "no task ran: {detail}"
+    );
 }

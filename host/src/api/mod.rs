@@ -12,8 +12,8 @@
 
 mod deployments;
 mod events;
-mod hosts;
 pub mod guard;
+mod hosts;
 mod objects;
 mod runs;
 pub mod schema;

@@ -11,6 +11,7 @@ mod deploy;
 mod flow;
 mod output;
 mod profile;
+mod remote;
 mod runs;
 mod server;
 
@@ -31,7 +32,8 @@ const AFTER_HELP: &str = "Examples:
   host server start                               the API and an executor on 127.0.0.1:4200
   host config set api.url http://127.0.0.1:4200   talk to that server from now on
   host deploy -f weir.yaml                        upload and deploy flows
-  host deployment run etl-nightly --watch         run a deployment and follow its log";
+  host deployment run etl-nightly --watch         run a deployment and follow its log
+  host run --pool wasm --api http://SERVER:4200   take a pool's runs on this machine";
 
 #[derive(Parser, Debug)]
 #[command(name = "host", version, about = ABOUT, after_help = AFTER_HELP, propagate_version = true)]
@@ -77,6 +79,8 @@ enum Command {
     #[command(subcommand)]
     Config(profile::ConfigCommand),
     /// Print the version of the host and its WebAssembly runtime.
+    /// Take runs of a server's work pool on this machine (a remote host).
+    Run(remote::RunArgs),
     Version(JsonFlag),
 }
 
@@ -166,6 +170,7 @@ fn init_tracing() {
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Version(flags) => version(flags),
+        Command::Run(args) => remote::run(args),
         Command::Build(args) => flow::build(args),
         Command::Flow(command) => flow::run(command),
         Command::FlowRun(command) => runs::run(command),

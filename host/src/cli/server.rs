@@ -24,9 +24,17 @@ pub struct StartArgs {
     /// server.addr, i.e. 127.0.0.1:4200].
     #[arg(long)]
     addr: Option<SocketAddr>,
-    /// Serve the API only; runs wait for an executor.
+    /// Serve the API only; runs wait for an executor (remote hosts: `host run --pool`).
     #[arg(long)]
     no_worker: bool,
+    /// How long a claim on a run lasts unless its holder renews it; a run
+    /// whose holder stops renewing is crashed this long after.
+    #[arg(long, value_name = "DURATION", default_value = "10s")]
+    lease_ttl: humantime::Duration,
+    /// A work pool the embedded executor serves (repeatable) [default: wasm].
+    /// Runs of other pools go to remote hosts started with `host run --pool`.
+    #[arg(long = "pool", value_name = "NAME")]
+    pools: Vec<String>,
     /// Require `Authorization: Bearer <key>` with one of the keys in FILE: one
     /// per line, `#` comments, at least 16 characters. `read-only: KEY` may
     /// only read, `operator: KEY` may also upload, deploy and run, `admin:
@@ -103,6 +111,10 @@ fn start(args: StartArgs) -> anyhow::Result<()> {
     config.late_after = args.late_after.into();
     config.store = super::flow::store_options(&paths)?;
     config.log_retention = args.log_retention.map(Into::into);
+    if !args.pools.is_empty() {
+        config.pools = args.pools.clone();
+    }
+    config.lease_ttl = args.lease_ttl.into();
     if args.no_worker {
         config.executor = None;
     }
@@ -178,7 +190,7 @@ fn read_api_keys(file: &std::path::Path) -> anyhow::Result<Vec<api::guard::ApiKe
         .map_err(|e| super::Exit::bad_input(format!("{}: {e}", file.display())))
 }
 
-async fn shutdown_signal() {
+pub(super) async fn shutdown_signal() {
     let interrupt = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {

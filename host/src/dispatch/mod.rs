@@ -136,8 +136,8 @@ pub trait RunSource: Send + Sync + 'static {
     /// Resolves when new work may be ready.
     fn work_ready(&self) -> BoxFuture<'_, ()>;
 
-    /// Says a run handed over earlier has ended, so waiting runs may fit now.
-    fn run_ended(&self);
+    /// Says run `run`, handed over earlier, has ended, so waiting runs may fit now.
+    fn run_ended(&self, run: FlowRunId);
 }
 
 /// A run to create.
@@ -897,9 +897,41 @@ impl Dispatcher {
 
     /// Crashes runs whose holder is gone (its process died, or its lease ran
     /// out), with their subflows. Returns the top-level runs it crashed.
+    ///
+    /// A crashed run of a pool whose flow has retries left runs again (on
+    /// any executor or host of its pool) and resumes: its completed task
+    /// calls are replayed.
     pub async fn reap(self: &Arc<Self>) -> Result<Vec<FlowRunRow>, DispatchError> {
-        self.blocking(|d| Ok(leases::crash_lost_runs(&d.control)))
-            .await
+        let crashed = self
+            .blocking(|d| Ok(leases::crash_lost_runs(&d.control)))
+            .await?;
+        for run in crashed.iter().filter(|r| r.work_pool.is_some()) {
+            let Ok(digest) = parse_component(&run.component) else {
+                continue;
+            };
+            let Ok(component) = self.component(&digest).await else {
+                continue;
+            };
+            let retries = component
+                .manifest
+                .flow(&run.flow_name)
+                .and_then(|f| f.policy.retries)
+                .unwrap_or(0);
+            if run.attempt <= retries {
+                match self.retry(run.id).await {
+                    Ok(_) => tracing::info!(
+                        "flow run {} crashed; attempt {} of {} starts",
+                        run.id,
+                        run.attempt + 1,
+                        retries + 1
+                    ),
+                    Err(e) => {
+                        tracing::warn!("flow run {} crashed and could not retry: {e}", run.id)
+                    }
+                }
+            }
+        }
+        Ok(crashed)
     }
 
     /// Ends a claimed run that could not be started (its component or a
@@ -971,12 +1003,17 @@ impl RunSource for Dispatcher {
         Box::pin(self.wake.notified())
     }
 
-    fn run_ended(&self) {
-        self.wake.notify_waiters();
+    fn run_ended(&self, _run: FlowRunId) {
+        self.wake_claimers();
     }
 }
 
 impl Dispatcher {
+    /// Wakes every claimer waiting for work (runs may have come due).
+    pub fn wake_claimers(&self) {
+        self.wake.notify_waiters();
+    }
+
     /// The dispatcher as an `Arc` again: every one is made inside an `Arc` by
     /// `new`, and a borrow of it keeps that `Arc` alive.
     fn arc(&self) -> Arc<Dispatcher> {

@@ -313,7 +313,8 @@ impl Dispatcher {
             match d.store.submit(unit).wait_blocking() {
                 Ok(()) => {}
                 // The same final report again (its reply was lost): applied already.
-                Err(StoreError::LeaseLost { .. }) if d.already_ended_under(id, &report.holder, report.epoch) => {}
+                Err(StoreError::LeaseLost { .. })
+                    if d.already_ended_under(id, &report.holder, report.epoch) => {}
                 Err(e) => return Err(e.into()),
             }
             if ended {

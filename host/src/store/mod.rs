@@ -1836,7 +1836,9 @@ fn apply(conn: &Connection, write: &Write, files: &ResultFiles) -> Result<(), St
         }
         Write::CheckLease { id, holder, epoch } => {
             let held: Option<(Option<String>, i64, String)> = conn
-                .prepare_cached("SELECT lease_holder, lease_epoch, state FROM flow_runs WHERE id = ?1")?
+                .prepare_cached(
+                    "SELECT lease_holder, lease_epoch, state FROM flow_runs WHERE id = ?1",
+                )?
                 .query_row([id.as_bytes()], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
                 .optional()?;
             let holds = held.is_some_and(|(h, e, state)| {
@@ -1854,7 +1856,11 @@ fn apply(conn: &Connection, write: &Write, files: &ResultFiles) -> Result<(), St
         }
         Write::UpsertFlowRun(run) => {
             let params_text = files.deflate(&run.params)?;
-            let result = run.result.as_deref().map(|r| files.deflate(r)).transpose()?;
+            let result = run
+                .result
+                .as_deref()
+                .map(|r| files.deflate(r))
+                .transpose()?;
             conn.prepare_cached(
                 "INSERT INTO flow_runs (id, parent_flow_run, component, flow_name, params, state, message, failure_kind,
                     result, attempt, host, created_us, started_us, ended_us, fuel_used, peak_memory,
@@ -1894,7 +1900,11 @@ fn apply(conn: &Connection, write: &Write, files: &ResultFiles) -> Result<(), St
         }
         Write::UpsertTaskRun(task) => {
             let input = files.deflate(&task.input)?;
-            let output = task.output.as_deref().map(|o| files.deflate(o)).transpose()?;
+            let output = task
+                .output
+                .as_deref()
+                .map(|o| files.deflate(o))
+                .transpose()?;
             conn.prepare_cached(
                 "INSERT INTO task_runs (id, flow_run, call_seq, task_name, input, output, state, failure_kind, message,
                     attempts, fuel_used, peak_memory, created_us, started_us, ended_us, next_attempt_us, cached_from,

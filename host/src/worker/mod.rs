@@ -7,6 +7,7 @@
 //! flow run that dies mid-way can be run again and will not redo finished work.
 
 mod events;
+pub mod remote;
 mod retention;
 mod serve;
 

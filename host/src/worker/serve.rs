@@ -72,6 +72,6 @@ fn start(
         if let Err(e) = executor.run_flow(request).await {
             tracing::error!("flow run {id} could not run: {e}");
         }
-        source.run_ended();
+        source.run_ended(id);
     });
 }

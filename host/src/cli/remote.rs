@@ -1,0 +1,99 @@
+//! `host run --pool P`: this machine becomes a remote host of a server's pool.
+
+use super::{Exit, paths};
+use crate::engine::EngineConfig;
+use crate::worker::ExecutorSettings;
+use crate::worker::remote::{self, RemoteConfig};
+use anyhow::Context;
+use clap::Args;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Args, Debug)]
+#[command(after_help = "Examples:
+  host run --pool wasm --api http://10.0.0.5:4200
+  WEIR_API_KEY=... host run --pool gpu --queue urgent --slots 8 --name gpu-1
+
+Runs are claimed as soon as the server has one (a long poll, no fixed
+interval), held under a lease this host renews, and run in this machine's
+sandboxes; their records go back to the server. SIGTERM or Ctrl-C stops
+claiming and lets running flows finish (up to --drain-timeout).")]
+pub struct RunArgs {
+    /// The work pool to take runs from (repeatable).
+    #[arg(long = "pool", value_name = "NAME", required = true)]
+    pools: Vec<String>,
+    /// Only runs of this queue of the pools (repeatable) [default: all queues].
+    #[arg(long = "queue", value_name = "NAME")]
+    queues: Vec<String>,
+    /// The server [default: api.url, i.e. WEIR_API_URL or the profile's].
+    #[arg(long, value_name = "URL")]
+    api: Option<String>,
+    /// Flow runs this host runs at once.
+    #[arg(long, default_value_t = 4)]
+    slots: usize,
+    /// How the server lists this host [default: the machine's host name].
+    #[arg(long, value_name = "NAME")]
+    name: Option<String>,
+    /// On SIGTERM, how long running flows may take to finish before the
+    /// host exits and leaves them to their leases (the server then crashes
+    /// and resumes them elsewhere).
+    #[arg(long, value_name = "DURATION", default_value = "30s")]
+    drain_timeout: humantime::Duration,
+}
+
+pub fn run(args: RunArgs) -> anyhow::Result<()> {
+    let settings = super::backend::settings()?;
+    let api = args
+        .api
+        .clone()
+        .or_else(|| settings.get("api.url").map(str::to_string))
+        .ok_or_else(|| {
+            Exit::bad_input(
+                "no server to take runs from: pass --api http://HOST:PORT (or set api.url / WEIR_API_URL)",
+            )
+        })?;
+    if args.slots == 0 {
+        return Err(Exit::bad_input("--slots must be at least 1"));
+    }
+    let paths = paths();
+    let name = args
+        .name
+        .clone()
+        .unwrap_or_else(crate::dispatch::leases::local_host_name);
+    let config = RemoteConfig {
+        engine: EngineConfig {
+            cache_dir: Some(paths.compile_cache()),
+            ..EngineConfig::default()
+        },
+        paths,
+        api: api.clone(),
+        key: settings.get("api.key").map(str::to_string),
+        pools: args.pools.clone(),
+        queues: args.queues.clone(),
+        slots: args.slots,
+        name: name.clone(),
+        drain_timeout: args.drain_timeout.into(),
+        executor: ExecutorSettings::default(),
+    };
+    let stop = CancellationToken::new();
+    let on_signal = stop.clone();
+    std::thread::Builder::new()
+        .name("weir-signals".into())
+        .spawn(move || {
+            let waiter = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a signal runtime starts");
+            waiter.block_on(super::server::shutdown_signal());
+            eprintln!("Stopping: no new runs; waiting for running ones to finish");
+            on_signal.cancel();
+        })
+        .context("starting the signal handler")?;
+    eprintln!(
+        "Host '{name}' taking runs of pool {} from {api} ({} slots)",
+        args.pools.join(", "),
+        args.slots
+    );
+    remote::run(config, stop).map_err(|e| Exit::bad_input(e.to_string()))?;
+    eprintln!("Host '{name}' stopped");
+    Ok(())
+}
