@@ -582,7 +582,8 @@ fn with_api_keys_every_endpoint_but_health_needs_one() {
             assert!(message.contains("read-only"), "{message}");
         }
         let (status, reply) = server.request_with_key(method, path, None, Some(OPERATOR_KEY));
-        if template.starts_with("/api/secrets/") {
+        // Secrets, and claims (which hand a run's secrets to a host), need admin.
+        if template.starts_with("/api/secrets/") || template == "/api/hosts/claim" {
             assert_eq!(status, 403, "{method} {path} with an operator key: {reply}");
             assert!(
                 reply["message"].as_str().unwrap().contains("admin"),
@@ -2575,6 +2576,15 @@ fn runs_of_a_pool_go_to_remote_hosts_each_exactly_once() {
         .map(|h| h["name"].as_str().unwrap())
         .collect();
     assert_eq!(names, ["h1", "h2"], "{listed}");
+    let out = server.cli(&["work-pool", "inspect", "wasm", "--json"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let inspected: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let hosts = inspected["hosts"].as_array().unwrap();
+    assert_eq!(hosts.len(), 2, "{inspected}");
+    assert!(
+        hosts.iter().all(|h| h["online"] == true && h["slots"] == 3),
+        "{inspected}"
+    );
 }
 
 /// A host SIGKILLed mid-run stops renewing its lease: the run is crashed

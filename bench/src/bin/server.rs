@@ -51,47 +51,27 @@ fn main() {
     // Trigger → first task running, on a warm server.
     let home = tempfile::tempdir().unwrap();
     let (mut child, url) = start(&host, home.path());
-    let wasm = std::fs::read(weir_tests::FIXTURE_WASM).unwrap();
-    let (_, uploaded) = send(&agent, "POST", &format!("{url}/api/components"), wasm);
-    let digest = uploaded["digest"].as_str().unwrap().to_string();
-    let deployment = json!({
-        "name": "add", "component": digest, "flow": "call",
-        "params": { "task": "add", "input": { "a": 1, "b": 2 } }
-    });
-    send(
-        &agent,
-        "PUT",
-        &format!("{url}/api/deployments/add"),
-        deployment.to_string().into_bytes(),
-    );
+    deploy_adder(&agent, &url);
     let n = if quick { 20 } else { 100 };
-    let mut trigger = Vec::new();
-    let mut round_trip = Vec::new();
-    for _ in 0..n {
-        let t0 = now_micros();
-        let sent = Instant::now();
-        let (_, started) = send(
-            &agent,
-            "POST",
-            &format!("{url}/api/deployments/add/runs"),
-            b"{}".to_vec(),
-        );
-        let id = started["flow_run_id"].as_str().unwrap().to_string();
-        loop {
-            let (_, detail) = get(&agent, &format!("{url}/api/flow-runs/{id}"));
-            let state = detail["flow_run"]["state"]
-                .as_str()
-                .unwrap_or_default()
-                .to_string();
-            if state == "Completed" {
-                round_trip.push(sent.elapsed());
-                let task_started = detail["task_runs"][0]["started_at"].as_i64().unwrap();
-                trigger.push(Duration::from_micros((task_started - t0).max(0) as u64));
-                break;
-            }
-            assert!(state != "Failed" && state != "Crashed", "{detail}");
-            std::thread::sleep(Duration::from_micros(500));
-        }
+    let (mut trigger, mut round_trip) = trigger_runs(&agent, &url, n);
+    let burst = if quick { 200 } else { 1000 };
+    let embedded_burst = burst_runs_per_second(&agent, &url, burst);
+    stop(&mut child);
+
+    // The same on a pool served by remote hosts (`host run --pool`).
+    let home = tempfile::tempdir().unwrap();
+    let (mut child, url) = start_with(&host, home.path(), &["--no-worker"]);
+    deploy_adder(&agent, &url);
+    let mut hosts: Vec<(Child, tempfile::TempDir)> = ["h1", "h2"]
+        .iter()
+        .map(|name| start_remote(&host, &url, name))
+        .collect();
+    let (mut remote_trigger, _) = trigger_runs(&agent, &url, n);
+    let remote_burst = burst_runs_per_second(&agent, &url, burst);
+    std::thread::sleep(Duration::from_millis(500));
+    let remote_idle_rss_mb = rss_kb(hosts[0].0.id()) as f64 / 1024.0;
+    for (host, _) in &mut hosts {
+        stop(host);
     }
     stop(&mut child);
 
@@ -129,6 +109,10 @@ fn main() {
         "idle_rss_mb": idle_rss_mb,
         "trigger_to_task_running_ms": { "runs": n, "p50": ms(pct(&mut trigger, 50)), "p90": ms(pct(&mut trigger, 90)) },
         "trigger_to_completed_seen_ms": { "p50": ms(pct(&mut round_trip, 50)) },
+        "remote_trigger_to_task_running_ms": { "runs": n, "p50": ms(pct(&mut remote_trigger, 50)),
+            "p99": ms(pct(&mut remote_trigger, 99)) },
+        "burst_runs_per_second": { "runs": burst, "embedded": embedded_burst, "two_remote_hosts": remote_burst },
+        "remote_host_idle_rss_mb": remote_idle_rss_mb,
         "list_100_runs_ms": { "database_runs": rows, "p50": ms(pct(&mut list, 50)), "p99": ms(pct(&mut list, 99)),
             "by_state_ms": ms(filtered) },
     });
@@ -153,6 +137,22 @@ fn main() {
         f(&results["trigger_to_task_running_ms"]["p90"])
     );
     println!(
+        "{:<48} {:>9.2} ms   (target <= 5 ms p50; p99 {:.2} ms, target <= 20)",
+        "API trigger to task running on a remote host",
+        f(&results["remote_trigger_to_task_running_ms"]["p50"]),
+        f(&results["remote_trigger_to_task_running_ms"]["p99"])
+    );
+    println!(
+        "{:<48} {:>9.0} /s   (target >= 300/s; embedded executor {:.0}/s)",
+        format!("{burst} runs at once, two remote hosts"),
+        remote_burst,
+        embedded_burst
+    );
+    println!(
+        "{:<48} {:>9.1} MB   (target <= 20 MB)",
+        "remote host idle RSS", remote_idle_rss_mb
+    );
+    println!(
         "{:<48} {:>9.2} ms   (target <= 20 ms p99; p50 {:.2} ms)",
         format!("list 100 of {rows} runs, p99"),
         f(&results["list_100_runs_ms"]["p99"]),
@@ -170,9 +170,122 @@ fn main() {
     println!("\nwrote {}", out.display());
 }
 
+/// Uploads the fixture and deploys `add`: one trivial task per run.
+fn deploy_adder(agent: &ureq::Agent, url: &str) {
+    let wasm = std::fs::read(weir_tests::FIXTURE_WASM).unwrap();
+    let (_, uploaded) = send(agent, "POST", &format!("{url}/api/components"), wasm);
+    let digest = uploaded["digest"].as_str().unwrap().to_string();
+    let deployment = json!({
+        "name": "add", "component": digest, "flow": "call",
+        "params": { "task": "add", "input": { "a": 1, "b": 2 } }
+    });
+    send(
+        agent,
+        "PUT",
+        &format!("{url}/api/deployments/add"),
+        deployment.to_string().into_bytes(),
+    );
+}
+
+/// Triggers `add` `n` times one after another; returns (trigger → task
+/// running, trigger → completed seen by the client).
+fn trigger_runs(agent: &ureq::Agent, url: &str, n: usize) -> (Vec<Duration>, Vec<Duration>) {
+    let mut trigger = Vec::new();
+    let mut round_trip = Vec::new();
+    for _ in 0..n {
+        let t0 = now_micros();
+        let sent = Instant::now();
+        let (_, started) = send(
+            agent,
+            "POST",
+            &format!("{url}/api/deployments/add/runs"),
+            b"{}".to_vec(),
+        );
+        let id = started["flow_run_id"].as_str().unwrap().to_string();
+        loop {
+            let (_, detail) = get(agent, &format!("{url}/api/flow-runs/{id}"));
+            let state = detail["flow_run"]["state"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            if state == "Completed" {
+                round_trip.push(sent.elapsed());
+                let task_started = detail["task_runs"][0]["started_at"].as_i64().unwrap();
+                trigger.push(Duration::from_micros((task_started - t0).max(0) as u64));
+                break;
+            }
+            assert!(state != "Failed" && state != "Crashed", "{detail}");
+            std::thread::sleep(Duration::from_micros(500));
+        }
+    }
+    (trigger, round_trip)
+}
+
+/// Triggers `add` `n` times at once; returns completed runs per second.
+fn burst_runs_per_second(agent: &ureq::Agent, url: &str, n: usize) -> f64 {
+    let before = completed_runs(agent, url);
+    let started = Instant::now();
+    for _ in 0..n {
+        let (status, reply) = send(
+            agent,
+            "POST",
+            &format!("{url}/api/deployments/add/runs"),
+            b"{}".to_vec(),
+        );
+        assert_eq!(status, 202, "{reply}");
+    }
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while completed_runs(agent, url) < before + n {
+        assert!(
+            Instant::now() < deadline,
+            "the burst did not finish in 5 minutes"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    n as f64 / started.elapsed().as_secs_f64()
+}
+
+/// Completed runs, counted through the API's list.
+fn completed_runs(agent: &ureq::Agent, url: &str) -> usize {
+    let mut count = 0;
+    let mut offset = 0;
+    loop {
+        let (_, page) = get(
+            agent,
+            &format!("{url}/api/flow-runs?state=Completed&limit=1000&offset={offset}"),
+        );
+        let got = page["flow_runs"].as_array().map_or(0, Vec::len);
+        count += got;
+        if got < 1000 {
+            return count;
+        }
+        offset += 1000;
+    }
+}
+
+/// A remote host (`host run --pool wasm`) with its own home.
+fn start_remote(host: &Path, url: &str, name: &str) -> (Child, tempfile::TempDir) {
+    let home = tempfile::tempdir().unwrap();
+    let child = Command::new(host)
+        .args([
+            "run", "--pool", "wasm", "--slots", "8", "--api", url, "--name", name,
+        ])
+        .env("WEIR_HOME", home.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    (child, home)
+}
+
 fn start(host: &Path, home: &Path) -> (Child, String) {
+    start_with(host, home, &[])
+}
+
+fn start_with(host: &Path, home: &Path, extra: &[&str]) -> (Child, String) {
     let mut child = Command::new(host)
         .args(["server", "start", "--addr", "127.0.0.1:0"])
+        .args(extra)
         .env("WEIR_HOME", home)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

@@ -902,8 +902,23 @@ pub fn work_pool(command: WorkPoolCommand) -> anyhow::Result<()> {
         WorkPoolCommand::Inspect(args) => {
             let pool = backend.get(&format!("/api/work-pools/{}", args.name))?;
             let queues = backend.get(&format!("/api/work-pools/{}/queues", args.name))?;
+            let hosts: Vec<Value> = backend.get("/api/hosts")?["hosts"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|h| {
+                    h["pools"]
+                        .as_array()
+                        .is_some_and(|pools| pools.iter().any(|p| p == args.name.as_str()))
+                })
+                .cloned()
+                .collect();
             if args.format.json {
-                print_json(&json!({ "work_pool": pool, "work_queues": queues["work_queues"] }));
+                print_json(&json!({
+                    "work_pool": pool,
+                    "work_queues": queues["work_queues"],
+                    "hosts": hosts,
+                }));
             } else {
                 println!("work pool  {}", args.name);
                 println!("status     {}", status(&pool));
@@ -914,6 +929,40 @@ pub fn work_pool(command: WorkPoolCommand) -> anyhow::Result<()> {
                         &queue_rows(&queues)
                     )
                 );
+                let rows: Vec<Vec<String>> = hosts
+                    .iter()
+                    .map(|h| {
+                        vec![
+                            h["name"].as_str().unwrap_or_default().to_string(),
+                            if h["online"] == true {
+                                "online"
+                            } else {
+                                "offline"
+                            }
+                            .to_string(),
+                            format!("{}/{}", h["runs_in_hand"], h["slots"]),
+                            h["version"].as_str().unwrap_or_default().to_string(),
+                            h["last_heartbeat"]
+                                .as_i64()
+                                .map(crate::clock::format_rfc3339)
+                                .unwrap_or_default(),
+                        ]
+                    })
+                    .collect();
+                if rows.is_empty() {
+                    println!(
+                        "\nno remote hosts (start one with `host run --pool {}`)",
+                        args.name
+                    );
+                } else {
+                    println!(
+                        "\n{}",
+                        table(
+                            &["HOST", "STATUS", "RUNS/SLOTS", "VERSION", "LAST HEARTBEAT"],
+                            &rows
+                        )
+                    );
+                }
             }
         }
         WorkPoolCommand::Pause(args) => simple(&args, "POST", "/pause", "paused")?,
