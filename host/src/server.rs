@@ -171,6 +171,11 @@ impl Server {
             api_keys: config.api_keys.clone(),
             shutdown: stop.clone(),
         });
+        // A server (not the CLI's local mode) was what holders renew with:
+        // while it was down they could not.
+        if config.take_waiting {
+            leases::grace_after_downtime(&control, config.lease_ttl);
+        }
         let interrupted = leases::crash_lost_runs(&control);
         for pool in &config.pools {
             api_runtime

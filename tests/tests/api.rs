@@ -2855,3 +2855,129 @@ fn a_tampered_component_download_is_refused_and_the_run_says_why() {
         "no task ran: {detail}"
     );
 }
+
+/// A flow submitting ten million tasks (past the 10,000 pending cap, each
+/// refusal answered at once) does not starve the API: health answers all
+/// along, and the server's memory stays bounded. The latency is printed; the
+/// test only bounds it loosely (2 s), as shared machines are noisy.
+#[test]
+fn the_api_answers_while_a_flow_submits_ten_million_tasks() {
+    let server = TestServer::start();
+    let digest = server.upload(FIXTURE_WASM);
+    let rss_before = rss_kb(server.child.id());
+    let id = start_fixture_run(
+        &server,
+        &digest,
+        "submit_flood",
+        json!({ "n": 10_000_000u64 }),
+    );
+    let mut slowest = Duration::ZERO;
+    let mut peak_rss = rss_before;
+    let mut checks = 0;
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let asked = Instant::now();
+        let (status, _) = server.get("/api/health");
+        let took = asked.elapsed();
+        assert_eq!(status, 200);
+        assert!(
+            took < Duration::from_secs(2),
+            "health took {took:?} during the flood"
+        );
+        slowest = slowest.max(took);
+        peak_rss = peak_rss.max(rss_kb(server.child.id()));
+        checks += 1;
+        let (_, detail) = server.get(&format!("/api/flow-runs/{id}"));
+        let state = detail["flow_run"]["state"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        if state == "Completed" || state == "Failed" || state == "Crashed" {
+            assert_eq!(state, "Completed", "{}", detail["flow_run"]);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the flood did not end in 5 minutes"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    eprintln!(
+        "health during a 10M-submit flood: {checks} checks, slowest {slowest:?}; server RSS {} → {} MiB",
+        rss_before / 1024,
+        peak_rss / 1024
+    );
+    assert!(
+        checks >= 5,
+        "the flood ended before it could be observed ({checks} checks)"
+    );
+    assert!(
+        peak_rss.saturating_sub(rss_before) < 500 * 1024,
+        "the server grew by {} MiB",
+        (peak_rss - rss_before) / 1024
+    );
+}
+
+/// Resident memory of a process, in KiB.
+fn rss_kb(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The server SIGKILLed and restarted (same address) while a host runs a
+/// flow: the host keeps running it, keeps its records on its own disk while
+/// the server is away, and delivers them when it is back; nothing is lost
+/// and nothing recorded twice.
+#[test]
+fn a_server_killed_while_a_host_runs_loses_and_doubles_nothing() {
+    let home = std::sync::Arc::new(tempfile::tempdir().unwrap());
+    let mut server =
+        TestServer::start_in(home.clone(), &["--no-worker", "--lease-ttl", "1s"], None);
+    let addr = server.url.trim_start_matches("http://").to_string();
+    let _host = TestHost::start(&server, "h1", &[]);
+    let digest = server.upload(FIXTURE_WASM);
+    let id = start_fixture_run(
+        &server,
+        &digest,
+        "slow_sequential",
+        json!({ "n": 40, "ms": 40 }),
+    );
+    server.wait_for_completed_tasks(&id, 5);
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+    // The host runs on alone, for longer than its lease: it could not renew.
+    std::thread::sleep(Duration::from_millis(1500));
+    let server = TestServer::start_in(
+        home,
+        &["--no-worker", "--lease-ttl", "1s", "--addr", &addr],
+        None,
+    );
+    let run = wait_for_run(&server, &id, Duration::from_secs(120), |r| {
+        r["state"] == "Completed" || r["state"] == "Crashed" || r["state"] == "Failed"
+    });
+    assert_eq!(run["state"], "Completed", "{run}");
+    assert_eq!(run["result"], json!("1600"));
+    let (_, detail) = server.get(&format!("/api/flow-runs/{id}"));
+    let tasks = detail["task_runs"].as_array().unwrap();
+    assert_eq!(tasks.len(), 40, "each call recorded once: {detail}");
+    for (seq, task) in tasks.iter().enumerate() {
+        assert_eq!(task["call_seq"], seq, "{detail}");
+        assert_eq!(task["state"], "Completed");
+        assert_eq!(task["attempts"], 1, "call #{seq} ran once");
+        assert_eq!(task["host"], "h1");
+    }
+    let states: Vec<&str> = detail["states"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["state"].as_str().unwrap())
+        .collect();
+    assert!(
+        !states.contains(&"Crashed"),
+        "the host never lost it: {states:?}"
+    );
+}

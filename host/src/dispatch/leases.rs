@@ -186,6 +186,34 @@ pub fn crash_tree(control: &Control, run: &FlowRunRow, why: &str) -> bool {
     }
 }
 
+/// Gives every run held by a holder not known to be gone a whole `ttl`
+/// from now: its holder could not renew while no server was running. Call
+/// once, when a server opens, before [`crash_lost_runs`].
+pub fn grace_after_downtime(control: &Control, ttl: Duration) {
+    let ids: Vec<_> = match control.store().held_runs() {
+        Ok(runs) => runs
+            .into_iter()
+            .filter(|r| r.lease_holder.as_deref().is_some_and(|h| !holder_gone(h)))
+            .map(|r| r.id)
+            .collect(),
+        Err(e) => {
+            tracing::warn!("reading held runs: {e}");
+            return;
+        }
+    };
+    if ids.is_empty() {
+        return;
+    }
+    let until = control.now() + ttl.as_micros() as i64;
+    if let Some(ticket) = control.record(
+        vec![Write::ExtendLeases { ids, until }],
+        Durability::Committed,
+    ) && let Err(e) = ticket.wait_blocking()
+    {
+        tracing::warn!("extending leases after downtime: {e}");
+    }
+}
+
 /// Renews every run `holder` holds, every third of `ttl`, until `stop`.
 pub async fn keep_leases(
     control: std::sync::Arc<Control>,

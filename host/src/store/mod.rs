@@ -122,6 +122,12 @@ pub enum Write {
     /// Deletes a flow run with everything under it (a remote host's local
     /// copy of a run, before it takes the run again).
     ForgetFlowRun(FlowRunId),
+    /// Pushes the expiry of these runs' leases to at least `until` (a
+    /// server that was down gives its hosts a lease's time to reach it again).
+    ExtendLeases {
+        ids: Vec<FlowRunId>,
+        until: TimestampMicros,
+    },
     /// Renews one run, if `holder` still holds it at `epoch`; `LeaseLost` if not.
     RenewLease {
         id: FlowRunId,
@@ -1813,6 +1819,14 @@ fn apply(conn: &Connection, write: &Write, files: &ResultFiles) -> Result<(), St
                 "UPDATE flow_runs SET lease_expires_us = ?2 WHERE lease_holder = ?1 AND {UNFINISHED}"
             ))?
             .execute(params![holder, expires_at])?;
+        }
+        Write::ExtendLeases { ids, until } => {
+            let mut stmt = conn.prepare_cached(
+                "UPDATE flow_runs SET lease_expires_us = max(coalesce(lease_expires_us, 0), ?2) WHERE id = ?1",
+            )?;
+            for id in ids {
+                stmt.execute(params![id.as_bytes(), until])?;
+            }
         }
         Write::RenewLease {
             id,
