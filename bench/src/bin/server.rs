@@ -6,7 +6,6 @@
 //! Run with `cargo build --release -p host && cargo run --release -p bench --bin server`.
 
 use serde_json::{Value, json};
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -288,25 +287,30 @@ fn start(host: &Path, home: &Path) -> (Child, String) {
 }
 
 fn start_with(host: &Path, home: &Path, extra: &[&str]) -> (Child, String) {
-    let mut child = Command::new(host)
-        .args(["server", "start", "--addr", "127.0.0.1:0"])
+    // The server writes where it listens to its ready file once it serves.
+    let ready = home.with_extension("ready.json");
+    let _ = std::fs::remove_file(&ready);
+    let child = Command::new(host)
+        .args(["server", "start", "--addr", "127.0.0.1:0", "--ready-file"])
+        .arg(&ready)
         .args(extra)
         .env("WEIR_HOME", home)
         .stdout(Stdio::null())
-        .stderr(Stdio::piped())
+        .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let deadline = Instant::now() + Duration::from_secs(30);
     let url = loop {
-        let line = lines
-            .next()
-            .expect("the server said where it listens")
-            .unwrap();
-        if let Some(rest) = line.strip_prefix("Weir server on ") {
-            break rest.split_whitespace().next().unwrap().to_string();
+        if let Ok(text) = std::fs::read_to_string(&ready) {
+            let ready: Value = serde_json::from_str(&text).unwrap();
+            break ready["url"].as_str().unwrap().to_string();
         }
+        assert!(
+            Instant::now() < deadline,
+            "the server was not ready in 30 s"
+        );
+        std::thread::sleep(Duration::from_micros(200));
     };
-    std::thread::spawn(move || for _ in lines {});
     (child, url)
 }
 

@@ -393,6 +393,19 @@ fn print_inspect(
             .map(|m| format!(" — {m}"))
             .unwrap_or_default()
     );
+    if let Some(holder) = &run.lease_holder {
+        let lease = match run.lease_expires_at {
+            Some(until) if !run.state.is_terminal() => {
+                format!(
+                    " · lease {} until {}",
+                    run.lease_epoch,
+                    format_rfc3339(until)
+                )
+            }
+            _ => format!(" · lease {}", run.lease_epoch),
+        };
+        println!("held by    {holder}{lease}");
+    }
     println!("params     {}", run.params);
     if let Some(result) = &run.result {
         println!("result     {result}");
