@@ -2592,7 +2592,7 @@ fn runs_of_a_pool_go_to_remote_hosts_each_exactly_once() {
 /// the other host, replaying the calls h1 finished instead of redoing them.
 #[test]
 fn a_host_killed_mid_run_is_replaced_and_its_finished_tasks_replay() {
-    let server = TestServer::start_with(&["--no-worker", "--lease-ttl", "2s"], None);
+    let server = TestServer::start_with(&["--no-worker", "--lease-ttl", "3s"], None);
     let mut h1 = TestHost::start(&server, "h1", &[]);
     let digest = server.upload(FIXTURE_WASM);
     let id = start_fixture_run(
@@ -2936,7 +2936,7 @@ fn rss_kb(pid: u32) -> u64 {
 fn a_server_killed_while_a_host_runs_loses_and_doubles_nothing() {
     let home = std::sync::Arc::new(tempfile::tempdir().unwrap());
     let mut server =
-        TestServer::start_in(home.clone(), &["--no-worker", "--lease-ttl", "1s"], None);
+        TestServer::start_in(home.clone(), &["--no-worker", "--lease-ttl", "3s"], None);
     let addr = server.url.trim_start_matches("http://").to_string();
     let _host = TestHost::start(&server, "h1", &[]);
     let digest = server.upload(FIXTURE_WASM);
@@ -2950,10 +2950,10 @@ fn a_server_killed_while_a_host_runs_loses_and_doubles_nothing() {
     server.child.kill().unwrap();
     server.child.wait().unwrap();
     // The host runs on alone, for longer than its lease: it could not renew.
-    std::thread::sleep(Duration::from_millis(1500));
+    std::thread::sleep(Duration::from_millis(3500));
     let server = TestServer::start_in(
         home,
-        &["--no-worker", "--lease-ttl", "1s", "--addr", &addr],
+        &["--no-worker", "--lease-ttl", "3s", "--addr", &addr],
         None,
     );
     let run = wait_for_run(&server, &id, Duration::from_secs(120), |r| {
