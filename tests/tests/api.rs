@@ -3080,3 +3080,24 @@ fn hosts_take_runs_by_queue_priority_and_never_past_a_limit() {
         assert!(most <= 2, "{deployment}: {most} runs at once");
     }
 }
+
+/// A secret that is set is still out of reach of a run started by hand (no
+/// deployment grants it), and of the host's own environment.
+#[test]
+fn secrets_are_not_granted_to_runs_started_by_hand() {
+    let server = TestServer::start();
+    let (status, reply) = server.send("PUT", "/api/secrets/db", json!({ "value": "s3cret-value" }));
+    assert_eq!(status, 200, "{reply}");
+    let digest = server.upload(FIXTURE_WASM);
+    for name in ["db", "HOME", "PATH"] {
+        let id = start_fixture_run(
+            &server,
+            &digest,
+            "call",
+            json!({ "task": "get_secret", "input": { "name": name } }),
+        );
+        let (_, run) = server.events(&id);
+        assert_eq!(run["state"], "Completed", "{run}");
+        assert_eq!(run["result"], json!("null"), "{name}: {run}");
+    }
+}

@@ -107,14 +107,6 @@ async fn files_are_not_granted() {
 }
 
 #[tokio::test]
-async fn secrets_are_not_granted_to_runs_started_by_hand() {
-    let h = Harness::new();
-    let (outcome, task) = call(&h, "get_secret", json!({ "name": "HOME" })).await;
-    assert_eq!(outcome.state, RunState::Completed);
-    assert_eq!(task.output.as_deref(), Some("null"));
-}
-
-#[tokio::test]
 async fn an_output_over_the_cap_is_rejected_not_stored() {
     let h = Harness::new();
     let (_, task) = call(&h, "huge_output", json!({ "bytes": 20u64 << 20 })).await;
