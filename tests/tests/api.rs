@@ -3101,3 +3101,45 @@ fn secrets_are_not_granted_to_runs_started_by_hand() {
         assert_eq!(run["result"], json!("null"), "{name}: {run}");
     }
 }
+
+/// More log lines than one report carries: they arrive in several reports,
+/// each line once, and the run's end only after the last of them.
+#[test]
+fn a_remote_run_that_logs_more_than_a_report_holds_delivers_every_line_once() {
+    let server = TestServer::start_with(&["--no-worker"], None);
+    let _host = TestHost::start(&server, "h1", &[]);
+    let digest = server.upload(FIXTURE_WASM);
+    let id = start_fixture_run(
+        &server,
+        &digest,
+        "call",
+        json!({ "task": "log_flood", "input": { "lines": 20_000 } }),
+    );
+    let run = wait_for_run(&server, &id, Duration::from_secs(120), |r| {
+        r["state"] == "Completed" || r["state"] == "Failed" || r["state"] == "Crashed"
+    });
+    assert_eq!(run["state"], "Completed", "{run}");
+    // Everything is there as soon as the run is seen ended.
+    let mut all = Vec::new();
+    loop {
+        let after = all.last().map_or(0, |l: &Value| l["id"].as_i64().unwrap());
+        let (_, page) = server.get(&format!(
+            "/api/flow-runs/{id}/logs?after={after}&limit=10000"
+        ));
+        let page = page["logs"].as_array().unwrap().clone();
+        if page.is_empty() {
+            break;
+        }
+        all.extend(page);
+    }
+    let lines: Vec<&str> = all
+        .iter()
+        .filter_map(|l| l["message"].as_str())
+        .filter(|m| m.starts_with("flood line "))
+        .collect();
+    assert_eq!(lines.len(), 20_000, "each line once");
+    let distinct: std::collections::BTreeSet<&&str> = lines.iter().collect();
+    assert_eq!(distinct.len(), 20_000);
+    assert_eq!(lines.first(), Some(&"flood line 0"));
+    assert_eq!(lines.last(), Some(&"flood line 19999"));
+}

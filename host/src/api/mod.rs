@@ -39,6 +39,9 @@ pub use objects::ensure_pool;
 pub const MAX_COMPONENT_BYTES: usize = 64 << 20;
 /// The largest JSON body of any other request.
 pub const MAX_JSON_BYTES: usize = 4 << 20;
+/// A remote host's report: task inputs and outputs may each be as large as
+/// the engine's payload cap (16 MiB), and a report carries at least one task.
+pub const MAX_REPORT_BYTES: usize = 128 << 20;
 /// Event streams followed at once; more get 503 until one closes.
 pub const MAX_EVENT_STREAMS: usize = 256;
 /// A request (other than an event stream) that takes longer gets 503.
@@ -208,7 +211,10 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/api/flow-runs/{id}/events", get(events::flow_run_events))
         .route("/api/flow-runs/{id}/cancel", post(runs::cancel_flow_run))
         .route("/api/flow-runs/{id}/retry", post(runs::retry_flow_run))
-        .route("/api/flow-runs/{id}/report", post(hosts::report))
+        .route(
+            "/api/flow-runs/{id}/report",
+            post(hosts::report).layer(DefaultBodyLimit::max(MAX_REPORT_BYTES)),
+        )
         .route("/api/task-runs/{id}", get(runs::get_task_run))
         .route("/api/hosts", get(hosts::list_hosts))
         .route("/api/hosts/claim", post(hosts::claim))

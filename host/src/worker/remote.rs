@@ -72,6 +72,12 @@ pub struct RemoteConfig {
 const CLAIM_WAIT_MS: u64 = 10_000;
 /// How often recorded progress is shipped.
 const SHIP_EVERY: Duration = Duration::from_millis(100);
+/// Roughly how much one report carries (the server takes up to 128 MiB);
+/// what does not fit goes in the next one. A report carries at least one
+/// task run, however large.
+const REPORT_BUDGET_BYTES: usize = 32 << 20;
+/// Log lines per report, at most.
+const REPORT_LOG_LINES: usize = 5_000;
 /// The longest pause between attempts to reach a server that is away.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
@@ -326,7 +332,7 @@ impl RemoteHost {
         let final_state = report
             .flow_runs
             .first()
-            .is_some_and(|r| r.state.is_terminal());
+            .is_some_and(|r| r.id == id && r.state.is_terminal());
         let (status, body) = self
             .post(format!("/api/flow-runs/{id}/report"), &report)
             .await?;
@@ -371,16 +377,28 @@ impl RemoteHost {
             task_runs: Vec::new(),
             logs: Vec::new(),
         };
+        let mut bytes = 0;
+        // Set when something was left for the next report.
+        let mut cut = false;
         for run in &tree {
             for task in self.store.task_runs(run.id)? {
                 let mark = (task.state, task.attempts, task.started_at, task.ended_at);
-                if shipped.task_runs.get(&task.id) != Some(&mark) {
-                    shipped.task_runs.insert(task.id, mark);
-                    report.task_runs.push(ShippedTaskRun::new(task));
+                if shipped.task_runs.get(&task.id) == Some(&mark) {
+                    continue;
                 }
+                let size = task.input.len() + task.output.as_ref().map_or(0, String::len) + 512;
+                if bytes + size > REPORT_BUDGET_BYTES && !report.task_runs.is_empty() {
+                    cut = true;
+                    break;
+                }
+                bytes += size;
+                shipped.task_runs.insert(task.id, mark);
+                report.task_runs.push(ShippedTaskRun::new(task));
             }
             let after = shipped.logs.get(&run.id).copied().unwrap_or(0);
-            let lines = self.store.logs(run.id, after, 10_000)?;
+            let room = REPORT_LOG_LINES.saturating_sub(report.logs.len());
+            let lines = self.store.logs(run.id, after, room)?;
+            cut |= lines.len() == room;
             if let Some(last) = lines.last() {
                 shipped.logs.insert(run.id, last.id);
             }
@@ -391,10 +409,15 @@ impl RemoteHost {
         }
         let mut changed = !report.task_runs.is_empty() || !report.logs.is_empty();
         for (i, run) in tree.into_iter().enumerate() {
+            // The run's own end waits until everything under it has gone:
+            // once it has ended the server takes nothing more about it.
+            if i == 0 && cut && run.state.is_terminal() {
+                continue;
+            }
             let mark = (run.state, run.attempt, run.ended_at);
             let new = shipped.flow_runs.insert(run.id, mark) != Some(mark);
             changed |= new;
-            // The run itself always goes first: the server checks its lease by it.
+            // The run itself goes first.
             if i == 0 || new {
                 report.flow_runs.push(run);
             }
