@@ -1,6 +1,7 @@
 //! Objects users configure on a server: deployments and their schedules, work
 //! pools and queues, variables. Plain data with its validation; no IO.
 
+use super::capabilities::Capabilities;
 use super::{Policy, TimestampMicros};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -95,6 +96,9 @@ pub struct Deployment {
     /// At most this many of its runs at once (others wait in `Scheduled`).
     #[serde(default)]
     pub concurrency_limit: Option<u32>,
+    /// What its runs may reach beyond the sandbox; only hosts that allow it all take them.
+    #[serde(default, skip_serializing_if = "Capabilities::is_empty")]
+    pub capabilities: Capabilities,
 }
 
 fn default_pool() -> String {

@@ -3,6 +3,7 @@
 //! Plain data with no IO and no async. Every other module speaks in these types;
 //! the store maps them to rows, the engine to WIT values, the API to JSON.
 
+pub mod capabilities;
 pub mod deploy;
 
 pub use deploy::{
