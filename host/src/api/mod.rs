@@ -11,10 +11,10 @@
 //! HTTP when an API URL is configured, in-process (no socket) otherwise.
 
 mod deployments;
-mod events;
+pub(crate) mod events;
 pub mod guard;
-mod objects;
-mod runs;
+pub(crate) mod objects;
+pub(crate) mod runs;
 pub mod schema;
 
 use crate::dispatch::{DispatchError, Dispatcher};
@@ -78,7 +78,7 @@ impl ApiState {
 
     /// Runs `work` on the blocking pool: SQLite reads and commits block, and
     /// the API's own thread must stay free for every other request.
-    async fn blocking<T: Send + 'static>(
+    pub(crate) async fn blocking<T: Send + 'static>(
         self: &Arc<Self>,
         work: impl FnOnce(&ApiState) -> ApiResult<T> + Send + 'static,
     ) -> ApiResult<T> {
@@ -272,6 +272,9 @@ pub fn router(state: Arc<ApiState>) -> Router {
     Router::new()
         .route("/api/health", get(health))
         .merge(api)
+        // The web UI: its own guard (a cookie instead of a bearer key), the
+        // same state, dispatcher and handlers.
+        .merge(crate::ui::routes(state.clone()))
         .fallback(|| async {
             ApiError::not_found(
                 "no such endpoint; the API is described at /api/openapi.json".to_string(),
@@ -403,7 +406,7 @@ impl ApiError {
     fn unavailable(message: String) -> Self {
         Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
     }
-    fn internal(e: impl std::fmt::Display) -> Self {
+    pub(crate) fn internal(e: impl std::fmt::Display) -> Self {
         // The details go to the server's log, not to the client.
         tracing::error!("internal error: {e}");
         Self::new(
@@ -411,6 +414,18 @@ impl ApiError {
             "internal",
             "internal error; see the server log",
         )
+    }
+}
+
+impl ApiError {
+    /// The HTTP status (the web UI shows errors as pages of its own).
+    pub(crate) fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    /// The sentence for people.
+    pub(crate) fn message(&self) -> &str {
+        &self.message
     }
 }
 

@@ -338,23 +338,25 @@ pub(super) async fn put_secret(
     Path(name): Path<String>,
     body: axum::body::Bytes,
 ) -> ApiResult<Json<Value>> {
-    check_name("secret", &name)?;
     let SecretValue { value } = parse_body(&body, r#"{"value": "..."}"#)?;
-    crate::model::validate_secret_value(&name, &value)
-        .map_err(|e| ApiError::bad_request("secret_too_short", e))?;
     state
-        .blocking(move |state| {
-            let sealed = state.dispatcher.secrets().seal(&name, &value);
-            put_raw(state, ObjectKind::Secret, &name, sealed)?;
-            let row = state
-                .store
-                .object(ObjectKind::Secret, &name)?
-                .ok_or_else(|| ApiError::internal("a secret vanished after it was written"))?;
-            Ok(Json(
-                json!({ "name": name, "created_at": row.created_at, "updated_at": row.updated_at }),
-            ))
-        })
+        .blocking(move |state| Ok(Json(set_secret(state, &name, &value)?)))
         .await
+}
+
+/// Checks, seals and stores a secret; the reply names it (never its value).
+/// Blocks. The JSON API and the web UI both set secrets through this.
+pub(crate) fn set_secret(state: &ApiState, name: &str, value: &str) -> ApiResult<Value> {
+    check_name("secret", name)?;
+    crate::model::validate_secret_value(name, value)
+        .map_err(|e| ApiError::bad_request("secret_too_short", e))?;
+    let sealed = state.dispatcher.secrets().seal(name, value);
+    put_raw(state, ObjectKind::Secret, name, sealed)?;
+    let row = state
+        .store
+        .object(ObjectKind::Secret, name)?
+        .ok_or_else(|| ApiError::internal("a secret vanished after it was written"))?;
+    Ok(json!({ "name": name, "created_at": row.created_at, "updated_at": row.updated_at }))
 }
 
 /// Delete a secret.

@@ -671,6 +671,23 @@ impl Store {
             .collect()
     }
 
+    /// Flow runs created at or after `since`, per state (the UI's dashboard).
+    pub fn count_flow_runs_by_state_since(
+        &self,
+        since: TimestampMicros,
+    ) -> Result<Vec<(RunState, u64)>, StoreError> {
+        let rows: Vec<(String, i64)> = self.read(|c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT state, count(*) FROM flow_runs WHERE created_us >= ?1 GROUP BY state",
+            )?;
+            stmt.query_map([since], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect()
+        })?;
+        rows.into_iter()
+            .map(|(state, n)| Ok((parse_state(&state)?, n as u64)))
+            .collect()
+    }
+
     pub fn flow_run(&self, id: FlowRunId) -> Result<FlowRunRow, StoreError> {
         let mut row = self
             .read(|c| {

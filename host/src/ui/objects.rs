@@ -1,0 +1,271 @@
+//! Work pools and queues, components and their manifests, secrets (names
+//! and a mask only: a value is written here and never read back) and
+//! variables.
+
+use super::html::{self, esc, url_part};
+use super::{Session, UiResult};
+use crate::api::{ApiError, ApiState};
+use crate::model::{ComponentDigest, Variable, WorkPool, WorkQueue};
+use crate::store::ObjectKind;
+use axum::Extension;
+use axum::extract::{Path, State};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+/// What the secrets page shows in place of every value.
+const MASK: &str = "••••••••";
+
+fn parse_rows<T: serde::de::DeserializeOwned>(
+    state: &ApiState,
+    kind: ObjectKind,
+) -> Result<Vec<T>, ApiError> {
+    state
+        .store
+        .objects(kind)?
+        .iter()
+        .map(|row| serde_json::from_str(&row.body).map_err(ApiError::internal))
+        .collect()
+}
+
+pub(super) async fn pools(
+    State(state): State<Arc<ApiState>>,
+    Extension(session): Extension<Session>,
+) -> UiResult<Html<String>> {
+    let (pools, queues, active) = state
+        .blocking(|state| {
+            let pools: Vec<WorkPool> = parse_rows(state, ObjectKind::WorkPool)?;
+            let queues: Vec<WorkQueue> = parse_rows(state, ObjectKind::WorkQueue)?;
+            let active = pools
+                .iter()
+                .map(|p| state.store.active_runs_of_pool(&p.name, None))
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok((pools, queues, active))
+        })
+        .await?;
+    let mut body = String::from(
+        "<h1>Work pools</h1><div class=\"scroll\"><table><thead><tr><th>Pool</th><th>Description</th><th>Status</th>\
+         <th>Limit</th><th>Active runs</th><th>Queues (priority, limit)</th></tr></thead><tbody>",
+    );
+    for (pool, active) in pools.iter().zip(active) {
+        let mut queue_list = String::new();
+        for q in queues.iter().filter(|q| q.work_pool == pool.name) {
+            let _ = write!(
+                queue_list,
+                "<li>{} ({}, {}){}</li>",
+                esc(&q.name),
+                q.priority,
+                q.concurrency_limit
+                    .map(|n| n.to_string())
+                    .unwrap_or_else(|| "no limit".into()),
+                if q.paused { " paused" } else { "" }
+            );
+        }
+        let _ = write!(
+            body,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{active}</td><td><ul>{queue_list}</ul></td></tr>",
+            esc(&pool.name),
+            esc(&pool.description),
+            if pool.paused { "paused" } else { "active" },
+            pool.concurrency_limit
+                .map(|n| n.to_string())
+                .unwrap_or_else(|| "none".into()),
+        );
+    }
+    body.push_str("</tbody></table></div><p class=\"note\">Create and change pools with <code>host work-pool</code> and <code>host work-queue</code>.</p>");
+    Ok(session.page("Work pools", "/pools", &body))
+}
+
+pub(super) async fn components(
+    State(state): State<Arc<ApiState>>,
+    Extension(session): Extension<Session>,
+) -> UiResult<Html<String>> {
+    let rows = state
+        .blocking(|state| Ok(state.store.components()?))
+        .await?;
+    let mut body = String::from(
+        "<h1>Components</h1><div class=\"scroll\"><table><thead><tr><th>Digest</th><th>Size</th><th>Flows</th><th>Tasks</th>\
+         <th>SDK</th><th>Uploaded</th></tr></thead><tbody>",
+    );
+    for c in &rows {
+        let _ = write!(
+            body,
+            "<tr><td><a href=\"/components/{}\"><code>{}</code></a></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            esc(&url_part(&c.digest)),
+            esc(&c.digest[..12.min(c.digest.len())]),
+            html::bytes(c.size_bytes),
+            esc(&c.manifest.flow_names().join(", ")),
+            c.manifest.tasks.len(),
+            esc(&c
+                .manifest
+                .sdk
+                .as_ref()
+                .map(|s| format!("{} {}", s.language, s.version))
+                .unwrap_or_default()),
+            html::time(c.created_at),
+        );
+    }
+    body.push_str("</tbody></table></div>");
+    if rows.is_empty() {
+        body.push_str("<p class=\"empty\">No components. Upload one with <code>host flow upload FILE.wasm</code>.</p>");
+    }
+    Ok(session.page("Components", "/components", &body))
+}
+
+pub(super) async fn component(
+    State(state): State<Arc<ApiState>>,
+    Extension(session): Extension<Session>,
+    Path(digest): Path<String>,
+) -> UiResult<Html<String>> {
+    let parsed = ComponentDigest::parse(&digest).ok_or_else(|| {
+        super::UiError::BadRequest(format!(
+            "'{digest}' is not a sha256 digest (64 lower-case hex characters)"
+        ))
+    })?;
+    let row = state
+        .blocking(move |state| {
+            state.store.component(&parsed)?.ok_or_else(|| {
+                ApiError::from(crate::store::StoreError::NotFound {
+                    what: "component",
+                    id: parsed.to_string(),
+                })
+            })
+        })
+        .await?;
+    let mut body = format!(
+        "<h1>Component <code>{}</code></h1><p><code>{}</code>, {}, uploaded {}</p><h2>Flows</h2>",
+        esc(&row.digest[..12.min(row.digest.len())]),
+        esc(&row.digest),
+        html::bytes(row.size_bytes),
+        html::time(row.created_at)
+    );
+    for flow in &row.manifest.flows {
+        let _ = write!(
+            body,
+            "<section><h3>{}</h3><p>{}</p><h4>Parameters</h4>{}<h4>Policy</h4>{}</section>",
+            esc(&flow.name),
+            esc(&flow.description),
+            html::json_block(
+                &flow
+                    .params_schema
+                    .as_ref()
+                    .map(|s| s.to_string())
+                    .unwrap_or_else(|| "null".into())
+            ),
+            html::json_block(&serde_json::to_string(&flow.policy).unwrap_or_default()),
+        );
+    }
+    body.push_str("<h2>Tasks</h2><div class=\"scroll\"><table><thead><tr><th>Task</th><th>Description</th><th>Policy</th></tr></thead><tbody>");
+    for task in &row.manifest.tasks {
+        let _ = write!(
+            body,
+            "<tr><td>{}</td><td>{}</td><td><code>{}</code></td></tr>",
+            esc(&task.name),
+            esc(&task.description),
+            esc(&serde_json::to_string(&task.policy).unwrap_or_default()),
+        );
+    }
+    body.push_str("</tbody></table></div>");
+    Ok(session.page("Component", "/components", &body))
+}
+
+pub(super) async fn secrets(
+    State(state): State<Arc<ApiState>>,
+    Extension(session): Extension<Session>,
+) -> UiResult<Html<String>> {
+    secrets_page(&state, &session, None).await
+}
+
+async fn secrets_page(
+    state: &Arc<ApiState>,
+    session: &Session,
+    error: Option<&str>,
+) -> UiResult<Html<String>> {
+    // Only names and times leave the store here; the sealed bodies are dropped unread.
+    let names: Vec<(String, i64)> = state
+        .blocking(|state| {
+            Ok(state
+                .store
+                .objects(ObjectKind::Secret)?
+                .into_iter()
+                .map(|row| (row.name, row.updated_at))
+                .collect())
+        })
+        .await?;
+    let mut body = String::from("<h1>Secrets</h1>");
+    if let Some(error) = error {
+        let _ = write!(body, "<p class=\"error\" role=\"alert\">{}</p>", esc(error));
+    }
+    body.push_str(
+        "<p>Values are encrypted at rest and never shown again; a run reads a secret only if its deployment grants it.</p>\
+         <div class=\"scroll\"><table><thead><tr><th>Name</th><th>Value</th><th>Updated</th></tr></thead><tbody>",
+    );
+    for (name, updated) in &names {
+        let _ = write!(
+            body,
+            "<tr><td>{}</td><td>{MASK}</td><td>{}</td></tr>",
+            esc(name),
+            html::time(*updated)
+        );
+    }
+    let _ = write!(
+        body,
+        "</tbody></table></div><h2>Set a secret</h2><form method=\"post\" action=\"/secrets\" class=\"stack\" autocomplete=\"off\">{}\
+         <label>Name <input name=\"name\" required></label>\
+         <label>Value <input type=\"password\" name=\"value\" autocomplete=\"new-password\" required></label>\
+         <button>Save</button></form>",
+        session.csrf_field()
+    );
+    Ok(session.page("Secrets", "/secrets", &body))
+}
+
+#[derive(serde::Deserialize)]
+pub(super) struct SecretForm {
+    #[serde(default)]
+    csrf: String,
+    name: String,
+    value: String,
+}
+
+pub(super) async fn set_secret(
+    State(state): State<Arc<ApiState>>,
+    Extension(session): Extension<Session>,
+    axum::Form(form): axum::Form<SecretForm>,
+) -> UiResult<Response> {
+    session.check_csrf(&form.csrf)?;
+    let SecretForm { name, value, .. } = form;
+    let saved = state
+        .blocking(move |state| crate::api::objects::set_secret(state, name.trim(), &value))
+        .await;
+    match saved {
+        Ok(_) => Ok(Redirect::to("/secrets").into_response()),
+        Err(e) if e.status().is_client_error() => {
+            let status = e.status();
+            let page = secrets_page(&state, &session, Some(e.message())).await?;
+            Ok((status, page).into_response())
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+pub(super) async fn variables(
+    State(state): State<Arc<ApiState>>,
+    Extension(session): Extension<Session>,
+) -> UiResult<Html<String>> {
+    let list: Vec<Variable> = state
+        .blocking(|state| parse_rows(state, ObjectKind::Variable))
+        .await?;
+    let mut body = String::from(
+        "<h1>Variables</h1><div class=\"scroll\"><table><thead><tr><th>Name</th><th>Value</th></tr></thead><tbody>",
+    );
+    for v in &list {
+        let _ = write!(
+            body,
+            "<tr><td>{}</td><td><code>{}</code></td></tr>",
+            esc(&v.name),
+            esc(&v.value.to_string())
+        );
+    }
+    body.push_str("</tbody></table></div><p class=\"note\">Set them with <code>host variable set NAME VALUE</code>.</p>");
+    Ok(session.page("Variables", "/variables", &body))
+}
