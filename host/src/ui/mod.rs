@@ -183,7 +183,7 @@ pub fn routes(state: Arc<ApiState>) -> Router<Arc<ApiState>> {
         .layer(axum::middleware::map_response(safety_headers))
 }
 
-/// Headers on every UI reply: the CSP, no sniffing, no referrer, no caching
+/// Headers on every UI reply: the CSP, no sniffing, no referrer to other sites, no caching
 /// of pages that show run data.
 async fn safety_headers(mut response: Response) -> Response {
     let headers = response.headers_mut();
@@ -195,9 +195,11 @@ async fn safety_headers(mut response: Response) -> Response {
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
     );
+    // Not `no-referrer`: with it, Chromium sends `Origin: null` on our own
+    // form posts, which the Host/Origin guard rightly refuses.
     headers.insert(
         header::REFERRER_POLICY,
-        HeaderValue::from_static("no-referrer"),
+        HeaderValue::from_static("same-origin"),
     );
     headers
         .entry(header::CACHE_CONTROL)

@@ -1,0 +1,932 @@
+//! The web UI as a browser and a hostile page would use it: every page's
+//! status and escaping, the Run form's checks, CSRF tokens, the sign-in
+//! cookie, and secrets that never reach a page (plain HTTP), then a real
+//! headless Chromium driven over WebDriver (run page, timeline, live logs,
+//! form checks). Servers listen on 127.0.0.1:0 in this process.
+
+use serde_json::{Value, json};
+use std::io::{BufRead, BufReader};
+use std::time::{Duration, Instant};
+use weir_host::api::guard::{ApiKey, Role};
+use weir_host::config::Paths;
+use weir_host::server::{Server, ServerConfig, ServerHandle};
+use weir_tests::{ETL_WASM, FIXTURE_WASM, test_engine_config, workspace};
+
+const ADMIN_KEY: &str = "admin-key-0123456789abcdef";
+const READER_KEY: &str = "reader-key-0123456789abcdef";
+
+/// What a page request answered.
+struct Reply {
+    status: u16,
+    location: Option<String>,
+    set_cookie: Option<String>,
+    csp: Option<String>,
+    body: String,
+}
+
+/// A whole server (API, UI, executor) on 127.0.0.1:0 with a temp home.
+struct UiServer {
+    url: String,
+    keys: bool,
+    agent: ureq::Agent,
+    _handle: ServerHandle,
+    _runtime: tokio::runtime::Runtime,
+    _home: tempfile::TempDir,
+}
+
+impl UiServer {
+    fn start() -> UiServer {
+        Self::start_with(false)
+    }
+
+    /// With `keys`, the server takes [`ADMIN_KEY`] and the read-only [`READER_KEY`].
+    fn start_with(keys: bool) -> UiServer {
+        let home = tempfile::tempdir().unwrap();
+        let paths = Paths::at(home.path());
+        let mut config = ServerConfig::new(paths.clone());
+        config.engine = test_engine_config(Some(paths.compile_cache()));
+        if keys {
+            config.api_keys = vec![
+                ApiKey::new(Role::Admin, ADMIN_KEY),
+                ApiKey::new(Role::ReadOnly, READER_KEY),
+            ];
+        }
+        let server = Server::open(config).unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let handle = runtime
+            .block_on(server.start("127.0.0.1:0".parse().unwrap()))
+            .unwrap();
+        let agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .max_redirects(0)
+            .timeout_global(Some(Duration::from_secs(60)))
+            .build()
+            .into();
+        UiServer {
+            url: handle.url(),
+            keys,
+            agent,
+            _handle: handle,
+            _runtime: runtime,
+            _home: home,
+        }
+    }
+
+    fn send(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, String)],
+        body: Option<(String, &str)>,
+    ) -> Reply {
+        let mut request = ureq::http::Request::builder()
+            .method(method)
+            .uri(format!("{}{path}", self.url));
+        for (name, value) in headers {
+            request = request.header(*name, value);
+        }
+        let bytes = match body {
+            Some((body, media_type)) => {
+                request = request.header("content-type", media_type);
+                body.into_bytes()
+            }
+            None => Vec::new(),
+        };
+        let mut response = self
+            .agent
+            .run(request.body(bytes).unwrap())
+            .expect("the server answers");
+        let header = |name: &str| {
+            response
+                .headers()
+                .get(name)
+                .map(|v| v.to_str().unwrap().to_string())
+        };
+        let (location, set_cookie, csp) = (
+            header("location"),
+            header("set-cookie"),
+            header("content-security-policy"),
+        );
+        Reply {
+            status: response.status().as_u16(),
+            location,
+            set_cookie,
+            csp,
+            body: response.body_mut().read_to_string().unwrap_or_default(),
+        }
+    }
+
+    /// GET as a browser holding `cookie` (the `Cookie` header's value).
+    fn page(&self, path: &str, cookie: Option<&str>) -> Reply {
+        let headers: Vec<(&str, String)> = cookie
+            .map(|c| ("cookie", c.to_string()))
+            .into_iter()
+            .collect();
+        self.send("GET", path, &headers, None)
+    }
+
+    /// POSTs a form as a browser holding `cookie`.
+    fn form(&self, path: &str, fields: &[(&str, &str)], cookie: Option<&str>) -> Reply {
+        let headers: Vec<(&str, String)> = cookie
+            .map(|c| ("cookie", c.to_string()))
+            .into_iter()
+            .collect();
+        self.send(
+            "POST",
+            path,
+            &headers,
+            Some((form_body(fields), "application/x-www-form-urlencoded")),
+        )
+    }
+
+    /// The JSON API, with the admin key when the server has keys.
+    fn api(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        let mut headers = Vec::new();
+        if self.keys {
+            headers.push(("authorization", format!("Bearer {ADMIN_KEY}")));
+        }
+        let body = body.map(|b| (b.to_string(), "application/json"));
+        let reply = self.send(method, path, &headers, body);
+        let value = serde_json::from_str(&reply.body).unwrap_or(Value::String(reply.body));
+        (reply.status, value)
+    }
+
+    fn upload(&self, wasm: &str) -> String {
+        let mut headers = Vec::new();
+        if self.keys {
+            headers.push(("authorization", format!("Bearer {ADMIN_KEY}")));
+        }
+        let mut request = ureq::http::Request::builder()
+            .method("POST")
+            .uri(format!("{}/api/components", self.url))
+            .header("content-type", "application/wasm");
+        for (name, value) in &headers {
+            request = request.header(*name, value);
+        }
+        let mut response = self
+            .agent
+            .run(request.body(std::fs::read(wasm).unwrap()).unwrap())
+            .unwrap();
+        let reply: Value =
+            serde_json::from_str(&response.body_mut().read_to_string().unwrap()).unwrap();
+        reply["digest"].as_str().unwrap().to_string()
+    }
+
+    /// Deploys the ETL example as `etl` with `rows` 40 by default.
+    fn deploy_etl(&self) -> String {
+        let digest = self.upload(ETL_WASM);
+        let (status, reply) = self.api(
+            "PUT",
+            "/api/deployments/etl",
+            Some(json!({ "name": "etl", "component": digest, "flow": "etl",
+                         "description": "loads <b>rows</b>", "params": { "rows": 40 } })),
+        );
+        assert_eq!(status, 201, "{reply}");
+        digest
+    }
+
+    /// Follows the UI's event stream of a run to its `end`; returns the log
+    /// messages and the final run.
+    fn follow(&self, id: &str, cookie: Option<&str>) -> (Vec<String>, Value) {
+        let mut request =
+            ureq::http::Request::builder().uri(format!("{}/runs/{id}/events", self.url));
+        if let Some(cookie) = cookie {
+            request = request.header("cookie", cookie);
+        }
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .max_idle_connections(0)
+            .build()
+            .into();
+        let mut response = agent.run(request.body(()).unwrap()).unwrap();
+        assert_eq!(response.status().as_u16(), 200);
+        let mut event = String::new();
+        let mut logs = Vec::new();
+        for line in BufReader::new(response.body_mut().as_reader()).lines() {
+            let line = line.unwrap();
+            if let Some(name) = line.strip_prefix("event: ") {
+                event = name.to_string();
+            } else if let Some(data) = line.strip_prefix("data: ") {
+                let value: Value = serde_json::from_str(data).unwrap();
+                match event.as_str() {
+                    "end" => return (logs, value),
+                    "log" => logs.push(value["message"].as_str().unwrap().to_string()),
+                    _ => {}
+                }
+            }
+        }
+        panic!("the event stream closed without an `end` event");
+    }
+}
+
+fn form_body(fields: &[(&str, &str)]) -> String {
+    let encode = |text: &str| {
+        text.bytes()
+            .map(|b| match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                    (b as char).to_string()
+                }
+                _ => format!("%{b:02X}"),
+            })
+            .collect::<String>()
+    };
+    fields
+        .iter()
+        .map(|(name, value)| format!("{}={}", encode(name), encode(value)))
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+/// The CSRF token in a page's forms.
+fn csrf_of(page: &str) -> String {
+    let marker = "name=\"csrf\" value=\"";
+    let at = page
+        .find(marker)
+        .expect("the page has a form with a CSRF token")
+        + marker.len();
+    page[at..at + page[at..].find('"').unwrap()].to_string()
+}
+
+/// The run id a `/runs/ID` redirect names.
+fn run_of(reply: &Reply) -> String {
+    assert_eq!(reply.status, 303, "{}", reply.body);
+    let location = reply.location.as_deref().unwrap();
+    location.strip_prefix("/runs/").expect(location).to_string()
+}
+
+/// The UI's pages for a server holding `run` and deployment `etl`.
+fn all_pages(run: &str, digest: &str) -> Vec<String> {
+    [
+        "/",
+        "/runs",
+        "/runs?state=Completed",
+        "/deployments",
+        "/deployments/etl",
+        "/pools",
+        "/components",
+        "/secrets",
+        "/variables",
+    ]
+    .iter()
+    .map(|p| p.to_string())
+    .chain([format!("/runs/{run}"), format!("/components/{digest}")])
+    .collect()
+}
+
+#[test]
+fn every_page_answers_and_escapes_what_users_wrote() {
+    let server = UiServer::start();
+    let digest = server.upload(FIXTURE_WASM);
+    let script = "<script>alert('x')</script>";
+    // A deployment whose description, tags and params carry markup, and a
+    // run of it whose failure message repeats the markup.
+    let (status, reply) = server.api(
+        "PUT",
+        "/api/deployments/marked",
+        Some(
+            json!({ "name": "marked", "component": digest, "flow": "call",
+                     "description": script, "tags": [script],
+                     "params": { "task": script, "input": { "note": script } } }),
+        ),
+    );
+    assert_eq!(status, 201, "{reply}");
+    let (status, reply) = server.api("POST", "/api/deployments/marked/runs", Some(json!({})));
+    assert_eq!(status, 202, "{reply}");
+    let id = reply["flow_run_id"].as_str().unwrap().to_string();
+    let (_, run) = server.follow(&id, None);
+    assert_eq!(run["state"], "Failed", "{run}");
+    let (status, _) = server.api(
+        "PUT",
+        "/api/variables/note",
+        Some(json!({ "value": script })),
+    );
+    assert_eq!(status, 200);
+
+    let mut pages = all_pages(&id, &digest);
+    pages.retain(|p| p != "/deployments/etl");
+    pages.push("/deployments/marked".into());
+    pages.push(format!("/runs?tag={}", "%3Cscript%3E"));
+    for path in &pages {
+        let reply = server.page(path, None);
+        assert_eq!(reply.status, 200, "{path}: {}", reply.body);
+        assert!(
+            !reply.body.contains("<script>alert"),
+            "{path} shows markup unescaped:\n{}",
+            reply.body
+        );
+        let csp = reply.csp.unwrap_or_default();
+        assert!(csp.contains("script-src 'self'"), "{path}: CSP {csp}");
+    }
+    for (path, what) in [
+        (format!("/runs/{id}"), "the run's params"),
+        ("/deployments/marked".to_string(), "the description"),
+        ("/deployments".to_string(), "the tags"),
+        ("/variables".to_string(), "the variable"),
+    ] {
+        let body = server.page(&path, None).body;
+        assert!(
+            body.contains("&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;"),
+            "{path} should show {what}, escaped:\n{body}"
+        );
+    }
+    // Bad input in a URL gets a page that says what was wrong, not a crash.
+    for (path, status) in [
+        ("/runs/not-a-run", 404),
+        ("/runs/0000aaaa", 404),
+        ("/runs?state=Bogus", 400),
+        ("/deployments/nope", 404),
+        ("/components/xyz", 400),
+    ] {
+        let reply = server.page(path, None);
+        assert_eq!(reply.status, status, "{path}: {}", reply.body);
+        assert!(
+            reply.body.contains("role=\"alert\""),
+            "{path}: {}",
+            reply.body
+        );
+    }
+}
+
+#[test]
+fn the_run_form_shows_the_servers_refusal_and_a_valid_run_opens_its_page() {
+    let server = UiServer::start();
+    server.deploy_etl();
+    let page = server.page("/deployments/etl", None);
+    assert_eq!(page.status, 200);
+    // The form is generated from the flow's schema, with the deployment's defaults.
+    assert!(
+        page.body.contains("name=\"param.rows\" value=\"40\""),
+        "{}",
+        page.body
+    );
+    assert!(
+        page.body.contains("name=\"param.chunk_size\""),
+        "{}",
+        page.body
+    );
+    let csrf = csrf_of(&page.body);
+
+    // Below the schema's minimum: the server's own check refuses it, on the form.
+    let refused = server.form(
+        "/deployments/etl/run",
+        &[
+            ("csrf", &csrf),
+            ("param.rows", "-3"),
+            ("param.chunk_size", "10"),
+        ],
+        None,
+    );
+    assert_eq!(refused.status, 422, "{}", refused.body);
+    assert!(
+        refused.body.contains("id=\"run-error\""),
+        "{}",
+        refused.body
+    );
+    assert!(refused.body.contains("minimum of 0"), "{}", refused.body);
+    // What was typed stays in the form.
+    assert!(
+        refused.body.contains("name=\"param.rows\" value=\"-3\""),
+        "{}",
+        refused.body
+    );
+    // Text where a number belongs is named too.
+    let refused = server.form(
+        "/deployments/etl/run",
+        &[("csrf", &csrf), ("param.rows", "many")],
+        None,
+    );
+    assert_eq!(refused.status, 422, "{}", refused.body);
+    let (_, list) = server.api("GET", "/api/flow-runs", None);
+    assert_eq!(list["flow_runs"], json!([]), "a refused form made a run");
+
+    let started = server.form(
+        "/deployments/etl/run",
+        &[
+            ("csrf", &csrf),
+            ("param.rows", "30"),
+            ("param.chunk_size", "10"),
+        ],
+        None,
+    );
+    let id = run_of(&started);
+    let (logs, run) = server.follow(&id, None);
+    assert_eq!(run["state"], "Completed", "{run}");
+    assert!(logs.contains(&"extracting 30 rows".to_string()), "{logs:?}");
+    assert_eq!(
+        serde_json::from_str::<Value>(run["params"].as_str().unwrap()).unwrap(),
+        json!({ "rows": 30, "chunk_size": 10 })
+    );
+
+    let page = server.page(&format!("/runs/{id}"), None).body;
+    let gantt = &page[page.find("id=\"gantt\"").expect("a timeline")..];
+    for task in ["extract", "transform", "load"] {
+        assert!(
+            gantt.contains(&format!("<td class=\"name\">{task}")),
+            "the timeline lacks {task}:\n{gantt}"
+        );
+    }
+    // 1 extract + 3 chunks + 1 load; load failed once and was retried.
+    assert_eq!(gantt.matches("<tr class=\"task\">").count(), 5, "{gantt}");
+    assert!(gantt.contains("retried"), "{gantt}");
+    assert!(page.contains("badge s-Completed"), "{page}");
+    // A completed run offers neither cancel nor retry.
+    assert!(
+        !page.contains("/cancel\"") && !page.contains("/retry\""),
+        "{page}"
+    );
+}
+
+#[test]
+fn forms_without_this_pages_csrf_token_change_nothing() {
+    let server = UiServer::start();
+    server.deploy_etl();
+    for token in [None, Some(""), Some("0123456789abcdef0123456789abcdef")] {
+        let mut fields = vec![("param.rows", "5")];
+        if let Some(token) = token {
+            fields.push(("csrf", token));
+        }
+        let reply = server.form("/deployments/etl/run", &fields, None);
+        assert_eq!(reply.status, 403, "{token:?}: {}", reply.body);
+        let mut fields = vec![("name", "stolen"), ("value", "attacker-chosen-value")];
+        if let Some(token) = token {
+            fields.push(("csrf", token));
+        }
+        assert_eq!(server.form("/secrets", &fields, None).status, 403);
+    }
+    let (_, runs) = server.api("GET", "/api/flow-runs", None);
+    assert_eq!(runs["flow_runs"], json!([]));
+    let (_, secrets) = server.api("GET", "/api/secrets", None);
+    assert_eq!(secrets["secrets"], json!([]));
+
+    // A form posted from another site's page is refused by the Host/Origin guard.
+    let csrf = csrf_of(&server.page("/secrets", None).body);
+    let reply = server.send(
+        "POST",
+        "/secrets",
+        &[("origin", "http://evil.example".to_string())],
+        Some((
+            form_body(&[("csrf", &csrf), ("name", "x1"), ("value", "abcdefgh-long")]),
+            "application/x-www-form-urlencoded",
+        )),
+    );
+    assert_eq!(reply.status, 403, "{}", reply.body);
+    let reply = server.send("GET", "/", &[("host", "evil.example".to_string())], None);
+    assert_eq!(reply.status, 403, "{}", reply.body);
+}
+
+#[test]
+fn a_secret_set_in_the_ui_never_appears_in_any_page() {
+    let server = UiServer::start();
+    let digest = server.deploy_etl();
+    let value = "hunter2-very-secret-value";
+    let csrf = csrf_of(&server.page("/secrets", None).body);
+    let saved = server.form(
+        "/secrets",
+        &[
+            ("csrf", &csrf),
+            ("name", "warehouse-password"),
+            ("value", value),
+        ],
+        None,
+    );
+    assert_eq!(saved.status, 303, "{}", saved.body);
+    // Replacing it works the same way.
+    let saved = server.form(
+        "/secrets",
+        &[
+            ("csrf", &csrf),
+            ("name", "warehouse-password"),
+            ("value", value),
+        ],
+        None,
+    );
+    assert_eq!(saved.status, 303, "{}", saved.body);
+    // A too-short value is refused with the API's reason, and not echoed.
+    let refused = server.form(
+        "/secrets",
+        &[("csrf", &csrf), ("name", "short"), ("value", "q7")],
+        None,
+    );
+    assert_eq!(refused.status, 400, "{}", refused.body);
+    assert!(refused.body.contains("at least"), "{}", refused.body);
+    assert!(!refused.body.contains("q7"), "{}", refused.body);
+
+    let csrf = csrf_of(&server.page("/deployments/etl", None).body);
+    let id = run_of(&server.form("/deployments/etl/run", &[("csrf", &csrf)], None));
+    server.follow(&id, None);
+    let secrets = server.page("/secrets", None).body;
+    assert!(secrets.contains("warehouse-password"), "{secrets}");
+    assert!(secrets.contains("••••"), "{secrets}");
+    for path in all_pages(&id, &digest).iter().map(String::as_str).chain([
+        "/api/secrets",
+        "/assets/app.js",
+        "/assets/style.css",
+    ]) {
+        let reply = server.page(path, None);
+        assert!(!reply.body.contains(value), "{path} shows the secret");
+        assert!(
+            !reply.body.contains("hunter2"),
+            "{path} shows part of the secret"
+        );
+    }
+}
+
+#[test]
+fn with_api_keys_no_page_or_stream_shows_anything_without_the_cookie() {
+    let server = UiServer::start_with(true);
+    let digest = server.deploy_etl();
+    let (status, started) = server.api("POST", "/api/deployments/etl/runs", Some(json!({})));
+    assert_eq!(status, 202);
+    let id = started["flow_run_id"].as_str().unwrap().to_string();
+    let admin_cookie = format!("weir_key={}", hex(ADMIN_KEY));
+    server.follow(&id, Some(&admin_cookie));
+
+    // Without a cookie, or with a wrong one, every page sends the browser
+    // to sign in and shows nothing of the server's data.
+    let wrong_cookie = format!("weir_key={}", hex("wrong-key-0123456789abcdef"));
+    for cookie in [None, Some(wrong_cookie.as_str()), Some("weir_key=not-hex")] {
+        for path in all_pages(&id, &digest) {
+            let reply = server.page(&path, cookie);
+            assert_eq!(reply.status, 303, "{path} with {cookie:?}: {}", reply.body);
+            assert_eq!(reply.location.as_deref(), Some("/login"), "{path}");
+            for data in ["etl", &id[..8], &digest[..12], "extract"] {
+                assert!(
+                    !reply.body.contains(data),
+                    "{path} leaks {data}: {}",
+                    reply.body
+                );
+            }
+        }
+        let stream = server.page(&format!("/runs/{id}/events"), cookie);
+        assert_eq!(stream.status, 401, "{}", stream.body);
+        assert!(!stream.body.contains("extracting"), "{}", stream.body);
+        for path in [
+            format!("/runs/{id}/retry"),
+            format!("/runs/{id}/cancel"),
+            "/deployments/etl/run".into(),
+            "/secrets".into(),
+        ] {
+            let reply = server.form(&path, &[("name", "x"), ("value", "y")], cookie);
+            assert_eq!(reply.status, 401, "{path}: {}", reply.body);
+        }
+    }
+    // The assets hold no data; the sign-in page asks for a key.
+    for path in ["/assets/app.js", "/assets/style.css", "/login"] {
+        let reply = server.page(path, None);
+        assert_eq!(reply.status, 200, "{path}");
+        assert!(!reply.body.contains(&digest[..12]) && !reply.body.contains(&id[..8]));
+    }
+    // The cookie is the UI's: the JSON API still wants a bearer key.
+    let reply = server.page("/api/flow-runs", Some(&admin_cookie));
+    assert_eq!(reply.status, 401, "{}", reply.body);
+
+    // Signing in: a wrong key is refused, a right one sets the cookie.
+    let refused = server.form("/login", &[("key", "wrong-key-0123456789abcdef")], None);
+    assert_eq!(refused.status, 401);
+    assert!(refused.set_cookie.is_none());
+    let signed_in = server.form("/login", &[("key", ADMIN_KEY)], None);
+    assert_eq!(signed_in.status, 303, "{}", signed_in.body);
+    let cookie = signed_in.set_cookie.expect("a cookie");
+    assert!(
+        cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"),
+        "{cookie}"
+    );
+    let cookie = cookie.split(';').next().unwrap().to_string();
+    assert_eq!(cookie, admin_cookie);
+    let run_page = server.page(&format!("/runs/{id}"), Some(&cookie));
+    assert_eq!(run_page.status, 200);
+    assert!(run_page.body.contains("id=\"gantt\""), "{}", run_page.body);
+    let (logs, _) = server.follow(&id, Some(&cookie));
+    assert!(logs.iter().any(|l| l.contains("extracting")), "{logs:?}");
+
+    // A read-only key sees pages but may not set secrets or start runs,
+    // even with its own page's CSRF token.
+    let reader = format!("weir_key={}", hex(READER_KEY));
+    let page = server.page("/deployments/etl", Some(&reader));
+    assert_eq!(page.status, 200);
+    let csrf = csrf_of(&page.body);
+    let reply = server.form("/deployments/etl/run", &[("csrf", &csrf)], Some(&reader));
+    assert_eq!(reply.status, 403, "{}", reply.body);
+    let reply = server.form(
+        "/secrets",
+        &[("csrf", &csrf), ("name", "x1"), ("value", "abcdefgh-long")],
+        Some(&reader),
+    );
+    assert_eq!(reply.status, 403, "{}", reply.body);
+    // One key's token is not another's.
+    let reply = server.form("/deployments/etl/run", &[("csrf", &csrf)], Some(&cookie));
+    assert_eq!(reply.status, 403, "{}", reply.body);
+    let (_, runs) = server.api("GET", "/api/flow-runs", None);
+    assert_eq!(runs["flow_runs"].as_array().unwrap().len(), 1);
+}
+
+fn hex(text: &str) -> String {
+    text.bytes().map(|b| format!("{b:02x}")).collect()
+}
+
+// ---- in a real browser ----
+
+/// A headless Chromium session over WebDriver (chromedriver's JSON over
+/// HTTP, spoken with ureq: no TLS and no extra crates needed on loopback).
+struct Browser {
+    driver: std::process::Child,
+    base: String,
+    session: String,
+    agent: ureq::Agent,
+}
+
+const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
+
+impl Browser {
+    /// Starts chromedriver and a headless session; `None` (with one line
+    /// saying why) when no browser is installed, unless `CI=true`.
+    fn launch() -> Option<Browser> {
+        let find = |names: &[&str]| {
+            names.iter().find_map(|name| {
+                std::env::var_os("PATH").and_then(|paths| {
+                    std::env::split_paths(&paths)
+                        .map(|dir| dir.join(name))
+                        .find(|path| path.is_file())
+                })
+            })
+        };
+        let (Some(driver), Some(chromium)) = (
+            find(&["chromedriver"]),
+            find(&["chromium", "chromium-browser"]),
+        ) else {
+            let why = "chromium and chromium-driver are not installed (apt-get install chromium chromium-driver; .ci/run does)";
+            if std::env::var("CI").is_ok_and(|v| v == "true") {
+                panic!("CI=true: browser tests must run, but {why}");
+            }
+            eprintln!("skipping the browser test: {why}");
+            return None;
+        };
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = std::process::Command::new(driver)
+            .arg(format!("--port={port}"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("starting chromedriver");
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(60)))
+            .build()
+            .into();
+        let mut browser = Browser {
+            driver: child,
+            base: format!("http://127.0.0.1:{port}"),
+            session: String::new(),
+            agent,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(mut reply) = browser.agent.get(format!("{}/status", browser.base)).call() {
+                let status: Value =
+                    serde_json::from_str(&reply.body_mut().read_to_string().unwrap()).unwrap();
+                if status["value"]["ready"] == true {
+                    break;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "chromedriver was not ready in 30 s"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let session = browser.call(
+            "POST",
+            "/session",
+            json!({ "capabilities": { "alwaysMatch": { "browserName": "chrome",
+                "goog:chromeOptions": { "binary": chromium.to_str().unwrap(),
+                    "args": ["--headless=new", "--no-sandbox", "--disable-gpu",
+                             "--disable-dev-shm-usage", "--window-size=1280,1000"] } } } }),
+        );
+        browser.session = session["sessionId"]
+            .as_str()
+            .expect("a session")
+            .to_string();
+        Some(browser)
+    }
+
+    fn call(&self, method: &str, path: &str, body: Value) -> Value {
+        let request = ureq::http::Request::builder()
+            .method(method)
+            .uri(format!("{}{path}", self.base))
+            .header("content-type", "application/json")
+            .body(body.to_string().into_bytes())
+            .unwrap();
+        let mut reply = self.agent.run(request).expect("chromedriver answers");
+        let value: Value =
+            serde_json::from_str(&reply.body_mut().read_to_string().unwrap()).unwrap();
+        assert_eq!(reply.status().as_u16(), 200, "{method} {path}: {value}");
+        value["value"].clone()
+    }
+
+    fn session_call(&self, method: &str, path: &str, body: Value) -> Value {
+        self.call(method, &format!("/session/{}{path}", self.session), body)
+    }
+
+    fn goto(&self, url: &str) {
+        self.session_call("POST", "/url", json!({ "url": url }));
+    }
+
+    fn url(&self) -> String {
+        self.session_call("GET", "/url", json!({}))
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
+    /// The page's script's answer to `script` (a function body).
+    fn script(&self, script: &str) -> Value {
+        self.session_call(
+            "POST",
+            "/execute/sync",
+            json!({ "script": script, "args": [] }),
+        )
+    }
+
+    fn element(&self, css: &str) -> String {
+        let found = self.session_call(
+            "POST",
+            "/element",
+            json!({ "using": "css selector", "value": css }),
+        );
+        found[ELEMENT]
+            .as_str()
+            .unwrap_or_else(|| panic!("no element {css}: {found}"))
+            .to_string()
+    }
+
+    fn type_into(&self, css: &str, text: &str) {
+        let element = self.element(css);
+        self.session_call("POST", &format!("/element/{element}/clear"), json!({}));
+        self.session_call(
+            "POST",
+            &format!("/element/{element}/value"),
+            json!({ "text": text }),
+        );
+    }
+
+    fn click(&self, css: &str) {
+        let element = self.element(css);
+        self.session_call("POST", &format!("/element/{element}/click"), json!({}));
+    }
+
+    /// Waits (at most a minute) until `script` returns true.
+    fn wait_until(&self, what: &str, script: &str) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while self.script(script) != json!(true) {
+            assert!(
+                Instant::now() < deadline,
+                "gave up waiting for {what} at {}: {}",
+                self.url(),
+                self.script("return document.body.innerText")
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn source(&self) -> String {
+        self.session_call("GET", "/source", json!({}))
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
+    /// Saves a PNG under `target/ui-screenshots/` (a CI artifact).
+    fn screenshot(&self, name: &str) {
+        let encoded = self.session_call("GET", "/screenshot", json!({}));
+        let dir = std::env::var_os("CARGO_TARGET_DIR")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| workspace().join("target"))
+            .join("ui-screenshots");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(name), base64_decode(encoded.as_str().unwrap())).unwrap();
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        if !self.session.is_empty() {
+            let path = format!("{}/session/{}", self.base, self.session);
+            let _ = self.agent.delete(path).call();
+        }
+        let _ = self.driver.kill();
+        let _ = self.driver.wait();
+    }
+}
+
+fn base64_decode(text: &str) -> Vec<u8> {
+    let value = |c: u8| match c {
+        b'A'..=b'Z' => c - b'A',
+        b'a'..=b'z' => c - b'a' + 26,
+        b'0'..=b'9' => c - b'0' + 52,
+        b'+' => 62,
+        _ => 63,
+    };
+    let clean: Vec<u8> = text
+        .bytes()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == b'+' || *c == b'/')
+        .collect();
+    let mut out = Vec::with_capacity(clean.len() * 3 / 4);
+    for chunk in clean.chunks(4) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, c)| n | (u32::from(value(*c)) << (18 - 6 * i)));
+        out.extend_from_slice(&n.to_be_bytes()[1..chunk.len()]);
+    }
+    out
+}
+
+#[test]
+fn in_a_browser_a_run_shows_its_timeline_and_live_logs() {
+    let Some(browser) = Browser::launch() else {
+        return;
+    };
+    let server = UiServer::start_with(true);
+    server.deploy_etl();
+
+    // Signed out, the browser lands on the sign-in form.
+    browser.goto(&format!("{}/deployments/etl", server.url));
+    assert!(browser.url().ends_with("/login"), "{}", browser.url());
+    browser.type_into("input[name=key]", ADMIN_KEY);
+    browser.click("form[action='/login'] button");
+    browser.wait_until(
+        "the dashboard",
+        "return document.title.startsWith('Dashboard')",
+    );
+    // The cookie is out of the page's reach.
+    assert_eq!(browser.script("return document.cookie"), json!(""));
+
+    // An invalid parameter is caught before the form is sent.
+    browser.goto(&format!("{}/deployments/etl", server.url));
+    browser.type_into("input[name='param.rows']", "-5");
+    browser.click("#run-form button");
+    browser.wait_until(
+        "the field's error",
+        "return [...document.querySelectorAll('.field-error')].some(e => e.textContent.includes('rows must be at least 0'))",
+    );
+    assert!(
+        browser.url().ends_with("/deployments/etl"),
+        "{}",
+        browser.url()
+    );
+    let (_, runs) = server.api("GET", "/api/flow-runs", None);
+    assert_eq!(runs["flow_runs"], json!([]), "an invalid form was sent");
+    browser.screenshot("run-form-error.png");
+
+    // A valid one starts a run and opens its page.
+    browser.type_into("input[name='param.rows']", "60");
+    browser.click("#run-form button");
+    browser.wait_until(
+        "the run page",
+        "return location.pathname.startsWith('/runs/')",
+    );
+    browser.wait_until(
+        "live log lines",
+        "return [...document.querySelectorAll('#logs .line')].some(l => l.textContent.includes('extracting 60 rows'))",
+    );
+    browser.wait_until(
+        "the completed timeline",
+        "return document.querySelector('#run-state .badge')?.textContent === 'Completed' \
+         && ['extract', 'transform', 'load'].every(t => [...document.querySelectorAll('#gantt tr.task td.name')].some(td => td.textContent.startsWith(t)))",
+    );
+    browser.screenshot("run-page.png");
+
+    // The level filter hides lines below the level chosen.
+    browser.script(
+        "const s = document.getElementById('log-level'); s.value = '4'; s.dispatchEvent(new Event('change')); return true",
+    );
+    let shown = browser.script(
+        "return [...document.querySelectorAll('#logs .line')].filter(l => !l.hidden).map(l => l.textContent)",
+    );
+    assert!(
+        shown
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|l| !l.as_str().unwrap().contains("INFO")),
+        "{shown}"
+    );
+
+    // A secret typed into its form never comes back to the browser.
+    let value = "browser-secret-value-93715";
+    browser.goto(&format!("{}/secrets", server.url));
+    browser.type_into("input[name=name]", "browser-secret");
+    browser.type_into("input[name=value]", value);
+    browser.click("form[action='/secrets'] button");
+    browser.wait_until(
+        "the secret listed",
+        "return document.body.innerText.includes('browser-secret')",
+    );
+    assert!(!browser.source().contains(value));
+}
