@@ -60,6 +60,7 @@ const OWNERS: &[(&str, &[&str])] = &[
     ("wasmtime", &["engine"]),
     ("wasmtime_wasi", &["engine"]),
     ("axum", &["api", "ui"]),
+    ("flate2", &["ui"]),
     ("utoipa", &["api"]),
     ("chacha20poly1305", &["secrets"]),
     ("ureq", &["client"]),

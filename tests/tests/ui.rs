@@ -930,3 +930,151 @@ fn in_a_browser_a_run_shows_its_timeline_and_live_logs() {
     );
     assert!(!browser.source().contains(value));
 }
+
+#[test]
+fn big_pages_are_gzipped_and_event_streams_are_not() {
+    let server = UiServer::start();
+    let digest = server.upload(ETL_WASM);
+    let (status, started) = server.api(
+        "POST",
+        &format!("/api/components/{digest}/flows/etl/runs"),
+        Some(json!({ "params": { "rows": 200, "chunk_size": 1 } })),
+    );
+    assert_eq!(status, 202, "{started}");
+    let id = started["flow_run_id"].as_str().unwrap().to_string();
+    server.follow(&id, None);
+    let plain = server.page(&format!("/runs/{id}"), None);
+    assert!(plain.body.len() > 40_000, "{}", plain.body.len());
+
+    let gzip = [("accept-encoding", "gzip, deflate".to_string())];
+    let mut request = ureq::http::Request::builder().uri(format!("{}/runs/{id}", server.url));
+    for (name, value) in &gzip {
+        request = request.header(*name, value);
+    }
+    let mut response = server.agent.run(request.body(()).unwrap()).unwrap();
+    assert_eq!(
+        response
+            .headers()
+            .get("content-encoding")
+            .map(|v| v.to_str().unwrap()),
+        Some("gzip")
+    );
+    let compressed = response.body_mut().read_to_vec().unwrap();
+    assert!(
+        compressed.len() * 5 < plain.body.len(),
+        "{} bytes",
+        compressed.len()
+    );
+    let mut unpacked = String::new();
+    std::io::Read::read_to_string(
+        &mut flate2::read::GzDecoder::new(&compressed[..]),
+        &mut unpacked,
+    )
+    .unwrap();
+    // The same page (but for the times and figures of a live render).
+    assert_eq!(
+        unpacked.matches("<tr class=\"task\">").count(),
+        plain.body.matches("<tr class=\"task\">").count()
+    );
+    assert_eq!(unpacked.matches("<tr class=\"task\">").count(), 202);
+
+    // An event stream is not buffered to be compressed: its first event
+    // arrives while the stream is open.
+    let mut request =
+        ureq::http::Request::builder().uri(format!("{}/runs/{id}/events", server.url));
+    for (name, value) in &gzip {
+        request = request.header(*name, value);
+    }
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .max_idle_connections(0)
+        .build()
+        .into();
+    let mut response = agent.run(request.body(()).unwrap()).unwrap();
+    assert!(response.headers().get("content-encoding").is_none());
+    let mut first = String::new();
+    BufReader::new(response.body_mut().as_reader())
+        .read_line(&mut first)
+        .unwrap();
+    assert_eq!(first, "event: log\n");
+}
+
+#[test]
+fn cancel_and_retry_buttons_act_through_the_dispatcher() {
+    let server = UiServer::start();
+    let digest = server.upload(FIXTURE_WASM);
+    let (status, reply) = server.api(
+        "PUT",
+        "/api/deployments/slow",
+        Some(
+            json!({ "name": "slow", "component": digest, "flow": "slow_sequential",
+                     "params": { "n": 600, "ms": 100 } }),
+        ),
+    );
+    assert_eq!(status, 201, "{reply}");
+    let csrf = csrf_of(&server.page("/deployments/slow", None).body);
+    let id = run_of(&server.form("/deployments/slow/run", &[("csrf", &csrf)], None));
+    let page = server.page(&format!("/runs/{id}"), None).body;
+    assert!(
+        page.contains(&format!("action=\"/runs/{id}/cancel\"")),
+        "{page}"
+    );
+    assert!(
+        !page.contains("/retry\""),
+        "a run going on offers no retry: {page}"
+    );
+    // A cancel without the page's token is refused and changes nothing.
+    let refused = server.form(&format!("/runs/{id}/cancel"), &[("csrf", "0")], None);
+    assert_eq!(refused.status, 403);
+    let (_, detail) = server.api("GET", &format!("/api/flow-runs/{id}"), None);
+    let state = detail["flow_run"]["state"].as_str().unwrap();
+    assert!(!["Cancelling", "Cancelled"].contains(&state), "{detail}");
+
+    let cancelled = server.form(&format!("/runs/{id}/cancel"), &[("csrf", &csrf)], None);
+    assert_eq!(
+        cancelled.location.as_deref(),
+        Some(format!("/runs/{id}").as_str())
+    );
+    let (_, run) = server.follow(&id, None);
+    assert_eq!(run["state"], "Cancelled", "{run}");
+    // Cancelling again is refused with the dispatcher's reason.
+    let again = server.form(&format!("/runs/{id}/cancel"), &[("csrf", &csrf)], None);
+    assert_eq!(again.status, 409, "{}", again.body);
+    assert!(again.body.contains("role=\"alert\""), "{}", again.body);
+
+    let page = server.page(&format!("/runs/{id}"), None).body;
+    assert!(
+        page.contains(&format!("action=\"/runs/{id}/retry\"")),
+        "{page}"
+    );
+    let retried = server.form(&format!("/runs/{id}/retry"), &[("csrf", &csrf)], None);
+    assert_eq!(retried.status, 303, "{}", retried.body);
+    let (_, detail) = server.api("GET", &format!("/api/flow-runs/{id}"), None);
+    let state = detail["flow_run"]["state"].as_str().unwrap();
+    assert!(
+        ["Pending", "Running", "Scheduled"].contains(&state),
+        "{detail}"
+    );
+    let cancelled = server.form(&format!("/runs/{id}/cancel"), &[("csrf", &csrf)], None);
+    assert_eq!(cancelled.status, 303, "{}", cancelled.body);
+    let (_, run) = server.follow(&id, None);
+    assert_eq!(run["state"], "Cancelled", "{run}");
+}
+
+#[test]
+fn the_timeline_marks_cache_hits() {
+    let server = UiServer::start();
+    let digest = server.upload(FIXTURE_WASM);
+    let (_, started) = server.api(
+        "POST",
+        &format!("/api/components/{digest}/flows/cached_repeat/runs"),
+        Some(json!({ "params": { "n": 3 } })),
+    );
+    let id = started["flow_run_id"].as_str().unwrap().to_string();
+    let (_, run) = server.follow(&id, None);
+    assert_eq!(run["state"], "Completed", "{run}");
+    let page = server.page(&format!("/runs/{id}"), None).body;
+    let gantt = &page[page.find("id=\"gantt\"").unwrap()..];
+    // The first call computes; the two after it come from the cache.
+    assert_eq!(gantt.matches("<tr class=\"task\">").count(), 3, "{gantt}");
+    assert_eq!(gantt.matches(">cache hit<").count(), 2, "{gantt}");
+}

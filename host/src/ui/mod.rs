@@ -181,6 +181,63 @@ pub fn routes(state: Arc<ApiState>) -> Router<Arc<ApiState>> {
         .route("/assets/style.css", get(style_css))
         .merge(pages)
         .layer(axum::middleware::map_response(safety_headers))
+        .layer(axum::middleware::from_fn(gzip))
+}
+
+/// Pages and assets smaller than this go out as they are.
+const GZIP_FROM_BYTES: usize = 8 * 1024;
+
+/// Gzips pages and assets for clients that take it: a run page of 1,000
+/// tasks is ~390 KB of HTML and ~25 KB gzipped. Event streams pass untouched.
+async fn gzip(request: Request, next: Next) -> Response {
+    let accepts_gzip = request
+        .headers()
+        .get_all(header::ACCEPT_ENCODING)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|coding| coding.split(';').next().unwrap_or("").trim() == "gzip");
+    let response = next.run(request).await;
+    let compressible = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| {
+            t.starts_with("text/html")
+                || t.starts_with("text/css")
+                || t.starts_with("text/javascript")
+        });
+    if !accepts_gzip || !compressible || response.headers().contains_key(header::CONTENT_ENCODING) {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    // Our pages are built whole in memory already; this bounds a surprise.
+    let Ok(bytes) = axum::body::to_bytes(body, 64 << 20).await else {
+        return UiError::BadRequest("the page was too large to send".into()).into_response();
+    };
+    if bytes.len() < GZIP_FROM_BYTES {
+        return Response::from_parts(parts, axum::body::Body::from(bytes));
+    }
+    use std::io::Write as _;
+    // Level 1: most of the gain for a fraction of the time.
+    let mut encoder = flate2::write::GzEncoder::new(
+        Vec::with_capacity(bytes.len() / 8),
+        flate2::Compression::fast(),
+    );
+    let compressed = encoder.write_all(&bytes).and_then(|()| encoder.finish());
+    match compressed {
+        Ok(compressed) => {
+            parts.headers.remove(header::CONTENT_LENGTH);
+            parts
+                .headers
+                .insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+            parts
+                .headers
+                .insert(header::VARY, HeaderValue::from_static("accept-encoding"));
+            Response::from_parts(parts, axum::body::Body::from(compressed))
+        }
+        Err(_) => Response::from_parts(parts, axum::body::Body::from(bytes)),
+    }
 }
 
 /// Headers on every UI reply: the CSP, no sniffing, no referrer to other sites, no caching

@@ -396,7 +396,7 @@ fn gantt(view: &RunView, now: TimestampMicros) -> String {
         out,
         "<p class=\"note\">{} task runs over {}; bars on the run's time line.</p>\
          <div class=\"scroll\"><table id=\"gantt\" class=\"gantt\"><thead><tr><th>#</th><th>Task</th><th>State</th><th>Attempts</th>\
-         <th>Duration</th><th>Fuel</th><th>Memory</th><th>Host</th><th class=\"bar\">Timeline</th></tr></thead><tbody>",
+         <th>Duration</th><th>Fuel</th><th>Memory</th><th>Host</th><th>Timeline</th></tr></thead><tbody>",
         view.tasks.len(),
         html::duration(end - start)
     );
@@ -420,14 +420,16 @@ fn gantt(view: &RunView, now: TimestampMicros) -> String {
         if task.attempts > 1 {
             flags.push_str(" <span class=\"tag\" title=\"retried\">retried</span>");
         }
-        let title = match &task.message {
-            Some(m) => format!("{}: {}", task.state.as_str(), m),
-            None => task.state.as_str().to_string(),
-        };
+        // A tooltip only where there is more to say than the state column.
+        let title = task
+            .message
+            .as_deref()
+            .map(|m| format!("<title>{}</title>", esc(m)))
+            .unwrap_or_default();
         let _ = write!(
             out,
             "<tr class=\"task\"><td>{}</td><td class=\"name\">{}{flags}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>\
-             <td class=\"bar\"><svg viewBox=\"0 0 1000 10\" preserveAspectRatio=\"none\" role=\"img\" aria-label=\"{}\"><title>{}</title>\
+             <td><svg viewBox=\"0 0 1000 10\" preserveAspectRatio=\"none\" aria-hidden=\"true\">{title}\
              <rect class=\"s-{}\" x=\"{x:.1}\" width=\"{width:.1}\" height=\"10\"/></svg></td></tr>",
             task.call_seq,
             esc(&task.task_name),
@@ -437,8 +439,6 @@ fn gantt(view: &RunView, now: TimestampMicros) -> String {
             html::fuel(task.fuel_used),
             html::bytes(task.peak_memory),
             esc(task.host.as_deref().unwrap_or("–")),
-            esc(&title),
-            esc(&title),
             task.state.as_str(),
         );
     }
