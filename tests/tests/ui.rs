@@ -566,6 +566,9 @@ fn with_api_keys_no_page_or_stream_shows_anything_without_the_cookie() {
             format!("/runs/{id}/retry"),
             format!("/runs/{id}/cancel"),
             "/deployments/etl/run".into(),
+            "/deployments/etl/pause".into(),
+            "/pools/wasm/pause".into(),
+            "/variables".into(),
             "/secrets".into(),
         ] {
             let reply = server.form(&path, &[("name", "x"), ("value", "y")], cookie);
@@ -614,6 +617,8 @@ fn with_api_keys_no_page_or_stream_shows_anything_without_the_cookie() {
         &[("csrf", &csrf), ("name", "x1"), ("value", "abcdefgh-long")],
         Some(&reader),
     );
+    assert_eq!(reply.status, 403, "{}", reply.body);
+    let reply = server.form("/deployments/etl/pause", &[("csrf", &csrf)], Some(&reader));
     assert_eq!(reply.status, 403, "{}", reply.body);
     // One key's token is not another's.
     let reply = server.form("/deployments/etl/run", &[("csrf", &csrf)], Some(&cookie));
@@ -1077,4 +1082,166 @@ fn the_timeline_marks_cache_hits() {
     // The first call computes; the two after it come from the cache.
     assert_eq!(gantt.matches("<tr class=\"task\">").count(), 3, "{gantt}");
     assert_eq!(gantt.matches(">cache hit<").count(), 2, "{gantt}");
+}
+
+#[test]
+fn pausing_from_the_ui_holds_runs_and_the_form_says_why() {
+    let server = UiServer::start();
+    server.deploy_etl();
+    let page = server.page("/deployments/etl", None).body;
+    let csrf = csrf_of(&page);
+    assert!(page.contains("action=\"/deployments/etl/pause\""), "{page}");
+    assert_eq!(
+        server
+            .form("/deployments/etl/pause", &[("csrf", "x")], None)
+            .status,
+        403
+    );
+    let paused = server.form("/deployments/etl/pause", &[("csrf", &csrf)], None);
+    assert_eq!(paused.status, 303, "{}", paused.body);
+    let (_, deployment) = server.api("GET", "/api/deployments/etl", None);
+    assert_eq!(deployment["deployment"]["paused"], true, "{deployment}");
+    // The dispatcher refuses a run of a paused deployment; the form says so.
+    let refused = server.form("/deployments/etl/run", &[("csrf", &csrf)], None);
+    assert_eq!(refused.status, 409, "{}", refused.body);
+    assert!(refused.body.contains("paused"), "{}", refused.body);
+    assert!(refused.body.contains("action=\"/deployments/etl/resume\""));
+    let resumed = server.form("/deployments/etl/resume", &[("csrf", &csrf)], None);
+    assert_eq!(resumed.status, 303);
+    let id = run_of(&server.form("/deployments/etl/run", &[("csrf", &csrf)], None));
+    assert_eq!(server.follow(&id, None).1["state"], "Completed");
+    // Unknown deployments are named, not crashed on.
+    let missing = server.form("/deployments/nope/pause", &[("csrf", &csrf)], None);
+    assert_eq!(missing.status, 404, "{}", missing.body);
+
+    // Pools pause the same way.
+    let pools = server.page("/pools", None).body;
+    assert!(pools.contains("action=\"/pools/wasm/pause\""), "{pools}");
+    assert_eq!(
+        server
+            .form("/pools/wasm/pause", &[("csrf", &csrf)], None)
+            .status,
+        303
+    );
+    let (_, pool) = server.api("GET", "/api/work-pools/wasm", None);
+    assert_eq!(pool["paused"], true, "{pool}");
+    assert!(
+        server
+            .page("/pools", None)
+            .body
+            .contains("action=\"/pools/wasm/resume\"")
+    );
+    assert_eq!(
+        server
+            .form("/pools/wasm/resume", &[("csrf", &csrf)], None)
+            .status,
+        303
+    );
+    let (_, pool) = server.api("GET", "/api/work-pools/wasm", None);
+    assert_eq!(pool["paused"], false, "{pool}");
+}
+
+#[test]
+fn variables_set_in_the_ui_keep_their_json_and_names_are_checked() {
+    let server = UiServer::start();
+    let csrf = csrf_of(&server.page("/variables", None).body);
+    for (name, value) in [("limits", "{\"rows\": 5}"), ("greeting", "<i>hello</i>")] {
+        let saved = server.form(
+            "/variables",
+            &[("csrf", &csrf), ("name", name), ("value", value)],
+            None,
+        );
+        assert_eq!(saved.status, 303, "{}", saved.body);
+    }
+    let (_, limits) = server.api("GET", "/api/variables/limits", None);
+    assert_eq!(limits["value"], json!({ "rows": 5 }));
+    let (_, greeting) = server.api("GET", "/api/variables/greeting", None);
+    assert_eq!(greeting["value"], json!("<i>hello</i>"));
+    let page = server.page("/variables", None).body;
+    assert!(
+        page.contains("&lt;i&gt;hello&lt;/i&gt;") && !page.contains("<i>hello"),
+        "{page}"
+    );
+    // The API's name rule, with its reason.
+    let refused = server.form(
+        "/variables",
+        &[("csrf", &csrf), ("name", "../etc"), ("value", "1")],
+        None,
+    );
+    assert_eq!(refused.status, 400, "{}", refused.body);
+    assert!(refused.body.contains("role=\"alert\""), "{}", refused.body);
+}
+
+#[test]
+fn the_run_list_pages_through_runs_and_keeps_its_filters() {
+    let server = UiServer::start();
+    let digest = server.upload(FIXTURE_WASM);
+    let mut ids = Vec::new();
+    for i in 0..52 {
+        let (status, started) = server.api(
+            "POST",
+            &format!("/api/components/{digest}/flows/call/runs"),
+            Some(json!({ "params": { "task": "add", "input": { "a": i, "b": 1 } }, "tags": ["batch"] })),
+        );
+        assert_eq!(status, 202, "{started}");
+        ids.push(started["flow_run_id"].as_str().unwrap().to_string());
+    }
+    for id in &ids {
+        server.follow(id, None);
+    }
+    let first = server.page("/runs?tag=batch&within=24h", None).body;
+    assert_eq!(
+        first.matches("<tr><td><a href=\"/runs/").count(),
+        50,
+        "{first}"
+    );
+    // Newest first: the last run started is on the first page, the first is not.
+    assert!(first.contains(&ids[51]) && !first.contains(&ids[0]));
+    assert!(
+        first.contains("href=\"/runs?tag=batch&amp;within=24h&amp;offset=50\""),
+        "{first}"
+    );
+    let second = server
+        .page("/runs?tag=batch&within=24h&offset=50", None)
+        .body;
+    assert_eq!(
+        second.matches("<tr><td><a href=\"/runs/").count(),
+        2,
+        "{second}"
+    );
+    assert!(
+        second.contains(&ids[0]) && !second.contains("rel=\"next\""),
+        "{second}"
+    );
+    assert!(second.contains("offset=0\" rel=\"prev\""), "{second}");
+    // Filters that match nothing, far pages and bad windows.
+    assert!(
+        server
+            .page("/runs?tag=other", None)
+            .body
+            .contains("No runs.")
+    );
+    assert!(
+        server
+            .page("/runs?offset=100000", None)
+            .body
+            .contains("No runs.")
+    );
+    assert_eq!(server.page("/runs?within=forever", None).status, 400);
+    assert_eq!(server.page("/runs?offset=-1", None).status, 400);
+    // The dashboard counts them and draws the hour they ran in.
+    let dashboard = server.page("/", None).body;
+    assert!(
+        dashboard.contains("href=\"/runs?state=Completed\""),
+        "{dashboard}"
+    );
+    assert!(dashboard.contains("<strong>52</strong>"), "{dashboard}");
+    // (Summed: the runs may straddle the turn of an hour.)
+    let charted: u64 = dashboard
+        .split("<title>")
+        .skip(1)
+        .filter_map(|t| t.split_once(" runs, "))
+        .map(|(n, _)| n.parse::<u64>().unwrap())
+        .sum();
+    assert_eq!(charted, 52, "{dashboard}");
 }

@@ -294,7 +294,12 @@ pub(super) async fn delete_deployment(
         .await
 }
 
-async fn set_paused(state: &Arc<ApiState>, name: String, paused: bool) -> ApiResult<Json<Value>> {
+/// Pauses or resumes a deployment (the JSON API and the web UI).
+pub(crate) async fn set_paused(
+    state: &Arc<ApiState>,
+    name: String,
+    paused: bool,
+) -> ApiResult<Json<Value>> {
     state
         .blocking(move |state| {
             let (mut deployment, _) = load(state, &name)?;

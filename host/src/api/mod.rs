@@ -10,7 +10,7 @@
 //! The CLI talks to this router for everything that changes server state: over
 //! HTTP when an API URL is configured, in-process (no socket) otherwise.
 
-mod deployments;
+pub(crate) mod deployments;
 pub(crate) mod events;
 pub mod guard;
 pub(crate) mod objects;

@@ -197,7 +197,8 @@ fn delete_pool(state: &ApiState, name: &str) -> ApiResult<Json<Value>> {
     delete_object(state, ObjectKind::WorkPool, name)
 }
 
-async fn set_pool_paused(
+/// Pauses or resumes a work pool (the JSON API and the web UI).
+pub(crate) async fn set_pool_paused(
     state: &Arc<ApiState>,
     name: String,
     paused: bool,
@@ -422,16 +423,17 @@ pub(super) async fn put_variable(
 ) -> ApiResult<Json<Value>> {
     check_name("variable", &name)?;
     let VariableValue { value } = parse_body(&body, r#"{"value": <any JSON>}"#)?;
-    let variable = Variable {
-        name: name.clone(),
-        value,
-    };
     state
-        .blocking(move |state| {
-            put_object(state, ObjectKind::Variable, &name, &variable)?;
-            Ok(Json(json!(variable)))
-        })
+        .blocking(move |state| Ok(Json(set_variable(state, name, value)?)))
         .await
+}
+
+/// Checks the name and stores a variable (the JSON API and the web UI). Blocks.
+pub(crate) fn set_variable(state: &ApiState, name: String, value: Value) -> ApiResult<Value> {
+    check_name("variable", &name)?;
+    let variable = Variable { name, value };
+    put_object(state, ObjectKind::Variable, &variable.name, &variable)?;
+    Ok(json!(variable))
 }
 
 /// Delete a variable.

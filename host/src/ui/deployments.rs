@@ -6,7 +6,7 @@
 
 use super::html::{esc, url_part};
 use super::runs::run_table;
-use super::{Session, UiError, UiResult};
+use super::{CsrfForm, Session, UiError, UiResult};
 use crate::api::ApiState;
 use crate::model::ComponentDigest;
 use crate::model::Deployment;
@@ -168,6 +168,17 @@ fn page(
         d.schedules.len(),
         esc(&d.tags.join(", ")),
         esc(&d.secrets.join(", ")),
+    );
+    let (action, label) = if d.paused {
+        ("resume", "Resume")
+    } else {
+        ("pause", "Pause")
+    };
+    let _ = write!(
+        body,
+        "<div class=\"actions\"><form method=\"post\" action=\"/deployments/{}/{action}\">{}<button>{label}</button></form></div>",
+        esc(&url_part(&d.name)),
+        session.csrf_field()
     );
     body.push_str("<section><h2>Run</h2>");
     if let Some(error) = error {
@@ -432,6 +443,36 @@ pub(super) async fn run(
             }
         }
     }
+}
+
+async fn set_paused(
+    state: Arc<ApiState>,
+    session: Session,
+    name: String,
+    form: CsrfForm,
+    paused: bool,
+) -> UiResult<Response> {
+    session.check_csrf(&form.csrf)?;
+    let _saved = crate::api::deployments::set_paused(&state, name.clone(), paused).await?;
+    Ok(Redirect::to(&format!("/deployments/{}", url_part(&name))).into_response())
+}
+
+pub(super) async fn pause(
+    State(state): State<Arc<ApiState>>,
+    Extension(session): Extension<Session>,
+    Path(name): Path<String>,
+    axum::Form(form): axum::Form<CsrfForm>,
+) -> UiResult<Response> {
+    set_paused(state, session, name, form, true).await
+}
+
+pub(super) async fn resume(
+    State(state): State<Arc<ApiState>>,
+    Extension(session): Extension<Session>,
+    Path(name): Path<String>,
+    axum::Form(form): axum::Form<CsrfForm>,
+) -> UiResult<Response> {
+    set_paused(state, session, name, form, false).await
 }
 
 #[cfg(test)]

@@ -104,6 +104,13 @@ impl IntoResponse for UiError {
 
 type UiResult<T> = Result<T, UiError>;
 
+/// A form that only confirms an action (cancel, retry, pause, resume).
+#[derive(serde::Deserialize)]
+struct CsrfForm {
+    #[serde(default)]
+    csrf: String,
+}
+
 /// Who is looking: the key's role and the CSRF token for its forms.
 #[derive(Clone, Debug)]
 pub(crate) struct Session {
@@ -168,11 +175,18 @@ pub fn routes(state: Arc<ApiState>) -> Router<Arc<ApiState>> {
         .route("/deployments", get(deployments::list))
         .route("/deployments/{name}", get(deployments::show))
         .route("/deployments/{name}/run", post(deployments::run))
+        .route("/deployments/{name}/pause", post(deployments::pause))
+        .route("/deployments/{name}/resume", post(deployments::resume))
         .route("/pools", get(objects::pools))
+        .route("/pools/{name}/pause", post(objects::pause_pool))
+        .route("/pools/{name}/resume", post(objects::resume_pool))
         .route("/components", get(objects::components))
         .route("/components/{digest}", get(objects::component))
         .route("/secrets", get(objects::secrets).post(objects::set_secret))
-        .route("/variables", get(objects::variables))
+        .route(
+            "/variables",
+            get(objects::variables).post(objects::set_variable),
+        )
         .route("/logout", post(logout))
         .layer(axum::middleware::from_fn_with_state(state, require_session));
     Router::new()

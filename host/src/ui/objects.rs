@@ -3,7 +3,7 @@
 //! variables.
 
 use super::html::{self, esc, url_part};
-use super::{Session, UiResult};
+use super::{CsrfForm, Session, UiResult};
 use crate::api::{ApiError, ApiState};
 use crate::model::{ComponentDigest, Variable, WorkPool, WorkQueue};
 use crate::store::ObjectKind;
@@ -61,12 +61,20 @@ pub(super) async fn pools(
                 if q.paused { " paused" } else { "" }
             );
         }
+        let (action, label) = if pool.paused {
+            ("resume", "Resume")
+        } else {
+            ("pause", "Pause")
+        };
         let _ = write!(
             body,
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{active}</td><td><ul>{queue_list}</ul></td></tr>",
+            "<tr><td>{}</td><td>{}</td><td>{} <form method=\"post\" action=\"/pools/{}/{action}\" class=\"inline\">{}<button>{label}</button></form></td>\
+             <td>{}</td><td>{active}</td><td><ul>{queue_list}</ul></td></tr>",
             esc(&pool.name),
             esc(&pool.description),
             if pool.paused { "paused" } else { "active" },
+            esc(&url_part(&pool.name)),
+            session.csrf_field(),
             pool.concurrency_limit
                 .map(|n| n.to_string())
                 .unwrap_or_else(|| "none".into()),
@@ -266,6 +274,67 @@ pub(super) async fn variables(
             esc(&v.value.to_string())
         );
     }
-    body.push_str("</tbody></table></div><p class=\"note\">Set them with <code>host variable set NAME VALUE</code>.</p>");
+    let _ = write!(
+        body,
+        "</tbody></table></div><h2>Set a variable</h2><form method=\"post\" action=\"/variables\" class=\"stack\">{}\
+         <label>Name <input name=\"name\" required></label>\
+         <label>Value <small>JSON, or text</small> <textarea name=\"value\" rows=\"3\"></textarea></label>\
+         <button>Save</button></form>",
+        session.csrf_field()
+    );
     Ok(session.page("Variables", "/variables", &body))
+}
+
+#[derive(serde::Deserialize)]
+pub(super) struct VariableForm {
+    #[serde(default)]
+    csrf: String,
+    name: String,
+    value: String,
+}
+
+pub(super) async fn set_variable(
+    State(state): State<Arc<ApiState>>,
+    Extension(session): Extension<Session>,
+    axum::Form(form): axum::Form<VariableForm>,
+) -> UiResult<Response> {
+    session.check_csrf(&form.csrf)?;
+    // JSON when it parses (`42`, `{"a": 1}`), else the text itself.
+    let value = serde_json::from_str(&form.value)
+        .unwrap_or_else(|_| serde_json::Value::String(form.value.clone()));
+    let name = form.name.trim().to_string();
+    state
+        .blocking(move |state| crate::api::objects::set_variable(state, name, value))
+        .await?;
+    Ok(Redirect::to("/variables").into_response())
+}
+
+async fn set_pool_paused(
+    state: Arc<ApiState>,
+    session: Session,
+    name: String,
+    form: CsrfForm,
+    paused: bool,
+) -> UiResult<Response> {
+    session.check_csrf(&form.csrf)?;
+    let _saved = crate::api::objects::set_pool_paused(&state, name, paused).await?;
+    Ok(Redirect::to("/pools").into_response())
+}
+
+pub(super) async fn pause_pool(
+    State(state): State<Arc<ApiState>>,
+    Extension(session): Extension<Session>,
+    Path(name): Path<String>,
+    axum::Form(form): axum::Form<CsrfForm>,
+) -> UiResult<Response> {
+    set_pool_paused(state, session, name, form, true).await
+}
+
+pub(super) async fn resume_pool(
+    State(state): State<Arc<ApiState>>,
+    Extension(session): Extension<Session>,
+    Path(name): Path<String>,
+    axum::Form(form): axum::Form<CsrfForm>,
+) -> UiResult<Response> {
+    set_pool_paused(state, session, name, form, false).await
 }

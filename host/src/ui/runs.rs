@@ -3,7 +3,7 @@
 //! retry through the dispatcher.
 
 use super::html::{self, esc, url_part};
-use super::{Session, UiError, UiResult};
+use super::{CsrfForm, Session, UiError, UiResult};
 use crate::api::ApiState;
 use crate::api::runs::parse_run_id;
 use crate::model::{RunState, TimestampMicros};
@@ -61,9 +61,10 @@ pub(super) async fn dashboard(
 ) -> UiResult<Html<String>> {
     let now = state.dispatcher.control().now();
     let since = now - DAY_MICROS;
-    let (counts, late, failed, recent) = state
+    let (counts, hourly, late, failed, recent) = state
         .blocking(move |state| {
             let counts = state.store.count_flow_runs_by_state_since(since)?;
+            let hourly = state.store.count_flow_runs_per_hour_since(since)?;
             let recent_of = |run_state: Option<RunState>, limit| {
                 state.store.list_flow_runs(&FlowRunFilter {
                     state: run_state,
@@ -75,7 +76,7 @@ pub(super) async fn dashboard(
             let late = recent_of(Some(RunState::Late), 20)?;
             let failed = recent_of(Some(RunState::Failed), 200)?;
             let recent = recent_of(None, 10)?;
-            Ok((counts, late, failed, recent))
+            Ok((counts, hourly, late, failed, recent))
         })
         .await?;
     let mut body = String::from("<h1>Dashboard</h1><section><h2>Runs of the last 24 hours</h2>");
@@ -98,6 +99,8 @@ pub(super) async fn dashboard(
         }
         body.push_str("</ul>");
     }
+    body.push_str("</section><section><h2>Runs started per hour</h2>");
+    body.push_str(&throughput_chart(&hourly, now));
     body.push_str("</section><section><h2>Late runs</h2>");
     body.push_str(&run_table(&late, now));
     body.push_str("</section><section><h2>Failing deployments (24 h)</h2>");
@@ -130,14 +133,52 @@ pub(super) async fn dashboard(
     Ok(session.page("Dashboard", "/", &body))
 }
 
+/// Bars of runs created per hour over the last 24 hours, newest right.
+fn throughput_chart(hourly: &[(i64, u64)], now: TimestampMicros) -> String {
+    const HOUR: i64 = 3600 * 1_000_000;
+    let this_hour = now.div_euclid(HOUR);
+    let most = hourly.iter().map(|(_, n)| *n).max().unwrap_or(0).max(1);
+    let mut out = String::from(
+        "<svg class=\"chart\" viewBox=\"0 0 250 64\" role=\"img\" aria-label=\"Runs created per hour over the last 24 hours\">",
+    );
+    for (hour, n) in hourly {
+        let slot = 24 - (this_hour - hour);
+        if !(0..=24).contains(&slot) {
+            continue;
+        }
+        let height = (*n as f64 / most as f64 * 56.0).max(1.0);
+        let _ = write!(
+            out,
+            "<rect class=\"s-Running\" x=\"{}\" y=\"{:.1}\" width=\"8\" height=\"{height:.1}\"><title>{n} runs, {}</title></rect>",
+            slot * 10,
+            56.0 - height,
+            crate::clock::format_rfc3339(hour * HOUR),
+        );
+    }
+    let _ = write!(
+        out,
+        "<text x=\"0\" y=\"64\">−24 h</text><text x=\"250\" y=\"64\" text-anchor=\"end\">now · peak {most}/h</text></svg>"
+    );
+    out
+}
+
 #[derive(serde::Deserialize, Default)]
 pub(super) struct ListQuery {
     state: Option<String>,
     deployment: Option<String>,
     flow: Option<String>,
     tag: Option<String>,
+    /// Created within the last `1h`, `24h` or `7d`.
+    within: Option<String>,
     offset: Option<usize>,
 }
+
+/// The time windows the list offers: (query value, label, length).
+const WINDOWS: [(&str, &str, i64); 3] = [
+    ("1h", "last hour", 3600 * 1_000_000),
+    ("24h", "last 24 hours", DAY_MICROS),
+    ("7d", "last 7 days", 7 * DAY_MICROS),
+];
 
 /// An empty filter field means "any".
 fn given(value: &Option<String>) -> Option<String> {
@@ -158,7 +199,20 @@ pub(super) async fn list(
         .transpose()
         .map_err(|e| UiError::BadRequest(e.to_string()))?;
     let offset = q.offset.unwrap_or(0);
+    let now = state.dispatcher.control().now();
+    let within = match given(&q.within) {
+        None => None,
+        Some(w) => Some(
+            WINDOWS
+                .iter()
+                .find(|(value, _, _)| *value == w)
+                .ok_or_else(|| {
+                    UiError::BadRequest(format!("'{w}' is not a time window; use 1h, 24h or 7d"))
+                })?,
+        ),
+    };
     let filter = FlowRunFilter {
+        since: within.map(|(_, _, length)| now - length),
         state: run_state,
         flow_name: given(&q.flow),
         deployment: given(&q.deployment),
@@ -173,7 +227,6 @@ pub(super) async fn list(
         .await?;
     let more = rows.len() > PAGE;
     rows.truncate(PAGE);
-    let now = state.dispatcher.control().now();
 
     let mut body = String::from(
         "<h1>Flow runs</h1><form method=\"get\" action=\"/runs\" class=\"filters\"><label>State <select name=\"state\"><option value=\"\">any</option>",
@@ -198,7 +251,20 @@ pub(super) async fn list(
             esc(value.as_deref().unwrap_or(""))
         );
     }
-    body.push_str("<button>Filter</button></form>");
+    body.push_str("<label>Created <select name=\"within\"><option value=\"\">any time</option>");
+    for window in &WINDOWS {
+        let selected = if within == Some(window) {
+            " selected"
+        } else {
+            ""
+        };
+        let _ = write!(
+            body,
+            "<option value=\"{}\"{selected}>{}</option>",
+            window.0, window.1
+        );
+    }
+    body.push_str("</select></label><button>Filter</button></form>");
     body.push_str(&run_table(&rows, now));
     // The filters again in the paging links.
     let mut keep = String::new();
@@ -207,6 +273,7 @@ pub(super) async fn list(
         ("deployment", given(&q.deployment)),
         ("flow", given(&q.flow)),
         ("tag", given(&q.tag)),
+        ("within", given(&q.within)),
     ] {
         if let Some(value) = value {
             let _ = write!(keep, "{name}={}&", url_part(&value));
@@ -446,17 +513,11 @@ fn gantt(view: &RunView, now: TimestampMicros) -> String {
     out
 }
 
-#[derive(serde::Deserialize)]
-pub(super) struct ActionForm {
-    #[serde(default)]
-    csrf: String,
-}
-
 pub(super) async fn cancel(
     State(state): State<Arc<ApiState>>,
     Extension(session): Extension<Session>,
     Path(id): Path<String>,
-    axum::Form(form): axum::Form<ActionForm>,
+    axum::Form(form): axum::Form<CsrfForm>,
 ) -> UiResult<Response> {
     session.check_csrf(&form.csrf)?;
     let id = state
@@ -470,7 +531,7 @@ pub(super) async fn retry(
     State(state): State<Arc<ApiState>>,
     Extension(session): Extension<Session>,
     Path(id): Path<String>,
-    axum::Form(form): axum::Form<ActionForm>,
+    axum::Form(form): axum::Form<CsrfForm>,
 ) -> UiResult<Response> {
     session.check_csrf(&form.csrf)?;
     let id = state
