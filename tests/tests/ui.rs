@@ -567,6 +567,7 @@ fn with_api_keys_no_page_or_stream_shows_anything_without_the_cookie() {
             format!("/runs/{id}/cancel"),
             "/deployments/etl/run".into(),
             "/deployments/etl/pause".into(),
+            "/deployments/etl/edit".into(),
             "/pools/wasm/pause".into(),
             "/variables".into(),
             "/secrets".into(),
@@ -1244,4 +1245,104 @@ fn the_run_list_pages_through_runs_and_keeps_its_filters() {
         .map(|(n, _)| n.parse::<u64>().unwrap())
         .sum();
     assert_eq!(charted, 52, "{dashboard}");
+}
+
+#[test]
+fn a_deployment_edited_in_the_ui_is_checked_like_a_put() {
+    let server = UiServer::start();
+    let digest = server.deploy_etl();
+    let page = server.page("/deployments/etl", None).body;
+    let csrf = csrf_of(&page);
+    assert!(page.contains("action=\"/deployments/etl/edit\""), "{page}");
+    let edited = json!({ "name": "etl", "component": digest, "flow": "etl",
+        "description": "nightly <load>", "params": { "rows": 7 }, "tags": ["nightly"],
+        "concurrency_limit": 2 });
+    let saved = server.form(
+        "/deployments/etl/edit",
+        &[("csrf", &csrf), ("deployment", &edited.to_string())],
+        None,
+    );
+    assert_eq!(saved.status, 303, "{}", saved.body);
+    let (_, stored) = server.api("GET", "/api/deployments/etl", None);
+    let stored = &stored["deployment"];
+    assert_eq!(
+        (
+            &stored["description"],
+            &stored["params"],
+            &stored["tags"],
+            &stored["concurrency_limit"]
+        ),
+        (
+            &json!("nightly <load>"),
+            &json!({ "rows": 7 }),
+            &json!(["nightly"]),
+            &json!(2)
+        ),
+        "{stored}"
+    );
+    let page = server.page("/deployments/etl", None).body;
+    assert!(
+        page.contains("nightly &lt;load&gt;") && page.contains("value=\"7\""),
+        "{page}"
+    );
+    assert!(
+        server
+            .page("/deployments?tag=nightly", None)
+            .body
+            .contains("href=\"/deployments/etl\"")
+    );
+    assert!(
+        !server
+            .page("/deployments?tag=other", None)
+            .body
+            .contains("href=\"/deployments/etl\"")
+    );
+
+    // Refusals come back on the form with the text as sent, and change nothing.
+    let unknown_pool =
+        json!({ "name": "etl", "component": digest, "flow": "etl", "work_pool": "nowhere" });
+    for (text, status, reason) in [
+        ("{not json".to_string(), 400, "not JSON"),
+        (
+            json!({ "name": "other", "component": digest, "flow": "etl" }).to_string(),
+            400,
+            "renaming",
+        ),
+        (
+            unknown_pool.to_string(),
+            422,
+            "work pool &#39;nowhere&#39; does not exist",
+        ),
+        (
+            json!({ "name": "etl", "component": digest, "flow": "etl", "params": { "rows": -1 } })
+                .to_string(),
+            422,
+            "minimum",
+        ),
+    ] {
+        let refused = server.form(
+            "/deployments/etl/edit",
+            &[("csrf", &csrf), ("deployment", &text)],
+            None,
+        );
+        assert_eq!(refused.status, status, "{text}: {}", refused.body);
+        assert!(
+            refused.body.contains("id=\"edit-error\""),
+            "{}",
+            refused.body
+        );
+        assert!(refused.body.contains(reason), "{text}: {}", refused.body);
+    }
+    let (_, after) = server.api("GET", "/api/deployments/etl", None);
+    assert_eq!(&after["deployment"], stored);
+    assert_eq!(
+        server
+            .form(
+                "/deployments/etl/edit",
+                &[("deployment", &edited.to_string())],
+                None
+            )
+            .status,
+        403
+    );
 }

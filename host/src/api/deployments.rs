@@ -119,7 +119,10 @@ pub(super) async fn put_deployment(
 }
 
 /// Checks a deployment against what is stored and saves it. Blocks.
-fn save(state: &ApiState, mut deployment: Deployment) -> ApiResult<(StatusCode, Json<Value>)> {
+pub(crate) fn save(
+    state: &ApiState,
+    mut deployment: Deployment,
+) -> ApiResult<(StatusCode, Json<Value>)> {
     deployment
         .validate()
         .map_err(|e| ApiError::bad_request("invalid_deployment", e.to_string()))?;

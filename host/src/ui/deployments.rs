@@ -137,15 +137,25 @@ pub(super) async fn show(
 ) -> UiResult<Html<String>> {
     let view = load(&state, name).await?;
     let now = state.dispatcher.control().now();
-    Ok(page(&view, &session, now, None, &[]))
+    Ok(page(&view, &session, now, Feedback::default()))
+}
+
+/// What a refused form sent and why it was refused, shown on the page again.
+#[derive(Default)]
+struct Feedback<'a> {
+    run_error: Option<&'a str>,
+    /// The Run form's fields as sent.
+    sent: &'a [(String, String)],
+    edit_error: Option<&'a str>,
+    /// The edit form's text as sent.
+    edit_text: Option<&'a str>,
 }
 
 fn page(
     view: &DeploymentView,
     session: &Session,
     now: i64,
-    error: Option<&str>,
-    sent: &[(String, String)],
+    feedback: Feedback<'_>,
 ) -> Html<String> {
     let d = &view.deployment;
     let mut body = format!(
@@ -181,7 +191,7 @@ fn page(
         session.csrf_field()
     );
     body.push_str("<section><h2>Run</h2>");
-    if let Some(error) = error {
+    if let Some(error) = feedback.run_error {
         let _ = write!(
             body,
             "<p class=\"error\" role=\"alert\" id=\"run-error\">{}</p>",
@@ -194,7 +204,11 @@ fn page(
         esc(&url_part(&d.name)),
         session.csrf_field()
     );
-    body.push_str(&param_fields(view.schema.as_ref(), &d.params, sent));
+    body.push_str(&param_fields(
+        view.schema.as_ref(),
+        &d.params,
+        feedback.sent,
+    ));
     body.push_str("<button>Run</button></form></section>");
     body.push_str("<section><h2>Recent runs</h2>");
     body.push_str(&run_table(&view.runs, now));
@@ -202,6 +216,28 @@ fn page(
         body,
         "<p><a href=\"/runs?deployment={}\">All runs of this deployment →</a></p></section>",
         esc(&url_part(&d.name))
+    );
+    // Editing: the deployment as the JSON API takes it, saved by the same
+    // function as `PUT /api/deployments/{name}` (and so checked the same way).
+    let current = serde_json::to_string_pretty(d).unwrap_or_default();
+    body.push_str("<section><h2>Edit</h2>");
+    if let Some(error) = feedback.edit_error {
+        let _ = write!(
+            body,
+            "<p class=\"error\" role=\"alert\" id=\"edit-error\">{}</p>",
+            esc(error)
+        );
+    }
+    let _ = write!(
+        body,
+        "<p class=\"note\">Description, params, pool and queue, schedules, limits, tags, granted secrets: \
+         the fields of <code>PUT /api/deployments/{{name}}</code>.</p>\
+         <form method=\"post\" action=\"/deployments/{}/edit\" class=\"stack\">{}\
+         <textarea name=\"deployment\" rows=\"16\" spellcheck=\"false\" aria-label=\"The deployment as JSON\">{}</textarea>\
+         <button>Save</button></form></section>",
+        esc(&url_part(&d.name)),
+        session.csrf_field(),
+        esc(feedback.edit_text.unwrap_or(&current)),
     );
     Html(super::html::page(
         &format!("Deployment {}", d.name),
@@ -422,7 +458,12 @@ pub(super) async fn run(
     let view = load(&state, name.clone()).await?;
     let refused = |status: StatusCode, message: &str| {
         let now = state.dispatcher.control().now();
-        (status, page(&view, &session, now, Some(message), &fields)).into_response()
+        let feedback = Feedback {
+            run_error: Some(message),
+            sent: &fields,
+            ..Feedback::default()
+        };
+        (status, page(&view, &session, now, feedback)).into_response()
     };
     let params = match params_from_form(view.schema.as_ref(), &fields) {
         Ok(params) => params,
@@ -442,6 +483,62 @@ pub(super) async fn run(
                 Err(e.into())
             }
         }
+    }
+}
+
+#[derive(serde::Deserialize)]
+pub(super) struct EditForm {
+    #[serde(default)]
+    csrf: String,
+    deployment: String,
+}
+
+pub(super) async fn edit(
+    State(state): State<Arc<ApiState>>,
+    Extension(session): Extension<Session>,
+    Path(name): Path<String>,
+    axum::Form(form): axum::Form<EditForm>,
+) -> UiResult<Response> {
+    session.check_csrf(&form.csrf)?;
+    let view = load(&state, name.clone()).await?;
+    let text = form.deployment;
+    let parsed = serde_json::from_str::<Value>(&text)
+        .map_err(|e| format!("the deployment is not JSON: {e}"))
+        .and_then(|value| match value.get("name").and_then(Value::as_str) {
+            Some(given) if given != name => Err(format!(
+                "the text names deployment '{given}' but this is '{name}'; renaming is not editing"
+            )),
+            _ => serde_json::from_value::<Deployment>(value)
+                .map_err(|e| format!("the text is not a deployment: {e}")),
+        });
+    let outcome = match parsed {
+        Err(message) => Err((StatusCode::BAD_REQUEST, message)),
+        Ok(mut deployment) => {
+            deployment.name = name.clone();
+            let role = session.role;
+            let saved = match role.may_grant_secrets(&deployment.secrets) {
+                Err(e) => Err(e),
+                Ok(()) => {
+                    state
+                        .blocking(move |state| crate::api::deployments::save(state, deployment))
+                        .await
+                }
+            };
+            saved.map_err(|e| (e.status(), e.message().to_string()))
+        }
+    };
+    match outcome {
+        Ok(_) => Ok(Redirect::to(&format!("/deployments/{}", url_part(&name))).into_response()),
+        Err((status, message)) if status.is_client_error() => {
+            let now = state.dispatcher.control().now();
+            let feedback = Feedback {
+                edit_error: Some(&message),
+                edit_text: Some(&text),
+                ..Feedback::default()
+            };
+            Ok((status, page(&view, &session, now, feedback)).into_response())
+        }
+        Err((status, message)) => Err(UiError::Refused { status, message }),
     }
 }
 

@@ -175,6 +175,7 @@ pub fn routes(state: Arc<ApiState>) -> Router<Arc<ApiState>> {
         .route("/deployments", get(deployments::list))
         .route("/deployments/{name}", get(deployments::show))
         .route("/deployments/{name}/run", post(deployments::run))
+        .route("/deployments/{name}/edit", post(deployments::edit))
         .route("/deployments/{name}/pause", post(deployments::pause))
         .route("/deployments/{name}/resume", post(deployments::resume))
         .route("/pools", get(objects::pools))
