@@ -569,6 +569,8 @@ fn with_api_keys_no_page_or_stream_shows_anything_without_the_cookie() {
             "/deployments/etl/pause".into(),
             "/deployments/etl/edit".into(),
             "/pools/wasm/pause".into(),
+            "/pools".into(),
+            "/pools/queues".into(),
             "/variables".into(),
             "/secrets".into(),
         ] {
@@ -1345,4 +1347,76 @@ fn a_deployment_edited_in_the_ui_is_checked_like_a_put() {
             .status,
         403
     );
+}
+
+#[test]
+fn pools_and_queues_made_in_the_ui_follow_the_apis_rules() {
+    let server = UiServer::start();
+    let csrf = csrf_of(&server.page("/pools", None).body);
+    let created = server.form(
+        "/pools",
+        &[
+            ("csrf", &csrf),
+            ("name", "gpu"),
+            ("description", "<b>big</b>"),
+            ("concurrency_limit", "2"),
+        ],
+        None,
+    );
+    assert_eq!(created.status, 303, "{}", created.body);
+    let (_, pool) = server.api("GET", "/api/work-pools/gpu", None);
+    assert_eq!(
+        (&pool["concurrency_limit"], &pool["paused"]),
+        (&json!(2), &json!(false)),
+        "{pool}"
+    );
+    let queue = server.form(
+        "/pools/queues",
+        &[
+            ("csrf", &csrf),
+            ("pool", "gpu"),
+            ("name", "fast"),
+            ("priority", "0"),
+            ("concurrency_limit", "1"),
+        ],
+        None,
+    );
+    assert_eq!(queue.status, 303, "{}", queue.body);
+    let (_, queues) = server.api("GET", "/api/work-pools/gpu/queues", None);
+    assert_eq!(queues["work_queues"][0]["name"], "fast", "{queues}");
+    assert_eq!(queues["work_queues"][0]["concurrency_limit"], 1, "{queues}");
+    assert_eq!(queues["work_queues"][1]["name"], "default", "{queues}");
+    let page = server.page("/pools", None).body;
+    assert!(
+        page.contains("&lt;b&gt;big&lt;/b&gt;") && page.contains("<li>fast (0, 1)</li>"),
+        "{page}"
+    );
+
+    for (path, fields, status) in [
+        ("/pools", vec![("name", "gpu")], 409),
+        ("/pools", vec![("name", "a b")], 400),
+        (
+            "/pools",
+            vec![("name", "cpu"), ("concurrency_limit", "-1")],
+            400,
+        ),
+        (
+            "/pools/queues",
+            vec![("pool", "nowhere"), ("name", "q")],
+            404,
+        ),
+        (
+            "/pools/queues",
+            vec![("pool", "gpu"), ("name", "q"), ("priority", "first")],
+            400,
+        ),
+    ] {
+        let mut fields = fields;
+        fields.push(("csrf", &csrf));
+        let reply = server.form(path, &fields, None);
+        assert_eq!(reply.status, status, "{path} {fields:?}: {}", reply.body);
+        assert!(reply.body.contains("role=\"alert\""), "{}", reply.body);
+    }
+    let (_, pools) = server.api("GET", "/api/work-pools", None);
+    assert_eq!(pools["work_pools"].as_array().unwrap().len(), 2, "{pools}");
 }

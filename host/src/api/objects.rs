@@ -101,24 +101,28 @@ pub(super) async fn create_work_pool(
         &body,
         r#"{"name": "...", "description": "...", "concurrency_limit": N}"#,
     )?;
-    check_name("work pool", &new.name)?;
     state
-        .blocking(move |state| {
-            if state
-                .store
-                .object(ObjectKind::WorkPool, &new.name)?
-                .is_some()
-            {
-                return Err(ApiError::conflict(format!(
-                    "work pool '{}' exists",
-                    new.name
-                )));
-            }
-            put_object(state, ObjectKind::WorkPool, &new.name, &new)?;
-            ensure_pool_now(state, &new.name)?;
-            Ok((StatusCode::CREATED, Json(json!(new))))
-        })
+        .blocking(move |state| Ok((StatusCode::CREATED, Json(create_pool(state, new)?))))
         .await
+}
+
+/// Creates a work pool with its `default` queue; 409 if it exists (the
+/// JSON API and the web UI). Blocks.
+pub(crate) fn create_pool(state: &ApiState, new: WorkPool) -> ApiResult<Value> {
+    check_name("work pool", &new.name)?;
+    if state
+        .store
+        .object(ObjectKind::WorkPool, &new.name)?
+        .is_some()
+    {
+        return Err(ApiError::conflict(format!(
+            "work pool '{}' exists",
+            new.name
+        )));
+    }
+    put_object(state, ObjectKind::WorkPool, &new.name, &new)?;
+    ensure_pool_now(state, &new.name)?;
+    Ok(json!(new))
 }
 
 /// Create or replace a work pool (description, limit, paused).
@@ -274,19 +278,23 @@ pub(super) async fn create_work_queue(
     let queue: WorkQueue = serde_json::from_value(value).map_err(|e| {
         ApiError::bad_request("bad_json", format!("the body is not a work queue: {e}"))
     })?;
-    check_name("work queue", &queue.name)?;
     state
-        .blocking(move |state| {
-            pool(state, &name)?;
-            put_object(
-                state,
-                ObjectKind::WorkQueue,
-                &format!("{name}/{}", queue.name),
-                &queue,
-            )?;
-            Ok((StatusCode::CREATED, Json(json!(queue))))
-        })
+        .blocking(move |state| Ok((StatusCode::CREATED, Json(put_queue(state, queue)?))))
         .await
+}
+
+/// Creates or replaces a queue of an existing pool (the JSON API and the
+/// web UI). Blocks.
+pub(crate) fn put_queue(state: &ApiState, queue: WorkQueue) -> ApiResult<Value> {
+    check_name("work queue", &queue.name)?;
+    pool(state, &queue.work_pool)?;
+    put_object(
+        state,
+        ObjectKind::WorkQueue,
+        &format!("{}/{}", queue.work_pool, queue.name),
+        &queue,
+    )?;
+    Ok(json!(queue))
 }
 
 /// Delete a queue (not a pool's `default`).

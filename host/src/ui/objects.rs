@@ -80,8 +80,102 @@ pub(super) async fn pools(
                 .unwrap_or_else(|| "none".into()),
         );
     }
-    body.push_str("</tbody></table></div><p class=\"note\">Create and change pools with <code>host work-pool</code> and <code>host work-queue</code>.</p>");
+    let mut pool_options = String::new();
+    for pool in &pools {
+        let _ = write!(pool_options, "<option>{}</option>", esc(&pool.name));
+    }
+    let csrf = session.csrf_field();
+    let _ = write!(
+        body,
+        "</tbody></table></div><div class=\"cols\"><section><h2>Create a pool</h2>\
+         <form method=\"post\" action=\"/pools\" class=\"stack\">{csrf}\
+         <label>Name <input name=\"name\" required></label>\
+         <label>Description <input name=\"description\"></label>\
+         <label>Concurrency limit <small>empty: none</small> <input name=\"concurrency_limit\" inputmode=\"numeric\"></label>\
+         <button>Create</button></form></section>\
+         <section><h2>Add or change a queue</h2>\
+         <form method=\"post\" action=\"/pools/queues\" class=\"stack\">{csrf}\
+         <label>Pool <select name=\"pool\">{pool_options}</select></label>\
+         <label>Queue <input name=\"name\" required></label>\
+         <label>Priority <small>1 is served first</small> <input name=\"priority\" inputmode=\"numeric\" value=\"1\"></label>\
+         <label>Concurrency limit <small>empty: none</small> <input name=\"concurrency_limit\" inputmode=\"numeric\"></label>\
+         <button>Save</button></form></section></div>"
+    );
     Ok(session.page("Work pools", "/pools", &body))
+}
+
+/// An optional whole number from a form field (empty: none).
+fn optional_number(field: &str, text: &str) -> UiResult<Option<u32>> {
+    let text = text.trim();
+    if text.is_empty() {
+        return Ok(None);
+    }
+    text.parse().map(Some).map_err(|_| {
+        super::UiError::BadRequest(format!(
+            "{field} must be a whole number from 0 to {}, or empty; got '{text}'",
+            u32::MAX
+        ))
+    })
+}
+
+#[derive(serde::Deserialize)]
+pub(super) struct PoolForm {
+    #[serde(default)]
+    csrf: String,
+    name: String,
+    #[serde(default)]
+    description: String,
+    #[serde(default)]
+    concurrency_limit: String,
+}
+
+pub(super) async fn create_pool(
+    State(state): State<Arc<ApiState>>,
+    Extension(session): Extension<Session>,
+    axum::Form(form): axum::Form<PoolForm>,
+) -> UiResult<Response> {
+    session.check_csrf(&form.csrf)?;
+    let pool = WorkPool {
+        name: form.name.trim().to_string(),
+        description: form.description,
+        paused: false,
+        concurrency_limit: optional_number("the concurrency limit", &form.concurrency_limit)?,
+    };
+    state
+        .blocking(move |state| crate::api::objects::create_pool(state, pool))
+        .await?;
+    Ok(Redirect::to("/pools").into_response())
+}
+
+#[derive(serde::Deserialize)]
+pub(super) struct QueueForm {
+    #[serde(default)]
+    csrf: String,
+    pool: String,
+    name: String,
+    #[serde(default)]
+    priority: String,
+    #[serde(default)]
+    concurrency_limit: String,
+}
+
+pub(super) async fn put_queue(
+    State(state): State<Arc<ApiState>>,
+    Extension(session): Extension<Session>,
+    axum::Form(form): axum::Form<QueueForm>,
+) -> UiResult<Response> {
+    session.check_csrf(&form.csrf)?;
+    let queue = WorkQueue {
+        name: form.name.trim().to_string(),
+        work_pool: form.pool,
+        priority: optional_number("the priority", &form.priority)?.unwrap_or(1),
+        concurrency_limit: optional_number("the concurrency limit", &form.concurrency_limit)?,
+        paused: false,
+    };
+    state
+        .blocking(move |state| crate::api::objects::put_queue(state, queue))
+        .await?;
+    Ok(Redirect::to("/pools").into_response())
 }
 
 pub(super) async fn components(
