@@ -41,10 +41,15 @@ impl UiServer {
 
     /// With `keys`, the server takes [`ADMIN_KEY`] and the read-only [`READER_KEY`].
     fn start_with(keys: bool) -> UiServer {
+        Self::start_configured(keys, |_| {})
+    }
+
+    fn start_configured(keys: bool, adjust: impl FnOnce(&mut ServerConfig)) -> UiServer {
         let home = tempfile::tempdir().unwrap();
         let paths = Paths::at(home.path());
         let mut config = ServerConfig::new(paths.clone());
         config.engine = test_engine_config(Some(paths.compile_cache()));
+        adjust(&mut config);
         if keys {
             config.api_keys = vec![
                 ApiKey::new(Role::Admin, ADMIN_KEY),
@@ -1419,4 +1424,32 @@ fn pools_and_queues_made_in_the_ui_follow_the_apis_rules() {
     }
     let (_, pools) = server.api("GET", "/api/work-pools", None);
     assert_eq!(pools["work_pools"].as_array().unwrap().len(), 2, "{pools}");
+}
+
+#[test]
+fn the_dashboard_lists_runs_waiting_past_their_time() {
+    let server = UiServer::start_configured(false, |config| {
+        config.late_after = Duration::from_millis(50);
+        config.scheduler_tick = Duration::from_millis(20);
+    });
+    server.deploy_etl();
+    let (status, _) = server.api("POST", "/api/work-pools/wasm/pause", Some(json!({})));
+    assert_eq!(status, 200);
+    let (status, started) = server.api("POST", "/api/deployments/etl/runs", Some(json!({})));
+    assert_eq!(status, 202, "{started}");
+    let id = started["flow_run_id"].as_str().unwrap().to_string();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, detail) = server.api("GET", &format!("/api/flow-runs/{id}"), None);
+        if detail["flow_run"]["state"] == "Late" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never Late: {detail}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let dashboard = server.page("/", None).body;
+    let late = &dashboard[dashboard.find("<h2>Late runs</h2>").unwrap()..];
+    let late = &late[..late.find("</section>").unwrap()];
+    assert!(late.contains(&format!("href=\"/runs/{id}\"")), "{late}");
+    assert!(late.contains("badge s-Late"), "{late}");
 }

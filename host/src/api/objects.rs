@@ -429,7 +429,6 @@ pub(super) async fn put_variable(
     Path(name): Path<String>,
     body: axum::body::Bytes,
 ) -> ApiResult<Json<Value>> {
-    check_name("variable", &name)?;
     let VariableValue { value } = parse_body(&body, r#"{"value": <any JSON>}"#)?;
     state
         .blocking(move |state| Ok(Json(set_variable(state, name, value)?)))

@@ -65,17 +65,18 @@ pub(super) async fn dashboard(
         .blocking(move |state| {
             let counts = state.store.count_flow_runs_by_state_since(since)?;
             let hourly = state.store.count_flow_runs_per_hour_since(since)?;
-            let recent_of = |run_state: Option<RunState>, limit| {
+            let newest = |run_state: Option<RunState>, since: Option<i64>, limit| {
                 state.store.list_flow_runs(&FlowRunFilter {
                     state: run_state,
-                    since: run_state.is_some().then_some(since),
+                    since,
                     limit,
                     ..Default::default()
                 })
             };
-            let late = recent_of(Some(RunState::Late), 20)?;
-            let failed = recent_of(Some(RunState::Failed), 200)?;
-            let recent = recent_of(None, 10)?;
+            // Late runs are still waiting, however old; failures count for a day.
+            let late = newest(Some(RunState::Late), None, 20)?;
+            let failed = newest(Some(RunState::Failed), Some(since), 200)?;
+            let recent = newest(None, None, 10)?;
             Ok((counts, hourly, late, failed, recent))
         })
         .await?;
