@@ -914,6 +914,11 @@ fn in_a_browser_a_run_shows_its_timeline_and_live_logs() {
          && ['extract', 'transform', 'load'].every(t => [...document.querySelectorAll('#gantt tr.task td.name')].some(td => td.textContent.startsWith(t)))",
     );
     browser.screenshot("run-page.png");
+    // Times are shown in the viewer's zone (the page says UTC without script).
+    browser.wait_until(
+        "local times",
+        "const t = [...document.querySelectorAll('time')]; return t.length > 0 && t.every(e => !e.textContent.endsWith('Z') && e.title.endsWith('Z'))",
+    );
 
     // The level filter hides lines below the level chosen.
     browser.script(

@@ -4,7 +4,7 @@
 //! checks the params again (the same check as the JSON API) and its refusal
 //! is shown on the form.
 
-use super::html::{esc, url_part};
+use super::html::{esc, short, url_part};
 use super::runs::run_table;
 use super::{CsrfForm, Session, UiError, UiResult};
 use crate::api::ApiState;
@@ -69,7 +69,7 @@ pub(super) async fn list(
             esc(&d.name),
             esc(&d.flow),
             esc(&url_part(&d.component)),
-            esc(&d.component[..12.min(d.component.len())]),
+            esc(short(&d.component)),
             esc(&d.work_pool),
             esc(&d.work_queue),
             d.schedules.len(),
@@ -168,7 +168,7 @@ fn page(
         esc(&d.description),
         esc(&d.flow),
         esc(&url_part(&d.component)),
-        esc(&d.component[..12.min(d.component.len())]),
+        esc(short(&d.component)),
         esc(&d.work_pool),
         esc(&d.work_queue),
         if d.paused { "paused" } else { "active" },

@@ -48,6 +48,12 @@ pub(super) fn url_part(text: &str) -> String {
     out
 }
 
+/// The first 12 characters of a digest, for people (whole if it is shorter
+/// or not plain ASCII).
+pub(super) fn short(digest: &str) -> &str {
+    digest.get(..12).unwrap_or(digest)
+}
+
 /// The sections of the navigation bar: (path, label).
 const NAV: &[(&str, &str)] = &[
     ("/", "Dashboard"),

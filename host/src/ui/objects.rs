@@ -2,7 +2,7 @@
 //! and a mask only: a value is written here and never read back) and
 //! variables.
 
-use super::html::{self, esc, url_part};
+use super::html::{self, esc, short, url_part};
 use super::{CsrfForm, Session, UiResult};
 use crate::api::{ApiError, ApiState};
 use crate::model::{ComponentDigest, Variable, WorkPool, WorkQueue};
@@ -194,7 +194,7 @@ pub(super) async fn components(
             body,
             "<tr><td><a href=\"/components/{}\"><code>{}</code></a></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
             esc(&url_part(&c.digest)),
-            esc(&c.digest[..12.min(c.digest.len())]),
+            esc(short(&c.digest)),
             html::bytes(c.size_bytes),
             esc(&c.manifest.flow_names().join(", ")),
             c.manifest.tasks.len(),
@@ -236,7 +236,7 @@ pub(super) async fn component(
         .await?;
     let mut body = format!(
         "<h1>Component <code>{}</code></h1><p><code>{}</code>, {}, uploaded {}</p><h2>Flows</h2>",
-        esc(&row.digest[..12.min(row.digest.len())]),
+        esc(short(&row.digest)),
         esc(&row.digest),
         html::bytes(row.size_bytes),
         html::time(row.created_at)

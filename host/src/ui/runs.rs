@@ -36,7 +36,7 @@ pub(super) fn run_table(rows: &[FlowRunRow], now: TimestampMicros) -> String {
         let _ = write!(
             out,
             "<tr><td><a href=\"/runs/{id}\"><code>{}</code></a></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{duration}</td><td>{}</td></tr>",
-            &id[..8.min(id.len())],
+            id.get(..8).unwrap_or(&id),
             esc(&run.flow_name),
             run.deployment
                 .as_deref()

@@ -42,8 +42,13 @@ function followRun(logs) {
   const refreshSoon = () => {
     if (!refreshing) refreshing = setTimeout(() => { refreshing = null; refreshRun(); }, 300);
   };
+  // After a dropped connection the browser reconnects and the stream starts
+  // over: lines already shown are skipped by their id.
+  let lastId = 0;
   events.addEventListener("log", (e) => {
     const entry = JSON.parse(e.data);
+    if (entry.id <= lastId) return;
+    lastId = entry.id;
     const line = document.createElement("div");
     const level = LEVELS.indexOf(entry.level);
     line.className = "line lvl-" + entry.level;
