@@ -428,7 +428,7 @@ fn the_run_form_shows_the_servers_refusal_and_a_valid_run_opens_its_page() {
     let gantt = &page[page.find("id=\"gantt\"").expect("a timeline")..];
     for task in ["extract", "transform", "load"] {
         assert!(
-            gantt.contains(&format!("<td class=\"name\">{task}")),
+            gantt.contains(&format!("\">{task}</a>")),
             "the timeline lacks {task}:\n{gantt}"
         );
     }
@@ -436,6 +436,34 @@ fn the_run_form_shows_the_servers_refusal_and_a_valid_run_opens_its_page() {
     assert_eq!(gantt.matches("<tr class=\"task\">").count(), 5, "{gantt}");
     assert!(gantt.contains("retried"), "{gantt}");
     assert!(page.contains("badge s-Completed"), "{page}");
+    // The load task's page shows both attempts: the failure, then success.
+    let load = gantt
+        .split("<tr class=\"task\">")
+        .find(|row| row.contains(">load</a>"))
+        .unwrap();
+    let at = load.find("href=\"/task-runs/").unwrap() + "href=\"".len();
+    let task_page = server
+        .page(&load[at..at + load[at..].find('"').unwrap()], None)
+        .body;
+    assert_eq!(
+        task_page.matches("<tr class=\"attempt\">").count(),
+        2,
+        "{task_page}"
+    );
+    assert!(
+        task_page.contains("warehouse connection reset (simulated)"),
+        "{task_page}"
+    );
+    assert!(
+        task_page.contains(&format!("href=\"/runs/{id}\"")),
+        "{task_page}"
+    );
+    for (path, status) in [
+        ("/task-runs/nope", 400),
+        ("/task-runs/01a21c43-0d85-72b8-b05c-751fd9f3009b", 404),
+    ] {
+        assert_eq!(server.page(path, None).status, status, "{path}");
+    }
     // A completed run offers neither cancel nor retry.
     assert!(
         !page.contains("/cancel\"") && !page.contains("/retry\""),
@@ -548,11 +576,16 @@ fn with_api_keys_no_page_or_stream_shows_anything_without_the_cookie() {
     let admin_cookie = format!("weir_key={}", hex(ADMIN_KEY));
     server.follow(&id, Some(&admin_cookie));
 
+    let (_, detail) = server.api("GET", &format!("/api/flow-runs/{id}"), None);
+    let task = detail["task_runs"][0]["id"].as_str().unwrap().to_string();
+    let mut pages = all_pages(&id, &digest);
+    pages.push(format!("/task-runs/{task}"));
+
     // Without a cookie, or with a wrong one, every page sends the browser
     // to sign in and shows nothing of the server's data.
     let wrong_cookie = format!("weir_key={}", hex("wrong-key-0123456789abcdef"));
     for cookie in [None, Some(wrong_cookie.as_str()), Some("weir_key=not-hex")] {
-        for path in all_pages(&id, &digest) {
+        for path in &pages {
             let reply = server.page(&path, cookie);
             assert_eq!(reply.status, 303, "{path} with {cookie:?}: {}", reply.body);
             assert_eq!(reply.location.as_deref(), Some("/login"), "{path}");
@@ -911,7 +944,7 @@ fn in_a_browser_a_run_shows_its_timeline_and_live_logs() {
     browser.wait_until(
         "the completed timeline",
         "return document.querySelector('#run-state .badge')?.textContent === 'Completed' \
-         && ['extract', 'transform', 'load'].every(t => [...document.querySelectorAll('#gantt tr.task td.name')].some(td => td.textContent.startsWith(t)))",
+         && ['extract', 'transform', 'load'].every(t => [...document.querySelectorAll('#gantt tr.task td.name a')].some(a => a.textContent === t))",
     );
     browser.screenshot("run-page.png");
     // Times are shown in the viewer's zone (the page says UTC without script).

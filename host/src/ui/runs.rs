@@ -163,6 +163,69 @@ fn throughput_chart(hourly: &[(i64, u64)], now: TimestampMicros) -> String {
     out
 }
 
+/// One task run: its input, output and every attempt in its sandbox.
+pub(super) async fn task(
+    State(state): State<Arc<ApiState>>,
+    Extension(session): Extension<Session>,
+    Path(id): Path<String>,
+) -> UiResult<Html<String>> {
+    let id: crate::model::TaskRunId = id
+        .parse()
+        .map_err(|_| UiError::BadRequest(format!("'{id}' is not a task run id")))?;
+    let (task, attempts) = state
+        .blocking(move |state| Ok((state.store.task_run(id)?, state.store.task_attempts(id)?)))
+        .await?;
+    let mut body = format!(
+        "<h1>Task <span class=\"flow\">{}</span> {}</h1><p>Call {} of run <a href=\"/runs/{}\"><code>{}</code></a></p>",
+        esc(&task.task_name),
+        html::badge(task.state),
+        task.call_seq,
+        task.flow_run,
+        task.flow_run,
+    );
+    if let Some(message) = &task.message {
+        let _ = write!(body, "<p class=\"message\">{}</p>", esc(message));
+    }
+    if let Some(source) = task.cached_from {
+        let _ = write!(
+            body,
+            "<p>Result taken from the cache: <a href=\"/task-runs/{source}\">the task run that computed it</a>.</p>"
+        );
+    }
+    body.push_str("<h2>Attempts</h2><div class=\"scroll\"><table id=\"attempts\"><thead><tr><th>Attempt</th><th>Started</th><th>Duration</th>\
+        <th>Fuel</th><th>Peak memory</th><th>Outcome</th></tr></thead><tbody>");
+    for attempt in &attempts {
+        let outcome = match &attempt.failure {
+            Some((kind, message)) => format!("{}: {}", esc(kind.as_str()), esc(message)),
+            None => "ok".to_string(),
+        };
+        let _ = write!(
+            body,
+            "<tr class=\"attempt\"><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{outcome}</td></tr>",
+            attempt.attempt,
+            html::time(attempt.started_at),
+            html::duration(attempt.ended_at - attempt.started_at),
+            html::fuel(attempt.fuel_used),
+            html::bytes(attempt.peak_memory),
+        );
+    }
+    body.push_str("</tbody></table></div>");
+    if attempts.is_empty() {
+        body.push_str(
+            "<p class=\"empty\">No attempt recorded (a cache hit or a replay runs nothing).</p>",
+        );
+    }
+    body.push_str("<div class=\"cols\"><section><h2>Input</h2>");
+    body.push_str(&html::json_block(&task.input));
+    body.push_str("</section><section><h2>Output</h2>");
+    match &task.output {
+        Some(output) => body.push_str(&html::json_block(output)),
+        None => body.push_str("<p class=\"empty\">None.</p>"),
+    }
+    body.push_str("</section></div>");
+    Ok(session.page(&format!("Task {}", task.task_name), "/runs", &body))
+}
+
 #[derive(serde::Deserialize, Default)]
 pub(super) struct ListQuery {
     state: Option<String>,
@@ -496,10 +559,11 @@ fn gantt(view: &RunView, now: TimestampMicros) -> String {
             .unwrap_or_default();
         let _ = write!(
             out,
-            "<tr class=\"task\"><td>{}</td><td class=\"name\">{}{flags}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>\
+            "<tr class=\"task\"><td>{}</td><td class=\"name\"><a href=\"/task-runs/{}\">{}</a>{flags}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>\
              <td><svg viewBox=\"0 0 1000 10\" preserveAspectRatio=\"none\" aria-hidden=\"true\">{title}\
              <rect class=\"s-{}\" x=\"{x:.1}\" width=\"{width:.1}\" height=\"10\"/></svg></td></tr>",
             task.call_seq,
+            task.id,
             esc(&task.task_name),
             html::badge(task.state),
             task.attempts,
