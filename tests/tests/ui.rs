@@ -586,7 +586,7 @@ fn with_api_keys_no_page_or_stream_shows_anything_without_the_cookie() {
     let wrong_cookie = format!("weir_key={}", hex("wrong-key-0123456789abcdef"));
     for cookie in [None, Some(wrong_cookie.as_str()), Some("weir_key=not-hex")] {
         for path in &pages {
-            let reply = server.page(&path, cookie);
+            let reply = server.page(path, cookie);
             assert_eq!(reply.status, 303, "{path} with {cookie:?}: {}", reply.body);
             assert_eq!(reply.location.as_deref(), Some("/login"), "{path}");
             for data in ["etl", &id[..8], &digest[..12], "extract"] {
