@@ -752,7 +752,7 @@ impl Browser {
             json!({ "capabilities": { "alwaysMatch": { "browserName": "chrome",
                 "goog:chromeOptions": { "binary": chromium.to_str().unwrap(),
                     "args": ["--headless=new", "--no-sandbox", "--disable-gpu",
-                             "--disable-dev-shm-usage", "--window-size=1280,1000"] } } } }),
+                             "--disable-dev-shm-usage", "--window-size=1280,1400"] } } } }),
         );
         browser.session = session["sessionId"]
             .as_str()
