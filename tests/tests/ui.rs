@@ -343,6 +343,7 @@ fn every_page_answers_and_escapes_what_users_wrote() {
         ("/runs?state=Bogus", 400),
         ("/deployments/nope", 404),
         ("/components/xyz", 400),
+        ("/no-such-page/%3Cb%3E", 404),
     ] {
         let reply = server.page(path, None);
         assert_eq!(reply.status, status, "{path}: {}", reply.body);
@@ -352,6 +353,13 @@ fn every_page_answers_and_escapes_what_users_wrote() {
             reply.body
         );
     }
+    // The API's own misses stay JSON.
+    let (status, reply) = server.api("GET", "/api/no-such-endpoint", None);
+    assert_eq!(
+        (status, &reply["error"]),
+        (404, &json!("not_found")),
+        "{reply}"
+    );
 }
 
 #[test]

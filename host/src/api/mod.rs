@@ -275,10 +275,17 @@ pub fn router(state: Arc<ApiState>) -> Router {
         // The web UI: its own guard (a cookie instead of a bearer key), the
         // same state, dispatcher and handlers.
         .merge(crate::ui::routes(state.clone()))
-        .fallback(|| async {
-            ApiError::not_found(
-                "no such endpoint; the API is described at /api/openapi.json".to_string(),
-            )
+        .fallback(|request: Request| async move {
+            let path = request.uri().path();
+            if path.starts_with("/api/") || path == "/metrics" {
+                ApiError::not_found(
+                    "no such endpoint; the API is described at /api/openapi.json".to_string(),
+                )
+                .into_response()
+            } else {
+                // A person's mistyped address gets a page, not JSON.
+                crate::ui::not_found(path)
+            }
         })
         .layer(json_limit)
         .layer(axum::middleware::from_fn(time_limit))

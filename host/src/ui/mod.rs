@@ -160,6 +160,15 @@ impl Session {
     }
 }
 
+/// The page for an address that is neither a page nor an endpoint.
+pub(crate) fn not_found(path: &str) -> Response {
+    UiError::Refused {
+        status: StatusCode::NOT_FOUND,
+        message: format!("there is no page at {path}; start from the dashboard"),
+    }
+    .into_response()
+}
+
 /// The UI's routes (merged into the API router, which adds the Host guard).
 pub fn routes(state: Arc<ApiState>) -> Router<Arc<ApiState>> {
     let pages = Router::new()
