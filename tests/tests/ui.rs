@@ -617,6 +617,8 @@ fn with_api_keys_no_page_or_stream_shows_anything_without_the_cookie() {
             "/pools/wasm/pause".into(),
             "/pools".into(),
             "/pools/queues".into(),
+            "/components".into(),
+            format!("/components/{digest}/deploy"),
             "/variables".into(),
             "/secrets".into(),
         ] {
@@ -821,7 +823,10 @@ impl Browser {
 
     fn type_into(&self, css: &str, text: &str) {
         let element = self.element(css);
-        self.session_call("POST", &format!("/element/{element}/clear"), json!({}));
+        // A file input takes a path and cannot be cleared.
+        if !css.contains("type=file") {
+            self.session_call("POST", &format!("/element/{element}/clear"), json!({}));
+        }
         self.session_call(
             "POST",
             &format!("/element/{element}/value"),
@@ -907,10 +912,9 @@ fn in_a_browser_a_run_shows_its_timeline_and_live_logs() {
         return;
     };
     let server = UiServer::start_with(true);
-    server.deploy_etl();
 
     // Signed out, the browser lands on the sign-in form.
-    browser.goto(&format!("{}/deployments/etl", server.url));
+    browser.goto(&format!("{}/components", server.url));
     assert!(browser.url().ends_with("/login"), "{}", browser.url());
     browser.type_into("input[name=key]", ADMIN_KEY);
     browser.click("form[action='/login'] button");
@@ -921,8 +925,22 @@ fn in_a_browser_a_run_shows_its_timeline_and_live_logs() {
     // The cookie is out of the page's reach.
     assert_eq!(browser.script("return document.cookie"), json!(""));
 
+    // As a new user would: upload the ETL example, deploy its flow, run it.
+    browser.goto(&format!("{}/components", server.url));
+    let etl = std::fs::canonicalize(ETL_WASM).unwrap();
+    browser.type_into("#upload input[type=file]", etl.to_str().unwrap());
+    browser.click("#upload button");
+    browser.wait_until(
+        "the component's page",
+        "return location.pathname.startsWith('/components/') && document.title.startsWith('Component')",
+    );
+    browser.click("form[action$='/deploy'] button");
+    browser.wait_until(
+        "the deployment's page",
+        "return location.pathname === '/deployments/etl'",
+    );
+
     // An invalid parameter is caught before the form is sent.
-    browser.goto(&format!("{}/deployments/etl", server.url));
     browser.type_into("input[name='param.rows']", "-5");
     browser.click("#run-form button");
     browser.wait_until(
@@ -1498,4 +1516,103 @@ fn the_dashboard_lists_runs_waiting_past_their_time() {
     let late = &late[..late.find("</section>").unwrap()];
     assert!(late.contains(&format!("href=\"/runs/{id}\"")), "{late}");
     assert!(late.contains("badge s-Late"), "{late}");
+}
+
+#[test]
+fn a_new_user_uploads_deploys_and_runs_from_the_ui() {
+    let server = UiServer::start();
+    let csrf = csrf_of(&server.page("/secrets", None).body);
+    let components = server.page("/components", None).body;
+    assert!(
+        components.contains(&format!("data-csrf=\"{csrf}\"")),
+        "{components}"
+    );
+    let upload = |token: Option<&str>, media_type: &str, bytes: Vec<u8>| {
+        let mut request = ureq::http::Request::builder()
+            .method("POST")
+            .uri(format!("{}/components", server.url))
+            .header("content-type", media_type);
+        if let Some(token) = token {
+            request = request.header("x-csrf-token", token);
+        }
+        let mut response = server.agent.run(request.body(bytes).unwrap()).unwrap();
+        let status = response.status().as_u16();
+        (
+            status,
+            response.body_mut().read_to_string().unwrap_or_default(),
+        )
+    };
+    let wasm = std::fs::read(ETL_WASM).unwrap();
+    assert_eq!(upload(None, "application/wasm", wasm.clone()).0, 403);
+    assert_eq!(
+        upload(Some("0123"), "application/wasm", wasm.clone()).0,
+        403
+    );
+    // A cross-site form can only send form or text types: refused.
+    assert_eq!(upload(Some(&csrf), "text/plain", wasm.clone()).0, 415);
+    let (status, body) = upload(Some(&csrf), "application/wasm", Vec::new());
+    assert_eq!(status, 400, "{body}");
+    let (status, body) = upload(
+        Some(&csrf),
+        "application/wasm",
+        b"\0asm not really".to_vec(),
+    );
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("role=\"alert\""), "{body}");
+    let (_, list) = server.api("GET", "/api/components", None);
+    assert_eq!(list["components"], json!([]), "a refused upload was stored");
+
+    let (status, body) = upload(Some(&csrf), "application/wasm", wasm.clone());
+    assert_eq!(status, 201, "{body}");
+    let digest = serde_json::from_str::<Value>(&body).unwrap()["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        upload(Some(&csrf), "application/wasm", wasm).0,
+        200,
+        "the same bytes again"
+    );
+
+    let page = server.page(&format!("/components/{digest}"), None).body;
+    assert!(
+        page.contains(&format!("action=\"/components/{digest}/deploy\"")),
+        "{page}"
+    );
+    let deploy = |fields: &[(&str, &str)]| {
+        let mut fields = fields.to_vec();
+        fields.push(("csrf", &csrf));
+        server.form(&format!("/components/{digest}/deploy"), &fields, None)
+    };
+    let created = deploy(&[("flow", "etl"), ("name", "etl-ui")]);
+    assert_eq!(
+        created.location.as_deref(),
+        Some("/deployments/etl-ui"),
+        "{}",
+        created.body
+    );
+    for (fields, status) in [
+        (vec![("flow", "etl"), ("name", "etl-ui")], 409),
+        (vec![("flow", "etl"), ("name", "two words")], 400),
+        (vec![("flow", "nope"), ("name", "other")], 422),
+    ] {
+        let reply = deploy(&fields);
+        assert_eq!(reply.status, status, "{fields:?}: {}", reply.body);
+        assert!(reply.body.contains("role=\"alert\""), "{}", reply.body);
+    }
+    let no_token = server.form(
+        &format!("/components/{digest}/deploy"),
+        &[("flow", "etl"), ("name", "x1")],
+        None,
+    );
+    assert_eq!(no_token.status, 403);
+
+    let csrf = csrf_of(&server.page("/deployments/etl-ui", None).body);
+    let id = run_of(&server.form(
+        "/deployments/etl-ui/run",
+        &[("csrf", &csrf), ("param.rows", "12")],
+        None,
+    ));
+    let (_, run) = server.follow(&id, None);
+    assert_eq!(run["state"], "Completed", "{run}");
 }

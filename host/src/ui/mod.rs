@@ -192,8 +192,14 @@ pub fn routes(state: Arc<ApiState>) -> Router<Arc<ApiState>> {
         .route("/pools/queues", post(objects::put_queue))
         .route("/pools/{name}/pause", post(objects::pause_pool))
         .route("/pools/{name}/resume", post(objects::resume_pool))
-        .route("/components", get(objects::components))
+        .route(
+            "/components",
+            get(objects::components).post(objects::upload).layer(
+                axum::extract::DefaultBodyLimit::max(crate::api::MAX_COMPONENT_BYTES),
+            ),
+        )
         .route("/components/{digest}", get(objects::component))
+        .route("/components/{digest}/deploy", post(objects::deploy))
         .route("/secrets", get(objects::secrets).post(objects::set_secret))
         .route(
             "/variables",

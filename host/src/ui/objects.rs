@@ -209,9 +209,106 @@ pub(super) async fn components(
     }
     body.push_str("</tbody></table></div>");
     if rows.is_empty() {
-        body.push_str("<p class=\"empty\">No components. Upload one with <code>host flow upload FILE.wasm</code>.</p>");
+        body.push_str("<p class=\"empty\">No components yet.</p>");
     }
+    // The file goes up as the raw body (like `POST /api/components`), sent
+    // by the page's script with the CSRF token in a header.
+    let _ = write!(
+        body,
+        "<h2>Upload a component</h2><form id=\"upload\" class=\"stack\" data-csrf=\"{}\">\
+         <label>Component (.wasm, built with <code>host build PATH</code>) <input type=\"file\" name=\"wasm\" accept=\".wasm,application/wasm\" required></label>\
+         <button>Upload</button><p class=\"error\" role=\"alert\" id=\"upload-error\"></p></form>\
+         <noscript><p>Without JavaScript, upload with <code>host flow upload FILE.wasm</code>.</p></noscript>",
+        session.csrf
+    );
     Ok(session.page("Components", "/components", &body))
+}
+
+/// The header that carries the CSRF token of a script's upload.
+const CSRF_HEADER: &str = "x-csrf-token";
+
+/// Stores an uploaded component through the dispatcher (validated against
+/// the world, compiled, described), as `POST /api/components` does.
+pub(super) async fn upload(
+    State(state): State<Arc<ApiState>>,
+    Extension(session): Extension<Session>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> UiResult<Response> {
+    let token = headers
+        .get(CSRF_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    session.check_csrf(token)?;
+    let media_type = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if media_type != "application/wasm" {
+        return Err(super::UiError::Refused {
+            status: axum::http::StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            message: format!(
+                "send the component as `Content-Type: application/wasm`, not `{media_type}`"
+            ),
+        });
+    }
+    if body.is_empty() {
+        return Err(super::UiError::BadRequest(
+            "the file is empty; choose the .wasm that `host build` wrote".into(),
+        ));
+    }
+    let (component, existed) = state.dispatcher.store_component(body).await?;
+    let status = if existed {
+        axum::http::StatusCode::OK
+    } else {
+        axum::http::StatusCode::CREATED
+    };
+    Ok((
+        status,
+        axum::Json(serde_json::json!({ "digest": component.digest.as_str(), "created": !existed })),
+    )
+        .into_response())
+}
+
+#[derive(serde::Deserialize)]
+pub(super) struct DeployForm {
+    #[serde(default)]
+    csrf: String,
+    flow: String,
+    name: String,
+}
+
+/// Creates a deployment of one flow with the defaults (pool `wasm`, no
+/// schedule), saved like `POST /api/deployments`; 409 if the name is taken.
+pub(super) async fn deploy(
+    State(state): State<Arc<ApiState>>,
+    Extension(session): Extension<Session>,
+    Path(digest): Path<String>,
+    axum::Form(form): axum::Form<DeployForm>,
+) -> UiResult<Response> {
+    session.check_csrf(&form.csrf)?;
+    let name = form.name.trim().to_string();
+    let deployment: crate::model::Deployment = serde_json::from_value(serde_json::json!({
+        "name": name, "component": digest, "flow": form.flow,
+    }))
+    .map_err(|e| super::UiError::BadRequest(format!("not a deployment: {e}")))?;
+    let target = format!("/deployments/{}", url_part(&name));
+    let taken = state
+        .blocking(move |state| Ok(state.store.object(ObjectKind::Deployment, &name)?.is_some()))
+        .await?;
+    if taken {
+        return Err(super::UiError::Refused {
+            status: axum::http::StatusCode::CONFLICT,
+            message: format!(
+                "a deployment named '{}' exists; open it to edit it, or choose another name",
+                deployment.name
+            ),
+        });
+    }
+    let _saved = state
+        .blocking(move |state| crate::api::deployments::save(state, deployment))
+        .await?;
+    Ok(Redirect::to(&target).into_response())
 }
 
 pub(super) async fn component(
@@ -244,9 +341,16 @@ pub(super) async fn component(
     for flow in &row.manifest.flows {
         let _ = write!(
             body,
-            "<section><h3>{}</h3><p>{}</p><h4>Parameters</h4>{}<h4>Policy</h4>{}</section>",
+            "<section><h3>{}</h3><p>{}</p>\
+             <form method=\"post\" action=\"/components/{}/deploy\" class=\"filters\">{}<input type=\"hidden\" name=\"flow\" value=\"{}\">\
+             <label>Deployment name <input name=\"name\" value=\"{}\" required></label><button>Deploy</button></form>\
+             <h4>Parameters</h4>{}<h4>Policy</h4>{}</section>",
             esc(&flow.name),
             esc(&flow.description),
+            esc(&url_part(&row.digest)),
+            session.csrf_field(),
+            esc(&flow.name),
+            esc(&flow.name),
             html::json_block(
                 &flow
                     .params_schema

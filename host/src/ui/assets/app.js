@@ -28,7 +28,33 @@ async function refreshRun() {
   const actions = document.querySelector(".actions");
   const nextActions = fresh.querySelector(".actions");
   if (actions && nextActions) actions.replaceWith(nextActions);
-  localTimes(document);
+  // Sends the chosen .wasm as the raw body, then opens the component's page.
+function uploadComponent(form) {
+  form.addEventListener("submit", async (e) => {
+    e.preventDefault();
+    const file = form.querySelector("input[type=file]").files[0];
+    const error = document.getElementById("upload-error");
+    if (!file) { error.textContent = "choose a .wasm file"; return; }
+    error.textContent = "uploading and compiling…";
+    const reply = await fetch("/components", {
+      method: "POST",
+      credentials: "same-origin",
+      headers: { "content-type": "application/wasm", "x-csrf-token": form.dataset.csrf },
+      body: file,
+    });
+    if (reply.ok) {
+      const { digest } = await reply.json();
+      location.assign("/components/" + digest);
+    } else {
+      const page = new DOMParser().parseFromString(await reply.text(), "text/html");
+      error.textContent = page.querySelector("[role=alert]")?.textContent || "the upload failed (" + reply.status + ")";
+    }
+  });
+}
+
+localTimes(document);
+const upload = document.getElementById("upload");
+if (upload) uploadComponent(upload);
 }
 
 function followRun(logs) {
@@ -116,7 +142,33 @@ function checkBeforeSubmit(form) {
   });
 }
 
+// Sends the chosen .wasm as the raw body, then opens the component's page.
+function uploadComponent(form) {
+  form.addEventListener("submit", async (e) => {
+    e.preventDefault();
+    const file = form.querySelector("input[type=file]").files[0];
+    const error = document.getElementById("upload-error");
+    if (!file) { error.textContent = "choose a .wasm file"; return; }
+    error.textContent = "uploading and compiling…";
+    const reply = await fetch("/components", {
+      method: "POST",
+      credentials: "same-origin",
+      headers: { "content-type": "application/wasm", "x-csrf-token": form.dataset.csrf },
+      body: file,
+    });
+    if (reply.ok) {
+      const { digest } = await reply.json();
+      location.assign("/components/" + digest);
+    } else {
+      const page = new DOMParser().parseFromString(await reply.text(), "text/html");
+      error.textContent = page.querySelector("[role=alert]")?.textContent || "the upload failed (" + reply.status + ")";
+    }
+  });
+}
+
 localTimes(document);
+const upload = document.getElementById("upload");
+if (upload) uploadComponent(upload);
 const logs = document.getElementById("logs");
 if (logs && logs.dataset.events) followRun(logs);
 for (const form of document.querySelectorAll("form[data-validate]")) checkBeforeSubmit(form);
