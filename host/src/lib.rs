@@ -17,4 +17,5 @@ pub mod scheduler;
 pub mod secrets;
 pub mod server;
 pub mod store;
+pub mod ui;
 pub mod worker;

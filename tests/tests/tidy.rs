@@ -15,7 +15,7 @@ const LAYERS: &[&[&str]] = &[
     &["model", "clock", "orchestrate", "protocol", "config"],
     &["store", "engine", "secrets"],
     &["control", "client", "dispatch"],
-    &["worker", "scheduler", "api", "builder"],
+    &["worker", "scheduler", "api", "ui", "builder"],
     &["server"],
     &["cli", "main", "lib"],
 ];
@@ -32,6 +32,10 @@ const SAME_LAYER: &[(&str, &str)] = &[
     ("dispatch", "control"),
     // The secrets key lives in `$WEIR_HOME`, whose folders the store makes private.
     ("secrets", "store"),
+    // The API router mounts the UI; the UI reads and acts through the API's
+    // state and the very functions its JSON handlers call.
+    ("api", "ui"),
+    ("ui", "api"),
     // The CLI's program is the library's, and `lib` declares every module.
     ("main", "cli"),
     ("lib", "cli"),
@@ -56,6 +60,7 @@ const OWNERS: &[(&str, &[&str])] = &[
     ("wasmtime", &["engine"]),
     ("wasmtime_wasi", &["engine"]),
     ("axum", &["api", "ui"]),
+    ("flate2", &["ui"]),
     ("utoipa", &["api"]),
     ("chacha20poly1305", &["secrets"]),
     ("ureq", &["client"]),

@@ -119,7 +119,10 @@ pub(super) async fn put_deployment(
 }
 
 /// Checks a deployment against what is stored and saves it. Blocks.
-fn save(state: &ApiState, mut deployment: Deployment) -> ApiResult<(StatusCode, Json<Value>)> {
+pub(crate) fn save(
+    state: &ApiState,
+    mut deployment: Deployment,
+) -> ApiResult<(StatusCode, Json<Value>)> {
     deployment
         .validate()
         .map_err(|e| ApiError::bad_request("invalid_deployment", e.to_string()))?;
@@ -294,7 +297,12 @@ pub(super) async fn delete_deployment(
         .await
 }
 
-async fn set_paused(state: &Arc<ApiState>, name: String, paused: bool) -> ApiResult<Json<Value>> {
+/// Pauses or resumes a deployment (the JSON API and the web UI).
+pub(crate) async fn set_paused(
+    state: &Arc<ApiState>,
+    name: String,
+    paused: bool,
+) -> ApiResult<Json<Value>> {
     state
         .blocking(move |state| {
             let (mut deployment, _) = load(state, &name)?;

@@ -25,7 +25,7 @@ const DRAIN_POLLS: u32 = 3;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(super) struct EventQuery {
+pub(crate) struct EventQuery {
     after: Option<i64>,
 }
 
@@ -48,7 +48,7 @@ struct Cursor {
         description = "`event: log` (a LogLine), `event: state` ({state, message}), `event: end` (the FlowRun)"),
         (status = 404, body = super::schema::ErrorBody),
         (status = 503, body = super::schema::ErrorBody, description = "Too many streams are open")))]
-pub(super) async fn flow_run_events(
+pub(crate) async fn flow_run_events(
     State(state): State<Arc<ApiState>>,
     Path(id): Path<String>,
     Query(q): Query<EventQuery>,

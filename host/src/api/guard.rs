@@ -203,6 +203,26 @@ fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+impl ApiState {
+    /// Whether callers must present a key (the web UI asks for one then).
+    pub(crate) fn needs_keys(&self) -> bool {
+        !self.api_keys.is_empty()
+    }
+
+    /// The role of a presented key, if the server accepts it.
+    pub(crate) fn role_of_key(&self, presented: &str) -> Option<Role> {
+        let hash = hash_key(presented);
+        // Every key is compared, so the time taken does not tell which matched.
+        self.api_keys.iter().fold(None, |found, key| {
+            if constant_time_eq(&key.hash, &hash) {
+                Some(key.role)
+            } else {
+                found
+            }
+        })
+    }
+}
+
 /// The caller's role, from its key: `Admin` when the server has no keys.
 /// Handlers that need more than the method tells (a deployment granting
 /// secrets) read it from the request's extensions.
@@ -214,22 +234,13 @@ pub(super) async fn require_key(
     let role = if state.api_keys.is_empty() {
         Role::Admin
     } else {
-        let presented = bearer(request.headers()).map(hash_key);
-        let Some(hash) = presented else {
+        let Some(presented) = bearer(request.headers()) else {
             return ApiError::unauthorized(
                 "this server needs an API key: send `Authorization: Bearer <key>` (host config set api.key <KEY>)",
             )
             .into_response();
         };
-        // Every key is compared, so the time taken does not tell which matched.
-        let matched = state.api_keys.iter().fold(None, |found, key| {
-            if constant_time_eq(&key.hash, &hash) {
-                Some(key.role)
-            } else {
-                found
-            }
-        });
-        match matched {
+        match state.role_of_key(presented) {
             Some(role) => role,
             None => {
                 return ApiError::unauthorized("the API key is not accepted by this server")

@@ -10,12 +10,12 @@
 //! The CLI talks to this router for everything that changes server state: over
 //! HTTP when an API URL is configured, in-process (no socket) otherwise.
 
-mod deployments;
-mod events;
+pub(crate) mod deployments;
+pub(crate) mod events;
 pub mod guard;
 mod hosts;
-mod objects;
-mod runs;
+pub(crate) mod objects;
+pub(crate) mod runs;
 pub mod schema;
 
 use crate::dispatch::{DispatchError, Dispatcher};
@@ -82,7 +82,7 @@ impl ApiState {
 
     /// Runs `work` on the blocking pool: SQLite reads and commits block, and
     /// the API's own thread must stay free for every other request.
-    async fn blocking<T: Send + 'static>(
+    pub(crate) async fn blocking<T: Send + 'static>(
         self: &Arc<Self>,
         work: impl FnOnce(&ApiState) -> ApiResult<T> + Send + 'static,
     ) -> ApiResult<T> {
@@ -287,10 +287,20 @@ pub fn router(state: Arc<ApiState>) -> Router {
     Router::new()
         .route("/api/health", get(health))
         .merge(api)
-        .fallback(|| async {
-            ApiError::not_found(
-                "no such endpoint; the API is described at /api/openapi.json".to_string(),
-            )
+        // The web UI: its own guard (a cookie instead of a bearer key), the
+        // same state, dispatcher and handlers.
+        .merge(crate::ui::routes(state.clone()))
+        .fallback(|request: Request| async move {
+            let path = request.uri().path();
+            if path.starts_with("/api/") || path == "/metrics" {
+                ApiError::not_found(
+                    "no such endpoint; the API is described at /api/openapi.json".to_string(),
+                )
+                .into_response()
+            } else {
+                // A person's mistyped address gets a page, not JSON.
+                crate::ui::not_found(path)
+            }
         })
         .layer(json_limit)
         .layer(axum::middleware::from_fn(time_limit))
@@ -418,7 +428,7 @@ impl ApiError {
     fn unavailable(message: String) -> Self {
         Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
     }
-    fn internal(e: impl std::fmt::Display) -> Self {
+    pub(crate) fn internal(e: impl std::fmt::Display) -> Self {
         // The details go to the server's log, not to the client.
         tracing::error!("internal error: {e}");
         Self::new(
@@ -426,6 +436,18 @@ impl ApiError {
             "internal",
             "internal error; see the server log",
         )
+    }
+}
+
+impl ApiError {
+    /// The HTTP status (the web UI shows errors as pages of its own).
+    pub(crate) fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    /// The sentence for people.
+    pub(crate) fn message(&self) -> &str {
+        &self.message
     }
 }
 

@@ -101,24 +101,28 @@ pub(super) async fn create_work_pool(
         &body,
         r#"{"name": "...", "description": "...", "concurrency_limit": N}"#,
     )?;
-    check_name("work pool", &new.name)?;
     state
-        .blocking(move |state| {
-            if state
-                .store
-                .object(ObjectKind::WorkPool, &new.name)?
-                .is_some()
-            {
-                return Err(ApiError::conflict(format!(
-                    "work pool '{}' exists",
-                    new.name
-                )));
-            }
-            put_object(state, ObjectKind::WorkPool, &new.name, &new)?;
-            ensure_pool_now(state, &new.name)?;
-            Ok((StatusCode::CREATED, Json(json!(new))))
-        })
+        .blocking(move |state| Ok((StatusCode::CREATED, Json(create_pool(state, new)?))))
         .await
+}
+
+/// Creates a work pool with its `default` queue; 409 if it exists (the
+/// JSON API and the web UI). Blocks.
+pub(crate) fn create_pool(state: &ApiState, new: WorkPool) -> ApiResult<Value> {
+    check_name("work pool", &new.name)?;
+    if state
+        .store
+        .object(ObjectKind::WorkPool, &new.name)?
+        .is_some()
+    {
+        return Err(ApiError::conflict(format!(
+            "work pool '{}' exists",
+            new.name
+        )));
+    }
+    put_object(state, ObjectKind::WorkPool, &new.name, &new)?;
+    ensure_pool_now(state, &new.name)?;
+    Ok(json!(new))
 }
 
 /// Create or replace a work pool (description, limit, paused).
@@ -197,7 +201,8 @@ fn delete_pool(state: &ApiState, name: &str) -> ApiResult<Json<Value>> {
     delete_object(state, ObjectKind::WorkPool, name)
 }
 
-async fn set_pool_paused(
+/// Pauses or resumes a work pool (the JSON API and the web UI).
+pub(crate) async fn set_pool_paused(
     state: &Arc<ApiState>,
     name: String,
     paused: bool,
@@ -273,19 +278,23 @@ pub(super) async fn create_work_queue(
     let queue: WorkQueue = serde_json::from_value(value).map_err(|e| {
         ApiError::bad_request("bad_json", format!("the body is not a work queue: {e}"))
     })?;
-    check_name("work queue", &queue.name)?;
     state
-        .blocking(move |state| {
-            pool(state, &name)?;
-            put_object(
-                state,
-                ObjectKind::WorkQueue,
-                &format!("{name}/{}", queue.name),
-                &queue,
-            )?;
-            Ok((StatusCode::CREATED, Json(json!(queue))))
-        })
+        .blocking(move |state| Ok((StatusCode::CREATED, Json(put_queue(state, queue)?))))
         .await
+}
+
+/// Creates or replaces a queue of an existing pool (the JSON API and the
+/// web UI). Blocks.
+pub(crate) fn put_queue(state: &ApiState, queue: WorkQueue) -> ApiResult<Value> {
+    check_name("work queue", &queue.name)?;
+    pool(state, &queue.work_pool)?;
+    put_object(
+        state,
+        ObjectKind::WorkQueue,
+        &format!("{}/{}", queue.work_pool, queue.name),
+        &queue,
+    )?;
+    Ok(json!(queue))
 }
 
 /// Delete a queue (not a pool's `default`).
@@ -338,23 +347,25 @@ pub(super) async fn put_secret(
     Path(name): Path<String>,
     body: axum::body::Bytes,
 ) -> ApiResult<Json<Value>> {
-    check_name("secret", &name)?;
     let SecretValue { value } = parse_body(&body, r#"{"value": "..."}"#)?;
-    crate::model::validate_secret_value(&name, &value)
-        .map_err(|e| ApiError::bad_request("secret_too_short", e))?;
     state
-        .blocking(move |state| {
-            let sealed = state.dispatcher.secrets().seal(&name, &value);
-            put_raw(state, ObjectKind::Secret, &name, sealed)?;
-            let row = state
-                .store
-                .object(ObjectKind::Secret, &name)?
-                .ok_or_else(|| ApiError::internal("a secret vanished after it was written"))?;
-            Ok(Json(
-                json!({ "name": name, "created_at": row.created_at, "updated_at": row.updated_at }),
-            ))
-        })
+        .blocking(move |state| Ok(Json(set_secret(state, &name, &value)?)))
         .await
+}
+
+/// Checks, seals and stores a secret; the reply names it (never its value).
+/// Blocks. The JSON API and the web UI both set secrets through this.
+pub(crate) fn set_secret(state: &ApiState, name: &str, value: &str) -> ApiResult<Value> {
+    check_name("secret", name)?;
+    crate::model::validate_secret_value(name, value)
+        .map_err(|e| ApiError::bad_request("secret_too_short", e))?;
+    let sealed = state.dispatcher.secrets().seal(name, value);
+    put_raw(state, ObjectKind::Secret, name, sealed)?;
+    let row = state
+        .store
+        .object(ObjectKind::Secret, name)?
+        .ok_or_else(|| ApiError::internal("a secret vanished after it was written"))?;
+    Ok(json!({ "name": name, "created_at": row.created_at, "updated_at": row.updated_at }))
 }
 
 /// Delete a secret.
@@ -418,18 +429,18 @@ pub(super) async fn put_variable(
     Path(name): Path<String>,
     body: axum::body::Bytes,
 ) -> ApiResult<Json<Value>> {
-    check_name("variable", &name)?;
     let VariableValue { value } = parse_body(&body, r#"{"value": <any JSON>}"#)?;
-    let variable = Variable {
-        name: name.clone(),
-        value,
-    };
     state
-        .blocking(move |state| {
-            put_object(state, ObjectKind::Variable, &name, &variable)?;
-            Ok(Json(json!(variable)))
-        })
+        .blocking(move |state| Ok(Json(set_variable(state, name, value)?)))
         .await
+}
+
+/// Checks the name and stores a variable (the JSON API and the web UI). Blocks.
+pub(crate) fn set_variable(state: &ApiState, name: String, value: Value) -> ApiResult<Value> {
+    check_name("variable", &name)?;
+    let variable = Variable { name, value };
+    put_object(state, ObjectKind::Variable, &variable.name, &variable)?;
+    Ok(json!(variable))
 }
 
 /// Delete a variable.

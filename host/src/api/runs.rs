@@ -275,7 +275,7 @@ pub(super) async fn list_flow_runs(
 }
 
 /// A flow run id, or a unique prefix of one (at least 4 hex characters).
-pub(super) fn parse_run_id(state: &ApiState, text: &str) -> ApiResult<FlowRunId> {
+pub(crate) fn parse_run_id(state: &ApiState, text: &str) -> ApiResult<FlowRunId> {
     state.store.resolve_flow_run(text).map_err(|e| match e {
         crate::store::StoreError::NotFound { .. } => ApiError::not_found(format!(
             "no flow run with id '{text}'; list them with `host flow-run ls`"

@@ -731,6 +731,40 @@ impl Store {
             .collect()
     }
 
+    /// Flow runs created at or after `since`, per state (the UI's dashboard).
+    pub fn count_flow_runs_by_state_since(
+        &self,
+        since: TimestampMicros,
+    ) -> Result<Vec<(RunState, u64)>, StoreError> {
+        let rows: Vec<(String, i64)> = self.read(|c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT state, count(*) FROM flow_runs WHERE created_us >= ?1 GROUP BY state",
+            )?;
+            stmt.query_map([since], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect()
+        })?;
+        rows.into_iter()
+            .map(|(state, n)| Ok((parse_state(&state)?, n as u64)))
+            .collect()
+    }
+
+    /// Flow runs created at or after `since`, per hour since the epoch
+    /// (the UI's throughput chart), oldest hour first.
+    pub fn count_flow_runs_per_hour_since(
+        &self,
+        since: TimestampMicros,
+    ) -> Result<Vec<(i64, u64)>, StoreError> {
+        let rows: Vec<(i64, i64)> = self.read(|c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT created_us / 3600000000 AS hour, count(*) FROM flow_runs
+                 WHERE created_us >= ?1 GROUP BY hour ORDER BY hour",
+            )?;
+            stmt.query_map([since], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect()
+        })?;
+        Ok(rows.into_iter().map(|(hour, n)| (hour, n as u64)).collect())
+    }
+
     pub fn flow_run(&self, id: FlowRunId) -> Result<FlowRunRow, StoreError> {
         let mut row = self
             .read(|c| {
