@@ -20,6 +20,7 @@ use crate::control::Control;
 use crate::dispatch::leases::{self, LEASE_TTL};
 use crate::dispatch::{DispatchError, Dispatched, Dispatcher, DispatcherConfig, RunSource};
 use crate::engine::{Engine, EngineConfig, EngineError};
+use crate::model::capabilities::Capabilities;
 use crate::model::deploy::DEFAULT_POOL;
 use crate::secrets::{SecretBox, SecretError};
 use crate::store::{ComponentFiles, FlowRunRow, ObjectKind, Store, StoreError, StoreOptions};
@@ -76,6 +77,8 @@ pub struct ServerConfig {
     pub store: StoreOptions,
     /// How long a claim on a run lasts unless renewed.
     pub lease_ttl: Duration,
+    /// What the embedded executor lets runs reach (directories, env).
+    pub allows: Capabilities,
 }
 
 impl ServerConfig {
@@ -96,6 +99,7 @@ impl ServerConfig {
             log_retention: None,
             store: StoreOptions::default(),
             lease_ttl: LEASE_TTL,
+            allows: Capabilities::default(),
         }
     }
 }
@@ -163,6 +167,7 @@ impl Server {
             guests: guests.handle().clone(),
             host_marker: this_process_marker(),
             lease_ttl: config.lease_ttl,
+            local_allows: config.allows.clone(),
             take_waiting: config.take_waiting,
         });
         let stop = CancellationToken::new();

@@ -3143,3 +3143,87 @@ fn a_remote_run_that_logs_more_than_a_report_holds_delivers_every_line_once() {
     assert_eq!(lines.first(), Some(&"flood line 0"));
     assert_eq!(lines.last(), Some(&"flood line 19999"));
 }
+
+/// Waits (bounded) until the server lists host `name` online.
+fn wait_for_host(server: &TestServer, name: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, listed) = server.get("/api/hosts");
+        let online = listed["hosts"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|h| h["name"] == name && h["online"] == true);
+        if online {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "host {name} never came online: {listed}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A deployment that needs a directory: refused at once while no host of
+/// its pool allows it, then run only on the host that does, where it reads
+/// what was granted and nothing else.
+#[test]
+fn runs_needing_a_directory_go_only_to_a_host_that_allows_it() {
+    let server = TestServer::start_with(&["--no-worker"], None);
+    let data = tempfile::tempdir().unwrap();
+    std::fs::write(data.path().join("in.txt"), "granted contents").unwrap();
+    let dir = data.path().to_str().unwrap().to_string();
+    let digest = server.upload(FIXTURE_WASM);
+    let reader = |name: &str, path: &str| {
+        let mut d = deployment(
+            name,
+            &digest,
+            "call",
+            json!({ "task": "read_file", "input": { "path": path } }),
+        );
+        d["capabilities"] = json!({ "dirs": [{ "path": dir, "writable": false }] });
+        server.deploy(name, d);
+    };
+    reader("inside", &format!("{dir}/in.txt"));
+    reader("outside", "/etc/hostname");
+
+    let _plain = TestHost::start(&server, "plain", &[]);
+    wait_for_host(&server, "plain");
+    let (status, refused) = server.send("POST", "/api/deployments/inside/runs", json!({}));
+    assert_eq!(status, 409, "{refused}");
+    let message = refused["message"].as_str().unwrap();
+    assert!(
+        message.contains("no host of pool 'wasm' allows") && message.contains(&dir),
+        "{message}"
+    );
+
+    let allow = format!("{dir}:ro");
+    let _granted = TestHost::start(&server, "granted", &["--allow-dir", &allow]);
+    wait_for_host(&server, "granted");
+    for _ in 0..4 {
+        let (status, started) = server.send("POST", "/api/deployments/inside/runs", json!({}));
+        assert_eq!(status, 202, "{started}");
+        let id = started["flow_run_id"].as_str().unwrap();
+        let run = wait_for_run(&server, id, Duration::from_secs(60), |r| {
+            r["state"] == "Completed" || r["state"] == "Failed"
+        });
+        assert_eq!(run["state"], "Completed", "{run}");
+        assert_eq!(run["result"], json!("\"granted contents\""));
+        let (_, detail) = server.get(&format!("/api/flow-runs/{id}"));
+        assert_eq!(
+            task_hosts(&detail),
+            ["granted"],
+            "never the host that allows nothing"
+        );
+    }
+    // Even there, nothing outside the grant.
+    let (_, started) = server.send("POST", "/api/deployments/outside/runs", json!({}));
+    let id = started["flow_run_id"].as_str().unwrap();
+    let run = wait_for_run(&server, id, Duration::from_secs(60), |r| {
+        r["state"] == "Completed" || r["state"] == "Failed"
+    });
+    assert_eq!(run["state"], "Failed", "{run}");
+    let (_, detail) = server.get(&format!("/api/flow-runs/{id}"));
+    assert!(detail["task_runs"][0]["output"].is_null(), "{detail}");
+}

@@ -473,9 +473,10 @@ impl From<DispatchError> for ApiError {
             D::UnknownFlow { .. } => ApiError::unprocessable("unknown_flow", message),
             D::ParamsNotObject => ApiError::bad_request("invalid_params", message),
             D::InvalidParams(_) => ApiError::unprocessable("invalid_params", message),
-            D::DeploymentPaused(_) | D::SecretNotSet { .. } | D::WrongState { .. } => {
-                ApiError::conflict(message)
-            }
+            D::DeploymentPaused(_)
+            | D::SecretNotSet { .. }
+            | D::WrongState { .. }
+            | D::NoHostAllows { .. } => ApiError::conflict(message),
             D::InvalidComponent(_) => ApiError::bad_request("invalid_component", message),
             D::Store(e) => e.into(),
             D::ComponentFile(e) => e.into(),

@@ -155,6 +155,9 @@ pub fn list_flows(format: JsonFlag) -> anyhow::Result<()> {
       tags: [nightly]
       secrets: [warehouse-password]
       concurrency_limit: 1
+      capabilities:                # only hosts that allow these take its runs
+        dirs: [/data/in:ro]        # read-only unless :rw
+        env: [TZ]
 
 Paths are relative to the file. Deploying again replaces the deployment.")]
 pub struct DeployArgs {
@@ -200,6 +203,18 @@ struct DeploySpec {
     paused: bool,
     #[serde(default)]
     concurrency_limit: Option<u32>,
+    #[serde(default)]
+    capabilities: CapabilitySpec,
+}
+
+/// `capabilities: {dirs: [/data/in:ro, /data/out:rw], env: [TZ]}`
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct CapabilitySpec {
+    #[serde(default)]
+    dirs: Vec<String>,
+    #[serde(default)]
+    env: Vec<String>,
 }
 
 #[derive(Deserialize, Debug)]
@@ -312,6 +327,18 @@ pub fn deploy(args: DeployArgs) -> anyhow::Result<()> {
             "paused": spec.paused,
             "concurrency_limit": spec.concurrency_limit,
         });
+        let dirs = spec
+            .capabilities
+            .dirs
+            .iter()
+            .map(|d| crate::model::capabilities::DirGrant::parse(d))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| {
+                Exit::bad_input(format!("deployment '{}': capabilities: {e}", spec.name))
+            })?;
+        if !dirs.is_empty() || !spec.capabilities.env.is_empty() {
+            body["capabilities"] = json!({ "dirs": dirs, "env": spec.capabilities.env });
+        }
         if let Some(pool) = &spec.work_pool {
             body["work_pool"] = json!(pool);
         }

@@ -2,6 +2,7 @@
 
 use super::{Exit, paths};
 use crate::engine::EngineConfig;
+use crate::model::capabilities::{Capabilities, DirGrant};
 use crate::worker::ExecutorSettings;
 use crate::worker::remote::{self, RemoteConfig};
 use anyhow::Context;
@@ -38,6 +39,38 @@ pub struct RunArgs {
     /// and resumes them elsewhere).
     #[arg(long, value_name = "DURATION", default_value = "30s")]
     drain_timeout: humantime::Duration,
+    #[command(flatten)]
+    allows: AllowArgs,
+}
+
+/// What runs may reach beyond their sandbox on this machine.
+#[derive(Args, Debug, Default)]
+pub struct AllowArgs {
+    /// Let runs whose deployment needs it open this directory (and below),
+    /// read-only unless `:rw`; repeatable. E.g. --allow-dir /data/in:ro.
+    #[arg(long = "allow-dir", value_name = "PATH[:ro|rw]")]
+    dirs: Vec<String>,
+    /// Let runs whose deployment needs it read this environment variable
+    /// (this machine's value); repeatable.
+    #[arg(long = "allow-env", value_name = "NAME")]
+    env: Vec<String>,
+}
+
+impl AllowArgs {
+    pub fn capabilities(&self) -> anyhow::Result<Capabilities> {
+        let caps = Capabilities {
+            dirs: self
+                .dirs
+                .iter()
+                .map(|d| DirGrant::parse(d))
+                .collect::<Result<_, _>>()
+                .map_err(|e| Exit::bad_input(format!("--allow-dir {e}")))?,
+            env: self.env.clone(),
+        };
+        caps.check()
+            .map_err(|e| Exit::bad_input(format!("--allow-env {e}")))?;
+        Ok(caps)
+    }
 }
 
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
@@ -73,6 +106,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         name: name.clone(),
         drain_timeout: args.drain_timeout.into(),
         executor: ExecutorSettings::default(),
+        allows: args.allows.capabilities()?,
     };
     let stop = CancellationToken::new();
     let on_signal = stop.clone();

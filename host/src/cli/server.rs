@@ -31,6 +31,8 @@ pub struct StartArgs {
     /// whose holder stops renewing is crashed this long after.
     #[arg(long, value_name = "DURATION", default_value = "10s")]
     lease_ttl: humantime::Duration,
+    #[command(flatten)]
+    allows: super::remote::AllowArgs,
     /// A work pool the embedded executor serves (repeatable) [default: wasm].
     /// Runs of other pools go to remote hosts started with `host run --pool`.
     #[arg(long = "pool", value_name = "NAME")]
@@ -115,6 +117,7 @@ fn start(args: StartArgs) -> anyhow::Result<()> {
         config.pools = args.pools.clone();
     }
     config.lease_ttl = args.lease_ttl.into();
+    config.allows = args.allows.capabilities()?;
     if args.no_worker {
         config.executor = None;
     }

@@ -21,6 +21,7 @@ pub mod remote;
 
 use crate::control::{Control, ControlError, Durability};
 use crate::engine::{Component, Engine, EngineError};
+use crate::model::capabilities::Capabilities;
 use crate::model::deploy::{DEFAULT_POOL, DEFAULT_QUEUE};
 use crate::model::{
     ComponentDigest, Deployment, FlowRunId, GrantedSecrets, Policy, RunState, TimestampMicros,
@@ -89,6 +90,14 @@ pub enum DispatchError {
     Control(#[from] ControlError),
     #[error("the dispatcher's worker thread stopped: {0}")]
     Join(String),
+    #[error(
+        "no host of pool '{pool}' allows what deployment '{deployment}' needs: {missing}; start one with `host run --pool {pool}` and --allow-dir / --allow-env"
+    )]
+    NoHostAllows {
+        pool: String,
+        deployment: String,
+        missing: String,
+    },
 }
 
 /// A run handed to an executor: everything it needs to start it.
@@ -108,6 +117,8 @@ pub struct Claim {
     pub task_override: Policy,
     /// The secrets bound to the run when it was created, in clear.
     pub secrets: GrantedSecrets,
+    /// What its instances may reach beyond the sandbox (its deployment's needs).
+    pub capabilities: Capabilities,
 }
 
 /// How many waiting runs one claim looks through for one that may start.
@@ -175,6 +186,8 @@ pub struct DispatcherConfig {
     pub host_marker: String,
     /// How long a lease lasts unless renewed.
     pub lease_ttl: Duration,
+    /// What this process's executor lets runs reach (directories, env).
+    pub local_allows: Capabilities,
     /// Whether this process's executor also takes runs that wait in the
     /// database (a server), or only those it creates itself (the CLI's
     /// local mode, which must not pick up a stopped server's work).
@@ -191,6 +204,7 @@ pub struct Dispatcher {
     guests: tokio::runtime::Handle,
     host_marker: String,
     lease_ttl: Duration,
+    local_allows: Capabilities,
     take_waiting: bool,
     /// Loaded components by digest; loading compiles or maps the artifact once.
     loaded: Mutex<HashMap<ComponentDigest, Component>>,
@@ -214,6 +228,7 @@ impl Dispatcher {
             guests: config.guests,
             host_marker: config.host_marker,
             lease_ttl: config.lease_ttl,
+            local_allows: config.local_allows,
             take_waiting: config.take_waiting,
             loaded: Mutex::new(HashMap::new()),
             admission: Mutex::new(()),
@@ -438,8 +453,19 @@ impl Dispatcher {
 
         let _admission = self.admission.lock().unwrap_or_else(|p| p.into_inner());
         let now = self.control.now();
+        let needs = deployment
+            .map(|d| d.capabilities.clone())
+            .unwrap_or_default();
+        if let (Some(d), Some(missing)) = (deployment, self.nobody_allows(pool, &needs)?) {
+            return Err(DispatchError::NoHostAllows {
+                pool: pool.to_string(),
+                deployment: d.name.clone(),
+                missing,
+            });
+        }
         let start_now = new.scheduled_at.is_none()
             && self.serves(pool)
+            && self.local_allows.missing(&needs).is_none()
             && self.admits(pool, queue, deployment.map(|d| d.name.as_str()))?;
         let state = if start_now {
             RunState::Pending
@@ -463,6 +489,7 @@ impl Dispatcher {
                     .map(|d| d.task_policy.clone())
                     .unwrap_or_default(),
                 secrets: self.open_secrets(&grants)?,
+                capabilities: needs.clone(),
             }),
             false => None,
         };
@@ -756,7 +783,42 @@ impl Dispatcher {
         if !self.take_waiting {
             return Ok(None);
         }
-        self.admit_for(&pools, &[], holder)
+        self.admit_for(&pools, &[], holder, &self.local_allows)
+    }
+
+    /// What of `needs` no executor of `pool` allows, when the pool has
+    /// executors online (this process's, or remote hosts) and none of them
+    /// allows it all; `None` while someone does, or nobody is there to ask.
+    fn nobody_allows(
+        &self,
+        pool: &str,
+        needs: &Capabilities,
+    ) -> Result<Option<String>, DispatchError> {
+        if needs.is_empty() {
+            return Ok(None);
+        }
+        let mut missing = None;
+        if self.serves(pool) {
+            match self.local_allows.missing(needs) {
+                None => return Ok(None),
+                Some(m) => missing = Some(m),
+            }
+        }
+        let now = self.control.now();
+        let fresh = 2 * self.lease_ttl.as_micros() as i64;
+        for row in self.store.objects(ObjectKind::Host)? {
+            let Ok(host) = serde_json::from_str::<remote::HostRecord>(&row.body) else {
+                continue;
+            };
+            if now - host.last_heartbeat > fresh || !host.pools.iter().any(|p| p == pool) {
+                continue;
+            }
+            match host.allows.missing(needs) {
+                None => return Ok(None),
+                Some(m) => missing = Some(m),
+            }
+        }
+        Ok(missing)
     }
 
     /// Admits the first waiting run of `pools` (and of `queues`, unless
@@ -767,6 +829,7 @@ impl Dispatcher {
         pools: &[String],
         queues: &[String],
         holder: &str,
+        allows: &Capabilities,
     ) -> Result<Option<FlowRunId>, DispatchError> {
         if pools.is_empty() {
             return Ok(None);
@@ -811,7 +874,16 @@ impl Dispatcher {
             let admitted = match decided.get(&key) {
                 Some(admitted) => *admitted,
                 None => {
-                    let admitted = self.admits(pool, queue, run.deployment.as_deref())?;
+                    let needs = match &run.deployment {
+                        Some(name) => self
+                            .deployment_named(name)?
+                            .map(|d| d.capabilities)
+                            .unwrap_or_default(),
+                        None => Capabilities::default(),
+                    };
+                    // A run goes only to a holder that allows all it needs.
+                    let admitted = allows.missing(&needs).is_none()
+                        && self.admits(pool, queue, run.deployment.as_deref())?;
                     decided.insert(key, admitted);
                     admitted
                 }
@@ -866,6 +938,10 @@ impl Dispatcher {
             state: RunState::Pending,
             epoch: run.lease_epoch,
             deployment: run.deployment,
+            capabilities: deployment
+                .as_ref()
+                .map(|d| d.capabilities.clone())
+                .unwrap_or_default(),
             task_override: deployment.map(|d| d.task_policy).unwrap_or_default(),
             secrets,
         })

@@ -11,6 +11,7 @@
 //! sent twice, after a lost reply or a reconnect, is applied once.
 
 use super::{DispatchError, Dispatcher, parse_component, parse_object};
+use crate::model::capabilities::Capabilities;
 use crate::model::{FlowRunId, Policy, RunState, TimestampMicros};
 use crate::store::{FlowRunRow, LogRecord, LogRow, ObjectKind, StoreError, TaskRunRow, Write};
 use serde::{Deserialize, Serialize};
@@ -28,6 +29,9 @@ pub struct ClaimRequest {
     /// How long the server may hold the request open when nothing is ready.
     #[serde(default)]
     pub wait_ms: u64,
+    /// What the host lets runs reach; it is handed only runs that need no more.
+    #[serde(default)]
+    pub allows: Capabilities,
 }
 
 /// A run handed to a remote host.
@@ -50,6 +54,9 @@ pub struct RemoteClaim {
     /// Task calls earlier attempts completed: replayed, not run again.
     #[serde(default)]
     pub replay: Vec<ShippedTaskRun>,
+    /// What its instances may reach (its deployment's needs).
+    #[serde(default)]
+    pub capabilities: Capabilities,
     /// How long the lease lasts unless renewed (ms).
     pub lease_ttl_ms: u64,
 }
@@ -111,6 +118,8 @@ pub struct Heartbeat {
     pub slots: u32,
     /// (run, epoch) of every run it holds.
     pub runs: Vec<(FlowRunId, u64)>,
+    #[serde(default)]
+    pub allows: Capabilities,
 }
 
 /// What the server says back to a heartbeat.
@@ -134,6 +143,9 @@ pub struct HostRecord {
     pub slots: u32,
     pub runs_in_hand: usize,
     pub last_heartbeat: TimestampMicros,
+    /// What it lets runs reach.
+    #[serde(default)]
+    pub allows: Capabilities,
 }
 
 impl Dispatcher {
@@ -144,7 +156,13 @@ impl Dispatcher {
         request: ClaimRequest,
     ) -> Result<Option<RemoteClaim>, DispatchError> {
         self.blocking(move |d| {
-            let Some(id) = d.admit_for(&request.pools, &request.queues, &request.holder)? else {
+            let Some(id) = d.admit_for(
+                &request.pools,
+                &request.queues,
+                &request.holder,
+                &request.allows,
+            )?
+            else {
                 return Ok(None);
             };
             match d.remote_claim_of(id) {
@@ -180,6 +198,10 @@ impl Dispatcher {
             params: run.params,
             attempt: run.attempt,
             deployment: run.deployment,
+            capabilities: deployment
+                .as_ref()
+                .map(|d| d.capabilities.clone())
+                .unwrap_or_default(),
             task_override: deployment.map(|d| d.task_policy).unwrap_or_default(),
             secrets: self.secret_values(&run.secret_grants)?,
             replay,
@@ -228,6 +250,7 @@ impl Dispatcher {
                 slots: beat.slots,
                 runs_in_hand: beat.runs.len() - reply.lost.len(),
                 last_heartbeat: now,
+                allows: beat.allows,
             };
             d.store
                 .submit(vec![Write::PutObject {

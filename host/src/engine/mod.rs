@@ -12,6 +12,7 @@
 mod cache;
 mod output;
 
+use crate::model::capabilities::Capabilities;
 use crate::model::{ComponentDigest, Failure, FailureKind, Limits, LogLevel, Manifest, RunInfo};
 use sha2::{Digest, Sha256};
 use std::future::Future;
@@ -25,7 +26,7 @@ use wasmtime::component::{HasSelf, Linker, ResourceTable};
 use wasmtime::{
     Config, InstanceAllocationStrategy, PoolingAllocationConfig, ResourceLimiter, Store, Trap,
 };
-use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxView, WasiView};
 
 pub use output::OutputCapture;
 
@@ -75,6 +76,15 @@ pub trait GuestHost: Send + Sync + 'static {
     }
     fn info(&self) -> RunInfo {
         RunInfo::default()
+    }
+    /// Directories and environment variables the instance may reach
+    /// (nothing by default).
+    fn capabilities(&self) -> &Capabilities {
+        static NOTHING: Capabilities = Capabilities {
+            dirs: Vec::new(),
+            env: Vec::new(),
+        };
+        &NOTHING
     }
     /// Why the default `call_task`, `await_task` and `call_flow` fail: the
     /// guest sees it as the call's error, so say what to do instead.
@@ -484,7 +494,7 @@ impl Engine {
         cancel: CancellationToken,
     ) -> (Store<Sandbox>, OutputCapture) {
         let output = OutputCapture::new(host.clone(), self.config.max_output_bytes);
-        let wasi = sandboxed_wasi(&output);
+        let wasi = sandboxed_wasi(&output, host.capabilities());
         let data = Sandbox {
             wasi,
             table: ResourceTable::new(),
@@ -698,9 +708,27 @@ fn cap_text(mut text: String) -> String {
     text
 }
 
-/// WASI with nothing granted: no files, no network, no env; stdio captured.
-fn sandboxed_wasi(output: &OutputCapture) -> WasiCtx {
+/// WASI with nothing granted but `granted` (directories at their own paths,
+/// environment variables with this process's values): no network; stdio captured.
+/// A granted directory that cannot be opened here is left out: the guest's
+/// open fails, naming the path.
+fn sandboxed_wasi(output: &OutputCapture, granted: &Capabilities) -> WasiCtx {
     let mut builder = WasiCtx::builder();
+    for dir in &granted.dirs {
+        let perms = if dir.writable {
+            FsPerms::ReadWrite
+        } else {
+            FsPerms::ReadOnly
+        };
+        if let Err(e) = builder.preopened_dir(&dir.path, &dir.path, perms) {
+            tracing::warn!("granted directory {} cannot be opened here: {e}", dir.path);
+        }
+    }
+    for name in &granted.env {
+        if let Ok(value) = std::env::var(name) {
+            builder.env(name, value);
+        }
+    }
     builder
         .stdout(output.stream(LogLevel::Info))
         .stderr(output.stream(LogLevel::Warn))

@@ -32,6 +32,8 @@ pub enum DeploymentError {
     Cron(#[from] CronError),
     #[error("concurrency_limit must be at least 1 (or absent for no limit)")]
     ZeroConcurrencyLimit,
+    #[error("capabilities: {0}")]
+    Capability(#[from] super::capabilities::CapabilityError),
 }
 
 /// Why a cron expression is refused.
@@ -130,6 +132,7 @@ impl Deployment {
         if self.concurrency_limit == Some(0) {
             return Err(DeploymentError::ZeroConcurrencyLimit);
         }
+        self.capabilities.check()?;
         Ok(())
     }
 }

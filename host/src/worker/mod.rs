@@ -17,6 +17,7 @@ pub use serve::{CLAIM_TICK, serve};
 
 use crate::control::{Control, ControlError, Durability};
 use crate::engine::{Component, Engine, Entry, GuestHost, HostFuture};
+use crate::model::capabilities::Capabilities;
 use crate::model::{
     ComponentDigest, EffectivePolicy, Failure, FailureKind, FlowRunId, GrantedSecrets, LogLevel,
     Policy, PolicyDefaults, RunInfo, RunState, TaskRunId,
@@ -199,6 +200,8 @@ pub struct FlowRunRequest {
     pub deployment: Option<String>,
     /// Secrets the guest may read; their values are redacted from its logs and results.
     pub secrets: Arc<GrantedSecrets>,
+    /// Directories and environment variables its instances may reach.
+    pub capabilities: Arc<Capabilities>,
     /// A subflow writes into its root run's log budget.
     log_budget: Option<Arc<LogBudget>>,
 }
@@ -228,6 +231,7 @@ impl FlowRunRequest {
             task_override: Policy::default(),
             deployment: None,
             secrets: Arc::new(GrantedSecrets::default()),
+            capabilities: Arc::new(Capabilities::default()),
             log_budget: None,
         }
     }
@@ -419,6 +423,7 @@ impl Executor {
             task_override: request.task_override.clone(),
             deployment: request.deployment.clone(),
             secrets: request.secrets.clone(),
+            capabilities: request.capabilities.clone(),
             stats: Stats::default(),
         });
 
@@ -794,6 +799,7 @@ struct FlowRun {
     task_override: Policy,
     deployment: Option<String>,
     secrets: Arc<GrantedSecrets>,
+    capabilities: Arc<Capabilities>,
 }
 
 impl FlowRun {
@@ -1458,6 +1464,7 @@ impl GuestHost for FlowHost {
             request.task_override = this.task_override.clone();
             request.deployment = this.deployment.clone();
             request.secrets = this.secrets.clone();
+            request.capabilities = this.capabilities.clone();
             request.log_budget = Some(this.logs.clone());
             match this
                 .executor
@@ -1482,6 +1489,10 @@ impl GuestHost for FlowHost {
     fn info(&self) -> RunInfo {
         self.0.run_info(None)
     }
+
+    fn capabilities(&self) -> &Capabilities {
+        &self.0.capabilities
+    }
 }
 
 /// Serves a task instance: logs and secrets; no nested tasks or flows.
@@ -1503,6 +1514,9 @@ impl GuestHost for TaskHost {
     fn info(&self) -> RunInfo {
         self.run
             .run_info(Some((&self.task_run, &self.task_name, self.attempt)))
+    }
+    fn capabilities(&self) -> &Capabilities {
+        &self.run.capabilities
     }
     fn refusal(&self) -> Failure {
         Failure::new(

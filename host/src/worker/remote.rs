@@ -23,6 +23,7 @@ use crate::dispatch::remote::{
 };
 use crate::dispatch::{BoxFuture, Claim, DispatchError, RunSource, leases};
 use crate::engine::{Component, Engine, EngineConfig, EngineError};
+use crate::model::capabilities::Capabilities;
 use crate::model::{ComponentDigest, FlowRunId, GrantedSecrets, RunState, TaskRunId};
 use crate::store::{ComponentFiles, NewFlowRun, Store, StoreError, StoreOptions, Write};
 use sha2::{Digest, Sha256};
@@ -66,6 +67,9 @@ pub struct RemoteConfig {
     pub drain_timeout: Duration,
     pub executor: ExecutorSettings,
     pub engine: EngineConfig,
+    /// What runs on this host may reach (directories, env); it takes only
+    /// runs that need no more.
+    pub allows: Capabilities,
 }
 
 /// How long one claim may wait on the server for work.
@@ -255,6 +259,7 @@ impl RemoteHost {
             queues: self.config.queues.clone(),
             slots: self.config.slots as u32,
             runs,
+            allows: self.config.allows.clone(),
         };
         let (status, body) = self.post("/api/hosts/heartbeat".into(), &beat).await?;
         if status != 200 {
@@ -436,6 +441,7 @@ impl RemoteHost {
             pools: self.config.pools.clone(),
             queues: self.config.queues.clone(),
             wait_ms: CLAIM_WAIT_MS,
+            allows: self.config.allows.clone(),
         };
         let (status, body) = self
             .post("/api/hosts/claim".into(), &request)
@@ -482,6 +488,7 @@ impl RemoteHost {
                 deployment: claim.deployment,
                 task_override: claim.task_override,
                 secrets: GrantedSecrets::new(claim.secrets),
+                capabilities: claim.capabilities,
             })),
             Err(why) => {
                 // Leased to us and unrunnable here: end it so nobody waits for it.

@@ -64,6 +64,7 @@ fn start(
         attempt: claim.attempt,
     });
     request.secrets = Arc::new(claim.secrets);
+    request.capabilities = Arc::new(claim.capabilities);
     request.deployment = claim.deployment;
     request.task_override = claim.task_override;
     let executor = executor.clone();
