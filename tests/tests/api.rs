@@ -2585,6 +2585,16 @@ fn runs_of_a_pool_go_to_remote_hosts_each_exactly_once() {
         hosts.iter().all(|h| h["online"] == true && h["slots"] == 3),
         "{inspected}"
     );
+    // The UI's dashboard lists them too.
+    let (status, page) = server.get("/");
+    assert_eq!(status, 200);
+    let page = page.as_str().unwrap();
+    for name in ["h1", "h2"] {
+        assert!(
+            page.contains(&format!("<td>{name}</td><td>online</td>")),
+            "{page}"
+        );
+    }
 }
 
 /// A host SIGKILLed mid-run stops renewing its lease: the run is crashed

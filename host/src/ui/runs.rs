@@ -80,6 +80,7 @@ pub(super) async fn dashboard(
             Ok((counts, hourly, late, failed, recent))
         })
         .await?;
+    let hosts = state.dispatcher.hosts().await?;
     let mut body = String::from("<h1>Dashboard</h1><section><h2>Runs of the last 24 hours</h2>");
     let total: u64 = counts.iter().map(|(_, n)| n).sum();
     if total == 0 {
@@ -127,6 +128,29 @@ pub(super) async fn dashboard(
             );
         }
         body.push_str("</ul>");
+    }
+    body.push_str("</section><section><h2>Hosts</h2>");
+    if hosts.is_empty() {
+        body.push_str(
+            "<p class=\"empty\">No remote hosts; start one with <code>host run --pool wasm</code>.</p>",
+        );
+    } else {
+        body.push_str(
+            "<table><thead><tr><th>Host</th><th>Status</th><th>Pools</th><th>Runs / slots</th><th>Last heartbeat</th></tr></thead><tbody>",
+        );
+        for (host, online) in &hosts {
+            let _ = write!(
+                body,
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{} / {}</td><td>{} s ago</td></tr>",
+                esc(&host.name),
+                if *online { "online" } else { "offline" },
+                esc(&host.pools.join(", ")),
+                host.runs_in_hand,
+                host.slots,
+                (now - host.last_heartbeat).max(0) / 1_000_000,
+            );
+        }
+        body.push_str("</tbody></table>");
     }
     body.push_str("</section><section><h2>Latest runs</h2>");
     body.push_str(&run_table(&recent, now));
