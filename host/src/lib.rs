@@ -13,6 +13,7 @@ pub mod engine;
 pub mod model;
 pub mod orchestrate;
 pub mod protocol;
+pub mod schedule;
 pub mod scheduler;
 pub mod secrets;
 pub mod server;

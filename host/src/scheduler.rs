@@ -162,11 +162,12 @@ mod tests {
     #[test]
     fn inactive_schedules_never_fire() {
         let mut d = every_minute();
-        d.schedules = vec![Schedule {
-            cron: Some("* * * * *".into()),
-            interval_seconds: None,
-            active: false,
-        }];
+        d.schedules = vec![
+            serde_json::from_value::<Schedule>(
+                serde_json::json!({"cron": "* * * * *", "active": false}),
+            )
+            .unwrap(),
+        ];
         assert_eq!(latest_due(&d, 0, 1_000 * 60_000_000), None);
     }
 }

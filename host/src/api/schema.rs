@@ -225,9 +225,14 @@ pub struct TaskPolicy {
 
 #[derive(ToSchema)]
 pub struct Schedule {
-    /// Five fields, UTC: minute hour day-of-month month day-of-week.
+    /// Five fields (minute hour day-of-month month day-of-week), six with
+    /// seconds first, or a macro (`@daily`); read in `timezone`.
     pub cron: Option<String>,
     pub interval_seconds: Option<u64>,
+    /// RFC 3339 with an offset: an interval's grid passes through it.
+    pub anchor: Option<String>,
+    /// IANA time zone of the cron (default UTC), e.g. `Europe/Berlin`.
+    pub timezone: Option<String>,
     pub active: Option<bool>,
 }
 

@@ -149,8 +149,10 @@ pub fn list_flows(format: JsonFlag) -> anyhow::Result<()> {
       params: {rows: 500}
       work_pool: wasm              # default; served by `host server start`
       schedules:
-        - cron: \"0 3 * * *\"        # UTC
+        - cron: \"0 3 * * *\"        # UTC unless a timezone is given
+          timezone: Europe/Berlin  # IANA name; DST-correct
         - interval: 1h
+          anchor: 2026-01-01T00:30:00+01:00   # the grid passes through it
       limits: {timeout: 30s, memory: 256MiB, fuel: 5000000000, retries: 2}
       tags: [nightly]
       secrets: [warehouse-password]
@@ -208,6 +210,10 @@ struct ScheduleSpec {
     cron: Option<String>,
     /// e.g. 10m, 1h
     interval: Option<String>,
+    /// RFC 3339 with an offset: the interval's grid passes through it.
+    anchor: Option<String>,
+    /// IANA name the cron is read in; UTC when absent.
+    timezone: Option<String>,
     #[serde(default = "yes")]
     active: bool,
 }
@@ -296,7 +302,13 @@ pub fn deploy(args: DeployArgs) -> anyhow::Result<()> {
                     .map(|i| humantime::parse_duration(i).map(|d| d.as_secs()))
                     .transpose()
                     .map_err(|e| Exit::bad_input(format!("deployment '{}': schedule interval: {e}", spec.name)))?;
-                Ok(json!({ "cron": s.cron, "interval_seconds": interval_seconds, "active": s.active }))
+                let mut schedule = json!({ "cron": s.cron, "interval_seconds": interval_seconds, "active": s.active });
+                for (key, value) in [("anchor", &s.anchor), ("timezone", &s.timezone)] {
+                    if let Some(value) = value {
+                        schedule[key] = json!(value);
+                    }
+                }
+                Ok(schedule)
             })
             .collect::<anyhow::Result<Vec<Value>>>()?;
         let mut body = json!({

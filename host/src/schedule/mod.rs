@@ -1,0 +1,259 @@
+//! When a schedule fires: cron patterns in an IANA time zone, fixed intervals
+//! from an anchor, and RFC 3339 text for instants. The only module that names
+//! `croner` and `jiff`; no IO and no async (the time zone database is compiled
+//! in, so a machine without `/usr/share/zoneinfo` computes the same times).
+//!
+//! Daylight-saving rules (croner's, which follow Vixie cron and OCPS):
+//! - a local time that does not exist (spring forward) fires once, at the
+//!   first real instant after the gap;
+//! - a local time that occurs twice (fall back) fires once, at its first
+//!   occurrence;
+//! - a pattern with a wildcard or a step in its hour (or minute, second)
+//!   field fires on every real instant that matches, so `0 * * * *` fires
+//!   every real hour, twice in a repeated hour and not at all in a skipped one.
+//!
+//! Instants are microseconds since the Unix epoch (`model::TimestampMicros`);
+//! this module does not depend on `model`, which depends on it.
+
+use std::str::FromStr;
+
+/// Why a schedule is refused. Each message names what was wrong and how to
+/// write it instead.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ScheduleError {
+    #[error(
+        "cron '{expr}' has {count} fields; expected 5 (minute hour day-of-month month day-of-week, e.g. '0 3 * * *'), 6 with seconds first, or a macro such as @daily"
+    )]
+    CronFieldCount { expr: String, count: usize },
+    #[error("cron '{expr}': {field} field '{text}' is invalid ({reason}); {field} takes {allowed}")]
+    CronField {
+        expr: String,
+        field: &'static str,
+        text: String,
+        reason: String,
+        allowed: &'static str,
+    },
+    #[error("cron '{0}' is not a known macro; use @hourly, @daily, @weekly, @monthly or @yearly")]
+    UnknownMacro(String),
+    #[error("cron '{expr}' is invalid: {reason}")]
+    Cron { expr: String, reason: String },
+    #[error(
+        "unknown time zone '{0}': use an IANA name such as UTC, Europe/Berlin or America/New_York"
+    )]
+    UnknownTimeZone(String),
+    #[error("interval must be at least 1 second")]
+    ZeroInterval,
+    #[error("interval of {0} seconds is too long; use at most 100 years")]
+    IntervalTooLong(u64),
+    #[error(
+        "'{text}' is not an RFC 3339 time with an offset (e.g. 2026-01-01T03:00:00+01:00): {reason}"
+    )]
+    BadInstant { text: String, reason: String },
+}
+
+/// Microseconds since the Unix epoch.
+pub type Micros = i64;
+
+const MICROS_PER_SECOND: i64 = 1_000_000;
+
+/// An IANA time zone (or UTC), checked against the compiled-in database.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Zone(jiff::tz::TimeZone);
+
+impl Zone {
+    pub fn utc() -> Self {
+        Zone(jiff::tz::TimeZone::UTC)
+    }
+
+    /// A zone by IANA name (`Europe/Berlin`); `UTC` and `Z` are UTC.
+    pub fn named(name: &str) -> Result<Self, ScheduleError> {
+        if name.eq_ignore_ascii_case("utc") || name == "Z" {
+            return Ok(Self::utc());
+        }
+        jiff::tz::TimeZone::get(name)
+            .map(Zone)
+            .map_err(|_| ScheduleError::UnknownTimeZone(name.to_string()))
+    }
+
+    /// `at` as RFC 3339 with this zone's offset at that instant
+    /// (`2026-03-08T03:00:00-04:00`); fractional seconds only when present.
+    pub fn format(&self, at: Micros) -> String {
+        match jiff::Timestamp::from_microsecond(at) {
+            Ok(ts) => {
+                let offset = self.0.to_offset(ts);
+                ts.display_with_offset(offset).to_string()
+            }
+            Err(_) => format!("(out of range: {at} µs)"),
+        }
+    }
+}
+
+/// RFC 3339 text in UTC with milliseconds, as the records print instants.
+pub fn format_utc_millis(at: Micros) -> String {
+    match jiff::Timestamp::from_microsecond(at) {
+        Ok(ts) => format!("{ts:.3}"),
+        Err(_) => format!("(out of range: {at} µs)"),
+    }
+}
+
+/// An RFC 3339 instant with an offset (`2026-01-01T03:00:00+01:00`, `...Z`).
+pub fn parse_instant(text: &str) -> Result<Micros, ScheduleError> {
+    jiff::Timestamp::from_str(text.trim())
+        .map(|ts| ts.as_microsecond())
+        .map_err(|e| ScheduleError::BadInstant {
+            text: text.to_string(),
+            reason: e.to_string(),
+        })
+}
+
+/// A compiled schedule: answers "when next, after this instant?".
+#[derive(Clone, Debug)]
+pub enum Timetable {
+    /// Boxed: a parsed pattern is ~300 bytes, an interval 16.
+    Cron { cron: Box<croner::Cron>, zone: Zone },
+    /// Fires at `anchor + k * every` for every integer `k`.
+    Interval { every: Micros, anchor: Micros },
+}
+
+impl Timetable {
+    /// A cron pattern read in `zone`: 5 fields, 6 with seconds first, or a
+    /// macro (`@hourly`, `@daily`, `@weekly`, `@monthly`, `@yearly`). When
+    /// both day-of-month and day-of-week are restricted, either matches (as
+    /// Vixie cron does).
+    pub fn cron(expr: &str, zone: Zone) -> Result<Self, ScheduleError> {
+        Ok(Timetable::Cron {
+            cron: Box::new(parse_cron(expr)?),
+            zone,
+        })
+    }
+
+    /// Every `every_seconds`, on the grid through `anchor` (the Unix epoch
+    /// when there is none, so old `interval_seconds` schedules keep their times).
+    pub fn interval(every_seconds: u64, anchor: Option<Micros>) -> Result<Self, ScheduleError> {
+        if every_seconds == 0 {
+            return Err(ScheduleError::ZeroInterval);
+        }
+        const HUNDRED_YEARS: u64 = 100 * 366 * 86_400;
+        if every_seconds > HUNDRED_YEARS {
+            return Err(ScheduleError::IntervalTooLong(every_seconds));
+        }
+        let every = every_seconds as i64 * MICROS_PER_SECOND;
+        Ok(Timetable::Interval {
+            every,
+            anchor: anchor.unwrap_or(0),
+        })
+    }
+
+    /// The first fire time strictly after `after`; `None` when there is none
+    /// (a pattern that never matches, or past the year 9999).
+    pub fn next_after(&self, after: Micros) -> Option<Micros> {
+        match self {
+            Timetable::Interval { every, anchor } => {
+                let steps = after.saturating_sub(*anchor).div_euclid(*every) + 1;
+                anchor.checked_add(steps.checked_mul(*every)?)
+            }
+            Timetable::Cron { cron, zone } => {
+                // croner works in whole seconds: from the second `after` lies
+                // in, strictly later is also strictly after `after`.
+                let second = jiff::Timestamp::from_second(after.div_euclid(MICROS_PER_SECOND))
+                    .ok()?
+                    .to_zoned(zone.0.clone());
+                let next = cron.find_next_occurrence(&second, false).ok()?;
+                Some(next.timestamp().as_microsecond())
+            }
+        }
+    }
+
+    /// The next `count` fire times after `after`, in order.
+    pub fn upcoming(&self, after: Micros, count: usize) -> Vec<Micros> {
+        let mut times = Vec::with_capacity(count.min(1024));
+        let mut at = after;
+        while times.len() < count {
+            match self.next_after(at) {
+                Some(next) => {
+                    times.push(next);
+                    at = next;
+                }
+                None => break,
+            }
+        }
+        times
+    }
+}
+
+/// Field names by position, with what each accepts besides `*`, `,`, `-`
+/// and `/`: for 5 fields and for 6 (seconds first).
+const SECOND: (&str, &str) = ("second", "0-59");
+const FIVE_FIELDS: [(&str, &str); 5] = [
+    ("minute", "0-59"),
+    ("hour", "0-23"),
+    ("day-of-month", "1-31, L or W"),
+    ("month", "1-12 or JAN-DEC"),
+    (
+        "day-of-week",
+        "0-7 or SUN-SAT (0 and 7 are Sunday), L (last) or # (nth, e.g. MON#2)",
+    ),
+];
+
+fn cron_parser() -> croner::parser::CronParser {
+    croner::parser::CronParser::builder()
+        .seconds(croner::parser::Seconds::Optional)
+        .year(croner::parser::Year::Disallowed)
+        .build()
+}
+
+fn parse_cron(expr: &str) -> Result<croner::Cron, ScheduleError> {
+    let fields: Vec<&str> = expr.split_whitespace().collect();
+    let names: Vec<(&str, &str)> = match fields.len() {
+        1 if fields[0].starts_with('@') => Vec::new(),
+        5 => FIVE_FIELDS.to_vec(),
+        6 => std::iter::once(SECOND).chain(FIVE_FIELDS).collect(),
+        count => {
+            return Err(ScheduleError::CronFieldCount {
+                expr: expr.to_string(),
+                count,
+            });
+        }
+    };
+    let parser = cron_parser();
+    let error = match parser.parse(expr) {
+        Ok(cron) => return Ok(cron),
+        Err(_) if names.is_empty() => {
+            return Err(ScheduleError::UnknownMacro(expr.trim().to_string()));
+        }
+        Err(e) => e,
+    };
+    // croner's messages do not always say which field; the field whose
+    // replacement by `*` makes the pattern parse is the one at fault.
+    for (i, (name, allowed)) in names.into_iter().enumerate() {
+        let mut replaced = fields.clone();
+        replaced[i] = "*";
+        if parser.parse(&replaced.join(" ")).is_ok() {
+            return Err(ScheduleError::CronField {
+                expr: expr.to_string(),
+                field: name,
+                text: fields[i].to_string(),
+                reason: field_reason(&error),
+                allowed,
+            });
+        }
+    }
+    Err(ScheduleError::Cron {
+        expr: expr.to_string(),
+        reason: field_reason(&error),
+    })
+}
+
+/// croner's message without its "Component error:" style prefix.
+fn field_reason(error: &croner::errors::CronError) -> String {
+    use croner::errors::CronError as E;
+    match error {
+        E::ComponentError(m) | E::InvalidPattern(m) | E::IllegalCharacters(m) => {
+            m.trim_end_matches('.').to_string()
+        }
+        other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests;
