@@ -434,16 +434,11 @@ pub fn deployment(command: DeploymentCommand) -> anyhow::Result<()> {
                         .as_array()
                         .into_iter()
                         .flatten()
-                        .map(
-                            |s| match (s["cron"].as_str(), s["interval_seconds"].as_u64()) {
-                                (Some(c), _) => format!("cron '{c}'"),
-                                (_, Some(i)) => format!(
-                                    "every {}",
-                                    humantime::format_duration(std::time::Duration::from_secs(i))
-                                ),
-                                _ => String::new(),
-                            },
-                        )
+                        .map(|s| {
+                            serde_json::from_value::<crate::model::Schedule>(s.clone())
+                                .map(|s| describe_schedule(&s))
+                                .unwrap_or_else(|_| s.to_string())
+                        })
                         .collect();
                     vec![
                         field(&d["name"]),
@@ -473,7 +468,8 @@ pub fn deployment(command: DeploymentCommand) -> anyhow::Result<()> {
             }
         }
         DeploymentCommand::Inspect(args) => {
-            let reply = backend.get(&format!("/api/deployments/{}", args.name))?;
+            let mut reply = backend.get(&format!("/api/deployments/{}", args.name))?;
+            let schedules = next_fire_times(&mut reply["deployment"]["schedules"]);
             if args.format.json {
                 print_json(&reply);
             } else {
@@ -491,7 +487,16 @@ pub fn deployment(command: DeploymentCommand) -> anyhow::Result<()> {
                     d["work_queue"].as_str().unwrap_or_default()
                 );
                 println!("status     {}", status(d));
-                println!("schedules  {}", d["schedules"]);
+                if schedules.is_empty() {
+                    println!("schedules  none");
+                }
+                for (i, (what, next)) in schedules.iter().enumerate() {
+                    println!(
+                        "{}{what}",
+                        if i == 0 { "schedules  " } else { "           " }
+                    );
+                    println!("             next: {next}");
+                }
                 println!("limits     {}", d["task_policy"]);
                 println!("tags       {}", d["tags"]);
                 println!("secrets    {}", d["secrets"]);
@@ -521,6 +526,60 @@ pub fn deployment(command: DeploymentCommand) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Adds each schedule's next 5 fire times (`next`) to the JSON and returns,
+/// for people, a line saying what each is and one with those times.
+fn next_fire_times(schedules: &mut Value) -> Vec<(String, String)> {
+    let Some(schedules) = schedules.as_array_mut() else {
+        return Vec::new();
+    };
+    schedules
+        .iter_mut()
+        .map(|json| {
+            let Ok(schedule) = serde_json::from_value::<crate::model::Schedule>(json.clone())
+            else {
+                return (
+                    json.to_string(),
+                    "(not readable by this version of host)".into(),
+                );
+            };
+            let next = match super::schedule::next_times(&schedule, 5) {
+                Ok(times) => {
+                    json["next"] = json!(times);
+                    if times.is_empty() {
+                        "never".to_string()
+                    } else {
+                        times.join(", ")
+                    }
+                }
+                Err(e) => e,
+            };
+            (describe_schedule(&schedule), next)
+        })
+        .collect()
+}
+
+fn describe_schedule(s: &crate::model::Schedule) -> String {
+    let mut text = match (&s.cron, s.interval_seconds) {
+        (Some(cron), _) => format!(
+            "cron '{cron}' in {}",
+            s.timezone.as_deref().unwrap_or("UTC")
+        ),
+        (_, Some(every)) => format!(
+            "every {}{}",
+            humantime::format_duration(std::time::Duration::from_secs(every)),
+            s.anchor
+                .as_deref()
+                .map(|a| format!(" from {a}"))
+                .unwrap_or_default()
+        ),
+        _ => "(empty)".to_string(),
+    };
+    if !s.active {
+        text.push_str(" (inactive)");
+    }
+    text
 }
 
 fn report(args: &NameArgs, reply: &Value, what: &str) {

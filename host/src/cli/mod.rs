@@ -12,6 +12,7 @@ mod flow;
 mod output;
 mod profile;
 mod runs;
+mod schedule;
 mod server;
 
 use crate::config::Paths;
@@ -31,7 +32,8 @@ const AFTER_HELP: &str = "Examples:
   host server start                               the API and an executor on 127.0.0.1:4200
   host config set api.url http://127.0.0.1:4200   talk to that server from now on
   host deploy -f weir.yaml                        upload and deploy flows
-  host deployment run etl-nightly --watch         run a deployment and follow its log";
+  host deployment run etl-nightly --watch         run a deployment and follow its log
+  host schedule preview --cron '0 2 * * *' --tz Europe/Berlin   next fire times";
 
 #[derive(Parser, Debug)]
 #[command(name = "host", version, about = ABOUT, after_help = AFTER_HELP, propagate_version = true)]
@@ -71,6 +73,8 @@ enum Command {
     #[command(name = "work-queue", subcommand)]
     WorkQueue(deploy::WorkQueueCommand),
     /// Named sets of settings (profiles.toml).
+    #[command(subcommand)]
+    Schedule(schedule::ScheduleCommand),
     #[command(subcommand)]
     Profile(profile::ProfileCommand),
     /// Settings of the active profile: api.url, api.key, logging.level, server.addr.
@@ -172,6 +176,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Server(command) => server::run(command),
         Command::Deploy(args) => deploy::deploy(args),
         Command::Deployment(command) => deploy::deployment(command),
+        Command::Schedule(command) => schedule::run(command),
         Command::Secret(command) => deploy::secret(command),
         Command::Variable(command) => deploy::variable(command),
         Command::WorkPool(command) => deploy::work_pool(command),

@@ -37,6 +37,8 @@ pub enum ScheduleError {
     UnknownMacro(String),
     #[error("cron '{expr}' is invalid: {reason}")]
     Cron { expr: String, reason: String },
+    #[error("cron '{0}' never fires: no real date matches it (such as 30 February)")]
+    NeverFires(String),
     #[error(
         "unknown time zone '{0}': use an IANA name such as UTC, Europe/Berlin or America/New_York"
     )]
@@ -121,10 +123,16 @@ impl Timetable {
     /// both day-of-month and day-of-week are restricted, either matches (as
     /// Vixie cron does).
     pub fn cron(expr: &str, zone: Zone) -> Result<Self, ScheduleError> {
-        Ok(Timetable::Cron {
+        let timetable = Timetable::Cron {
             cron: Box::new(parse_cron(expr)?),
             zone,
-        })
+        };
+        // Refused now rather than searched for, up to the year 5000, on
+        // every scheduler tick.
+        if timetable.next_after(0).is_none() {
+            return Err(ScheduleError::NeverFires(expr.to_string()));
+        }
+        Ok(timetable)
     }
 
     /// Every `every_seconds`, on the grid through `anchor` (the Unix epoch

@@ -332,6 +332,8 @@ fn a_bad_cron_names_its_field() {
     assert!(message("*/0 * * * *").contains("minute field '*/0'"));
     assert!(message("70 * * * * *").contains("second field '70'"));
     assert!(message("@fortnightly").contains("not a known macro"));
+    assert!(message("0 0 30 2 *").contains("never fires"));
+    assert!(message("0 0 31 4,6,9,11 *").contains("never fires"));
     assert!(message("61 * * * *").ends_with("minute takes 0-59"));
 }
 
