@@ -74,6 +74,7 @@ const OWNERS: &[(&str, &[&str])] = &[
     ("anyhow", &["cli"]),
     ("croner", &["schedule"]),
     ("jiff", &["schedule"]),
+    ("rrule", &["schedule"]),
 ];
 
 fn host_sources() -> BTreeMap<PathBuf, String> {

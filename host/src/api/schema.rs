@@ -229,10 +229,15 @@ pub struct Schedule {
     /// seconds first, or a macro (`@daily`); read in `timezone`.
     pub cron: Option<String>,
     pub interval_seconds: Option<u64>,
-    /// RFC 3339 with an offset: an interval's grid passes through it.
+    /// An RFC 5545 recurrence rule, e.g. `FREQ=WEEKLY;BYDAY=MO;BYHOUR=9`.
+    pub rrule: Option<String>,
+    /// RFC 3339 with an offset: an interval's grid passes through it; an
+    /// rrule starts there.
     pub anchor: Option<String>,
-    /// IANA time zone of the cron (default UTC), e.g. `Europe/Berlin`.
+    /// IANA time zone of the cron or rrule (default UTC), e.g. `Europe/Berlin`.
     pub timezone: Option<String>,
+    /// Laid over the deployment's params for this schedule's runs.
+    pub params: Option<Value>,
     pub active: Option<bool>,
 }
 

@@ -153,6 +153,11 @@ pub fn list_flows(format: JsonFlag) -> anyhow::Result<()> {
           timezone: Europe/Berlin  # IANA name; DST-correct
         - interval: 1h
           anchor: 2026-01-01T00:30:00+01:00   # the grid passes through it
+          params: {rows: 10}       # laid over the deployment's params
+        - rrule: FREQ=WEEKLY;BYDAY=MO,WE;BYHOUR=9;BYMINUTE=0
+          anchor: 2026-01-05T09:00:00+01:00   # its start
+          timezone: Europe/Berlin
+          active: false            # kept, but makes no runs
       limits: {timeout: 30s, memory: 256MiB, fuel: 5000000000, retries: 2}
       tags: [nightly]
       secrets: [warehouse-password]
@@ -210,10 +215,16 @@ struct ScheduleSpec {
     cron: Option<String>,
     /// e.g. 10m, 1h
     interval: Option<String>,
-    /// RFC 3339 with an offset: the interval's grid passes through it.
+    /// An RFC 5545 rule, e.g. FREQ=WEEKLY;BYDAY=MO;BYHOUR=9
+    rrule: Option<String>,
+    /// RFC 3339 with an offset: the interval's grid passes through it, or
+    /// the rrule starts there.
     anchor: Option<String>,
-    /// IANA name the cron is read in; UTC when absent.
+    /// IANA name the cron or rrule is read in; UTC when absent.
     timezone: Option<String>,
+    /// Laid over the deployment's params for this schedule's runs.
+    #[serde(default)]
+    params: Map<String, Value>,
     #[serde(default = "yes")]
     active: bool,
 }
@@ -303,10 +314,17 @@ pub fn deploy(args: DeployArgs) -> anyhow::Result<()> {
                     .transpose()
                     .map_err(|e| Exit::bad_input(format!("deployment '{}': schedule interval: {e}", spec.name)))?;
                 let mut schedule = json!({ "cron": s.cron, "interval_seconds": interval_seconds, "active": s.active });
-                for (key, value) in [("anchor", &s.anchor), ("timezone", &s.timezone)] {
+                for (key, value) in [
+                    ("rrule", &s.rrule),
+                    ("anchor", &s.anchor),
+                    ("timezone", &s.timezone),
+                ] {
                     if let Some(value) = value {
                         schedule[key] = json!(value);
                     }
+                }
+                if !s.params.is_empty() {
+                    schedule["params"] = json!(s.params);
                 }
                 Ok(schedule)
             })
@@ -562,6 +580,11 @@ fn next_fire_times(schedules: &mut Value) -> Vec<(String, String)> {
 
 fn describe_schedule(s: &crate::model::Schedule) -> String {
     let mut text = match (&s.cron, s.interval_seconds) {
+        _ if s.rrule.is_some() => format!(
+            "rrule '{}' in {}",
+            s.rrule.as_deref().unwrap_or_default(),
+            s.timezone.as_deref().unwrap_or("UTC")
+        ),
         (Some(cron), _) => format!(
             "cron '{cron}' in {}",
             s.timezone.as_deref().unwrap_or("UTC")
@@ -576,6 +599,9 @@ fn describe_schedule(s: &crate::model::Schedule) -> String {
         ),
         _ => "(empty)".to_string(),
     };
+    if !s.params.is_empty() {
+        text.push_str(&format!(" with params {}", Value::Object(s.params.clone())));
+    }
     if !s.active {
         text.push_str(" (inactive)");
     }

@@ -14,7 +14,8 @@ pub enum ScheduleCommand {
     #[command(after_help = "Examples:
   host schedule preview --cron '0 2 * * *' --timezone Europe/Berlin -n 3
   host schedule preview --cron '30 2 * * *' --timezone America/New_York --from 2026-03-07T00:00:00-05:00
-  host schedule preview --interval 90m --anchor 2026-01-01T03:00:00+01:00 --json")]
+  host schedule preview --interval 90m --anchor 2026-01-01T03:00:00+01:00 --json
+  host schedule preview --rrule 'FREQ=WEEKLY;BYDAY=MO,WE;COUNT=4' --anchor 2026-01-05T09:00:00+01:00 --tz Europe/Berlin")]
     Preview(PreviewArgs),
 }
 
@@ -27,10 +28,15 @@ pub struct PreviewArgs {
     /// A fixed interval (e.g. 15m, 1h, 1day).
     #[arg(long, group = "kind")]
     interval: Option<String>,
-    /// IANA time zone the cron is read in (default UTC).
+    /// An RFC 5545 rule, e.g. 'FREQ=WEEKLY;BYDAY=MO,WE;BYHOUR=9;COUNT=4' (with --anchor
+    /// as its start) or with its own DTSTART line.
+    #[arg(long, group = "kind")]
+    rrule: Option<String>,
+    /// IANA time zone a cron or rrule is read in (default UTC).
     #[arg(long, visible_alias = "tz")]
     timezone: Option<String>,
-    /// RFC 3339 instant an interval's grid passes through (default the Unix epoch).
+    /// RFC 3339 instant an interval's grid passes through (default the Unix
+    /// epoch), or an rrule's start.
     #[arg(long)]
     anchor: Option<String>,
     /// Start after this RFC 3339 instant (default now).
@@ -69,9 +75,10 @@ fn preview(args: PreviewArgs) -> anyhow::Result<()> {
     let schedule = Schedule {
         cron: args.cron,
         interval_seconds,
+        rrule: args.rrule,
         anchor: args.anchor,
         timezone: args.timezone,
-        active: true,
+        ..Schedule::default()
     };
     let timetable = schedule
         .timetable()
@@ -89,7 +96,10 @@ fn preview(args: PreviewArgs) -> anyhow::Result<()> {
     if args.format.json {
         println!("{}", json!({ "times": times }));
     } else if times.is_empty() {
-        println!("This schedule never fires after {}.", zone.format(from));
+        println!(
+            "No fire time after {}: a rule with COUNT or UNTIL may have ended, and an rrule is walked at most 100000 occurrences from its start.",
+            zone.format(from)
+        );
     } else {
         for time in times {
             println!("{time}");

@@ -28,10 +28,8 @@ pub enum DeploymentError {
         "a schedule has exactly one of `cron`, `interval_seconds` (`interval:` in weir.yaml) or `rrule`"
     )]
     ScheduleKind,
-    #[error(
-        "`anchor` belongs to interval schedules only (a cron or rrule fires on its own calendar)"
-    )]
-    AnchorWithoutInterval,
+    #[error("`anchor` belongs to interval and rrule schedules (a cron fires on its own calendar)")]
+    AnchorOnCron,
     #[error(
         "`timezone` belongs to cron and rrule schedules; an interval is counted in real time from its `anchor`, whose offset says where it is"
     )]
@@ -112,7 +110,7 @@ impl Deployment {
 /// When a deployment runs by itself. Exactly one of `cron`, `interval_seconds`
 /// and `rrule`; see `crate::schedule` for how each fires, across
 /// daylight-saving changes too.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Schedule {
     /// Five fields (minute hour day-of-month month day-of-week), six with
@@ -122,12 +120,20 @@ pub struct Schedule {
     /// Every this many seconds, on the grid through `anchor`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub interval_seconds: Option<u64>,
-    /// RFC 3339 with an offset; the Unix epoch when absent.
+    /// An RFC 5545 recurrence rule (`FREQ=WEEKLY;BYDAY=MO;BYHOUR=9`), starting
+    /// at `anchor` or at its own DTSTART line.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rrule: Option<String>,
+    /// RFC 3339 with an offset: an interval's grid passes through it (the
+    /// Unix epoch when absent); an rrule starts there.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub anchor: Option<String>,
-    /// IANA name (`Europe/Berlin`) the cron is read in; UTC when absent.
+    /// IANA name (`Europe/Berlin`) a cron or rrule is read in; UTC when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timezone: Option<String>,
+    /// Laid over the deployment's params for the runs this schedule makes.
+    #[serde(default, skip_serializing_if = "Map::is_empty")]
+    pub params: Map<String, Value>,
     #[serde(default = "default_active")]
     pub active: bool,
 }
@@ -144,26 +150,42 @@ impl Schedule {
     /// The compiled schedule, or why it is refused.
     pub fn timetable(&self) -> Result<Timetable, DeploymentError> {
         let zone = self.timezone.as_deref().map(Zone::named).transpose()?;
-        match (&self.cron, self.interval_seconds) {
-            (Some(expr), None) => {
-                if self.anchor.is_some() {
-                    return Err(DeploymentError::AnchorWithoutInterval);
+        let anchor = self
+            .anchor
+            .as_deref()
+            .map(crate::schedule::parse_instant)
+            .transpose()?;
+        match (&self.cron, self.interval_seconds, &self.rrule) {
+            (Some(expr), None, None) => {
+                if anchor.is_some() {
+                    return Err(DeploymentError::AnchorOnCron);
                 }
                 Ok(Timetable::cron(expr, zone.unwrap_or_else(Zone::utc))?)
             }
-            (None, Some(every)) => {
+            (None, Some(every), None) => {
                 if zone.is_some() {
                     return Err(DeploymentError::TimezoneOnInterval);
                 }
-                let anchor = self
-                    .anchor
-                    .as_deref()
-                    .map(crate::schedule::parse_instant)
-                    .transpose()?;
                 Ok(Timetable::interval(every, anchor)?)
             }
+            (None, None, Some(rule)) => Ok(Timetable::rrule(
+                rule,
+                zone.unwrap_or_else(Zone::utc),
+                anchor,
+            )?),
             _ => Err(DeploymentError::ScheduleKind),
         }
+    }
+
+    /// Names this schedule's runs: a digest of everything that decides when
+    /// they fire and with what params (not `active`), so an edited schedule
+    /// is a new one and the runs the old one made ahead can be told apart.
+    pub fn key(&self) -> String {
+        use sha2::Digest;
+        let mut identity = self.clone();
+        identity.active = true;
+        let text = serde_json::to_string(&identity).unwrap_or_default();
+        hex::encode(&sha2::Sha256::digest(text.as_bytes())[..8])
     }
 
     /// The first fire time strictly after `after`.
@@ -428,6 +450,36 @@ mod tests {
     }
 
     #[test]
+    fn a_schedule_is_named_by_what_it_does_not_by_whether_it_is_on() {
+        let base = schedule(serde_json::json!({"cron": "0 2 * * *", "timezone": "Europe/Berlin"}))
+            .unwrap();
+        let mut off = base.clone();
+        off.active = false;
+        assert_eq!(base.key(), off.key());
+        for edited in [
+            serde_json::json!({"cron": "0 3 * * *", "timezone": "Europe/Berlin"}),
+            serde_json::json!({"cron": "0 2 * * *"}),
+            serde_json::json!({"cron": "0 2 * * *", "timezone": "Europe/Berlin", "params": {"rows": 1}}),
+        ] {
+            assert_ne!(
+                schedule(edited.clone()).unwrap().key(),
+                base.key(),
+                "{edited}"
+            );
+        }
+        let rrule = schedule(serde_json::json!({
+            "rrule": "FREQ=DAILY;COUNT=3", "anchor": "2026-01-01T09:00:00+01:00",
+            "timezone": "Europe/Berlin", "params": {"rows": 7}
+        }))
+        .unwrap();
+        assert_eq!(rrule.params["rows"], 7);
+        assert_eq!(
+            rrule.next_after(0),
+            crate::schedule::parse_instant("2026-01-01T09:00:00+01:00").ok()
+        );
+    }
+
+    #[test]
     fn schedules_that_cannot_be_meant_are_refused() {
         let refused = |v: serde_json::Value| schedule(v).unwrap_err();
         assert!(refused(serde_json::json!({})).contains("exactly one of"));
@@ -446,7 +498,7 @@ mod tests {
         );
         assert!(
             refused(serde_json::json!({"cron": "0 2 * * *", "anchor": "2026-01-01T00:00:00Z"}))
-                .contains("interval schedules only")
+                .contains("interval and rrule schedules")
         );
         assert!(
             refused(serde_json::json!({"interval_seconds": 60, "timezone": "Europe/Berlin"}))

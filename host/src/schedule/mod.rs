@@ -1,6 +1,6 @@
 //! When a schedule fires: cron patterns in an IANA time zone, fixed intervals
-//! from an anchor, and RFC 3339 text for instants. The only module that names
-//! `croner` and `jiff`; no IO and no async (the time zone database is compiled
+//! from an anchor, RFC 5545 recurrence rules, and RFC 3339 text for instants.
+//! The only module that names `croner`, `jiff` and `rrule`; no IO and no async (the time zone database is compiled
 //! in, so a machine without `/usr/share/zoneinfo` computes the same times).
 //!
 //! Daylight-saving rules (croner's, which follow Vixie cron and OCPS):
@@ -47,6 +47,14 @@ pub enum ScheduleError {
     ZeroInterval,
     #[error("interval of {0} seconds is too long; use at most 100 years")]
     IntervalTooLong(u64),
+    #[error("rrule '{rule}' is invalid: {reason}")]
+    RRule { rule: String, reason: String },
+    #[error(
+        "rrule '{0}' needs a start: give `anchor:` (RFC 3339, e.g. 2026-01-05T09:00:00+01:00) or a DTSTART line"
+    )]
+    RRuleWithoutStart(String),
+    #[error("`anchor:` and a DTSTART line both give rrule '{0}' a start; keep one")]
+    RRuleTwoStarts(String),
     #[error(
         "'{text}' is not an RFC 3339 time with an offset (e.g. 2026-01-01T03:00:00+01:00): {reason}"
     )]
@@ -115,7 +123,15 @@ pub enum Timetable {
     Cron { cron: Box<croner::Cron>, zone: Zone },
     /// Fires at `anchor + k * every` for every integer `k`.
     Interval { every: Micros, anchor: Micros },
+    /// Boxed for the same reason as `Cron`.
+    RRule(Box<rrule::RRuleSet>),
 }
+
+/// How many occurrences of a recurrence rule are walked, from its start, to
+/// find the next one: the crate iterates from DTSTART, so a minutely rule
+/// started long ago stops here (about 70 days of minutes) rather than
+/// costing a scheduler tick seconds.
+const RRULE_WALK_LIMIT: usize = 100_000;
 
 impl Timetable {
     /// A cron pattern read in `zone`: 5 fields, 6 with seconds first, or a
@@ -152,6 +168,50 @@ impl Timetable {
         })
     }
 
+    /// An RFC 5545 rule (`FREQ=WEEKLY;BYDAY=MO,WE;BYHOUR=9;COUNT=10`), with
+    /// its start either from `anchor` (read as a wall-clock time in `zone`)
+    /// or from its own `DTSTART` line; a DTSTART without a zone is in `zone`.
+    pub fn rrule(rule: &str, zone: Zone, anchor: Option<Micros>) -> Result<Self, ScheduleError> {
+        let bad = |reason: String| ScheduleError::RRule {
+            rule: rule.to_string(),
+            reason,
+        };
+        let zone_name = zone.0.iana_name().unwrap_or("UTC").to_string();
+        let has_start = rule.to_ascii_uppercase().contains("DTSTART");
+        let text = match (has_start, anchor) {
+            (true, Some(_)) => return Err(ScheduleError::RRuleTwoStarts(rule.to_string())),
+            (false, None) => return Err(ScheduleError::RRuleWithoutStart(rule.to_string())),
+            (false, Some(anchor)) => {
+                let local = jiff::Timestamp::from_microsecond(anchor)
+                    .map_err(|e| bad(e.to_string()))?
+                    .to_zoned(zone.0.clone())
+                    .datetime();
+                let body = rule.trim();
+                let body = body
+                    .strip_prefix("RRULE:")
+                    .or_else(|| body.strip_prefix("rrule:"))
+                    .unwrap_or(body);
+                format!(
+                    "DTSTART;TZID={zone_name}:{}\nRRULE:{body}",
+                    local.strftime("%Y%m%dT%H%M%S")
+                )
+            }
+            // A floating DTSTART would be read in the machine's own zone.
+            (true, None) => rule
+                .lines()
+                .map(|line| match line.trim().strip_prefix("DTSTART:") {
+                    Some(at) if !at.ends_with('Z') => format!("DTSTART;TZID={zone_name}:{at}"),
+                    _ => line.trim().to_string(),
+                })
+                .collect::<Vec<_>>()
+                .join("\n"),
+        };
+        let set: rrule::RRuleSet = text
+            .parse()
+            .map_err(|e: rrule::RRuleError| bad(e.to_string()))?;
+        Ok(Timetable::RRule(Box::new(set)))
+    }
+
     /// The first fire time strictly after `after`; `None` when there is none
     /// (a pattern that never matches, or past the year 9999).
     pub fn next_after(&self, after: Micros) -> Option<Micros> {
@@ -169,11 +229,21 @@ impl Timetable {
                 let next = cron.find_next_occurrence(&second, false).ok()?;
                 Some(next.timestamp().as_microsecond())
             }
+            Timetable::RRule(_) => self.upcoming(after, 1).first().copied(),
         }
     }
 
     /// The next `count` fire times after `after`, in order.
     pub fn upcoming(&self, after: Micros, count: usize) -> Vec<Micros> {
+        if let Timetable::RRule(set) = self {
+            return (&**set)
+                .into_iter()
+                .take(RRULE_WALK_LIMIT)
+                .map(|at| at.timestamp_micros())
+                .filter(|at| *at > after)
+                .take(count)
+                .collect();
+        }
         let mut times = Vec::with_capacity(count.min(1024));
         let mut at = after;
         while times.len() < count {

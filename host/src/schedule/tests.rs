@@ -359,3 +359,67 @@ fn zones_are_iana_names_and_instants_carry_offsets() {
         "2000-02-29T00:00:00.123Z"
     );
 }
+
+#[test]
+fn rrule_with_byday_and_count_keeps_local_time_across_dst() {
+    let start = parse_instant("2026-03-23T09:00:00+01:00").unwrap();
+    let berlin = zone("Europe/Berlin");
+    let rule = Timetable::rrule(
+        "FREQ=WEEKLY;BYDAY=MO,WE;COUNT=4",
+        berlin.clone(),
+        Some(start),
+    )
+    .unwrap();
+    let times: Vec<String> = rule
+        .upcoming(parse_instant("2026-01-01T00:00:00Z").unwrap(), 10)
+        .into_iter()
+        .map(|t| berlin.format(t))
+        .collect();
+    // 23 and 25 March in winter time, then 30 March and 1 April in summer
+    // time, still at 09:00; COUNT=4 ends it.
+    assert_eq!(
+        times,
+        [
+            "2026-03-23T09:00:00+01:00",
+            "2026-03-25T09:00:00+01:00",
+            "2026-03-30T09:00:00+02:00",
+            "2026-04-01T09:00:00+02:00"
+        ]
+    );
+    assert_eq!(
+        rule.next_after(parse_instant("2026-03-25T09:00:00+01:00").unwrap()),
+        Some(parse_instant("2026-03-30T09:00:00+02:00").unwrap())
+    );
+    assert_eq!(
+        rule.next_after(parse_instant("2026-04-01T09:00:00+02:00").unwrap()),
+        None
+    );
+    // A DTSTART without a zone is in the schedule's zone, not the machine's.
+    let own_start = Timetable::rrule(
+        "DTSTART:20260105T090000\nRRULE:FREQ=DAILY;COUNT=2",
+        zone("America/New_York"),
+        None,
+    )
+    .unwrap();
+    assert_eq!(
+        own_start.upcoming(0, 5),
+        [
+            parse_instant("2026-01-05T09:00:00-05:00").unwrap(),
+            parse_instant("2026-01-06T09:00:00-05:00").unwrap()
+        ]
+    );
+}
+
+#[test]
+fn a_bad_rrule_says_why() {
+    let start = Some(0);
+    let message = |rule: &str, anchor| {
+        Timetable::rrule(rule, Zone::utc(), anchor)
+            .unwrap_err()
+            .to_string()
+    };
+    assert!(message("FREQ=WEEKLY;BYDAY=XX", start).contains("`XX` is not a valid weekday"));
+    assert!(message("FREQ=SOMETIMES", start).contains("rrule 'FREQ=SOMETIMES' is invalid"));
+    assert!(message("FREQ=DAILY", None).contains("needs a start"));
+    assert!(message("DTSTART:20260101T000000Z\nRRULE:FREQ=DAILY", start).contains("keep one"));
+}
