@@ -1,16 +1,26 @@
 //! The server's scheduler loop: makes `Scheduled` runs for deployment
-//! schedules (through the dispatcher, which owns run creation) and marks
-//! runs waiting past their time `Late`. Executors claim due runs themselves;
-//! the loop only wakes them when it made new ones.
+//! schedules ahead of time (through the dispatcher, which owns run creation)
+//! and marks runs waiting past their time `Late`. Executors claim due runs
+//! themselves; the loop only wakes them.
 //!
-//! Catch-up after downtime: a schedule whose fire times were missed while the
-//! server was down gets one run, for the latest missed time, not one per miss.
+//! Materialization: each tick, every active schedule gets a run for each of
+//! its fire times up to `look_ahead` from now (at most `max_ahead` of them).
+//! The store keeps one slot per (deployment, schedule key, time), so a
+//! restarted scheduler, or two at once, never make a run twice. When a
+//! deployment changes, runs its edited, deleted or deactivated schedules made
+//! ahead are deleted (they have not started).
+//!
+//! Catch-up: a fire time that passed more than `late_after` before the
+//! scheduler first saw it was missed (no server ran then). The deployment's
+//! `catchup` decides: `skip` none, `latest` the last one, `all` the latest
+//! `catchup_limit`.
 
-use crate::control::Durability;
-use crate::dispatch::{Dispatcher, RunSource};
-use crate::model::{Deployment, RunState, TimestampMicros};
-use crate::store::{ObjectKind, StateChange};
-use std::collections::HashMap;
+use crate::control::{ControlError, Durability};
+use crate::dispatch::{DispatchError, Dispatcher, RunSource};
+use crate::model::{Catchup, Deployment, RunState, TimestampMicros};
+use crate::schedule::Timetable;
+use crate::store::{ObjectKind, StateChange, StoreError, Write};
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -21,89 +31,268 @@ pub const TICK: Duration = Duration::from_millis(500);
 /// A run still waiting this long after its scheduled time is marked `Late`.
 pub const LATE_AFTER: Duration = Duration::from_secs(60);
 
-/// Runs until `stop` is cancelled; marks runs `Late` after `late_after`.
-pub async fn run(
-    dispatcher: Arc<Dispatcher>,
-    tick: Duration,
-    late_after: Duration,
-    stop: CancellationToken,
-) {
-    let mut complained: HashMap<String, String> = HashMap::new();
-    loop {
-        make_scheduled_runs(&dispatcher, &mut complained).await;
-        mark_late_runs(&dispatcher, late_after).await;
-        // Runs made earlier for now may have come due: executors look again.
-        dispatcher.run_ended();
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(tick) => {}
+/// How far ahead schedules make runs, and at most how many per schedule.
+pub const LOOK_AHEAD: Duration = Duration::from_secs(3600);
+pub const MAX_AHEAD: usize = 100;
+
+/// The scheduler's knobs (`host server start --late-after --schedule-ahead
+/// --schedule-max-runs`).
+#[derive(Clone, Copy, Debug)]
+pub struct SchedulerSettings {
+    pub tick: Duration,
+    /// Marks runs `Late`, and tells a missed fire time from a merely due one.
+    pub late_after: Duration,
+    pub look_ahead: Duration,
+    pub max_ahead: usize,
+}
+
+impl Default for SchedulerSettings {
+    fn default() -> Self {
+        SchedulerSettings {
+            tick: TICK,
+            late_after: LATE_AFTER,
+            look_ahead: LOOK_AHEAD,
+            max_ahead: MAX_AHEAD,
         }
     }
 }
 
-async fn make_scheduled_runs(
-    dispatcher: &Arc<Dispatcher>,
-    complained: &mut HashMap<String, String>,
+/// Runs until `stop` is cancelled.
+pub async fn run(
+    dispatcher: Arc<Dispatcher>,
+    settings: SchedulerSettings,
+    stop: CancellationToken,
 ) {
-    let store = dispatcher.store();
-    let Ok(rows) = store.objects(ObjectKind::Deployment) else {
-        return;
-    };
-    let now = dispatcher.control().now();
-    for row in rows {
-        let Ok(deployment) = serde_json::from_str::<Deployment>(&row.body) else {
-            continue;
-        };
-        if deployment.paused || deployment.schedules.iter().all(|s| !s.active) {
-            continue;
+    let mut scheduler = Scheduler::new(dispatcher, settings);
+    loop {
+        scheduler.tick().await;
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(settings.tick) => {}
         }
-        let last = store
-            .last_scheduled_at(&deployment.name)
-            .ok()
-            .flatten()
-            .unwrap_or(0)
-            .max(row.created_at);
-        let Some(due) = latest_due(&deployment, last, now) else {
-            continue;
+    }
+}
+
+/// The scheduler's state between ticks: only caches; the store is the truth.
+pub struct Scheduler {
+    dispatcher: Arc<Dispatcher>,
+    settings: SchedulerSettings,
+    /// The last problem reported per deployment, so it is logged once.
+    complained: HashMap<String, String>,
+    /// Each deployment's active schedule keys when its runs made ahead were
+    /// last matched to its schedules.
+    reconciled: HashMap<String, Vec<String>>,
+    /// The latest slot made per (deployment, schedule key).
+    last_slot: HashMap<(String, String), TimestampMicros>,
+}
+
+/// What one tick did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TickReport {
+    /// Runs made for schedules.
+    pub made: usize,
+    /// Runs another scheduler had made for the same slot already.
+    pub taken: usize,
+}
+
+impl Scheduler {
+    pub fn new(dispatcher: Arc<Dispatcher>, settings: SchedulerSettings) -> Self {
+        Scheduler {
+            dispatcher,
+            settings,
+            complained: HashMap::new(),
+            reconciled: HashMap::new(),
+            last_slot: HashMap::new(),
+        }
+    }
+
+    /// Makes runs for schedules, marks late ones `Late`, wakes executors.
+    pub async fn tick(&mut self) -> TickReport {
+        let report = self.make_scheduled_runs().await;
+        mark_late_runs(&self.dispatcher, self.settings.late_after).await;
+        // Runs made earlier for now may have come due: executors look again.
+        self.dispatcher.run_ended();
+        report
+    }
+
+    async fn make_scheduled_runs(&mut self) -> TickReport {
+        let mut report = TickReport::default();
+        let store = self.dispatcher.store().clone();
+        let Ok(rows) = store.objects(ObjectKind::Deployment) else {
+            return report;
         };
-        let name = deployment.name.clone();
-        match dispatcher.schedule_run(deployment, due).await {
-            Ok(run) => {
-                complained.remove(&name);
-                tracing::info!("scheduled flow run {} of deployment '{name}'", run.id);
+        let now = self.dispatcher.control().now();
+        let mut present = HashSet::new();
+        for row in rows {
+            present.insert(row.name.clone());
+            let Ok(deployment) = serde_json::from_str::<Deployment>(&row.body) else {
+                continue;
+            };
+            let keep: Vec<String> = deployment
+                .schedules
+                .iter()
+                .filter(|s| s.active)
+                .map(|s| s.key())
+                .collect();
+            if self.reconciled.get(&deployment.name) != Some(&keep)
+                && self
+                    .drop_runs_ahead(&deployment.name, keep.clone(), now)
+                    .await
+            {
+                self.reconciled.insert(deployment.name.clone(), keep);
             }
-            Err(e) => {
-                let message = e.to_string();
-                if complained.get(&name) != Some(&message) {
-                    tracing::warn!("deployment '{name}' could not be scheduled: {message}");
-                    complained.insert(name, message);
+            if deployment.paused {
+                continue;
+            }
+            for schedule in deployment.schedules.iter().filter(|s| s.active) {
+                let timetable = match schedule.timetable() {
+                    Ok(timetable) => timetable,
+                    Err(e) => {
+                        self.complain(&deployment.name, e.to_string());
+                        continue;
+                    }
+                };
+                let key = schedule.key();
+                let slot = (deployment.name.clone(), key.clone());
+                let last = match self.last_slot.get(&slot) {
+                    Some(last) => Some(*last),
+                    None => store
+                        .last_schedule_slot(&deployment.name, &key)
+                        .ok()
+                        .flatten(),
+                };
+                // A schedule that never made a run starts from when the
+                // deployment was last written (when it may have appeared).
+                let times = plan(
+                    &timetable,
+                    last.unwrap_or(row.updated_at),
+                    now,
+                    &self.settings,
+                    deployment.catchup,
+                    deployment.catchup_limit as usize,
+                );
+                for at in times {
+                    let made = self
+                        .dispatcher
+                        .schedule_run(deployment.clone(), key.clone(), schedule.params.clone(), at)
+                        .await;
+                    match made {
+                        Ok(run) => {
+                            self.complained.remove(&deployment.name);
+                            self.last_slot.insert(slot.clone(), at);
+                            report.made += 1;
+                            tracing::debug!(
+                                "scheduled flow run {} of deployment '{}'",
+                                run.id,
+                                deployment.name
+                            );
+                        }
+                        Err(e) if is_slot_taken(&e) => {
+                            // Another scheduler got there first: learn its
+                            // progress from the store next time.
+                            self.last_slot.remove(&slot);
+                            report.taken += 1;
+                        }
+                        Err(e) => {
+                            self.complain(&deployment.name, e.to_string());
+                            break;
+                        }
+                    }
                 }
             }
         }
+        // Deployments that are gone: their runs made ahead go too.
+        if let Ok(with_slots) = store.deployments_with_slots_after(now) {
+            for gone in with_slots.into_iter().filter(|d| !present.contains(d)) {
+                self.drop_runs_ahead(&gone, Vec::new(), now).await;
+            }
+        }
+        self.reconciled.retain(|name, _| present.contains(name));
+        self.last_slot.retain(|(name, _), _| present.contains(name));
+        report
+    }
+
+    /// Deletes the not-yet-started runs that schedules of `deployment` other
+    /// than `keep` made for after `now`. True when that was recorded.
+    async fn drop_runs_ahead(
+        &mut self,
+        deployment: &str,
+        keep: Vec<String>,
+        now: TimestampMicros,
+    ) -> bool {
+        let write = Write::DropScheduledRuns {
+            deployment: deployment.to_string(),
+            keep,
+            after: now,
+        };
+        let ticket = self
+            .dispatcher
+            .control()
+            .record(vec![write], Durability::Committed);
+        let done = match ticket {
+            Some(ticket) => ticket.committed().await,
+            None => Ok(()),
+        };
+        // Slots were deleted: the store says where each schedule stands.
+        self.last_slot.retain(|(name, _), _| name != deployment);
+        match done {
+            Ok(()) => true,
+            Err(e) => {
+                self.complain(
+                    deployment,
+                    format!("removing runs of changed schedules: {e}"),
+                );
+                false
+            }
+        }
+    }
+
+    fn complain(&mut self, deployment: &str, message: String) {
+        if self.complained.get(deployment) != Some(&message) {
+            tracing::warn!("deployment '{deployment}' could not be scheduled: {message}");
+            self.complained.insert(deployment.to_string(), message);
+        }
     }
 }
 
-/// The latest fire time of any active schedule in (`last`, `now`].
-fn latest_due(
-    deployment: &Deployment,
+fn is_slot_taken(error: &DispatchError) -> bool {
+    matches!(
+        error,
+        DispatchError::Store(StoreError::SlotTaken { .. })
+            | DispatchError::Control(ControlError::Store(StoreError::SlotTaken { .. }))
+    )
+}
+
+/// The fire times to make runs for now, in order: those missed (after
+/// `last`, more than `late_after` ago) that `catchup` keeps, then every one
+/// from then up to `look_ahead` from `now`, at most `max_ahead`.
+fn plan(
+    timetable: &Timetable,
     last: TimestampMicros,
     now: TimestampMicros,
-) -> Option<TimestampMicros> {
-    let mut latest = None;
-    for schedule in deployment.schedules.iter().filter(|s| s.active) {
-        let mut at = last;
-        // Bounded: after a long downtime only the latest miss matters.
-        for _ in 0..100_000 {
-            match schedule.next_after(at) {
-                Some(next) if next <= now => at = next,
-                _ => break,
+    settings: &SchedulerSettings,
+    catchup: Catchup,
+    catchup_limit: usize,
+) -> Vec<TimestampMicros> {
+    let missed_until = now - settings.late_after.as_micros() as i64;
+    let horizon = now + settings.look_ahead.as_micros() as i64;
+    let keep_missed = match catchup {
+        Catchup::Skip => 0,
+        Catchup::Latest => 1,
+        Catchup::All => catchup_limit,
+    };
+    let mut times = timetable.latest_between(last, missed_until, keep_missed);
+    let mut at = last.max(missed_until);
+    while times.len() < keep_missed + settings.max_ahead {
+        match timetable.next_after(at) {
+            Some(next) if next <= horizon => {
+                times.push(next);
+                at = next;
             }
-        }
-        if at > last {
-            latest = latest.max(Some(at));
+            _ => break,
         }
     }
-    latest
+    times
 }
 
 /// Marks runs that waited past `late_after` `Late` (they still start when allowed).
@@ -140,34 +329,62 @@ async fn mark_late_runs(dispatcher: &Dispatcher, late_after: Duration) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::Schedule;
 
-    fn every_minute() -> Deployment {
-        serde_json::from_value(serde_json::json!({
-            "name": "d", "component": "0".repeat(64), "flow": "f",
-            "schedules": [{ "interval_seconds": 60 }]
-        }))
-        .unwrap()
+    const MIN: i64 = 60_000_000;
+
+    fn plan_every_minute(last: i64, now: i64, catchup: Catchup, limit: usize) -> Vec<i64> {
+        let settings = SchedulerSettings {
+            look_ahead: Duration::from_secs(120),
+            max_ahead: 100,
+            ..SchedulerSettings::default()
+        };
+        let every_minute = Timetable::interval(60, None).unwrap();
+        plan(&every_minute, last, now, &settings, catchup, limit)
+            .into_iter()
+            .map(|t| t / MIN)
+            .collect()
     }
 
     #[test]
-    fn after_downtime_only_the_latest_miss_runs() {
-        let d = every_minute();
-        let min = 60_000_000;
-        assert_eq!(latest_due(&d, 10 * min, 10 * min + 5), None);
-        assert_eq!(latest_due(&d, 10 * min, 11 * min), Some(11 * min));
-        assert_eq!(latest_due(&d, 10 * min, 95 * min + 7), Some(95 * min));
+    fn after_downtime_each_policy_keeps_its_missed_times() {
+        // Last run made for minute 10; back at 20:30. Minutes 11-19 were
+        // missed (more than a minute ago); 20 is just due; 21, 22 ahead.
+        let (last, now) = (10 * MIN, 20 * MIN + 30_000_000);
+        assert_eq!(plan_every_minute(last, now, Catchup::Skip, 5), [20, 21, 22]);
+        assert_eq!(
+            plan_every_minute(last, now, Catchup::Latest, 5),
+            [19, 20, 21, 22]
+        );
+        assert_eq!(
+            plan_every_minute(last, now, Catchup::All, 3),
+            [17, 18, 19, 20, 21, 22]
+        );
+        assert_eq!(
+            plan_every_minute(last, now, Catchup::All, 100),
+            [11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22]
+        );
     }
 
     #[test]
-    fn inactive_schedules_never_fire() {
-        let mut d = every_minute();
-        d.schedules = vec![
-            serde_json::from_value::<Schedule>(
-                serde_json::json!({"cron": "* * * * *", "active": false}),
-            )
-            .unwrap(),
-        ];
-        assert_eq!(latest_due(&d, 0, 1_000 * 60_000_000), None);
+    fn without_downtime_only_new_times_ahead_are_planned() {
+        assert_eq!(plan_every_minute(22 * MIN, 21 * MIN, Catchup::All, 5), [23]);
+        assert_eq!(
+            plan_every_minute(23 * MIN, 21 * MIN, Catchup::Latest, 5),
+            Vec::<i64>::new()
+        );
+    }
+
+    #[test]
+    fn at_most_max_ahead_runs_are_planned() {
+        let settings = SchedulerSettings {
+            look_ahead: Duration::from_secs(3600),
+            max_ahead: 7,
+            ..SchedulerSettings::default()
+        };
+        let every_second = Timetable::interval(1, None).unwrap();
+        assert_eq!(
+            plan(&every_second, 0, 0, &settings, Catchup::Skip, 1).len(),
+            7
+        );
     }
 }

@@ -2330,3 +2330,58 @@ fn a_secrets_key_others_can_read_or_a_lost_one_stops_the_server() {
     let (_, run) = server.events(started["flow_run_id"].as_str().unwrap());
     assert_eq!(run["state"], "Completed", "{run}");
 }
+
+#[test]
+fn a_schedule_runs_on_a_real_server_with_its_params_and_never_twice_across_a_restart() {
+    let server = TestServer::start_with(&["--schedule-ahead", "3s"], None);
+    let digest = server.upload(FIXTURE_WASM);
+    let mut d = adder("ticker", &digest, 1, 1);
+    d["schedules"] =
+        json!([{ "interval_seconds": 1, "params": { "input": { "a": 20, "b": 22 } } }]);
+    server.deploy("ticker", d);
+    let completed = |server: &TestServer| {
+        let (_, list) = server.get("/api/flow-runs?deployment=ticker&limit=1000");
+        let runs = list["flow_runs"].as_array().cloned().unwrap_or_default();
+        let done: Vec<Value> = runs
+            .iter()
+            .filter(|r| r["state"] == "Completed")
+            .cloned()
+            .collect();
+        (runs, done)
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (runs, done) = completed(&server);
+        if done.len() >= 2 {
+            for run in &done {
+                assert_eq!(run["result"], "42", "the schedule's params: {run}");
+            }
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no scheduled run completed: {runs:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Killed with runs made ahead, and started again: every time once.
+    let server = server.kill_and_restart();
+    let before = completed(&server).0.len();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while completed(&server).0.len() < before + 3 {
+        assert!(
+            Instant::now() < deadline,
+            "the restarted server made no runs"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (runs, _) = completed(&server);
+    let mut times: Vec<i64> = runs
+        .iter()
+        .map(|r| r["scheduled_at"].as_i64().expect("a scheduled time"))
+        .collect();
+    let made = times.len();
+    times.sort();
+    times.dedup();
+    assert_eq!(times.len(), made, "a time was scheduled twice: {runs:?}");
+}

@@ -261,6 +261,10 @@ pub struct Deployment {
     pub secrets: Option<Vec<String>>,
     pub paused: Option<bool>,
     pub concurrency_limit: Option<u32>,
+    /// Fire times missed while no server ran: `skip` (default), `latest` or `all`.
+    pub catchup: Option<String>,
+    /// With `catchup: all`, at most this many (the latest); default 10.
+    pub catchup_limit: Option<u32>,
 }
 
 #[derive(ToSchema)]

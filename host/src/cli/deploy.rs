@@ -162,6 +162,8 @@ pub fn list_flows(format: JsonFlag) -> anyhow::Result<()> {
       tags: [nightly]
       secrets: [warehouse-password]
       concurrency_limit: 1
+      catchup: latest              # after downtime: skip (default), latest or all
+      catchup_limit: 10            # with all: at most this many missed times
 
 Paths are relative to the file. Deploying again replaces the deployment.")]
 pub struct DeployArgs {
@@ -207,6 +209,11 @@ struct DeploySpec {
     paused: bool,
     #[serde(default)]
     concurrency_limit: Option<u32>,
+    /// skip, latest or all: fire times missed while no server ran.
+    #[serde(default)]
+    catchup: Option<String>,
+    #[serde(default)]
+    catchup_limit: Option<u32>,
 }
 
 #[derive(Deserialize, Debug)]
@@ -344,6 +351,12 @@ pub fn deploy(args: DeployArgs) -> anyhow::Result<()> {
         });
         if let Some(pool) = &spec.work_pool {
             body["work_pool"] = json!(pool);
+        }
+        if let Some(catchup) = &spec.catchup {
+            body["catchup"] = json!(catchup);
+        }
+        if let Some(limit) = spec.catchup_limit {
+            body["catchup_limit"] = json!(limit);
         }
         if let Some(queue) = &spec.work_queue {
             body["work_queue"] = json!(queue);

@@ -38,6 +38,8 @@ pub enum DeploymentError {
     Schedule(#[from] ScheduleError),
     #[error("concurrency_limit must be at least 1 (or absent for no limit)")]
     ZeroConcurrencyLimit,
+    #[error("catchup_limit must be at least 1 (use `catchup: skip` to run no missed time)")]
+    ZeroCatchupLimit,
 }
 
 /// A named, server-side way to run one flow of one component.
@@ -72,6 +74,29 @@ pub struct Deployment {
     /// At most this many of its runs at once (others wait in `Scheduled`).
     #[serde(default)]
     pub concurrency_limit: Option<u32>,
+    /// What the scheduler makes of fire times missed while no server ran.
+    #[serde(default)]
+    pub catchup: Catchup,
+    /// With `catchup: all`, at most this many missed times (the latest) run.
+    #[serde(default = "default_catchup_limit")]
+    pub catchup_limit: u32,
+}
+
+/// Fire times missed while no server ran (by more than `--late-after`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Catchup {
+    /// None of them run.
+    #[default]
+    Skip,
+    /// Only the latest one runs.
+    Latest,
+    /// Each runs, the latest `catchup_limit` of them.
+    All,
+}
+
+fn default_catchup_limit() -> u32 {
+    10
 }
 
 fn default_pool() -> String {
@@ -102,6 +127,9 @@ impl Deployment {
         }
         if self.concurrency_limit == Some(0) {
             return Err(DeploymentError::ZeroConcurrencyLimit);
+        }
+        if self.catchup_limit == 0 {
+            return Err(DeploymentError::ZeroCatchupLimit);
         }
         Ok(())
     }

@@ -6,7 +6,8 @@
 pub mod deploy;
 
 pub use deploy::{
-    Deployment, GrantedSecrets, Schedule, Variable, WorkPool, WorkQueue, validate_secret_value,
+    Catchup, Deployment, GrantedSecrets, Schedule, Variable, WorkPool, WorkQueue,
+    validate_secret_value,
 };
 use serde::{Deserialize, Serialize};
 use std::fmt;

@@ -233,6 +233,46 @@ impl Timetable {
         }
     }
 
+    /// The latest fire time at or before `at`.
+    pub fn latest_at_or_before(&self, at: Micros) -> Option<Micros> {
+        match self {
+            Timetable::Interval { every, anchor } => {
+                let steps = at.saturating_sub(*anchor).div_euclid(*every);
+                anchor.checked_add(steps.checked_mul(*every)?)
+            }
+            Timetable::Cron { cron, zone } => {
+                let second = jiff::Timestamp::from_second(at.div_euclid(MICROS_PER_SECOND))
+                    .ok()?
+                    .to_zoned(zone.0.clone());
+                let previous = cron.find_previous_occurrence(&second, true).ok()?;
+                Some(previous.timestamp().as_microsecond())
+            }
+            Timetable::RRule(set) => (&**set)
+                .into_iter()
+                .take(RRULE_WALK_LIMIT)
+                .map(|t| t.timestamp_micros())
+                .take_while(|t| *t <= at)
+                .last(),
+        }
+    }
+
+    /// The latest `count` fire times in (`after`, `until`], in order.
+    pub fn latest_between(&self, after: Micros, until: Micros, count: usize) -> Vec<Micros> {
+        let mut times = Vec::new();
+        let mut cursor = until;
+        while times.len() < count {
+            match self.latest_at_or_before(cursor) {
+                Some(at) if at > after => {
+                    times.push(at);
+                    cursor = at - 1;
+                }
+                _ => break,
+            }
+        }
+        times.reverse();
+        times
+    }
+
     /// The next `count` fire times after `after`, in order.
     pub fn upcoming(&self, after: Micros, count: usize) -> Vec<Micros> {
         if let Timetable::RRule(set) = self {

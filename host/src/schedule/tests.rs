@@ -423,3 +423,41 @@ fn a_bad_rrule_says_why() {
     assert!(message("FREQ=DAILY", None).contains("needs a start"));
     assert!(message("DTSTART:20260101T000000Z\nRRULE:FREQ=DAILY", start).contains("keep one"));
 }
+
+#[test]
+fn the_latest_times_before_an_instant_walk_back_through_dst() {
+    let ny = zone("America/New_York");
+    let hourly = Timetable::cron("0 * * * *", ny.clone()).unwrap();
+    let times: Vec<String> = hourly
+        .latest_between(
+            parse_instant("2026-11-01T00:30:00-04:00").unwrap(),
+            parse_instant("2026-11-01T02:00:00-05:00").unwrap(),
+            10,
+        )
+        .into_iter()
+        .map(|t| ny.format(t))
+        .collect();
+    assert_eq!(
+        times,
+        [
+            "2026-11-01T01:00:00-04:00",
+            "2026-11-01T01:00:00-05:00",
+            "2026-11-01T02:00:00-05:00"
+        ]
+    );
+    let minute = 60 * MICROS_PER_SECOND;
+    let every_minute = Timetable::interval(60, None).unwrap();
+    assert_eq!(
+        every_minute.latest_between(0, 10 * minute + 5, 3),
+        [8 * minute, 9 * minute, 10 * minute]
+    );
+    assert_eq!(
+        every_minute.latest_between(9 * minute, 10 * minute, 5),
+        [10 * minute]
+    );
+    let rule = Timetable::rrule("FREQ=MINUTELY;COUNT=5", Zone::utc(), Some(0)).unwrap();
+    assert_eq!(
+        rule.latest_between(minute, 100 * minute, 2),
+        [3 * minute, 4 * minute]
+    );
+}

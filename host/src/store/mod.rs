@@ -43,6 +43,14 @@ pub enum StoreError {
     WriterGone,
     #[error("corrupt row: {0}")]
     Corrupt(String),
+    #[error(
+        "deployment '{deployment}' has a run for schedule {schedule_key} at {at} µs already (another scheduler made it)"
+    )]
+    SlotTaken {
+        deployment: String,
+        schedule_key: String,
+        at: TimestampMicros,
+    },
 }
 
 /// One change to record. A `Vec<Write>` is applied atomically.
@@ -84,6 +92,23 @@ pub enum Write {
     RequestCancel {
         id: FlowRunId,
         at: TimestampMicros,
+    },
+    /// Records that a schedule made `flow_run` for `at`; goes in one unit
+    /// with the run's creation, which fails whole (`SlotTaken`) when the
+    /// slot was made already.
+    ScheduleSlot {
+        deployment: String,
+        schedule_key: String,
+        at: TimestampMicros,
+        flow_run: FlowRunId,
+    },
+    /// Deletes the not-yet-started runs, due after `after`, that schedules
+    /// of `deployment` other than `keep` made ahead (edited, deleted or
+    /// inactive schedules), with their slots.
+    DropScheduledRuns {
+        deployment: String,
+        keep: Vec<String>,
+        after: TimestampMicros,
     },
 }
 
@@ -617,6 +642,34 @@ impl Store {
     }
 
     /// The latest scheduled time among a deployment's runs.
+    /// The latest time a schedule of a deployment made a run for.
+    pub fn last_schedule_slot(
+        &self,
+        deployment: &str,
+        schedule_key: &str,
+    ) -> Result<Option<TimestampMicros>, StoreError> {
+        self.read(|c| {
+            c.prepare_cached(
+                "SELECT max(scheduled_us) FROM schedule_slots WHERE deployment = ?1 AND schedule_key = ?2",
+            )?
+            .query_row(params![deployment, schedule_key], |r| r.get(0))
+        })
+    }
+
+    /// Deployments that have runs made ahead by their schedules, waiting
+    /// after `after` (to drop those of deployments that are gone).
+    pub fn deployments_with_slots_after(
+        &self,
+        after: TimestampMicros,
+    ) -> Result<Vec<String>, StoreError> {
+        self.read(|c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT DISTINCT deployment FROM schedule_slots WHERE scheduled_us > ?1",
+            )?;
+            stmt.query_map([after], |r| r.get(0))?.collect()
+        })
+    }
+
     pub fn last_scheduled_at(
         &self,
         deployment: &str,
@@ -1651,6 +1704,51 @@ fn apply(conn: &Connection, write: &Write, files: &ResultFiles) -> Result<(), St
                     id: id.to_string(),
                 });
             }
+        }
+        Write::ScheduleSlot {
+            deployment,
+            schedule_key,
+            at,
+            flow_run,
+        } => {
+            let inserted = conn
+                .prepare_cached(
+                    "INSERT INTO schedule_slots (deployment, schedule_key, scheduled_us, flow_run) VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT DO NOTHING",
+                )?
+                .execute(params![deployment, schedule_key, at, flow_run.as_bytes()])?;
+            if inserted == 0 {
+                return Err(StoreError::SlotTaken {
+                    deployment: deployment.clone(),
+                    schedule_key: schedule_key.clone(),
+                    at: *at,
+                });
+            }
+        }
+        Write::DropScheduledRuns {
+            deployment,
+            keep,
+            after,
+        } => {
+            let keep = serde_json::to_string(keep).unwrap_or_else(|_| "[]".into());
+            let doomed =
+                "SELECT s.flow_run FROM schedule_slots s JOIN flow_runs f ON f.id = s.flow_run
+                 WHERE s.deployment = ?1 AND s.scheduled_us > ?3 AND f.state = 'Scheduled'
+                   AND s.schedule_key NOT IN (SELECT value FROM json_each(?2))";
+            for sql in [
+                format!("DELETE FROM run_states WHERE run_id IN ({doomed})"),
+                format!("DELETE FROM flow_runs WHERE id IN ({doomed})"),
+            ] {
+                conn.prepare_cached(&sql)?
+                    .execute(params![deployment, keep, after])?;
+            }
+            // Slots whose runs are gone: the schedule may make them again.
+            conn.prepare_cached(
+                "DELETE FROM schedule_slots WHERE deployment = ?1 AND scheduled_us > ?3
+                   AND schedule_key NOT IN (SELECT value FROM json_each(?2))
+                   AND NOT EXISTS (SELECT 1 FROM flow_runs f WHERE f.id = schedule_slots.flow_run)",
+            )?
+            .execute(params![deployment, keep, after])?;
         }
         Write::RequestCancel { id, at } => {
             let n = conn

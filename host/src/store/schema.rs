@@ -114,6 +114,17 @@ const MIGRATIONS: &[&str] = &[
     "
     ALTER TABLE task_runs ADD COLUMN input_sha256 TEXT;
     ",
+    // 5: the times each schedule made a run for. The key makes materializing
+    // idempotent: a restarted or second scheduler cannot make a run twice.
+    "
+    CREATE TABLE schedule_slots (
+        deployment   TEXT NOT NULL,
+        schedule_key TEXT NOT NULL,
+        scheduled_us INTEGER NOT NULL,
+        flow_run     BLOB NOT NULL,
+        PRIMARY KEY (deployment, schedule_key, scheduled_us)
+    ) WITHOUT ROWID;
+    ",
 ];
 
 /// Brings the database up to the newest schema, one transaction per migration.
