@@ -84,6 +84,14 @@ pub struct Scheduler {
     reconciled: HashMap<String, Vec<String>>,
     /// The latest slot made per (deployment, schedule key).
     last_slot: HashMap<(String, String), TimestampMicros>,
+    /// Each deployment as last read: its body, parsed, and the keys of its
+    /// active schedules, so an unchanged one costs a string comparison.
+    parsed: HashMap<String, (String, Arc<Deployment>, Vec<String>)>,
+    /// Whether a tick has run (the first asks the store for gone deployments).
+    started: bool,
+    /// Compiled schedules by key (the key covers everything they depend
+    /// on), so a tick does not parse every cron again.
+    timetables: HashMap<String, Timetable>,
 }
 
 /// What one tick did.
@@ -103,6 +111,9 @@ impl Scheduler {
             complained: HashMap::new(),
             reconciled: HashMap::new(),
             last_slot: HashMap::new(),
+            timetables: HashMap::new(),
+            parsed: HashMap::new(),
+            started: false,
         }
     }
 
@@ -123,36 +134,58 @@ impl Scheduler {
         };
         let now = self.dispatcher.control().now();
         let mut present = HashSet::new();
+        let mut keys_in_use = HashSet::new();
         for row in rows {
             present.insert(row.name.clone());
-            let Ok(deployment) = serde_json::from_str::<Deployment>(&row.body) else {
-                continue;
+            let (deployment, keep) = match self.parsed.get(&row.name) {
+                Some((body, deployment, keys)) if *body == row.body => {
+                    (deployment.clone(), keys.clone())
+                }
+                _ => {
+                    let Ok(deployment) = serde_json::from_str::<Deployment>(&row.body) else {
+                        continue;
+                    };
+                    let keys: Vec<String> = deployment
+                        .schedules
+                        .iter()
+                        .filter(|s| s.active)
+                        .map(|s| s.key())
+                        .collect();
+                    let deployment = Arc::new(deployment);
+                    self.parsed.insert(
+                        row.name.clone(),
+                        (row.body.clone(), deployment.clone(), keys.clone()),
+                    );
+                    (deployment, keys)
+                }
             };
-            let keep: Vec<String> = deployment
-                .schedules
-                .iter()
-                .filter(|s| s.active)
-                .map(|s| s.key())
-                .collect();
             if self.reconciled.get(&deployment.name) != Some(&keep)
                 && self
                     .drop_runs_ahead(&deployment.name, keep.clone(), now)
                     .await
             {
-                self.reconciled.insert(deployment.name.clone(), keep);
+                self.reconciled
+                    .insert(deployment.name.clone(), keep.clone());
             }
             if deployment.paused {
                 continue;
             }
-            for schedule in deployment.schedules.iter().filter(|s| s.active) {
-                let timetable = match schedule.timetable() {
-                    Ok(timetable) => timetable,
-                    Err(e) => {
-                        self.complain(&deployment.name, e.to_string());
-                        continue;
-                    }
+            let active = deployment.schedules.iter().filter(|s| s.active);
+            for (schedule, key) in active.zip(keep) {
+                keys_in_use.insert(key.clone());
+                let timetable = match self.timetables.get(&key) {
+                    Some(timetable) => timetable.clone(),
+                    None => match schedule.timetable() {
+                        Ok(timetable) => {
+                            self.timetables.insert(key.clone(), timetable.clone());
+                            timetable
+                        }
+                        Err(e) => {
+                            self.complain(&deployment.name, e.to_string());
+                            continue;
+                        }
+                    },
                 };
-                let key = schedule.key();
                 let slot = (deployment.name.clone(), key.clone());
                 let last = match self.last_slot.get(&slot) {
                     Some(last) => Some(*last),
@@ -174,7 +207,12 @@ impl Scheduler {
                 for at in times {
                     let made = self
                         .dispatcher
-                        .schedule_run(deployment.clone(), key.clone(), schedule.params.clone(), at)
+                        .schedule_run(
+                            (*deployment).clone(),
+                            key.clone(),
+                            schedule.params.clone(),
+                            at,
+                        )
                         .await;
                     match made {
                         Ok(run) => {
@@ -201,13 +239,30 @@ impl Scheduler {
                 }
             }
         }
-        // Deployments that are gone: their runs made ahead go too.
-        if let Ok(with_slots) = store.deployments_with_slots_after(now) {
-            for gone in with_slots.into_iter().filter(|d| !present.contains(d)) {
-                self.drop_runs_ahead(&gone, Vec::new(), now).await;
-            }
+        // Deployments that are gone: their runs made ahead go too. The store
+        // is asked once (one may have gone while no scheduler ran), then the
+        // ones seen before are enough.
+        let gone: Vec<String> = if self.started {
+            self.parsed
+                .keys()
+                .filter(|name| !present.contains(*name))
+                .cloned()
+                .collect()
+        } else {
+            store
+                .deployments_with_slots_after(now)
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|name| !present.contains(name))
+                .collect()
+        };
+        for name in gone {
+            self.drop_runs_ahead(&name, Vec::new(), now).await;
         }
+        self.started = true;
+        self.parsed.retain(|name, _| present.contains(name));
         self.reconciled.retain(|name, _| present.contains(name));
+        self.timetables.retain(|key, _| keys_in_use.contains(key));
         self.last_slot.retain(|(name, _), _| present.contains(name));
         report
     }
