@@ -2,6 +2,7 @@
 //! WebAssembly components. See ARCHITECTURE.md for the map.
 
 pub mod api;
+pub mod automations;
 pub mod builder;
 pub mod cli;
 pub mod client;

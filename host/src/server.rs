@@ -268,6 +268,13 @@ impl Server {
             self.scheduler_settings(),
             self.stop.clone(),
         ));
+        // Automations' webhooks, in a loop of their own: a slow receiver
+        // never holds up the scheduler or a run.
+        self.guests().spawn(crate::automations::run(
+            self.dispatcher.clone(),
+            format!("http://{local}"),
+            self.stop.clone(),
+        ));
         self.start_executor();
         if let Some(keep) = self.config.log_retention {
             self.guests().spawn(crate::worker::log_retention_job(

@@ -22,7 +22,7 @@ const LAYERS: &[&[&str]] = &[
     ],
     &["store", "engine", "secrets"],
     &["control", "client", "dispatch"],
-    &["worker", "scheduler", "api", "builder"],
+    &["worker", "scheduler", "automations", "api", "builder"],
     &["server"],
     &["cli", "main", "lib"],
 ];
@@ -57,7 +57,7 @@ const RESTRICTED: &[(&str, &[&str])] = &[
     ),
     (
         "Durability",
-        &["control", "dispatch", "worker", "scheduler"],
+        &["control", "dispatch", "worker", "scheduler", "automations"],
     ),
 ];
 

@@ -348,3 +348,57 @@ pub struct VariableList {
 pub struct Deleted {
     pub deleted: String,
 }
+
+#[derive(ToSchema)]
+pub struct Automation {
+    pub name: String,
+    /// failed, crashed, late, cancelled, completed or stuck.
+    pub on: String,
+    pub deployment: Option<String>,
+    pub tag: Option<String>,
+    pub flow: Option<String>,
+    /// With `on: stuck`: Running longer than this counts as stuck.
+    pub stuck_after_seconds: Option<u64>,
+    /// An http:// URL the event is POSTed to.
+    pub webhook: String,
+    /// Sent with each delivery; values are never shown back (`***`).
+    pub headers: Option<std::collections::BTreeMap<String, String>>,
+    /// A JSON body with {{automation}}, {{event}}, {{flow_run_id}}, {{flow}},
+    /// {{deployment}}, {{state}}, {{reason}} and {{link}}.
+    pub template: Option<String>,
+    pub paused: Option<bool>,
+}
+
+#[derive(ToSchema)]
+pub struct AutomationInfo {
+    pub automation: Automation,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+#[derive(ToSchema)]
+pub struct AutomationList {
+    pub automations: Vec<AutomationInfo>,
+}
+
+#[derive(ToSchema)]
+pub struct Delivery {
+    pub id: i64,
+    pub flow_run_id: String,
+    pub event: String,
+    /// pending, delivered or failed (given up).
+    pub status: String,
+    pub attempts: u32,
+    pub last_error: Option<String>,
+    pub response_code: Option<u16>,
+    pub created_at: String,
+    pub next_attempt_at: Option<String>,
+    pub delivered_at: Option<String>,
+    /// The body sent.
+    pub payload: String,
+}
+
+#[derive(ToSchema)]
+pub struct DeliveryList {
+    pub deliveries: Vec<Delivery>,
+}

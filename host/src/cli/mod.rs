@@ -6,6 +6,7 @@
 //! the command (and the run it started) succeeded, 1 when a run ended in any
 //! state but Completed, 2 when the command could not start (bad input).
 
+mod automation;
 mod backend;
 mod deploy;
 mod flow;
@@ -75,6 +76,8 @@ enum Command {
     /// Named sets of settings (profiles.toml).
     #[command(subcommand)]
     Schedule(schedule::ScheduleCommand),
+    #[command(subcommand)]
+    Automation(automation::AutomationCommand),
     #[command(subcommand)]
     Profile(profile::ProfileCommand),
     /// Settings of the active profile: api.url, api.key, logging.level, server.addr.
@@ -177,6 +180,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Deploy(args) => deploy::deploy(args),
         Command::Deployment(command) => deploy::deployment(command),
         Command::Schedule(command) => schedule::run(command),
+        Command::Automation(command) => automation::run(command),
         Command::Secret(command) => deploy::secret(command),
         Command::Variable(command) => deploy::variable(command),
         Command::WorkPool(command) => deploy::work_pool(command),

@@ -102,6 +102,25 @@ pub enum Write {
         at: TimestampMicros,
         flow_run: FlowRunId,
     },
+    /// Queues a webhook delivery; nothing when that automation already has
+    /// one for this run and event.
+    EnqueueDelivery {
+        automation: String,
+        flow_run: FlowRunId,
+        event: String,
+        payload: String,
+        at: TimestampMicros,
+    },
+    /// Records one delivery attempt: `delivered`, or `pending` again until
+    /// `next_attempt_at`, or `failed` for good.
+    DeliveryAttempt {
+        id: i64,
+        status: DeliveryStatus,
+        next_attempt_at: TimestampMicros,
+        error: Option<String>,
+        response_code: Option<u16>,
+        at: TimestampMicros,
+    },
     /// Deletes the not-yet-started runs, due after `after`, that schedules
     /// of `deployment` other than `keep` made ahead (edited, deleted or
     /// inactive schedules), with their slots.
@@ -642,6 +661,67 @@ impl Store {
     }
 
     /// The latest scheduled time among a deployment's runs.
+    /// Pending deliveries due by `now`, oldest first.
+    pub fn due_deliveries(
+        &self,
+        now: TimestampMicros,
+        limit: usize,
+    ) -> Result<Vec<DeliveryRow>, StoreError> {
+        self.read(|c| {
+            let mut stmt = c.prepare_cached(&format!(
+                "{DELIVERY_SELECT} WHERE status = 'pending' AND next_attempt_us <= ?1 ORDER BY next_attempt_us LIMIT ?2"
+            ))?;
+            stmt.query_map(params![now, limit as i64], DeliveryRow::from_row)?
+                .collect()
+        })
+    }
+
+    /// An automation's deliveries, newest first.
+    pub fn deliveries(
+        &self,
+        automation: &str,
+        limit: usize,
+    ) -> Result<Vec<DeliveryRow>, StoreError> {
+        self.read(|c| {
+            let mut stmt = c.prepare_cached(&format!(
+                "{DELIVERY_SELECT} WHERE automation = ?1 ORDER BY id DESC LIMIT ?2"
+            ))?;
+            stmt.query_map(params![automation, limit as i64], DeliveryRow::from_row)?
+                .collect()
+        })
+    }
+
+    /// Top-level runs that ended after `after` (up to `limit`, oldest first).
+    pub fn runs_ended_after(
+        &self,
+        after: TimestampMicros,
+        limit: usize,
+    ) -> Result<Vec<FlowRunRow>, StoreError> {
+        self.read(|c| {
+            let mut stmt = c.prepare_cached(&format!(
+                "{FLOW_RUN_SELECT} WHERE ended_us > ?1 AND parent_flow_run IS NULL ORDER BY ended_us LIMIT ?2"
+            ))?;
+            stmt.query_map(params![after, limit as i64], FlowRunRow::from_row)?
+                .collect()
+        })
+    }
+
+    /// Top-level runs in `state` created before `before` (Late ones, or
+    /// Running ones that may be stuck).
+    pub fn runs_in_state(
+        &self,
+        state: RunState,
+        limit: usize,
+    ) -> Result<Vec<FlowRunRow>, StoreError> {
+        self.read(|c| {
+            let mut stmt = c.prepare_cached(&format!(
+                "{FLOW_RUN_SELECT} WHERE state = ?1 AND parent_flow_run IS NULL ORDER BY created_us LIMIT ?2"
+            ))?;
+            stmt.query_map(params![state.as_str(), limit as i64], FlowRunRow::from_row)?
+                .collect()
+        })
+    }
+
     /// The latest time a schedule of a deployment made a run for.
     pub fn last_schedule_slot(
         &self,
@@ -1151,6 +1231,7 @@ pub enum ObjectKind {
     WorkQueue,
     Variable,
     Secret,
+    Automation,
 }
 
 impl ObjectKind {
@@ -1161,6 +1242,7 @@ impl ObjectKind {
             ObjectKind::WorkQueue => "work_queue",
             ObjectKind::Variable => "variable",
             ObjectKind::Secret => "secret",
+            ObjectKind::Automation => "automation",
         }
     }
     fn what(self) -> &'static str {
@@ -1170,7 +1252,68 @@ impl ObjectKind {
             ObjectKind::WorkQueue => "work queue",
             ObjectKind::Variable => "variable",
             ObjectKind::Secret => "secret",
+            ObjectKind::Automation => "automation",
         }
+    }
+}
+
+/// Where a webhook delivery stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeliveryStatus {
+    Pending,
+    Delivered,
+    /// Gave up after the last retry.
+    Failed,
+}
+
+impl DeliveryStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryStatus::Pending => "pending",
+            DeliveryStatus::Delivered => "delivered",
+            DeliveryStatus::Failed => "failed",
+        }
+    }
+}
+
+const DELIVERY_SELECT: &str =
+    "SELECT id, automation, flow_run, event, payload, status, attempts, next_attempt_us,
+    last_error, response_code, created_us, delivered_us FROM automation_deliveries";
+
+/// One webhook delivery of the automations' outbox.
+#[derive(Debug, Clone)]
+pub struct DeliveryRow {
+    pub id: i64,
+    pub automation: String,
+    pub flow_run: FlowRunId,
+    pub event: String,
+    pub payload: String,
+    pub status: String,
+    pub attempts: u32,
+    pub next_attempt_at: TimestampMicros,
+    pub last_error: Option<String>,
+    pub response_code: Option<u16>,
+    pub created_at: TimestampMicros,
+    pub delivered_at: Option<TimestampMicros>,
+}
+
+impl DeliveryRow {
+    fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Self> {
+        let run: Vec<u8> = r.get(2)?;
+        Ok(DeliveryRow {
+            id: r.get(0)?,
+            automation: r.get(1)?,
+            flow_run: FlowRunId::from_bytes(run.try_into().unwrap_or([0; 16])),
+            event: r.get(3)?,
+            payload: r.get(4)?,
+            status: r.get(5)?,
+            attempts: r.get(6)?,
+            next_attempt_at: r.get(7)?,
+            last_error: r.get(8)?,
+            response_code: r.get(9)?,
+            created_at: r.get(10)?,
+            delivered_at: r.get(11)?,
+        })
     }
 }
 
@@ -1704,6 +1847,35 @@ fn apply(conn: &Connection, write: &Write, files: &ResultFiles) -> Result<(), St
                     id: id.to_string(),
                 });
             }
+        }
+        Write::EnqueueDelivery {
+            automation,
+            flow_run,
+            event,
+            payload,
+            at,
+        } => {
+            conn.prepare_cached(
+                "INSERT INTO automation_deliveries (automation, flow_run, event, payload, status, next_attempt_us, created_us)
+                 VALUES (?1, ?2, ?3, ?4, 'pending', ?5, ?5) ON CONFLICT DO NOTHING",
+            )?
+            .execute(params![automation, flow_run.as_bytes(), event, payload, at])?;
+        }
+        Write::DeliveryAttempt {
+            id,
+            status,
+            next_attempt_at,
+            error,
+            response_code,
+            at,
+        } => {
+            conn.prepare_cached(
+                "UPDATE automation_deliveries SET status = ?2, attempts = attempts + 1, next_attempt_us = ?3,
+                    last_error = ?4, response_code = ?5,
+                    delivered_us = CASE WHEN ?2 = 'delivered' THEN ?6 END
+                 WHERE id = ?1 AND status = 'pending'",
+            )?
+            .execute(params![id, status.as_str(), next_attempt_at, error, response_code, at])?;
         }
         Write::ScheduleSlot {
             deployment,

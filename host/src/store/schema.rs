@@ -125,6 +125,27 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (deployment, schedule_key, scheduled_us)
     ) WITHOUT ROWID;
     ",
+    // 6: the automations' outbox: one delivery per (automation, run, event),
+    // retried until delivered; and runs by end time, for finding new events.
+    "
+    CREATE TABLE automation_deliveries (
+        id              INTEGER PRIMARY KEY,
+        automation      TEXT NOT NULL,
+        flow_run        BLOB NOT NULL,
+        event           TEXT NOT NULL,
+        payload         TEXT NOT NULL,
+        status          TEXT NOT NULL,
+        attempts        INTEGER NOT NULL DEFAULT 0,
+        next_attempt_us INTEGER NOT NULL,
+        last_error      TEXT,
+        response_code   INTEGER,
+        created_us      INTEGER NOT NULL,
+        delivered_us    INTEGER,
+        UNIQUE (automation, flow_run, event)
+    );
+    CREATE INDEX automation_deliveries_due ON automation_deliveries (next_attempt_us) WHERE status = 'pending';
+    CREATE INDEX flow_runs_by_end ON flow_runs (ended_us) WHERE ended_us IS NOT NULL;
+    ",
 ];
 
 /// Brings the database up to the newest schema, one transaction per migration.
