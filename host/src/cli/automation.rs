@@ -146,7 +146,10 @@ pub fn run(command: AutomationCommand) -> anyhow::Result<()> {
                 println!("headers    {}", a["headers"]);
                 println!(
                     "template   {}",
-                    a["template"].as_str().unwrap_or("(default JSON payload)")
+                    a["template"]
+                        .as_str()
+                        .map(str::trim_end)
+                        .unwrap_or("(default JSON payload)")
                 );
                 println!(
                     "status     {}",

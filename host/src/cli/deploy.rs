@@ -165,6 +165,14 @@ pub fn list_flows(format: JsonFlag) -> anyhow::Result<()> {
       catchup: latest              # after downtime: skip (default), latest or all
       catchup_limit: 10            # with all: at most this many missed times
 
+  automations:                     # optional: webhooks on their runs
+    - name: etl-failed
+      on: failed                   # failed, crashed, late, cancelled, completed, stuck
+      deployment: etl-nightly
+      webhook: http://127.0.0.1:9000/hook
+      headers: {Authorization: Bearer TOKEN}
+      template: slack.json         # optional JSON body with {{flow}}, {{state}}, {{reason}}, {{link}}, ...
+
 Paths are relative to the file. Deploying again replaces the deployment.")]
 pub struct DeployArgs {
     /// The deployment file.
@@ -181,6 +189,62 @@ pub struct DeployArgs {
 #[serde(deny_unknown_fields)]
 struct DeployFile {
     deployments: Vec<DeploySpec>,
+    /// Webhooks on the deployments' runs (see `host automation create --help`).
+    #[serde(default)]
+    automations: Vec<AutomationSpec>,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct AutomationSpec {
+    name: String,
+    on: crate::model::AutomationEvent,
+    deployment: Option<String>,
+    tag: Option<String>,
+    flow: Option<String>,
+    /// e.g. 10m, with `on: stuck`.
+    stuck_after: Option<String>,
+    webhook: String,
+    #[serde(default)]
+    headers: std::collections::BTreeMap<String, String>,
+    /// A file with the JSON body, relative to the deployment file.
+    template: Option<PathBuf>,
+    #[serde(default)]
+    paused: bool,
+}
+
+impl AutomationSpec {
+    fn automation(&self, base: &Path) -> anyhow::Result<crate::model::Automation> {
+        let bad = |what: String| Exit::bad_input(format!("automation '{}': {what}", self.name));
+        let stuck_after_seconds = self
+            .stuck_after
+            .as_deref()
+            .map(|t| humantime::parse_duration(t).map(|d| d.as_secs()))
+            .transpose()
+            .map_err(|e| bad(format!("stuck_after: {e}")))?;
+        let template = self
+            .template
+            .as_ref()
+            .map(|path| {
+                std::fs::read_to_string(base.join(path))
+                    .map_err(|e| bad(format!("template {}: {e}", path.display())))
+            })
+            .transpose()?;
+        let automation = crate::model::Automation {
+            name: self.name.clone(),
+            on: self.on,
+            deployment: self.deployment.clone(),
+            tag: self.tag.clone(),
+            flow: self.flow.clone(),
+            stuck_after_seconds,
+            webhook: self.webhook.clone(),
+            headers: self.headers.clone(),
+            template,
+            paused: self.paused,
+        };
+        automation.validate().map_err(|e| bad(e.to_string()))?;
+        Ok(automation)
+    }
 }
 
 #[derive(Deserialize, Debug)]
@@ -386,8 +450,36 @@ pub fn deploy(args: DeployArgs) -> anyhow::Result<()> {
         }
         replies.push(reply);
     }
+    // Automations of the chosen deployments (all of them when none is named).
+    let mut automation_replies = Vec::new();
+    for spec in file.automations.iter().filter(|a| {
+        args.names.is_empty()
+            || a.deployment
+                .as_ref()
+                .is_some_and(|d| args.names.contains(d))
+    }) {
+        let automation = spec.automation(base)?;
+        let reply = backend.send(
+            "PUT",
+            &format!("/api/automations/{}", automation.name),
+            &json!(automation),
+        )?;
+        if !args.format.json {
+            println!(
+                "Automation '{}': on {} POST {}",
+                automation.name,
+                automation.on.as_str(),
+                automation.webhook
+            );
+        }
+        automation_replies.push(reply);
+    }
     if args.format.json {
-        print_json(&json!({ "deployments": replies }));
+        let mut out = json!({ "deployments": replies });
+        if !automation_replies.is_empty() {
+            out["automations"] = json!(automation_replies);
+        }
+        print_json(&out);
     }
     Ok(())
 }
