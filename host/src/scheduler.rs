@@ -8,7 +8,8 @@
 //! The store keeps one slot per (deployment, schedule key, time), so a
 //! restarted scheduler, or two at once, never make a run twice. When a
 //! deployment changes, runs its edited, deleted or deactivated schedules made
-//! ahead are deleted (they have not started).
+//! ahead are deleted (they have not started); pausing a deployment deletes
+//! all of its runs made ahead, and on resume it goes on from then.
 //!
 //! Catch-up: a fire time that passed more than `late_after` before the
 //! scheduler first saw it was missed (no server ran then). The deployment's
@@ -159,13 +160,19 @@ impl Scheduler {
                     (deployment, keys)
                 }
             };
-            if self.reconciled.get(&deployment.name) != Some(&keep)
+            // A paused deployment keeps none of the runs made ahead: its
+            // times are skipped, not held back to run all at once on resume.
+            let kept = if deployment.paused {
+                Vec::new()
+            } else {
+                keep.clone()
+            };
+            if self.reconciled.get(&deployment.name) != Some(&kept)
                 && self
-                    .drop_runs_ahead(&deployment.name, keep.clone(), now)
+                    .drop_runs_ahead(&deployment.name, kept.clone(), now)
                     .await
             {
-                self.reconciled
-                    .insert(deployment.name.clone(), keep.clone());
+                self.reconciled.insert(deployment.name.clone(), kept);
             }
             if deployment.paused {
                 continue;

@@ -298,3 +298,33 @@ fn editing_a_schedule_removes_its_runs_made_ahead_and_params_override() {
     f.tick(&mut scheduler);
     assert!(f.times("hourly").is_empty(), "{:?}", f.times("hourly"));
 }
+
+#[test]
+fn pausing_a_deployment_drops_its_runs_ahead_and_resuming_goes_on_from_then() {
+    let f = Fixture::new();
+    let schedules = serde_json::json!([{ "cron": EVERY_MINUTE }]);
+    f.deploy(
+        "minutely",
+        serde_json::json!({ "schedules": schedules, "catchup": "latest" }),
+    );
+    let mut scheduler = f.scheduler();
+    f.tick(&mut scheduler);
+    assert_eq!(f.times("minutely"), ["10:01"]);
+    f.clock.advance(Duration::from_secs(30));
+    f.deploy(
+        "minutely",
+        serde_json::json!({ "schedules": schedules, "catchup": "latest", "paused": true }),
+    );
+    f.tick(&mut scheduler);
+    assert!(f.times("minutely").is_empty(), "{:?}", f.times("minutely"));
+    // Paused through 10:05; the skipped times are not caught up.
+    f.clock.advance(Duration::from_secs(5 * 60));
+    f.tick(&mut scheduler);
+    assert!(f.times("minutely").is_empty());
+    f.deploy(
+        "minutely",
+        serde_json::json!({ "schedules": schedules, "catchup": "latest" }),
+    );
+    f.tick(&mut scheduler);
+    assert_eq!(f.times("minutely"), ["10:06"]);
+}
