@@ -80,9 +80,9 @@ pub struct Scheduler {
     settings: SchedulerSettings,
     /// The last problem reported per deployment, so it is logged once.
     complained: HashMap<String, String>,
-    /// Each deployment's active schedule keys when its runs made ahead were
-    /// last matched to its schedules.
-    reconciled: HashMap<String, Vec<String>>,
+    /// Each deployment's kept schedule keys and [`run_shape`] when its runs
+    /// made ahead were last matched to it.
+    reconciled: HashMap<String, (Vec<String>, String)>,
     /// The latest slot made per (deployment, schedule key).
     last_slot: HashMap<(String, String), TimestampMicros>,
     /// Each deployment as last read: its body, parsed, and the keys of its
@@ -167,12 +167,19 @@ impl Scheduler {
             } else {
                 keep.clone()
             };
-            if self.reconciled.get(&deployment.name) != Some(&kept)
-                && self
-                    .drop_runs_ahead(&deployment.name, kept.clone(), now)
-                    .await
+            let shape = run_shape(&deployment);
+            let drop_keeping = match self.reconciled.get(&deployment.name) {
+                Some((keys, old_shape)) if *keys == kept && *old_shape == shape => None,
+                // Params, pool, limits or grants changed: runs made ahead
+                // carry the old ones, so all go and are made again.
+                Some((_, old_shape)) if *old_shape != shape => Some(Vec::new()),
+                _ => Some(kept.clone()),
+            };
+            if let Some(keeping) = drop_keeping
+                && self.drop_runs_ahead(&deployment.name, keeping, now).await
             {
-                self.reconciled.insert(deployment.name.clone(), kept);
+                self.reconciled
+                    .insert(deployment.name.clone(), (kept, shape));
             }
             if deployment.paused {
                 continue;
@@ -315,6 +322,15 @@ impl Scheduler {
             self.complained.insert(deployment.to_string(), message);
         }
     }
+}
+
+/// What a deployment gives the runs it makes when they are created (params,
+/// pool, limits, grants, tags), without its schedules and paused flag.
+fn run_shape(deployment: &Deployment) -> String {
+    let mut shape = deployment.clone();
+    shape.schedules.clear();
+    shape.paused = false;
+    serde_json::to_string(&shape).unwrap_or_default()
 }
 
 fn is_slot_taken(error: &DispatchError) -> bool {

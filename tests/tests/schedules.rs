@@ -328,3 +328,34 @@ fn pausing_a_deployment_drops_its_runs_ahead_and_resuming_goes_on_from_then() {
     f.tick(&mut scheduler);
     assert_eq!(f.times("minutely"), ["10:06"]);
 }
+
+#[test]
+fn changing_a_deployments_params_remakes_its_runs_ahead_with_them() {
+    let f = Fixture::new();
+    let schedules = serde_json::json!([{ "cron": "*/20 * * * *" }]);
+    f.deploy("thirds", serde_json::json!({ "schedules": schedules }));
+    let mut scheduler = Scheduler::new(f.server.dispatcher.clone(), {
+        let mut s = f.server.scheduler_settings();
+        s.look_ahead = Duration::from_secs(3600);
+        s
+    });
+    f.tick(&mut scheduler);
+    let before = f.runs("thirds");
+    assert_eq!(
+        before.keys().collect::<Vec<_>>(),
+        ["10:20", "10:40", "11:00"]
+    );
+    assert!(before.values().all(|(_, p)| p["n"] == 1));
+    f.clock.advance(Duration::from_secs(60));
+    f.deploy(
+        "thirds",
+        serde_json::json!({ "schedules": schedules, "params": { "n": 5 } }),
+    );
+    f.tick(&mut scheduler);
+    let after = f.runs("thirds");
+    assert_eq!(
+        after.keys().collect::<Vec<_>>(),
+        ["10:20", "10:40", "11:00"]
+    );
+    assert!(after.values().all(|(_, p)| p["n"] == 5), "{after:?}");
+}
