@@ -450,7 +450,37 @@ fn schedule_preview_prints_dst_correct_times_and_names_a_bad_field() {
         json_out(&out),
         serde_json::json!({"times": ["2026-01-01T00:30:00+00:00", "2026-01-01T02:00:00+00:00"]})
     );
+    let out = host(
+        home.path(),
+        &[
+            "schedule",
+            "preview",
+            "--rrule",
+            "FREQ=WEEKLY;BYDAY=MO,WE;COUNT=3",
+            "--anchor",
+            "2026-03-23T09:00:00+01:00",
+            "--tz",
+            "Europe/Berlin",
+            "--from",
+            "2026-01-01T00:00:00Z",
+        ],
+    );
+    assert_eq!(
+        text(&out.stdout),
+        "2026-03-23T09:00:00+01:00\n2026-03-25T09:00:00+01:00\n2026-03-30T09:00:00+02:00\n",
+        "{}",
+        text(&out.stderr)
+    );
     for (args, words) in [
+        (
+            vec![
+                "--rrule",
+                "FREQ=WEEKLY;BYDAY=XX",
+                "--anchor",
+                "2026-01-01T00:00:00Z",
+            ],
+            "not a valid weekday",
+        ),
         (vec!["--cron", "0 2 * 13 *"], "month field '13'"),
         (vec!["--cron", "0 2 * *"], "has 4 fields; expected 5"),
         (vec!["--cron", "0 0 30 2 *"], "never fires"),
