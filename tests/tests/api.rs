@@ -2594,3 +2594,48 @@ fn a_run_stuck_in_running_posts_its_webhook_once() {
         "{body}"
     );
 }
+
+#[test]
+fn a_webhook_payload_never_carries_a_granted_secret_in_clear() {
+    const VALUE: &str = "hook-s3cr3t-8812";
+    let answer = std::sync::Arc::new(std::sync::atomic::AtomicU16::new(200));
+    let (url, heard) = webhook_receiver(answer);
+    let server = TestServer::start();
+    let digest = server.upload(FIXTURE_WASM);
+    let (status, _) = server.send("PUT", "/api/secrets/db-password", json!({ "value": VALUE }));
+    assert_eq!(status, 200);
+    // The flow fails with the secret in its message: the run's reason.
+    let mut leaky = deployment(
+        "leaky-fail",
+        &digest,
+        "fails_with_secret",
+        json!({ "name": "db-password" }),
+    );
+    leaky["secrets"] = json!(["db-password"]);
+    server.deploy("leaky-fail", leaky);
+    for template in [None, Some(r#"{"text": "{{reason}}"}"#)] {
+        let name = if template.is_some() {
+            "templated"
+        } else {
+            "plain"
+        };
+        let mut automation = json!({
+            "name": name, "on": "failed", "deployment": "leaky-fail", "webhook": url
+        });
+        if let Some(t) = template {
+            automation["template"] = json!(t);
+        }
+        let (status, reply) = server.send("PUT", &format!("/api/automations/{name}"), automation);
+        assert_eq!(status, 201, "{reply}");
+    }
+    let (_, started) = server.send("POST", "/api/deployments/leaky-fail/runs", json!({}));
+    let (_, run) = server.events(started["flow_run_id"].as_str().unwrap());
+    assert_eq!(run["state"], "Failed", "{run}");
+    wait_until("both automations delivered", || {
+        heard.lock().unwrap().len() >= 2
+    });
+    for (_, _, body) in heard.lock().unwrap().iter() {
+        assert!(!body.contains(VALUE), "the secret went out: {body}");
+        assert!(body.contains("***"), "{body}");
+    }
+}
