@@ -38,8 +38,10 @@ pub enum DeploymentError {
     Schedule(#[from] ScheduleError),
     #[error("concurrency_limit must be at least 1 (or absent for no limit)")]
     ZeroConcurrencyLimit,
-    #[error("catchup_limit must be at least 1 (use `catchup: skip` to run no missed time)")]
-    ZeroCatchupLimit,
+    #[error(
+        "catchup_limit must be 1 to {MAX_CATCHUP_LIMIT} (use `catchup: skip` to run no missed time)"
+    )]
+    CatchupLimit,
 }
 
 /// A named, server-side way to run one flow of one component.
@@ -99,6 +101,10 @@ fn default_catchup_limit() -> u32 {
     10
 }
 
+/// The most missed times `catchup: all` runs: a week's downtime of an
+/// every-second schedule must not become 600,000 runs.
+pub const MAX_CATCHUP_LIMIT: u32 = 1000;
+
 fn default_pool() -> String {
     DEFAULT_POOL.to_string()
 }
@@ -128,8 +134,8 @@ impl Deployment {
         if self.concurrency_limit == Some(0) {
             return Err(DeploymentError::ZeroConcurrencyLimit);
         }
-        if self.catchup_limit == 0 {
-            return Err(DeploymentError::ZeroCatchupLimit);
+        if self.catchup_limit == 0 || self.catchup_limit > MAX_CATCHUP_LIMIT {
+            return Err(DeploymentError::CatchupLimit);
         }
         Ok(())
     }
@@ -533,6 +539,17 @@ mod tests {
                 .contains("`timezone` belongs to cron")
         );
         assert!(refused(serde_json::json!({"cron": "0 25 * * *"})).contains("hour field '25'"));
+        let deployment = |limit: u32| {
+            serde_json::from_value::<Deployment>(serde_json::json!({
+                "name": "d", "component": "0".repeat(64), "flow": "f",
+                "catchup": "all", "catchup_limit": limit
+            }))
+            .unwrap()
+            .validate()
+        };
+        assert!(deployment(1000).is_ok());
+        assert_eq!(deployment(0), Err(DeploymentError::CatchupLimit));
+        assert_eq!(deployment(1001), Err(DeploymentError::CatchupLimit));
         assert!(
             refused(serde_json::json!({"cron": "0 2 * * *", "tz": "UTC"}))
                 .contains("unknown field")
