@@ -10,8 +10,10 @@
 
 use crate::control::Durability;
 use crate::dispatch::Dispatcher;
+use crate::model::FlowRunId;
 use crate::model::{Automation, AutomationEvent, EventFields, RunState, TimestampMicros};
 use crate::store::{DeliveryRow, DeliveryStatus, FlowRunRow, ObjectKind, ObjectRow, Write};
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -48,6 +50,9 @@ pub struct Outbox {
     link_base: String,
     /// Runs that ended at or before this were looked at.
     ended_cursor: TimestampMicros,
+    /// Late and stuck events queued already (the store would ignore them,
+    /// but a write per tick per waiting run is waste), for runs still so.
+    queued: HashSet<(String, FlowRunId)>,
 }
 
 impl Outbox {
@@ -59,6 +64,7 @@ impl Outbox {
             dispatcher,
             link_base,
             ended_cursor,
+            queued: HashSet::new(),
         }
     }
 
@@ -108,10 +114,22 @@ impl Outbox {
             Vec::new()
         };
         let mut writes = Vec::new();
+        let mut queued_now = Vec::new();
         for (automation, row) in &automations {
+            let ongoing = matches!(
+                automation.on,
+                AutomationEvent::Late | AutomationEvent::Stuck
+            );
             let mut push = |run: &FlowRunRow, reason: String| {
                 if !automation.matches(run.deployment.as_deref(), &run.flow_name, &run.tags) {
                     return;
+                }
+                if ongoing {
+                    let key = (automation.name.clone(), run.id);
+                    if self.queued.contains(&key) {
+                        return;
+                    }
+                    queued_now.push(key);
                 }
                 let fields = EventFields {
                     automation: automation.name.clone(),
@@ -159,16 +177,28 @@ impl Outbox {
                 }
             }
         }
+        // Forget runs no longer Late or Running: they cannot fire these again.
+        let live: HashSet<FlowRunId> = events
+            .iter()
+            .filter(|(_, event, _)| *event == AutomationEvent::Late)
+            .map(|(run, _, _)| run.id)
+            .chain(running.iter().map(|run| run.id))
+            .collect();
+        self.queued.retain(|(_, run)| live.contains(run));
         if writes.is_empty() {
             return;
         }
-        if let Some(ticket) = self
+        let committed = match self
             .dispatcher
             .control()
             .record(writes, Durability::Committed)
-            && let Err(e) = ticket.committed().await
         {
-            tracing::warn!("queueing automation deliveries: {e}");
+            Some(ticket) => ticket.committed().await,
+            None => Ok(()),
+        };
+        match committed {
+            Ok(()) => self.queued.extend(queued_now),
+            Err(e) => tracing::warn!("queueing automation deliveries: {e}"),
         }
     }
 

@@ -2639,3 +2639,41 @@ fn a_webhook_payload_never_carries_a_granted_secret_in_clear() {
         assert!(body.contains("***"), "{body}");
     }
 }
+
+#[test]
+fn a_late_run_posts_its_webhook_once_and_a_paused_automation_posts_nothing() {
+    let answer = std::sync::Arc::new(std::sync::atomic::AtomicU16::new(200));
+    let (url, heard) = webhook_receiver(answer);
+    let server = TestServer::start_with(&["--late-after", "1s"], None);
+    let digest = server.upload(FIXTURE_WASM);
+    server.deploy("adder", adder("adder", &digest, 2, 2));
+    for name in ["late", "muted"] {
+        let (status, reply) = server.send(
+            "PUT",
+            &format!("/api/automations/{name}"),
+            json!({ "name": name, "on": "late", "flow": "call", "webhook": url }),
+        );
+        assert_eq!(status, 201, "{reply}");
+    }
+    server.post_ok("/api/automations/muted/pause");
+    server.post_ok("/api/work-pools/wasm/pause");
+    let (_, started) = server.send("POST", "/api/deployments/adder/runs", json!({}));
+    let id = started["flow_run_id"].as_str().unwrap().to_string();
+    wait_until("a late webhook", || !heard.lock().unwrap().is_empty());
+    // Still Late for a while: several ticks, one delivery.
+    let (_, deliveries) = server.get("/api/automations/late/deliveries");
+    assert_eq!(deliveries["deliveries"].as_array().unwrap().len(), 1);
+    server.post_ok("/api/work-pools/wasm/resume");
+    let (_, run) = server.events(&id);
+    assert_eq!(run["state"], "Completed");
+    let heard = heard.lock().unwrap().clone();
+    assert_eq!(heard.len(), 1, "{heard:?}");
+    let body: Value = serde_json::from_str(&heard[0].2).unwrap();
+    assert_eq!(body["automation"], "late");
+    assert_eq!(body["flow_run"]["state"], "Late");
+    let (_, muted) = server.get("/api/automations/muted/deliveries");
+    assert!(
+        muted["deliveries"].as_array().unwrap().is_empty(),
+        "{muted}"
+    );
+}

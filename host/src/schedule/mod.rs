@@ -1,7 +1,8 @@
 //! When a schedule fires: cron patterns in an IANA time zone, fixed intervals
 //! from an anchor, RFC 5545 recurrence rules, and RFC 3339 text for instants.
-//! The only module that names `croner`, `jiff` and `rrule`; no IO and no async (the time zone database is compiled
-//! in, so a machine without `/usr/share/zoneinfo` computes the same times).
+//! The only module that names `croner`, `jiff` and `rrule`; no IO and no
+//! async (the time zone database is compiled in, so a machine without
+//! `/usr/share/zoneinfo` computes the same times).
 //!
 //! Daylight-saving rules (croner's, which follow Vixie cron and OCPS):
 //! - a local time that does not exist (spring forward) fires once, at the
@@ -11,6 +12,9 @@
 //! - a pattern with a wildcard or a step in its hour (or minute, second)
 //!   field fires on every real instant that matches, so `0 * * * *` fires
 //!   every real hour, twice in a repeated hour and not at all in a skipped one.
+//!
+//! An rrule keeps its wall-clock time across DST (the rrule crate's rules, on
+//! chrono-tz's copy of the database).
 //!
 //! Instants are microseconds since the Unix epoch (`model::TimestampMicros`);
 //! this module does not depend on `model`, which depends on it.
