@@ -101,3 +101,31 @@ impl Client {
         Ok((status, bytes))
     }
 }
+
+/// POSTs an automation's webhook body as JSON; the status it answered, or why
+/// it could not be sent. Blocks for at most `timeout`. Only `http://` (no
+/// TLS is built in: reach an `https://` receiver through a local proxy).
+pub fn post_webhook(
+    url: &str,
+    headers: &[(String, String)],
+    body: &str,
+    timeout: Duration,
+) -> Result<u16, String> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(timeout))
+        .build()
+        .into();
+    let mut builder = ureq::http::Request::builder()
+        .method("POST")
+        .uri(url)
+        .header("content-type", "application/json");
+    for (name, value) in headers {
+        builder = builder.header(name.as_str(), value.as_str());
+    }
+    let request = builder
+        .body(body.as_bytes().to_vec())
+        .map_err(|e| format!("bad request to {url}: {e}"))?;
+    let response = agent.run(request).map_err(|e| e.to_string())?;
+    Ok(response.status().as_u16())
+}

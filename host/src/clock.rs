@@ -4,7 +4,6 @@
 //! time it is and records that, so tests can drive time by hand.
 
 use crate::model::TimestampMicros;
-use crate::model::deploy::civil_from_days;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -48,17 +47,7 @@ impl Clock for ManualClock {
 
 /// RFC 3339 text for a timestamp, in UTC with millisecond precision.
 pub fn format_rfc3339(micros: TimestampMicros) -> String {
-    let secs = micros.div_euclid(1_000_000);
-    let millis = micros.rem_euclid(1_000_000) / 1000;
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    let (y, m, d) = civil_from_days(days);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{millis:03}Z",
-        rem / 3600,
-        (rem / 60) % 60,
-        rem % 60
-    )
+    crate::schedule::format_utc_millis(micros)
 }
 
 #[cfg(test)]

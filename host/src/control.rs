@@ -59,6 +59,25 @@ impl Control {
         Ok(self.submit(vec![Write::NewFlowRun(run)], durability))
     }
 
+    /// Creates a run a schedule made for `schedule_key` and its time, in one
+    /// unit with the slot that makes it unique: `StoreError::SlotTaken` (and
+    /// no run) when that slot was made already.
+    pub fn create_scheduled_flow_run(
+        &self,
+        run: NewFlowRun,
+        schedule_key: String,
+        durability: Durability,
+    ) -> Result<Option<Ticket>, ControlError> {
+        orchestrate::decide(None, run.state)?;
+        let slot = Write::ScheduleSlot {
+            deployment: run.deployment.clone().unwrap_or_default(),
+            schedule_key,
+            at: run.scheduled_at.unwrap_or(run.at),
+            flow_run: run.id,
+        };
+        Ok(self.submit(vec![slot, Write::NewFlowRun(run)], durability))
+    }
+
     pub fn create_task_run(
         &self,
         run: NewTaskRun,

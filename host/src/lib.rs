@@ -2,6 +2,7 @@
 //! WebAssembly components. See ARCHITECTURE.md for the map.
 
 pub mod api;
+pub mod automations;
 pub mod builder;
 pub mod cli;
 pub mod client;
@@ -13,6 +14,7 @@ pub mod engine;
 pub mod model;
 pub mod orchestrate;
 pub mod protocol;
+pub mod schedule;
 pub mod scheduler;
 pub mod secrets;
 pub mod server;

@@ -68,6 +68,11 @@ pub struct ServerConfig {
     /// A run still waiting this long past its time is marked `Late`.
     pub late_after: Duration,
     pub scheduler_tick: Duration,
+    /// Schedules make runs this far ahead, at most `schedule_max_runs` each.
+    pub schedule_ahead: Duration,
+    pub schedule_max_runs: usize,
+    /// A clock tests move by hand; the system clock when `None`.
+    pub clock: Option<crate::clock::ManualClock>,
     /// Whether the executor takes runs waiting in the database, or only the
     /// ones this process creates (the CLI's local mode).
     pub take_waiting: bool,
@@ -95,6 +100,9 @@ impl ServerConfig {
             pools: vec![DEFAULT_POOL.to_string()],
             late_after: crate::scheduler::LATE_AFTER,
             scheduler_tick: crate::scheduler::TICK,
+            schedule_ahead: crate::scheduler::LOOK_AHEAD,
+            schedule_max_runs: crate::scheduler::MAX_AHEAD,
+            clock: None,
             take_waiting: true,
             log_retention: None,
             store: StoreOptions::default(),
@@ -120,6 +128,17 @@ pub struct Server {
 }
 
 impl Server {
+    /// The scheduler's settings from this server's config (a test drives a
+    /// `scheduler::Scheduler` with them, tick by tick).
+    pub fn scheduler_settings(&self) -> crate::scheduler::SchedulerSettings {
+        crate::scheduler::SchedulerSettings {
+            tick: self.config.scheduler_tick,
+            late_after: self.config.late_after,
+            look_ahead: self.config.schedule_ahead,
+            max_ahead: self.config.schedule_max_runs,
+        }
+    }
+
     /// Opens the home (database, engine, secrets key), marks runs of dead
     /// processes `Crashed` and makes sure the served pools exist. Blocks.
     pub fn open(config: ServerConfig) -> Result<Server, ServerError> {
@@ -146,7 +165,11 @@ impl Server {
             config.store.clone(),
         )?);
         let engine = Arc::new(Engine::new(config.engine.clone())?);
-        let control = Arc::new(Control::new(store.clone(), Arc::new(SystemClock)));
+        let clock: Arc<dyn crate::clock::Clock> = match &config.clock {
+            Some(manual) => Arc::new(manual.clone()),
+            None => Arc::new(SystemClock),
+        };
+        let control = Arc::new(Control::new(store.clone(), clock));
         let sealed = store.objects(ObjectKind::Secret)?.len();
         let secrets = Arc::new(SecretBox::open_key(&paths.secrets_key(), sealed)?);
         let executor = config.executor.clone().map(|mut settings| {
@@ -265,8 +288,14 @@ impl Server {
         ));
         let scheduler = self.guests().spawn(crate::scheduler::run(
             self.dispatcher.clone(),
-            self.config.scheduler_tick,
-            self.config.late_after,
+            self.scheduler_settings(),
+            self.stop.clone(),
+        ));
+        // Automations' webhooks, in a loop of their own: a slow receiver
+        // never holds up the scheduler or a run.
+        self.guests().spawn(crate::automations::run(
+            self.dispatcher.clone(),
+            format!("http://{local}"),
             self.stop.clone(),
         ));
         self.start_executor();

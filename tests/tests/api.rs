@@ -3237,3 +3237,350 @@ fn runs_needing_a_directory_go_only_to_a_host_that_allows_it() {
     let (_, detail) = server.get(&format!("/api/flow-runs/{id}"));
     assert!(detail["task_runs"][0]["output"].is_null(), "{detail}");
 }
+
+#[test]
+fn a_schedule_runs_on_a_real_server_with_its_params_and_never_twice_across_a_restart() {
+    let server = TestServer::start_with(&["--schedule-ahead", "3s"], None);
+    let digest = server.upload(FIXTURE_WASM);
+    let mut d = adder("ticker", &digest, 1, 1);
+    d["schedules"] =
+        json!([{ "interval_seconds": 1, "params": { "input": { "a": 20, "b": 22 } } }]);
+    server.deploy("ticker", d);
+    let completed = |server: &TestServer| {
+        let (_, list) = server.get("/api/flow-runs?deployment=ticker&limit=1000");
+        let runs = list["flow_runs"].as_array().cloned().unwrap_or_default();
+        let done: Vec<Value> = runs
+            .iter()
+            .filter(|r| r["state"] == "Completed")
+            .cloned()
+            .collect();
+        (runs, done)
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (runs, done) = completed(&server);
+        if done.len() >= 2 {
+            for run in &done {
+                assert_eq!(run["result"], "42", "the schedule's params: {run}");
+            }
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no scheduled run completed: {runs:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Killed with runs made ahead, and started again: every time once.
+    let server = server.kill_and_restart();
+    let before = completed(&server).0.len();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while completed(&server).0.len() < before + 3 {
+        assert!(
+            Instant::now() < deadline,
+            "the restarted server made no runs"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (runs, _) = completed(&server);
+    let mut times: Vec<i64> = runs
+        .iter()
+        .map(|r| r["scheduled_at"].as_i64().expect("a scheduled time"))
+        .collect();
+    let made = times.len();
+    times.sort();
+    times.dedup();
+    assert_eq!(times.len(), made, "a time was scheduled twice: {runs:?}");
+}
+
+/// What a loopback webhook receiver heard: the status it answered, the
+/// request's head (lower-cased) and its body.
+type Heard = std::sync::Arc<std::sync::Mutex<Vec<(u16, String, String)>>>;
+
+/// A webhook receiver on 127.0.0.1:0 that answers each POST with the status
+/// in `answer`; returns its URL and what it heard.
+fn webhook_receiver(answer: std::sync::Arc<std::sync::atomic::AtomicU16>) -> (String, Heard) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let heard: Heard = Default::default();
+    let log = heard.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            stream
+                .set_read_timeout(Some(Duration::from_secs(5)))
+                .unwrap();
+            let mut data = Vec::new();
+            let mut buf = [0u8; 4096];
+            let (head, body) = loop {
+                let Ok(n) = stream.read(&mut buf) else {
+                    break (String::new(), String::new());
+                };
+                if n == 0 {
+                    break (String::new(), String::new());
+                }
+                data.extend_from_slice(&buf[..n]);
+                let text = String::from_utf8_lossy(&data).to_string();
+                if let Some(end) = text.find("\r\n\r\n") {
+                    let head = text[..end].to_ascii_lowercase();
+                    let length: usize = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .and_then(|v| v.trim().parse().ok())
+                        .unwrap_or(0);
+                    if data.len() >= end + 4 + length {
+                        break (head, text[end + 4..end + 4 + length].to_string());
+                    }
+                }
+            };
+            let status = answer.load(std::sync::atomic::Ordering::SeqCst);
+            log.lock().unwrap().push((status, head, body));
+            let _ = stream.write_all(
+                format!("HTTP/1.1 {status} X\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                    .as_bytes(),
+            );
+        }
+    });
+    (url, heard)
+}
+
+fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !done() {
+        assert!(Instant::now() < deadline, "never: {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_failed_run_posts_its_webhook_retried_through_errors_and_a_restart_and_delivered_once() {
+    let answer = std::sync::Arc::new(std::sync::atomic::AtomicU16::new(500));
+    let (url, heard) = webhook_receiver(answer.clone());
+    let server = TestServer::start();
+    let digest = server.upload(FIXTURE_WASM);
+    server.deploy("boom", deployment("boom", &digest, "flow_fails", json!({})));
+    server.deploy("fine", adder("fine", &digest, 1, 2));
+    let template = server.home.path().join("slack.json");
+    std::fs::write(
+        &template,
+        r#"{"text": "{{flow}} {{state}} ({{event}}): {{reason}}", "link": "{{link}}"}"#,
+    )
+    .unwrap();
+    let out = server.cli(&[
+        "automation",
+        "create",
+        "on-fail",
+        "--on",
+        "failed",
+        "--deployment",
+        "boom",
+        "--webhook",
+        &url,
+        "--header",
+        "Authorization=Bearer hook-token-123",
+        "--template",
+        template.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let (_, shown) = server.get("/api/automations/on-fail");
+    assert_eq!(
+        shown["automation"]["headers"]["Authorization"], "***",
+        "{shown}"
+    );
+
+    // A run of another deployment fires nothing; the failing one does.
+    let (_, ok) = server.send("POST", "/api/deployments/fine/runs", json!({}));
+    server.events(ok["flow_run_id"].as_str().unwrap());
+    let (_, started) = server.send("POST", "/api/deployments/boom/runs", json!({}));
+    let id = started["flow_run_id"].as_str().unwrap().to_string();
+    let (_, run) = server.events(&id);
+    assert_eq!(run["state"], "Failed");
+
+    // The receiver answers 500: the delivery is retried, and recorded so.
+    wait_until("two attempts answered 500", || {
+        heard.lock().unwrap().len() >= 2
+    });
+    let (_, deliveries) = server.get("/api/automations/on-fail/deliveries");
+    let delivery = &deliveries["deliveries"][0];
+    assert_eq!(delivery["status"], "pending", "{deliveries}");
+    assert_eq!(delivery["response_code"], 500);
+    assert!(delivery["last_error"].as_str().unwrap().contains("500"));
+
+    // Killed with the delivery pending; the receiver recovers meanwhile.
+    let server = server.kill_and_restart();
+    answer.store(200, std::sync::atomic::Ordering::SeqCst);
+    wait_until("delivered after the restart", || {
+        let (_, d) = server.get("/api/automations/on-fail/deliveries");
+        d["deliveries"][0]["status"] == "delivered"
+    });
+    let (_, deliveries) = server.get("/api/automations/on-fail/deliveries");
+    assert_eq!(
+        deliveries["deliveries"].as_array().unwrap().len(),
+        1,
+        "{deliveries}"
+    );
+    let heard = heard.lock().unwrap().clone();
+    let delivered: Vec<_> = heard
+        .iter()
+        .filter(|(status, _, _)| *status == 200)
+        .collect();
+    assert_eq!(delivered.len(), 1, "delivered once: {heard:?}");
+    let (_, head, body) = delivered[0];
+    assert!(
+        head.contains("authorization: bearer hook-token-123"),
+        "{head}"
+    );
+    let body: Value = serde_json::from_str(body).unwrap();
+    assert_eq!(
+        body["text"],
+        "flow_fails Failed (failed): flow failed on purpose"
+    );
+    assert!(
+        body["link"]
+            .as_str()
+            .unwrap()
+            .ends_with(&format!("/api/flow-runs/{id}"))
+    );
+    for (_, _, body) in &heard {
+        assert!(body.contains(&id), "only the failed run was posted: {body}");
+    }
+    // An attempt in flight when the server was killed may not be recorded.
+    let attempts = deliveries["deliveries"][0]["attempts"].as_u64().unwrap() as usize;
+    assert!(
+        attempts >= 2 && attempts <= heard.len(),
+        "{attempts} attempts, {} heard",
+        heard.len()
+    );
+    let out = server.cli(&["automation", "deliveries", "on-fail"]);
+    assert!(
+        text(&out.stdout).contains("delivered"),
+        "{}",
+        text(&out.stdout)
+    );
+}
+
+#[test]
+fn a_run_stuck_in_running_posts_its_webhook_once() {
+    let answer = std::sync::Arc::new(std::sync::atomic::AtomicU16::new(200));
+    let (url, heard) = webhook_receiver(answer);
+    let server = TestServer::start();
+    let digest = server.upload(FIXTURE_WASM);
+    server.deploy(
+        "slow",
+        deployment(
+            "slow",
+            &digest,
+            "call",
+            json!({ "task": "sleeper", "input": { "ms": 4000 } }),
+        ),
+    );
+    let (status, reply) = server.send(
+        "PUT",
+        "/api/automations/stuck",
+        json!({ "name": "stuck", "on": "stuck", "stuck_after_seconds": 1, "webhook": url }),
+    );
+    assert_eq!(status, 201, "{reply}");
+    let (_, started) = server.send("POST", "/api/deployments/slow/runs", json!({}));
+    let id = started["flow_run_id"].as_str().unwrap().to_string();
+    wait_until("a stuck webhook", || !heard.lock().unwrap().is_empty());
+    let (_, run) = server.events(&id);
+    assert_eq!(run["state"], "Completed");
+    let heard = heard.lock().unwrap().clone();
+    assert_eq!(
+        heard.len(),
+        1,
+        "once, though it stayed stuck for several ticks: {heard:?}"
+    );
+    let body: Value = serde_json::from_str(&heard[0].2).unwrap();
+    assert_eq!(body["event"], "stuck");
+    assert_eq!(body["flow_run"]["id"], id.as_str());
+    assert_eq!(body["flow_run"]["state"], "Running");
+    assert!(
+        body["reason"].as_str().unwrap().contains("stuck after 1s"),
+        "{body}"
+    );
+}
+
+#[test]
+fn a_webhook_payload_never_carries_a_granted_secret_in_clear() {
+    const VALUE: &str = "hook-s3cr3t-8812";
+    let answer = std::sync::Arc::new(std::sync::atomic::AtomicU16::new(200));
+    let (url, heard) = webhook_receiver(answer);
+    let server = TestServer::start();
+    let digest = server.upload(FIXTURE_WASM);
+    let (status, _) = server.send("PUT", "/api/secrets/db-password", json!({ "value": VALUE }));
+    assert_eq!(status, 200);
+    // The flow fails with the secret in its message: the run's reason.
+    let mut leaky = deployment(
+        "leaky-fail",
+        &digest,
+        "fails_with_secret",
+        json!({ "name": "db-password" }),
+    );
+    leaky["secrets"] = json!(["db-password"]);
+    server.deploy("leaky-fail", leaky);
+    for template in [None, Some(r#"{"text": "{{reason}}"}"#)] {
+        let name = if template.is_some() {
+            "templated"
+        } else {
+            "plain"
+        };
+        let mut automation = json!({
+            "name": name, "on": "failed", "deployment": "leaky-fail", "webhook": url
+        });
+        if let Some(t) = template {
+            automation["template"] = json!(t);
+        }
+        let (status, reply) = server.send("PUT", &format!("/api/automations/{name}"), automation);
+        assert_eq!(status, 201, "{reply}");
+    }
+    let (_, started) = server.send("POST", "/api/deployments/leaky-fail/runs", json!({}));
+    let (_, run) = server.events(started["flow_run_id"].as_str().unwrap());
+    assert_eq!(run["state"], "Failed", "{run}");
+    wait_until("both automations delivered", || {
+        heard.lock().unwrap().len() >= 2
+    });
+    for (_, _, body) in heard.lock().unwrap().iter() {
+        assert!(!body.contains(VALUE), "the secret went out: {body}");
+        assert!(body.contains("***"), "{body}");
+    }
+}
+
+#[test]
+fn a_late_run_posts_its_webhook_once_and_a_paused_automation_posts_nothing() {
+    let answer = std::sync::Arc::new(std::sync::atomic::AtomicU16::new(200));
+    let (url, heard) = webhook_receiver(answer);
+    let server = TestServer::start_with(&["--late-after", "1s"], None);
+    let digest = server.upload(FIXTURE_WASM);
+    server.deploy("adder", adder("adder", &digest, 2, 2));
+    for name in ["late", "muted"] {
+        let (status, reply) = server.send(
+            "PUT",
+            &format!("/api/automations/{name}"),
+            json!({ "name": name, "on": "late", "flow": "call", "webhook": url }),
+        );
+        assert_eq!(status, 201, "{reply}");
+    }
+    server.post_ok("/api/automations/muted/pause");
+    server.post_ok("/api/work-pools/wasm/pause");
+    let (_, started) = server.send("POST", "/api/deployments/adder/runs", json!({}));
+    let id = started["flow_run_id"].as_str().unwrap().to_string();
+    wait_until("a late webhook", || !heard.lock().unwrap().is_empty());
+    // Still Late for a while: several ticks, one delivery.
+    let (_, deliveries) = server.get("/api/automations/late/deliveries");
+    assert_eq!(deliveries["deliveries"].as_array().unwrap().len(), 1);
+    server.post_ok("/api/work-pools/wasm/resume");
+    let (_, run) = server.events(&id);
+    assert_eq!(run["state"], "Completed");
+    let heard = heard.lock().unwrap().clone();
+    assert_eq!(heard.len(), 1, "{heard:?}");
+    let body: Value = serde_json::from_str(&heard[0].2).unwrap();
+    assert_eq!(body["automation"], "late");
+    assert_eq!(body["flow_run"]["state"], "Late");
+    let (_, muted) = server.get("/api/automations/muted/deliveries");
+    assert!(
+        muted["deliveries"].as_array().unwrap().is_empty(),
+        "{muted}"
+    );
+}

@@ -406,3 +406,143 @@ fn store_durability_is_a_setting_and_a_bad_value_is_refused() {
     );
     assert!(out.status.success(), "{}", text(&out.stderr));
 }
+
+#[test]
+fn schedule_preview_prints_dst_correct_times_and_names_a_bad_field() {
+    let home = tempfile::tempdir().unwrap();
+    let out = host(
+        home.path(),
+        &[
+            "schedule",
+            "preview",
+            "--cron",
+            "30 2 * * *",
+            "--timezone",
+            "America/New_York",
+            "--from",
+            "2026-03-07T00:00:00-05:00",
+            "-n",
+            "3",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stdout),
+        "2026-03-07T02:30:00-05:00\n2026-03-08T03:00:00-04:00\n2026-03-09T02:30:00-04:00\n"
+    );
+    let out = host(
+        home.path(),
+        &[
+            "schedule",
+            "preview",
+            "--interval",
+            "90m",
+            "--anchor",
+            "2026-01-01T03:00:00+01:00",
+            "--from",
+            "2026-01-01T00:10:00Z",
+            "-n",
+            "2",
+            "--json",
+        ],
+    );
+    assert_eq!(
+        json_out(&out),
+        serde_json::json!({"times": ["2026-01-01T00:30:00+00:00", "2026-01-01T02:00:00+00:00"]})
+    );
+    let out = host(
+        home.path(),
+        &[
+            "schedule",
+            "preview",
+            "--rrule",
+            "FREQ=WEEKLY;BYDAY=MO,WE;COUNT=3",
+            "--anchor",
+            "2026-03-23T09:00:00+01:00",
+            "--tz",
+            "Europe/Berlin",
+            "--from",
+            "2026-01-01T00:00:00Z",
+        ],
+    );
+    assert_eq!(
+        text(&out.stdout),
+        "2026-03-23T09:00:00+01:00\n2026-03-25T09:00:00+01:00\n2026-03-30T09:00:00+02:00\n",
+        "{}",
+        text(&out.stderr)
+    );
+    for (args, words) in [
+        (
+            vec![
+                "--rrule",
+                "FREQ=WEEKLY;BYDAY=XX",
+                "--anchor",
+                "2026-01-01T00:00:00Z",
+            ],
+            "not a valid weekday",
+        ),
+        (vec!["--cron", "0 2 * 13 *"], "month field '13'"),
+        (vec!["--cron", "0 2 * *"], "has 4 fields; expected 5"),
+        (vec!["--cron", "0 0 30 2 *"], "never fires"),
+        (
+            vec!["--cron", "0 2 * * *", "--tz", "Europe/Berln"],
+            "unknown time zone 'Europe/Berln'",
+        ),
+        (vec!["--interval", "soon"], "--interval 'soon'"),
+        (vec!["--cron", "@daily", "--from", "tomorrow"], "--from"),
+        (vec!["--cron", "@daily", "-n", "100000"], "1 to 1000"),
+    ] {
+        let out = host(
+            home.path(),
+            &[&["schedule", "preview"][..], &args[..]].concat(),
+        );
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains(words),
+            "{args:?} should say '{words}': {stderr}"
+        );
+        assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+    }
+}
+
+#[test]
+fn the_example_deploys_a_time_zone_cron_and_inspect_shows_its_next_times() {
+    let home = tempfile::tempdir().unwrap();
+    let out = host(home.path(), &["deploy", "-f", "examples/etl/weir.yaml"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = host(
+        home.path(),
+        &["deployment", "inspect", "etl-berlin-morning", "--json"],
+    );
+    let reply = json_out(&out);
+    let schedule = &reply["deployment"]["schedules"][0];
+    assert_eq!(schedule["timezone"], "Europe/Berlin");
+    let next: Vec<&str> = schedule["next"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap())
+        .collect();
+    assert_eq!(next.len(), 5, "{next:?}");
+    for time in &next {
+        // 06:30 on a weekday in Berlin, in winter (+01:00) or summer (+02:00).
+        assert!(
+            time.ends_with("T06:30:00+01:00") || time.ends_with("T06:30:00+02:00"),
+            "{next:?}"
+        );
+    }
+    let out = host(
+        home.path(),
+        &["deployment", "inspect", "etl-berlin-morning"],
+    );
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains("cron '30 6 * * mon-fri' in Europe/Berlin"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!("next: {}", next.join(", "))),
+        "{stdout}"
+    );
+}

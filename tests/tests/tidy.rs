@@ -12,10 +12,17 @@ use std::path::{Path, PathBuf};
 /// Layers, lowest first. A module may use the layers below its own, and a
 /// module of its own layer only where [`SAME_LAYER`] allows it.
 const LAYERS: &[&[&str]] = &[
-    &["model", "clock", "orchestrate", "protocol", "config"],
+    &[
+        "model",
+        "clock",
+        "orchestrate",
+        "protocol",
+        "config",
+        "schedule",
+    ],
     &["store", "engine", "secrets"],
     &["control", "client", "dispatch"],
-    &["worker", "scheduler", "api", "ui", "builder"],
+    &["worker", "scheduler", "automations", "api", "ui", "builder"],
     &["server"],
     &["cli", "main", "lib"],
 ];
@@ -28,6 +35,10 @@ const SAME_LAYER: &[(&str, &str)] = &[
     ("orchestrate", "model"),
     ("protocol", "model"),
     ("config", "model"),
+    // Schedules are model data; when they fire, and time text, is `schedule`'s
+    // (which uses no other module, so the two never form a cycle).
+    ("model", "schedule"),
+    ("clock", "schedule"),
     // The dispatcher decides admission; control makes each state change.
     ("dispatch", "control"),
     // The secrets key lives in `$WEIR_HOME`, whose folders the store makes private.
@@ -50,7 +61,7 @@ const RESTRICTED: &[(&str, &[&str])] = &[
     ),
     (
         "Durability",
-        &["control", "dispatch", "worker", "scheduler"],
+        &["control", "dispatch", "worker", "scheduler", "automations"],
     ),
 ];
 
@@ -66,6 +77,9 @@ const OWNERS: &[(&str, &[&str])] = &[
     ("ureq", &["client"]),
     ("clap", &["cli"]),
     ("anyhow", &["cli"]),
+    ("croner", &["schedule"]),
+    ("jiff", &["schedule"]),
+    ("rrule", &["schedule"]),
 ];
 
 fn host_sources() -> BTreeMap<PathBuf, String> {

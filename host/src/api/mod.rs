@@ -10,6 +10,7 @@
 //! The CLI talks to this router for everything that changes server state: over
 //! HTTP when an API URL is configured, in-process (no socket) otherwise.
 
+mod automations;
 pub(crate) mod deployments;
 pub(crate) mod events;
 pub mod guard;
@@ -155,6 +156,13 @@ impl ApiState {
         objects::get_variable,
         objects::put_variable,
         objects::delete_variable,
+        automations::list_automations,
+        automations::put_automation,
+        automations::get_automation,
+        automations::delete_automation,
+        automations::pause_automation,
+        automations::resume_automation,
+        automations::list_deliveries,
     ),
     modifiers(&BearerAuth, &GuardResponses)
 )]
@@ -278,6 +286,25 @@ pub fn router(state: Arc<ApiState>) -> Router {
             get(objects::get_variable)
                 .put(objects::put_variable)
                 .delete(objects::delete_variable),
+        )
+        .route("/api/automations", get(automations::list_automations))
+        .route(
+            "/api/automations/{name}",
+            get(automations::get_automation)
+                .put(automations::put_automation)
+                .delete(automations::delete_automation),
+        )
+        .route(
+            "/api/automations/{name}/pause",
+            post(automations::pause_automation),
+        )
+        .route(
+            "/api/automations/{name}/resume",
+            post(automations::resume_automation),
+        )
+        .route(
+            "/api/automations/{name}/deliveries",
+            get(automations::list_deliveries),
         )
         .layer(axum::middleware::from_fn(guard::require_body_type))
         .layer(axum::middleware::from_fn_with_state(

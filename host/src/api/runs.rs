@@ -182,6 +182,7 @@ pub(super) async fn start_flow_run(
             deployment: None,
             tags: start.tags.unwrap_or_default(),
             scheduled_at: None,
+            schedule_key: None,
         })
         .await
         .map_err(|e| match e {

@@ -231,9 +231,19 @@ pub struct TaskPolicy {
 
 #[derive(ToSchema)]
 pub struct Schedule {
-    /// Five fields, UTC: minute hour day-of-month month day-of-week.
+    /// Five fields (minute hour day-of-month month day-of-week), six with
+    /// seconds first, or a macro (`@daily`); read in `timezone`.
     pub cron: Option<String>,
     pub interval_seconds: Option<u64>,
+    /// An RFC 5545 recurrence rule, e.g. `FREQ=WEEKLY;BYDAY=MO;BYHOUR=9`.
+    pub rrule: Option<String>,
+    /// RFC 3339 with an offset: an interval's grid passes through it; an
+    /// rrule starts there.
+    pub anchor: Option<String>,
+    /// IANA time zone of the cron or rrule (default UTC), e.g. `Europe/Berlin`.
+    pub timezone: Option<String>,
+    /// Laid over the deployment's params for this schedule's runs.
+    pub params: Option<Value>,
     pub active: Option<bool>,
 }
 
@@ -257,6 +267,10 @@ pub struct Deployment {
     pub secrets: Option<Vec<String>>,
     pub paused: Option<bool>,
     pub concurrency_limit: Option<u32>,
+    /// Fire times missed while no server ran: `skip` (default), `latest` or `all`.
+    pub catchup: Option<String>,
+    /// With `catchup: all`, at most this many (the latest); default 10.
+    pub catchup_limit: Option<u32>,
 }
 
 #[derive(ToSchema)]
@@ -425,4 +439,58 @@ pub struct Host {
 #[derive(ToSchema)]
 pub struct HostList {
     pub hosts: Vec<Host>,
+}
+
+#[derive(ToSchema)]
+pub struct Automation {
+    pub name: String,
+    /// failed, crashed, late, cancelled, completed or stuck.
+    pub on: String,
+    pub deployment: Option<String>,
+    pub tag: Option<String>,
+    pub flow: Option<String>,
+    /// With `on: stuck`: Running longer than this counts as stuck.
+    pub stuck_after_seconds: Option<u64>,
+    /// An http:// URL the event is POSTed to.
+    pub webhook: String,
+    /// Sent with each delivery; values are never shown back (`***`).
+    pub headers: Option<std::collections::BTreeMap<String, String>>,
+    /// A JSON body with {{automation}}, {{event}}, {{flow_run_id}}, {{flow}},
+    /// {{deployment}}, {{state}}, {{reason}} and {{link}}.
+    pub template: Option<String>,
+    pub paused: Option<bool>,
+}
+
+#[derive(ToSchema)]
+pub struct AutomationInfo {
+    pub automation: Automation,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+#[derive(ToSchema)]
+pub struct AutomationList {
+    pub automations: Vec<AutomationInfo>,
+}
+
+#[derive(ToSchema)]
+pub struct Delivery {
+    pub id: i64,
+    pub flow_run_id: String,
+    pub event: String,
+    /// pending, delivered or failed (given up).
+    pub status: String,
+    pub attempts: u32,
+    pub last_error: Option<String>,
+    pub response_code: Option<u16>,
+    pub created_at: String,
+    pub next_attempt_at: Option<String>,
+    pub delivered_at: Option<String>,
+    /// The body sent.
+    pub payload: String,
+}
+
+#[derive(ToSchema)]
+pub struct DeliveryList {
+    pub deliveries: Vec<Delivery>,
 }

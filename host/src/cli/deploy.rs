@@ -149,8 +149,15 @@ pub fn list_flows(format: JsonFlag) -> anyhow::Result<()> {
       params: {rows: 500}
       work_pool: wasm              # default; served by `host server start`
       schedules:
-        - cron: \"0 3 * * *\"        # UTC
+        - cron: \"0 3 * * *\"        # UTC unless a timezone is given
+          timezone: Europe/Berlin  # IANA name; DST-correct
         - interval: 1h
+          anchor: 2026-01-01T00:30:00+01:00   # the grid passes through it
+          params: {rows: 10}       # laid over the deployment's params
+        - rrule: FREQ=WEEKLY;BYDAY=MO,WE;BYHOUR=9;BYMINUTE=0
+          anchor: 2026-01-05T09:00:00+01:00   # its start
+          timezone: Europe/Berlin
+          active: false            # kept, but makes no runs
       limits: {timeout: 30s, memory: 256MiB, fuel: 5000000000, retries: 2}
       tags: [nightly]
       secrets: [warehouse-password]
@@ -158,6 +165,16 @@ pub fn list_flows(format: JsonFlag) -> anyhow::Result<()> {
       capabilities:                # only hosts that allow these take its runs
         dirs: [/data/in:ro]        # read-only unless :rw
         env: [TZ]
+      catchup: latest              # after downtime: skip (default), latest or all
+      catchup_limit: 10            # with all: at most this many missed times
+
+  automations:                     # optional: webhooks on their runs
+    - name: etl-failed
+      on: failed                   # failed, crashed, late, cancelled, completed, stuck
+      deployment: etl-nightly
+      webhook: http://127.0.0.1:9000/hook
+      headers: {Authorization: Bearer TOKEN}
+      template: slack.json         # optional JSON body with {{flow}}, {{state}}, {{reason}}, {{link}}, ...
 
 Paths are relative to the file. Deploying again replaces the deployment.")]
 pub struct DeployArgs {
@@ -175,6 +192,62 @@ pub struct DeployArgs {
 #[serde(deny_unknown_fields)]
 struct DeployFile {
     deployments: Vec<DeploySpec>,
+    /// Webhooks on the deployments' runs (see `host automation create --help`).
+    #[serde(default)]
+    automations: Vec<AutomationSpec>,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct AutomationSpec {
+    name: String,
+    on: crate::model::AutomationEvent,
+    deployment: Option<String>,
+    tag: Option<String>,
+    flow: Option<String>,
+    /// e.g. 10m, with `on: stuck`.
+    stuck_after: Option<String>,
+    webhook: String,
+    #[serde(default)]
+    headers: std::collections::BTreeMap<String, String>,
+    /// A file with the JSON body, relative to the deployment file.
+    template: Option<PathBuf>,
+    #[serde(default)]
+    paused: bool,
+}
+
+impl AutomationSpec {
+    fn automation(&self, base: &Path) -> anyhow::Result<crate::model::Automation> {
+        let bad = |what: String| Exit::bad_input(format!("automation '{}': {what}", self.name));
+        let stuck_after_seconds = self
+            .stuck_after
+            .as_deref()
+            .map(|t| humantime::parse_duration(t).map(|d| d.as_secs()))
+            .transpose()
+            .map_err(|e| bad(format!("stuck_after: {e}")))?;
+        let template = self
+            .template
+            .as_ref()
+            .map(|path| {
+                std::fs::read_to_string(base.join(path))
+                    .map_err(|e| bad(format!("template {}: {e}", path.display())))
+            })
+            .transpose()?;
+        let automation = crate::model::Automation {
+            name: self.name.clone(),
+            on: self.on,
+            deployment: self.deployment.clone(),
+            tag: self.tag.clone(),
+            flow: self.flow.clone(),
+            stuck_after_seconds,
+            webhook: self.webhook.clone(),
+            headers: self.headers.clone(),
+            template,
+            paused: self.paused,
+        };
+        automation.validate().map_err(|e| bad(e.to_string()))?;
+        Ok(automation)
+    }
 }
 
 #[derive(Deserialize, Debug)]
@@ -203,6 +276,11 @@ struct DeploySpec {
     paused: bool,
     #[serde(default)]
     concurrency_limit: Option<u32>,
+    /// skip, latest or all: fire times missed while no server ran.
+    #[serde(default)]
+    catchup: Option<String>,
+    #[serde(default)]
+    catchup_limit: Option<u32>,
     #[serde(default)]
     capabilities: CapabilitySpec,
 }
@@ -223,6 +301,16 @@ struct ScheduleSpec {
     cron: Option<String>,
     /// e.g. 10m, 1h
     interval: Option<String>,
+    /// An RFC 5545 rule, e.g. FREQ=WEEKLY;BYDAY=MO;BYHOUR=9
+    rrule: Option<String>,
+    /// RFC 3339 with an offset: the interval's grid passes through it, or
+    /// the rrule starts there.
+    anchor: Option<String>,
+    /// IANA name the cron or rrule is read in; UTC when absent.
+    timezone: Option<String>,
+    /// Laid over the deployment's params for this schedule's runs.
+    #[serde(default)]
+    params: Map<String, Value>,
     #[serde(default = "yes")]
     active: bool,
 }
@@ -311,7 +399,20 @@ pub fn deploy(args: DeployArgs) -> anyhow::Result<()> {
                     .map(|i| humantime::parse_duration(i).map(|d| d.as_secs()))
                     .transpose()
                     .map_err(|e| Exit::bad_input(format!("deployment '{}': schedule interval: {e}", spec.name)))?;
-                Ok(json!({ "cron": s.cron, "interval_seconds": interval_seconds, "active": s.active }))
+                let mut schedule = json!({ "cron": s.cron, "interval_seconds": interval_seconds, "active": s.active });
+                for (key, value) in [
+                    ("rrule", &s.rrule),
+                    ("anchor", &s.anchor),
+                    ("timezone", &s.timezone),
+                ] {
+                    if let Some(value) = value {
+                        schedule[key] = json!(value);
+                    }
+                }
+                if !s.params.is_empty() {
+                    schedule["params"] = json!(s.params);
+                }
+                Ok(schedule)
             })
             .collect::<anyhow::Result<Vec<Value>>>()?;
         let mut body = json!({
@@ -342,6 +443,12 @@ pub fn deploy(args: DeployArgs) -> anyhow::Result<()> {
         if let Some(pool) = &spec.work_pool {
             body["work_pool"] = json!(pool);
         }
+        if let Some(catchup) = &spec.catchup {
+            body["catchup"] = json!(catchup);
+        }
+        if let Some(limit) = spec.catchup_limit {
+            body["catchup_limit"] = json!(limit);
+        }
         if let Some(queue) = &spec.work_queue {
             body["work_queue"] = json!(queue);
         }
@@ -370,8 +477,36 @@ pub fn deploy(args: DeployArgs) -> anyhow::Result<()> {
         }
         replies.push(reply);
     }
+    // Automations of the chosen deployments (all of them when none is named).
+    let mut automation_replies = Vec::new();
+    for spec in file.automations.iter().filter(|a| {
+        args.names.is_empty()
+            || a.deployment
+                .as_ref()
+                .is_some_and(|d| args.names.contains(d))
+    }) {
+        let automation = spec.automation(base)?;
+        let reply = backend.send(
+            "PUT",
+            &format!("/api/automations/{}", automation.name),
+            &json!(automation),
+        )?;
+        if !args.format.json {
+            println!(
+                "Automation '{}': on {} POST {}",
+                automation.name,
+                automation.on.as_str(),
+                automation.webhook
+            );
+        }
+        automation_replies.push(reply);
+    }
     if args.format.json {
-        print_json(&json!({ "deployments": replies }));
+        let mut out = json!({ "deployments": replies });
+        if !automation_replies.is_empty() {
+            out["automations"] = json!(automation_replies);
+        }
+        print_json(&out);
     }
     Ok(())
 }
@@ -449,16 +584,11 @@ pub fn deployment(command: DeploymentCommand) -> anyhow::Result<()> {
                         .as_array()
                         .into_iter()
                         .flatten()
-                        .map(
-                            |s| match (s["cron"].as_str(), s["interval_seconds"].as_u64()) {
-                                (Some(c), _) => format!("cron '{c}'"),
-                                (_, Some(i)) => format!(
-                                    "every {}",
-                                    humantime::format_duration(std::time::Duration::from_secs(i))
-                                ),
-                                _ => String::new(),
-                            },
-                        )
+                        .map(|s| {
+                            serde_json::from_value::<crate::model::Schedule>(s.clone())
+                                .map(|s| describe_schedule(&s))
+                                .unwrap_or_else(|_| s.to_string())
+                        })
                         .collect();
                     vec![
                         field(&d["name"]),
@@ -488,7 +618,8 @@ pub fn deployment(command: DeploymentCommand) -> anyhow::Result<()> {
             }
         }
         DeploymentCommand::Inspect(args) => {
-            let reply = backend.get(&format!("/api/deployments/{}", args.name))?;
+            let mut reply = backend.get(&format!("/api/deployments/{}", args.name))?;
+            let schedules = next_fire_times(&mut reply["deployment"]["schedules"]);
             if args.format.json {
                 print_json(&reply);
             } else {
@@ -506,7 +637,16 @@ pub fn deployment(command: DeploymentCommand) -> anyhow::Result<()> {
                     d["work_queue"].as_str().unwrap_or_default()
                 );
                 println!("status     {}", status(d));
-                println!("schedules  {}", d["schedules"]);
+                if schedules.is_empty() {
+                    println!("schedules  none");
+                }
+                for (i, (what, next)) in schedules.iter().enumerate() {
+                    println!(
+                        "{}{what}",
+                        if i == 0 { "schedules  " } else { "           " }
+                    );
+                    println!("             next: {next}");
+                }
                 println!("limits     {}", d["task_policy"]);
                 println!("tags       {}", d["tags"]);
                 println!("secrets    {}", d["secrets"]);
@@ -536,6 +676,68 @@ pub fn deployment(command: DeploymentCommand) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Adds each schedule's next 5 fire times (`next`) to the JSON and returns,
+/// for people, a line saying what each is and one with those times.
+fn next_fire_times(schedules: &mut Value) -> Vec<(String, String)> {
+    let Some(schedules) = schedules.as_array_mut() else {
+        return Vec::new();
+    };
+    schedules
+        .iter_mut()
+        .map(|json| {
+            let Ok(schedule) = serde_json::from_value::<crate::model::Schedule>(json.clone())
+            else {
+                return (
+                    json.to_string(),
+                    "(not readable by this version of host)".into(),
+                );
+            };
+            let next = match super::schedule::next_times(&schedule, 5) {
+                Ok(times) => {
+                    json["next"] = json!(times);
+                    if times.is_empty() {
+                        "never".to_string()
+                    } else {
+                        times.join(", ")
+                    }
+                }
+                Err(e) => e,
+            };
+            (describe_schedule(&schedule), next)
+        })
+        .collect()
+}
+
+fn describe_schedule(s: &crate::model::Schedule) -> String {
+    let mut text = match (&s.cron, s.interval_seconds) {
+        _ if s.rrule.is_some() => format!(
+            "rrule '{}' in {}",
+            s.rrule.as_deref().unwrap_or_default(),
+            s.timezone.as_deref().unwrap_or("UTC")
+        ),
+        (Some(cron), _) => format!(
+            "cron '{cron}' in {}",
+            s.timezone.as_deref().unwrap_or("UTC")
+        ),
+        (_, Some(every)) => format!(
+            "every {}{}",
+            humantime::format_duration(std::time::Duration::from_secs(every)),
+            s.anchor
+                .as_deref()
+                .map(|a| format!(" from {a}"))
+                .unwrap_or_default()
+        ),
+        _ => "(empty)".to_string(),
+    };
+    if !s.params.is_empty() {
+        text.push_str(&format!(" with params {}", Value::Object(s.params.clone())));
+    }
+    if !s.active {
+        text.push_str(" (inactive)");
+    }
+    text
 }
 
 fn report(args: &NameArgs, reply: &Value, what: &str) {

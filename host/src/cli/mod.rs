@@ -6,6 +6,7 @@
 //! the command (and the run it started) succeeded, 1 when a run ended in any
 //! state but Completed, 2 when the command could not start (bad input).
 
+mod automation;
 mod backend;
 mod deploy;
 mod flow;
@@ -13,6 +14,7 @@ mod output;
 mod profile;
 mod remote;
 mod runs;
+mod schedule;
 mod server;
 
 use crate::config::Paths;
@@ -33,7 +35,8 @@ const AFTER_HELP: &str = "Examples:
   host config set api.url http://127.0.0.1:4200   talk to that server from now on
   host deploy -f weir.yaml                        upload and deploy flows
   host deployment run etl-nightly --watch         run a deployment and follow its log
-  host run --pool wasm --api http://SERVER:4200   take a pool's runs on this machine";
+  host run --pool wasm --api http://SERVER:4200   take a pool's runs on this machine
+  host schedule preview --cron '0 2 * * *' --tz Europe/Berlin   next fire times";
 
 #[derive(Parser, Debug)]
 #[command(name = "host", version, about = ABOUT, after_help = AFTER_HELP, propagate_version = true)]
@@ -73,6 +76,10 @@ enum Command {
     #[command(name = "work-queue", subcommand)]
     WorkQueue(deploy::WorkQueueCommand),
     /// Named sets of settings (profiles.toml).
+    #[command(subcommand)]
+    Schedule(schedule::ScheduleCommand),
+    #[command(subcommand)]
+    Automation(automation::AutomationCommand),
     #[command(subcommand)]
     Profile(profile::ProfileCommand),
     /// Settings of the active profile: api.url, api.key, logging.level, server.addr.
@@ -177,6 +184,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Server(command) => server::run(command),
         Command::Deploy(args) => deploy::deploy(args),
         Command::Deployment(command) => deploy::deployment(command),
+        Command::Schedule(command) => schedule::run(command),
+        Command::Automation(command) => automation::run(command),
         Command::Secret(command) => deploy::secret(command),
         Command::Variable(command) => deploy::variable(command),
         Command::WorkPool(command) => deploy::work_pool(command),

@@ -56,6 +56,12 @@ pub struct StartArgs {
     /// Mark a run `Late` when it has waited this long past its scheduled time.
     #[arg(long, value_name = "DURATION", default_value = "60s")]
     late_after: humantime::Duration,
+    /// Make runs for schedules this far ahead (they wait in `Scheduled`).
+    #[arg(long, value_name = "DURATION", default_value = "1h")]
+    schedule_ahead: humantime::Duration,
+    /// At most this many runs made ahead per schedule.
+    #[arg(long, value_name = "N", default_value_t = crate::scheduler::MAX_AHEAD)]
+    schedule_max_runs: usize,
     /// Delete log lines older than this (e.g. 30d), checked hourly; runs and
     /// their states are kept (`host flow-run prune` removes those).
     #[arg(long, value_name = "DURATION")]
@@ -111,6 +117,13 @@ fn start(args: StartArgs) -> anyhow::Result<()> {
             .filter(|n| !n.is_empty()),
     );
     config.late_after = args.late_after.into();
+    config.schedule_ahead = args.schedule_ahead.into();
+    if args.schedule_max_runs == 0 {
+        return Err(super::Exit::bad_input(
+            "--schedule-max-runs must be at least 1",
+        ));
+    }
+    config.schedule_max_runs = args.schedule_max_runs;
     config.store = super::flow::store_options(&paths)?;
     config.log_retention = args.log_retention.map(Into::into);
     if !args.pools.is_empty() {

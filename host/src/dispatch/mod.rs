@@ -161,6 +161,9 @@ pub struct NewRun {
     pub tags: Vec<String>,
     /// Made by a schedule for this time: it waits until then.
     pub scheduled_at: Option<TimestampMicros>,
+    /// The schedule (`Schedule::key`) that made it: at most one run per
+    /// deployment, schedule and time.
+    pub schedule_key: Option<String>,
 }
 
 /// What `create_run` and `retry` report.
@@ -493,30 +496,33 @@ impl Dispatcher {
             }),
             false => None,
         };
-        let ticket = self.control.create_flow_run(
-            NewFlowRun {
-                id,
-                parent_flow_run: None,
-                component: new.component,
-                flow_name: new.flow,
-                params,
-                state,
-                attempt: 0,
-                host: self.host_marker.clone(),
-                at: now,
-                deployment: deployment.map(|d| d.name.clone()),
-                tags,
-                scheduled_at: new.scheduled_at.or((!start_now).then_some(now)),
-                work_pool: Some(pool.to_string()),
-                work_queue: Some(queue.to_string()),
-                secret_grants: grants,
-                lease: start_now.then(|| Lease {
-                    holder: self.host_marker.clone(),
-                    expires_at: self.lease_until(now),
-                }),
-            },
-            Durability::Committed,
-        )?;
+        let run = NewFlowRun {
+            id,
+            parent_flow_run: None,
+            component: new.component,
+            flow_name: new.flow,
+            params,
+            state,
+            attempt: 0,
+            host: self.host_marker.clone(),
+            at: now,
+            deployment: deployment.map(|d| d.name.clone()),
+            tags,
+            scheduled_at: new.scheduled_at.or((!start_now).then_some(now)),
+            work_pool: Some(pool.to_string()),
+            work_queue: Some(queue.to_string()),
+            secret_grants: grants,
+            lease: start_now.then(|| Lease {
+                holder: self.host_marker.clone(),
+                expires_at: self.lease_until(now),
+            }),
+        };
+        let ticket = match new.schedule_key {
+            Some(key) => self
+                .control
+                .create_scheduled_flow_run(run, key, Durability::Committed)?,
+            None => self.control.create_flow_run(run, Durability::Committed)?,
+        };
         if let Some(ticket) = ticket {
             ticket.wait_blocking()?;
         }
@@ -551,6 +557,7 @@ impl Dispatcher {
                     deployment: Some(deployment),
                     tags,
                     scheduled_at: None,
+                    schedule_key: None,
                 };
                 let loaded = d.loaded().get(&new.component).cloned();
                 match loaded {
@@ -568,19 +575,25 @@ impl Dispatcher {
         }
     }
 
-    /// A run a schedule made for `at`: it waits in `Scheduled` until then.
+    /// A run the schedule `schedule_key` made for `at`, with the schedule's
+    /// `params` over the deployment's: it waits in `Scheduled` until then.
+    /// At most one per deployment, schedule and time, whoever asks
+    /// (`StoreError::SlotTaken` for the second).
     pub async fn schedule_run(
         self: &Arc<Self>,
         deployment: Deployment,
+        schedule_key: String,
+        params: Map<String, Value>,
         at: TimestampMicros,
     ) -> Result<Dispatched, DispatchError> {
         self.create_run(NewRun {
             component: parse_component(&deployment.component)?,
             flow: deployment.flow.clone(),
-            params: None,
+            params: Some(Value::Object(params)),
             deployment: Some(deployment),
             tags: Vec::new(),
             scheduled_at: Some(at),
+            schedule_key: Some(schedule_key),
         })
         .await
     }

@@ -3,6 +3,7 @@
 
 use super::capabilities::Capabilities;
 use super::{Policy, TimestampMicros};
+use crate::schedule::{ScheduleError, Timetable, Zone};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -24,46 +25,26 @@ pub enum DeploymentError {
     NotADigest(String),
     #[error("flow is empty: name the flow of the component to run")]
     EmptyFlow,
-    #[error("interval_seconds must be at least 1")]
-    ZeroInterval,
-    #[error("a schedule has either `cron` or `interval_seconds`, not both or neither")]
+    #[error(
+        "a schedule has exactly one of `cron`, `interval_seconds` (`interval:` in weir.yaml) or `rrule`"
+    )]
     ScheduleKind,
+    #[error("`anchor` belongs to interval and rrule schedules (a cron fires on its own calendar)")]
+    AnchorOnCron,
+    #[error(
+        "`timezone` belongs to cron and rrule schedules; an interval is counted in real time from its `anchor`, whose offset says where it is"
+    )]
+    TimezoneOnInterval,
     #[error(transparent)]
-    Cron(#[from] CronError),
+    Schedule(#[from] ScheduleError),
     #[error("concurrency_limit must be at least 1 (or absent for no limit)")]
     ZeroConcurrencyLimit,
     #[error("capabilities: {0}")]
     Capability(#[from] super::capabilities::CapabilityError),
-}
-
-/// Why a cron expression is refused.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum CronError {
     #[error(
-        "cron '{expr}' has {count} fields; expected 5: minute hour day-of-month month day-of-week (e.g. '0 3 * * *')"
+        "catchup_limit must be 1 to {MAX_CATCHUP_LIMIT} (use `catchup: skip` to run no missed time)"
     )]
-    FieldCount { expr: String, count: usize },
-    #[error("cron '{expr}': {field}: {problem}")]
-    Field {
-        expr: String,
-        field: &'static str,
-        problem: CronFieldError,
-    },
-}
-
-/// What is wrong with one cron field.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum CronFieldError {
-    #[error("'{0}' is not a number")]
-    NotANumber(String),
-    #[error("{n} is outside {lo}-{hi}")]
-    OutOfRange { n: u32, lo: u32, hi: u32 },
-    #[error("step '{0}' is not a number")]
-    StepNotANumber(String),
-    #[error("a step of 0")]
-    ZeroStep,
-    #[error("range {0}-{1} runs backwards")]
-    Backwards(u32, u32),
+    CatchupLimit,
 }
 
 /// A named, server-side way to run one flow of one component.
@@ -101,7 +82,34 @@ pub struct Deployment {
     /// What its runs may reach beyond the sandbox; only hosts that allow it all take them.
     #[serde(default, skip_serializing_if = "Capabilities::is_empty")]
     pub capabilities: Capabilities,
+    /// What the scheduler makes of fire times missed while no server ran.
+    #[serde(default)]
+    pub catchup: Catchup,
+    /// With `catchup: all`, at most this many missed times (the latest) run.
+    #[serde(default = "default_catchup_limit")]
+    pub catchup_limit: u32,
 }
+
+/// Fire times missed while no server ran (by more than `--late-after`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Catchup {
+    /// None of them run.
+    #[default]
+    Skip,
+    /// Only the latest one runs.
+    Latest,
+    /// Each runs, the latest `catchup_limit` of them.
+    All,
+}
+
+fn default_catchup_limit() -> u32 {
+    10
+}
+
+/// The most missed times `catchup: all` runs: a week's downtime of an
+/// every-second schedule must not become 600,000 runs.
+pub const MAX_CATCHUP_LIMIT: u32 = 1000;
 
 fn default_pool() -> String {
     DEFAULT_POOL.to_string()
@@ -133,20 +141,40 @@ impl Deployment {
             return Err(DeploymentError::ZeroConcurrencyLimit);
         }
         self.capabilities.check()?;
+        if self.catchup_limit == 0 || self.catchup_limit > MAX_CATCHUP_LIMIT {
+            return Err(DeploymentError::CatchupLimit);
+        }
         Ok(())
     }
 }
 
-/// When a deployment runs by itself.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// When a deployment runs by itself. Exactly one of `cron`, `interval_seconds`
+/// and `rrule`; see `crate::schedule` for how each fires, across
+/// daylight-saving changes too.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Schedule {
-    /// Five fields: minute hour day-of-month month day-of-week, in UTC.
+    /// Five fields (minute hour day-of-month month day-of-week), six with
+    /// seconds first, or a macro (`@daily`), read in `timezone`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cron: Option<String>,
-    /// Every this many seconds, counted from the Unix epoch.
+    /// Every this many seconds, on the grid through `anchor`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub interval_seconds: Option<u64>,
+    /// An RFC 5545 recurrence rule (`FREQ=WEEKLY;BYDAY=MO;BYHOUR=9`), starting
+    /// at `anchor` or at its own DTSTART line.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rrule: Option<String>,
+    /// RFC 3339 with an offset: an interval's grid passes through it (the
+    /// Unix epoch when absent); an rrule starts there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub anchor: Option<String>,
+    /// IANA name (`Europe/Berlin`) a cron or rrule is read in; UTC when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timezone: Option<String>,
+    /// Laid over the deployment's params for the runs this schedule makes.
+    #[serde(default, skip_serializing_if = "Map::is_empty")]
+    pub params: Map<String, Value>,
     #[serde(default = "default_active")]
     pub active: bool,
 }
@@ -157,176 +185,54 @@ fn default_active() -> bool {
 
 impl Schedule {
     pub fn validate(&self) -> Result<(), DeploymentError> {
-        match (&self.cron, self.interval_seconds) {
-            (Some(expr), None) => Ok(Cron::parse(expr).map(|_| ())?),
-            (None, Some(0)) => Err(DeploymentError::ZeroInterval),
-            (None, Some(_)) => Ok(()),
+        self.timetable().map(|_| ())
+    }
+
+    /// The compiled schedule, or why it is refused.
+    pub fn timetable(&self) -> Result<Timetable, DeploymentError> {
+        let zone = self.timezone.as_deref().map(Zone::named).transpose()?;
+        let anchor = self
+            .anchor
+            .as_deref()
+            .map(crate::schedule::parse_instant)
+            .transpose()?;
+        match (&self.cron, self.interval_seconds, &self.rrule) {
+            (Some(expr), None, None) => {
+                if anchor.is_some() {
+                    return Err(DeploymentError::AnchorOnCron);
+                }
+                Ok(Timetable::cron(expr, zone.unwrap_or_else(Zone::utc))?)
+            }
+            (None, Some(every), None) => {
+                if zone.is_some() {
+                    return Err(DeploymentError::TimezoneOnInterval);
+                }
+                Ok(Timetable::interval(every, anchor)?)
+            }
+            (None, None, Some(rule)) => Ok(Timetable::rrule(
+                rule,
+                zone.unwrap_or_else(Zone::utc),
+                anchor,
+            )?),
             _ => Err(DeploymentError::ScheduleKind),
         }
     }
 
+    /// Names this schedule's runs: a digest of everything that decides when
+    /// they fire and with what params (not `active`), so an edited schedule
+    /// is a new one and the runs the old one made ahead can be told apart.
+    pub fn key(&self) -> String {
+        use sha2::Digest;
+        let mut identity = self.clone();
+        identity.active = true;
+        let text = serde_json::to_string(&identity).unwrap_or_default();
+        hex::encode(&sha2::Sha256::digest(text.as_bytes())[..8])
+    }
+
     /// The first fire time strictly after `after`.
     pub fn next_after(&self, after: TimestampMicros) -> Option<TimestampMicros> {
-        if let Some(expr) = &self.cron {
-            return Cron::parse(expr).ok()?.next_after(after);
-        }
-        let every = i64::try_from(self.interval_seconds?)
-            .ok()?
-            .checked_mul(1_000_000)?;
-        Some((after.div_euclid(every) + 1) * every)
+        self.timetable().ok()?.next_after(after)
     }
-}
-
-/// A parsed five-field cron expression (UTC).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Cron {
-    minutes: u64,
-    hours: u64,
-    days: u64,
-    months: u64,
-    weekdays: u64,
-    /// Day-of-month and day-of-week both restricted: either matches (as cron does).
-    either_day: bool,
-}
-
-impl Cron {
-    pub fn parse(expr: &str) -> Result<Cron, CronError> {
-        let fields: Vec<&str> = expr.split_whitespace().collect();
-        let [min, hour, dom, month, dow] = fields.as_slice() else {
-            return Err(CronError::FieldCount {
-                expr: expr.to_string(),
-                count: fields.len(),
-            });
-        };
-        let bad = |field: &'static str, problem: CronFieldError| CronError::Field {
-            expr: expr.to_string(),
-            field,
-            problem,
-        };
-        let weekdays = field(
-            dow,
-            0,
-            7,
-            &["sun", "mon", "tue", "wed", "thu", "fri", "sat"],
-        )
-        .map_err(|e| bad("day-of-week", e))?;
-        Ok(Cron {
-            minutes: field(min, 0, 59, &[]).map_err(|e| bad("minute", e))?,
-            hours: field(hour, 0, 23, &[]).map_err(|e| bad("hour", e))?,
-            days: field(dom, 1, 31, &[]).map_err(|e| bad("day-of-month", e))?,
-            months: field(
-                month,
-                1,
-                12,
-                &[
-                    "jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov",
-                    "dec",
-                ],
-            )
-            .map_err(|e| bad("month", e))?,
-            // 7 is Sunday too.
-            weekdays: (weekdays | (weekdays >> 7)) & 0x7f,
-            either_day: *dom != "*" && *dow != "*",
-        })
-    }
-
-    /// The first matching minute strictly after `after` (within ~5 years).
-    pub fn next_after(&self, after: TimestampMicros) -> Option<TimestampMicros> {
-        let mut minute = after.div_euclid(60_000_000) + 1;
-        let limit = minute + 5 * 366 * 24 * 60;
-        while minute < limit {
-            let (days, rem) = (minute.div_euclid(1440), minute.rem_euclid(1440));
-            let (_, month, day) = civil_from_days(days);
-            let weekday = (days + 4).rem_euclid(7) as u32; // 1970-01-01 was a Thursday.
-            let day_ok = if self.either_day {
-                bit(self.days, day) || bit(self.weekdays, weekday)
-            } else {
-                bit(self.days, day) && bit(self.weekdays, weekday)
-            };
-            if !bit(self.months, month) || !day_ok {
-                minute = (days + 1) * 1440;
-                continue;
-            }
-            let (hour, min) = ((rem / 60) as u32, (rem % 60) as u32);
-            if !bit(self.hours, hour) {
-                minute = days * 1440 + (i64::from(hour) + 1) * 60;
-                continue;
-            }
-            if bit(self.minutes, min) {
-                return Some(minute * 60_000_000);
-            }
-            minute += 1;
-        }
-        None
-    }
-}
-
-fn bit(set: u64, n: u32) -> bool {
-    set & (1 << n) != 0
-}
-
-/// Parses one cron field into a bit set.
-fn field(text: &str, lo: u32, hi: u32, names: &[&str]) -> Result<u64, CronFieldError> {
-    let value = |s: &str| -> Result<u32, CronFieldError> {
-        let lower = s.to_ascii_lowercase();
-        if let Some(i) = names.iter().position(|n| *n == lower) {
-            return Ok(i as u32 + lo);
-        }
-        let n: u32 = s
-            .parse()
-            .map_err(|_| CronFieldError::NotANumber(s.to_string()))?;
-        if n < lo || n > hi {
-            return Err(CronFieldError::OutOfRange { n, lo, hi });
-        }
-        Ok(n)
-    };
-    let mut set = 0u64;
-    for part in text.split(',') {
-        let (range, step) = match part.split_once('/') {
-            Some((r, s)) => {
-                let step: u32 = s
-                    .parse()
-                    .map_err(|_| CronFieldError::StepNotANumber(s.to_string()))?;
-                if step == 0 {
-                    return Err(CronFieldError::ZeroStep);
-                }
-                (r, step)
-            }
-            None => (part, 1),
-        };
-        let (start, end) = if range == "*" {
-            (lo, hi)
-        } else if let Some((a, b)) = range.split_once('-') {
-            let (a, b) = (value(a)?, value(b)?);
-            if a > b {
-                return Err(CronFieldError::Backwards(a, b));
-            }
-            (a, b)
-        } else {
-            let a = value(range)?;
-            (a, if step > 1 { hi } else { a })
-        };
-        let mut n = start;
-        while n <= end {
-            set |= 1 << n;
-            n += step;
-        }
-    }
-    Ok(set)
-}
-
-/// (year, month 1-12, day 1-31) of a day count since 1970-01-01 (Howard Hinnant's algorithm).
-pub fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day)
 }
 
 /// A pool groups the hosts that may run a deployment's runs.
@@ -547,81 +453,114 @@ pub fn validate_name(what: &str, name: &str) -> Result<(), DeploymentError> {
 mod tests {
     use super::*;
 
-    const MIN: i64 = 60_000_000;
+    fn schedule(value: serde_json::Value) -> Result<Schedule, String> {
+        let schedule: Schedule = serde_json::from_value(value).map_err(|e| e.to_string())?;
+        schedule.validate().map_err(|e| e.to_string())?;
+        Ok(schedule)
+    }
 
-    fn at(y: i64, mo: u32, d: u32, h: i64, mi: i64) -> TimestampMicros {
-        // Days from civil, the inverse of civil_from_days, by search (tests only).
-        let mut days = (y - 1970) * 365;
-        while civil_from_days(days) > (y, mo, d) {
-            days -= 1;
+    #[test]
+    fn old_schedules_read_as_before() {
+        let cron = schedule(serde_json::json!({"cron": "0 3 * * *"})).unwrap();
+        assert_eq!(cron.next_after(0), Some(3 * 3600 * 1_000_000));
+        let interval = schedule(serde_json::json!({"interval_seconds": 60})).unwrap();
+        assert_eq!(interval.next_after(30_000_000), Some(60_000_000));
+        assert_eq!(interval.next_after(60_000_000), Some(120_000_000));
+        assert!(interval.active && cron.active);
+    }
+
+    #[test]
+    fn schedules_in_a_time_zone_and_from_an_anchor() {
+        let berlin =
+            schedule(serde_json::json!({"cron": "0 2 * * *", "timezone": "Europe/Berlin"}))
+                .unwrap();
+        // 2026-01-01T00:00Z → 02:00 in Berlin is 01:00Z.
+        let new_year = 1_767_225_600_000_000;
+        assert_eq!(
+            berlin.next_after(new_year),
+            Some(new_year + 3600 * 1_000_000)
+        );
+        let anchored = schedule(serde_json::json!({
+            "interval_seconds": 3600, "anchor": "2026-01-01T03:30:00+01:00"
+        }))
+        .unwrap();
+        assert_eq!(
+            anchored.next_after(new_year),
+            Some(new_year + 1800 * 1_000_000)
+        );
+    }
+
+    #[test]
+    fn a_schedule_is_named_by_what_it_does_not_by_whether_it_is_on() {
+        let base = schedule(serde_json::json!({"cron": "0 2 * * *", "timezone": "Europe/Berlin"}))
+            .unwrap();
+        let mut off = base.clone();
+        off.active = false;
+        assert_eq!(base.key(), off.key());
+        for edited in [
+            serde_json::json!({"cron": "0 3 * * *", "timezone": "Europe/Berlin"}),
+            serde_json::json!({"cron": "0 2 * * *"}),
+            serde_json::json!({"cron": "0 2 * * *", "timezone": "Europe/Berlin", "params": {"rows": 1}}),
+        ] {
+            assert_ne!(
+                schedule(edited.clone()).unwrap().key(),
+                base.key(),
+                "{edited}"
+            );
         }
-        while civil_from_days(days) < (y, mo, d) {
-            days += 1;
-        }
-        (days * 1440 + h * 60 + mi) * MIN
-    }
-
-    #[test]
-    fn cron_fires_at_the_next_matching_minute() {
-        let daily = Cron::parse("0 3 * * *").unwrap();
+        let rrule = schedule(serde_json::json!({
+            "rrule": "FREQ=DAILY;COUNT=3", "anchor": "2026-01-01T09:00:00+01:00",
+            "timezone": "Europe/Berlin", "params": {"rows": 7}
+        }))
+        .unwrap();
+        assert_eq!(rrule.params["rows"], 7);
         assert_eq!(
-            daily.next_after(at(2026, 11, 25, 5, 0)),
-            Some(at(2026, 11, 26, 3, 0))
-        );
-        assert_eq!(
-            daily.next_after(at(2026, 11, 25, 2, 59)),
-            Some(at(2026, 11, 25, 3, 0))
-        );
-        let every_15 = Cron::parse("*/15 * * * *").unwrap();
-        assert_eq!(
-            every_15.next_after(at(2026, 1, 1, 0, 0)),
-            Some(at(2026, 1, 1, 0, 15))
-        );
-        // 2026-11-27 is a Friday.
-        let fridays = Cron::parse("30 9 * * fri").unwrap();
-        assert_eq!(
-            fridays.next_after(at(2026, 11, 25, 0, 0)),
-            Some(at(2026, 11, 27, 9, 30))
-        );
-        let leap = Cron::parse("0 0 29 feb *").unwrap();
-        assert_eq!(
-            leap.next_after(at(2026, 3, 1, 0, 0)),
-            Some(at(2028, 2, 29, 0, 0))
-        );
-        let sunday_as_7 = Cron::parse("0 0 * * 7").unwrap();
-        assert_eq!(
-            sunday_as_7.next_after(at(2026, 11, 25, 0, 0)),
-            Some(at(2026, 11, 29, 0, 0))
+            rrule.next_after(0),
+            crate::schedule::parse_instant("2026-01-01T09:00:00+01:00").ok()
         );
     }
 
     #[test]
-    fn bad_cron_says_which_field() {
-        let message = |expr: &str| Cron::parse(expr).unwrap_err().to_string();
-        assert!(message("* * *").contains("expected 5"));
-        assert!(message("61 * * * *").contains("minute: 61 is outside 0-59"));
-        assert!(message("* * * foo *").contains("month: 'foo' is not a number"));
-        assert!(message("*/0 * * * *").contains("step of 0"));
-        assert!(message("5-1 * * * *").contains("range 5-1 runs backwards"));
-        assert_eq!(
-            Cron::parse("* * * * x/2"),
-            Err(CronError::Field {
-                expr: "* * * * x/2".into(),
-                field: "day-of-week",
-                problem: CronFieldError::NotANumber("x".into())
-            })
+    fn schedules_that_cannot_be_meant_are_refused() {
+        let refused = |v: serde_json::Value| schedule(v).unwrap_err();
+        assert!(refused(serde_json::json!({})).contains("exactly one of"));
+        assert!(
+            refused(serde_json::json!({"cron": "* * * * *", "interval_seconds": 5}))
+                .contains("exactly one of")
         );
-    }
-
-    #[test]
-    fn interval_schedules_align_to_the_epoch() {
-        let s = Schedule {
-            cron: None,
-            interval_seconds: Some(60),
-            active: true,
+        assert!(refused(serde_json::json!({"interval_seconds": 0})).contains("at least 1 second"));
+        assert!(
+            refused(serde_json::json!({"cron": "0 2 * * *", "timezone": "Europe/Berlinn"}))
+                .contains("unknown time zone 'Europe/Berlinn'")
+        );
+        assert!(
+            refused(serde_json::json!({"interval_seconds": 60, "anchor": "tomorrow"}))
+                .contains("RFC 3339")
+        );
+        assert!(
+            refused(serde_json::json!({"cron": "0 2 * * *", "anchor": "2026-01-01T00:00:00Z"}))
+                .contains("interval and rrule schedules")
+        );
+        assert!(
+            refused(serde_json::json!({"interval_seconds": 60, "timezone": "Europe/Berlin"}))
+                .contains("`timezone` belongs to cron")
+        );
+        assert!(refused(serde_json::json!({"cron": "0 25 * * *"})).contains("hour field '25'"));
+        let deployment = |limit: u32| {
+            serde_json::from_value::<Deployment>(serde_json::json!({
+                "name": "d", "component": "0".repeat(64), "flow": "f",
+                "catchup": "all", "catchup_limit": limit
+            }))
+            .unwrap()
+            .validate()
         };
-        assert_eq!(s.next_after(30 * 1_000_000), Some(60 * 1_000_000));
-        assert_eq!(s.next_after(60 * 1_000_000), Some(120 * 1_000_000));
+        assert!(deployment(1000).is_ok());
+        assert_eq!(deployment(0), Err(DeploymentError::CatchupLimit));
+        assert_eq!(deployment(1001), Err(DeploymentError::CatchupLimit));
+        assert!(
+            refused(serde_json::json!({"cron": "0 2 * * *", "tz": "UTC"}))
+                .contains("unknown field")
+        );
     }
 
     #[test]

@@ -3,11 +3,14 @@
 //! Plain data with no IO and no async. Every other module speaks in these types;
 //! the store maps them to rows, the engine to WIT values, the API to JSON.
 
+pub mod automation;
 pub mod capabilities;
 pub mod deploy;
 
+pub use automation::{Automation, AutomationEvent, EventFields};
 pub use deploy::{
-    Deployment, GrantedSecrets, Schedule, Variable, WorkPool, WorkQueue, validate_secret_value,
+    Catchup, Deployment, GrantedSecrets, Schedule, Variable, WorkPool, WorkQueue,
+    validate_secret_value,
 };
 use serde::{Deserialize, Serialize};
 use std::fmt;

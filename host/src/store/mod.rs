@@ -51,6 +51,14 @@ pub enum StoreError {
         holder: String,
         epoch: u64,
     },
+    #[error(
+        "deployment '{deployment}' has a run for schedule {schedule_key} at {at} µs already (another scheduler made it)"
+    )]
+    SlotTaken {
+        deployment: String,
+        schedule_key: String,
+        at: TimestampMicros,
+    },
 }
 
 /// One change to record. A `Vec<Write>` is applied atomically.
@@ -134,6 +142,42 @@ pub enum Write {
         holder: String,
         epoch: u64,
         expires_at: TimestampMicros,
+    },
+    /// Records that a schedule made `flow_run` for `at`; goes in one unit
+    /// with the run's creation, which fails whole (`SlotTaken`) when the
+    /// slot was made already.
+    ScheduleSlot {
+        deployment: String,
+        schedule_key: String,
+        at: TimestampMicros,
+        flow_run: FlowRunId,
+    },
+    /// Queues a webhook delivery; nothing when that automation already has
+    /// one for this run and event.
+    EnqueueDelivery {
+        automation: String,
+        flow_run: FlowRunId,
+        event: String,
+        payload: String,
+        at: TimestampMicros,
+    },
+    /// Records one delivery attempt: `delivered`, or `pending` again until
+    /// `next_attempt_at`, or `failed` for good.
+    DeliveryAttempt {
+        id: i64,
+        status: DeliveryStatus,
+        next_attempt_at: TimestampMicros,
+        error: Option<String>,
+        response_code: Option<u16>,
+        at: TimestampMicros,
+    },
+    /// Deletes the not-yet-started runs, due after `after`, that schedules
+    /// of `deployment` other than `keep` made ahead (edited, deleted or
+    /// inactive schedules), with their slots.
+    DropScheduledRuns {
+        deployment: String,
+        keep: Vec<String>,
+        after: TimestampMicros,
     },
 }
 
@@ -677,6 +721,95 @@ impl Store {
     }
 
     /// The latest scheduled time among a deployment's runs.
+    /// Pending deliveries due by `now`, oldest first.
+    pub fn due_deliveries(
+        &self,
+        now: TimestampMicros,
+        limit: usize,
+    ) -> Result<Vec<DeliveryRow>, StoreError> {
+        self.read(|c| {
+            let mut stmt = c.prepare_cached(&format!(
+                "{DELIVERY_SELECT} WHERE status = 'pending' AND next_attempt_us <= ?1 ORDER BY next_attempt_us LIMIT ?2"
+            ))?;
+            stmt.query_map(params![now, limit as i64], DeliveryRow::from_row)?
+                .collect()
+        })
+    }
+
+    /// An automation's deliveries, newest first.
+    pub fn deliveries(
+        &self,
+        automation: &str,
+        limit: usize,
+    ) -> Result<Vec<DeliveryRow>, StoreError> {
+        self.read(|c| {
+            let mut stmt = c.prepare_cached(&format!(
+                "{DELIVERY_SELECT} WHERE automation = ?1 ORDER BY id DESC LIMIT ?2"
+            ))?;
+            stmt.query_map(params![automation, limit as i64], DeliveryRow::from_row)?
+                .collect()
+        })
+    }
+
+    /// Top-level runs that ended after `after` (up to `limit`, oldest first).
+    pub fn runs_ended_after(
+        &self,
+        after: TimestampMicros,
+        limit: usize,
+    ) -> Result<Vec<FlowRunRow>, StoreError> {
+        self.read(|c| {
+            let mut stmt = c.prepare_cached(&format!(
+                "{FLOW_RUN_SELECT} WHERE ended_us > ?1 AND parent_flow_run IS NULL ORDER BY ended_us LIMIT ?2"
+            ))?;
+            stmt.query_map(params![after, limit as i64], FlowRunRow::from_row)?
+                .collect()
+        })
+    }
+
+    /// Top-level runs in `state` created before `before` (Late ones, or
+    /// Running ones that may be stuck).
+    pub fn runs_in_state(
+        &self,
+        state: RunState,
+        limit: usize,
+    ) -> Result<Vec<FlowRunRow>, StoreError> {
+        self.read(|c| {
+            let mut stmt = c.prepare_cached(&format!(
+                "{FLOW_RUN_SELECT} WHERE state = ?1 AND parent_flow_run IS NULL ORDER BY created_us LIMIT ?2"
+            ))?;
+            stmt.query_map(params![state.as_str(), limit as i64], FlowRunRow::from_row)?
+                .collect()
+        })
+    }
+
+    /// The latest time a schedule of a deployment made a run for.
+    pub fn last_schedule_slot(
+        &self,
+        deployment: &str,
+        schedule_key: &str,
+    ) -> Result<Option<TimestampMicros>, StoreError> {
+        self.read(|c| {
+            c.prepare_cached(
+                "SELECT max(scheduled_us) FROM schedule_slots WHERE deployment = ?1 AND schedule_key = ?2",
+            )?
+            .query_row(params![deployment, schedule_key], |r| r.get(0))
+        })
+    }
+
+    /// Deployments that have runs made ahead by their schedules, waiting
+    /// after `after` (to drop those of deployments that are gone).
+    pub fn deployments_with_slots_after(
+        &self,
+        after: TimestampMicros,
+    ) -> Result<Vec<String>, StoreError> {
+        self.read(|c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT DISTINCT deployment FROM schedule_slots WHERE scheduled_us > ?1",
+            )?;
+            stmt.query_map([after], |r| r.get(0))?.collect()
+        })
+    }
+
     pub fn last_scheduled_at(
         &self,
         deployment: &str,
@@ -1249,6 +1382,7 @@ pub enum ObjectKind {
     Secret,
     /// A remote host as it last said hello (name, pools, slots, runs in hand).
     Host,
+    Automation,
 }
 
 impl ObjectKind {
@@ -1260,6 +1394,7 @@ impl ObjectKind {
             ObjectKind::Variable => "variable",
             ObjectKind::Secret => "secret",
             ObjectKind::Host => "host",
+            ObjectKind::Automation => "automation",
         }
     }
     fn what(self) -> &'static str {
@@ -1270,7 +1405,68 @@ impl ObjectKind {
             ObjectKind::Variable => "variable",
             ObjectKind::Secret => "secret",
             ObjectKind::Host => "host",
+            ObjectKind::Automation => "automation",
         }
+    }
+}
+
+/// Where a webhook delivery stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeliveryStatus {
+    Pending,
+    Delivered,
+    /// Gave up after the last retry.
+    Failed,
+}
+
+impl DeliveryStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryStatus::Pending => "pending",
+            DeliveryStatus::Delivered => "delivered",
+            DeliveryStatus::Failed => "failed",
+        }
+    }
+}
+
+const DELIVERY_SELECT: &str =
+    "SELECT id, automation, flow_run, event, payload, status, attempts, next_attempt_us,
+    last_error, response_code, created_us, delivered_us FROM automation_deliveries";
+
+/// One webhook delivery of the automations' outbox.
+#[derive(Debug, Clone)]
+pub struct DeliveryRow {
+    pub id: i64,
+    pub automation: String,
+    pub flow_run: FlowRunId,
+    pub event: String,
+    pub payload: String,
+    pub status: String,
+    pub attempts: u32,
+    pub next_attempt_at: TimestampMicros,
+    pub last_error: Option<String>,
+    pub response_code: Option<u16>,
+    pub created_at: TimestampMicros,
+    pub delivered_at: Option<TimestampMicros>,
+}
+
+impl DeliveryRow {
+    fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Self> {
+        let run: Vec<u8> = r.get(2)?;
+        Ok(DeliveryRow {
+            id: r.get(0)?,
+            automation: r.get(1)?,
+            flow_run: FlowRunId::from_bytes(run.try_into().unwrap_or([0; 16])),
+            event: r.get(3)?,
+            payload: r.get(4)?,
+            status: r.get(5)?,
+            attempts: r.get(6)?,
+            next_attempt_at: r.get(7)?,
+            last_error: r.get(8)?,
+            response_code: r.get(9)?,
+            created_at: r.get(10)?,
+            delivered_at: r.get(11)?,
+        })
     }
 }
 
@@ -1819,6 +2015,80 @@ fn apply(conn: &Connection, write: &Write, files: &ResultFiles) -> Result<(), St
                     id: id.to_string(),
                 });
             }
+        }
+        Write::EnqueueDelivery {
+            automation,
+            flow_run,
+            event,
+            payload,
+            at,
+        } => {
+            conn.prepare_cached(
+                "INSERT INTO automation_deliveries (automation, flow_run, event, payload, status, next_attempt_us, created_us)
+                 VALUES (?1, ?2, ?3, ?4, 'pending', ?5, ?5) ON CONFLICT DO NOTHING",
+            )?
+            .execute(params![automation, flow_run.as_bytes(), event, payload, at])?;
+        }
+        Write::DeliveryAttempt {
+            id,
+            status,
+            next_attempt_at,
+            error,
+            response_code,
+            at,
+        } => {
+            conn.prepare_cached(
+                "UPDATE automation_deliveries SET status = ?2, attempts = attempts + 1, next_attempt_us = ?3,
+                    last_error = ?4, response_code = ?5,
+                    delivered_us = CASE WHEN ?2 = 'delivered' THEN ?6 END
+                 WHERE id = ?1 AND status = 'pending'",
+            )?
+            .execute(params![id, status.as_str(), next_attempt_at, error, response_code, at])?;
+        }
+        Write::ScheduleSlot {
+            deployment,
+            schedule_key,
+            at,
+            flow_run,
+        } => {
+            let inserted = conn
+                .prepare_cached(
+                    "INSERT INTO schedule_slots (deployment, schedule_key, scheduled_us, flow_run) VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT DO NOTHING",
+                )?
+                .execute(params![deployment, schedule_key, at, flow_run.as_bytes()])?;
+            if inserted == 0 {
+                return Err(StoreError::SlotTaken {
+                    deployment: deployment.clone(),
+                    schedule_key: schedule_key.clone(),
+                    at: *at,
+                });
+            }
+        }
+        Write::DropScheduledRuns {
+            deployment,
+            keep,
+            after,
+        } => {
+            let keep = serde_json::to_string(keep).unwrap_or_else(|_| "[]".into());
+            let doomed =
+                "SELECT s.flow_run FROM schedule_slots s JOIN flow_runs f ON f.id = s.flow_run
+                 WHERE s.deployment = ?1 AND s.scheduled_us > ?3 AND f.state = 'Scheduled'
+                   AND s.schedule_key NOT IN (SELECT value FROM json_each(?2))";
+            for sql in [
+                format!("DELETE FROM run_states WHERE run_id IN ({doomed})"),
+                format!("DELETE FROM flow_runs WHERE id IN ({doomed})"),
+            ] {
+                conn.prepare_cached(&sql)?
+                    .execute(params![deployment, keep, after])?;
+            }
+            // Slots whose runs are gone: the schedule may make them again.
+            conn.prepare_cached(
+                "DELETE FROM schedule_slots WHERE deployment = ?1 AND scheduled_us > ?3
+                   AND schedule_key NOT IN (SELECT value FROM json_each(?2))
+                   AND NOT EXISTS (SELECT 1 FROM flow_runs f WHERE f.id = schedule_slots.flow_run)",
+            )?
+            .execute(params![deployment, keep, after])?;
         }
         Write::RequestCancel { id, at } => {
             let n = conn

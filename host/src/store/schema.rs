@@ -130,6 +130,38 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE logs ADD COLUMN origin TEXT;
     CREATE UNIQUE INDEX logs_by_origin ON logs (flow_run, origin) WHERE origin IS NOT NULL;
     ",
+    // 7: the times each schedule made a run for. The key makes materializing
+    // idempotent: a restarted or second scheduler cannot make a run twice.
+    "
+    CREATE TABLE schedule_slots (
+        deployment   TEXT NOT NULL,
+        schedule_key TEXT NOT NULL,
+        scheduled_us INTEGER NOT NULL,
+        flow_run     BLOB NOT NULL,
+        PRIMARY KEY (deployment, schedule_key, scheduled_us)
+    ) WITHOUT ROWID;
+    ",
+    // 8: the automations' outbox: one delivery per (automation, run, event),
+    // retried until delivered; and runs by end time, for finding new events.
+    "
+    CREATE TABLE automation_deliveries (
+        id              INTEGER PRIMARY KEY,
+        automation      TEXT NOT NULL,
+        flow_run        BLOB NOT NULL,
+        event           TEXT NOT NULL,
+        payload         TEXT NOT NULL,
+        status          TEXT NOT NULL,
+        attempts        INTEGER NOT NULL DEFAULT 0,
+        next_attempt_us INTEGER NOT NULL,
+        last_error      TEXT,
+        response_code   INTEGER,
+        created_us      INTEGER NOT NULL,
+        delivered_us    INTEGER,
+        UNIQUE (automation, flow_run, event)
+    );
+    CREATE INDEX automation_deliveries_due ON automation_deliveries (next_attempt_us) WHERE status = 'pending';
+    CREATE INDEX flow_runs_by_end ON flow_runs (ended_us) WHERE ended_us IS NOT NULL;
+    ",
 ];
 
 /// Brings the database up to the newest schema, one transaction per migration.
