@@ -1616,3 +1616,37 @@ fn a_new_user_uploads_deploys_and_runs_from_the_ui() {
     let (_, run) = server.follow(&id, None);
     assert_eq!(run["state"], "Completed", "{run}");
 }
+
+/// A deployment's page lists each schedule with its zone and next five fire
+/// times, in that zone's offset.
+#[test]
+fn a_deployment_page_shows_each_schedules_next_runs_in_its_zone() {
+    let server = UiServer::start();
+    let digest = server.upload(ETL_WASM);
+    let (status, reply) = server.api(
+        "PUT",
+        "/api/deployments/berlin",
+        Some(
+            json!({ "name": "berlin", "component": digest, "flow": "etl",
+                     "params": { "rows": 5 }, "paused": true,
+                     "schedules": [{ "cron": "30 6 * * 1-5", "timezone": "Europe/Berlin" }] }),
+        ),
+    );
+    assert_eq!(status, 201, "{reply}");
+    let page = server.page("/deployments/berlin", None).body;
+    assert!(page.contains("<code>cron 30 6 * * 1-5</code>"), "{page}");
+    assert!(page.contains("Europe/Berlin"), "{page}");
+    let cell = page
+        .split("class=\"next-runs\">")
+        .nth(1)
+        .and_then(|rest| rest.split("</td>").next())
+        .unwrap_or_else(|| panic!("no next runs: {page}"));
+    let times: Vec<&str> = cell.split("<br>").collect();
+    assert_eq!(times.len(), 5, "{cell}");
+    for time in times {
+        assert!(
+            time.contains("T06:30:00+01:00") || time.contains("T06:30:00+02:00"),
+            "06:30 Berlin time: {time}"
+        );
+    }
+}

@@ -4,7 +4,7 @@
 use super::{Exit, JsonFlag};
 use crate::clock::{Clock, SystemClock};
 use crate::model::Schedule;
-use crate::schedule::{Zone, parse_instant};
+use crate::schedule::parse_instant;
 use clap::{Args, Subcommand};
 use serde_json::json;
 
@@ -87,7 +87,7 @@ fn preview(args: PreviewArgs) -> anyhow::Result<()> {
         Some(text) => parse_instant(text).map_err(|e| Exit::bad_input(format!("--from: {e}")))?,
         None => SystemClock.now_micros(),
     };
-    let zone = schedule_zone(&schedule);
+    let zone = schedule.zone();
     let times: Vec<String> = timetable
         .upcoming(from, args.count)
         .into_iter()
@@ -108,23 +108,10 @@ fn preview(args: PreviewArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The zone a schedule's times are best read in: its own, else UTC.
-pub fn schedule_zone(schedule: &Schedule) -> Zone {
-    schedule
-        .timezone
-        .as_deref()
-        .and_then(|name| Zone::named(name).ok())
-        .unwrap_or_else(Zone::utc)
-}
-
 /// A schedule's next `count` fire times after now, in its own zone, or why
 /// there are none.
 pub fn next_times(schedule: &Schedule, count: usize) -> Result<Vec<String>, String> {
-    let timetable = schedule.timetable().map_err(|e| e.to_string())?;
-    let zone = schedule_zone(schedule);
-    Ok(timetable
-        .upcoming(SystemClock.now_micros(), count)
-        .into_iter()
-        .map(|t| zone.format(t))
-        .collect())
+    schedule
+        .next_times(SystemClock.now_micros(), count)
+        .map_err(|e| e.to_string())
 }

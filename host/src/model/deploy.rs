@@ -188,6 +188,29 @@ impl Schedule {
         self.timetable().map(|_| ())
     }
 
+    /// The zone its times are best read in: its own, else UTC.
+    pub fn zone(&self) -> Zone {
+        self.timezone
+            .as_deref()
+            .and_then(|name| Zone::named(name).ok())
+            .unwrap_or_else(Zone::utc)
+    }
+
+    /// Its next `count` fire times after `now`, in RFC 3339 in its own zone.
+    pub fn next_times(
+        &self,
+        now: TimestampMicros,
+        count: usize,
+    ) -> Result<Vec<String>, DeploymentError> {
+        let timetable = self.timetable()?;
+        let zone = self.zone();
+        Ok(timetable
+            .upcoming(now, count)
+            .into_iter()
+            .map(|t| zone.format(t))
+            .collect())
+    }
+
     /// The compiled schedule, or why it is refused.
     pub fn timetable(&self) -> Result<Timetable, DeploymentError> {
         let zone = self.timezone.as_deref().map(Zone::named).transpose()?;

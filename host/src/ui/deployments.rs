@@ -179,6 +179,40 @@ fn page(
         esc(&d.tags.join(", ")),
         esc(&d.secrets.join(", ")),
     );
+    if !d.schedules.is_empty() {
+        body.push_str(
+            "<section><h2>Schedules</h2><table><thead><tr><th>Schedule</th><th>Zone</th><th>Status</th><th>Next runs</th></tr></thead><tbody>",
+        );
+        for schedule in &d.schedules {
+            let what = match (&schedule.cron, schedule.interval_seconds, &schedule.rrule) {
+                (Some(cron), _, _) => format!("cron {cron}"),
+                (_, Some(seconds), _) => format!("every {seconds} s"),
+                (_, _, Some(rule)) => format!("rrule {rule}"),
+                _ => String::new(),
+            };
+            let next = match schedule.next_times(now, 5) {
+                Ok(times) if times.is_empty() => "none".to_string(),
+                Ok(times) => times
+                    .iter()
+                    .map(|t| esc(t).to_string())
+                    .collect::<Vec<_>>()
+                    .join("<br>"),
+                Err(e) => esc(&e.to_string()).to_string(),
+            };
+            let _ = write!(
+                body,
+                "<tr><td><code>{}</code></td><td>{}</td><td>{}</td><td class=\"next-runs\">{next}</td></tr>",
+                esc(&what),
+                esc(schedule.timezone.as_deref().unwrap_or("UTC")),
+                if schedule.active {
+                    "active"
+                } else {
+                    "inactive"
+                },
+            );
+        }
+        body.push_str("</tbody></table></section>");
+    }
     let (action, label) = if d.paused {
         ("resume", "Resume")
     } else {
