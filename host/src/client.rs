@@ -1,7 +1,8 @@
 //! A blocking HTTP client for the Weir API: the only module that names ureq.
 //!
-//! It moves bytes and statuses; the CLI decides what they mean. Plain
-//! `http://` only for now (servers behind TLS need a proxy in front).
+//! It moves bytes and statuses; the CLI decides what they mean. It speaks
+//! `http://` and `https://` (rustls, Mozilla's roots built in, or the CA
+//! certificates of a PEM file: the `api.ca_file` setting).
 
 use std::time::Duration;
 
@@ -15,8 +16,28 @@ pub enum ClientError {
         message: String,
         source_hint: String,
     },
-    #[error("bad API URL '{0}': expected http://HOST:PORT")]
+    #[error("bad API URL '{0}': expected http://HOST:PORT or https://HOST[:PORT]")]
     BadUrl(String),
+    #[error(
+        "CA file {path}: {message}; give a PEM file with the CA certificate(s) that signed the server's"
+    )]
+    CaFile { path: String, message: String },
+}
+
+/// An agent that reports every status as a reply, trusting `roots` (or
+/// Mozilla's) for https://.
+fn agent(roots: Option<ureq::tls::RootCerts>) -> ureq::Agent {
+    let mut tls = ureq::tls::TlsConfig::builder();
+    if let Some(roots) = roots {
+        tls = tls.root_certs(roots);
+    }
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_connect(Some(Duration::from_secs(5)))
+        .timeout_global(Some(Duration::from_secs(300)))
+        .tls_config(tls.build())
+        .build()
+        .into()
 }
 
 /// One API server.
@@ -35,21 +56,41 @@ impl Client {
         source_hint: impl Into<String>,
     ) -> Result<Client, ClientError> {
         let base = url.trim_end_matches('/').to_string();
-        if !base.starts_with("http://") || base.len() <= "http://".len() {
+        let rest = base
+            .strip_prefix("http://")
+            .or_else(|| base.strip_prefix("https://"))
+            .unwrap_or_default();
+        if rest.is_empty() {
             return Err(ClientError::BadUrl(url.to_string()));
         }
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_connect(Some(Duration::from_secs(5)))
-            .timeout_global(Some(Duration::from_secs(300)))
-            .build()
-            .into();
         Ok(Client {
             base,
             key,
-            agent,
+            agent: agent(None),
             source_hint: source_hint.into(),
         })
+    }
+
+    /// Trusts only the CA certificates in the PEM file `path` for https://
+    /// (instead of Mozilla's roots): a server with its own CA.
+    pub fn with_ca_file(mut self, path: &std::path::Path) -> Result<Client, ClientError> {
+        let ca_error = |message: String| ClientError::CaFile {
+            path: path.display().to_string(),
+            message,
+        };
+        let pem = std::fs::read(path).map_err(|e| ca_error(e.to_string()))?;
+        let mut certs = Vec::new();
+        for item in ureq::tls::parse_pem(&pem) {
+            match item.map_err(|e| ca_error(e.to_string()))? {
+                ureq::tls::PemItem::Certificate(cert) => certs.push(cert),
+                _ => continue,
+            }
+        }
+        if certs.is_empty() {
+            return Err(ca_error("no certificate in it".into()));
+        }
+        self.agent = agent(Some(ureq::tls::RootCerts::new_with_certs(&certs)));
+        Ok(self)
     }
 
     pub fn base(&self) -> &str {

@@ -80,6 +80,12 @@ pub const SETTINGS: &[Setting] = &[
         help: "the API key the CLI sends as `Authorization: Bearer`",
     },
     Setting {
+        key: "api.ca_file",
+        env: "WEIR_CA_FILE",
+        default: None,
+        help: "a PEM file of the CA certificate(s) to trust for an https:// api.url (default: Mozilla's roots)",
+    },
+    Setting {
         key: "logging.level",
         env: "WEIR_LOG",
         default: Some("warn"),

@@ -2768,83 +2768,107 @@ fn a_host_with_a_wrong_key_stops_with_one_clear_line() {
     assert!(errors[0].contains("401"), "{log}");
 }
 
-/// A proxy between a host and the server that flips one byte of every
-/// component download: what a tampering network would do.
-fn tampering_proxy(server_url: &str) -> String {
-    use std::io::{Read, Write};
+/// What a test proxy in front of the server does.
+#[derive(Clone)]
+enum Proxy {
+    /// Flips one byte of every component download: a tampering network.
+    Tamper,
+    /// Speaks TLS with the test certificate (`tests/fixtures/tls`).
+    Tls(std::sync::Arc<rustls::ServerConfig>),
+}
+
+/// A proxy in front of `server_url` (one request per connection); returns its URL.
+fn proxy(server_url: &str, how: Proxy) -> String {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     let upstream = server_url.to_string();
+    let scheme = match how {
+        Proxy::Tamper => "http",
+        Proxy::Tls(_) => "https",
+    };
     std::thread::spawn(move || {
         for stream in listener.incoming().flatten() {
-            let upstream = upstream.clone();
-            std::thread::spawn(move || {
-                let mut stream = stream;
-                let mut head = Vec::new();
-                let mut byte = [0u8; 1];
-                while !head.ends_with(b"\r\n\r\n") {
-                    if stream.read(&mut byte).unwrap_or(0) == 0 {
+            let (upstream, how) = (upstream.clone(), how.clone());
+            std::thread::spawn(move || match how {
+                Proxy::Tamper => forward_one(stream, &upstream, true),
+                Proxy::Tls(config) => {
+                    let Ok(conn) = rustls::ServerConnection::new(config) else {
                         return;
-                    }
-                    head.push(byte[0]);
+                    };
+                    let mut tls = rustls::StreamOwned::new(conn, stream);
+                    forward_one(&mut tls, &upstream, false);
+                    tls.conn.send_close_notify();
+                    let _ = std::io::Write::flush(&mut tls);
                 }
-                let head = String::from_utf8_lossy(&head).to_string();
-                let mut lines = head.lines();
-                let mut first = lines.next().unwrap_or_default().split(' ');
-                let (method, path) = (first.next().unwrap_or("GET"), first.next().unwrap_or("/"));
-                let mut length = 0;
-                let mut request = ureq::http::Request::builder()
-                    .method(method)
-                    .uri(format!("{upstream}{path}"));
-                for line in lines {
-                    if let Some((name, value)) = line.split_once(':') {
-                        let (name, value) = (name.trim().to_ascii_lowercase(), value.trim());
-                        if name == "content-length" {
-                            length = value.parse().unwrap_or(0);
-                        }
-                        if name == "content-type" || name == "authorization" {
-                            request = request.header(name, value);
-                        }
-                    }
-                }
-                let mut body = vec![0u8; length];
-                if stream.read_exact(&mut body).is_err() {
-                    return;
-                }
-                let agent: ureq::Agent = ureq::Agent::config_builder()
-                    .http_status_as_error(false)
-                    .build()
-                    .into();
-                let Ok(mut response) = agent.run(request.body(body).unwrap()) else {
-                    return;
-                };
-                let status = response.status().as_u16();
-                let mut bytes = response
-                    .body_mut()
-                    .with_config()
-                    .limit(u64::MAX)
-                    .read_to_vec()
-                    .unwrap_or_default();
-                if path.ends_with("/wasm") && status == 200 {
-                    let last = bytes.len() - 1;
-                    bytes[last] ^= 0x01;
-                }
-                let reply = format!(
-                    "HTTP/1.1 {status} X\r\ncontent-length: {}\r\ncontent-type: application/json\r\nconnection: close\r\n\r\n",
-                    bytes.len()
-                );
-                let _ = stream.write_all(reply.as_bytes());
-                let _ = stream.write_all(&bytes);
             });
         }
     });
-    format!("http://{addr}")
+    format!("{scheme}://{addr}")
+}
+
+/// Reads one request from `stream`, sends it to `upstream`, writes the reply back.
+fn forward_one(mut stream: impl std::io::Read + std::io::Write, upstream: &str, tamper: bool) {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if stream.read(&mut byte).unwrap_or(0) == 0 {
+            return;
+        }
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_string();
+    let mut lines = head.lines();
+    let mut first = lines.next().unwrap_or_default().split(' ');
+    let (method, path) = (first.next().unwrap_or("GET"), first.next().unwrap_or("/"));
+    let mut length = 0;
+    let mut request = ureq::http::Request::builder()
+        .method(method)
+        .uri(format!("{upstream}{path}"));
+    for line in lines {
+        if let Some((name, value)) = line.split_once(':') {
+            let (name, value) = (name.trim().to_ascii_lowercase(), value.trim());
+            if name == "content-length" {
+                length = value.parse().unwrap_or(0);
+            }
+            if name == "content-type" || name == "authorization" {
+                request = request.header(name, value);
+            }
+        }
+    }
+    let mut body = vec![0u8; length];
+    if stream.read_exact(&mut body).is_err() {
+        return;
+    }
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let Ok(mut response) = agent.run(request.body(body).unwrap()) else {
+        return;
+    };
+    let status = response.status().as_u16();
+    let mut bytes = response
+        .body_mut()
+        .with_config()
+        .limit(u64::MAX)
+        .read_to_vec()
+        .unwrap_or_default();
+    if tamper && path.ends_with("/wasm") && status == 200 {
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0x01;
+    }
+    let reply = format!(
+        "HTTP/1.1 {status} X\r\ncontent-length: {}\r\ncontent-type: application/json\r\nconnection: close\r\n\r\n",
+        bytes.len()
+    );
+    let _ = stream.write_all(reply.as_bytes());
+    let _ = stream.write_all(&bytes);
 }
 
 #[test]
 fn a_tampered_component_download_is_refused_and_the_run_says_why() {
     let server = TestServer::start_with(&["--no-worker"], None);
-    let proxy = tampering_proxy(&server.url);
+    let proxy = proxy(&server.url, Proxy::Tamper);
     let _host = TestHost::start_against(&proxy, None, "h1", &[]);
     let digest = server.upload(FIXTURE_WASM);
     let id = start_fixture_run(
@@ -3583,4 +3607,83 @@ fn a_late_run_posts_its_webhook_once_and_a_paused_automation_posts_nothing() {
         muted["deliveries"].as_array().unwrap().is_empty(),
         "{muted}"
     );
+}
+
+/// The test CA's certificate file and a TLS server config with the test
+/// certificate for 127.0.0.1 (`tests/fixtures/tls`, test-only material).
+fn test_tls() -> (std::path::PathBuf, std::sync::Arc<rustls::ServerConfig>) {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let dir = workspace().join("tests/fixtures/tls");
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(dir.join("server.pem"))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    let key = PrivateKeyDer::from_pem_file(dir.join("server.key")).unwrap();
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+    (dir.join("ca.pem"), std::sync::Arc::new(config))
+}
+
+/// A host and the CLI reach a server over https:// when told which CA to
+/// trust; without it, a certificate nobody vouched for is refused in one line.
+#[test]
+fn hosts_and_the_cli_speak_https_with_a_ca_file_and_refuse_an_unknown_certificate() {
+    let server = TestServer::start_with(&["--no-worker"], None);
+    let (ca, tls) = test_tls();
+    let url = proxy(&server.url, Proxy::Tls(tls));
+    assert!(url.starts_with("https://127.0.0.1:"));
+
+    // No CA file: Mozilla's roots do not know the test CA.
+    let mut untrusting = TestHost::start_against(&url, None, "h0", &[]);
+    let status = untrusting.wait_exit(Duration::from_secs(30));
+    assert_eq!(status.code(), Some(2), "{}", untrusting.log());
+    let log = untrusting.log();
+    let errors: Vec<&str> = log.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(errors.len(), 1, "{log}");
+    assert!(errors[0].contains("cannot reach"), "{log}");
+
+    let ca_arg = ca.to_str().unwrap();
+    let _host = TestHost::start_against(&url, None, "h1", &["--ca-file", ca_arg]);
+    let digest = server.upload(FIXTURE_WASM);
+    let id = start_fixture_run(
+        &server,
+        &digest,
+        "slow_sequential",
+        json!({ "n": 3, "ms": 5 }),
+    );
+    let run = wait_for_run(&server, &id, Duration::from_secs(60), |r| {
+        r["state"] == "Completed"
+    });
+    assert_eq!(run["result"], json!("15"));
+    assert!(
+        run["lease_holder"].as_str().unwrap().starts_with("h1 "),
+        "{run}"
+    );
+
+    // The CLI, through the same proxy.
+    let cli = |ca: Option<&str>| {
+        let mut command = Command::new(HOST);
+        command
+            .args(["flow-run", "inspect", &id, "--json"])
+            .env("WEIR_HOME", server.home.path().join("cli"))
+            .env("WEIR_API_URL", &url)
+            .env_remove("WEIR_API_KEY")
+            .stdin(Stdio::null());
+        match ca {
+            Some(ca) => command.env("WEIR_CA_FILE", ca),
+            None => command.env_remove("WEIR_CA_FILE"),
+        };
+        command.output().unwrap()
+    };
+    let out = cli(Some(ca_arg));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("Completed"));
+    let out = cli(None);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
 }

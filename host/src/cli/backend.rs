@@ -46,8 +46,13 @@ impl Backend {
                 .source("api.url")
                 .map(|s| s.to_string())
                 .unwrap_or_default();
-            let client = Client::new(url, settings.get("api.key").map(str::to_string), source)
+            let mut client = Client::new(url, settings.get("api.key").map(str::to_string), source)
                 .map_err(|e| Exit::bad_input(e.to_string()))?;
+            if let Some(ca_file) = settings.get("api.ca_file") {
+                client = client
+                    .with_ca_file(std::path::Path::new(ca_file))
+                    .map_err(|e| Exit::bad_input(e.to_string()))?;
+            }
             return Ok(Backend::Remote(client));
         }
         Self::open_local(&paths())

@@ -25,9 +25,14 @@ pub struct RunArgs {
     /// Only runs of this queue of the pools (repeatable) [default: all queues].
     #[arg(long = "queue", value_name = "NAME")]
     queues: Vec<String>,
-    /// The server [default: api.url, i.e. WEIR_API_URL or the profile's].
+    /// The server, http:// or https:// [default: api.url, i.e. WEIR_API_URL
+    /// or the profile's].
     #[arg(long, value_name = "URL")]
     api: Option<String>,
+    /// Trust the CA certificate(s) in this PEM file for an https:// server
+    /// [default: api.ca_file, i.e. WEIR_CA_FILE; else Mozilla's roots].
+    #[arg(long, value_name = "FILE")]
+    ca_file: Option<std::path::PathBuf>,
     /// Flow runs this host runs at once.
     #[arg(long, default_value_t = 4)]
     slots: usize,
@@ -107,6 +112,10 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         drain_timeout: args.drain_timeout.into(),
         executor: ExecutorSettings::default(),
         allows: args.allows.capabilities()?,
+        ca_file: args
+            .ca_file
+            .clone()
+            .or_else(|| settings.get("api.ca_file").map(Into::into)),
     };
     let stop = CancellationToken::new();
     let on_signal = stop.clone();

@@ -70,6 +70,8 @@ pub struct RemoteConfig {
     /// What runs on this host may reach (directories, env); it takes only
     /// runs that need no more.
     pub allows: Capabilities,
+    /// The CA certificates to trust for an https:// server (PEM).
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 /// How long one claim may wait on the server for work.
@@ -137,11 +139,11 @@ pub fn run(config: RemoteConfig, stop: CancellationToken) -> Result<(), RemoteEr
     )?);
     let engine = Arc::new(Engine::new(config.engine.clone())?);
     let control = Arc::new(Control::new(store.clone(), Arc::new(SystemClock)));
-    let client = Arc::new(Client::new(
-        &config.api,
-        config.key.clone(),
-        "--api or api.url",
-    )?);
+    let mut client = Client::new(&config.api, config.key.clone(), "--api or api.url")?;
+    if let Some(ca_file) = &config.ca_file {
+        client = client.with_ca_file(ca_file)?;
+    }
+    let client = Arc::new(client);
     let host = Arc::new_cyclic(|me| RemoteHost {
         me: me.clone(),
         holder: leases::process_marker(&config.name),
