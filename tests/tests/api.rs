@@ -3687,3 +3687,60 @@ fn hosts_and_the_cli_speak_https_with_a_ca_file_and_refuse_an_unknown_certificat
     let out = cli(None);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
 }
+
+/// `host work-queue create demo-queue --tag demo`: a host serving only that
+/// queue takes the tagged deployment's runs (placed in the default queue)
+/// and leaves the others to a host serving every queue.
+#[test]
+fn a_queue_with_tags_takes_only_runs_carrying_them() {
+    let server = TestServer::start_with(&["--no-worker"], None);
+    let out = server.cli(&[
+        "work-queue",
+        "create",
+        "demo-queue",
+        "--pool",
+        "wasm",
+        "--tag",
+        "demo",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let digest = server.upload(FIXTURE_WASM);
+    let mut tagged = adder("tagged", &digest, 1, 2);
+    tagged["tags"] = json!(["demo", "nightly"]);
+    server.deploy("tagged", tagged);
+    server.deploy("plain", adder("plain", &digest, 3, 4));
+    let trigger = |name: &str| {
+        let (status, reply) =
+            server.send("POST", &format!("/api/deployments/{name}/runs"), json!({}));
+        assert_eq!(status, 202, "{reply}");
+        reply["flow_run_id"].as_str().unwrap().to_string()
+    };
+    let plain = trigger("plain");
+    let tagged = trigger("tagged");
+    let _demo = TestHost::start(&server, "demo-host", &["--queue", "demo-queue"]);
+    let run = wait_for_run(&server, &tagged, Duration::from_secs(60), |r| {
+        r["state"] == "Completed"
+    });
+    assert_eq!(run["result"], json!("3"));
+    assert!(
+        run["lease_holder"]
+            .as_str()
+            .unwrap()
+            .starts_with("demo-host "),
+        "{run}"
+    );
+    // The plain run, older, was never the demo host's to take.
+    let (_, detail) = server.get(&format!("/api/flow-runs/{plain}"));
+    assert_eq!(detail["flow_run"]["state"], "Scheduled", "{detail}");
+    let _any = TestHost::start(&server, "any-host", &[]);
+    let run = wait_for_run(&server, &plain, Duration::from_secs(60), |r| {
+        r["state"] == "Completed"
+    });
+    assert!(
+        run["lease_holder"]
+            .as_str()
+            .unwrap()
+            .starts_with("any-host "),
+        "{run}"
+    );
+}

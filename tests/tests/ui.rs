@@ -1650,3 +1650,37 @@ fn a_deployment_page_shows_each_schedules_next_runs_in_its_zone() {
         );
     }
 }
+
+/// The UI's queue form has no tag filter; changing a queue there keeps the
+/// filter it was given through the CLI or API.
+#[test]
+fn editing_a_queue_in_the_ui_keeps_its_tag_filter() {
+    let server = UiServer::start();
+    let (status, reply) = server.api(
+        "POST",
+        "/api/work-pools/wasm/queues",
+        Some(json!({ "name": "demo", "priority": 5, "tags": ["demo"] })),
+    );
+    assert_eq!(status, 201, "{reply}");
+    let csrf = csrf_of(&server.page("/pools", None).body);
+    let edited = server.form(
+        "/pools/queues",
+        &[
+            ("csrf", &csrf),
+            ("pool", "wasm"),
+            ("name", "demo"),
+            ("priority", "0"),
+        ],
+        None,
+    );
+    assert_eq!(edited.status, 303, "{}", edited.body);
+    let (_, queues) = server.api("GET", "/api/work-pools/wasm/queues", None);
+    let demo = queues["work_queues"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|q| q["name"] == "demo")
+        .unwrap_or_else(|| panic!("{queues}"));
+    assert_eq!(demo["priority"], 0, "{demo}");
+    assert_eq!(demo["tags"], json!(["demo"]), "{demo}");
+}

@@ -71,6 +71,7 @@ fn ensure_pool_now(state: &ApiState, name: &str) -> ApiResult<()> {
             priority: 1,
             concurrency_limit: None,
             paused: false,
+            tags: Vec::new(),
         };
         put_object(state, ObjectKind::WorkQueue, &queue_key, &queue)?;
     }

@@ -314,6 +314,9 @@ pub struct WorkQueue {
     pub priority: Option<u32>,
     pub concurrency_limit: Option<u32>,
     pub paused: Option<bool>,
+    /// Runs of the pool whose tags include all of these belong here too
+    /// (for hosts started with `--queue`).
+    pub tags: Option<Vec<String>>,
 }
 
 #[derive(ToSchema)]

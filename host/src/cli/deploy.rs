@@ -1036,6 +1036,11 @@ pub struct QueueCreateArgs {
     priority: u32,
     #[arg(long)]
     concurrency_limit: Option<u32>,
+    /// Also take the pool's runs whose tags include this one (repeatable;
+    /// all must match), e.g. `--tag demo`; hosts started with `--queue NAME`
+    /// then serve them.
+    #[arg(long = "tag", value_name = "TAG")]
+    tags: Vec<String>,
     #[command(flatten)]
     format: JsonFlag,
 }
@@ -1071,6 +1076,10 @@ fn queue_rows(reply: &Value) -> Vec<Vec<String>> {
                     .map(|n| n.to_string())
                     .unwrap_or_else(|| "-".into()),
                 status(q).into(),
+                q["tags"]
+                    .as_array()
+                    .map(|tags| tags.iter().map(field).collect::<Vec<_>>().join(", "))
+                    .unwrap_or_default(),
             ]
         })
         .collect()
@@ -1154,7 +1163,7 @@ pub fn work_pool(command: WorkPoolCommand) -> anyhow::Result<()> {
                 println!(
                     "\n{}",
                     table(
-                        &["QUEUE", "PRIORITY", "LIMIT", "STATUS"],
+                        &["QUEUE", "PRIORITY", "LIMIT", "STATUS", "TAGS"],
                         &queue_rows(&queues)
                     )
                 );
@@ -1208,7 +1217,8 @@ pub fn work_queue(command: WorkQueueCommand) -> anyhow::Result<()> {
             let reply = backend.send(
                 "POST",
                 &format!("/api/work-pools/{}/queues", args.pool),
-                &json!({ "name": args.name, "priority": args.priority, "concurrency_limit": args.concurrency_limit }),
+                &json!({ "name": args.name, "priority": args.priority,
+                         "concurrency_limit": args.concurrency_limit, "tags": args.tags }),
             )?;
             said(&reply, args.format.json, || {
                 format!(
@@ -1225,7 +1235,7 @@ pub fn work_queue(command: WorkQueueCommand) -> anyhow::Result<()> {
                 println!(
                     "{}",
                     table(
-                        &["QUEUE", "PRIORITY", "LIMIT", "STATUS"],
+                        &["QUEUE", "PRIORITY", "LIMIT", "STATUS", "TAGS"],
                         &queue_rows(&reply)
                     )
                 );

@@ -850,9 +850,21 @@ impl Dispatcher {
         let now = self.control.now();
         let mut due = self.store.due_runs(pools, now, MAX_WAITING_SCAN)?;
         if !queues.is_empty() {
+            // The named queues, with their tag filters.
+            let served: Vec<WorkQueue> = self
+                .store
+                .objects(ObjectKind::WorkQueue)?
+                .into_iter()
+                .filter_map(|row| serde_json::from_str::<WorkQueue>(&row.body).ok())
+                .filter(|q| queues.contains(&q.name) && pools.contains(&q.work_pool))
+                .collect();
             due.retain(|run| {
                 let queue = run.work_queue.as_deref().unwrap_or(DEFAULT_QUEUE);
                 queues.iter().any(|q| q == queue)
+                    || served.iter().any(|q| {
+                        Some(q.work_pool.as_str()) == run.work_pool.as_deref()
+                            && q.takes(queue, &run.tags)
+                    })
             });
         }
         if due.is_empty() {

@@ -284,6 +284,18 @@ pub struct WorkQueue {
     pub concurrency_limit: Option<u32>,
     #[serde(default)]
     pub paused: bool,
+    /// A hosts' filter (`host run --queue NAME`): runs of the pool whose
+    /// tags include all of these belong to this queue too, whatever queue
+    /// their deployment names.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
+}
+
+impl WorkQueue {
+    /// Whether a run placed in `queue` with `tags` is one this queue serves.
+    pub fn takes(&self, queue: &str, tags: &[String]) -> bool {
+        queue == self.name || (!self.tags.is_empty() && self.tags.iter().all(|t| tags.contains(t)))
+    }
 }
 
 fn default_priority() -> u32 {

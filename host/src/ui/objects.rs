@@ -171,9 +171,20 @@ pub(super) async fn put_queue(
         priority: optional_number("the priority", &form.priority)?.unwrap_or(1),
         concurrency_limit: optional_number("the concurrency limit", &form.concurrency_limit)?,
         paused: false,
+        tags: Vec::new(),
     };
     state
-        .blocking(move |state| crate::api::objects::put_queue(state, queue))
+        .blocking(move |state| {
+            // The form has no tag filter: an edited queue keeps its own.
+            let mut queue = queue;
+            let key = format!("{}/{}", queue.work_pool, queue.name);
+            if let Some(row) = state.store.object(ObjectKind::WorkQueue, &key)?
+                && let Ok(old) = serde_json::from_str::<WorkQueue>(&row.body)
+            {
+                queue.tags = old.tags;
+            }
+            crate::api::objects::put_queue(state, queue)
+        })
         .await?;
     Ok(Redirect::to("/pools").into_response())
 }
