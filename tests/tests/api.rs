@@ -3744,3 +3744,79 @@ fn a_queue_with_tags_takes_only_runs_carrying_them() {
         "{run}"
     );
 }
+
+/// `flow-run resume` through the API: refused while a live host holds the
+/// run; once that host's process is gone (it ran on this machine, so its
+/// pid tells), the run is crashed and goes again, replaying finished calls.
+#[test]
+fn resume_through_the_api_refuses_a_held_run_and_resumes_an_orphan() {
+    let server = TestServer::start_with(&["--no-worker", "--lease-ttl", "60s"], None);
+    let this_machine = std::fs::read_to_string("/etc/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "local".into());
+    let mut first = TestHost::start(&server, &this_machine, &[]);
+    let digest = server.upload(FIXTURE_WASM);
+    let id = start_fixture_run(
+        &server,
+        &digest,
+        "slow_sequential",
+        json!({ "n": 30, "ms": 40 }),
+    );
+    server.wait_for_completed_tasks(&id, 5);
+    let (status, refused) = server.send("POST", &format!("/api/flow-runs/{id}/resume"), json!({}));
+    assert_eq!(status, 409, "{refused}");
+    assert!(
+        refused["message"]
+            .as_str()
+            .unwrap()
+            .contains("still holds it"),
+        "{refused}"
+    );
+    let resume_button = format!("action=\"/runs/{id}/resume\"");
+    let page = |server: &TestServer| {
+        server
+            .get(&format!("/runs/{id}"))
+            .1
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    assert!(
+        !page(&server).contains(&resume_button),
+        "no Resume while it is held"
+    );
+    first.child.kill().unwrap();
+    first.child.wait().unwrap();
+    assert!(
+        page(&server).contains(&resume_button),
+        "the UI offers Resume"
+    );
+    // Its lease has a minute left, but its process is gone: resume at once.
+    let _second = TestHost::start(&server, "second", &[]);
+    // The CLI resumes it and follows it to its end.
+    let out = server.cli(&["flow-run", "resume", &id, "--json"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let run = wait_for_run(&server, &id, Duration::from_secs(60), |r| {
+        r["state"] == "Completed"
+    });
+    assert_eq!(run["result"], json!("1200"));
+    let (_, detail) = server.get(&format!("/api/flow-runs/{id}"));
+    let calls = detail["task_runs"].as_array().unwrap();
+    assert_eq!(calls.len(), 30, "each call once: {detail}");
+    assert!(calls.iter().all(|t| t["attempts"] == 1), "{detail}");
+    let crashed = detail["states"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["state"] == "Crashed")
+        .unwrap_or_else(|| panic!("{detail}"));
+    assert!(
+        crashed["message"]
+            .as_str()
+            .unwrap()
+            .contains("resumed by hand"),
+        "{crashed}"
+    );
+}

@@ -126,6 +126,7 @@ impl ApiState {
         runs::get_logs,
         runs::cancel_flow_run,
         runs::retry_flow_run,
+        runs::resume_flow_run,
         events::flow_run_events,
         hosts::claim,
         hosts::heartbeat,
@@ -219,6 +220,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/api/flow-runs/{id}/events", get(events::flow_run_events))
         .route("/api/flow-runs/{id}/cancel", post(runs::cancel_flow_run))
         .route("/api/flow-runs/{id}/retry", post(runs::retry_flow_run))
+        .route("/api/flow-runs/{id}/resume", post(runs::resume_flow_run))
         .route(
             "/api/flow-runs/{id}/report",
             post(hosts::report).layer(DefaultBodyLimit::max(MAX_REPORT_BYTES)),

@@ -418,6 +418,27 @@ pub(super) async fn cancel_flow_run(
     Ok(Json(run_action(state.dispatcher.cancel(id, force).await?)))
 }
 
+/// Resume an interrupted flow run: one whose holder is gone (it is crashed
+/// now, with its subflows) or already Crashed goes again, its completed
+/// tasks replayed. A run someone still holds gets 409: cancel it first.
+#[utoipa::path(post, path = "/api/flow-runs/{id}/resume", tag = "flow runs",
+    params(("id" = String, Path)),
+    responses((status = 202, body = schema::RunAction),
+        (status = 404, body = schema::ErrorBody),
+        (status = 409, body = schema::ErrorBody, description = "Someone still holds it, or it completed")))]
+pub(super) async fn resume_flow_run(
+    State(state): State<Arc<ApiState>>,
+    Path(id): Path<String>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let id = state
+        .blocking(move |state| parse_run_id(state, &id))
+        .await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(run_action(state.dispatcher.resume(id).await?)),
+    ))
+}
+
 /// Run a Failed, Crashed, TimedOut or Cancelled flow run again; completed
 /// tasks are replayed from their recorded results. It starts at once
 /// (`Pending`) when its pool, queue and deployment allow, else it waits

@@ -555,9 +555,21 @@ fn through_api(command: FlowRunCommand) -> anyhow::Result<()> {
             })?;
             super::deploy::finish(&end, args.json)
         }
-        FlowRunCommand::Resume(_) => Err(Exit::bad_input(
-            "resume is for runs interrupted on this machine; on a server, a crashed run is resumed with `host flow-run retry ID`",
-        )),
+        FlowRunCommand::Resume(args) => {
+            let (id, _) = run_action(&backend, &args.id, "resume")?;
+            if !args.json {
+                eprintln!(
+                    "Resuming flow run {id} on {}; completed tasks are replayed",
+                    backend.describe()
+                );
+            }
+            let end = backend.follow(&id, args.json, |line| {
+                if !args.quiet {
+                    super::deploy::print_log_line(line)
+                }
+            })?;
+            super::deploy::finish(&end, args.json)
+        }
         FlowRunCommand::Prune(_) => Err(Exit::bad_input(
             "prune works on the local database; run it on the server's machine (without api.url)",
         )),

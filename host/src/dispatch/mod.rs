@@ -662,6 +662,53 @@ impl Dispatcher {
         Ok(Dispatched { id, state: to })
     }
 
+    /// Resumes an interrupted run: one whose holder is gone (crashed now,
+    /// with its subflows) or one already `Crashed`, like any other failed
+    /// run, goes again with its completed task calls replayed. A run someone
+    /// still holds is refused: cancel it first.
+    pub async fn resume(self: &Arc<Self>, id: FlowRunId) -> Result<Dispatched, DispatchError> {
+        let crashed_now = self
+            .blocking(move |d| {
+                let run = d.run(id)?;
+                let interrupted = matches!(
+                    run.state,
+                    RunState::Pending
+                        | RunState::Running
+                        | RunState::Retrying
+                        | RunState::Cancelling
+                );
+                if !interrupted {
+                    // Waiting or ended: `retry` says what may be done with it.
+                    return Ok(());
+                }
+                let now = d.control.now();
+                if leases::is_held(&run, now) {
+                    return Err(DispatchError::WrongState {
+                        id,
+                        state: run.state,
+                        why: "someone still holds it; cancel it first (`host flow-run cancel ID`)",
+                    });
+                }
+                let holder = run
+                    .lease_holder
+                    .clone()
+                    .or(run.host.clone())
+                    .unwrap_or_else(|| "its holder".into());
+                let why = format!("{holder} is gone; resumed by hand");
+                if !leases::crash_tree(&d.control, &run, &why) {
+                    return Err(DispatchError::WrongState {
+                        id,
+                        state: run.state,
+                        why: "it changed while it was being resumed; look at it again",
+                    });
+                }
+                Ok(())
+            })
+            .await;
+        crashed_now?;
+        self.retry(id).await
+    }
+
     /// Cancels a run: at once if nobody runs it yet, else by asking its
     /// executor (the run ends `Cancelled` when it notices). With `force`, a
     /// run whose executor does not answer is ended here and now.

@@ -181,6 +181,7 @@ pub fn routes(state: Arc<ApiState>) -> Router<Arc<ApiState>> {
         )
         .route("/runs/{id}/cancel", post(runs::cancel))
         .route("/runs/{id}/retry", post(runs::retry))
+        .route("/runs/{id}/resume", post(runs::resume))
         .route("/task-runs/{id}", get(runs::task))
         .route("/deployments", get(deployments::list))
         .route("/deployments/{name}", get(deployments::show))

@@ -432,6 +432,18 @@ fn run_page(view: &RunView, session: &Session, now: TimestampMicros) -> String {
             "<form method=\"post\" action=\"/runs/{id}/cancel\">{}<button class=\"danger\">Cancel</button></form>",
             session.csrf_field()
         );
+        // A run whose holder is gone waits for its lease to run out; resume it now.
+        let interrupted = matches!(
+            run.state,
+            RunState::Pending | RunState::Running | RunState::Retrying
+        ) && !crate::dispatch::leases::is_held(run, now);
+        if interrupted {
+            let _ = write!(
+                out,
+                "<form method=\"post\" action=\"/runs/{id}/resume\">{}<button>Resume</button></form>",
+                session.csrf_field()
+            );
+        }
     } else if run.state != RunState::Completed && run.state != RunState::Cached {
         let _ = write!(
             out,
@@ -613,6 +625,20 @@ pub(super) async fn cancel(
         .blocking(move |state| parse_run_id(state, &id))
         .await?;
     state.dispatcher.cancel(id, false).await?;
+    Ok(Redirect::to(&format!("/runs/{id}")).into_response())
+}
+
+pub(super) async fn resume(
+    State(state): State<Arc<ApiState>>,
+    Extension(session): Extension<Session>,
+    Path(id): Path<String>,
+    axum::Form(form): axum::Form<CsrfForm>,
+) -> UiResult<Response> {
+    session.check_csrf(&form.csrf)?;
+    let id = state
+        .blocking(move |state| parse_run_id(state, &id))
+        .await?;
+    state.dispatcher.resume(id).await?;
     Ok(Redirect::to(&format!("/runs/{id}")).into_response())
 }
 
