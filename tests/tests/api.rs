@@ -1570,6 +1570,8 @@ fn sigterm_ends_event_streams_and_stops_while_a_run_is_followed() {
     let (_, started) = server.send("POST", "/api/deployments/long/runs", json!({}));
     let id = started["flow_run_id"].as_str().unwrap().to_string();
     let url = format!("{}/api/flow-runs/{id}/events", server.url);
+    // The follower says when its stream is open: SIGTERM must come after.
+    let (open_tx, open_rx) = std::sync::mpsc::channel();
     let follower = std::thread::spawn(move || {
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .max_idle_connections(0)
@@ -1577,6 +1579,7 @@ fn sigterm_ends_event_streams_and_stops_while_a_run_is_followed() {
             .build()
             .into();
         let mut response = agent.get(&url).call().expect("the server answers");
+        let _ = open_tx.send(());
         let status = response.status().as_u16();
         let mut sink = Vec::new();
         // Reads until the server closes the stream.
@@ -1588,6 +1591,9 @@ fn sigterm_ends_event_streams_and_stops_while_a_run_is_followed() {
     wait_for_run(&server, &id, Duration::from_secs(30), |run| {
         run["state"] == "Running"
     });
+    open_rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the event stream opened");
     // SAFETY: signalling our own child process.
     unsafe {
         libc::kill(server.child.id() as i32, libc::SIGTERM);
