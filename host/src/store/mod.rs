@@ -1143,18 +1143,6 @@ impl Store {
         .transpose()
     }
 
-    /// Unfinished runs someone claimed whose lease ran out before `now`,
-    /// top-level first.
-    pub fn expired_leases(&self, now: TimestampMicros) -> Result<Vec<FlowRunRow>, StoreError> {
-        self.read(|c| {
-            let mut stmt = c.prepare_cached(&format!(
-                "{FLOW_RUN_SELECT} WHERE lease_holder IS NOT NULL AND lease_expires_us < ?1 AND {UNFINISHED}
-                 ORDER BY parent_flow_run IS NOT NULL, created_us"
-            ))?;
-            stmt.query_map([now], FlowRunRow::from_row)?.collect()
-        })
-    }
-
     /// Unfinished runs that anyone holds (their holders may be checked for life).
     pub fn held_runs(&self) -> Result<Vec<FlowRunRow>, StoreError> {
         self.read(|c| {

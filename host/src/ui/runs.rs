@@ -620,12 +620,10 @@ pub(super) async fn cancel(
     Path(id): Path<String>,
     axum::Form(form): axum::Form<CsrfForm>,
 ) -> UiResult<Response> {
-    session.check_csrf(&form.csrf)?;
-    let id = state
-        .blocking(move |state| parse_run_id(state, &id))
-        .await?;
-    state.dispatcher.cancel(id, false).await?;
-    Ok(Redirect::to(&format!("/runs/{id}")).into_response())
+    act_on_run(state, session, id, form, |d, id| async move {
+        d.cancel(id, false).await
+    })
+    .await
 }
 
 pub(super) async fn resume(
@@ -634,12 +632,10 @@ pub(super) async fn resume(
     Path(id): Path<String>,
     axum::Form(form): axum::Form<CsrfForm>,
 ) -> UiResult<Response> {
-    session.check_csrf(&form.csrf)?;
-    let id = state
-        .blocking(move |state| parse_run_id(state, &id))
-        .await?;
-    state.dispatcher.resume(id).await?;
-    Ok(Redirect::to(&format!("/runs/{id}")).into_response())
+    act_on_run(state, session, id, form, |d, id| async move {
+        d.resume(id).await
+    })
+    .await
 }
 
 pub(super) async fn retry(
@@ -648,10 +644,30 @@ pub(super) async fn retry(
     Path(id): Path<String>,
     axum::Form(form): axum::Form<CsrfForm>,
 ) -> UiResult<Response> {
+    act_on_run(state, session, id, form, |d, id| async move {
+        d.retry(id).await
+    })
+    .await
+}
+
+/// A run button: checks the form's token, has the dispatcher `act` on run
+/// `id`, and shows the run again.
+async fn act_on_run<Fut>(
+    state: Arc<ApiState>,
+    session: Session,
+    id: String,
+    form: CsrfForm,
+    act: impl FnOnce(Arc<crate::dispatch::Dispatcher>, crate::model::FlowRunId) -> Fut,
+) -> UiResult<Response>
+where
+    Fut: std::future::Future<
+            Output = Result<crate::dispatch::Dispatched, crate::dispatch::DispatchError>,
+        >,
+{
     session.check_csrf(&form.csrf)?;
     let id = state
         .blocking(move |state| parse_run_id(state, &id))
         .await?;
-    state.dispatcher.retry(id).await?;
+    act(state.dispatcher.clone(), id).await?;
     Ok(Redirect::to(&format!("/runs/{id}")).into_response())
 }
