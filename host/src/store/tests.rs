@@ -1,4 +1,5 @@
-//! Store tests: writes through the batching writer, compare-and-set, reads back.
+//! Store tests through the interface: writes, compare-and-set, reads back.
+//! What only SQLite has (result files, pragmas) is tested in `sqlite::tests`.
 
 use super::*;
 use crate::model::ComponentDigest;
@@ -9,7 +10,7 @@ fn open() -> (tempfile::TempDir, Store) {
     (dir, store)
 }
 
-fn new_flow_run(id: FlowRunId) -> Write {
+pub(crate) fn new_flow_run(id: FlowRunId) -> Write {
     Write::NewFlowRun(NewFlowRun {
         id,
         parent_flow_run: None,
@@ -266,138 +267,4 @@ async fn state_changes_write_the_table_of_their_run_kind_only() {
         (RunState::Completed, Some("7"), 2, Some(40))
     );
     assert_eq!(store.task_run(task).unwrap().state, RunState::Running);
-}
-
-#[test]
-fn durability_full_syncs_every_commit_and_normal_is_the_default() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("weir.db");
-    assert_eq!(Store::open(&path).unwrap().synchronous().unwrap(), 1);
-    let full = StoreOptions {
-        durability: DiskSync::Full,
-    };
-    let store = Store::open_with_options(&path, full).unwrap();
-    assert_eq!(store.synchronous().unwrap(), 2, "synchronous=FULL");
-    assert!("sometimes".parse::<DiskSync>().is_err());
-    assert_eq!("full".parse::<DiskSync>(), Ok(DiskSync::Full));
-}
-
-fn flow_run_with_params(id: FlowRunId, params: &str, at: TimestampMicros) -> Write {
-    let Write::NewFlowRun(mut run) = new_flow_run(id) else {
-        unreachable!()
-    };
-    run.params = params.into();
-    run.at = at;
-    run.state = RunState::Completed;
-    Write::NewFlowRun(run)
-}
-
-/// A payload over the 64 KiB threshold: it lives in a result file.
-fn large_params() -> String {
-    format!("{{\"blob\": \"{}\"}}", "z".repeat(70_000))
-}
-
-#[tokio::test]
-async fn prune_keeps_a_result_file_that_a_newer_row_shares() {
-    let (dir, store) = open();
-    let params = large_params();
-    let (old, new) = (FlowRunId::new(), FlowRunId::new());
-    store
-        .submit(vec![
-            flow_run_with_params(old, &params, 1_000),
-            flow_run_with_params(new, &params, 9_000),
-        ])
-        .committed()
-        .await
-        .unwrap();
-    // Completed runs need an end time to be pruned.
-    store
-        .read(|c| {
-            c.execute(
-                "UPDATE flow_runs SET ended_us = created_us WHERE id IN (?1, ?2)",
-                params![old.as_bytes(), new.as_bytes()],
-            )
-        })
-        .unwrap();
-    let files = || {
-        std::fs::read_dir(dir.path().join("results"))
-            .unwrap()
-            .count()
-    };
-    assert_eq!(files(), 1, "both rows point at one content-addressed file");
-    let report = store.prune(5_000).unwrap();
-    assert_eq!(
-        (report.flow_runs, report.result_files),
-        (1, 0),
-        "{report:?}"
-    );
-    assert!(store.flow_run(old).is_err());
-    assert_eq!(store.flow_run(new).unwrap().params, params);
-    let report = store.prune(10_000).unwrap();
-    assert_eq!(
-        (report.flow_runs, report.result_files),
-        (1, 1),
-        "{report:?}"
-    );
-    assert_eq!(files(), 0);
-}
-
-/// Set by the other writer's busy handler when it first waits for the lock.
-static OTHER_WRITER_WAITS: std::sync::atomic::AtomicBool =
-    std::sync::atomic::AtomicBool::new(false);
-
-fn note_wait_and_retry(_attempt: i32) -> bool {
-    OTHER_WRITER_WAITS.store(true, std::sync::atomic::Ordering::SeqCst);
-    std::thread::sleep(std::time::Duration::from_millis(1));
-    true
-}
-
-#[test]
-fn pruning_files_never_removes_one_that_a_writer_in_progress_points_at() {
-    let (dir, store) = open();
-    let path = dir.path().join("weir.db");
-    let params = large_params();
-    // The file is there but no committed row refers to it (its run was
-    // pruned, or the unit that wrote it rolled back).
-    store.results.deflate(&params).unwrap();
-    // A writer of another process, which notes when it waits for the lock.
-    let other = Arc::new(Store::open(&path).unwrap());
-    other
-        .writer
-        .conn
-        .lock()
-        .unwrap()
-        .busy_handler(Some(note_wait_and_retry))
-        .unwrap();
-    // A third connection holds the write lock, so that writer must wait.
-    let lock = Connection::open(&path).unwrap();
-    lock.execute_batch("BEGIN IMMEDIATE").unwrap();
-    let id = FlowRunId::new();
-    let writing = {
-        let (other, params) = (other.clone(), params.clone());
-        std::thread::spawn(move || {
-            other
-                .submit(vec![flow_run_with_params(id, &params, 1)])
-                .wait_blocking()
-        })
-    };
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while !OTHER_WRITER_WAITS.load(std::sync::atomic::Ordering::SeqCst) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the writer never waited"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    }
-    // The writer waits for the lock: had it already looked at the file, the
-    // file must now stay until its row commits.
-    let store = Arc::new(store);
-    let collecting = {
-        let store = store.clone();
-        std::thread::spawn(move || store.collect_result_files())
-    };
-    lock.execute_batch("ROLLBACK").unwrap();
-    collecting.join().unwrap().unwrap();
-    writing.join().unwrap().unwrap();
-    assert_eq!(store.flow_run(id).unwrap().params, params);
 }

@@ -1,0 +1,396 @@
+//! The SQLite backend: the only code that names rusqlite.
+//!
+//! WAL mode. Writes are queued and committed in groups: many units of work
+//! in one transaction, each in its own savepoint, so a failed compare-and-set
+//! rolls back that unit alone. A caller that needs a write to be durable
+//! before it goes on (a completed task's result) commits inline or has the
+//! current committer do it, and awaits its [`Ticket`]; everything else is
+//! committed by a flusher thread. Reads use connections of their own.
+//!
+//! Payloads over the result threshold are kept in content-addressed files
+//! beside the database (`results/`), written inside the write transaction.
+
+mod apply;
+mod housekeeping;
+mod objects;
+mod rows;
+mod runs;
+mod schema;
+mod tasks;
+
+use super::files;
+use super::*;
+use apply::apply_batch;
+use rusqlite::{Connection, OptionalExtension, params};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex};
+use tokio::sync::oneshot;
+
+struct Job {
+    writes: Vec<Write>,
+    done: Option<oneshot::Sender<Result<(), StoreError>>>,
+}
+
+/// The write side: a queue of jobs and the connection that commits them.
+///
+/// Whoever holds the connection commits everything queued (group commit). A
+/// caller that needs durability commits inline when the connection is free,
+/// so a lone sequential writer pays no thread hand-off; when it is busy, the
+/// holder picks the job up. Detached jobs are committed by the flusher
+/// thread (or by the next inline commit, whichever comes first).
+struct Writer {
+    queue: Mutex<Queue>,
+    wake: Condvar,
+    conn: Mutex<Connection>,
+    results: Arc<ResultFiles>,
+}
+
+#[derive(Default)]
+struct Queue {
+    jobs: Vec<Job>,
+    closed: bool,
+}
+
+impl Writer {
+    fn push(&self, job: Job) -> bool {
+        let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+        if queue.closed {
+            drop(queue);
+            fail_job(job);
+            return false;
+        }
+        queue.jobs.push(job);
+        true
+    }
+
+    /// Commits queued jobs until the queue is empty, unless another thread
+    /// holds the connection (it will see our jobs before it lets go).
+    fn flush(&self) {
+        loop {
+            let mut conn = match self.conn.try_lock() {
+                Ok(conn) => conn,
+                Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+                Err(std::sync::TryLockError::WouldBlock) => return,
+            };
+            loop {
+                let batch: Vec<Job> = {
+                    let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+                    let n = queue.jobs.len().min(MAX_BATCH);
+                    queue.jobs.drain(..n).collect()
+                };
+                if batch.is_empty() {
+                    break;
+                }
+                let outcomes = apply_batch(&mut conn, &batch, &self.results);
+                for (job, result) in batch.into_iter().zip(outcomes) {
+                    if let Some(done) = job.done {
+                        let _ = done.send(result);
+                    } else if let Err(e) = result {
+                        tracing::warn!("a background write was not recorded: {e}");
+                    }
+                }
+            }
+            drop(conn);
+            // A job may have arrived after our last look and before we let go.
+            if self
+                .queue
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .jobs
+                .is_empty()
+            {
+                return;
+            }
+        }
+    }
+
+    /// The flusher thread: commits detached jobs as they come, and folds the
+    /// WAL back into the database now and then, until closed.
+    ///
+    /// Checkpoints (which fsync) happen here, on a connection of their own,
+    /// so that no commit on the hot path ever waits for one.
+    fn run_flusher(&self, checkpointer: Connection) {
+        let mut last_checkpoint = std::time::Instant::now();
+        loop {
+            {
+                let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+                while queue.jobs.is_empty() && !queue.closed {
+                    let (q, _) = self
+                        .wake
+                        .wait_timeout(queue, CHECKPOINT_EVERY)
+                        .unwrap_or_else(|p| p.into_inner());
+                    queue = q;
+                    if last_checkpoint.elapsed() >= CHECKPOINT_EVERY {
+                        break;
+                    }
+                }
+                if queue.jobs.is_empty() && queue.closed {
+                    break;
+                }
+            }
+            if last_checkpoint.elapsed() >= CHECKPOINT_EVERY {
+                let _ = checkpointer.pragma_update(None, "wal_checkpoint", "PASSIVE");
+                last_checkpoint = std::time::Instant::now();
+            }
+            self.flush();
+            // Another thread may hold the connection; let it finish before looking again.
+            let _wait = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        }
+        let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        // Everything queued was applied. Fold the WAL back into the database.
+        let _ = conn.pragma_update(None, "wal_checkpoint", "TRUNCATE");
+    }
+}
+
+/// The SQLite backend: a writer (inline group commit + a flusher thread)
+/// and a few read connections.
+pub struct SqliteStore {
+    path: PathBuf,
+    results: Arc<ResultFiles>,
+    writer: Arc<Writer>,
+    flusher: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// A few read connections: a slow read holds one, the others serve.
+    readers: Vec<Mutex<Connection>>,
+}
+
+/// Read connections per store (WAL readers do not block each other or the writer).
+const READERS: usize = 4;
+
+/// The most units one transaction carries; more wait for the next commit.
+const MAX_BATCH: usize = 4096;
+
+/// How often the flusher folds the WAL back into the database.
+const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `path` and migrates it.
+    /// Payloads over 64 KiB go to files in `results/` beside the database.
+    pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
+        Self::open_with_options(path, StoreOptions::default())
+    }
+
+    /// [`Store::open`] with options (the durability of commits).
+    pub fn open_with_options(
+        path: &Path,
+        options: StoreOptions,
+    ) -> Result<SqliteStore, StoreError> {
+        let dir = path.parent().unwrap_or(Path::new(".")).join("results");
+        Self::open_inner(
+            path,
+            ResultFiles::new(dir, DEFAULT_RESULT_THRESHOLD),
+            &options,
+        )
+    }
+
+    pub fn open_with(path: &Path, results: ResultFiles) -> Result<SqliteStore, StoreError> {
+        Self::open_inner(path, results, &StoreOptions::default())
+    }
+
+    fn open_inner(
+        path: &Path,
+        results: ResultFiles,
+        options: &StoreOptions,
+    ) -> Result<SqliteStore, StoreError> {
+        let durability = options.durability;
+        let open_error = |e: &dyn std::fmt::Display| StoreError::Open {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        };
+        if let Some(dir) = path.parent() {
+            create_private_dir(dir).map_err(|e| open_error(&e))?;
+        }
+        create_private_file(path).map_err(|e| open_error(&e))?;
+        let mut conn = connect(path, durability).map_err(|e| open_error(&e))?;
+        schema::migrate(&mut conn).map_err(|e| open_error(&e))?;
+        // The flusher thread checkpoints; commits never do.
+        conn.pragma_update(None, "wal_autocheckpoint", 0)
+            .map_err(|e| open_error(&e))?;
+        let readers = (0..READERS)
+            .map(|_| connect(path, durability).map(Mutex::new))
+            .collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(|e| open_error(&e))?;
+
+        let results = Arc::new(results);
+        let writer = Arc::new(Writer {
+            queue: Mutex::new(Queue::default()),
+            wake: Condvar::new(),
+            conn: Mutex::new(conn),
+            results: results.clone(),
+        });
+        let flusher_writer = writer.clone();
+        let checkpointer = connect(path, durability).map_err(|e| open_error(&e))?;
+        let flusher = std::thread::Builder::new()
+            .name("weir-store-flusher".into())
+            .spawn(move || flusher_writer.run_flusher(checkpointer))
+            .map_err(|e| open_error(&e))?;
+        Ok(SqliteStore {
+            path: path.to_path_buf(),
+            results,
+            writer,
+            flusher: Mutex::new(Some(flusher)),
+            readers,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn read<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T, StoreError> {
+        // A free connection if there is one; otherwise wait for one, chosen by thread.
+        let conn = self
+            .readers
+            .iter()
+            .find_map(|r| r.try_lock().ok())
+            .unwrap_or_else(|| {
+                let mut hasher = std::hash::DefaultHasher::new();
+                std::hash::Hash::hash(&std::thread::current().id(), &mut hasher);
+                let i = std::hash::Hasher::finish(&hasher) as usize % self.readers.len();
+                self.readers[i].lock().unwrap_or_else(|p| p.into_inner())
+            });
+        Ok(f(&conn)?)
+    }
+}
+
+// ---- reads ----
+
+impl Writes for SqliteStore {
+    /// Applies writes atomically, committing inline when the connection is
+    /// free; the ticket resolves when they are durable.
+    fn submit(&self, writes: Vec<Write>) -> Ticket {
+        let (done, ticket) = Ticket::new();
+        if self.writer.push(Job {
+            writes,
+            done: Some(done),
+        }) {
+            self.writer.flush();
+        }
+        ticket
+    }
+
+    /// Queues writes that nobody waits for (logs, intermediate states).
+    fn submit_detached(&self, writes: Vec<Write>) {
+        if self.writer.push(Job { writes, done: None }) {
+            self.writer.wake.notify_one();
+        }
+    }
+
+    /// Commits everything queued so far, then stops the flusher. Later
+    /// writes fail with `WriterGone`.
+    fn close(&self) {
+        self.writer
+            .queue
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .closed = true;
+        self.writer.wake.notify_all();
+        if let Some(thread) = self
+            .flusher
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for SqliteStore {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+impl DiskSync {
+    fn pragma(self) -> &'static str {
+        match self {
+            DiskSync::Normal => "NORMAL",
+            DiskSync::Full => "FULL",
+        }
+    }
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        StoreError::Database(e.to_string())
+    }
+}
+
+fn tags_text(tags: &[String]) -> Option<String> {
+    (!tags.is_empty()).then(|| serde_json::to_string(tags).unwrap_or_default())
+}
+/// Flow runs that have not ended, as SQL.
+const UNFINISHED: &str = "state IN ('Pending', 'Running', 'Retrying', 'Cancelling')";
+
+const FLOW_RUN_SELECT: &str =
+    "SELECT id, parent_flow_run, component, flow_name, params, state, message,
+    failure_kind, result, attempt, host, created_us, started_us, ended_us, fuel_used, peak_memory,
+    deployment, tags, scheduled_us, work_pool, work_queue, secret_grants,
+    lease_holder, lease_epoch, lease_expires_us FROM flow_runs";
+
+const TASK_RUN_SELECT: &str = "SELECT id, flow_run, call_seq, task_name, input, output, state, failure_kind,
+    message, attempts, fuel_used, peak_memory, created_us, started_us, ended_us, next_attempt_us, cached_from, host,
+    input_sha256
+    FROM task_runs";
+
+const DELIVERY_SELECT: &str =
+    "SELECT id, automation, flow_run, event, payload, status, attempts, next_attempt_us,
+    last_error, response_code, created_us, delivered_us FROM automation_deliveries";
+
+fn blob16(bytes: &[u8]) -> Result<[u8; 16], String> {
+    bytes
+        .try_into()
+        .map_err(|_| format!("expected a 16-byte id, found {} bytes", bytes.len()))
+}
+
+fn row_blob16(r: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<[u8; 16]> {
+    let bytes: Vec<u8> = r.get(i)?;
+    blob16(&bytes).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Blob, e.into())
+    })
+}
+
+fn row_state(r: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<RunState> {
+    let text: String = r.get(i)?;
+    text.parse().map_err(|e: crate::model::UnknownState| {
+        rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, e.into())
+    })
+}
+
+fn parse_state(text: &str) -> Result<RunState, StoreError> {
+    text.parse()
+        .map_err(|e: crate::model::UnknownState| StoreError::Corrupt(e.to_string()))
+}
+/// Creates an empty database file 0600 if there is none, so that SQLite,
+/// which gives its `-wal` and `-shm` files the database's mode, keeps all
+/// three from other users.
+fn create_private_file(path: &Path) -> std::io::Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    match options.open(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => Err(e),
+        _ => Ok(()),
+    }
+}
+
+fn connect(path: &Path, durability: DiskSync) -> rusqlite::Result<Connection> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    // WAL + NORMAL: a commit survives a process crash; only power loss can
+    // lose the last ones. FULL syncs the WAL at every commit.
+    conn.pragma_update(None, "synchronous", durability.pragma())?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    Ok(conn)
+}
+
+fn fail_job(job: Job) {
+    if let Some(done) = job.done {
+        let _ = done.send(Err(StoreError::WriterGone));
+    }
+}
+
+#[cfg(test)]
+mod tests;
