@@ -110,6 +110,12 @@ pub const SETTINGS: &[Setting] = &[
         help: "comma-separated host names the server answers to besides localhost and its addresses (e.g. weir.example.com behind a proxy)",
     },
     Setting {
+        key: "server.database",
+        env: "WEIR_DATABASE_URL",
+        default: None,
+        help: "a PostgreSQL URL (postgres://user@host:port/db) to keep runs in instead of $WEIR_HOME/weir.db; several servers may share it",
+    },
+    Setting {
         key: "store.durability",
         env: "WEIR_DURABILITY",
         default: Some("normal"),

@@ -69,6 +69,7 @@ const RESTRICTED: &[(&str, &[&str])] = &[
 /// that may name them.
 const OWNERS: &[(&str, &[&str])] = &[
     ("rusqlite", &["store/sqlite"]),
+    ("postgres", &["store/pg"]),
     ("wasmtime", &["engine"]),
     ("wasmtime_wasi", &["engine"]),
     ("axum", &["api", "ui"]),

@@ -113,7 +113,7 @@ pub(super) async fn download_component(
 ) -> ApiResult<Response> {
     let digest = parse_digest(&digest)?;
     let bytes = state
-        .blocking(move |state| Ok(state.dispatcher.files().get(&digest)?))
+        .blocking(move |state| Ok(state.dispatcher.component_bytes(&digest)?))
         .await?;
     Ok(([(header::CONTENT_TYPE, "application/wasm")], bytes).into_response())
 }

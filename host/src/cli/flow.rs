@@ -275,14 +275,20 @@ pub(crate) fn open_store(paths: &Paths) -> anyhow::Result<Store> {
     )?)
 }
 
-/// How to open the database, from the `store.durability` setting.
+/// How to open the database, from the `store.durability` and
+/// `server.database` settings.
 pub(crate) fn store_options(paths: &Paths) -> anyhow::Result<StoreOptions> {
     let settings = super::backend::load_profiles(paths)?.resolve(&|var| std::env::var(var).ok());
     let durability = match settings.get("store.durability") {
         Some(text) => text.parse().map_err(Exit::bad_input)?,
         None => Default::default(),
     };
-    Ok(StoreOptions { durability })
+    let database = settings.get("server.database").map(str::to_string);
+    Ok(StoreOptions {
+        durability,
+        database,
+        skip_migrations: false,
+    })
 }
 
 /// The local database, component files and engine.
@@ -320,6 +326,7 @@ impl Local {
                 size_bytes: component.size_bytes,
                 manifest,
                 at: crate::clock::Clock::now_micros(&SystemClock),
+                wasm: Some(crate::store::Wasm(bytes::Bytes::copy_from_slice(bytes))),
             }])
             .committed()
             .await?;

@@ -8,6 +8,7 @@
 
 mod automation;
 mod backend;
+mod db;
 mod deploy;
 mod flow;
 mod output;
@@ -75,19 +76,24 @@ enum Command {
     /// Queues inside a work pool, with priorities and limits.
     #[command(name = "work-queue", subcommand)]
     WorkQueue(deploy::WorkQueueCommand),
-    /// Named sets of settings (profiles.toml).
+    /// Schedules: preview when a deployment's runs will be made.
     #[command(subcommand)]
     Schedule(schedule::ScheduleCommand),
+    /// Automations: webhooks called when runs end.
     #[command(subcommand)]
     Automation(automation::AutomationCommand),
+    /// Named sets of settings (profiles.toml).
     #[command(subcommand)]
     Profile(profile::ProfileCommand),
     /// Settings of the active profile: api.url, api.key, logging.level, server.addr.
     #[command(subcommand)]
     Config(profile::ConfigCommand),
-    /// Print the version of the host and its WebAssembly runtime.
     /// Take runs of a server's work pool on this machine (a remote host).
     Run(remote::RunArgs),
+    /// The database runs are kept in: check it, migrate it.
+    #[command(subcommand)]
+    Db(db::DbCommand),
+    /// Print the version of the host and its WebAssembly runtime.
     Version(JsonFlag),
 }
 
@@ -178,6 +184,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Version(flags) => version(flags),
         Command::Run(args) => remote::run(args),
+        Command::Db(command) => db::run(command),
         Command::Build(args) => flow::build(args),
         Command::Flow(command) => flow::run(command),
         Command::FlowRun(command) => runs::run(command),

@@ -38,7 +38,7 @@ pub enum ConfigCommand {
 
 #[derive(Args, Debug)]
 #[command(
-    after_help = "Settings: api.url, api.key, logging.level, server.addr, server.api_key_file, store.durability"
+    after_help = "Settings: api.url, api.key, logging.level, server.addr, server.api_key_file, server.database, store.durability"
 )]
 pub struct SetArgs {
     key: String,

@@ -66,6 +66,11 @@ pub struct StartArgs {
     /// their states are kept (`host flow-run prune` removes those).
     #[arg(long, value_name = "DURATION")]
     log_retention: Option<humantime::Duration>,
+    /// Keep runs in this PostgreSQL database instead of $WEIR_HOME/weir.db
+    /// (postgres://user[:password]@host:port/db); several servers may share
+    /// one. Default: the `server.database` setting (WEIR_DATABASE_URL).
+    #[arg(long, value_name = "URL")]
+    database: Option<String>,
     /// Once listening, write `{"url": ..., "pid": ...}` to FILE (atomically),
     /// for scripts and supervisors that start the server on port 0.
     #[arg(long, value_name = "FILE")]
@@ -125,6 +130,9 @@ fn start(args: StartArgs) -> anyhow::Result<()> {
     }
     config.schedule_max_runs = args.schedule_max_runs;
     config.store = super::flow::store_options(&paths)?;
+    if let Some(url) = &args.database {
+        config.store.database = Some(url.clone());
+    }
     config.log_retention = args.log_retention.map(Into::into);
     if !args.pools.is_empty() {
         config.pools = args.pools.clone();

@@ -31,7 +31,7 @@ use crate::protocol::{ParamError, validate_params};
 use crate::secrets::SecretBox;
 use crate::store::{
     ComponentFileError, ComponentFiles, FlowRunRow, Lease, NewFlowRun, ObjectKind, StateChange,
-    Store, StoreError, Write,
+    Store, StoreError, Wasm, Write,
 };
 use serde_json::{Map, Value};
 use std::collections::{HashMap, VecDeque};
@@ -253,8 +253,26 @@ impl Dispatcher {
         &self.secrets
     }
 
-    pub fn files(&self) -> &ComponentFiles {
-        &self.files
+    /// A stored component's bytes, checked against its digest: from the
+    /// file under `$WEIR_HOME/components`, else from the database (a
+    /// component another server sharing it took), which is then kept as a
+    /// file. Blocks.
+    pub fn component_bytes(&self, digest: &ComponentDigest) -> Result<Vec<u8>, DispatchError> {
+        match self.files.get(digest) {
+            Err(ComponentFileError::Missing { .. }) => {}
+            found => return found.map_err(DispatchError::ComponentFile),
+        }
+        let Some(bytes) = self.store.component_wasm(digest)? else {
+            return Err(DispatchError::UnknownComponent(digest.clone()));
+        };
+        // `put` names the file by the bytes' own hash: bytes that do not
+        // match the digest asked for are refused, not served under it.
+        if self.files.put(&bytes).map_err(DispatchError::Files)? != *digest {
+            return Err(DispatchError::ComponentFile(ComponentFileError::Damaged {
+                digest: digest.clone(),
+            }));
+        }
+        Ok(bytes)
     }
 
     /// The lease holder of this process's executor.
@@ -315,6 +333,7 @@ impl Dispatcher {
                         size_bytes,
                         manifest,
                         at: d.control.now(),
+                        wasm: Some(Wasm(bytes)),
                     }])
                     .wait_blocking()?;
                 Ok(existed)
@@ -333,16 +352,7 @@ impl Dispatcher {
             return Ok(component.clone());
         }
         let wanted = digest.clone();
-        let bytes = self
-            .blocking(move |d| {
-                d.files.get(&wanted).map_err(|e| match e {
-                    ComponentFileError::Missing { .. } => {
-                        DispatchError::UnknownComponent(wanted.clone())
-                    }
-                    other => DispatchError::ComponentFile(other),
-                })
-            })
-            .await?;
+        let bytes = self.blocking(move |d| d.component_bytes(&wanted)).await?;
         let component = self
             .load_bytes(bytes.into())
             .await

@@ -111,6 +111,9 @@ pub trait TaskRuns {
 
 /// Named objects, components, schedule slots and webhook deliveries.
 pub trait Objects {
+    /// A component's bytes, where the backend keeps them for every server
+    /// (PostgreSQL); `None` where they are only files beside it (SQLite).
+    fn component_wasm(&self, digest: &ComponentDigest) -> Result<Option<Vec<u8>>, StoreError>;
     /// One named object, if it exists.
     fn object(&self, kind: ObjectKind, name: &str) -> Result<Option<ObjectRow>, StoreError>;
     /// All objects of a kind, by name.
@@ -162,6 +165,10 @@ pub trait Housekeeping {
     fn count(&self, table: StoreTable) -> Result<u64, StoreError>;
     /// How hard a commit tries to reach the disk.
     fn disk_sync(&self) -> Result<DiskSync, StoreError>;
+    /// The schema version the database is at, and the newest this host knows.
+    fn schema_version(&self) -> Result<(u64, u64), StoreError>;
+    /// Where the data lives, for people: a file path or a URL without its password.
+    fn location(&self) -> String;
 }
 
 /// Everything a backend does.

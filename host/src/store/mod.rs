@@ -1,6 +1,7 @@
 //! Recording: runs, task runs, states, logs, objects and components, behind
-//! one interface ([`Backend`]) with one backend today, SQLite
-//! ([`sqlite`], the only module that names rusqlite).
+//! one interface ([`Backend`]) with two backends: SQLite ([`sqlite`], the
+//! embedded default, the only module that names rusqlite) and PostgreSQL
+//! ([`pg`], for several servers sharing one database).
 //!
 //! Rules every backend keeps:
 //! - a `Vec<Write>` is one unit, applied atomically: a failed compare-and-set
@@ -14,6 +15,7 @@
 
 mod backend;
 mod files;
+pub mod pg;
 mod results;
 mod rows;
 mod sqlite;
@@ -21,6 +23,7 @@ mod writes;
 
 pub use backend::{Backend, FlowRuns, Housekeeping, Objects, TaskRuns, Writes};
 pub use files::{ComponentFileError, ComponentFiles};
+pub use pg::PostgresStore;
 pub use results::{DEFAULT_RESULT_THRESHOLD, ResultFiles};
 pub use rows::*;
 pub use sqlite::SqliteStore;
@@ -36,6 +39,9 @@ use tokio::sync::oneshot;
 pub enum StoreError {
     #[error("database {path}: {message}")]
     Open { path: PathBuf, message: String },
+    /// The database server could not be reached or refused us.
+    #[error("database {url}: {message}")]
+    Unreachable { url: String, message: String },
     /// The database refused or failed an operation (the backend's own words).
     #[error("database error: {0}")]
     Database(String),
@@ -97,6 +103,12 @@ impl std::str::FromStr for DiskSync {
 #[derive(Debug, Clone, Default)]
 pub struct StoreOptions {
     pub durability: DiskSync,
+    /// A PostgreSQL URL (`postgres://user@host:port/db`): the store lives
+    /// there instead of in the SQLite file (the `server.database` setting).
+    pub database: Option<String>,
+    /// Leave the schema as it is (`host db check`); otherwise pending
+    /// migrations are applied at open.
+    pub skip_migrations: bool,
 }
 
 /// Resolves when the writes it was handed out for are committed.
@@ -137,8 +149,15 @@ impl Store {
     }
 
     /// [`Store::open`] with options (the durability of commits).
+    /// With `options.database`, the PostgreSQL database it names instead.
     pub fn open_with_options(path: &Path, options: StoreOptions) -> Result<Store, StoreError> {
-        Ok(Store::new(SqliteStore::open_with_options(path, options)?))
+        match &options.database {
+            Some(url) => Ok(Store::new(PostgresStore::open_with(
+                url,
+                !options.skip_migrations,
+            )?)),
+            None => Ok(Store::new(SqliteStore::open_with_options(path, options)?)),
+        }
     }
 
     /// [`Store::open`] with its own result files (a threshold for tests).

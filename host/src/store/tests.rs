@@ -4,10 +4,69 @@
 use super::*;
 use crate::model::ComponentDigest;
 
-fn open() -> (tempfile::TempDir, Store) {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(&dir.path().join("weir.db")).unwrap();
-    (dir, store)
+/// Every test here runs against both backends (`sqlite::NAME`,
+/// `postgres::NAME`). PostgreSQL is a throwaway cluster started once per
+/// test process; where it is not installed the PostgreSQL half prints
+/// SKIPPED, except under CI (`CI` set), where it fails.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Kind {
+    Sqlite,
+    Postgres,
+}
+
+/// Where a test's database lives; it can be opened again.
+pub(crate) enum Place {
+    Sqlite(tempfile::TempDir),
+    Postgres(String),
+}
+
+impl Place {
+    /// A new, empty database; `None` (after printing why) when PostgreSQL
+    /// is not installed here and this is not CI.
+    pub(crate) fn new(kind: Kind) -> Option<Place> {
+        match kind {
+            Kind::Sqlite => Some(Place::Sqlite(tempfile::tempdir().unwrap())),
+            Kind::Postgres => match pg::testing::TestCluster::shared().and_then(|c| c.database()) {
+                Ok(url) => Some(Place::Postgres(url)),
+                Err(e) if std::env::var_os("CI").is_none() => {
+                    eprintln!("SKIPPED on PostgreSQL: {e}");
+                    None
+                }
+                Err(e) => panic!("PostgreSQL is needed under CI: {e}"),
+            },
+        }
+    }
+
+    pub(crate) fn open(&self) -> Store {
+        match self {
+            Place::Sqlite(dir) => Store::open(&dir.path().join("weir.db")).unwrap(),
+            Place::Postgres(url) => Store::new(PostgresStore::open(url).unwrap()),
+        }
+    }
+}
+
+fn open(kind: Kind) -> Option<(Place, Store)> {
+    let place = Place::new(kind)?;
+    let store = place.open();
+    Some((place, store))
+}
+
+/// Runs each named test, `async fn NAME(kind: Kind)`, on both backends.
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                super::$name(super::Kind::Sqlite).await
+            })*
+        }
+        mod postgres {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                super::$name(super::Kind::Postgres).await
+            })*
+        }
+    };
 }
 
 pub(crate) fn new_flow_run(id: FlowRunId) -> Write {
@@ -48,9 +107,10 @@ fn new_task_run(id: TaskRunId, flow: FlowRunId, cache_key: Option<&str>) -> Writ
     })
 }
 
-#[tokio::test]
-async fn writes_are_visible_after_the_ticket_resolves() {
-    let (_dir, store) = open();
+async fn writes_are_visible_after_the_ticket_resolves(kind: Kind) {
+    let Some((_place, store)) = open(kind) else {
+        return;
+    };
     let id = FlowRunId::new();
     store
         .submit(vec![new_flow_run(id)])
@@ -62,9 +122,10 @@ async fn writes_are_visible_after_the_ticket_resolves() {
     assert_eq!(row.started_at, Some(1));
 }
 
-#[tokio::test]
-async fn compare_and_set_rejects_a_stale_state_and_rolls_back_its_unit() {
-    let (_dir, store) = open();
+async fn compare_and_set_rejects_a_stale_state_and_rolls_back_its_unit(kind: Kind) {
+    let Some((_place, store)) = open(kind) else {
+        return;
+    };
     let id = FlowRunId::new();
     store
         .submit(vec![new_flow_run(id)])
@@ -117,9 +178,10 @@ async fn compare_and_set_rejects_a_stale_state_and_rolls_back_its_unit() {
     assert_eq!(history, [RunState::Running, RunState::Completed]);
 }
 
-#[tokio::test]
-async fn task_runs_attempts_and_cache_lookups() {
-    let (_dir, store) = open();
+async fn task_runs_attempts_and_cache_lookups(kind: Kind) {
+    let Some((_place, store)) = open(kind) else {
+        return;
+    };
     let flow = FlowRunId::new();
     let task = TaskRunId::new();
     let new_task = new_task_run(task, flow, Some("k1"));
@@ -164,9 +226,10 @@ async fn task_runs_attempts_and_cache_lookups() {
     assert_eq!(store.cached_output("k2", 0).unwrap(), None);
 }
 
-#[tokio::test]
-async fn flow_runs_can_be_found_by_id_prefix() {
-    let (_dir, store) = open();
+async fn flow_runs_can_be_found_by_id_prefix(kind: Kind) {
+    let Some((_place, store)) = open(kind) else {
+        return;
+    };
     let id = FlowRunId::new();
     store
         .submit(vec![new_flow_run(id)])
@@ -181,27 +244,29 @@ async fn flow_runs_can_be_found_by_id_prefix() {
     ));
 }
 
-#[test]
-fn reopening_keeps_data_and_schema() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("weir.db");
+async fn reopening_keeps_data_and_schema(kind: Kind) {
+    let Some(place) = Place::new(kind) else {
+        return;
+    };
     let id = FlowRunId::new();
     {
-        let store = Store::open(&path).unwrap();
+        let store = place.open();
         store
             .submit(vec![new_flow_run(id)])
-            .wait_blocking()
+            .committed()
+            .await
             .unwrap();
     }
-    let store = Store::open(&path).unwrap();
+    let store = place.open();
     assert_eq!(store.flow_run(id).unwrap().flow_name, "etl");
 }
 
 /// Flow and task runs share one state update; each must still write its own
 /// table and columns: a task's wait for its next attempt, a flow's result.
-#[tokio::test]
-async fn state_changes_write_the_table_of_their_run_kind_only() {
-    let (_dir, store) = open();
+async fn state_changes_write_the_table_of_their_run_kind_only(kind: Kind) {
+    let Some((_place, store)) = open(kind) else {
+        return;
+    };
     let flow = FlowRunId::new();
     let task = TaskRunId::new();
     let new_task = new_task_run(task, flow, None);
@@ -268,3 +333,12 @@ async fn state_changes_write_the_table_of_their_run_kind_only() {
     );
     assert_eq!(store.task_run(task).unwrap().state, RunState::Running);
 }
+
+on_both_backends!(
+    writes_are_visible_after_the_ticket_resolves,
+    compare_and_set_rejects_a_stale_state_and_rolls_back_its_unit,
+    task_runs_attempts_and_cache_lookups,
+    flow_runs_can_be_found_by_id_prefix,
+    state_changes_write_the_table_of_their_run_kind_only,
+    reopening_keeps_data_and_schema,
+);

@@ -14,6 +14,9 @@ pub enum Write {
         size_bytes: u64,
         manifest: String,
         at: TimestampMicros,
+        /// The bytes, for a backend that keeps them for every server
+        /// (PostgreSQL); SQLite's are files beside it and ignore this.
+        wasm: Option<Wasm>,
     },
     NewFlowRun(NewFlowRun),
     FlowRunState(StateChange),
@@ -231,4 +234,14 @@ pub struct LogRecord {
     pub at: TimestampMicros,
     pub level: LogLevel,
     pub message: String,
+}
+
+/// A component's bytes in a [`Write`]; shown by size only.
+#[derive(Clone)]
+pub struct Wasm(pub bytes::Bytes);
+
+impl std::fmt::Debug for Wasm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Wasm({} bytes)", self.0.len())
+    }
 }

@@ -171,6 +171,7 @@ fn apply(conn: &Connection, write: &Write, files: &ResultFiles) -> Result<(), St
             size_bytes,
             manifest,
             at,
+            wasm: _,
         } => {
             conn.prepare_cached(
                 "INSERT INTO components (digest, size_bytes, manifest, created_us) VALUES (?1, ?2, ?3, ?4)

@@ -20,6 +20,16 @@ impl Housekeeping for SqliteStore {
     /// between leaves unreferenced files, never rows without their files),
     /// and only files that no row refers to, whether old or new, in any
     /// process: see [`Store::collect_result_files`].
+    fn schema_version(&self) -> Result<(u64, u64), StoreError> {
+        let current: i64 =
+            self.read(|c| c.pragma_query_value(None, "user_version", |r| r.get(0)))?;
+        Ok((current as u64, schema::newest()))
+    }
+
+    fn location(&self) -> String {
+        self.path().display().to_string()
+    }
+
     fn prune(&self, ended_before: TimestampMicros) -> Result<PruneReport, StoreError> {
         let mut report = PruneReport::default();
         {

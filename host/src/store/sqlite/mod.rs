@@ -201,7 +201,9 @@ impl SqliteStore {
         }
         create_private_file(path).map_err(|e| open_error(&e))?;
         let mut conn = connect(path, durability).map_err(|e| open_error(&e))?;
-        schema::migrate(&mut conn).map_err(|e| open_error(&e))?;
+        if !options.skip_migrations {
+            schema::migrate(&mut conn).map_err(|e| open_error(&e))?;
+        }
         // The flusher thread checkpoints; commits never do.
         conn.pragma_update(None, "wal_autocheckpoint", 0)
             .map_err(|e| open_error(&e))?;

@@ -3,6 +3,10 @@
 use super::*;
 
 impl Objects for SqliteStore {
+    fn component_wasm(&self, _digest: &ComponentDigest) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(None)
+    }
+
     /// One named object, if it exists.
     fn object(&self, kind: ObjectKind, name: &str) -> Result<Option<ObjectRow>, StoreError> {
         self.read(|c| {

@@ -164,6 +164,11 @@ const MIGRATIONS: &[&str] = &[
     ",
 ];
 
+/// The newest schema version this host knows.
+pub fn newest() -> u64 {
+    MIGRATIONS.len() as u64
+}
+
 /// Brings the database up to the newest schema, one transaction per migration.
 pub fn migrate(conn: &mut Connection) -> Result<(), String> {
     migrate_inner(conn).map_err(|e| e.to_string())?

@@ -21,6 +21,7 @@ fn durability_full_syncs_every_commit_and_normal_is_the_default() {
     );
     let full = StoreOptions {
         durability: DiskSync::Full,
+        ..StoreOptions::default()
     };
     let store = Store::open_with_options(&path, full).unwrap();
     assert_eq!(

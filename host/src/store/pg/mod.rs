@@ -1,0 +1,353 @@
+//! The PostgreSQL backend: the only code that names the `postgres` driver.
+//!
+//! The driver's client is synchronous and runs its own small runtime, so it
+//! must never be called on a thread that drives an async runtime. Each
+//! connection therefore lives on a thread of its own and is handed closures:
+//! a few reader threads share a queue of reads, and one writer thread commits
+//! queued units in groups (one transaction, a savepoint per unit, as the
+//! SQLite writer does), so callers on async threads only wait on a channel.
+//!
+//! Payloads are stored inline (`text`); PostgreSQL compresses large values
+//! itself (TOAST), and every server sharing the database sees them.
+
+mod apply;
+mod housekeeping;
+mod objects;
+mod rows;
+mod runs;
+mod schema;
+mod tasks;
+pub mod testing;
+
+use super::*;
+use std::sync::mpsc;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+/// How long connecting may take before the error says the database is unreachable.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Connections serving reads.
+const READERS: usize = 4;
+
+/// The most units one transaction carries.
+const MAX_BATCH: usize = 4096;
+
+/// A read, run on a reader thread with its connection.
+type ReadJob = Box<dyn FnOnce(&mut postgres::Client) + Send>;
+
+struct Job {
+    writes: Vec<Write>,
+    done: Option<oneshot::Sender<Result<(), StoreError>>>,
+}
+
+#[derive(Default)]
+struct Queue {
+    jobs: Vec<Job>,
+    closed: bool,
+}
+
+/// The write side: queued units and the thread that commits them.
+struct Writer {
+    queue: Mutex<Queue>,
+    wake: Condvar,
+}
+
+/// A store in a PostgreSQL database that several servers may share.
+pub struct PostgresStore {
+    /// The URL without its password, for messages.
+    shown_url: String,
+    writer: Arc<Writer>,
+    writer_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    reads: Mutex<Option<mpsc::Sender<ReadJob>>>,
+    reader_threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
+}
+
+impl PostgresStore {
+    /// Connects to `url` (`postgres://user[:password]@host[:port]/db`),
+    /// migrates the schema (under an advisory lock, so servers starting at
+    /// once apply each migration once) and starts the connection threads.
+    pub fn open(url: &str) -> Result<PostgresStore, StoreError> {
+        Self::open_with(url, true)
+    }
+
+    /// [`PostgresStore::open`], migrating only when `migrate`.
+    pub fn open_with(url: &str, migrate: bool) -> Result<PostgresStore, StoreError> {
+        let shown_url = shown(url);
+        let mut config: postgres::Config = url.parse().map_err(|e| StoreError::Unreachable {
+            url: shown_url.clone(),
+            message: format!("not a PostgreSQL URL ({e}); expected postgres://user@host:port/db"),
+        })?;
+        config.connect_timeout(CONNECT_TIMEOUT);
+        // Each connection is made on its own thread: the driver may not be
+        // called on a thread that drives an async runtime, which a caller's may.
+        let spawn = |name: String, body: Box<dyn FnOnce() + Send>| {
+            std::thread::Builder::new()
+                .name(name)
+                .spawn(body)
+                .map_err(|e| StoreError::Unreachable {
+                    url: shown_url.clone(),
+                    message: e.to_string(),
+                })
+        };
+        let connect = {
+            let (config, shown_url) = (config.clone(), shown_url.clone());
+            move || -> Result<postgres::Client, StoreError> {
+                config
+                    .connect(postgres::NoTls)
+                    .map_err(|e| StoreError::Unreachable {
+                        url: shown_url.clone(),
+                        message: one_line(&e),
+                    })
+            }
+        };
+
+        let writer = Arc::new(Writer {
+            queue: Mutex::new(Queue::default()),
+            wake: Condvar::new(),
+        });
+        let (ready, started) = mpsc::channel::<Result<(), StoreError>>();
+        let writer_thread = {
+            let (writer, connect, ready) = (writer.clone(), connect.clone(), ready.clone());
+            spawn(
+                "weir-pg-write".into(),
+                Box::new(move || {
+                    let client = connect().and_then(|mut client| {
+                        if migrate {
+                            schema::migrate(&mut client)?;
+                        }
+                        Ok(client)
+                    });
+                    match client {
+                        Ok(client) => {
+                            let _ = ready.send(Ok(()));
+                            writer.run(client);
+                        }
+                        Err(e) => {
+                            let _ = ready.send(Err(e));
+                        }
+                    }
+                }),
+            )?
+        };
+        let store = PostgresStore {
+            shown_url: shown_url.clone(),
+            writer,
+            writer_thread: Mutex::new(Some(writer_thread)),
+            reads: Mutex::new(None),
+            reader_threads: Mutex::new(Vec::new()),
+        };
+        // Readers connect once the schema is there.
+        started.recv().unwrap_or(Err(StoreError::WriterGone))?;
+
+        let (reads, queue) = mpsc::channel::<ReadJob>();
+        let queue = Arc::new(Mutex::new(queue));
+        for i in 0..READERS {
+            let (queue, connect, ready) = (queue.clone(), connect.clone(), ready.clone());
+            let thread = spawn(
+                format!("weir-pg-read-{i}"),
+                Box::new(move || {
+                    let mut client = match connect() {
+                        Ok(client) => client,
+                        Err(e) => {
+                            let _ = ready.send(Err(e));
+                            return;
+                        }
+                    };
+                    let _ = ready.send(Ok(()));
+                    loop {
+                        let job = queue.lock().unwrap_or_else(|p| p.into_inner()).recv();
+                        match job {
+                            Ok(job) => job(&mut client),
+                            Err(_) => break,
+                        }
+                    }
+                }),
+            )?;
+            store
+                .reader_threads
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(thread);
+        }
+        *store.reads.lock().unwrap_or_else(|p| p.into_inner()) = Some(reads);
+        for _ in 0..READERS {
+            started.recv().unwrap_or(Err(StoreError::WriterGone))?;
+        }
+        Ok(store)
+    }
+
+    /// The database URL without its password.
+    pub fn url(&self) -> &str {
+        &self.shown_url
+    }
+
+    /// Runs `f` on a reader connection and waits for its answer.
+    fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut postgres::Client) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let (tx, rx) = mpsc::channel();
+        let job: ReadJob = Box::new(move |client| {
+            let _ = tx.send(f(client));
+        });
+        let sent = match &*self.reads.lock().unwrap_or_else(|p| p.into_inner()) {
+            Some(reads) => reads.send(job).is_ok(),
+            None => false,
+        };
+        if !sent {
+            return Err(StoreError::WriterGone);
+        }
+        rx.recv().unwrap_or(Err(StoreError::WriterGone))
+    }
+}
+
+impl Writer {
+    fn push(&self, job: Job) {
+        let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+        if queue.closed {
+            drop(queue);
+            if let Some(done) = job.done {
+                let _ = done.send(Err(StoreError::WriterGone));
+            }
+            return;
+        }
+        queue.jobs.push(job);
+        drop(queue);
+        self.wake.notify_one();
+    }
+
+    /// The writer thread: commits whatever is queued, in groups, until closed.
+    fn run(&self, mut client: postgres::Client) {
+        loop {
+            let batch: Vec<Job> = {
+                let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+                while queue.jobs.is_empty() && !queue.closed {
+                    queue = self.wake.wait(queue).unwrap_or_else(|p| p.into_inner());
+                }
+                if queue.jobs.is_empty() {
+                    break;
+                }
+                let n = queue.jobs.len().min(MAX_BATCH);
+                queue.jobs.drain(..n).collect()
+            };
+            let outcomes = apply::apply_batch(&mut client, &batch);
+            for (job, result) in batch.into_iter().zip(outcomes) {
+                if let Some(done) = job.done {
+                    let _ = done.send(result);
+                } else if let Err(e) = result {
+                    tracing::warn!("a background write was not recorded: {e}");
+                }
+            }
+        }
+    }
+}
+
+impl Writes for PostgresStore {
+    fn submit(&self, writes: Vec<Write>) -> Ticket {
+        let (done, ticket) = Ticket::new();
+        self.writer.push(Job {
+            writes,
+            done: Some(done),
+        });
+        ticket
+    }
+
+    fn submit_detached(&self, writes: Vec<Write>) {
+        self.writer.push(Job { writes, done: None });
+    }
+
+    fn close(&self) {
+        self.writer
+            .queue
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .closed = true;
+        self.writer.wake.notify_all();
+        if let Some(thread) = self
+            .writer_thread
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
+            let _ = thread.join();
+        }
+        // Dropping the sender ends the reader threads once their queue is empty.
+        self.reads.lock().unwrap_or_else(|p| p.into_inner()).take();
+        for thread in self
+            .reader_threads
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain(..)
+        {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for PostgresStore {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+impl From<postgres::Error> for StoreError {
+    fn from(e: postgres::Error) -> Self {
+        StoreError::Database(one_line(&e))
+    }
+}
+
+/// The driver's error with its cause, on one line.
+fn one_line(e: &postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{}: {}", db.code().code(), db.message()),
+        None => {
+            let mut text = e.to_string();
+            let mut source = std::error::Error::source(e);
+            while let Some(cause) = source {
+                text = format!("{text}: {cause}");
+                source = cause.source();
+            }
+            text
+        }
+    }
+}
+
+/// `url` with any password replaced by `***`.
+fn shown(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let Some((userinfo, host)) = rest.rsplit_once('@') else {
+        return url.to_string();
+    };
+    match userinfo.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+        None => url.to_string(),
+    }
+}
+
+/// Flow runs that have not ended, as SQL.
+const UNFINISHED: &str = "state IN ('Pending', 'Running', 'Retrying', 'Cancelling')";
+
+const FLOW_RUN_SELECT: &str =
+    "SELECT id, parent_flow_run, component, flow_name, params, state, message,
+    failure_kind, result, attempt, host, created_us, started_us, ended_us, fuel_used, peak_memory,
+    deployment, tags, scheduled_us, work_pool, work_queue, secret_grants,
+    lease_holder, lease_epoch, lease_expires_us FROM flow_runs";
+
+const TASK_RUN_SELECT: &str = "SELECT id, flow_run, call_seq, task_name, input, output, state, failure_kind,
+    message, attempts, fuel_used, peak_memory, created_us, started_us, ended_us, next_attempt_us, cached_from, host,
+    input_sha256
+    FROM task_runs";
+
+const DELIVERY_SELECT: &str =
+    "SELECT id, automation, flow_run, event, payload, status, attempts, next_attempt_us,
+    last_error, response_code, created_us, delivered_us FROM automation_deliveries";
+
+fn tags_text(tags: &[String]) -> Option<String> {
+    (!tags.is_empty()).then(|| serde_json::to_string(tags).unwrap_or_default())
+}
+
+#[cfg(test)]
+mod tests;
