@@ -12,7 +12,7 @@ use crate::control::Durability;
 use crate::dispatch::Dispatcher;
 use crate::model::FlowRunId;
 use crate::model::{Automation, AutomationEvent, EventFields, RunState, TimestampMicros};
-use crate::store::{DeliveryRow, DeliveryStatus, FlowRunRow, ObjectKind, ObjectRow, Write};
+use crate::store::{DeliveryRow, DeliveryStatus, FlowRunRow, ObjectKind, ObjectRow, Role, Write};
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
@@ -36,7 +36,9 @@ const DELIVERY_TIMEOUT: Duration = Duration::from_secs(10);
 pub async fn run(dispatcher: Arc<Dispatcher>, link_base: String, stop: CancellationToken) {
     let mut outbox = Outbox::new(dispatcher, link_base);
     loop {
-        outbox.tick().await;
+        if outbox.dispatcher.leads(Role::Outbox).await {
+            outbox.tick().await;
+        }
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(TICK) => {}

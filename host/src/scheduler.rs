@@ -20,7 +20,7 @@ use crate::control::{ControlError, Durability};
 use crate::dispatch::{DispatchError, Dispatcher};
 use crate::model::{Catchup, Deployment, RunState, TimestampMicros};
 use crate::schedule::Timetable;
-use crate::store::{ObjectKind, StateChange, StoreError, Write};
+use crate::store::{ObjectKind, Role, StateChange, StoreError, Write};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
@@ -64,9 +64,15 @@ pub async fn run(
     settings: SchedulerSettings,
     stop: CancellationToken,
 ) {
-    let mut scheduler = Scheduler::new(dispatcher, settings);
+    let mut scheduler = Scheduler::new(dispatcher.clone(), settings);
     loop {
-        scheduler.tick().await;
+        // Several servers on one database: one schedules, the others only
+        // wake their claimers for runs that came due.
+        if dispatcher.leads(Role::Scheduler).await {
+            scheduler.tick().await;
+        } else {
+            dispatcher.wake_claimers();
+        }
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(settings.tick) => {}

@@ -30,8 +30,8 @@ use crate::model::{
 use crate::protocol::{ParamError, validate_params};
 use crate::secrets::SecretBox;
 use crate::store::{
-    ComponentFileError, ComponentFiles, FlowRunRow, Lease, NewFlowRun, ObjectKind, StateChange,
-    Store, StoreError, Wasm, Write,
+    ComponentFileError, ComponentFiles, Exclusive, FlowRunRow, Lease, NewFlowRun, ObjectKind, Role,
+    StateChange, Store, StoreError, Wasm, Write,
 };
 use serde_json::{Map, Value};
 use std::collections::{HashMap, VecDeque};
@@ -464,7 +464,7 @@ impl Dispatcher {
         tags.sort();
         tags.dedup();
 
-        let _admission = self.admission.lock().unwrap_or_else(|p| p.into_inner());
+        let _admission = self.admit_alone()?;
         let now = self.control.now();
         let needs = deployment
             .map(|d| d.capabilities.clone())
@@ -635,7 +635,7 @@ impl Dispatcher {
         // Runs started by `host flow run` have no pool: they come back on the default one.
         let pool = run.work_pool.as_deref().unwrap_or(DEFAULT_POOL);
         let queue = run.work_queue.as_deref().unwrap_or(DEFAULT_QUEUE);
-        let _admission = self.admission.lock().unwrap_or_else(|p| p.into_inner());
+        let _admission = self.admit_alone()?;
         let now = self.control.now();
         let to = if self.serves(pool) && self.admits(pool, queue, run.deployment.as_deref())? {
             RunState::Pending
@@ -838,6 +838,28 @@ impl Dispatcher {
         Ok(true)
     }
 
+    /// Whether this server leads `role` now (several servers on one
+    /// database: one schedules, one delivers webhooks). A database that
+    /// cannot say means no, and is logged.
+    pub async fn leads(self: &Arc<Self>, role: Role) -> bool {
+        match self.blocking(move |d| Ok(d.store.leads(role)?)).await {
+            Ok(leads) => leads,
+            Err(e) => {
+                tracing::warn!("asking the database who leads the {role:?}: {e}");
+                false
+            }
+        }
+    }
+
+    /// Admission, one at a time: this process's mutex, then the store's
+    /// lock across every server sharing the database; released in the
+    /// opposite order (a tuple drops its first field first).
+    fn admit_alone(&self) -> Result<(Exclusive, std::sync::MutexGuard<'_, ()>), DispatchError> {
+        let local = self.admission.lock().unwrap_or_else(|p| p.into_inner());
+        let shared = self.store.lock_admission()?;
+        Ok((shared, local))
+    }
+
     fn ready(&self) -> std::sync::MutexGuard<'_, VecDeque<Ready>> {
         self.ready.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -945,7 +967,7 @@ impl Dispatcher {
             priorities.get(&key).copied().unwrap_or(u32::MAX)
         };
         due.sort_by_key(|run| (priority(run), run.scheduled_at));
-        let _admission = self.admission.lock().unwrap_or_else(|p| p.into_inner());
+        let _admission = self.admit_alone()?;
         // Runs held by one limit say nothing of runs under others, and are
         // decided once per pass: a hundred stuck runs cost one check.
         let mut decided: HashMap<(String, String, Option<String>), bool> = HashMap::new();

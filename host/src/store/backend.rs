@@ -171,7 +171,26 @@ pub trait Housekeeping {
     fn location(&self) -> String;
 }
 
-/// Everything a backend does.
-pub trait Backend: Writes + FlowRuns + TaskRuns + Objects + Housekeeping + Send + Sync {}
+/// What several servers sharing one database agree on.
+pub trait Coordination {
+    /// Holds the admission lock until the guard drops: admitting a run (a
+    /// limit counted, then the run moved) is one step across every server
+    /// sharing the database. Within one process the dispatcher's own mutex
+    /// comes first. SQLite has one server: a no-op there.
+    fn lock_admission(&self) -> Result<Exclusive, StoreError>;
+    /// Whether this process leads `role` (the scheduler, the outbox): the
+    /// first to ask holds it until its connection to the database ends,
+    /// then another may. Always true with SQLite.
+    fn leads(&self, role: Role) -> Result<bool, StoreError>;
+}
 
-impl<T: Writes + FlowRuns + TaskRuns + Objects + Housekeeping + Send + Sync> Backend for T {}
+/// Everything a backend does.
+pub trait Backend:
+    Writes + FlowRuns + TaskRuns + Objects + Housekeeping + Coordination + Send + Sync
+{
+}
+
+impl<T> Backend for T where
+    T: Writes + FlowRuns + TaskRuns + Objects + Housekeeping + Coordination + Send + Sync
+{
+}

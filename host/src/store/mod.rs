@@ -21,7 +21,7 @@ mod rows;
 mod sqlite;
 mod writes;
 
-pub use backend::{Backend, FlowRuns, Housekeeping, Objects, TaskRuns, Writes};
+pub use backend::{Backend, Coordination, FlowRuns, Housekeeping, Objects, TaskRuns, Writes};
 pub use files::{ComponentFileError, ComponentFiles};
 pub use pg::PostgresStore;
 pub use results::{DEFAULT_RESULT_THRESHOLD, ResultFiles};
@@ -42,6 +42,10 @@ pub enum StoreError {
     /// The database server could not be reached or refused us.
     #[error("database {url}: {message}")]
     Unreachable { url: String, message: String },
+    /// The connection to the database server was lost (a restart, a network
+    /// cut); the operation did not happen.
+    #[error("lost the connection to the database: {0}")]
+    ConnectionLost(String),
     /// The database refused or failed an operation (the backend's own words).
     #[error("database error: {0}")]
     Database(String),
@@ -71,6 +75,13 @@ pub enum StoreError {
         schedule_key: String,
         at: TimestampMicros,
     },
+}
+
+impl StoreError {
+    /// The same error for another caller (a failed batch fails each of its units).
+    pub(crate) fn clone_message(&self) -> StoreError {
+        StoreError::Database(self.to_string())
+    }
 }
 
 /// How hard a commit tries to reach the disk (the profile setting `store.durability`).
@@ -133,6 +144,37 @@ impl Ticket {
             .blocking_recv()
             .unwrap_or(Err(StoreError::WriterGone))
     }
+}
+
+/// A lock held until this drops (see [`Coordination::lock_admission`]).
+pub struct Exclusive(Option<Box<dyn FnOnce() + Send>>);
+
+impl Exclusive {
+    /// A lock with nothing to release (one server: the process's own mutex suffices).
+    pub fn uncontended() -> Exclusive {
+        Exclusive(None)
+    }
+
+    pub(crate) fn releasing(release: impl FnOnce() + Send + 'static) -> Exclusive {
+        Exclusive(Some(Box::new(release)))
+    }
+}
+
+impl Drop for Exclusive {
+    fn drop(&mut self) {
+        if let Some(release) = self.0.take() {
+            release();
+        }
+    }
+}
+
+/// Work that one server at a time does for all (see [`Coordination::leads`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Role {
+    /// Makes scheduled runs, marks late ones, crashes runs whose lease ran out.
+    Scheduler,
+    /// Finds run events and delivers the automations' webhooks.
+    Outbox,
 }
 
 /// The store: a backend behind the [`Backend`] interface. Its operations

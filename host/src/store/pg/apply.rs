@@ -10,18 +10,28 @@ use postgres::types::ToSql;
 
 type Args<'a> = [&'a (dyn ToSql + Sync)];
 
-pub(super) fn apply_batch(
-    client: &mut postgres::Client,
-    batch: &[Job],
-) -> Vec<Result<(), StoreError>> {
-    let fail_all = |message: String| -> Vec<Result<(), StoreError>> {
-        batch
-            .iter()
-            .map(|_| Err(StoreError::Database(message.clone())))
-            .collect()
+/// How a batch went.
+pub(super) enum Outcome {
+    /// Committed (each unit's own result inside).
+    Done(Vec<Result<(), StoreError>>),
+    /// The connection was lost before the commit: nothing was recorded.
+    LostBeforeCommit(StoreError),
+    /// The connection was lost during the commit: it may have been recorded.
+    LostAtCommit(StoreError),
+}
+
+pub(super) fn apply_batch(client: &mut postgres::Client, batch: &[Job]) -> Outcome {
+    let fail_all = |message: String| {
+        Outcome::Done(
+            batch
+                .iter()
+                .map(|_| Err(StoreError::Database(message.clone())))
+                .collect(),
+        )
     };
     let mut tx = match client.transaction() {
         Ok(tx) => tx,
+        Err(e) if connection_lost(&e) => return Outcome::LostBeforeCommit(e.into()),
         Err(e) => return fail_all(format!("begin failed: {}", one_line(&e))),
     };
     let mut results = Vec::with_capacity(batch.len());
@@ -34,12 +44,16 @@ pub(super) fn apply_batch(
             sp.commit()?;
             Ok(())
         })();
+        if let Err(StoreError::ConnectionLost(message)) = &unit {
+            return Outcome::LostBeforeCommit(StoreError::ConnectionLost(message.clone()));
+        }
         results.push(unit);
     }
-    if let Err(e) = tx.commit() {
-        return fail_all(format!("commit failed: {}", one_line(&e)));
+    match tx.commit() {
+        Ok(()) => Outcome::Done(results),
+        Err(e) if connection_lost(&e) => Outcome::LostAtCommit(e.into()),
+        Err(e) => fail_all(format!("commit failed: {}", one_line(&e))),
     }
-    results
 }
 
 fn bytes(id: &uuid::Uuid) -> &[u8] {

@@ -11,6 +11,7 @@
 //! itself (TOAST), and every server sharing the database sees them.
 
 mod apply;
+mod coordination;
 mod housekeeping;
 mod objects;
 mod rows;
@@ -34,7 +35,39 @@ const READERS: usize = 4;
 const MAX_BATCH: usize = 4096;
 
 /// A read, run on a reader thread with its connection.
-type ReadJob = Box<dyn FnOnce(&mut postgres::Client) + Send>;
+/// A read, run on a reader thread with its connection (or the error that
+/// says why there is none).
+type ReadJob = Box<dyn FnOnce(&mut Option<postgres::Client>, &Connect) + Send>;
+
+/// Makes a connection (each thread keeps its own and makes it again when lost).
+type Connect = Arc<dyn Fn() -> Result<postgres::Client, StoreError> + Send + Sync>;
+
+/// How long a lost connection is tried again (a database restart) before
+/// the operation waiting for it fails.
+const RECONNECT_FOR: Duration = Duration::from_secs(30);
+
+/// `client`, connected again if the database dropped it (a restart, a
+/// network cut), trying for up to [`RECONNECT_FOR`].
+fn live<'a>(
+    client: &'a mut Option<postgres::Client>,
+    connect: &Connect,
+) -> Result<&'a mut postgres::Client, StoreError> {
+    if client.as_ref().is_none_or(|c| c.is_closed()) {
+        *client = None;
+        let deadline = std::time::Instant::now() + RECONNECT_FOR;
+        loop {
+            match connect() {
+                Ok(fresh) => {
+                    *client = Some(fresh);
+                    break;
+                }
+                Err(e) if std::time::Instant::now() >= deadline => return Err(e),
+                Err(_) => std::thread::sleep(Duration::from_millis(200)),
+            }
+        }
+    }
+    client.as_mut().ok_or(StoreError::WriterGone)
+}
 
 struct Job {
     writes: Vec<Write>,
@@ -61,6 +94,8 @@ pub struct PostgresStore {
     writer_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     reads: Mutex<Option<mpsc::Sender<ReadJob>>>,
     reader_threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
+    /// The lock connection's queue (advisory locks; see `coordination`).
+    locks: coordination::Locks,
 }
 
 impl PostgresStore {
@@ -90,16 +125,16 @@ impl PostgresStore {
                     message: e.to_string(),
                 })
         };
-        let connect = {
+        let connect: Connect = {
             let (config, shown_url) = (config.clone(), shown_url.clone());
-            move || -> Result<postgres::Client, StoreError> {
+            Arc::new(move || -> Result<postgres::Client, StoreError> {
                 config
                     .connect(postgres::NoTls)
                     .map_err(|e| StoreError::Unreachable {
                         url: shown_url.clone(),
                         message: one_line(&e),
                     })
-            }
+            })
         };
 
         let writer = Arc::new(Writer {
@@ -121,7 +156,7 @@ impl PostgresStore {
                     match client {
                         Ok(client) => {
                             let _ = ready.send(Ok(()));
-                            writer.run(client);
+                            writer.run(client, connect);
                         }
                         Err(e) => {
                             let _ = ready.send(Err(e));
@@ -136,7 +171,17 @@ impl PostgresStore {
             writer_thread: Mutex::new(Some(writer_thread)),
             reads: Mutex::new(None),
             reader_threads: Mutex::new(Vec::new()),
+            locks: Arc::new(Mutex::new(None)),
         };
+        {
+            let (jobs, queue) = mpsc::channel();
+            let connect = connect.clone();
+            spawn(
+                "weir-pg-locks".into(),
+                Box::new(move || coordination::serve(queue, move || connect())),
+            )?;
+            *store.locks.lock().unwrap_or_else(|p| p.into_inner()) = Some(jobs);
+        }
         // Readers connect once the schema is there.
         started.recv().unwrap_or(Err(StoreError::WriterGone))?;
 
@@ -148,7 +193,7 @@ impl PostgresStore {
                 format!("weir-pg-read-{i}"),
                 Box::new(move || {
                     let mut client = match connect() {
-                        Ok(client) => client,
+                        Ok(client) => Some(client),
                         Err(e) => {
                             let _ = ready.send(Err(e));
                             return;
@@ -158,7 +203,7 @@ impl PostgresStore {
                     loop {
                         let job = queue.lock().unwrap_or_else(|p| p.into_inner()).recv();
                         match job {
-                            Ok(job) => job(&mut client),
+                            Ok(job) => job(&mut client, &connect),
                             Err(_) => break,
                         }
                     }
@@ -185,11 +230,17 @@ impl PostgresStore {
     /// Runs `f` on a reader connection and waits for its answer.
     fn read<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&mut postgres::Client) -> Result<T, StoreError> + Send + 'static,
+        f: impl Fn(&mut postgres::Client) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
         let (tx, rx) = mpsc::channel();
-        let job: ReadJob = Box::new(move |client| {
-            let _ = tx.send(f(client));
+        let job: ReadJob = Box::new(move |client, connect| {
+            // A read on a connection the database dropped is made again on a
+            // new one: it changed nothing.
+            let mut answer = live(client, connect).and_then(&f);
+            if matches!(answer, Err(StoreError::ConnectionLost(_))) {
+                answer = live(client, connect).and_then(&f);
+            }
+            let _ = tx.send(answer);
         });
         let sent = match &*self.reads.lock().unwrap_or_else(|p| p.into_inner()) {
             Some(reads) => reads.send(job).is_ok(),
@@ -218,7 +269,8 @@ impl Writer {
     }
 
     /// The writer thread: commits whatever is queued, in groups, until closed.
-    fn run(&self, mut client: postgres::Client) {
+    fn run(&self, client: postgres::Client, connect: Connect) {
+        let mut client = Some(client);
         loop {
             let batch: Vec<Job> = {
                 let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
@@ -231,12 +283,52 @@ impl Writer {
                 let n = queue.jobs.len().min(MAX_BATCH);
                 queue.jobs.drain(..n).collect()
             };
-            let outcomes = apply::apply_batch(&mut client, &batch);
+            let outcomes = self.commit(&mut client, &connect, &batch);
             for (job, result) in batch.into_iter().zip(outcomes) {
                 if let Some(done) = job.done {
                     let _ = done.send(result);
                 } else if let Err(e) = result {
                     tracing::warn!("a background write was not recorded: {e}");
+                }
+            }
+        }
+    }
+}
+
+impl Writer {
+    /// Commits `batch`. A batch whose connection was lost before it
+    /// committed did not happen: it is applied again on a new connection.
+    /// Lost while committing, its outcome is unknown, and each unit says so.
+    fn commit(
+        &self,
+        client: &mut Option<postgres::Client>,
+        connect: &Connect,
+        batch: &[Job],
+    ) -> Vec<Result<(), StoreError>> {
+        let deadline = std::time::Instant::now() + RECONNECT_FOR;
+        loop {
+            let outcome = match live(client, connect) {
+                Ok(c) => apply::apply_batch(c, batch),
+                Err(e) => return batch.iter().map(|_| Err(e.clone_message())).collect(),
+            };
+            match outcome {
+                apply::Outcome::Done(results) => return results,
+                apply::Outcome::LostBeforeCommit(e) if std::time::Instant::now() < deadline => {
+                    tracing::warn!("the database connection was lost; writing again: {e}");
+                    *client = None;
+                }
+                apply::Outcome::LostBeforeCommit(e) => {
+                    return batch.iter().map(|_| Err(e.clone_message())).collect();
+                }
+                apply::Outcome::LostAtCommit(e) => {
+                    *client = None;
+                    let message = format!(
+                        "the database connection was lost while committing; the write may or may not have been recorded: {e}"
+                    );
+                    return batch
+                        .iter()
+                        .map(|_| Err(StoreError::ConnectionLost(message.clone())))
+                        .collect();
                 }
             }
         }
@@ -272,7 +364,10 @@ impl Writes for PostgresStore {
         {
             let _ = thread.join();
         }
-        // Dropping the sender ends the reader threads once their queue is empty.
+        // Dropping the senders ends the lock thread (its session, and so
+        // every lock it held, with it) and the reader threads once their
+        // queues are empty.
+        self.locks.lock().unwrap_or_else(|p| p.into_inner()).take();
         self.reads.lock().unwrap_or_else(|p| p.into_inner()).take();
         for thread in self
             .reader_threads
@@ -293,8 +388,20 @@ impl Drop for PostgresStore {
 
 impl From<postgres::Error> for StoreError {
     fn from(e: postgres::Error) -> Self {
-        StoreError::Database(one_line(&e))
+        if connection_lost(&e) {
+            StoreError::ConnectionLost(one_line(&e))
+        } else {
+            StoreError::Database(one_line(&e))
+        }
     }
+}
+
+/// Whether `e` says the connection is gone: closed, or the server ending
+/// it (shutdown, crash: SQLSTATE 57P01-57P03) or a connection exception (08).
+fn connection_lost(e: &postgres::Error) -> bool {
+    e.is_closed()
+        || e.code()
+            .is_some_and(|c| c.code().starts_with("57P") || c.code().starts_with("08"))
 }
 
 /// The driver's error with its cause, on one line.

@@ -156,6 +156,19 @@ impl TestCluster {
     }
 }
 
+/// A cluster of one's own stops when dropped (the shared one never drops:
+/// its watchdog stops it).
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        let _ = run(self
+            .tool("pg_ctl")
+            .arg("-D")
+            .arg(self.dir.join("data"))
+            .args(["-m", "immediate", "-w", "stop"]));
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 /// The folder holding `initdb` and `pg_ctl`: `$WEIR_PG_BIN`, else the
 /// newest `/usr/lib/postgresql/*/bin` (Debian's layout), else `pg_config`'s.
 fn binaries() -> Result<PathBuf, String> {

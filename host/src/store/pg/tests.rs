@@ -89,3 +89,49 @@ fn two_writers_compare_and_set_one_run_and_exactly_one_wins() {
         );
     }
 }
+
+#[test]
+fn the_admission_lock_has_one_holder_across_servers_and_a_dead_holder_frees_it() {
+    let Some(url) = place() else {
+        return;
+    };
+    let (a, b) = (
+        PostgresStore::open(&url).unwrap(),
+        PostgresStore::open(&url).unwrap(),
+    );
+    let held = a.lock_admission().unwrap();
+    let (got, waiting) = std::sync::mpsc::channel();
+    let other = std::thread::spawn(move || {
+        let lock = b.lock_admission();
+        let _ = got.send(());
+        (b, lock.map(|_| ()))
+    });
+    assert!(
+        waiting
+            .recv_timeout(std::time::Duration::from_millis(500))
+            .is_err(),
+        "the second server took the lock while the first held it"
+    );
+    drop(held);
+    waiting
+        .recv_timeout(std::time::Duration::from_secs(10))
+        .expect("the second server never got the lock after it was released");
+    let (b, lock) = other.join().unwrap();
+    lock.unwrap();
+
+    // Leadership: the first to ask leads until its connection ends.
+    let c = PostgresStore::open(&url).unwrap();
+    assert!(b.leads(Role::Scheduler).unwrap(), "b asked first");
+    assert!(!c.leads(Role::Scheduler).unwrap(), "b still leads");
+    assert!(b.leads(Role::Scheduler).unwrap(), "asking again keeps it");
+    assert!(c.leads(Role::Outbox).unwrap(), "roles are separate");
+    drop(b);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !c.leads(Role::Scheduler).unwrap() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "nobody took over after the leader went away"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}

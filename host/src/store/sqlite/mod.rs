@@ -297,6 +297,17 @@ impl Writes for SqliteStore {
     }
 }
 
+/// One server per SQLite file: its processes' own mutexes are the locks.
+impl Coordination for SqliteStore {
+    fn lock_admission(&self) -> Result<Exclusive, StoreError> {
+        Ok(Exclusive::uncontended())
+    }
+
+    fn leads(&self, _role: Role) -> Result<bool, StoreError> {
+        Ok(true)
+    }
+}
+
 impl Drop for SqliteStore {
     fn drop(&mut self) {
         self.close();
