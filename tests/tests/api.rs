@@ -3490,11 +3490,11 @@ fn resume_through_the_api_refuses_a_held_run_and_resumes_an_orphan() {
         .iter()
         .find(|s| s["state"] == "Crashed")
         .unwrap_or_else(|| panic!("{detail}"));
+    // Resumed by hand, or (when the scheduler's tick came first) crashed
+    // because its holder's process is gone; either way it went on from its records.
+    let message = crashed["message"].as_str().unwrap();
     assert!(
-        crashed["message"]
-            .as_str()
-            .unwrap()
-            .contains("resumed by hand"),
+        message.contains("resumed by hand") || message.contains("stopped before it finished"),
         "{crashed}"
     );
 }

@@ -1,7 +1,9 @@
 //! Live logs and state changes of a flow run as Server-Sent Events.
 //!
-//! The stream reads the database (so it follows runs executed by any process)
-//! every 100 ms: `log` events carry a log line (their SSE id is the line's id,
+//! The stream reads the database when the store says the run changed (a
+//! commit of this server's, or under PostgreSQL of any server's), and at
+//! least every second (a process that writes the same SQLite file is not
+//! heard): `log` events carry a log line (their SSE id is the line's id,
 //! so a client resumes with `?after=`), `state` events the run's state when
 //! it changes, and one `end` event the final run once it has ended and its
 //! log is drained. Then the stream closes. At most `MAX_EVENT_STREAMS` are
@@ -19,7 +21,12 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// How often an ended run is read again for its last lines.
 const POLL: Duration = Duration::from_millis(100);
+/// How long a stream that heard of a change waits for more before it reads.
+const COALESCE: Duration = Duration::from_millis(20);
+/// How often a run is read when nothing was heard of it.
+const UNHEARD: Duration = Duration::from_secs(1);
 /// A run's final lines may land just after its state: look this many more times.
 const DRAIN_POLLS: u32 = 3;
 
@@ -37,6 +44,8 @@ struct Cursor {
     pending: std::collections::VecDeque<Event>,
     drain: Option<u32>,
     done: bool,
+    /// What the store commits; the stream reads again when its run changed.
+    changes: tokio::sync::broadcast::Receiver<crate::store::Change>,
     /// Held while the stream is open.
     _slot: tokio::sync::OwnedSemaphorePermit,
 }
@@ -66,13 +75,14 @@ pub(crate) async fn flow_run_events(
         })
         .await?;
     let cursor = Cursor {
-        state,
+        state: state.clone(),
         id,
         after: q.after.unwrap_or(0),
         last_state: None,
         pending: Default::default(),
         drain: None,
         done: false,
+        changes: state.store.changes(),
         _slot: slot,
     };
     let events = stream::unfold(cursor, |mut c| async move {
@@ -90,15 +100,34 @@ pub(crate) async fn flow_run_events(
 }
 
 impl Cursor {
-    /// Queues what changed since the last look; sleeps first unless it is the first look.
+    /// Queues what changed since the last look; waits first, unless it is
+    /// the first look, for its run to change (an ended run: a short while).
     async fn poll(&mut self) {
         if self.last_state.is_some() {
+            let wait = if self.drain.is_some() { POLL } else { UNHEARD };
+            let id = self.id;
+            let changes = &mut self.changes;
+            let heard = async move {
+                loop {
+                    match changes.recv().await {
+                        Ok(change) if change.concerns(id) => return,
+                        Ok(_) => {}
+                        // Missed some: read again. Closed: the sleep decides.
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => return,
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => {
+                            std::future::pending::<()>().await
+                        }
+                    }
+                }
+            };
             tokio::select! {
                 _ = self.state.shutdown.cancelled() => {
                     self.done = true;
                     return;
                 }
-                _ = tokio::time::sleep(POLL) => {}
+                // A burst of commits (a busy run) makes one read.
+                _ = heard => tokio::time::sleep(COALESCE).await,
+                _ = tokio::time::sleep(wait) => {}
             }
         }
         let (id, after) = (self.id, self.after);

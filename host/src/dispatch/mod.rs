@@ -221,7 +221,7 @@ pub struct Dispatcher {
 
 impl Dispatcher {
     pub fn new(config: DispatcherConfig) -> Arc<Dispatcher> {
-        Arc::new_cyclic(|me| Dispatcher {
+        let dispatcher = Arc::new_cyclic(|me| Dispatcher {
             store: config.store,
             control: config.control,
             engine: config.engine,
@@ -238,7 +238,28 @@ impl Dispatcher {
             ready: Mutex::new(VecDeque::new()),
             wake: tokio::sync::Notify::new(),
             me: me.clone(),
-        })
+        });
+        if dispatcher.store.shared() {
+            // Runs another server made or put back wake this one's claimers
+            // (remote hosts long-polling here) at once, not at the next tick.
+            let mut changes = dispatcher.store.changes();
+            let me = Arc::downgrade(&dispatcher);
+            dispatcher.guests.spawn(async move {
+                use tokio::sync::broadcast::error::RecvError;
+                loop {
+                    match changes.recv().await {
+                        Ok(change) if !change.waiting => continue,
+                        Err(RecvError::Closed) => return,
+                        Ok(_) | Err(RecvError::Lagged(_)) => {}
+                    }
+                    match me.upgrade() {
+                        Some(dispatcher) => dispatcher.wake_claimers(),
+                        None => return,
+                    }
+                }
+            });
+        }
+        dispatcher
     }
 
     pub fn store(&self) -> &Arc<Store> {

@@ -182,6 +182,13 @@ pub trait Coordination {
     /// first to ask holds it until its connection to the database ends,
     /// then another may. Always true with SQLite.
     fn leads(&self, role: Role) -> Result<bool, StoreError>;
+    /// Changes as they commit, for followers (event streams, claimers):
+    /// SQLite's own process's; every server's under PostgreSQL
+    /// (`LISTEN/NOTIFY`). A follower that lags is told so and reads again.
+    fn changes(&self) -> tokio::sync::broadcast::Receiver<Change>;
+    /// Whether other servers write to this database too (their changes
+    /// arrive through [`Coordination::changes`] only).
+    fn shared(&self) -> bool;
 }
 
 /// Everything a backend does.

@@ -334,7 +334,65 @@ async fn state_changes_write_the_table_of_their_run_kind_only(kind: Kind) {
     assert_eq!(store.task_run(task).unwrap().state, RunState::Running);
 }
 
+/// Followers hear of a commit without reading: through the store's change
+/// feed (in-process with SQLite, LISTEN/NOTIFY with PostgreSQL, which
+/// another server's store on the same database hears too).
+async fn followers_hear_of_each_commit(kind: Kind) {
+    let Some((place, store)) = open(kind) else {
+        return;
+    };
+    let other = match kind {
+        Kind::Postgres => Some(place.open()),
+        Kind::Sqlite => None,
+    };
+    let mut mine = store.changes();
+    let mut theirs = other.as_ref().map(|o| o.changes());
+    let id = FlowRunId::new();
+    let wait = std::time::Duration::from_secs(10);
+    // Under PostgreSQL the listener may still be connecting: write until heard.
+    let heard = tokio::time::timeout(wait, async {
+        let mut seq = 0;
+        loop {
+            let write = if seq == 0 {
+                new_flow_run(id)
+            } else {
+                Write::Logs(vec![LogRecord {
+                    flow_run: id,
+                    task_run: None,
+                    at: seq,
+                    level: crate::model::LogLevel::Info,
+                    message: format!("line {seq}"),
+                }])
+            };
+            store.submit(vec![write]).committed().await.unwrap();
+            seq += 1;
+            match tokio::time::timeout(std::time::Duration::from_millis(200), mine.recv()).await {
+                Ok(Ok(change)) if change.run == id => return change,
+                _ => continue,
+            }
+        }
+    })
+    .await
+    .expect("no change was heard");
+    assert_eq!(heard.run, id);
+    if let Some(theirs) = theirs.as_mut() {
+        let change = tokio::time::timeout(wait, async {
+            loop {
+                if let Ok(change) = theirs.recv().await
+                    && change.run == id
+                {
+                    return change;
+                }
+            }
+        })
+        .await
+        .expect("another server's store never heard of the commit");
+        assert_eq!(change.run, id);
+    }
+}
+
 on_both_backends!(
+    followers_hear_of_each_commit,
     writes_are_visible_after_the_ticket_resolves,
     compare_and_set_rejects_a_stale_state_and_rolls_back_its_unit,
     task_runs_attempts_and_cache_lookups,

@@ -245,3 +245,79 @@ impl std::fmt::Debug for Wasm {
         write!(f, "Wasm({} bytes)", self.0.len())
     }
 }
+
+/// What a committed unit changed, as followers care: a flow run's state or
+/// log moved, or a run now waits to be claimed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Change {
+    pub run: FlowRunId,
+    /// The run waits in a pool's queue (made, placed or put back), so
+    /// claimers should look.
+    pub waiting: bool,
+}
+
+impl Change {
+    /// The changes `writes` make, once each.
+    pub fn of(writes: &[Write]) -> Vec<Change> {
+        let mut changes = Vec::new();
+        let mut add = |run: FlowRunId, waiting: bool| {
+            let change = Change { run, waiting };
+            if !changes.contains(&change) {
+                changes.push(change);
+            }
+        };
+        for write in writes {
+            match write {
+                Write::NewFlowRun(run) => add(run.id, run.state == RunState::Scheduled),
+                Write::FlowRunState(change) => add(
+                    FlowRunId(change.id),
+                    matches!(change.to, RunState::Scheduled | RunState::Late),
+                ),
+                Write::PlaceRun { id, .. } => add(*id, true),
+                Write::RequestCancel { id, .. } => add(*id, false),
+                Write::NewTaskRun(task) => add(task.flow_run, false),
+                Write::Logs(lines) => {
+                    for line in lines {
+                        add(line.flow_run, false);
+                    }
+                }
+                Write::ImportLogs(lines) => {
+                    for (_, line) in lines {
+                        add(line.flow_run, false);
+                    }
+                }
+                Write::UpsertFlowRun(run) => add(run.id, false),
+                Write::UpsertTaskRun(task) => add(task.flow_run, false),
+                _ => {}
+            }
+        }
+        changes
+    }
+
+    /// A change to no run in particular that wakes every follower (after
+    /// changes may have been missed).
+    pub fn anything() -> Change {
+        Change {
+            run: FlowRunId(uuid::Uuid::nil()),
+            waiting: true,
+        }
+    }
+
+    /// Whether a follower of `run` should look again.
+    pub fn concerns(&self, run: FlowRunId) -> bool {
+        self.run == run || self.run.0.is_nil()
+    }
+
+    /// As text, for a PostgreSQL notification: `w:` (waiting) or `r:` and the id.
+    pub(crate) fn to_text(self) -> String {
+        format!("{}:{}", if self.waiting { "w" } else { "r" }, self.run)
+    }
+
+    pub(crate) fn from_text(text: &str) -> Option<Change> {
+        let (kind, id) = text.split_once(':')?;
+        Some(Change {
+            run: id.parse().ok()?,
+            waiting: kind == "w",
+        })
+    }
+}

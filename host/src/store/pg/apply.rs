@@ -49,6 +49,26 @@ pub(super) fn apply_batch(client: &mut postgres::Client, batch: &[Job]) -> Outco
         }
         results.push(unit);
     }
+    // Followers on every server hear of what this batch changed when (and
+    // only if) it commits; PostgreSQL sends each distinct payload once.
+    let changes: Vec<String> = batch
+        .iter()
+        .zip(&results)
+        .filter(|(_, result)| result.is_ok())
+        .flat_map(|(job, _)| Change::of(&job.writes))
+        .map(Change::to_text)
+        .collect();
+    if !changes.is_empty()
+        && let Err(e) = tx.execute(
+            "SELECT pg_notify($1, change) FROM unnest($2::text[]) AS change",
+            &[&CHANGES_CHANNEL, &changes],
+        )
+    {
+        if connection_lost(&e) {
+            return Outcome::LostBeforeCommit(e.into());
+        }
+        tracing::warn!("telling followers of changes: {}", one_line(&e));
+    }
     match tx.commit() {
         Ok(()) => Outcome::Done(results),
         Err(e) if connection_lost(&e) => Outcome::LostAtCommit(e.into()),

@@ -104,6 +104,14 @@ impl Coordination for PostgresStore {
         }))
     }
 
+    fn changes(&self) -> tokio::sync::broadcast::Receiver<Change> {
+        self.changes.subscribe()
+    }
+
+    fn shared(&self) -> bool {
+        true
+    }
+
     fn leads(&self, role: Role) -> Result<bool, StoreError> {
         let (reply, answer) = mpsc::channel();
         send(&self.locks, LockJob::Lead(role, reply))?;

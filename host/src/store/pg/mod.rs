@@ -96,6 +96,10 @@ pub struct PostgresStore {
     reader_threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
     /// The lock connection's queue (advisory locks; see `coordination`).
     locks: coordination::Locks,
+    /// What every server commits, as the listener hears it.
+    changes: tokio::sync::broadcast::Sender<Change>,
+    /// Tells the listener thread to stop.
+    closed: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl PostgresStore {
@@ -172,7 +176,17 @@ impl PostgresStore {
             reads: Mutex::new(None),
             reader_threads: Mutex::new(Vec::new()),
             locks: Arc::new(Mutex::new(None)),
+            changes: tokio::sync::broadcast::channel(CHANGES_BUFFER).0,
+            closed: Arc::new(std::sync::atomic::AtomicBool::new(false)),
         };
+        {
+            let (connect, changes, closed) =
+                (connect.clone(), store.changes.clone(), store.closed.clone());
+            spawn(
+                "weir-pg-listen".into(),
+                Box::new(move || listen(connect, changes, closed)),
+            )?;
+        }
         {
             let (jobs, queue) = mpsc::channel();
             let connect = connect.clone();
@@ -350,6 +364,7 @@ impl Writes for PostgresStore {
     }
 
     fn close(&self) {
+        self.closed.store(true, std::sync::atomic::Ordering::SeqCst);
         self.writer
             .queue
             .lock()
@@ -431,6 +446,60 @@ fn shown(url: &str) -> String {
     match userinfo.split_once(':') {
         Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
         None => url.to_string(),
+    }
+}
+
+/// The `LISTEN/NOTIFY` channel that carries [`Change`]s between servers.
+const CHANGES_CHANNEL: &str = "weir_changes";
+
+/// Changes a slow follower may fall behind by before it is told it lagged.
+const CHANGES_BUFFER: usize = 4096;
+
+/// The listener thread: hears every server's changes and passes them on to
+/// this process's followers, until `closed`.
+fn listen(
+    connect: Connect,
+    changes: tokio::sync::broadcast::Sender<Change>,
+    closed: Arc<std::sync::atomic::AtomicBool>,
+) {
+    let mut client: Option<postgres::Client> = None;
+    while !closed.load(std::sync::atomic::Ordering::SeqCst) {
+        if client.as_ref().is_none_or(|c| c.is_closed()) {
+            client = connect()
+                .and_then(|mut c| {
+                    c.batch_execute(&format!("LISTEN {CHANGES_CHANNEL}"))?;
+                    Ok(c)
+                })
+                .ok();
+            if client.is_none() {
+                std::thread::sleep(Duration::from_millis(500));
+                continue;
+            }
+            // Changes made while nobody listened: followers read again.
+            let _ = changes.send(Change::anything());
+        }
+        let Some(c) = client.as_mut() else {
+            continue;
+        };
+        let lost = {
+            use postgres::fallible_iterator::FallibleIterator as _;
+            let mut notifications = c.notifications();
+            let mut heard = notifications.timeout_iter(Duration::from_millis(500));
+            loop {
+                match heard.next() {
+                    Ok(Some(note)) => {
+                        if let Some(change) = Change::from_text(note.payload()) {
+                            let _ = changes.send(change);
+                        }
+                    }
+                    Ok(None) => break false,
+                    Err(_) => break true,
+                }
+            }
+        };
+        if lost {
+            client = None;
+        }
     }
 }
 

@@ -43,6 +43,7 @@ struct Writer {
     wake: Condvar,
     conn: Mutex<Connection>,
     results: Arc<ResultFiles>,
+    changes: tokio::sync::broadcast::Sender<Change>,
 }
 
 #[derive(Default)]
@@ -82,6 +83,18 @@ impl Writer {
                     break;
                 }
                 let outcomes = apply_batch(&mut conn, &batch, &self.results);
+                if self.changes.receiver_count() > 0 {
+                    let mut sent = std::collections::HashSet::new();
+                    for (job, result) in batch.iter().zip(&outcomes) {
+                        if result.is_ok() {
+                            for change in Change::of(&job.writes) {
+                                if sent.insert(change) {
+                                    let _ = self.changes.send(change);
+                                }
+                            }
+                        }
+                    }
+                }
                 for (job, result) in batch.into_iter().zip(outcomes) {
                     if let Some(done) = job.done {
                         let _ = done.send(result);
@@ -156,6 +169,9 @@ pub struct SqliteStore {
 /// Read connections per store (WAL readers do not block each other or the writer).
 const READERS: usize = 4;
 
+/// Changes a slow follower may fall behind by before it is told it lagged.
+const CHANGES_BUFFER: usize = 4096;
+
 /// The most units one transaction carries; more wait for the next commit.
 const MAX_BATCH: usize = 4096;
 
@@ -218,6 +234,7 @@ impl SqliteStore {
             wake: Condvar::new(),
             conn: Mutex::new(conn),
             results: results.clone(),
+            changes: tokio::sync::broadcast::channel(CHANGES_BUFFER).0,
         });
         let flusher_writer = writer.clone();
         let checkpointer = connect(path, durability).map_err(|e| open_error(&e))?;
@@ -305,6 +322,14 @@ impl Coordination for SqliteStore {
 
     fn leads(&self, _role: Role) -> Result<bool, StoreError> {
         Ok(true)
+    }
+
+    fn changes(&self) -> tokio::sync::broadcast::Receiver<Change> {
+        self.writer.changes.subscribe()
+    }
+
+    fn shared(&self) -> bool {
+        false
     }
 }
 
