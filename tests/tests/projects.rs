@@ -455,3 +455,74 @@ fn serve_refuses_before_listening_when_the_project_or_schedule_is_bad() {
         text(&out.stderr)
     );
 }
+
+/// A new project, with `edit` applied to its entry file, built with a
+/// backtrace asked for (as a developer's shell may): what does the user see?
+fn build_error(lang: &str, entry: &str, edit: impl Fn(&str) -> String) -> String {
+    let home = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let out = host(
+        home.path(),
+        work.path(),
+        &["init", "broken", "--lang", lang],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let file = work.path().join("broken").join(entry);
+    let source = std::fs::read_to_string(&file).unwrap();
+    std::fs::write(&file, edit(&source)).unwrap();
+    let out = command(home.path(), work.path(), &["build", "broken"])
+        .env("RUST_BACKTRACE", "1")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let stderr = text(&out.stderr);
+    for noise in [
+        "Stack backtrace",
+        "anyhow",
+        "componentize_py::",
+        "Traceback (most recent call last)",
+        "node_modules",
+        ".tmp-",
+    ] {
+        assert!(!stderr.contains(noise), "{noise:?} shown:\n{stderr}");
+    }
+    stderr
+}
+
+#[test]
+fn python_build_errors_show_the_file_line_message_and_advice_only() {
+    if !polyglot_enabled("python_build_errors_show_the_file_line_message_and_advice_only") {
+        return;
+    }
+    let stderr = build_error("python", "app.py", |s| format!("import json5\n{s}"));
+    assert!(
+        stderr.contains(
+            "broken/app.py:1: ModuleNotFoundError: No module named 'json5'\n    import json5\nhint: add `json5` to [project] dependencies in pyproject.toml"
+        ),
+        "{stderr}"
+    );
+    let stderr = build_error("python", "app.py", |s| format!("{s}\ndef oops(:\n"));
+    assert!(stderr.contains("SyntaxError: invalid syntax"), "{stderr}");
+    assert!(stderr.contains("def oops(:"), "{stderr}");
+}
+
+#[test]
+fn js_build_errors_show_the_file_line_message_and_advice_only() {
+    if !polyglot_enabled("js_build_errors_show_the_file_line_message_and_advice_only") {
+        return;
+    }
+    let stderr = build_error("js", "app.js", |s| {
+        format!("import JSON5 from \"json5\";\n{s}\nexport const x = JSON5;\n")
+    });
+    assert!(
+        stderr.contains("broken/app.js:1:19: cannot find the module 'json5'\n    import JSON5 from \"json5\";\nhint: add \"json5\" to \"dependencies\" in package.json"),
+        "{stderr}"
+    );
+    let stderr = build_error("js", "app.js", |s| {
+        format!("{s}\nconst x = null;\nx.boom();\n")
+    });
+    assert!(
+        stderr.contains("Error: cannot read property 'boom' of null\nhint:"),
+        "{stderr}"
+    );
+}

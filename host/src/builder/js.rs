@@ -8,16 +8,17 @@
 //! SpiderMonkey: a ~1.6 MB component that compiles in under a second, against
 //! ~12 MB.
 
-use super::BuildError;
 use super::polyglot::{
-    BuildDirs, JCO, JS_SDK, PREVIEW2_SHIM, WIT, build_key, in_scratch, js_toolchain, run_tool,
+    BuildDirs, JCO, JS_SDK, PREVIEW2_SHIM, WIT, build_key, in_scratch, js_toolchain, run_captured,
     source_files, write,
 };
+use super::{BuildError, diagnose};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// Builds (or reuses) the component for the JavaScript project at `project`.
 pub fn build(project: &Path, dirs: &BuildDirs, show: bool) -> Result<(PathBuf, bool), BuildError> {
+    let shown_project = project;
     let project = project.canonicalize().map_err(|e| BuildError::Io {
         path: project.to_path_buf(),
         message: e.to_string(),
@@ -67,14 +68,21 @@ pub fn build(project: &Path, dirs: &BuildDirs, show: bool) -> Result<(PathBuf, b
                 "component.wasm",
             ])
             .current_dir(scratch);
-        run_tool(
-            &mut command,
-            &format!("jco componentize (in {})", scratch.display()),
-            show,
-        )
-        .map_err(|message| BuildError::ToolFailed {
-            language: "JavaScript",
-            message,
+        let shown = format!("jco componentize (in {})", scratch.display());
+        run_captured(&mut command, &shown).map_err(|output| {
+            match diagnose::javascript(&output, scratch, &project, shown_project) {
+                Some(diagnosis) => BuildError::Guest {
+                    language: "JavaScript",
+                    diagnosis,
+                },
+                None => BuildError::ToolFailed {
+                    language: "JavaScript",
+                    message: format!(
+                        "`{shown}` failed:\n{}",
+                        diagnose::without_backtraces(&output)
+                    ),
+                },
+            }
         })
     })??;
     Ok((wasm, false))

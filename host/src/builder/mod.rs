@@ -14,6 +14,7 @@
 //! hash of their inputs, so an unchanged project is not built again.
 
 mod cargo_guest;
+pub mod diagnose;
 mod js;
 mod polyglot;
 mod python;
@@ -55,6 +56,12 @@ pub enum BuildError {
     ToolFailed {
         language: &'static str,
         message: String,
+    },
+    /// The guest's own code is wrong: its error, as its language tells it.
+    #[error("the {language} guest failed to build:\n{diagnosis}")]
+    Guest {
+        language: &'static str,
+        diagnosis: diagnose::Diagnosis,
     },
     #[error("could not run `{command}`: {message}")]
     Spawn { command: String, message: String },

@@ -7,11 +7,11 @@
 //! runs the imports once at build time and snapshots the interpreter, so the
 //! decorators have registered every flow and task before the first call.
 
-use super::BuildError;
 use super::polyglot::{
-    BuildDirs, COMPONENTIZE_PY, PYTHON_SDK, WIT, build_key, in_scratch, python_toolchain, run_tool,
-    source_files, write,
+    BuildDirs, COMPONENTIZE_PY, PYTHON_SDK, WIT, build_key, in_scratch, python_toolchain,
+    run_captured, source_files, write,
 };
+use super::{BuildError, diagnose};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -59,9 +59,7 @@ pub fn build(project: &Path, dirs: &BuildDirs, show: bool) -> Result<(PathBuf, b
             "-c",
             "import sys; from componentize_py import script; sys.argv[0] = 'componentize-py'; sys.exit(script())",
         ]);
-        if !show {
-            command.arg("--quiet");
-        }
+        command.arg("--quiet");
         command
             .args([
                 "--wit-path",
@@ -83,15 +81,25 @@ pub fn build(project: &Path, dirs: &BuildDirs, show: bool) -> Result<(PathBuf, b
             // The venv is not activated; nothing else may leak onto the path.
             .env_remove("VIRTUAL_ENV")
             .env_remove("PYTHONPATH")
-            .env("PYTHONDONTWRITEBYTECODE", "1");
-        run_tool(
-            &mut command,
-            &format!("componentize-py componentize (in {})", scratch.display()),
-            show,
-        )
-        .map_err(|message| BuildError::ToolFailed {
-            language: "Python",
-            message,
+            .env("PYTHONDONTWRITEBYTECODE", "1")
+            // componentize-py's own (Rust) backtrace says nothing about the app.
+            .env("RUST_BACKTRACE", "0")
+            .env("RUST_LIB_BACKTRACE", "0");
+        let shown = format!("componentize-py componentize (in {})", scratch.display());
+        run_captured(&mut command, &shown).map_err(|output| {
+            match diagnose::python(&output, project) {
+                Some(diagnosis) => BuildError::Guest {
+                    language: "Python",
+                    diagnosis,
+                },
+                None => BuildError::ToolFailed {
+                    language: "Python",
+                    message: format!(
+                        "`{shown}` failed:\n{}",
+                        diagnose::without_backtraces(&output)
+                    ),
+                },
+            }
         })
     })??;
     Ok((wasm, false))
