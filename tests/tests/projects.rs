@@ -526,3 +526,127 @@ fn js_build_errors_show_the_file_line_message_and_advice_only() {
         "{stderr}"
     );
 }
+
+/// `host init NAME --lang LANG` in a fresh folder, with files replaced.
+fn project_with(lang: &str, files: &[(&str, &str)]) -> (tempfile::TempDir, tempfile::TempDir) {
+    let home = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let out = host(home.path(), work.path(), &["init", "deps", "--lang", lang]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    for (name, body) in files {
+        std::fs::write(work.path().join("deps").join(name), body).unwrap();
+    }
+    (home, work)
+}
+
+#[test]
+fn python_dependencies_come_from_pypi_run_in_the_sandbox_and_lock_pins_win() {
+    if !polyglot_enabled("python_dependencies_come_from_pypi") {
+        return;
+    }
+    let app = "import humanize\nfrom weir_sdk import flow, task\n\n\n@task\ndef fmt(n: int) -> str:\n    return humanize.intcomma(n)\n\n\n@flow\ndef hello(n: int = 1234567) -> str:\n    return f\"{humanize.__version__} {fmt(n)}\"\n";
+    // The range alone would take the newest humanize; the lock says 4.11.0.
+    let pyproject =
+        "[project]\nname = \"deps\"\nversion = \"0.1.0\"\ndependencies = [\"humanize>=4\"]\n";
+    let lock = "version = 1\n\n[[package]]\nname = \"deps\"\nversion = \"0.1.0\"\nsource = { virtual = \".\" }\n\n[[package]]\nname = \"humanize\"\nversion = \"4.11.0\"\nsource = { registry = \"https://pypi.org/simple\" }\n";
+    let (home, work) = project_with(
+        "python",
+        &[
+            ("app.py", app),
+            ("pyproject.toml", pyproject),
+            ("uv.lock", lock),
+        ],
+    );
+    let out = host(home.path(), work.path(), &["flow", "run", "deps", "--json"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(json_out(&out)["result"], "4.11.0 1,234,567");
+
+    let out = host(home.path(), work.path(), &["build", "deps", "--json"]);
+    let again = json_out(&out);
+    assert_eq!(again["reused_build"], true, "{again}");
+    assert_eq!(again["load"], "cached", "{again}");
+    eprintln!(
+        "python with one dependency: second build (cache hit) {} ms, cached load {} ms",
+        again["build_ms"], again["load_ms"]
+    );
+
+    // Without the lock the range is resolved: a different set, a different build.
+    std::fs::remove_file(work.path().join("deps/uv.lock")).unwrap();
+    let out = host(home.path(), work.path(), &["flow", "run", "deps", "--json"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let result = json_out(&out)["result"].as_str().unwrap().to_string();
+    assert!(
+        result.ends_with(" 1,234,567") && !result.starts_with("4.11.0"),
+        "{result}"
+    );
+}
+
+#[test]
+fn a_python_package_with_only_native_wheels_fails_the_build_in_one_line() {
+    if !polyglot_enabled("a_python_package_with_only_native_wheels_fails_the_build_in_one_line") {
+        return;
+    }
+    let pyproject = "[project]\nname = \"deps\"\nversion = \"0.1.0\"\ndependencies = [\"humanize>=4\", \"markupsafe==3.0.2\"]\n";
+    let (home, work) = project_with("python", &[("pyproject.toml", pyproject)]);
+    let out = host(home.path(), work.path(), &["build", "deps"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let stderr = text(&out.stderr);
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error")).collect();
+    assert_eq!(errors.len(), 1, "{stderr}");
+    assert!(errors[0].contains("`markupsafe`"), "{stderr}");
+    assert!(errors[0].contains("only native wheels"), "{stderr}");
+    assert!(
+        stderr.lines().count() <= 2,
+        "pip's own chatter is not shown:\n{stderr}"
+    );
+    // Nothing half-installed is kept for the next build to trust.
+    let builds = std::fs::read_dir(home.path().join("builds")).unwrap();
+    assert_eq!(builds.count(), 0);
+}
+
+#[test]
+fn js_dependencies_from_npm_esm_and_commonjs_are_bundled_and_run() {
+    if !polyglot_enabled("js_dependencies_from_npm_esm_and_commonjs_are_bundled_and_run") {
+        return;
+    }
+    let package = r#"{"name": "deps", "private": true, "type": "module", "main": "app.js",
+        "dependencies": {"pretty-bytes": "6.1.1", "humanize-plus": "1.8.2"}}"#;
+    let app = r#"import prettyBytes from "pretty-bytes"; // an ES module
+import Humanize from "humanize-plus"; // CommonJS
+import { flow, task } from "weir-sdk";
+
+export const fmt = task(function fmt(n) {
+  return `${prettyBytes(n)} ${Humanize.formatNumber(n)}`;
+});
+
+export const hello = flow(function hello(n = 1337000) {
+  return fmt(n);
+});
+"#;
+    let (home, work) = project_with("js", &[("package.json", package), ("app.js", app)]);
+    let out = host(home.path(), work.path(), &["flow", "run", "deps", "--json"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(json_out(&out)["result"], "1.34 MB 1,337,000");
+    assert!(
+        !work.path().join("deps/node_modules").exists(),
+        "installed into the build cache, not the project"
+    );
+    let out = host(home.path(), work.path(), &["build", "deps", "--json"]);
+    let again = json_out(&out);
+    assert_eq!(again["reused_build"], true, "{again}");
+    eprintln!(
+        "js with two dependencies: second build (cache hit) {} ms, cached load {} ms",
+        again["build_ms"], again["load_ms"]
+    );
+
+    let missing = r#"{"name": "deps", "private": true, "type": "module", "main": "app.js",
+        "dependencies": {"no-such-package-weir-xyz": "1.0.0"}}"#;
+    let (home, work) = project_with("js", &[("package.json", missing)]);
+    let out = host(home.path(), work.path(), &["build", "deps"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("error: cannot bundle the npm package `no-such-package-weir-xyz`: it is not on the npm registry"),
+        "{stderr}"
+    );
+}

@@ -16,8 +16,10 @@
 mod cargo_guest;
 pub mod diagnose;
 mod js;
+mod js_deps;
 mod polyglot;
 mod python;
+mod python_deps;
 
 pub use polyglot::BuildDirs;
 
@@ -57,6 +59,12 @@ pub enum BuildError {
         language: &'static str,
         message: String,
     },
+    #[error("{path}: {message}")]
+    BadManifest { path: PathBuf, message: String },
+    #[error("cannot bundle the Python package `{package}`: {reason}")]
+    PythonDependency { package: String, reason: String },
+    #[error("cannot bundle the npm package `{package}`: {reason}")]
+    JsDependency { package: String, reason: String },
     /// The guest's own code is wrong: its error, as its language tells it.
     #[error("the {language} guest failed to build:\n{diagnosis}")]
     Guest {

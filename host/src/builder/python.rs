@@ -11,7 +11,7 @@ use super::polyglot::{
     BuildDirs, COMPONENTIZE_PY, PYTHON_SDK, WIT, build_key, in_scratch, python_toolchain,
     run_captured, source_files, write,
 };
-use super::{BuildError, diagnose};
+use super::{BuildError, diagnose, python_deps};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -34,13 +34,31 @@ pub fn build(project: &Path, dirs: &BuildDirs, show: bool) -> Result<(PathBuf, b
         });
     }
     let files = source_files(project)?;
-    let key = build_key(&["python", COMPONENTIZE_PY, PYTHON_SDK, WIT, ENTRY], &files);
+    let requirements = python_deps::requirements(project)?;
+    // Dependencies are installed before the key is known: it holds the set
+    // pip resolved (kept per requirement text, so this is a lookup after the first time).
+    let (python, deps) = match &requirements {
+        Some(requirements) => {
+            let python = python_toolchain(dirs, show)?;
+            let deps = python_deps::install(requirements, &python, dirs, show)?;
+            (Some(python), Some(deps))
+        }
+        None => (None, None),
+    };
+    let resolved = deps.as_ref().map(|d| d.resolved.as_str()).unwrap_or("");
+    let key = build_key(
+        &["python", COMPONENTIZE_PY, PYTHON_SDK, WIT, ENTRY, resolved],
+        &files,
+    );
     let out = dirs.builds.join(format!("python-{}", &key[..32]));
     let wasm = out.join("component.wasm");
     if wasm.is_file() {
         return Ok((wasm, true));
     }
-    let python = python_toolchain(dirs, show)?;
+    let python = match python {
+        Some(python) => python,
+        None => python_toolchain(dirs, show)?,
+    };
     if show {
         eprintln!(
             "Building {} with componentize-py {COMPONENTIZE_PY} ...",
@@ -60,23 +78,25 @@ pub fn build(project: &Path, dirs: &BuildDirs, show: bool) -> Result<(PathBuf, b
             "import sys; from componentize_py import script; sys.argv[0] = 'componentize-py'; sys.exit(script())",
         ]);
         command.arg("--quiet");
+        command.args([
+            "--wit-path",
+            "wit",
+            "--world",
+            "flow",
+            "componentize",
+            "--python-path",
+            "entry",
+            "--python-path",
+            "src",
+            "--python-path",
+            "sdk",
+        ]);
+        // Fourth on the path (`/3/` in tracebacks): the app's own code and the SDK come first.
+        if let Some(deps) = &deps {
+            command.arg("--python-path").arg(&deps.site_packages);
+        }
         command
-            .args([
-                "--wit-path",
-                "wit",
-                "--world",
-                "flow",
-                "componentize",
-                "--python-path",
-                "entry",
-                "--python-path",
-                "src",
-                "--python-path",
-                "sdk",
-                "weir_entry",
-                "--output",
-                "component.wasm",
-            ])
+            .args(["weir_entry", "--output", "component.wasm"])
             .current_dir(scratch)
             // The venv is not activated; nothing else may leak onto the path.
             .env_remove("VIRTUAL_ENV")

@@ -101,7 +101,10 @@ pub fn run(command: FlowCommand) -> anyhow::Result<()> {
 
 pub fn build(args: BuildArgs) -> anyhow::Result<()> {
     let Loaded {
-        built, component, ..
+        built,
+        build_ms,
+        component,
+        ..
     } = load_project(&args.path, !args.format.json)?;
     if args.format.json {
         let (load, load_ms) = match component.load {
@@ -112,6 +115,7 @@ pub fn build(args: BuildArgs) -> anyhow::Result<()> {
             "wasm": built.wasm,
             "language": built.language.map(|l| l.as_str()),
             "reused_build": built.reused,
+            "build_ms": build_ms,
             "digest": component.digest.as_str(),
             "size_bytes": component.size_bytes,
             "flows": component.manifest.flow_names(),
@@ -134,13 +138,17 @@ pub fn build(args: BuildArgs) -> anyhow::Result<()> {
 /// A guest project built, stored, validated and recorded.
 struct Loaded {
     built: Built,
+    /// How long building (or finding the build in the cache) took.
+    build_ms: u128,
     runtime: tokio::runtime::Runtime,
     local: Local,
     component: Component,
 }
 
 fn load_project(path: &std::path::Path, show_progress: bool) -> anyhow::Result<Loaded> {
+    let started = std::time::Instant::now();
     let built = build_component(path, show_progress)?;
+    let build_ms = started.elapsed().as_millis();
     let bytes =
         std::fs::read(&built.wasm).with_context(|| format!("reading {}", built.wasm.display()))?;
     let runtime = runtime()?;
@@ -148,6 +156,7 @@ fn load_project(path: &std::path::Path, show_progress: bool) -> anyhow::Result<L
     let component = runtime.block_on(local.load(&built.wasm, &bytes))?;
     Ok(Loaded {
         built,
+        build_ms,
         runtime,
         local,
         component,
@@ -375,6 +384,7 @@ fn run_flow(args: RunArgs) -> anyhow::Result<()> {
         runtime,
         local,
         component,
+        ..
     } = load_project(&args.path, !args.json)?;
     local.report_dead_runs();
     let flow = choose_flow(&component, args.flow.as_deref())?;
