@@ -650,3 +650,151 @@ export const hello = flow(function hello(n = 1337000) {
         "{stderr}"
     );
 }
+
+/// A fake build folder (or compiled artifact pair) written `seconds_ago`.
+fn aged_entry(dir: &Path, name: &str, seconds_ago: u64) {
+    let when = std::time::SystemTime::now() - Duration::from_secs(seconds_ago);
+    let path = dir.join(name);
+    if name.ends_with(".cwasm") || name.ends_with(".crc32") {
+        std::fs::create_dir_all(dir).unwrap();
+        std::fs::write(&path, vec![0u8; 1000]).unwrap();
+    } else {
+        std::fs::create_dir_all(&path).unwrap();
+        std::fs::write(path.join("component.wasm"), vec![0u8; 1000]).unwrap();
+    }
+    std::fs::File::open(&path)
+        .unwrap()
+        .set_modified(when)
+        .unwrap();
+}
+
+fn entries(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn build_prune_keeps_the_newest_builds_and_compiled_components_and_removes_the_rest() {
+    let home = tempfile::tempdir().unwrap();
+    let builds = home.path().join("builds");
+    let cache = home.path().join("cache");
+    for (i, name) in ["python-a", "js-b", "python-deps-c", "python-d"]
+        .iter()
+        .enumerate()
+    {
+        aged_entry(&builds, name, 1000 - 100 * i as u64); // python-d is the newest
+    }
+    aged_entry(&builds, ".python-e.tmp-1-x", 1); // a build in progress elsewhere
+    for (i, name) in ["x", "y", "z"].iter().enumerate() {
+        for ext in ["cwasm", "crc32"] {
+            aged_entry(&cache, &format!("{name}.{ext}"), 1000 - 100 * i as u64);
+        }
+    }
+    // A link planted in the builds folder: removed as a link, its target untouched.
+    let outside = tempfile::tempdir().unwrap();
+    std::fs::write(outside.path().join("precious"), "keep").unwrap();
+    std::os::unix::fs::symlink(outside.path(), builds.join("aaa-link")).unwrap();
+
+    let out = host(
+        home.path(),
+        &workspace(),
+        &["build", "--prune", "--keep", "2", "--json"],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let pruned = json_out(&out);
+    assert_eq!(pruned["builds"]["kept"], 2, "{pruned}");
+    assert_eq!(
+        entries(&builds),
+        [".python-e.tmp-1-x", "python-d", "python-deps-c"]
+    );
+    assert_eq!(
+        entries(&cache),
+        ["y.crc32", "y.cwasm", "z.crc32", "z.cwasm"]
+    );
+    assert!(outside.path().join("precious").is_file());
+
+    // By size: 1000 bytes each, so 1500 bytes keep one.
+    let out = host(
+        home.path(),
+        &workspace(),
+        &["build", "--prune", "--max-size", "1500B"],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(entries(&builds), [".python-e.tmp-1-x", "python-d"]);
+
+    // Every build prunes to the settings on its own.
+    aged_entry(&builds, "js-old", 5000);
+    let out = command(home.path(), &workspace(), &["build", HELLO_WASM_PROJECT])
+        .env("WEIR_BUILDS_KEEP", "1")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(entries(&builds), [".python-e.tmp-1-x", "python-d"]);
+
+    // A bad setting is refused, not taken for zero.
+    let out = host(
+        home.path(),
+        &workspace(),
+        &["build", "--prune", "--keep", "-1"],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+}
+
+const HELLO_WASM_PROJECT: &str = "examples/hello";
+
+#[test]
+fn a_panic_on_stderr_is_one_log_record_shown_indented() {
+    let home = tempfile::tempdir().unwrap();
+    let out = host(
+        home.path(),
+        &workspace(),
+        &[
+            "flow",
+            "run",
+            FIXTURE_WASM,
+            "call",
+            "--param",
+            "task=panics",
+            "--param",
+            "input={}",
+            "--json",
+        ],
+    );
+    let run = json_out(&out);
+    let id = run["flow_run_id"].as_str().unwrap();
+    let out = host(
+        home.path(),
+        &workspace(),
+        &["flow-run", "logs", id, "--json"],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let records: Vec<Value> = text(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let panics: Vec<&str> = records
+        .iter()
+        .filter_map(|r| r["message"].as_str())
+        .filter(|m| {
+            m.contains("panicked at") || m.contains("fixture panic: boom") || m.starts_with("note:")
+        })
+        .filter(|m| !m.contains("failed"))
+        .collect();
+    assert_eq!(panics.len(), 1, "one record for the panic: {records:#?}");
+    let panic = panics[0];
+    assert!(
+        panic.contains("panicked at") && panic.contains("\nfixture panic: boom\nnote:"),
+        "{panic}"
+    );
+    // Shown with its later lines indented under the first.
+    let out = host(home.path(), &workspace(), &["flow-run", "logs", id]);
+    let shown = text(&out.stdout);
+    assert!(
+        shown.contains(&format!("\n{:19}fixture panic: boom\n", "")),
+        "{shown}"
+    );
+}

@@ -296,8 +296,8 @@ Caused by:
     ModuleNotFoundError: No module named 'json5'
 
 Stack backtrace:
-   0: <anyhow::Error>::msg::<alloc::string::String>
-   1: anyhow::__private::format_err
+   0: <componentize_py::ComponentGenerator>::generate::{closure#0}
+   1: componentize_py::command::run::<std::ffi::os_str::OsString>
   10: cfunction_vectorcall_NOARGS
              at /tmp/python-build/Python-3.11.7/Objects/methodobject.c:486:24
 "#;
@@ -311,7 +311,7 @@ Stack backtrace:
         assert!(d.advice.contains("add `json5` to [project] dependencies"));
         let shown = d.to_string();
         assert!(
-            !shown.contains("anyhow") && !shown.contains("Traceback"),
+            !shown.contains("componentize_py") && !shown.contains("Traceback"),
             "{shown}"
         );
     }
@@ -386,7 +386,7 @@ KeyError: 'nope'
         let cleaned = without_backtraces(MISSING_MODULE);
         assert!(cleaned.contains("ModuleNotFoundError"), "{cleaned}");
         assert!(
-            !cleaned.contains("anyhow") && !cleaned.contains("methodobject.c"),
+            !cleaned.contains("componentize_py") && !cleaned.contains("methodobject.c"),
             "{cleaned}"
         );
         let js =

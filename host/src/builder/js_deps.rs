@@ -114,6 +114,7 @@ pub fn install(manifest: &Manifest, dirs: &BuildDirs, show: bool) -> Result<Inst
         })
     };
     if let Some(found) = installed(&dir) {
+        super::housekeeping::touch(&dir);
         return Ok(found);
     }
     if show {

@@ -15,6 +15,7 @@
 
 mod cargo_guest;
 pub mod diagnose;
+pub mod housekeeping;
 mod js;
 mod js_deps;
 mod polyglot;

@@ -53,6 +53,7 @@ pub fn build(project: &Path, dirs: &BuildDirs, show: bool) -> Result<(PathBuf, b
     let out = dirs.builds.join(format!("python-{}", &key[..32]));
     let wasm = out.join("component.wasm");
     if wasm.is_file() {
+        super::housekeeping::touch(&out);
         return Ok((wasm, true));
     }
     let python = match python {

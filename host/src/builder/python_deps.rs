@@ -158,6 +158,7 @@ pub fn install(
         })
     };
     if let Some(found) = installed(&dir) {
+        super::housekeeping::touch(&dir);
         return Ok(found);
     }
     if show {

@@ -833,7 +833,7 @@ pub(crate) fn print_log_line(line: &Value) {
     println!(
         "{at} {:<5} {who}{}",
         level_label(level),
-        line["message"].as_str().unwrap_or_default()
+        super::output::indent_continuation(line["message"].as_str().unwrap_or_default())
     );
 }
 
