@@ -1,7 +1,9 @@
 // Extract → fan-out transform → load, with a load that fails once and is retried.
 //
 // The JavaScript twin of examples/etl: the same parameters, tasks, policies and result.
+// Its log writes the total with thousands separators, by `humanize-plus` (CommonJS) from npm.
 
+import Humanize from "humanize-plus"; // from npm (package.json): bundled into the component by `host build`
 import { flow, info, runInfo, task, waitAll } from "weir-sdk";
 
 export const extract = task(
@@ -48,7 +50,7 @@ export const etl = flow(
     const summaries = waitAll(transform.map(chunks));
     info(`loading ${summaries.length} summaries`);
     const total = load(summaries);
-    info(`loaded: total ${total}`);
+    info(`loaded: total ${Humanize.formatNumber(total)}`);
     return { rows, chunks: summaries.length, total };
   },
 );

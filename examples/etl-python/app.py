@@ -1,8 +1,10 @@
 """Extract → fan-out transform → load, with a load that fails once and is retried.
 
 The Python twin of examples/etl: the same parameters, tasks, policies and result.
+Its log writes the total with thousands separators, by `humanize` from PyPI.
 """
 
+import humanize  # from PyPI (pyproject.toml): bundled into the component by `host build`
 from weir_sdk import flow, info, run_info, task, wait_all
 
 
@@ -38,5 +40,5 @@ def etl(rows: int = 100, chunk_size: int = 100) -> dict:
     summaries = wait_all(transform.map(chunks))
     info(f"loading {len(summaries)} summaries")
     total = load(summaries)
-    info(f"loaded: total {total}")
+    info(f"loaded: total {humanize.intcomma(total)}")
     return {"rows": rows, "chunks": len(summaries), "total": total}

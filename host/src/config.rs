@@ -116,6 +116,30 @@ pub const SETTINGS: &[Setting] = &[
         help: "a PostgreSQL URL (postgres://user@host:port/db) to keep runs in instead of $WEIR_HOME/weir.db; several servers may share it",
     },
     Setting {
+        key: "builds.keep",
+        env: "WEIR_BUILDS_KEEP",
+        default: Some("20"),
+        help: "how many Python and JavaScript builds (and dependency sets) $WEIR_HOME/builds keeps, the newest",
+    },
+    Setting {
+        key: "builds.max_size",
+        env: "WEIR_BUILDS_MAX_SIZE",
+        default: Some("2GiB"),
+        help: "at most this much in $WEIR_HOME/builds (the newest build is kept regardless)",
+    },
+    Setting {
+        key: "cache.keep",
+        env: "WEIR_CACHE_KEEP",
+        default: Some("100"),
+        help: "how many compiled components $WEIR_HOME/cache keeps, the newest (a removed one is compiled again when loaded)",
+    },
+    Setting {
+        key: "cache.max_size",
+        env: "WEIR_CACHE_MAX_SIZE",
+        default: Some("4GiB"),
+        help: "at most this much in $WEIR_HOME/cache",
+    },
+    Setting {
         key: "store.durability",
         env: "WEIR_DURABILITY",
         default: Some("normal"),

@@ -87,8 +87,8 @@ fn runs_like_the_rust_etl(example: &str, language: &str) {
     );
     assert_eq!(second["digest"], first["digest"]);
     eprintln!(
-        "{example}: {} bytes, first load (compile) {} ms, second load (cached) {} ms",
-        first["size_bytes"], first["load_ms"], second["load_ms"]
+        "{example}: {} bytes, first load (compile) {} ms, second build (cache hit) {} ms, second load (cached) {} ms",
+        first["size_bytes"], first["load_ms"], second["build_ms"], second["load_ms"]
     );
 
     for rows in ["rows=100", "rows=500"] {
@@ -101,7 +101,27 @@ fn runs_like_the_rust_etl(example: &str, language: &str) {
             run["summary"]["attempts"], rust["summary"]["attempts"],
             "the same tasks and the same one retry of load: {run}"
         );
+        // The total in the log was written by a package from the registry
+        // (humanize from PyPI, or one from npm), bundled and run in the sandbox.
+        let total = rust["result"]["total"].as_u64().unwrap();
+        let id = run["flow_run_id"].as_str().unwrap();
+        let logs = host(home.path(), &["flow-run", "logs", id]);
+        let logs = text(&logs.stdout);
+        let expected = format!("loaded: total {}", with_thousands_separators(total));
+        assert!(logs.contains(&expected), "{expected:?} not in:\n{logs}");
     }
+}
+
+fn with_thousands_separators(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, digit) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(digit);
+    }
+    out
 }
 
 #[test]

@@ -14,9 +14,13 @@
 //! hash of their inputs, so an unchanged project is not built again.
 
 mod cargo_guest;
+pub mod diagnose;
+pub mod housekeeping;
 mod js;
+mod js_deps;
 mod polyglot;
 mod python;
+mod python_deps;
 
 pub use polyglot::BuildDirs;
 
@@ -55,6 +59,18 @@ pub enum BuildError {
     ToolFailed {
         language: &'static str,
         message: String,
+    },
+    #[error("{path}: {message}")]
+    BadManifest { path: PathBuf, message: String },
+    #[error("cannot bundle the Python package `{package}`: {reason}")]
+    PythonDependency { package: String, reason: String },
+    #[error("cannot bundle the npm package `{package}`: {reason}")]
+    JsDependency { package: String, reason: String },
+    /// The guest's own code is wrong: its error, as its language tells it.
+    #[error("the {language} guest failed to build:\n{diagnosis}")]
+    Guest {
+        language: &'static str,
+        diagnosis: diagnose::Diagnosis,
     },
     #[error("could not run `{command}`: {message}")]
     Spawn { command: String, message: String },

@@ -244,6 +244,22 @@ pub fn run_tool(command: &mut Command, shown: &str, show: bool) -> Result<(), St
     }
 }
 
+/// Runs a build step with its output kept, shown only when it fails, and
+/// then by the builder, which picks the guest's error out of it
+/// ([`super::diagnose`]). Returns that output (stdout, then stderr).
+pub fn run_captured(command: &mut Command, shown: &str) -> Result<(), String> {
+    command.stdin(Stdio::null());
+    let out = command
+        .output()
+        .map_err(|e| format!("could not run `{shown}`: {e}"))?;
+    if out.status.success() {
+        return Ok(());
+    }
+    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&out.stderr));
+    Err(text)
+}
+
 /// The Python toolchain: a venv with componentize-py, installed from PyPI once.
 pub fn python_toolchain(dirs: &BuildDirs, show: bool) -> Result<PathBuf, BuildError> {
     let dir = toolchain_dir(

@@ -7,11 +7,11 @@
 //! runs the imports once at build time and snapshots the interpreter, so the
 //! decorators have registered every flow and task before the first call.
 
-use super::BuildError;
 use super::polyglot::{
-    BuildDirs, COMPONENTIZE_PY, PYTHON_SDK, WIT, build_key, in_scratch, python_toolchain, run_tool,
-    source_files, write,
+    BuildDirs, COMPONENTIZE_PY, PYTHON_SDK, WIT, build_key, in_scratch, python_toolchain,
+    run_captured, source_files, write,
 };
+use super::{BuildError, diagnose, python_deps};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -34,13 +34,32 @@ pub fn build(project: &Path, dirs: &BuildDirs, show: bool) -> Result<(PathBuf, b
         });
     }
     let files = source_files(project)?;
-    let key = build_key(&["python", COMPONENTIZE_PY, PYTHON_SDK, WIT, ENTRY], &files);
+    let requirements = python_deps::requirements(project)?;
+    // Dependencies are installed before the key is known: it holds the set
+    // pip resolved (kept per requirement text, so this is a lookup after the first time).
+    let (python, deps) = match &requirements {
+        Some(requirements) => {
+            let python = python_toolchain(dirs, show)?;
+            let deps = python_deps::install(requirements, &python, dirs, show)?;
+            (Some(python), Some(deps))
+        }
+        None => (None, None),
+    };
+    let resolved = deps.as_ref().map(|d| d.resolved.as_str()).unwrap_or("");
+    let key = build_key(
+        &["python", COMPONENTIZE_PY, PYTHON_SDK, WIT, ENTRY, resolved],
+        &files,
+    );
     let out = dirs.builds.join(format!("python-{}", &key[..32]));
     let wasm = out.join("component.wasm");
     if wasm.is_file() {
+        super::housekeeping::touch(&out);
         return Ok((wasm, true));
     }
-    let python = python_toolchain(dirs, show)?;
+    let python = match python {
+        Some(python) => python,
+        None => python_toolchain(dirs, show)?,
+    };
     if show {
         eprintln!(
             "Building {} with componentize-py {COMPONENTIZE_PY} ...",
@@ -59,39 +78,49 @@ pub fn build(project: &Path, dirs: &BuildDirs, show: bool) -> Result<(PathBuf, b
             "-c",
             "import sys; from componentize_py import script; sys.argv[0] = 'componentize-py'; sys.exit(script())",
         ]);
-        if !show {
-            command.arg("--quiet");
+        command.arg("--quiet");
+        command.args([
+            "--wit-path",
+            "wit",
+            "--world",
+            "flow",
+            "componentize",
+            "--python-path",
+            "entry",
+            "--python-path",
+            "src",
+            "--python-path",
+            "sdk",
+        ]);
+        // Fourth on the path (`/3/` in tracebacks): the app's own code and the SDK come first.
+        if let Some(deps) = &deps {
+            command.arg("--python-path").arg(&deps.site_packages);
         }
         command
-            .args([
-                "--wit-path",
-                "wit",
-                "--world",
-                "flow",
-                "componentize",
-                "--python-path",
-                "entry",
-                "--python-path",
-                "src",
-                "--python-path",
-                "sdk",
-                "weir_entry",
-                "--output",
-                "component.wasm",
-            ])
+            .args(["weir_entry", "--output", "component.wasm"])
             .current_dir(scratch)
             // The venv is not activated; nothing else may leak onto the path.
             .env_remove("VIRTUAL_ENV")
             .env_remove("PYTHONPATH")
-            .env("PYTHONDONTWRITEBYTECODE", "1");
-        run_tool(
-            &mut command,
-            &format!("componentize-py componentize (in {})", scratch.display()),
-            show,
-        )
-        .map_err(|message| BuildError::ToolFailed {
-            language: "Python",
-            message,
+            .env("PYTHONDONTWRITEBYTECODE", "1")
+            // componentize-py's own (Rust) backtrace says nothing about the app.
+            .env("RUST_BACKTRACE", "0")
+            .env("RUST_LIB_BACKTRACE", "0");
+        let shown = format!("componentize-py componentize (in {})", scratch.display());
+        run_captured(&mut command, &shown).map_err(|output| {
+            match diagnose::python(&output, project) {
+                Some(diagnosis) => BuildError::Guest {
+                    language: "Python",
+                    diagnosis,
+                },
+                None => BuildError::ToolFailed {
+                    language: "Python",
+                    message: format!(
+                        "`{shown}` failed:\n{}",
+                        diagnose::without_backtraces(&output)
+                    ),
+                },
+            }
         })
     })??;
     Ok((wasm, false))

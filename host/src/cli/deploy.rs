@@ -360,33 +360,56 @@ pub fn deploy(args: DeployArgs) -> anyhow::Result<()> {
             args.file.display()
         ))
     })?;
-    let file: DeployFile = serde_yaml::from_str(&text)
-        .map_err(|e| Exit::bad_input(format!("{}: {e}", args.file.display())))?;
     let base = args.file.parent().unwrap_or(Path::new("."));
+    apply_document(
+        &text,
+        &args.file,
+        base,
+        &args.names,
+        args.format.json,
+        Backend::open,
+    )
+}
+
+/// Deploys what a weir.yaml document (`text`, read from `file`; paths in it
+/// relative to `base`) describes, through the backend `open` gives once the
+/// document is valid. `host deploy` and `host serve` (which writes its
+/// document itself) both come here.
+pub(super) fn apply_document(
+    text: &str,
+    file: &Path,
+    base: &Path,
+    names: &[String],
+    json_output: bool,
+    open: impl FnOnce() -> anyhow::Result<Backend>,
+) -> anyhow::Result<()> {
+    let file_shown = file;
+    let file: DeployFile = serde_yaml::from_str(text)
+        .map_err(|e| Exit::bad_input(format!("{}: {e}", file_shown.display())))?;
     let chosen: Vec<&DeploySpec> = file
         .deployments
         .iter()
-        .filter(|d| args.names.is_empty() || args.names.contains(&d.name))
+        .filter(|d| names.is_empty() || names.contains(&d.name))
         .collect();
     if chosen.is_empty() {
         return Err(Exit::bad_input(format!(
             "{} has no deployments{}",
-            args.file.display(),
-            if args.names.is_empty() {
+            file_shown.display(),
+            if names.is_empty() {
                 String::new()
             } else {
-                format!(" named {}", args.names.join(", "))
+                format!(" named {}", names.join(", "))
             }
         )));
     }
-    let backend = Backend::open()?;
+    let backend = open()?;
     let mut replies = Vec::new();
     for spec in chosen {
         let digest = if let Some(digest) = spec.component.strip_prefix("sha256:") {
             digest.to_string()
         } else {
             let path = base.join(&spec.component);
-            let reply = upload_path(&backend, &path, !args.format.json)?;
+            let reply = upload_path(&backend, &path, !json_output)?;
             field(&reply["digest"])
         };
         let schedules = spec
@@ -454,7 +477,7 @@ pub fn deploy(args: DeployArgs) -> anyhow::Result<()> {
         }
         strip_nulls(&mut body);
         let reply = backend.send("PUT", &format!("/api/deployments/{}", spec.name), &body)?;
-        if !args.format.json {
+        if !json_output {
             println!(
                 "{} deployment '{}' (flow {}, component sha256:{}, pool {}) on {}",
                 if reply["created"] == json!(true) {
@@ -479,19 +502,18 @@ pub fn deploy(args: DeployArgs) -> anyhow::Result<()> {
     }
     // Automations of the chosen deployments (all of them when none is named).
     let mut automation_replies = Vec::new();
-    for spec in file.automations.iter().filter(|a| {
-        args.names.is_empty()
-            || a.deployment
-                .as_ref()
-                .is_some_and(|d| args.names.contains(d))
-    }) {
+    for spec in file
+        .automations
+        .iter()
+        .filter(|a| names.is_empty() || a.deployment.as_ref().is_some_and(|d| names.contains(d)))
+    {
         let automation = spec.automation(base)?;
         let reply = backend.send(
             "PUT",
             &format!("/api/automations/{}", automation.name),
             &json!(automation),
         )?;
-        if !args.format.json {
+        if !json_output {
             println!(
                 "Automation '{}': on {} POST {}",
                 automation.name,
@@ -501,7 +523,7 @@ pub fn deploy(args: DeployArgs) -> anyhow::Result<()> {
         }
         automation_replies.push(reply);
     }
-    if args.format.json {
+    if json_output {
         let mut out = json!({ "deployments": replies });
         if !automation_replies.is_empty() {
             out["automations"] = json!(automation_replies);
@@ -811,7 +833,7 @@ pub(crate) fn print_log_line(line: &Value) {
     println!(
         "{at} {:<5} {who}{}",
         level_label(level),
-        line["message"].as_str().unwrap_or_default()
+        super::output::indent_continuation(line["message"].as_str().unwrap_or_default())
     );
 }
 

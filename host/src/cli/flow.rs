@@ -2,7 +2,7 @@
 
 use super::output::{Progress, print_summary};
 use super::{Exit, JsonFlag, paths};
-use crate::builder::{self, Built};
+use crate::builder::{self, Built, housekeeping};
 use crate::clock::SystemClock;
 use crate::config::Paths;
 use crate::control::Control;
@@ -83,9 +83,25 @@ pub struct InspectArgs {
 }
 
 #[derive(Args, Debug)]
+#[command(after_help = "Examples:
+  host build my-flow
+  host build --prune                   keep the newest builds.keep builds and cache.keep compiled components
+  host build --prune --keep 5 --max-size 500MiB")]
 pub struct BuildArgs {
-    /// The guest project folder.
-    path: PathBuf,
+    /// The guest project folder (may be left out with --prune).
+    #[arg(required_unless_present = "prune")]
+    path: Option<PathBuf>,
+    /// Remove all but the newest builds ($WEIR_HOME/builds) and compiled
+    /// components ($WEIR_HOME/cache) [also after every build, to the
+    /// settings builds.keep, builds.max_size, cache.keep, cache.max_size].
+    #[arg(long)]
+    prune: bool,
+    /// With --prune: keep this many of each, the newest.
+    #[arg(long, value_name = "N", requires = "prune")]
+    keep: Option<usize>,
+    /// With --prune: keep at most this much of each (e.g. 500MiB).
+    #[arg(long, value_name = "SIZE", requires = "prune")]
+    max_size: Option<String>,
     #[command(flatten)]
     format: JsonFlag,
 }
@@ -100,9 +116,18 @@ pub fn run(command: FlowCommand) -> anyhow::Result<()> {
 }
 
 pub fn build(args: BuildArgs) -> anyhow::Result<()> {
+    let Some(path) = args.path.clone() else {
+        return prune(&args);
+    };
     let Loaded {
-        built, component, ..
-    } = load_project(&args.path, !args.format.json)?;
+        built,
+        build_ms,
+        component,
+        ..
+    } = load_project(&path, !args.format.json)?;
+    if args.prune {
+        prune(&args)?;
+    }
     if args.format.json {
         let (load, load_ms) = match component.load {
             LoadKind::Compiled { millis } => ("compiled", millis),
@@ -112,6 +137,7 @@ pub fn build(args: BuildArgs) -> anyhow::Result<()> {
             "wasm": built.wasm,
             "language": built.language.map(|l| l.as_str()),
             "reused_build": built.reused,
+            "build_ms": build_ms,
             "digest": component.digest.as_str(),
             "size_bytes": component.size_bytes,
             "flows": component.manifest.flow_names(),
@@ -134,20 +160,32 @@ pub fn build(args: BuildArgs) -> anyhow::Result<()> {
 /// A guest project built, stored, validated and recorded.
 struct Loaded {
     built: Built,
+    /// How long building (or finding the build in the cache) took, in ms.
+    build_ms: f64,
     runtime: tokio::runtime::Runtime,
     local: Local,
     component: Component,
 }
 
 fn load_project(path: &std::path::Path, show_progress: bool) -> anyhow::Result<Loaded> {
+    let started = std::time::Instant::now();
     let built = build_component(path, show_progress)?;
+    // Tenths of a millisecond: a cache hit takes well under one.
+    let build_ms = (started.elapsed().as_secs_f64() * 10_000.0).round() / 10.0;
     let bytes =
         std::fs::read(&built.wasm).with_context(|| format!("reading {}", built.wasm.display()))?;
     let runtime = runtime()?;
     let local = Local::open(&paths())?;
     let component = runtime.block_on(local.load(&built.wasm, &bytes))?;
+    if built.compiled {
+        // Every build keeps the folders bounded; a failure costs disk, not the build.
+        if let Err(e) = housekeep(&paths(), None) {
+            tracing::warn!("could not prune old builds: {e:#}");
+        }
+    }
     Ok(Loaded {
         built,
+        build_ms,
         runtime,
         local,
         component,
@@ -168,6 +206,81 @@ pub(crate) fn build_component(
         | builder::BuildError::NoEntry { .. } => Exit::bad_input(e.to_string()),
         other => anyhow::Error::new(other),
     })
+}
+
+/// `host build --prune`: prunes now, to the flags or else the settings, and says what went.
+fn prune(args: &BuildArgs) -> anyhow::Result<()> {
+    let max_bytes = args
+        .max_size
+        .as_deref()
+        .map(crate::protocol::parse_memory_size)
+        .transpose()
+        .map_err(|e| Exit::bad_input(format!("--max-size: {e}")))?;
+    let paths = paths();
+    let (builds, cache) = housekeep(
+        &paths,
+        Some((args.keep, max_bytes)).filter(|(k, m)| k.is_some() || m.is_some()),
+    )?;
+    if args.format.json && args.path.is_none() {
+        let json = |p: housekeeping::Pruned| serde_json::json!({"kept": p.kept, "removed": p.removed, "freed_bytes": p.freed_bytes});
+        println!(
+            "{}",
+            serde_json::json!({"builds": json(builds), "cache": json(cache)})
+        );
+    } else if !args.format.json {
+        for (dir, pruned) in [(paths.builds(), builds), (paths.compile_cache(), cache)] {
+            eprintln!(
+                "{}: kept {}, removed {} ({})",
+                dir.display(),
+                pruned.kept,
+                pruned.removed,
+                human_bytes(pruned.freed_bytes)
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Prunes the builds and the compiled cache to `overrides` (keep, bytes)
+/// where given, else to the settings `builds.*` and `cache.*`.
+fn housekeep(
+    paths: &Paths,
+    overrides: Option<(Option<usize>, Option<u64>)>,
+) -> anyhow::Result<(housekeeping::Pruned, housekeeping::Pruned)> {
+    let settings = super::backend::settings()?;
+    let bound = |prefix: &str,
+                 default: housekeeping::Bound|
+     -> anyhow::Result<housekeeping::Bound> {
+        let keep = match overrides.and_then(|(keep, _)| keep) {
+            Some(keep) => keep,
+            None => match settings.get(&format!("{prefix}.keep")) {
+                Some(text) => text.trim().parse().map_err(|_| {
+                    Exit::bad_input(format!("{prefix}.keep '{text}' is not a number of entries"))
+                })?,
+                None => default.keep,
+            },
+        };
+        let max_bytes = match overrides.and_then(|(_, bytes)| bytes) {
+            Some(bytes) => bytes,
+            None => match settings.get(&format!("{prefix}.max_size")) {
+                Some(text) => crate::protocol::parse_memory_size(text)
+                    .map_err(|e| Exit::bad_input(format!("{prefix}.max_size: {e}")))?,
+                None => default.max_bytes,
+            },
+        };
+        Ok(housekeeping::Bound { keep, max_bytes })
+    };
+    let builds = housekeeping::prune(
+        &paths.builds(),
+        housekeeping::Kind::Builds,
+        bound("builds", housekeeping::Bound::BUILDS)?,
+    )?;
+    let cache = housekeeping::prune(
+        &paths.compile_cache(),
+        housekeeping::Kind::CompiledCache,
+        bound("cache", housekeeping::Bound::CACHE)?,
+    )?;
+    Ok((builds, cache))
 }
 
 fn inspect(args: InspectArgs) -> anyhow::Result<()> {
@@ -382,6 +495,7 @@ fn run_flow(args: RunArgs) -> anyhow::Result<()> {
         runtime,
         local,
         component,
+        ..
     } = load_project(&args.path, !args.json)?;
     local.report_dead_runs();
     let flow = choose_flow(&component, args.flow.as_deref())?;

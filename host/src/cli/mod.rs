@@ -11,11 +11,13 @@ mod backend;
 mod db;
 mod deploy;
 mod flow;
+mod init;
 mod output;
 mod profile;
 mod remote;
 mod runs;
 mod schedule;
+mod serve;
 mod server;
 
 use crate::config::Paths;
@@ -27,7 +29,9 @@ Every task runs in its own sandbox with fuel, memory and deadline limits, and ev
 state change and log line is recorded in $WEIR_HOME (default ~/.weir).";
 
 const AFTER_HELP: &str = "Examples:
+  host init demo --lang python                    start a project with a hello flow
   host flow run examples/etl --param rows=500     build, run and watch a flow
+  host serve demo --flow hello --interval 10s     serve a flow on a schedule, with live logs
   host flow inspect examples/etl                  show its flows, tasks and policies
   host flow-run ls                                recent runs
   host flow-run inspect <ID>                      a run's tasks, attempts and limits
@@ -53,6 +57,11 @@ enum Command {
     Flow(flow::FlowCommand),
     /// Compile a guest project (a folder with Cargo.toml) to a component.
     Build(flow::BuildArgs),
+    /// Start a new guest project (Rust, Python or JavaScript) with a hello flow.
+    Init(init::InitArgs),
+    /// Build a project, deploy one of its flows and run it on a schedule in
+    /// the foreground, with live logs, until Ctrl-C (Prefect's flow.serve()).
+    Serve(serve::ServeArgs),
     /// Look at recorded flow runs.
     #[command(name = "flow-run", subcommand)]
     FlowRun(runs::FlowRunCommand),
@@ -186,6 +195,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Run(args) => remote::run(args),
         Command::Db(command) => db::run(command),
         Command::Build(args) => flow::build(args),
+        Command::Init(args) => init::init(args),
+        Command::Serve(args) => serve::serve(args),
         Command::Flow(command) => flow::run(command),
         Command::FlowRun(command) => runs::run(command),
         Command::Server(command) => server::run(command),

@@ -77,9 +77,10 @@ impl Progress {
                     if !self.quiet {
                         let who = task.map(|t| format!("[{t}] ")).unwrap_or_default();
                         self.line(&format!(
-                            "{} {:<5} {who}{message}",
+                            "{} {:<5} {who}{}",
                             now(),
-                            level_label(level)
+                            level_label(level),
+                            indent_continuation(&message)
                         ));
                     }
                 }
@@ -111,6 +112,12 @@ impl Progress {
 fn now() -> String {
     let micros = crate::clock::Clock::now_micros(&crate::clock::SystemClock);
     format_rfc3339(micros)[11..23].to_string()
+}
+
+/// A log record's later lines (a traceback, a stack, a panic's note),
+/// indented under the first one's text: `HH:MM:SS.mmm LEVEL ` is 19 wide.
+pub fn indent_continuation(message: &str) -> String {
+    message.replace('\n', &format!("\n{:19}", ""))
 }
 
 pub fn level_label(level: LogLevel) -> &'static str {

@@ -2,7 +2,7 @@
 
 use super::paths;
 use crate::api;
-use crate::server::{Server, ServerConfig};
+use crate::server::{Server, ServerConfig, ServerHandle};
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use std::net::SocketAddr;
@@ -78,7 +78,7 @@ pub struct StartArgs {
 }
 
 /// How long a stopping server waits for running flows.
-const GRACE: Duration = Duration::from_secs(10);
+pub(super) const GRACE: Duration = Duration::from_secs(10);
 
 pub fn run(command: ServerCommand) -> anyhow::Result<()> {
     match command {
@@ -86,7 +86,35 @@ pub fn run(command: ServerCommand) -> anyhow::Result<()> {
     }
 }
 
+/// What a command that serves in the foreground (`host serve`) does besides
+/// serving: once the server listens, and when a stop is asked for (while the
+/// server still serves, before running flows are waited for).
+pub(super) trait Foreground {
+    /// An error stops the server and ends the command with it.
+    fn started(&mut self, handle: &ServerHandle) -> anyhow::Result<()>;
+    fn stopping(&mut self, handle: &ServerHandle);
+}
+
+/// `host server start` does nothing besides serving.
+struct JustServe;
+
+impl Foreground for JustServe {
+    fn started(&mut self, _: &ServerHandle) -> anyhow::Result<()> {
+        Ok(())
+    }
+    fn stopping(&mut self, _: &ServerHandle) {}
+}
+
 fn start(args: StartArgs) -> anyhow::Result<()> {
+    serve_in_foreground(args, &mut JustServe)
+}
+
+/// Serves until Ctrl-C or SIGTERM, then stops cleanly: `host server start`,
+/// and `host serve` with its own [`Foreground`].
+pub(super) fn serve_in_foreground(
+    args: StartArgs,
+    foreground: &mut dyn Foreground,
+) -> anyhow::Result<()> {
     let started = Instant::now();
     let paths = paths();
     let settings = super::backend::settings()?;
@@ -177,10 +205,15 @@ fn start(args: StartArgs) -> anyhow::Result<()> {
             format!(", {} API keys", api_keys.len())
         }
     );
+    if let Err(e) = foreground.started(&handle) {
+        waiter.block_on(handle.shutdown(GRACE));
+        return Err(e);
+    }
     if let Some(file) = &args.ready_file {
         write_ready_file(file, &handle.url())?;
     }
     waiter.block_on(shutdown_signal());
+    foreground.stopping(&handle);
     let running = handle.running();
     if running > 0 {
         eprintln!(

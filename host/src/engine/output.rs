@@ -4,6 +4,12 @@
 //! first `cap` bytes are kept; one line says how much was dropped. Partial lines
 //! are flushed when the instance ends. The tail of stderr is kept so that a
 //! panic message can be put into the failure.
+//!
+//! A Python traceback or a Rust panic printed to stderr is one log record,
+//! not one per line: from its first line (`Traceback (most recent call
+//! last):`, `... panicked at FILE:LINE:COL:`) the lines are held and joined
+//! until the record ends (the exception line after the indented frames; the
+//! `note:` line after a panic's message) or another kind of line comes.
 
 use super::GuestHost;
 use crate::model::LogLevel;
@@ -30,6 +36,8 @@ struct Inner {
     stdout_line: Vec<u8>,
     stderr_line: Vec<u8>,
     stderr_tail: Vec<u8>,
+    /// Multi-line stderr records being gathered.
+    stderr_records: StderrRecords,
 }
 
 impl OutputCapture {
@@ -43,6 +51,7 @@ impl OutputCapture {
                 stdout_line: Vec::new(),
                 stderr_line: Vec::new(),
                 stderr_tail: Vec::new(),
+                stderr_records: StderrRecords::default(),
             })),
         }
     }
@@ -64,6 +73,7 @@ impl OutputCapture {
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         inner.flush_line(LogLevel::Info);
         inner.flush_line(LogLevel::Warn);
+        inner.flush_record();
         if inner.dropped > 0 {
             let note = format!(
                 "output truncated: {} more bytes of stdout/stderr were dropped (limit {} bytes per instance)",
@@ -127,9 +137,132 @@ impl Inner {
         }
         let text = String::from_utf8_lossy(&line);
         let text = text.trim_end_matches(['\n', '\r']);
-        if !text.trim().is_empty() {
-            self.host.log(level, text);
+        if text.trim().is_empty() {
+            return;
         }
+        if level != LogLevel::Warn {
+            self.host.log(level, text);
+            return;
+        }
+        for record in self.stderr_records.push(text) {
+            self.host.log(level, &record);
+        }
+    }
+
+    fn flush_record(&mut self) {
+        if let Some(record) = self.stderr_records.finish() {
+            self.host.log(LogLevel::Warn, &record);
+        }
+    }
+}
+
+/// Gathers stderr lines into records: most are one line, a traceback or a
+/// panic several.
+#[derive(Default)]
+struct StderrRecords {
+    open: Option<String>,
+}
+
+impl StderrRecords {
+    /// Takes one line; returns the records complete now (zero, one or two).
+    fn push(&mut self, line: &str) -> Vec<String> {
+        let mut done = Vec::new();
+        if let Some(record) = &mut self.open {
+            match continues(record, line) {
+                Continuation::Part => {
+                    record.push('\n');
+                    record.push_str(line);
+                    return done;
+                }
+                Continuation::Last => {
+                    record.push('\n');
+                    record.push_str(line);
+                    done.extend(self.open.take());
+                    return done;
+                }
+                Continuation::Not => done.extend(self.open.take()),
+            }
+        }
+        if starts_record(line) {
+            self.open = Some(line.to_string());
+        } else {
+            done.push(line.to_string());
+        }
+        done
+    }
+
+    /// The record still open, at the end of the output.
+    fn finish(&mut self) -> Option<String> {
+        self.open.take()
+    }
+}
+
+const TRACEBACK: &str = "Traceback (most recent call last):";
+
+/// Whether a stderr line opens a record of several lines.
+fn starts_record(line: &str) -> bool {
+    line == TRACEBACK || (line.contains("panicked at ") && line.ends_with(':'))
+}
+
+enum Continuation {
+    /// The line belongs to the record, which goes on.
+    Part,
+    /// The line belongs to the record and ends it.
+    Last,
+    /// The line is not part of it.
+    Not,
+}
+
+fn continues(record: &str, line: &str) -> Continuation {
+    let indented = line.starts_with([' ', '\t']);
+    if record.starts_with(TRACEBACK) {
+        if indented {
+            Continuation::Part
+        } else if record.lines().count() > 1 {
+            // `ValueError: boom` after the frames.
+            Continuation::Last
+        } else {
+            Continuation::Not
+        }
+    } else if line.starts_with("note: ") {
+        Continuation::Last
+    } else if record.lines().count() > 20 {
+        // A panic message does not go on for ever.
+        Continuation::Not
+    } else {
+        Continuation::Part
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn records(stderr: &str) -> Vec<String> {
+        let mut records = StderrRecords::default();
+        let mut out: Vec<String> = stderr.lines().flat_map(|l| records.push(l)).collect();
+        out.extend(records.finish());
+        out
+    }
+
+    #[test]
+    fn a_traceback_and_a_panic_are_one_record_each() {
+        let stderr = "before\nTraceback (most recent call last):\n  File \"/1/app.py\", line 3, in f\n    boom()\nValueError: boom\nafter\nthread '<unnamed>' panicked at src/lib.rs:5:5:\nfixture panic: boom\nnote: run with `RUST_BACKTRACE=1`\nlast";
+        assert_eq!(
+            records(stderr),
+            [
+                "before",
+                "Traceback (most recent call last):\n  File \"/1/app.py\", line 3, in f\n    boom()\nValueError: boom",
+                "after",
+                "thread '<unnamed>' panicked at src/lib.rs:5:5:\nfixture panic: boom\nnote: run with `RUST_BACKTRACE=1`",
+                "last",
+            ]
+        );
+        // A header alone is not glued to what follows it.
+        assert_eq!(
+            records("Traceback (most recent call last):\nnext"),
+            ["Traceback (most recent call last):", "next"]
+        );
     }
 }
 

@@ -1,0 +1,261 @@
+//! `host init NAME --lang rust|python|js`: a new guest project that builds
+//! and runs at once (`host flow run NAME`), with a hello flow, a `weir.yaml`
+//! and a short README.
+//!
+//! A Rust project depends on `weir-sdk` by path when this host was built from
+//! a source tree that is still there (the SDK is not on crates.io), and takes
+//! that tree's `Cargo.lock`, so its dependencies are the versions the host's
+//! own guests were built with (and reuse their build). Python and JavaScript
+//! projects need nothing: their SDK comes with `host`.
+
+use super::Exit;
+use clap::{Args, ValueEnum};
+use std::path::{Path, PathBuf};
+
+#[derive(Args, Debug)]
+#[command(after_help = "Examples:
+  host init demo --lang python && host flow run demo
+  host init etl --lang rust
+  host serve demo --flow hello --interval 10s")]
+pub struct InitArgs {
+    /// The folder to create (its last part names the project).
+    path: PathBuf,
+    /// The language of the project.
+    #[arg(long, value_enum, default_value = "rust")]
+    lang: Lang,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Lang {
+    Rust,
+    Python,
+    #[value(alias = "javascript")]
+    Js,
+}
+
+/// The SDK crate beside the host's sources, when the host was built from them.
+const SDK_SOURCE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../guest-sdk/weir-sdk");
+const WORKSPACE_LOCK: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../Cargo.lock");
+
+pub fn init(args: InitArgs) -> anyhow::Result<()> {
+    let name = project_name(&args.path)?;
+    if args.path.exists() {
+        let empty = std::fs::read_dir(&args.path)
+            .map(|mut entries| entries.next().is_none())
+            .unwrap_or(false);
+        if !empty {
+            return Err(Exit::bad_input(format!(
+                "{} exists and is not empty; choose a new folder (nothing was written)",
+                args.path.display()
+            )));
+        }
+    }
+    let files = project_files(&name, args.lang, sdk_dependency().as_deref());
+    for (file, text) in &files {
+        let path = args.path.join(file);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)
+                .map_err(|e| anyhow::anyhow!("creating {}: {e}", parent.display()))?;
+        }
+        std::fs::write(&path, text)
+            .map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))?;
+    }
+    if args.lang == Lang::Rust && Path::new(WORKSPACE_LOCK).is_file() {
+        // Same versions as the host's own guests: an offline-friendly, warm build.
+        let _ = std::fs::copy(WORKSPACE_LOCK, args.path.join("Cargo.lock"));
+    }
+    let shown = args.path.display();
+    println!(
+        "Created the {} project '{name}' in {shown}. Next:\n  host flow run {shown}\n  host serve {shown} --flow hello --interval 10s",
+        args.lang.label()
+    );
+    Ok(())
+}
+
+impl Lang {
+    fn label(self) -> &'static str {
+        match self {
+            Lang::Rust => "Rust",
+            Lang::Python => "Python",
+            Lang::Js => "JavaScript",
+        }
+    }
+}
+
+/// The folder's last part, if it can name a package in every language.
+fn project_name(path: &Path) -> anyhow::Result<String> {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let valid = name.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        && name.len() <= 64;
+    if valid {
+        Ok(name)
+    } else {
+        Err(Exit::bad_input(format!(
+            "'{}' cannot name a project: use a letter, then letters, digits, '-' or '_' (at most 64)",
+            path.display()
+        )))
+    }
+}
+
+/// `weir-sdk = { path = ... }` when the SDK's sources are here, else a version.
+fn sdk_dependency() -> Option<String> {
+    let sdk = Path::new(SDK_SOURCE).canonicalize().ok()?;
+    sdk.join("Cargo.toml").is_file().then(|| {
+        let path = toml::Value::String(sdk.to_string_lossy().into_owned());
+        format!("{{ path = {path} }}")
+    })
+}
+
+/// Every file of a new project, relative path → text.
+fn project_files(name: &str, lang: Lang, sdk: Option<&str>) -> Vec<(&'static str, String)> {
+    let readme = format!(
+        "# {name}\n\nA Weir flow in {}: `host flow run .` runs `hello` once, `host serve . --flow hello --interval 10s` on a schedule.\nDeploy it to a server with `host deploy -f weir.yaml`.\n",
+        lang.label()
+    );
+    let deployment = format!(
+        "# `host deploy -f weir.yaml` uploads this project and creates the deployment;\n\
+         # `host serve . --flow hello --interval 10s` runs it in the foreground instead.\n\
+         deployments:\n  - name: {name}-hello\n    component: .\n    flow: hello\n    params: {{name: world}}\n    schedules:\n      - interval: 1h\n"
+    );
+    let mut files = vec![("README.md", readme), ("weir.yaml", deployment)];
+    match lang {
+        Lang::Rust => {
+            let sdk = sdk
+                .map(str::to_string)
+                .unwrap_or_else(|| format!("\"{}\"", env!("CARGO_PKG_VERSION")));
+            files.push((
+                "Cargo.toml",
+                format!(
+                    "[package]\nname = \"{name}\"\nversion = \"0.1.0\"\nedition = \"2024\"\npublish = false\n\n\
+                     [lib]\ncrate-type = [\"cdylib\"]\n\n\
+                     [dependencies]\nweir-sdk = {sdk}\n\n\
+                     # A workspace of its own: never taken for a member of an enclosing one.\n[workspace]\n"
+                ),
+            ));
+            files.push(("src/lib.rs", RUST_HELLO.to_string()));
+            files.push((".gitignore", "/target\n".to_string()));
+        }
+        Lang::Python => {
+            files.push((
+                "pyproject.toml",
+                format!(
+                    "[project]\nname = \"{name}\"\nversion = \"0.1.0\"\nrequires-python = \">=3.11\"\n\
+                     # Pure-Python packages from PyPI, bundled into the component by `host build`.\n\
+                     dependencies = []\n"
+                ),
+            ));
+            files.push(("app.py", PYTHON_HELLO.to_string()));
+        }
+        Lang::Js => {
+            let package = serde_json::json!({
+                "name": name,
+                "version": "0.1.0",
+                "private": true,
+                "type": "module",
+                "main": "app.js",
+                "dependencies": {},
+            });
+            files.push((
+                "package.json",
+                format!(
+                    "{}\n",
+                    serde_json::to_string_pretty(&package).unwrap_or_default()
+                ),
+            ));
+            files.push(("app.js", JS_HELLO.to_string()));
+            files.push((".gitignore", "node_modules/\n".to_string()));
+        }
+    }
+    files
+}
+
+const RUST_HELLO: &str = r#"//! A flow with one task: run it with `host flow run .`.
+
+use weir_sdk::{Result, flow, info, task};
+
+/// Makes a greeting (a task: it runs in a sandbox of its own, with retries).
+#[task(retries = 2, retry_delay = "100ms")]
+fn greet(name: String) -> String {
+    format!("Hello, {name}!")
+}
+
+/// Greets someone, the world by default.
+#[flow]
+fn hello(name: Option<String>) -> Result<String> {
+    let name = name.unwrap_or_else(|| "world".into());
+    info!("greeting {name}");
+    Ok(greet(name)?)
+}
+
+weir_sdk::export!(flows: [hello], tasks: [greet]);
+"#;
+
+const PYTHON_HELLO: &str = r#""""A flow with one task: run it with `host flow run .`."""
+
+from weir_sdk import flow, info, task
+
+
+@task(retries=2, retry_delay="100ms")
+def greet(name: str) -> str:
+    """Makes a greeting (a task: it runs in a sandbox of its own, with retries)."""
+    return f"Hello, {name}!"
+
+
+@flow
+def hello(name: str = "world") -> str:
+    """Greets someone, the world by default."""
+    info(f"greeting {name}")
+    return greet(name)
+"#;
+
+const JS_HELLO: &str = r#"// A flow with one task: run it with `host flow run .`.
+
+import { flow, info, task } from "weir-sdk";
+
+export const greet = task(
+  { retries: 2, retryDelay: "100ms", description: "Makes a greeting (a task: it runs in a sandbox of its own, with retries)." },
+  function greet(name) {
+    return `Hello, ${name}!`;
+  },
+);
+
+export const hello = flow(
+  { description: "Greets someone, the world by default." },
+  function hello(name = "world") {
+    info(`greeting ${name}`);
+    return greet(name);
+  },
+);
+"#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_project_name_must_suit_every_package_manager() {
+        assert_eq!(project_name(Path::new("a/demo-1")).unwrap(), "demo-1");
+        for bad in ["1demo", "de mo", "dé", "..", "/", ""] {
+            assert!(project_name(Path::new(bad)).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_rust_manifest_is_its_own_workspace_and_names_the_sdk() {
+        let files = project_files("demo", Lang::Rust, Some("{ path = \"/sdk\" }"));
+        let manifest = &files.iter().find(|(f, _)| *f == "Cargo.toml").unwrap().1;
+        let parsed: toml::Table = manifest.parse().unwrap();
+        assert!(parsed.contains_key("workspace"), "{manifest}");
+        assert_eq!(
+            parsed["dependencies"]["weir-sdk"]["path"].as_str(),
+            Some("/sdk")
+        );
+        assert_eq!(parsed["lib"]["crate-type"][0].as_str(), Some("cdylib"));
+    }
+}
