@@ -374,8 +374,22 @@ fn plan(
         Catchup::All => catchup_limit,
     };
     let mut times = timetable.latest_between(last, missed_until, keep_missed);
+    // `max_ahead` bounds the runs waiting ahead, not the runs made per
+    // tick: those made by earlier ticks (up to `last`) count.
+    let mut waiting = 0;
+    let mut seen = now;
+    while waiting < settings.max_ahead {
+        match timetable.next_after(seen) {
+            Some(next) if next <= last => {
+                waiting += 1;
+                seen = next;
+            }
+            _ => break,
+        }
+    }
+    let room = times.len() + settings.max_ahead - waiting;
     let mut at = last.max(missed_until);
-    while times.len() < keep_missed + settings.max_ahead {
+    while times.len() < room {
         match timetable.next_after(at) {
             Some(next) if next <= horizon => {
                 times.push(next);
@@ -474,9 +488,16 @@ mod tests {
             ..SchedulerSettings::default()
         };
         let every_second = Timetable::interval(1, None).unwrap();
+        let first = plan(&every_second, 0, 0, &settings, Catchup::Skip, 1);
+        assert_eq!(first.len(), 7);
+        // The next tick, a moment later: the 7 are still waiting, so none
+        // more (it made 100 per tick before, up to the whole hour).
+        let last = *first.last().unwrap();
+        assert!(plan(&every_second, last, 1, &settings, Catchup::Skip, 1).is_empty());
+        // Two seconds on, two ran: two more.
         assert_eq!(
-            plan(&every_second, 0, 0, &settings, Catchup::Skip, 1).len(),
-            7
+            plan(&every_second, last, 2_000_000, &settings, Catchup::Skip, 1).len(),
+            2
         );
     }
 }
