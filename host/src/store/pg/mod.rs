@@ -54,6 +54,7 @@ fn live<'a>(
 ) -> Result<&'a mut postgres::Client, StoreError> {
     if client.as_ref().is_none_or(|c| c.is_closed()) {
         *client = None;
+        apply::forget_prepared();
         let deadline = std::time::Instant::now() + RECONNECT_FOR;
         loop {
             match connect() {
