@@ -391,7 +391,56 @@ async fn followers_hear_of_each_commit(kind: Kind) {
     }
 }
 
+/// Units committed together (a group commit) fail alone: the others of the
+/// batch are recorded, and nothing of the failed unit is.
+async fn a_failed_unit_in_a_busy_batch_takes_nothing_else_with_it(kind: Kind) {
+    let Some((_place, store)) = open(kind) else {
+        return;
+    };
+    let existing = FlowRunId::new();
+    store
+        .submit(vec![new_flow_run(existing)])
+        .committed()
+        .await
+        .unwrap();
+    // Submitted back to back without waiting, so they share batches.
+    let mut tickets = Vec::new();
+    let mut ids = Vec::new();
+    for i in 0..200 {
+        let id = FlowRunId::new();
+        let mut unit = vec![new_flow_run(id)];
+        if i == 100 {
+            // The stale change fails the unit, and its run goes with it.
+            unit.push(Write::FlowRunState(StateChange::new(
+                existing.0,
+                RunState::Pending,
+                RunState::Completed,
+                5,
+            )));
+        }
+        ids.push(id);
+        tickets.push(store.submit(unit));
+    }
+    for (i, ticket) in tickets.into_iter().enumerate() {
+        let outcome = ticket.committed().await;
+        if i == 100 {
+            assert!(
+                matches!(outcome, Err(StoreError::Conflict { .. })),
+                "{outcome:?}"
+            );
+        } else {
+            outcome.unwrap();
+        }
+    }
+    for (i, id) in ids.iter().enumerate() {
+        let found = store.flow_run(*id);
+        assert_eq!(found.is_ok(), i != 100, "run #{i}: {found:?}");
+    }
+    assert_eq!(store.flow_run(existing).unwrap().state, RunState::Running);
+}
+
 on_both_backends!(
+    a_failed_unit_in_a_busy_batch_takes_nothing_else_with_it,
     followers_hear_of_each_commit,
     writes_are_visible_after_the_ticket_resolves,
     compare_and_set_rejects_a_stale_state_and_rolls_back_its_unit,
