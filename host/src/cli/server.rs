@@ -169,6 +169,8 @@ fn start(args: StartArgs) -> anyhow::Result<()> {
             format!(", {} API keys", api_keys.len())
         }
     );
+    // The same for log collectors (`--log-format json`), at info.
+    tracing::info!(url = %handle.url(), home = %paths.home().display(), "serving");
     if let Some(file) = &args.ready_file {
         write_ready_file(file, &handle.url())?;
     }
@@ -185,6 +187,7 @@ fn start(args: StartArgs) -> anyhow::Result<()> {
         eprintln!("{left} flow runs did not finish; they resume when the server starts again");
     }
     eprintln!("Stopped.");
+    tracing::info!(unfinished_runs = left, "stopped");
     Ok(())
 }
 
