@@ -103,7 +103,13 @@ pub async fn run(options: &Options, report: &mut Report) {
 
     let store = Arc::new(Store::open(&paths.database()).unwrap());
     let control = Arc::new(Control::new(store.clone(), Arc::new(SystemClock)));
-    let executor = Executor::new(engine.clone(), control, ExecutorSettings::default());
+    // A 100k fan-out submits every task before it awaits one: past the
+    // default cap of 10,000 pending submits, which an operator may raise.
+    let settings = ExecutorSettings {
+        max_pending_submits: 100_000,
+        ..ExecutorSettings::default()
+    };
+    let executor = Executor::new(engine.clone(), control, settings);
     let sizes: &[u64] = if options.quick {
         &[1_000, 10_000]
     } else {

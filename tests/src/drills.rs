@@ -265,13 +265,11 @@ pub fn integrity_check(home: &Path) -> String {
         .expect("integrity_check")
 }
 
-/// (flow run id, call_seq) of every Completed task run in the database.
+/// (flow run id, call_seq) of every Completed task run in the database of
+/// a stopped server. Opened read-write: after kill -9 the WAL needs recovery,
+/// which a read-only connection cannot run (it could miss the last commits).
 fn completed_calls(home: &Path) -> HashSet<(String, i64)> {
-    let db = rusqlite::Connection::open_with_flags(
-        home.join("weir.db"),
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-    )
-    .unwrap();
+    let db = rusqlite::Connection::open(home.join("weir.db")).unwrap();
     let mut stmt = db
         .prepare("SELECT flow_run, call_seq FROM task_runs WHERE state = 'Completed'")
         .unwrap();
