@@ -16,11 +16,11 @@ example NAME *ARGS:
 serve *ARGS:
     cargo run --release -p host -- server start {{ARGS}}
 
-# Benchmarks: print a table and write JSON under target/bench/.
-bench *ARGS:
-    cargo build --release -p host
+# Benchmarks, Prefect side by side: one table, JSON under bench/results/.
+# `just bench server` runs one scenario; `just bench drills` the full drills.
+bench *ARGS="all":
+    cargo build --release -p host -p bench
     cargo run --release -p bench -- {{ARGS}}
-    cargo run --release -p bench --bin server -- {{ARGS}}
 
 # Format everything.
 fmt:

@@ -234,6 +234,12 @@ impl Outbox {
                 ),
                 Err(e) => (retry_or_fail(attempts), Some(e), None),
             };
+            let outcome = if status == DeliveryStatus::Delivered {
+                "delivered"
+            } else {
+                "refused_or_unreachable"
+            };
+            metrics::counter!("weir_webhook_deliveries_total", "outcome" => outcome).increment(1);
             let write = Write::DeliveryAttempt {
                 id: delivery.id,
                 status,

@@ -12,6 +12,8 @@ use weir_host::worker::{Executor, ExecutorSettings, FlowRunOutcome, FlowRunReque
 
 include!(concat!(env!("OUT_DIR"), "/guests.rs"));
 
+pub mod drills;
+
 /// The repository root.
 pub fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -243,7 +243,8 @@ fn with_api_keys_every_endpoint_but_health_needs_one() {
     assert!(forbidden_writes >= 20, "too few writes: {operations:?}");
     for (method, template, path) in &operations {
         let (status, reply) = server.request_with_key(method, path, None, None);
-        if template == "/api/health" {
+        // Probes carry no keys: liveness and readiness are open.
+        if template == "/api/health" || template == "/api/ready" {
             assert_eq!(status, 200, "{method} {path}: {reply}");
             continue;
         }
@@ -3496,5 +3497,163 @@ fn resume_through_the_api_refuses_a_held_run_and_resumes_an_orphan() {
     assert!(
         message.contains("resumed by hand") || message.contains("stopped before it finished"),
         "{crashed}"
+    );
+}
+
+/// Parses Prometheus text: every sample line is `name{labels} value`, and
+/// every sample's metric has a TYPE line. Returns (series, value).
+fn prometheus_samples(text: &str) -> Vec<(String, f64)> {
+    let typed: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    text.lines()
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(|line| {
+            let (series, value) = line.rsplit_once(' ').expect(line);
+            let name = series.split('{').next().unwrap();
+            let base = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|s| name.strip_suffix(s))
+                .unwrap_or(name);
+            assert!(
+                typed.contains(&name) || typed.contains(&base),
+                "{name} has no TYPE line"
+            );
+            (series.to_string(), value.parse::<f64>().expect(line))
+        })
+        .collect()
+}
+
+/// `/metrics` needs a key like every read (a read-only one will do), counts
+/// what happened (attempts by outcome, cache hits, fuel) and levels from the
+/// database; `/api/ready` is open, like health, for probes without keys.
+#[test]
+fn metrics_count_attempts_hits_and_states_behind_the_api_key() {
+    let server = TestServer::with_key("metrics-test-key-0123456789");
+    let (status, _) = server.request_with_key("GET", "/metrics", None, None);
+    assert_eq!(status, 401, "/metrics without a key");
+    let (status, ready) = server.request_with_key("GET", "/api/ready", None, None);
+    assert_eq!((status, ready["status"].clone()), (200, json!("ready")));
+    let digest = server.upload(FIXTURE_WASM);
+    let mut ids = Vec::new();
+    for (flow, params) in [
+        ("sequential", json!({ "n": 5 })),
+        ("cached_repeat", json!({ "n": 4 })),
+        ("call", json!({ "task": "fatal", "input": {} })),
+    ] {
+        let (status, started) = server.send(
+            "POST",
+            &format!("/api/components/{digest}/flows/{flow}/runs"),
+            json!({ "params": params }),
+        );
+        assert_eq!(status, 202, "{started}");
+        ids.push(started["flow_run_id"].as_str().unwrap().to_string());
+    }
+    for id in &ids {
+        wait_for_run(&server, id, Duration::from_secs(60), |run| {
+            matches!(run["state"].as_str(), Some("Completed" | "Failed"))
+        });
+    }
+    let (status, body) = server.get("/metrics");
+    assert_eq!(status, 200);
+    let text = body
+        .as_str()
+        .expect("Prometheus text, not JSON")
+        .to_string();
+    let samples = prometheus_samples(&text);
+    let value = |series: &str| {
+        samples
+            .iter()
+            .find(|(s, _)| s == series)
+            .map(|(_, v)| *v)
+            .unwrap_or_else(|| panic!("no {series} in:\n{text}"))
+    };
+    assert_eq!(value("weir_flow_runs{state=\"Completed\"}"), 2.0);
+    assert_eq!(value("weir_flow_runs{state=\"Failed\"}"), 1.0);
+    // 5 adds + 1 cached_square that ran; the other 3 were hits.
+    assert_eq!(value("weir_task_attempts_total{outcome=\"ok\"}"), 6.0);
+    assert_eq!(value("weir_task_attempts_total{outcome=\"failed\"}"), 1.0);
+    assert_eq!(value("weir_task_cache_hits_total"), 3.0);
+    assert_eq!(value("weir_task_fuel_count"), 7.0);
+    assert!(value("weir_task_fuel_sum") > 0.0);
+    assert_eq!(
+        value("weir_queue_unfinished_runs{pool=\"wasm\",queue=\"default\"}"),
+        0.0
+    );
+    assert_eq!(value("weir_hosts{online=\"true\"}"), 0.0);
+}
+
+/// `--log-format json`: every line the server logs is one JSON object.
+#[test]
+fn the_server_logs_json_lines_when_asked() {
+    let scratch = tempfile::tempdir().unwrap();
+    let ready = scratch.path().join("ready.json");
+    let log = scratch.path().join("server.log");
+    let mut child = Command::new(HOST)
+        .args([
+            "server",
+            "start",
+            "--addr",
+            "127.0.0.1:0",
+            "--log-format",
+            "json",
+        ])
+        .arg("--ready-file")
+        .arg(&ready)
+        .env("WEIR_HOME", scratch.path().join("home"))
+        .env("WEIR_LOG", "info")
+        .env_remove("WEIR_API_URL")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !ready.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the server was not ready in 30 s"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // Work that logs at trace: a request and a component refused.
+    let ready: Value = serde_json::from_str(&std::fs::read_to_string(&ready).unwrap()).unwrap();
+    let url = ready["url"].as_str().unwrap();
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let request = ureq::http::Request::post(format!("{url}/api/components"))
+        .header("content-type", "application/wasm")
+        .body(b"not wasm".to_vec())
+        .unwrap();
+    assert_eq!(agent.run(request).unwrap().status().as_u16(), 400);
+    // SAFETY: signalling our own child process.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM);
+    }
+    child.wait().unwrap();
+    let text = std::fs::read_to_string(log).unwrap();
+    // The one line for people, where it listens, is not a log line.
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !l.starts_with("Weir server on ") && *l != "Stopped.")
+        .collect();
+    assert!(
+        lines.len() >= 2,
+        "the server logged too little at info:\n{text}"
+    );
+    for line in &lines {
+        let value: Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}"));
+        assert!(value["level"].is_string(), "{line}");
+    }
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("\"serving\"") && l.contains(url)),
+        "no `serving` event with the URL:\n{text}"
     );
 }

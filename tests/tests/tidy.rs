@@ -82,6 +82,8 @@ const OWNERS: &[(&str, &[&str])] = &[
     ("croner", &["schedule"]),
     ("jiff", &["schedule"]),
     ("rrule", &["schedule"]),
+    ("metrics_exporter_prometheus", &["api"]),
+    ("metrics", &["worker", "automations", "api"]),
 ];
 
 fn host_sources() -> BTreeMap<PathBuf, String> {

@@ -455,7 +455,7 @@ impl utoipa::Modify for GuardResponses {
                         "`forbidden_host`: Host is not a name of this server; `forbidden_origin`: sent from another site's page; `forbidden`: the API key's role may not do this",
                     )
                 });
-                if path != "/api/health" {
+                if path != "/api/health" && path != "/api/ready" {
                     responses.entry("401".into()).or_insert_with(|| {
                         error("The server has API keys and none (or an unknown one) was sent")
                     });

@@ -15,13 +15,14 @@ pub(crate) mod deployments;
 pub(crate) mod events;
 pub mod guard;
 mod hosts;
+pub mod metrics;
 pub(crate) mod objects;
 pub(crate) mod runs;
 pub mod schema;
 
 use crate::dispatch::{DispatchError, Dispatcher};
 use crate::store::{ComponentFileError, Store, StoreError};
-use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::extract::{DefaultBodyLimit, Request};
 use axum::http::{StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -72,6 +73,7 @@ pub struct ApiConfig {
 
 impl ApiState {
     pub fn new(config: ApiConfig) -> Arc<Self> {
+        metrics::install();
         Arc::new(Self {
             store: config.dispatcher.store().clone(),
             dispatcher: config.dispatcher,
@@ -104,14 +106,15 @@ impl ApiState {
         title = "Weir API",
         description = "Upload flow components, deploy and run them, and follow their runs. \
             Errors are `{\"error\": code, \"message\": sentence}` with a 4xx status. \
-            When the server has API keys, every endpoint but /api/health needs `Authorization: Bearer <key>`; \
+            When the server has API keys, every endpoint but /api/health and /api/ready needs `Authorization: Bearer <key>`; \
             read-only keys may only GET, operator keys may not write secrets or grant them to deployments. \
             Bodies must be sent with their Content-Type (`application/json`, or `application/wasm` for uploads).",
         license(name = "Apache-2.0")
     ),
     paths(
         health,
-        metrics,
+        metrics::ready,
+        metrics::metrics,
         openapi_json,
         runs::upload_component,
         runs::list_components,
@@ -196,7 +199,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
     let json_limit = DefaultBodyLimit::max(MAX_JSON_BYTES);
     let api = Router::new()
         .route("/api/openapi.json", get(openapi_json))
-        .route("/metrics", get(metrics))
+        .route("/metrics", get(metrics::metrics))
         .route(
             "/api/components",
             get(runs::list_components)
@@ -315,6 +318,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         ));
     Router::new()
         .route("/api/health", get(health))
+        .route("/api/ready", get(metrics::ready))
         .merge(api)
         // The web UI: its own guard (a cookie instead of a bearer key), the
         // same state, dispatcher and handlers.
@@ -576,35 +580,4 @@ async fn openapi_json() -> Response {
         openapi_document(),
     )
         .into_response()
-}
-
-/// Prometheus metrics.
-#[utoipa::path(get, path = "/metrics", tag = "server",
-    responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
-async fn metrics(State(state): State<Arc<ApiState>>) -> ApiResult<String> {
-    state
-        .blocking(|state| {
-            use std::fmt::Write as _;
-            let mut text = String::from(
-                "# HELP weir_flow_runs Flow runs recorded, by state.\n# TYPE weir_flow_runs gauge\n",
-            );
-            for (run_state, n) in state.store.count_flow_runs_by_state()? {
-                let _ = writeln!(text, "weir_flow_runs{{state=\"{run_state}\"}} {n}");
-            }
-            let tasks = state.store.count(crate::store::StoreTable::TaskRuns)?;
-            let _ = write!(
-                text,
-                "# HELP weir_task_runs Task runs recorded.\n# TYPE weir_task_runs gauge\nweir_task_runs {tasks}\n"
-            );
-            let deployments = state
-                .store
-                .objects(crate::store::ObjectKind::Deployment)?
-                .len();
-            let _ = write!(
-                text,
-                "# HELP weir_deployments Deployments defined.\n# TYPE weir_deployments gauge\nweir_deployments {deployments}\n"
-            );
-            Ok(text)
-        })
-        .await
 }

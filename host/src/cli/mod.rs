@@ -48,6 +48,16 @@ const AFTER_HELP: &str = "Examples:
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// How log lines go to stderr: `text` for people, `json` (one object a
+    /// line) for log collectors.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "WEIR_LOG_FORMAT")]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand, Debug)]
@@ -145,7 +155,7 @@ impl Exit {
 pub fn main() -> ! {
     restore_sigpipe();
     let cli = Cli::parse();
-    init_tracing();
+    init_tracing(cli.log_format);
     match run(cli) {
         Ok(()) => std::process::exit(0),
         Err(error) => {
@@ -176,17 +186,20 @@ fn restore_sigpipe() {
 
 /// `logging.level` (or `WEIR_LOG`) takes tracing filter directives (e.g.
 /// `debug`, `weir_host=trace`).
-fn init_tracing() {
+fn init_tracing(format: LogFormat) {
     let level = backend::settings()
         .ok()
         .and_then(|s| s.get("logging.level").map(str::to_string))
         .unwrap_or_else(|| "warn".into());
     let filter = tracing_subscriber::EnvFilter::try_new(&level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    tracing_subscriber::fmt()
+    let subscriber = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => subscriber.init(),
+        LogFormat::Json => subscriber.json().init(),
+    }
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {

@@ -205,6 +205,8 @@ pub(super) fn serve_in_foreground(
             format!(", {} API keys", api_keys.len())
         }
     );
+    // The same for log collectors (`--log-format json`), at info.
+    tracing::info!(url = %handle.url(), home = %paths.home().display(), "serving");
     if let Err(e) = foreground.started(&handle) {
         waiter.block_on(handle.shutdown(GRACE));
         return Err(e);
@@ -226,6 +228,7 @@ pub(super) fn serve_in_foreground(
         eprintln!("{left} flow runs did not finish; they resume when the server starts again");
     }
     eprintln!("Stopped.");
+    tracing::info!(unfinished_runs = left, "stopped");
     Ok(())
 }
 

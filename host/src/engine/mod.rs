@@ -152,6 +152,9 @@ pub struct EngineConfig {
     pub max_manifest_bytes: usize,
     /// Use the pooling allocator (fast instantiation); off uses on-demand mmap.
     pub pooling: bool,
+    /// Count fuel and interrupt on epochs (the fuel and deadline limits).
+    /// Always on in Weir; off only so the benchmark can show what metering costs.
+    pub metering: bool,
 }
 
 impl Default for EngineConfig {
@@ -172,6 +175,7 @@ impl Default for EngineConfig {
             },
             max_manifest_bytes: 1 << 20,
             pooling: true,
+            metering: true,
         }
     }
 }
@@ -261,8 +265,8 @@ pub enum Entry<'a> {
 impl Engine {
     pub fn new(config: EngineConfig) -> Result<Self, EngineError> {
         let mut wasm = Config::new();
-        wasm.consume_fuel(true)
-            .epoch_interruption(true)
+        wasm.consume_fuel(config.metering)
+            .epoch_interruption(config.metering)
             .wasm_component_model(true)
             .memory_reservation(config.max_memory_bytes.max(64 << 20))
             .max_wasm_stack(2 << 20)
@@ -511,8 +515,10 @@ impl Engine {
         let mut store = Store::new(&self.wasmtime, data);
         store.limiter(|s| &mut s.limiter);
         // Fuel is a u64 budget; setting it cannot fail with fuel enabled.
-        store.set_fuel(limits.fuel).ok();
-        store.epoch_deadline_async_yield_and_update(1);
+        if self.config.metering {
+            store.set_fuel(limits.fuel).ok();
+            store.epoch_deadline_async_yield_and_update(1);
+        }
         (store, output)
     }
 

@@ -591,6 +591,7 @@ impl Executor {
         }
         change.fuel_used = Some(run.stats.fuel.load(Ordering::Relaxed));
         change.peak_memory = Some(run.stats.peak_memory.load(Ordering::Relaxed));
+        metrics::counter!("weir_flow_runs_finished_total", "state" => state.as_str()).increment(1);
         let ticket = self
             .control
             .change_flow_run(change, Vec::new(), Durability::Committed)?;
@@ -1003,6 +1004,7 @@ impl FlowRun {
                     )
                     .map_err(crashed)?;
                 self.stats.cached.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!("weir_task_cache_hits_total").increment(1);
                 send(
                     &self.events,
                     RunEvent::TaskFinished {
@@ -1109,6 +1111,7 @@ impl FlowRun {
 
             fuel_total += execution.fuel_used;
             peak = peak.max(execution.peak_memory_bytes);
+            record_attempt_metrics(&execution);
             self.stats
                 .fuel
                 .fetch_add(execution.fuel_used, Ordering::Relaxed);
@@ -1524,6 +1527,17 @@ impl GuestHost for TaskHost {
             "a task cannot start tasks or flows; call them from the flow instead",
         )
     }
+}
+
+/// Counts a task attempt for `/metrics` (a no-op in a process without a recorder).
+fn record_attempt_metrics(execution: &crate::engine::Execution) {
+    let outcome = match &execution.result {
+        Ok(_) => "ok",
+        Err(failure) => failure.kind.as_str(),
+    };
+    metrics::counter!("weir_task_attempts_total", "outcome" => outcome).increment(1);
+    metrics::histogram!("weir_task_fuel").record(execution.fuel_used as f64);
+    metrics::histogram!("weir_task_peak_memory_bytes").record(execution.peak_memory_bytes as f64);
 }
 
 #[cfg(test)]

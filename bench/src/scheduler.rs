@@ -1,12 +1,12 @@
-//! Scheduler benchmark: one tick over N deployments (default 1,000), each on
-//! an every-minute cron in a time zone, on a clock the benchmark moves.
-//!
-//! Measures a tick that makes one run per deployment (the top of a minute)
-//! and the ticks in between, which make none (most ticks). Run with
-//! `cargo run --release -p bench --bin scheduler [-- --deployments N]`.
+//! `scheduler`: one tick over N deployments (1,000; 100 in a quick run),
+//! each on an every-minute cron in a time zone, on a clock the benchmark
+//! moves: a tick that makes one run per deployment (the top of a minute)
+//! and the ticks in between, which make none (most ticks).
 
+use crate::Options;
+use crate::report::{Figure, Report};
 use std::time::{Duration, Instant};
-use weir_host::clock::ManualClock;
+use weir_host::clock::{Clock, ManualClock};
 use weir_host::config::Paths;
 use weir_host::control::Durability;
 use weir_host::model::Deployment;
@@ -15,12 +15,10 @@ use weir_host::scheduler::Scheduler;
 use weir_host::server::{Server, ServerConfig};
 use weir_host::store::{ObjectKind, Write};
 
-fn main() {
-    let deployments: usize = std::env::args()
-        .skip_while(|a| a != "--deployments")
-        .nth(1)
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(1000);
+const S: &str = "scheduler";
+
+pub fn run(options: &Options, report: &mut Report) {
+    let deployments: usize = if options.quick { 100 } else { 1000 };
     let home = tempfile::tempdir().unwrap();
     let paths = Paths::at(home.path());
     let clock = ManualClock::starting_at(parse_instant("2026-06-01T10:00:00Z").unwrap());
@@ -48,7 +46,7 @@ fn main() {
                 kind: ObjectKind::Deployment,
                 name: deployment.name.clone(),
                 body: serde_json::to_string(&deployment).unwrap(),
-                at: clock_now(&clock),
+                at: clock.now_micros(),
             }
         })
         .collect();
@@ -61,16 +59,20 @@ fn main() {
         .unwrap();
     let mut scheduler = Scheduler::new(server.dispatcher.clone(), server.scheduler_settings());
     let first = timed(&runtime, &mut scheduler);
-    println!(
-        "first tick (compiles {deployments} schedules, makes {} runs): {:?}",
-        first.1.made, first.0
+    report.push(
+        Figure::new(
+            S,
+            format!("first tick, {deployments} schedules compiled"),
+            "ms",
+        )
+        .one(first.0.as_secs_f64() * 1e3),
     );
     let mut quiet = Vec::new();
     let mut making = Vec::new();
     for _ in 0..5 {
         for _ in 0..10 {
             clock.advance(Duration::from_millis(500));
-            quiet.push(timed(&runtime, &mut scheduler).0);
+            quiet.push(timed(&runtime, &mut scheduler).0.as_secs_f64() * 1e3);
         }
         clock.advance(Duration::from_secs(55));
         let (elapsed, report) = timed(&runtime, &mut scheduler);
@@ -78,27 +80,17 @@ fn main() {
             report.made, deployments,
             "one run per deployment per minute"
         );
-        making.push(elapsed);
+        making.push(elapsed.as_secs_f64() * 1e3);
     }
-    quiet.sort();
-    making.sort();
-    println!(
-        "tick making no run: p50 {:?}, max {:?} ({} ticks)",
-        quiet[quiet.len() / 2],
-        quiet[quiet.len() - 1],
-        quiet.len()
+    report.push(
+        Figure::new(
+            S,
+            format!("tick making no run ({deployments} deployments)"),
+            "ms",
+        )
+        .samples(quiet),
     );
-    println!(
-        "tick making {deployments} runs: p50 {:?}, max {:?} ({} ticks)",
-        making[making.len() / 2],
-        making[making.len() - 1],
-        making.len()
-    );
-}
-
-fn clock_now(clock: &ManualClock) -> i64 {
-    use weir_host::clock::Clock;
-    clock.now_micros()
+    report.push(Figure::new(S, format!("tick making {deployments} runs"), "ms").samples(making));
 }
 
 fn timed(

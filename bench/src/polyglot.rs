@@ -1,16 +1,15 @@
-//! Polyglot benchmark: what a Python or JavaScript guest costs next to Rust.
+//! `polyglot`: what a Python or JavaScript guest costs next to Rust.
 //!
-//! For each ETL twin (examples/etl, etl-python, etl-js): the build (first, and
-//! reused from the build cache), the first start (compile the component) and
-//! a second start in a fresh engine (load the compiled artifact from disk,
-//! then describe()), and the per-task overhead: one trivial task
-//! (`transform` of an empty chunk) instantiated and called in a fresh
-//! sandbox, nothing recorded. Prints a table and writes JSON (default
-//! `target/bench/polyglot.json`).
-//!
-//! Run with `cargo run --release -p bench --bin polyglot`. Toolchains are
-//! installed on first use into `$WEIR_TOOLCHAINS`, default `target/weir-toolchains`.
+//! For each ETL twin (examples/etl, etl-python, etl-js): the build (first,
+//! and reused from the build cache), cold compile of the component and a
+//! cached load in a fresh engine (as in a new process), and the per-task
+//! overhead: one trivial task (`transform` of an empty chunk) in a fresh
+//! sandbox, nothing recorded. Toolchains are installed on first use into
+//! `$WEIR_TOOLCHAINS`, default `<target>/weir-toolchains`; a language whose
+//! toolchain cannot be installed (no network) is skipped with one line.
 
+use crate::Options;
+use crate::report::{Figure, Report, at_most};
 use serde_json::json;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -20,48 +19,61 @@ use weir_host::config::Paths;
 use weir_host::engine::{Engine, EngineConfig, Entry, GuestHost, LoadKind, NullHost};
 use weir_host::model::Limits;
 
-/// Targets from issue 6.
-const PYTHON_SECOND_LOAD_MS: f64 = 50.0;
-const PYTHON_TASK_MS: f64 = 2.0;
-const JS_TASK_MS: f64 = 1.0;
+const S: &str = "polyglot";
 
-fn main() {
-    let out = std::env::args()
-        .skip_while(|a| a != "--out")
-        .nth(1)
-        .map(PathBuf::from)
-        .unwrap_or_else(|| weir_tests::workspace().join("target/bench/polyglot.json"));
-    let quick = std::env::args().any(|a| a == "--quick");
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+pub async fn run(options: &Options, report: &mut Report) {
     let toolchains = std::env::var_os("WEIR_TOOLCHAINS")
         .map(PathBuf::from)
-        .unwrap_or_else(|| weir_tests::workspace().join("target/weir-toolchains"));
-    let mut rows = Vec::new();
-    for (language, example) in [
-        ("rust", "examples/etl"),
-        ("python", "examples/etl-python"),
-        ("javascript", "examples/etl-js"),
+        .unwrap_or_else(|| crate::target_dir().join("weir-toolchains"));
+    for (language, example, second_load, task) in [
+        ("rust", "examples/etl", None, None),
+        ("python", "examples/etl-python", Some(50.0), Some(2.0)),
+        ("javascript", "examples/etl-js", None, Some(1.0)),
     ] {
         let path = weir_tests::workspace().join(example);
-        rows.push(runtime.block_on(measure(language, &path, &toolchains, quick)));
+        let r = match measure(language, &path, &toolchains, options.quick).await {
+            Ok(r) => r,
+            Err(why) => {
+                report
+                    .notes
+                    .push(format!("polyglot: {language} SKIPPED: {why}"));
+                continue;
+            }
+        };
+        let f = |key: &str| r[key].as_f64().unwrap_or(f64::NAN);
+        let kb = f("component_bytes") / 1024.0;
+        report.push(
+            Figure::new(S, format!("{language}: build, first"), "ms").one(f("first_build_ms")),
+        );
+        report.push(
+            Figure::new(S, format!("{language}: build, cached"), "ms").one(f("second_build_ms")),
+        );
+        report.push(
+            Figure::new(S, format!("{language}: cold compile ({kb:.0} KB)"), "ms")
+                .one(f("first_load_ms")),
+        );
+        report.push(
+            Figure::new(S, format!("{language}: cached load + describe"), "ms")
+                .samples(
+                    r["second_loads_ms"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .filter_map(|v| v.as_f64())
+                        .collect(),
+                )
+                .target(second_load.and_then(at_most)),
+        );
+        report.push(
+            Figure::new(
+                S,
+                format!("{language}: trivial task in a fresh sandbox"),
+                "ms",
+            )
+            .one(f("task_ms"))
+            .target(task.and_then(at_most)),
+        );
     }
-    let python = rows.iter().find(|r| r["language"] == "python").unwrap();
-    let js = rows.iter().find(|r| r["language"] == "javascript").unwrap();
-    let targets = json!({
-        "python_second_load_ms": { "target": PYTHON_SECOND_LOAD_MS, "measured": python["second_load_ms"] },
-        "python_task_ms": { "target": PYTHON_TASK_MS, "measured": python["task_ms"] },
-        "js_task_ms": { "target": JS_TASK_MS, "measured": js["task_ms"] },
-    });
-    print_table(&rows, &targets);
-    let results = json!({ "examples": rows, "targets": targets });
-    if let Some(dir) = out.parent() {
-        std::fs::create_dir_all(dir).unwrap();
-    }
-    std::fs::write(&out, serde_json::to_string_pretty(&results).unwrap()).unwrap();
-    println!("\nwrote {}", out.display());
 }
 
 async fn measure(
@@ -69,13 +81,13 @@ async fn measure(
     project: &Path,
     toolchains: &Path,
     quick: bool,
-) -> serde_json::Value {
+) -> Result<serde_json::Value, String> {
     let home = tempfile::tempdir().unwrap();
     let paths = Paths::at(home.path());
     let dirs = BuildDirs::new(&paths, Some(toolchains.to_path_buf()));
 
     let t = Instant::now();
-    let built = builder::build(project, &dirs, false).expect("building the example");
+    let built = builder::build(project, &dirs, false).map_err(|e| e.to_string())?;
     let first_build = t.elapsed();
     let t = Instant::now();
     builder::build(project, &dirs, false).unwrap();
@@ -146,19 +158,19 @@ async fn measure(
     }
     let per_task = started.elapsed() / n;
 
-    json!({
+    Ok(json!({
         "language": language,
         "example": project.strip_prefix(weir_tests::workspace()).unwrap_or(project),
         "component_bytes": bytes.len(),
         "first_build_ms": ms(first_build),
         "second_build_ms": ms(second_build),
         "first_load_ms": ms(first_load),
-        "second_load_ms": ms(median(&mut second_loads)),
+        "second_loads_ms": second_loads.iter().map(|d| ms(*d)).collect::<Vec<_>>(),
         "second_load_artifact_ms": ms(median(&mut artifact_loads)),
         "task_ms": ms(per_task),
         "task_fuel": fuel,
         "tasks_measured": n,
-    })
+    }))
 }
 
 fn ms(d: Duration) -> f64 {
@@ -168,34 +180,4 @@ fn ms(d: Duration) -> f64 {
 fn median(values: &mut [Duration]) -> Duration {
     values.sort();
     values[values.len() / 2]
-}
-
-fn print_table(rows: &[serde_json::Value], targets: &serde_json::Value) {
-    println!(
-        "{:<11} {:>10} {:>11} {:>11} {:>12} {:>12} {:>9}",
-        "language", "component", "build 1st", "build 2nd", "start 1st", "start 2nd", "task"
-    );
-    for r in rows {
-        let f = |key: &str| r[key].as_f64().unwrap_or(f64::NAN);
-        println!(
-            "{:<11} {:>8.1}MB {:>9.0}ms {:>9.1}ms {:>10.0}ms {:>10.1}ms {:>7.2}ms",
-            r["language"].as_str().unwrap(),
-            f("component_bytes") / 1e6,
-            f("first_build_ms"),
-            f("second_build_ms"),
-            f("first_load_ms"),
-            f("second_load_ms"),
-            f("task_ms"),
-        );
-    }
-    println!("\nstart = validate + compile (1st) or load the compiled artifact (2nd) + describe()");
-    println!("task  = fresh sandbox + call of transform([]), nothing recorded");
-    for (name, t) in targets.as_object().unwrap() {
-        let (target, measured) = (
-            t["target"].as_f64().unwrap(),
-            t["measured"].as_f64().unwrap(),
-        );
-        let verdict = if measured <= target { "met" } else { "MISSED" };
-        println!("target {name}: {measured} ms (≤ {target} ms) {verdict}");
-    }
 }
