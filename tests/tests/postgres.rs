@@ -333,3 +333,41 @@ fn a_deployment_limit_holds_across_two_servers_triggered_at_once() {
         );
     }
 }
+
+/// A cancel asked through one server reaches the run on another: the
+/// request is a row both read, and the run ends `Cancelled` with the tasks
+/// it finished; a run that waits is cancelled at once through either.
+#[test]
+fn a_cancel_through_one_server_stops_a_run_on_the_other() {
+    let Some(url) = database() else {
+        return;
+    };
+    let a = server_on(&url, &[]);
+    let b = server_on(&url, &[]);
+    let digest = a.upload(FIXTURE_WASM);
+    // Started through `a`, which runs it; cancelled through `b`.
+    let id = start_fixture_run(
+        &a,
+        &digest,
+        "slow_sequential",
+        json!({ "n": 200, "ms": 50 }),
+    );
+    a.wait_for_completed_tasks(&id, 2);
+    let (status, asked) = b.send("POST", &format!("/api/flow-runs/{id}/cancel"), json!({}));
+    assert_eq!(status, 200, "{asked}");
+    let run = wait_for_run(&a, &id, Duration::from_secs(60), |r| {
+        r["state"] == "Cancelled" || r["state"] == "Completed" || r["state"] == "Failed"
+    });
+    assert_eq!(run["state"], "Cancelled", "{run}");
+    let (_, detail) = b.get(&format!("/api/flow-runs/{id}"));
+    let finished = detail["task_runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["state"] == "Completed")
+        .count();
+    assert!(
+        (2..200).contains(&finished),
+        "stopped part way, its finished calls kept: {finished}"
+    );
+}
