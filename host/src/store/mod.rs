@@ -18,6 +18,7 @@ mod files;
 pub mod pg;
 mod results;
 mod rows;
+mod sql;
 mod sqlite;
 mod writes;
 

@@ -20,6 +20,7 @@ mod schema;
 mod tasks;
 pub mod testing;
 
+use super::sql::{DELIVERY_SELECT, FLOW_RUN_SELECT, TASK_RUN_SELECT, UNFINISHED, tags_text};
 use super::*;
 use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex};
@@ -502,28 +503,6 @@ fn listen(
             client = None;
         }
     }
-}
-
-/// Flow runs that have not ended, as SQL.
-const UNFINISHED: &str = "state IN ('Pending', 'Running', 'Retrying', 'Cancelling')";
-
-const FLOW_RUN_SELECT: &str =
-    "SELECT id, parent_flow_run, component, flow_name, params, state, message,
-    failure_kind, result, attempt, host, created_us, started_us, ended_us, fuel_used, peak_memory,
-    deployment, tags, scheduled_us, work_pool, work_queue, secret_grants,
-    lease_holder, lease_epoch, lease_expires_us FROM flow_runs";
-
-const TASK_RUN_SELECT: &str = "SELECT id, flow_run, call_seq, task_name, input, output, state, failure_kind,
-    message, attempts, fuel_used, peak_memory, created_us, started_us, ended_us, next_attempt_us, cached_from, host,
-    input_sha256
-    FROM task_runs";
-
-const DELIVERY_SELECT: &str =
-    "SELECT id, automation, flow_run, event, payload, status, attempts, next_attempt_us,
-    last_error, response_code, created_us, delivered_us FROM automation_deliveries";
-
-fn tags_text(tags: &[String]) -> Option<String> {
-    (!tags.is_empty()).then(|| serde_json::to_string(tags).unwrap_or_default())
 }
 
 #[cfg(test)]
