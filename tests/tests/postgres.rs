@@ -10,7 +10,7 @@
 use serde_json::{Value, json};
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
-use weir_host::store::pg::testing::TestCluster;
+use weir_host::store::pg::testing::{TestCluster, or_skip};
 use weir_tests::FIXTURE_WASM;
 
 mod common;
@@ -19,18 +19,7 @@ use common::{TestServer, start_fixture_run, wait_for_run};
 /// A fresh database of the shared cluster; `None` (after saying why)
 /// where PostgreSQL is missing.
 fn database() -> Option<String> {
-    available(TestCluster::shared().and_then(|c| c.database()))
-}
-
-fn available<T>(made: Result<T, String>) -> Option<T> {
-    match made {
-        Ok(made) => Some(made),
-        Err(e) if std::env::var_os("CI").is_none() => {
-            eprintln!("SKIPPED: {e}");
-            None
-        }
-        Err(e) => panic!("PostgreSQL is needed under CI: {e}"),
-    }
+    or_skip(TestCluster::shared().and_then(|c| c.database()))
 }
 
 fn server_on(url: &str, extra: &[&str]) -> TestServer {
@@ -220,7 +209,7 @@ fn a_server_killed_mid_flow_its_run_resumes_on_the_other_from_its_records() {
 #[test]
 fn postgres_restarted_mid_run_the_server_reconnects_and_loses_nothing_acknowledged() {
     // A cluster of its own: restarting the shared one would cut other tests.
-    let Some(own) = available(TestCluster::start()) else {
+    let Some(own) = or_skip(TestCluster::start()) else {
         return;
     };
     let url = own.database().unwrap();

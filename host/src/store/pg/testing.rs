@@ -156,6 +156,20 @@ impl TestCluster {
     }
 }
 
+/// What a test got from a cluster, or `None` after printing why it skips:
+/// where PostgreSQL is not installed a test skips loudly, except under CI
+/// (`CI` set), where it fails instead.
+pub fn or_skip<T>(made: Result<T, String>) -> Option<T> {
+    match made {
+        Ok(made) => Some(made),
+        Err(e) if std::env::var_os("CI").is_none() => {
+            eprintln!("SKIPPED on PostgreSQL: {e}");
+            None
+        }
+        Err(e) => panic!("PostgreSQL is needed under CI: {e}"),
+    }
+}
+
 /// A cluster of one's own stops when dropped (the shared one never drops:
 /// its watchdog stops it).
 impl Drop for TestCluster {
