@@ -360,3 +360,36 @@ fn a_cancel_through_one_server_stops_a_run_on_the_other() {
         "stopped part way, its finished calls kept: {finished}"
     );
 }
+
+/// Components come from the database to a server that never saw the
+/// upload, and are checked against their digest there: bytes damaged in
+/// the database are refused, never served or run under that name.
+#[test]
+fn a_component_damaged_in_the_database_is_refused_by_the_server_that_reads_it() {
+    let Some(url) = database() else {
+        return;
+    };
+    let a = server_on(&url, &[]);
+    let b = server_on(&url, &[]);
+    let digest = a.upload(FIXTURE_WASM);
+    TestCluster::shared()
+        .unwrap()
+        .psql(
+            &url,
+            "UPDATE component_blobs SET wasm = set_byte(wasm, 100, (get_byte(wasm, 100) + 1) % 256)",
+        )
+        .unwrap();
+    let (status, refused) = b.get(&format!("/api/components/{digest}/wasm"));
+    assert_eq!(status, 500, "the damaged bytes were served");
+    assert_eq!(refused["error"], "component_damaged", "{refused}");
+    let (status, refused) = b.send(
+        "POST",
+        &format!("/api/components/{digest}/flows/sequential/runs"),
+        json!({ "params": { "n": 1 } }),
+    );
+    assert_ne!(status, 202, "a damaged component was run: {refused}");
+    assert_eq!(refused["error"], "component_damaged", "{refused}");
+    // The server that took the upload has its own good copy.
+    let (status, _) = a.get(&format!("/api/components/{digest}/wasm"));
+    assert_eq!(status, 200);
+}

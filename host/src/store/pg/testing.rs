@@ -121,6 +121,14 @@ impl TestCluster {
         Ok(self.url(&name))
     }
 
+    /// Runs `sql` in the database `url` names, as a person with `psql`
+    /// would: what an attacker or a broken disk could do to the rows.
+    pub fn psql(&self, url: &str, sql: &str) -> Result<(), String> {
+        run(Command::new(self.bin.join("psql"))
+            .arg(url)
+            .args(["-v", "ON_ERROR_STOP=1", "-c", sql]))
+    }
+
     pub fn url(&self, database: &str) -> String {
         format!("postgres://weir@127.0.0.1:{}/{database}", self.port)
     }
