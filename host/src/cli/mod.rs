@@ -195,7 +195,11 @@ fn init_tracing(format: LogFormat) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     let subscriber = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        // By default a line that cannot be written (stderr on a full disk,
+        // a closed pipe) is reported with `eprintln!`, which panics the
+        // thread that logged: a request, or the store's writer.
+        .log_internal_errors(false);
     match format {
         LogFormat::Text => subscriber.init(),
         LogFormat::Json => subscriber.json().init(),

@@ -186,6 +186,17 @@ pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
     out.join("\n")
 }
 
+/// `eprintln!` for the long-running commands (the server, a remote host,
+/// `host serve`): a stderr that cannot be written (a full disk, a closed
+/// pipe) loses the line instead of panicking the process.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+pub(crate) use say;
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,5 +1,6 @@
 //! `host run --pool P`: this machine becomes a remote host of a server's pool.
 
+use super::output::say;
 use super::{Exit, paths};
 use crate::engine::EngineConfig;
 use crate::model::capabilities::{Capabilities, DirGrant};
@@ -127,16 +128,16 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
                 .build()
                 .expect("a signal runtime starts");
             waiter.block_on(super::server::shutdown_signal());
-            eprintln!("Stopping: no new runs; waiting for running ones to finish");
+            say!("Stopping: no new runs; waiting for running ones to finish");
             on_signal.cancel();
         })
         .context("starting the signal handler")?;
-    eprintln!(
+    say!(
         "Host '{name}' taking runs of pool {} from {api} ({} slots)",
         args.pools.join(", "),
         args.slots
     );
     remote::run(config, stop).map_err(|e| Exit::bad_input(e.to_string()))?;
-    eprintln!("Host '{name}' stopped");
+    say!("Host '{name}' stopped");
     Ok(())
 }

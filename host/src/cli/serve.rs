@@ -10,6 +10,7 @@
 //! start, which marks it `Crashed` and resumes it, as for `host server start`.
 
 use super::backend::{Backend, settings};
+use super::output::say;
 use super::server::{Foreground, GRACE, StartArgs, serve_in_foreground};
 use super::{Exit, paths};
 use crate::client::Client;
@@ -160,9 +161,10 @@ impl Foreground for Serving {
             false,
             || own_api(&url),
         )?;
-        eprintln!(
+        say!(
             "Serving flow deployment '{}' {}; its runs' logs follow. Ctrl-C stops.",
-            self.deployment, self.every
+            self.deployment,
+            self.every
         );
         let backend = own_api(&url)?;
         let stop = self.stop_following.clone();
@@ -181,7 +183,7 @@ impl Foreground for Serving {
     }
 
     fn stopping(&mut self, handle: &crate::server::ServerHandle) {
-        eprintln!("\nStopping: pausing deployment '{}' ...", self.deployment);
+        say!("\nStopping: pausing deployment '{}' ...", self.deployment);
         match own_api(&handle.url()).and_then(|api| {
             api.send(
                 "POST",
@@ -190,13 +192,13 @@ impl Foreground for Serving {
             )
         }) {
             Ok(_) => self.settle_waiting_runs(&handle.url()),
-            Err(e) => eprintln!("  could not pause it ({e}); it stays active"),
+            Err(e) => say!("  could not pause it ({e}); it stays active"),
         }
         let deadline = Instant::now() + GRACE;
         let mut said = false;
         while handle.running() > 0 && Instant::now() < deadline {
             if !said {
-                eprintln!(
+                say!(
                     "  waiting up to {} s for {} running flow runs ...",
                     GRACE.as_secs(),
                     handle.running()
@@ -246,7 +248,7 @@ impl Serving {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        eprintln!("  some of its runs still wait; they stay until the deployment is resumed");
+        say!("  some of its runs still wait; they stay until the deployment is resumed");
     }
 }
 

@@ -1,5 +1,6 @@
 //! `host server start`: the API and the embedded executor in one process.
 
+use super::output::say;
 use super::paths;
 use crate::api;
 use crate::server::{Server, ServerConfig, ServerHandle};
@@ -183,7 +184,7 @@ pub(super) fn serve_in_foreground(
         .block_on(server.start(addr))
         .with_context(|| format!("listening on {addr}"))?;
     for (run, outcome) in &handle.resumed {
-        eprintln!(
+        say!(
             "Resuming flow run {} ('{}'), interrupted when the server last stopped{}",
             run.id,
             run.flow_name,
@@ -193,7 +194,7 @@ pub(super) fn serve_in_foreground(
             }
         );
     }
-    eprintln!(
+    say!(
         "Weir server on http://{} (home {}, ready in {} ms{}{})",
         handle.addr(),
         paths.home().display(),
@@ -218,16 +219,16 @@ pub(super) fn serve_in_foreground(
     foreground.stopping(&handle);
     let running = handle.running();
     if running > 0 {
-        eprintln!(
+        say!(
             "Stopping: waiting up to {} s for {running} running flow runs ...",
             GRACE.as_secs()
         );
     }
     let left = waiter.block_on(handle.shutdown(GRACE));
     if left > 0 {
-        eprintln!("{left} flow runs did not finish; they resume when the server starts again");
+        say!("{left} flow runs did not finish; they resume when the server starts again");
     }
-    eprintln!("Stopped.");
+    say!("Stopped.");
     tracing::info!(unfinished_runs = left, "stopped");
     Ok(())
 }
