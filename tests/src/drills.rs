@@ -870,19 +870,52 @@ pub fn disk_full(host: &Path) -> Result<DrillReport, String> {
         let mut file = std::fs::File::create(&filler).unwrap();
         let chunk = vec![0u8; 1 << 20];
         while file.write_all(&chunk).is_ok() {}
+        // Then the crumbs: no 4 KiB page is left for anyone.
+        while file.write_all(&chunk[..4096]).is_ok() {}
         let _ = file.sync_all();
     }
+    // A component never seen before needs room for its file: refused with
+    // 507 and words that say what to do, nothing half-written left behind.
+    let hello = std::fs::read(crate::HELLO_WASM).unwrap();
+    let (status, reply) = request(
+        &server.agent,
+        "POST",
+        &format!("{}/api/components", server.url),
+        Some(hello.clone()),
+        Some("application/wasm"),
+    );
+    assert_eq!(status, 507, "upload on a full disk: {reply}");
+    assert_eq!(reply["error"], "disk_full", "{reply}");
+    assert!(
+        reply["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("free disk space"),
+        "the refusal says what to do: {reply}"
+    );
+    report.check(format!(
+        "an upload on a full disk is refused with 507 disk_full: {}",
+        reply["message"]
+    ));
     let mut refused = 0;
     let mut answered = 0;
     let mut messages = HashSet::new();
     let mut statuses = BTreeMap::new();
     for _ in 0..20 {
         let (status, reply) = server.send("POST", "/api/deployments/add/runs", json!({}));
-        assert!(status != 0, "no answer while the disk is full: {reply}");
+        assert!(
+            status != 0,
+            "no answer while the disk is full: {reply}\n{}",
+            server.log()
+        );
         answered += 1;
         *statuses.entry(status).or_insert(0) += 1;
         if status >= 400 {
             refused += 1;
+            // Refused as full, never as an internal error: the caller learns
+            // what is wrong and that nothing was written.
+            assert_eq!(status, 507, "trigger on a full disk: {reply}");
+            assert_eq!(reply["error"], "disk_full", "{reply}");
             messages.insert(reply["message"].as_str().unwrap_or_default().to_string());
         }
     }
@@ -912,6 +945,18 @@ pub fn disk_full(host: &Path) -> Result<DrillReport, String> {
     let finals = server.wait_all_final(&[id], Duration::from_secs(60));
     assert_eq!(finals[0]["flow_run"]["state"], "Completed", "{}", finals[0]);
     report.check("with space back, a new run is accepted and Completed");
+    let (status, reply) = request(
+        &server.agent,
+        "POST",
+        &format!("{}/api/components", server.url),
+        Some(hello),
+        Some("application/wasm"),
+    );
+    assert!(
+        status == 200 || status == 201,
+        "upload with space back: {status} {reply}"
+    );
+    report.check("with space back, the refused component uploads");
     drop(server);
     assert_eq!(integrity_check(&home), "ok");
     report.check("PRAGMA integrity_check is ok");

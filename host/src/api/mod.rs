@@ -513,6 +513,8 @@ impl From<DispatchError> for ApiError {
             D::InvalidComponent(_) => ApiError::bad_request("invalid_component", message),
             D::Store(e) => e.into(),
             D::ComponentFile(e) => e.into(),
+            // A full disk is said as such; other file errors are the server's.
+            D::Files(e) if full_disk(&e) => e.into(),
             D::Engine(_) | D::Files(_) | D::Corrupt { .. } | D::Control(_) | D::Join(_) => {
                 ApiError::internal(message)
             }
@@ -527,9 +529,17 @@ impl From<StoreError> for ApiError {
             StoreError::Conflict { .. } | StoreError::LeaseLost { .. } => {
                 ApiError::conflict(e.to_string())
             }
+            StoreError::Full(_) => {
+                tracing::error!("{e}");
+                ApiError::new(StatusCode::INSUFFICIENT_STORAGE, "disk_full", e.to_string())
+            }
             other => ApiError::internal(other),
         }
     }
+}
+
+fn full_disk(e: &ComponentFileError) -> bool {
+    matches!(e, ComponentFileError::Io { source, .. } if source.kind() == std::io::ErrorKind::StorageFull)
 }
 
 impl From<ComponentFileError> for ApiError {
@@ -543,6 +553,14 @@ impl From<ComponentFileError> for ApiError {
                     StatusCode::INTERNAL_SERVER_ERROR,
                     "component_damaged",
                     e.to_string(),
+                )
+            }
+            ComponentFileError::Io { .. } if full_disk(&e) => {
+                tracing::error!("{e}");
+                ApiError::new(
+                    StatusCode::INSUFFICIENT_STORAGE,
+                    "disk_full",
+                    format!("{e}; free disk space on the server, then upload again"),
                 )
             }
             ComponentFileError::Io { .. } => ApiError::internal(e),

@@ -47,6 +47,12 @@ pub enum StoreError {
     /// cut); the operation did not happen.
     #[error("lost the connection to the database: {0}")]
     ConnectionLost(String),
+    /// The disk (or the database server's disk) has no room: nothing of the
+    /// operation was written, and service returns once space does.
+    #[error(
+        "no space left for the database ({0}); free disk space, then retry: nothing was written"
+    )]
+    Full(String),
     /// The database refused or failed an operation (the backend's own words).
     #[error("database error: {0}")]
     Database(String),

@@ -55,7 +55,12 @@ impl ResultFiles {
                 StoreError::Corrupt(format!("creating {}: {e}", self.dir.display()))
             })?;
             write_durably(&self.dir, &path, payload.as_bytes()).map_err(|e| {
-                StoreError::Corrupt(format!("writing result file {}: {e}", path.display()))
+                let what = format!("writing result file {}: {e}", path.display());
+                if e.kind() == std::io::ErrorKind::StorageFull {
+                    StoreError::Full(what)
+                } else {
+                    StoreError::Corrupt(what)
+                }
             })?;
         }
         Ok(Cow::Owned(format!("{REF_PREFIX}{digest}")))

@@ -62,18 +62,10 @@ fn apply_whole(client: &mut postgres::Client, batch: &[Job]) -> Option<Outcome> 
 
 /// The batch with a savepoint per unit (a one-unit batch needs none).
 fn apply_units(client: &mut postgres::Client, batch: &[Job]) -> Outcome {
-    let fail_all = |message: String| {
-        Outcome::Done(
-            batch
-                .iter()
-                .map(|_| Err(StoreError::Database(message.clone())))
-                .collect(),
-        )
-    };
     let mut tx = match client.transaction() {
         Ok(tx) => tx,
         Err(e) if connection_lost(&e) => return Outcome::LostBeforeCommit(e.into()),
-        Err(e) => return fail_all(format!("begin failed: {}", one_line(&e))),
+        Err(e) => return fail_all(batch, "begin", &e),
     };
     let mut results = Vec::with_capacity(batch.len());
     if let [job] = batch {
@@ -111,14 +103,6 @@ fn apply_units(client: &mut postgres::Client, batch: &[Job]) -> Outcome {
 
 /// Tells followers of what committed units changed, and commits.
 fn finish(mut tx: Transaction<'_>, batch: &[Job], results: Vec<Result<(), StoreError>>) -> Outcome {
-    let fail_all = |message: String| {
-        Outcome::Done(
-            batch
-                .iter()
-                .map(|_| Err(StoreError::Database(message.clone())))
-                .collect(),
-        )
-    };
     // Followers on every server hear of what this batch changed when (and
     // only if) it commits; PostgreSQL sends each distinct payload once.
     let changes: Vec<String> = batch
@@ -143,8 +127,27 @@ fn finish(mut tx: Transaction<'_>, batch: &[Job], results: Vec<Result<(), StoreE
     match tx.commit() {
         Ok(()) => Outcome::Done(results),
         Err(e) if connection_lost(&e) => Outcome::LostAtCommit(e.into()),
-        Err(e) => fail_all(format!("commit failed: {}", one_line(&e))),
+        Err(e) => fail_all(batch, "commit", &e),
     }
+}
+
+/// Every job of a batch that could not begin or commit is told why: a full
+/// disk as such (the API answers 507), anything else in the database's words.
+fn fail_all(batch: &[Job], step: &str, e: &postgres::Error) -> Outcome {
+    let full = e.code() == Some(&postgres::error::SqlState::DISK_FULL);
+    let message = format!("{step} failed: {}", one_line(e));
+    Outcome::Done(
+        batch
+            .iter()
+            .map(|_| {
+                Err(if full {
+                    StoreError::Full(message.clone())
+                } else {
+                    StoreError::Database(message.clone())
+                })
+            })
+            .collect(),
+    )
 }
 
 fn bytes(id: &uuid::Uuid) -> &[u8] {

@@ -407,6 +407,8 @@ impl From<postgres::Error> for StoreError {
     fn from(e: postgres::Error) -> Self {
         if connection_lost(&e) {
             StoreError::ConnectionLost(one_line(&e))
+        } else if e.code() == Some(&postgres::error::SqlState::DISK_FULL) {
+            StoreError::Full(one_line(&e))
         } else {
             StoreError::Database(one_line(&e))
         }

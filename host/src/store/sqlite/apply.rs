@@ -14,10 +14,9 @@ pub(super) fn apply_batch(
     let tx = match conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate) {
         Ok(tx) => tx,
         Err(e) => {
-            let message = e.to_string();
             return batch
                 .iter()
-                .map(|_| Err(StoreError::Corrupt(format!("begin failed: {message}"))))
+                .map(|_| Err(batch_error("begin", &e)))
                 .collect();
         }
     };
@@ -34,13 +33,21 @@ pub(super) fn apply_batch(
         results.push(unit);
     }
     if let Err(e) = tx.commit() {
-        let message = e.to_string();
         return batch
             .iter()
-            .map(|_| Err(StoreError::Corrupt(format!("commit failed: {message}"))))
+            .map(|_| Err(batch_error("commit", &e)))
             .collect();
     }
     results
+}
+
+/// What each job of a batch that could not begin or commit is told: a full
+/// disk as such (the API answers 507), anything else as the database's words.
+fn batch_error(step: &str, e: &rusqlite::Error) -> StoreError {
+    match e.sqlite_error_code() {
+        Some(rusqlite::ErrorCode::DiskFull) => StoreError::Full(format!("{step}: {e}")),
+        _ => StoreError::Database(format!("{step} failed: {e}")),
+    }
 }
 
 /// Savepoints on a shared transaction reference (rusqlite wants `&mut`).
