@@ -540,6 +540,74 @@ fn a_paused_pool_holds_runs_in_scheduled_until_it_resumes() {
     assert_eq!(run["result"], json!("4"));
 }
 
+/// Paging by cursor while new runs keep arriving: every run that existed
+/// at the start is listed exactly once (an offset would repeat rows as new
+/// ones push the old ones down), and bad cursors are refused by name.
+#[test]
+fn paging_by_cursor_lists_each_run_once_while_new_runs_arrive() {
+    let server = TestServer::start();
+    let digest = server.upload(FIXTURE_WASM);
+    server.deploy("adder", adder("adder", &digest, 1, 1));
+    server.post_ok("/api/work-pools/wasm/pause"); // runs stay where they are
+    let trigger = || {
+        let (status, started) = server.send("POST", "/api/deployments/adder/runs", json!({}));
+        assert_eq!(status, 202, "{started}");
+        started["flow_run_id"].as_str().unwrap().to_string()
+    };
+    let originals: std::collections::HashSet<String> = (0..23).map(|_| trigger()).collect();
+    let mut seen = Vec::new();
+    let mut query = "limit=5".to_string();
+    for page in 0.. {
+        assert!(page < 20, "paging did not end");
+        let (status, reply) = server.get(&format!("/api/flow-runs?{query}"));
+        assert_eq!(status, 200, "{reply}");
+        seen.extend(
+            reply["flow_runs"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| r["id"].as_str().unwrap().to_string()),
+        );
+        // Newer runs arrive between pages.
+        trigger();
+        trigger();
+        match reply["next_cursor"].as_str() {
+            Some(cursor) => {
+                assert!(reply["next_offset"].is_null() || page == 0, "{reply}");
+                query = format!("limit=5&cursor={cursor}");
+            }
+            None => break,
+        }
+    }
+    let unique: std::collections::HashSet<&String> = seen.iter().collect();
+    assert_eq!(unique.len(), seen.len(), "a run was listed twice: {seen:?}");
+    for id in &originals {
+        assert!(seen.contains(id), "run {id} was skipped");
+    }
+
+    let (status, reply) = server.get("/api/flow-runs?cursor=12345");
+    assert_eq!(status, 400, "{reply}");
+    assert_eq!(reply["error"], "bad_cursor", "{reply}");
+    assert!(
+        reply["message"].as_str().unwrap().contains("next_cursor"),
+        "{reply}"
+    );
+    let (status, reply) = server.get("/api/flow-runs?cursor=9.not-an-id%27%0A");
+    assert_eq!(
+        (status, reply["error"].as_str()),
+        (400, Some("bad_cursor")),
+        "{reply}"
+    );
+    let first = server.get("/api/flow-runs?limit=2").1;
+    let cursor = first["next_cursor"].as_str().unwrap();
+    let (status, reply) = server.get(&format!("/api/flow-runs?cursor={cursor}&offset=3"));
+    assert_eq!(status, 400, "{reply}");
+    assert!(
+        reply["message"].as_str().unwrap().contains("not both"),
+        "{reply}"
+    );
+}
+
 #[test]
 fn a_pool_concurrency_limit_holds_the_second_run_until_the_first_ends() {
     let server = TestServer::start();
@@ -905,6 +973,104 @@ fn sigterm_stops_the_server_cleanly() {
         std::thread::sleep(Duration::from_millis(20));
     };
     assert!(status.success(), "{status:?}");
+}
+
+/// A server whose stderr cannot be written (its log on a full disk, here
+/// `/dev/full`) with every event logged keeps serving, runs flows and stops
+/// cleanly: a log line that cannot be written is lost, never a panic.
+#[test]
+fn a_server_whose_log_cannot_be_written_keeps_serving() {
+    let scratch = tempfile::tempdir().unwrap();
+    let ready = scratch.path().join("ready.json");
+    let full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .unwrap();
+    let mut child = Command::new(HOST)
+        .args(["server", "start", "--addr", "127.0.0.1:0", "--ready-file"])
+        .arg(&ready)
+        .env("WEIR_HOME", scratch.path().join("home"))
+        .env("WEIR_LOG", "trace")
+        .env_remove("WEIR_API_URL")
+        .env_remove("WEIR_API_KEY")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(full)
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let url = loop {
+        if let Ok(text) = std::fs::read_to_string(&ready) {
+            let ready: Value = serde_json::from_str(&text).unwrap();
+            break ready["url"].as_str().unwrap().to_string();
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("the server exited ({status}) before it was ready");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the server was not ready in 30 s"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(60)))
+        .build()
+        .into();
+    let wasm = std::fs::read(FIXTURE_WASM).unwrap();
+    let uploaded: Value = agent
+        .post(format!("{url}/api/components"))
+        .header("content-type", "application/wasm")
+        .send(&wasm[..])
+        .unwrap()
+        .body_mut()
+        .read_json()
+        .unwrap();
+    let digest = uploaded["digest"].as_str().unwrap();
+    for _ in 0..3 {
+        let started: Value = agent
+            .post(format!(
+                "{url}/api/components/{digest}/flows/sequential/runs"
+            ))
+            .send_json(json!({"params": {"n": 5}}))
+            .unwrap()
+            .body_mut()
+            .read_json()
+            .unwrap();
+        let id = started["flow_run_id"].as_str().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let run: Value = agent
+                .get(format!("{url}/api/flow-runs/{id}"))
+                .call()
+                .unwrap()
+                .body_mut()
+                .read_json()
+                .unwrap();
+            if run["flow_run"]["state"] == "Completed" {
+                break;
+            }
+            assert!(Instant::now() < deadline, "run did not complete: {run}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    // SAFETY: signalling our own child process.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM);
+    }
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the server did not stop on SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "stopped with {status:?}");
 }
 
 /// The OpenAPI document is checked in; regenerate with `WEIR_BLESS=1 cargo test -p weir-tests --test api`.

@@ -3,7 +3,7 @@
 use super::{ApiError, ApiResult, ApiState, parse_body, schema};
 use crate::dispatch::{DispatchError, Dispatched, NewRun};
 use crate::model::{ComponentDigest, FlowRunId, RunState, TaskRunId};
-use crate::store::FlowRunFilter;
+use crate::store::{FlowRunFilter, RunCursor};
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
@@ -210,6 +210,8 @@ pub(super) struct RunQuery {
     until: Option<String>,
     limit: Option<usize>,
     offset: Option<usize>,
+    /// `next_cursor` of the previous page.
+    cursor: Option<String>,
     /// Leave out subflow runs.
     top_level: Option<bool>,
 }
@@ -242,7 +244,8 @@ fn parse_time(name: &str, text: Option<&str>) -> ApiResult<Option<i64>> {
         ("since" = Option<String>, Query, description = "created at or after (RFC 3339 or epoch microseconds)"),
         ("until" = Option<String>, Query, description = "created before"),
         ("limit" = Option<usize>, Query, description = "default 50, at most 1000"),
-        ("offset" = Option<usize>, Query),
+        ("offset" = Option<usize>, Query, description = "rows to skip; deep pages are faster with `cursor`"),
+        ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page: the page after it, at the same cost however deep"),
         ("top_level" = Option<bool>, Query, description = "true leaves out subflow runs"),
     ),
     responses((status = 200, body = schema::FlowRunList), (status = 400, body = schema::ErrorBody)))]
@@ -257,6 +260,18 @@ pub(super) async fn list_flow_runs(
         .map_err(|e| ApiError::bad_request("bad_query", e.to_string()))?;
     let limit = q.limit.unwrap_or(50).clamp(1, 1000);
     let offset = q.offset.unwrap_or(0);
+    let after = q
+        .cursor
+        .as_deref()
+        .map(str::parse::<RunCursor>)
+        .transpose()
+        .map_err(|message| ApiError::bad_request("bad_cursor", message))?;
+    if after.is_some() && offset > 0 {
+        return Err(ApiError::bad_request(
+            "bad_query",
+            "pass `cursor` or `offset`, not both: a cursor already says where the page starts",
+        ));
+    }
     let filter = FlowRunFilter {
         state: run_state,
         flow_name: q.flow,
@@ -267,12 +282,20 @@ pub(super) async fn list_flow_runs(
         top_level_only: q.top_level.unwrap_or(false),
         limit,
         offset,
+        after,
     };
     let rows = state
         .blocking(move |state| Ok(state.store.list_flow_runs(&filter)?))
         .await?;
-    let next = (rows.len() == limit).then_some(offset + limit);
-    Ok(Json(json!({ "flow_runs": rows, "next_offset": next })))
+    let full = rows.len() == limit;
+    let next_offset = (full && after.is_none()).then_some(offset + limit);
+    let next_cursor = rows
+        .last()
+        .filter(|_| full)
+        .map(|row| RunCursor::after(row).to_string());
+    Ok(Json(
+        json!({ "flow_runs": rows, "next_offset": next_offset, "next_cursor": next_cursor }),
+    ))
 }
 
 /// A flow run id, or a unique prefix of one (at least 4 hex characters).

@@ -122,8 +122,12 @@ pub struct FlowRun {
 #[derive(ToSchema)]
 pub struct FlowRunList {
     pub flow_runs: Vec<FlowRun>,
-    /// Pass as `offset` for the next page; absent on the last page.
+    /// Pass as `offset` for the next page; absent on the last page (and
+    /// when paging by cursor).
     pub next_offset: Option<usize>,
+    /// Pass as `cursor` for the next page: same cost at any depth, and no
+    /// run is skipped or repeated when new runs arrive between pages.
+    pub next_cursor: Option<String>,
 }
 
 #[derive(ToSchema)]

@@ -51,6 +51,48 @@ pub struct FlowRunFilter {
     pub top_level_only: bool,
     pub limit: usize,
     pub offset: usize,
+    /// Only runs listed after this one (a keyset page: the cost does not
+    /// grow with the depth, as an offset's does).
+    pub after: Option<RunCursor>,
+}
+
+/// A place in the list of runs (newest first, then by id): the last run of
+/// a page. Clients see it as opaque text, `CREATED_US.ID`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RunCursor {
+    pub created: TimestampMicros,
+    pub id: FlowRunId,
+}
+
+impl RunCursor {
+    pub fn after(row: &FlowRunRow) -> RunCursor {
+        RunCursor {
+            created: row.created_at,
+            id: row.id,
+        }
+    }
+}
+
+impl std::fmt::Display for RunCursor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}", self.created, self.id)
+    }
+}
+
+impl std::str::FromStr for RunCursor {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, String> {
+        let bad = || {
+            format!(
+                "cursor '{text}' is not one this server gave out: pass `next_cursor` from the previous page as it is"
+            )
+        };
+        let (created, id) = text.split_once('.').ok_or_else(bad)?;
+        Ok(RunCursor {
+            created: created.parse().map_err(|_| bad())?,
+            id: id.parse().map_err(|_| bad())?,
+        })
+    }
 }
 
 /// What kind of named object a row of `objects` holds.

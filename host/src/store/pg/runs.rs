@@ -145,6 +145,12 @@ impl FlowRuns for PostgresStore {
         if filter.top_level_only {
             sql.push_str(" AND parent_flow_run IS NULL");
         }
+        if let Some(after) = filter.after {
+            // The first test is what an index on created_us can seek to.
+            push(&mut sql, " AND created_us <= ?", boxed(after.created));
+            push(&mut sql, " AND (created_us < ?", boxed(after.created));
+            push(&mut sql, " OR id < ?)", boxed(after.id.as_bytes().to_vec()));
+        }
         push(
             &mut sql,
             " ORDER BY created_us DESC, id DESC LIMIT ?",

@@ -102,6 +102,13 @@ impl FlowRuns for SqliteStore {
         if filter.top_level_only {
             sql.push_str(" AND parent_flow_run IS NULL");
         }
+        if let Some(after) = filter.after {
+            // The first test is what an index on created_us can seek to.
+            sql.push_str(" AND created_us <= ? AND (created_us < ? OR id < ?)");
+            args.push(after.created.into());
+            args.push(after.created.into());
+            args.push(after.id.as_bytes().to_vec().into());
+        }
         sql.push_str(" ORDER BY created_us DESC, id DESC LIMIT ? OFFSET ?");
         args.push((filter.limit.max(1) as i64).into());
         args.push((filter.offset as i64).into());
