@@ -8,6 +8,7 @@
 //! run are comparable with each other; the machine may be shared, so compare
 //! ratios, and read the spread before the median.
 
+mod backends;
 mod drills;
 mod growth;
 mod http;
@@ -40,6 +41,10 @@ const SCENARIOS: &[(&str, &str)] = &[
     (
         "polyglot",
         "Rust, Python and JavaScript components: build, cold compile, cached load, task overhead",
+    ),
+    (
+        "backends",
+        "SQLite and PostgreSQL side by side: recorded tasks/s, bytes per task run, flows/s through the API, list 100 of 1M",
     ),
     ("scheduler", "scheduler ticks over 1,000 cron deployments"),
     (
@@ -124,6 +129,9 @@ fn main() {
             needs_host => match http::host_binary() {
                 Some(host) if needs_host == "server" => server::run(&options, &mut report, &host),
                 Some(host) if needs_host == "drills" => drills::run(&mut report, &host),
+                Some(host) if needs_host == "backends" => {
+                    runtime.block_on(backends::run(&options, &mut report, &host))
+                }
                 Some(host) => list::run(&options, &mut report, &host),
                 None => report.notes.push(format!(
                     "{needs_host}: SKIPPED: build the release host first (cargo build --release -p host, or just bench)"

@@ -46,6 +46,7 @@ fn open(args: &DbArgs, migrate: bool) -> anyhow::Result<Store> {
 fn report(store: &Store, json: bool) -> anyhow::Result<()> {
     let (current, newest) = store.schema_version()?;
     let current_schema = current == newest;
+    let size = store.size_bytes()?;
     let rows = if current_schema {
         Some((
             store.count(StoreTable::FlowRuns)?,
@@ -60,6 +61,7 @@ fn report(store: &Store, json: bool) -> anyhow::Result<()> {
             "database": store.location(),
             "schema_version": current,
             "newest_schema_version": newest,
+            "size_bytes": size,
         });
         if let Some((flow_runs, task_runs, logs)) = rows {
             out["rows"] =
@@ -69,6 +71,7 @@ fn report(store: &Store, json: bool) -> anyhow::Result<()> {
     } else {
         println!("database        {}", store.location());
         println!("schema version  {current} (this host knows {newest})");
+        println!("size            {:.1} MB", size as f64 / 1e6);
         if let Some((flow_runs, task_runs, logs)) = rows {
             println!("flow runs       {flow_runs}");
             println!("task runs       {task_runs}");

@@ -169,6 +169,9 @@ pub trait Housekeeping {
     fn schema_version(&self) -> Result<(u64, u64), StoreError>;
     /// Where the data lives, for people: a file path or a URL without its password.
     fn location(&self) -> String;
+    /// Bytes the database takes: SQLite's pages (the WAL's included),
+    /// PostgreSQL's `pg_database_size`. Result files beside it are not counted.
+    fn size_bytes(&self) -> Result<u64, StoreError>;
 }
 
 /// What several servers sharing one database agree on.

@@ -435,7 +435,70 @@ async fn a_failed_unit_in_a_busy_batch_takes_nothing_else_with_it(kind: Kind) {
     assert_eq!(store.flow_run(existing).unwrap().state, RunState::Running);
 }
 
+/// The size that `host db check` and the benchmarks report grows with the
+/// rows written (PostgreSQL's counts every table's pages; SQLite's, the WAL's).
+async fn the_database_size_grows_with_its_rows(kind: Kind) {
+    let Some((_place, store)) = open(kind) else {
+        return;
+    };
+    let empty = store.size_bytes().unwrap();
+    assert!(empty > 0, "an empty, migrated database has pages");
+    let writes: Vec<Write> = (0..2_000).map(|_| new_flow_run(FlowRunId::new())).collect();
+    store.submit(writes).committed().await.unwrap();
+    let full = store.size_bytes().unwrap();
+    assert!(
+        full >= empty + 2_000 * 64,
+        "2,000 runs should take at least 64 bytes each: {empty} -> {full}"
+    );
+}
+
+/// Runs created in the same microsecond are ordered by id, so a cursor
+/// page boundary between them neither repeats nor skips one.
+async fn cursor_pages_split_ties_in_creation_time_without_loss(kind: Kind) {
+    let Some((_place, store)) = open(kind) else {
+        return;
+    };
+    // Every run gets the same created time (`at: 1`).
+    let ids: Vec<FlowRunId> = (0..10).map(|_| FlowRunId::new()).collect();
+    let writes = ids.iter().map(|id| new_flow_run(*id)).collect();
+    store.submit(writes).committed().await.unwrap();
+    let mut listed = Vec::new();
+    let mut after = None;
+    loop {
+        let page = store
+            .list_flow_runs(&FlowRunFilter {
+                limit: 3,
+                after,
+                ..FlowRunFilter::default()
+            })
+            .unwrap();
+        listed.extend(page.iter().map(|r| r.id));
+        match page.last() {
+            Some(last) if page.len() == 3 => after = Some(RunCursor::after(last)),
+            _ => break,
+        }
+    }
+    let mut expected = ids.clone();
+    expected.sort_by(|a, b| b.as_bytes().cmp(a.as_bytes()));
+    assert_eq!(listed, expected, "newest first, ties by id, each once");
+    let text = RunCursor::after(&store.flow_run(ids[0]).unwrap()).to_string();
+    assert_eq!(text.parse::<RunCursor>().unwrap().id, ids[0]);
+    for bad in [
+        "",
+        "1",
+        "x.y",
+        "1.",
+        ".1",
+        "1.2.3",
+        "1.00000000-0000-0000-0000-00000000000g",
+    ] {
+        assert!(bad.parse::<RunCursor>().is_err(), "{bad:?} parsed");
+    }
+}
+
 on_both_backends!(
+    cursor_pages_split_ties_in_creation_time_without_loss,
+    the_database_size_grows_with_its_rows,
     a_failed_unit_in_a_busy_batch_takes_nothing_else_with_it,
     followers_hear_of_each_commit,
     writes_are_visible_after_the_ticket_resolves,

@@ -33,6 +33,15 @@ impl Housekeeping for PostgresStore {
         self.url().to_string()
     }
 
+    fn size_bytes(&self) -> Result<u64, StoreError> {
+        self.read(|c| {
+            let bytes: i64 = c
+                .query_one("SELECT pg_database_size(current_database())", &[])?
+                .try_get(0)?;
+            Ok(bytes as u64)
+        })
+    }
+
     fn prune(&self, ended_before: TimestampMicros) -> Result<PruneReport, StoreError> {
         self.read(move |c| {
             let mut tx = c.transaction()?;

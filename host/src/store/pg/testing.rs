@@ -18,6 +18,9 @@ pub struct TestCluster {
     bin: PathBuf,
     port: u16,
     as_postgres: bool,
+    /// PostgreSQL's own defaults (fsync on), for benchmarks; tests turn
+    /// fsync off, since a test's cluster outlives no crash of the machine.
+    durable: bool,
 }
 
 static SHARED: OnceLock<Result<TestCluster, String>> = OnceLock::new();
@@ -34,6 +37,16 @@ impl TestCluster {
 
     /// Starts a new cluster (a few seconds: `initdb` and `pg_ctl start`).
     pub fn start() -> Result<TestCluster, String> {
+        Self::start_with(false)
+    }
+
+    /// [`TestCluster::start`] with fsync and full page writes on, as a
+    /// production server runs: what benchmarks measure.
+    pub fn start_durable() -> Result<TestCluster, String> {
+        Self::start_with(true)
+    }
+
+    fn start_with(durable: bool) -> Result<TestCluster, String> {
         let bin = binaries()?;
         let as_postgres = running_as_root();
         let dir = std::env::temp_dir().join(format!(
@@ -47,6 +60,7 @@ impl TestCluster {
             dir,
             bin,
             as_postgres,
+            durable,
         };
         if as_postgres {
             run(Command::new("chown")
@@ -79,11 +93,14 @@ impl TestCluster {
     }
 
     fn pg_ctl_start(&self) -> Result<(), String> {
-        let options = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c full_page_writes=off -c max_connections=200",
+        let mut options = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c max_connections=200",
             self.port,
             self.dir.display()
         );
+        if !self.durable {
+            options.push_str(" -c fsync=off -c full_page_writes=off");
+        }
         run(self
             .tool("pg_ctl")
             .arg("-D")

@@ -30,6 +30,14 @@ impl Housekeeping for SqliteStore {
         self.path().display().to_string()
     }
 
+    fn size_bytes(&self) -> Result<u64, StoreError> {
+        self.read(|c| {
+            let pages: i64 = c.pragma_query_value(None, "page_count", |r| r.get(0))?;
+            let page_size: i64 = c.pragma_query_value(None, "page_size", |r| r.get(0))?;
+            Ok((pages * page_size) as u64)
+        })
+    }
+
     fn prune(&self, ended_before: TimestampMicros) -> Result<PruneReport, StoreError> {
         let mut report = PruneReport::default();
         {
