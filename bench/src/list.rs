@@ -94,7 +94,7 @@ fn cursor_at(server: &Server, query: &str) -> String {
 /// Writes `rows` flow runs through the store's writer: finished runs spread
 /// over states and ten deployments, on a pool no executor serves, so the
 /// server leaves them alone.
-fn fill(db: &Path, rows: usize) {
+pub fn fill(db: &Path, rows: usize) {
     let store = Store::open(db).unwrap();
     fill_store(&store, rows);
     store.close();

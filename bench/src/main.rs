@@ -19,6 +19,7 @@ mod recording;
 mod report;
 mod scheduler;
 mod server;
+mod ui;
 
 use report::Report;
 use std::path::PathBuf;
@@ -45,6 +46,10 @@ const SCENARIOS: &[(&str, &str)] = &[
     (
         "backends",
         "SQLite and PostgreSQL side by side: recorded tasks/s, bytes per task run, flows/s through the API, list 100 of 1M",
+    ),
+    (
+        "ui",
+        "the web UI: run page of a 1,000-task run (time, bytes), dashboard over 100k runs",
     ),
     ("scheduler", "scheduler ticks over 1,000 cron deployments"),
     (
@@ -129,6 +134,7 @@ fn main() {
             needs_host => match http::host_binary() {
                 Some(host) if needs_host == "server" => server::run(&options, &mut report, &host),
                 Some(host) if needs_host == "drills" => drills::run(&mut report, &host),
+                Some(host) if needs_host == "ui" => ui::run(&options, &mut report, &host),
                 Some(host) if needs_host == "backends" => {
                     runtime.block_on(backends::run(&options, &mut report, &host))
                 }
