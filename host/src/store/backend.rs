@@ -54,17 +54,13 @@ pub trait FlowRuns {
     fn active_runs_of_deployment(&self, deployment: &str) -> Result<u64, StoreError>;
     /// Flow runs per state, for metrics.
     fn count_flow_runs_by_state(&self) -> Result<Vec<(RunState, u64)>, StoreError>;
-    /// Flow runs created at or after `since`, per state (the UI's dashboard).
-    fn count_flow_runs_by_state_since(
+    /// Flow runs created at or after `since`, per hour since the epoch and
+    /// state, oldest hour first: the UI's dashboard (its counts and its
+    /// throughput chart) from one pass over an index.
+    fn count_flow_runs_per_hour_and_state_since(
         &self,
         since: TimestampMicros,
-    ) -> Result<Vec<(RunState, u64)>, StoreError>;
-    /// Flow runs created at or after `since`, per hour since the epoch
-    /// (the UI's throughput chart), oldest hour first.
-    fn count_flow_runs_per_hour_since(
-        &self,
-        since: TimestampMicros,
-    ) -> Result<Vec<(i64, u64)>, StoreError>;
+    ) -> Result<Vec<(i64, RunState, u64)>, StoreError>;
     /// Unfinished runs that anyone holds (their holders may be checked for life).
     fn held_runs(&self) -> Result<Vec<FlowRunRow>, StoreError>;
     /// Subflow runs below `id`, at any depth, deepest last.

@@ -496,7 +496,47 @@ async fn cursor_pages_split_ties_in_creation_time_without_loss(kind: Kind) {
     }
 }
 
+/// The dashboard's counts: per hour and state, from `since` on only.
+async fn runs_are_counted_per_hour_and_state(kind: Kind) {
+    let Some((_place, store)) = open(kind) else {
+        return;
+    };
+    const HOUR: i64 = 3_600_000_000;
+    let runs = [
+        (HOUR - 1, RunState::Completed), // before `since`: not counted
+        (5 * HOUR, RunState::Completed),
+        (5 * HOUR + 10, RunState::Completed),
+        (5 * HOUR + 20, RunState::Running),
+        (7 * HOUR, RunState::Completed),
+    ];
+    let writes = runs
+        .iter()
+        .map(|(at, state)| {
+            let mut write = new_flow_run(FlowRunId::new());
+            if let Write::NewFlowRun(run) = &mut write {
+                run.at = *at;
+                run.state = *state;
+            }
+            write
+        })
+        .collect();
+    store.submit(writes).committed().await.unwrap();
+    let mut counted = store
+        .count_flow_runs_per_hour_and_state_since(HOUR)
+        .unwrap();
+    counted.sort_by_key(|(hour, state, _)| (*hour, state.as_str()));
+    assert_eq!(
+        counted,
+        vec![
+            (5, RunState::Completed, 2),
+            (5, RunState::Running, 1),
+            (7, RunState::Completed, 1)
+        ]
+    );
+}
+
 on_both_backends!(
+    runs_are_counted_per_hour_and_state,
     cursor_pages_split_ties_in_creation_time_without_loss,
     the_database_size_grows_with_its_rows,
     a_failed_unit_in_a_busy_batch_takes_nothing_else_with_it,

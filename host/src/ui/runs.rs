@@ -63,8 +63,21 @@ pub(super) async fn dashboard(
     let since = now - DAY_MICROS;
     let (counts, hourly, late, failed, recent) = state
         .blocking(move |state| {
-            let counts = state.store.count_flow_runs_by_state_since(since)?;
-            let hourly = state.store.count_flow_runs_per_hour_since(since)?;
+            let mut counts: Vec<(RunState, u64)> = Vec::new();
+            let mut hourly: Vec<(i64, u64)> = Vec::new();
+            for (hour, run_state, n) in state
+                .store
+                .count_flow_runs_per_hour_and_state_since(since)?
+            {
+                match counts.iter_mut().find(|(s, _)| *s == run_state) {
+                    Some((_, total)) => *total += n,
+                    None => counts.push((run_state, n)),
+                }
+                match hourly.last_mut() {
+                    Some((h, total)) if *h == hour => *total += n,
+                    _ => hourly.push((hour, n)),
+                }
+            }
             let newest = |run_state: Option<RunState>, since: Option<i64>, limit| {
                 state.store.list_flow_runs(&FlowRunFilter {
                     state: run_state,

@@ -238,25 +238,24 @@ impl FlowRuns for PostgresStore {
         self.counts_by_state(i64::MIN)
     }
 
-    fn count_flow_runs_by_state_since(
+    fn count_flow_runs_per_hour_and_state_since(
         &self,
         since: TimestampMicros,
-    ) -> Result<Vec<(RunState, u64)>, StoreError> {
-        self.counts_by_state(since)
-    }
-
-    fn count_flow_runs_per_hour_since(
-        &self,
-        since: TimestampMicros,
-    ) -> Result<Vec<(i64, u64)>, StoreError> {
+    ) -> Result<Vec<(i64, RunState, u64)>, StoreError> {
         self.read(move |c| {
             c.query(
-                "SELECT created_us / 3600000000 AS hour, count(*) FROM flow_runs
-                 WHERE created_us >= $1 GROUP BY hour ORDER BY hour",
+                "SELECT created_us / 3600000000 AS hour, state, count(*) FROM flow_runs
+                 WHERE created_us >= $1 GROUP BY hour, state ORDER BY hour",
                 &[&since],
             )?
             .iter()
-            .map(|r| Ok((r.try_get(0)?, r.try_get::<_, i64>(1)? as u64)))
+            .map(|r| {
+                Ok((
+                    r.try_get(0)?,
+                    state_of(r.try_get(1)?)?,
+                    r.try_get::<_, i64>(2)? as u64,
+                ))
+            })
             .collect()
         })
     }

@@ -219,38 +219,21 @@ impl FlowRuns for SqliteStore {
             .collect()
     }
 
-    /// Flow runs created at or after `since`, per state (the UI's dashboard).
-    fn count_flow_runs_by_state_since(
+    fn count_flow_runs_per_hour_and_state_since(
         &self,
         since: TimestampMicros,
-    ) -> Result<Vec<(RunState, u64)>, StoreError> {
-        let rows: Vec<(String, i64)> = self.read(|c| {
+    ) -> Result<Vec<(i64, RunState, u64)>, StoreError> {
+        let rows: Vec<(i64, String, i64)> = self.read(|c| {
             let mut stmt = c.prepare_cached(
-                "SELECT state, count(*) FROM flow_runs WHERE created_us >= ?1 GROUP BY state",
+                "SELECT created_us / 3600000000 AS hour, state, count(*) FROM flow_runs
+                 WHERE created_us >= ?1 GROUP BY hour, state ORDER BY hour",
             )?;
-            stmt.query_map([since], |r| Ok((r.get(0)?, r.get(1)?)))?
+            stmt.query_map([since], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
                 .collect()
         })?;
         rows.into_iter()
-            .map(|(state, n)| Ok((parse_state(&state)?, n as u64)))
+            .map(|(hour, state, n)| Ok((hour, parse_state(&state)?, n as u64)))
             .collect()
-    }
-
-    /// Flow runs created at or after `since`, per hour since the epoch
-    /// (the UI's throughput chart), oldest hour first.
-    fn count_flow_runs_per_hour_since(
-        &self,
-        since: TimestampMicros,
-    ) -> Result<Vec<(i64, u64)>, StoreError> {
-        let rows: Vec<(i64, i64)> = self.read(|c| {
-            let mut stmt = c.prepare_cached(
-                "SELECT created_us / 3600000000 AS hour, count(*) FROM flow_runs
-                 WHERE created_us >= ?1 GROUP BY hour ORDER BY hour",
-            )?;
-            stmt.query_map([since], |r| Ok((r.get(0)?, r.get(1)?)))?
-                .collect()
-        })?;
-        Ok(rows.into_iter().map(|(hour, n)| (hour, n as u64)).collect())
     }
 
     /// Unfinished runs that anyone holds (their holders may be checked for life).
