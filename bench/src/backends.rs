@@ -218,9 +218,11 @@ fn through_api(
     server.deploy_task("add", &digest, "add", json!({"a": 1, "b": 2}), json!({}));
     let burst = if options.quick { 200 } else { 1_000 };
     let mut rates = Vec::new();
+    let mut accepted = Vec::new();
     for _ in 0..options.runs {
         let started = Instant::now();
         let ids: Vec<String> = (0..burst).map(|_| server.trigger("add")).collect();
+        accepted.push(burst as f64 / secs_since(started));
         for id in &ids {
             let detail = server.wait_final(id, Duration::from_secs(300));
             assert_eq!(detail["flow_run"]["state"], "Completed", "{detail}");
@@ -238,6 +240,15 @@ fn through_api(
         )
         .samples(rates)
         .target(at_least(300.0)),
+    );
+    report.push(
+        Figure::new(
+            S,
+            format!("{}: triggers accepted/s, one client", backend.label()),
+            "/s",
+        )
+        .samples(accepted)
+        .note("each trigger is answered once its run is committed"),
     );
 }
 
