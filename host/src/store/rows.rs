@@ -64,6 +64,8 @@ pub enum ObjectKind {
     /// A remote host as it last said hello (name, pools, slots, runs in hand).
     Host,
     Automation,
+    /// A report, table or link a run left (`model::artifact::Artifact`), by id.
+    Artifact,
 }
 
 impl ObjectKind {
@@ -76,6 +78,7 @@ impl ObjectKind {
             ObjectKind::Secret => "secret",
             ObjectKind::Host => "host",
             ObjectKind::Automation => "automation",
+            ObjectKind::Artifact => "artifact",
         }
     }
     pub(crate) fn what(self) -> &'static str {
@@ -87,6 +90,7 @@ impl ObjectKind {
             ObjectKind::Secret => "secret",
             ObjectKind::Host => "host",
             ObjectKind::Automation => "automation",
+            ObjectKind::Artifact => "artifact",
         }
     }
 }

@@ -1,0 +1,389 @@
+//! Contract 0.1.1 end to end: a component built against 0.1.0 still runs;
+//! variables read by flows (recorded, so a resumed run sees what it saw);
+//! pause for input and resume (schema-checked, across a restart, by the
+//! API and the CLI, with a timeout); artifacts (versioned by key, secrets
+//! redacted, a huge one refused without breaking the run); and
+//! `{{ variables.NAME }}` in weir.yaml params.
+
+use serde_json::{Value, json};
+use std::time::Duration;
+use weir_host::model::RunState;
+use weir_tests::{FIXTURE_WASM, Harness, workspace};
+
+mod common;
+use common::{TestServer, start_fixture_run, wait_for_run};
+
+const OLD_HELLO: &str = "tests/fixtures/contract-0.1.0/hello.wasm";
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn state_is(state: &'static str) -> impl Fn(&Value) -> bool {
+    move |run: &Value| run["state"] == state
+}
+
+fn task_runs(server: &TestServer, id: &str) -> Vec<Value> {
+    let (_, detail) = server.get(&format!("/api/flow-runs/{id}"));
+    detail["task_runs"].as_array().cloned().unwrap_or_default()
+}
+
+fn resume(server: &TestServer, id: &str, body: Option<Value>) -> (u16, Value) {
+    let body = body.map(|b| b.to_string().into_bytes());
+    server.request("POST", &format!("/api/flow-runs/{id}/resume"), body)
+}
+
+#[tokio::test]
+async fn a_component_built_against_contract_0_1_0_still_runs() {
+    let bytes = std::fs::read(workspace().join(OLD_HELLO)).unwrap();
+    let imports = |needle: &str| bytes.windows(needle.len()).any(|w| w == needle.as_bytes());
+    // The fixture is what it claims to be: built before 0.1.1 existed.
+    assert!(imports("weir:flow/runtime@0.1.0"));
+    assert!(imports("weir:flow/guest@0.1.0"));
+    assert!(!imports("@0.1.1"));
+    let fresh = std::fs::read(FIXTURE_WASM).unwrap();
+    assert!(fresh.windows(21).any(|w| w == b"weir:flow/guest@0.1.1"));
+
+    let harness = Harness::new();
+    let component = harness
+        .engine
+        .load(&bytes)
+        .await
+        .expect("a 0.1.0 component loads on a 0.1.1 host");
+    assert_eq!(component.manifest.flow_names(), vec!["hello"]);
+    let outcome = harness
+        .run(&component, "hello", json!({ "name": "old" }))
+        .await;
+    assert_eq!(outcome.state, RunState::Completed, "{:?}", outcome.result);
+    assert_eq!(outcome.result.unwrap(), "\"HELLO, OLD!\"");
+}
+
+/// The whole pause story as an attacker drives it: a variable read before
+/// the pause is replayed after the variable changed; input that fails the
+/// schema (or none) is refused with 422 and the run stays Paused; valid
+/// input completes it without running its finished task again; resuming a
+/// run that is not paused is refused.
+#[test]
+fn a_paused_run_takes_only_input_that_matches_and_replays_what_it_saw() {
+    let server = TestServer::start();
+    let digest = server.upload(FIXTURE_WASM);
+    let (status, reply) = server.send("PUT", "/api/variables/threshold", json!({"value": 1}));
+    assert_eq!(status, 200, "{reply}");
+    let id = start_fixture_run(
+        &server,
+        &digest,
+        "approval_gate",
+        json!({"name": "threshold", "timeout_s": 3600}),
+    );
+    let run = wait_for_run(&server, &id, Duration::from_secs(60), state_is("Paused"));
+    assert!(run["message"].as_str().unwrap().contains("resume"), "{run}");
+    let tasks = task_runs(&server, &id);
+    let names: Vec<(&str, &str)> = tasks
+        .iter()
+        .map(|t| {
+            (
+                t["task_name"].as_str().unwrap(),
+                t["state"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        names,
+        vec![
+            ("weir:variable", "Completed"),
+            ("add", "Completed"),
+            ("weir:pause", "Paused")
+        ]
+    );
+
+    // Changed while the run waits: the resumed run must still see 1 first.
+    server.send("PUT", "/api/variables/threshold", json!({"value": 2}));
+
+    for bad in [
+        Some(json!({"input": {"approved": "yes"}})),
+        Some(json!({"input": {"approved": true, "extra": 1}})),
+        Some(json!({"input": "approved"})),
+        None,
+    ] {
+        let (status, reply) = resume(&server, &id, bad.clone());
+        assert_eq!(status, 422, "{bad:?}: {reply}");
+        assert_eq!(reply["error"], "invalid_input", "{reply}");
+        assert!(
+            reply["message"].as_str().unwrap().contains("still Paused"),
+            "{reply}"
+        );
+        let (_, detail) = server.get(&format!("/api/flow-runs/{id}"));
+        assert_eq!(detail["flow_run"]["state"], "Paused", "{bad:?}");
+    }
+    let (status, reply) = server.request(
+        "POST",
+        &format!("/api/flow-runs/{id}/resume"),
+        Some(b"{not json".to_vec()),
+    );
+    assert_eq!(status, 400, "{reply}");
+
+    let (status, reply) = resume(
+        &server,
+        &id,
+        Some(json!({"input": {"approved": true, "note": "ship it"}})),
+    );
+    assert_eq!(status, 202, "{reply}");
+    let run = wait_for_run(&server, &id, Duration::from_secs(60), |r| {
+        r["state"] != "Paused"
+            && r["state"] != "Pending"
+            && r["state"] != "Running"
+            && r["state"] != "Scheduled"
+    });
+    assert_eq!(run["state"], "Completed", "{run}");
+    let result: Value = serde_json::from_str(run["result"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        result,
+        json!({
+            "seen": 1,
+            "sum": 3,
+            "answer": {"approved": true, "note": "ship it"},
+            "after": 2,
+            "from_task": 2
+        })
+    );
+    // Every call ran once: the first read and the task were replayed.
+    let tasks = task_runs(&server, &id);
+    let adds = tasks.iter().filter(|t| t["task_name"] == "add").count();
+    assert_eq!(adds, 1, "{tasks:?}");
+    let mut seqs: Vec<u64> = tasks
+        .iter()
+        .map(|t| t["call_seq"].as_u64().unwrap())
+        .collect();
+    seqs.sort();
+    seqs.dedup();
+    assert_eq!(seqs.len(), tasks.len(), "a call ran twice: {tasks:?}");
+
+    // A run that is not paused takes no input, and a finished one no resume.
+    let (status, reply) = resume(&server, &id, Some(json!({"input": {"approved": true}})));
+    assert_eq!(status, 409, "{reply}");
+    assert!(
+        reply["message"]
+            .as_str()
+            .unwrap()
+            .contains("only a Paused run"),
+        "{reply}"
+    );
+    let other = start_fixture_run(
+        &server,
+        &digest,
+        "call",
+        json!({"task": "add", "input": {"a": 1, "b": 1}}),
+    );
+    wait_for_run(
+        &server,
+        &other,
+        Duration::from_secs(60),
+        state_is("Completed"),
+    );
+    let (status, reply) = resume(&server, &other, Some(json!({"input": {}})));
+    assert_eq!(status, 409, "{reply}");
+}
+
+/// Nothing of a paused run lives in the server's memory: killed and
+/// restarted, the server still has it Paused, and the CLI resumes it.
+#[test]
+fn a_paused_run_survives_a_restart_and_is_resumed_from_the_cli() {
+    let server = TestServer::start();
+    let digest = server.upload(FIXTURE_WASM);
+    let id = start_fixture_run(&server, &digest, "pause_once", json!({}));
+    wait_for_run(&server, &id, Duration::from_secs(60), state_is("Paused"));
+    let server = server.kill_and_restart();
+    // A restart crashes runs whose holder is gone; a paused run has none.
+    let run = wait_for_run(&server, &id, Duration::from_secs(5), |_| true);
+    assert_eq!(run["state"], "Paused", "{run}");
+
+    let bad = server.cli(&["flow-run", "resume", &id, "--input", "{not json"]);
+    assert_eq!(bad.status.code(), Some(2), "{}", text(&bad.stderr));
+    assert!(
+        text(&bad.stderr).contains("--input is not JSON"),
+        "{}",
+        text(&bad.stderr)
+    );
+
+    let out = server.cli(&[
+        "flow-run",
+        "resume",
+        &id,
+        "--input",
+        r#"{"go": [1, 2]}"#,
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    let run = wait_for_run(&server, &id, Duration::from_secs(60), state_is("Completed"));
+    assert_eq!(run["result"], r#"{"go":[1,2]}"#, "{run}");
+}
+
+#[test]
+fn a_pause_nobody_answers_fails_the_run_at_its_timeout() {
+    let server = TestServer::start();
+    let digest = server.upload(FIXTURE_WASM);
+    let id = start_fixture_run(
+        &server,
+        &digest,
+        "approval_gate",
+        json!({"name": "unset", "timeout_s": 1}),
+    );
+    let run = wait_for_run(&server, &id, Duration::from_secs(60), |r| {
+        r["state"] == "Failed"
+    });
+    let message = run["message"].as_str().unwrap();
+    assert!(message.contains("pause timeout (1s)"), "{message}");
+    let (status, reply) = resume(&server, &id, Some(json!({"input": {"approved": true}})));
+    assert_eq!(status, 409, "a timed-out pause takes no input: {reply}");
+}
+
+#[test]
+fn only_a_top_level_flow_may_pause() {
+    let server = TestServer::start();
+    let digest = server.upload(FIXTURE_WASM);
+    let id = start_fixture_run(&server, &digest, "pause_in_child", json!({}));
+    let run = wait_for_run(&server, &id, Duration::from_secs(60), state_is("Failed"));
+    assert!(
+        run["message"]
+            .as_str()
+            .unwrap()
+            .contains("only a top-level flow can pause"),
+        "{run}"
+    );
+}
+
+/// Artifacts from a flow and a task, versioned by key across runs, with a
+/// secret (quote, newline) redacted from every stored form, and one over
+/// the size cap refused while the run goes on.
+#[test]
+fn artifacts_are_versioned_by_key_redacted_and_capped() {
+    let server = TestServer::start();
+    let digest = server.upload(FIXTURE_WASM);
+    let secret = "pa\"ss\nword-9f3k";
+    let (status, reply) = server.send("PUT", "/api/secrets/tricky", json!({"value": secret}));
+    assert_eq!(status, 200, "{reply}");
+    let mut d = json!({
+        "name": "reporter", "component": digest, "flow": "leave_artifacts",
+        "params": {"key": "daily-report", "secret": "tricky", "huge": 300_000},
+        "secrets": ["tricky"],
+    });
+    server.deploy("reporter", d.take());
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let (status, started) = server.send("POST", "/api/deployments/reporter/runs", json!({}));
+        assert_eq!(status, 202, "{started}");
+        let id = started["flow_run_id"].as_str().unwrap().to_string();
+        let (_, run) = server.events(&id);
+        assert_eq!(run["state"], "Completed", "{run}");
+        let result: Value = serde_json::from_str(run["result"].as_str().unwrap()).unwrap();
+        let refused = result["refused"].as_str().unwrap();
+        assert!(
+            refused.contains("300000 bytes, over the limit"),
+            "{refused}"
+        );
+        ids.push(id);
+    }
+
+    let (status, list) = server.get(&format!("/api/artifacts?flow_run={}", ids[0]));
+    assert_eq!(status, 200, "{list}");
+    let artifacts = list["artifacts"].as_array().unwrap();
+    assert_eq!(artifacts.len(), 4, "{list}");
+    let from_task = artifacts
+        .iter()
+        .filter(|a| a["task_run"].is_string())
+        .count();
+    assert_eq!(from_task, 1, "{list}");
+
+    // Key history: three per run, numbered across both runs.
+    let (status, key) = server.get("/api/artifacts/daily-report");
+    assert_eq!(status, 200, "{key}");
+    let versions: Vec<u64> = key["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["version"].as_u64().unwrap())
+        .collect();
+    assert_eq!(versions, vec![6, 5, 4, 3, 2, 1]);
+    assert_eq!(key["artifact"]["version"], 6);
+    assert_eq!(key["artifact"]["flow_run"], ids[1].as_str());
+
+    // The secret is nowhere, in any encoding; its place is marked.
+    let (_, everything) = server.get("/api/artifacts");
+    let all = everything.to_string();
+    for trace in [
+        secret.to_string(),
+        "word-9f3k".to_string(),
+        "pa\\\"ss".to_string(),
+        serde_json::to_string(secret).unwrap(),
+    ] {
+        assert!(!all.contains(&trace), "{trace:?} in {all}");
+    }
+    let report = artifacts
+        .iter()
+        .find(|a| a["kind"] == "markdown" && a["key"] == "daily-report" && a["task_run"].is_null())
+        .unwrap();
+    assert_eq!(report["data"], "# Report\n\nsecret: ***", "{report}");
+    assert_eq!(report["description"], "made with ***");
+    let table = artifacts.iter().find(|a| a["kind"] == "table").unwrap();
+    assert_eq!(table["data"], json!([{"secret": "***", "n": 1}]), "{table}");
+
+    let (status, missing) = server.get("/api/artifacts/no-such-key");
+    assert_eq!(status, 404, "{missing}");
+
+    let out = server.cli(&["artifact", "inspect", "daily-report"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let shown = text(&out.stdout);
+    assert!(shown.contains("daily-report v6 (markdown)"), "{shown}");
+    assert!(shown.contains("6 versions"), "{shown}");
+    let out = server.cli(&["artifact", "ls", "--key", "daily-report", "--json"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let listed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), 6);
+}
+
+/// `{{ variables.NAME }}` in weir.yaml params is replaced at deploy time,
+/// keeping the variable's type; an unset variable stops the deploy.
+#[test]
+fn weir_yaml_params_take_variables() {
+    let server = TestServer::start();
+    server.send("PUT", "/api/variables/rows", json!({"value": 500}));
+    server.send("PUT", "/api/variables/team", json!({"value": "ops"}));
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = |params: &str| {
+        format!(
+            "deployments:\n  - name: templated\n    component: {FIXTURE_WASM}\n    flow: call\n    params: {params}\n"
+        )
+    };
+    let file = dir.path().join("weir.yaml");
+    std::fs::write(
+        &file,
+        yaml(r#"{task: echo, input: {rows: "{{ variables.rows }}", to: "team {{ variables.team }}"}}"#),
+    )
+    .unwrap();
+    let out = server.cli(&["deploy", "-f", file.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let (_, deployment) = server.get("/api/deployments/templated");
+    assert_eq!(
+        deployment["deployment"]["params"]["input"],
+        json!({"rows": 500, "to": "team ops"}),
+        "{deployment}"
+    );
+
+    std::fs::write(
+        &file,
+        yaml(r#"{task: echo, input: "{{ variables.nope }}"}"#),
+    )
+    .unwrap();
+    let out = server.cli(&["deploy", "-f", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stderr).contains("variable 'nope', which is not set"),
+        "{}",
+        text(&out.stderr)
+    );
+}
