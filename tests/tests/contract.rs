@@ -387,3 +387,90 @@ fn weir_yaml_params_take_variables() {
         text(&out.stderr)
     );
 }
+
+fn local_host(home: &std::path::Path, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(common::HOST)
+        .args(args)
+        .env("WEIR_HOME", home)
+        .env_remove("WEIR_API_URL")
+        .current_dir(workspace())
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("running the host")
+}
+
+/// The README's approval example without a server: `host flow run` ends
+/// Paused (exit 0), the artifact shows what waits, a bad answer is refused
+/// with exit 2, and `host flow-run resume --input` finishes it in this
+/// process, replaying `plan` instead of running it again.
+#[test]
+fn the_approval_example_pauses_and_is_resumed_from_the_cli() {
+    let home = tempfile::tempdir().unwrap();
+    let out = local_host(home.path(), &["variable", "set", "price-increase", "10"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = local_host(home.path(), &["flow", "run", "examples/approval", "--json"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let run: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(run["state"], "Paused", "{run}");
+    let id = run["flow_run_id"].as_str().unwrap().to_string();
+
+    let out = local_host(
+        home.path(),
+        &["artifact", "inspect", "price-change", "--json"],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let artifact: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        artifact["artifact"]["data"][2],
+        json!({"plan": "team", "from": 60, "to": 66}),
+        "{artifact}"
+    );
+
+    let out = local_host(
+        home.path(),
+        &[
+            "flow-run",
+            "resume",
+            &id,
+            "--input",
+            r#"{"approved": "yes"}"#,
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("approved"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let out = local_host(
+        home.path(),
+        &[
+            "flow-run",
+            "resume",
+            &id,
+            "--input",
+            r#"{"approved": true, "note": "ok for Q3"}"#,
+            "--json",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    let done: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(done["state"], "Completed", "{done}");
+    assert_eq!(
+        done["result"],
+        "approved (ok for Q3): applied 3 price changes"
+    );
+    assert_eq!(
+        done["summary"]["replayed"], 3,
+        "variable, plan and pause: {done}"
+    );
+
+    let out = local_host(home.path(), &["flow-run", "resume", &id, "--input", "{}"]);
+    assert_eq!(out.status.code(), Some(2), "a finished run takes no input");
+}
