@@ -467,9 +467,16 @@ fn the_approval_example_pauses_and_is_resumed_from_the_cli() {
         "approved (ok for Q3): applied 3 price changes"
     );
     assert_eq!(
-        done["summary"]["replayed"], 3,
-        "variable, plan and pause: {done}"
+        done["summary"]["replayed"], 4,
+        "variable, plan, artifact and pause: {done}"
     );
+    // The replayed artifact was not left again: one version, from the first attempt.
+    let out = local_host(
+        home.path(),
+        &["artifact", "ls", "--key", "price-change", "--json"],
+    );
+    let versions: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(versions.as_array().unwrap().len(), 1, "{versions}");
 
     let out = local_host(home.path(), &["flow-run", "resume", &id, "--input", "{}"]);
     assert_eq!(out.status.code(), Some(2), "a finished run takes no input");

@@ -22,6 +22,8 @@ use serde_json::Value;
 pub const PAUSE_CALL: &str = "weir:pause";
 /// The task name a flow's variable read is recorded under (see [`PAUSE_CALL`]).
 pub const VARIABLE_CALL: &str = "weir:variable";
+/// The task name a flow's artifact is recorded under (see [`PAUSE_CALL`]).
+pub const ARTIFACT_CALL: &str = "weir:artifact";
 
 /// What a pause call records as its input (and replay compares).
 pub fn pause_input(timeout_seconds: u64, input_schema: &Value) -> String {

@@ -9,7 +9,7 @@
 
 use super::{Executor, FlowRun, crashed, input_sha256, send};
 use crate::control::Durability;
-use crate::dispatch::pause::{PAUSE_CALL, VARIABLE_CALL, pause_input};
+use crate::dispatch::pause::{ARTIFACT_CALL, PAUSE_CALL, VARIABLE_CALL, pause_input};
 use crate::engine::PauseAnswer;
 use crate::model::artifact::{Artifact, NewArtifact};
 use crate::model::{Failure, FailureKind, LogLevel, RunState, TaskRunId, Variable};
@@ -241,10 +241,43 @@ impl FlowRun {
         let data = artifact
             .validate()
             .map_err(|e| Failure::new(FailureKind::InvalidInput, e.to_string()))?;
+        // A flow's artifact is a recorded call, so a retried or resumed run
+        // does not leave it (and a version of its key) again. A task's is
+        // covered by the task's own record.
+        let call = match task {
+            Some(_) => None,
+            None => {
+                let seq = self.seq.fetch_add(1, Ordering::SeqCst);
+                let input = json!({
+                    "kind": artifact.kind.as_str(),
+                    "key": artifact.key,
+                    "data_sha256": input_sha256(&artifact.data),
+                })
+                .to_string();
+                if let Some(id) = self.replayed(seq, ARTIFACT_CALL, &input) {
+                    self.stats.replayed.fetch_add(1, Ordering::Relaxed);
+                    return Ok(serde_json::from_str(&id).unwrap_or(id));
+                }
+                Some((seq, input))
+            }
+        };
         let run = self.clone();
-        tokio::task::spawn_blocking(move || run.store_artifact(task, artifact, data))
+        let id = tokio::task::spawn_blocking(move || run.store_artifact(task, artifact, data))
             .await
-            .map_err(|e| crashed(format!("storing an artifact: {e}")))?
+            .map_err(|e| crashed(format!("storing an artifact: {e}")))??;
+        if let Some((seq, input)) = call {
+            let output = Value::String(id.clone()).to_string();
+            self.record_call(
+                seq,
+                ARTIFACT_CALL,
+                &input,
+                RunState::Completed,
+                Some(output),
+                None,
+            )
+            .await?;
+        }
+        Ok(id)
     }
 
     /// Numbers a keyed artifact after the newest version of its key. Blocks.
