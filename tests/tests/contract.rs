@@ -481,3 +481,77 @@ fn the_approval_example_pauses_and_is_resumed_from_the_cli() {
     let out = local_host(home.path(), &["flow-run", "resume", &id, "--input", "{}"]);
     assert_eq!(out.status.code(), Some(2), "a finished run takes no input");
 }
+
+/// A remote host (`host run --pool`) has no variables of its own: the flow's
+/// read and a task's read come from the server's API (the flow's recorded and
+/// shipped like any call), and a pause is refused with a reason instead of
+/// leaving a run no server could resume.
+#[test]
+fn a_remote_host_reads_variables_from_the_server_and_refuses_pause() {
+    let server = TestServer::start_with(&["--no-worker"], None);
+    let host_home = tempfile::tempdir().unwrap();
+    let log = host_home.path().join("host.log");
+    let mut remote = std::process::Command::new(common::HOST)
+        .args([
+            "run",
+            "--pool",
+            "wasm",
+            "--api",
+            &server.url,
+            "--name",
+            "far",
+        ])
+        .env("WEIR_HOME", host_home.path().join("home"))
+        .env_remove("WEIR_API_URL")
+        .env_remove("WEIR_API_KEY")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let digest = server.upload(FIXTURE_WASM);
+    server.send(
+        "PUT",
+        "/api/variables/level",
+        json!({"value": {"deep": [7]}}),
+    );
+    let read = start_fixture_run(
+        &server,
+        &digest,
+        "call",
+        json!({"task": "task_variable", "input": {"name": "level"}}),
+    );
+    let gate = start_fixture_run(
+        &server,
+        &digest,
+        "approval_gate",
+        json!({"name": "level", "timeout_s": 60}),
+    );
+    let ended = |r: &Value| {
+        r["state"]
+            .as_str()
+            .is_some_and(|s| !["Scheduled", "Pending", "Running"].contains(&s))
+    };
+    let run = wait_for_run(&server, &read, Duration::from_secs(120), ended);
+    let host_log = std::fs::read_to_string(&log).unwrap_or_default();
+    assert_eq!(run["state"], "Completed", "{run}\n{host_log}");
+    assert_eq!(run["result"], r#"{"deep":[7]}"#, "{run}");
+
+    let run = wait_for_run(&server, &gate, Duration::from_secs(120), ended);
+    assert_eq!(run["state"], "Failed", "{run}");
+    assert!(
+        run["message"]
+            .as_str()
+            .unwrap()
+            .contains("pause is not available on a remote host"),
+        "{run}"
+    );
+    let tasks = task_runs(&server, &gate);
+    let read = tasks
+        .iter()
+        .find(|t| t["task_name"] == "weir:variable")
+        .unwrap_or_else(|| panic!("the read was shipped: {tasks:?}"));
+    assert_eq!(read["output"], r#"{"found":true,"value":{"deep":[7]}}"#);
+    let _ = remote.kill();
+    let _ = remote.wait();
+}
