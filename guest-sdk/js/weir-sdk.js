@@ -138,6 +138,15 @@ export function pause(timeout, inputSchema = {}) {
 }
 
 /**
+ * Runs a deployment (any component's flow, on its own pool) with `params`
+ * over its defaults: its result when `wait`, else its flow run id at once.
+ * The start is recorded, so a resumed run does not start it again.
+ */
+export function runDeployment(name, params = {}, { wait = true } = {}) {
+  return JSON.parse(callImport(runtime.runDeployment, name, JSON.stringify(params), wait));
+}
+
+/**
  * Leaves an artifact on the run and returns its id: `kind` "markdown" (text),
  * "table" (an array of rows) or "link" (a URL); with `key`, the next version
  * of that key across runs. Secrets in it are redacted by the host.

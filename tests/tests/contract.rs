@@ -555,3 +555,100 @@ fn a_remote_host_reads_variables_from_the_server_and_refuses_pause() {
     let _ = remote.kill();
     let _ = remote.wait();
 }
+
+fn runs_of(server: &TestServer, deployment: &str) -> Vec<Value> {
+    let (_, list) = server.get("/api/flow-runs?limit=500");
+    list["flow_runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["deployment"] == deployment)
+        .cloned()
+        .collect()
+}
+
+/// `run-deployment` from a flow: the child is a run of another component's
+/// deployment and its result comes back; the parent, paused and resumed
+/// after it, replays the start instead of starting a second child; an
+/// unknown deployment, params the child's schema refuses and a child that
+/// fails each fail the call with the reason; without waiting the call
+/// returns the child's id.
+#[test]
+fn a_flow_runs_another_deployment_once_and_gets_its_result() {
+    let server = TestServer::start();
+    let fixture = server.upload(FIXTURE_WASM);
+    let etl = server.upload(weir_tests::ETL_WASM);
+    server.deploy(
+        "etl-small",
+        json!({"name": "etl-small", "component": etl, "flow": "etl", "params": {"rows": 20}}),
+    );
+    server.deploy(
+        "always-fails",
+        json!({"name": "always-fails", "component": fixture, "flow": "flow_fails", "params": {}}),
+    );
+    let launch = |deployment: &str, params: Value, wait: bool, then_pause: bool| {
+        start_fixture_run(
+            &server,
+            &fixture,
+            "launch",
+            json!({"deployment": deployment, "params": params, "wait": wait, "then_pause": then_pause}),
+        )
+    };
+    let ended = |r: &Value| {
+        r["state"]
+            .as_str()
+            .is_some_and(|s| !["Scheduled", "Pending", "Running"].contains(&s))
+    };
+
+    let parent = launch("etl-small", json!({"rows": 40}), true, true);
+    wait_for_run(
+        &server,
+        &parent,
+        Duration::from_secs(120),
+        state_is("Paused"),
+    );
+    assert_eq!(runs_of(&server, "etl-small").len(), 1);
+    let (status, reply) = resume(&server, &parent, Some(json!({"input": {}})));
+    assert_eq!(status, 202, "{reply}");
+    let run = wait_for_run(&server, &parent, Duration::from_secs(120), ended);
+    assert_eq!(run["state"], "Completed", "{run}");
+    let total: u64 = (0..40u64).map(|i| (i * 7919) % 1000 * 2).sum();
+    assert_eq!(
+        serde_json::from_str::<Value>(run["result"].as_str().unwrap()).unwrap(),
+        json!({"rows": 40, "chunks": 1, "total": total})
+    );
+    let children = runs_of(&server, "etl-small");
+    assert_eq!(
+        children.len(),
+        1,
+        "the resume started no second child: {children:?}"
+    );
+    let start = task_runs(&server, &parent)
+        .into_iter()
+        .find(|t| t["task_name"] == "weir:run-deployment")
+        .unwrap();
+    assert_eq!(
+        start["output"],
+        Value::String(children[0]["id"].to_string())
+    );
+
+    for (deployment, params, why) in [
+        ("nope", json!({}), "no deployment named 'nope'"),
+        ("etl-small", json!({"rows": "many"}), "rows"),
+        ("always-fails", json!({}), "ended Failed"),
+    ] {
+        let id = launch(deployment, params, true, false);
+        let run = wait_for_run(&server, &id, Duration::from_secs(120), ended);
+        assert_eq!(run["state"], "Failed", "{run}");
+        let message = run["message"].as_str().unwrap();
+        assert!(message.contains(why), "{why}: {message}");
+    }
+
+    let id = launch("etl-small", json!({"rows": 3}), false, false);
+    let run = wait_for_run(&server, &id, Duration::from_secs(120), ended);
+    assert_eq!(run["state"], "Completed", "{run}");
+    let child: String = serde_json::from_str(run["result"].as_str().unwrap()).unwrap();
+    let child = wait_for_run(&server, &child, Duration::from_secs(120), ended);
+    assert_eq!(child["state"], "Completed", "{child}");
+    assert_eq!(child["deployment"], "etl-small");
+}

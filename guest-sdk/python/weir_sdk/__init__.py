@@ -50,6 +50,7 @@ __all__ = [
     "variable",
     "pause",
     "create_artifact",
+    "run_deployment",
     "flow",
     "task",
     "submit",
@@ -203,6 +204,17 @@ def pause(timeout: Any, input_schema: Optional[dict] = None) -> Any:
     except Err as e:
         raise _from_wit(e.value) from None
     return json.loads(answer)
+
+
+def run_deployment(name: str, params: Optional[dict] = None, wait: bool = True) -> Any:
+    """Runs a deployment (any component's flow, on its own pool) with
+    `params` over its defaults: its result when `wait`, else its flow run id
+    at once. The start is recorded, so a resumed run does not start it again."""
+    try:
+        output = _runtime.run_deployment(name, _dumps(params or {}), wait)
+    except Err as e:
+        raise _from_wit(e.value) from None
+    return json.loads(output)
 
 
 _ARTIFACT_KINDS = {

@@ -328,6 +328,26 @@ pub fn pause<T: serde::de::DeserializeOwned>(
     })
 }
 
+/// Runs a deployment (a flow of any component, on its own pool) with
+/// `params` laid over its defaults, waits for it and returns its result.
+/// The start is recorded in this run: a retried or resumed run waits for the
+/// same child instead of starting another. Prefect's `run_deployment()`.
+pub fn run_deployment<T: serde::de::DeserializeOwned>(
+    name: &str,
+    params: &serde_json::Value,
+) -> Result<T, TaskError> {
+    let output =
+        runtime::run_deployment(name, &params.to_string(), true).map_err(TaskError::from)?;
+    decode_output(&output)
+}
+
+/// Starts a run of a deployment without waiting; returns its flow run id.
+pub fn start_deployment(name: &str, params: &serde_json::Value) -> Result<String, TaskError> {
+    let output =
+        runtime::run_deployment(name, &params.to_string(), false).map_err(TaskError::from)?;
+    decode_output(&output)
+}
+
 /// An artifact to leave on the run: a Markdown report, a table or a link.
 /// Give it a key to make it the next version of that key across runs.
 ///

@@ -24,6 +24,8 @@ pub const PAUSE_CALL: &str = "weir:pause";
 pub const VARIABLE_CALL: &str = "weir:variable";
 /// The task name a flow's artifact is recorded under (see [`PAUSE_CALL`]).
 pub const ARTIFACT_CALL: &str = "weir:artifact";
+/// The task name a flow's start of a deployment's run is recorded under.
+pub const RUN_DEPLOYMENT_CALL: &str = "weir:run-deployment";
 
 /// What a pause call records as its input (and replay compares).
 pub fn pause_input(timeout_seconds: u64, input_schema: &Value) -> String {

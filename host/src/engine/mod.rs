@@ -104,6 +104,17 @@ pub trait GuestHost: Send + Sync + 'static {
             ))
         })
     }
+    /// Starts a run of a deployment (`run-deployment`, since 0.1.1): its
+    /// result when `wait`, else its id as a JSON string.
+    fn run_deployment(
+        &self,
+        _name: String,
+        _params: String,
+        _wait: bool,
+    ) -> HostFuture<'_, Result<String, Failure>> {
+        let refusal = self.refusal();
+        Box::pin(async { Err(refusal) })
+    }
     /// Directories and environment variables the instance may reach
     /// (nothing by default).
     fn capabilities(&self) -> &Capabilities {
@@ -966,6 +977,22 @@ impl bindings::weir::flow::runtime::Host for Sandbox {
         let host = self.host.clone();
         guarded(self.cancel.clone(), async move {
             host.create_artifact(artifact).await
+        })
+        .await
+    }
+
+    async fn run_deployment(
+        &mut self,
+        name: String,
+        params: String,
+        wait: bool,
+    ) -> wasmtime::Result<Result<String, wit::TaskError>> {
+        if let Err(failure) = self.check_payload("deployment params", &params) {
+            return Ok(Err(to_wit_error(failure)));
+        }
+        let host = self.host.clone();
+        guarded(self.cancel.clone(), async move {
+            host.run_deployment(name, params, wait).await
         })
         .await
     }

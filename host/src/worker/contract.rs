@@ -9,10 +9,13 @@
 
 use super::{Executor, FlowRun, crashed, input_sha256, send};
 use crate::control::Durability;
-use crate::dispatch::pause::{ARTIFACT_CALL, PAUSE_CALL, VARIABLE_CALL, pause_input};
+use crate::dispatch::pause::{
+    ARTIFACT_CALL, PAUSE_CALL, RUN_DEPLOYMENT_CALL, VARIABLE_CALL, pause_input,
+};
+use crate::dispatch::{DispatchError, Dispatcher};
 use crate::engine::PauseAnswer;
 use crate::model::artifact::{Artifact, NewArtifact};
-use crate::model::{Failure, FailureKind, LogLevel, RunState, TaskRunId, Variable};
+use crate::model::{Failure, FailureKind, FlowRunId, LogLevel, RunState, TaskRunId, Variable};
 use crate::store::{NewTaskRun, ObjectKind, StateChange, Write};
 use serde_json::{Value, json};
 use std::sync::Arc;
@@ -31,6 +34,12 @@ impl Executor {
     /// Makes this executor a remote host's: variables come from `server`.
     pub fn serve_remotely(&self, server: Arc<dyn RemoteServer>) {
         let _ = self.remote.set(server);
+    }
+
+    /// Lets flows start deployments' runs (`run-deployment`) through the
+    /// server's dispatcher; without one they are refused.
+    pub fn start_deployments_with(&self, dispatcher: Arc<Dispatcher>) {
+        let _ = self.dispatcher.set(dispatcher);
     }
 
     fn is_remote(&self) -> bool {
@@ -335,6 +344,102 @@ impl FlowRun {
             ticket.wait_blocking().map_err(crashed)?;
         }
         Ok(id)
+    }
+
+    /// `run-deployment`: starts the child once (the start is a recorded
+    /// call holding its id, replayed on a retry or resume), then, with
+    /// `wait`, follows it to its end.
+    pub(super) async fn run_deployment(
+        self: Arc<Self>,
+        name: String,
+        params: String,
+        wait: bool,
+    ) -> Result<String, Failure> {
+        if self.executor.is_remote() {
+            return Err(Failure::new(
+                FailureKind::Failed,
+                "run-deployment is not available on a remote host (host run --pool) yet; run this deployment on a server's own pool",
+            ));
+        }
+        let Some(dispatcher) = self.executor.dispatcher.get().cloned() else {
+            return Err(Failure::new(
+                FailureKind::Failed,
+                "run-deployment needs a server (its run goes to the deployment's pool): run this flow on `host server start`, e.g. from a deployment",
+            ));
+        };
+        let params: Value = serde_json::from_str(&params)
+            .map_err(|e| Failure::new(FailureKind::InvalidInput, e.to_string()))?;
+        let seq = self.seq.fetch_add(1, Ordering::SeqCst);
+        let input = json!({ "deployment": name, "params": params }).to_string();
+        let child = match self.replayed(seq, RUN_DEPLOYMENT_CALL, &input) {
+            Some(recorded) => {
+                self.stats.replayed.fetch_add(1, Ordering::Relaxed);
+                serde_json::from_str::<String>(&recorded)
+                    .ok()
+                    .and_then(|id| id.parse::<FlowRunId>().ok())
+                    .ok_or_else(|| crashed(format!("the record of call #{seq} holds no run id")))?
+            }
+            None => {
+                let dispatched = dispatcher
+                    .run_deployment(&name, Some(params), Vec::new())
+                    .await
+                    .map_err(|e| {
+                        let kind = match e {
+                            DispatchError::UnknownDeployment(_)
+                            | DispatchError::InvalidParams(_)
+                            | DispatchError::ParamsNotObject => FailureKind::InvalidInput,
+                            _ => FailureKind::Failed,
+                        };
+                        Failure::new(kind, format!("run-deployment '{name}': {e}"))
+                    })?;
+                let output = Value::String(dispatched.id.to_string()).to_string();
+                self.record_call(
+                    seq,
+                    RUN_DEPLOYMENT_CALL,
+                    &input,
+                    RunState::Completed,
+                    Some(output),
+                    None,
+                )
+                .await?;
+                self.log(
+                    None,
+                    LogLevel::Info,
+                    &format!("started run {} of deployment '{name}'", dispatched.id),
+                );
+                dispatched.id
+            }
+        };
+        if !wait {
+            return Ok(Value::String(child.to_string()).to_string());
+        }
+        loop {
+            let store = self.control().store().clone();
+            let row = tokio::task::spawn_blocking(move || store.flow_run(child))
+                .await
+                .map_err(|e| crashed(format!("reading run {child}: {e}")))?
+                .map_err(|e| crashed(format!("reading run {child}: {e}")))?;
+            if row.state.is_terminal() {
+                if row.state.is_success() {
+                    return Ok(row.result.unwrap_or_else(|| "null".into()));
+                }
+                return Err(Failure::new(
+                    FailureKind::Failed,
+                    format!(
+                        "run {child} of deployment '{name}' ended {}: {}",
+                        row.state,
+                        row.message.unwrap_or_default()
+                    ),
+                ));
+            }
+            // Runs of any process end in the store: follow it, as the API's events do.
+            tokio::select! {
+                _ = self.cancel.cancelled() => {
+                    return Err(Failure::new(FailureKind::Cancelled, "the run was cancelled"));
+                }
+                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+            }
+        }
     }
 
     /// Ends an attempt that paused: the run is `Paused` and held by nobody.

@@ -184,6 +184,8 @@ pub struct Executor {
     tag_permits: BTreeMap<String, Arc<Semaphore>>,
     /// Set on a remote host: where variables are read (see `contract`).
     remote: std::sync::OnceLock<Arc<dyn RemoteServer>>,
+    /// Set on a server: starts the runs of `run-deployment` (see `contract`).
+    dispatcher: std::sync::OnceLock<Arc<crate::dispatch::Dispatcher>>,
 }
 
 /// What to run.
@@ -277,6 +279,7 @@ impl Executor {
             timer,
             tag_permits,
             remote: std::sync::OnceLock::new(),
+            dispatcher: std::sync::OnceLock::new(),
         })
     }
 
@@ -1521,6 +1524,16 @@ impl GuestHost for FlowHost {
         artifact: crate::model::artifact::NewArtifact,
     ) -> HostFuture<'_, Result<String, Failure>> {
         Box::pin(self.0.clone().create_artifact(None, artifact))
+    }
+
+    fn run_deployment(
+        &self,
+        name: String,
+        params: String,
+        wait: bool,
+    ) -> HostFuture<'_, Result<String, Failure>> {
+        self.0
+            .in_background(self.0.clone().run_deployment(name, params, wait))
     }
 
     fn capabilities(&self) -> &Capabilities {

@@ -97,3 +97,16 @@ def create_artifact(artifact: Artifact) -> str:
     Raises: `componentize_py_types.Err(wit_world.imports.types.TaskError)`
     """
     raise NotImplementedError
+def run_deployment(name: str, params: str, wait: bool) -> str:
+    """
+    Start a run of a deployment (a flow of any component) with `params`
+    laid over its defaults; the call is recorded in this run with the
+    child's id, so a retried or resumed run does not start it again.
+    With `wait`, wait for the child and return its result (its failure
+    is this call's error); else return its flow run id (a JSON string)
+    at once. Needs a server: the child goes to its deployment's pool.
+    (since 0.1.1)
+    
+    Raises: `componentize_py_types.Err(wit_world.imports.types.TaskError)`
+    """
+    raise NotImplementedError
