@@ -652,3 +652,40 @@ fn a_flow_runs_another_deployment_once_and_gets_its_result() {
     assert_eq!(child["state"], "Completed", "{child}");
     assert_eq!(child["deployment"], "etl-small");
 }
+
+/// Two people answer the same pause at once: exactly one resume wins (the
+/// pause's record moves by compare-and-set), the other gets 409. A paused
+/// run can be cancelled at once, though nobody runs it.
+#[test]
+fn a_pause_is_answered_once_and_a_paused_run_can_be_cancelled() {
+    let server = TestServer::start();
+    let digest = server.upload(FIXTURE_WASM);
+    let id = start_fixture_run(&server, &digest, "pause_once", json!({}));
+    wait_for_run(&server, &id, Duration::from_secs(60), state_is("Paused"));
+    let statuses: Vec<u16> = std::thread::scope(|scope| {
+        let racers: Vec<_> = (0..4)
+            .map(|i| {
+                let (server, id) = (&server, &id);
+                scope.spawn(move || resume(server, id, Some(json!({"input": {"who": i}}))).0)
+            })
+            .collect();
+        racers.into_iter().map(|r| r.join().unwrap()).collect()
+    });
+    let won = statuses.iter().filter(|s| **s == 202).count();
+    assert_eq!(won, 1, "{statuses:?}");
+    assert!(
+        statuses.iter().all(|s| *s == 202 || *s == 409),
+        "{statuses:?}"
+    );
+    let run = wait_for_run(&server, &id, Duration::from_secs(60), state_is("Completed"));
+    let answer: Value = serde_json::from_str(run["result"].as_str().unwrap()).unwrap();
+    assert!(answer["who"].is_u64(), "{run}");
+
+    let id = start_fixture_run(&server, &digest, "pause_once", json!({}));
+    wait_for_run(&server, &id, Duration::from_secs(60), state_is("Paused"));
+    let (status, reply) = server.send("POST", &format!("/api/flow-runs/{id}/cancel"), json!({}));
+    assert_eq!(status, 200, "{reply}");
+    assert_eq!(reply["state"], "Cancelled", "{reply}");
+    let (status, reply) = resume(&server, &id, Some(json!({"input": {}})));
+    assert_eq!(status, 409, "a cancelled run takes no input: {reply}");
+}

@@ -823,12 +823,16 @@ impl Dispatcher {
                 });
             }
             let now = d.control.now();
-            let waiting = matches!(run.state, RunState::Scheduled | RunState::Late);
+            // A paused run is held by nobody (its lease columns are stale).
+            let paused = run.state == RunState::Paused;
+            let waiting = matches!(run.state, RunState::Scheduled | RunState::Late) || paused;
             let unheld = !waiting && !leases::is_held(&run, now);
             if waiting || force || unheld {
                 let mut change = StateChange::new(id.0, run.state, RunState::Cancelled, now);
                 change.failure_kind = Some(crate::model::FailureKind::Cancelled);
-                change.message = Some(if waiting {
+                change.message = Some(if paused {
+                    "cancelled while it was paused for input".into()
+                } else if waiting {
                     "cancelled before it started".into()
                 } else if unheld {
                     "cancelled; nobody held it any more (its host is gone)".into()
