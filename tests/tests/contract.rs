@@ -689,3 +689,45 @@ fn a_pause_is_answered_once_and_a_paused_run_can_be_cancelled() {
     let (status, reply) = resume(&server, &id, Some(json!({"input": {}})));
     assert_eq!(status, 409, "a cancelled run takes no input: {reply}");
 }
+
+/// Without a server nothing expires pauses on a timer: a resume that comes
+/// after the deadline ends the pause itself (the run fails) instead of
+/// continuing a run whose pause was over.
+#[test]
+fn a_resume_after_the_pause_timeout_is_refused_and_fails_the_run() {
+    let home = tempfile::tempdir().unwrap();
+    let args = [
+        "flow",
+        "run",
+        FIXTURE_WASM,
+        "approval_gate",
+        "--param",
+        "name=x",
+    ];
+    let out = local_host(
+        home.path(),
+        &[&args[..], &["--param", "timeout_s=1", "--json"]].concat(),
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let run: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(run["state"], "Paused", "{run}");
+    let id = run["flow_run_id"].as_str().unwrap().to_string();
+    // Input the schema refuses, until the deadline passes: then the refusal
+    // is the timeout's (bounded; the clock, not an event, decides).
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = local_host(home.path(), &["flow-run", "resume", &id, "--input", "{}"]);
+        assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+        let said = text(&out.stderr);
+        if said.contains("timed out") {
+            break;
+        }
+        assert!(said.contains("does not match"), "{said}");
+        assert!(std::time::Instant::now() < deadline, "{said}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let out = local_host(home.path(), &["flow-run", "inspect", &id, "--json"]);
+    let detail: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let state = &detail["flow_run"]["state"];
+    assert_eq!(state, "Failed", "{detail}");
+}

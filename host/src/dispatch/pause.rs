@@ -68,13 +68,27 @@ pub fn answer(
     pause: &OpenPause,
     input: &Value,
 ) -> Result<Vec<Write>, DispatchError> {
+    let now = control.now();
+    if pause
+        .call
+        .next_attempt_at
+        .is_some_and(|deadline| deadline <= now)
+    {
+        // The scheduler may not have looked yet (or there is none: a run of
+        // `host flow run`): the pause ends here, as it would there.
+        expire_pauses(control, control.store(), now)?;
+        return Err(DispatchError::WrongState {
+            id: run,
+            state: RunState::Failed,
+            why: "its pause timed out before this resume; start it again with `host flow-run retry ID`",
+        });
+    }
     crate::protocol::validate_against(&pause.schema, input).map_err(|problems| {
         DispatchError::InvalidResumeInput {
             id: run,
             problems: problems.join("; "),
         }
     })?;
-    let now = control.now();
     let id = pause.call.id.0;
     let running = StateChange::new(id, RunState::Paused, RunState::Running, now);
     let mut done = StateChange::new(id, RunState::Running, RunState::Completed, now);
