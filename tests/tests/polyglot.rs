@@ -199,18 +199,13 @@ fn a_js_task_that_throws_anything_is_a_clean_failure() {
     );
 }
 
-/// Contract 0.1.1 from JavaScript, without a server: the flow reads a
+/// Contract 0.1.1 from Python or JavaScript, without a server: the flow reads a
 /// variable, leaves an artifact and pauses; the variable changes; a resume
 /// with input the schema refuses exits 2 and one that matches completes the
 /// run, which saw the old value first, the new one after, and left its
 /// artifact once.
-#[test]
-fn a_js_flow_reads_variables_pauses_and_leaves_artifacts() {
-    if !enabled("a_js_flow_reads_variables_pauses_and_leaves_artifacts") {
-        return;
-    }
+fn reads_variables_pauses_and_leaves_artifacts(fixture: &str, key: &str) {
     let home = tempfile::tempdir().unwrap();
-    let fixture = "tests/fixtures/js-contract";
     assert!(
         host(home.path(), &["variable", "set", "level", "4"])
             .status
@@ -256,10 +251,7 @@ fn a_js_flow_reads_variables_pauses_and_leaves_artifacts() {
         "{run}"
     );
     assert_eq!(result["answer"], serde_json::json!({"ok": true}));
-    let listed = host(
-        home.path(),
-        &["artifact", "ls", "--key", "js-report", "--json"],
-    );
+    let listed = host(home.path(), &["artifact", "ls", "--key", key, "--json"]);
     let artifacts = json_out(&listed);
     assert_eq!(artifacts.as_array().unwrap().len(), 1, "{artifacts}");
     assert_eq!(artifacts[0]["id"], result["artifact"]);
@@ -267,6 +259,20 @@ fn a_js_flow_reads_variables_pauses_and_leaves_artifacts() {
         artifacts[0]["data"],
         serde_json::json!([{"seen": 4, "twice": 8}])
     );
+}
+
+#[test]
+fn a_js_flow_reads_variables_pauses_and_leaves_artifacts() {
+    if enabled("a_js_flow_reads_variables_pauses_and_leaves_artifacts") {
+        reads_variables_pauses_and_leaves_artifacts("tests/fixtures/js-contract", "js-report");
+    }
+}
+
+#[test]
+fn a_python_flow_reads_variables_pauses_and_leaves_artifacts() {
+    if enabled("a_python_flow_reads_variables_pauses_and_leaves_artifacts") {
+        reads_variables_pauses_and_leaves_artifacts("tests/fixtures/python-contract", "py-report");
+    }
 }
 
 /// Files under `dir` (relative path → bytes), caches left out.
