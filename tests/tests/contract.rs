@@ -681,8 +681,18 @@ fn a_pause_is_answered_once_and_a_paused_run_can_be_cancelled() {
     let answer: Value = serde_json::from_str(run["result"].as_str().unwrap()).unwrap();
     assert!(answer["who"].is_u64(), "{run}");
 
-    let id = start_fixture_run(&server, &digest, "pause_once", json!({}));
-    wait_for_run(&server, &id, Duration::from_secs(60), state_is("Paused"));
+    // Following a run (deployment run --watch) ends when it pauses, exit 0.
+    server.deploy(
+        "pauser",
+        json!({"name": "pauser", "component": digest, "flow": "pause_once", "params": {}}),
+    );
+    let out = server.cli(&["deployment", "run", "pauser", "--watch", "--json"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    // Log lines come first, one JSON object each; the run's end is the last.
+    let stdout = text(&out.stdout);
+    let followed: Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert_eq!(followed["state"], "Paused", "{followed}");
+    let id = followed["flow_run_id"].as_str().unwrap().to_string();
     let (status, reply) = server.send("POST", &format!("/api/flow-runs/{id}/cancel"), json!({}));
     assert_eq!(status, 200, "{reply}");
     assert_eq!(reply["state"], "Cancelled", "{reply}");

@@ -870,7 +870,8 @@ pub(crate) fn finish(run: &Value, json: bool) -> anyhow::Result<()> {
             ),
         }
     }
-    if state == "Completed" {
+    // Paused for input is not a failure: the message says how to resume it.
+    if state == "Completed" || state == "Paused" {
         Ok(())
     } else {
         Err(Exit::code(1))
