@@ -25,6 +25,7 @@ const GUESTS: &[(&str, &str, &str)] = &[
     ("HELLO_WASM", "example-hello", "examples/hello"),
     ("ETL_WASM", "example-etl", "examples/etl"),
     ("SANDBOX_WASM", "example-sandbox", "examples/sandbox"),
+    ("APPROVAL_WASM", "example-approval", "examples/approval"),
 ];
 
 fn main() {

@@ -25,7 +25,7 @@
 // `host build` bundles the app with this module and builds a component with
 // jco (QuickJS); the imports come from `wit/flow.wit`.
 
-import * as runtime from "weir:flow/runtime@0.1.0";
+import * as runtime from "weir:flow/runtime@0.1.1";
 
 export const version = "0.1.0";
 
@@ -112,6 +112,51 @@ export function secret(name) {
 /** Who and where this code runs: run ids, attempt (1 on the first), names. */
 export function runInfo() {
   return runtime.info();
+}
+
+/**
+ * A variable's value (`host variable set NAME VALUE`), or `fallback`.
+ * In a flow the read is recorded: a retried or resumed run sees the value it
+ * saw the first time. A task reads the current value.
+ */
+export function variable(name, fallback = undefined) {
+  const text = runtime.getVariable(name);
+  return text === null || text === undefined ? fallback : JSON.parse(text);
+}
+
+/**
+ * Pauses the run until it is resumed with input matching `inputSchema` (a
+ * JSON Schema; any JSON when omitted) and returns that input. The run goes
+ * Paused and holds no sandbox; `host flow-run resume ID --input '{...}'`
+ * continues it, replaying its finished tasks. `timeout` ("24h", or seconds)
+ * bounds the wait. Only a top-level flow may pause.
+ */
+export function pause(timeout, inputSchema = {}) {
+  const seconds = typeof timeout === "number" ? timeout : Math.floor(durationMs("timeout", timeout) / 1000);
+  // The QuickJS bindings take a u64 as a plain number.
+  return JSON.parse(callImport(runtime.pause, seconds, JSON.stringify(inputSchema)));
+}
+
+/**
+ * Runs a deployment (any component's flow, on its own pool) with `params`
+ * over its defaults: its result when `wait`, else its flow run id at once.
+ * The start is recorded, so a resumed run does not start it again.
+ */
+export function runDeployment(name, params = {}, { wait = true } = {}) {
+  return JSON.parse(callImport(runtime.runDeployment, name, JSON.stringify(params), wait));
+}
+
+/**
+ * Leaves an artifact on the run and returns its id: `kind` "markdown" (text),
+ * "table" (an array of rows) or "link" (a URL); with `key`, the next version
+ * of that key across runs. Secrets in it are redacted by the host.
+ */
+export function createArtifact(kind, data, { key, description } = {}) {
+  if (!["markdown", "table", "link"].includes(kind)) {
+    throw new TypeError(`artifact kind must be markdown, table or link, not ${kind}`);
+  }
+  const text = kind === "table" ? JSON.stringify(data) : String(data);
+  return callImport(runtime.createArtifact, { kind, key, description, data: text });
 }
 
 // --- policies ---------------------------------------------------------------

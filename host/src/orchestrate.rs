@@ -36,7 +36,12 @@ fn allowed(from: Option<RunState>, to: RunState) -> bool {
             Completed | Failed | TimedOut | Crashed | Retrying | Paused | Cancelling | Cancelled
         ),
         Retrying => matches!(to, Running | Failed | Cancelling | Cancelled | Crashed),
-        Paused => matches!(to, Pending | Running | Cancelling | Cancelled),
+        // A resume goes back to waiting for a slot (Scheduled) when none is free;
+        // a pause nobody answered in time fails.
+        Paused => matches!(
+            to,
+            Scheduled | Pending | Running | Cancelling | Cancelled | Failed
+        ),
         // A run being cancelled may still finish on its own before the signal lands.
         Cancelling => matches!(to, Cancelled | Crashed | Completed | Failed | TimedOut),
         // Only a user's retry (or a resume after a crash) brings a finished run back.
@@ -61,7 +66,7 @@ mod tests {
             (Some(Pending), [0, 0, 0, 1, 0, 0, 1, 0, 0, 0, 0, 1, 1]),
             (Some(Running), [0, 0, 0, 0, 1, 1, 1, 1, 0, 1, 1, 1, 1]),
             (Some(Retrying), [0, 0, 0, 1, 0, 0, 1, 0, 0, 1, 0, 1, 1]),
-            (Some(Paused), [0, 0, 1, 1, 0, 0, 1, 0, 0, 0, 0, 0, 1]),
+            (Some(Paused), [1, 0, 1, 1, 0, 0, 1, 0, 0, 1, 0, 0, 1]),
             (Some(Cancelling), [0, 0, 0, 0, 0, 0, 0, 1, 0, 1, 1, 1, 1]),
             (Some(Completed), [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
             (Some(Cached), [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]),

@@ -81,6 +81,31 @@ fn kind(value: &Value) -> &'static str {
 pub fn validate_params(schema: &Value, params: &Value) -> Result<(), ParamError> {
     let validator =
         jsonschema::validator_for(schema).map_err(|e| ParamError::BadSchema(e.to_string()))?;
+    problems(&validator, params)
+}
+
+/// Checks any JSON value (a paused run's input) against a JSON Schema: every
+/// problem, or one saying the schema itself is not valid.
+pub fn validate_against(schema: &Value, value: &Value) -> Result<(), Vec<String>> {
+    let validator = jsonschema::validator_for(schema).map_err(|e| {
+        vec![format!(
+            "the pause's input schema is not valid JSON Schema: {e}"
+        )]
+    })?;
+    problems(&validator, value).map_err(|e| match e {
+        ParamError::Invalid(problems) => problems,
+        other => vec![other.to_string()],
+    })
+}
+
+/// Whether `schema` is a JSON Schema this host can check values against.
+pub fn check_schema(schema: &Value) -> Result<(), String> {
+    jsonschema::validator_for(schema)
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+fn problems(validator: &jsonschema::Validator, params: &Value) -> Result<(), ParamError> {
     let problems: Vec<String> = validator
         .iter_errors(params)
         .map(|e| {

@@ -136,6 +136,9 @@ impl Scheduler {
             }
             Err(e) => tracing::warn!("looking for runs whose holder is gone: {e}"),
         }
+        if let Err(e) = self.dispatcher.expire_pauses().await {
+            tracing::warn!("failing paused runs past their timeout: {e}");
+        }
         // Runs made earlier for now may have come due: claimers look again.
         self.dispatcher.wake_claimers();
         report

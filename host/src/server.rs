@@ -193,6 +193,9 @@ impl Server {
             local_allows: config.allows.clone(),
             take_waiting: config.take_waiting,
         });
+        if let Some(executor) = &executor {
+            executor.start_deployments_with(dispatcher.clone());
+        }
         let stop = CancellationToken::new();
         let api = ApiState::new(ApiConfig {
             dispatcher: dispatcher.clone(),

@@ -199,6 +199,82 @@ fn a_js_task_that_throws_anything_is_a_clean_failure() {
     );
 }
 
+/// Contract 0.1.1 from Python or JavaScript, without a server: the flow reads a
+/// variable, leaves an artifact and pauses; the variable changes; a resume
+/// with input the schema refuses exits 2 and one that matches completes the
+/// run, which saw the old value first, the new one after, and left its
+/// artifact once.
+fn reads_variables_pauses_and_leaves_artifacts(fixture: &str, key: &str) {
+    let home = tempfile::tempdir().unwrap();
+    assert!(
+        host(home.path(), &["variable", "set", "level", "4"])
+            .status
+            .success()
+    );
+    let (out, run) = run_json(home.path(), fixture, Some("gate"), &["name=level"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(run["state"], "Paused", "{run}");
+    let id = run["flow_run_id"].as_str().unwrap().to_string();
+    assert!(
+        host(home.path(), &["variable", "set", "level", "5"])
+            .status
+            .success()
+    );
+
+    let refused = host(
+        home.path(),
+        &["flow-run", "resume", &id, "--input", r#"{"ok": 1}"#],
+    );
+    assert_eq!(refused.status.code(), Some(2), "{}", text(&refused.stderr));
+    let done = host(
+        home.path(),
+        &[
+            "flow-run",
+            "resume",
+            &id,
+            "--input",
+            r#"{"ok": true}"#,
+            "--json",
+        ],
+    );
+    assert!(done.status.success(), "{}", text(&done.stderr));
+    let run = json_out(&done);
+    assert_eq!(run["state"], "Completed", "{run}");
+    let result = &run["result"];
+    assert_eq!(
+        (&result["seen"], &result["twice"], &result["after"]),
+        (
+            &serde_json::json!(4),
+            &serde_json::json!(8),
+            &serde_json::json!(5)
+        ),
+        "{run}"
+    );
+    assert_eq!(result["answer"], serde_json::json!({"ok": true}));
+    let listed = host(home.path(), &["artifact", "ls", "--key", key, "--json"]);
+    let artifacts = json_out(&listed);
+    assert_eq!(artifacts.as_array().unwrap().len(), 1, "{artifacts}");
+    assert_eq!(artifacts[0]["id"], result["artifact"]);
+    assert_eq!(
+        artifacts[0]["data"],
+        serde_json::json!([{"seen": 4, "twice": 8}])
+    );
+}
+
+#[test]
+fn a_js_flow_reads_variables_pauses_and_leaves_artifacts() {
+    if enabled("a_js_flow_reads_variables_pauses_and_leaves_artifacts") {
+        reads_variables_pauses_and_leaves_artifacts("tests/fixtures/js-contract", "js-report");
+    }
+}
+
+#[test]
+fn a_python_flow_reads_variables_pauses_and_leaves_artifacts() {
+    if enabled("a_python_flow_reads_variables_pauses_and_leaves_artifacts") {
+        reads_variables_pauses_and_leaves_artifacts("tests/fixtures/python-contract", "py-report");
+    }
+}
+
 /// Files under `dir` (relative path → bytes), caches left out.
 fn tree(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
     let mut files = Vec::new();

@@ -147,5 +147,46 @@ class SdkTests(unittest.TestCase):
             weir_sdk.task(name="double")(lambda: None)
 
 
+class ContractTests(unittest.TestCase):
+    """Contract 0.1.1: variables, pause and artifacts as the host sees them."""
+
+    def test_variable_decodes_json_and_falls_back_to_the_default(self):
+        values = {"rows": "500", "nothing": "null"}
+        runtime.get_variable = values.get
+        self.assertEqual(weir_sdk.variable("rows"), 500)
+        self.assertIsNone(weir_sdk.variable("nothing", default=7))
+        self.assertEqual(weir_sdk.variable("unset", default=7), 7)
+
+    def test_pause_sends_seconds_and_the_schema_and_returns_the_input(self):
+        seen = []
+
+        def pause(seconds, schema):
+            seen.append((seconds, json.loads(schema)))
+            return '{"approved": true}'
+
+        runtime.pause = pause
+        schema = {"type": "object", "required": ["approved"]}
+        self.assertEqual(weir_sdk.pause("2h", schema), {"approved": True})
+        self.assertEqual(seen, [(7200, schema)])
+
+        def refused(seconds, schema):
+            raise Err(wit.TaskError_Failed("only a top-level flow can pause"))
+
+        runtime.pause = refused
+        with self.assertRaises(weir_sdk.TaskError) as caught:
+            weir_sdk.pause(60)
+        self.assertIn("top-level", str(caught.exception))
+
+    def test_create_artifact_encodes_tables_and_checks_the_kind(self):
+        made = []
+        runtime.create_artifact = lambda a: made.append(a) or "id-1"
+        self.assertEqual(weir_sdk.create_artifact("table", [{"a": 1}], key="k"), "id-1")
+        self.assertEqual(made[0].kind, runtime.ArtifactKind.TABLE)
+        self.assertEqual(json.loads(made[0].data), [{"a": 1}])
+        self.assertEqual(made[0].key, "k")
+        with self.assertRaises(ValueError):
+            weir_sdk.create_artifact("chart", "x")
+
+
 if __name__ == "__main__":
     unittest.main()

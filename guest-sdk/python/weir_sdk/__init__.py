@@ -47,6 +47,10 @@ except (ImportError, AttributeError):  # pragma: no cover - only outside a build
 __version__ = "0.1.0"
 
 __all__ = [
+    "variable",
+    "pause",
+    "create_artifact",
+    "run_deployment",
     "flow",
     "task",
     "submit",
@@ -170,6 +174,68 @@ def secret(name: str) -> Optional[str]:
 def run_info() -> RunInfo:
     """Who and where this code runs: run ids, attempt (1 on the first), names."""
     return _runtime.info()
+
+
+_MISSING = object()
+
+
+def variable(name: str, default: Any = None) -> Any:
+    """A variable's value (`host variable set NAME VALUE`), or `default`.
+
+    In a flow the read is recorded: a retried or resumed run sees the value
+    it saw the first time. A task reads the current value."""
+    text = _runtime.get_variable(name)
+    if text is None:
+        return default
+    return json.loads(text)
+
+
+def pause(timeout: Any, input_schema: Optional[dict] = None) -> Any:
+    """Pauses the run until it is resumed with input matching `input_schema`
+    (a JSON Schema; any JSON when None) and returns that input.
+
+    The run goes Paused and its sandbox is dropped; `host flow-run resume ID
+    --input '{...}'` continues it by running the flow again, its finished
+    tasks replayed from their records. `timeout` ("24h", or seconds) bounds
+    the wait: nobody resuming fails the run. Only a top-level flow may pause."""
+    seconds = timeout if isinstance(timeout, int) else _duration_ms("timeout", timeout) // 1000
+    try:
+        answer = _runtime.pause(seconds, _dumps(input_schema if input_schema is not None else {}))
+    except Err as e:
+        raise _from_wit(e.value) from None
+    return json.loads(answer)
+
+
+def run_deployment(name: str, params: Optional[dict] = None, wait: bool = True) -> Any:
+    """Runs a deployment (any component's flow, on its own pool) with
+    `params` over its defaults: its result when `wait`, else its flow run id
+    at once. The start is recorded, so a resumed run does not start it again."""
+    try:
+        output = _runtime.run_deployment(name, _dumps(params or {}), wait)
+    except Err as e:
+        raise _from_wit(e.value) from None
+    return json.loads(output)
+
+
+_ARTIFACT_KINDS = {
+    "markdown": _runtime.ArtifactKind.MARKDOWN,
+    "table": _runtime.ArtifactKind.TABLE,
+    "link": _runtime.ArtifactKind.LINK,
+}
+
+
+def create_artifact(kind: str, data: Any, key: Optional[str] = None, description: Optional[str] = None) -> str:
+    """Leaves an artifact on the run and returns its id: `kind` is "markdown"
+    (data: text), "table" (data: a list of rows) or "link" (data: a URL).
+    With a key it is the next version of that key across runs. Secrets in
+    it are redacted by the host."""
+    if kind not in _ARTIFACT_KINDS:
+        raise ValueError(f"artifact kind must be one of {', '.join(_ARTIFACT_KINDS)}, not {kind!r}")
+    text = _dumps(data) if kind == "table" else str(data)
+    try:
+        return _runtime.create_artifact(_runtime.Artifact(_ARTIFACT_KINDS[kind], key, description, text))
+    except Err as e:
+        raise _from_wit(e.value) from None
 
 
 # --- JSON -------------------------------------------------------------------

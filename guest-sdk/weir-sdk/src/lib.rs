@@ -279,6 +279,137 @@ pub fn secret(name: &str) -> Option<String> {
     runtime::get_secret(name)
 }
 
+/// A variable's value (`host variable set NAME VALUE`) as `T`, or `None`
+/// when it is not set.
+///
+/// In a flow the read is recorded: a retried or resumed run sees the value
+/// it saw the first time, even if the variable changed since. A task reads
+/// the current value (its result is what a replay sees).
+///
+/// ```text
+/// let threshold: u32 = weir_sdk::variable("threshold")?.unwrap_or(10);
+/// ```
+pub fn variable<T: serde::de::DeserializeOwned>(name: &str) -> Result<Option<T>, TaskError> {
+    match runtime::get_variable(name) {
+        None => Ok(None),
+        Some(json) => serde_json::from_str(&json).map(Some).map_err(|e| {
+            TaskError::InvalidInput(format!(
+                "variable '{name}' does not have the type this code expects: {e}"
+            ))
+        }),
+    }
+}
+
+/// Pauses the flow run until someone resumes it with input matching
+/// `input_schema` (a JSON Schema), and returns that input as `T`.
+///
+/// The run goes `Paused` and its sandbox is dropped; `host flow-run resume
+/// ID --input '{...}'` (or the API) resumes it. The flow then runs again
+/// from the start: every finished task is replayed from its record, so code
+/// before the pause must call the same tasks in the same order (as any
+/// retried flow must). Without a resume within `timeout` the run fails.
+/// Only a top-level flow may pause.
+///
+/// ```text
+/// let schema = serde_json::json!({"type": "object", "required": ["approved"],
+///     "properties": {"approved": {"type": "boolean"}}});
+/// let answer: Approval = weir_sdk::pause(Duration::from_secs(3600), &schema)?;
+/// ```
+pub fn pause<T: serde::de::DeserializeOwned>(
+    timeout: std::time::Duration,
+    input_schema: &serde_json::Value,
+) -> Result<T, TaskError> {
+    let input =
+        runtime::pause(timeout.as_secs(), &input_schema.to_string()).map_err(TaskError::from)?;
+    serde_json::from_str(&input).map_err(|e| {
+        TaskError::InvalidInput(format!(
+            "the resume input does not have the type this flow expects: {e}"
+        ))
+    })
+}
+
+/// Runs a deployment (a flow of any component, on its own pool) with
+/// `params` laid over its defaults, waits for it and returns its result.
+/// The start is recorded in this run: a retried or resumed run waits for the
+/// same child instead of starting another. Prefect's `run_deployment()`.
+pub fn run_deployment<T: serde::de::DeserializeOwned>(
+    name: &str,
+    params: &serde_json::Value,
+) -> Result<T, TaskError> {
+    let output =
+        runtime::run_deployment(name, &params.to_string(), true).map_err(TaskError::from)?;
+    decode_output(&output)
+}
+
+/// Starts a run of a deployment without waiting; returns its flow run id.
+pub fn start_deployment(name: &str, params: &serde_json::Value) -> Result<String, TaskError> {
+    let output =
+        runtime::run_deployment(name, &params.to_string(), false).map_err(TaskError::from)?;
+    decode_output(&output)
+}
+
+/// An artifact to leave on the run: a Markdown report, a table or a link.
+/// Give it a key to make it the next version of that key across runs.
+///
+/// ```text
+/// Artifact::markdown("# Report\n...").key("daily-report").create()?;
+/// ```
+#[derive(Clone, Debug)]
+pub struct Artifact {
+    kind: runtime::ArtifactKind,
+    key: Option<String>,
+    description: Option<String>,
+    data: String,
+}
+
+impl Artifact {
+    pub fn markdown(text: impl Into<String>) -> Self {
+        Self::of(runtime::ArtifactKind::Markdown, text.into())
+    }
+
+    /// Rows as objects (or arrays); shown as a table.
+    pub fn table<R: serde::Serialize>(rows: &[R]) -> Self {
+        let data = serde_json::to_string(rows).unwrap_or_else(|_| "[]".into());
+        Self::of(runtime::ArtifactKind::Table, data)
+    }
+
+    /// An http:// or https:// URL.
+    pub fn link(url: impl Into<String>) -> Self {
+        Self::of(runtime::ArtifactKind::Link, url.into())
+    }
+
+    fn of(kind: runtime::ArtifactKind, data: String) -> Self {
+        Self {
+            kind,
+            key: None,
+            description: None,
+            data,
+        }
+    }
+
+    /// Lowercase letters, digits and dashes.
+    pub fn key(mut self, key: impl Into<String>) -> Self {
+        self.key = Some(key.into());
+        self
+    }
+
+    pub fn description(mut self, description: impl Into<String>) -> Self {
+        self.description = Some(description.into());
+        self
+    }
+
+    /// Records it; returns its id. Secrets in it are redacted.
+    pub fn create(self) -> Result<String, TaskError> {
+        runtime::create_artifact(&runtime::Artifact {
+            kind: self.kind,
+            key: self.key,
+            description: self.description,
+            data: self.data,
+        })
+        .map_err(TaskError::from)
+    }
+}
+
 /// Who and where this code runs.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct RunInfo {

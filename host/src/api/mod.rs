@@ -10,6 +10,7 @@
 //! The CLI talks to this router for everything that changes server state: over
 //! HTTP when an API URL is configured, in-process (no socket) otherwise.
 
+mod artifacts;
 mod automations;
 pub(crate) mod deployments;
 pub(crate) mod events;
@@ -167,6 +168,8 @@ impl ApiState {
         automations::pause_automation,
         automations::resume_automation,
         automations::list_deliveries,
+        artifacts::list_artifacts,
+        artifacts::get_artifact,
     ),
     modifiers(&BearerAuth, &GuardResponses)
 )]
@@ -292,6 +295,8 @@ pub fn router(state: Arc<ApiState>) -> Router {
                 .put(objects::put_variable)
                 .delete(objects::delete_variable),
         )
+        .route("/api/artifacts", get(artifacts::list_artifacts))
+        .route("/api/artifacts/{key}", get(artifacts::get_artifact))
         .route("/api/automations", get(automations::list_automations))
         .route(
             "/api/automations/{name}",
@@ -506,6 +511,7 @@ impl From<DispatchError> for ApiError {
             D::UnknownFlow { .. } => ApiError::unprocessable("unknown_flow", message),
             D::ParamsNotObject => ApiError::bad_request("invalid_params", message),
             D::InvalidParams(_) => ApiError::unprocessable("invalid_params", message),
+            D::InvalidResumeInput { .. } => ApiError::unprocessable("invalid_input", message),
             D::DeploymentPaused(_)
             | D::SecretNotSet { .. }
             | D::WrongState { .. }

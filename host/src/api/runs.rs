@@ -441,25 +441,53 @@ pub(super) async fn cancel_flow_run(
     Ok(Json(run_action(state.dispatcher.cancel(id, force).await?)))
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ResumeBody {
+    #[serde(default)]
+    input: Option<Value>,
+}
+
 /// Resume an interrupted flow run: one whose holder is gone (it is crashed
 /// now, with its subflows) or already Crashed goes again, its completed
 /// tasks replayed. A run someone still holds gets 409: cancel it first.
+///
+/// A `Paused` run takes `{"input": ...}`: it must match the JSON Schema its
+/// pause asked for (else 422 and the run stays Paused); the run goes again,
+/// replaying its finished calls, and its pause returns the input.
 #[utoipa::path(post, path = "/api/flow-runs/{id}/resume", tag = "flow runs",
     params(("id" = String, Path)),
+    request_body(content = Option<schema::ResumeInput>, content_type = "application/json",
+        description = "For a Paused run: `{\"input\": <JSON matching its pause's schema>}`"),
     responses((status = 202, body = schema::RunAction),
         (status = 404, body = schema::ErrorBody),
-        (status = 409, body = schema::ErrorBody, description = "Someone still holds it, or it completed")))]
+        (status = 409, body = schema::ErrorBody, description = "Someone still holds it, it completed, or input was sent for a run that is not Paused"),
+        (status = 422, body = schema::ErrorBody, description = "The input does not match the pause's schema; the run stays Paused")))]
 pub(super) async fn resume_flow_run(
     State(state): State<Arc<ApiState>>,
     Path(id): Path<String>,
+    body: axum::body::Bytes,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
-    let id = state
-        .blocking(move |state| parse_run_id(state, &id))
+    let ResumeBody { input } = if body.is_empty() {
+        ResumeBody { input: None }
+    } else {
+        parse_body(&body, r#"{"input": <JSON matching the pause's schema>}"#)?
+    };
+    let (id, paused) = state
+        .blocking(move |state| {
+            let id = parse_run_id(state, &id)?;
+            Ok((id, state.store.flow_run(id)?.state == RunState::Paused))
+        })
         .await?;
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(run_action(state.dispatcher.resume(id).await?)),
-    ))
+    let dispatched = if paused || input.is_some() {
+        state
+            .dispatcher
+            .resume_paused(id, input.unwrap_or(Value::Null))
+            .await?
+    } else {
+        state.dispatcher.resume(id).await?
+    };
+    Ok((StatusCode::ACCEPTED, Json(run_action(dispatched))))
 }
 
 /// Run a Failed, Crashed, TimedOut or Cancelled flow run again; completed

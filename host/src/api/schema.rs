@@ -213,6 +213,41 @@ pub struct RunAction {
     pub state: String,
 }
 
+/// The input that resumes a Paused run.
+#[derive(ToSchema)]
+pub struct ResumeInput {
+    /// Must match the JSON Schema the flow's `pause` asked for.
+    pub input: Value,
+}
+
+/// A report, table or link a run left; with a key, one version of it.
+#[derive(ToSchema)]
+pub struct Artifact {
+    pub id: String,
+    pub key: Option<String>,
+    pub version: u64,
+    /// markdown, table or link
+    pub kind: String,
+    pub description: Option<String>,
+    /// Markdown text, a URL, or (table) an array of rows.
+    pub data: Value,
+    pub flow_run: String,
+    pub task_run: Option<String>,
+    pub created_at: String,
+}
+
+/// An artifact key's newest version, and all its versions newest first.
+#[derive(ToSchema)]
+pub struct ArtifactVersions {
+    pub artifact: Artifact,
+    pub versions: Vec<Artifact>,
+}
+
+#[derive(ToSchema)]
+pub struct ArtifactList {
+    pub artifacts: Vec<Artifact>,
+}
+
 /// A task policy or override; every field optional.
 #[derive(ToSchema)]
 pub struct TaskPolicy {

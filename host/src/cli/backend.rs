@@ -171,7 +171,9 @@ impl Backend {
             let state: crate::model::RunState =
                 serde_json::from_value(run["flow_run"]["state"].clone())
                     .context("reading the run's state")?;
-            if state.is_terminal() && lines.is_empty() {
+            // A run paused for input waits for a person: following it ends here.
+            let stopped = state.is_terminal() || state == crate::model::RunState::Paused;
+            if stopped && lines.is_empty() {
                 drained_after_end += 1;
                 if drained_after_end >= 2 {
                     return Ok(run["flow_run"].clone());

@@ -438,12 +438,23 @@ pub(super) fn apply_document(
                 Ok(schedule)
             })
             .collect::<anyhow::Result<Vec<Value>>>()?;
+        let params =
+            resolve_param_templates(&backend, &spec.name, &Value::Object(spec.params.clone()))?;
+        let schedules = schedules
+            .into_iter()
+            .map(|mut s| {
+                if let Some(p) = s.get("params").cloned() {
+                    s["params"] = resolve_param_templates(&backend, &spec.name, &p)?;
+                }
+                Ok(s)
+            })
+            .collect::<anyhow::Result<Vec<Value>>>()?;
         let mut body = json!({
             "name": spec.name,
             "component": digest,
             "flow": spec.flow,
             "description": spec.description,
-            "params": spec.params,
+            "params": params,
             "schedules": schedules,
             "task_policy": spec.limits.policy(&spec.name)?,
             "tags": spec.tags,
@@ -859,7 +870,8 @@ pub(crate) fn finish(run: &Value, json: bool) -> anyhow::Result<()> {
             ),
         }
     }
-    if state == "Completed" {
+    // Paused for input is not a failure: the message says how to resume it.
+    if state == "Completed" || state == "Paused" {
         Ok(())
     } else {
         Err(Exit::code(1))
@@ -941,6 +953,29 @@ pub fn secret(command: SecretCommand) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Params with `{{ variables.NAME }}` replaced by the variables' values now
+/// (deploy time, as Prefect does): a run's params are what the deployment says.
+fn resolve_param_templates(
+    backend: &Backend,
+    deployment: &str,
+    params: &Value,
+) -> anyhow::Result<Value> {
+    if !params.to_string().contains("{{") {
+        return Ok(params.clone());
+    }
+    let listed = backend.get("/api/variables")?;
+    let mut lookup = |name: &str| -> Result<Option<Value>, String> {
+        Ok(listed["variables"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|v| v["name"] == name)
+            .map(|v| v["value"].clone()))
+    };
+    crate::model::template::resolve_variables(params, &mut lookup)
+        .map_err(|e| Exit::bad_input(format!("deployment '{deployment}': {e}")))
 }
 
 // ---- host variable ... ----

@@ -617,6 +617,16 @@ pub(crate) fn watch(
                 );
                 println!("{}", pretty_json(result));
             }
+            Err(_) if outcome.state == RunState::Paused => {
+                eprintln!(
+                    "\n⏸ Paused flow '{flow_name}' (run {}): waiting for input",
+                    outcome.id
+                );
+                eprintln!(
+                    "  resume it with: host flow-run resume {} --input JSON",
+                    outcome.id
+                );
+            }
             Err(failure) => {
                 eprintln!(
                     "\n✗ {} flow '{flow_name}' (run {})",
@@ -631,7 +641,8 @@ pub(crate) fn watch(
             outcome.id, outcome.id
         );
     }
-    if outcome.state == RunState::Completed {
+    // A run paused for input did what it was asked: it waits, resumable.
+    if matches!(outcome.state, RunState::Completed | RunState::Paused) {
         Ok(())
     } else {
         Err(Exit::code(1))

@@ -6,6 +6,7 @@
 //! the command (and the run it started) succeeded, 1 when a run ended in any
 //! state but Completed, 2 when the command could not start (bad input).
 
+mod artifact;
 mod automation;
 mod backend;
 mod db;
@@ -89,6 +90,9 @@ enum Command {
     /// Named JSON values.
     #[command(subcommand)]
     Variable(deploy::VariableCommand),
+    /// Reports, tables and links that runs left.
+    #[command(subcommand)]
+    Artifact(artifact::ArtifactCommand),
     /// Work pools: which executors may run a deployment's runs.
     #[command(name = "work-pool", subcommand)]
     WorkPool(deploy::WorkPoolCommand),
@@ -223,6 +227,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Automation(command) => automation::run(command),
         Command::Secret(command) => deploy::secret(command),
         Command::Variable(command) => deploy::variable(command),
+        Command::Artifact(command) => artifact::run(command),
         Command::WorkPool(command) => deploy::work_pool(command),
         Command::WorkQueue(command) => deploy::work_queue(command),
         Command::Profile(command) => profile::profile(command),
@@ -233,7 +238,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
 fn version(flags: JsonFlag) -> anyhow::Result<()> {
     let host = env!("CARGO_PKG_VERSION");
     let runtime = "wasmtime 48";
-    let wit = "weir:flow@0.1.0";
+    let wit = "weir:flow@0.1.1";
     if flags.json {
         println!(
             "{}",

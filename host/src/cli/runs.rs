@@ -41,6 +41,24 @@ pub struct RerunArgs {
     /// Do not print the flow's log lines.
     #[arg(long, short)]
     quiet: bool,
+    /// For a Paused run (resume only): the input its pause asks for, as JSON
+    /// matching the pause's schema, e.g. '{"approved": true}'.
+    #[arg(long, value_name = "JSON")]
+    input: Option<String>,
+}
+
+impl RerunArgs {
+    /// The `--input` JSON, if given.
+    fn input(&self) -> anyhow::Result<Option<serde_json::Value>> {
+        match &self.input {
+            None => Ok(None),
+            Some(text) => serde_json::from_str(text).map(Some).map_err(|e| {
+                Exit::bad_input(format!(
+                    "--input is not JSON ({e}); quote it for the shell, e.g. --input '{{\"approved\": true}}'"
+                ))
+            }),
+        }
+    }
 }
 
 #[derive(Args, Debug)]
@@ -118,6 +136,11 @@ enum Rerun {
 fn rerun(store: Store, args: RerunArgs, mode: Rerun) -> anyhow::Result<()> {
     let id = resolve(&store, &args.id)?;
     let run = store.flow_run(id)?;
+    let input = args.input()?;
+    if mode == Rerun::Resume && (run.state == RunState::Paused || input.is_some()) {
+        drop(store);
+        return resume_paused(run, input.unwrap_or(serde_json::Value::Null), &args);
+    }
     let unfinished = matches!(
         run.state,
         RunState::Running | RunState::Pending | RunState::Retrying | RunState::Cancelling
@@ -191,6 +214,63 @@ fn rerun(store: Store, args: RerunArgs, mode: Rerun) -> anyhow::Result<()> {
             "Running flow run {id} ('{}') again as attempt {}; completed tasks are replayed",
             run.flow_name,
             run.attempt + 1
+        );
+    }
+    watch(
+        &runtime,
+        &local,
+        ExecutorSettings::default(),
+        request,
+        Display {
+            json: args.json,
+            quiet: args.quiet,
+        },
+    )
+}
+
+/// Resumes a Paused run here with `input`: checked against its pause's
+/// schema, recorded as the pause's answer in one unit with the run's move to
+/// Pending, then run in this process, replaying its finished calls.
+fn resume_paused(
+    run: FlowRunRow,
+    input: serde_json::Value,
+    args: &RerunArgs,
+) -> anyhow::Result<()> {
+    use crate::dispatch::pause;
+    let id = run.id;
+    if run.state != RunState::Paused {
+        return Err(Exit::bad_input(format!(
+            "flow run {id} is {}, not Paused: only a paused run takes --input",
+            run.state
+        )));
+    }
+    let runtime = runtime()?;
+    let local = Local::open(&paths())?;
+    let control = local.control();
+    match pause::resume_here(&control, &run, &input) {
+        Ok(()) => {}
+        Err(e @ crate::dispatch::DispatchError::InvalidResumeInput { .. }) => {
+            return Err(Exit::bad_input(e.to_string()));
+        }
+        Err(e @ crate::dispatch::DispatchError::WrongState { .. }) => {
+            return Err(Exit::bad_input(e.to_string()));
+        }
+        Err(e) => return Err(e.into()),
+    }
+    let digest = crate::model::ComponentDigest::parse(&run.component)
+        .ok_or_else(|| Exit::bad_input(format!("flow run {id} names no valid component digest")))?;
+    let bytes = local.files.get(&digest)?;
+    let component = runtime.block_on(local.load(&local.files.path_of(&digest), &bytes))?;
+    let mut request = FlowRunRequest::new(component, run.flow_name.clone(), run.params.clone());
+    request.existing = Some(ExistingRun {
+        id,
+        state: RunState::Pending,
+        attempt: run.attempt,
+    });
+    if !args.json {
+        eprintln!(
+            "Resuming flow run {id} ('{}') with input; finished calls are replayed",
+            run.flow_name
         );
     }
     watch(
@@ -556,7 +636,16 @@ fn through_api(command: FlowRunCommand) -> anyhow::Result<()> {
             super::deploy::finish(&end, args.json)
         }
         FlowRunCommand::Resume(args) => {
-            let (id, _) = run_action(&backend, &args.id, "resume")?;
+            let body = match args.input()? {
+                Some(input) => serde_json::json!({ "input": input }),
+                None => serde_json::json!({}),
+            };
+            let reply =
+                backend.send("POST", &format!("/api/flow-runs/{}/resume", args.id), &body)?;
+            let id = reply["flow_run_id"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
             if !args.json {
                 eprintln!(
                     "Resuming flow run {id} on {}; completed tasks are replayed",

@@ -17,6 +17,7 @@
 //! blocking pool: a slow read never stalls the API's own thread.
 
 pub mod leases;
+pub mod pause;
 pub mod remote;
 
 use crate::control::{Control, ControlError, Durability};
@@ -73,6 +74,11 @@ pub enum DispatchError {
         state: RunState,
         why: &'static str,
     },
+    /// Input for a paused run that its pause's schema refuses; the run stays Paused.
+    #[error(
+        "the input does not match what flow run {id} asks for: {problems}; it is still Paused, resume it again with input that matches"
+    )]
+    InvalidResumeInput { id: FlowRunId, problems: String },
     #[error("{0}")]
     InvalidComponent(EngineError),
     #[error("the component could not be loaded: {0}")]
@@ -653,6 +659,67 @@ impl Dispatcher {
                 why: "only a Failed, Crashed, TimedOut or Cancelled run can be retried",
             });
         }
+        let message = format!(
+            "attempt {} requested; completed tasks will be replayed",
+            run.attempt + 1
+        );
+        self.requeue(run, Vec::new(), message)
+    }
+
+    /// Resumes a `Paused` run with the input its pause asked for: checked
+    /// against the pause's JSON Schema (a refusal leaves it Paused), then
+    /// recorded as the pause's result in one unit with the run's return to
+    /// its pool, where it runs again replaying its finished calls.
+    pub async fn resume_paused(
+        self: &Arc<Self>,
+        id: FlowRunId,
+        input: Value,
+    ) -> Result<Dispatched, DispatchError> {
+        let dispatched = self
+            .blocking(move |d| {
+                let run = d.run(id)?;
+                let not_paused = |why| DispatchError::WrongState {
+                    id,
+                    state: run.state,
+                    why,
+                };
+                if run.state != RunState::Paused {
+                    return Err(not_paused(
+                        "only a Paused run takes input; see `host flow-run inspect ID`",
+                    ));
+                }
+                let Some(open) = pause::open_pause(&d.store, id)? else {
+                    return Err(not_paused(
+                        "it has no pause waiting for input (it was paused by hand); cancel or retry it",
+                    ));
+                };
+                let answer = pause::answer(&d.control, id, &open, &input)?;
+                let message = format!(
+                    "resumed with input; attempt {} replays the finished calls",
+                    run.attempt + 1
+                );
+                d.requeue(run, answer, message)
+            })
+            .await?;
+        self.announce(dispatched);
+        Ok(dispatched)
+    }
+
+    /// Fails the paused runs nobody resumed before their pause's timeout.
+    pub async fn expire_pauses(self: &Arc<Self>) -> Result<usize, DispatchError> {
+        self.blocking(|d| pause::expire_pauses(&d.control, &d.store, d.control.now()))
+            .await
+    }
+
+    /// Sends a run that ended or waits back to its pool (`Pending` when it
+    /// may start now, else `Scheduled`), with `before` in the same unit.
+    fn requeue(
+        &self,
+        run: FlowRunRow,
+        before: Vec<Write>,
+        message: String,
+    ) -> Result<Dispatched, DispatchError> {
+        let id = run.id;
         // Runs started by `host flow run` have no pool: they come back on the default one.
         let pool = run.work_pool.as_deref().unwrap_or(DEFAULT_POOL);
         let queue = run.work_queue.as_deref().unwrap_or(DEFAULT_QUEUE);
@@ -664,16 +731,14 @@ impl Dispatcher {
             RunState::Scheduled
         };
         let mut change = StateChange::new(id.0, run.state, to, now);
-        change.message = Some(format!(
-            "attempt {} requested; completed tasks will be replayed",
-            run.attempt + 1
-        ));
-        let mut placed = vec![Write::PlaceRun {
+        change.message = Some(message);
+        let mut placed = before;
+        placed.extend([Write::PlaceRun {
             id,
             work_pool: pool.to_string(),
             work_queue: queue.to_string(),
             scheduled_at: now,
-        }];
+        }]);
         if to == RunState::Pending {
             placed.push(Write::TakeLease {
                 id,
@@ -758,12 +823,16 @@ impl Dispatcher {
                 });
             }
             let now = d.control.now();
-            let waiting = matches!(run.state, RunState::Scheduled | RunState::Late);
+            // A paused run is held by nobody (its lease columns are stale).
+            let paused = run.state == RunState::Paused;
+            let waiting = matches!(run.state, RunState::Scheduled | RunState::Late) || paused;
             let unheld = !waiting && !leases::is_held(&run, now);
             if waiting || force || unheld {
                 let mut change = StateChange::new(id.0, run.state, RunState::Cancelled, now);
                 change.failure_kind = Some(crate::model::FailureKind::Cancelled);
-                change.message = Some(if waiting {
+                change.message = Some(if paused {
+                    "cancelled while it was paused for input".into()
+                } else if waiting {
                     "cancelled before it started".into()
                 } else if unheld {
                     "cancelled; nobody held it any more (its host is gone)".into()

@@ -12,6 +12,7 @@
 mod cache;
 mod output;
 
+use crate::model::artifact::{ArtifactKind, NewArtifact};
 use crate::model::capabilities::Capabilities;
 use crate::model::{ComponentDigest, Failure, FailureKind, Limits, LogLevel, Manifest, RunInfo};
 use sha2::{Digest, Sha256};
@@ -77,6 +78,43 @@ pub trait GuestHost: Send + Sync + 'static {
     fn info(&self) -> RunInfo {
         RunInfo::default()
     }
+    /// The JSON value of a variable, or none (`get-variable`, since 0.1.1).
+    /// An error traps the instance: the guest cannot tell a missing
+    /// variable from one that could not be read, so it must not be told "none".
+    fn get_variable(&self, _name: String) -> HostFuture<'_, Result<Option<String>, Failure>> {
+        Box::pin(async { Ok(None) })
+    }
+    /// Pauses the run for input (`pause`, since 0.1.1): the input once the
+    /// run was resumed with it, or [`PauseAnswer::Suspend`] to stop the
+    /// instance now (the run was recorded Paused; it comes back by replay).
+    fn pause(
+        &self,
+        _timeout: Duration,
+        _input_schema: String,
+    ) -> HostFuture<'_, Result<PauseAnswer, Failure>> {
+        let refusal = self.refusal();
+        Box::pin(async { Err(refusal) })
+    }
+    /// Records an artifact (`create-artifact`, since 0.1.1); returns its id.
+    fn create_artifact(&self, _artifact: NewArtifact) -> HostFuture<'_, Result<String, Failure>> {
+        Box::pin(async {
+            Err(Failure::new(
+                FailureKind::Failed,
+                "artifacts cannot be created here",
+            ))
+        })
+    }
+    /// Starts a run of a deployment (`run-deployment`, since 0.1.1): its
+    /// result when `wait`, else its id as a JSON string.
+    fn run_deployment(
+        &self,
+        _name: String,
+        _params: String,
+        _wait: bool,
+    ) -> HostFuture<'_, Result<String, Failure>> {
+        let refusal = self.refusal();
+        Box::pin(async { Err(refusal) })
+    }
     /// Directories and environment variables the instance may reach
     /// (nothing by default).
     fn capabilities(&self) -> &Capabilities {
@@ -96,6 +134,21 @@ pub trait GuestHost: Send + Sync + 'static {
     }
 }
 
+/// How a host answers `pause`.
+#[derive(Debug)]
+pub enum PauseAnswer {
+    /// The run was resumed with this input (JSON).
+    Input(String),
+    /// Stop the instance: the run waits for input with nothing held.
+    Suspend,
+}
+
+/// What a suspending `pause` traps with: the instance ends here, and the
+/// caller's host knows from its own records that this was a pause.
+#[derive(Debug, thiserror::Error)]
+#[error("the run paused to wait for input")]
+struct Suspended;
+
 /// A host that serves nothing: every [`GuestHost`] default (benchmarks, tools
 /// that run a task on its own).
 pub struct NullHost;
@@ -113,7 +166,7 @@ pub enum EngineError {
     #[error("invalid WebAssembly component: {0}")]
     Invalid(String),
     #[error(
-        "this component is not a Weir flow: {0}. Build it with a Weir SDK for the world weir:flow/flow@0.1.0"
+        "this component is not a Weir flow: {0}. Build it with a Weir SDK for the world weir:flow/flow@0.1.x"
     )]
     WrongWorld(String),
     #[error("the component's describe() failed: {0}")]
@@ -868,6 +921,80 @@ impl bindings::weir::flow::runtime::Host for Sandbox {
 
     async fn get_secret(&mut self, name: String) -> wasmtime::Result<Option<String>> {
         Ok(self.host.get_secret(&name))
+    }
+
+    async fn get_variable(&mut self, name: String) -> wasmtime::Result<Option<String>> {
+        if name.len() > 1000 {
+            return Ok(None);
+        }
+        let host = self.host.clone();
+        let read = async move { host.get_variable(name).await };
+        tokio::select! {
+            biased;
+            _ = self.cancel.cancelled() => Err(wasmtime::Error::msg("the run was cancelled")),
+            value = read => value.map_err(|failure| wasmtime::Error::msg(failure.message)),
+        }
+    }
+
+    async fn pause(
+        &mut self,
+        timeout_seconds: u64,
+        input_schema: String,
+    ) -> wasmtime::Result<Result<String, wit::TaskError>> {
+        if let Err(failure) = self.check_payload("pause input schema", &input_schema) {
+            return Ok(Err(to_wit_error(failure)));
+        }
+        let host = self.host.clone();
+        // Beyond ~a century a deadline means nothing; capping it keeps time arithmetic in range.
+        let timeout = Duration::from_secs(timeout_seconds.min(100 * 365 * 86_400));
+        let answer = tokio::select! {
+            biased;
+            _ = self.cancel.cancelled() => return Ok(Err(wit::TaskError::Cancelled)),
+            answer = host.pause(timeout, input_schema) => answer,
+        };
+        match answer {
+            Ok(PauseAnswer::Input(input)) => Ok(Ok(input)),
+            Ok(PauseAnswer::Suspend) => Err(wasmtime::Error::new(Suspended)),
+            Err(failure) => Ok(Err(to_wit_error(failure))),
+        }
+    }
+
+    async fn create_artifact(
+        &mut self,
+        artifact: bindings::weir::flow::runtime::Artifact,
+    ) -> wasmtime::Result<Result<String, wit::TaskError>> {
+        use bindings::weir::flow::runtime::ArtifactKind as WitKind;
+        let artifact = NewArtifact {
+            kind: match artifact.kind {
+                WitKind::Markdown => ArtifactKind::Markdown,
+                WitKind::Table => ArtifactKind::Table,
+                WitKind::Link => ArtifactKind::Link,
+            },
+            key: artifact.key,
+            description: artifact.description,
+            data: artifact.data,
+        };
+        let host = self.host.clone();
+        guarded(self.cancel.clone(), async move {
+            host.create_artifact(artifact).await
+        })
+        .await
+    }
+
+    async fn run_deployment(
+        &mut self,
+        name: String,
+        params: String,
+        wait: bool,
+    ) -> wasmtime::Result<Result<String, wit::TaskError>> {
+        if let Err(failure) = self.check_payload("deployment params", &params) {
+            return Ok(Err(to_wit_error(failure)));
+        }
+        let host = self.host.clone();
+        guarded(self.cancel.clone(), async move {
+            host.run_deployment(name, params, wait).await
+        })
+        .await
     }
 
     async fn info(&mut self) -> wasmtime::Result<wit::RunInfo> {

@@ -3,9 +3,11 @@
 //! Plain data with no IO and no async. Every other module speaks in these types;
 //! the store maps them to rows, the engine to WIT values, the API to JSON.
 
+pub mod artifact;
 pub mod automation;
 pub mod capabilities;
 pub mod deploy;
+pub mod template;
 
 pub use automation::{Automation, AutomationEvent, EventFields};
 pub use deploy::{

@@ -106,6 +106,8 @@ pub enum ObjectKind {
     /// A remote host as it last said hello (name, pools, slots, runs in hand).
     Host,
     Automation,
+    /// A report, table or link a run left (`model::artifact::Artifact`), by id.
+    Artifact,
 }
 
 impl ObjectKind {
@@ -118,6 +120,7 @@ impl ObjectKind {
             ObjectKind::Secret => "secret",
             ObjectKind::Host => "host",
             ObjectKind::Automation => "automation",
+            ObjectKind::Artifact => "artifact",
         }
     }
     pub(crate) fn what(self) -> &'static str {
@@ -129,6 +132,7 @@ impl ObjectKind {
             ObjectKind::Secret => "secret",
             ObjectKind::Host => "host",
             ObjectKind::Automation => "automation",
+            ObjectKind::Artifact => "artifact",
         }
     }
 }

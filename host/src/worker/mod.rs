@@ -6,11 +6,13 @@
 //! record of the result before the flow sees it. Because of that last rule, a
 //! flow run that dies mid-way can be run again and will not redo finished work.
 
+mod contract;
 mod events;
 pub mod remote;
 mod retention;
 mod serve;
 
+pub use contract::RemoteServer;
 pub use events::{RunEvent, RunSummary};
 pub use retention::{log_retention_job, prune_logs_once};
 pub use serve::{CLAIM_TICK, serve};
@@ -180,6 +182,10 @@ pub struct Executor {
     timer: Arc<dyn Timer>,
     /// One semaphore per limited tag, shared by every run of this executor.
     tag_permits: BTreeMap<String, Arc<Semaphore>>,
+    /// Set on a remote host: where variables are read (see `contract`).
+    remote: std::sync::OnceLock<Arc<dyn RemoteServer>>,
+    /// Set on a server: starts the runs of `run-deployment` (see `contract`).
+    dispatcher: std::sync::OnceLock<Arc<crate::dispatch::Dispatcher>>,
 }
 
 /// What to run.
@@ -272,6 +278,8 @@ impl Executor {
             settings,
             timer,
             tag_permits,
+            remote: std::sync::OnceLock::new(),
+            dispatcher: std::sync::OnceLock::new(),
         })
     }
 
@@ -420,6 +428,7 @@ impl Executor {
             }),
             clamps_noted: Mutex::new(HashSet::new()),
             submits_refused: AtomicBool::new(false),
+            paused: AtomicBool::new(false),
             task_override: request.task_override.clone(),
             deployment: request.deployment.clone(),
             secrets: request.secrets.clone(),
@@ -496,6 +505,9 @@ impl Executor {
             run.stats
                 .peak_memory
                 .fetch_max(execution.peak_memory_bytes, Ordering::Relaxed);
+            if run.paused.swap(false, Ordering::SeqCst) && !request.cancel.is_cancelled() {
+                return run.suspend(state, started).await;
+            }
 
             let now = self.control.now();
             match execution.result {
@@ -796,6 +808,8 @@ struct FlowRun {
     clamps_noted: Mutex<HashSet<String>>,
     /// Whether the refusal of a submit past the pending limit was logged.
     submits_refused: AtomicBool,
+    /// Set by a `pause` that suspended this attempt (see `contract`).
+    paused: AtomicBool,
     stats: Stats,
     task_override: Policy,
     deployment: Option<String>,
@@ -1493,6 +1507,35 @@ impl GuestHost for FlowHost {
         self.0.run_info(None)
     }
 
+    fn get_variable(&self, name: String) -> HostFuture<'_, Result<Option<String>, Failure>> {
+        Box::pin(self.0.clone().recorded_variable(name))
+    }
+
+    fn pause(
+        &self,
+        timeout: Duration,
+        input_schema: String,
+    ) -> HostFuture<'_, Result<crate::engine::PauseAnswer, Failure>> {
+        Box::pin(self.0.clone().pause(timeout, input_schema))
+    }
+
+    fn create_artifact(
+        &self,
+        artifact: crate::model::artifact::NewArtifact,
+    ) -> HostFuture<'_, Result<String, Failure>> {
+        Box::pin(self.0.clone().create_artifact(None, artifact))
+    }
+
+    fn run_deployment(
+        &self,
+        name: String,
+        params: String,
+        wait: bool,
+    ) -> HostFuture<'_, Result<String, Failure>> {
+        self.0
+            .in_background(self.0.clone().run_deployment(name, params, wait))
+    }
+
     fn capabilities(&self) -> &Capabilities {
         &self.0.capabilities
     }
@@ -1517,6 +1560,19 @@ impl GuestHost for TaskHost {
     fn info(&self) -> RunInfo {
         self.run
             .run_info(Some((&self.task_run, &self.task_name, self.attempt)))
+    }
+    fn get_variable(&self, name: String) -> HostFuture<'_, Result<Option<String>, Failure>> {
+        Box::pin(self.run.clone().current_variable(name))
+    }
+    fn create_artifact(
+        &self,
+        artifact: crate::model::artifact::NewArtifact,
+    ) -> HostFuture<'_, Result<String, Failure>> {
+        Box::pin(
+            self.run
+                .clone()
+                .create_artifact(Some(self.task_run), artifact),
+        )
     }
     fn capabilities(&self) -> &Capabilities {
         &self.run.capabilities

@@ -162,6 +162,7 @@ pub fn run(config: RemoteConfig, stop: CancellationToken) -> Result<(), RemoteEr
     let mut settings = host.config.executor.clone();
     settings.host_name = host.config.name.clone();
     let executor = Executor::new(engine, control, settings);
+    executor.serve_remotely(Arc::new(ApiVariables(host.client.clone())));
     let finished = CancellationToken::new();
     runtime.block_on(async {
         // Say hello first: a wrong key or URL is one clear error, not a loop.
@@ -195,6 +196,35 @@ pub fn run(config: RemoteConfig, stop: CancellationToken) -> Result<(), RemoteEr
     })?;
     runtime.shutdown_timeout(Duration::from_secs(1));
     Ok(())
+}
+
+/// Variables read from the server's API (`GET /api/variables/NAME`): this
+/// host's own store does not have them.
+struct ApiVariables(Arc<Client>);
+
+impl super::RemoteServer for ApiVariables {
+    fn variable(&self, name: &str) -> Result<Option<serde_json::Value>, String> {
+        // Only names a variable can have reach the URL.
+        if crate::model::deploy::validate_name("variable", name).is_err() {
+            return Ok(None);
+        }
+        let (status, body) = self
+            .0
+            .request(
+                "GET",
+                &format!("/api/variables/{name}"),
+                None,
+                "application/json",
+            )
+            .map_err(|e| e.to_string())?;
+        match status {
+            200 => serde_json::from_slice::<crate::model::Variable>(&body)
+                .map(|v| Some(v.value))
+                .map_err(|e| format!("the server's answer is not a variable: {e}")),
+            404 => Ok(None),
+            _ => Err(server_message(status, &body)),
+        }
+    }
 }
 
 impl RemoteHost {

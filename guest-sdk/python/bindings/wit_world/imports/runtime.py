@@ -13,6 +13,18 @@ import weakref
 from componentize_py_types import Result, Ok, Err, Some
 from ..imports import types
 
+class ArtifactKind(Enum):
+    MARKDOWN = 0
+    TABLE = 1
+    LINK = 2
+
+@dataclass
+class Artifact:
+    kind: ArtifactKind
+    key: Optional[str]
+    description: Optional[str]
+    data: str
+
 
 def log(level: types.LogLevel, message: str) -> None:
     """
@@ -53,5 +65,48 @@ def get_secret(name: str) -> Optional[str]:
 def info() -> types.RunInfo:
     """
     Who and where this code runs.
+    """
+    raise NotImplementedError
+def get_variable(name: str) -> Optional[str]:
+    """
+    The value of a variable (`host variable set NAME VALUE`), or none.
+    A flow's read is recorded in the run: a retried or resumed run sees
+    the value it saw the first time. (since 0.1.1)
+    """
+    raise NotImplementedError
+def pause(timeout_seconds: int, input_schema: str) -> str:
+    """
+    Pause the run until someone resumes it with input that matches
+    `input-schema` (a JSON Schema), and return that input. The run goes
+    `Paused` and its sandbox is dropped: nothing is held while it waits.
+    On resume the flow runs again from the start, its finished calls
+    replayed from their records, and this call returns the input. With
+    no resume within `timeout-seconds` the run fails. Only a top-level
+    flow may pause. (since 0.1.1)
+    
+    Raises: `componentize_py_types.Err(wit_world.imports.types.TaskError)`
+    """
+    raise NotImplementedError
+def create_artifact(artifact: Artifact) -> str:
+    """
+    Leave an artifact (a report, a table or a link) on the run, for
+    people to read. With a key, it is also the next version of the
+    artifact of that key across runs. Returns the artifact's id.
+    (since 0.1.1)
+    
+    Raises: `componentize_py_types.Err(wit_world.imports.types.TaskError)`
+    """
+    raise NotImplementedError
+def run_deployment(name: str, params: str, wait: bool) -> str:
+    """
+    Start a run of a deployment (a flow of any component) with `params`
+    laid over its defaults; the call is recorded in this run with the
+    child's id, so a retried or resumed run does not start it again.
+    With `wait`, wait for the child and return its result (its failure
+    is this call's error); else return its flow run id (a JSON string)
+    at once. Needs a server: the child goes to its deployment's pool.
+    (since 0.1.1)
+    
+    Raises: `componentize_py_types.Err(wit_world.imports.types.TaskError)`
     """
     raise NotImplementedError
