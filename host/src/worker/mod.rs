@@ -488,6 +488,12 @@ impl Executor {
                     request.cancel.child_token(),
                 )
                 .await;
+            // A flow stopped by its deadline takes the calls it was waiting
+            // for with it (each recorded Cancelled), or a task could hold the
+            // attempt far past the deadline that bounds it.
+            if matches!(&execution.result, Err(f) if f.kind == FailureKind::Timeout) {
+                run.abort_in_flight();
+            }
             // Tasks the flow submitted but never awaited still finish and are recorded.
             run.drain_handles().await;
             run.stats
@@ -891,6 +897,29 @@ impl FlowRun {
                 LogLevel::Warn,
                 &format!("policy of {name}: {}", clamped.join("; ")),
             );
+        }
+    }
+
+    /// Stops every call still running for this attempt: dropped, a call's
+    /// `CallGuard` records it Cancelled.
+    fn abort_in_flight(&self) {
+        for handle in self
+            .handles
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+        {
+            if let Submitted::Started(join) = handle {
+                join.abort();
+            }
+        }
+        for join in self
+            .background
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
+            join.abort();
         }
     }
 
