@@ -108,6 +108,7 @@ fn fill(db: &Path, rows: usize) {
                     work_queue: Some("default".into()),
                     secret_grants: Vec::new(),
                     lease: None,
+                    deployment_version: None,
                 })
             })
             .collect();

@@ -547,6 +547,7 @@ impl Dispatcher {
                 holder: self.host_marker.clone(),
                 expires_at: self.lease_until(now),
             }),
+            deployment_version: deployment.and_then(|d| d.version),
         };
         let ticket = match new.schedule_key {
             Some(key) => self

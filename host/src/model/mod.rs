@@ -9,8 +9,8 @@ pub mod deploy;
 
 pub use automation::{Automation, AutomationEvent, EventFields};
 pub use deploy::{
-    Catchup, Deployment, GrantedSecrets, Schedule, Variable, WorkPool, WorkQueue,
-    validate_secret_value,
+    Catchup, Deployment, DeploymentVersion, GrantedSecrets, Schedule, Variable, WorkPool,
+    WorkQueue, validate_secret_value,
 };
 use serde::{Deserialize, Serialize};
 use std::fmt;

@@ -380,6 +380,7 @@ impl Executor {
                             expires_at: self.control.now()
                                 + self.settings.lease_ttl.as_micros() as i64,
                         }),
+                        deployment_version: None,
                     },
                     Durability::Detached,
                 )?;

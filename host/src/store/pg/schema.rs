@@ -141,6 +141,17 @@ const MIGRATIONS: &[&str] = &["
         UNIQUE (automation, flow_run, event)
     );
     CREATE INDEX automation_deliveries_due ON automation_deliveries (next_attempt_us) WHERE status = 'pending';
+", "
+    CREATE TABLE deployment_versions (
+        deployment  TEXT NOT NULL,
+        version     BIGINT NOT NULL,
+        body        TEXT NOT NULL,
+        created_by  TEXT NOT NULL,
+        note        TEXT,
+        created_us  BIGINT NOT NULL,
+        PRIMARY KEY (deployment, version)
+    );
+    ALTER TABLE flow_runs ADD COLUMN deployment_version BIGINT;
 "];
 
 /// Brings the database up to the newest schema, one transaction per migration.

@@ -162,6 +162,20 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX automation_deliveries_due ON automation_deliveries (next_attempt_us) WHERE status = 'pending';
     CREATE INDEX flow_runs_by_end ON flow_runs (ended_us) WHERE ended_us IS NOT NULL;
     ",
+    // 9: deployment versions: every deploy that changes a deployment saves
+    // its definition under the next number; a run records the one that made it.
+    "
+    CREATE TABLE deployment_versions (
+        deployment  TEXT NOT NULL,
+        version     INTEGER NOT NULL,
+        body        TEXT NOT NULL,
+        created_by  TEXT NOT NULL,
+        note        TEXT,
+        created_us  INTEGER NOT NULL,
+        PRIMARY KEY (deployment, version)
+    ) WITHOUT ROWID;
+    ALTER TABLE flow_runs ADD COLUMN deployment_version INTEGER;
+    ",
 ];
 
 /// The newest schema version this host knows.
