@@ -341,3 +341,175 @@ fn a_deployment_run_retries_through_the_server_and_shows_its_attempts() {
     assert!(inspect.status.success(), "{stdout}");
     assert!(stdout.contains("attempt 1 failed"), "{stdout}");
 }
+
+// ---- cache policies beyond a TTL ----
+
+/// Runs `cache_policies` and returns what each cached task said.
+async fn cache_run(
+    executor: &Arc<Executor>,
+    component: &weir_host::engine::Component,
+    label: &str,
+) -> Value {
+    let request = FlowRunRequest::new(
+        component.clone(),
+        "cache_policies",
+        json!({ "n": 1, "label": label }).to_string(),
+    );
+    let outcome = executor.run_flow(request).await.unwrap();
+    assert_eq!(outcome.state, RunState::Completed, "{:?}", outcome.result);
+    json(&outcome.result.unwrap())
+}
+
+#[tokio::test]
+async fn cache_keys_from_input_params_or_run_id_and_a_cache_that_never_expires() {
+    let h = Harness::new();
+    let clock = ManualClock::starting_at(1_700_000_000_000_000);
+    let timer = Arc::new(RecordingTimer {
+        delays: Mutex::new(Vec::new()),
+        clock: clock.clone(),
+    });
+    let control = Arc::new(Control::new(h.store.clone(), Arc::new(clock.clone())));
+    let executor = Executor::with_timer(
+        h.engine.clone(),
+        control,
+        ExecutorSettings::default(),
+        timer,
+    );
+    let component = h.load(FIXTURE_WASM).await;
+
+    let a = cache_run(&executor, &component, "a").await;
+    // Keyed by the run: the second call, with another input, reused the first.
+    assert_eq!(a["run"][0], a["run"][1], "{a}");
+    let again = cache_run(&executor, &component, "a").await;
+    assert_eq!(again["forever"], a["forever"], "same input: a hit");
+    assert_eq!(again["params"], a["params"], "same input and params: a hit");
+    assert_ne!(again["run"][0], a["run"][0], "another run: a miss");
+
+    let other = cache_run(&executor, &component, "b").await;
+    assert_eq!(other["forever"], a["forever"], "params are not in its key");
+    assert_ne!(other["params"], a["params"], "other params: a miss");
+
+    // A hundred years on, the one-hour caches have expired; "forever" has not.
+    clock.advance(Duration::from_secs(100 * 365 * 24 * 3600));
+    let later = cache_run(&executor, &component, "a").await;
+    assert_eq!(later["forever"], a["forever"], "no expiry");
+    assert_ne!(later["params"], a["params"], "expired after its hour");
+
+    // Hits are recorded as Cached task runs of the run that reused them.
+    let runs = h.store.list_flow_runs(&Default::default()).unwrap();
+    let newest = runs.iter().max_by_key(|r| r.created_at).unwrap();
+    let tasks = h.store.task_runs(newest.id).unwrap();
+    let forever = tasks
+        .iter()
+        .find(|t| t.task_name == "cache_forever")
+        .unwrap();
+    assert_eq!(forever.state, RunState::Cached, "{tasks:?}");
+}
+
+// ---- results kept out of the database ----
+
+/// Every file under `dir` (the database, its WAL, result files) whose bytes
+/// contain `needle`.
+fn files_holding(dir: &Path, needle: &[u8]) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if std::fs::read(&path)
+                .map(|bytes| bytes.windows(needle.len()).any(|w| w == needle))
+                .unwrap_or(false)
+            {
+                found.push(path);
+            }
+        }
+    }
+    found
+}
+
+#[tokio::test]
+async fn persist_result_false_leaves_no_trace_of_the_value_in_the_database_or_result_files() {
+    let h = Harness::new();
+    let component = h.load(FIXTURE_WASM).await;
+    let needle = b"UNKEPT-7fa9c2e1";
+    for bytes in [0, 200_000] {
+        let params = json!({ "seed": "1e2c9af7", "bytes": bytes, "n": 0, "ms": 0 });
+        let outcome = h.run(&component, "unkept_flow", params).await;
+        assert_eq!(outcome.state, RunState::Completed, "{:?}", outcome.result);
+        // The caller gets the value...
+        let value = json(&outcome.result.unwrap());
+        assert!(value.as_str().unwrap().starts_with("UNKEPT-7fa9c2e1"));
+        // ...and no record has it: not the task's output, not the flow's result.
+        let row = h.store.flow_run(outcome.id).unwrap();
+        assert_eq!((row.state, row.result), (RunState::Completed, None));
+        let tasks = h.store.task_runs(outcome.id).unwrap();
+        let unkept = tasks.iter().find(|t| t.task_name == "unkept").unwrap();
+        assert_eq!(
+            (unkept.state, unkept.output.clone()),
+            (RunState::Completed, None)
+        );
+        let hook = tasks.iter().find(|t| t.task_name == "note_end").unwrap();
+        assert!(
+            json(&hook.input)["run"]["result"].is_null(),
+            "nor the hook's input"
+        );
+    }
+    // Every byte the store wrote, once its WAL has all it will get.
+    let found = files_holding(h.home.path(), needle);
+    assert!(found.is_empty(), "the value is in {found:?}");
+    // The check can see a value: the seed, which is a param, is there.
+    assert!(!files_holding(h.home.path(), b"1e2c9af7").is_empty());
+}
+
+#[tokio::test]
+async fn a_resumed_run_runs_an_unpersisted_task_again_and_replays_the_rest() {
+    let h = Harness::new();
+    let component = h.load(FIXTURE_WASM).await;
+    let params = json!({ "seed": "abc", "bytes": 0, "n": 6, "ms": 30 }).to_string();
+    let request = FlowRunRequest::new(component.clone(), "unkept_flow", params.clone());
+    let cancel = request.cancel.clone();
+    let executor = h.executor.clone();
+    let running = tokio::spawn(async move { executor.run_flow(request).await.unwrap() });
+    let store = h.store.clone();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let id = loop {
+        let runs = store.list_flow_runs(&Default::default()).unwrap();
+        if let Some(run) = runs.first() {
+            let tasks = store.task_runs(run.id).unwrap();
+            let slept = tasks
+                .iter()
+                .filter(|t| t.task_name == "sleeper" && t.state == RunState::Completed)
+                .count();
+            if slept >= 2 {
+                break run.id;
+            }
+        }
+        assert!(Instant::now() < deadline, "the run never got going");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    cancel.cancel();
+    assert_eq!(running.await.unwrap().state, RunState::Cancelled);
+
+    let mut retry = FlowRunRequest::new(component, "unkept_flow", params);
+    retry.existing = Some(weir_host::worker::ExistingRun {
+        id,
+        state: RunState::Cancelled,
+        attempt: 1,
+    });
+    let outcome = h.executor.run_flow(retry).await.unwrap();
+    assert_eq!(outcome.state, RunState::Completed);
+    assert_eq!(json(&outcome.result.unwrap()), json!("UNKEPT-cba"));
+    let tasks = h.store.task_runs(id).unwrap();
+    let unkept = tasks.iter().filter(|t| t.task_name == "unkept").count();
+    assert_eq!(
+        unkept, 2,
+        "nothing recorded to replay, so it ran again: {tasks:?}"
+    );
+    assert!(
+        outcome.summary.replayed >= 2,
+        "the sleepers replayed: {:?}",
+        outcome.summary
+    );
+}

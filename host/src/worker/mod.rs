@@ -7,6 +7,7 @@
 //! flow run that dies mid-way can be run again and will not redo finished work.
 
 mod events;
+mod hooks;
 pub mod remote;
 mod retention;
 mod serve;
@@ -413,6 +414,7 @@ impl Executor {
             cancel: request.cancel.clone(),
             events: events.clone(),
             owns_log_budget: request.log_budget.is_none(),
+            persist_result: policy.persist_result,
             logs: request.log_budget.clone().unwrap_or_else(|| {
                 Arc::new(LogBudget::new(
                     self.settings.max_log_lines_per_run,
@@ -426,6 +428,7 @@ impl Executor {
             secrets: request.secrets.clone(),
             capabilities: request.capabilities.clone(),
             stats: Stats::default(),
+            params: request.params.clone(),
         });
 
         run.note_clamps("this flow", &policy.clamped);
@@ -455,6 +458,23 @@ impl Executor {
             .await;
         if let Some(poller) = poller {
             poller.abort();
+        }
+        if let Ok(ended) = &outcome {
+            let (result, message) = match &ended.result {
+                // A result kept out of the records stays out of the hook's input too.
+                Ok(_) if !policy.persist_result => (None, None),
+                Ok(result) => (Some(result.as_str()), None),
+                Err(failure) => (None, Some(failure.message.as_str())),
+            };
+            let ended = hooks::Ended {
+                task_name: None,
+                state: ended.state,
+                message,
+                input: &request.params,
+                result,
+                attempt: run.attempt.load(Ordering::SeqCst),
+            };
+            run.run_hooks(&flow_def.policy, ended).await;
         }
         outcome
     }
@@ -590,7 +610,10 @@ impl Executor {
         };
         let mut change = StateChange::new(id.0, from, state, self.control.now());
         match &result {
-            Ok(output) => change.output = Some(run.secrets.redact(output).into_owned()),
+            Ok(output) if run.persist_result => {
+                change.output = Some(run.secrets.redact(output).into_owned())
+            }
+            Ok(_) => {}
             Err(failure) => {
                 change.message = Some(run.secrets.redact(&failure.message).into_owned());
                 change.failure_kind = Some(failure.kind);
@@ -808,6 +831,10 @@ struct FlowRun {
     deployment: Option<String>,
     secrets: Arc<GrantedSecrets>,
     capabilities: Arc<Capabilities>,
+    /// Its params as given (a cache key may be made of them).
+    params: String,
+    /// Whether the flow's own result is recorded (`persist_result`).
+    persist_result: bool,
 }
 
 impl FlowRun {
@@ -1004,13 +1031,20 @@ impl FlowRun {
             &self.executor.settings.task_defaults,
         );
         self.note_clamps(&format!("task '{name}'"), &policy.clamped);
-        let cache_key = cache_key(&policy, &self.component.digest, &name, &input);
+        let cache_key = match &policy.cache_key_parts {
+            // What is not recorded cannot be reused.
+            _ if !policy.persist_result => None,
+            Some(parts) => cache_key_of_parts(&policy, parts, &self.cache_scope(&name, &input)),
+            None => cache_key(&policy, &self.component.digest, &name, &input),
+        };
         self.stats.tasks.fetch_add(1, Ordering::Relaxed);
 
         let control = self.control();
         if let (Some(key), Some(ttl), false) = (&cache_key, policy.cache_ttl, policy.refresh_cache)
         {
-            let not_before = control.now() - ttl.as_micros() as i64;
+            // A TTL of `Duration::MAX` ("forever") reaches back to the beginning.
+            let ttl_micros = i64::try_from(ttl.as_micros()).unwrap_or(i64::MAX);
+            let not_before = control.now().saturating_sub(ttl_micros);
             if let Ok(Some((from, output))) = control.store().cached_output(key, not_before) {
                 let id = TaskRunId::new();
                 // Not awaited: after a crash the same call would simply hit the cache again.
@@ -1169,8 +1203,11 @@ impl FlowRun {
 
             match execution.result {
                 Ok(output) => {
-                    // Recorded redacted: a replay of a secret-bearing result sees `***`.
-                    change.output = Some(self.secrets.redact(&output).into_owned());
+                    // Recorded redacted: a replay of a secret-bearing result sees `***`;
+                    // not at all under persist_result = false (a resume runs it again).
+                    change.output = policy
+                        .persist_result
+                        .then(|| self.secrets.redact(&output).into_owned());
                     // Durable before the flow sees it: the rule that makes resume safe.
                     let ticket = control
                         .change_task_run(
@@ -1386,6 +1423,62 @@ fn cache_key(
     Some(hex::encode(hasher.finalize()))
 }
 
+/// What a call's cache key may be made of (`CacheKeyPart`).
+struct CacheScope<'a> {
+    task: &'a str,
+    input: &'a str,
+    params: &'a str,
+    run: FlowRunId,
+    digest: &'a ComponentDigest,
+}
+
+impl FlowRun {
+    fn cache_scope<'a>(&'a self, task: &'a str, input: &'a str) -> CacheScope<'a> {
+        CacheScope {
+            task,
+            input,
+            params: &self.params,
+            run: self.id,
+            digest: &self.component.digest,
+        }
+    }
+}
+
+/// The cache key made of the parts a policy lists, or `None` when the task
+/// is not cached (or its input or params are not JSON). Each part is
+/// tagged in the hash, so a key from the input alone never equals one from
+/// the params alone.
+fn cache_key_of_parts(
+    policy: &EffectivePolicy,
+    parts: &[crate::model::CacheKeyPart],
+    scope: &CacheScope<'_>,
+) -> Option<String> {
+    use crate::model::CacheKeyPart;
+    policy.cache_ttl?;
+    let canonical = |text: &str| {
+        serde_json::from_str::<serde_json::Value>(text)
+            .ok()
+            .map(|v| v.to_string())
+    };
+    let mut hasher = Sha256::new();
+    hasher.update(b"parts\0");
+    hasher.update(scope.task);
+    for part in parts {
+        let (tag, value): (&[u8], String) = match part {
+            CacheKeyPart::Input => (b"input", canonical(scope.input)?),
+            CacheKeyPart::Params => (b"params", canonical(scope.params)?),
+            CacheKeyPart::RunId => (b"run-id", scope.run.to_string()),
+            CacheKeyPart::Code => (b"code", scope.digest.as_str().to_string()),
+        };
+        hasher.update([0]);
+        hasher.update(tag);
+        hasher.update([0]);
+        hasher.update(value.len().to_le_bytes());
+        hasher.update(value);
+    }
+    Some(hex::encode(hasher.finalize()))
+}
+
 /// What replay compares a call's input by (sha256 of the text the flow passed, hex).
 fn input_sha256(input: &str) -> String {
     hex::encode(Sha256::digest(input))
@@ -1408,8 +1501,11 @@ impl GuestHost for FlowHost {
 
     fn call_task(&self, name: String, input: String) -> HostFuture<'_, Result<String, Failure>> {
         let seq = self.0.seq.fetch_add(1, Ordering::SeqCst);
-        self.0
-            .in_background(self.0.clone().execute_task(name, input, seq, None))
+        self.0.in_background(
+            self.0
+                .clone()
+                .execute_task_and_hooks(name, input, seq, None),
+        )
     }
 
     /// Refuses what would let a flow exhaust the host: an input over the
@@ -1436,7 +1532,7 @@ impl GuestHost for FlowHost {
                     Err(failure) => Submitted::Refused(failure),
                     Ok(permit) => {
                         let seq = run.seq.fetch_add(1, Ordering::SeqCst);
-                        Submitted::Started(tokio::spawn(run.clone().execute_task(
+                        Submitted::Started(tokio::spawn(run.clone().execute_task_and_hooks(
                             name,
                             input,
                             seq,
@@ -1596,6 +1692,68 @@ mod tests {
                 .unwrap()
                 .starts_with("2 log lines (4 B)")
         );
+    }
+
+    #[test]
+    fn cache_keys_of_parts_take_exactly_what_they_name() {
+        use crate::model::CacheKeyPart::{self, *};
+        let defaults = PolicyDefaults::unbounded(1, 1, None);
+        let forever = Policy {
+            cache_ttl_ms: Some(crate::model::CACHE_FOREVER_MS),
+            ..Policy::default()
+        };
+        let policy = EffectivePolicy::resolve(&forever, &defaults);
+        assert_eq!(policy.cache_ttl, Some(Duration::MAX));
+        let (a, b) = (
+            ComponentDigest::from_sha256([1; 32]),
+            ComponentDigest::from_sha256([2; 32]),
+        );
+        let (r1, r2) = (FlowRunId::new(), FlowRunId::new());
+        let key = |parts: &[CacheKeyPart], input, params, run, digest| {
+            let scope = CacheScope {
+                task: "t",
+                input,
+                params,
+                run,
+                digest,
+            };
+            cache_key_of_parts(&policy, parts, &scope).unwrap()
+        };
+        // The input alone: params, run and code do not count, whitespace neither.
+        assert_eq!(
+            key(&[Input], r#"{"x": 1}"#, "{}", r1, &a),
+            key(&[Input], r#"{"x":1}"#, r#"{"p":2}"#, r2, &b)
+        );
+        assert_ne!(
+            key(&[Input, Params], "1", r#"{"p":1}"#, r1, &a),
+            key(&[Input, Params], "1", r#"{"p":2}"#, r1, &a)
+        );
+        assert_eq!(
+            key(&[RunId], "1", "{}", r1, &a),
+            key(&[RunId], "2", "{}", r1, &a)
+        );
+        assert_ne!(
+            key(&[RunId], "1", "{}", r1, &a),
+            key(&[RunId], "1", "{}", r2, &a)
+        );
+        assert_ne!(
+            key(&[Input, Code], "1", "{}", r1, &a),
+            key(&[Input, Code], "1", "{}", r1, &b)
+        );
+        // Each part is tagged: input 1 with params 2 is not params 1 with input 2.
+        assert_ne!(
+            key(&[Input], "1", "2", r1, &a),
+            key(&[Params], "2", "1", r1, &a)
+        );
+        let uncached = EffectivePolicy::resolve(&Policy::default(), &defaults);
+        let scope = CacheScope {
+            task: "t",
+            input: "1",
+            params: "{}",
+            run: r1,
+            digest: &a,
+        };
+        assert_eq!(cache_key_of_parts(&uncached, &[Input], &scope), None);
     }
 
     #[test]
