@@ -513,3 +513,115 @@ async fn a_resumed_run_runs_an_unpersisted_task_again_and_replays_the_rest() {
         outcome.summary
     );
 }
+
+// ---- results kept in a storage the host names ----
+
+/// A harness whose executor keeps storage "big" in a temp directory.
+fn with_storage() -> (Harness, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = ExecutorSettings::default();
+    settings
+        .result_storages
+        .insert("big".into(), dir.path().to_path_buf());
+    (Harness::with_settings(settings), dir)
+}
+
+/// Runs `stored_flow` (its first attempt fails), then retries it by hand.
+async fn stored_run(h: &Harness, between: impl FnOnce()) -> (FlowRunId, FlowRunOutcome) {
+    let component = h.load(FIXTURE_WASM).await;
+    let params = json!({ "seed": "4d3c2b1a", "bytes": 100_000 }).to_string();
+    let first = h
+        .executor
+        .run_flow(FlowRunRequest::new(
+            component.clone(),
+            "stored_flow",
+            params.clone(),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(first.state, RunState::Failed, "{:?}", first.result);
+    between();
+    let mut retry = FlowRunRequest::new(component, "stored_flow", params);
+    retry.existing = Some(weir_host::worker::ExistingRun {
+        id: first.id,
+        state: RunState::Failed,
+        attempt: 1,
+    });
+    let outcome = h.executor.run_flow(retry).await.unwrap();
+    assert_eq!(outcome.state, RunState::Completed, "{:?}", outcome.result);
+    assert_eq!(
+        json(outcome.result.as_deref().unwrap()),
+        json!({ "len": 100_000, "stored": true })
+    );
+    (first.id, outcome)
+}
+
+#[tokio::test]
+async fn result_storage_keeps_the_value_in_its_directory_and_a_retry_reads_it_back() {
+    let (h, dir) = with_storage();
+    let (id, outcome) = stored_run(&h, || {}).await;
+    assert_eq!(outcome.summary.replayed, 1, "read back from its file");
+    let tasks = h.store.task_runs(id).unwrap();
+    assert_eq!(tasks.len(), 1, "it ran once: {tasks:?}");
+    let recorded = tasks[0].output.clone().unwrap();
+    assert!(
+        recorded.contains("$weir_result") && recorded.len() < 200,
+        "{recorded}"
+    );
+    let needle = b"STORED-a1b2c3d4";
+    assert_eq!(
+        files_holding(dir.path(), needle).len(),
+        1,
+        "one file in the storage"
+    );
+    let found = files_holding(h.home.path(), needle);
+    assert!(found.is_empty(), "the value is in {found:?}");
+}
+
+#[tokio::test]
+async fn a_stored_result_whose_file_is_gone_or_damaged_is_run_again() {
+    for damage in ["remove", "change"] {
+        let (h, dir) = with_storage();
+        let (id, outcome) = stored_run(&h, || {
+            for entry in std::fs::read_dir(dir.path()).unwrap() {
+                let path = entry.unwrap().path();
+                match damage {
+                    "remove" => std::fs::remove_file(&path).unwrap(),
+                    _ => std::fs::write(&path, "\"STORED-forged\"").unwrap(),
+                }
+            }
+        })
+        .await;
+        assert_eq!(outcome.summary.replayed, 0, "{damage}");
+        let tasks = h.store.task_runs(id).unwrap();
+        let runs = tasks.iter().filter(|t| t.task_name == "stored_big").count();
+        assert_eq!(runs, 2, "{damage}: ran again: {tasks:?}");
+        let logs: Vec<String> = h
+            .store
+            .logs(id, 0, 1000)
+            .unwrap()
+            .into_iter()
+            .map(|l| l.message)
+            .collect();
+        assert!(
+            logs.iter().any(|l| l.contains("runs again")),
+            "{damage}: {logs:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_result_storage_the_host_does_not_name_fails_the_call_saying_how_to_set_it() {
+    let h = Harness::new();
+    let component = h.load(FIXTURE_WASM).await;
+    let outcome = h
+        .run(
+            &component,
+            "stored_flow",
+            json!({ "seed": "x", "bytes": 10 }),
+        )
+        .await;
+    assert_eq!(outcome.state, RunState::Failed);
+    let message = outcome.result.unwrap_err().message;
+    assert!(message.contains("--result-storage big=DIR"), "{message}");
+}

@@ -169,9 +169,15 @@ class SdkTests(unittest.TestCase):
         def unkept() -> str:
             return "secret"
 
+        @weir_sdk.task(name="stored", result_storage="big")
+        def stored() -> str:
+            return "large"
+
         manifest = json.loads(weir_sdk.Guest().describe())
         task = next(t for t in manifest["tasks"] if t["name"] == "unkept")
         self.assertEqual(task["policy"], {"persist_result": False})
+        task = next(t for t in manifest["tasks"] if t["name"] == "stored")
+        self.assertEqual(task["policy"], {"result_storage": "big"})
         with self.assertRaises(TypeError):
             weir_sdk.task(name="bad_persist", persist_result="no")(lambda: None)
 

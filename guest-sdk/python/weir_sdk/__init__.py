@@ -331,6 +331,10 @@ def _policy(options: dict) -> dict:
             policy["cache_key"] = value
         elif option == "tags":
             policy["tags"] = _strings(option, value)
+        elif option == "result_storage":
+            if not isinstance(value, str) or not value:
+                raise TypeError(f"result_storage: expected the name of a storage the host sets, got {value!r}")
+            policy["result_storage"] = value
         elif option == "persist_result":
             if not isinstance(value, bool):
                 raise TypeError(f"persist_result: expected True or False, got {value!r}")
@@ -603,6 +607,7 @@ def task(
     on_cancellation: Any = None,
     on_crashed: Any = None,
     persist_result: Optional[bool] = None,
+    result_storage: Optional[str] = None,
 ) -> Any:
     """Declares a task: `@task` or `@task(retries=3, retry_delay="50ms", timeout="30s")`.
 
@@ -635,6 +640,7 @@ def flow(
     on_cancellation: Any = None,
     on_crashed: Any = None,
     persist_result: Optional[bool] = None,
+    result_storage: Optional[str] = None,
 ) -> Any:
     """Declares a flow: `@flow` or `@flow(timeout="10m", on_failure=[notify])`.
 

@@ -75,6 +75,7 @@ const OPTIONS: &[&str] = &[
     "on_cancellation",
     "on_crashed",
     "persist_result",
+    "result_storage",
 ];
 
 /// What `cache_key = [...]` may list (the host's `CacheKeyPart`).
@@ -447,6 +448,7 @@ fn policy_json(
                 }
                 format!("\"cache_key\":\"{policy}\"")
             }
+            "result_storage" => format!("\"result_storage\":{}", json_string(&string(value)?)),
             "persist_result" => match value {
                 Expr::Lit(ExprLit {
                     lit: Lit::Bool(b), ..

@@ -478,6 +478,10 @@ pub struct Policy {
     /// caller gets it, nothing records it, and so a resume runs it again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub persist_result: Option<bool>,
+    /// A storage the host names (`--result-storage NAME=DIR`) that keeps
+    /// the result in a file; the record holds a reference to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result_storage: Option<String>,
 }
 
 impl Policy {
@@ -523,6 +527,10 @@ impl Policy {
             on_cancellation: self.on_cancellation.clone(),
             on_crashed: self.on_crashed.clone(),
             persist_result: over.persist_result.or(self.persist_result),
+            result_storage: over
+                .result_storage
+                .clone()
+                .or_else(|| self.result_storage.clone()),
         }
     }
 }
@@ -554,6 +562,8 @@ pub struct EffectivePolicy {
     pub cache_key_parts: Option<Vec<CacheKeyPart>>,
     /// Whether its result is recorded (and so may be replayed or cached).
     pub persist_result: bool,
+    /// The host's storage that keeps its result in a file, if any.
+    pub result_storage: Option<String>,
     pub refresh_cache: bool,
     pub tags: Vec<String>,
     /// What the server's ceilings lowered, one sentence each, for the run log.
@@ -667,6 +677,7 @@ impl EffectivePolicy {
             }),
             cache_key: policy.cache_key.unwrap_or_default(),
             persist_result: policy.persist_result.unwrap_or(true),
+            result_storage: policy.result_storage.clone(),
             cache_key_parts: policy.cache_key_parts.clone().map(|mut parts| {
                 parts.sort();
                 parts.dedup();

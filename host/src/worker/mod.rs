@@ -9,6 +9,7 @@
 mod events;
 mod hooks;
 pub mod remote;
+mod result_storage;
 mod retention;
 mod serve;
 
@@ -57,6 +58,9 @@ pub struct ExecutorSettings {
     pub tag_limits: BTreeMap<String, usize>,
     /// How often a running flow checks whether someone asked to cancel it.
     pub cancel_poll: Duration,
+    /// Directories by name where tasks with `result_storage = NAME` keep
+    /// their results (`--result-storage NAME=DIR`).
+    pub result_storages: BTreeMap<String, std::path::PathBuf>,
     /// How long a claim on a run lasts unless renewed (the holder renews it
     /// every third of this while it lives).
     pub lease_ttl: Duration,
@@ -93,6 +97,7 @@ impl Default for ExecutorSettings {
             host_name: crate::dispatch::leases::local_host_name(),
             tag_limits: BTreeMap::new(),
             cancel_poll: Duration::from_millis(200),
+            result_storages: BTreeMap::new(),
             lease_ttl: crate::dispatch::leases::LEASE_TTL,
         }
     }
@@ -852,6 +857,20 @@ impl FlowRun {
         replay.clear();
         for row in rows.into_iter().filter(|r| r.state.is_success()) {
             if let Some(output) = row.output {
+                let output = match self.stored_result(&row.task_name, &output) {
+                    Some(Ok(output)) => output,
+                    Some(Err(e)) => {
+                        drop(replay);
+                        self.log(
+                            None,
+                            LogLevel::Warn,
+                            &format!("call #{} runs again: {e}", row.call_seq),
+                        );
+                        replay = self.replay.lock().unwrap_or_else(|p| p.into_inner());
+                        continue;
+                    }
+                    None => output,
+                };
                 replay.insert(
                     row.call_seq,
                     Recorded {
@@ -864,6 +883,23 @@ impl FlowRun {
             }
         }
         Ok(())
+    }
+
+    /// A recorded output of task `task` as the flow should see it: read back
+    /// from its result storage when its policy names one (`None`: the record
+    /// is the output itself).
+    fn stored_result(
+        &self,
+        task: &str,
+        recorded: &str,
+    ) -> Option<Result<String, result_storage::ResultStorageError>> {
+        self.component
+            .manifest
+            .task(task)?
+            .policy
+            .result_storage
+            .as_ref()?;
+        result_storage::read_back(&self.executor.settings.result_storages, recorded)
     }
 
     fn summary(&self, duration: Duration) -> RunSummary {
@@ -1031,6 +1067,14 @@ impl FlowRun {
             &self.executor.settings.task_defaults,
         );
         self.note_clamps(&format!("task '{name}'"), &policy.clamped);
+        if let Some(storage) = &policy.result_storage
+            && let Err(e) = result_storage::dir_of(&self.executor.settings.result_storages, storage)
+        {
+            return Err(Failure::new(
+                FailureKind::InvalidInput,
+                format!("task '{name}': {e}"),
+            ));
+        }
         let cache_key = match &policy.cache_key_parts {
             // What is not recorded cannot be reused.
             _ if !policy.persist_result => None,
@@ -1045,7 +1089,18 @@ impl FlowRun {
             // A TTL of `Duration::MAX` ("forever") reaches back to the beginning.
             let ttl_micros = i64::try_from(ttl.as_micros()).unwrap_or(i64::MAX);
             let not_before = control.now().saturating_sub(ttl_micros);
-            if let Ok(Some((from, output))) = control.store().cached_output(key, not_before) {
+            let hit = control
+                .store()
+                .cached_output(key, not_before)
+                .ok()
+                .flatten();
+            // A hit whose result file is gone or damaged is a miss.
+            let hit = hit.and_then(|(from, output)| match self.stored_result(&name, &output) {
+                Some(Ok(read)) => Some((from, output, read)),
+                Some(Err(_)) => None,
+                None => Some((from, output.clone(), output)),
+            });
+            if let Some((from, output, read)) = hit {
                 let id = TaskRunId::new();
                 // Not awaited: after a crash the same call would simply hit the cache again.
                 control
@@ -1078,7 +1133,7 @@ impl FlowRun {
                         duration: Duration::ZERO,
                     },
                 );
-                return Ok(output);
+                return Ok(read);
             }
         }
 
@@ -1205,9 +1260,19 @@ impl FlowRun {
                 Ok(output) => {
                     // Recorded redacted: a replay of a secret-bearing result sees `***`;
                     // not at all under persist_result = false (a resume runs it again).
-                    change.output = policy
-                        .persist_result
-                        .then(|| self.secrets.redact(&output).into_owned());
+                    change.output = match (&policy.result_storage, policy.persist_result) {
+                        (_, false) => None,
+                        (None, true) => Some(self.secrets.redact(&output).into_owned()),
+                        // The file holds it (redacted); the record, a reference to it.
+                        (Some(storage), true) => Some(
+                            result_storage::keep(
+                                &self.executor.settings.result_storages,
+                                storage,
+                                &self.secrets.redact(&output),
+                            )
+                            .map_err(crashed)?,
+                        ),
+                    };
                     // Durable before the flow sees it: the rule that makes resume safe.
                     let ticket = control
                         .change_task_run(

@@ -21,7 +21,7 @@ fn everything(a: u32, b: Option<String>) -> Result<u32> {
 }
 
 /// Cached with no expiry by input and code; its result is never recorded.
-#[task(cache_ttl = "forever", cache_key = ["input", "code"], persist_result = false)]
+#[task(cache_ttl = "forever", cache_key = ["input", "code"], persist_result = false, result_storage = "big")]
 fn kept_apart(n: u32) -> u32 {
     n
 }
