@@ -138,6 +138,7 @@ pub fn fill_store(store: &Store, rows: usize) {
                     work_queue: Some("default".into()),
                     secret_grants: Vec::new(),
                     lease: None,
+                    deployment_version: None,
                 })
             })
             .collect();

@@ -204,6 +204,23 @@ function strings(option, value, allowed) {
   return value;
 }
 
+const HOOK_KEYS = {
+  onCompletion: "on_completion",
+  onFailure: "on_failure",
+  onCancellation: "on_cancellation",
+  onCrashed: "on_crashed",
+};
+
+/** State hooks: tasks of this component (or their names), one or a list; each
+ * runs in its own sandbox with `run` (how the run ended) as its argument. */
+function hookNames(option, value) {
+  return (Array.isArray(value) ? value : [value]).map((hook) => {
+    if (typeof hook === "function" && typeof hook.taskName === "string") return hook.taskName;
+    if (typeof hook === "string") return hook;
+    throw new TypeError(`${option}: a hook is a task() of this component or its name`);
+  });
+}
+
 /** Options → the manifest's policy object (same keys as the Rust SDK). */
 function policyOf(options) {
   const policy = {};
@@ -253,9 +270,15 @@ function policyOf(options) {
       case "tags":
         policy.tags = strings(option, value);
         break;
+      case "onCompletion":
+      case "onFailure":
+      case "onCancellation":
+      case "onCrashed":
+        policy[HOOK_KEYS[option]] = hookNames(option, value);
+        break;
       default:
         throw new TypeError(
-          `unknown option '${option}'; expected name, description, params, retries, retryDelay, backoff, maxDelay, jitter, retryOn, timeout, fuel, memory, cacheTtl, cacheKey or tags`,
+          `unknown option '${option}'; expected name, description, params, retries, retryDelay, backoff, maxDelay, jitter, retryOn, timeout, fuel, memory, cacheTtl, cacheKey, tags, onCompletion, onFailure, onCancellation or onCrashed`,
         );
     }
   }

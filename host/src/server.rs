@@ -247,6 +247,7 @@ impl Server {
     /// Starts the embedded executor's claim loop, if there is an executor.
     fn start_executor(&self) {
         if let Some(executor) = &self.executor {
+            self.run_crash_hooks(executor);
             self.guests().spawn(leases::keep_leases(
                 self.dispatcher.control().clone(),
                 self.dispatcher.holder().to_string(),
@@ -262,6 +263,35 @@ impl Server {
                 self.stop.clone(),
             ));
         }
+    }
+
+    /// Runs the `on_crashed` hooks of each run this process marks `Crashed`
+    /// (those it found at opening, then what the reaper finds) on the
+    /// executor, each in a task of its own so a slow hook holds up no other.
+    fn run_crash_hooks(&self, executor: &Arc<Executor>) {
+        let (tell, mut told) = tokio::sync::mpsc::unbounded_channel();
+        for run in &self.interrupted {
+            let _ = tell.send(run.clone());
+        }
+        self.dispatcher.listen_for_crashes(tell);
+        let (dispatcher, executor) = (self.dispatcher.clone(), executor.clone());
+        self.guests().spawn(async move {
+            while let Some(run) = told.recv().await {
+                let Some(digest) = crate::model::ComponentDigest::parse(&run.component) else {
+                    continue;
+                };
+                let (dispatcher, executor) = (dispatcher.clone(), executor.clone());
+                tokio::spawn(async move {
+                    match dispatcher.component(&digest).await {
+                        Ok(component) => executor.run_crash_hooks(component, &run).await,
+                        Err(e) => tracing::warn!(
+                            "the on_crashed hooks of flow run {} could not run: {e}",
+                            run.id
+                        ),
+                    }
+                });
+            }
+        });
     }
 
     /// The API without a socket, with the executor running: the CLI's local

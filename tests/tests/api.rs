@@ -1139,6 +1139,10 @@ fn replies_match_their_documented_schemas() {
         ("LogList", format!("/api/flow-runs/{id}/logs")),
         ("TaskRunList", format!("/api/flow-runs/{id}/task-runs")),
         ("DeploymentList", "/api/deployments".to_string()),
+        (
+            "DeploymentHistory",
+            "/api/deployments/e/versions".to_string(),
+        ),
         ("ComponentList", "/api/components".to_string()),
         ("ComponentDetail", format!("/api/components/{digest}")),
         ("FlowList", "/api/flows".to_string()),

@@ -364,3 +364,65 @@ fn the_committed_python_bindings_match_the_wit_and_the_sdk_tests_pass() {
         text(&out.stderr)
     );
 }
+
+/// State hooks from the Python SDK: `@flow(on_failure=[...])` runs each hook
+/// as a recorded task after the run ends; one that raises is logged and the
+/// run stays Failed.
+#[test]
+fn python_state_hooks_run_as_recorded_tasks_and_never_change_the_state() {
+    if !enabled("python_state_hooks_run_as_recorded_tasks") {
+        return;
+    }
+    let home = tempfile::tempdir().unwrap();
+    let fixture = "tests/fixtures/python-hooks";
+    let hooks_of = |id: &str| -> Vec<(String, String, Value)> {
+        let out = host(home.path(), &["flow-run", "inspect", id, "--json"]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        json_out(&out)["task_runs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| {
+                let output = t["output"]
+                    .as_str()
+                    .map(|o| serde_json::from_str(o).unwrap());
+                (
+                    t["task_name"].as_str().unwrap().to_string(),
+                    t["state"].as_str().unwrap().to_string(),
+                    output.unwrap_or(Value::Null),
+                )
+            })
+            .collect()
+    };
+
+    let (out, run) = run_json(home.path(), fixture, Some("fails"), &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert_eq!(run["state"], "Failed", "{run}");
+    let id = run["flow_run_id"].as_str().unwrap();
+    let hooks = hooks_of(id);
+    assert_eq!(hooks.len(), 2, "{hooks:?}");
+    assert_eq!(
+        (hooks[0].0.as_str(), hooks[0].1.as_str()),
+        ("hook_raises", "Failed")
+    );
+    assert_eq!(
+        (hooks[1].0.as_str(), hooks[1].1.as_str()),
+        ("note_end", "Completed")
+    );
+    let note = hooks[1].2.as_str().unwrap();
+    assert!(
+        note.starts_with("Failed:") && note.contains("hooked python flow fails"),
+        "{note}"
+    );
+    let logs = text(&host(home.path(), &["flow-run", "logs", id]).stdout);
+    assert!(
+        logs.contains("on_failure hook 'hook_raises' failed"),
+        "{logs}"
+    );
+
+    let (out, run) = run_json(home.path(), fixture, Some("completes"), &[]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let hooks = hooks_of(run["flow_run_id"].as_str().unwrap());
+    assert_eq!(hooks.len(), 1, "{hooks:?}");
+    assert_eq!(hooks[0].2, Value::String("Completed:".into()));
+}

@@ -669,6 +669,7 @@ fn held_run(
                     holder: holder.into(),
                     expires_at,
                 }),
+                deployment_version: None,
             },
         )])
         .wait_blocking()

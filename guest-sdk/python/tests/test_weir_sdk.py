@@ -138,6 +138,49 @@ class SdkTests(unittest.TestCase):
         self.assertEqual(results[2], 4)
         self.assertEqual(self.host.submitted, {})
 
+    def test_state_hooks_are_named_in_the_policy(self):
+        @weir_sdk.task(name="notify_hook")
+        def notify_hook(run: dict) -> str:
+            return run["state"]
+
+        @weir_sdk.flow(name="hooked", on_failure=[notify_hook], on_completion="notify_hook")
+        def hooked() -> int:
+            return 1
+
+        manifest = json.loads(weir_sdk.Guest().describe())
+        flow = next(f for f in manifest["flows"] if f["name"] == "hooked")
+        self.assertEqual(flow["policy"], {"on_failure": ["notify_hook"], "on_completion": ["notify_hook"]})
+        with self.assertRaises(TypeError):
+            weir_sdk.flow(name="bad_hook", on_failure=[42])(lambda: None)
+
+    def test_cache_policies_beyond_a_ttl(self):
+        @weir_sdk.task(name="cached_forever", cache_ttl="forever", cache_key=["input", "params"])
+        def cached_forever(n: int) -> int:
+            return n
+
+        manifest = json.loads(weir_sdk.Guest().describe())
+        task = next(t for t in manifest["tasks"] if t["name"] == "cached_forever")
+        self.assertEqual(task["policy"], {"cache_ttl_ms": 2**64 - 1, "cache_key_parts": ["input", "params"]})
+        with self.assertRaises(ValueError):
+            weir_sdk.task(name="bad_part", cache_key=["inputs"])(lambda: None)
+
+    def test_persist_result_false_is_in_the_policy(self):
+        @weir_sdk.task(name="unkept", persist_result=False)
+        def unkept() -> str:
+            return "secret"
+
+        @weir_sdk.task(name="stored", result_storage="big")
+        def stored() -> str:
+            return "large"
+
+        manifest = json.loads(weir_sdk.Guest().describe())
+        task = next(t for t in manifest["tasks"] if t["name"] == "unkept")
+        self.assertEqual(task["policy"], {"persist_result": False})
+        task = next(t for t in manifest["tasks"] if t["name"] == "stored")
+        self.assertEqual(task["policy"], {"result_storage": "big"})
+        with self.assertRaises(TypeError):
+            weir_sdk.task(name="bad_persist", persist_result="no")(lambda: None)
+
     def test_bad_options_fail_at_declaration(self):
         with self.assertRaises(ValueError):
             weir_sdk.task(retry_delay="soon")(lambda: None)

@@ -276,6 +276,10 @@ _MEMORY_UNITS = {
 }
 _RETRY_ON = {"failed", "invalid-input", "timeout", "out-of-fuel", "memory", "trap", "invalid-output"}
 _CACHE_KEYS = {"input-and-code", "input", "none"}
+# What `cache_key=[...]` may list: the parts of the key (the host's CacheKeyPart).
+_CACHE_KEY_PARTS = {"input", "params", "run-id", "code"}
+# `cache_ttl="forever"`: a cached result that never expires (the host's CACHE_FOREVER_MS).
+_CACHE_FOREVER_MS = 2**64 - 1
 
 
 def _split_unit(text: str) -> tuple[int, str]:
@@ -333,6 +337,23 @@ def _strings(option: str, value: Any) -> List[str]:
     return list(value)
 
 
+_HOOKS = ("on_completion", "on_failure", "on_cancellation", "on_crashed")
+
+
+def _hook_names(option: str, value: Any) -> List[str]:
+    """State hooks: @task functions of this component (or their names), one or a list."""
+    hooks = value if isinstance(value, (list, tuple)) else [value]
+    names = []
+    for hook in hooks:
+        if isinstance(hook, Task):
+            names.append(hook.name)
+        elif isinstance(hook, str):
+            names.append(hook)
+        else:
+            raise TypeError(f"{option}: a hook is a @task of this component, got {hook!r}")
+    return names
+
+
 def _policy(options: dict) -> dict:
     """Decorator options → the manifest's policy object (same keys as the Rust SDK)."""
     policy: dict = {}
@@ -363,13 +384,29 @@ def _policy(options: dict) -> dict:
         elif option == "memory":
             policy["memory_bytes"] = _memory_bytes(value)
         elif option == "cache_ttl":
-            policy["cache_ttl_ms"] = _duration_ms(option, value)
+            policy["cache_ttl_ms"] = _CACHE_FOREVER_MS if value == "forever" else _duration_ms(option, value)
+        elif option == "cache_key" and isinstance(value, (list, tuple)):
+            parts = _strings(option, value)
+            unknown = [p for p in parts if p not in _CACHE_KEY_PARTS]
+            if unknown:
+                raise ValueError(f"cache_key: unknown part {unknown[0]!r}; expected some of {sorted(_CACHE_KEY_PARTS)}")
+            policy["cache_key_parts"] = parts
         elif option == "cache_key":
             if value not in _CACHE_KEYS:
                 raise ValueError(f"cache_key: expected one of {sorted(_CACHE_KEYS)}, got {value!r}")
             policy["cache_key"] = value
         elif option == "tags":
             policy["tags"] = _strings(option, value)
+        elif option == "result_storage":
+            if not isinstance(value, str) or not value:
+                raise TypeError(f"result_storage: expected the name of a storage the host sets, got {value!r}")
+            policy["result_storage"] = value
+        elif option == "persist_result":
+            if not isinstance(value, bool):
+                raise TypeError(f"persist_result: expected True or False, got {value!r}")
+            policy["persist_result"] = value
+        elif option in _HOOKS:
+            policy[option] = _hook_names(option, value)
         else:  # pragma: no cover - the decorators take keyword arguments only
             raise TypeError(f"unknown option {option!r}")
     return policy
@@ -629,8 +666,14 @@ def task(
     fuel: Optional[int] = None,
     memory: Any = None,
     cache_ttl: Any = None,
-    cache_key: Optional[str] = None,
+    cache_key: Any = None,
     tags: Optional[List[str]] = None,
+    on_completion: Any = None,
+    on_failure: Any = None,
+    on_cancellation: Any = None,
+    on_crashed: Any = None,
+    persist_result: Optional[bool] = None,
+    result_storage: Optional[str] = None,
 ) -> Any:
     """Declares a task: `@task` or `@task(retries=3, retry_delay="50ms", timeout="30s")`.
 
@@ -656,10 +699,22 @@ def flow(
     fuel: Optional[int] = None,
     memory: Any = None,
     cache_ttl: Any = None,
-    cache_key: Optional[str] = None,
+    cache_key: Any = None,
     tags: Optional[List[str]] = None,
+    on_completion: Any = None,
+    on_failure: Any = None,
+    on_cancellation: Any = None,
+    on_crashed: Any = None,
+    persist_result: Optional[bool] = None,
+    result_storage: Optional[str] = None,
 ) -> Any:
-    """Declares a flow: `@flow` or `@flow(timeout="10m")`.
+    """Declares a flow: `@flow` or `@flow(timeout="10m", on_failure=[notify])`.
+
+    State hooks (`on_completion`, `on_failure`, `on_cancellation`,
+    `on_crashed`, on flows and tasks alike) name @task functions of this
+    component; each runs in its own sandbox with `run` (a dict: flow_run_id,
+    flow_name, task_name, state, message, input, result, attempt) and cannot
+    change how the run ended.
 
     Its parameters (with type hints and defaults) become the flow's parameter
     schema; `--param rows=500` on the command line fills them.

@@ -22,7 +22,15 @@ use syn::{Expr, ExprLit, FnArg, ItemFn, Lit, MetaNameValue, Pat, ReturnType, Tok
 /// Marks a function as a task: a unit of work run in its own sandbox.
 ///
 /// Options: `name`, `retries`, `retry_delay`, `backoff`, `max_delay`, `jitter`,
-/// `retry_on`, `timeout`, `fuel`, `memory`, `cache_ttl`, `cache_key`, `tags`.
+/// `retry_on`, `timeout`, `fuel`, `memory`, `cache_ttl` (a duration, or
+/// `"forever"`), `cache_key` (`"input-and-code"`, `"input"`, `"none"`, or the
+/// parts of the key: some of `["input", "params", "run-id", "code"]`), `tags`,
+/// and the state hooks `on_completion`, `on_failure`, `on_cancellation`,
+/// `on_crashed`: a task (`on_failure = notify`) or a list of tasks
+/// (`on_failure = [notify, page]`) of this component, each run in its own
+/// sandbox with `run: weir_sdk::HookRun` (how the run ended) as its input;
+/// `persist_result = false` keeps its result out of the database (a resume
+/// then runs it again, and it is never cached).
 #[proc_macro_attribute]
 pub fn task(attr: TokenStream, item: TokenStream) -> TokenStream {
     expand(Kind::Task, attr.into(), item.into())
@@ -62,7 +70,16 @@ const OPTIONS: &[&str] = &[
     "cache_key",
     "refresh_cache",
     "tags",
+    "on_completion",
+    "on_failure",
+    "on_cancellation",
+    "on_crashed",
+    "persist_result",
+    "result_storage",
 ];
+
+/// What `cache_key = [...]` may list (the host's `CacheKeyPart`).
+const CACHE_KEY_PARTS: &[&str] = &["input", "params", "run-id", "code"];
 
 const FAILURE_KINDS: &[&str] = &[
     "failed",
@@ -80,6 +97,17 @@ fn expand(kind: Kind, attr: TokenStream2, item: TokenStream2) -> syn::Result<Tok
     })?;
     let options = Punctuated::<MetaNameValue, Token![,]>::parse_terminated.parse2(attr)?;
     let (name_override, policy) = policy_json(&options)?;
+    // Each hook is named by its function, so a misspelt one fails to compile here.
+    let hook_checks: Vec<TokenStream2> = options
+        .iter()
+        .filter(|o| {
+            o.path
+                .get_ident()
+                .is_some_and(|i| i.to_string().starts_with("on_"))
+        })
+        .flat_map(|o| hook_paths(&o.value).unwrap_or_default())
+        .map(|path| quote! { let _ = #path; })
+        .collect();
     check_signature(&function)?;
 
     let ident = function.sig.ident.clone();
@@ -225,6 +253,7 @@ fn expand(kind: Kind, attr: TokenStream2, item: TokenStream2) -> syn::Result<Tok
 
             #[doc(hidden)]
             #item_vis fn __weir_entry() -> ::weir_sdk::__private::Entry {
+                #(#hook_checks)*
                 ::weir_sdk::__private::Entry {
                     name: #name,
                     description: #description,
@@ -384,9 +413,29 @@ fn policy_json(
             }
             "max_delay" => format!("\"max_delay_ms\":{}", duration_ms(value)?),
             "timeout" => format!("\"timeout_ms\":{}", duration_ms(value)?),
+            // The host's CACHE_FOREVER_MS: a cached result that never expires.
+            "cache_ttl" if string(value).is_ok_and(|s| s == "forever") => {
+                format!("\"cache_ttl_ms\":{}", u64::MAX)
+            }
             "cache_ttl" => format!("\"cache_ttl_ms\":{}", duration_ms(value)?),
             "fuel" => format!("\"fuel\":{}", integer(value)?),
             "memory" => format!("\"memory_bytes\":{}", memory_bytes(value)?),
+            "cache_key" if matches!(value, Expr::Array(_)) => {
+                let parts = strings(value)?;
+                for (part, span) in &parts {
+                    if !CACHE_KEY_PARTS.contains(&part.as_str()) {
+                        return Err(syn::Error::new(
+                            *span,
+                            format!(
+                                "unknown cache key part \"{part}\"; expected some of: {}",
+                                CACHE_KEY_PARTS.join(", ")
+                            ),
+                        ));
+                    }
+                }
+                let list: Vec<String> = parts.iter().map(|(p, _)| format!("\"{p}\"")).collect();
+                format!("\"cache_key_parts\":[{}]", list.join(","))
+            }
             "cache_key" => {
                 let policy = string(value)?;
                 if !["input-and-code", "input", "none"].contains(&policy.as_str()) {
@@ -399,6 +448,13 @@ fn policy_json(
                 }
                 format!("\"cache_key\":\"{policy}\"")
             }
+            "result_storage" => format!("\"result_storage\":{}", json_string(&string(value)?)),
+            "persist_result" => match value {
+                Expr::Lit(ExprLit {
+                    lit: Lit::Bool(b), ..
+                }) => format!("\"persist_result\":{}", b.value),
+                other => return Err(syn::Error::new(other.span(), "expected true or false")),
+            },
             "refresh_cache" => match value {
                 Expr::Lit(ExprLit {
                     lit: Lit::Bool(b), ..
@@ -426,11 +482,36 @@ fn policy_json(
                 let list: Vec<String> = tags.iter().map(|(t, _)| json_string(t)).collect();
                 format!("\"tags\":[{}]", list.join(","))
             }
+            "on_completion" | "on_failure" | "on_cancellation" | "on_crashed" => {
+                let list: Vec<String> = hook_paths(value)?
+                    .iter()
+                    .map(|path| {
+                        let last = path.segments.last().map(|s| s.ident.to_string());
+                        json_string(&last.unwrap_or_default())
+                    })
+                    .collect();
+                format!("\"{key}\":[{}]", list.join(","))
+            }
             _ => unreachable!("every option is handled"),
         };
         fields.push(field);
     }
     Ok((name, format!("{{{}}}", fields.join(","))))
+}
+
+/// A hook option's tasks: one function (`notify`) or a list (`[notify, page]`).
+fn hook_paths(value: &Expr) -> syn::Result<Vec<syn::Path>> {
+    let one = |e: &Expr| match e {
+        Expr::Path(p) if p.qself.is_none() => Ok(p.path.clone()),
+        other => Err(syn::Error::new(
+            other.span(),
+            "a hook is a task of this component, named by its function: `on_failure = notify` or `on_failure = [notify, page]`",
+        )),
+    };
+    match value {
+        Expr::Array(array) => array.elems.iter().map(one).collect(),
+        other => Ok(vec![one(other)?]),
+    }
 }
 
 fn json_string(text: &str) -> String {

@@ -30,10 +30,13 @@
 use std::fmt;
 use std::marker::PhantomData;
 
+pub use hooks::HookRun;
 pub use schemars;
 pub use serde;
 pub use serde_json;
 pub use weir_sdk_macros::{flow, task};
+
+mod hooks;
 
 /// Bindings generated from `wit/flow.wit`.
 #[doc(hidden)]

@@ -1,11 +1,13 @@
-//! Deployments: create, replace, pause, delete, and run one. Runs are
-//! created by the dispatcher; this module only turns HTTP into its calls.
+//! Deployments: create, replace, pause, delete, and run one; their saved
+//! versions and rollback. Runs are created by the dispatcher; this module
+//! only turns HTTP into its calls.
 
+use super::guard::Caller;
 use super::runs::{StartRun, parse_digest, run_action};
 use super::{ApiError, ApiResult, ApiState, parse_body, schema};
-use crate::model::Deployment;
 use crate::model::deploy::DEFAULT_POOL;
-use crate::store::{ObjectKind, ObjectRow, Write};
+use crate::model::{Deployment, DeploymentVersion};
+use crate::store::{DeploymentVersionRow, ObjectKind, ObjectRow, Write};
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -63,6 +65,7 @@ pub(super) async fn list_deployments(State(state): State<Arc<ApiState>>) -> ApiR
 pub(super) async fn create_deployment(
     State(state): State<Arc<ApiState>>,
     axum::Extension(caller): axum::Extension<super::guard::Role>,
+    axum::Extension(who): axum::Extension<Caller>,
     body: axum::body::Bytes,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     let deployment: Deployment = parse_body(&body, "a deployment (see /api/openapi.json)")?;
@@ -79,7 +82,7 @@ pub(super) async fn create_deployment(
                     deployment.name, deployment.name
                 )));
             }
-            save(state, deployment)
+            save_version(state, deployment, &who.0, None)
         })
         .await
 }
@@ -95,6 +98,7 @@ pub(super) async fn put_deployment(
     State(state): State<Arc<ApiState>>,
     Path(name): Path<String>,
     axum::Extension(caller): axum::Extension<super::guard::Role>,
+    axum::Extension(who): axum::Extension<Caller>,
     body: axum::body::Bytes,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     let mut value: Value = parse_body(&body, "a deployment (see /api/openapi.json)")?;
@@ -115,13 +119,27 @@ pub(super) async fn put_deployment(
         ApiError::bad_request("bad_json", format!("the body is not a deployment: {e}"))
     })?;
     caller.may_grant_secrets(&deployment.secrets)?;
-    state.blocking(move |state| save(state, deployment)).await
+    state
+        .blocking(move |state| save_version(state, deployment, &who.0, None))
+        .await
 }
 
-/// Checks a deployment against what is stored and saves it. Blocks.
+/// [`save_version`] for the web UI's forms.
 pub(crate) fn save(
     state: &ApiState,
+    deployment: Deployment,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    save_version(state, deployment, "web UI", None)
+}
+
+/// Checks a deployment against what is stored and saves it: as the next
+/// version when its definition changed, as it is (no new version) when
+/// the same definition is deployed again. Blocks.
+pub(crate) fn save_version(
+    state: &ApiState,
     mut deployment: Deployment,
+    created_by: &str,
+    note: Option<String>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     deployment
         .validate()
@@ -206,11 +224,57 @@ pub(crate) fn save(
             ));
         }
     }
-    let existed = state
+    let current = state
         .store
         .object(ObjectKind::Deployment, &deployment.name)?
-        .is_some();
-    put_object(state, ObjectKind::Deployment, &deployment.name, &deployment)?;
+        .map(|row| parse_deployment(&row))
+        .transpose()?;
+    let existed = current.is_some();
+    let versions = state.store.deployment_versions(&deployment.name)?;
+    let latest = versions.last().map(|v| v.version);
+    // The same definition again (whatever its paused flag) is no new version,
+    // as long as the stored one is the latest saved (one saved before
+    // versions existed, or never saved, gets its first now).
+    let unchanged = match &current {
+        Some(current) => {
+            current.version.is_some()
+                && current.version == latest
+                && current.same_definition(&deployment)
+        }
+        None => false,
+    };
+    if unchanged {
+        deployment.version = latest;
+        if let Some(current) = &current
+            && current.paused != deployment.paused
+        {
+            put_object(state, ObjectKind::Deployment, &deployment.name, &deployment)?;
+        }
+    } else {
+        let version = latest.unwrap_or(0) + 1;
+        deployment.version = Some(version);
+        let body = serde_json::to_string(&deployment).map_err(ApiError::internal)?;
+        let at = state.now();
+        state
+            .store
+            .submit(vec![
+                Write::DeploymentVersion {
+                    deployment: deployment.name.clone(),
+                    version,
+                    body: body.clone(),
+                    created_by: created_by.to_string(),
+                    note,
+                    at,
+                },
+                Write::PutObject {
+                    kind: ObjectKind::Deployment,
+                    name: deployment.name.clone(),
+                    body,
+                    at,
+                },
+            ])
+            .wait_blocking()?;
+    }
     let status = if existed {
         StatusCode::OK
     } else {
@@ -218,8 +282,97 @@ pub(crate) fn save(
     };
     Ok((
         status,
-        Json(json!({ "deployment": deployment, "created": !existed, "warnings": warnings })),
+        Json(json!({
+            "deployment": deployment,
+            "created": !existed,
+            "changed": !unchanged,
+            "warnings": warnings,
+        })),
     ))
+}
+
+fn version_json(row: &DeploymentVersionRow) -> ApiResult<DeploymentVersion> {
+    Ok(DeploymentVersion {
+        version: row.version,
+        deployment: serde_json::from_str(&row.body).map_err(ApiError::internal)?,
+        created_by: row.created_by.clone(),
+        created_at: row.created_at,
+        note: row.note.clone(),
+    })
+}
+
+/// A deployment's saved versions, oldest first (the last is the current one).
+#[utoipa::path(get, path = "/api/deployments/{name}/versions", tag = "deployments",
+    params(("name" = String, Path)),
+    responses((status = 200, body = schema::DeploymentHistory), (status = 404, body = schema::ErrorBody)))]
+pub(super) async fn list_deployment_versions(
+    State(state): State<Arc<ApiState>>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<Value>> {
+    state
+        .blocking(move |state| {
+            let versions = state.store.deployment_versions(&name)?;
+            if versions.is_empty() {
+                load(state, &name)?;
+            }
+            let versions = versions
+                .iter()
+                .map(version_json)
+                .collect::<ApiResult<Vec<_>>>()?;
+            Ok(Json(json!({ "versions": versions })))
+        })
+        .await
+}
+
+/// Restore an earlier version's definition (keeping the paused flag): it
+/// is saved as a new version, noted as a rollback, unless it is the
+/// current definition already.
+#[utoipa::path(post, path = "/api/deployments/{name}/rollback", tag = "deployments",
+    params(("name" = String, Path)),
+    request_body(content = schema::Rollback, content_type = "application/json"),
+    responses((status = 200, body = schema::DeploymentSaved),
+        (status = 404, body = schema::ErrorBody, description = "No such deployment or version"),
+        (status = 422, body = schema::ErrorBody, description = "The version's component or pool is gone")))]
+pub(super) async fn rollback_deployment(
+    State(state): State<Arc<ApiState>>,
+    Path(name): Path<String>,
+    axum::Extension(caller): axum::Extension<super::guard::Role>,
+    axum::Extension(who): axum::Extension<Caller>,
+    body: axum::body::Bytes,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Rollback {
+        to: u32,
+    }
+    let Rollback { to } = parse_body(&body, "{\"to\": VERSION}")?;
+    state
+        .blocking(move |state| {
+            let (current, _) = load(state, &name)?;
+            let versions = state.store.deployment_versions(&name)?;
+            let Some(row) = versions.iter().find(|v| v.version == to) else {
+                let known = match (versions.first(), versions.last()) {
+                    (Some(first), Some(last)) => {
+                        format!("it has versions {} to {}", first.version, last.version)
+                    }
+                    _ => "it has no saved versions".to_string(),
+                };
+                return Err(ApiError::not_found(format!(
+                    "deployment '{name}' has no version {to}; {known} (see `host deployment history {name}`)"
+                )));
+            };
+            let mut restored = version_json(row)?.deployment;
+            restored.paused = current.paused;
+            caller.may_grant_secrets(&restored.secrets)?;
+            save_version(
+                state,
+                restored,
+                &who.0,
+                Some(format!("rollback to version {to}")),
+            )
+            .map(|(_, body)| (StatusCode::OK, body))
+        })
+        .await
 }
 
 /// Creates or replaces a named object and waits for the commit. Blocks.

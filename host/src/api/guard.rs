@@ -223,6 +223,25 @@ impl ApiState {
     }
 }
 
+/// Who made a request, as recorded beside what it changed (a deployment
+/// version): the key's role and the start of its sha256, never the key.
+#[derive(Clone, Debug)]
+pub struct Caller(pub String);
+
+impl Caller {
+    fn of_key(role: Role, presented: &str) -> Caller {
+        let hash = hash_key(presented);
+        Caller(format!(
+            "{} key sha256:{:02x}{:02x}{:02x}{:02x}",
+            role.name(),
+            hash[0],
+            hash[1],
+            hash[2],
+            hash[3]
+        ))
+    }
+}
+
 /// The caller's role, from its key: `Admin` when the server has no keys.
 /// Handlers that need more than the method tells (a deployment granting
 /// secrets) read it from the request's extensions.
@@ -231,6 +250,7 @@ pub(super) async fn require_key(
     mut request: Request,
     next: Next,
 ) -> Response {
+    let mut caller = Caller("anonymous (the server has no API keys)".into());
     let role = if state.api_keys.is_empty() {
         Role::Admin
     } else {
@@ -241,7 +261,10 @@ pub(super) async fn require_key(
             .into_response();
         };
         match state.role_of_key(presented) {
-            Some(role) => role,
+            Some(role) => {
+                caller = Caller::of_key(role, presented);
+                role
+            }
             None => {
                 return ApiError::unauthorized("the API key is not accepted by this server")
                     .into_response();
@@ -260,6 +283,7 @@ pub(super) async fn require_key(
         .into_response();
     }
     request.extensions_mut().insert(role);
+    request.extensions_mut().insert(caller);
     next.run(request).await
 }
 

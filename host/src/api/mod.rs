@@ -144,6 +144,8 @@ impl ApiState {
         deployments::pause_deployment,
         deployments::resume_deployment,
         deployments::run_deployment,
+        deployments::list_deployment_versions,
+        deployments::rollback_deployment,
         objects::list_work_pools,
         objects::create_work_pool,
         objects::get_work_pool,
@@ -256,6 +258,14 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route(
             "/api/deployments/{name}/runs",
             post(deployments::run_deployment),
+        )
+        .route(
+            "/api/deployments/{name}/versions",
+            get(deployments::list_deployment_versions),
+        )
+        .route(
+            "/api/deployments/{name}/rollback",
+            post(deployments::rollback_deployment),
         )
         .route(
             "/api/work-pools",
@@ -532,9 +542,9 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::NotFound { .. } => ApiError::not_found(e.to_string()),
-            StoreError::Conflict { .. } | StoreError::LeaseLost { .. } => {
-                ApiError::conflict(e.to_string())
-            }
+            StoreError::Conflict { .. }
+            | StoreError::LeaseLost { .. }
+            | StoreError::VersionTaken { .. } => ApiError::conflict(e.to_string()),
             StoreError::Full(_) => {
                 tracing::error!("{e}");
                 ApiError::new(StatusCode::INSUFFICIENT_STORAGE, "disk_full", e.to_string())

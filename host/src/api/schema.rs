@@ -117,6 +117,8 @@ pub struct FlowRun {
     pub lease_epoch: u64,
     /// When the lease runs out unless its holder renews it (µs since the epoch).
     pub lease_expires_at: Option<i64>,
+    /// The version of its deployment that made it.
+    pub deployment_version: Option<u32>,
 }
 
 #[derive(ToSchema)]
@@ -310,6 +312,32 @@ pub struct Deployment {
     pub catchup: Option<String>,
     /// With `catchup: all`, at most this many (the latest); default 10.
     pub catchup_limit: Option<u32>,
+    /// Set by the server: the saved version this definition is (ignored when sent).
+    pub version: Option<u32>,
+}
+
+/// One saved definition of a deployment.
+#[derive(ToSchema)]
+pub struct DeploymentVersion {
+    pub version: u32,
+    pub deployment: Deployment,
+    /// The API key's role and sha256 prefix that saved it.
+    pub created_by: String,
+    pub created_at: i64,
+    /// Why, when not a plain deploy: `rollback to version N`.
+    pub note: Option<String>,
+}
+
+#[derive(ToSchema)]
+pub struct DeploymentHistory {
+    /// Oldest first; the last is the current one.
+    pub versions: Vec<DeploymentVersion>,
+}
+
+#[derive(ToSchema)]
+pub struct Rollback {
+    /// The version whose definition to restore.
+    pub to: u32,
 }
 
 #[derive(ToSchema)]
@@ -328,6 +356,8 @@ pub struct DeploymentList {
 pub struct DeploymentSaved {
     pub deployment: Deployment,
     pub created: bool,
+    /// Whether this made a new version (false: the same definition was deployed again).
+    pub changed: bool,
     /// Things that will fail later, e.g. a granted secret that is not set yet.
     pub warnings: Vec<String>,
 }

@@ -176,7 +176,8 @@ pub fn list_flows(format: JsonFlag) -> anyhow::Result<()> {
       headers: {Authorization: Bearer TOKEN}
       template: slack.json         # optional JSON body with {{flow}}, {{state}}, {{reason}}, {{link}}, ...
 
-Paths are relative to the file. Deploying again replaces the deployment.")]
+Paths are relative to the file. Deploying again replaces the deployment and, when
+anything changed, saves it as the next version (host deployment history NAME).")]
 pub struct DeployArgs {
     /// The deployment file.
     #[arg(long, short = 'f', default_value = "weir.yaml")]
@@ -493,6 +494,8 @@ pub(super) fn apply_document(
                 "{} deployment '{}' (flow {}, component sha256:{}, pool {}) on {}",
                 if reply["created"] == json!(true) {
                     "Created"
+                } else if reply["changed"] == json!(false) {
+                    "Unchanged"
                 } else {
                     "Updated"
                 },
@@ -504,6 +507,12 @@ pub(super) fn apply_document(
                     .unwrap_or_default(),
                 backend.describe()
             );
+            if let Some(version) = reply["deployment"]["version"].as_u64() {
+                println!(
+                    "  version {version} (host deployment history {})",
+                    spec.name
+                );
+            }
             for warning in reply["warnings"].as_array().into_iter().flatten() {
                 println!("  warning: {}", warning.as_str().unwrap_or_default());
             }
@@ -572,6 +581,23 @@ pub enum DeploymentCommand {
     Resume(NameArgs),
     /// Delete it (its runs stay).
     Delete(NameArgs),
+    /// List its saved versions: each deploy that changed it, and rollbacks.
+    History(NameArgs),
+    /// Restore an earlier version's definition (saved as a new version).
+    #[command(after_help = "Example:
+  host deployment history etl-nightly
+  host deployment rollback etl-nightly --to 2")]
+    Rollback(RollbackArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct RollbackArgs {
+    name: String,
+    /// The version to restore (see `host deployment history NAME`).
+    #[arg(long, value_name = "VERSION")]
+    to: u32,
+    #[command(flatten)]
+    format: JsonFlag,
 }
 
 #[derive(Args, Debug)]
@@ -658,6 +684,10 @@ pub fn deployment(command: DeploymentCommand) -> anyhow::Result<()> {
             } else {
                 let d = &reply["deployment"];
                 println!("deployment {}", d["name"].as_str().unwrap_or_default());
+                match d["version"].as_u64() {
+                    Some(v) => println!("version    {v} (host deployment history to see all)"),
+                    None => println!("version    none saved yet (deploy it again to save one)"),
+                }
                 println!("flow       {}", d["flow"].as_str().unwrap_or_default());
                 println!(
                     "component  sha256:{}",
@@ -706,6 +736,78 @@ pub fn deployment(command: DeploymentCommand) -> anyhow::Result<()> {
         DeploymentCommand::Delete(args) => {
             let reply = backend.delete(&format!("/api/deployments/{}", args.name))?;
             report(&args, &reply, "deleted");
+        }
+        DeploymentCommand::History(args) => {
+            let reply = backend.get(&format!("/api/deployments/{}/versions", args.name))?;
+            if args.format.json {
+                print_json(&reply["versions"]);
+                return Ok(());
+            }
+            let rows: Vec<Vec<String>> = reply["versions"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .iter()
+                .map(|v| {
+                    let d = &v["deployment"];
+                    vec![
+                        v["version"].to_string(),
+                        format!("{} UTC", when(&v["created_at"])),
+                        field(&v["created_by"]),
+                        d["component"]
+                            .as_str()
+                            .unwrap_or_default()
+                            .chars()
+                            .take(12)
+                            .collect(),
+                        field(&d["flow"]),
+                        d["params"].to_string(),
+                        v["note"].as_str().unwrap_or_default().to_string(),
+                    ]
+                })
+                .collect();
+            if rows.is_empty() {
+                println!(
+                    "Deployment {} has no saved versions yet; the next `host deploy` saves one.",
+                    args.name
+                );
+            } else {
+                println!(
+                    "{}",
+                    table(
+                        &[
+                            "VERSION",
+                            "SAVED",
+                            "BY",
+                            "COMPONENT",
+                            "FLOW",
+                            "PARAMS",
+                            "NOTE"
+                        ],
+                        &rows
+                    )
+                );
+            }
+        }
+        DeploymentCommand::Rollback(args) => {
+            let reply = backend.send(
+                "POST",
+                &format!("/api/deployments/{}/rollback", args.name),
+                &json!({ "to": args.to }),
+            )?;
+            if args.format.json {
+                print_json(&reply);
+            } else if reply["changed"] == json!(true) {
+                println!(
+                    "Rolled {} back to version {}: saved as version {}",
+                    args.name, args.to, reply["deployment"]["version"]
+                );
+            } else {
+                println!(
+                    "{} is already at version {}'s definition; nothing changed",
+                    args.name, args.to
+                );
+            }
         }
     }
     Ok(())

@@ -465,6 +465,12 @@ fn print_inspect(
         run.flow_name,
         &run.component[..12.min(run.component.len())]
     );
+    if let Some(deployment) = &run.deployment {
+        match run.deployment_version {
+            Some(version) => println!("deployment {deployment} (version {version})"),
+            None => println!("deployment {deployment}"),
+        }
+    }
     println!(
         "state      {}{}",
         run.state,

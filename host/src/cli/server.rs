@@ -34,6 +34,10 @@ pub struct StartArgs {
     lease_ttl: humantime::Duration,
     #[command(flatten)]
     allows: super::remote::AllowArgs,
+    /// Where tasks with `result_storage = NAME` keep their results: one file
+    /// per result in DIR, a reference in the database (repeatable).
+    #[arg(long = "result-storage", value_name = "NAME=DIR")]
+    result_storages: Vec<String>,
     /// A work pool the embedded executor serves (repeatable) [default: wasm].
     /// Runs of other pools go to remote hosts started with `host run --pool`.
     #[arg(long = "pool", value_name = "NAME")]
@@ -168,6 +172,21 @@ pub(super) fn serve_in_foreground(
     }
     config.lease_ttl = args.lease_ttl.into();
     config.allows = args.allows.capabilities()?;
+    if let Some(executor) = config.executor.as_mut() {
+        for storage in &args.result_storages {
+            let (name, dir) = storage
+                .split_once('=')
+                .filter(|(name, dir)| !name.is_empty() && std::path::Path::new(dir).is_dir())
+                .ok_or_else(|| {
+                    super::Exit::bad_input(format!(
+                        "--result-storage {storage}: give NAME=DIR with an existing directory, e.g. big=/var/lib/weir/results"
+                    ))
+                })?;
+            executor
+                .result_storages
+                .insert(name.to_string(), std::path::PathBuf::from(dir));
+        }
+    }
     if args.no_worker {
         config.executor = None;
     }

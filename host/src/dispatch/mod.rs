@@ -223,6 +223,9 @@ pub struct Dispatcher {
     ready: Mutex<VecDeque<Ready>>,
     wake: tokio::sync::Notify,
     me: std::sync::Weak<Dispatcher>,
+    /// Told of each run this process marked `Crashed` (its `on_crashed`
+    /// hooks run there); set by a server with an executor.
+    crashed: std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<FlowRunRow>>,
 }
 
 impl Dispatcher {
@@ -240,6 +243,7 @@ impl Dispatcher {
             local_allows: config.local_allows,
             take_waiting: config.take_waiting,
             loaded: Mutex::new(HashMap::new()),
+            crashed: std::sync::OnceLock::new(),
             admission: Mutex::new(()),
             ready: Mutex::new(VecDeque::new()),
             wake: tokio::sync::Notify::new(),
@@ -553,6 +557,7 @@ impl Dispatcher {
                 holder: self.host_marker.clone(),
                 expires_at: self.lease_until(now),
             }),
+            deployment_version: deployment.and_then(|d| d.version),
         };
         let ticket = match new.schedule_key {
             Some(key) => self
@@ -798,6 +803,7 @@ impl Dispatcher {
                         why: "it changed while it was being resumed; look at it again",
                     });
                 }
+                d.tell_crashed(run.clone());
                 Ok(())
             })
             .await;
@@ -1175,6 +1181,9 @@ impl Dispatcher {
         let crashed = self
             .blocking(|d| Ok(leases::crash_lost_runs(&d.control)))
             .await?;
+        for run in &crashed {
+            self.tell_crashed(run.clone());
+        }
         for run in crashed.iter().filter(|r| r.work_pool.is_some()) {
             let Ok(digest) = parse_component(&run.component) else {
                 continue;
@@ -1202,6 +1211,21 @@ impl Dispatcher {
             }
         }
         Ok(crashed)
+    }
+
+    /// Where to send each run this process marks `Crashed` from now on
+    /// (once: the first listener stays).
+    pub fn listen_for_crashes(&self, listener: tokio::sync::mpsc::UnboundedSender<FlowRunRow>) {
+        let _ = self.crashed.set(listener);
+    }
+
+    /// Tells the listener, if any, that this process crashed `run`: only
+    /// the compare-and-set that made it `Crashed` calls this, so a run is
+    /// told of once however many recovery passes see it.
+    pub fn tell_crashed(&self, run: FlowRunRow) {
+        if let Some(listener) = self.crashed.get() {
+            let _ = listener.send(run);
+        }
     }
 
     /// Ends a claimed run that could not be started (its component or a

@@ -88,6 +88,26 @@ pub struct Deployment {
     /// With `catchup: all`, at most this many missed times (the latest) run.
     #[serde(default = "default_catchup_limit")]
     pub catchup_limit: u32,
+    /// Which saved version this definition is (`host deployment history`):
+    /// set by the server when a deploy changes something; what a client
+    /// sends here is ignored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<u32>,
+}
+
+/// One saved definition of a deployment: every deploy that changes
+/// something (component, flow, params, schedules, limits, grants...) makes
+/// the next one, and a rollback makes one from an older one.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DeploymentVersion {
+    pub version: u32,
+    pub deployment: Deployment,
+    /// Who saved it: the API key's role and fingerprint, or who the server says it is.
+    pub created_by: String,
+    pub created_at: TimestampMicros,
+    /// Why, when it is not a plain deploy ("rollback to version 2").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
 
 /// Fire times missed while no server ran (by more than `--late-after`).
@@ -120,6 +140,17 @@ fn default_queue() -> String {
 }
 
 impl Deployment {
+    /// Whether `other` defines the same deployment: everything but its
+    /// version and its paused flag (pausing is an operation, not a deploy).
+    pub fn same_definition(&self, other: &Deployment) -> bool {
+        let plain = |d: &Deployment| Deployment {
+            version: None,
+            paused: false,
+            ..d.clone()
+        };
+        plain(self) == plain(other)
+    }
+
     /// Checks what can be checked without the store.
     pub fn validate(&self) -> Result<(), DeploymentError> {
         validate_name("deployment", &self.name)?;

@@ -11,8 +11,8 @@ pub mod template;
 
 pub use automation::{Automation, AutomationEvent, EventFields};
 pub use deploy::{
-    Catchup, Deployment, GrantedSecrets, Schedule, Variable, WorkPool, WorkQueue,
-    validate_secret_value,
+    Catchup, Deployment, DeploymentVersion, GrantedSecrets, Schedule, Variable, WorkPool,
+    WorkQueue, validate_secret_value,
 };
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -414,6 +414,25 @@ pub enum CacheKeyPolicy {
     None,
 }
 
+/// What a cache key is made of when a policy lists its parts
+/// (`cache_key = ["input", "params"]`, Prefect's `INPUTS + TASK_SOURCE`,
+/// `FLOW_PARAMETERS`, `RUN_ID`); the task's name is always in it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CacheKeyPart {
+    /// The task's input, as canonical JSON.
+    Input,
+    /// The flow run's params, as canonical JSON.
+    Params,
+    /// The flow run's id: a result is reused within its run only.
+    RunId,
+    /// The component's digest: a new build of the code caches anew.
+    Code,
+}
+
+/// A `cache_ttl` of this many milliseconds (`"forever"` in the SDKs) never expires.
+pub const CACHE_FOREVER_MS: u64 = u64::MAX;
+
 /// A task's or flow's policy as written in the manifest; every field optional.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Policy {
@@ -439,14 +458,48 @@ pub struct Policy {
     pub cache_ttl_ms: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache_key: Option<CacheKeyPolicy>,
+    /// The key's parts, when given; `cache_key` is then not used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_key_parts: Option<Vec<CacheKeyPart>>,
     /// Run even on a cache hit, and cache the new result.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refresh_cache: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tags: Option<Vec<String>>,
+    /// State hooks: tasks of the same component run when a run of this
+    /// ends Completed (or Cached), Failed (or TimedOut), Cancelled or Crashed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_completion: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_failure: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_cancellation: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_crashed: Option<Vec<String>>,
+    /// `false` keeps the result out of the database and result files: the
+    /// caller gets it, nothing records it, and so a resume runs it again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub persist_result: Option<bool>,
+    /// A storage the host names (`--result-storage NAME=DIR`) that keeps
+    /// the result in a file; the record holds a reference to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result_storage: Option<String>,
 }
 
 impl Policy {
+    /// The hooks to run when a run of this ends in `state`, and which
+    /// option named them.
+    pub fn hooks_for(&self, state: RunState) -> (&'static str, &[String]) {
+        let (event, hooks) = match state {
+            RunState::Completed | RunState::Cached => ("on_completion", &self.on_completion),
+            RunState::Failed | RunState::TimedOut => ("on_failure", &self.on_failure),
+            RunState::Cancelled => ("on_cancellation", &self.on_cancellation),
+            RunState::Crashed => ("on_crashed", &self.on_crashed),
+            _ => ("", &None),
+        };
+        (event, hooks.as_deref().unwrap_or(&[]))
+    }
+
     /// Fields set in `over` win over fields set in `self`.
     pub fn overlay(&self, over: &Policy) -> Policy {
         Policy {
@@ -464,8 +517,22 @@ impl Policy {
             memory_bytes: over.memory_bytes.or(self.memory_bytes),
             cache_ttl_ms: over.cache_ttl_ms.or(self.cache_ttl_ms),
             cache_key: over.cache_key.or(self.cache_key),
+            cache_key_parts: over
+                .cache_key_parts
+                .clone()
+                .or_else(|| self.cache_key_parts.clone()),
             refresh_cache: over.refresh_cache.or(self.refresh_cache),
             tags: over.tags.clone().or_else(|| self.tags.clone()),
+            // Hooks are the code's own: a deployment or an override cannot name others.
+            on_completion: self.on_completion.clone(),
+            on_failure: self.on_failure.clone(),
+            on_cancellation: self.on_cancellation.clone(),
+            on_crashed: self.on_crashed.clone(),
+            persist_result: over.persist_result.or(self.persist_result),
+            result_storage: over
+                .result_storage
+                .clone()
+                .or_else(|| self.result_storage.clone()),
         }
     }
 }
@@ -490,8 +557,15 @@ pub struct EffectivePolicy {
     pub jitter: f64,
     pub retry_on: Vec<FailureKind>,
     pub limits: Limits,
+    /// `Duration::MAX` never expires.
     pub cache_ttl: Option<Duration>,
     pub cache_key: CacheKeyPolicy,
+    /// Sorted, without repeats; `None` when the policy names none.
+    pub cache_key_parts: Option<Vec<CacheKeyPart>>,
+    /// Whether its result is recorded (and so may be replayed or cached).
+    pub persist_result: bool,
+    /// The host's storage that keeps its result in a file, if any.
+    pub result_storage: Option<String>,
     pub refresh_cache: bool,
     pub tags: Vec<String>,
     /// What the server's ceilings lowered, one sentence each, for the run log.
@@ -599,8 +673,18 @@ impl EffectivePolicy {
                 memory_bytes: memory_bytes.min(defaults.max_memory_bytes),
                 timeout,
             },
-            cache_ttl: policy.cache_ttl_ms.map(Duration::from_millis),
+            cache_ttl: policy.cache_ttl_ms.map(|ms| match ms {
+                CACHE_FOREVER_MS => Duration::MAX,
+                ms => Duration::from_millis(ms),
+            }),
             cache_key: policy.cache_key.unwrap_or_default(),
+            persist_result: policy.persist_result.unwrap_or(true),
+            result_storage: policy.result_storage.clone(),
+            cache_key_parts: policy.cache_key_parts.clone().map(|mut parts| {
+                parts.sort();
+                parts.dedup();
+                parts
+            }),
             refresh_cache: policy.refresh_cache.unwrap_or(false),
             tags: policy.tags.clone().unwrap_or_default(),
             clamped,

@@ -142,6 +142,12 @@ pub trait Objects {
     ) -> Result<Vec<DeliveryRow>, StoreError>;
     /// An automation's deliveries, newest first.
     fn deliveries(&self, automation: &str, limit: usize) -> Result<Vec<DeliveryRow>, StoreError>;
+    /// A deployment's saved versions, oldest first (they outlive a delete,
+    /// so a deployment made again under the name goes on numbering).
+    fn deployment_versions(
+        &self,
+        deployment: &str,
+    ) -> Result<Vec<DeploymentVersionRow>, StoreError>;
 }
 
 /// Pruning, retention and counts.

@@ -82,6 +82,10 @@ pub enum StoreError {
         schedule_key: String,
         at: TimestampMicros,
     },
+    #[error(
+        "deployment '{deployment}' got version {version} from another deploy at the same moment; deploy again"
+    )]
+    VersionTaken { deployment: String, version: u32 },
 }
 
 impl StoreError {

@@ -221,6 +221,20 @@ pub struct FlowRunRow {
     pub lease_epoch: u64,
     #[serde(default)]
     pub lease_expires_at: Option<TimestampMicros>,
+    /// The version of its deployment that made it.
+    #[serde(default)]
+    pub deployment_version: Option<u32>,
+}
+
+/// One saved definition of a deployment (its body is the deployment's JSON).
+#[derive(Debug, Clone)]
+pub struct DeploymentVersionRow {
+    pub deployment: String,
+    pub version: u32,
+    pub body: String,
+    pub created_by: String,
+    pub note: Option<String>,
+    pub created_at: TimestampMicros,
 }
 
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]

@@ -9,7 +9,7 @@ pub(super) const FLOW_RUN_SELECT: &str =
     "SELECT id, parent_flow_run, component, flow_name, params, state, message,
     failure_kind, result, attempt, host, created_us, started_us, ended_us, fuel_used, peak_memory,
     deployment, tags, scheduled_us, work_pool, work_queue, secret_grants,
-    lease_holder, lease_epoch, lease_expires_us FROM flow_runs";
+    lease_holder, lease_epoch, lease_expires_us, deployment_version FROM flow_runs";
 
 pub(super) const TASK_RUN_SELECT: &str = "SELECT id, flow_run, call_seq, task_name, input, output, state, failure_kind,
     message, attempts, fuel_used, peak_memory, created_us, started_us, ended_us, next_attempt_us, cached_from, host,

@@ -83,6 +83,7 @@ pub(crate) fn new_flow_run(id: FlowRunId) -> Write {
         work_queue: None,
         secret_grants: Vec::new(),
         lease: None,
+        deployment_version: None,
     })
 }
 
@@ -535,10 +536,79 @@ async fn runs_are_counted_per_hour_and_state(kind: Kind) {
     );
 }
 
+fn deployment_version(version: u32, body: &str) -> Write {
+    Write::DeploymentVersion {
+        deployment: "etl".into(),
+        version,
+        body: body.into(),
+        created_by: "admin".into(),
+        note: None,
+        at: i64::from(version),
+    }
+}
+
+/// Versions read back in order; a version saved twice (two deploys at
+/// once) fails the second unit whole, so its deployment is not replaced;
+/// a run keeps the version that made it.
+async fn deployment_versions_are_numbered_once_and_runs_keep_theirs(kind: Kind) {
+    let Some((_place, store)) = open(kind) else {
+        return;
+    };
+    for (version, body) in [(1, "{\"v\":1}"), (2, "{\"v\":2}")] {
+        store
+            .submit(vec![deployment_version(version, body)])
+            .committed()
+            .await
+            .unwrap();
+    }
+    let put = Write::PutObject {
+        kind: ObjectKind::Deployment,
+        name: "etl".into(),
+        body: "{\"v\":\"loser\"}".into(),
+        at: 9,
+    };
+    let err = store
+        .submit(vec![put, deployment_version(2, "{\"v\":\"loser\"}")])
+        .committed()
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, StoreError::VersionTaken { version: 2, .. }),
+        "{err}"
+    );
+    assert!(
+        store
+            .object(ObjectKind::Deployment, "etl")
+            .unwrap()
+            .is_none()
+    );
+    let versions = store.deployment_versions("etl").unwrap();
+    let seen: Vec<(u32, &str)> = versions
+        .iter()
+        .map(|v| (v.version, v.body.as_str()))
+        .collect();
+    assert_eq!(seen, [(1, "{\"v\":1}"), (2, "{\"v\":2}")]);
+    assert!(store.deployment_versions("other").unwrap().is_empty());
+
+    let id = FlowRunId::new();
+    let Write::NewFlowRun(mut run) = new_flow_run(id) else {
+        unreachable!()
+    };
+    run.deployment = Some("etl".into());
+    run.deployment_version = Some(2);
+    store
+        .submit(vec![Write::NewFlowRun(run)])
+        .committed()
+        .await
+        .unwrap();
+    assert_eq!(store.flow_run(id).unwrap().deployment_version, Some(2));
+}
+
 on_both_backends!(
     runs_are_counted_per_hour_and_state,
     cursor_pages_split_ties_in_creation_time_without_loss,
     the_database_size_grows_with_its_rows,
+    deployment_versions_are_numbered_once_and_runs_keep_theirs,
     a_failed_unit_in_a_busy_batch_takes_nothing_else_with_it,
     followers_hear_of_each_commit,
     writes_are_visible_after_the_ticket_resolves,

@@ -31,6 +31,17 @@ pub enum Write {
         body: String,
         at: TimestampMicros,
     },
+    /// Saves version `version` of a deployment's definition. Two saves of
+    /// one version cannot both succeed: the second fails its unit with
+    /// `VersionTaken`, so two deploys at once never share a number.
+    DeploymentVersion {
+        deployment: String,
+        version: u32,
+        body: String,
+        created_by: String,
+        note: Option<String>,
+        at: TimestampMicros,
+    },
     /// Deletes a named object; `NotFound` if there is none.
     DeleteObject {
         kind: ObjectKind,
@@ -161,6 +172,8 @@ pub struct NewFlowRun {
     /// Held from creation (a run that starts at once); subflows have none,
     /// they live and die with their parent's.
     pub lease: Option<Lease>,
+    /// The version of its deployment that made it.
+    pub deployment_version: Option<u32>,
 }
 
 #[derive(Debug, Clone)]

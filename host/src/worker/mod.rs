@@ -8,7 +8,9 @@
 
 mod contract;
 mod events;
+mod hooks;
 pub mod remote;
+mod result_storage;
 mod retention;
 mod serve;
 
@@ -58,6 +60,9 @@ pub struct ExecutorSettings {
     pub tag_limits: BTreeMap<String, usize>,
     /// How often a running flow checks whether someone asked to cancel it.
     pub cancel_poll: Duration,
+    /// Directories by name where tasks with `result_storage = NAME` keep
+    /// their results (`--result-storage NAME=DIR`).
+    pub result_storages: BTreeMap<String, std::path::PathBuf>,
     /// How long a claim on a run lasts unless renewed (the holder renews it
     /// every third of this while it lives).
     pub lease_ttl: Duration,
@@ -94,6 +99,7 @@ impl Default for ExecutorSettings {
             host_name: crate::dispatch::leases::local_host_name(),
             tag_limits: BTreeMap::new(),
             cancel_poll: Duration::from_millis(200),
+            result_storages: BTreeMap::new(),
             lease_ttl: crate::dispatch::leases::LEASE_TTL,
         }
     }
@@ -388,6 +394,7 @@ impl Executor {
                             expires_at: self.control.now()
                                 + self.settings.lease_ttl.as_micros() as i64,
                         }),
+                        deployment_version: None,
                     },
                     Durability::Detached,
                 )?;
@@ -420,6 +427,7 @@ impl Executor {
             cancel: request.cancel.clone(),
             events: events.clone(),
             owns_log_budget: request.log_budget.is_none(),
+            persist_result: policy.persist_result,
             logs: request.log_budget.clone().unwrap_or_else(|| {
                 Arc::new(LogBudget::new(
                     self.settings.max_log_lines_per_run,
@@ -434,6 +442,7 @@ impl Executor {
             secrets: request.secrets.clone(),
             capabilities: request.capabilities.clone(),
             stats: Stats::default(),
+            params: request.params.clone(),
         });
 
         run.note_clamps("this flow", &policy.clamped);
@@ -463,6 +472,23 @@ impl Executor {
             .await;
         if let Some(poller) = poller {
             poller.abort();
+        }
+        if let Ok(ended) = &outcome {
+            let (result, message) = match &ended.result {
+                // A result kept out of the records stays out of the hook's input too.
+                Ok(_) if !policy.persist_result => (None, None),
+                Ok(result) => (Some(result.as_str()), None),
+                Err(failure) => (None, Some(failure.message.as_str())),
+            };
+            let ended = hooks::Ended {
+                task_name: None,
+                state: ended.state,
+                message,
+                input: &request.params,
+                result,
+                attempt: run.attempt.load(Ordering::SeqCst),
+            };
+            run.run_hooks(&flow_def.policy, ended).await;
         }
         outcome
     }
@@ -497,6 +523,12 @@ impl Executor {
                     request.cancel.child_token(),
                 )
                 .await;
+            // A flow stopped by its deadline takes the calls it was waiting
+            // for with it (each recorded Cancelled), or a task could hold the
+            // attempt far past the deadline that bounds it.
+            if matches!(&execution.result, Err(f) if f.kind == FailureKind::Timeout) {
+                run.abort_in_flight();
+            }
             // Tasks the flow submitted but never awaited still finish and are recorded.
             run.drain_handles().await;
             run.stats
@@ -595,7 +627,10 @@ impl Executor {
         };
         let mut change = StateChange::new(id.0, from, state, self.control.now());
         match &result {
-            Ok(output) => change.output = Some(run.secrets.redact(output).into_owned()),
+            Ok(output) if run.persist_result => {
+                change.output = Some(run.secrets.redact(output).into_owned())
+            }
+            Ok(_) => {}
             Err(failure) => {
                 change.message = Some(run.secrets.redact(&failure.message).into_owned());
                 change.failure_kind = Some(failure.kind);
@@ -815,6 +850,10 @@ struct FlowRun {
     deployment: Option<String>,
     secrets: Arc<GrantedSecrets>,
     capabilities: Arc<Capabilities>,
+    /// Its params as given (a cache key may be made of them).
+    params: String,
+    /// Whether the flow's own result is recorded (`persist_result`).
+    persist_result: bool,
 }
 
 impl FlowRun {
@@ -832,6 +871,20 @@ impl FlowRun {
         replay.clear();
         for row in rows.into_iter().filter(|r| r.state.is_success()) {
             if let Some(output) = row.output {
+                let output = match self.stored_result(&row.task_name, &output) {
+                    Some(Ok(output)) => output,
+                    Some(Err(e)) => {
+                        drop(replay);
+                        self.log(
+                            None,
+                            LogLevel::Warn,
+                            &format!("call #{} runs again: {e}", row.call_seq),
+                        );
+                        replay = self.replay.lock().unwrap_or_else(|p| p.into_inner());
+                        continue;
+                    }
+                    None => output,
+                };
                 replay.insert(
                     row.call_seq,
                     Recorded {
@@ -844,6 +897,23 @@ impl FlowRun {
             }
         }
         Ok(())
+    }
+
+    /// A recorded output of task `task` as the flow should see it: read back
+    /// from its result storage when its policy names one (`None`: the record
+    /// is the output itself).
+    fn stored_result(
+        &self,
+        task: &str,
+        recorded: &str,
+    ) -> Option<Result<String, result_storage::ResultStorageError>> {
+        self.component
+            .manifest
+            .task(task)?
+            .policy
+            .result_storage
+            .as_ref()?;
+        result_storage::read_back(&self.executor.settings.result_storages, recorded)
     }
 
     fn summary(&self, duration: Duration) -> RunSummary {
@@ -905,6 +975,29 @@ impl FlowRun {
                 LogLevel::Warn,
                 &format!("policy of {name}: {}", clamped.join("; ")),
             );
+        }
+    }
+
+    /// Stops every call still running for this attempt: dropped, a call's
+    /// `CallGuard` records it Cancelled.
+    fn abort_in_flight(&self) {
+        for handle in self
+            .handles
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+        {
+            if let Submitted::Started(join) = handle {
+                join.abort();
+            }
+        }
+        for join in self
+            .background
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
+            join.abort();
         }
     }
 
@@ -988,14 +1081,40 @@ impl FlowRun {
             &self.executor.settings.task_defaults,
         );
         self.note_clamps(&format!("task '{name}'"), &policy.clamped);
-        let cache_key = cache_key(&policy, &self.component.digest, &name, &input);
+        if let Some(storage) = &policy.result_storage
+            && let Err(e) = result_storage::dir_of(&self.executor.settings.result_storages, storage)
+        {
+            return Err(Failure::new(
+                FailureKind::InvalidInput,
+                format!("task '{name}': {e}"),
+            ));
+        }
+        let cache_key = match &policy.cache_key_parts {
+            // What is not recorded cannot be reused.
+            _ if !policy.persist_result => None,
+            Some(parts) => cache_key_of_parts(&policy, parts, &self.cache_scope(&name, &input)),
+            None => cache_key(&policy, &self.component.digest, &name, &input),
+        };
         self.stats.tasks.fetch_add(1, Ordering::Relaxed);
 
         let control = self.control();
         if let (Some(key), Some(ttl), false) = (&cache_key, policy.cache_ttl, policy.refresh_cache)
         {
-            let not_before = control.now() - ttl.as_micros() as i64;
-            if let Ok(Some((from, output))) = control.store().cached_output(key, not_before) {
+            // A TTL of `Duration::MAX` ("forever") reaches back to the beginning.
+            let ttl_micros = i64::try_from(ttl.as_micros()).unwrap_or(i64::MAX);
+            let not_before = control.now().saturating_sub(ttl_micros);
+            let hit = control
+                .store()
+                .cached_output(key, not_before)
+                .ok()
+                .flatten();
+            // A hit whose result file is gone or damaged is a miss.
+            let hit = hit.and_then(|(from, output)| match self.stored_result(&name, &output) {
+                Some(Ok(read)) => Some((from, output, read)),
+                Some(Err(_)) => None,
+                None => Some((from, output.clone(), output)),
+            });
+            if let Some((from, output, read)) = hit {
                 let id = TaskRunId::new();
                 // Not awaited: after a crash the same call would simply hit the cache again.
                 control
@@ -1028,7 +1147,7 @@ impl FlowRun {
                         duration: Duration::ZERO,
                     },
                 );
-                return Ok(output);
+                return Ok(read);
             }
         }
 
@@ -1153,8 +1272,21 @@ impl FlowRun {
 
             match execution.result {
                 Ok(output) => {
-                    // Recorded redacted: a replay of a secret-bearing result sees `***`.
-                    change.output = Some(self.secrets.redact(&output).into_owned());
+                    // Recorded redacted: a replay of a secret-bearing result sees `***`;
+                    // not at all under persist_result = false (a resume runs it again).
+                    change.output = match (&policy.result_storage, policy.persist_result) {
+                        (_, false) => None,
+                        (None, true) => Some(self.secrets.redact(&output).into_owned()),
+                        // The file holds it (redacted); the record, a reference to it.
+                        (Some(storage), true) => Some(
+                            result_storage::keep(
+                                &self.executor.settings.result_storages,
+                                storage,
+                                &self.secrets.redact(&output),
+                            )
+                            .map_err(crashed)?,
+                        ),
+                    };
                     // Durable before the flow sees it: the rule that makes resume safe.
                     let ticket = control
                         .change_task_run(
@@ -1370,6 +1502,62 @@ fn cache_key(
     Some(hex::encode(hasher.finalize()))
 }
 
+/// What a call's cache key may be made of (`CacheKeyPart`).
+struct CacheScope<'a> {
+    task: &'a str,
+    input: &'a str,
+    params: &'a str,
+    run: FlowRunId,
+    digest: &'a ComponentDigest,
+}
+
+impl FlowRun {
+    fn cache_scope<'a>(&'a self, task: &'a str, input: &'a str) -> CacheScope<'a> {
+        CacheScope {
+            task,
+            input,
+            params: &self.params,
+            run: self.id,
+            digest: &self.component.digest,
+        }
+    }
+}
+
+/// The cache key made of the parts a policy lists, or `None` when the task
+/// is not cached (or its input or params are not JSON). Each part is
+/// tagged in the hash, so a key from the input alone never equals one from
+/// the params alone.
+fn cache_key_of_parts(
+    policy: &EffectivePolicy,
+    parts: &[crate::model::CacheKeyPart],
+    scope: &CacheScope<'_>,
+) -> Option<String> {
+    use crate::model::CacheKeyPart;
+    policy.cache_ttl?;
+    let canonical = |text: &str| {
+        serde_json::from_str::<serde_json::Value>(text)
+            .ok()
+            .map(|v| v.to_string())
+    };
+    let mut hasher = Sha256::new();
+    hasher.update(b"parts\0");
+    hasher.update(scope.task);
+    for part in parts {
+        let (tag, value): (&[u8], String) = match part {
+            CacheKeyPart::Input => (b"input", canonical(scope.input)?),
+            CacheKeyPart::Params => (b"params", canonical(scope.params)?),
+            CacheKeyPart::RunId => (b"run-id", scope.run.to_string()),
+            CacheKeyPart::Code => (b"code", scope.digest.as_str().to_string()),
+        };
+        hasher.update([0]);
+        hasher.update(tag);
+        hasher.update([0]);
+        hasher.update(value.len().to_le_bytes());
+        hasher.update(value);
+    }
+    Some(hex::encode(hasher.finalize()))
+}
+
 /// What replay compares a call's input by (sha256 of the text the flow passed, hex).
 fn input_sha256(input: &str) -> String {
     hex::encode(Sha256::digest(input))
@@ -1392,8 +1580,11 @@ impl GuestHost for FlowHost {
 
     fn call_task(&self, name: String, input: String) -> HostFuture<'_, Result<String, Failure>> {
         let seq = self.0.seq.fetch_add(1, Ordering::SeqCst);
-        self.0
-            .in_background(self.0.clone().execute_task(name, input, seq, None))
+        self.0.in_background(
+            self.0
+                .clone()
+                .execute_task_and_hooks(name, input, seq, None),
+        )
     }
 
     /// Refuses what would let a flow exhaust the host: an input over the
@@ -1420,7 +1611,7 @@ impl GuestHost for FlowHost {
                     Err(failure) => Submitted::Refused(failure),
                     Ok(permit) => {
                         let seq = run.seq.fetch_add(1, Ordering::SeqCst);
-                        Submitted::Started(tokio::spawn(run.clone().execute_task(
+                        Submitted::Started(tokio::spawn(run.clone().execute_task_and_hooks(
                             name,
                             input,
                             seq,
@@ -1622,6 +1813,68 @@ mod tests {
                 .unwrap()
                 .starts_with("2 log lines (4 B)")
         );
+    }
+
+    #[test]
+    fn cache_keys_of_parts_take_exactly_what_they_name() {
+        use crate::model::CacheKeyPart::{self, *};
+        let defaults = PolicyDefaults::unbounded(1, 1, None);
+        let forever = Policy {
+            cache_ttl_ms: Some(crate::model::CACHE_FOREVER_MS),
+            ..Policy::default()
+        };
+        let policy = EffectivePolicy::resolve(&forever, &defaults);
+        assert_eq!(policy.cache_ttl, Some(Duration::MAX));
+        let (a, b) = (
+            ComponentDigest::from_sha256([1; 32]),
+            ComponentDigest::from_sha256([2; 32]),
+        );
+        let (r1, r2) = (FlowRunId::new(), FlowRunId::new());
+        let key = |parts: &[CacheKeyPart], input, params, run, digest| {
+            let scope = CacheScope {
+                task: "t",
+                input,
+                params,
+                run,
+                digest,
+            };
+            cache_key_of_parts(&policy, parts, &scope).unwrap()
+        };
+        // The input alone: params, run and code do not count, whitespace neither.
+        assert_eq!(
+            key(&[Input], r#"{"x": 1}"#, "{}", r1, &a),
+            key(&[Input], r#"{"x":1}"#, r#"{"p":2}"#, r2, &b)
+        );
+        assert_ne!(
+            key(&[Input, Params], "1", r#"{"p":1}"#, r1, &a),
+            key(&[Input, Params], "1", r#"{"p":2}"#, r1, &a)
+        );
+        assert_eq!(
+            key(&[RunId], "1", "{}", r1, &a),
+            key(&[RunId], "2", "{}", r1, &a)
+        );
+        assert_ne!(
+            key(&[RunId], "1", "{}", r1, &a),
+            key(&[RunId], "1", "{}", r2, &a)
+        );
+        assert_ne!(
+            key(&[Input, Code], "1", "{}", r1, &a),
+            key(&[Input, Code], "1", "{}", r1, &b)
+        );
+        // Each part is tagged: input 1 with params 2 is not params 1 with input 2.
+        assert_ne!(
+            key(&[Input], "1", "2", r1, &a),
+            key(&[Params], "2", "1", r1, &a)
+        );
+        let uncached = EffectivePolicy::resolve(&Policy::default(), &defaults);
+        let scope = CacheScope {
+            task: "t",
+            input: "1",
+            params: "{}",
+            run: r1,
+            digest: &a,
+        };
+        assert_eq!(cache_key_of_parts(&uncached, &[Input], &scope), None);
     }
 
     #[test]

@@ -602,6 +602,7 @@ impl RemoteHost {
                 work_queue: None,
                 secret_grants: Vec::new(),
                 lease: None,
+                deployment_version: None,
             }),
         ];
         unit.extend(

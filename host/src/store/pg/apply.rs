@@ -279,9 +279,10 @@ fn apply(tx: &mut Transaction<'_>, write: &Write) -> Result<(), StoreError> {
             exec(
                 tx,
                 "INSERT INTO flow_runs (id, parent_flow_run, component, flow_name, params, state, attempt, host, created_us, started_us,
-                    deployment, tags, scheduled_us, work_pool, work_queue, secret_grants, lease_holder, lease_epoch, lease_expires_us)
+                    deployment, tags, scheduled_us, work_pool, work_queue, secret_grants, lease_holder, lease_epoch, lease_expires_us,
+                    deployment_version)
                  VALUES ($1, $2, $3, $4, $5, $6::text, $7, $8, $9::bigint, CASE WHEN $6::text = 'Running' THEN $9::bigint END, $10, $11, $12, $13, $14, $15,
-                    $16::text, CASE WHEN $16::text IS NULL THEN 0 ELSE 1 END, $17)",
+                    $16::text, CASE WHEN $16::text IS NULL THEN 0 ELSE 1 END, $17, $18)",
                 &[
                     &bytes(&run.id.0),
                     &parent,
@@ -300,6 +301,7 @@ fn apply(tx: &mut Transaction<'_>, write: &Write) -> Result<(), StoreError> {
                     &tags_text(&run.secret_grants),
                     &holder,
                     &expires,
+                    &run.deployment_version.map(i64::from),
                 ],
             )?;
             record_state(tx, run.id.0, run.at, run.state, None)?;
@@ -367,6 +369,27 @@ fn apply(tx: &mut Transaction<'_>, write: &Write) -> Result<(), StoreError> {
                  ON CONFLICT (kind, name) DO UPDATE SET body = excluded.body, updated_us = excluded.updated_us",
                 &[&kind.as_str(), name, body, at],
             )?;
+        }
+        Write::DeploymentVersion {
+            deployment,
+            version,
+            body,
+            created_by,
+            note,
+            at,
+        } => {
+            let inserted = exec(
+                tx,
+                "INSERT INTO deployment_versions (deployment, version, body, created_by, note, created_us)
+                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+                &[deployment, &(*version as i64), body, created_by, note, at],
+            )?;
+            if inserted == 0 {
+                return Err(StoreError::VersionTaken {
+                    deployment: deployment.clone(),
+                    version: *version,
+                });
+            }
         }
         Write::DeleteObject { kind, name } => {
             let n = exec(

@@ -33,6 +33,32 @@ impl PostgresStore {
 }
 
 impl Objects for PostgresStore {
+    fn deployment_versions(
+        &self,
+        deployment: &str,
+    ) -> Result<Vec<DeploymentVersionRow>, StoreError> {
+        let deployment = deployment.to_string();
+        self.read(move |c| {
+            all(
+                c.query(
+                    "SELECT deployment, version, body, created_by, note, created_us FROM deployment_versions
+                     WHERE deployment = $1 ORDER BY version",
+                    &[&deployment],
+                )?,
+                |r| {
+                    Ok(DeploymentVersionRow {
+                        deployment: r.try_get(0)?,
+                        version: r.try_get::<_, i64>(1)? as u32,
+                        body: r.try_get(2)?,
+                        created_by: r.try_get(3)?,
+                        note: r.try_get(4)?,
+                        created_at: r.try_get(5)?,
+                    })
+                },
+            )
+        })
+    }
+
     fn component_wasm(&self, digest: &ComponentDigest) -> Result<Option<Vec<u8>>, StoreError> {
         let digest = digest.as_str().to_string();
         self.read(move |c| {

@@ -55,6 +55,7 @@ pub(super) fn flow_run(r: &Row) -> Result<FlowRunRow, StoreError> {
         lease_holder: r.try_get(22)?,
         lease_epoch: r.try_get::<_, i64>(23)? as u64,
         lease_expires_at: r.try_get(24)?,
+        deployment_version: r.try_get::<_, Option<i64>>(25)?.map(|v| v as u32),
     })
 }
 

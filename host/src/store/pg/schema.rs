@@ -147,6 +147,17 @@ const MIGRATIONS: &[&str] = &["
 "
     CREATE INDEX flow_runs_by_created_state ON flow_runs (created_us, state);
     DROP INDEX flow_runs_by_created;
+", "
+    CREATE TABLE deployment_versions (
+        deployment  TEXT NOT NULL,
+        version     BIGINT NOT NULL,
+        body        TEXT NOT NULL,
+        created_by  TEXT NOT NULL,
+        note        TEXT,
+        created_us  BIGINT NOT NULL,
+        PRIMARY KEY (deployment, version)
+    );
+    ALTER TABLE flow_runs ADD COLUMN deployment_version BIGINT;
 "];
 
 /// Brings the database up to the newest schema, one transaction per migration.

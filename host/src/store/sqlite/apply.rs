@@ -189,9 +189,10 @@ fn apply(conn: &Connection, write: &Write, files: &ResultFiles) -> Result<(), St
         Write::NewFlowRun(run) => {
             conn.prepare_cached(
                 "INSERT INTO flow_runs (id, parent_flow_run, component, flow_name, params, state, attempt, host, created_us, started_us,
-                    deployment, tags, scheduled_us, work_pool, work_queue, secret_grants, lease_holder, lease_epoch, lease_expires_us)
+                    deployment, tags, scheduled_us, work_pool, work_queue, secret_grants, lease_holder, lease_epoch, lease_expires_us,
+                    deployment_version)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, CASE WHEN ?6 = 'Running' THEN ?9 END, ?10, ?11, ?12, ?13, ?14, ?15,
-                    ?16, CASE WHEN ?16 IS NULL THEN 0 ELSE 1 END, ?17)",
+                    ?16, CASE WHEN ?16 IS NULL THEN 0 ELSE 1 END, ?17, ?18)",
             )?
             .execute(params![
                 run.id.as_bytes(),
@@ -211,6 +212,7 @@ fn apply(conn: &Connection, write: &Write, files: &ResultFiles) -> Result<(), St
                 tags_text(&run.secret_grants),
                 run.lease.as_ref().map(|l| l.holder.as_str()),
                 run.lease.as_ref().map(|l| l.expires_at),
+                run.deployment_version,
             ])?;
             record_state(conn, run.id.0, run.at, run.state, None)?;
         }
@@ -274,6 +276,27 @@ fn apply(conn: &Connection, write: &Write, files: &ResultFiles) -> Result<(), St
                  ON CONFLICT (kind, name) DO UPDATE SET body = excluded.body, updated_us = excluded.updated_us",
             )?
             .execute(params![kind.as_str(), name, body, at])?;
+        }
+        Write::DeploymentVersion {
+            deployment,
+            version,
+            body,
+            created_by,
+            note,
+            at,
+        } => {
+            let inserted = conn
+                .prepare_cached(
+                    "INSERT INTO deployment_versions (deployment, version, body, created_by, note, created_us)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT DO NOTHING",
+                )?
+                .execute(params![deployment, version, body, created_by, note, at])?;
+            if inserted == 0 {
+                return Err(StoreError::VersionTaken {
+                    deployment: deployment.clone(),
+                    version: *version,
+                });
+            }
         }
         Write::DeleteObject { kind, name } => {
             let n = conn

@@ -3,6 +3,29 @@
 use super::*;
 
 impl Objects for SqliteStore {
+    fn deployment_versions(
+        &self,
+        deployment: &str,
+    ) -> Result<Vec<DeploymentVersionRow>, StoreError> {
+        self.read(|c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT deployment, version, body, created_by, note, created_us FROM deployment_versions
+                 WHERE deployment = ?1 ORDER BY version",
+            )?;
+            stmt.query_map([deployment], |r| {
+                Ok(DeploymentVersionRow {
+                    deployment: r.get(0)?,
+                    version: r.get(1)?,
+                    body: r.get(2)?,
+                    created_by: r.get(3)?,
+                    note: r.get(4)?,
+                    created_at: r.get(5)?,
+                })
+            })?
+            .collect()
+        })
+    }
+
     fn component_wasm(&self, _digest: &ComponentDigest) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(None)
     }

@@ -59,6 +59,7 @@ impl FlowRunRow {
             lease_holder: r.get(22)?,
             lease_epoch: r.get::<_, i64>(23)? as u64,
             lease_expires_at: r.get(24)?,
+            deployment_version: r.get(25)?,
         })
     }
 }

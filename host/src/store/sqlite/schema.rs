@@ -168,6 +168,20 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX flow_runs_by_created_state ON flow_runs (created_us, state);
     DROP INDEX flow_runs_by_created;
     ",
+    // deployment versions: every deploy that changes a deployment saves
+    // its definition under the next number; a run records the one that made it.
+    "
+    CREATE TABLE deployment_versions (
+        deployment  TEXT NOT NULL,
+        version     INTEGER NOT NULL,
+        body        TEXT NOT NULL,
+        created_by  TEXT NOT NULL,
+        note        TEXT,
+        created_us  INTEGER NOT NULL,
+        PRIMARY KEY (deployment, version)
+    ) WITHOUT ROWID;
+    ALTER TABLE flow_runs ADD COLUMN deployment_version INTEGER;
+    ",
 ];
 
 /// The newest schema version this host knows.
