@@ -15,7 +15,7 @@ use crate::{Options, secs_since};
 use serde_json::json;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use weir_host::clock::SystemClock;
 use weir_host::config::Paths;
 use weir_host::control::Control;
@@ -220,14 +220,9 @@ fn through_api(
     let mut rates = Vec::new();
     let mut accepted = Vec::new();
     for _ in 0..options.runs {
-        let started = Instant::now();
-        let ids: Vec<String> = (0..burst).map(|_| server.trigger("add")).collect();
-        accepted.push(burst as f64 / secs_since(started));
-        for id in &ids {
-            let detail = server.wait_final(id, Duration::from_secs(300));
-            assert_eq!(detail["flow_run"]["state"], "Completed", "{detail}");
-        }
-        rates.push(burst as f64 / secs_since(started));
+        let done = crate::server::run_burst(&server, "add", burst);
+        accepted.push(done.accepted_per_second);
+        rates.push(done.completed_per_second);
     }
     report.push(
         Figure::new(
@@ -283,18 +278,7 @@ fn listed(
         ("by deployment", "limit=100&deployment=d7"),
     ];
     for (what, query) in queries {
-        let mut samples = Vec::new();
-        for _ in 0..if options.quick { 30 } else { 100 } {
-            let t = Instant::now();
-            let (status, reply) = server.get(&format!("/api/flow-runs?{query}"));
-            samples.push(secs_since(t) * 1e3);
-            assert_eq!(status, 200, "{query}: {reply}");
-            assert_eq!(
-                reply["flow_runs"].as_array().map_or(0, Vec::len),
-                100,
-                "{query}"
-            );
-        }
+        let samples = crate::list::page_times(&server, query, if options.quick { 30 } else { 100 });
         report.push(
             Figure::new(
                 S,

@@ -56,18 +56,7 @@ pub fn run(options: &Options, report: &mut Report, host: &Path) {
             ("by deployment", "limit=100&deployment=d7".to_string()),
         ];
         for (what, query) in queries {
-            let mut samples = Vec::new();
-            for _ in 0..if options.quick { 30 } else { 100 } {
-                let t = Instant::now();
-                let (status, reply) = server.get(&format!("/api/flow-runs?{query}"));
-                samples.push(secs_since(t) * 1e3);
-                assert_eq!(status, 200, "{query}: {reply}");
-                assert_eq!(
-                    reply["flow_runs"].as_array().map_or(0, Vec::len),
-                    100,
-                    "{query}"
-                );
-            }
+            let samples = page_times(&server, &query, if options.quick { 30 } else { 100 });
             let name = format!("list 100 of {rows}, {what} (p99 of {})", samples.len());
             let mut figure = Figure::new(S, name, "ms")
                 .one(percentile(&samples, 99.0))
@@ -78,6 +67,24 @@ pub fn run(options: &Options, report: &mut Report, host: &Path) {
             report.push(figure);
         }
     }
+}
+
+/// Lists the page `query` (100 runs) `n` times; returns each time in ms.
+pub fn page_times(server: &Server, query: &str, n: usize) -> Vec<f64> {
+    (0..n)
+        .map(|_| {
+            let t = Instant::now();
+            let (status, reply) = server.get(&format!("/api/flow-runs?{query}"));
+            let ms = secs_since(t) * 1e3;
+            assert_eq!(status, 200, "{query}: {reply}");
+            assert_eq!(
+                reply["flow_runs"].as_array().map_or(0, Vec::len),
+                100,
+                "{query}"
+            );
+            ms
+        })
+        .collect()
 }
 
 /// The `next_cursor` of the page `query` lists (one slow offset read, to

@@ -82,7 +82,7 @@ pub fn run(options: &Options, report: &mut Report, host: &Path) {
     let burst = if options.quick { 200 } else { 1000 };
     let mut rates = Vec::new();
     for _ in 0..options.runs {
-        rates.push(burst_runs_per_second(&server, "add", burst));
+        rates.push(run_burst(&server, "add", burst).completed_per_second);
     }
     report.push(
         Figure::new(
@@ -147,7 +147,7 @@ pub fn run(options: &Options, report: &mut Report, host: &Path) {
     push_latency(report, "trigger → Running, remote host", &latencies, 10.0);
     let mut rates = Vec::new();
     for _ in 0..options.runs {
-        rates.push(burst_runs_per_second(&server, "add", burst));
+        rates.push(run_burst(&server, "add", burst).completed_per_second);
     }
     report.push(
         Figure::new(
@@ -237,16 +237,28 @@ fn push_latency(report: &mut Report, name: &str, samples: &[f64], p50_target: f6
     );
 }
 
+/// One burst of runs through the API.
+pub struct Burst {
+    /// Triggers answered per second, from one client.
+    pub accepted_per_second: f64,
+    /// Runs triggered and then Completed per second, from the first trigger.
+    pub completed_per_second: f64,
+}
+
 /// Triggers `deployment` `n` times as fast as one client can, then waits
-/// until all have completed; returns completed runs per second.
-fn burst_runs_per_second(server: &Server, deployment: &str, n: usize) -> f64 {
+/// until all have completed.
+pub fn run_burst(server: &Server, deployment: &str, n: usize) -> Burst {
     let started = Instant::now();
     let ids: Vec<String> = (0..n).map(|_| server.trigger(deployment)).collect();
+    let accepted_per_second = n as f64 / secs_since(started);
     for id in &ids {
         let detail = server.wait_final(id, Duration::from_secs(300));
         assert_eq!(detail["flow_run"]["state"], "Completed", "{detail}");
     }
-    n as f64 / secs_since(started)
+    Burst {
+        accepted_per_second,
+        completed_per_second: n as f64 / secs_since(started),
+    }
 }
 
 /// Runs `host ARGS` `times` times; returns each wall time in ms.
