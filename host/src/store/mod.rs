@@ -188,6 +188,48 @@ pub enum Role {
     Outbox,
 }
 
+/// What a user typed for a flow run: a whole id, or a hex prefix of one (at
+/// least 4 digits, dashes allowed) for a backend to look up, in lowercase.
+pub(crate) enum RunIdText {
+    Whole(FlowRunId),
+    Prefix(String),
+}
+
+impl RunIdText {
+    pub(crate) fn parse(text: &str) -> Result<RunIdText, StoreError> {
+        if let Ok(id) = text.parse::<FlowRunId>() {
+            return Ok(RunIdText::Whole(id));
+        }
+        let prefix: String = text
+            .chars()
+            .filter(|c| c.is_ascii_hexdigit())
+            .collect::<String>()
+            .to_lowercase();
+        if prefix.len() < 4 || prefix.len() != text.replace('-', "").len() {
+            return Err(Self::not_found(text));
+        }
+        Ok(RunIdText::Prefix(prefix))
+    }
+
+    /// The run a prefix lookup (`LIMIT 2`) found: exactly one, or why not.
+    pub(crate) fn one(text: &str, found: &[[u8; 16]]) -> Result<FlowRunId, StoreError> {
+        match found {
+            [one] => Ok(FlowRunId::from_bytes(*one)),
+            [] => Err(Self::not_found(text)),
+            _ => Err(StoreError::Corrupt(format!(
+                "the id prefix '{text}' matches more than one flow run; type more of it"
+            ))),
+        }
+    }
+
+    fn not_found(text: &str) -> StoreError {
+        StoreError::NotFound {
+            what: "flow run",
+            id: text.to_string(),
+        }
+    }
+}
+
 /// The store: a backend behind the [`Backend`] interface. Its operations
 /// are the backend's (`Store` derefs to `dyn Backend`).
 pub struct Store {

@@ -39,35 +39,20 @@ impl FlowRuns for SqliteStore {
 
     /// Finds a flow run by a prefix of its id, as users type them.
     fn resolve_flow_run(&self, text: &str) -> Result<FlowRunId, StoreError> {
-        if let Ok(id) = text.parse::<FlowRunId>() {
-            return Ok(id);
-        }
-        let prefix: String = text
-            .chars()
-            .filter(|c| c.is_ascii_hexdigit())
-            .collect::<String>()
-            .to_lowercase();
-        let not_found = || StoreError::NotFound {
-            what: "flow run",
-            id: text.to_string(),
+        let prefix = match RunIdText::parse(text)? {
+            RunIdText::Whole(id) => return Ok(id),
+            RunIdText::Prefix(prefix) => prefix,
         };
-        if prefix.len() < 4 || prefix.len() != text.replace('-', "").len() {
-            return Err(not_found());
-        }
         let ids: Vec<Vec<u8>> = self.read(|c| {
             let mut stmt = c.prepare("SELECT id FROM flow_runs WHERE hex(id) LIKE ?1 LIMIT 2")?;
             stmt.query_map([format!("{}%", prefix.to_uppercase())], |r| r.get(0))?
                 .collect()
         })?;
-        match ids.as_slice() {
-            [one] => Ok(FlowRunId::from_bytes(
-                blob16(one).map_err(StoreError::Corrupt)?,
-            )),
-            [] => Err(not_found()),
-            _ => Err(StoreError::Corrupt(format!(
-                "the id prefix '{text}' matches more than one flow run; type more of it"
-            ))),
-        }
+        let ids = ids
+            .iter()
+            .map(|id| blob16(id).map_err(StoreError::Corrupt))
+            .collect::<Result<Vec<_>, _>>()?;
+        RunIdText::one(text, &ids)
     }
 
     fn list_flow_runs(&self, filter: &FlowRunFilter) -> Result<Vec<FlowRunRow>, StoreError> {
