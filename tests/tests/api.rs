@@ -980,88 +980,25 @@ fn sigterm_stops_the_server_cleanly() {
 /// cleanly: a log line that cannot be written is lost, never a panic.
 #[test]
 fn a_server_whose_log_cannot_be_written_keeps_serving() {
-    let scratch = tempfile::tempdir().unwrap();
-    let ready = scratch.path().join("ready.json");
     let full = std::fs::OpenOptions::new()
         .write(true)
         .open("/dev/full")
         .unwrap();
-    let mut child = Command::new(HOST)
-        .args(["server", "start", "--addr", "127.0.0.1:0", "--ready-file"])
-        .arg(&ready)
-        .env("WEIR_HOME", scratch.path().join("home"))
-        .env("WEIR_LOG", "trace")
-        .env_remove("WEIR_API_URL")
-        .env_remove("WEIR_API_KEY")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(full)
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let url = loop {
-        if let Ok(text) = std::fs::read_to_string(&ready) {
-            let ready: Value = serde_json::from_str(&text).unwrap();
-            break ready["url"].as_str().unwrap().to_string();
-        }
-        if let Some(status) = child.try_wait().unwrap() {
-            panic!("the server exited ({status}) before it was ready");
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the server was not ready in 30 s"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(60)))
-        .build()
-        .into();
-    let wasm = std::fs::read(FIXTURE_WASM).unwrap();
-    let uploaded: Value = agent
-        .post(format!("{url}/api/components"))
-        .header("content-type", "application/wasm")
-        .send(&wasm[..])
-        .unwrap()
-        .body_mut()
-        .read_json()
-        .unwrap();
-    let digest = uploaded["digest"].as_str().unwrap();
+    let mut server = TestServer::start_logging_to(full, &[("WEIR_LOG", "trace")]);
+    let digest = server.upload(FIXTURE_WASM);
     for _ in 0..3 {
-        let started: Value = agent
-            .post(format!(
-                "{url}/api/components/{digest}/flows/sequential/runs"
-            ))
-            .send_json(json!({"params": {"n": 5}}))
-            .unwrap()
-            .body_mut()
-            .read_json()
-            .unwrap();
-        let id = started["flow_run_id"].as_str().unwrap();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let run: Value = agent
-                .get(format!("{url}/api/flow-runs/{id}"))
-                .call()
-                .unwrap()
-                .body_mut()
-                .read_json()
-                .unwrap();
-            if run["flow_run"]["state"] == "Completed" {
-                break;
-            }
-            assert!(Instant::now() < deadline, "run did not complete: {run}");
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        let id = start_fixture_run(&server, &digest, "sequential", json!({"n": 5}));
+        wait_for_run(&server, &id, Duration::from_secs(30), |run| {
+            run["state"] == "Completed"
+        });
     }
     // SAFETY: signalling our own child process.
     unsafe {
-        libc::kill(child.id() as i32, libc::SIGTERM);
+        libc::kill(server.child.id() as i32, libc::SIGTERM);
     }
     let deadline = Instant::now() + Duration::from_secs(15);
     let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
+        if let Some(status) = server.child.try_wait().unwrap() {
             break status;
         }
         assert!(

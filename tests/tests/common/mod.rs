@@ -25,6 +25,14 @@ pub struct TestServer {
     extra: Vec<String>,
 }
 
+/// Where a test server's log goes (a file beside its home unless given)
+/// and what else its environment holds.
+#[derive(Default)]
+pub struct ServerOutput {
+    pub stderr: Option<std::fs::File>,
+    pub env: Vec<(String, String)>,
+}
+
 impl TestServer {
     pub fn start() -> TestServer {
         Self::start_with(&[], None)
@@ -68,7 +76,21 @@ impl TestServer {
         extra: &[&str],
         key: Option<&str>,
     ) -> TestServer {
-        Self::launch(home, weir_home, extra, key, &[])
+        Self::launch(home, weir_home, extra, key, &[], ServerOutput::default())
+    }
+
+    /// A server whose stderr (its log) goes to `stderr`, with `env` set.
+    pub fn start_logging_to(stderr: std::fs::File, env: &[(&str, &str)]) -> TestServer {
+        let home = std::sync::Arc::new(tempfile::tempdir().unwrap());
+        let weir_home = home.path().to_path_buf();
+        let output = ServerOutput {
+            stderr: Some(stderr),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        };
+        Self::launch(home, &weir_home, &[], None, &[], output)
     }
 
     /// A server on `home` that is PID 1 of a new PID namespace, as in a
@@ -76,7 +98,14 @@ impl TestServer {
     pub fn start_as_pid_1(home: std::sync::Arc<tempfile::TempDir>) -> TestServer {
         let weir_home = home.path().to_path_buf();
         let launcher = ["unshare", "--pid", "--fork", "--mount-proc", "--kill-child"];
-        Self::launch(home, &weir_home, &[], None, &launcher)
+        Self::launch(
+            home,
+            &weir_home,
+            &[],
+            None,
+            &launcher,
+            ServerOutput::default(),
+        )
     }
 
     /// Starts `launcher... host server start ...` and waits until it is ready.
@@ -86,6 +115,7 @@ impl TestServer {
         extra: &[&str],
         key: Option<&str>,
         launcher: &[&str],
+        output: ServerOutput,
     ) -> TestServer {
         let addr: &[&str] = if extra.contains(&"--addr") {
             &[]
@@ -96,7 +126,10 @@ impl TestServer {
         // its log goes beside it (outside its home), for when a test fails.
         let scratch = tempfile::tempdir().unwrap();
         let ready = scratch.path().join("ready.json");
-        let log = std::fs::File::create(scratch.path().join("server.log")).unwrap();
+        let log = match output.stderr {
+            Some(file) => file,
+            None => std::fs::File::create(scratch.path().join("server.log")).unwrap(),
+        };
         let mut command = match launcher.split_first() {
             Some((program, args)) => {
                 let mut command = Command::new(program);
@@ -116,6 +149,7 @@ impl TestServer {
             .env_remove("WEIR_API_KEY")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
+            .envs(output.env)
             .stderr(log);
         if let Some(key) = key {
             let file = home.path().join("keys.txt");
