@@ -86,33 +86,25 @@ fn timed_pages(server: &Server, path: &str, n: usize) -> (Vec<f64>, String) {
 
 /// Bytes on the wire for `path` when the client takes gzip, as browsers do.
 fn gzipped_len(server: &Server, path: &str) -> usize {
-    let mut reply = server
-        .agent
-        .get(format!("{}{path}", server.url))
-        .header("accept-encoding", "gzip")
-        .call()
-        .unwrap_or_else(|e| panic!("GET {path}: {e}"));
+    fetch(server, path, Some("gzip")).len()
+}
+
+fn page_text(server: &Server, path: &str) -> String {
+    String::from_utf8(fetch(server, path, None)).expect("pages are UTF-8")
+}
+
+/// The body of `path` as sent, asking for `encoding` if any.
+fn fetch(server: &Server, path: &str, encoding: Option<&str>) -> Vec<u8> {
+    let mut request = server.agent.get(format!("{}{path}", server.url));
+    if let Some(encoding) = encoding {
+        request = request.header("accept-encoding", encoding);
+    }
+    let mut reply = request.call().unwrap_or_else(|e| panic!("GET {path}: {e}"));
     assert_eq!(reply.status().as_u16(), 200, "GET {path}");
     reply
         .body_mut()
         .with_config()
         .limit(64 << 20)
         .read_to_vec()
-        .unwrap()
-        .len()
-}
-
-fn page_text(server: &Server, path: &str) -> String {
-    let mut reply = server
-        .agent
-        .get(format!("{}{path}", server.url))
-        .call()
-        .unwrap_or_else(|e| panic!("GET {path}: {e}"));
-    assert_eq!(reply.status().as_u16(), 200, "GET {path}");
-    reply
-        .body_mut()
-        .with_config()
-        .limit(64 << 20)
-        .read_to_string()
         .unwrap()
 }
