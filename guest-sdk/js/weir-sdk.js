@@ -25,7 +25,7 @@
 // `host build` bundles the app with this module and builds a component with
 // jco (QuickJS); the imports come from `wit/flow.wit`.
 
-import * as runtime from "weir:flow/runtime@0.1.1";
+import * as runtime from "weir:flow/runtime@0.1.2";
 
 export const version = "0.1.0";
 

@@ -303,6 +303,58 @@ pub fn variable<T: serde::de::DeserializeOwned>(name: &str) -> Result<Option<T>,
     }
 }
 
+/// Slots of server-wide limits, held until this drops (see [`limit`]).
+#[must_use = "the slots are given back when this drops"]
+pub struct Slots {
+    handle: u64,
+}
+
+impl Drop for Slots {
+    fn drop(&mut self) {
+        runtime::release_slots(self.handle);
+    }
+}
+
+/// Takes `slots` of the concurrency limit `name` (`host concurrency-limit
+/// create NAME N`), waiting while it is full; they are held until the
+/// returned [`Slots`] drops, or the task or flow ends. The limit holds for
+/// every run on every host. A name with no limit is an error.
+///
+/// ```text
+/// let _db = weir_sdk::limit("db", 1)?;
+/// // at most N of these run at once, anywhere
+/// ```
+pub fn limit(name: &str, slots: u32) -> Result<Slots, TaskError> {
+    limits(&[name], slots, None)
+}
+
+/// Takes `slots` of each named limit, all or none, waiting at most
+/// `timeout` (forever when `None`) for them to be free.
+pub fn limits(
+    names: &[&str],
+    slots: u32,
+    timeout: Option<std::time::Duration>,
+) -> Result<Slots, TaskError> {
+    let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+    let handle = runtime::take_slots(&names, slots, timeout.map(|t| t.as_secs()))
+        .map_err(TaskError::from)?;
+    Ok(Slots { handle })
+}
+
+/// Takes one slot of the rate limit `name` (`host concurrency-limit create
+/// NAME N --slot-decay-per-second R`), waiting until one has come back:
+/// at most N at once, then R per second, across every run on every host.
+///
+/// ```text
+/// weir_sdk::rate_limit("github-api")?;
+/// ```
+///
+/// On a concurrency limit it only waits for a free slot, and gives it back.
+pub fn rate_limit(name: &str) -> Result<(), TaskError> {
+    // A rate limit's slots are spent, not held: the release gives back nothing.
+    limit(name, 1).map(drop)
+}
+
 /// Pauses the flow run until someone resumes it with input matching
 /// `input_schema` (a JSON Schema), and returns that input as `T`.
 ///

@@ -16,6 +16,7 @@ pub(crate) mod deployments;
 pub(crate) mod events;
 pub mod guard;
 mod hosts;
+pub mod limits;
 pub mod metrics;
 pub(crate) mod objects;
 pub(crate) mod runs;
@@ -172,6 +173,12 @@ impl ApiState {
         automations::list_deliveries,
         artifacts::list_artifacts,
         artifacts::get_artifact,
+        limits::list_limits,
+        limits::get_limit,
+        limits::put_limit,
+        limits::delete_limit,
+        limits::take_slots,
+        limits::release_slots,
     ),
     modifiers(&BearerAuth, &GuardResponses)
 )]
@@ -304,6 +311,18 @@ pub fn router(state: Arc<ApiState>) -> Router {
             get(objects::get_variable)
                 .put(objects::put_variable)
                 .delete(objects::delete_variable),
+        )
+        .route("/api/concurrency-limits", get(limits::list_limits))
+        .route(
+            "/api/concurrency-limits/{name}",
+            get(limits::get_limit)
+                .put(limits::put_limit)
+                .delete(limits::delete_limit),
+        )
+        .route("/api/concurrency-slots/take", post(limits::take_slots))
+        .route(
+            "/api/concurrency-slots/release",
+            post(limits::release_slots),
         )
         .route("/api/artifacts", get(artifacts::list_artifacts))
         .route("/api/artifacts/{key}", get(artifacts::get_artifact))
@@ -544,7 +563,8 @@ impl From<StoreError> for ApiError {
             StoreError::NotFound { .. } => ApiError::not_found(e.to_string()),
             StoreError::Conflict { .. }
             | StoreError::LeaseLost { .. }
-            | StoreError::VersionTaken { .. } => ApiError::conflict(e.to_string()),
+            | StoreError::VersionTaken { .. }
+            | StoreError::NoSlot { .. } => ApiError::conflict(e.to_string()),
             StoreError::Full(_) => {
                 tracing::error!("{e}");
                 ApiError::new(StatusCode::INSUFFICIENT_STORAGE, "disk_full", e.to_string())

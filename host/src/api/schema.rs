@@ -566,3 +566,31 @@ pub struct Delivery {
 pub struct DeliveryList {
     pub deliveries: Vec<Delivery>,
 }
+
+/// An ask for slots of server-wide limits (`dispatch::limits::TakeSlots`).
+#[derive(ToSchema)]
+pub struct TakeSlotsRequest {
+    /// The top-level flow run the slots are held for: they count while it
+    /// is unfinished and its lease is live.
+    pub flow_run: String,
+    /// Limit names; slots of each are taken, all or none.
+    pub names: Vec<String>,
+    pub slots: u32,
+    /// True: a name with no limit is a 404. False (task tags): it is not limited.
+    pub strict: Option<bool>,
+}
+
+/// How an ask for slots went (`dispatch::limits::Taken`): `{"outcome":
+/// "taken", "lease": ID}`, `{"outcome": "unlimited"}` or `{"outcome":
+/// "full", "limit": NAME, "retry_after_ms": N or null}`.
+#[derive(ToSchema)]
+pub struct SlotOutcome {
+    /// `taken`, `unlimited` or `full`.
+    pub outcome: String,
+    /// With `taken`: give it back with `/api/concurrency-slots/release`.
+    pub lease: Option<String>,
+    /// With `full`: the limit with too few free slots.
+    pub limit: Option<String>,
+    /// With `full`, for a rate limit: when enough slots are back.
+    pub retry_after_ms: Option<u64>,
+}

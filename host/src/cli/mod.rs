@@ -13,6 +13,7 @@ mod db;
 mod deploy;
 mod flow;
 mod init;
+mod limit;
 mod output;
 mod profile;
 mod remote;
@@ -93,6 +94,9 @@ enum Command {
     /// Reports, tables and links that runs left.
     #[command(subcommand)]
     Artifact(artifact::ArtifactCommand),
+    /// Concurrency and rate limits shared by every run on every host.
+    #[command(name = "concurrency-limit", subcommand)]
+    ConcurrencyLimit(limit::LimitCommand),
     /// Work pools: which executors may run a deployment's runs.
     #[command(name = "work-pool", subcommand)]
     WorkPool(deploy::WorkPoolCommand),
@@ -227,6 +231,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Automation(command) => automation::run(command),
         Command::Secret(command) => deploy::secret(command),
         Command::Variable(command) => deploy::variable(command),
+        Command::ConcurrencyLimit(command) => limit::run(command),
         Command::Artifact(command) => artifact::run(command),
         Command::WorkPool(command) => deploy::work_pool(command),
         Command::WorkQueue(command) => deploy::work_queue(command),
@@ -238,7 +243,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
 fn version(flags: JsonFlag) -> anyhow::Result<()> {
     let host = env!("CARGO_PKG_VERSION");
     let runtime = "wasmtime 48";
-    let wit = "weir:flow@0.1.1";
+    let wit = "weir:flow@0.1.2";
     if flags.json {
         println!(
             "{}",

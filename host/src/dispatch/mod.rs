@@ -17,6 +17,7 @@
 //! blocking pool: a slow read never stalls the API's own thread.
 
 pub mod leases;
+pub mod limits;
 pub mod pause;
 pub mod remote;
 

@@ -16,6 +16,7 @@ use crate::model::artifact::{ArtifactKind, NewArtifact};
 use crate::model::capabilities::Capabilities;
 use crate::model::{ComponentDigest, Failure, FailureKind, Limits, LogLevel, Manifest, RunInfo};
 use sha2::{Digest, Sha256};
+use std::collections::HashMap;
 use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
@@ -41,6 +42,13 @@ mod bindings {
 }
 
 use bindings::weir::flow::types as wit;
+
+/// Slots of limits an instance holds (see [`GuestHost::take_slots`]);
+/// they are given back when this drops.
+pub type HeldSlots = Box<dyn Send + Sync>;
+
+/// The most `take-slots` handles one instance may hold at once.
+pub const MAX_HELD_SLOTS: usize = 1024;
 
 /// A boxed future, as returned by [`GuestHost`] methods.
 pub type HostFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -114,6 +122,23 @@ pub trait GuestHost: Send + Sync + 'static {
     ) -> HostFuture<'_, Result<String, Failure>> {
         let refusal = self.refusal();
         Box::pin(async { Err(refusal) })
+    }
+    /// Takes `slots` of each named limit (`take-slots`, since 0.1.2),
+    /// waiting while one is full (at most `timeout`). What it returns holds
+    /// the slots: dropping it gives them back, so an instance that ends or
+    /// traps gives back all it took.
+    fn take_slots(
+        &self,
+        _names: Vec<String>,
+        _slots: u32,
+        _timeout: Option<Duration>,
+    ) -> HostFuture<'_, Result<HeldSlots, Failure>> {
+        Box::pin(async {
+            Err(Failure::new(
+                FailureKind::Failed,
+                "concurrency limits cannot be taken here",
+            ))
+        })
     }
     /// Directories and environment variables the instance may reach
     /// (nothing by default).
@@ -564,6 +589,8 @@ impl Engine {
             },
             max_payload_bytes: self.config.max_payload_bytes,
             cancel,
+            held_slots: HashMap::new(),
+            next_slots_handle: 1,
         };
         let mut store = Store::new(&self.wasmtime, data);
         store.limiter(|s| &mut s.limiter);
@@ -806,6 +833,9 @@ struct Sandbox {
     limiter: MemoryLimiter,
     max_payload_bytes: usize,
     cancel: CancellationToken,
+    /// `take-slots` handles not yet given back; dropped with the instance.
+    held_slots: HashMap<u64, HeldSlots>,
+    next_slots_handle: u64,
 }
 
 impl WasiView for Sandbox {
@@ -995,6 +1025,51 @@ impl bindings::weir::flow::runtime::Host for Sandbox {
             host.run_deployment(name, params, wait).await
         })
         .await
+    }
+
+    async fn take_slots(
+        &mut self,
+        names: Vec<String>,
+        slots: u32,
+        timeout_seconds: Option<u64>,
+    ) -> wasmtime::Result<Result<u64, wit::TaskError>> {
+        if self.held_slots.len() >= MAX_HELD_SLOTS {
+            return Ok(Err(to_wit_error(Failure::new(
+                FailureKind::Failed,
+                format!(
+                    "this instance holds {MAX_HELD_SLOTS} take-slots handles already; release some first"
+                ),
+            ))));
+        }
+        if names.is_empty() || names.len() > 64 || names.iter().any(|n| n.len() > 100) {
+            return Ok(Err(to_wit_error(Failure::new(
+                FailureKind::InvalidInput,
+                "take-slots needs 1 to 64 limit names of at most 100 bytes each",
+            ))));
+        }
+        let timeout = timeout_seconds.map(Duration::from_secs);
+        let host = self.host.clone();
+        let taken = tokio::select! {
+            biased;
+            _ = self.cancel.cancelled() => {
+                Err(Failure::new(FailureKind::Cancelled, "the run was cancelled"))
+            }
+            taken = host.take_slots(names, slots, timeout) => taken,
+        };
+        match taken {
+            Ok(held) => {
+                let handle = self.next_slots_handle;
+                self.next_slots_handle += 1;
+                self.held_slots.insert(handle, held);
+                Ok(Ok(handle))
+            }
+            Err(failure) => Ok(Err(to_wit_error(failure))),
+        }
+    }
+
+    async fn release_slots(&mut self, handle: u64) -> wasmtime::Result<()> {
+        self.held_slots.remove(&handle);
+        Ok(())
     }
 
     async fn info(&mut self) -> wasmtime::Result<wit::RunInfo> {

@@ -7,6 +7,7 @@ pub mod artifact;
 pub mod automation;
 pub mod capabilities;
 pub mod deploy;
+pub mod limits;
 pub mod template;
 
 pub use automation::{Automation, AutomationEvent, EventFields};

@@ -142,6 +142,10 @@ pub trait Objects {
     ) -> Result<Vec<DeliveryRow>, StoreError>;
     /// An automation's deliveries, newest first.
     fn deliveries(&self, automation: &str, limit: usize) -> Result<Vec<DeliveryRow>, StoreError>;
+    /// Slots of concurrency limits held at `now`, oldest first.
+    fn held_slots(&self, now: TimestampMicros) -> Result<Vec<SlotRow>, StoreError>;
+    /// Each rate limit's mark: when its bucket would be empty.
+    fn rate_marks(&self) -> Result<Vec<(String, TimestampMicros)>, StoreError>;
     /// A deployment's saved versions, oldest first (they outlive a delete,
     /// so a deployment made again under the name goes on numbering).
     fn deployment_versions(

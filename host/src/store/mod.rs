@@ -86,6 +86,13 @@ pub enum StoreError {
         "deployment '{deployment}' got version {version} from another deploy at the same moment; deploy again"
     )]
     VersionTaken { deployment: String, version: u32 },
+    /// A `TakeSlots` found too few free slots of `limit`; a rate limit says
+    /// how long until enough come back.
+    #[error("concurrency limit '{limit}' has no free slot")]
+    NoSlot {
+        limit: String,
+        retry_after_us: Option<i64>,
+    },
 }
 
 impl StoreError {

@@ -108,6 +108,8 @@ pub enum ObjectKind {
     Automation,
     /// A report, table or link a run left (`model::artifact::Artifact`), by id.
     Artifact,
+    /// A named concurrency or rate limit (`model::limits::ConcurrencyLimit`).
+    ConcurrencyLimit,
 }
 
 impl ObjectKind {
@@ -121,6 +123,7 @@ impl ObjectKind {
             ObjectKind::Host => "host",
             ObjectKind::Automation => "automation",
             ObjectKind::Artifact => "artifact",
+            ObjectKind::ConcurrencyLimit => "concurrency_limit",
         }
     }
     pub(crate) fn what(self) -> &'static str {
@@ -133,6 +136,7 @@ impl ObjectKind {
             ObjectKind::Host => "host",
             ObjectKind::Automation => "automation",
             ObjectKind::Artifact => "artifact",
+            ObjectKind::ConcurrencyLimit => "concurrency limit",
         }
     }
 }
@@ -224,6 +228,16 @@ pub struct FlowRunRow {
     /// The version of its deployment that made it.
     #[serde(default)]
     pub deployment_version: Option<u32>,
+}
+
+/// Slots of one limit that one acquisition holds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SlotRow {
+    pub lease: uuid::Uuid,
+    pub name: String,
+    pub slots: u32,
+    pub flow_run: FlowRunId,
+    pub taken_at: TimestampMicros,
 }
 
 /// One saved definition of a deployment (its body is the deployment's JSON).

@@ -24,3 +24,13 @@ pub(super) const DELIVERY_SELECT: &str =
 pub(super) fn tags_text(tags: &[String]) -> Option<String> {
     (!tags.is_empty()).then(|| serde_json::to_string(tags).unwrap_or_default())
 }
+
+/// Slots still held: their run has not ended and its lease has not lapsed
+/// (a subflow has no lease of its own: it lives while unfinished). A WHERE
+/// clause on `limit_slots`, with the time as the backend's parameter `now`.
+pub(super) fn live_slot(now: &str) -> String {
+    format!(
+        "EXISTS (SELECT 1 FROM flow_runs f WHERE f.id = limit_slots.flow_run AND f.{UNFINISHED}
+         AND (f.lease_expires_us IS NULL OR f.lease_expires_us > {now}))"
+    )
+}

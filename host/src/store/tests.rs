@@ -604,7 +604,110 @@ async fn deployment_versions_are_numbered_once_and_runs_keep_theirs(kind: Kind) 
     assert_eq!(store.flow_run(id).unwrap().deployment_version, Some(2));
 }
 
+fn take(lease: uuid::Uuid, run: FlowRunId, limits: &[(&str, u32, Option<f64>)], now: i64) -> Write {
+    Write::TakeSlots {
+        lease,
+        flow_run: run,
+        limits: limits
+            .iter()
+            .map(|(name, limit, decay)| LimitAsk {
+                name: name.to_string(),
+                limit: *limit,
+                decay_per_second: *decay,
+            })
+            .collect(),
+        slots: 1,
+        now,
+    }
+}
+
+/// Slots are counted per limit, all or none; given back on release, when
+/// their run ends and when its lease lapses; a rate limit's come back at
+/// its rate, and a full one says how long to wait.
+async fn slots_are_taken_all_or_none_and_come_back(kind: Kind) {
+    let Some((_place, store)) = open(kind) else {
+        return;
+    };
+    let (a, b) = (FlowRunId::new(), FlowRunId::new());
+    let Write::NewFlowRun(mut leased) = new_flow_run(b) else {
+        unreachable!()
+    };
+    leased.lease = Some(Lease {
+        holder: "h1 pid=1".into(),
+        expires_at: 1_000,
+    });
+    store
+        .submit(vec![new_flow_run(a), Write::NewFlowRun(leased)])
+        .committed()
+        .await
+        .unwrap();
+    let db = [("db", 2, None)];
+    let (l1, l2, l3) = (uuid::Uuid::now_v7(), uuid::Uuid::now_v7(), uuid::Uuid::now_v7());
+    store.submit(vec![take(l1, a, &db, 10)]).committed().await.unwrap();
+    store.submit(vec![take(l2, b, &db, 10)]).committed().await.unwrap();
+    let full = store.submit(vec![take(l3, a, &db, 10)]).committed().await;
+    assert!(
+        matches!(&full, Err(StoreError::NoSlot { limit, retry_after_us: None }) if limit == "db"),
+        "{full:?}"
+    );
+    // All or none: `api` is free but `db` is not, so neither is taken.
+    let both = [("api", 1, None), ("db", 2, None)];
+    assert!(store.submit(vec![take(l3, a, &both, 10)]).committed().await.is_err());
+    let held: Vec<(String, FlowRunId)> = store
+        .held_slots(10)
+        .unwrap()
+        .into_iter()
+        .map(|s| (s.name, s.flow_run))
+        .collect();
+    assert_eq!(held, [("db".to_string(), a), ("db".to_string(), b)]);
+
+    store.submit(vec![Write::ReleaseSlots { lease: l1 }]).committed().await.unwrap();
+    store.submit(vec![take(l3, a, &both, 10)]).committed().await.unwrap();
+    assert_eq!(store.held_slots(10).unwrap().len(), 3);
+    // b's lease lapses at 1,000: its slot is free after, though b is Running.
+    assert_eq!(store.held_slots(999).unwrap().len(), 3);
+    assert_eq!(store.held_slots(1_000).unwrap().len(), 2);
+    let l4 = uuid::Uuid::now_v7();
+    store.submit(vec![take(l4, a, &db, 1_000)]).committed().await.unwrap();
+    // a ends: everything it held is free.
+    let change = StateChange::new(a.0, RunState::Running, RunState::Completed, 2_000);
+    store
+        .submit(vec![Write::FlowRunState(change)])
+        .committed()
+        .await
+        .unwrap();
+    assert!(store.held_slots(2_000).unwrap().is_empty());
+
+    // A rate limit of 2 slots, 10 back per second: one every 100,000 µs.
+    let rate = [("calls", 2, Some(10.0))];
+    let now = 5_000_000;
+    for _ in 0..2 {
+        let lease = uuid::Uuid::now_v7();
+        store.submit(vec![take(lease, b, &rate, now)]).committed().await.unwrap();
+    }
+    let full = store
+        .submit(vec![take(uuid::Uuid::now_v7(), b, &rate, now)])
+        .committed()
+        .await;
+    assert!(
+        matches!(&full, Err(StoreError::NoSlot { retry_after_us: Some(100_000), .. })),
+        "{full:?}"
+    );
+    let later = store
+        .submit(vec![take(uuid::Uuid::now_v7(), b, &rate, now + 100_000)])
+        .committed()
+        .await;
+    assert!(later.is_ok(), "{later:?}");
+    assert_eq!(
+        store.rate_marks().unwrap(),
+        [("calls".to_string(), now + 300_000)]
+    );
+    // Rate slots are spent, not held.
+    assert!(store.held_slots(now).unwrap().iter().all(|s| s.name != "calls"));
+}
+
 on_both_backends!(
+    slots_are_taken_all_or_none_and_come_back,
     runs_are_counted_per_hour_and_state,
     cursor_pages_split_ties_in_creation_time_without_loss,
     the_database_size_grows_with_its_rows,

@@ -130,6 +130,19 @@ pub enum Write {
         response_code: Option<u16>,
         at: TimestampMicros,
     },
+    /// Takes `slots` of every limit in `limits` for `flow_run`, all or none:
+    /// fails the unit with `NoSlot` when one of them has too few free. A
+    /// concurrency limit's slots are held (under `lease`) until released
+    /// or until the run ends or its lease lapses; a rate limit's are spent.
+    TakeSlots {
+        lease: uuid::Uuid,
+        flow_run: FlowRunId,
+        limits: Vec<LimitAsk>,
+        slots: u32,
+        now: TimestampMicros,
+    },
+    /// Gives back what one `TakeSlots` took (nothing if it is gone already).
+    ReleaseSlots { lease: uuid::Uuid },
     /// Deletes the not-yet-started runs, due after `after`, that schedules
     /// of `deployment` other than `keep` made ahead (edited, deleted or
     /// inactive schedules), with their slots.
@@ -138,6 +151,44 @@ pub enum Write {
         keep: Vec<String>,
         after: TimestampMicros,
     },
+}
+
+/// One limit as a `TakeSlots` sees it: its name and its definition (read
+/// by the caller just before, so the unit needs no JSON).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LimitAsk {
+    pub name: String,
+    /// Slots it has in all.
+    pub limit: u32,
+    /// A rate limit's slots come back at this rate instead of on release.
+    pub decay_per_second: Option<f64>,
+}
+
+impl LimitAsk {
+    /// For a rate limit: how long one slot takes to come back, in µs.
+    pub(crate) fn interval_us(&self) -> Option<i64> {
+        self.decay_per_second
+            .filter(|rate| *rate > 0.0)
+            .map(|rate| ((1e6 / rate).ceil() as i64).max(1))
+    }
+
+    /// A rate limit as a generic cell rate: `tat` is when the bucket would
+    /// be empty. Taking `slots` moves it on by as many intervals, unless
+    /// that would pass `limit` intervals from now: then the answer is how
+    /// long to wait before asking again.
+    pub(crate) fn next_mark(
+        &self,
+        tat: Option<TimestampMicros>,
+        slots: u32,
+        now: TimestampMicros,
+    ) -> Result<TimestampMicros, i64> {
+        let interval = self.interval_us().unwrap_or(1);
+        let start = tat.unwrap_or(now).max(now);
+        let next = start.saturating_add(interval.saturating_mul(i64::from(slots)));
+        let room = interval.saturating_mul(i64::from(self.limit));
+        let over = next.saturating_sub(now).saturating_sub(room);
+        if over > 0 { Err(over) } else { Ok(next) }
+    }
 }
 
 /// Who holds a run and until when.

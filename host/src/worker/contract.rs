@@ -28,6 +28,13 @@ use std::time::{Duration, Instant};
 pub trait RemoteServer: Send + Sync + 'static {
     /// The variable's value, or none; `Err` says why it could not be read.
     fn variable(&self, name: &str) -> Result<Option<Value>, String>;
+    /// One attempt to take slots of server-wide limits.
+    fn take_slots(
+        &self,
+        ask: &crate::dispatch::limits::TakeSlots,
+    ) -> Result<crate::dispatch::limits::Taken, String>;
+    /// Gives back what a lease of `take_slots` holds.
+    fn release_slots(&self, lease: uuid::Uuid) -> Result<(), String>;
 }
 
 impl Executor {

@@ -252,6 +252,7 @@ impl Executor {
         let run = Arc::new(FlowRun {
             executor: self.clone(),
             id: crashed.id,
+            root: crashed.id,
             component,
             flow_name: crashed.flow_name.clone(),
             attempt: AtomicU32::new(crashed.attempt),

@@ -9,6 +9,7 @@
 mod contract;
 mod events;
 mod hooks;
+mod limits;
 pub mod remote;
 mod result_storage;
 mod retention;
@@ -216,6 +217,8 @@ pub struct FlowRunRequest {
     pub capabilities: Arc<Capabilities>,
     /// A subflow writes into its root run's log budget.
     log_budget: Option<Arc<LogBudget>>,
+    /// A subflow's top-level run.
+    root: Option<FlowRunId>,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -245,6 +248,7 @@ impl FlowRunRequest {
             secrets: Arc::new(GrantedSecrets::default()),
             capabilities: Arc::new(Capabilities::default()),
             log_budget: None,
+            root: None,
         }
     }
 }
@@ -414,6 +418,7 @@ impl Executor {
         let run = Arc::new(FlowRun {
             executor: self.clone(),
             id,
+            root: request.root.unwrap_or(id),
             component: request.component.clone(),
             flow_name: request.flow_name.clone(),
             attempt: AtomicU32::new(attempt),
@@ -822,6 +827,8 @@ struct Recorded {
 struct FlowRun {
     executor: Arc<Executor>,
     id: FlowRunId,
+    /// The top-level run: the one under a lease, that slots are held for.
+    root: FlowRunId,
     component: Component,
     flow_name: String,
     attempt: AtomicU32,
@@ -1166,6 +1173,21 @@ impl FlowRun {
                     FailureKind::Cancelled,
                     "the run was cancelled",
                 ));
+            }
+        };
+        // Server-wide limits named like its tags, on every host at once.
+        let _tag_slots = match policy.tags.is_empty() {
+            true => None,
+            false => {
+                self.clone()
+                    .take_slots(
+                        &format!("task '{name}'"),
+                        policy.tags.clone(),
+                        1,
+                        false,
+                        None,
+                    )
+                    .await?
             }
         };
         let id = TaskRunId::new();
@@ -1674,6 +1696,7 @@ impl GuestHost for FlowHost {
             request.secrets = this.secrets.clone();
             request.capabilities = this.capabilities.clone();
             request.log_budget = Some(this.logs.clone());
+            request.root = Some(this.root);
             match this
                 .executor
                 .clone()
@@ -1727,6 +1750,20 @@ impl GuestHost for FlowHost {
             .in_background(self.0.clone().run_deployment(name, params, wait))
     }
 
+    fn take_slots(
+        &self,
+        names: Vec<String>,
+        slots: u32,
+        timeout: Option<Duration>,
+    ) -> HostFuture<'_, Result<crate::engine::HeldSlots, Failure>> {
+        Box::pin(self.0.clone().take_slots_from_code(
+            format!("flow '{}'", self.0.flow_name),
+            names,
+            slots,
+            timeout,
+        ))
+    }
+
     fn capabilities(&self) -> &Capabilities {
         &self.0.capabilities
     }
@@ -1764,6 +1801,19 @@ impl GuestHost for TaskHost {
                 .clone()
                 .create_artifact(Some(self.task_run), artifact),
         )
+    }
+    fn take_slots(
+        &self,
+        names: Vec<String>,
+        slots: u32,
+        timeout: Option<Duration>,
+    ) -> HostFuture<'_, Result<crate::engine::HeldSlots, Failure>> {
+        Box::pin(self.run.clone().take_slots_from_code(
+            format!("task '{}'", self.task_name),
+            names,
+            slots,
+            timeout,
+        ))
     }
     fn capabilities(&self) -> &Capabilities {
         &self.run.capabilities

@@ -162,7 +162,7 @@ pub fn run(config: RemoteConfig, stop: CancellationToken) -> Result<(), RemoteEr
     let mut settings = host.config.executor.clone();
     settings.host_name = host.config.name.clone();
     let executor = Executor::new(engine, control, settings);
-    executor.serve_remotely(Arc::new(ApiVariables(host.client.clone())));
+    executor.serve_remotely(Arc::new(ApiServer(host.client.clone())));
     let finished = CancellationToken::new();
     runtime.block_on(async {
         // Say hello first: a wrong key or URL is one clear error, not a loop.
@@ -198,11 +198,11 @@ pub fn run(config: RemoteConfig, stop: CancellationToken) -> Result<(), RemoteEr
     Ok(())
 }
 
-/// Variables read from the server's API (`GET /api/variables/NAME`): this
-/// host's own store does not have them.
-struct ApiVariables(Arc<Client>);
+/// Variables and limits through the server's API (`GET /api/variables/NAME`,
+/// `POST /api/concurrency-slots/take`): this host's own store has neither.
+struct ApiServer(Arc<Client>);
 
-impl super::RemoteServer for ApiVariables {
+impl super::RemoteServer for ApiServer {
     fn variable(&self, name: &str) -> Result<Option<serde_json::Value>, String> {
         // Only names a variable can have reach the URL.
         if crate::model::deploy::validate_name("variable", name).is_err() {
@@ -222,6 +222,45 @@ impl super::RemoteServer for ApiVariables {
                 .map(|v| Some(v.value))
                 .map_err(|e| format!("the server's answer is not a variable: {e}")),
             404 => Ok(None),
+            _ => Err(server_message(status, &body)),
+        }
+    }
+
+    fn take_slots(
+        &self,
+        ask: &crate::dispatch::limits::TakeSlots,
+    ) -> Result<crate::dispatch::limits::Taken, String> {
+        let body = serde_json::to_vec(ask).map_err(|e| e.to_string())?;
+        let (status, body) = self
+            .0
+            .request(
+                "POST",
+                "/api/concurrency-slots/take",
+                Some(body),
+                "application/json",
+            )
+            .map_err(|e| e.to_string())?;
+        match status {
+            200 => serde_json::from_slice(&body)
+                .map_err(|e| format!("the server's answer is not a slot outcome: {e}")),
+            _ => Err(server_message(status, &body)),
+        }
+    }
+
+    fn release_slots(&self, lease: uuid::Uuid) -> Result<(), String> {
+        let body = serde_json::to_vec(&serde_json::json!({ "lease": lease }))
+            .map_err(|e| e.to_string())?;
+        let (status, body) = self
+            .0
+            .request(
+                "POST",
+                "/api/concurrency-slots/release",
+                Some(body),
+                "application/json",
+            )
+            .map_err(|e| e.to_string())?;
+        match status {
+            200 => Ok(()),
             _ => Err(server_message(status, &body)),
         }
     }

@@ -468,6 +468,74 @@ fn apply(tx: &mut Transaction<'_>, write: &Write) -> Result<(), StoreError> {
                 });
             }
         }
+        Write::TakeSlots {
+            lease,
+            flow_run,
+            limits,
+            slots,
+            now,
+        } => {
+            let wanted = i64::from(*slots);
+            for ask in limits {
+                // One taker of a limit at a time across servers; names are
+                // taken in the order given (sorted), so two never deadlock.
+                tx.execute(
+                    "SELECT pg_advisory_xact_lock(2001, hashtext($1))",
+                    &[&ask.name],
+                )?;
+                if ask.interval_us().is_some() {
+                    let tat: Option<i64> = tx
+                        .query_opt("SELECT tat_us FROM limit_rates WHERE name = $1", &[&ask.name])?
+                        .map(|r| r.get(0));
+                    let next = ask.next_mark(tat, *slots, *now).map_err(|wait| {
+                        StoreError::NoSlot {
+                            limit: ask.name.clone(),
+                            retry_after_us: Some(wait),
+                        }
+                    })?;
+                    exec(
+                        tx,
+                        "INSERT INTO limit_rates (name, tat_us) VALUES ($1, $2)
+                         ON CONFLICT (name) DO UPDATE SET tat_us = excluded.tat_us",
+                        &[&ask.name, &next],
+                    )?;
+                    continue;
+                }
+                exec(
+                    tx,
+                    &format!(
+                        "DELETE FROM limit_slots WHERE name = $1 AND NOT {}",
+                        super::super::sql::live_slot("$2")
+                    ),
+                    &[&ask.name, now],
+                )?;
+                let used: i64 = tx
+                    .query_one(
+                        "SELECT coalesce(sum(slots), 0)::BIGINT FROM limit_slots WHERE name = $1",
+                        &[&ask.name],
+                    )?
+                    .get(0);
+                if used + wanted > i64::from(ask.limit) {
+                    return Err(StoreError::NoSlot {
+                        limit: ask.name.clone(),
+                        retry_after_us: None,
+                    });
+                }
+                exec(
+                    tx,
+                    "INSERT INTO limit_slots (lease, name, slots, flow_run, taken_us)
+                     VALUES ($1, $2, $3, $4, $5)",
+                    &[&bytes(lease), &ask.name, &wanted, &bytes(&flow_run.0), now],
+                )?;
+            }
+        }
+        Write::ReleaseSlots { lease } => {
+            exec(
+                tx,
+                "DELETE FROM limit_slots WHERE lease = $1",
+                &[&bytes(lease)],
+            )?;
+        }
         Write::DropScheduledRuns {
             deployment,
             keep,

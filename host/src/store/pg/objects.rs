@@ -33,6 +33,34 @@ impl PostgresStore {
 }
 
 impl Objects for PostgresStore {
+    fn held_slots(&self, now: TimestampMicros) -> Result<Vec<SlotRow>, StoreError> {
+        self.read(move |c| {
+            let sql = format!(
+                "SELECT lease, name, slots, flow_run, taken_us FROM limit_slots
+                 WHERE {} ORDER BY taken_us, name",
+                super::super::sql::live_slot("$1")
+            );
+            all(c.query(&sql, &[&now])?, |r| {
+                Ok(SlotRow {
+                    lease: uuid::Uuid::from_bytes(super::rows::id16(r.try_get(0)?)?),
+                    name: r.try_get(1)?,
+                    slots: u32::try_from(r.try_get::<_, i64>(2)?).unwrap_or(u32::MAX),
+                    flow_run: FlowRunId::from_bytes(super::rows::id16(r.try_get(3)?)?),
+                    taken_at: r.try_get(4)?,
+                })
+            })
+        })
+    }
+
+    fn rate_marks(&self) -> Result<Vec<(String, TimestampMicros)>, StoreError> {
+        self.read(move |c| {
+            all(
+                c.query("SELECT name, tat_us FROM limit_rates ORDER BY name", &[])?,
+                |r| Ok((r.try_get(0)?, r.try_get(1)?)),
+            )
+        })
+    }
+
     fn deployment_versions(
         &self,
         deployment: &str,

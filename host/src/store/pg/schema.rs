@@ -158,6 +158,21 @@ const MIGRATIONS: &[&str] = &["
         PRIMARY KEY (deployment, version)
     );
     ALTER TABLE flow_runs ADD COLUMN deployment_version BIGINT;
+", "
+    CREATE TABLE limit_slots (
+        lease      BYTEA NOT NULL,
+        name       TEXT NOT NULL,
+        slots      BIGINT NOT NULL,
+        flow_run   BYTEA NOT NULL REFERENCES flow_runs (id) ON DELETE CASCADE,
+        taken_us   BIGINT NOT NULL,
+        PRIMARY KEY (lease, name)
+    );
+    CREATE INDEX limit_slots_by_name ON limit_slots (name);
+    CREATE INDEX limit_slots_by_run ON limit_slots (flow_run);
+    CREATE TABLE limit_rates (
+        name    TEXT PRIMARY KEY,
+        tat_us  BIGINT NOT NULL
+    );
 "];
 
 /// Brings the database up to the newest schema, one transaction per migration.

@@ -376,6 +376,65 @@ fn apply(conn: &Connection, write: &Write, files: &ResultFiles) -> Result<(), St
                 });
             }
         }
+        Write::TakeSlots {
+            lease,
+            flow_run,
+            limits,
+            slots,
+            now,
+        } => {
+            for ask in limits {
+                if ask.interval_us().is_some() {
+                    let tat: Option<i64> = conn
+                        .prepare_cached("SELECT tat_us FROM limit_rates WHERE name = ?1")?
+                        .query_row(params![ask.name], |r| r.get(0))
+                        .optional()?;
+                    let next = ask.next_mark(tat, *slots, *now).map_err(|wait| {
+                        StoreError::NoSlot {
+                            limit: ask.name.clone(),
+                            retry_after_us: Some(wait),
+                        }
+                    })?;
+                    conn.prepare_cached(
+                        "INSERT INTO limit_rates (name, tat_us) VALUES (?1, ?2)
+                         ON CONFLICT (name) DO UPDATE SET tat_us = excluded.tat_us",
+                    )?
+                    .execute(params![ask.name, next])?;
+                    continue;
+                }
+                conn.prepare_cached(&format!(
+                    "DELETE FROM limit_slots WHERE name = ?1 AND NOT {}",
+                    super::super::sql::live_slot("?2")
+                ))?
+                .execute(params![ask.name, now])?;
+                let used: i64 = conn
+                    .prepare_cached(
+                        "SELECT coalesce(sum(slots), 0) FROM limit_slots WHERE name = ?1",
+                    )?
+                    .query_row(params![ask.name], |r| r.get(0))?;
+                if used + i64::from(*slots) > i64::from(ask.limit) {
+                    return Err(StoreError::NoSlot {
+                        limit: ask.name.clone(),
+                        retry_after_us: None,
+                    });
+                }
+                conn.prepare_cached(
+                    "INSERT INTO limit_slots (lease, name, slots, flow_run, taken_us)
+                     VALUES (?1, ?2, ?3, ?4, ?5)",
+                )?
+                .execute(params![
+                    lease.as_bytes(),
+                    ask.name,
+                    slots,
+                    flow_run.as_bytes(),
+                    now
+                ])?;
+            }
+        }
+        Write::ReleaseSlots { lease } => {
+            conn.prepare_cached("DELETE FROM limit_slots WHERE lease = ?1")?
+                .execute(params![lease.as_bytes()])?;
+        }
         Write::DropScheduledRuns {
             deployment,
             keep,

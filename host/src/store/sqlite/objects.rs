@@ -26,6 +26,34 @@ impl Objects for SqliteStore {
         })
     }
 
+    fn held_slots(&self, now: TimestampMicros) -> Result<Vec<SlotRow>, StoreError> {
+        self.read(|c| {
+            let mut stmt = c.prepare_cached(&format!(
+                "SELECT lease, name, slots, flow_run, taken_us FROM limit_slots
+                 WHERE {} ORDER BY taken_us, name",
+                super::super::sql::live_slot("?1")
+            ))?;
+            stmt.query_map([now], |r| {
+                Ok(SlotRow {
+                    lease: uuid::Uuid::from_bytes(row_blob16(r, 0)?),
+                    name: r.get(1)?,
+                    slots: r.get(2)?,
+                    flow_run: FlowRunId::from_bytes(row_blob16(r, 3)?),
+                    taken_at: r.get(4)?,
+                })
+            })?
+            .collect()
+        })
+    }
+
+    fn rate_marks(&self) -> Result<Vec<(String, TimestampMicros)>, StoreError> {
+        self.read(|c| {
+            let mut stmt = c.prepare_cached("SELECT name, tat_us FROM limit_rates ORDER BY name")?;
+            stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect()
+        })
+    }
+
     fn component_wasm(&self, _digest: &ComponentDigest) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(None)
     }

@@ -182,6 +182,25 @@ const MIGRATIONS: &[&str] = &[
     ) WITHOUT ROWID;
     ALTER TABLE flow_runs ADD COLUMN deployment_version INTEGER;
     ",
+    // concurrency and rate limits: the slots each acquisition holds (free
+    // again when released, or when their run ends or its lease lapses),
+    // and each rate limit's mark (when its bucket would be empty).
+    "
+    CREATE TABLE limit_slots (
+        lease      BLOB NOT NULL,
+        name       TEXT NOT NULL,
+        slots      INTEGER NOT NULL,
+        flow_run   BLOB NOT NULL REFERENCES flow_runs (id) ON DELETE CASCADE,
+        taken_us   INTEGER NOT NULL,
+        PRIMARY KEY (lease, name)
+    );
+    CREATE INDEX limit_slots_by_name ON limit_slots (name);
+    CREATE INDEX limit_slots_by_run ON limit_slots (flow_run);
+    CREATE TABLE limit_rates (
+        name    TEXT PRIMARY KEY,
+        tat_us  INTEGER NOT NULL
+    );
+    ",
 ];
 
 /// The newest schema version this host knows.
