@@ -138,6 +138,39 @@ export function pause(timeout, inputSchema = {}) {
 }
 
 /**
+ * Runs `fn` holding `slots` of each named server-wide limit (`host
+ * concurrency-limit create NAME N`), all or none, and gives them back when it
+ * returns or throws. Waits while a limit is full, at most `timeout` ("30s" or
+ * seconds) when given. A name with no limit throws a TaskError.
+ *
+ *   const rows = limit("db", () => query(sql));
+ */
+export function limit(names, fn, { slots = 1, timeout } = {}) {
+  const list = Array.isArray(names) ? names : [names];
+  const seconds =
+    timeout === undefined
+      ? undefined
+      : typeof timeout === "number"
+        ? timeout
+        : Math.floor(durationMs("timeout", timeout) / 1000);
+  const handle = callImport(runtime.takeSlots, list, slots, seconds);
+  try {
+    return fn();
+  } finally {
+    runtime.releaseSlots(handle);
+  }
+}
+
+/**
+ * Takes one slot of the rate limit `name` (`host concurrency-limit create
+ * NAME N --slot-decay-per-second R`), waiting until one is back: at most N at
+ * once, then R per second, across every run on every host.
+ */
+export function rateLimit(name) {
+  limit(name, () => undefined);
+}
+
+/**
  * Runs a deployment (any component's flow, on its own pool) with `params`
  * over its defaults: its result when `wait`, else its flow run id at once.
  * The start is recorded, so a resumed run does not start it again.

@@ -3764,3 +3764,267 @@ fn the_server_logs_json_lines_when_asked() {
         "no `serving` event with the URL:\n{text}"
     );
 }
+
+// ---- concurrency and rate limits ----
+
+/// The most intervals that overlap at any instant.
+fn max_overlap(mut intervals: Vec<(i64, i64)>) -> usize {
+    intervals.sort();
+    let mut ends: Vec<i64> = Vec::new();
+    let mut most = 0;
+    for (start, end) in intervals {
+        ends.retain(|e| *e > start);
+        ends.push(end);
+        most = most.max(ends.len());
+    }
+    most
+}
+
+/// (start, end) of every recorded `task` run of these flow runs.
+fn task_intervals(server: &TestServer, ids: &[String], task: &str) -> Vec<(i64, i64)> {
+    ids.iter()
+        .flat_map(|id| {
+            let (_, detail) = server.get(&format!("/api/flow-runs/{id}"));
+            detail["task_runs"].as_array().unwrap().clone()
+        })
+        .filter(|t| t["task_name"] == task)
+        .map(|t| {
+            (
+                t["started_at"].as_i64().expect("a start"),
+                t["ended_at"].as_i64().expect("an end"),
+            )
+        })
+        .collect()
+}
+
+fn finished(run: &Value) -> bool {
+    run["state"]
+        .as_str()
+        .is_some_and(|s| !matches!(s, "Scheduled" | "Pending" | "Running" | "Late"))
+}
+
+fn limit_info(server: &TestServer, name: &str) -> Value {
+    let out = server.cli(&["concurrency-limit", "inspect", name, "--json"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// A tag limit holds across hosts: runs spread over two remote hosts, each
+/// taking several `db`-tagged tasks at once, never run more than 2 of them
+/// at the same moment (counted from the recorded task intervals).
+#[test]
+fn a_tag_limit_holds_across_two_remote_hosts() {
+    let server = TestServer::start_with(&["--no-worker"], None);
+    let out = server.cli(&["concurrency-limit", "create", "db", "2"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stdout).trim(),
+        "Limit 'db': 2 slots held at once."
+    );
+    let _h1 = TestHost::start(&server, "h1", &["--slots", "3"]);
+    let _h2 = TestHost::start(&server, "h2", &["--slots", "3"]);
+    let digest = server.upload(FIXTURE_WASM);
+    let ids: Vec<String> = (0..6)
+        .map(|_| start_fixture_run(&server, &digest, "db_fan_out", json!({ "n": 3, "ms": 60 })))
+        .collect();
+    let mut hosts = std::collections::BTreeSet::new();
+    for id in &ids {
+        let run = wait_for_run(&server, id, Duration::from_secs(120), finished);
+        assert_eq!(run["state"], "Completed", "{run}");
+        let (_, detail) = server.get(&format!("/api/flow-runs/{id}"));
+        hosts.extend(task_hosts(&detail));
+    }
+    assert_eq!(hosts.len(), 2, "both hosts ran tasks: {hosts:?}");
+    let intervals = task_intervals(&server, &ids, "db_write");
+    assert_eq!(intervals.len(), 18);
+    let most = max_overlap(intervals);
+    assert!(most <= 2, "{most} db tasks ran at once under a limit of 2");
+    // Every slot is back once the runs are over.
+    assert_eq!(limit_info(&server, "db")["in_use"], 0);
+}
+
+/// A host that dies holding a slot gives it back when its lease lapses:
+/// a run on another host waiting for the slot then gets it.
+#[test]
+fn a_slot_held_by_a_killed_host_comes_back_when_its_lease_lapses() {
+    let server = TestServer::start_with(&["--no-worker", "--lease-ttl", "2s"], None);
+    assert!(server.cli(&["concurrency-limit", "create", "db", "1"]).status.success());
+    let mut h1 = TestHost::start(&server, "h1", &[]);
+    let digest = server.upload(FIXTURE_WASM);
+    let holder = start_fixture_run(&server, &digest, "db_fan_out", json!({ "n": 1, "ms": 120_000 }));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let info = limit_info(&server, "db");
+        if info["in_use"] == 1 {
+            assert_eq!(info["holders"][0]["flow_run"], json!(holder), "{info}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the slot was never taken: {info}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    h1.child.kill().unwrap();
+    h1.child.wait().unwrap();
+    let _h2 = TestHost::start(&server, "h2", &[]);
+    let waiter = start_fixture_run(&server, &digest, "db_fan_out", json!({ "n": 1, "ms": 10 }));
+    let run = wait_for_run(&server, &waiter, Duration::from_secs(90), finished);
+    assert_eq!(run["state"], "Completed", "{run}");
+    let dead = wait_for_run(&server, &holder, Duration::from_secs(60), finished);
+    assert_eq!(dead["state"], "Crashed", "{dead}");
+}
+
+/// Limits from code (`weir_sdk::limit`): a limit of 1 is never held twice
+/// at once (intervals measured inside the guests); a name with no limit,
+/// or more slots than a limit has, is an error that says what to do; a
+/// task that panics holding a slot gives it back.
+#[test]
+fn limits_taken_from_code_hold_and_refuse_clearly() {
+    let server = TestServer::start();
+    assert!(server.cli(&["concurrency-limit", "create", "api", "1"]).status.success());
+    let digest = server.upload(FIXTURE_WASM);
+    let ids: Vec<String> = (0..2)
+        .map(|_| {
+            start_fixture_run(
+                &server,
+                &digest,
+                "limited_fan_out",
+                json!({ "name": "api", "n": 4, "ms": 40 }),
+            )
+        })
+        .collect();
+    let mut intervals = Vec::new();
+    for id in &ids {
+        let run = wait_for_run(&server, id, Duration::from_secs(60), finished);
+        assert_eq!(run["state"], "Completed", "{run}");
+        let held: Vec<(i64, i64)> =
+            serde_json::from_str(run["result"].as_str().unwrap()).unwrap();
+        intervals.extend(held);
+    }
+    assert_eq!(intervals.len(), 8);
+    assert_eq!(max_overlap(intervals), 1, "a limit of 1 was held twice at once");
+
+    let refused = |params: Value| {
+        let id = start_fixture_run(&server, &digest, "limit_in_flow", params);
+        let run = wait_for_run(&server, &id, Duration::from_secs(30), finished);
+        assert_eq!(run["state"], "Failed", "{run}");
+        run["message"].as_str().unwrap_or_default().to_string()
+    };
+    let unknown = refused(json!({ "name": "nope", "slots": 1, "timeout_s": 5 }));
+    assert!(
+        unknown.contains("no concurrency limit named 'nope'")
+            && unknown.contains("host concurrency-limit create nope"),
+        "{unknown}"
+    );
+    let too_many = refused(json!({ "name": "api", "slots": 2, "timeout_s": 5 }));
+    assert!(too_many.contains("could never be granted"), "{too_many}");
+
+    let id = start_fixture_run(&server, &digest, "limit_after_panic", json!({ "name": "api" }));
+    let run = wait_for_run(&server, &id, Duration::from_secs(60), finished);
+    assert_eq!(run["state"], "Completed", "{run}");
+    assert_eq!(run["result"], json!("\"first failed: true, second: taken\""));
+}
+
+/// A rate limit of 2 slots coming back at 20 per second: 6 takes need at
+/// least 4 slots to come back, 200 ms (a lower bound, not a timing guess).
+/// Asked with a timeout shorter than the wait, a take fails saying so.
+#[test]
+fn a_rate_limit_spaces_takes_at_its_rate() {
+    let server = TestServer::start();
+    let out = server.cli(&[
+        "concurrency-limit",
+        "create",
+        "calls",
+        "2",
+        "--slot-decay-per-second",
+        "20",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let digest = server.upload(FIXTURE_WASM);
+    let id = start_fixture_run(&server, &digest, "rate_limited", json!({ "name": "calls", "n": 6 }));
+    let run = wait_for_run(&server, &id, Duration::from_secs(60), finished);
+    assert_eq!(run["state"], "Completed", "{run}");
+    let took_ms: u64 = run["result"].as_str().unwrap().parse().unwrap();
+    assert!(took_ms >= 190, "6 takes of a 2-slot, 20/s rate limit took {took_ms} ms");
+    let out = server.cli(&["concurrency-limit", "ls", "--json"]);
+    let listed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(listed[0]["name"], "calls", "{listed}");
+    assert_eq!(listed[0]["slot_decay_per_second"], 20.0, "{listed}");
+
+    // A slow rate, emptied, and a take that may wait 1 s for a slot 10 s away.
+    assert!(
+        server
+            .cli(&["concurrency-limit", "create", "slow", "1", "--slot-decay-per-second", "0.1"])
+            .status
+            .success()
+    );
+    let first = start_fixture_run(&server, &digest, "limit_in_flow", json!({ "name": "slow", "slots": 1, "timeout_s": 1 }));
+    assert_eq!(wait_for_run(&server, &first, Duration::from_secs(30), finished)["state"], "Completed");
+    let second = start_fixture_run(&server, &digest, "limit_in_flow", json!({ "name": "slow", "slots": 1, "timeout_s": 1 }));
+    let run = wait_for_run(&server, &second, Duration::from_secs(30), finished);
+    assert_eq!(run["state"], "Failed", "{run}");
+    assert!(
+        run["message"].as_str().unwrap().contains("no free slot of limit 'slow' within 1s"),
+        "{run}"
+    );
+}
+
+/// What a hostile client sends to the limits API is refused whole, with
+/// the reason, and changes nothing.
+#[test]
+fn bad_limits_and_bad_slot_asks_are_refused_and_change_nothing() {
+    let server = TestServer::start();
+    let (status, _) = server.send("PUT", "/api/concurrency-limits/db", json!({ "slots": 3 }));
+    assert_eq!(status, 200);
+    for (name, body) in [
+        ("db", json!({ "slots": 0 })),
+        ("db", json!({ "slots": 2_000_000 })),
+        ("db", json!({ "slots": 1, "slot_decay_per_second": -1.0 })),
+        ("db", json!({ "slots": 1, "slot_decay_per_second": 1e12 })),
+        ("db", json!({ "slots": 1, "extra": true })),
+        ("db", json!({ "slots": "3" })),
+        ("a%22b%0Ac", json!({ "slots": 1 })),
+    ] {
+        let (status, reply) = server.send("PUT", &format!("/api/concurrency-limits/{name}"), body.clone());
+        assert_eq!(status, 400, "{body} → {reply}");
+        assert!(reply["message"].as_str().is_some_and(|m| !m.is_empty()), "{reply}");
+    }
+    let (_, listed) = server.get("/api/concurrency-limits");
+    assert_eq!(listed["limits"].as_array().unwrap().len(), 1, "{listed}");
+    assert_eq!(listed["limits"][0]["slots"], 3, "{listed}");
+
+    let stranger = "0190f5a0-0000-7000-8000-000000000000";
+    let (status, reply) = server.send(
+        "POST",
+        "/api/concurrency-slots/take",
+        json!({ "flow_run": stranger, "names": ["db"], "slots": 1 }),
+    );
+    assert_eq!(status, 404, "{reply}");
+    let digest = server.upload(FIXTURE_WASM);
+    let done = start_fixture_run(&server, &digest, "sequential", json!({ "n": 1 }));
+    wait_for_run(&server, &done, Duration::from_secs(30), finished);
+    let (status, reply) = server.send(
+        "POST",
+        "/api/concurrency-slots/take",
+        json!({ "flow_run": done, "names": ["db"], "slots": 1 }),
+    );
+    assert_eq!(status, 409, "a run that ended holds nothing: {reply}");
+    for body in [
+        json!({ "flow_run": done, "names": [], "slots": 1 }),
+        json!({ "flow_run": done, "names": ["db"], "slots": 0 }),
+        json!({ "flow_run": "x", "names": ["db"], "slots": 1 }),
+    ] {
+        let (status, reply) = server.send("POST", "/api/concurrency-slots/take", body.clone());
+        assert_eq!(status, 400, "{body} → {reply}");
+    }
+    let (status, _) = server.send("POST", "/api/concurrency-slots/release", json!({ "lease": "nope" }));
+    assert_eq!(status, 400);
+    assert_eq!(limit_info(&server, "db")["in_use"], 0);
+    let out = server.cli(&["concurrency-limit", "create", "db", "1", "--slot-decay-per-second", "0"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("slot-decay-per-second"), "{}", text(&out.stderr));
+    let out = server.cli(&["concurrency-limit", "delete", "db"]);
+    assert!(out.status.success());
+    let out = server.cli(&["concurrency-limit", "inspect", "db"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("no concurrency limit named 'db'"), "{}", text(&out.stderr));
+}

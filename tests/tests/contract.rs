@@ -42,14 +42,14 @@ async fn a_component_built_against_contract_0_1_0_still_runs() {
     assert!(imports("weir:flow/guest@0.1.0"));
     assert!(!imports("@0.1.1"));
     let fresh = std::fs::read(FIXTURE_WASM).unwrap();
-    assert!(fresh.windows(21).any(|w| w == b"weir:flow/guest@0.1.1"));
+    assert!(fresh.windows(21).any(|w| w == b"weir:flow/guest@0.1.2"));
 
     let harness = Harness::new();
     let component = harness
         .engine
         .load(&bytes)
         .await
-        .expect("a 0.1.0 component loads on a 0.1.1 host");
+        .expect("a 0.1.0 component loads on a 0.1.2 host");
     assert_eq!(component.manifest.flow_names(), vec!["hello"]);
     let outcome = harness
         .run(&component, "hello", json!({ "name": "old" }))

@@ -275,6 +275,43 @@ fn a_python_flow_reads_variables_pauses_and_leaves_artifacts() {
     }
 }
 
+/// Contract 0.1.2 from Python or JavaScript, without a server: a flow takes
+/// a slot of a limit made in its home and gives it back; a name with no
+/// limit is an error the flow can catch, naming what to do.
+fn takes_slots_of_limits(fixture: &str) {
+    let home = tempfile::tempdir().unwrap();
+    let made = host(home.path(), &["concurrency-limit", "create", "db", "1"]);
+    assert!(made.status.success(), "{}", text(&made.stderr));
+    let (out, run) = run_json(home.path(), fixture, Some("limited"), &["name=db"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(run["state"], "Completed", "{run}");
+    assert_eq!(run["result"]["inside"], "held", "{run}");
+    let refused = run["result"]["refused"].as_str().unwrap_or_default();
+    assert!(
+        refused.contains("no concurrency limit named 'nope'"),
+        "{run}"
+    );
+    let inspected = json_out(&host(
+        home.path(),
+        &["concurrency-limit", "inspect", "db", "--json"],
+    ));
+    assert_eq!(inspected["in_use"], 0, "{inspected}");
+}
+
+#[test]
+fn a_js_flow_takes_slots_of_limits() {
+    if enabled("a_js_flow_takes_slots_of_limits") {
+        takes_slots_of_limits("tests/fixtures/js-contract");
+    }
+}
+
+#[test]
+fn a_python_flow_takes_slots_of_limits() {
+    if enabled("a_python_flow_takes_slots_of_limits") {
+        takes_slots_of_limits("tests/fixtures/python-contract");
+    }
+}
+
 /// Files under `dir` (relative path → bytes), caches left out.
 fn tree(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
     let mut files = Vec::new();

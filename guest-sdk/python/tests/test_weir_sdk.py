@@ -231,5 +231,35 @@ class ContractTests(unittest.TestCase):
             weir_sdk.create_artifact("chart", "x")
 
 
+class LimitTests(unittest.TestCase):
+    """Contract 0.1.2: slots of server-wide limits."""
+
+    def test_limit_takes_on_entry_and_gives_back_on_exit_even_when_the_block_raises(self):
+        calls = []
+        runtime.take_slots = lambda names, slots, timeout: calls.append(("take", names, slots, timeout)) or 7
+        runtime.release_slots = lambda handle: calls.append(("release", handle))
+        with weir_sdk.limit("db", "api", slots=2, timeout="1m"):
+            calls.append("inside")
+        with self.assertRaises(ZeroDivisionError):
+            with weir_sdk.limit("db"):
+                1 / 0
+        self.assertEqual(
+            calls,
+            [("take", ["db", "api"], 2, 60), "inside", ("release", 7), ("take", ["db"], 1, None), ("release", 7)],
+        )
+
+    def test_an_unknown_limit_is_a_task_error_and_nothing_is_released(self):
+        released = []
+
+        def refused(names, slots, timeout):
+            raise Err(wit.TaskError_Failed("no concurrency limit named 'nope'"))
+
+        runtime.take_slots = refused
+        runtime.release_slots = released.append
+        with self.assertRaises(weir_sdk.TaskError) as caught:
+            weir_sdk.rate_limit("nope")
+        self.assertIn("nope", str(caught.exception))
+        self.assertEqual(released, [])
+
 if __name__ == "__main__":
     unittest.main()

@@ -48,6 +48,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "variable",
+    "limit",
+    "rate_limit",
     "pause",
     "create_artifact",
     "run_deployment",
@@ -188,6 +190,48 @@ def variable(name: str, default: Any = None) -> Any:
     if text is None:
         return default
     return json.loads(text)
+
+
+class limit:
+    """Slots of server-wide concurrency limits, held inside a `with` block.
+
+        with limit("db"):            # at most N of these at once, anywhere
+            ...
+
+    Takes `slots` of each named limit (`host concurrency-limit create NAME
+    N`), all or none, waiting while one is full (at most `timeout`, "30s" or
+    seconds, when given); gives them back when the block ends. A name with
+    no limit raises TaskError."""
+
+    def __init__(self, *names: str, slots: int = 1, timeout: Any = None) -> None:
+        self._names = list(names)
+        self._slots = slots
+        self._timeout = (
+            None
+            if timeout is None
+            else timeout if isinstance(timeout, int) else _duration_ms("timeout", timeout) // 1000
+        )
+        self._handle: Optional[int] = None
+
+    def __enter__(self) -> "limit":
+        try:
+            self._handle = _runtime.take_slots(self._names, self._slots, self._timeout)
+        except Err as e:
+            raise _from_wit(e.value) from None
+        return self
+
+    def __exit__(self, *_exc: Any) -> None:
+        if self._handle is not None:
+            _runtime.release_slots(self._handle)
+            self._handle = None
+
+
+def rate_limit(name: str) -> None:
+    """Takes one slot of the rate limit `name` (`host concurrency-limit
+    create NAME N --slot-decay-per-second R`), waiting until one is back:
+    at most N at once, then R per second, across every run on every host."""
+    with limit(name):
+        pass
 
 
 def pause(timeout: Any, input_schema: Optional[dict] = None) -> Any:

@@ -220,7 +220,8 @@ pub(super) async fn take_slots(
     state
         .blocking(move |state| {
             let control = state.dispatcher.control();
-            limits::check_run(control, ask.flow_run)
+            ask.check()
+                .and_then(|()| limits::check_run(control, ask.flow_run))
                 .and_then(|()| limits::try_take(control, &ask))
                 .map(Json)
                 .map_err(|refusal| {

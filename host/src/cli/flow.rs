@@ -582,7 +582,17 @@ pub(crate) fn watch(
                 cancel.cancel();
             }
         });
+        // The run's lease is renewed while it runs: its slots of limits
+        // count only while it is live, and other processes judge it by it.
+        let keeping = tokio_util::sync::CancellationToken::new();
+        tokio::spawn(crate::dispatch::leases::keep_leases(
+            executor.control().clone(),
+            crate::dispatch::leases::process_marker(&executor.settings().host_name),
+            executor.settings().lease_ttl,
+            keeping.clone(),
+        ));
         let outcome = executor.run_flow(request).await;
+        keeping.cancel();
         let _ = watcher.await;
         outcome
     })?;

@@ -32,6 +32,19 @@ pub struct TakeSlots {
     pub strict: bool,
 }
 
+impl TakeSlots {
+    /// Refuses an ask that no limit could ever grant, whatever is held.
+    pub fn check(&self) -> Result<(), LimitRefusal> {
+        if self.slots == 0 || self.slots > MAX_SLOTS {
+            return Err(LimitRefusal::BadSlots(self.slots));
+        }
+        if self.names.is_empty() || self.names.len() > 64 {
+            return Err(LimitRefusal::BadNames);
+        }
+        Ok(())
+    }
+}
+
 /// How one attempt went.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "outcome", rename_all = "snake_case")]
@@ -78,12 +91,7 @@ impl From<StoreError> for LimitRefusal {
 /// The limits these names have, sorted by name (the order slots are taken
 /// in, so two takers of the same pair never wait on each other).
 fn asks(control: &Control, ask: &TakeSlots) -> Result<Vec<LimitAsk>, LimitRefusal> {
-    if ask.slots == 0 || ask.slots > MAX_SLOTS {
-        return Err(LimitRefusal::BadSlots(ask.slots));
-    }
-    if ask.names.is_empty() || ask.names.len() > 64 {
-        return Err(LimitRefusal::BadNames);
-    }
+    ask.check()?;
     let mut names: Vec<&String> = ask.names.iter().collect();
     names.sort();
     names.dedup();

@@ -110,3 +110,23 @@ def run_deployment(name: str, params: str, wait: bool) -> str:
     Raises: `componentize_py_types.Err(wit_world.imports.types.TaskError)`
     """
     raise NotImplementedError
+def take_slots(names: List[str], slots: int, timeout_seconds: Optional[int]) -> int:
+    """
+    Take `slots` of each named limit (`host concurrency-limit create
+    NAME N`), waiting while one is full, at most `timeout-seconds` when
+    given. Returns a handle for `release-slots`. A concurrency limit's
+    slots are held until released, or until the task or flow that took
+    them ends, or its run dies; a rate limit's (`--slot-decay-per-second`)
+    are spent and come back at its rate. The limits hold for every run
+    on every host of the server. A name with no limit is an error.
+    (since 0.1.2)
+    
+    Raises: `componentize_py_types.Err(wit_world.imports.types.TaskError)`
+    """
+    raise NotImplementedError
+def release_slots(handle: int) -> None:
+    """
+    Give back the slots a `take-slots` handle holds (nothing for a rate
+    limit's, or for a handle given back already). (since 0.1.2)
+    """
+    raise NotImplementedError
