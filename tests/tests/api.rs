@@ -3848,10 +3848,20 @@ fn a_tag_limit_holds_across_two_remote_hosts() {
 #[test]
 fn a_slot_held_by_a_killed_host_comes_back_when_its_lease_lapses() {
     let server = TestServer::start_with(&["--no-worker", "--lease-ttl", "2s"], None);
-    assert!(server.cli(&["concurrency-limit", "create", "db", "1"]).status.success());
+    assert!(
+        server
+            .cli(&["concurrency-limit", "create", "db", "1"])
+            .status
+            .success()
+    );
     let mut h1 = TestHost::start(&server, "h1", &[]);
     let digest = server.upload(FIXTURE_WASM);
-    let holder = start_fixture_run(&server, &digest, "db_fan_out", json!({ "n": 1, "ms": 120_000 }));
+    let holder = start_fixture_run(
+        &server,
+        &digest,
+        "db_fan_out",
+        json!({ "n": 1, "ms": 120_000 }),
+    );
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let info = limit_info(&server, "db");
@@ -3859,7 +3869,10 @@ fn a_slot_held_by_a_killed_host_comes_back_when_its_lease_lapses() {
             assert_eq!(info["holders"][0]["flow_run"], json!(holder), "{info}");
             break;
         }
-        assert!(Instant::now() < deadline, "the slot was never taken: {info}");
+        assert!(
+            Instant::now() < deadline,
+            "the slot was never taken: {info}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     h1.child.kill().unwrap();
@@ -3879,7 +3892,12 @@ fn a_slot_held_by_a_killed_host_comes_back_when_its_lease_lapses() {
 #[test]
 fn limits_taken_from_code_hold_and_refuse_clearly() {
     let server = TestServer::start();
-    assert!(server.cli(&["concurrency-limit", "create", "api", "1"]).status.success());
+    assert!(
+        server
+            .cli(&["concurrency-limit", "create", "api", "1"])
+            .status
+            .success()
+    );
     let digest = server.upload(FIXTURE_WASM);
     let ids: Vec<String> = (0..2)
         .map(|_| {
@@ -3895,12 +3913,15 @@ fn limits_taken_from_code_hold_and_refuse_clearly() {
     for id in &ids {
         let run = wait_for_run(&server, id, Duration::from_secs(60), finished);
         assert_eq!(run["state"], "Completed", "{run}");
-        let held: Vec<(i64, i64)> =
-            serde_json::from_str(run["result"].as_str().unwrap()).unwrap();
+        let held: Vec<(i64, i64)> = serde_json::from_str(run["result"].as_str().unwrap()).unwrap();
         intervals.extend(held);
     }
     assert_eq!(intervals.len(), 8);
-    assert_eq!(max_overlap(intervals), 1, "a limit of 1 was held twice at once");
+    assert_eq!(
+        max_overlap(intervals),
+        1,
+        "a limit of 1 was held twice at once"
+    );
 
     let refused = |params: Value| {
         let id = start_fixture_run(&server, &digest, "limit_in_flow", params);
@@ -3917,10 +3938,18 @@ fn limits_taken_from_code_hold_and_refuse_clearly() {
     let too_many = refused(json!({ "name": "api", "slots": 2, "timeout_s": 5 }));
     assert!(too_many.contains("could never be granted"), "{too_many}");
 
-    let id = start_fixture_run(&server, &digest, "limit_after_panic", json!({ "name": "api" }));
+    let id = start_fixture_run(
+        &server,
+        &digest,
+        "limit_after_panic",
+        json!({ "name": "api" }),
+    );
     let run = wait_for_run(&server, &id, Duration::from_secs(60), finished);
     assert_eq!(run["state"], "Completed", "{run}");
-    assert_eq!(run["result"], json!("\"first failed: true, second: taken\""));
+    assert_eq!(
+        run["result"],
+        json!("\"first failed: true, second: taken\"")
+    );
 }
 
 /// A rate limit of 2 slots coming back at 20 per second: 6 takes need at
@@ -3940,11 +3969,19 @@ fn a_rate_limit_spaces_takes_at_its_rate() {
     ]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let digest = server.upload(FIXTURE_WASM);
-    let id = start_fixture_run(&server, &digest, "rate_limited", json!({ "name": "calls", "n": 6 }));
+    let id = start_fixture_run(
+        &server,
+        &digest,
+        "rate_limited",
+        json!({ "name": "calls", "n": 6 }),
+    );
     let run = wait_for_run(&server, &id, Duration::from_secs(60), finished);
     assert_eq!(run["state"], "Completed", "{run}");
     let took_ms: u64 = run["result"].as_str().unwrap().parse().unwrap();
-    assert!(took_ms >= 190, "6 takes of a 2-slot, 20/s rate limit took {took_ms} ms");
+    assert!(
+        took_ms >= 190,
+        "6 takes of a 2-slot, 20/s rate limit took {took_ms} ms"
+    );
     let out = server.cli(&["concurrency-limit", "ls", "--json"]);
     let listed: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(listed[0]["name"], "calls", "{listed}");
@@ -3953,17 +3990,40 @@ fn a_rate_limit_spaces_takes_at_its_rate() {
     // A slow rate, emptied, and a take that may wait 1 s for a slot 10 s away.
     assert!(
         server
-            .cli(&["concurrency-limit", "create", "slow", "1", "--slot-decay-per-second", "0.1"])
+            .cli(&[
+                "concurrency-limit",
+                "create",
+                "slow",
+                "1",
+                "--slot-decay-per-second",
+                "0.1"
+            ])
             .status
             .success()
     );
-    let first = start_fixture_run(&server, &digest, "limit_in_flow", json!({ "name": "slow", "slots": 1, "timeout_s": 1 }));
-    assert_eq!(wait_for_run(&server, &first, Duration::from_secs(30), finished)["state"], "Completed");
-    let second = start_fixture_run(&server, &digest, "limit_in_flow", json!({ "name": "slow", "slots": 1, "timeout_s": 1 }));
+    let first = start_fixture_run(
+        &server,
+        &digest,
+        "limit_in_flow",
+        json!({ "name": "slow", "slots": 1, "timeout_s": 1 }),
+    );
+    assert_eq!(
+        wait_for_run(&server, &first, Duration::from_secs(30), finished)["state"],
+        "Completed"
+    );
+    let second = start_fixture_run(
+        &server,
+        &digest,
+        "limit_in_flow",
+        json!({ "name": "slow", "slots": 1, "timeout_s": 1 }),
+    );
     let run = wait_for_run(&server, &second, Duration::from_secs(30), finished);
     assert_eq!(run["state"], "Failed", "{run}");
     assert!(
-        run["message"].as_str().unwrap().contains("no free slot of limit 'slow' within 1s"),
+        run["message"]
+            .as_str()
+            .unwrap()
+            .contains("no free slot of limit 'slow' within 1s"),
         "{run}"
     );
 }
@@ -3984,9 +4044,16 @@ fn bad_limits_and_bad_slot_asks_are_refused_and_change_nothing() {
         ("db", json!({ "slots": "3" })),
         ("a%22b%0Ac", json!({ "slots": 1 })),
     ] {
-        let (status, reply) = server.send("PUT", &format!("/api/concurrency-limits/{name}"), body.clone());
+        let (status, reply) = server.send(
+            "PUT",
+            &format!("/api/concurrency-limits/{name}"),
+            body.clone(),
+        );
         assert_eq!(status, 400, "{body} → {reply}");
-        assert!(reply["message"].as_str().is_some_and(|m| !m.is_empty()), "{reply}");
+        assert!(
+            reply["message"].as_str().is_some_and(|m| !m.is_empty()),
+            "{reply}"
+        );
     }
     let (_, listed) = server.get("/api/concurrency-limits");
     assert_eq!(listed["limits"].as_array().unwrap().len(), 1, "{listed}");
@@ -4016,15 +4083,34 @@ fn bad_limits_and_bad_slot_asks_are_refused_and_change_nothing() {
         let (status, reply) = server.send("POST", "/api/concurrency-slots/take", body.clone());
         assert_eq!(status, 400, "{body} → {reply}");
     }
-    let (status, _) = server.send("POST", "/api/concurrency-slots/release", json!({ "lease": "nope" }));
+    let (status, _) = server.send(
+        "POST",
+        "/api/concurrency-slots/release",
+        json!({ "lease": "nope" }),
+    );
     assert_eq!(status, 400);
     assert_eq!(limit_info(&server, "db")["in_use"], 0);
-    let out = server.cli(&["concurrency-limit", "create", "db", "1", "--slot-decay-per-second", "0"]);
+    let out = server.cli(&[
+        "concurrency-limit",
+        "create",
+        "db",
+        "1",
+        "--slot-decay-per-second",
+        "0",
+    ]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
-    assert!(text(&out.stderr).contains("slot-decay-per-second"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("slot-decay-per-second"),
+        "{}",
+        text(&out.stderr)
+    );
     let out = server.cli(&["concurrency-limit", "delete", "db"]);
     assert!(out.status.success());
     let out = server.cli(&["concurrency-limit", "inspect", "db"]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(text(&out.stderr).contains("no concurrency limit named 'db'"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("no concurrency limit named 'db'"),
+        "{}",
+        text(&out.stderr)
+    );
 }

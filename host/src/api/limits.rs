@@ -7,8 +7,8 @@
 use super::deployments::{delete_object, put_object};
 use super::{ApiError, ApiResult, ApiState, parse_body, schema};
 use crate::dispatch::limits::{self, LimitRefusal, TakeSlots, Taken};
-use crate::model::limits::ConcurrencyLimit;
 use crate::model::TimestampMicros;
+use crate::model::limits::ConcurrencyLimit;
 use crate::store::{ObjectKind, SlotRow};
 use axum::Json;
 use axum::extract::{Path, State};
@@ -169,7 +169,10 @@ pub(super) async fn put_limit(
     let LimitBody {
         slots,
         slot_decay_per_second,
-    } = parse_body(&body, r#"{"slots": N, "slot_decay_per_second": R (for a rate limit)}"#)?;
+    } = parse_body(
+        &body,
+        r#"{"slots": N, "slot_decay_per_second": R (for a rate limit)}"#,
+    )?;
     state
         .blocking(move |state| {
             let limit = ConcurrencyLimit {

@@ -117,8 +117,7 @@ pub fn run(command: LimitCommand) -> anyhow::Result<()> {
             }
         }
         LimitCommand::Delete(args) => {
-            let reply: Value =
-                backend.delete(&format!("/api/concurrency-limits/{}", args.name))?;
+            let reply: Value = backend.delete(&format!("/api/concurrency-limits/{}", args.name))?;
             if args.format.json {
                 println!("{reply}");
             } else {

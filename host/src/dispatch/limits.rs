@@ -13,8 +13,8 @@
 //! hosts through `POST /api/concurrency-slots/take`, which calls the same.
 
 use crate::control::Control;
-use crate::model::limits::{ConcurrencyLimit, MAX_SLOTS};
 use crate::model::FlowRunId;
+use crate::model::limits::{ConcurrencyLimit, MAX_SLOTS};
 use crate::store::{LimitAsk, ObjectKind, StoreError, Write};
 use serde::{Deserialize, Serialize};
 use std::time::Duration;

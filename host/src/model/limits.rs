@@ -26,9 +26,7 @@ pub enum LimitError {
     BadName(String),
     #[error("a limit needs 1 to {MAX_SLOTS} slots, not {0}")]
     BadSlots(u64),
-    #[error(
-        "--slot-decay-per-second must be a number above 0 and at most {MAX_SLOTS}, not {0}"
-    )]
+    #[error("--slot-decay-per-second must be a number above 0 and at most {MAX_SLOTS}, not {0}")]
     BadDecay(String),
 }
 

@@ -642,9 +642,21 @@ async fn slots_are_taken_all_or_none_and_come_back(kind: Kind) {
         .await
         .unwrap();
     let db = [("db", 2, None)];
-    let (l1, l2, l3) = (uuid::Uuid::now_v7(), uuid::Uuid::now_v7(), uuid::Uuid::now_v7());
-    store.submit(vec![take(l1, a, &db, 10)]).committed().await.unwrap();
-    store.submit(vec![take(l2, b, &db, 10)]).committed().await.unwrap();
+    let (l1, l2, l3) = (
+        uuid::Uuid::now_v7(),
+        uuid::Uuid::now_v7(),
+        uuid::Uuid::now_v7(),
+    );
+    store
+        .submit(vec![take(l1, a, &db, 10)])
+        .committed()
+        .await
+        .unwrap();
+    store
+        .submit(vec![take(l2, b, &db, 10)])
+        .committed()
+        .await
+        .unwrap();
     let full = store.submit(vec![take(l3, a, &db, 10)]).committed().await;
     assert!(
         matches!(&full, Err(StoreError::NoSlot { limit, retry_after_us: None }) if limit == "db"),
@@ -652,7 +664,13 @@ async fn slots_are_taken_all_or_none_and_come_back(kind: Kind) {
     );
     // All or none: `api` is free but `db` is not, so neither is taken.
     let both = [("api", 1, None), ("db", 2, None)];
-    assert!(store.submit(vec![take(l3, a, &both, 10)]).committed().await.is_err());
+    assert!(
+        store
+            .submit(vec![take(l3, a, &both, 10)])
+            .committed()
+            .await
+            .is_err()
+    );
     let held: Vec<(String, FlowRunId)> = store
         .held_slots(10)
         .unwrap()
@@ -661,14 +679,26 @@ async fn slots_are_taken_all_or_none_and_come_back(kind: Kind) {
         .collect();
     assert_eq!(held, [("db".to_string(), a), ("db".to_string(), b)]);
 
-    store.submit(vec![Write::ReleaseSlots { lease: l1 }]).committed().await.unwrap();
-    store.submit(vec![take(l3, a, &both, 10)]).committed().await.unwrap();
+    store
+        .submit(vec![Write::ReleaseSlots { lease: l1 }])
+        .committed()
+        .await
+        .unwrap();
+    store
+        .submit(vec![take(l3, a, &both, 10)])
+        .committed()
+        .await
+        .unwrap();
     assert_eq!(store.held_slots(10).unwrap().len(), 3);
     // b's lease lapses at 1,000: its slot is free after, though b is Running.
     assert_eq!(store.held_slots(999).unwrap().len(), 3);
     assert_eq!(store.held_slots(1_000).unwrap().len(), 2);
     let l4 = uuid::Uuid::now_v7();
-    store.submit(vec![take(l4, a, &db, 1_000)]).committed().await.unwrap();
+    store
+        .submit(vec![take(l4, a, &db, 1_000)])
+        .committed()
+        .await
+        .unwrap();
     // a ends: everything it held is free.
     let change = StateChange::new(a.0, RunState::Running, RunState::Completed, 2_000);
     store
@@ -683,14 +713,24 @@ async fn slots_are_taken_all_or_none_and_come_back(kind: Kind) {
     let now = 5_000_000;
     for _ in 0..2 {
         let lease = uuid::Uuid::now_v7();
-        store.submit(vec![take(lease, b, &rate, now)]).committed().await.unwrap();
+        store
+            .submit(vec![take(lease, b, &rate, now)])
+            .committed()
+            .await
+            .unwrap();
     }
     let full = store
         .submit(vec![take(uuid::Uuid::now_v7(), b, &rate, now)])
         .committed()
         .await;
     assert!(
-        matches!(&full, Err(StoreError::NoSlot { retry_after_us: Some(100_000), .. })),
+        matches!(
+            &full,
+            Err(StoreError::NoSlot {
+                retry_after_us: Some(100_000),
+                ..
+            })
+        ),
         "{full:?}"
     );
     let later = store
@@ -703,10 +743,53 @@ async fn slots_are_taken_all_or_none_and_come_back(kind: Kind) {
         [("calls".to_string(), now + 300_000)]
     );
     // Rate slots are spent, not held.
-    assert!(store.held_slots(now).unwrap().iter().all(|s| s.name != "calls"));
+    assert!(
+        store
+            .held_slots(now)
+            .unwrap()
+            .iter()
+            .all(|s| s.name != "calls")
+    );
+}
+
+/// Two stores on one database (two servers) racing 40 takers for a limit
+/// of 3: exactly 3 get a slot.
+async fn racing_takers_on_two_stores_get_exactly_the_slots_there_are(kind: Kind) {
+    let Some((place, first)) = open(kind) else {
+        return;
+    };
+    let second = place.open();
+    let run = FlowRunId::new();
+    first
+        .submit(vec![new_flow_run(run)])
+        .committed()
+        .await
+        .unwrap();
+    let tickets: Vec<Ticket> = (0..40)
+        .map(|i| {
+            let store = if i % 2 == 0 { &first } else { &second };
+            store.submit(vec![take(
+                uuid::Uuid::now_v7(),
+                run,
+                &[("db", 3, None)],
+                10,
+            )])
+        })
+        .collect();
+    let mut granted = 0;
+    for ticket in tickets {
+        match ticket.committed().await {
+            Ok(()) => granted += 1,
+            Err(StoreError::NoSlot { .. }) => {}
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert_eq!(granted, 3);
+    assert_eq!(second.held_slots(10).unwrap().len(), 3);
 }
 
 on_both_backends!(
+    racing_takers_on_two_stores_get_exactly_the_slots_there_are,
     slots_are_taken_all_or_none_and_come_back,
     runs_are_counted_per_hour_and_state,
     cursor_pages_split_ties_in_creation_time_without_loss,

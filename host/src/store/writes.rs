@@ -142,7 +142,9 @@ pub enum Write {
         now: TimestampMicros,
     },
     /// Gives back what one `TakeSlots` took (nothing if it is gone already).
-    ReleaseSlots { lease: uuid::Uuid },
+    ReleaseSlots {
+        lease: uuid::Uuid,
+    },
     /// Deletes the not-yet-started runs, due after `after`, that schedules
     /// of `deployment` other than `keep` made ahead (edited, deleted or
     /// inactive schedules), with their slots.

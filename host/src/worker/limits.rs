@@ -80,10 +80,9 @@ impl FlowRun {
         loop {
             let executor = self.executor.clone();
             let this_ask = ask.clone();
-            let taken =
-                tokio::task::spawn_blocking(move || executor.try_take_slots(&this_ask))
-                    .await
-                    .map_err(|e| crashed(format!("taking slots: {e}")))??;
+            let taken = tokio::task::spawn_blocking(move || executor.try_take_slots(&this_ask))
+                .await
+                .map_err(|e| crashed(format!("taking slots: {e}")))??;
             let full_limit = match &taken {
                 Taken::Taken { lease } => {
                     let held: HeldSlots = Box::new(Held {
@@ -135,9 +134,7 @@ impl FlowRun {
         slots: u32,
         timeout: Option<Duration>,
     ) -> Result<HeldSlots, Failure> {
-        let held = self
-            .take_slots(&who, names, slots, true, timeout)
-            .await?;
+        let held = self.take_slots(&who, names, slots, true, timeout).await?;
         // Strict asks name limits that exist, so something was taken.
         Ok(held.unwrap_or_else(|| Box::new(())))
     }

@@ -485,14 +485,17 @@ fn apply(tx: &mut Transaction<'_>, write: &Write) -> Result<(), StoreError> {
                 )?;
                 if ask.interval_us().is_some() {
                     let tat: Option<i64> = tx
-                        .query_opt("SELECT tat_us FROM limit_rates WHERE name = $1", &[&ask.name])?
+                        .query_opt(
+                            "SELECT tat_us FROM limit_rates WHERE name = $1",
+                            &[&ask.name],
+                        )?
                         .map(|r| r.get(0));
-                    let next = ask.next_mark(tat, *slots, *now).map_err(|wait| {
-                        StoreError::NoSlot {
-                            limit: ask.name.clone(),
-                            retry_after_us: Some(wait),
-                        }
-                    })?;
+                    let next =
+                        ask.next_mark(tat, *slots, *now)
+                            .map_err(|wait| StoreError::NoSlot {
+                                limit: ask.name.clone(),
+                                retry_after_us: Some(wait),
+                            })?;
                     exec(
                         tx,
                         "INSERT INTO limit_rates (name, tat_us) VALUES ($1, $2)

@@ -389,12 +389,12 @@ fn apply(conn: &Connection, write: &Write, files: &ResultFiles) -> Result<(), St
                         .prepare_cached("SELECT tat_us FROM limit_rates WHERE name = ?1")?
                         .query_row(params![ask.name], |r| r.get(0))
                         .optional()?;
-                    let next = ask.next_mark(tat, *slots, *now).map_err(|wait| {
-                        StoreError::NoSlot {
-                            limit: ask.name.clone(),
-                            retry_after_us: Some(wait),
-                        }
-                    })?;
+                    let next =
+                        ask.next_mark(tat, *slots, *now)
+                            .map_err(|wait| StoreError::NoSlot {
+                                limit: ask.name.clone(),
+                                retry_after_us: Some(wait),
+                            })?;
                     conn.prepare_cached(
                         "INSERT INTO limit_rates (name, tat_us) VALUES (?1, ?2)
                          ON CONFLICT (name) DO UPDATE SET tat_us = excluded.tat_us",

@@ -48,7 +48,8 @@ impl Objects for SqliteStore {
 
     fn rate_marks(&self) -> Result<Vec<(String, TimestampMicros)>, StoreError> {
         self.read(|c| {
-            let mut stmt = c.prepare_cached("SELECT name, tat_us FROM limit_rates ORDER BY name")?;
+            let mut stmt =
+                c.prepare_cached("SELECT name, tat_us FROM limit_rates ORDER BY name")?;
             stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
                 .collect()
         })
