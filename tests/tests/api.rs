@@ -3879,9 +3879,10 @@ fn a_slot_held_by_a_killed_host_comes_back_when_its_lease_lapses() {
     h1.child.wait().unwrap();
     let _h2 = TestHost::start(&server, "h2", &[]);
     let waiter = start_fixture_run(&server, &digest, "db_fan_out", json!({ "n": 1, "ms": 10 }));
-    let run = wait_for_run(&server, &waiter, Duration::from_secs(90), finished);
+    // Bounds for a loaded machine: h2 compiles the component first.
+    let dead = wait_for_run(&server, &holder, Duration::from_secs(120), finished);
+    let run = wait_for_run(&server, &waiter, Duration::from_secs(180), finished);
     assert_eq!(run["state"], "Completed", "{run}");
-    let dead = wait_for_run(&server, &holder, Duration::from_secs(60), finished);
     assert_eq!(dead["state"], "Crashed", "{dead}");
 }
 

@@ -156,6 +156,16 @@ pub trait RunSource: Send + Sync + 'static {
 
     /// Says run `run`, handed over earlier, has ended, so waiting runs may fit now.
     fn run_ended(&self, run: FlowRunId);
+
+    /// Whether [`RunSource::run_started`] is wanted: the claim loop then
+    /// watches its runs' events for it (a remote host, to report a start at
+    /// once rather than with its next batch).
+    fn wants_starts(&self) -> bool {
+        false
+    }
+
+    /// Says run `run` (or a subflow of it) is `Running` now, committed.
+    fn run_started(&self, _run: FlowRunId) {}
 }
 
 /// A run to create.

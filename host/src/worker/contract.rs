@@ -308,6 +308,9 @@ impl FlowRun {
         static NUMBERING: std::sync::Mutex<()> = std::sync::Mutex::new(());
         let _numbering = NUMBERING.lock().unwrap_or_else(|p| p.into_inner());
         let control = self.control();
+        // And one at a time across servers sharing PostgreSQL (a no-op on
+        // SQLite), held until the artifact is committed below.
+        let _across_servers = control.store().lock_admission().map_err(crashed)?;
         let version = match &artifact.key {
             None => 1,
             Some(key) => {

@@ -120,6 +120,8 @@ pub struct RemoteHost {
     held: Mutex<HashMap<FlowRunId, Held>>,
     /// Runs the executor is running now (a lost run may still be stopping).
     running: Mutex<std::collections::HashSet<FlowRunId>>,
+    /// Wakes the reporter at once: a run started or ended.
+    ship_soon: tokio::sync::Notify,
     slots: Arc<Semaphore>,
     /// Set on SIGTERM: claims stop.
     stop: CancellationToken,
@@ -157,6 +159,7 @@ pub fn run(config: RemoteConfig, stop: CancellationToken) -> Result<(), RemoteEr
         loaded: Mutex::new(HashMap::new()),
         held: Mutex::new(HashMap::new()),
         running: Mutex::new(std::collections::HashSet::new()),
+        ship_soon: tokio::sync::Notify::new(),
         stop: stop.clone(),
     });
     let mut settings = host.config.executor.clone();
@@ -381,6 +384,8 @@ impl RemoteHost {
             tokio::select! {
                 _ = finished.cancelled() => {}
                 _ = tokio::time::sleep(backoff) => {}
+                // A start or an end goes at once, unless the server is failing.
+                _ = self.ship_soon.notified(), if !failed => {}
             }
         }
     }
@@ -779,6 +784,17 @@ impl RunSource for RemoteHost {
             h.ended = true;
         }
         self.slots.add_permits(1);
+        self.ship_soon.notify_one();
+    }
+
+    fn wants_starts(&self) -> bool {
+        true
+    }
+
+    fn run_started(&self, _run: FlowRunId) {
+        // The server hears of a start (and an end) at once; task records
+        // go with the next batch.
+        self.ship_soon.notify_one();
     }
 }
 

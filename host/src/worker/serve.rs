@@ -67,6 +67,18 @@ fn start(
     request.capabilities = Arc::new(claim.capabilities);
     request.deployment = claim.deployment;
     request.task_override = claim.task_override;
+    if source.wants_starts() {
+        let (events, mut seen) = tokio::sync::mpsc::unbounded_channel();
+        request.events = Some(events);
+        let source = source.clone();
+        runtime.spawn(async move {
+            while let Some(event) = seen.recv().await {
+                if let super::RunEvent::FlowStarted { id, .. } = event {
+                    source.run_started(id);
+                }
+            }
+        });
+    }
     let executor = executor.clone();
     let source = source.clone();
     runtime.spawn(async move {
