@@ -87,6 +87,13 @@ fn limit_infos(state: &ApiState, only: Option<&str>) -> ApiResult<Vec<LimitInfo>
         .collect()
 }
 
+/// One limit with its use now, or 404. Blocks.
+fn one_limit(state: &ApiState, name: &str) -> ApiResult<LimitInfo> {
+    limit_infos(state, Some(name))?
+        .pop()
+        .ok_or_else(|| ApiError::not_found(format!("no concurrency limit named '{name}'")))
+}
+
 fn info(
     limit: ConcurrencyLimit,
     held: &[SlotRow],
@@ -146,12 +153,7 @@ pub(super) async fn get_limit(
     Path(name): Path<String>,
 ) -> ApiResult<Json<LimitInfo>> {
     state
-        .blocking(move |state| {
-            limit_infos(state, Some(&name))?
-                .pop()
-                .map(Json)
-                .ok_or_else(|| ApiError::not_found(format!("no concurrency limit named '{name}'")))
-        })
+        .blocking(move |state| one_limit(state, &name).map(Json))
         .await
 }
 
@@ -184,11 +186,7 @@ pub(super) async fn put_limit(
                 .check()
                 .map_err(|e| ApiError::bad_request("bad_limit", e.to_string()))?;
             put_object(state, ObjectKind::ConcurrencyLimit, &limit.name, &limit)?;
-            let name = limit.name.clone();
-            limit_infos(state, Some(&name))?
-                .pop()
-                .map(Json)
-                .ok_or_else(|| ApiError::internal(format!("limit '{name}' vanished")))
+            one_limit(state, &limit.name).map(Json)
         })
         .await
 }

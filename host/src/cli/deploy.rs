@@ -600,11 +600,12 @@ pub struct RollbackArgs {
     format: JsonFlag,
 }
 
+/// A name and `--json`: the arguments of most `inspect`/`delete` commands.
 #[derive(Args, Debug)]
 pub struct NameArgs {
-    name: String,
+    pub(super) name: String,
     #[command(flatten)]
-    format: JsonFlag,
+    pub(super) format: JsonFlag,
 }
 
 #[derive(Args, Debug)]

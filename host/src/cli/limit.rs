@@ -4,6 +4,7 @@
 
 use super::JsonFlag;
 use super::backend::Backend;
+use super::deploy::NameArgs;
 use super::output::table;
 use crate::api::limits::{LimitInfo, LimitList};
 use crate::clock::format_rfc3339;
@@ -39,13 +40,6 @@ pub struct CreateArgs {
     /// Make it a rate limit: slots come back at this many per second.
     #[arg(long, value_name = "RATE")]
     slot_decay_per_second: Option<f64>,
-    #[command(flatten)]
-    format: JsonFlag,
-}
-
-#[derive(Args, Debug)]
-pub struct NameArgs {
-    name: String,
     #[command(flatten)]
     format: JsonFlag,
 }
