@@ -1,16 +1,18 @@
-//! Python and JavaScript guests, through the `host` program: the ETL twins
+//! Python, JavaScript and C guests, through the `host` program: the ETL twins
 //! give the Rust example's result, a second run neither rebuilds nor
 //! recompiles, a task that raises or throws is a clean failure, and the
 //! committed Python bindings match what componentize-py generates from the WIT.
 //!
-//! These need python3, node and npm and reach PyPI and npm on first use, so
-//! they run only with WEIR_POLYGLOT_TESTS=1 (CI sets it). The toolchains are
-//! installed once into the cargo target dir and shared by every test.
+//! The Python and JavaScript tests need python3, node and npm and reach PyPI
+//! and npm on first use, so they run only with WEIR_POLYGLOT_TESTS=1 (CI sets
+//! it). The toolchains are installed once into the cargo target dir and
+//! shared by every test. The C tests need Debian's clang for wasm32-wasi
+//! (`c_toolchain_or_skip`), nothing from the network.
 
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use weir_tests::{ETL_WASM, workspace};
+use weir_tests::{ETL_WASM, c_toolchain_or_skip, workspace};
 
 const HOST: &str = env!("CARGO_BIN_EXE_host-under-test");
 
@@ -135,6 +137,13 @@ fn the_python_etl_gives_the_rust_result_and_is_not_rebuilt_or_recompiled() {
 fn the_js_etl_gives_the_rust_result_and_is_not_rebuilt_or_recompiled() {
     if enabled("the_js_etl_gives_the_rust_result") {
         runs_like_the_rust_etl("examples/etl-js", "javascript");
+    }
+}
+
+#[test]
+fn the_c_etl_gives_the_rust_result_and_is_not_rebuilt_or_recompiled() {
+    if c_toolchain_or_skip("the_c_etl_gives_the_rust_result") {
+        runs_like_the_rust_etl("examples/etl-c", "c");
     }
 }
 
