@@ -31,7 +31,7 @@
  * it; weir_submit_task starts one concurrently and weir_await_task waits for
  * it. A failed call returns NULL and weir_last_error() says why.
  *
- * `host build` compiles this SDK (weir.c) and the bindings generated from
+ * `host build` compiles this SDK (weir.c, weir_json.c) and the bindings generated from
  * wit/flow.wit with the project's own files; include "weir.h" and nothing
  * else is needed.
  */
@@ -99,6 +99,7 @@ typedef struct weir_buf {
     size_t cap;
 } weir_buf;
 void weir_buf_printf(weir_buf *buf, const char *format, ...) __attribute__((format(printf, 2, 3)));
+void weir_buf_vprintf(weir_buf *buf, const char *format, va_list args);
 void weir_buf_append(weir_buf *buf, const char *text, size_t len);
 /* Hands over the text (malloc, NUL-terminated; "" when empty) and empties the buffer. */
 char *weir_buf_take(weir_buf *buf);
@@ -165,7 +166,7 @@ typedef enum weir_error_kind {
 } weir_error_kind;
 typedef struct weir_error {
     weir_error_kind kind;
-    const char *message; /* valid until the next failed call */
+    const char *message; /* valid until the next failed call; NULL when none failed */
 } weir_error;
 const weir_error *weir_last_error(void);
 const char *weir_error_kind_name(weir_error_kind kind);

@@ -6,7 +6,7 @@
 //! links with `wasm-ld` (package `lld`) into a reactor core module. The
 //! bindings come from the WIT this host carries, by wit-bindgen's C
 //! generator (a library here), written into the build folder on every build
-//! with the SDK (`guest-sdk/c/weir.h`, `weir.c`): nothing to regenerate by
+//! with the SDK (`guest-sdk/c/`): nothing to regenerate by
 //! hand when the contract grows, and a project needs nothing but the apt
 //! packages. `wit-component` then turns the core module into a component
 //! with wasmtime's own preview-1 adapter (the reactor flavour, of the same
@@ -25,6 +25,7 @@ use std::process::Command;
 /// The C SDK, written next to each C build.
 pub const C_SDK_HEADER: &str = include_str!("../../../guest-sdk/c/weir.h");
 pub const C_SDK_SOURCE: &str = include_str!("../../../guest-sdk/c/weir.c");
+pub const C_SDK_JSON: &str = include_str!("../../../guest-sdk/c/weir_json.c");
 
 /// The clang target: Debian's wasi-libc is built for preview 1 only.
 const TARGET: &str = "wasm32-wasi";
@@ -132,6 +133,7 @@ pub fn build(project: &Path, dirs: &BuildDirs, show: bool) -> Result<(PathBuf, b
             ADAPTER,
             C_SDK_HEADER,
             C_SDK_SOURCE,
+            C_SDK_JSON,
             WIT,
             &manifest.cflags.join("\0"),
         ],
@@ -154,6 +156,7 @@ pub fn build(project: &Path, dirs: &BuildDirs, show: bool) -> Result<(PathBuf, b
         }
         write(&sdk.join("weir.h"), C_SDK_HEADER)?;
         write(&sdk.join("weir.c"), C_SDK_SOURCE)?;
+        write(&sdk.join("weir_json.c"), C_SDK_JSON)?;
         let core = scratch.join("core.wasm");
         compile(project, &sources, &sdk, &manifest.cflags, &core)?;
         let component = componentize(&core)?;
@@ -207,6 +210,7 @@ fn compile(
     command
         .arg(sdk.join("flow.c"))
         .arg(sdk.join("weir.c"))
+        .arg(sdk.join("weir_json.c"))
         .arg(sdk.join("flow_component_type.o"))
         .arg("-o")
         .arg(core);
