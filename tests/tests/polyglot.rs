@@ -208,6 +208,61 @@ fn a_js_task_that_throws_anything_is_a_clean_failure() {
     );
 }
 
+/// Every way a C task can fail is a typed failure the flow can read (its
+/// message, a trap from abort(), output that is not JSON, a NULL with no
+/// reason, invalid input, an unknown task), and a flow that returns NULL
+/// after a failed call fails with that call's error, not a trap.
+#[test]
+fn a_c_task_that_fails_any_way_is_a_clean_failure() {
+    if !c_toolchain_or_skip("a_c_task_that_fails_any_way_is_a_clean_failure") {
+        return;
+    }
+    let home = tempfile::tempdir().unwrap();
+    let fixture = "tests/fixtures/c-failing";
+    let (out, run) = run_json(home.path(), fixture, Some("survive"), &[]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let result = &run["result"];
+    let kind_and_message = |key: &str| {
+        (
+            result[key]["kind"].as_str().unwrap_or_default().to_string(),
+            result[key]["message"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+        )
+    };
+    assert_eq!(
+        kind_and_message("failed"),
+        ("failed".into(), "boom 1".into())
+    );
+    assert_eq!(kind_and_message("trapped").0, "trap", "{run}");
+    assert_eq!(kind_and_message("invalid").0, "invalid-output", "{run}");
+    assert_eq!(
+        kind_and_message("silent"),
+        (
+            "failed".into(),
+            "task silent returned NULL without weir_fail()".into()
+        )
+    );
+    assert_eq!(
+        kind_and_message("picky"),
+        ("invalid-input".into(), "n is required".into())
+    );
+    let (kind, message) = kind_and_message("missing");
+    assert_eq!(kind, "invalid-input");
+    assert!(
+        message.contains("no task named 'no_such_task'"),
+        "{message}"
+    );
+    assert_eq!(result["after"], 2, "the flow went on after the failures");
+
+    let (out, run) = run_json(home.path(), fixture, Some("crash"), &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert_eq!(run["state"], "Failed", "{run}");
+    assert_eq!(run["error"]["kind"], "failed", "not a trap: {run}");
+    assert_eq!(run["error"]["message"], "failed: boom 2");
+}
+
 /// Contract 0.1.1 from Python or JavaScript, without a server: the flow reads a
 /// variable, leaves an artifact and pauses; the variable changes; a resume
 /// with input the schema refuses exits 2 and one that matches completes the

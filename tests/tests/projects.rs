@@ -564,6 +564,52 @@ fn c_build_errors_show_clangs_file_line_message_and_advice_only() {
     );
 }
 
+/// C++ files beside weir.toml are compiled too (classes, namespaces, no
+/// standard library), with the same header and macros.
+#[test]
+fn a_cpp_file_builds_and_runs_with_the_c_sdk() {
+    if !c_toolchain_or_skip("a_cpp_file_builds_and_runs_with_the_c_sdk") {
+        return;
+    }
+    let home = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let project = work.path().join("cpp");
+    std::fs::create_dir(&project).unwrap();
+    std::fs::write(project.join("weir.toml"), "language = \"c\"\n").unwrap();
+    std::fs::write(
+        project.join("app.cpp"),
+        r#"#include "weir.h"
+
+namespace {
+class Greeter {
+  public:
+    explicit Greeter(const char *word) : word_(word) {}
+    char *greet(const char *name) const { return weir_json_printf("\"%s, %s!\"", word_, name); }
+  private:
+    const char *word_;
+};
+} // namespace
+
+static char *hello(weir_json params) {
+    static const Greeter greeter("Hello");
+    char *name = weir_json_string(weir_json_get(params, "name"));
+    char *out = greeter.greet(name != nullptr ? name : "world");
+    free(name);
+    return out;
+}
+WEIR_FLOW(hello, .description = "Greets from C++.");
+"#,
+    )
+    .unwrap();
+    let out = host(
+        home.path(),
+        work.path(),
+        &["flow", "run", "cpp", "--param", "name=C++", "--json"],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(json_out(&out)["result"], "Hello, C++!");
+}
+
 /// Without clang (or with clang but no wasi-libc) a C build fails with one
 /// line naming the apt packages, not a compiler's wall of text.
 #[test]
