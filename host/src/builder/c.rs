@@ -45,16 +45,6 @@ struct WeirToml {
     cflags: Vec<String>,
 }
 
-/// True when `project/weir.toml` names C or C++ (checked again, with a
-/// clear error, by [`build`]).
-pub fn is_c_project(project: &Path) -> bool {
-    std::fs::read_to_string(project.join("weir.toml"))
-        .ok()
-        .and_then(|text| text.parse::<toml::Table>().ok())
-        .and_then(|table| table.get("language")?.as_str().map(str::to_string))
-        .is_some_and(|language| is_c_language(&language))
-}
-
 fn is_c_language(language: &str) -> bool {
     matches!(language, "c" | "c++" | "cpp")
 }
@@ -66,7 +56,19 @@ fn read_manifest(project: &Path) -> Result<WeirToml, BuildError> {
         message,
     };
     let text = std::fs::read_to_string(&path).map_err(|e| bad(e.to_string()))?;
-    let manifest: WeirToml = toml::from_str(&text).map_err(|e| bad(e.message().to_string()))?;
+    let manifest: WeirToml = toml::from_str(&text).map_err(|e| {
+        let line = e.span().map(|span| {
+            text.get(..span.start)
+                .unwrap_or(&text)
+                .matches('\n')
+                .count()
+                + 1
+        });
+        match line {
+            Some(line) => bad(format!("line {line}: {}", e.message())),
+            None => bad(e.message().to_string()),
+        }
+    })?;
     if !is_c_language(&manifest.language) {
         return Err(bad(format!(
             "language = \"{}\" is not one this host builds from weir.toml; use \"c\" (C and C++)",

@@ -112,7 +112,9 @@ impl Language {
             Some(Language::Python)
         } else if has("package.json") {
             Some(Language::JavaScript)
-        } else if c::is_c_project(project) {
+        } else if has("weir.toml") {
+            // Its `language` is checked by the C builder, which names a wrong
+            // one or a TOML error rather than calling this no project at all.
             Some(Language::C)
         } else {
             None
@@ -319,9 +321,21 @@ mod tests {
         let c = tempfile::tempdir_in(dir.path()).unwrap();
         std::fs::write(c.path().join("weir.toml"), "language = \"c\"\n").unwrap();
         assert_eq!(Language::detect(c.path()), Some(Language::C));
-        // A weir.toml that names no C is no C project.
-        std::fs::write(c.path().join("weir.toml"), "language = \"cobol\"\n").unwrap();
-        assert_eq!(Language::detect(c.path()), None);
+        // A weir.toml naming another language, or broken, is told as such.
+        let dirs = BuildDirs::new(&Paths::at(dir.path()), None);
+        for (text, expected) in [
+            ("language = \"cobol\"\n", "language = \"cobol\" is not one"),
+            ("language = \"c\"\nflags = 1\n", "unknown field `flags`"),
+            (
+                "language = \"c\"\ncflags = -O3\n",
+                "line 2: string values must be quoted",
+            ),
+        ] {
+            std::fs::write(c.path().join("weir.toml"), text).unwrap();
+            assert_eq!(Language::detect(c.path()), Some(Language::C));
+            let err = build(c.path(), &dirs, false).unwrap_err().to_string();
+            assert!(err.contains("weir.toml") && err.contains(expected), "{err}");
+        }
     }
 
     #[test]
