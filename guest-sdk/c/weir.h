@@ -4,7 +4,10 @@
  *
  *   static char *greet(weir_json input) {
  *       char *name = weir_json_string(weir_json_get(input, "name"));
- *       char *out = weir_json_printf("\"Hello, %s!\"", name);   // a JSON string
+ *       if (!name) return weir_invalid_input("name must be a string");
+ *       char *greeting = weir_json_printf("Hello, %s!", name);
+ *       char *out = weir_json_quote(greeting);   // as a JSON string
+ *       free(greeting);
  *       free(name);
  *       return out;
  *   }

@@ -564,6 +564,52 @@ fn c_build_errors_show_clangs_file_line_message_and_advice_only() {
     );
 }
 
+/// A C build is reused while nothing in the project changes (rewriting a
+/// file with the same bytes included), and made again when a header the
+/// code includes changes, with a new component.
+#[test]
+fn a_c_build_is_reused_until_a_file_changes() {
+    if !c_toolchain_or_skip("a_c_build_is_reused_until_a_file_changes") {
+        return;
+    }
+    let home = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let out = host(home.path(), work.path(), &["init", "cache", "--lang", "c"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let project = work.path().join("cache");
+    std::fs::write(project.join("greeting.h"), "#define GREETING \"Hello\"\n").unwrap();
+    let app = std::fs::read_to_string(project.join("app.c"))
+        .unwrap()
+        .replace(
+            "#include \"weir.h\"",
+            "#include \"weir.h\"\n#include \"greeting.h\"",
+        )
+        .replace("\"Hello, %s!\", name", "\"%s, %s!\", GREETING, name");
+    std::fs::write(project.join("app.c"), &app).unwrap();
+    let build = || {
+        let out = host(home.path(), work.path(), &["build", "cache", "--json"]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        json_out(&out)
+    };
+    let first = build();
+    assert_eq!(first["reused_build"], false, "{first}");
+    std::fs::write(project.join("app.c"), &app).unwrap();
+    let second = build();
+    assert_eq!(second["reused_build"], true, "{second}");
+    assert_eq!(second["digest"], first["digest"]);
+
+    std::fs::write(project.join("greeting.h"), "#define GREETING \"Howdy\"\n").unwrap();
+    let third = build();
+    assert_eq!(third["reused_build"], false, "{third}");
+    assert_ne!(third["digest"], first["digest"]);
+    let out = host(
+        home.path(),
+        work.path(),
+        &["flow", "run", "cache", "--json"],
+    );
+    assert_eq!(json_out(&out)["result"], "Howdy, world!");
+}
+
 /// C++ files beside weir.toml are compiled too (classes, namespaces, no
 /// standard library), with the same header and macros.
 #[test]

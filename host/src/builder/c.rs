@@ -23,9 +23,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// The C SDK, written next to each C build.
-pub const C_SDK_HEADER: &str = include_str!("../../../guest-sdk/c/weir.h");
-pub const C_SDK_SOURCE: &str = include_str!("../../../guest-sdk/c/weir.c");
-pub const C_SDK_JSON: &str = include_str!("../../../guest-sdk/c/weir_json.c");
+const C_SDK_HEADER: &str = include_str!("../../../guest-sdk/c/weir.h");
+const C_SDK_SOURCE: &str = include_str!("../../../guest-sdk/c/weir.c");
+const C_SDK_JSON: &str = include_str!("../../../guest-sdk/c/weir_json.c");
 
 /// The clang target: Debian's wasi-libc is built for preview 1 only.
 const TARGET: &str = "wasm32-wasi";
@@ -261,6 +261,26 @@ fn componentize(core: &Path) -> Result<Vec<u8>, BuildError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The versions in the build key are the ones Cargo.toml pins, so a
+    /// bump of the generator or the adapter rebuilds every C guest.
+    #[test]
+    fn the_keyed_versions_are_the_pinned_ones() {
+        let workspace = include_str!("../../../Cargo.toml");
+        assert!(
+            workspace.contains(&format!(
+                "wit-bindgen-c = {{ version = \"={WIT_BINDGEN_C}\""
+            )),
+            "update WIT_BINDGEN_C"
+        );
+        let adapter = ADAPTER.split(' ').nth(1).unwrap();
+        assert!(
+            workspace.contains(&format!(
+                "wasi-preview1-component-adapter-provider = \"={adapter}\""
+            )),
+            "update ADAPTER"
+        );
+    }
 
     #[test]
     fn the_bindings_are_generated_from_the_wit() {
