@@ -1,12 +1,14 @@
-//! `polyglot`: what a Python or JavaScript guest costs next to Rust.
+//! `polyglot`: what a Python, JavaScript or C guest costs next to Rust.
 //!
-//! For each ETL twin (examples/etl, etl-python, etl-js): the build (first,
+//! For each ETL twin (examples/etl, etl-python, etl-js, etl-c): the build (first,
 //! and reused from the build cache), cold compile of the component and a
 //! cached load in a fresh engine (as in a new process), and the per-task
 //! overhead: one trivial task (`transform` of an empty chunk) in a fresh
 //! sandbox, nothing recorded. Toolchains are installed on first use into
 //! `$WEIR_TOOLCHAINS`, default `<target>/weir-toolchains`; a language whose
-//! toolchain cannot be installed (no network) is skipped with one line.
+//! toolchain cannot be installed (no network, no clang) is skipped with one
+//! line. C's per-task target is Rust's figure of the same run plus 10 %
+//! (issue 17).
 
 use crate::Options;
 use crate::report::{Figure, Report, at_most};
@@ -25,10 +27,13 @@ pub async fn run(options: &Options, report: &mut Report) {
     let toolchains = std::env::var_os("WEIR_TOOLCHAINS")
         .map(PathBuf::from)
         .unwrap_or_else(|| crate::target_dir().join("weir-toolchains"));
-    for (language, example, second_load, task) in [
+    let mut rust_task_ms = None;
+    let mut rust_task_us = None;
+    for (language, example, second_load, mut task) in [
         ("rust", "examples/etl", None, None),
         ("python", "examples/etl-python", Some(50.0), Some(2.0)),
         ("javascript", "examples/etl-js", None, Some(1.0)),
+        ("c", "examples/etl-c", None, None),
     ] {
         let path = weir_tests::workspace().join(example);
         let r = match measure(language, &path, &toolchains, options.quick).await {
@@ -41,6 +46,23 @@ pub async fn run(options: &Options, report: &mut Report) {
             }
         };
         let f = |key: &str| r[key].as_f64().unwrap_or(f64::NAN);
+        match language {
+            "rust" => rust_task_ms = Some(f("task_ms")),
+            "c" => task = rust_task_ms.map(|rust| rust * 1.10),
+            _ => {}
+        }
+        if let ("c", Some(rust)) = (language, rust_task_us) {
+            // The issue's target, as a ratio of the same run's figures in µs
+            // (the ms figures round to 10 µs, a fifth of a task).
+            report.push(
+                Figure::new(S, "c: per-task overhead / rust's", "%")
+                    .one(100.0 * f("task_us") / rust)
+                    .target(at_most(110.0)),
+            );
+        }
+        if language == "rust" {
+            rust_task_us = Some(f("task_us"));
+        }
         let kb = f("component_bytes") / 1024.0;
         report.push(
             Figure::new(S, format!("{language}: build, first"), "ms").one(f("first_build_ms")),
@@ -168,6 +190,7 @@ async fn measure(
         "second_loads_ms": second_loads.iter().map(|d| ms(*d)).collect::<Vec<_>>(),
         "second_load_artifact_ms": ms(median(&mut artifact_loads)),
         "task_ms": ms(per_task),
+        "task_us": per_task.as_secs_f64() * 1e6,
         "task_fuel": fuel,
         "tasks_measured": n,
     }))

@@ -90,3 +90,34 @@ impl Default for Harness {
 pub fn json(text: &str) -> serde_json::Value {
     serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
 }
+
+/// Whether C guests can be built here: clang compiles and links a reactor
+/// module for wasm32-wasi. Without it a test prints one SKIPPED line and
+/// returns false; with `CI=true` it fails instead, since CI installs the
+/// toolchain (`.ci/run`) and a skip there would hide a missing install.
+pub fn c_toolchain_or_skip(test: &str) -> bool {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("probe.c"),
+        "#include <stdlib.h>\nvoid *probe(void) { return malloc(1); }\n",
+    )
+    .unwrap();
+    let built = std::process::Command::new("clang")
+        .args(["--target=wasm32-wasi", "-mexec-model=reactor", "probe.c"])
+        .args(["-o", "probe.wasm"])
+        .current_dir(dir.path())
+        .output()
+        .is_ok_and(|out| out.status.success());
+    if !built {
+        let install = "apt-get install clang lld wasi-libc libclang-rt-dev-wasm32";
+        if std::env::var("CI").is_ok_and(|v| v == "true") {
+            panic!("{test}: clang cannot build for wasm32-wasi here and CI=true; {install}");
+        }
+        use std::io::Write;
+        let _ = writeln!(
+            std::io::stderr().lock(),
+            "SKIPPED {test}: clang for wasm32-wasi is not installed ({install})"
+        );
+    }
+    built
+}

@@ -1,16 +1,18 @@
-//! Python and JavaScript guests, through the `host` program: the ETL twins
+//! Python, JavaScript and C guests, through the `host` program: the ETL twins
 //! give the Rust example's result, a second run neither rebuilds nor
 //! recompiles, a task that raises or throws is a clean failure, and the
 //! committed Python bindings match what componentize-py generates from the WIT.
 //!
-//! These need python3, node and npm and reach PyPI and npm on first use, so
-//! they run only with WEIR_POLYGLOT_TESTS=1 (CI sets it). The toolchains are
-//! installed once into the cargo target dir and shared by every test.
+//! The Python and JavaScript tests need python3, node and npm and reach PyPI
+//! and npm on first use, so they run only with WEIR_POLYGLOT_TESTS=1 (CI sets
+//! it). The toolchains are installed once into the cargo target dir and
+//! shared by every test. The C tests need Debian's clang for wasm32-wasi
+//! (`c_toolchain_or_skip`), nothing from the network.
 
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use weir_tests::{ETL_WASM, workspace};
+use weir_tests::{ETL_WASM, c_toolchain_or_skip, workspace};
 
 const HOST: &str = env!("CARGO_BIN_EXE_host-under-test");
 
@@ -139,6 +141,13 @@ fn the_js_etl_gives_the_rust_result_and_is_not_rebuilt_or_recompiled() {
 }
 
 #[test]
+fn the_c_etl_gives_the_rust_result_and_is_not_rebuilt_or_recompiled() {
+    if c_toolchain_or_skip("the_c_etl_gives_the_rust_result") {
+        runs_like_the_rust_etl("examples/etl-c", "c");
+    }
+}
+
+#[test]
 fn a_python_task_that_raises_is_a_clean_failure() {
     if !enabled("a_python_task_that_raises_is_a_clean_failure") {
         return;
@@ -197,6 +206,61 @@ fn a_js_task_that_throws_anything_is_a_clean_failure() {
         message.starts_with("TaskError: failed: RangeError: boom 2"),
         "{message}"
     );
+}
+
+/// Every way a C task can fail is a typed failure the flow can read (its
+/// message, a trap from abort(), output that is not JSON, a NULL with no
+/// reason, invalid input, an unknown task), and a flow that returns NULL
+/// after a failed call fails with that call's error, not a trap.
+#[test]
+fn a_c_task_that_fails_any_way_is_a_clean_failure() {
+    if !c_toolchain_or_skip("a_c_task_that_fails_any_way_is_a_clean_failure") {
+        return;
+    }
+    let home = tempfile::tempdir().unwrap();
+    let fixture = "tests/fixtures/c-failing";
+    let (out, run) = run_json(home.path(), fixture, Some("survive"), &[]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let result = &run["result"];
+    let kind_and_message = |key: &str| {
+        (
+            result[key]["kind"].as_str().unwrap_or_default().to_string(),
+            result[key]["message"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+        )
+    };
+    assert_eq!(
+        kind_and_message("failed"),
+        ("failed".into(), "boom 1".into())
+    );
+    assert_eq!(kind_and_message("trapped").0, "trap", "{run}");
+    assert_eq!(kind_and_message("invalid").0, "invalid-output", "{run}");
+    assert_eq!(
+        kind_and_message("silent"),
+        (
+            "failed".into(),
+            "task silent returned NULL without weir_fail()".into()
+        )
+    );
+    assert_eq!(
+        kind_and_message("picky"),
+        ("invalid-input".into(), "n is required".into())
+    );
+    let (kind, message) = kind_and_message("missing");
+    assert_eq!(kind, "invalid-input");
+    assert!(
+        message.contains("no task named 'no_such_task'"),
+        "{message}"
+    );
+    assert_eq!(result["after"], 2, "the flow went on after the failures");
+
+    let (out, run) = run_json(home.path(), fixture, Some("crash"), &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert_eq!(run["state"], "Failed", "{run}");
+    assert_eq!(run["error"]["kind"], "failed", "not a trap: {run}");
+    assert_eq!(run["error"]["message"], "failed: boom 2");
 }
 
 /// Contract 0.1.1 from Python or JavaScript, without a server: the flow reads a

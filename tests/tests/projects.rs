@@ -4,7 +4,8 @@
 //!
 //! The Python and JavaScript projects need python3, node and npm and reach
 //! PyPI and npm on first use, so they run only with WEIR_POLYGLOT_TESTS=1 (CI
-//! sets it), with the toolchains shared with `tests/polyglot.rs`.
+//! sets it), with the toolchains shared with `tests/polyglot.rs`. The C
+//! project needs clang for wasm32-wasi (`c_toolchain_or_skip`).
 
 use serde_json::Value;
 use std::io::{BufRead, BufReader};
@@ -12,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
-use weir_tests::{FIXTURE_WASM, HELLO_WASM, workspace};
+use weir_tests::{FIXTURE_WASM, HELLO_WASM, c_toolchain_or_skip, workspace};
 
 const HOST: &str = env!("CARGO_BIN_EXE_host-under-test");
 
@@ -137,6 +138,13 @@ fn a_python_project_from_init_runs_at_once() {
 fn a_js_project_from_init_runs_at_once() {
     if polyglot_enabled("a_js_project_from_init_runs_at_once") {
         init_then_run("js");
+    }
+}
+
+#[test]
+fn a_c_project_from_init_runs_at_once() {
+    if c_toolchain_or_skip("a_c_project_from_init_runs_at_once") {
+        init_then_run("c");
     }
 }
 
@@ -525,6 +533,186 @@ fn js_build_errors_show_the_file_line_message_and_advice_only() {
         stderr.contains("Error: cannot read property 'boom' of null\nhint:"),
         "{stderr}"
     );
+}
+
+#[test]
+fn c_build_errors_show_clangs_file_line_message_and_advice_only() {
+    if !c_toolchain_or_skip("c_build_errors_show_clangs_file_line_message_and_advice_only") {
+        return;
+    }
+    // A missing semicolon on the first line, and a second error further on.
+    let stderr = build_error("c", "app.c", |s| {
+        format!("int broken(void) {{ return 1 }}\n{s}\nint later(void) {{ return nope; }}\n")
+    });
+    assert!(
+        stderr.contains(
+            "broken/app.c:1:28: expected ';' after return statement\n    int broken(void) { return 1 }\nhint: fix the code at that line (1 more error after this one"
+        ),
+        "{stderr}"
+    );
+    for noise in ["errors generated", "clang: error", "wasm-ld", "^"] {
+        assert!(!stderr.contains(noise), "{noise:?} shown:\n{stderr}");
+    }
+    // A symbol no file defines fails at the link, named.
+    let stderr = build_error("c", "app.c", |s| {
+        let called = s.replacen("weir_info(", "undefined_helper();\n    weir_info(", 1);
+        format!("void undefined_helper(void);\n{called}")
+    });
+    assert!(
+        stderr.contains("undefined symbol: undefined_helper\nhint: define `undefined_helper`"),
+        "{stderr}"
+    );
+}
+
+/// A C build is reused while nothing in the project changes (rewriting a
+/// file with the same bytes included), and made again when a header the
+/// code includes changes, with a new component.
+#[test]
+fn a_c_build_is_reused_until_a_file_changes() {
+    if !c_toolchain_or_skip("a_c_build_is_reused_until_a_file_changes") {
+        return;
+    }
+    let home = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let out = host(home.path(), work.path(), &["init", "cache", "--lang", "c"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let project = work.path().join("cache");
+    std::fs::write(project.join("greeting.h"), "#define GREETING \"Hello\"\n").unwrap();
+    let app = std::fs::read_to_string(project.join("app.c"))
+        .unwrap()
+        .replace(
+            "#include \"weir.h\"",
+            "#include \"weir.h\"\n#include \"greeting.h\"",
+        )
+        .replace("\"Hello, %s!\", name", "\"%s, %s!\", GREETING, name");
+    std::fs::write(project.join("app.c"), &app).unwrap();
+    let build = || {
+        let out = host(home.path(), work.path(), &["build", "cache", "--json"]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        json_out(&out)
+    };
+    let first = build();
+    assert_eq!(first["reused_build"], false, "{first}");
+    std::fs::write(project.join("app.c"), &app).unwrap();
+    let second = build();
+    assert_eq!(second["reused_build"], true, "{second}");
+    assert_eq!(second["digest"], first["digest"]);
+
+    std::fs::write(project.join("greeting.h"), "#define GREETING \"Howdy\"\n").unwrap();
+    let third = build();
+    assert_eq!(third["reused_build"], false, "{third}");
+    assert_ne!(third["digest"], first["digest"]);
+    let out = host(
+        home.path(),
+        work.path(),
+        &["flow", "run", "cache", "--json"],
+    );
+    assert_eq!(json_out(&out)["result"], "Howdy, world!");
+}
+
+/// C++ files beside weir.toml are compiled too (classes, namespaces, no
+/// standard library), with the same header and macros.
+#[test]
+fn a_cpp_file_builds_and_runs_with_the_c_sdk() {
+    if !c_toolchain_or_skip("a_cpp_file_builds_and_runs_with_the_c_sdk") {
+        return;
+    }
+    let home = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let project = work.path().join("cpp");
+    std::fs::create_dir(&project).unwrap();
+    std::fs::write(project.join("weir.toml"), "language = \"c\"\n").unwrap();
+    std::fs::write(
+        project.join("app.cpp"),
+        r#"#include "weir.h"
+
+namespace {
+class Greeter {
+  public:
+    explicit Greeter(const char *word) : word_(word) {}
+    char *greet(const char *name) const { return weir_json_printf("\"%s, %s!\"", word_, name); }
+  private:
+    const char *word_;
+};
+} // namespace
+
+static char *hello(weir_json params) {
+    static const Greeter greeter("Hello");
+    char *name = weir_json_string(weir_json_get(params, "name"));
+    char *out = greeter.greet(name != nullptr ? name : "world");
+    free(name);
+    return out;
+}
+WEIR_FLOW(hello, .description = "Greets from C++.");
+"#,
+    )
+    .unwrap();
+    let out = host(
+        home.path(),
+        work.path(),
+        &["flow", "run", "cpp", "--param", "name=C++", "--json"],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(json_out(&out)["result"], "Hello, C++!");
+}
+
+/// Without clang (or with clang but no wasi-libc) a C build fails with one
+/// line naming the apt packages, not a compiler's wall of text.
+#[test]
+fn a_c_build_without_the_toolchain_names_the_apt_packages() {
+    let home = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let out = host(home.path(), work.path(), &["init", "demo", "--lang", "c"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let install = "install them with `apt-get install clang lld wasi-libc libclang-rt-dev-wasm32`";
+    // The build's progress line aside, the error is one line.
+    let error_lines = |stderr: &str| {
+        stderr
+            .trim()
+            .lines()
+            .filter(|l| !l.starts_with("Building "))
+            .count()
+    };
+    let empty_path = tempfile::tempdir().unwrap();
+    let out = command(home.path(), work.path(), &["build", "demo"])
+        .env("PATH", empty_path.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("clang is missing here") && stderr.contains(install),
+        "{stderr}"
+    );
+    assert_eq!(error_lines(&stderr), 1, "one line: {stderr}");
+
+    // A clang that finds no wasi-libc (its sysroot points nowhere).
+    if !c_toolchain_or_skip("a_c_build_without_wasi_libc_names_the_apt_packages") {
+        return;
+    }
+    let real_path = std::env::var("PATH").unwrap_or_default();
+    let fake = empty_path.path().join("clang");
+    std::fs::write(
+        &fake,
+        format!("#!/bin/sh\nPATH='{real_path}' exec clang --sysroot=/nonexistent \"$@\"\n"),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out = command(home.path(), work.path(), &["build", "demo"])
+        .env(
+            "PATH",
+            format!("{}:{real_path}", empty_path.path().display()),
+        )
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("wasi-libc is missing here") && stderr.contains(install),
+        "{stderr}"
+    );
+    assert_eq!(error_lines(&stderr), 1, "one line: {stderr}");
 }
 
 /// `host init NAME --lang LANG` in a fresh folder, with files replaced.

@@ -84,6 +84,13 @@ const OWNERS: &[(&str, &[&str])] = &[
     ("rrule", &["schedule"]),
     ("metrics_exporter_prometheus", &["api"]),
     ("metrics", &["worker", "automations", "api"]),
+    ("wit_component", &["builder/c.rs"]),
+    ("wit_bindgen_c", &["builder/c.rs"]),
+    ("wit_bindgen_core", &["builder/c.rs"]),
+    (
+        "wasi_preview1_component_adapter_provider",
+        &["builder/c.rs"],
+    ),
 ];
 
 fn host_sources() -> BTreeMap<PathBuf, String> {

@@ -6,7 +6,8 @@
 //! as a Python traceback wrapped in its own (Rust) error with a stack
 //! backtrace; jco's bundler (rolldown) reports unresolved imports and syntax
 //! errors as framed diagnostics, and QuickJS an exception thrown while the
-//! module ran. Only the guest's part is kept. When nothing is recognised, the
+//! module ran. clang prints `file:line:col: error:` lines itself; the first
+//! is kept, with a count of the rest. Only the guest's part is kept. When nothing is recognised, the
 //! output is shown with the backtraces cut out ([`without_backtraces`]).
 
 use std::fmt;
@@ -276,6 +277,85 @@ pub fn without_backtraces(output: &str) -> String {
     kept.join("\n").trim().to_string()
 }
 
+/// What part of the C toolchain clang's output says is missing, if any: the
+/// linker, the compiler runtime, or wasi-libc (whose headers the SDK includes
+/// first, so a missing libc shows as a header not found in an SDK file).
+pub fn c_toolchain_missing(output: &str, sdk: &Path) -> Option<String> {
+    let sdk = sdk.to_string_lossy();
+    output.lines().find_map(|line| {
+        let missing = if line.contains("unable to execute command") && line.contains("wasm-ld") {
+            "the wasm-ld linker"
+        } else if line.contains("libclang_rt.builtins-wasm32") {
+            "the wasm32 compiler runtime"
+        } else if line.contains("crt1-reactor.o")
+            || line.contains("unable to find library -lc")
+            || (line.starts_with(sdk.as_ref()) && line.contains("file not found"))
+        {
+            "wasi-libc"
+        } else {
+            return None;
+        };
+        Some(missing.to_string())
+    })
+}
+
+/// Reads clang's (or wasm-ld's) output for the first error in the guest's
+/// code: `file:line:col: error: message` and the line of code below it.
+/// Paths into the build's SDK folder are shown as the SDK's file names.
+pub fn c(output: &str, sdk: &Path) -> Option<Diagnosis> {
+    let sdk = format!("{}/", sdk.to_string_lossy());
+    let lines: Vec<&str> = output.lines().collect();
+    let mut errors = lines.iter().enumerate().filter_map(|(i, line)| {
+        let line = line.strip_prefix(sdk.as_str()).unwrap_or(line);
+        if let Some((location, message)) = line
+            .split_once(": fatal error: ")
+            .or_else(|| line.split_once(": error: "))
+            && !location.starts_with("clang")
+            && !location.starts_with("wasm-ld")
+        {
+            let code = lines
+                .get(i + 1)
+                .filter(|next| !next.trim().is_empty() && !next.contains(": "))
+                .map(|next| next.trim().to_string());
+            return Some((Some(location.to_string()), message.to_string(), code));
+        }
+        // wasm-ld: error: /tmp/app-1234.o: undefined symbol: g
+        let message = line.strip_prefix("wasm-ld")?.split_once(": error: ")?.1;
+        let message = match message.split_once(": undefined symbol: ") {
+            Some((_, symbol)) => format!("undefined symbol: {symbol}"),
+            None => message.to_string(),
+        };
+        Some((None, message, None))
+    });
+    let (location, message, code) = errors.next()?;
+    let more = errors.count();
+    let mut advice = c_advice(&message);
+    if more > 0 {
+        advice.push_str(&format!(
+            " ({more} more error{} after this one: build again once it is fixed)",
+            if more == 1 { "" } else { "s" }
+        ));
+    }
+    Some(Diagnosis {
+        location,
+        message,
+        code,
+        advice,
+    })
+}
+
+fn c_advice(message: &str) -> String {
+    if let Some(symbol) = message.strip_prefix("undefined symbol: ") {
+        return format!(
+            "define `{symbol}` in one of the project's files (every .c, .cc and .cpp file beside weir.toml is compiled), or do not use it"
+        );
+    }
+    if message.contains("file not found") {
+        return "put the header in the project folder, or name its folder in weir.toml: cflags = [\"-Ipath\"]; wasi-libc has the C standard headers only".into();
+    }
+    "fix the code at that line".into()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -392,5 +472,61 @@ KeyError: 'nope'
         let js =
             "Error: x\n    at f (file:///n/a.mjs:1:1)\n    at async g (node:internal/x:2:2)\ndone";
         assert_eq!(without_backtraces(js), "Error: x\ndone");
+    }
+
+    /// What Debian's clang 14 printed for these failures.
+    #[test]
+    fn a_c_error_is_its_first_clang_line_and_the_code() {
+        let output = "broken/app.c:2:23: error: expected ';' after return statement\nint f(void){return g() }\n                      ^\n                      ;\nbroken/app.c:3:21: error: use of undeclared identifier 'undefined_var'\nint h(void){ return undefined_var; }\n                    ^\n2 errors generated.\n";
+        let d = c(output, Path::new("/b/.c-1.tmp-9/sdk")).unwrap();
+        assert_eq!(d.location.as_deref(), Some("broken/app.c:2:23"));
+        assert_eq!(d.message, "expected ';' after return statement");
+        assert_eq!(d.code.as_deref(), Some("int f(void){return g() }"));
+        assert!(d.advice.contains("1 more error after"), "{}", d.advice);
+
+        let link = "wasm-ld-14: error: /tmp/link-4629ed.o: undefined symbol: g\nclang: error: linker command failed with exit code 1 (use -v to see invocation)\n";
+        let d = c(link, Path::new("/sdk")).unwrap();
+        assert_eq!(
+            (d.location, d.message.as_str()),
+            (None, "undefined symbol: g")
+        );
+        assert!(d.advice.contains("define `g`"), "{}", d.advice);
+
+        // An error inside the SDK is named by the SDK's file, not the scratch folder.
+        let sdk = "In file included from app.c:1:\n/b/.c-1.tmp-9/sdk/weir.h:9:3: error: unknown type name 'x'\n  x y;\n  ^\n";
+        let d = c(sdk, Path::new("/b/.c-1.tmp-9/sdk")).unwrap();
+        assert_eq!(d.location.as_deref(), Some("weir.h:9:3"));
+        assert_eq!(c("clang: error: no input files\n", Path::new("/sdk")), None);
+    }
+
+    #[test]
+    fn a_missing_c_toolchain_part_is_named() {
+        let sdk = Path::new("/b/sdk");
+        let missing = |output: &str| c_toolchain_missing(output, sdk);
+        assert_eq!(
+            missing(
+                "clang: error: unable to execute command: Executable \"wasm-ld-14\" doesn't exist!"
+            )
+            .as_deref(),
+            Some("the wasm-ld linker")
+        );
+        assert_eq!(
+            missing("wasm-ld-14: error: cannot open crt1-reactor.o: No such file or directory")
+                .as_deref(),
+            Some("wasi-libc")
+        );
+        assert_eq!(
+            missing("In file included from app.c:1:\n/b/sdk/weir.h:45:10: fatal error: 'stdlib.h' file not found").as_deref(),
+            Some("wasi-libc")
+        );
+        assert_eq!(
+            missing("wasm-ld-14: error: cannot open /x/lib/wasi/libclang_rt.builtins-wasm32.a: No such file").as_deref(),
+            Some("the wasm32 compiler runtime")
+        );
+        // The project's own missing header is the project's error, not the toolchain's.
+        assert_eq!(
+            missing("app.c:1:10: fatal error: 'mine.h' file not found"),
+            None
+        );
     }
 }

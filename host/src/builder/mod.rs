@@ -2,7 +2,8 @@
 //! step of `host flow run PATH`.
 //!
 //! The language is told by the project's files: `Cargo.toml` → Rust,
-//! `pyproject.toml` or `app.py` → Python, `package.json` → JavaScript.
+//! `pyproject.toml` or `app.py` → Python, `package.json` → JavaScript,
+//! `weir.toml` with `language = "c"` → C and C++ (see [`c`]).
 //!
 //! Rust projects are built with `cargo build --target wasm32-wasip2`; the
 //! target is added with rustup once if it is missing. Guests share one target
@@ -13,6 +14,7 @@
 //! themselves on first use (see [`polyglot`]); their components are kept by a
 //! hash of their inputs, so an unchanged project is not built again.
 
+mod c;
 mod cargo_guest;
 pub mod diagnose;
 pub mod housekeeping;
@@ -35,7 +37,7 @@ pub enum BuildError {
     #[error("{0} does not exist")]
     Missing(PathBuf),
     #[error(
-        "{0} is not a guest project: expected a .wasm file or a folder with Cargo.toml (Rust), pyproject.toml or app.py (Python), or package.json (JavaScript)"
+        "{0} is not a guest project: expected a .wasm file or a folder with Cargo.toml (Rust), pyproject.toml or app.py (Python), package.json (JavaScript), or weir.toml saying language = \"c\" (C)"
     )]
     UnknownProject(PathBuf),
     #[error("{project} has no entry module: expected {expected}")]
@@ -72,6 +74,11 @@ pub enum BuildError {
         language: &'static str,
         diagnosis: diagnose::Diagnosis,
     },
+    #[error(
+        "C guests are built by clang for wasm32-wasi with wasi-libc, and {missing} is missing here: install them with `apt-get install {}`",
+        c::APT_PACKAGES
+    )]
+    CToolchainMissing { missing: String },
     #[error("could not run `{command}`: {message}")]
     Spawn { command: String, message: String },
     #[error(
@@ -92,6 +99,7 @@ pub enum Language {
     Rust,
     Python,
     JavaScript,
+    C,
 }
 
 impl Language {
@@ -104,6 +112,10 @@ impl Language {
             Some(Language::Python)
         } else if has("package.json") {
             Some(Language::JavaScript)
+        } else if has("weir.toml") {
+            // Its `language` is checked by the C builder, which names a wrong
+            // one or a TOML error rather than calling this no project at all.
+            Some(Language::C)
         } else {
             None
         }
@@ -114,6 +126,7 @@ impl Language {
             Language::Rust => "rust",
             Language::Python => "python",
             Language::JavaScript => "javascript",
+            Language::C => "c",
         }
     }
 }
@@ -137,7 +150,7 @@ pub struct Built {
     pub language: Option<Language>,
     /// True when PATH was a project (built now or reused from the build cache).
     pub compiled: bool,
-    /// True when an unchanged Python or JavaScript project was not built again.
+    /// True when an unchanged Python, JavaScript or C project was not built again.
     pub reused: bool,
 }
 
@@ -165,6 +178,7 @@ pub fn build(path: &Path, dirs: &BuildDirs, show_progress: bool) -> Result<Built
         }
         Language::Python => python::build(path, dirs, show_progress)?,
         Language::JavaScript => js::build(path, dirs, show_progress)?,
+        Language::C => c::build(path, dirs, show_progress)?,
     };
     Ok(Built {
         wasm,
@@ -304,6 +318,24 @@ mod tests {
         assert_eq!(detect(&["pyproject.toml"]), Some(Language::Python));
         assert_eq!(detect(&["app.py"]), Some(Language::Python));
         assert_eq!(detect(&["package.json"]), Some(Language::JavaScript));
+        let c = tempfile::tempdir_in(dir.path()).unwrap();
+        std::fs::write(c.path().join("weir.toml"), "language = \"c\"\n").unwrap();
+        assert_eq!(Language::detect(c.path()), Some(Language::C));
+        // A weir.toml naming another language, or broken, is told as such.
+        let dirs = BuildDirs::new(&Paths::at(dir.path()), None);
+        for (text, expected) in [
+            ("language = \"cobol\"\n", "language = \"cobol\" is not one"),
+            ("language = \"c\"\nflags = 1\n", "unknown field `flags`"),
+            (
+                "language = \"c\"\ncflags = -O3\n",
+                "line 2: string values must be quoted",
+            ),
+        ] {
+            std::fs::write(c.path().join("weir.toml"), text).unwrap();
+            assert_eq!(Language::detect(c.path()), Some(Language::C));
+            let err = build(c.path(), &dirs, false).unwrap_err().to_string();
+            assert!(err.contains("weir.toml") && err.contains(expected), "{err}");
+        }
     }
 
     #[test]

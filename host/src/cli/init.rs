@@ -1,12 +1,13 @@
-//! `host init NAME --lang rust|python|js`: a new guest project that builds
+//! `host init NAME --lang rust|python|js|c`: a new guest project that builds
 //! and runs at once (`host flow run NAME`), with a hello flow, a `weir.yaml`
 //! and a short README.
 //!
 //! A Rust project depends on `weir-sdk` by path when this host was built from
 //! a source tree that is still there (the SDK is not on crates.io), and takes
 //! that tree's `Cargo.lock`, so its dependencies are the versions the host's
-//! own guests were built with (and reuse their build). Python and JavaScript
-//! projects need nothing: their SDK comes with `host`.
+//! own guests were built with (and reuse their build). Python, JavaScript
+//! and C projects need nothing: their SDK comes with `host` (C needs clang
+//! for wasm32-wasi from apt).
 
 use super::Exit;
 use clap::{Args, ValueEnum};
@@ -16,6 +17,7 @@ use std::path::{Path, PathBuf};
 #[command(after_help = "Examples:
   host init demo --lang python && host flow run demo
   host init etl --lang rust
+  host init demo --lang c && host flow run demo
   host serve demo --flow hello --interval 10s")]
 pub struct InitArgs {
     /// The folder to create (its last part names the project).
@@ -31,6 +33,8 @@ pub enum Lang {
     Python,
     #[value(alias = "javascript")]
     Js,
+    /// C (and C++), built with clang for wasm32-wasi.
+    C,
 }
 
 /// The SDK crate beside the host's sources, when the host was built from them.
@@ -78,6 +82,7 @@ impl Lang {
             Lang::Rust => "Rust",
             Lang::Python => "Python",
             Lang::Js => "JavaScript",
+            Lang::C => "C",
         }
     }
 }
@@ -171,6 +176,18 @@ fn project_files(name: &str, lang: Lang, sdk: Option<&str>) -> Vec<(&'static str
             files.push(("app.js", JS_HELLO.to_string()));
             files.push((".gitignore", "node_modules/\n".to_string()));
         }
+        Lang::C => {
+            files.push((
+                "weir.toml",
+                "# `host build` compiles every .c file here with clang for wasm32-wasi,\n\
+                 # with the Weir C SDK (weir.h), into a component.\n\
+                 language = \"c\"\n\
+                 # Extra compiler flags, e.g. [\"-Iinclude\", \"-DNDEBUG\"].\n\
+                 cflags = []\n"
+                    .to_string(),
+            ));
+            files.push(("app.c", C_HELLO.to_string()));
+        }
     }
     files
 }
@@ -232,6 +249,39 @@ export const hello = flow(
     return greet(name);
   },
 );
+"#;
+
+const C_HELLO: &str = r#"/* A flow with one task: run it with `host flow run .`. */
+#include "weir.h"
+
+/* Makes a greeting (a task: it runs in a sandbox of its own, with retries). */
+static char *greet(weir_json input) {
+    char *name = weir_json_string(weir_json_get(input, "name"));
+    if (!name) return weir_invalid_input("name must be a string");
+    char *greeting = weir_json_printf("Hello, %s!", name);
+    char *result = weir_json_quote(greeting); /* a JSON string */
+    free(greeting);
+    free(name);
+    return result;
+}
+WEIR_TASK(greet, .retries = 2, .retry_delay_ms = 100,
+          .description = "Makes a greeting (a task: it runs in a sandbox of its own, with retries).",
+          .params = "{\"name\": {\"type\": \"string\"}}");
+
+/* Greets someone, the world by default. */
+static char *hello(weir_json params) {
+    char *name = weir_json_string(weir_json_get(params, "name"));
+    weir_info("greeting %s", name ? name : "world");
+    char *quoted = weir_json_quote(name ? name : "world");
+    char *input = weir_json_printf("{\"name\": %s}", quoted);
+    char *result = weir_call_task("greet", input); /* NULL on failure: the flow fails with it */
+    free(input);
+    free(quoted);
+    free(name);
+    return result;
+}
+WEIR_FLOW(hello, .description = "Greets someone, the world by default.",
+          .params = "{\"name\": {\"type\": \"string\", \"default\": \"world\"}}");
 "#;
 
 #[cfg(test)]
