@@ -72,6 +72,9 @@ pub struct RunArgs {
     /// Do not print the flow's log lines.
     #[arg(long, short)]
     quiet: bool,
+    /// What the run may reach beyond its sandbox (nothing unless given).
+    #[command(flatten)]
+    allows: super::remote::AllowArgs,
 }
 
 #[derive(Args, Debug)]
@@ -490,6 +493,7 @@ fn choose_flow<'a>(component: &'a Component, wanted: Option<&str>) -> anyhow::Re
 
 fn run_flow(args: RunArgs) -> anyhow::Result<()> {
     let tag_limits = parse_tag_limits(&args.limits)?;
+    let allows = args.allows.capabilities()?;
     let Loaded {
         built,
         runtime,
@@ -520,6 +524,7 @@ fn run_flow(args: RunArgs) -> anyhow::Result<()> {
         );
     }
     let mut request = FlowRunRequest::new(component.clone(), flow.name.clone(), params.to_string());
+    request.capabilities = std::sync::Arc::new(allows);
     if let Some(timeout) = args.timeout {
         request.policy_override.timeout_ms = Some(timeout.as_millis() as u64);
     }
