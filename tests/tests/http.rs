@@ -3,127 +3,20 @@
 //! that reach the same address, a redirect out of the granted host, a
 //! server that never answers and one that never stops sending.
 //!
-//! The servers are plain `TcpListener`s on 127.0.0.1:0 that count the
-//! connections they accept: a denied request must not even connect.
+//! The servers ([`Loopback`]) count the connections they accept: a denied
+//! request must not even connect.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+mod common;
+
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc;
 use std::time::Duration;
 
 use serde_json::{Value, json};
 use weir_host::model::RunState;
 use weir_host::model::capabilities::Capabilities;
 use weir_host::worker::{FlowRunOutcome, FlowRunRequest};
+use weir_tests::loopback::{Answer, Loopback};
 use weir_tests::{FIXTURE_WASM, Harness};
-
-/// What a loopback server answers to every request.
-#[derive(Clone)]
-enum Answer {
-    /// 200 with this body.
-    Body(&'static str),
-    /// 302 to this URL.
-    Redirect(String),
-    /// Reads the request and never answers; reports when the client hangs up.
-    Silence,
-    /// 200 with a body of this many bytes, sent as fast as it is read.
-    Flood(u64),
-}
-
-struct Loopback {
-    addr: SocketAddr,
-    /// Connections accepted.
-    hits: Arc<AtomicUsize>,
-    /// One message per silent connection the client closed.
-    hung_up: mpsc::Receiver<()>,
-}
-
-impl Loopback {
-    fn start(answer: Answer) -> Loopback {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        let hits = Arc::new(AtomicUsize::new(0));
-        let (hung_up_tx, hung_up) = mpsc::channel();
-        let counted = hits.clone();
-        std::thread::spawn(move || {
-            for stream in listener.incoming() {
-                let Ok(stream) = stream else { continue };
-                counted.fetch_add(1, Ordering::SeqCst);
-                let answer = answer.clone();
-                let hung_up = hung_up_tx.clone();
-                std::thread::spawn(move || serve(stream, answer, hung_up));
-            }
-        });
-        Loopback {
-            addr,
-            hits,
-            hung_up,
-        }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
-    }
-
-    fn port(&self) -> u16 {
-        self.addr.port()
-    }
-
-    fn hits(&self) -> usize {
-        self.hits.load(Ordering::SeqCst)
-    }
-}
-
-fn serve(mut stream: TcpStream, answer: Answer, hung_up: mpsc::Sender<()>) {
-    // The request head; a GET has no body.
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") && head.len() < 64 << 10 {
-        match stream.read(&mut byte) {
-            Ok(1) => head.push(byte[0]),
-            _ => return,
-        }
-    }
-    match answer {
-        Answer::Body(body) => {
-            let reply = format!(
-                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            stream.write_all(reply.as_bytes()).ok();
-        }
-        Answer::Redirect(to) => {
-            let reply = format!(
-                "HTTP/1.1 302 Found\r\nlocation: {to}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
-            );
-            stream.write_all(reply.as_bytes()).ok();
-        }
-        Answer::Silence => {
-            // Read until the client closes the connection (0 or an error).
-            let mut rest = [0u8; 1024];
-            while matches!(stream.read(&mut rest), Ok(n) if n > 0) {}
-            hung_up.send(()).ok();
-        }
-        Answer::Flood(bytes) => {
-            let head =
-                format!("HTTP/1.1 200 OK\r\ncontent-length: {bytes}\r\nconnection: close\r\n\r\n");
-            if stream.write_all(head.as_bytes()).is_err() {
-                return;
-            }
-            let chunk = vec![b'x'; 64 << 10];
-            let mut left = bytes;
-            while left > 0 {
-                let n = left.min(chunk.len() as u64) as usize;
-                if stream.write_all(&chunk[..n]).is_err() {
-                    return;
-                }
-                left -= n as u64;
-            }
-        }
-    }
-}
 
 /// Runs the fixture's `http_get` task (through the `call` flow) for `url`
 /// with `http` as the run's allow-list.
@@ -281,4 +174,41 @@ async fn a_response_body_past_the_bound_fails_the_read() {
         message.contains("body size exceeds limit: 67108864 bytes"),
         "{message}"
     );
+}
+
+/// `host flow run` grants what its flags say and nothing else.
+#[test]
+fn host_flow_run_reaches_only_what_allow_http_names() {
+    let api = Loopback::start(Answer::Body("from the cli"));
+    let home = tempfile::tempdir().unwrap();
+    let run = |allow: &[&str]| {
+        let input = json!({ "task": "http_get", "input": { "url": api.url("/") } });
+        std::process::Command::new(common::HOST)
+            .args([
+                "flow",
+                "run",
+                FIXTURE_WASM,
+                "call",
+                "--json",
+                "--params-json",
+            ])
+            .arg(input.to_string())
+            .args(allow)
+            .env("WEIR_HOME", home.path())
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("running the host")
+    };
+    let denied = run(&[]);
+    let stdout = String::from_utf8_lossy(&denied.stdout);
+    assert!(!denied.status.success(), "{stdout}");
+    assert!(stdout.contains("HttpRequestDenied"), "{stdout}");
+    assert_eq!(api.hits(), 0);
+
+    let granted = format!("127.0.0.1:{}", api.port());
+    let allowed = run(&["--allow-http", &granted]);
+    let stdout = String::from_utf8_lossy(&allowed.stdout);
+    assert!(allowed.status.success(), "{stdout}");
+    assert!(stdout.contains("from the cli"), "{stdout}");
+    assert_eq!(api.hits(), 1);
 }

@@ -63,11 +63,12 @@ pub enum CapabilityError {
 
 impl HttpHost {
     /// `name`, `name:port`, `1.2.3.4[:port]` or `[::1][:port]`.
+    /// (Addresses are parsed with `core::net`'s types: parsing, no IO.)
     pub fn parse(text: &str) -> Result<HttpHost, CapabilityError> {
         let bad = || CapabilityError::BadHttpHost(text.to_string());
         let (host, port) = if let Some(rest) = text.strip_prefix('[') {
             let (address, after) = rest.split_once(']').ok_or_else(bad)?;
-            address.parse::<std::net::Ipv6Addr>().map_err(|_| bad())?;
+            address.parse::<core::net::Ipv6Addr>().map_err(|_| bad())?;
             let port = match after {
                 "" => None,
                 _ => Some(after.strip_prefix(':').ok_or_else(bad)?),
@@ -124,7 +125,7 @@ fn is_host_name(text: &str) -> bool {
     };
     let numeric = text.bytes().all(|b| b.is_ascii_digit() || b == b'.');
     if numeric {
-        return text.parse::<std::net::Ipv4Addr>().is_ok();
+        return text.parse::<core::net::Ipv4Addr>().is_ok();
     }
     (1..=253).contains(&text.len()) && text.split('.').all(label)
 }
