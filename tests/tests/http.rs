@@ -212,3 +212,57 @@ fn host_flow_run_reaches_only_what_allow_http_names() {
     assert!(stdout.contains("from the cli"), "{stdout}");
     assert_eq!(api.hits(), 1);
 }
+
+/// weir.yaml's `capabilities.http` through `host deploy`, run by the
+/// server's embedded executor only when the server was started to allow it.
+#[test]
+fn a_weir_yaml_http_grant_runs_on_the_embedded_executor_that_allows_it() {
+    let api = Loopback::start(Answer::Body("from weir.yaml"));
+    let granted = format!("127.0.0.1:{}", api.port());
+    let dir = tempfile::tempdir().unwrap();
+    let write = |hosts: &str| {
+        let file = dir.path().join("weir.yaml");
+        let params = json!({ "task": "http_get", "input": { "url": api.url("/") } });
+        std::fs::write(
+            &file,
+            format!(
+                "deployments:\n  - name: fetch\n    component: {FIXTURE_WASM}\n    flow: call\n    params: {params}\n    capabilities:\n      http: [{hosts}]\n"
+            ),
+        )
+        .unwrap();
+        file.to_str().unwrap().to_string()
+    };
+    let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+
+    let allowing = common::TestServer::start_with(&["--allow-http", &granted], None);
+    let bad = allowing.cli(&["deploy", "-f", &write("\"http://127.0.0.1\"")]);
+    assert!(!bad.status.success());
+    assert!(
+        text(&bad.stderr).contains("'http://127.0.0.1' is not an HTTP host"),
+        "{}",
+        text(&bad.stderr)
+    );
+    let file = write(&format!("\"{granted}\""));
+    let out = allowing.cli(&["deploy", "-f", &file]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = allowing.cli(&["deployment", "run", "fetch", "--watch", "--json"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let last: Value = serde_json::from_str(text(&out.stdout).lines().last().unwrap()).unwrap();
+    assert_eq!(last["state"], "Completed", "{last}");
+    assert!(last.to_string().contains("from weir.yaml"), "{last}");
+    assert_eq!(api.hits(), 1);
+
+    // A server started without --allow-http refuses the run, naming the host.
+    let plain = common::TestServer::start();
+    assert!(plain.cli(&["deploy", "-f", &file]).status.success());
+    let (status, refused) = plain.send("POST", "/api/deployments/fetch/runs", json!({}));
+    assert_eq!(status, 409, "{refused}");
+    assert!(
+        refused["message"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("HTTP host {granted}")),
+        "{refused}"
+    );
+    assert_eq!(api.hits(), 1);
+}
