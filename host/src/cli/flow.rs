@@ -24,7 +24,8 @@ pub enum FlowCommand {
     #[command(after_help = "Examples:
   host flow run examples/etl --param rows=500
   host flow run my_flow.wasm etl --params-json '{\"rows\": 10}' --json")]
-    Run(RunArgs),
+    // Boxed: its flags (the --allow-* lists among them) make it the largest by far.
+    Run(Box<RunArgs>),
     /// Print a component's manifest: its flows, tasks, parameters and policies.
     Inspect(InspectArgs),
     /// Upload a component (building the project first) to the server or local store.
@@ -111,7 +112,7 @@ pub struct BuildArgs {
 
 pub fn run(command: FlowCommand) -> anyhow::Result<()> {
     match command {
-        FlowCommand::Run(args) => run_flow(args),
+        FlowCommand::Run(args) => run_flow(*args),
         FlowCommand::Inspect(args) => inspect(args),
         FlowCommand::Upload(args) => super::deploy::upload(args),
         FlowCommand::Ls(format) => super::deploy::list_flows(format),
