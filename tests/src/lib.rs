@@ -13,6 +13,7 @@ use weir_host::worker::{Executor, ExecutorSettings, FlowRunOutcome, FlowRunReque
 include!(concat!(env!("OUT_DIR"), "/guests.rs"));
 
 pub mod drills;
+pub mod loopback;
 
 /// The repository root.
 pub fn workspace() -> PathBuf {

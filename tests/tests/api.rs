@@ -3048,6 +3048,82 @@ fn runs_needing_a_directory_go_only_to_a_host_that_allows_it() {
     assert!(detail["task_runs"][0]["output"].is_null(), "{detail}");
 }
 
+/// A deployment that calls an HTTP host: refused at once, naming the
+/// host, while its pool only has a host that allows the same address at
+/// another port or under another name; then run only on the host started
+/// with `--allow-http` for exactly that host and port. Malformed host names
+/// are refused with their name, by the API and by `host run`.
+#[test]
+fn runs_needing_an_http_host_go_only_to_a_host_that_allows_it() {
+    use weir_tests::loopback::{Answer, Loopback};
+    let server = TestServer::start_with(&["--no-worker"], None);
+    let api = Loopback::start(Answer::Body("from the granted api"));
+    let granted = format!("127.0.0.1:{}", api.port());
+    let digest = server.upload(FIXTURE_WASM);
+    let mut d = deployment(
+        "fetch",
+        &digest,
+        "call",
+        json!({ "task": "http_get", "input": { "url": api.url("/v1") } }),
+    );
+    d["capabilities"] = json!({ "http": [granted] });
+    server.deploy("fetch", d.clone());
+
+    let mut bad = d.clone();
+    bad["name"] = json!("bad");
+    bad["capabilities"] = json!({ "http": ["https://api.example.com/v1"] });
+    let (status, refused) = server.send("POST", "/api/deployments", bad);
+    assert!((400..500).contains(&status), "{status} {refused}");
+    assert!(
+        refused["message"]
+            .as_str()
+            .unwrap()
+            .contains("'https://api.example.com/v1' is not an HTTP host"),
+        "{refused}"
+    );
+    let mut wrong = TestHost::start(&server, "wrong", &["--allow-http", "api.example.com:http"]);
+    assert!(!wrong.wait_exit(Duration::from_secs(30)).success());
+    assert!(
+        wrong.log().contains("'api.example.com:http'"),
+        "{}",
+        wrong.log()
+    );
+
+    let localhost = format!("localhost:{}", api.port());
+    let _near = TestHost::start(
+        &server,
+        "near",
+        &["--allow-http", "127.0.0.1:1", "--allow-http", &localhost],
+    );
+    wait_for_host(&server, "near");
+    let (status, refused) = server.send("POST", "/api/deployments/fetch/runs", json!({}));
+    assert_eq!(status, 409, "{refused}");
+    let message = refused["message"].as_str().unwrap();
+    assert!(
+        message.contains("no host of pool 'wasm' allows")
+            && message.contains(&format!("HTTP host {granted}"))
+            && message.contains("--allow-http"),
+        "{message}"
+    );
+
+    let _granted = TestHost::start(&server, "granted", &["--allow-http", &granted]);
+    wait_for_host(&server, "granted");
+    for _ in 0..3 {
+        let (status, started) = server.send("POST", "/api/deployments/fetch/runs", json!({}));
+        assert_eq!(status, 202, "{started}");
+        let id = started["flow_run_id"].as_str().unwrap();
+        let run = wait_for_run(&server, id, Duration::from_secs(60), |r| {
+            r["state"] == "Completed" || r["state"] == "Failed"
+        });
+        assert_eq!(run["state"], "Completed", "{run}");
+        let answer: Value = serde_json::from_str(run["result"].as_str().unwrap()).unwrap();
+        assert_eq!(answer["body"], "from the granted api", "{answer}");
+        let (_, detail) = server.get(&format!("/api/flow-runs/{id}"));
+        assert_eq!(task_hosts(&detail), ["granted"], "never the near miss");
+    }
+    assert_eq!(api.hits(), 3);
+}
+
 #[test]
 fn a_schedule_runs_on_a_real_server_with_its_params_and_never_twice_across_a_restart() {
     let server = TestServer::start_with(&["--schedule-ahead", "3s"], None);

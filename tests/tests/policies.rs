@@ -31,7 +31,7 @@ fn marking_request(
             path: dir.to_str().unwrap().to_string(),
             writable: true,
         }],
-        env: Vec::new(),
+        ..Capabilities::default()
     });
     request
 }

@@ -72,6 +72,8 @@ const OWNERS: &[(&str, &[&str])] = &[
     ("postgres", &["store/pg"]),
     ("wasmtime", &["engine"]),
     ("wasmtime_wasi", &["engine"]),
+    ("wasmtime_wasi_http", &["engine"]),
+    ("http_body_util", &["engine"]),
     ("axum", &["api", "ui"]),
     ("flate2", &["ui"]),
     ("utoipa", &["api"]),

@@ -312,8 +312,31 @@ pub struct Deployment {
     pub catchup: Option<String>,
     /// With `catchup: all`, at most this many (the latest); default 10.
     pub catchup_limit: Option<u32>,
+    /// What its runs may reach; only hosts that allow all of it take them.
+    pub capabilities: Option<Capabilities>,
     /// Set by the server: the saved version this definition is (ignored when sent).
     pub version: Option<u32>,
+}
+
+/// What a deployment's runs need, or what a host allows. Nothing by default.
+#[derive(ToSchema)]
+pub struct Capabilities {
+    /// Directories, seen by the guest at the same absolute path.
+    pub dirs: Option<Vec<DirGrant>>,
+    /// Environment variable names (their values are the host's own).
+    pub env: Option<Vec<String>>,
+    /// Hosts wasi:http requests may go to: `name` (the scheme's own port,
+    /// 80 or 443), `name:port`, an IPv4 address or `[IPv6]`, each with an
+    /// optional port; compared as written, never resolved. Everything else
+    /// is refused with `HTTP-request-denied`.
+    pub http: Option<Vec<String>>,
+}
+
+#[derive(ToSchema)]
+pub struct DirGrant {
+    /// Absolute, without `.` or `..`.
+    pub path: String,
+    pub writable: Option<bool>,
 }
 
 /// One saved definition of a deployment.
@@ -436,6 +459,8 @@ pub struct HostClaimRequest {
     pub queues: Option<Vec<String>>,
     /// How long to wait for work before answering 204 (at most 25 s).
     pub wait_ms: Option<u64>,
+    /// What the host lets runs reach; it is handed only runs that need no more.
+    pub allows: Option<Capabilities>,
 }
 
 /// A run handed to a remote host, leased to it at `epoch`.
@@ -454,6 +479,8 @@ pub struct HostClaim {
     pub secrets: Vec<Vec<String>>,
     /// Task runs earlier attempts completed, replayed instead of run again.
     pub replay: Vec<Value>,
+    /// What its instances may reach (its deployment's needs).
+    pub capabilities: Option<Capabilities>,
     pub lease_ttl_ms: u64,
 }
 
@@ -467,6 +494,7 @@ pub struct HostHeartbeat {
     pub slots: u32,
     /// [run id, epoch] of each run the host holds.
     pub runs: Vec<Vec<Value>>,
+    pub allows: Option<Capabilities>,
 }
 
 #[derive(ToSchema)]

@@ -165,6 +165,7 @@ pub fn list_flows(format: JsonFlag) -> anyhow::Result<()> {
       capabilities:                # only hosts that allow these take its runs
         dirs: [/data/in:ro]        # read-only unless :rw
         env: [TZ]
+        http: [api.example.com, \"127.0.0.1:8080\"]   # wasi:http hosts; a name alone is ports 80/443
       catchup: latest              # after downtime: skip (default), latest or all
       catchup_limit: 10            # with all: at most this many missed times
 
@@ -286,7 +287,7 @@ struct DeploySpec {
     capabilities: CapabilitySpec,
 }
 
-/// `capabilities: {dirs: [/data/in:ro, /data/out:rw], env: [TZ]}`
+/// `capabilities: {dirs: [/data/in:ro, /data/out:rw], env: [TZ], http: [api.example.com]}`
 #[derive(Deserialize, Debug, Default)]
 #[serde(deny_unknown_fields)]
 struct CapabilitySpec {
@@ -294,6 +295,8 @@ struct CapabilitySpec {
     dirs: Vec<String>,
     #[serde(default)]
     env: Vec<String>,
+    #[serde(default)]
+    http: Vec<String>,
 }
 
 #[derive(Deserialize, Debug)]
@@ -472,8 +475,20 @@ pub(super) fn apply_document(
             .map_err(|e| {
                 Exit::bad_input(format!("deployment '{}': capabilities: {e}", spec.name))
             })?;
-        if !dirs.is_empty() || !spec.capabilities.env.is_empty() {
-            body["capabilities"] = json!({ "dirs": dirs, "env": spec.capabilities.env });
+        for host in &spec.capabilities.http {
+            crate::model::capabilities::HttpHost::parse(host).map_err(|e| {
+                Exit::bad_input(format!("deployment '{}': capabilities: {e}", spec.name))
+            })?;
+        }
+        if !dirs.is_empty()
+            || !spec.capabilities.env.is_empty()
+            || !spec.capabilities.http.is_empty()
+        {
+            body["capabilities"] = json!({
+                "dirs": dirs,
+                "env": spec.capabilities.env,
+                "http": spec.capabilities.http,
+            });
         }
         if let Some(pool) = &spec.work_pool {
             body["work_pool"] = json!(pool);

@@ -24,7 +24,8 @@ pub enum FlowCommand {
     #[command(after_help = "Examples:
   host flow run examples/etl --param rows=500
   host flow run my_flow.wasm etl --params-json '{\"rows\": 10}' --json")]
-    Run(RunArgs),
+    // Boxed: its flags (the --allow-* lists among them) make it the largest by far.
+    Run(Box<RunArgs>),
     /// Print a component's manifest: its flows, tasks, parameters and policies.
     Inspect(InspectArgs),
     /// Upload a component (building the project first) to the server or local store.
@@ -72,6 +73,9 @@ pub struct RunArgs {
     /// Do not print the flow's log lines.
     #[arg(long, short)]
     quiet: bool,
+    /// What the run may reach beyond its sandbox (nothing unless given).
+    #[command(flatten)]
+    allows: super::remote::AllowArgs,
 }
 
 #[derive(Args, Debug)]
@@ -108,7 +112,7 @@ pub struct BuildArgs {
 
 pub fn run(command: FlowCommand) -> anyhow::Result<()> {
     match command {
-        FlowCommand::Run(args) => run_flow(args),
+        FlowCommand::Run(args) => run_flow(*args),
         FlowCommand::Inspect(args) => inspect(args),
         FlowCommand::Upload(args) => super::deploy::upload(args),
         FlowCommand::Ls(format) => super::deploy::list_flows(format),
@@ -490,6 +494,7 @@ fn choose_flow<'a>(component: &'a Component, wanted: Option<&str>) -> anyhow::Re
 
 fn run_flow(args: RunArgs) -> anyhow::Result<()> {
     let tag_limits = parse_tag_limits(&args.limits)?;
+    let allows = args.allows.capabilities()?;
     let Loaded {
         built,
         runtime,
@@ -520,6 +525,7 @@ fn run_flow(args: RunArgs) -> anyhow::Result<()> {
         );
     }
     let mut request = FlowRunRequest::new(component.clone(), flow.name.clone(), params.to_string());
+    request.capabilities = std::sync::Arc::new(allows);
     if let Some(timeout) = args.timeout {
         request.policy_override.timeout_ms = Some(timeout.as_millis() as u64);
     }

@@ -3,7 +3,7 @@
 use super::output::say;
 use super::{Exit, paths};
 use crate::engine::EngineConfig;
-use crate::model::capabilities::{Capabilities, DirGrant};
+use crate::model::capabilities::{Capabilities, DirGrant, HttpHost};
 use crate::worker::ExecutorSettings;
 use crate::worker::remote::{self, RemoteConfig};
 use anyhow::Context;
@@ -60,6 +60,11 @@ pub struct AllowArgs {
     /// (this machine's value); repeatable.
     #[arg(long = "allow-env", value_name = "NAME")]
     env: Vec<String>,
+    /// Let runs whose deployment needs it send HTTP requests (wasi:http) to
+    /// this host: NAME (the scheme's own port, 80 or 443) or NAME:PORT, as
+    /// written, never resolved; repeatable. E.g. --allow-http api.example.com.
+    #[arg(long = "allow-http", value_name = "HOST[:PORT]")]
+    http: Vec<String>,
 }
 
 impl AllowArgs {
@@ -72,6 +77,12 @@ impl AllowArgs {
                 .collect::<Result<_, _>>()
                 .map_err(|e| Exit::bad_input(format!("--allow-dir {e}")))?,
             env: self.env.clone(),
+            http: self
+                .http
+                .iter()
+                .map(|h| HttpHost::parse(h).map(|h| h.to_string()))
+                .collect::<Result<_, _>>()
+                .map_err(|e| Exit::bad_input(format!("--allow-http {e}")))?,
         };
         caps.check()
             .map_err(|e| Exit::bad_input(format!("--allow-env {e}")))?;

@@ -98,7 +98,7 @@ pub enum DispatchError {
     #[error("the dispatcher's worker thread stopped: {0}")]
     Join(String),
     #[error(
-        "no host of pool '{pool}' allows what deployment '{deployment}' needs: {missing}; start one with `host run --pool {pool}` and --allow-dir / --allow-env"
+        "no host of pool '{pool}' allows what deployment '{deployment}' needs: {missing}; start one with `host run --pool {pool}` and --allow-dir / --allow-env / --allow-http"
     )]
     NoHostAllows {
         pool: String,

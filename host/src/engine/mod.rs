@@ -10,6 +10,7 @@
 //! error of the host.
 
 mod cache;
+mod http;
 mod output;
 
 use crate::model::artifact::{ArtifactKind, NewArtifact};
@@ -30,6 +31,7 @@ use wasmtime::{
 };
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxView, WasiView};
 
+pub use http::MAX_RESPONSE_BODY_BYTES;
 pub use output::OutputCapture;
 
 mod bindings {
@@ -140,12 +142,13 @@ pub trait GuestHost: Send + Sync + 'static {
             ))
         })
     }
-    /// Directories and environment variables the instance may reach
-    /// (nothing by default).
+    /// Directories, environment variables and HTTP hosts the instance may
+    /// reach (nothing by default).
     fn capabilities(&self) -> &Capabilities {
         static NOTHING: Capabilities = Capabilities {
             dirs: Vec::new(),
             env: Vec::new(),
+            http: Vec::new(),
         };
         &NOTHING
     }
@@ -375,6 +378,10 @@ impl Engine {
         let mut linker = Linker::<Sandbox>::new(&wasmtime);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)
             .map_err(|e| EngineError::Setup(e.to_string()))?;
+        // Linked for every component, used by those that import it; each
+        // request is checked against the run's allow-list (`http`).
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
+            .map_err(|e| EngineError::Setup(e.to_string()))?;
         bindings::Flow::add_to_linker::<Sandbox, HasSelf<Sandbox>>(&mut linker, |s| s)
             .map_err(|e| EngineError::Setup(e.to_string()))?;
 
@@ -580,6 +587,7 @@ impl Engine {
         let data = Sandbox {
             wasi,
             table: ResourceTable::new(),
+            http: None,
             host,
             limiter: MemoryLimiter {
                 limit: limits.memory_bytes.min(self.config.max_memory_bytes) as usize,
@@ -829,6 +837,8 @@ fn sandboxed_wasi(output: &OutputCapture, granted: &Capabilities) -> WasiCtx {
 struct Sandbox {
     wasi: WasiCtx,
     table: ResourceTable,
+    /// Made on the guest's first wasi:http call.
+    http: Option<http::HttpState>,
     host: Arc<dyn GuestHost>,
     limiter: MemoryLimiter,
     max_payload_bytes: usize,
@@ -842,6 +852,19 @@ impl WasiView for Sandbox {
     fn ctx(&mut self) -> WasiCtxView<'_> {
         WasiCtxView {
             ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl wasmtime_wasi_http::WasiHttpView for Sandbox {
+    fn http(&mut self) -> wasmtime_wasi_http::WasiHttpCtxView<'_> {
+        let state = self
+            .http
+            .get_or_insert_with(|| http::HttpState::new(self.host.clone()));
+        wasmtime_wasi_http::WasiHttpCtxView {
+            ctx: &mut state.ctx,
+            hooks: &mut state.gate,
             table: &mut self.table,
         }
     }

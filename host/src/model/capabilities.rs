@@ -1,14 +1,16 @@
 //! What a run may reach beyond its sandbox, and what a host lets runs reach.
 //!
 //! A deployment lists what its runs need (directories, read-only or
-//! read-write, and environment variables by name); a host is started with
-//! what it allows. A run goes only to a host that allows everything it
-//! needs. Nothing is needed and nothing allowed by default.
+//! read-write, environment variables by name, and the HTTP hosts they may
+//! call); a host is started with what it allows. A run goes only to a host
+//! that allows everything it needs. Nothing is needed and nothing allowed by
+//! default.
 
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
-/// Directories and environment variables: needed by a deployment, or allowed by a host.
+/// Directories, environment variables and HTTP hosts: needed by a
+/// deployment, or allowed by a host.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Capabilities {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -16,6 +18,25 @@ pub struct Capabilities {
     /// Names of environment variables (their values are the host's own).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub env: Vec<String>,
+    /// Hosts that outgoing wasi:http requests may go to, as `name` or
+    /// `name:port` (see [`HttpHost`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub http: Vec<String>,
+}
+
+/// One entry of the HTTP allow-list: a host name, an IPv4 address or a
+/// bracketed IPv6 address, with or without a port.
+///
+/// The port is part of the grant: `api.example.com` allows only the
+/// scheme's own port (80 for http, 443 for https), `127.0.0.1:8080` only
+/// 8080. Names are compared as written (case aside), never resolved, so
+/// `127.0.0.1` does not grant `localhost` or `127.1`, and there are no
+/// wildcards: a grant names every host it lets a run reach.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HttpHost {
+    /// Lower case; an IPv6 address keeps its brackets.
+    pub host: String,
+    pub port: Option<u16>,
 }
 
 /// A directory, seen by the guest at the same absolute path.
@@ -34,6 +55,79 @@ pub enum CapabilityError {
     BadAccess(String),
     #[error("'{0}' is not an environment variable name (letters, digits, `_`)")]
     BadEnv(String),
+    #[error(
+        "'{0}' is not an HTTP host: give a host name, IP address or [IPv6] address with an optional :port, e.g. api.example.com or 127.0.0.1:8080 (no scheme, path or wildcard)"
+    )]
+    BadHttpHost(String),
+}
+
+impl HttpHost {
+    /// `name`, `name:port`, `1.2.3.4[:port]` or `[::1][:port]`.
+    /// (Addresses are parsed with `core::net`'s types: parsing, no IO.)
+    pub fn parse(text: &str) -> Result<HttpHost, CapabilityError> {
+        let bad = || CapabilityError::BadHttpHost(text.to_string());
+        let (host, port) = if let Some(rest) = text.strip_prefix('[') {
+            let (address, after) = rest.split_once(']').ok_or_else(bad)?;
+            address.parse::<core::net::Ipv6Addr>().map_err(|_| bad())?;
+            let port = match after {
+                "" => None,
+                _ => Some(after.strip_prefix(':').ok_or_else(bad)?),
+            };
+            (format!("[{}]", address.to_ascii_lowercase()), port)
+        } else {
+            let (host, port) = match text.split_once(':') {
+                Some((host, port)) => (host, Some(port)),
+                None => (text, None),
+            };
+            if !is_host_name(host) {
+                return Err(bad());
+            }
+            (host.to_ascii_lowercase(), port)
+        };
+        let port = match port {
+            None => None,
+            Some(digits) => {
+                let plain = !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit());
+                match digits.parse::<u16>() {
+                    Ok(port) if plain && port != 0 => Some(port),
+                    _ => return Err(bad()),
+                }
+            }
+        };
+        Ok(HttpHost { host, port })
+    }
+
+    /// Whether a request to `host` (as the URL wrote it, IPv6 in brackets)
+    /// at `port` is granted, `default_port` being its scheme's own.
+    pub fn grants(&self, host: &str, port: u16, default_port: u16) -> bool {
+        self.host.eq_ignore_ascii_case(host) && port == self.port.unwrap_or(default_port)
+    }
+}
+
+impl std::fmt::Display for HttpHost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.port {
+            Some(port) => write!(f, "{}:{port}", self.host),
+            None => f.write_str(&self.host),
+        }
+    }
+}
+
+/// A DNS name (letters, digits and inner hyphens in dot-separated labels)
+/// or a dotted IPv4 address; what an IPv4 address is, is left to the parse
+/// (`1.2.3.999` is neither).
+fn is_host_name(text: &str) -> bool {
+    let label = |part: &str| {
+        (1..=63).contains(&part.len())
+            && part.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && !part.starts_with('-')
+            && !part.ends_with('-')
+    };
+    let numeric = text.bytes().all(|b| b.is_ascii_digit() || b == b'.');
+    if numeric {
+        return text.parse::<core::net::Ipv4Addr>().is_ok();
+    }
+    (1..=253).contains(&text.len()) && text.split('.').all(label)
 }
 
 impl DirGrant {
@@ -77,7 +171,7 @@ impl DirGrant {
 
 impl Capabilities {
     pub fn is_empty(&self) -> bool {
-        self.dirs.is_empty() && self.env.is_empty()
+        self.dirs.is_empty() && self.env.is_empty() && self.http.is_empty()
     }
 
     /// Checks every entry's form.
@@ -93,7 +187,18 @@ impl Capabilities {
                 return Err(CapabilityError::BadEnv(name.clone()));
             }
         }
+        for host in &self.http {
+            HttpHost::parse(host)?;
+        }
         Ok(())
+    }
+
+    /// The HTTP allow-list, parsed; entries that do not parse grant nothing
+    /// (they were refused when the capabilities were checked).
+    pub fn http_hosts(&self) -> impl Iterator<Item = HttpHost> + '_ {
+        self.http
+            .iter()
+            .filter_map(|text| HttpHost::parse(text).ok())
     }
 
     /// What of `needs` these allowances do not cover, in words; `None` when
@@ -121,6 +226,18 @@ impl Capabilities {
                 .iter()
                 .filter(|name| !self.env.contains(name))
                 .map(|name| format!("environment variable {name}")),
+        );
+        // The same entry, case aside: `api.example.com` (ports 80 and 443)
+        // neither covers nor is covered by `api.example.com:8443`.
+        let allowed: Vec<HttpHost> = self.http_hosts().collect();
+        missing.extend(
+            needs
+                .http
+                .iter()
+                .filter(
+                    |text| !matches!(HttpHost::parse(text), Ok(need) if allowed.contains(&need)),
+                )
+                .map(|text| format!("HTTP host {text}")),
         );
         (!missing.is_empty()).then(|| missing.join(", "))
     }
@@ -171,10 +288,12 @@ mod tests {
         let host = Capabilities {
             dirs: vec![dir("/srv/in:ro"), dir("/srv/out:rw")],
             env: vec!["TZ".into()],
+            http: vec![],
         };
         let needs = |dirs: &[&str], env: &[&str]| Capabilities {
             dirs: dirs.iter().map(|d| dir(d)).collect(),
             env: env.iter().map(|e| e.to_string()).collect(),
+            http: vec![],
         };
         assert_eq!(
             host.missing(&needs(&["/srv/in", "/srv/out/x:rw"], &["TZ"])),
@@ -202,11 +321,94 @@ mod tests {
         let caps = |name: &str| Capabilities {
             dirs: vec![],
             env: vec![name.into()],
+            http: vec![],
         };
         assert!(caps("TZ").check().is_ok());
         assert!(caps("A_1").check().is_ok());
         for bad in ["", "1A", "A-B", "A=B", "A B"] {
             assert!(caps(bad).check().is_err(), "{bad}");
         }
+    }
+
+    fn http(hosts: &[&str]) -> Capabilities {
+        Capabilities {
+            http: hosts.iter().map(|h| h.to_string()).collect(),
+            ..Capabilities::default()
+        }
+    }
+
+    #[test]
+    fn http_hosts_parse_with_an_optional_port_and_bad_ones_are_named() {
+        let parsed = |text: &str| HttpHost::parse(text).unwrap();
+        assert_eq!(
+            parsed("API.Example.com"),
+            HttpHost {
+                host: "api.example.com".into(),
+                port: None
+            }
+        );
+        assert_eq!(parsed("127.0.0.1:8080").port, Some(8080));
+        assert_eq!(parsed("[::1]:443").host, "[::1]");
+        assert_eq!(parsed("[::1]").port, None);
+        assert_eq!(parsed("localhost").to_string(), "localhost");
+        for bad in [
+            "",
+            "https://api.example.com",
+            "api.example.com/path",
+            "*.example.com",
+            "user@api.example.com",
+            "api.example.com:",
+            "api.example.com:0",
+            "api.example.com:65536",
+            "api.example.com:+80",
+            "api.example.com:80:81",
+            "-api.example.com",
+            "api..example.com",
+            "1.2.3.999",
+            "[::1",
+            "[::1]8080",
+            "[not-v6]",
+            "a b",
+        ] {
+            assert_eq!(
+                HttpHost::parse(bad),
+                Err(CapabilityError::BadHttpHost(bad.into())),
+                "{bad}"
+            );
+            let error = http(&[bad]).check().unwrap_err().to_string();
+            assert!(error.contains(&format!("'{bad}'")), "{error}");
+        }
+    }
+
+    #[test]
+    fn a_granted_host_is_that_name_at_that_port_and_nothing_like_it() {
+        let entry = HttpHost::parse("127.0.0.1:8080").unwrap();
+        assert!(entry.grants("127.0.0.1", 8080, 80));
+        assert!(!entry.grants("127.0.0.1", 8081, 80));
+        assert!(!entry.grants("localhost", 8080, 80));
+        assert!(!entry.grants("127.1", 8080, 80));
+        assert!(!entry.grants("127.0.0.1.", 8080, 80));
+        // Without a port: the scheme's own, and no other.
+        let name = HttpHost::parse("api.example.com").unwrap();
+        assert!(name.grants("API.example.com", 443, 443));
+        assert!(name.grants("api.example.com", 80, 80));
+        assert!(!name.grants("api.example.com", 8443, 443));
+        assert!(!name.grants("api.example.com", 80, 443));
+        assert!(!name.grants("api.example.com.evil.net", 443, 443));
+        assert!(!name.grants("evil.net", 443, 443));
+    }
+
+    #[test]
+    fn a_host_must_allow_every_http_host_a_deployment_needs() {
+        let host = http(&["api.example.com", "127.0.0.1:8080"]);
+        assert_eq!(host.missing(&http(&["API.example.com"])), None);
+        assert_eq!(
+            host.missing(&http(&["127.0.0.1:8081", "localhost:8080"]))
+                .as_deref(),
+            Some("HTTP host 127.0.0.1:8081, HTTP host localhost:8080")
+        );
+        assert!(host.missing(&http(&["api.example.com:8443"])).is_some());
+        assert!(http(&[]).missing(&http(&["api.example.com"])).is_some());
+        assert!(!http(&["x.org"]).is_empty());
     }
 }
