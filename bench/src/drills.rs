@@ -1,5 +1,5 @@
 //! `drills` (not part of `all`): the full versions of the drills whose short
-//! versions run in CI (`tests/tests/drills.rs`): 100 flows killed mid-run,
+//! versions run in CI (`tests/tests/all/drills.rs`): 100 flows killed mid-run,
 //! 1,000 concurrent triggers, every endpoint fuzzed for longer, a full disk.
 
 use crate::report::{Figure, Report, at_most};

@@ -1,5 +1,5 @@
 //! Drills: the server attacked the way a crash, a flood or a hostile client
-//! would, over loopback, each bounded in time. `tests/tests/drills.rs` runs
+//! would, over loopback, each bounded in time. `tests/tests/all/drills.rs` runs
 //! short versions in CI; `cargo run --release -p bench -- drills` runs the
 //! full ones. Each drill returns what it checked and its figures, and panics
 //! with the evidence when a promise is broken.

@@ -2,7 +2,7 @@
 //!
 //! Handlers serialize the model and store types; these mirror them field for
 //! field so the document can describe them without the lower layers knowing
-//! about OpenAPI. `tests/tests/api.rs` validates real responses against these
+//! about OpenAPI. `tests/tests/all/api.rs` validates real responses against these
 //! schemas, so a field added on one side and not the other fails a test.
 //! Times are microseconds since the Unix epoch; ids are UUIDs.
 

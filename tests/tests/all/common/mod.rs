@@ -1,7 +1,7 @@
 //! A server process for integration tests: `host server start` on
 //! 127.0.0.1:0 with its own `$WEIR_HOME`, spoken to over HTTP and by the CLI.
-//! Shared by the test binaries that include it (`mod common;`); each uses
-//! what it needs.
+//! Shared by the test modules of the one test binary; each uses what it
+//! needs.
 #![allow(dead_code)]
 
 use serde_json::{Value, json};
@@ -9,6 +9,11 @@ use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 use weir_tests::workspace;
+
+/// A process's output as text, for messages and checks.
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
 
 pub const HOST: &str = env!("CARGO_BIN_EXE_host-under-test");
 
@@ -390,4 +395,18 @@ pub fn start_fixture_run(server: &TestServer, digest: &str, flow: &str, params: 
     );
     assert_eq!(status, 202, "{started}");
     started["flow_run_id"].as_str().unwrap().to_string()
+}
+
+/// Records the delays asked for and moves a manual clock instead of sleeping.
+pub struct RecordingTimer {
+    pub delays: std::sync::Mutex<Vec<Duration>>,
+    pub clock: weir_host::clock::ManualClock,
+}
+
+impl weir_host::worker::Timer for RecordingTimer {
+    fn sleep(&self, delay: Duration) -> weir_host::engine::HostFuture<'static, ()> {
+        self.delays.lock().unwrap().push(delay);
+        self.clock.advance(delay);
+        Box::pin(async {})
+    }
 }

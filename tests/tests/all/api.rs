@@ -7,12 +7,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use weir_tests::{ETL_WASM, FIXTURE_WASM, workspace};
 
-mod common;
+use crate::common;
+use crate::common::text;
 use common::{HOST, TestServer, start_fixture_run, wait_for_run};
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
 
 fn deployment(name: &str, digest: &str, flow: &str, params: Value) -> Value {
     json!({ "name": name, "component": digest, "flow": flow, "params": params })
@@ -271,8 +268,12 @@ fn with_api_keys_every_endpoint_but_health_needs_one() {
             assert!(message.contains("read-only"), "{message}");
         }
         let (status, reply) = server.request_with_key(method, path, None, Some(OPERATOR_KEY));
-        // Secrets, and claims (which hand a run's secrets to a host), need admin.
-        if template.starts_with("/api/secrets/") || template == "/api/hosts/claim" {
+        // Secrets, claims (which hand a run's secrets to a host) and prunes
+        // (which destroy history) need admin.
+        if template.starts_with("/api/secrets/")
+            || template == "/api/hosts/claim"
+            || template == "/api/flow-runs/prune"
+        {
             assert_eq!(status, 403, "{method} {path} with an operator key: {reply}");
             assert!(
                 reply["message"].as_str().unwrap().contains("admin"),
@@ -1010,7 +1011,7 @@ fn a_server_whose_log_cannot_be_written_keeps_serving() {
     assert!(status.success(), "stopped with {status:?}");
 }
 
-/// The OpenAPI document is checked in; regenerate with `WEIR_BLESS=1 cargo test -p weir-tests --test api`.
+/// The OpenAPI document is checked in; regenerate with `WEIR_BLESS=1 cargo test -p weir-tests --test all -- openapi`.
 #[test]
 fn the_openapi_document_is_checked_in_and_served() {
     let checked_in = workspace().join("host/openapi.json");
@@ -1021,7 +1022,7 @@ fn the_openapi_document_is_checked_in_and_served() {
     let on_disk = std::fs::read_to_string(&checked_in).unwrap_or_default();
     assert!(
         on_disk == generated,
-        "host/openapi.json is out of date with the API; regenerate it with WEIR_BLESS=1 cargo test -p weir-tests --test api"
+        "host/openapi.json is out of date with the API; regenerate it with WEIR_BLESS=1 cargo test -p weir-tests --test all -- openapi"
     );
     let server = TestServer::start();
     let (status, served) = server.get("/api/openapi.json");
@@ -4190,4 +4191,78 @@ fn bad_limits_and_bad_slot_asks_are_refused_and_change_nothing() {
         "{}",
         text(&out.stderr)
     );
+}
+
+/// `host flow-run prune` goes through the API, from any machine: it deletes
+/// runs that ended before the cutoff and nothing else, and refuses what it
+/// cannot do without touching a row.
+#[test]
+fn prune_through_the_api_deletes_only_old_ended_runs() {
+    let server = TestServer::start();
+    let digest = server.upload(FIXTURE_WASM);
+    let old = start_fixture_run(
+        &server,
+        &digest,
+        "call",
+        json!({ "task": "add", "input": { "a": 1, "b": 2 } }),
+    );
+    wait_for_run(&server, &old, Duration::from_secs(60), |r| {
+        r["state"] == "Completed"
+    });
+    // A run that is still going: a prune of everything ended must keep it.
+    let going = start_fixture_run(
+        &server,
+        &digest,
+        "slow_sequential",
+        json!({ "n": 1, "ms": 60_000 }),
+    );
+    wait_for_run(&server, &going, Duration::from_secs(60), |r| {
+        r["state"] == "Running"
+    });
+
+    // Refused, each with a 400 and nothing deleted.
+    for body in [
+        json!({ "older_than_seconds": -1 }),
+        json!({ "older_than_seconds": "1d" }),
+        json!({ "older_than_seconds": u64::MAX }),
+        json!({ "older_than_seconds": 0, "and_more": true }),
+        json!({}),
+    ] {
+        let (status, reply) = server.send("POST", "/api/flow-runs/prune", body.clone());
+        assert_eq!(status, 400, "{body}: {reply}");
+        assert!(
+            reply["message"]
+                .as_str()
+                .unwrap()
+                .contains("older_than_seconds"),
+            "{reply}"
+        );
+    }
+    assert_eq!(server.get(&format!("/api/flow-runs/{old}")).0, 200);
+
+    // An hour's margin keeps the run that just ended.
+    let out = server.cli(&["flow-run", "prune", "--older-than", "1h", "--json"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["flow_runs"], 0, "{report}");
+    assert_eq!(server.get(&format!("/api/flow-runs/{old}")).0, 200);
+
+    // Everything ended: the old run and its task runs go, the running one stays.
+    let (status, report) = server.send(
+        "POST",
+        "/api/flow-runs/prune",
+        json!({ "older_than_seconds": 0 }),
+    );
+    assert_eq!(status, 200, "{report}");
+    assert_eq!(report["flow_runs"], 1, "{report}");
+    assert!(report["task_runs"].as_u64().unwrap() >= 1, "{report}");
+    assert!(
+        report["ended_before"].as_str().unwrap().ends_with('Z'),
+        "{report}"
+    );
+    assert_eq!(server.get(&format!("/api/flow-runs/{old}")).0, 404);
+    let (status, going_now) = server.get(&format!("/api/flow-runs/{going}"));
+    assert_eq!(status, 200);
+    assert_eq!(going_now["flow_run"]["state"], "Running", "{going_now}");
+    server.post_ok(&format!("/api/flow-runs/{going}/cancel"));
 }

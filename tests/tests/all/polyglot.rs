@@ -9,6 +9,7 @@
 //! shared by every test. The C tests need Debian's clang for wasm32-wasi
 //! (`c_toolchain_or_skip`), nothing from the network.
 
+use crate::common::text;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -44,10 +45,6 @@ fn host(home: &Path, args: &[&str]) -> Output {
         .stdin(Stdio::null())
         .output()
         .expect("running the host")
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
 }
 
 fn json_out(output: &Output) -> Value {

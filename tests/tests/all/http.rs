@@ -6,7 +6,7 @@
 //! The servers ([`Loopback`]) count the connections they accept: a denied
 //! request must not even connect.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use weir_host::store::pg::testing::{TestCluster, or_skip};
 use weir_tests::FIXTURE_WASM;
 
-mod common;
+use crate::common;
 use common::{TestServer, start_fixture_run, wait_for_run};
 
 /// A fresh database of the shared cluster; `None` (after saying why)

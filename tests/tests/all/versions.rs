@@ -2,7 +2,7 @@
 //! version, the same deploy again saves none, runs record the version that
 //! made them, and a rollback restores an older definition as a new version.
 
-mod common;
+use crate::common;
 
 use common::{TestServer, wait_for_run};
 use serde_json::{Value, json};

@@ -1,6 +1,7 @@
 //! The `host` program as a user runs it: the README's command, the examples,
 //! bad input with clear messages and exit codes, and resume after SIGKILL.
 
+use crate::common::text;
 use serde_json::Value;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
@@ -32,10 +33,6 @@ fn spawn_slow_run(home: &Path, n: u32, ms: u32) -> std::process::Child {
         .stderr(Stdio::null())
         .spawn()
         .expect("starting the host")
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
 }
 
 fn json_out(output: &Output) -> Value {

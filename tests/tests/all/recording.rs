@@ -1,15 +1,15 @@
 //! Policies and durability: retries, backoff, caching, fan-out limits,
 //! subflows, replay, cancellation, large results — as recorded in the store.
 
+use crate::common::RecordingTimer;
 use serde_json::json;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use weir_host::clock::{Clock, ManualClock};
 use weir_host::control::Control;
-use weir_host::engine::HostFuture;
 use weir_host::model::{FailureKind, RunState};
 use weir_host::store::{ComponentFiles, Store, TaskRunRow};
-use weir_host::worker::{Executor, ExecutorSettings, ExistingRun, FlowRunRequest, Timer};
+use weir_host::worker::{Executor, ExecutorSettings, ExistingRun, FlowRunRequest};
 use weir_tests::{FIXTURE_WASM, Harness, json};
 
 fn calls(h: &Harness, id: weir_host::model::FlowRunId) -> Vec<TaskRunRow> {
@@ -95,20 +95,6 @@ async fn retries_run_out() {
             .unwrap()
             .contains("attempt 4 fails on purpose")
     );
-}
-
-/// Records the delays asked for and moves a manual clock instead of sleeping.
-struct RecordingTimer {
-    delays: Mutex<Vec<Duration>>,
-    clock: ManualClock,
-}
-
-impl Timer for RecordingTimer {
-    fn sleep(&self, delay: Duration) -> HostFuture<'static, ()> {
-        self.delays.lock().unwrap().push(delay);
-        self.clock.advance(delay);
-        Box::pin(async {})
-    }
 }
 
 #[tokio::test]

@@ -2,7 +2,7 @@
 //! `on_failure`, `on_cancellation`, `on_crashed`), recorded as task runs of
 //! the run, never able to change how it ended, never hooks of their own.
 
-mod common;
+use crate::common;
 
 use common::{TestServer, start_fixture_run, wait_for_run};
 use serde_json::{Value, json};

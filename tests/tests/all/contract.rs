@@ -10,14 +10,11 @@ use std::time::Duration;
 use weir_host::model::RunState;
 use weir_tests::{FIXTURE_WASM, Harness, workspace};
 
-mod common;
+use crate::common;
+use crate::common::text;
 use common::{TestServer, start_fixture_run, wait_for_run};
 
 const OLD_HELLO: &str = "tests/fixtures/contract-0.1.0/hello.wasm";
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
 
 fn state_is(state: &'static str) -> impl Fn(&Value) -> bool {
     move |run: &Value| run["state"] == state

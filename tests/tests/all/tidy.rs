@@ -4,6 +4,8 @@
 //!   api/ui, clap and anyhow → cli and main);
 //! - a module never uses one in a higher layer;
 //! - the lowest layer does no IO and is not async;
+//! - a public function never answers `Result<_, String>`: errors that cross a
+//!   module's boundary are typed;
 //! - every source file says what it owns in a `//!` comment.
 
 use std::collections::BTreeMap;
@@ -133,7 +135,7 @@ fn layer_of(module: &str) -> usize {
     LAYERS
         .iter()
         .position(|layer| layer.contains(&module))
-        .unwrap_or_else(|| panic!("module `{module}` is in no layer; add it to LAYERS in tests/tests/tidy.rs and ARCHITECTURE.md"))
+        .unwrap_or_else(|| panic!("module `{module}` is in no layer; add it to LAYERS in tests/tests/all/tidy.rs and ARCHITECTURE.md"))
 }
 
 /// Code lines, without comments (so prose may name anything).
@@ -259,6 +261,52 @@ fn restricted_types_stay_with_their_owners() {
     assert!(offences.is_empty(), "\n{}", offences.join("\n"));
 }
 
+/// Test support that may answer plain text: it is not part of the program.
+const STRING_ERRORS_ALLOWED: &[&str] = &["store/pg/testing.rs"];
+
+/// Every `pub fn` (not `pub(crate)` or narrower) whose error is a bare
+/// `String`: a caller across the module's boundary could only print it.
+fn string_error_offences(files: &BTreeMap<PathBuf, String>) -> Vec<String> {
+    let mut offences = Vec::new();
+    for (path, text) in files {
+        if STRING_ERRORS_ALLOWED.iter().any(|a| path.ends_with(a)) {
+            continue;
+        }
+        // A signature may wrap; look at each `pub fn` up to its body.
+        let lines: Vec<(usize, &str)> = code_lines(text).collect();
+        for (i, (n, line)) in lines.iter().enumerate() {
+            let trimmed = line.trim_start();
+            if !trimmed.starts_with("pub fn ") {
+                continue;
+            }
+            let signature: String = lines[i..]
+                .iter()
+                .map(|(_, l)| l.trim())
+                .take_while(|l| !l.starts_with('{'))
+                .take(12)
+                .collect::<Vec<_>>()
+                .join(" ");
+            let signature = signature.split(" {").next().unwrap_or_default();
+            let answers = signature.rsplit("->").next().unwrap_or_default();
+            let flat: String = answers.chars().filter(|c| !c.is_whitespace()).collect();
+            if flat.starts_with("Result<") && flat.ends_with(",String>") {
+                offences.push(format!(
+                    "{}:{n}: a public function answers `Result<_, String>`; give it a typed error: {}",
+                    path.display(),
+                    trimmed
+                ));
+            }
+        }
+    }
+    offences
+}
+
+#[test]
+fn public_functions_answer_typed_errors() {
+    let offences = string_error_offences(&host_sources());
+    assert!(offences.is_empty(), "\n{}", offences.join("\n"));
+}
+
 #[test]
 fn the_lowest_layer_does_no_io_and_is_not_async() {
     let forbidden = [
@@ -338,6 +386,30 @@ fn the_rules_catch_planted_violations() {
     );
     assert!(
         restricted_offences(&planted("cli/runs.rs", "let c = MyStateChanger::new();")).is_empty()
+    );
+    // A public function with a text error, on one line or wrapped.
+    assert_eq!(
+        string_error_offences(&planted(
+            "config.rs",
+            "pub fn parse(t: &str) -> Result<u8, String> {"
+        ))
+        .len(),
+        1
+    );
+    assert_eq!(
+        string_error_offences(&planted(
+            "model/x.rs",
+            "pub fn parse(\n    t: &str,\n) -> Result<Vec<u8>, String> {"
+        ))
+        .len(),
+        1
+    );
+    assert!(
+        string_error_offences(&planted(
+            "config.rs",
+            "pub(crate) fn parse(t: &str) -> Result<u8, String> {\npub fn ok() -> Result<u8, ConfigError> {"
+        ))
+        .is_empty()
     );
 }
 

@@ -7,6 +7,7 @@
 //! sets it), with the toolchains shared with `tests/polyglot.rs`. The C
 //! project needs clang for wasm32-wasi (`c_toolchain_or_skip`).
 
+use crate::common::text;
 use serde_json::Value;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -55,10 +56,6 @@ fn command(home: &Path, cwd: &Path, args: &[&str]) -> Command {
 
 fn host(home: &Path, cwd: &Path, args: &[&str]) -> Output {
     command(home, cwd, args).output().expect("running the host")
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
 }
 
 fn json_out(output: &Output) -> Value {

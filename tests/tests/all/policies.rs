@@ -2,8 +2,9 @@
 //! earlier attempt finished), its timeout per attempt, `retry_on`, and a
 //! cancel while a retry waits, in the executor and through a server.
 
-mod common;
+use crate::common;
 
+use crate::common::RecordingTimer;
 use common::{TestServer, wait_for_run};
 use serde_json::{Value, json};
 use std::path::Path;
@@ -11,11 +12,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use weir_host::clock::ManualClock;
 use weir_host::control::Control;
-use weir_host::engine::HostFuture;
 use weir_host::model::capabilities::{Capabilities, DirGrant};
 use weir_host::model::{FlowRunId, RunState};
 use weir_host::store::TaskRunRow;
-use weir_host::worker::{Executor, ExecutorSettings, FlowRunOutcome, FlowRunRequest, Timer};
+use weir_host::worker::{Executor, ExecutorSettings, FlowRunOutcome, FlowRunRequest};
 use weir_tests::{FIXTURE_WASM, Harness, json};
 
 /// A request that may write into `dir` (the `mark` task's side effects).
@@ -144,20 +144,6 @@ async fn a_flow_whose_retries_run_out_fails_with_its_last_attempts_reason() {
         .collect();
     assert_eq!(reasons.len(), 2, "{history:?}");
     assert!(reasons[0].contains("attempt 1 failed") && reasons[1].contains("attempt 2 failed"));
-}
-
-/// Records the delays asked for and moves a manual clock instead of sleeping.
-struct RecordingTimer {
-    delays: Mutex<Vec<Duration>>,
-    clock: ManualClock,
-}
-
-impl Timer for RecordingTimer {
-    fn sleep(&self, delay: Duration) -> HostFuture<'static, ()> {
-        self.delays.lock().unwrap().push(delay);
-        self.clock.advance(delay);
-        Box::pin(async {})
-    }
 }
 
 #[tokio::test]
