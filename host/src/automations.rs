@@ -286,6 +286,7 @@ async fn send(automation: &Automation, delivery: &DeliveryRow) -> Result<u16, St
     let body = delivery.payload.clone();
     tokio::task::spawn_blocking(move || {
         crate::client::post_webhook(&url, &headers, &body, DELIVERY_TIMEOUT)
+            .map_err(|e| e.to_string())
     })
     .await
     .map_err(|e| format!("the delivery task stopped: {e}"))?

@@ -143,6 +143,16 @@ impl Client {
     }
 }
 
+/// Why a webhook could not be delivered (the receiver's status is not an
+/// error here: the caller judges it).
+#[derive(Debug, thiserror::Error)]
+pub enum WebhookError {
+    #[error("bad request to {url}: {detail}")]
+    BadRequest { url: String, detail: String },
+    #[error("{0}")]
+    Send(String),
+}
+
 /// POSTs an automation's webhook body as JSON; the status it answered, or why
 /// it could not be sent. Blocks for at most `timeout`. Only `http://` (no
 /// TLS is built in: reach an `https://` receiver through a local proxy).
@@ -151,7 +161,7 @@ pub fn post_webhook(
     headers: &[(String, String)],
     body: &str,
     timeout: Duration,
-) -> Result<u16, String> {
+) -> Result<u16, WebhookError> {
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
         .timeout_global(Some(timeout))
@@ -166,7 +176,12 @@ pub fn post_webhook(
     }
     let request = builder
         .body(body.as_bytes().to_vec())
-        .map_err(|e| format!("bad request to {url}: {e}"))?;
-    let response = agent.run(request).map_err(|e| e.to_string())?;
+        .map_err(|e| WebhookError::BadRequest {
+            url: url.to_string(),
+            detail: e.to_string(),
+        })?;
+    let response = agent
+        .run(request)
+        .map_err(|e| WebhookError::Send(e.to_string()))?;
     Ok(response.status().as_u16())
 }

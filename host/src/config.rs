@@ -193,19 +193,43 @@ impl Settings {
     }
 }
 
-pub fn setting(key: &str) -> Result<&'static Setting, String> {
-    SETTINGS.iter().find(|s| s.key == key).ok_or_else(|| {
-        let known: Vec<&str> = SETTINGS.iter().map(|s| s.key).collect();
-        format!("unknown setting '{key}'; known: {}", known.join(", "))
-    })
+/// A profile file or setting name this host cannot use.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("unknown setting '{key}'; known: {}", known_settings().join(", "))]
+    UnknownSetting { key: String },
+    #[error("{0}")]
+    Syntax(String),
+    #[error("profile '{profile}': {source}")]
+    InProfile {
+        profile: String,
+        source: Box<ConfigError>,
+    },
+}
+
+fn known_settings() -> Vec<&'static str> {
+    SETTINGS.iter().map(|s| s.key).collect()
+}
+
+pub fn setting(key: &str) -> Result<&'static Setting, ConfigError> {
+    SETTINGS
+        .iter()
+        .find(|s| s.key == key)
+        .ok_or_else(|| ConfigError::UnknownSetting {
+            key: key.to_string(),
+        })
 }
 
 impl Profiles {
-    pub fn parse(text: &str) -> Result<Profiles, String> {
-        let profiles: Profiles = toml::from_str(text).map_err(|e| e.to_string())?;
+    pub fn parse(text: &str) -> Result<Profiles, ConfigError> {
+        let profiles: Profiles =
+            toml::from_str(text).map_err(|e| ConfigError::Syntax(e.to_string()))?;
         for (name, values) in &profiles.profiles {
             for key in values.keys() {
-                setting(key).map_err(|e| format!("profile '{name}': {e}"))?;
+                setting(key).map_err(|e| ConfigError::InProfile {
+                    profile: name.clone(),
+                    source: Box::new(e),
+                })?;
             }
         }
         Ok(profiles)
@@ -285,7 +309,9 @@ mod tests {
 
     #[test]
     fn unknown_keys_are_refused() {
-        let err = Profiles::parse("[profiles.x]\n\"api.uri\" = \"x\"\n").unwrap_err();
+        let err = Profiles::parse("[profiles.x]\n\"api.uri\" = \"x\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("unknown setting 'api.uri'"), "{err}");
     }
 

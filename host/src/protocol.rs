@@ -99,10 +99,10 @@ pub fn validate_against(schema: &Value, value: &Value) -> Result<(), Vec<String>
 }
 
 /// Whether `schema` is a JSON Schema this host can check values against.
-pub fn check_schema(schema: &Value) -> Result<(), String> {
+pub fn check_schema(schema: &Value) -> Result<(), ParamError> {
     jsonschema::validator_for(schema)
         .map(|_| ())
-        .map_err(|e| e.to_string())
+        .map_err(|e| ParamError::BadSchema(e.to_string()))
 }
 
 fn problems(validator: &jsonschema::Validator, params: &Value) -> Result<(), ParamError> {

@@ -359,7 +359,7 @@ pub(super) async fn put_secret(
 pub(crate) fn set_secret(state: &ApiState, name: &str, value: &str) -> ApiResult<Value> {
     check_name("secret", name)?;
     crate::model::validate_secret_value(name, value)
-        .map_err(|e| ApiError::bad_request("secret_too_short", e))?;
+        .map_err(|e| ApiError::bad_request("secret_too_short", e.to_string()))?;
     let sealed = state.dispatcher.secrets().seal(name, value);
     put_raw(state, ObjectKind::Secret, name, sealed)?;
     let row = state

@@ -211,7 +211,7 @@ fn remove_incomplete(dir: &Path) {
 
 /// Runs a build tool; its output is shown live with `show`, else kept and
 /// returned in the error.
-pub fn run_tool(command: &mut Command, shown: &str, show: bool) -> Result<(), String> {
+pub(super) fn run_tool(command: &mut Command, shown: &str, show: bool) -> Result<(), String> {
     command.stdin(Stdio::null());
     if show {
         // The tools' chatter goes to stderr so stdout stays the result.
@@ -247,7 +247,7 @@ pub fn run_tool(command: &mut Command, shown: &str, show: bool) -> Result<(), St
 /// Runs a build step with its output kept, shown only when it fails, and
 /// then by the builder, which picks the guest's error out of it
 /// ([`super::diagnose`]). Returns that output (stdout, then stderr).
-pub fn run_captured(command: &mut Command, shown: &str) -> Result<(), String> {
+pub(super) fn run_captured(command: &mut Command, shown: &str) -> Result<(), String> {
     command.stdin(Stdio::null());
     let out = command
         .output()

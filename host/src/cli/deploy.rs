@@ -854,7 +854,7 @@ fn next_fire_times(schedules: &mut Value) -> Vec<(String, String)> {
                         times.join(", ")
                     }
                 }
-                Err(e) => e,
+                Err(e) => e.to_string(),
             };
             (describe_schedule(&schedule), next)
         })

@@ -150,7 +150,7 @@ pub fn config(command: ConfigCommand) -> anyhow::Result<()> {
     let name = active(&profiles);
     match command {
         ConfigCommand::Set(args) => {
-            let s = setting(&args.key).map_err(Exit::bad_input)?;
+            let s = setting(&args.key).map_err(|e| Exit::bad_input(e.to_string()))?;
             if s.key == "api.url" {
                 crate::client::Client::new(&args.value, None, "")
                     .map_err(|e| Exit::bad_input(e.to_string()))?;
@@ -172,7 +172,7 @@ pub fn config(command: ConfigCommand) -> anyhow::Result<()> {
             }
         }
         ConfigCommand::Unset(args) => {
-            let s = setting(&args.key).map_err(Exit::bad_input)?;
+            let s = setting(&args.key).map_err(|e| Exit::bad_input(e.to_string()))?;
             let removed = profiles
                 .profiles
                 .get_mut(&name)

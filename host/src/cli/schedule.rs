@@ -110,8 +110,9 @@ fn preview(args: PreviewArgs) -> anyhow::Result<()> {
 
 /// A schedule's next `count` fire times after now, in its own zone, or why
 /// there are none.
-pub fn next_times(schedule: &Schedule, count: usize) -> Result<Vec<String>, String> {
-    schedule
-        .next_times(SystemClock.now_micros(), count)
-        .map_err(|e| e.to_string())
+pub fn next_times(
+    schedule: &Schedule,
+    count: usize,
+) -> Result<Vec<String>, crate::model::deploy::DeploymentError> {
+    schedule.next_times(SystemClock.now_micros(), count)
 }

@@ -355,14 +355,25 @@ const MIN_SECRET_LINE_CHARS: usize = 3;
 /// What replaces a secret in everything recorded.
 pub const REDACTED: &str = "***";
 
+/// A secret value too short to be worth keeping secret.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "secret '{name}' has {chars} characters; a secret needs at least {MIN_SECRET_CHARS} \
+     (a shorter one can be guessed, and redacting it would blank those characters out of every log and result)"
+)]
+pub struct SecretTooShort {
+    pub name: String,
+    pub chars: usize,
+}
+
 /// Refuses a secret value too short to be worth keeping secret.
-pub fn validate_secret_value(name: &str, value: &str) -> Result<(), String> {
+pub fn validate_secret_value(name: &str, value: &str) -> Result<(), SecretTooShort> {
     let chars = value.chars().count();
     if chars < MIN_SECRET_CHARS {
-        return Err(format!(
-            "secret '{name}' has {chars} characters; a secret needs at least {MIN_SECRET_CHARS} \
-             (a shorter one can be guessed, and redacting it would blank those characters out of every log and result)"
-        ));
+        return Err(SecretTooShort {
+            name: name.to_string(),
+            chars,
+        });
     }
     Ok(())
 }
@@ -769,6 +780,7 @@ mod tests {
         assert!(
             validate_secret_value("pin", "ab")
                 .unwrap_err()
+                .to_string()
                 .contains("at least 3")
         );
         assert!(validate_secret_value("pin", "").is_err());

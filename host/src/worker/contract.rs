@@ -201,9 +201,13 @@ impl FlowRun {
         let schema: Value = serde_json::from_str(&input_schema)
             .map_err(|e| Failure::new(FailureKind::InvalidInput, e.to_string()))?;
         crate::protocol::check_schema(&schema).map_err(|e| {
+            let detail = match e {
+                crate::protocol::ParamError::BadSchema(detail) => detail,
+                other => other.to_string(),
+            };
             Failure::new(
                 FailureKind::InvalidInput,
-                format!("the pause's input schema is not valid JSON Schema: {e}"),
+                format!("the pause's input schema is not valid JSON Schema: {detail}"),
             )
         })?;
         let seq = self.seq.fetch_add(1, Ordering::SeqCst);

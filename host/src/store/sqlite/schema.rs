@@ -209,7 +209,7 @@ pub fn newest() -> u64 {
 }
 
 /// Brings the database up to the newest schema, one transaction per migration.
-pub fn migrate(conn: &mut Connection) -> Result<(), String> {
+pub(super) fn migrate(conn: &mut Connection) -> Result<(), String> {
     migrate_inner(conn).map_err(|e| e.to_string())?
 }
 
