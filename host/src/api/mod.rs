@@ -16,6 +16,7 @@ pub(crate) mod deployments;
 pub(crate) mod events;
 pub mod guard;
 mod hosts;
+pub mod housekeeping;
 pub mod limits;
 pub mod metrics;
 pub(crate) mod objects;
@@ -179,6 +180,7 @@ impl ApiState {
         limits::delete_limit,
         limits::take_slots,
         limits::release_slots,
+        housekeeping::prune_flow_runs,
     ),
     modifiers(&BearerAuth, &GuardResponses)
 )]
@@ -229,6 +231,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         )
         .route("/api/flows", get(runs::list_flows))
         .route("/api/flow-runs", get(runs::list_flow_runs))
+        .route("/api/flow-runs/prune", post(housekeeping::prune_flow_runs))
         .route("/api/flow-runs/{id}", get(runs::get_flow_run))
         .route("/api/flow-runs/{id}/task-runs", get(runs::list_task_runs))
         .route("/api/flow-runs/{id}/logs", get(runs::get_logs))

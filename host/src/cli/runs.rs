@@ -4,7 +4,6 @@ use super::flow::{Display, Local, runtime, watch};
 use super::output::{format_count, format_duration, table};
 use super::{Exit, JsonFlag, paths};
 use crate::clock::format_rfc3339;
-use crate::clock::{Clock, SystemClock};
 use crate::engine::human_bytes;
 use crate::model::{FlowRunId, RunState};
 use crate::store::{FlowRunRow, Store, StoreError, TaskRunRow};
@@ -108,12 +107,12 @@ pub struct IdArgs {
 }
 
 pub fn run(command: FlowRunCommand) -> anyhow::Result<()> {
-    // Reading and cancelling go through the API (the server's, or in-process
-    // over the local database); resume, a local retry (which runs the flow in
-    // this process with live progress) and prune are still local-only.
+    // Reading, cancelling and pruning go through the API (the server's, or
+    // in-process over the local database). Without a server, resume and retry
+    // run the flow in this process with live progress.
     let local_only = matches!(
         command,
-        FlowRunCommand::Resume(_) | FlowRunCommand::Retry(_) | FlowRunCommand::Prune(_)
+        FlowRunCommand::Resume(_) | FlowRunCommand::Retry(_)
     );
     if !local_only || super::backend::settings()?.get("api.url").is_some() {
         return through_api(command);
@@ -122,7 +121,6 @@ pub fn run(command: FlowRunCommand) -> anyhow::Result<()> {
     match command {
         FlowRunCommand::Resume(args) => rerun(store, args, Rerun::Resume),
         FlowRunCommand::Retry(args) => rerun(store, args, Rerun::Retry),
-        FlowRunCommand::Prune(args) => prune(&store, args),
         _ => unreachable!("only local commands get here"),
     }
 }
@@ -348,9 +346,16 @@ fn cancel(args: IdArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn prune(store: &Store, args: PruneArgs) -> anyhow::Result<()> {
-    let cutoff = SystemClock.now_micros() - Duration::from(args.older_than).as_micros() as i64;
-    let report = store.prune(cutoff)?;
+fn prune(backend: &super::backend::Backend, args: PruneArgs) -> anyhow::Result<()> {
+    let older_than_seconds = Duration::from(args.older_than).as_secs();
+    let request = crate::api::housekeeping::PruneRequest { older_than_seconds };
+    let reply = backend.send(
+        "POST",
+        "/api/flow-runs/prune",
+        &serde_json::to_value(&request)?,
+    )?;
+    let report: crate::api::housekeeping::PruneReply =
+        serde_json::from_value(reply).context("reading the prune's reply")?;
     if args.format.json {
         println!("{}", serde_json::to_string(&report)?);
     } else {
@@ -360,7 +365,10 @@ fn prune(store: &Store, args: PruneArgs) -> anyhow::Result<()> {
             report.task_runs,
             report.logs,
             report.result_files,
-            &format_rfc3339(cutoff)[..19]
+            report
+                .ended_before
+                .get(..19)
+                .unwrap_or(&report.ended_before)
         );
     }
     Ok(())
@@ -665,8 +673,6 @@ fn through_api(command: FlowRunCommand) -> anyhow::Result<()> {
             })?;
             super::deploy::finish(&end, args.json)
         }
-        FlowRunCommand::Prune(_) => Err(Exit::bad_input(
-            "prune works on the local database; run it on the server's machine (without api.url)",
-        )),
+        FlowRunCommand::Prune(args) => prune(&backend, args),
     }
 }
