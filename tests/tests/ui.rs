@@ -21,6 +21,7 @@ struct Reply {
     location: Option<String>,
     set_cookie: Option<String>,
     csp: Option<String>,
+    content_type: Option<String>,
     body: String,
 }
 
@@ -110,16 +111,18 @@ impl UiServer {
                 .get(name)
                 .map(|v| v.to_str().unwrap().to_string())
         };
-        let (location, set_cookie, csp) = (
+        let (location, set_cookie, csp, content_type) = (
             header("location"),
             header("set-cookie"),
             header("content-security-policy"),
+            header("content-type"),
         );
         Reply {
             status: response.status().as_u16(),
             location,
             set_cookie,
             csp,
+            content_type,
             body: response.body_mut().read_to_string().unwrap_or_default(),
         }
     }
@@ -145,6 +148,28 @@ impl UiServer {
             &headers,
             Some((form_body(fields), "application/x-www-form-urlencoded")),
         )
+    }
+
+    /// Signs in with `key`; returns the `Cookie` header's value that holds
+    /// the session, after checking that it is not the key in any form.
+    fn sign_in(&self, key: &str) -> String {
+        let reply = self.form("/login", &[("key", key)], None);
+        assert_eq!(reply.status, 303, "{}", reply.body);
+        let set_cookie = reply.set_cookie.expect("signing in sets a cookie");
+        assert!(
+            set_cookie.contains("HttpOnly") && set_cookie.contains("SameSite=Strict"),
+            "{set_cookie}"
+        );
+        let cookie = set_cookie.split(';').next().unwrap().to_string();
+        let value = cookie.strip_prefix("weir_session=").expect(&cookie);
+        assert_eq!(value.len(), 64, "a 256-bit session id: {cookie}");
+        for form in [key.to_string(), hex(key), hex(key).to_uppercase()] {
+            assert!(
+                !cookie.contains(&form),
+                "the cookie holds the key: {cookie}"
+            );
+        }
+        cookie
     }
 
     /// The JSON API, with the admin key when the server has keys.
@@ -581,7 +606,7 @@ fn with_api_keys_no_page_or_stream_shows_anything_without_the_cookie() {
     let (status, started) = server.api("POST", "/api/deployments/etl/runs", Some(json!({})));
     assert_eq!(status, 202);
     let id = started["flow_run_id"].as_str().unwrap().to_string();
-    let admin_cookie = format!("weir_key={}", hex(ADMIN_KEY));
+    let admin_cookie = server.sign_in(ADMIN_KEY);
     server.follow(&id, Some(&admin_cookie));
 
     let (_, detail) = server.api("GET", &format!("/api/flow-runs/{id}"), None);
@@ -589,10 +614,22 @@ fn with_api_keys_no_page_or_stream_shows_anything_without_the_cookie() {
     let mut pages = all_pages(&id, &digest);
     pages.push(format!("/task-runs/{task}"));
 
-    // Without a cookie, or with a wrong one, every page sends the browser
-    // to sign in and shows nothing of the server's data.
-    let wrong_cookie = format!("weir_key={}", hex("wrong-key-0123456789abcdef"));
-    for cookie in [None, Some(wrong_cookie.as_str()), Some("weir_key=not-hex")] {
+    // Without a cookie, or with a wrong one (a forged session id, the key
+    // itself where the session id goes, the key in the old cookie), every
+    // page sends the browser to sign in and shows nothing of the server's data.
+    let forged = format!("weir_session={}", "ab".repeat(32));
+    let key_as_session = format!("weir_session={ADMIN_KEY}");
+    let hex_key_as_session = format!("weir_session={}", hex(ADMIN_KEY));
+    let old_key_cookie = format!("weir_key={}", hex(ADMIN_KEY));
+    for cookie in [
+        None,
+        Some(forged.as_str()),
+        Some(key_as_session.as_str()),
+        Some(hex_key_as_session.as_str()),
+        Some(old_key_cookie.as_str()),
+        Some("weir_session="),
+        Some("weir_session=not-hex; weir_session=also-not"),
+    ] {
         for path in &pages {
             let reply = server.page(path, cookie);
             assert_eq!(reply.status, 303, "{path} with {cookie:?}: {}", reply.body);
@@ -648,7 +685,7 @@ fn with_api_keys_no_page_or_stream_shows_anything_without_the_cookie() {
         "{cookie}"
     );
     let cookie = cookie.split(';').next().unwrap().to_string();
-    assert_eq!(cookie, admin_cookie);
+    assert_ne!(cookie, admin_cookie, "each sign-in is a session of its own");
     let run_page = server.page(&format!("/runs/{id}"), Some(&cookie));
     assert_eq!(run_page.status, 200);
     assert!(run_page.body.contains("id=\"gantt\""), "{}", run_page.body);
@@ -657,7 +694,7 @@ fn with_api_keys_no_page_or_stream_shows_anything_without_the_cookie() {
 
     // A read-only key sees pages but may not set secrets or start runs,
     // even with its own page's CSRF token.
-    let reader = format!("weir_key={}", hex(READER_KEY));
+    let reader = server.sign_in(READER_KEY);
     let page = server.page("/deployments/etl", Some(&reader));
     assert_eq!(page.status, 200);
     let csrf = csrf_of(&page.body);
@@ -1683,4 +1720,128 @@ fn editing_a_queue_in_the_ui_keeps_its_tag_filter() {
         .unwrap_or_else(|| panic!("{queues}"));
     assert_eq!(demo["priority"], 0, "{demo}");
     assert_eq!(demo["tags"], json!(["demo"]), "{demo}");
+}
+
+/// POSTs `/login` with `key` from the loopback address `from` (Linux
+/// answers on all of 127/8, so each is a client of its own); returns the
+/// status, the `Retry-After` and `Set-Cookie` headers and the body.
+fn login_from(server: &UiServer, from: [u8; 4], key: &str) -> (u16, Option<u64>, bool, String) {
+    use std::io::{Read as _, Write as _};
+    let target: std::net::SocketAddr = server.url.trim_start_matches("http://").parse().unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let stream = runtime.block_on(async {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket
+            .bind((std::net::Ipv4Addr::from(from), 0).into())
+            .unwrap();
+        socket.connect(target).await.unwrap().into_std().unwrap()
+    });
+    let mut stream = stream;
+    stream.set_nonblocking(false).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let body = form_body(&[("key", key)]);
+    write!(
+        stream,
+        "POST /login HTTP/1.1\r\nHost: {target}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply).unwrap();
+    let (head, body) = reply.split_once("\r\n\r\n").expect("a whole reply");
+    let status = head[9..12].parse().unwrap();
+    let header = |name: &str| {
+        head.lines()
+            .find_map(|l| {
+                l.split_once(':')
+                    .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            })
+            .map(|(_, v)| v.trim().to_string())
+    };
+    let retry_after = header("retry-after").map(|v| v.parse().unwrap());
+    (
+        status,
+        retry_after,
+        header("set-cookie").is_some(),
+        body.to_string(),
+    )
+}
+
+#[test]
+fn a_client_guessing_keys_is_locked_out_while_others_still_sign_in() {
+    let server = UiServer::start_with(true);
+    let attacker = [127, 0, 0, 2];
+    let mut statuses = std::collections::BTreeMap::<u16, usize>::new();
+    for attempt in 0..1000 {
+        let guess = format!("guess-{attempt:04}-0123456789abcdef");
+        let (status, retry_after, set_cookie, body) = login_from(&server, attacker, &guess);
+        *statuses.entry(status).or_default() += 1;
+        assert!(!set_cookie, "a wrong key got a cookie");
+        match status {
+            401 => assert!(attempt < 5, "attempt {attempt} was let through"),
+            429 => {
+                let wait = retry_after.expect("429 says when to try again");
+                assert!((1..=21).contains(&wait), "Retry-After {wait}");
+                assert!(body.contains("too many wrong keys"), "{body}");
+                assert!(body.starts_with("<!doctype html>"), "{body}");
+            }
+            other => panic!("attempt {attempt}: {other}: {body}"),
+        }
+    }
+    assert_eq!(statuses, [(401, 5), (429, 995)].into());
+    // Locked out, even the right key is refused: the lock tells nothing.
+    let (status, _, set_cookie, _) = login_from(&server, attacker, ADMIN_KEY);
+    assert_eq!((status, set_cookie), (429, false));
+    // Anyone else signs in meanwhile, and their session works.
+    let (status, _, set_cookie, body) = login_from(&server, [127, 0, 0, 3], ADMIN_KEY);
+    assert_eq!((status, set_cookie), (303, true), "{body}");
+    let cookie = server.sign_in(READER_KEY);
+    assert_eq!(server.page("/", Some(&cookie)).status, 200);
+}
+
+#[test]
+fn a_session_ends_at_sign_out_and_other_sessions_go_on() {
+    let server = UiServer::start_with(true);
+    let first = server.sign_in(ADMIN_KEY);
+    let second = server.sign_in(ADMIN_KEY);
+    assert_ne!(first, second);
+    let page = server.page("/variables", Some(&first));
+    assert_eq!(page.status, 200, "{}", page.body);
+    let csrf = csrf_of(&page.body);
+
+    let out = server.form("/logout", &[], Some(&first));
+    assert_eq!(out.status, 303);
+    assert_eq!(out.location.as_deref(), Some("/login"));
+    assert!(
+        out.set_cookie
+            .as_deref()
+            .is_some_and(|c| c.starts_with("weir_session=;") && c.contains("Max-Age=0")),
+        "{:?}",
+        out.set_cookie
+    );
+    // A copy of the old cookie is worth nothing now: no page, no form, no stream.
+    let page = server.page("/variables", Some(&first));
+    assert_eq!(
+        (page.status, page.location.as_deref()),
+        (303, Some("/login"))
+    );
+    let reply = server.form(
+        "/variables",
+        &[("csrf", &csrf), ("name", "after_logout"), ("value", "1")],
+        Some(&first),
+    );
+    assert_eq!(reply.status, 401, "{}", reply.body);
+    assert_eq!(server.page("/runs/x/events", Some(&first)).status, 401);
+    let (_, variables) = server.api("GET", "/api/variables", None);
+    assert!(
+        !variables.to_string().contains("after_logout"),
+        "{variables}"
+    );
+    // The other session is untouched.
+    assert_eq!(server.page("/variables", Some(&second)).status, 200);
 }

@@ -407,6 +407,8 @@ pub async fn serve(
         host_guard,
         guard::require_own_host,
     ));
+    // With each client's address: the UI limits sign-in attempts per client.
+    let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await

@@ -6,15 +6,18 @@
 //! (setting a secret), so there is no second set of rules. It is mounted by
 //! `api::router`, behind the same Host/Origin guard.
 //!
-//! Who may look: when the server has API keys, `/login` takes one once and
-//! keeps it in an `HttpOnly`, `SameSite=Strict` cookie; every other page
-//! (and the live event stream) answers only to that cookie, with the key's
-//! role (read-only keys see, operators run and cancel, admins set secrets).
-//! Every form that changes something carries a CSRF token derived from the
-//! cookie's key and a secret of this process, so a page elsewhere cannot post
-//! one even where `SameSite` or `Origin` would not stop it. The assets hold
-//! no data and are served to anyone (the login page needs them).
+//! Who may look: when the server has API keys, `/login` takes one once
+//! (a few wrong ones per client, then 429: see [`auth`]) and gives the
+//! browser a random session id in an `HttpOnly`, `SameSite=Strict` cookie;
+//! every other page (and the live event stream) answers only to a live
+//! session, with its key's role (read-only keys see, operators run and
+//! cancel, admins set secrets). Every form that changes something carries a
+//! CSRF token derived from the session id and a secret of this process, so a
+//! page elsewhere cannot post one even where `SameSite` or `Origin` would not
+//! stop it. The assets hold no data and are served to anyone (the login page
+//! needs them).
 
+mod auth;
 mod deployments;
 mod html;
 mod objects;
@@ -22,17 +25,21 @@ mod runs;
 
 use crate::api::ApiState;
 use crate::api::guard::Role;
-use axum::Router;
+use auth::{Client, UiAuth};
+use axum::extract::connect_info::ConnectInfo;
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
+use axum::{Extension, Router};
 use sha2::{Digest, Sha256};
+use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
+use std::time::Instant;
 
-/// The cookie that holds the API key (hex-encoded, so any key is a valid value).
-const KEY_COOKIE: &str = "weir_key";
+/// The cookie that holds the session id (never the key: see [`auth`]).
+const SESSION_COOKIE: &str = "weir_session";
 
 const APP_JS: &str = include_str!("assets/app.js");
 const STYLE_CSS: &str = include_str!("assets/style.css");
@@ -127,11 +134,12 @@ fn csrf_secret() -> &'static [u8; 32] {
 }
 
 impl Session {
-    fn new(role: Role, key: &str, signed_in: bool) -> Session {
+    /// `session_id` is the cookie's (empty on a server without keys).
+    fn new(role: Role, session_id: &str, signed_in: bool) -> Session {
         let mut hasher = Sha256::new();
         hasher.update(csrf_secret());
         hasher.update(b"weir-ui-csrf\0");
-        hasher.update(key.as_bytes());
+        hasher.update(session_id.as_bytes());
         Session {
             role,
             csrf: hex::encode(&hasher.finalize()[..16]),
@@ -215,6 +223,8 @@ pub fn routes(state: Arc<ApiState>) -> Router<Arc<ApiState>> {
         .merge(pages)
         .layer(axum::middleware::map_response(safety_headers))
         .layer(axum::middleware::from_fn(gzip))
+        // One per router, so one per server: sessions end when it stops.
+        .layer(Extension(Arc::new(UiAuth::default())))
 }
 
 /// Pages and assets smaller than this go out as they are.
@@ -297,17 +307,25 @@ async fn safety_headers(mut response: Response) -> Response {
     response
 }
 
-/// The API key in our cookie, if one was sent.
-fn cookie_key(headers: &HeaderMap) -> Option<String> {
+/// The session id in our cookie, if one was sent.
+fn cookie_session(headers: &HeaderMap) -> Option<&str> {
     headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(name, _)| *name == KEY_COOKIE)
-        .and_then(|(_, value)| hex::decode(value).ok())
-        .and_then(|bytes| String::from_utf8(bytes).ok())
+        .find(|(name, _)| *name == SESSION_COOKIE)
+        .map(|(_, value)| value.trim())
+}
+
+/// The server's sign-in state, which [`routes`] always layers in.
+fn ui_auth(request: &Request) -> Arc<UiAuth> {
+    request
+        .extensions()
+        .get::<Arc<UiAuth>>()
+        .cloned()
+        .expect("ui::routes layers the UI's auth state")
 }
 
 /// The role a UI request needs: reading is read-only, secrets need admin,
@@ -331,10 +349,13 @@ async fn require_session(
     let session = if !state.needs_keys() {
         Session::new(Role::Admin, "", false)
     } else {
-        let signed = cookie_key(request.headers())
-            .and_then(|key| state.role_of_key(&key).map(|role| (role, key)));
+        let auth = ui_auth(&request);
+        let signed = cookie_session(request.headers()).and_then(|id| {
+            let role = auth.sessions().role_of(id, Instant::now())?;
+            Some(Session::new(role, id, true))
+        });
         match signed {
-            Some((role, key)) => Session::new(role, &key, true),
+            Some(session) => session,
             // A page asked for in the browser goes to the sign-in form; an
             // event stream or a form post is refused outright.
             None if request.method() == Method::GET
@@ -382,12 +403,38 @@ struct LoginForm {
     key: String,
 }
 
+/// Checks a key and starts a session. Each client's attempts are limited
+/// ([`auth::LoginLimiter`]) before the key is looked at, so a locked-out
+/// client learns nothing, not even from a good key.
 async fn login(
     State(state): State<Arc<ApiState>>,
+    Extension(auth): Extension<Arc<UiAuth>>,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
     axum::Form(form): axum::Form<LoginForm>,
 ) -> Response {
-    let key = form.key.trim();
-    if !state.needs_keys() || state.role_of_key(key).is_none() {
+    let client = Client::of(peer.map(|Extension(ConnectInfo(addr))| addr.ip()));
+    if let Err(wait) = auth.logins().attempt(client, Instant::now()) {
+        let seconds = wait.as_secs() + 1;
+        let message =
+            format!("too many wrong keys from this address; wait {seconds} s before the next try");
+        return (
+            StatusCode::TOO_MANY_REQUESTS,
+            [(header::RETRY_AFTER, seconds.to_string())],
+            Html(html::page(
+                "Sign in",
+                "",
+                false,
+                &login_form(Some(&message)),
+            )),
+        )
+            .into_response();
+    }
+    let role = if state.needs_keys() {
+        state.role_of_key(form.key.trim())
+    } else {
+        None
+    };
+    let Some(role) = role else {
         let message =
             "this key is not accepted by this server; check it against the server's key file";
         return (
@@ -395,10 +442,13 @@ async fn login(
             Html(html::page("Sign in", "", false, &login_form(Some(message)))),
         )
             .into_response();
-    }
+    };
+    let now = Instant::now();
+    auth.logins().succeeded(client, now);
+    let id = auth.sessions().start(role, now);
     let cookie = format!(
-        "{KEY_COOKIE}={}; Path=/; HttpOnly; SameSite=Strict",
-        hex::encode(key)
+        "{SESSION_COOKIE}={id}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}",
+        auth::SESSION_TTL.as_secs()
     );
     let mut response = Redirect::to("/").into_response();
     if let Ok(value) = HeaderValue::from_str(&cookie) {
@@ -407,11 +457,16 @@ async fn login(
     response
 }
 
-async fn logout() -> Response {
+/// Ends the session on the server (its cookie is worthless from now on,
+/// wherever a copy of it went) and clears it in the browser.
+async fn logout(Extension(auth): Extension<Arc<UiAuth>>, headers: HeaderMap) -> Response {
+    if let Some(id) = cookie_session(&headers) {
+        auth.sessions().end(id);
+    }
     let mut response = Redirect::to("/login").into_response();
     response.headers_mut().insert(
         header::SET_COOKIE,
-        HeaderValue::from_static("weir_key=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0"),
+        HeaderValue::from_static("weir_session=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0"),
     );
     response
 }
@@ -440,23 +495,22 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_key_cookie_is_found_among_others_and_must_be_hex() {
+    fn the_session_cookie_is_found_among_others() {
         let mut headers = HeaderMap::new();
         headers.insert(
             header::COOKIE,
-            HeaderValue::from_str(&format!("a=1; {KEY_COOKIE}={}; b=2", hex::encode("k;ey=1")))
-                .unwrap(),
+            HeaderValue::from_static("a=1; weir_key=k; weir_session=abc123; b=2"),
         );
-        assert_eq!(cookie_key(&headers).as_deref(), Some("k;ey=1"));
+        assert_eq!(cookie_session(&headers), Some("abc123"));
         headers.insert(header::COOKIE, HeaderValue::from_static("weir_key=zz"));
-        assert_eq!(cookie_key(&headers), None);
-        assert_eq!(cookie_key(&HeaderMap::new()), None);
+        assert_eq!(cookie_session(&headers), None);
+        assert_eq!(cookie_session(&HeaderMap::new()), None);
     }
 
     #[test]
-    fn csrf_tokens_differ_by_key_and_are_checked_exactly() {
-        let a = Session::new(Role::Admin, "key-a", true);
-        let b = Session::new(Role::Admin, "key-b", true);
+    fn csrf_tokens_differ_by_session_and_are_checked_exactly() {
+        let a = Session::new(Role::Admin, "session-a", true);
+        let b = Session::new(Role::Admin, "session-b", true);
         assert_ne!(a.csrf, b.csrf);
         assert!(a.check_csrf(&a.csrf.clone()).is_ok());
         assert!(a.check_csrf(&b.csrf).is_err());
