@@ -1845,3 +1845,148 @@ fn a_session_ends_at_sign_out_and_other_sessions_go_on() {
     // The other session is untouched.
     assert_eq!(server.page("/variables", Some(&second)).status, 200);
 }
+
+/// Asserts that `reply` is the UI's error page for `status`.
+fn assert_error_page(what: &str, reply: &Reply, status: u16) {
+    assert_eq!(reply.status, status, "{what}: {}", reply.body);
+    assert!(
+        reply
+            .content_type
+            .as_deref()
+            .is_some_and(|t| t.starts_with("text/html")),
+        "{what}: {:?}: {}",
+        reply.content_type,
+        reply.body
+    );
+    assert!(
+        reply.body.starts_with("<!doctype html>")
+            && reply.body.contains(&format!("<h1>{status} "))
+            && reply.body.contains("role=\"alert\""),
+        "{what}: {}",
+        reply.body
+    );
+    assert!(
+        reply
+            .csp
+            .as_deref()
+            .is_some_and(|c| c.contains("default-src 'none'")),
+        "{what}: no CSP"
+    );
+}
+
+#[test]
+fn every_refusal_a_browser_sees_is_a_page_and_the_api_keeps_json() {
+    let server = UiServer::start_with(true);
+    let digest = server.deploy_etl();
+    let admin = server.sign_in(ADMIN_KEY);
+    let reader = server.sign_in(READER_KEY);
+    let csrf = csrf_of(&server.page("/deployments/etl", Some(&admin)).body);
+    let reader_csrf = csrf_of(&server.page("/deployments/etl", Some(&reader)).body);
+
+    // 404: an unknown run, task run, deployment, component, address.
+    for path in [
+        "/runs/00000000-0000-0000-0000-000000000000".to_string(),
+        "/deployments/no-such-deployment".into(),
+        format!("/components/{}", "0".repeat(64)),
+        "/no/such/page".into(),
+    ] {
+        assert_error_page(&path, &server.page(&path, Some(&admin)), 404);
+    }
+    // 403: a read-only key changing something, a form without its token.
+    let reply = server.form(
+        "/deployments/etl/pause",
+        &[("csrf", &reader_csrf)],
+        Some(&reader),
+    );
+    assert_error_page("read-only pause", &reply, 403);
+    assert!(reply.body.contains("read-only role"), "{}", reply.body);
+    let reply = server.form("/deployments/etl/pause", &[], Some(&admin));
+    assert_error_page("no CSRF token", &reply, 403);
+    // 400 and 422: what the page's handlers and the form reader refuse.
+    assert_error_page(
+        "bad task run id",
+        &server.page("/task-runs/not-an-id", Some(&admin)),
+        400,
+    );
+    assert_error_page(
+        "bad window",
+        &server.page("/runs?within=forever", Some(&admin)),
+        400,
+    );
+    let reply = server.form(
+        "/deployments/etl/run",
+        &[("csrf", &csrf), ("params_json", "{not json")],
+        Some(&admin),
+    );
+    // The form comes back with the sentence beside it.
+    assert_eq!(reply.status, 400, "{}", reply.body);
+    assert!(
+        reply.body.starts_with("<!doctype html>")
+            && reply.body.contains("id=\"run-form\"")
+            && reply
+                .body
+                .contains("role=\"alert\" id=\"run-error\">the parameters are not JSON"),
+        "{}",
+        reply.body
+    );
+    let reply = server.form("/components/x/deploy", &[("csrf", &csrf)], Some(&admin));
+    assert_error_page("form without its fields", &reply, 422);
+    assert!(reply.body.contains("missing field"), "{}", reply.body);
+    // 409: a name that is taken.
+    let reply = server.form(
+        &format!("/components/{digest}/deploy"),
+        &[("csrf", &csrf), ("flow", "etl"), ("name", "etl")],
+        Some(&admin),
+    );
+    assert_error_page("taken name", &reply, 409);
+    // 405 and 413: the router's own refusals.
+    let reply = server.page("/logout", Some(&admin));
+    assert_error_page("GET /logout", &reply, 405);
+    let huge = "x".repeat(5 << 20);
+    let reply = server.form(
+        "/variables",
+        &[("csrf", &csrf), ("name", "big"), ("value", &huge)],
+        Some(&admin),
+    );
+    assert_error_page("huge form", &reply, 413);
+    // 403 from the Host guard, before any UI code runs.
+    let reply = server.send("GET", "/", &[("host", "evil.example".into())], None);
+    assert_error_page("foreign Host", &reply, 403);
+    // 500: a stored row the server cannot read says nothing of it.
+    let database = Paths::at(server._home.path()).database();
+    let db = rusqlite::Connection::open(database).unwrap();
+    db.busy_timeout(Duration::from_secs(30)).unwrap();
+    let changed = db
+        .execute(
+            "UPDATE objects SET body = '{broken <b>' WHERE kind = 'work_pool'",
+            [],
+        )
+        .unwrap();
+    assert!(changed > 0, "the default pool is stored");
+    let reply = server.page("/pools", Some(&admin));
+    assert_error_page("unreadable pool", &reply, 500);
+    assert!(!reply.body.contains("broken"), "{}", reply.body);
+
+    // The JSON API keeps JSON for the same kinds of refusal.
+    for (path, status) in [
+        ("/api/flow-runs/00000000-0000-0000-0000-000000000000", 404),
+        ("/api/no-such-endpoint", 404),
+        ("/api/work-pools", 500),
+    ] {
+        let (got, body) = server.api("GET", path, None);
+        assert_eq!(got, status, "{path}: {body}");
+        assert!(body["message"].is_string(), "{path}: {body}");
+    }
+    let reply = server.send(
+        "GET",
+        "/api/health",
+        &[("host", "evil.example".into())],
+        None,
+    );
+    assert_eq!(reply.status, 403);
+    assert!(
+        reply.content_type.as_deref() == Some("application/json"),
+        "{:?}",
+        reply.content_type
+    );
+}

@@ -105,7 +105,11 @@ impl IntoResponse for UiError {
             html::esc(status.canonical_reason().unwrap_or("")),
             html::esc(&self.to_string())
         );
-        (status, Html(html::page("Error", "", false, &body))).into_response()
+        let mut response = (status, Html(html::page("Error", "", false, &body))).into_response();
+        // Error pages also go out from outside the UI's router (the
+        // fallback, `html_errors`), past its header layer.
+        add_safety_headers(response.headers_mut());
+        response
     }
 }
 
@@ -175,6 +179,68 @@ pub(crate) fn not_found(path: &str) -> Response {
         message: format!("there is no page at {path}; start from the dashboard"),
     }
     .into_response()
+}
+
+/// Whether a path is a page's (people in a browser) rather than the JSON
+/// API's or the metrics' (programs, which keep their JSON errors).
+fn is_page_path(path: &str) -> bool {
+    !(path == "/api" || path.starts_with("/api/") || path == "/metrics")
+}
+
+/// The largest error body [`html_errors`] reads to find its sentence.
+const MAX_ERROR_BODY_BYTES: usize = 64 * 1024;
+
+/// Turns every refusal on a page's address that is not a page yet into one:
+/// what the UI's handlers cannot see (a form body the extractor could not
+/// read, a method the route lacks, a body over the limit, the Host/Origin
+/// guard, the request time limit) answers in JSON or plain text, and a
+/// browser would show that raw. Status and `Retry-After`/`Allow` stay; the
+/// sentence is the JSON `message` or the text. Layered outermost by
+/// `api::serve`, so it sees the guards' refusals too.
+pub async fn html_errors(request: Request, next: Next) -> Response {
+    let for_people = is_page_path(request.uri().path());
+    let method = request.method().clone();
+    let response = next.run(request).await;
+    let is_html = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| t.starts_with("text/html"));
+    if !for_people
+        || is_html
+        || !(response.status().is_client_error() || response.status().is_server_error())
+    {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let bytes = axum::body::to_bytes(body, MAX_ERROR_BODY_BYTES)
+        .await
+        .unwrap_or_default();
+    let text = String::from_utf8_lossy(&bytes);
+    let from_json = serde_json::from_str::<serde_json::Value>(&text)
+        .ok()
+        .and_then(|v| v.get("message")?.as_str().map(str::to_string));
+    let message = match from_json {
+        Some(message) => message,
+        None if !text.trim().is_empty() => text.trim().to_string(),
+        None if parts.status == StatusCode::METHOD_NOT_ALLOWED => {
+            format!(
+                "this address does not take a {method} request; use the page's links and buttons"
+            )
+        }
+        None => "the server could not answer this request; go back and try again".to_string(),
+    };
+    let mut page = UiError::Refused {
+        status: parts.status,
+        message,
+    }
+    .into_response();
+    for name in [header::RETRY_AFTER, header::ALLOW, header::WWW_AUTHENTICATE] {
+        if let Some(value) = parts.headers.get(&name) {
+            page.headers_mut().insert(name, value.clone());
+        }
+    }
+    page
 }
 
 /// The UI's routes (merged into the API router, which adds the Host guard).
@@ -286,7 +352,11 @@ async fn gzip(request: Request, next: Next) -> Response {
 /// Headers on every UI reply: the CSP, no sniffing, no referrer to other sites, no caching
 /// of pages that show run data.
 async fn safety_headers(mut response: Response) -> Response {
-    let headers = response.headers_mut();
+    add_safety_headers(response.headers_mut());
+    response
+}
+
+fn add_safety_headers(headers: &mut HeaderMap) {
     headers.insert(
         header::CONTENT_SECURITY_POLICY,
         HeaderValue::from_static(CONTENT_SECURITY_POLICY),
@@ -304,7 +374,6 @@ async fn safety_headers(mut response: Response) -> Response {
     headers
         .entry(header::CACHE_CONTROL)
         .or_insert(HeaderValue::from_static("no-store"));
-    response
 }
 
 /// The session id in our cookie, if one was sent.
