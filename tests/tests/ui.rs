@@ -298,6 +298,7 @@ fn all_pages(run: &str, digest: &str) -> Vec<String> {
         "/components",
         "/secrets",
         "/variables",
+        "/automations",
     ]
     .iter()
     .map(|p| p.to_string())
@@ -658,6 +659,9 @@ fn with_api_keys_no_page_or_stream_shows_anything_without_the_cookie() {
             format!("/components/{digest}/deploy"),
             "/variables".into(),
             "/secrets".into(),
+            "/deployments/etl/delete".into(),
+            "/secrets/x/delete".into(),
+            "/automations".into(),
         ] {
             let reply = server.form(&path, &[("name", "x"), ("value", "y")], cookie);
             assert_eq!(reply.status, 401, "{path}: {}", reply.body);
@@ -708,6 +712,13 @@ fn with_api_keys_no_page_or_stream_shows_anything_without_the_cookie() {
     assert_eq!(reply.status, 403, "{}", reply.body);
     let reply = server.form("/deployments/etl/pause", &[("csrf", &csrf)], Some(&reader));
     assert_eq!(reply.status, 403, "{}", reply.body);
+    let reply = server.form(
+        "/deployments/etl/delete",
+        &[("csrf", &csrf), ("confirm", "yes")],
+        Some(&reader),
+    );
+    assert_eq!(reply.status, 403, "{}", reply.body);
+    assert_eq!(server.api("GET", "/api/deployments/etl", None).0, 200);
     // One key's token is not another's.
     let reply = server.form("/deployments/etl/run", &[("csrf", &csrf)], Some(&cookie));
     assert_eq!(reply.status, 403, "{}", reply.body);
@@ -1494,7 +1505,7 @@ fn pools_and_queues_made_in_the_ui_follow_the_apis_rules() {
     assert_eq!(queues["work_queues"][1]["name"], "default", "{queues}");
     let page = server.page("/pools", None).body;
     assert!(
-        page.contains("&lt;b&gt;big&lt;/b&gt;") && page.contains("<li>fast (0, 1)</li>"),
+        page.contains("&lt;b&gt;big&lt;/b&gt;") && page.contains("<li>fast (0, 1) <form"),
         "{page}"
     );
 
@@ -1989,4 +2000,234 @@ fn every_refusal_a_browser_sees_is_a_page_and_the_api_keeps_json() {
         "{:?}",
         reply.content_type
     );
+}
+
+/// Posts a delete the way a browser does: first the button (which only
+/// asks), then the confirmation page's own form.
+fn delete_in_two_steps(server: &UiServer, path: &str, csrf: &str) -> Reply {
+    let asked = server.form(path, &[("csrf", csrf)], None);
+    assert_eq!(asked.status, 200, "{path}: {}", asked.body);
+    assert!(
+        asked.body.contains("<h1>Delete ") && asked.body.contains("name=\"confirm\" value=\"yes\""),
+        "{path}: {}",
+        asked.body
+    );
+    // The confirmation posts back to the same address, with the token.
+    assert!(
+        !asked.body.contains("action=") || asked.body.contains(&format!("action=\"{path}\"")),
+        "{}",
+        asked.body
+    );
+    server.form(
+        path,
+        &[("csrf", &csrf_of(&asked.body)), ("confirm", "yes")],
+        None,
+    )
+}
+
+#[test]
+fn deletes_in_the_ui_ask_first_need_the_token_and_keep_the_apis_rules() {
+    let server = UiServer::start();
+    server.deploy_etl();
+    let csrf = csrf_of(&server.page("/pools", None).body);
+    for (path, fields) in [
+        ("/pools", vec![("name", "side")]),
+        (
+            "/pools/queues",
+            vec![("pool", "side"), ("name", "q2"), ("priority", "1")],
+        ),
+        ("/variables", vec![("name", "region"), ("value", "eu")]),
+        (
+            "/secrets",
+            vec![("name", "db_password"), ("value", "s3cret-value-123")],
+        ),
+    ] {
+        let mut fields = fields;
+        fields.push(("csrf", &csrf));
+        let reply = server.form(path, &fields, None);
+        assert_eq!(reply.status, 303, "{path}: {}", reply.body);
+    }
+    let exists = |api: &str| server.api("GET", api, None).0 == 200;
+    let secret_listed = || {
+        server
+            .api("GET", "/api/secrets", None)
+            .1
+            .to_string()
+            .contains("db_password")
+    };
+    assert!(exists("/api/variables/region") && secret_listed());
+
+    // Each list shows a Delete button for what it lists.
+    for (page, action) in [
+        ("/deployments/etl", "/deployments/etl/delete"),
+        ("/pools", "/pools/side/delete"),
+        ("/pools", "/pools/side/queues/q2/delete"),
+        ("/variables", "/variables/region/delete"),
+        ("/secrets", "/secrets/db_password/delete"),
+    ] {
+        let body = server.page(page, None).body;
+        assert!(
+            body.contains(&format!("action=\"{action}\"")),
+            "{page}: {body}"
+        );
+    }
+    // Every pool keeps its default queue: no button, and a post is refused.
+    assert!(
+        !server
+            .page("/pools", None)
+            .body
+            .contains("/queues/default/delete")
+    );
+
+    // Without the page's token nothing is asked nor deleted, confirmed or not.
+    for path in [
+        "/deployments/etl/delete",
+        "/pools/side/delete",
+        "/variables/region/delete",
+        "/secrets/db_password/delete",
+    ] {
+        for fields in [
+            vec![("confirm", "yes")],
+            vec![
+                ("confirm", "yes"),
+                ("csrf", "0123456789abcdef0123456789abcdef"),
+            ],
+        ] {
+            let reply = server.form(path, &fields, None);
+            assert_eq!(reply.status, 403, "{path}: {}", reply.body);
+        }
+    }
+    // Asking alone deletes nothing.
+    let asked = server.form("/variables/region/delete", &[("csrf", &csrf)], None);
+    assert_eq!(asked.status, 200);
+    assert!(
+        asked.body.contains("Delete variable &#39;region&#39;?"),
+        "{}",
+        asked.body
+    );
+    assert!(exists("/api/variables/region") && exists("/api/deployments/etl"));
+
+    // The API's rules hold: a pool in use stays, so does a default queue.
+    let reply = delete_in_two_steps(&server, "/pools/wasm/delete", &csrf);
+    assert_eq!(reply.status, 409, "{}", reply.body);
+    assert!(
+        reply.body.contains("used by deployments etl"),
+        "{}",
+        reply.body
+    );
+    assert!(exists("/api/work-pools/wasm"));
+    let reply = delete_in_two_steps(&server, "/pools/side/queues/default/delete", &csrf);
+    assert_eq!(reply.status, 409, "{}", reply.body);
+
+    for (path, back, gone) in [
+        ("/pools/side/queues/q2/delete", "/pools", None),
+        (
+            "/deployments/etl/delete",
+            "/deployments",
+            Some("/api/deployments/etl"),
+        ),
+        ("/pools/side/delete", "/pools", Some("/api/work-pools/side")),
+        (
+            "/variables/region/delete",
+            "/variables",
+            Some("/api/variables/region"),
+        ),
+        ("/secrets/db_password/delete", "/secrets", None),
+    ] {
+        let reply = delete_in_two_steps(&server, path, &csrf);
+        assert_eq!(reply.status, 303, "{path}: {}", reply.body);
+        assert_eq!(reply.location.as_deref(), Some(back), "{path}");
+        if let Some(api) = gone {
+            assert!(!exists(api), "{api} is still there");
+        }
+    }
+    let (_, queues) = server.api("GET", "/api/work-pools/wasm/queues", None);
+    assert!(!queues.to_string().contains("q2"), "{queues}");
+    assert!(!secret_listed());
+}
+
+#[test]
+fn automations_are_made_edited_and_deleted_in_the_ui_without_showing_header_values() {
+    let server = UiServer::start();
+    let page = server.page("/automations", None);
+    assert_eq!(page.status, 200, "{}", page.body);
+    let csrf = csrf_of(&page.body);
+    let token = "Bearer tok-0123456789-do-not-show";
+    let automation = json!({ "name": "notify", "on": "failed", "deployment": "etl",
+        "webhook": "http://127.0.0.1:9/hook", "headers": { "authorization": token } });
+    let save = |text: &str| {
+        server.form(
+            "/automations",
+            &[("csrf", &csrf), ("automation", text)],
+            None,
+        )
+    };
+    let reply = save(&automation.to_string());
+    assert_eq!(reply.status, 303, "{}", reply.body);
+    let (status, shown) = server.api("GET", "/api/automations/notify", None);
+    assert_eq!(status, 200, "{shown}");
+    assert!(shown.to_string().contains("127.0.0.1:9/hook"), "{shown}");
+
+    // The list and the edit page name the header, never its value.
+    let list = server.page("/automations", None).body;
+    assert!(
+        list.contains("href=\"/automations/notify\"") && list.contains("authorization"),
+        "{list}"
+    );
+    let edit = server.page("/automations/notify", None).body;
+    assert!(
+        edit.contains("&quot;authorization&quot;: &quot;***&quot;"),
+        "{edit}"
+    );
+    for body in [&list, &edit] {
+        assert!(!body.contains("tok-0123456789"), "{body}");
+    }
+    let stored_token = || {
+        let db = rusqlite::Connection::open(Paths::at(server._home.path()).database()).unwrap();
+        db.busy_timeout(Duration::from_secs(30)).unwrap();
+        db.query_row(
+            "SELECT body FROM objects WHERE kind = 'automation' AND name = 'notify'",
+            [],
+            |row| row.get::<_, String>(0),
+        )
+        .unwrap()
+    };
+
+    // Saved again with the mask: the value stays; the rule changes.
+    let mut edited = automation.clone();
+    edited["on"] = json!("crashed");
+    edited["headers"]["authorization"] = json!("***");
+    let reply = save(&edited.to_string());
+    assert_eq!(reply.status, 303, "{}", reply.body);
+    assert!(stored_token().contains(token) && stored_token().contains("crashed"));
+    // The mask never follows the token to another webhook.
+    let mut moved = edited.clone();
+    moved["webhook"] = json!("http://evil.example/steal");
+    let reply = save(&moved.to_string());
+    assert_eq!(reply.status, 400, "{}", reply.body);
+    assert!(
+        reply.body.contains("type the value again"),
+        "{}",
+        reply.body
+    );
+    assert!(!stored_token().contains("evil.example"));
+    // The API's own checks answer, with the sent text back in the form.
+    let mut bad = automation.clone();
+    bad["webhook"] = json!("ftp://example.com/x");
+    let reply = save(&bad.to_string());
+    assert_eq!(reply.status, 400, "{}", reply.body);
+    assert!(
+        reply.body.contains("is not an http:// or https:// URL")
+            && reply.body.contains("ftp://example.com/x"),
+        "{}",
+        reply.body
+    );
+    for text in ["{not json", "{\"on\": \"failed\"}"] {
+        assert_eq!(save(text).status, 400, "{text}");
+    }
+    assert_eq!(server.page("/automations/nope", None).status, 404);
+
+    let reply = delete_in_two_steps(&server, "/automations/notify/delete", &csrf);
+    assert_eq!(reply.status, 303, "{}", reply.body);
+    assert_eq!(server.api("GET", "/api/automations/notify", None).0, 404);
 }

@@ -11,7 +11,7 @@
 //! HTTP when an API URL is configured, in-process (no socket) otherwise.
 
 mod artifacts;
-mod automations;
+pub(crate) mod automations;
 pub(crate) mod deployments;
 pub(crate) mod events;
 pub mod guard;

@@ -18,6 +18,7 @@
 //! needs them).
 
 mod auth;
+mod automations;
 mod deployments;
 mod html;
 mod objects;
@@ -120,6 +121,54 @@ type UiResult<T> = Result<T, UiError>;
 struct CsrfForm {
     #[serde(default)]
     csrf: String,
+}
+
+/// A delete's form: without `confirm=yes` it only asks (see [`delete_step`]).
+#[derive(serde::Deserialize)]
+struct DeleteForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    confirm: String,
+}
+
+/// The small form behind every Delete button: it leads to the confirmation.
+fn delete_button(session: &Session, action: &str, label: &str) -> String {
+    format!(
+        "<form method=\"post\" action=\"{}\" class=\"inline\">{}<button class=\"danger\">{}</button></form>",
+        html::esc(action),
+        session.csrf_field(),
+        html::esc(label)
+    )
+}
+
+/// Every delete in two steps, both CSRF-checked: the first post answers a
+/// page that names what goes and what follows from it; only its own form,
+/// which adds `confirm=yes`, deletes (through `delete`, the JSON API's own
+/// function) and goes on to `back_to`.
+async fn delete_step<T>(
+    session: &Session,
+    form: DeleteForm,
+    what: &str,
+    consequence: &str,
+    back_to: &str,
+    delete: impl std::future::Future<Output = Result<T, crate::api::ApiError>>,
+) -> UiResult<Response> {
+    session.check_csrf(&form.csrf)?;
+    if form.confirm != "yes" {
+        let body = format!(
+            "<h1>Delete {what_text}?</h1><p>{consequence}</p>\
+             <form method=\"post\" class=\"actions\">{csrf}<input type=\"hidden\" name=\"confirm\" value=\"yes\">\
+             <button class=\"danger\" autofocus>Delete {what_text}</button> <a href=\"{back}\">Keep it</a></form>",
+            what_text = html::esc(what),
+            consequence = html::esc(consequence),
+            csrf = session.csrf_field(),
+            back = html::esc(back_to),
+        );
+        return Ok(session.page("Delete", "", &body).into_response());
+    }
+    delete.await?;
+    Ok(Redirect::to(back_to).into_response())
 }
 
 /// Who is looking: the key's role and the CSRF token for its forms.
@@ -263,10 +312,16 @@ pub fn routes(state: Arc<ApiState>) -> Router<Arc<ApiState>> {
         .route("/deployments/{name}/edit", post(deployments::edit))
         .route("/deployments/{name}/pause", post(deployments::pause))
         .route("/deployments/{name}/resume", post(deployments::resume))
+        .route("/deployments/{name}/delete", post(deployments::delete))
         .route("/pools", get(objects::pools).post(objects::create_pool))
         .route("/pools/queues", post(objects::put_queue))
         .route("/pools/{name}/pause", post(objects::pause_pool))
         .route("/pools/{name}/resume", post(objects::resume_pool))
+        .route("/pools/{name}/delete", post(objects::delete_pool))
+        .route(
+            "/pools/{pool}/queues/{name}/delete",
+            post(objects::delete_queue),
+        )
         .route(
             "/components",
             get(objects::components).post(objects::upload).layer(
@@ -276,10 +331,18 @@ pub fn routes(state: Arc<ApiState>) -> Router<Arc<ApiState>> {
         .route("/components/{digest}", get(objects::component))
         .route("/components/{digest}/deploy", post(objects::deploy))
         .route("/secrets", get(objects::secrets).post(objects::set_secret))
+        .route("/secrets/{name}/delete", post(objects::delete_secret))
         .route(
             "/variables",
             get(objects::variables).post(objects::set_variable),
         )
+        .route("/variables/{name}/delete", post(objects::delete_variable))
+        .route(
+            "/automations",
+            get(automations::list).post(automations::save),
+        )
+        .route("/automations/{name}", get(automations::show))
+        .route("/automations/{name}/delete", post(automations::delete))
         .route("/logout", post(logout))
         .layer(axum::middleware::from_fn_with_state(state, require_session));
     Router::new()
