@@ -910,13 +910,17 @@ impl Browser {
 
     /// Saves a PNG under `target/ui-screenshots/` (a CI artifact).
     fn screenshot(&self, name: &str) {
-        let encoded = self.session_call("GET", "/screenshot", json!({}));
         let dir = std::env::var_os("CARGO_TARGET_DIR")
             .map(std::path::PathBuf::from)
             .unwrap_or_else(|| workspace().join("target"))
             .join("ui-screenshots");
         std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join(name), base64_decode(encoded.as_str().unwrap())).unwrap();
+        self.save_screenshot(&dir.join(name));
+    }
+
+    fn save_screenshot(&self, path: &std::path::Path) {
+        let encoded = self.session_call("GET", "/screenshot", json!({}));
+        std::fs::write(path, base64_decode(encoded.as_str().unwrap())).unwrap();
     }
 }
 
@@ -1021,6 +1025,15 @@ fn in_a_browser_a_run_shows_its_timeline_and_live_logs() {
          && ['extract', 'transform', 'load'].every(t => [...document.querySelectorAll('#gantt tr.task td.name a')].some(a => a.textContent === t))",
     );
     browser.screenshot("run-page.png");
+    // `WEIR_UPDATE_SCREENSHOTS=1 cargo test -p weir-tests --test ui -- in_a_browser`
+    // refreshes the README's picture from this very page.
+    if std::env::var_os("WEIR_UPDATE_SCREENSHOTS").is_some() {
+        browser.wait_until(
+            "the last log line",
+            "return [...document.querySelectorAll('#logs .line')].some(l => l.textContent.includes('loaded'))",
+        );
+        browser.save_screenshot(&workspace().join("docs/run-page.png"));
+    }
     // Times are shown in the viewer's zone (the page says UTC without script).
     browser.wait_until(
         "local times",
