@@ -62,7 +62,7 @@ pub(super) async fn list_automations(State(state): State<Arc<ApiState>>) -> ApiR
     request_body(content = schema::Automation, content_type = "application/json"),
     responses((status = 201, body = schema::AutomationInfo), (status = 200, body = schema::AutomationInfo),
         (status = 400, body = schema::ErrorBody)))]
-pub(super) async fn put_automation(
+pub(crate) async fn put_automation(
     State(state): State<Arc<ApiState>>,
     Path(name): Path<String>,
     body: axum::body::Bytes,
@@ -113,7 +113,7 @@ pub(super) async fn get_automation(
 #[utoipa::path(delete, path = "/api/automations/{name}", tag = "automations",
     params(("name" = String, Path)),
     responses((status = 200, body = schema::Deleted), (status = 404, body = schema::ErrorBody)))]
-pub(super) async fn delete_automation(
+pub(crate) async fn delete_automation(
     State(state): State<Arc<ApiState>>,
     Path(name): Path<String>,
 ) -> ApiResult<Json<Value>> {

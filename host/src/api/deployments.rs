@@ -441,7 +441,7 @@ pub(super) async fn get_deployment(
 #[utoipa::path(delete, path = "/api/deployments/{name}", tag = "deployments",
     params(("name" = String, Path)),
     responses((status = 200, body = schema::Deleted), (status = 404, body = schema::ErrorBody)))]
-pub(super) async fn delete_deployment(
+pub(crate) async fn delete_deployment(
     State(state): State<Arc<ApiState>>,
     Path(name): Path<String>,
 ) -> ApiResult<Json<Value>> {

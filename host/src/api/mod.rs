@@ -11,7 +11,7 @@
 //! HTTP when an API URL is configured, in-process (no socket) otherwise.
 
 mod artifacts;
-mod automations;
+pub(crate) mod automations;
 pub(crate) mod deployments;
 pub(crate) mod events;
 pub mod guard;
@@ -406,10 +406,15 @@ pub async fn serve(
         listener.local_addr()?,
         &allowed_hosts,
     ));
-    let app = router(state).layer(axum::middleware::from_fn_with_state(
-        host_guard,
-        guard::require_own_host,
-    ));
+    let app = router(state)
+        .layer(axum::middleware::from_fn_with_state(
+            host_guard,
+            guard::require_own_host,
+        ))
+        // Refusals on the UI's addresses (the guard's too) as pages.
+        .layer(axum::middleware::from_fn(crate::ui::html_errors));
+    // With each client's address: the UI limits sign-in attempts per client.
+    let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await

@@ -170,7 +170,7 @@ pub(super) async fn get_work_pool(
 #[utoipa::path(delete, path = "/api/work-pools/{name}", tag = "work pools",
     params(("name" = String, Path)),
     responses((status = 200, body = schema::Deleted), (status = 404, body = schema::ErrorBody), (status = 409, body = schema::ErrorBody)))]
-pub(super) async fn delete_work_pool(
+pub(crate) async fn delete_work_pool(
     State(state): State<Arc<ApiState>>,
     Path(name): Path<String>,
 ) -> ApiResult<Json<Value>> {
@@ -302,7 +302,7 @@ pub(crate) fn put_queue(state: &ApiState, queue: WorkQueue) -> ApiResult<Value> 
 #[utoipa::path(delete, path = "/api/work-pools/{pool}/queues/{name}", tag = "work pools",
     params(("pool" = String, Path), ("name" = String, Path)),
     responses((status = 200, body = schema::Deleted), (status = 404, body = schema::ErrorBody), (status = 409, body = schema::ErrorBody)))]
-pub(super) async fn delete_work_queue(
+pub(crate) async fn delete_work_queue(
     State(state): State<Arc<ApiState>>,
     Path((pool_name, name)): Path<(String, String)>,
 ) -> ApiResult<Json<Value>> {
@@ -373,7 +373,7 @@ pub(crate) fn set_secret(state: &ApiState, name: &str, value: &str) -> ApiResult
 #[utoipa::path(delete, path = "/api/secrets/{name}", tag = "secrets",
     params(("name" = String, Path)),
     responses((status = 200, body = schema::Deleted), (status = 404, body = schema::ErrorBody)))]
-pub(super) async fn delete_secret(
+pub(crate) async fn delete_secret(
     State(state): State<Arc<ApiState>>,
     Path(name): Path<String>,
 ) -> ApiResult<Json<Value>> {
@@ -448,7 +448,7 @@ pub(crate) fn set_variable(state: &ApiState, name: String, value: Value) -> ApiR
 #[utoipa::path(delete, path = "/api/variables/{name}", tag = "variables",
     params(("name" = String, Path)),
     responses((status = 200, body = schema::Deleted), (status = 404, body = schema::ErrorBody)))]
-pub(super) async fn delete_variable(
+pub(crate) async fn delete_variable(
     State(state): State<Arc<ApiState>>,
     Path(name): Path<String>,
 ) -> ApiResult<Json<Value>> {

@@ -6,7 +6,7 @@
 
 use super::html::{esc, short, url_part};
 use super::runs::run_table;
-use super::{CsrfForm, Session, UiError, UiResult};
+use super::{CsrfForm, DeleteForm, Session, UiError, UiResult};
 use crate::api::ApiState;
 use crate::model::ComponentDigest;
 use crate::model::Deployment;
@@ -220,9 +220,14 @@ fn page(
     };
     let _ = write!(
         body,
-        "<div class=\"actions\"><form method=\"post\" action=\"/deployments/{}/{action}\">{}<button>{label}</button></form></div>",
+        "<div class=\"actions\"><form method=\"post\" action=\"/deployments/{}/{action}\">{}<button>{label}</button></form> {}</div>",
         esc(&url_part(&d.name)),
-        session.csrf_field()
+        session.csrf_field(),
+        super::delete_button(
+            session,
+            &format!("/deployments/{}/delete", url_part(&d.name)),
+            "Delete"
+        )
     );
     body.push_str("<section><h2>Run</h2>");
     if let Some(error) = feedback.run_error {
@@ -604,6 +609,27 @@ pub(super) async fn resume(
     axum::Form(form): axum::Form<CsrfForm>,
 ) -> UiResult<Response> {
     set_paused(state, session, name, form, false).await
+}
+
+/// Deletes a deployment after the confirmation step, as
+/// `DELETE /api/deployments/{name}` does (its runs stay).
+pub(super) async fn delete(
+    State(state): State<Arc<ApiState>>,
+    Extension(session): Extension<Session>,
+    Path(name): Path<String>,
+    axum::Form(form): axum::Form<DeleteForm>,
+) -> UiResult<Response> {
+    let what = format!("deployment '{name}'");
+    let gone = crate::api::deployments::delete_deployment(State(state), Path(name));
+    super::delete_step(
+        &session,
+        form,
+        &what,
+        "Its schedules stop making runs and it can no longer be run; its past runs stay.",
+        "/deployments",
+        gone,
+    )
+    .await
 }
 
 #[cfg(test)]

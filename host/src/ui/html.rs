@@ -63,6 +63,7 @@ const NAV: &[(&str, &str)] = &[
     ("/components", "Components"),
     ("/secrets", "Secrets"),
     ("/variables", "Variables"),
+    ("/automations", "Automations"),
 ];
 
 /// A whole page: head, navigation (with `active` marked), `body`.

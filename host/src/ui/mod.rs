@@ -6,15 +6,19 @@
 //! (setting a secret), so there is no second set of rules. It is mounted by
 //! `api::router`, behind the same Host/Origin guard.
 //!
-//! Who may look: when the server has API keys, `/login` takes one once and
-//! keeps it in an `HttpOnly`, `SameSite=Strict` cookie; every other page
-//! (and the live event stream) answers only to that cookie, with the key's
-//! role (read-only keys see, operators run and cancel, admins set secrets).
-//! Every form that changes something carries a CSRF token derived from the
-//! cookie's key and a secret of this process, so a page elsewhere cannot post
-//! one even where `SameSite` or `Origin` would not stop it. The assets hold
-//! no data and are served to anyone (the login page needs them).
+//! Who may look: when the server has API keys, `/login` takes one once
+//! (a few wrong ones per client, then 429: see [`auth`]) and gives the
+//! browser a random session id in an `HttpOnly`, `SameSite=Strict` cookie;
+//! every other page (and the live event stream) answers only to a live
+//! session, with its key's role (read-only keys see, operators run and
+//! cancel, admins set secrets). Every form that changes something carries a
+//! CSRF token derived from the session id and a secret of this process, so a
+//! page elsewhere cannot post one even where `SameSite` or `Origin` would not
+//! stop it. The assets hold no data and are served to anyone (the login page
+//! needs them).
 
+mod auth;
+mod automations;
 mod deployments;
 mod html;
 mod objects;
@@ -22,17 +26,21 @@ mod runs;
 
 use crate::api::ApiState;
 use crate::api::guard::Role;
-use axum::Router;
+use auth::{Client, UiAuth};
+use axum::extract::connect_info::ConnectInfo;
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
+use axum::{Extension, Router};
 use sha2::{Digest, Sha256};
+use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
+use std::time::Instant;
 
-/// The cookie that holds the API key (hex-encoded, so any key is a valid value).
-const KEY_COOKIE: &str = "weir_key";
+/// The cookie that holds the session id (never the key: see [`auth`]).
+const SESSION_COOKIE: &str = "weir_session";
 
 const APP_JS: &str = include_str!("assets/app.js");
 const STYLE_CSS: &str = include_str!("assets/style.css");
@@ -98,7 +106,11 @@ impl IntoResponse for UiError {
             html::esc(status.canonical_reason().unwrap_or("")),
             html::esc(&self.to_string())
         );
-        (status, Html(html::page("Error", "", false, &body))).into_response()
+        let mut response = (status, Html(html::page("Error", "", false, &body))).into_response();
+        // Error pages also go out from outside the UI's router (the
+        // fallback, `html_errors`), past its header layer.
+        add_safety_headers(response.headers_mut());
+        response
     }
 }
 
@@ -109,6 +121,54 @@ type UiResult<T> = Result<T, UiError>;
 struct CsrfForm {
     #[serde(default)]
     csrf: String,
+}
+
+/// A delete's form: without `confirm=yes` it only asks (see [`delete_step`]).
+#[derive(serde::Deserialize)]
+struct DeleteForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    confirm: String,
+}
+
+/// The small form behind every Delete button: it leads to the confirmation.
+fn delete_button(session: &Session, action: &str, label: &str) -> String {
+    format!(
+        "<form method=\"post\" action=\"{}\" class=\"inline\">{}<button class=\"danger\">{}</button></form>",
+        html::esc(action),
+        session.csrf_field(),
+        html::esc(label)
+    )
+}
+
+/// Every delete in two steps, both CSRF-checked: the first post answers a
+/// page that names what goes and what follows from it; only its own form,
+/// which adds `confirm=yes`, deletes (through `delete`, the JSON API's own
+/// function) and goes on to `back_to`.
+async fn delete_step<T>(
+    session: &Session,
+    form: DeleteForm,
+    what: &str,
+    consequence: &str,
+    back_to: &str,
+    delete: impl std::future::Future<Output = Result<T, crate::api::ApiError>>,
+) -> UiResult<Response> {
+    session.check_csrf(&form.csrf)?;
+    if form.confirm != "yes" {
+        let body = format!(
+            "<h1>Delete {what_text}?</h1><p>{consequence}</p>\
+             <form method=\"post\" class=\"actions\">{csrf}<input type=\"hidden\" name=\"confirm\" value=\"yes\">\
+             <button class=\"danger\" autofocus>Delete {what_text}</button> <a href=\"{back}\">Keep it</a></form>",
+            what_text = html::esc(what),
+            consequence = html::esc(consequence),
+            csrf = session.csrf_field(),
+            back = html::esc(back_to),
+        );
+        return Ok(session.page("Delete", "", &body).into_response());
+    }
+    delete.await?;
+    Ok(Redirect::to(back_to).into_response())
 }
 
 /// Who is looking: the key's role and the CSRF token for its forms.
@@ -127,11 +187,12 @@ fn csrf_secret() -> &'static [u8; 32] {
 }
 
 impl Session {
-    fn new(role: Role, key: &str, signed_in: bool) -> Session {
+    /// `session_id` is the cookie's (empty on a server without keys).
+    fn new(role: Role, session_id: &str, signed_in: bool) -> Session {
         let mut hasher = Sha256::new();
         hasher.update(csrf_secret());
         hasher.update(b"weir-ui-csrf\0");
-        hasher.update(key.as_bytes());
+        hasher.update(session_id.as_bytes());
         Session {
             role,
             csrf: hex::encode(&hasher.finalize()[..16]),
@@ -169,6 +230,68 @@ pub(crate) fn not_found(path: &str) -> Response {
     .into_response()
 }
 
+/// Whether a path is a page's (people in a browser) rather than the JSON
+/// API's or the metrics' (programs, which keep their JSON errors).
+fn is_page_path(path: &str) -> bool {
+    !(path == "/api" || path.starts_with("/api/") || path == "/metrics")
+}
+
+/// The largest error body [`html_errors`] reads to find its sentence.
+const MAX_ERROR_BODY_BYTES: usize = 64 * 1024;
+
+/// Turns every refusal on a page's address that is not a page yet into one:
+/// what the UI's handlers cannot see (a form body the extractor could not
+/// read, a method the route lacks, a body over the limit, the Host/Origin
+/// guard, the request time limit) answers in JSON or plain text, and a
+/// browser would show that raw. Status and `Retry-After`/`Allow` stay; the
+/// sentence is the JSON `message` or the text. Layered outermost by
+/// `api::serve`, so it sees the guards' refusals too.
+pub async fn html_errors(request: Request, next: Next) -> Response {
+    let for_people = is_page_path(request.uri().path());
+    let method = request.method().clone();
+    let response = next.run(request).await;
+    let is_html = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| t.starts_with("text/html"));
+    if !for_people
+        || is_html
+        || !(response.status().is_client_error() || response.status().is_server_error())
+    {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let bytes = axum::body::to_bytes(body, MAX_ERROR_BODY_BYTES)
+        .await
+        .unwrap_or_default();
+    let text = String::from_utf8_lossy(&bytes);
+    let from_json = serde_json::from_str::<serde_json::Value>(&text)
+        .ok()
+        .and_then(|v| v.get("message")?.as_str().map(str::to_string));
+    let message = match from_json {
+        Some(message) => message,
+        None if !text.trim().is_empty() => text.trim().to_string(),
+        None if parts.status == StatusCode::METHOD_NOT_ALLOWED => {
+            format!(
+                "this address does not take a {method} request; use the page's links and buttons"
+            )
+        }
+        None => "the server could not answer this request; go back and try again".to_string(),
+    };
+    let mut page = UiError::Refused {
+        status: parts.status,
+        message,
+    }
+    .into_response();
+    for name in [header::RETRY_AFTER, header::ALLOW, header::WWW_AUTHENTICATE] {
+        if let Some(value) = parts.headers.get(&name) {
+            page.headers_mut().insert(name, value.clone());
+        }
+    }
+    page
+}
+
 /// The UI's routes (merged into the API router, which adds the Host guard).
 pub fn routes(state: Arc<ApiState>) -> Router<Arc<ApiState>> {
     let pages = Router::new()
@@ -189,10 +312,16 @@ pub fn routes(state: Arc<ApiState>) -> Router<Arc<ApiState>> {
         .route("/deployments/{name}/edit", post(deployments::edit))
         .route("/deployments/{name}/pause", post(deployments::pause))
         .route("/deployments/{name}/resume", post(deployments::resume))
+        .route("/deployments/{name}/delete", post(deployments::delete))
         .route("/pools", get(objects::pools).post(objects::create_pool))
         .route("/pools/queues", post(objects::put_queue))
         .route("/pools/{name}/pause", post(objects::pause_pool))
         .route("/pools/{name}/resume", post(objects::resume_pool))
+        .route("/pools/{name}/delete", post(objects::delete_pool))
+        .route(
+            "/pools/{pool}/queues/{name}/delete",
+            post(objects::delete_queue),
+        )
         .route(
             "/components",
             get(objects::components).post(objects::upload).layer(
@@ -202,10 +331,18 @@ pub fn routes(state: Arc<ApiState>) -> Router<Arc<ApiState>> {
         .route("/components/{digest}", get(objects::component))
         .route("/components/{digest}/deploy", post(objects::deploy))
         .route("/secrets", get(objects::secrets).post(objects::set_secret))
+        .route("/secrets/{name}/delete", post(objects::delete_secret))
         .route(
             "/variables",
             get(objects::variables).post(objects::set_variable),
         )
+        .route("/variables/{name}/delete", post(objects::delete_variable))
+        .route(
+            "/automations",
+            get(automations::list).post(automations::save),
+        )
+        .route("/automations/{name}", get(automations::show))
+        .route("/automations/{name}/delete", post(automations::delete))
         .route("/logout", post(logout))
         .layer(axum::middleware::from_fn_with_state(state, require_session));
     Router::new()
@@ -215,6 +352,8 @@ pub fn routes(state: Arc<ApiState>) -> Router<Arc<ApiState>> {
         .merge(pages)
         .layer(axum::middleware::map_response(safety_headers))
         .layer(axum::middleware::from_fn(gzip))
+        // One per router, so one per server: sessions end when it stops.
+        .layer(Extension(Arc::new(UiAuth::default())))
 }
 
 /// Pages and assets smaller than this go out as they are.
@@ -276,7 +415,11 @@ async fn gzip(request: Request, next: Next) -> Response {
 /// Headers on every UI reply: the CSP, no sniffing, no referrer to other sites, no caching
 /// of pages that show run data.
 async fn safety_headers(mut response: Response) -> Response {
-    let headers = response.headers_mut();
+    add_safety_headers(response.headers_mut());
+    response
+}
+
+fn add_safety_headers(headers: &mut HeaderMap) {
     headers.insert(
         header::CONTENT_SECURITY_POLICY,
         HeaderValue::from_static(CONTENT_SECURITY_POLICY),
@@ -294,20 +437,27 @@ async fn safety_headers(mut response: Response) -> Response {
     headers
         .entry(header::CACHE_CONTROL)
         .or_insert(HeaderValue::from_static("no-store"));
-    response
 }
 
-/// The API key in our cookie, if one was sent.
-fn cookie_key(headers: &HeaderMap) -> Option<String> {
+/// The session id in our cookie, if one was sent.
+fn cookie_session(headers: &HeaderMap) -> Option<&str> {
     headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(name, _)| *name == KEY_COOKIE)
-        .and_then(|(_, value)| hex::decode(value).ok())
-        .and_then(|bytes| String::from_utf8(bytes).ok())
+        .find(|(name, _)| *name == SESSION_COOKIE)
+        .map(|(_, value)| value.trim())
+}
+
+/// The server's sign-in state, which [`routes`] always layers in.
+fn ui_auth(request: &Request) -> Arc<UiAuth> {
+    request
+        .extensions()
+        .get::<Arc<UiAuth>>()
+        .cloned()
+        .expect("ui::routes layers the UI's auth state")
 }
 
 /// The role a UI request needs: reading is read-only, secrets need admin,
@@ -331,10 +481,13 @@ async fn require_session(
     let session = if !state.needs_keys() {
         Session::new(Role::Admin, "", false)
     } else {
-        let signed = cookie_key(request.headers())
-            .and_then(|key| state.role_of_key(&key).map(|role| (role, key)));
+        let auth = ui_auth(&request);
+        let signed = cookie_session(request.headers()).and_then(|id| {
+            let role = auth.sessions().role_of(id, Instant::now())?;
+            Some(Session::new(role, id, true))
+        });
         match signed {
-            Some((role, key)) => Session::new(role, &key, true),
+            Some(session) => session,
             // A page asked for in the browser goes to the sign-in form; an
             // event stream or a form post is refused outright.
             None if request.method() == Method::GET
@@ -382,12 +535,38 @@ struct LoginForm {
     key: String,
 }
 
+/// Checks a key and starts a session. Each client's attempts are limited
+/// ([`auth::LoginLimiter`]) before the key is looked at, so a locked-out
+/// client learns nothing, not even from a good key.
 async fn login(
     State(state): State<Arc<ApiState>>,
+    Extension(auth): Extension<Arc<UiAuth>>,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
     axum::Form(form): axum::Form<LoginForm>,
 ) -> Response {
-    let key = form.key.trim();
-    if !state.needs_keys() || state.role_of_key(key).is_none() {
+    let client = Client::of(peer.map(|Extension(ConnectInfo(addr))| addr.ip()));
+    if let Err(wait) = auth.logins().attempt(client, Instant::now()) {
+        let seconds = wait.as_secs() + 1;
+        let message =
+            format!("too many wrong keys from this address; wait {seconds} s before the next try");
+        return (
+            StatusCode::TOO_MANY_REQUESTS,
+            [(header::RETRY_AFTER, seconds.to_string())],
+            Html(html::page(
+                "Sign in",
+                "",
+                false,
+                &login_form(Some(&message)),
+            )),
+        )
+            .into_response();
+    }
+    let role = if state.needs_keys() {
+        state.role_of_key(form.key.trim())
+    } else {
+        None
+    };
+    let Some(role) = role else {
         let message =
             "this key is not accepted by this server; check it against the server's key file";
         return (
@@ -395,10 +574,13 @@ async fn login(
             Html(html::page("Sign in", "", false, &login_form(Some(message)))),
         )
             .into_response();
-    }
+    };
+    let now = Instant::now();
+    auth.logins().succeeded(client, now);
+    let id = auth.sessions().start(role, now);
     let cookie = format!(
-        "{KEY_COOKIE}={}; Path=/; HttpOnly; SameSite=Strict",
-        hex::encode(key)
+        "{SESSION_COOKIE}={id}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}",
+        auth::SESSION_TTL.as_secs()
     );
     let mut response = Redirect::to("/").into_response();
     if let Ok(value) = HeaderValue::from_str(&cookie) {
@@ -407,11 +589,16 @@ async fn login(
     response
 }
 
-async fn logout() -> Response {
+/// Ends the session on the server (its cookie is worthless from now on,
+/// wherever a copy of it went) and clears it in the browser.
+async fn logout(Extension(auth): Extension<Arc<UiAuth>>, headers: HeaderMap) -> Response {
+    if let Some(id) = cookie_session(&headers) {
+        auth.sessions().end(id);
+    }
     let mut response = Redirect::to("/login").into_response();
     response.headers_mut().insert(
         header::SET_COOKIE,
-        HeaderValue::from_static("weir_key=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0"),
+        HeaderValue::from_static("weir_session=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0"),
     );
     response
 }
@@ -440,23 +627,22 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_key_cookie_is_found_among_others_and_must_be_hex() {
+    fn the_session_cookie_is_found_among_others() {
         let mut headers = HeaderMap::new();
         headers.insert(
             header::COOKIE,
-            HeaderValue::from_str(&format!("a=1; {KEY_COOKIE}={}; b=2", hex::encode("k;ey=1")))
-                .unwrap(),
+            HeaderValue::from_static("a=1; weir_key=k; weir_session=abc123; b=2"),
         );
-        assert_eq!(cookie_key(&headers).as_deref(), Some("k;ey=1"));
+        assert_eq!(cookie_session(&headers), Some("abc123"));
         headers.insert(header::COOKIE, HeaderValue::from_static("weir_key=zz"));
-        assert_eq!(cookie_key(&headers), None);
-        assert_eq!(cookie_key(&HeaderMap::new()), None);
+        assert_eq!(cookie_session(&headers), None);
+        assert_eq!(cookie_session(&HeaderMap::new()), None);
     }
 
     #[test]
-    fn csrf_tokens_differ_by_key_and_are_checked_exactly() {
-        let a = Session::new(Role::Admin, "key-a", true);
-        let b = Session::new(Role::Admin, "key-b", true);
+    fn csrf_tokens_differ_by_session_and_are_checked_exactly() {
+        let a = Session::new(Role::Admin, "session-a", true);
+        let b = Session::new(Role::Admin, "session-b", true);
         assert_ne!(a.csrf, b.csrf);
         assert!(a.check_csrf(&a.csrf.clone()).is_ok());
         assert!(a.check_csrf(&b.csrf).is_err());

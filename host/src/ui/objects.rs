@@ -3,7 +3,7 @@
 //! variables.
 
 use super::html::{self, esc, short, url_part};
-use super::{CsrfForm, Session, UiResult};
+use super::{CsrfForm, DeleteForm, Session, UiResult, delete_button};
 use crate::api::{ApiError, ApiState};
 use crate::model::{ComponentDigest, Variable, WorkPool, WorkQueue};
 use crate::store::ObjectKind;
@@ -50,9 +50,22 @@ pub(super) async fn pools(
     for (pool, active) in pools.iter().zip(active) {
         let mut queue_list = String::new();
         for q in queues.iter().filter(|q| q.work_pool == pool.name) {
+            let delete = if q.name == crate::model::deploy::DEFAULT_QUEUE {
+                String::new()
+            } else {
+                delete_button(
+                    &session,
+                    &format!(
+                        "/pools/{}/queues/{}/delete",
+                        url_part(&pool.name),
+                        url_part(&q.name)
+                    ),
+                    "Delete",
+                )
+            };
             let _ = write!(
                 queue_list,
-                "<li>{} ({}, {}){}</li>",
+                "<li>{} ({}, {}){} {delete}</li>",
                 esc(&q.name),
                 q.priority,
                 q.concurrency_limit
@@ -68,13 +81,18 @@ pub(super) async fn pools(
         };
         let _ = write!(
             body,
-            "<tr><td>{}</td><td>{}</td><td>{} <form method=\"post\" action=\"/pools/{}/{action}\" class=\"inline\">{}<button>{label}</button></form></td>\
+            "<tr><td>{}</td><td>{}</td><td>{} <form method=\"post\" action=\"/pools/{}/{action}\" class=\"inline\">{}<button>{label}</button></form> {}</td>\
              <td>{}</td><td>{active}</td><td><ul>{queue_list}</ul></td></tr>",
             esc(&pool.name),
             esc(&pool.description),
             if pool.paused { "paused" } else { "active" },
             esc(&url_part(&pool.name)),
             session.csrf_field(),
+            delete_button(
+                &session,
+                &format!("/pools/{}/delete", url_part(&pool.name)),
+                "Delete"
+            ),
             pool.concurrency_limit
                 .map(|n| n.to_string())
                 .unwrap_or_else(|| "none".into()),
@@ -415,14 +433,19 @@ async fn secrets_page(
     }
     body.push_str(
         "<p>Values are encrypted at rest and never shown again; a run reads a secret only if its deployment grants it.</p>\
-         <div class=\"scroll\"><table><thead><tr><th>Name</th><th>Value</th><th>Updated</th></tr></thead><tbody>",
+         <div class=\"scroll\"><table><thead><tr><th>Name</th><th>Value</th><th>Updated</th><th></th></tr></thead><tbody>",
     );
     for (name, updated) in &names {
         let _ = write!(
             body,
-            "<tr><td>{}</td><td>{MASK}</td><td>{}</td></tr>",
+            "<tr><td>{}</td><td>{MASK}</td><td>{}</td><td>{}</td></tr>",
             esc(name),
-            html::time(*updated)
+            html::time(*updated),
+            delete_button(
+                session,
+                &format!("/secrets/{}/delete", url_part(name)),
+                "Delete"
+            )
         );
     }
     let _ = write!(
@@ -473,14 +496,19 @@ pub(super) async fn variables(
         .blocking(|state| parse_rows(state, ObjectKind::Variable))
         .await?;
     let mut body = String::from(
-        "<h1>Variables</h1><div class=\"scroll\"><table><thead><tr><th>Name</th><th>Value</th></tr></thead><tbody>",
+        "<h1>Variables</h1><div class=\"scroll\"><table><thead><tr><th>Name</th><th>Value</th><th></th></tr></thead><tbody>",
     );
     for v in &list {
         let _ = write!(
             body,
-            "<tr><td>{}</td><td><code>{}</code></td></tr>",
+            "<tr><td>{}</td><td><code>{}</code></td><td>{}</td></tr>",
             esc(&v.name),
-            esc(&v.value.to_string())
+            esc(&v.value.to_string()),
+            delete_button(
+                &session,
+                &format!("/variables/{}/delete", url_part(&v.name)),
+                "Delete"
+            )
         );
     }
     let _ = write!(
@@ -546,4 +574,54 @@ pub(super) async fn resume_pool(
     axum::Form(form): axum::Form<CsrfForm>,
 ) -> UiResult<Response> {
     set_pool_paused(state, session, name, form, false).await
+}
+
+/// Deletes a pool and its queues after the confirmation step, through the
+/// API's own function (refused while a deployment uses the pool).
+pub(super) async fn delete_pool(
+    State(state): State<Arc<ApiState>>,
+    Extension(session): Extension<Session>,
+    Path(name): Path<String>,
+    axum::Form(form): axum::Form<DeleteForm>,
+) -> UiResult<Response> {
+    let what = format!("work pool '{name}'");
+    let gone = crate::api::objects::delete_work_pool(State(state), Path(name));
+    let consequence = "Its queues go with it; hosts serving it find no more runs. A pool that a deployment uses is kept.";
+    super::delete_step(&session, form, &what, consequence, "/pools", gone).await
+}
+
+pub(super) async fn delete_queue(
+    State(state): State<Arc<ApiState>>,
+    Extension(session): Extension<Session>,
+    Path((pool, name)): Path<(String, String)>,
+    axum::Form(form): axum::Form<DeleteForm>,
+) -> UiResult<Response> {
+    let what = format!("queue '{name}' of pool '{pool}'");
+    let gone = crate::api::objects::delete_work_queue(State(state), Path((pool, name)));
+    let consequence = "Deployments that send runs to it must be moved to another queue.";
+    super::delete_step(&session, form, &what, consequence, "/pools", gone).await
+}
+
+pub(super) async fn delete_secret(
+    State(state): State<Arc<ApiState>>,
+    Extension(session): Extension<Session>,
+    Path(name): Path<String>,
+    axum::Form(form): axum::Form<DeleteForm>,
+) -> UiResult<Response> {
+    let what = format!("secret '{name}'");
+    let gone = crate::api::objects::delete_secret(State(state), Path(name));
+    let consequence = "Runs of deployments granted it will not start until it is set again.";
+    super::delete_step(&session, form, &what, consequence, "/secrets", gone).await
+}
+
+pub(super) async fn delete_variable(
+    State(state): State<Arc<ApiState>>,
+    Extension(session): Extension<Session>,
+    Path(name): Path<String>,
+    axum::Form(form): axum::Form<DeleteForm>,
+) -> UiResult<Response> {
+    let what = format!("variable '{name}'");
+    let gone = crate::api::objects::delete_variable(State(state), Path(name));
+    let consequence = "Flows that read it get nothing from now on.";
+    super::delete_step(&session, form, &what, consequence, "/variables", gone).await
 }

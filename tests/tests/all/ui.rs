@@ -21,6 +21,7 @@ struct Reply {
     location: Option<String>,
     set_cookie: Option<String>,
     csp: Option<String>,
+    content_type: Option<String>,
     body: String,
 }
 
@@ -110,16 +111,18 @@ impl UiServer {
                 .get(name)
                 .map(|v| v.to_str().unwrap().to_string())
         };
-        let (location, set_cookie, csp) = (
+        let (location, set_cookie, csp, content_type) = (
             header("location"),
             header("set-cookie"),
             header("content-security-policy"),
+            header("content-type"),
         );
         Reply {
             status: response.status().as_u16(),
             location,
             set_cookie,
             csp,
+            content_type,
             body: response.body_mut().read_to_string().unwrap_or_default(),
         }
     }
@@ -145,6 +148,28 @@ impl UiServer {
             &headers,
             Some((form_body(fields), "application/x-www-form-urlencoded")),
         )
+    }
+
+    /// Signs in with `key`; returns the `Cookie` header's value that holds
+    /// the session, after checking that it is not the key in any form.
+    fn sign_in(&self, key: &str) -> String {
+        let reply = self.form("/login", &[("key", key)], None);
+        assert_eq!(reply.status, 303, "{}", reply.body);
+        let set_cookie = reply.set_cookie.expect("signing in sets a cookie");
+        assert!(
+            set_cookie.contains("HttpOnly") && set_cookie.contains("SameSite=Strict"),
+            "{set_cookie}"
+        );
+        let cookie = set_cookie.split(';').next().unwrap().to_string();
+        let value = cookie.strip_prefix("weir_session=").expect(&cookie);
+        assert_eq!(value.len(), 64, "a 256-bit session id: {cookie}");
+        for form in [key.to_string(), hex(key), hex(key).to_uppercase()] {
+            assert!(
+                !cookie.contains(&form),
+                "the cookie holds the key: {cookie}"
+            );
+        }
+        cookie
     }
 
     /// The JSON API, with the admin key when the server has keys.
@@ -273,6 +298,7 @@ fn all_pages(run: &str, digest: &str) -> Vec<String> {
         "/components",
         "/secrets",
         "/variables",
+        "/automations",
     ]
     .iter()
     .map(|p| p.to_string())
@@ -581,7 +607,7 @@ fn with_api_keys_no_page_or_stream_shows_anything_without_the_cookie() {
     let (status, started) = server.api("POST", "/api/deployments/etl/runs", Some(json!({})));
     assert_eq!(status, 202);
     let id = started["flow_run_id"].as_str().unwrap().to_string();
-    let admin_cookie = format!("weir_key={}", hex(ADMIN_KEY));
+    let admin_cookie = server.sign_in(ADMIN_KEY);
     server.follow(&id, Some(&admin_cookie));
 
     let (_, detail) = server.api("GET", &format!("/api/flow-runs/{id}"), None);
@@ -589,10 +615,22 @@ fn with_api_keys_no_page_or_stream_shows_anything_without_the_cookie() {
     let mut pages = all_pages(&id, &digest);
     pages.push(format!("/task-runs/{task}"));
 
-    // Without a cookie, or with a wrong one, every page sends the browser
-    // to sign in and shows nothing of the server's data.
-    let wrong_cookie = format!("weir_key={}", hex("wrong-key-0123456789abcdef"));
-    for cookie in [None, Some(wrong_cookie.as_str()), Some("weir_key=not-hex")] {
+    // Without a cookie, or with a wrong one (a forged session id, the key
+    // itself where the session id goes, the key in the old cookie), every
+    // page sends the browser to sign in and shows nothing of the server's data.
+    let forged = format!("weir_session={}", "ab".repeat(32));
+    let key_as_session = format!("weir_session={ADMIN_KEY}");
+    let hex_key_as_session = format!("weir_session={}", hex(ADMIN_KEY));
+    let old_key_cookie = format!("weir_key={}", hex(ADMIN_KEY));
+    for cookie in [
+        None,
+        Some(forged.as_str()),
+        Some(key_as_session.as_str()),
+        Some(hex_key_as_session.as_str()),
+        Some(old_key_cookie.as_str()),
+        Some("weir_session="),
+        Some("weir_session=not-hex; weir_session=also-not"),
+    ] {
         for path in &pages {
             let reply = server.page(path, cookie);
             assert_eq!(reply.status, 303, "{path} with {cookie:?}: {}", reply.body);
@@ -621,6 +659,9 @@ fn with_api_keys_no_page_or_stream_shows_anything_without_the_cookie() {
             format!("/components/{digest}/deploy"),
             "/variables".into(),
             "/secrets".into(),
+            "/deployments/etl/delete".into(),
+            "/secrets/x/delete".into(),
+            "/automations".into(),
         ] {
             let reply = server.form(&path, &[("name", "x"), ("value", "y")], cookie);
             assert_eq!(reply.status, 401, "{path}: {}", reply.body);
@@ -648,7 +689,7 @@ fn with_api_keys_no_page_or_stream_shows_anything_without_the_cookie() {
         "{cookie}"
     );
     let cookie = cookie.split(';').next().unwrap().to_string();
-    assert_eq!(cookie, admin_cookie);
+    assert_ne!(cookie, admin_cookie, "each sign-in is a session of its own");
     let run_page = server.page(&format!("/runs/{id}"), Some(&cookie));
     assert_eq!(run_page.status, 200);
     assert!(run_page.body.contains("id=\"gantt\""), "{}", run_page.body);
@@ -657,7 +698,7 @@ fn with_api_keys_no_page_or_stream_shows_anything_without_the_cookie() {
 
     // A read-only key sees pages but may not set secrets or start runs,
     // even with its own page's CSRF token.
-    let reader = format!("weir_key={}", hex(READER_KEY));
+    let reader = server.sign_in(READER_KEY);
     let page = server.page("/deployments/etl", Some(&reader));
     assert_eq!(page.status, 200);
     let csrf = csrf_of(&page.body);
@@ -671,6 +712,13 @@ fn with_api_keys_no_page_or_stream_shows_anything_without_the_cookie() {
     assert_eq!(reply.status, 403, "{}", reply.body);
     let reply = server.form("/deployments/etl/pause", &[("csrf", &csrf)], Some(&reader));
     assert_eq!(reply.status, 403, "{}", reply.body);
+    let reply = server.form(
+        "/deployments/etl/delete",
+        &[("csrf", &csrf), ("confirm", "yes")],
+        Some(&reader),
+    );
+    assert_eq!(reply.status, 403, "{}", reply.body);
+    assert_eq!(server.api("GET", "/api/deployments/etl", None).0, 200);
     // One key's token is not another's.
     let reply = server.form("/deployments/etl/run", &[("csrf", &csrf)], Some(&cookie));
     assert_eq!(reply.status, 403, "{}", reply.body);
@@ -862,13 +910,17 @@ impl Browser {
 
     /// Saves a PNG under `target/ui-screenshots/` (a CI artifact).
     fn screenshot(&self, name: &str) {
-        let encoded = self.session_call("GET", "/screenshot", json!({}));
         let dir = std::env::var_os("CARGO_TARGET_DIR")
             .map(std::path::PathBuf::from)
             .unwrap_or_else(|| workspace().join("target"))
             .join("ui-screenshots");
         std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join(name), base64_decode(encoded.as_str().unwrap())).unwrap();
+        self.save_screenshot(&dir.join(name));
+    }
+
+    fn save_screenshot(&self, path: &std::path::Path) {
+        let encoded = self.session_call("GET", "/screenshot", json!({}));
+        std::fs::write(path, base64_decode(encoded.as_str().unwrap())).unwrap();
     }
 }
 
@@ -973,6 +1025,15 @@ fn in_a_browser_a_run_shows_its_timeline_and_live_logs() {
          && ['extract', 'transform', 'load'].every(t => [...document.querySelectorAll('#gantt tr.task td.name a')].some(a => a.textContent === t))",
     );
     browser.screenshot("run-page.png");
+    // `WEIR_UPDATE_SCREENSHOTS=1 cargo test -p weir-tests --test ui -- in_a_browser`
+    // refreshes the README's picture from this very page.
+    if std::env::var_os("WEIR_UPDATE_SCREENSHOTS").is_some() {
+        browser.wait_until(
+            "the last log line",
+            "return [...document.querySelectorAll('#logs .line')].some(l => l.textContent.includes('loaded'))",
+        );
+        browser.save_screenshot(&workspace().join("docs/run-page.png"));
+    }
     // Times are shown in the viewer's zone (the page says UTC without script).
     browser.wait_until(
         "local times",
@@ -1457,7 +1518,7 @@ fn pools_and_queues_made_in_the_ui_follow_the_apis_rules() {
     assert_eq!(queues["work_queues"][1]["name"], "default", "{queues}");
     let page = server.page("/pools", None).body;
     assert!(
-        page.contains("&lt;b&gt;big&lt;/b&gt;") && page.contains("<li>fast (0, 1)</li>"),
+        page.contains("&lt;b&gt;big&lt;/b&gt;") && page.contains("<li>fast (0, 1) <form"),
         "{page}"
     );
 
@@ -1683,4 +1744,503 @@ fn editing_a_queue_in_the_ui_keeps_its_tag_filter() {
         .unwrap_or_else(|| panic!("{queues}"));
     assert_eq!(demo["priority"], 0, "{demo}");
     assert_eq!(demo["tags"], json!(["demo"]), "{demo}");
+}
+
+/// POSTs `/login` with `key` from the loopback address `from` (Linux
+/// answers on all of 127/8, so each is a client of its own); returns the
+/// status, the `Retry-After` and `Set-Cookie` headers and the body.
+fn login_from(server: &UiServer, from: [u8; 4], key: &str) -> (u16, Option<u64>, bool, String) {
+    use std::io::{Read as _, Write as _};
+    let target: std::net::SocketAddr = server.url.trim_start_matches("http://").parse().unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let stream = runtime.block_on(async {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket
+            .bind((std::net::Ipv4Addr::from(from), 0).into())
+            .unwrap();
+        socket.connect(target).await.unwrap().into_std().unwrap()
+    });
+    let mut stream = stream;
+    stream.set_nonblocking(false).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let body = form_body(&[("key", key)]);
+    write!(
+        stream,
+        "POST /login HTTP/1.1\r\nHost: {target}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply).unwrap();
+    let (head, body) = reply.split_once("\r\n\r\n").expect("a whole reply");
+    let status = head[9..12].parse().unwrap();
+    let header = |name: &str| {
+        head.lines()
+            .find_map(|l| {
+                l.split_once(':')
+                    .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            })
+            .map(|(_, v)| v.trim().to_string())
+    };
+    let retry_after = header("retry-after").map(|v| v.parse().unwrap());
+    (
+        status,
+        retry_after,
+        header("set-cookie").is_some(),
+        body.to_string(),
+    )
+}
+
+#[test]
+fn a_client_guessing_keys_is_locked_out_while_others_still_sign_in() {
+    let server = UiServer::start_with(true);
+    let attacker = [127, 0, 0, 2];
+    let mut statuses = std::collections::BTreeMap::<u16, usize>::new();
+    for attempt in 0..1000 {
+        let guess = format!("guess-{attempt:04}-0123456789abcdef");
+        let (status, retry_after, set_cookie, body) = login_from(&server, attacker, &guess);
+        *statuses.entry(status).or_default() += 1;
+        assert!(!set_cookie, "a wrong key got a cookie");
+        match status {
+            401 => assert!(attempt < 5, "attempt {attempt} was let through"),
+            429 => {
+                let wait = retry_after.expect("429 says when to try again");
+                assert!((1..=21).contains(&wait), "Retry-After {wait}");
+                assert!(body.contains("too many wrong keys"), "{body}");
+                assert!(body.starts_with("<!doctype html>"), "{body}");
+            }
+            other => panic!("attempt {attempt}: {other}: {body}"),
+        }
+    }
+    assert_eq!(statuses, [(401, 5), (429, 995)].into());
+    // Locked out, even the right key is refused: the lock tells nothing.
+    let (status, _, set_cookie, _) = login_from(&server, attacker, ADMIN_KEY);
+    assert_eq!((status, set_cookie), (429, false));
+    // Anyone else signs in meanwhile, and their session works.
+    let (status, _, set_cookie, body) = login_from(&server, [127, 0, 0, 3], ADMIN_KEY);
+    assert_eq!((status, set_cookie), (303, true), "{body}");
+    let cookie = server.sign_in(READER_KEY);
+    assert_eq!(server.page("/", Some(&cookie)).status, 200);
+}
+
+#[test]
+fn a_session_ends_at_sign_out_and_other_sessions_go_on() {
+    let server = UiServer::start_with(true);
+    let first = server.sign_in(ADMIN_KEY);
+    let second = server.sign_in(ADMIN_KEY);
+    assert_ne!(first, second);
+    let page = server.page("/variables", Some(&first));
+    assert_eq!(page.status, 200, "{}", page.body);
+    let csrf = csrf_of(&page.body);
+
+    let out = server.form("/logout", &[], Some(&first));
+    assert_eq!(out.status, 303);
+    assert_eq!(out.location.as_deref(), Some("/login"));
+    assert!(
+        out.set_cookie
+            .as_deref()
+            .is_some_and(|c| c.starts_with("weir_session=;") && c.contains("Max-Age=0")),
+        "{:?}",
+        out.set_cookie
+    );
+    // A copy of the old cookie is worth nothing now: no page, no form, no stream.
+    let page = server.page("/variables", Some(&first));
+    assert_eq!(
+        (page.status, page.location.as_deref()),
+        (303, Some("/login"))
+    );
+    let reply = server.form(
+        "/variables",
+        &[("csrf", &csrf), ("name", "after_logout"), ("value", "1")],
+        Some(&first),
+    );
+    assert_eq!(reply.status, 401, "{}", reply.body);
+    assert_eq!(server.page("/runs/x/events", Some(&first)).status, 401);
+    let (_, variables) = server.api("GET", "/api/variables", None);
+    assert!(
+        !variables.to_string().contains("after_logout"),
+        "{variables}"
+    );
+    // The other session is untouched.
+    assert_eq!(server.page("/variables", Some(&second)).status, 200);
+}
+
+/// Asserts that `reply` is the UI's error page for `status`.
+fn assert_error_page(what: &str, reply: &Reply, status: u16) {
+    assert_eq!(reply.status, status, "{what}: {}", reply.body);
+    assert!(
+        reply
+            .content_type
+            .as_deref()
+            .is_some_and(|t| t.starts_with("text/html")),
+        "{what}: {:?}: {}",
+        reply.content_type,
+        reply.body
+    );
+    assert!(
+        reply.body.starts_with("<!doctype html>")
+            && reply.body.contains(&format!("<h1>{status} "))
+            && reply.body.contains("role=\"alert\""),
+        "{what}: {}",
+        reply.body
+    );
+    assert!(
+        reply
+            .csp
+            .as_deref()
+            .is_some_and(|c| c.contains("default-src 'none'")),
+        "{what}: no CSP"
+    );
+}
+
+#[test]
+fn every_refusal_a_browser_sees_is_a_page_and_the_api_keeps_json() {
+    let server = UiServer::start_with(true);
+    let digest = server.deploy_etl();
+    let admin = server.sign_in(ADMIN_KEY);
+    let reader = server.sign_in(READER_KEY);
+    let csrf = csrf_of(&server.page("/deployments/etl", Some(&admin)).body);
+    let reader_csrf = csrf_of(&server.page("/deployments/etl", Some(&reader)).body);
+
+    // 404: an unknown run, task run, deployment, component, address.
+    for path in [
+        "/runs/00000000-0000-0000-0000-000000000000".to_string(),
+        "/deployments/no-such-deployment".into(),
+        format!("/components/{}", "0".repeat(64)),
+        "/no/such/page".into(),
+    ] {
+        assert_error_page(&path, &server.page(&path, Some(&admin)), 404);
+    }
+    // 403: a read-only key changing something, a form without its token.
+    let reply = server.form(
+        "/deployments/etl/pause",
+        &[("csrf", &reader_csrf)],
+        Some(&reader),
+    );
+    assert_error_page("read-only pause", &reply, 403);
+    assert!(reply.body.contains("read-only role"), "{}", reply.body);
+    let reply = server.form("/deployments/etl/pause", &[], Some(&admin));
+    assert_error_page("no CSRF token", &reply, 403);
+    // 400 and 422: what the page's handlers and the form reader refuse.
+    assert_error_page(
+        "bad task run id",
+        &server.page("/task-runs/not-an-id", Some(&admin)),
+        400,
+    );
+    assert_error_page(
+        "bad window",
+        &server.page("/runs?within=forever", Some(&admin)),
+        400,
+    );
+    let reply = server.form(
+        "/deployments/etl/run",
+        &[("csrf", &csrf), ("params_json", "{not json")],
+        Some(&admin),
+    );
+    // The form comes back with the sentence beside it.
+    assert_eq!(reply.status, 400, "{}", reply.body);
+    assert!(
+        reply.body.starts_with("<!doctype html>")
+            && reply.body.contains("id=\"run-form\"")
+            && reply
+                .body
+                .contains("role=\"alert\" id=\"run-error\">the parameters are not JSON"),
+        "{}",
+        reply.body
+    );
+    let reply = server.form("/components/x/deploy", &[("csrf", &csrf)], Some(&admin));
+    assert_error_page("form without its fields", &reply, 422);
+    assert!(reply.body.contains("missing field"), "{}", reply.body);
+    // 409: a name that is taken.
+    let reply = server.form(
+        &format!("/components/{digest}/deploy"),
+        &[("csrf", &csrf), ("flow", "etl"), ("name", "etl")],
+        Some(&admin),
+    );
+    assert_error_page("taken name", &reply, 409);
+    // 405 and 413: the router's own refusals.
+    let reply = server.page("/logout", Some(&admin));
+    assert_error_page("GET /logout", &reply, 405);
+    let huge = "x".repeat(5 << 20);
+    let reply = server.form(
+        "/variables",
+        &[("csrf", &csrf), ("name", "big"), ("value", &huge)],
+        Some(&admin),
+    );
+    assert_error_page("huge form", &reply, 413);
+    // 403 from the Host guard, before any UI code runs.
+    let reply = server.send("GET", "/", &[("host", "evil.example".into())], None);
+    assert_error_page("foreign Host", &reply, 403);
+    // 500: a stored row the server cannot read says nothing of it.
+    let database = Paths::at(server._home.path()).database();
+    let db = rusqlite::Connection::open(database).unwrap();
+    db.busy_timeout(Duration::from_secs(30)).unwrap();
+    let changed = db
+        .execute(
+            "UPDATE objects SET body = '{broken <b>' WHERE kind = 'work_pool'",
+            [],
+        )
+        .unwrap();
+    assert!(changed > 0, "the default pool is stored");
+    let reply = server.page("/pools", Some(&admin));
+    assert_error_page("unreadable pool", &reply, 500);
+    assert!(!reply.body.contains("broken"), "{}", reply.body);
+
+    // The JSON API keeps JSON for the same kinds of refusal.
+    for (path, status) in [
+        ("/api/flow-runs/00000000-0000-0000-0000-000000000000", 404),
+        ("/api/no-such-endpoint", 404),
+        ("/api/work-pools", 500),
+    ] {
+        let (got, body) = server.api("GET", path, None);
+        assert_eq!(got, status, "{path}: {body}");
+        assert!(body["message"].is_string(), "{path}: {body}");
+    }
+    let reply = server.send(
+        "GET",
+        "/api/health",
+        &[("host", "evil.example".into())],
+        None,
+    );
+    assert_eq!(reply.status, 403);
+    assert!(
+        reply.content_type.as_deref() == Some("application/json"),
+        "{:?}",
+        reply.content_type
+    );
+}
+
+/// Posts a delete the way a browser does: first the button (which only
+/// asks), then the confirmation page's own form.
+fn delete_in_two_steps(server: &UiServer, path: &str, csrf: &str) -> Reply {
+    let asked = server.form(path, &[("csrf", csrf)], None);
+    assert_eq!(asked.status, 200, "{path}: {}", asked.body);
+    assert!(
+        asked.body.contains("<h1>Delete ") && asked.body.contains("name=\"confirm\" value=\"yes\""),
+        "{path}: {}",
+        asked.body
+    );
+    // The confirmation posts back to the same address, with the token.
+    assert!(
+        !asked.body.contains("action=") || asked.body.contains(&format!("action=\"{path}\"")),
+        "{}",
+        asked.body
+    );
+    server.form(
+        path,
+        &[("csrf", &csrf_of(&asked.body)), ("confirm", "yes")],
+        None,
+    )
+}
+
+#[test]
+fn deletes_in_the_ui_ask_first_need_the_token_and_keep_the_apis_rules() {
+    let server = UiServer::start();
+    server.deploy_etl();
+    let csrf = csrf_of(&server.page("/pools", None).body);
+    for (path, fields) in [
+        ("/pools", vec![("name", "side")]),
+        (
+            "/pools/queues",
+            vec![("pool", "side"), ("name", "q2"), ("priority", "1")],
+        ),
+        ("/variables", vec![("name", "region"), ("value", "eu")]),
+        (
+            "/secrets",
+            vec![("name", "db_password"), ("value", "s3cret-value-123")],
+        ),
+    ] {
+        let mut fields = fields;
+        fields.push(("csrf", &csrf));
+        let reply = server.form(path, &fields, None);
+        assert_eq!(reply.status, 303, "{path}: {}", reply.body);
+    }
+    let exists = |api: &str| server.api("GET", api, None).0 == 200;
+    let secret_listed = || {
+        server
+            .api("GET", "/api/secrets", None)
+            .1
+            .to_string()
+            .contains("db_password")
+    };
+    assert!(exists("/api/variables/region") && secret_listed());
+
+    // Each list shows a Delete button for what it lists.
+    for (page, action) in [
+        ("/deployments/etl", "/deployments/etl/delete"),
+        ("/pools", "/pools/side/delete"),
+        ("/pools", "/pools/side/queues/q2/delete"),
+        ("/variables", "/variables/region/delete"),
+        ("/secrets", "/secrets/db_password/delete"),
+    ] {
+        let body = server.page(page, None).body;
+        assert!(
+            body.contains(&format!("action=\"{action}\"")),
+            "{page}: {body}"
+        );
+    }
+    // Every pool keeps its default queue: no button, and a post is refused.
+    assert!(
+        !server
+            .page("/pools", None)
+            .body
+            .contains("/queues/default/delete")
+    );
+
+    // Without the page's token nothing is asked nor deleted, confirmed or not.
+    for path in [
+        "/deployments/etl/delete",
+        "/pools/side/delete",
+        "/variables/region/delete",
+        "/secrets/db_password/delete",
+    ] {
+        for fields in [
+            vec![("confirm", "yes")],
+            vec![
+                ("confirm", "yes"),
+                ("csrf", "0123456789abcdef0123456789abcdef"),
+            ],
+        ] {
+            let reply = server.form(path, &fields, None);
+            assert_eq!(reply.status, 403, "{path}: {}", reply.body);
+        }
+    }
+    // Asking alone deletes nothing.
+    let asked = server.form("/variables/region/delete", &[("csrf", &csrf)], None);
+    assert_eq!(asked.status, 200);
+    assert!(
+        asked.body.contains("Delete variable &#39;region&#39;?"),
+        "{}",
+        asked.body
+    );
+    assert!(exists("/api/variables/region") && exists("/api/deployments/etl"));
+
+    // The API's rules hold: a pool in use stays, so does a default queue.
+    let reply = delete_in_two_steps(&server, "/pools/wasm/delete", &csrf);
+    assert_eq!(reply.status, 409, "{}", reply.body);
+    assert!(
+        reply.body.contains("used by deployments etl"),
+        "{}",
+        reply.body
+    );
+    assert!(exists("/api/work-pools/wasm"));
+    let reply = delete_in_two_steps(&server, "/pools/side/queues/default/delete", &csrf);
+    assert_eq!(reply.status, 409, "{}", reply.body);
+
+    for (path, back, gone) in [
+        ("/pools/side/queues/q2/delete", "/pools", None),
+        (
+            "/deployments/etl/delete",
+            "/deployments",
+            Some("/api/deployments/etl"),
+        ),
+        ("/pools/side/delete", "/pools", Some("/api/work-pools/side")),
+        (
+            "/variables/region/delete",
+            "/variables",
+            Some("/api/variables/region"),
+        ),
+        ("/secrets/db_password/delete", "/secrets", None),
+    ] {
+        let reply = delete_in_two_steps(&server, path, &csrf);
+        assert_eq!(reply.status, 303, "{path}: {}", reply.body);
+        assert_eq!(reply.location.as_deref(), Some(back), "{path}");
+        if let Some(api) = gone {
+            assert!(!exists(api), "{api} is still there");
+        }
+    }
+    let (_, queues) = server.api("GET", "/api/work-pools/wasm/queues", None);
+    assert!(!queues.to_string().contains("q2"), "{queues}");
+    assert!(!secret_listed());
+}
+
+#[test]
+fn automations_are_made_edited_and_deleted_in_the_ui_without_showing_header_values() {
+    let server = UiServer::start();
+    let page = server.page("/automations", None);
+    assert_eq!(page.status, 200, "{}", page.body);
+    let csrf = csrf_of(&page.body);
+    let token = "Bearer tok-0123456789-do-not-show";
+    let automation = json!({ "name": "notify", "on": "failed", "deployment": "etl",
+        "webhook": "http://127.0.0.1:9/hook", "headers": { "authorization": token } });
+    let save = |text: &str| {
+        server.form(
+            "/automations",
+            &[("csrf", &csrf), ("automation", text)],
+            None,
+        )
+    };
+    let reply = save(&automation.to_string());
+    assert_eq!(reply.status, 303, "{}", reply.body);
+    let (status, shown) = server.api("GET", "/api/automations/notify", None);
+    assert_eq!(status, 200, "{shown}");
+    assert!(shown.to_string().contains("127.0.0.1:9/hook"), "{shown}");
+
+    // The list and the edit page name the header, never its value.
+    let list = server.page("/automations", None).body;
+    assert!(
+        list.contains("href=\"/automations/notify\"") && list.contains("authorization"),
+        "{list}"
+    );
+    let edit = server.page("/automations/notify", None).body;
+    assert!(
+        edit.contains("&quot;authorization&quot;: &quot;***&quot;"),
+        "{edit}"
+    );
+    for body in [&list, &edit] {
+        assert!(!body.contains("tok-0123456789"), "{body}");
+    }
+    let stored_token = || {
+        let db = rusqlite::Connection::open(Paths::at(server._home.path()).database()).unwrap();
+        db.busy_timeout(Duration::from_secs(30)).unwrap();
+        db.query_row(
+            "SELECT body FROM objects WHERE kind = 'automation' AND name = 'notify'",
+            [],
+            |row| row.get::<_, String>(0),
+        )
+        .unwrap()
+    };
+
+    // Saved again with the mask: the value stays; the rule changes.
+    let mut edited = automation.clone();
+    edited["on"] = json!("crashed");
+    edited["headers"]["authorization"] = json!("***");
+    let reply = save(&edited.to_string());
+    assert_eq!(reply.status, 303, "{}", reply.body);
+    assert!(stored_token().contains(token) && stored_token().contains("crashed"));
+    // The mask never follows the token to another webhook.
+    let mut moved = edited.clone();
+    moved["webhook"] = json!("http://evil.example/steal");
+    let reply = save(&moved.to_string());
+    assert_eq!(reply.status, 400, "{}", reply.body);
+    assert!(
+        reply.body.contains("type the value again"),
+        "{}",
+        reply.body
+    );
+    assert!(!stored_token().contains("evil.example"));
+    // The API's own checks answer, with the sent text back in the form.
+    let mut bad = automation.clone();
+    bad["webhook"] = json!("ftp://example.com/x");
+    let reply = save(&bad.to_string());
+    assert_eq!(reply.status, 400, "{}", reply.body);
+    assert!(
+        reply.body.contains("is not an http:// or https:// URL")
+            && reply.body.contains("ftp://example.com/x"),
+        "{}",
+        reply.body
+    );
+    for text in ["{not json", "{\"on\": \"failed\"}"] {
+        assert_eq!(save(text).status, 400, "{text}");
+    }
+    assert_eq!(server.page("/automations/nope", None).status, 404);
+
+    let reply = delete_in_two_steps(&server, "/automations/notify/delete", &csrf);
+    assert_eq!(reply.status, 303, "{}", reply.body);
+    assert_eq!(server.api("GET", "/api/automations/notify", None).0, 404);
 }
