@@ -62,10 +62,10 @@ impl Backend {
         let mut config = ServerConfig::new(paths.clone());
         // Runs waiting for a server stay for it: this process takes only its own.
         config.take_waiting = false;
-        config.store = super::flow::store_options(paths)?;
+        config.store = super::local::store_options(paths)?;
         let server = Server::open(config)?;
         for run in &server.interrupted {
-            super::flow::note_interrupted(run);
+            super::local::note_interrupted(run);
         }
         Ok(Backend::Local {
             api: server.in_process(),

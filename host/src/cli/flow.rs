@@ -1,22 +1,19 @@
 //! `host flow run|inspect` and `host build`.
 
+use super::local::Local;
 use super::output::{Progress, print_summary};
 use super::{Exit, JsonFlag, paths};
 use crate::builder::{self, Built, housekeeping};
-use crate::clock::SystemClock;
 use crate::config::Paths;
-use crate::control::Control;
-use crate::engine::{Component, Engine, EngineConfig, EngineError, LoadKind, human_bytes};
+use crate::engine::{Component, LoadKind, human_bytes};
 use crate::model::{FlowDef, Policy, RunState};
 use crate::protocol::{build_params, validate_params};
-use crate::store::{ComponentFiles, Store, StoreOptions, Write};
-use crate::worker::{Executor, ExecutorSettings, FlowRunRequest};
+use crate::worker::{ExecutorSettings, FlowRunRequest};
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::path::PathBuf;
-use std::sync::Arc;
 
 #[derive(Subcommand, Debug)]
 pub enum FlowCommand {
@@ -382,96 +379,6 @@ pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .thread_name("weir-worker")
         .build()
         .context("starting the async runtime")
-}
-
-/// Opens the local database with the profile's `store.durability`.
-pub(crate) fn open_store(paths: &Paths) -> anyhow::Result<Store> {
-    Ok(Store::open_with_options(
-        &paths.database(),
-        store_options(paths)?,
-    )?)
-}
-
-/// How to open the database, from the `store.durability` and
-/// `server.database` settings.
-pub(crate) fn store_options(paths: &Paths) -> anyhow::Result<StoreOptions> {
-    let settings = super::backend::load_profiles(paths)?.resolve(&|var| std::env::var(var).ok());
-    let durability = match settings.get("store.durability") {
-        Some(text) => text.parse().map_err(Exit::bad_input)?,
-        None => Default::default(),
-    };
-    let database = settings.get("server.database").map(str::to_string);
-    Ok(StoreOptions {
-        durability,
-        database,
-        skip_migrations: false,
-    })
-}
-
-/// The local database, component files and engine.
-pub(crate) struct Local {
-    pub store: Arc<Store>,
-    pub files: ComponentFiles,
-    pub engine: Arc<Engine>,
-}
-
-impl Local {
-    pub fn open(paths: &Paths) -> anyhow::Result<Local> {
-        let store = Arc::new(open_store(paths)?);
-        let engine = Arc::new(Engine::new(EngineConfig {
-            cache_dir: Some(paths.compile_cache()),
-            ..EngineConfig::default()
-        })?);
-        Ok(Local {
-            store,
-            files: ComponentFiles::new(paths.components()),
-            engine,
-        })
-    }
-
-    /// Validates, stores and records a component.
-    pub async fn load(&self, origin: &std::path::Path, bytes: &[u8]) -> anyhow::Result<Component> {
-        let component = self.engine.load(bytes).await.map_err(|e| match e {
-            EngineError::Setup(_) | EngineError::Cache { .. } => anyhow::Error::new(e),
-            other => Exit::bad_input(format!("{}: {other}", origin.display())),
-        })?;
-        self.files.put(bytes).context("storing the component")?;
-        let manifest = serde_json::to_string(&*component.manifest)?;
-        self.store
-            .submit(vec![Write::Component {
-                digest: component.digest.clone(),
-                size_bytes: component.size_bytes,
-                manifest,
-                at: crate::clock::Clock::now_micros(&SystemClock),
-                wasm: Some(crate::store::Wasm(bytes::Bytes::copy_from_slice(bytes))),
-            }])
-            .committed()
-            .await?;
-        Ok(component)
-    }
-
-    pub fn control(&self) -> Arc<Control> {
-        Arc::new(Control::new(self.store.clone(), Arc::new(SystemClock)))
-    }
-
-    pub fn executor(&self, settings: ExecutorSettings) -> Arc<Executor> {
-        Executor::new(self.engine.clone(), self.control(), settings)
-    }
-
-    /// Marks runs of dead processes Crashed and says how to resume each.
-    pub fn report_dead_runs(&self) {
-        for run in crate::dispatch::leases::crash_lost_runs(&self.control()) {
-            note_interrupted(&run);
-        }
-    }
-}
-
-/// Tells the user a dead process left `run` behind and how to finish it.
-pub(crate) fn note_interrupted(run: &crate::store::FlowRunRow) {
-    eprintln!(
-        "note: flow run {} ('{}') was interrupted when its process stopped; it is now Crashed. Resume it with: host flow-run resume {}",
-        run.id, run.flow_name, run.id
-    );
 }
 
 /// Unfinished runs whose process (on this host) no longer exists.

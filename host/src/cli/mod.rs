@@ -14,6 +14,7 @@ mod deploy;
 mod flow;
 mod init;
 mod limit;
+mod local;
 mod output;
 mod profile;
 mod remote;

@@ -1,13 +1,11 @@
 //! `host flow-run ls|inspect|logs`: what the local database recorded.
 
-use super::flow::{Display, Local, runtime, watch};
 use super::output::{format_count, format_duration, table};
-use super::{Exit, JsonFlag, paths};
+use super::{Exit, JsonFlag};
 use crate::clock::format_rfc3339;
 use crate::engine::human_bytes;
-use crate::model::{FlowRunId, RunState};
-use crate::store::{FlowRunRow, Store, StoreError, TaskRunRow};
-use crate::worker::{ExecutorSettings, ExistingRun, FlowRunRequest};
+use crate::model::RunState;
+use crate::store::{FlowRunRow, TaskRunRow};
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use std::time::Duration;
@@ -33,13 +31,13 @@ pub enum FlowRunCommand {
 #[derive(Args, Debug)]
 pub struct RerunArgs {
     /// The flow run's id (a unique prefix of at least 4 characters is enough).
-    id: String,
+    pub(super) id: String,
     /// Print one JSON object with the run's id, state, result and totals.
     #[arg(long)]
-    json: bool,
+    pub(super) json: bool,
     /// Do not print the flow's log lines.
     #[arg(long, short)]
-    quiet: bool,
+    pub(super) quiet: bool,
     /// For a Paused run (resume only): the input its pause asks for, as JSON
     /// matching the pause's schema, e.g. '{"approved": true}'.
     #[arg(long, value_name = "JSON")]
@@ -48,7 +46,7 @@ pub struct RerunArgs {
 
 impl RerunArgs {
     /// The `--input` JSON, if given.
-    fn input(&self) -> anyhow::Result<Option<serde_json::Value>> {
+    pub(super) fn input(&self) -> anyhow::Result<Option<serde_json::Value>> {
         match &self.input {
             None => Ok(None),
             Some(text) => serde_json::from_str(text).map(Some).map_err(|e| {
@@ -117,170 +115,18 @@ pub fn run(command: FlowRunCommand) -> anyhow::Result<()> {
     if !local_only || super::backend::settings()?.get("api.url").is_some() {
         return through_api(command);
     }
-    let store = open_store()?;
     match command {
-        FlowRunCommand::Resume(args) => rerun(store, args, Rerun::Resume),
-        FlowRunCommand::Retry(args) => rerun(store, args, Rerun::Retry),
+        FlowRunCommand::Resume(args) => super::local::rerun(args, Rerun::Resume),
+        FlowRunCommand::Retry(args) => super::local::rerun(args, Rerun::Retry),
         _ => unreachable!("only local commands get here"),
     }
 }
 
+/// What `resume` and `retry` do to a run.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Rerun {
+pub(super) enum Rerun {
     Resume,
     Retry,
-}
-
-fn rerun(store: Store, args: RerunArgs, mode: Rerun) -> anyhow::Result<()> {
-    let id = resolve(&store, &args.id)?;
-    let run = store.flow_run(id)?;
-    let input = args.input()?;
-    if mode == Rerun::Resume && (run.state == RunState::Paused || input.is_some()) {
-        drop(store);
-        return resume_paused(run, input.unwrap_or(serde_json::Value::Null), &args);
-    }
-    let unfinished = matches!(
-        run.state,
-        RunState::Running | RunState::Pending | RunState::Retrying | RunState::Cancelling
-    );
-    match (mode, run.state) {
-        (_, RunState::Completed | RunState::Cached) => {
-            return Err(Exit::bad_input(format!(
-                "flow run {id} already completed; start a new run instead"
-            )));
-        }
-        (Rerun::Retry, _) if unfinished => {
-            return Err(Exit::bad_input(format!(
-                "flow run {id} is {}; if its process died, use `host flow-run resume {id}`",
-                run.state
-            )));
-        }
-        (Rerun::Resume, s) if !unfinished && s != RunState::Crashed => {
-            return Err(Exit::bad_input(format!(
-                "flow run {id} is {s}, not interrupted; use `host flow-run retry {id}` to run it again"
-            )));
-        }
-        _ => {}
-    }
-    if run.parent_flow_run.is_some() {
-        return Err(Exit::bad_input(format!(
-            "flow run {id} is a subflow; resume or retry its parent instead"
-        )));
-    }
-    drop(store);
-
-    let runtime = runtime()?;
-    let local = Local::open(&paths())?;
-    let mut state = run.state;
-    if unfinished {
-        let now = local.control().now();
-        if crate::dispatch::leases::is_held(&run, now) {
-            return Err(Exit::bad_input(format!(
-                "flow run {id} is still {} in a live process ({}); cancel it first with `host flow-run cancel {id}`",
-                run.state,
-                run.host.as_deref().unwrap_or("unknown host")
-            )));
-        }
-        let why = format!(
-            "the process running it ({}) is gone; resumed by hand",
-            run.host.as_deref().unwrap_or("unknown host")
-        );
-        if !crate::dispatch::leases::crash_tree(&local.control(), &run, &why) {
-            return Err(Exit::bad_input(format!(
-                "flow run {id} changed while it was being resumed; look at it again with `host flow-run inspect {id}`"
-            )));
-        }
-        state = RunState::Crashed;
-    }
-    let digest = crate::model::ComponentDigest::parse(&run.component)
-        .ok_or_else(|| Exit::bad_input(format!("flow run {id} names no valid component digest")))?;
-    let bytes = local.files.get(&digest).with_context(|| {
-        format!(
-            "the component of flow run {id} (sha256:{}) is not stored here any more",
-            digest.short()
-        )
-    })?;
-    let component = runtime.block_on(local.load(&local.files.path_of(&digest), &bytes))?;
-    let mut request = FlowRunRequest::new(component, run.flow_name.clone(), run.params.clone());
-    request.existing = Some(ExistingRun {
-        id,
-        state,
-        attempt: run.attempt,
-    });
-    if !args.json {
-        eprintln!(
-            "Running flow run {id} ('{}') again as attempt {}; completed tasks are replayed",
-            run.flow_name,
-            run.attempt + 1
-        );
-    }
-    watch(
-        &runtime,
-        &local,
-        ExecutorSettings::default(),
-        request,
-        Display {
-            json: args.json,
-            quiet: args.quiet,
-        },
-    )
-}
-
-/// Resumes a Paused run here with `input`: checked against its pause's
-/// schema, recorded as the pause's answer in one unit with the run's move to
-/// Pending, then run in this process, replaying its finished calls.
-fn resume_paused(
-    run: FlowRunRow,
-    input: serde_json::Value,
-    args: &RerunArgs,
-) -> anyhow::Result<()> {
-    use crate::dispatch::pause;
-    let id = run.id;
-    if run.state != RunState::Paused {
-        return Err(Exit::bad_input(format!(
-            "flow run {id} is {}, not Paused: only a paused run takes --input",
-            run.state
-        )));
-    }
-    let runtime = runtime()?;
-    let local = Local::open(&paths())?;
-    let control = local.control();
-    match pause::resume_here(&control, &run, &input) {
-        Ok(()) => {}
-        Err(e @ crate::dispatch::DispatchError::InvalidResumeInput { .. }) => {
-            return Err(Exit::bad_input(e.to_string()));
-        }
-        Err(e @ crate::dispatch::DispatchError::WrongState { .. }) => {
-            return Err(Exit::bad_input(e.to_string()));
-        }
-        Err(e) => return Err(e.into()),
-    }
-    let digest = crate::model::ComponentDigest::parse(&run.component)
-        .ok_or_else(|| Exit::bad_input(format!("flow run {id} names no valid component digest")))?;
-    let bytes = local.files.get(&digest)?;
-    let component = runtime.block_on(local.load(&local.files.path_of(&digest), &bytes))?;
-    let mut request = FlowRunRequest::new(component, run.flow_name.clone(), run.params.clone());
-    request.existing = Some(ExistingRun {
-        id,
-        state: RunState::Pending,
-        attempt: run.attempt,
-    });
-    if !args.json {
-        eprintln!(
-            "Resuming flow run {id} ('{}') with input; finished calls are replayed",
-            run.flow_name
-        );
-    }
-    watch(
-        &runtime,
-        &local,
-        ExecutorSettings::default(),
-        request,
-        Display {
-            json: args.json,
-            quiet: args.quiet,
-        },
-    )
 }
 
 /// POSTs `/api/flow-runs/{id}/{action}`; returns the run's full id and the reply.
@@ -372,20 +218,6 @@ fn prune(backend: &super::backend::Backend, args: PruneArgs) -> anyhow::Result<(
         );
     }
     Ok(())
-}
-
-fn open_store() -> anyhow::Result<Store> {
-    super::flow::open_store(&paths())
-}
-
-fn resolve(store: &Store, text: &str) -> anyhow::Result<FlowRunId> {
-    store.resolve_flow_run(text).map_err(|e| match e {
-        StoreError::NotFound { .. } => Exit::bad_input(format!(
-            "no flow run with id '{text}'; list them with `host flow-run ls`"
-        )),
-        StoreError::Corrupt(message) => Exit::bad_input(message),
-        other => anyhow::Error::new(other),
-    })
 }
 
 fn when(micros: Option<i64>) -> String {

@@ -162,7 +162,7 @@ pub(super) fn serve_in_foreground(
         ));
     }
     config.schedule_max_runs = args.schedule_max_runs;
-    config.store = super::flow::store_options(&paths)?;
+    config.store = super::local::store_options(&paths)?;
     if let Some(url) = &args.database {
         config.store.database = Some(url.clone());
     }
@@ -192,7 +192,7 @@ pub(super) fn serve_in_foreground(
     }
     let server = Server::open(config)?;
     for run in server.interrupted.iter().filter(|r| r.work_pool.is_none()) {
-        super::flow::note_interrupted(run);
+        super::local::note_interrupted(run);
     }
     // The main thread only waits: the server serves on runtimes of its own.
     let waiter = tokio::runtime::Builder::new_current_thread()

@@ -4,6 +4,8 @@
 //!   api/ui, clap and anyhow → cli and main);
 //! - a module never uses one in a higher layer;
 //! - the lowest layer does no IO and is not async;
+//! - the CLI opens the database in one file only (`cli/local.rs`); every
+//!   other command goes through the API;
 //! - a public function never answers `Result<_, String>`: errors that cross a
 //!   module's boundary are typed;
 //! - every source file says what it owns in a `//!` comment.
@@ -261,6 +263,46 @@ fn restricted_types_stay_with_their_owners() {
     assert!(offences.is_empty(), "\n{}", offences.join("\n"));
 }
 
+/// The one CLI file that may open the database and change it directly: it
+/// runs flows in this process. Every other command goes through `Backend`.
+const CLI_STORE_DOOR: &str = "cli/local.rs";
+
+/// What opening or changing the database takes: the store itself, its writes
+/// and the service that makes state changes.
+const CLI_STORE_WORDS: &[&str] = &["Store", "Control", "StateChange"];
+
+fn cli_store_offences(files: &BTreeMap<PathBuf, String>) -> Vec<String> {
+    let mut offences = Vec::new();
+    for (path, text) in files {
+        if !path.starts_with("cli") || path == Path::new(CLI_STORE_DOOR) {
+            continue;
+        }
+        for (n, line) in code_lines(text) {
+            let named = CLI_STORE_WORDS
+                .iter()
+                .find(|w| names_word(line, w))
+                .copied()
+                .or_else(|| {
+                    (line.contains("Write::") || line.contains("store::Write")).then_some("Write")
+                });
+            if let Some(word) = named {
+                offences.push(format!(
+                    "{}:{n}: `{word}` outside {CLI_STORE_DOOR}; go through the API (`Backend`) or move this into {CLI_STORE_DOOR}: {}",
+                    path.display(),
+                    line.trim()
+                ));
+            }
+        }
+    }
+    offences
+}
+
+#[test]
+fn the_cli_opens_the_database_in_one_file() {
+    let offences = cli_store_offences(&host_sources());
+    assert!(offences.is_empty(), "\n{}", offences.join("\n"));
+}
+
 /// Test support that may answer plain text: it is not part of the program.
 const STRING_ERRORS_ALLOWED: &[&str] = &["store/pg/testing.rs"];
 
@@ -387,6 +429,24 @@ fn the_rules_catch_planted_violations() {
     assert!(
         restricted_offences(&planted("cli/runs.rs", "let c = MyStateChanger::new();")).is_empty()
     );
+    // The CLI opening the database or writing to it outside its one door.
+    assert_eq!(
+        cli_store_offences(&planted("cli/runs.rs", "let s = Store::open(&path)?;")).len(),
+        1
+    );
+    assert_eq!(
+        cli_store_offences(&planted(
+            "cli/deploy.rs",
+            "store.submit(vec![Write::Component { x }]);"
+        ))
+        .len(),
+        1
+    );
+    assert!(
+        cli_store_offences(&planted("cli/local.rs", "let s = Store::open(&path)?;")).is_empty()
+    );
+    assert!(cli_store_offences(&planted("cli/output.rs", "use std::io::Write as _;")).is_empty());
+    assert!(cli_store_offences(&planted("api/runs.rs", "let s = Store::open(&path)?;")).is_empty());
     // A public function with a text error, on one line or wrapped.
     assert_eq!(
         string_error_offences(&planted(
