@@ -7,7 +7,7 @@ use super::backend::Backend;
 use super::output::{level_label, table};
 use super::{Exit, JsonFlag};
 use crate::clock::format_rfc3339;
-use crate::model::Policy;
+use crate::model::{Policy, RunState};
 use crate::protocol::{build_params, parse_memory_size};
 use anyhow::Context;
 use clap::{Args, Subcommand};
@@ -948,48 +948,44 @@ fn run_deployment(backend: &Backend, args: DeploymentRunArgs) -> anyhow::Result<
     finish(&run, args.format.json)
 }
 
-pub(crate) fn print_log_line(line: &Value) {
-    let level: crate::model::LogLevel =
-        serde_json::from_value(line["level"].clone()).unwrap_or(crate::model::LogLevel::Info);
-    let at = line["at"]
-        .as_i64()
-        .map(|m| format_rfc3339(m)[11..23].to_string())
-        .unwrap_or_default();
-    let who = line["task_name"]
-        .as_str()
+pub(crate) fn print_log_line(line: &crate::store::LogRow) {
+    let at = format_rfc3339(line.at)[11..23].to_string();
+    let who = line
+        .task_name
+        .as_deref()
         .map(|n| format!("[{n}] "))
         .unwrap_or_default();
     println!(
         "{at} {:<5} {who}{}",
-        level_label(level),
-        super::output::indent_continuation(line["message"].as_str().unwrap_or_default())
+        level_label(line.level),
+        super::output::indent_continuation(&line.message)
     );
 }
 
 /// Prints how a followed run ended; exit 1 unless it Completed.
-pub(crate) fn finish(run: &Value, json: bool) -> anyhow::Result<()> {
-    let state = run["state"].as_str().unwrap_or_default();
+pub(crate) fn finish(run: &crate::store::FlowRunRow, json: bool) -> anyhow::Result<()> {
+    let state = run.state.as_str();
     if json {
         print_json(&json!({
-            "flow_run_id": run["id"],
+            "flow_run_id": run.id,
             "state": state,
-            "result": run["result"].as_str().and_then(|r| serde_json::from_str::<Value>(r).ok()),
-            "message": run["message"],
+            "result": run.result.as_deref().and_then(|r| serde_json::from_str::<Value>(r).ok()),
+            "message": run.message,
         }));
     } else {
-        match run["result"].as_str() {
+        match run.result.as_deref() {
             Some(result) => println!("\n{state}: {result}"),
             None => println!(
                 "\n{state}{}",
-                run["message"]
-                    .as_str()
+                run.message
+                    .as_deref()
                     .map(|m| format!(": {m}"))
                     .unwrap_or_default()
             ),
         }
     }
     // Paused for input is not a failure: the message says how to resume it.
-    if state == "Completed" || state == "Paused" {
+    if matches!(run.state, RunState::Completed | RunState::Paused) {
         Ok(())
     } else {
         Err(Exit::code(1))
