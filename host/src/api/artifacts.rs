@@ -1,13 +1,13 @@
 //! Artifacts: the reports, tables and links runs left, listed newest first
 //! and read by key (every version) or by id.
 
+use super::wire::{ArtifactList, ArtifactVersions};
 use super::{ApiError, ApiResult, ApiState, schema};
 use crate::model::artifact::Artifact;
 use crate::store::ObjectKind;
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use serde::Deserialize;
-use serde_json::{Value, json};
 use std::sync::Arc;
 
 #[derive(Deserialize)]
@@ -39,16 +39,16 @@ fn all_artifacts(state: &ApiState) -> ApiResult<Vec<Artifact>> {
 pub(super) async fn list_artifacts(
     State(state): State<Arc<ApiState>>,
     Query(q): Query<ArtifactQuery>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<ArtifactList>> {
     state
         .blocking(move |state| {
-            let list: Vec<Artifact> = all_artifacts(state)?
+            let artifacts: Vec<Artifact> = all_artifacts(state)?
                 .into_iter()
                 .filter(|a| q.key.is_none() || a.key == q.key)
                 .filter(|a| q.flow_run.as_deref().is_none_or(|run| a.flow_run == run))
                 .take(q.limit.unwrap_or(200))
                 .collect();
-            Ok(Json(json!({ "artifacts": list })))
+            Ok(Json(ArtifactList { artifacts }))
         })
         .await
 }
@@ -61,23 +61,26 @@ pub(super) async fn list_artifacts(
 pub(super) async fn get_artifact(
     State(state): State<Arc<ApiState>>,
     Path(key): Path<String>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<ArtifactVersions>> {
     state
         .blocking(move |state| {
             let all = all_artifacts(state)?;
-            let versions: Vec<&Artifact> = match all.iter().find(|a| a.id == key) {
-                Some(one) => vec![one],
+            let versions: Vec<Artifact> = match all.iter().find(|a| a.id == key) {
+                Some(one) => vec![one.clone()],
                 None => all
-                    .iter()
+                    .into_iter()
                     .filter(|a| a.key.as_deref() == Some(key.as_str()))
                     .collect(),
             };
-            let Some(latest) = versions.first() else {
+            let Some(latest) = versions.first().cloned() else {
                 return Err(ApiError::not_found(format!(
                     "no artifact with key or id '{key}'; see `host artifact ls`"
                 )));
             };
-            Ok(Json(json!({ "artifact": latest, "versions": versions })))
+            Ok(Json(ArtifactVersions {
+                artifact: latest,
+                versions,
+            }))
         })
         .await
 }

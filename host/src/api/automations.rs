@@ -2,6 +2,7 @@
 //! are write-only: they may carry tokens, so replies show their names only.
 
 use super::deployments::{delete_object, put_object};
+use super::wire::{AutomationInfo, AutomationList, Deleted, Delivery, DeliveryList};
 use super::{ApiError, ApiResult, ApiState, parse_body, schema};
 use crate::clock::format_rfc3339;
 use crate::model::Automation;
@@ -11,19 +12,18 @@ use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use serde::Deserialize;
-use serde_json::{Value, json};
 use std::sync::Arc;
 
-fn shown(row: &ObjectRow) -> ApiResult<Value> {
+fn shown(row: &ObjectRow) -> ApiResult<AutomationInfo> {
     let mut automation: Automation = serde_json::from_str(&row.body).map_err(ApiError::internal)?;
     for value in automation.headers.values_mut() {
         *value = REDACTED.to_string();
     }
-    Ok(json!({
-        "automation": automation,
-        "created_at": row.created_at,
-        "updated_at": row.updated_at,
-    }))
+    Ok(AutomationInfo {
+        automation,
+        created_at: row.created_at,
+        updated_at: row.updated_at,
+    })
 }
 
 fn load(state: &ApiState, name: &str) -> ApiResult<(Automation, ObjectRow)> {
@@ -42,16 +42,18 @@ fn load(state: &ApiState, name: &str) -> ApiResult<(Automation, ObjectRow)> {
 /// Automations.
 #[utoipa::path(get, path = "/api/automations", tag = "automations",
     responses((status = 200, body = schema::AutomationList)))]
-pub(super) async fn list_automations(State(state): State<Arc<ApiState>>) -> ApiResult<Json<Value>> {
+pub(super) async fn list_automations(
+    State(state): State<Arc<ApiState>>,
+) -> ApiResult<Json<AutomationList>> {
     state
         .blocking(|state| {
-            let list = state
+            let automations = state
                 .store
                 .objects(ObjectKind::Automation)?
                 .iter()
                 .map(shown)
                 .collect::<ApiResult<Vec<_>>>()?;
-            Ok(Json(json!({ "automations": list })))
+            Ok(Json(AutomationList { automations }))
         })
         .await
 }
@@ -66,7 +68,7 @@ pub(crate) async fn put_automation(
     State(state): State<Arc<ApiState>>,
     Path(name): Path<String>,
     body: axum::body::Bytes,
-) -> ApiResult<(StatusCode, Json<Value>)> {
+) -> ApiResult<(StatusCode, Json<AutomationInfo>)> {
     let automation: Automation =
         parse_body(&body, "an automation: {\"name\", \"on\", \"webhook\", ...}")?;
     if automation.name != name {
@@ -103,7 +105,7 @@ pub(crate) async fn put_automation(
 pub(super) async fn get_automation(
     State(state): State<Arc<ApiState>>,
     Path(name): Path<String>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<AutomationInfo>> {
     state
         .blocking(move |state| Ok(Json(shown(&load(state, &name)?.1)?)))
         .await
@@ -116,13 +118,17 @@ pub(super) async fn get_automation(
 pub(crate) async fn delete_automation(
     State(state): State<Arc<ApiState>>,
     Path(name): Path<String>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<Deleted>> {
     state
         .blocking(move |state| delete_object(state, ObjectKind::Automation, &name))
         .await
 }
 
-async fn set_paused(state: Arc<ApiState>, name: String, paused: bool) -> ApiResult<Json<Value>> {
+async fn set_paused(
+    state: Arc<ApiState>,
+    name: String,
+    paused: bool,
+) -> ApiResult<Json<AutomationInfo>> {
     state
         .blocking(move |state| {
             let (mut automation, _) = load(state, &name)?;
@@ -140,7 +146,7 @@ async fn set_paused(state: Arc<ApiState>, name: String, paused: bool) -> ApiResu
 pub(super) async fn pause_automation(
     State(state): State<Arc<ApiState>>,
     Path(name): Path<String>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<AutomationInfo>> {
     set_paused(state, name, true).await
 }
 
@@ -151,7 +157,7 @@ pub(super) async fn pause_automation(
 pub(super) async fn resume_automation(
     State(state): State<Arc<ApiState>>,
     Path(name): Path<String>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<AutomationInfo>> {
     set_paused(state, name, false).await
 }
 
@@ -160,20 +166,20 @@ pub(super) struct DeliveryQuery {
     limit: Option<usize>,
 }
 
-fn delivery_json(d: &DeliveryRow) -> Value {
-    json!({
-        "id": d.id,
-        "flow_run_id": d.flow_run.to_string(),
-        "event": d.event,
-        "status": d.status,
-        "attempts": d.attempts,
-        "last_error": d.last_error,
-        "response_code": d.response_code,
-        "created_at": format_rfc3339(d.created_at),
-        "next_attempt_at": (d.status == "pending").then(|| format_rfc3339(d.next_attempt_at)),
-        "delivered_at": d.delivered_at.map(format_rfc3339),
-        "payload": d.payload,
-    })
+fn delivery(d: &DeliveryRow) -> Delivery {
+    Delivery {
+        id: d.id,
+        flow_run_id: d.flow_run.to_string(),
+        event: d.event.clone(),
+        status: d.status.clone(),
+        attempts: d.attempts,
+        last_error: d.last_error.clone(),
+        response_code: d.response_code,
+        created_at: format_rfc3339(d.created_at),
+        next_attempt_at: (d.status == "pending").then(|| format_rfc3339(d.next_attempt_at)),
+        delivered_at: d.delivered_at.map(format_rfc3339),
+        payload: d.payload.clone(),
+    }
 }
 
 /// An automation's deliveries, newest first: status, attempts, last error
@@ -185,16 +191,16 @@ pub(super) async fn list_deliveries(
     State(state): State<Arc<ApiState>>,
     Path(name): Path<String>,
     Query(query): Query<DeliveryQuery>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<DeliveryList>> {
     state
         .blocking(move |state| {
             load(state, &name)?;
             let rows = state
                 .store
                 .deliveries(&name, query.limit.unwrap_or(100).min(1000))?;
-            Ok(Json(json!({
-                "deliveries": rows.iter().map(delivery_json).collect::<Vec<_>>()
-            })))
+            Ok(Json(DeliveryList {
+                deliveries: rows.iter().map(delivery).collect(),
+            }))
         })
         .await
 }

@@ -4,6 +4,9 @@
 
 use super::guard::Caller;
 use super::runs::{StartRun, parse_digest, run_action};
+use super::wire::{
+    Deleted, DeploymentHistory, DeploymentInfo, DeploymentList, DeploymentSaved, RunAction,
+};
 use super::{ApiError, ApiResult, ApiState, parse_body, schema};
 use crate::model::deploy::DEFAULT_POOL;
 use crate::model::{Deployment, DeploymentVersion};
@@ -11,19 +14,19 @@ use crate::store::{DeploymentVersionRow, ObjectKind, ObjectRow, Write};
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use serde_json::{Value, json};
+use serde_json::Value;
 use std::sync::Arc;
 
 fn parse_deployment(row: &ObjectRow) -> ApiResult<Deployment> {
     serde_json::from_str(&row.body).map_err(ApiError::internal)
 }
 
-fn deployment_json(row: &ObjectRow) -> ApiResult<Value> {
-    Ok(json!({
-        "deployment": parse_deployment(row)?,
-        "created_at": row.created_at,
-        "updated_at": row.updated_at,
-    }))
+fn deployment_info(row: &ObjectRow) -> ApiResult<DeploymentInfo> {
+    Ok(DeploymentInfo {
+        deployment: parse_deployment(row)?,
+        created_at: row.created_at,
+        updated_at: row.updated_at,
+    })
 }
 
 /// The deployment `name` and its row. Blocks: call inside `ApiState::blocking`.
@@ -42,16 +45,18 @@ fn load(state: &ApiState, name: &str) -> ApiResult<(Deployment, ObjectRow)> {
 /// Deployments, by name.
 #[utoipa::path(get, path = "/api/deployments", tag = "deployments",
     responses((status = 200, body = schema::DeploymentList)))]
-pub(super) async fn list_deployments(State(state): State<Arc<ApiState>>) -> ApiResult<Json<Value>> {
+pub(super) async fn list_deployments(
+    State(state): State<Arc<ApiState>>,
+) -> ApiResult<Json<DeploymentList>> {
     state
         .blocking(|state| {
-            let list = state
+            let deployments = state
                 .store
                 .objects(ObjectKind::Deployment)?
                 .iter()
-                .map(deployment_json)
+                .map(deployment_info)
                 .collect::<ApiResult<Vec<_>>>()?;
-            Ok(Json(json!({ "deployments": list })))
+            Ok(Json(DeploymentList { deployments }))
         })
         .await
 }
@@ -67,7 +72,7 @@ pub(super) async fn create_deployment(
     axum::Extension(caller): axum::Extension<super::guard::Role>,
     axum::Extension(who): axum::Extension<Caller>,
     body: axum::body::Bytes,
-) -> ApiResult<(StatusCode, Json<Value>)> {
+) -> ApiResult<(StatusCode, Json<DeploymentSaved>)> {
     let deployment: Deployment = parse_body(&body, "a deployment (see /api/openapi.json)")?;
     caller.may_grant_secrets(&deployment.secrets)?;
     state
@@ -100,7 +105,7 @@ pub(super) async fn put_deployment(
     axum::Extension(caller): axum::Extension<super::guard::Role>,
     axum::Extension(who): axum::Extension<Caller>,
     body: axum::body::Bytes,
-) -> ApiResult<(StatusCode, Json<Value>)> {
+) -> ApiResult<(StatusCode, Json<DeploymentSaved>)> {
     let mut value: Value = parse_body(&body, "a deployment (see /api/openapi.json)")?;
     if let Some(object) = value.as_object_mut() {
         match object.get("name").and_then(Value::as_str) {
@@ -128,7 +133,7 @@ pub(super) async fn put_deployment(
 pub(crate) fn save(
     state: &ApiState,
     deployment: Deployment,
-) -> ApiResult<(StatusCode, Json<Value>)> {
+) -> ApiResult<(StatusCode, Json<DeploymentSaved>)> {
     save_version(state, deployment, "web UI", None)
 }
 
@@ -140,7 +145,7 @@ pub(crate) fn save_version(
     mut deployment: Deployment,
     created_by: &str,
     note: Option<String>,
-) -> ApiResult<(StatusCode, Json<Value>)> {
+) -> ApiResult<(StatusCode, Json<DeploymentSaved>)> {
     deployment
         .validate()
         .map_err(|e| ApiError::bad_request("invalid_deployment", e.to_string()))?;
@@ -282,12 +287,12 @@ pub(crate) fn save_version(
     };
     Ok((
         status,
-        Json(json!({
-            "deployment": deployment,
-            "created": !existed,
-            "changed": !unchanged,
-            "warnings": warnings,
-        })),
+        Json(DeploymentSaved {
+            deployment,
+            created: !existed,
+            changed: !unchanged,
+            warnings,
+        }),
     ))
 }
 
@@ -308,18 +313,18 @@ fn version_json(row: &DeploymentVersionRow) -> ApiResult<DeploymentVersion> {
 pub(super) async fn list_deployment_versions(
     State(state): State<Arc<ApiState>>,
     Path(name): Path<String>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<DeploymentHistory>> {
     state
         .blocking(move |state| {
+            // A deleted deployment's history goes with it, as far as the
+            // API says: its name is free again.
+            load(state, &name)?;
             let versions = state.store.deployment_versions(&name)?;
-            if versions.is_empty() {
-                load(state, &name)?;
-            }
             let versions = versions
                 .iter()
                 .map(version_json)
                 .collect::<ApiResult<Vec<_>>>()?;
-            Ok(Json(json!({ "versions": versions })))
+            Ok(Json(DeploymentHistory { versions }))
         })
         .await
 }
@@ -339,7 +344,7 @@ pub(super) async fn rollback_deployment(
     axum::Extension(caller): axum::Extension<super::guard::Role>,
     axum::Extension(who): axum::Extension<Caller>,
     body: axum::body::Bytes,
-) -> ApiResult<(StatusCode, Json<Value>)> {
+) -> ApiResult<(StatusCode, Json<DeploymentSaved>)> {
     #[derive(serde::Deserialize)]
     #[serde(deny_unknown_fields)]
     struct Rollback {
@@ -410,7 +415,7 @@ pub(super) fn delete_object(
     state: &ApiState,
     kind: ObjectKind,
     name: &str,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<Deleted>> {
     state
         .store
         .submit(vec![Write::DeleteObject {
@@ -418,7 +423,9 @@ pub(super) fn delete_object(
             name: name.to_string(),
         }])
         .wait_blocking()?;
-    Ok(Json(json!({ "deleted": name })))
+    Ok(Json(Deleted {
+        deleted: name.to_string(),
+    }))
 }
 
 /// A deployment.
@@ -428,11 +435,11 @@ pub(super) fn delete_object(
 pub(super) async fn get_deployment(
     State(state): State<Arc<ApiState>>,
     Path(name): Path<String>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<DeploymentInfo>> {
     state
         .blocking(move |state| {
             let (_, row) = load(state, &name)?;
-            Ok(Json(deployment_json(&row)?))
+            Ok(Json(deployment_info(&row)?))
         })
         .await
 }
@@ -444,7 +451,7 @@ pub(super) async fn get_deployment(
 pub(crate) async fn delete_deployment(
     State(state): State<Arc<ApiState>>,
     Path(name): Path<String>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<Deleted>> {
     state
         .blocking(move |state| delete_object(state, ObjectKind::Deployment, &name))
         .await
@@ -455,14 +462,14 @@ pub(crate) async fn set_paused(
     state: &Arc<ApiState>,
     name: String,
     paused: bool,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<DeploymentInfo>> {
     state
         .blocking(move |state| {
             let (mut deployment, _) = load(state, &name)?;
             deployment.paused = paused;
             put_object(state, ObjectKind::Deployment, &name, &deployment)?;
             let (_, row) = load(state, &name)?;
-            Ok(Json(deployment_json(&row)?))
+            Ok(Json(deployment_info(&row)?))
         })
         .await
 }
@@ -474,7 +481,7 @@ pub(crate) async fn set_paused(
 pub(super) async fn pause_deployment(
     State(state): State<Arc<ApiState>>,
     Path(name): Path<String>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<DeploymentInfo>> {
     set_paused(&state, name, true).await
 }
 
@@ -485,14 +492,15 @@ pub(super) async fn pause_deployment(
 pub(super) async fn resume_deployment(
     State(state): State<Arc<ApiState>>,
     Path(name): Path<String>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<DeploymentInfo>> {
     set_paused(&state, name, false).await
 }
 
 /// Run a deployment; `params` are laid over its defaults and checked against the schema.
 #[utoipa::path(post, path = "/api/deployments/{name}/runs", tag = "deployments",
     params(("name" = String, Path)),
-    request_body(content = schema::StartRun, content_type = "application/json"),
+    request_body(content = Option<schema::StartRun>, content_type = "application/json",
+        description = "Optional: no body runs with the deployment's params"),
     responses((status = 202, body = schema::RunStarted),
         (status = 404, body = schema::ErrorBody),
         (status = 409, body = schema::ErrorBody, description = "Paused, or a granted secret is not set"),
@@ -501,7 +509,7 @@ pub(super) async fn run_deployment(
     State(state): State<Arc<ApiState>>,
     Path(name): Path<String>,
     body: axum::body::Bytes,
-) -> ApiResult<(StatusCode, Json<Value>)> {
+) -> ApiResult<(StatusCode, Json<RunAction>)> {
     let start = StartRun::from_body(&body)?;
     let dispatched = state
         .dispatcher

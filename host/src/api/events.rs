@@ -16,7 +16,6 @@ use axum::extract::{Path, Query, State};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures_util::stream::{self, Stream};
 use serde::Deserialize;
-use serde_json::json;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
@@ -149,7 +148,7 @@ impl Cursor {
                 Event::default()
                     .event("log")
                     .id(line.id.to_string())
-                    .data(json!(line).to_string()),
+                    .data(to_json(&line)),
             );
         }
         let Ok(run) = run else {
@@ -158,11 +157,13 @@ impl Cursor {
         };
         if self.last_state != Some(run.state) {
             self.last_state = Some(run.state);
-            self.pending.push_back(
-                Event::default()
-                    .event("state")
-                    .data(json!({ "state": run.state, "message": run.message }).to_string()),
-            );
+            self.pending
+                .push_back(Event::default().event("state").data(to_json(
+                    &super::wire::StateEvent {
+                        state: run.state,
+                        message: run.message.clone(),
+                    },
+                )));
         }
         if run.state.is_terminal() {
             let left = self.drain.get_or_insert(DRAIN_POLLS);
@@ -170,11 +171,16 @@ impl Cursor {
                 *left = DRAIN_POLLS;
             } else if *left == 0 {
                 self.pending
-                    .push_back(Event::default().event("end").data(json!(run).to_string()));
+                    .push_back(Event::default().event("end").data(to_json(&run)));
                 self.done = true;
             } else {
                 *left -= 1;
             }
         }
     }
+}
+
+/// An event's data: JSON text (these types always serialize).
+fn to_json(value: &impl serde::Serialize) -> String {
+    serde_json::to_string(value).unwrap_or_default()
 }

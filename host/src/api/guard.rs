@@ -334,6 +334,11 @@ fn check_body_type(
 
 /// Answers 415 when a body's type is not the endpoint's.
 pub(super) async fn require_body_type(request: Request, next: Next) -> Response {
+    // A method the route does not have is the router's to refuse (405 with
+    // `Allow`), whatever body it came with.
+    if !super::is_operation(request.method(), request.uri().path()) {
+        return next.run(request).await;
+    }
     let has_body = request.body().size_hint().exact() != Some(0);
     let content_type = request
         .headers()
@@ -489,6 +494,21 @@ impl utoipa::Modify for GuardResponses {
                 if operation.request_body.is_some() {
                     responses.entry("415".into()).or_insert_with(|| {
                         error("The body's Content-Type is not the one the operation reads")
+                    });
+                    responses
+                        .entry("413".into())
+                        .or_insert_with(|| error("The body is larger than the operation reads"));
+                }
+                // Any path segment, query or body can fail to parse, before
+                // a handler sees it (`super::json_errors` gives it our shape).
+                if path != "/api/health" && path != "/api/ready" {
+                    responses.entry("400".into()).or_insert_with(|| {
+                        error("A path segment, query parameter or body did not parse or is not allowed; the message says which")
+                    });
+                }
+                if !path.ends_with("/events") && path != "/api/health" {
+                    responses.entry("503".into()).or_insert_with(|| {
+                        error("The request took longer than the server allows (60 s); try again")
                     });
                 }
             }

@@ -3,14 +3,14 @@
 //! (`dispatch::remote`); this file only moves it on and off the wire.
 
 use super::runs::parse_run_id;
-use super::{ApiError, ApiResult, ApiState, schema};
+use super::wire::{Accepted, HostInfo, HostList};
+use super::{ApiError, ApiResult, ApiState, parse_body, schema};
 use crate::dispatch::RunSource;
-use crate::dispatch::remote::{ClaimRequest, Heartbeat, Report};
+use crate::dispatch::remote::{ClaimRequest, Heartbeat, HeartbeatReply, Report};
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde_json::{Value, json};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,8 +26,9 @@ const MAX_CLAIM_WAIT: Duration = Duration::from_secs(25);
         (status = 204, description = "Nothing became ready in time; ask again")))]
 pub(super) async fn claim(
     State(state): State<Arc<ApiState>>,
-    Json(request): Json<ClaimRequest>,
+    body: axum::body::Bytes,
 ) -> ApiResult<Response> {
+    let request: ClaimRequest = parse_body(&body, "a claim (see /api/openapi.json)")?;
     if request.pools.is_empty() {
         return Err(ApiError::bad_request(
             "no_pools",
@@ -58,10 +59,10 @@ pub(super) async fn claim(
     responses((status = 200, body = schema::HostHeartbeatReply)))]
 pub(super) async fn heartbeat(
     State(state): State<Arc<ApiState>>,
-    Json(beat): Json<Heartbeat>,
-) -> ApiResult<Json<Value>> {
-    let reply = state.dispatcher.heartbeat(beat).await?;
-    Ok(Json(json!(reply)))
+    body: axum::body::Bytes,
+) -> ApiResult<Json<HeartbeatReply>> {
+    let beat: Heartbeat = parse_body(&body, "a heartbeat (see /api/openapi.json)")?;
+    Ok(Json(state.dispatcher.heartbeat(beat).await?))
 }
 
 /// Record what a host recorded for a run it holds (states, task runs,
@@ -75,29 +76,26 @@ pub(super) async fn heartbeat(
 pub(super) async fn report(
     State(state): State<Arc<ApiState>>,
     Path(id): Path<String>,
-    Json(report): Json<Report>,
-) -> ApiResult<Json<Value>> {
+    body: axum::body::Bytes,
+) -> ApiResult<Json<Accepted>> {
+    let report: Report = parse_body(&body, "a report (see /api/openapi.json)")?;
     let id = state
         .blocking(move |state| parse_run_id(state, &id))
         .await?;
     state.dispatcher.apply_report(id, report).await?;
-    Ok(Json(json!({ "accepted": true })))
+    Ok(Json(Accepted { accepted: true }))
 }
 
 /// The hosts that have said hello: pools, slots, runs in hand, last heartbeat.
 #[utoipa::path(get, path = "/api/hosts", tag = "hosts",
     responses((status = 200, body = schema::HostList)))]
-pub(super) async fn list_hosts(State(state): State<Arc<ApiState>>) -> ApiResult<Json<Value>> {
-    let hosts: Vec<Value> = state
+pub(super) async fn list_hosts(State(state): State<Arc<ApiState>>) -> ApiResult<Json<HostList>> {
+    let hosts = state
         .dispatcher
         .hosts()
         .await?
         .into_iter()
-        .map(|(host, online)| {
-            let mut value = json!(host);
-            value["online"] = json!(online);
-            value
-        })
+        .map(|(host, online)| HostInfo { host, online })
         .collect();
-    Ok(Json(json!({ "hosts": hosts })))
+    Ok(Json(HostList { hosts }))
 }

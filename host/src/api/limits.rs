@@ -13,7 +13,6 @@ use crate::store::{ObjectKind, SlotRow};
 use axum::Json;
 use axum::extract::{Path, State};
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 use std::sync::Arc;
 
 /// A limit with what is taken of it now.
@@ -47,15 +46,18 @@ pub struct LimitList {
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LimitBody {
+    #[schema(minimum = 1, maximum = 1000000)]
     pub slots: u32,
+    /// Makes it a rate limit: above 0, at most 1000000.
     #[serde(default)]
+    #[schema(exclusive_minimum = 0, maximum = 1000000)]
     pub slot_decay_per_second: Option<f64>,
 }
 
 #[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReleaseSlots {
-    #[schema(value_type = String)]
+    #[schema(value_type = String, pattern = "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")]
     pub lease: uuid::Uuid,
 }
 
@@ -198,7 +200,7 @@ pub(super) async fn put_limit(
 pub(super) async fn delete_limit(
     State(state): State<Arc<ApiState>>,
     Path(name): Path<String>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<super::wire::Deleted>> {
     state
         .blocking(move |state| delete_object(state, ObjectKind::ConcurrencyLimit, &name))
         .await

@@ -16,7 +16,6 @@ use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
-use serde_json::{Value, json};
 use std::fmt::Write as _;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -170,12 +169,17 @@ fn label(value: &str) -> String {
 /// Ready to serve: the database answers a read (so it is open and its
 /// migrations ran: the server opens it only after they do).
 #[utoipa::path(get, path = "/api/ready", tag = "server",
-    responses((status = 200, description = "The database answers", content_type = "application/json"),
+    responses((status = 200, body = super::schema::Ready, description = "The database answers"),
         (status = 503, body = super::schema::ErrorBody, description = "The database does not answer")))]
-pub(super) async fn ready(State(state): State<Arc<ApiState>>) -> ApiResult<Json<Value>> {
+pub(super) async fn ready(
+    State(state): State<Arc<ApiState>>,
+) -> ApiResult<Json<super::wire::Ready>> {
     let read = state.blocking(|state| Ok(state.store.count(StoreTable::TaskRuns)?));
     match tokio::time::timeout(READY_TIMEOUT, read).await {
-        Ok(Ok(_)) => Ok(Json(json!({ "status": "ready", "database": "ok" }))),
+        Ok(Ok(_)) => Ok(Json(super::wire::Ready {
+            status: "ready".to_string(),
+            database: "ok".to_string(),
+        })),
         Ok(Err(e)) => Err(ApiError::unavailable(format!(
             "the database does not answer ({}); see the server log",
             e.message()

@@ -22,6 +22,7 @@ pub mod metrics;
 pub(crate) mod objects;
 pub(crate) mod runs;
 pub mod schema;
+pub mod wire;
 
 use crate::dispatch::{DispatchError, Dispatcher};
 use crate::store::{ComponentFileError, Store, StoreError};
@@ -31,7 +32,6 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde_json::{Value, json};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -39,6 +39,7 @@ use utoipa::OpenApi;
 
 use guard::GuardResponses;
 pub use objects::ensure_pool;
+use schema::WireRules;
 
 /// The largest `.wasm` accepted by `POST /api/components`.
 pub const MAX_COMPONENT_BYTES: usize = 64 << 20;
@@ -182,7 +183,7 @@ impl ApiState {
         limits::release_slots,
         housekeeping::prune_flow_runs,
     ),
-    modifiers(&BearerAuth, &GuardResponses)
+    modifiers(&BearerAuth, &GuardResponses, &WireRules)
 )]
 pub struct ApiDoc;
 
@@ -197,6 +198,39 @@ impl utoipa::Modify for BearerAuth {
             SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
         );
     }
+}
+
+/// Whether the document has an operation `method` on a route that `path`
+/// (`/api/deployments/etl`) is one of (`/api/deployments/{name}`).
+fn is_operation(method: &axum::http::Method, path: &str) -> bool {
+    static OPERATIONS: std::sync::LazyLock<Vec<(String, Vec<String>)>> =
+        std::sync::LazyLock::new(|| {
+            let doc = ApiDoc::openapi();
+            let mut operations = Vec::new();
+            for (template, item) in &doc.paths.paths {
+                for (method, operation) in [
+                    ("GET", &item.get),
+                    ("PUT", &item.put),
+                    ("POST", &item.post),
+                    ("DELETE", &item.delete),
+                ] {
+                    if operation.is_some() {
+                        let segments = template.split('/').map(str::to_string).collect();
+                        operations.push((method.to_string(), segments));
+                    }
+                }
+            }
+            operations
+        });
+    let segments: Vec<&str> = path.split('/').collect();
+    OPERATIONS.iter().any(|(m, template)| {
+        m == method.as_str()
+            && template.len() == segments.len()
+            && template
+                .iter()
+                .zip(&segments)
+                .all(|(t, s)| t.starts_with('{') || t == s)
+    })
 }
 
 /// The OpenAPI document, as served and as checked into `host/openapi.json`.
@@ -349,6 +383,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
             get(automations::list_deliveries),
         )
         .layer(axum::middleware::from_fn(guard::require_body_type))
+        .layer(axum::middleware::from_fn(json_errors))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             guard::require_key,
@@ -375,6 +410,47 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .layer(json_limit)
         .layer(axum::middleware::from_fn(time_limit))
         .with_state(state)
+}
+
+/// Gives the refusals axum writes itself (a query, path or JSON body that
+/// does not parse: plain text) the API's error shape, so every 4xx a client
+/// gets is the `ErrorBody` the document promises.
+async fn json_errors(request: Request, next: Next) -> Response {
+    let response = next.run(request).await;
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !status.is_client_error() || is_json {
+        return response;
+    }
+    // Headers stay (a 405's `Allow`); the body becomes ours.
+    let (mut parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, 64 << 10)
+        .await
+        .unwrap_or_default();
+    let error = match status {
+        StatusCode::PAYLOAD_TOO_LARGE => "too_large",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+        StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+        _ => "bad_request",
+    };
+    let mut message = String::from_utf8_lossy(&text).into_owned();
+    if message.is_empty() {
+        message = status.canonical_reason().unwrap_or("refused").to_string();
+    }
+    let body = ErrorReply {
+        error: error.to_string(),
+        message,
+    };
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts.headers.insert(
+        header::CONTENT_TYPE,
+        axum::http::HeaderValue::from_static("application/json"),
+    );
+    Response::from_parts(parts, Json(body).into_response().into_body())
 }
 
 /// Ends a request that runs past [`REQUEST_TIMEOUT`] with 503 (event streams
@@ -452,8 +528,11 @@ impl InProcess {
         let request = match request {
             Ok(r) => r,
             Err(e) => {
-                let body = json!({ "error": "bad_request", "message": e.to_string() });
-                return (400, body.to_string().into_bytes());
+                let body = ErrorReply {
+                    error: "bad_request".to_string(),
+                    message: e.to_string(),
+                };
+                return (400, serde_json::to_vec(&body).unwrap_or_default());
             }
         };
         let response = match self.router.clone().oneshot(request).await {
@@ -526,13 +605,22 @@ impl ApiError {
     }
 }
 
+/// Every 4xx and 5xx body (`schema::ErrorBody` in the document).
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct ErrorReply {
+    /// A short code: `bad_json`, `not_found`, `conflict`, ...
+    pub error: String,
+    /// What was wrong and what to do, for people.
+    pub message: String,
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (
-            self.status,
-            Json(json!({ "error": self.error, "message": self.message })),
-        )
-            .into_response()
+        let body = ErrorReply {
+            error: self.error.to_string(),
+            message: self.message,
+        };
+        (self.status, Json(body)).into_response()
     }
 }
 
@@ -622,6 +710,14 @@ fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8], expected: &str) -> Ap
             format!("send a JSON body: {expected}"),
         ));
     }
+    // Serde reads a struct from an array of its fields too; every body
+    // here is an object (or null), as the document says.
+    if body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
+        return Err(ApiError::bad_request(
+            "bad_json",
+            format!("the body is an array; send a JSON object: {expected}"),
+        ));
+    }
     serde_json::from_slice(body)
         .map_err(|e| ApiError::bad_request("bad_json", format!("the body is not {expected}: {e}")))
 }
@@ -629,8 +725,11 @@ fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8], expected: &str) -> Ap
 /// Liveness and version.
 #[utoipa::path(get, path = "/api/health", tag = "server",
     responses((status = 200, body = schema::Health)))]
-async fn health() -> Json<Value> {
-    Json(json!({ "status": "ok", "version": env!("CARGO_PKG_VERSION") }))
+async fn health() -> Json<wire::Health> {
+    Json(wire::Health {
+        status: "ok".to_string(),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+    })
 }
 
 /// This document.

@@ -1,6 +1,7 @@
 //! Work pools and queues, secrets (write-only) and variables.
 
 use super::deployments::{delete_object, put_object, put_raw};
+use super::wire::{Deleted, SecretList, SecretName, VariableList, WorkPoolList, WorkQueueList};
 use super::{ApiError, ApiResult, ApiState, parse_body, schema};
 use crate::model::deploy::{DEFAULT_QUEUE, validate_name};
 use crate::model::{Variable, WorkPool, WorkQueue};
@@ -9,7 +10,7 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::Value;
 use std::sync::Arc;
 
 fn check_name(what: &str, name: &str) -> ApiResult<()> {
@@ -81,11 +82,13 @@ fn ensure_pool_now(state: &ApiState, name: &str) -> ApiResult<()> {
 /// Work pools.
 #[utoipa::path(get, path = "/api/work-pools", tag = "work pools",
     responses((status = 200, body = schema::WorkPoolList)))]
-pub(super) async fn list_work_pools(State(state): State<Arc<ApiState>>) -> ApiResult<Json<Value>> {
+pub(super) async fn list_work_pools(
+    State(state): State<Arc<ApiState>>,
+) -> ApiResult<Json<WorkPoolList>> {
     state
         .blocking(|state| {
             let pools: Vec<WorkPool> = parse_rows(state, ObjectKind::WorkPool)?;
-            Ok(Json(json!({ "work_pools": pools })))
+            Ok(Json(WorkPoolList { work_pools: pools }))
         })
         .await
 }
@@ -97,7 +100,7 @@ pub(super) async fn list_work_pools(State(state): State<Arc<ApiState>>) -> ApiRe
 pub(super) async fn create_work_pool(
     State(state): State<Arc<ApiState>>,
     body: axum::body::Bytes,
-) -> ApiResult<(StatusCode, Json<Value>)> {
+) -> ApiResult<(StatusCode, Json<WorkPool>)> {
     let new: WorkPool = parse_body(
         &body,
         r#"{"name": "...", "description": "...", "concurrency_limit": N}"#,
@@ -109,7 +112,7 @@ pub(super) async fn create_work_pool(
 
 /// Creates a work pool with its `default` queue; 409 if it exists (the
 /// JSON API and the web UI). Blocks.
-pub(crate) fn create_pool(state: &ApiState, new: WorkPool) -> ApiResult<Value> {
+pub(crate) fn create_pool(state: &ApiState, new: WorkPool) -> ApiResult<WorkPool> {
     check_name("work pool", &new.name)?;
     if state
         .store
@@ -123,22 +126,32 @@ pub(crate) fn create_pool(state: &ApiState, new: WorkPool) -> ApiResult<Value> {
     }
     put_object(state, ObjectKind::WorkPool, &new.name, &new)?;
     ensure_pool_now(state, &new.name)?;
-    Ok(json!(new))
+    Ok(new)
 }
 
 /// Create or replace a work pool (description, limit, paused).
 #[utoipa::path(put, path = "/api/work-pools/{name}", tag = "work pools",
     params(("name" = String, Path)),
-    request_body(content = schema::WorkPool, content_type = "application/json"),
+    request_body(content = schema::WorkPoolUpdate, content_type = "application/json"),
     responses((status = 200, body = schema::WorkPool), (status = 400, body = schema::ErrorBody)))]
 pub(super) async fn put_work_pool(
     State(state): State<Arc<ApiState>>,
     Path(name): Path<String>,
     body: axum::body::Bytes,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<WorkPool>> {
     check_name("work pool", &name)?;
     let mut value: Value = parse_body(&body, r#"{"concurrency_limit": N, "paused": false}"#)?;
     if let Some(object) = value.as_object_mut() {
+        // The path names the pool; a body's own name is ignored, but only
+        // if it is a name at all.
+        if let Some(given) = object.get("name")
+            && !given.is_string()
+        {
+            return Err(ApiError::bad_request(
+                "bad_json",
+                format!("the body's name must be a string (the path's '{name}'), not {given}"),
+            ));
+        }
         object.insert("name".into(), Value::String(name.clone()));
     }
     let new: WorkPool = serde_json::from_value(value).map_err(|e| {
@@ -148,7 +161,7 @@ pub(super) async fn put_work_pool(
         .blocking(move |state| {
             put_object(state, ObjectKind::WorkPool, &name, &new)?;
             ensure_pool_now(state, &name)?;
-            Ok(Json(json!(new)))
+            Ok(Json(new))
         })
         .await
 }
@@ -160,9 +173,9 @@ pub(super) async fn put_work_pool(
 pub(super) async fn get_work_pool(
     State(state): State<Arc<ApiState>>,
     Path(name): Path<String>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<WorkPool>> {
     state
-        .blocking(move |state| Ok(Json(json!(pool(state, &name)?))))
+        .blocking(move |state| Ok(Json(pool(state, &name)?)))
         .await
 }
 
@@ -173,11 +186,11 @@ pub(super) async fn get_work_pool(
 pub(crate) async fn delete_work_pool(
     State(state): State<Arc<ApiState>>,
     Path(name): Path<String>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<Deleted>> {
     state.blocking(move |state| delete_pool(state, &name)).await
 }
 
-fn delete_pool(state: &ApiState, name: &str) -> ApiResult<Json<Value>> {
+fn delete_pool(state: &ApiState, name: &str) -> ApiResult<Json<Deleted>> {
     pool(state, name)?;
     let users: Vec<crate::model::Deployment> = parse_rows(state, ObjectKind::Deployment)?;
     let users: Vec<&str> = users
@@ -207,13 +220,13 @@ pub(crate) async fn set_pool_paused(
     state: &Arc<ApiState>,
     name: String,
     paused: bool,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<WorkPool>> {
     state
         .blocking(move |state| {
             let mut p = pool(state, &name)?;
             p.paused = paused;
             put_object(state, ObjectKind::WorkPool, &name, &p)?;
-            Ok(Json(json!(p)))
+            Ok(Json(p))
         })
         .await
 }
@@ -225,7 +238,7 @@ pub(crate) async fn set_pool_paused(
 pub(super) async fn pause_work_pool(
     State(state): State<Arc<ApiState>>,
     Path(name): Path<String>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<WorkPool>> {
     set_pool_paused(&state, name, true).await
 }
 
@@ -236,7 +249,7 @@ pub(super) async fn pause_work_pool(
 pub(super) async fn resume_work_pool(
     State(state): State<Arc<ApiState>>,
     Path(name): Path<String>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<WorkPool>> {
     set_pool_paused(&state, name, false).await
 }
 
@@ -247,14 +260,16 @@ pub(super) async fn resume_work_pool(
 pub(super) async fn list_work_queues(
     State(state): State<Arc<ApiState>>,
     Path(name): Path<String>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<WorkQueueList>> {
     state
         .blocking(move |state| {
             pool(state, &name)?;
             let mut queues: Vec<WorkQueue> = parse_rows(state, ObjectKind::WorkQueue)?;
             queues.retain(|q| q.work_pool == name);
             queues.sort_by(|a, b| a.priority.cmp(&b.priority).then(a.name.cmp(&b.name)));
-            Ok(Json(json!({ "work_queues": queues })))
+            Ok(Json(WorkQueueList {
+                work_queues: queues,
+            }))
         })
         .await
 }
@@ -268,12 +283,22 @@ pub(super) async fn create_work_queue(
     State(state): State<Arc<ApiState>>,
     Path(name): Path<String>,
     body: axum::body::Bytes,
-) -> ApiResult<(StatusCode, Json<Value>)> {
+) -> ApiResult<(StatusCode, Json<WorkQueue>)> {
     let mut value: Value = parse_body(
         &body,
         r#"{"name": "...", "priority": N, "concurrency_limit": N}"#,
     )?;
     if let Some(object) = value.as_object_mut() {
+        // The path names the pool; a body's own `work_pool` is ignored, but
+        // only if it is a name at all.
+        if let Some(given) = object.get("work_pool")
+            && !given.is_string()
+        {
+            return Err(ApiError::bad_request(
+                "bad_json",
+                format!("the body's work_pool must be a string (the path's '{name}'), not {given}"),
+            ));
+        }
         object.insert("work_pool".into(), Value::String(name.clone()));
     }
     let queue: WorkQueue = serde_json::from_value(value).map_err(|e| {
@@ -286,7 +311,7 @@ pub(super) async fn create_work_queue(
 
 /// Creates or replaces a queue of an existing pool (the JSON API and the
 /// web UI). Blocks.
-pub(crate) fn put_queue(state: &ApiState, queue: WorkQueue) -> ApiResult<Value> {
+pub(crate) fn put_queue(state: &ApiState, queue: WorkQueue) -> ApiResult<WorkQueue> {
     check_name("work queue", &queue.name)?;
     pool(state, &queue.work_pool)?;
     put_object(
@@ -295,7 +320,7 @@ pub(crate) fn put_queue(state: &ApiState, queue: WorkQueue) -> ApiResult<Value> 
         &format!("{}/{}", queue.work_pool, queue.name),
         &queue,
     )?;
-    Ok(json!(queue))
+    Ok(queue)
 }
 
 /// Delete a queue (not a pool's `default`).
@@ -305,7 +330,7 @@ pub(crate) fn put_queue(state: &ApiState, queue: WorkQueue) -> ApiResult<Value> 
 pub(crate) async fn delete_work_queue(
     State(state): State<Arc<ApiState>>,
     Path((pool_name, name)): Path<(String, String)>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<Deleted>> {
     if name == DEFAULT_QUEUE {
         return Err(ApiError::conflict(format!(
             "every pool keeps its '{DEFAULT_QUEUE}' queue; delete the pool instead"
@@ -321,14 +346,20 @@ pub(crate) async fn delete_work_queue(
 /// Secret names; values are never returned.
 #[utoipa::path(get, path = "/api/secrets", tag = "secrets",
     responses((status = 200, body = schema::SecretList)))]
-pub(super) async fn list_secrets(State(state): State<Arc<ApiState>>) -> ApiResult<Json<Value>> {
-    let list: Vec<Value> = state
+pub(super) async fn list_secrets(
+    State(state): State<Arc<ApiState>>,
+) -> ApiResult<Json<SecretList>> {
+    let secrets = state
         .blocking(|state| Ok(state.store.objects(ObjectKind::Secret)?))
         .await?
         .into_iter()
-        .map(|row| json!({ "name": row.name, "created_at": row.created_at, "updated_at": row.updated_at }))
+        .map(|row| SecretName {
+            name: row.name,
+            created_at: row.created_at,
+            updated_at: row.updated_at,
+        })
         .collect();
-    Ok(Json(json!({ "secrets": list })))
+    Ok(Json(SecretList { secrets }))
 }
 
 #[derive(Deserialize)]
@@ -347,7 +378,7 @@ pub(super) async fn put_secret(
     State(state): State<Arc<ApiState>>,
     Path(name): Path<String>,
     body: axum::body::Bytes,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<SecretName>> {
     let SecretValue { value } = parse_body(&body, r#"{"value": "..."}"#)?;
     state
         .blocking(move |state| Ok(Json(set_secret(state, &name, &value)?)))
@@ -356,7 +387,7 @@ pub(super) async fn put_secret(
 
 /// Checks, seals and stores a secret; the reply names it (never its value).
 /// Blocks. The JSON API and the web UI both set secrets through this.
-pub(crate) fn set_secret(state: &ApiState, name: &str, value: &str) -> ApiResult<Value> {
+pub(crate) fn set_secret(state: &ApiState, name: &str, value: &str) -> ApiResult<SecretName> {
     check_name("secret", name)?;
     crate::model::validate_secret_value(name, value)
         .map_err(|e| ApiError::bad_request("secret_too_short", e.to_string()))?;
@@ -366,7 +397,11 @@ pub(crate) fn set_secret(state: &ApiState, name: &str, value: &str) -> ApiResult
         .store
         .object(ObjectKind::Secret, name)?
         .ok_or_else(|| ApiError::internal("a secret vanished after it was written"))?;
-    Ok(json!({ "name": name, "created_at": row.created_at, "updated_at": row.updated_at }))
+    Ok(SecretName {
+        name: name.to_string(),
+        created_at: row.created_at,
+        updated_at: row.updated_at,
+    })
 }
 
 /// Delete a secret.
@@ -376,7 +411,7 @@ pub(crate) fn set_secret(state: &ApiState, name: &str, value: &str) -> ApiResult
 pub(crate) async fn delete_secret(
     State(state): State<Arc<ApiState>>,
     Path(name): Path<String>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<Deleted>> {
     state
         .blocking(move |state| delete_object(state, ObjectKind::Secret, &name))
         .await
@@ -385,11 +420,13 @@ pub(crate) async fn delete_secret(
 /// Variables, by name.
 #[utoipa::path(get, path = "/api/variables", tag = "variables",
     responses((status = 200, body = schema::VariableList)))]
-pub(super) async fn list_variables(State(state): State<Arc<ApiState>>) -> ApiResult<Json<Value>> {
+pub(super) async fn list_variables(
+    State(state): State<Arc<ApiState>>,
+) -> ApiResult<Json<VariableList>> {
     state
         .blocking(|state| {
-            let list: Vec<Variable> = parse_rows(state, ObjectKind::Variable)?;
-            Ok(Json(json!({ "variables": list })))
+            let variables: Vec<Variable> = parse_rows(state, ObjectKind::Variable)?;
+            Ok(Json(VariableList { variables }))
         })
         .await
 }
@@ -401,7 +438,7 @@ pub(super) async fn list_variables(State(state): State<Arc<ApiState>>) -> ApiRes
 pub(super) async fn get_variable(
     State(state): State<Arc<ApiState>>,
     Path(name): Path<String>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<Variable>> {
     let row = state
         .blocking(move |state| {
             state
@@ -411,7 +448,7 @@ pub(super) async fn get_variable(
         })
         .await?;
     let variable: Variable = serde_json::from_str(&row.body).map_err(ApiError::internal)?;
-    Ok(Json(json!(variable)))
+    Ok(Json(variable))
 }
 
 #[derive(Deserialize)]
@@ -423,13 +460,13 @@ struct VariableValue {
 /// Set a variable to any JSON value.
 #[utoipa::path(put, path = "/api/variables/{name}", tag = "variables",
     params(("name" = String, Path)),
-    request_body(content = schema::Variable, content_type = "application/json", description = "`{\"value\": <any JSON>}`"),
+    request_body(content = schema::VariableValue, content_type = "application/json", description = "`{\"value\": <any JSON>}`"),
     responses((status = 200, body = schema::Variable), (status = 400, body = schema::ErrorBody)))]
 pub(super) async fn put_variable(
     State(state): State<Arc<ApiState>>,
     Path(name): Path<String>,
     body: axum::body::Bytes,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<Variable>> {
     let VariableValue { value } = parse_body(&body, r#"{"value": <any JSON>}"#)?;
     state
         .blocking(move |state| Ok(Json(set_variable(state, name, value)?)))
@@ -437,11 +474,11 @@ pub(super) async fn put_variable(
 }
 
 /// Checks the name and stores a variable (the JSON API and the web UI). Blocks.
-pub(crate) fn set_variable(state: &ApiState, name: String, value: Value) -> ApiResult<Value> {
+pub(crate) fn set_variable(state: &ApiState, name: String, value: Value) -> ApiResult<Variable> {
     check_name("variable", &name)?;
     let variable = Variable { name, value };
     put_object(state, ObjectKind::Variable, &variable.name, &variable)?;
-    Ok(json!(variable))
+    Ok(variable)
 }
 
 /// Delete a variable.
@@ -451,7 +488,7 @@ pub(crate) fn set_variable(state: &ApiState, name: String, value: Value) -> ApiR
 pub(crate) async fn delete_variable(
     State(state): State<Arc<ApiState>>,
     Path(name): Path<String>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<Deleted>> {
     state
         .blocking(move |state| delete_object(state, ObjectKind::Variable, &name))
         .await

@@ -1,5 +1,9 @@
 //! Components, flows, flow runs, task runs and logs.
 
+use super::wire::{
+    Attempt, ComponentDetail, ComponentList, ComponentSummary, FlowList, FlowRunDetail,
+    FlowRunList, FlowSummary, LogList, RunAction, StateEntry, TaskRunDetail, TaskRunList, Uploaded,
+};
 use super::{ApiError, ApiResult, ApiState, parse_body, schema};
 use crate::dispatch::{DispatchError, Dispatched, NewRun};
 use crate::model::{ComponentDigest, FlowRunId, RunState, TaskRunId};
@@ -9,7 +13,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::Value;
 use std::sync::Arc;
 
 /// Upload a component: the raw `.wasm` bytes as the body.
@@ -17,7 +21,7 @@ use std::sync::Arc;
 /// Validated against the `weir:flow` world and stored by sha256; uploading
 /// the same bytes again changes nothing.
 #[utoipa::path(post, path = "/api/components", tag = "components",
-    request_body(content = Vec<u8>, content_type = "application/wasm", description = "The component's bytes (at most 64 MiB)"),
+    request_body(content = schema::WasmBytes, content_type = "application/wasm", description = "The component's bytes (at most 64 MiB)"),
     responses(
         (status = 201, body = schema::Uploaded, description = "Stored"),
         (status = 200, body = schema::Uploaded, description = "Already stored"),
@@ -27,7 +31,7 @@ use std::sync::Arc;
 pub(super) async fn upload_component(
     State(state): State<Arc<ApiState>>,
     body: axum::body::Bytes,
-) -> ApiResult<(StatusCode, Json<Value>)> {
+) -> ApiResult<(StatusCode, Json<Uploaded>)> {
     if body.is_empty() {
         return Err(ApiError::bad_request(
             "empty_body",
@@ -35,12 +39,12 @@ pub(super) async fn upload_component(
         ));
     }
     let (component, existed) = state.dispatcher.store_component(body).await?;
-    let reply = json!({
-        "digest": component.digest.as_str(),
-        "size_bytes": component.size_bytes,
-        "flows": component.manifest.flow_names(),
-        "created": !existed,
-    });
+    let reply = Uploaded {
+        digest: component.digest.as_str().to_string(),
+        size_bytes: component.size_bytes,
+        flows: names(&component.manifest),
+        created: !existed,
+    };
     let status = if existed {
         StatusCode::OK
     } else {
@@ -52,21 +56,25 @@ pub(super) async fn upload_component(
 /// Uploaded components, newest first.
 #[utoipa::path(get, path = "/api/components", tag = "components",
     responses((status = 200, body = schema::ComponentList)))]
-pub(super) async fn list_components(State(state): State<Arc<ApiState>>) -> ApiResult<Json<Value>> {
-    let list: Vec<Value> = state
+pub(super) async fn list_components(
+    State(state): State<Arc<ApiState>>,
+) -> ApiResult<Json<ComponentList>> {
+    let components = state
         .blocking(|state| Ok(state.store.components()?))
         .await?
         .iter()
-        .map(|c| {
-            json!({
-                "digest": c.digest,
-                "size_bytes": c.size_bytes,
-                "flows": c.manifest.flow_names(),
-                "created_at": c.created_at,
-            })
+        .map(|c| ComponentSummary {
+            digest: c.digest.clone(),
+            size_bytes: c.size_bytes,
+            flows: names(&c.manifest),
+            created_at: c.created_at,
         })
         .collect();
-    Ok(Json(json!({ "components": list })))
+    Ok(Json(ComponentList { components }))
+}
+
+fn names(manifest: &crate::model::Manifest) -> Vec<String> {
+    manifest.flows.iter().map(|f| f.name.clone()).collect()
 }
 
 pub(super) fn parse_digest(text: &str) -> ApiResult<ComponentDigest> {
@@ -85,7 +93,7 @@ pub(super) fn parse_digest(text: &str) -> ApiResult<ComponentDigest> {
 pub(super) async fn get_component(
     State(state): State<Arc<ApiState>>,
     Path(digest): Path<String>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<ComponentDetail>> {
     let digest = parse_digest(&digest)?;
     let row = state
         .blocking(move |state| {
@@ -95,18 +103,18 @@ pub(super) async fn get_component(
                 .ok_or_else(|| ApiError::not_found(format!("no component with digest {digest}")))
         })
         .await?;
-    Ok(Json(json!({
-        "digest": row.digest,
-        "size_bytes": row.size_bytes,
-        "created_at": row.created_at,
-        "manifest": row.manifest,
-    })))
+    Ok(Json(ComponentDetail {
+        digest: row.digest,
+        size_bytes: row.size_bytes,
+        created_at: row.created_at,
+        manifest: row.manifest,
+    }))
 }
 
 /// The component's bytes, as uploaded (remote executors fetch them by digest).
 #[utoipa::path(get, path = "/api/components/{digest}/wasm", tag = "components",
     params(("digest" = String, Path, description = "sha256, hex")),
-    responses((status = 200, content_type = "application/wasm", body = Vec<u8>), (status = 404, body = schema::ErrorBody)))]
+    responses((status = 200, content_type = "application/wasm", body = schema::WasmBytes), (status = 404, body = schema::ErrorBody)))]
 pub(super) async fn download_component(
     State(state): State<Arc<ApiState>>,
     Path(digest): Path<String>,
@@ -121,22 +129,22 @@ pub(super) async fn download_component(
 /// Flows of every uploaded component.
 #[utoipa::path(get, path = "/api/flows", tag = "components",
     responses((status = 200, body = schema::FlowList)))]
-pub(super) async fn list_flows(State(state): State<Arc<ApiState>>) -> ApiResult<Json<Value>> {
+pub(super) async fn list_flows(State(state): State<Arc<ApiState>>) -> ApiResult<Json<FlowList>> {
     let mut flows = Vec::new();
     let components = state
         .blocking(|state| Ok(state.store.components()?))
         .await?;
     for component in components {
         for flow in &component.manifest.flows {
-            flows.push(json!({
-                "name": flow.name,
-                "component": component.digest,
-                "description": flow.description,
-                "params_schema": flow.params_schema,
-            }));
+            flows.push(FlowSummary {
+                name: flow.name.clone(),
+                component: component.digest.clone(),
+                description: flow.description.clone(),
+                params_schema: flow.params_schema.clone(),
+            });
         }
     }
-    Ok(Json(json!({ "flows": flows })))
+    Ok(Json(FlowList { flows }))
 }
 
 #[derive(Deserialize, Default)]
@@ -153,14 +161,19 @@ impl StartRun {
         if body.is_empty() {
             return Ok(StartRun::default());
         }
-        parse_body(body, r#"{"params": {...}, "tags": [...]}"#)
+        // `null` is "no body" spelled in JSON.
+        Ok(
+            parse_body::<Option<StartRun>>(body, r#"{"params": {...}, "tags": [...]}"#)?
+                .unwrap_or_default(),
+        )
     }
 }
 
 /// Run a flow of an uploaded component on the server's pool (no deployment).
 #[utoipa::path(post, path = "/api/components/{digest}/flows/{flow}/runs", tag = "flow runs",
     params(("digest" = String, Path), ("flow" = String, Path)),
-    request_body(content = schema::StartRun, content_type = "application/json"),
+    request_body(content = Option<schema::StartRun>, content_type = "application/json",
+        description = "Optional: no body runs with the flow's defaults"),
     responses(
         (status = 202, body = schema::RunStarted),
         (status = 404, body = schema::ErrorBody, description = "No such component or flow"),
@@ -170,7 +183,7 @@ pub(super) async fn start_flow_run(
     State(state): State<Arc<ApiState>>,
     Path((digest, flow)): Path<(String, String)>,
     body: axum::body::Bytes,
-) -> ApiResult<(StatusCode, Json<Value>)> {
+) -> ApiResult<(StatusCode, Json<RunAction>)> {
     let digest = parse_digest(&digest)?;
     let start = StartRun::from_body(&body)?;
     let dispatched = state
@@ -194,8 +207,11 @@ pub(super) async fn start_flow_run(
 }
 
 /// The reply to starting, retrying or cancelling a run.
-pub(super) fn run_action(dispatched: Dispatched) -> Value {
-    json!({ "flow_run_id": dispatched.id.to_string(), "state": dispatched.state })
+pub(super) fn run_action(dispatched: Dispatched) -> RunAction {
+    RunAction {
+        flow_run_id: dispatched.id.to_string(),
+        state: dispatched.state,
+    }
 }
 
 #[derive(Deserialize)]
@@ -252,7 +268,7 @@ fn parse_time(name: &str, text: Option<&str>) -> ApiResult<Option<i64>> {
 pub(super) async fn list_flow_runs(
     State(state): State<Arc<ApiState>>,
     Query(q): Query<RunQuery>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<FlowRunList>> {
     let run_state = q
         .state
         .map(|s| s.parse::<RunState>())
@@ -293,9 +309,11 @@ pub(super) async fn list_flow_runs(
         .last()
         .filter(|_| full)
         .map(|row| RunCursor::after(row).to_string());
-    Ok(Json(
-        json!({ "flow_runs": rows, "next_offset": next_offset, "next_cursor": next_cursor }),
-    ))
+    Ok(Json(FlowRunList {
+        flow_runs: rows,
+        next_offset,
+        next_cursor,
+    }))
 }
 
 /// A flow run id, or a unique prefix of one (at least 4 hex characters).
@@ -316,21 +334,23 @@ pub(crate) fn parse_run_id(state: &ApiState, text: &str) -> ApiResult<FlowRunId>
 pub(super) async fn get_flow_run(
     State(state): State<Arc<ApiState>>,
     Path(id): Path<String>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<FlowRunDetail>> {
     state
         .blocking(move |state| {
             let id = parse_run_id(state, &id)?;
             let run = state.store.flow_run(id)?;
             let tasks = state.store.task_runs(id)?;
-            let states: Vec<Value> = state
+            let states = state
                 .store
                 .state_history(id.0)?
                 .into_iter()
-                .map(|(at, s, message)| json!({ "at": at, "state": s, "message": message }))
+                .map(|(at, state, message)| StateEntry { at, state, message })
                 .collect();
-            Ok(Json(
-                json!({ "flow_run": run, "task_runs": tasks, "states": states }),
-            ))
+            Ok(Json(FlowRunDetail {
+                flow_run: run,
+                task_runs: tasks,
+                states,
+            }))
         })
         .await
 }
@@ -342,12 +362,14 @@ pub(super) async fn get_flow_run(
 pub(super) async fn list_task_runs(
     State(state): State<Arc<ApiState>>,
     Path(id): Path<String>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<TaskRunList>> {
     state
         .blocking(move |state| {
             let id = parse_run_id(state, &id)?;
             state.store.flow_run(id)?;
-            Ok(Json(json!({ "task_runs": state.store.task_runs(id)? })))
+            Ok(Json(TaskRunList {
+                task_runs: state.store.task_runs(id)?,
+            }))
         })
         .await
 }
@@ -359,28 +381,29 @@ pub(super) async fn list_task_runs(
 pub(super) async fn get_task_run(
     State(state): State<Arc<ApiState>>,
     Path(id): Path<String>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<TaskRunDetail>> {
     let id: TaskRunId = id
         .parse()
         .map_err(|_| ApiError::bad_request("bad_id", format!("'{id}' is not a task run id")))?;
     let (run, attempts) = state
         .blocking(move |state| Ok((state.store.task_run(id)?, state.store.task_attempts(id)?)))
         .await?;
-    let attempts: Vec<Value> = attempts
+    let attempts = attempts
         .into_iter()
-        .map(|a| {
-            json!({
-                "attempt": a.attempt,
-                "started_at": a.started_at,
-                "ended_at": a.ended_at,
-                "fuel_used": a.fuel_used,
-                "peak_memory": a.peak_memory,
-                "failure_kind": a.failure.as_ref().map(|f| f.0),
-                "message": a.failure.map(|f| f.1),
-            })
+        .map(|a| Attempt {
+            attempt: a.attempt,
+            started_at: a.started_at,
+            ended_at: a.ended_at,
+            fuel_used: a.fuel_used,
+            peak_memory: a.peak_memory,
+            failure_kind: a.failure.as_ref().map(|f| f.0),
+            message: a.failure.map(|f| f.1),
         })
         .collect();
-    Ok(Json(json!({ "task_run": run, "attempts": attempts })))
+    Ok(Json(TaskRunDetail {
+        task_run: run,
+        attempts,
+    }))
 }
 
 #[derive(Deserialize)]
@@ -400,7 +423,7 @@ pub(super) async fn get_logs(
     State(state): State<Arc<ApiState>>,
     Path(id): Path<String>,
     Query(q): Query<LogQuery>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<LogList>> {
     state
         .blocking(move |state| {
             let id = parse_run_id(state, &id)?;
@@ -410,7 +433,7 @@ pub(super) async fn get_logs(
                 q.after.unwrap_or(0),
                 q.limit.unwrap_or(1000).clamp(1, 10_000),
             )?;
-            Ok(Json(json!({ "logs": lines })))
+            Ok(Json(LogList { logs: lines }))
         })
         .await
 }
@@ -433,7 +456,7 @@ pub(super) async fn cancel_flow_run(
     State(state): State<Arc<ApiState>>,
     Path(id): Path<String>,
     Query(q): Query<CancelQuery>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<RunAction>> {
     let id = state
         .blocking(move |state| parse_run_id(state, &id))
         .await?;
@@ -467,11 +490,13 @@ pub(super) async fn resume_flow_run(
     State(state): State<Arc<ApiState>>,
     Path(id): Path<String>,
     body: axum::body::Bytes,
-) -> ApiResult<(StatusCode, Json<Value>)> {
-    let ResumeBody { input } = if body.is_empty() {
-        ResumeBody { input: None }
+) -> ApiResult<(StatusCode, Json<RunAction>)> {
+    // No body, `null` and `{}` all resume without input.
+    let input = if body.is_empty() {
+        None
     } else {
-        parse_body(&body, r#"{"input": <JSON matching the pause's schema>}"#)?
+        parse_body::<Option<ResumeBody>>(&body, r#"{"input": <JSON matching the pause's schema>}"#)?
+            .and_then(|b| b.input)
     };
     let (id, paused) = state
         .blocking(move |state| {
@@ -502,7 +527,7 @@ pub(super) async fn resume_flow_run(
 pub(super) async fn retry_flow_run(
     State(state): State<Arc<ApiState>>,
     Path(id): Path<String>,
-) -> ApiResult<(StatusCode, Json<Value>)> {
+) -> ApiResult<(StatusCode, Json<RunAction>)> {
     let id = state
         .blocking(move |state| parse_run_id(state, &id))
         .await?;

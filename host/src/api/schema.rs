@@ -11,6 +11,15 @@
 use serde_json::Value;
 use utoipa::ToSchema;
 
+/// `GET /api/ready`.
+#[derive(ToSchema)]
+pub struct Ready {
+    /// `ready`
+    pub status: String,
+    /// `ok`
+    pub database: String,
+}
+
 #[derive(ToSchema)]
 pub struct Health {
     pub status: String,
@@ -25,6 +34,11 @@ pub struct ErrorBody {
     /// What was wrong and what to do, for people.
     pub message: String,
 }
+
+/// A component's bytes, as uploaded.
+#[derive(ToSchema)]
+#[schema(value_type = String, format = Binary)]
+pub struct WasmBytes(Vec<u8>);
 
 #[derive(ToSchema)]
 pub struct Uploaded {
@@ -74,7 +88,7 @@ pub struct FlowList {
 #[derive(ToSchema)]
 pub struct StartRun {
     /// Parameters, checked against the flow's JSON Schema.
-    pub params: Option<Value>,
+    pub params: Option<std::collections::BTreeMap<String, Value>>,
     /// Tags recorded on the run (filter with `?tag=`).
     pub tags: Option<Vec<String>>,
 }
@@ -218,8 +232,9 @@ pub struct RunAction {
 /// The input that resumes a Paused run.
 #[derive(ToSchema)]
 pub struct ResumeInput {
-    /// Must match the JSON Schema the flow's `pause` asked for.
-    pub input: Value,
+    /// Must match the JSON Schema the flow's `pause` asked for; absent or
+    /// null resumes an interrupted run without input.
+    pub input: Option<Value>,
 }
 
 /// A report, table or link a run left; with a key, one version of it.
@@ -284,35 +299,51 @@ pub struct Schedule {
     /// IANA time zone of the cron or rrule (default UTC), e.g. `Europe/Berlin`.
     pub timezone: Option<String>,
     /// Laid over the deployment's params for this schedule's runs.
-    pub params: Option<Value>,
+    #[schema(nullable = false)]
+    pub params: Option<std::collections::BTreeMap<String, Value>>,
+    #[schema(nullable = false)]
     pub active: Option<bool>,
 }
 
 #[derive(ToSchema)]
 pub struct Deployment {
+    #[schema(pattern = "^[A-Za-z0-9_-][A-Za-z0-9._-]{0,99}$")]
     pub name: String,
     /// sha256 of an uploaded component.
+    #[schema(pattern = "^[0-9a-f]{64}$")]
     pub component: String,
     pub flow: String,
+    #[schema(nullable = false)]
     pub description: Option<String>,
     /// Default parameters; a run's own are laid over them.
-    pub params: Option<Value>,
+    #[schema(nullable = false)]
+    pub params: Option<std::collections::BTreeMap<String, Value>>,
     /// Default `wasm`, served by the server's embedded executor.
+    #[schema(nullable = false)]
     pub work_pool: Option<String>,
+    #[schema(nullable = false)]
     pub work_queue: Option<String>,
+    #[schema(nullable = false)]
     pub schedules: Option<Vec<Schedule>>,
     /// Laid over every task's own policy.
+    #[schema(nullable = false)]
     pub task_policy: Option<TaskPolicy>,
+    #[schema(nullable = false)]
     pub tags: Option<Vec<String>>,
     /// Secrets its runs may read.
+    #[schema(nullable = false)]
     pub secrets: Option<Vec<String>>,
+    #[schema(nullable = false)]
     pub paused: Option<bool>,
     pub concurrency_limit: Option<u32>,
     /// Fire times missed while no server ran: `skip` (default), `latest` or `all`.
+    #[schema(nullable = false, pattern = "^(skip|latest|all)$")]
     pub catchup: Option<String>,
     /// With `catchup: all`, at most this many (the latest); default 10.
+    #[schema(nullable = false)]
     pub catchup_limit: Option<u32>,
     /// What its runs may reach; only hosts that allow all of it take them.
+    #[schema(nullable = false)]
     pub capabilities: Option<Capabilities>,
     /// Set by the server: the saved version this definition is (ignored when sent).
     pub version: Option<u32>,
@@ -322,13 +353,16 @@ pub struct Deployment {
 #[derive(ToSchema)]
 pub struct Capabilities {
     /// Directories, seen by the guest at the same absolute path.
+    #[schema(nullable = false)]
     pub dirs: Option<Vec<DirGrant>>,
     /// Environment variable names (their values are the host's own).
+    #[schema(nullable = false)]
     pub env: Option<Vec<String>>,
     /// Hosts wasi:http requests may go to: `name` (the scheme's own port,
     /// 80 or 443), `name:port`, an IPv4 address or `[IPv6]`, each with an
     /// optional port; compared as written, never resolved. Everything else
     /// is refused with `HTTP-request-denied`.
+    #[schema(nullable = false)]
     pub http: Option<Vec<String>>,
 }
 
@@ -336,6 +370,7 @@ pub struct Capabilities {
 pub struct DirGrant {
     /// Absolute, without `.` or `..`.
     pub path: String,
+    #[schema(nullable = false)]
     pub writable: Option<bool>,
 }
 
@@ -431,6 +466,8 @@ pub struct SecretList {
 
 #[derive(ToSchema)]
 pub struct SecretValue {
+    /// At least 3 characters (`MIN_SECRET_CHARS`).
+    #[schema(min_length = 3)]
     pub value: String,
 }
 
@@ -438,6 +475,25 @@ pub struct SecretValue {
 pub struct Variable {
     pub name: String,
     pub value: Value,
+}
+
+/// `PUT /api/variables/{name}`'s body: the path names it.
+#[derive(ToSchema)]
+pub struct VariableValue {
+    pub value: Value,
+}
+
+/// `PUT /api/work-pools/{name}`'s body: the path names the pool.
+#[derive(ToSchema)]
+pub struct WorkPoolUpdate {
+    /// Ignored: the path names the pool.
+    #[schema(nullable = false)]
+    pub name: Option<String>,
+    #[schema(nullable = false)]
+    pub description: Option<String>,
+    #[schema(nullable = false)]
+    pub paused: Option<bool>,
+    pub concurrency_limit: Option<u32>,
 }
 
 #[derive(ToSchema)]
@@ -454,12 +510,16 @@ pub struct Deleted {
 pub struct HostClaimRequest {
     /// The lease holder: unique per host process ("name pid=N boot=B").
     pub holder: String,
+    #[schema(min_items = 1)]
     pub pools: Vec<String>,
     /// Only runs of these queues; empty or absent takes every queue.
+    #[schema(nullable = false)]
     pub queues: Option<Vec<String>>,
     /// How long to wait for work before answering 204 (at most 25 s).
+    #[schema(nullable = false)]
     pub wait_ms: Option<u64>,
     /// What the host lets runs reach; it is handed only runs that need no more.
+    #[schema(nullable = false)]
     pub allows: Option<Capabilities>,
 }
 
@@ -490,10 +550,12 @@ pub struct HostHeartbeat {
     pub name: String,
     pub version: String,
     pub pools: Vec<String>,
+    #[schema(nullable = false)]
     pub queues: Option<Vec<String>>,
     pub slots: u32,
     /// [run id, epoch] of each run the host holds.
     pub runs: Vec<Vec<Value>>,
+    #[schema(nullable = false)]
     pub allows: Option<Capabilities>,
 }
 
@@ -600,11 +662,17 @@ pub struct DeliveryList {
 pub struct TakeSlotsRequest {
     /// The top-level flow run the slots are held for: they count while it
     /// is unfinished and its lease is live.
+    #[schema(
+        pattern = "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+    )]
     pub flow_run: String,
     /// Limit names; slots of each are taken, all or none.
+    #[schema(min_items = 1, max_items = 64)]
     pub names: Vec<String>,
+    #[schema(minimum = 1, maximum = 1000000)]
     pub slots: u32,
     /// True: a name with no limit is a 404. False (task tags): it is not limited.
+    #[schema(nullable = false)]
     pub strict: Option<bool>,
 }
 
@@ -621,4 +689,155 @@ pub struct SlotOutcome {
     pub limit: Option<String>,
     /// With `full`, for a rate limit: when enough slots are back.
     pub retry_after_ms: Option<u64>,
+}
+
+/// A name of a pool, queue, deployment, secret, variable, limit or
+/// automation (`model::deploy::validate_name`).
+const NAME_PATTERN: &str = "^[A-Za-z0-9_-][A-Za-z0-9._-]{0,99}$";
+/// A page cursor (`store::RunCursor`): creation micros, a dot, the run's id.
+const CURSOR_PATTERN: &str =
+    "^-?[0-9]{1,18}\\.[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$";
+/// A time as `since`/`until` read it: epoch micros, or RFC 3339 in UTC
+/// (days to 28 keep every match a real date).
+const TIME_PATTERN: &str = "^(-?[0-9]{1,18}|(19|20)[0-9]{2}-(0[1-9]|1[0-2])-(0[1-9]|1[0-9]|2[0-8])[T ]([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\\.[0-9]{1,9})?Z?)$";
+/// A component's sha256, as the server names it.
+const DIGEST_PATTERN: &str = "^[0-9a-f]{64}$";
+
+/// Request bodies the server reads with `deny_unknown_fields`: the document
+/// says so, or a client is told a field is fine that the server refuses.
+const CLOSED_BODIES: &[&str] = &[
+    "Automation",
+    "Deployment",
+    "ReleaseSlots",
+    "ResumeInput",
+    "Rollback",
+    "Schedule",
+    "SecretValue",
+    "StartRun",
+    "TakeSlotsRequest",
+    "VariableValue",
+    "WorkPool",
+    "WorkQueue",
+    "LimitBody",
+];
+
+/// What the derives cannot say about the parameters and bodies the server
+/// reads: the patterns it checks names and digests against, the ranges its
+/// numbers parse into, the states it knows, and which bodies are closed.
+/// Schemathesis (`tests/schemathesis.toml`) holds the document to these.
+pub(super) struct WireRules;
+
+impl utoipa::Modify for WireRules {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::RefOr;
+        use utoipa::openapi::path::ParameterIn;
+        use utoipa::openapi::schema::{AdditionalProperties, Object, Schema, SchemaFormat};
+        for item in openapi.paths.paths.values_mut() {
+            let operations = [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+            ];
+            for operation in operations.into_iter().flatten() {
+                for parameter in operation.parameters.iter_mut().flatten() {
+                    let Some(RefOr::T(Schema::Object(object))) = parameter.schema.as_mut() else {
+                        continue;
+                    };
+                    let object: &mut Object = object;
+                    match (&parameter.parameter_in, parameter.name.as_str()) {
+                        (ParameterIn::Path, "digest") => {
+                            object.pattern = Some(DIGEST_PATTERN.into());
+                        }
+                        (ParameterIn::Path, "id") => {
+                            object.format = Some(SchemaFormat::Custom("uuid".into()));
+                        }
+                        (ParameterIn::Path, "name" | "pool") => {
+                            object.pattern = Some(NAME_PATTERN.into());
+                        }
+                        // Parsed as usize; the handlers clamp them to their caps.
+                        (ParameterIn::Query, "limit" | "offset") => {
+                            object.minimum = Some(utoipa::Number::UInt(0));
+                            object.maximum = Some(utoipa::Number::UInt(u64::MAX as usize));
+                        }
+                        (ParameterIn::Query, "after") => {
+                            object.minimum = Some(utoipa::Number::Int(i64::MIN as isize));
+                            object.maximum = Some(utoipa::Number::Int(i64::MAX as isize));
+                        }
+                        // `next_cursor` as the server writes it: micros.uuid.
+                        (ParameterIn::Query, "cursor") => {
+                            object.pattern = Some(CURSOR_PATTERN.into());
+                        }
+                        (ParameterIn::Query, "since" | "until") => {
+                            object.pattern = Some(TIME_PATTERN.into());
+                        }
+                        (ParameterIn::Query, "state") => {
+                            object.enum_values = Some(
+                                crate::model::RunState::ALL
+                                    .iter()
+                                    .map(|s| serde_json::Value::String(s.to_string()))
+                                    .collect(),
+                            );
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }
+        let Some(components) = openapi.components.as_mut() else {
+            return;
+        };
+        for schema in components.schemas.values_mut() {
+            widen_unsigned(schema);
+        }
+        for name in CLOSED_BODIES {
+            if let Some(RefOr::T(Schema::Object(object))) = components.schemas.get_mut(*name) {
+                object.additional_properties =
+                    Some(Box::new(AdditionalProperties::FreeForm(false)));
+            }
+        }
+    }
+}
+
+/// utoipa writes a `u32` as `int32` from 0, which caps it at 2^31 - 1 for
+/// a reader of the document (and a `u64` as `int64`, at 2^63 - 1); the
+/// server takes up to 2^32 - 1 (2^64 - 1), so say so.
+fn widen_unsigned(schema: &mut utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>) {
+    use utoipa::openapi::RefOr;
+    use utoipa::openapi::schema::{ArrayItems, KnownFormat, Schema, SchemaFormat};
+    let RefOr::T(schema) = schema else { return };
+    match schema {
+        Schema::Object(object) => {
+            let unsigned = match object.minimum {
+                Some(utoipa::Number::UInt(n)) => n == 0,
+                Some(utoipa::Number::Int(n)) => n == 0,
+                Some(utoipa::Number::Float(n)) => n == 0.0,
+                None => false,
+            };
+            let format = object.format.clone();
+            if unsigned && format == Some(SchemaFormat::KnownFormat(KnownFormat::Int32)) {
+                object.format = Some(SchemaFormat::KnownFormat(KnownFormat::Int64));
+                object.maximum = Some(utoipa::Number::UInt(u32::MAX as usize));
+            }
+            // A `u64` likewise goes past int64's 2^63 - 1.
+            if unsigned
+                && format == Some(SchemaFormat::KnownFormat(KnownFormat::Int64))
+                && object.maximum.is_none()
+            {
+                object.maximum = Some(utoipa::Number::UInt(u64::MAX as usize));
+            }
+            for property in object.properties.values_mut() {
+                widen_unsigned(property);
+            }
+        }
+        Schema::Array(array) => {
+            if let ArrayItems::RefOrSchema(items) = &mut array.items {
+                widen_unsigned(items);
+            }
+        }
+        Schema::OneOf(one_of) => one_of.items.iter_mut().for_each(widen_unsigned),
+        Schema::AllOf(all_of) => all_of.items.iter_mut().for_each(widen_unsigned),
+        Schema::AnyOf(any_of) => any_of.items.iter_mut().for_each(widen_unsigned),
+        _ => {}
+    }
 }

@@ -4,6 +4,7 @@
 use super::JsonFlag;
 use super::backend::Backend;
 use super::output::table;
+use crate::api::wire::{ArtifactList, ArtifactVersions};
 use clap::{Args, Subcommand};
 use serde_json::Value;
 
@@ -38,10 +39,6 @@ pub struct InspectArgs {
     format: JsonFlag,
 }
 
-fn text(value: &Value) -> String {
-    value.as_str().unwrap_or_default().to_string()
-}
-
 pub fn run(command: ArtifactCommand) -> anyhow::Result<()> {
     let backend = Backend::open()?;
     match command {
@@ -49,23 +46,24 @@ pub fn run(command: ArtifactCommand) -> anyhow::Result<()> {
             let mut query = vec![format!("limit={}", args.limit)];
             query.extend(args.key.map(|k| format!("key={k}")));
             query.extend(args.flow_run.map(|r| format!("flow_run={r}")));
-            let reply = backend.get(&format!("/api/artifacts?{}", query.join("&")))?;
+            let path = format!("/api/artifacts?{}", query.join("&"));
+            let reply = backend.get(&path)?;
             if args.format.json {
                 println!("{}", reply["artifacts"]);
                 return Ok(());
             }
-            let rows: Vec<Vec<String>> = reply["artifacts"]
-                .as_array()
-                .into_iter()
-                .flatten()
+            let list: ArtifactList = Backend::parse(&path, reply)?;
+            let rows: Vec<Vec<String>> = list
+                .artifacts
+                .iter()
                 .map(|a| {
                     vec![
-                        a["key"].as_str().unwrap_or("-").to_string(),
-                        a["version"].to_string(),
-                        text(&a["kind"]),
-                        text(&a["flow_run"]),
-                        text(&a["created_at"]),
-                        text(&a["description"]),
+                        a.key.clone().unwrap_or_else(|| "-".into()),
+                        a.version.to_string(),
+                        a.kind.as_str().to_string(),
+                        a.flow_run.clone(),
+                        a.created_at.clone(),
+                        a.description.clone().unwrap_or_default(),
                     ]
                 })
                 .collect();
@@ -85,29 +83,30 @@ pub fn run(command: ArtifactCommand) -> anyhow::Result<()> {
             );
         }
         ArtifactCommand::Inspect(args) => {
-            let reply = backend.get(&format!("/api/artifacts/{}", args.key))?;
+            let path = format!("/api/artifacts/{}", args.key);
             if args.format.json {
-                println!("{reply}");
+                println!("{}", backend.get(&path)?);
                 return Ok(());
             }
-            let latest = &reply["artifact"];
+            let reply: ArtifactVersions = backend.get_as(&path)?;
+            let latest = &reply.artifact;
             println!(
                 "{} v{} ({}) from flow run {} at {}",
-                latest["key"].as_str().unwrap_or("(no key)"),
-                latest["version"],
-                text(&latest["kind"]),
-                text(&latest["flow_run"]),
-                text(&latest["created_at"]),
+                latest.key.as_deref().unwrap_or("(no key)"),
+                latest.version,
+                latest.kind.as_str(),
+                latest.flow_run,
+                latest.created_at,
             );
-            if let Some(description) = latest["description"].as_str() {
+            if let Some(description) = &latest.description {
                 println!("{description}");
             }
             println!();
-            match &latest["data"] {
+            match &latest.data {
                 Value::String(s) => println!("{s}"),
                 rows => println!("{}", serde_json::to_string_pretty(rows).unwrap_or_default()),
             }
-            let versions = reply["versions"].as_array().map_or(0, Vec::len);
+            let versions = reply.versions.len();
             if versions > 1 {
                 println!("\n{versions} versions; `host artifact ls --key KEY` lists them");
             }

@@ -4,9 +4,10 @@
 use super::backend::Backend;
 use super::output::table;
 use super::{Exit, JsonFlag};
+use crate::api::wire::{AutomationInfo, AutomationList, DeliveryList};
 use crate::model::{Automation, AutomationEvent};
 use clap::{Args, Subcommand, ValueEnum};
-use serde_json::{Value, json};
+use serde_json::json;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
@@ -96,28 +97,24 @@ pub fn run(command: AutomationCommand) -> anyhow::Result<()> {
     match command {
         AutomationCommand::Create(args) => create(&backend, args),
         AutomationCommand::Ls(format) => {
-            let reply = backend.get("/api/automations")?;
+            let path = "/api/automations";
+            let reply = backend.get(path)?;
             if format.json {
                 println!("{}", reply["automations"]);
                 return Ok(());
             }
-            let rows: Vec<Vec<String>> = reply["automations"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(|a| {
-                    let a = &a["automation"];
+            let list: AutomationList = Backend::parse(path, reply)?;
+            let rows: Vec<Vec<String>> = list
+                .automations
+                .iter()
+                .map(|info| {
+                    let a = &info.automation;
                     vec![
-                        text(&a["name"]),
-                        text(&a["on"]),
+                        a.name.clone(),
+                        a.on.as_str().into(),
                         watched(a),
-                        text(&a["webhook"]),
-                        if a["paused"] == true {
-                            "paused"
-                        } else {
-                            "active"
-                        }
-                        .into(),
+                        a.webhook.clone(),
+                        status(a).into(),
                     ]
                 })
                 .collect();
@@ -134,31 +131,26 @@ pub fn run(command: AutomationCommand) -> anyhow::Result<()> {
             Ok(())
         }
         AutomationCommand::Inspect(args) => {
-            let reply = backend.get(&format!("/api/automations/{}", args.name))?;
+            let path = format!("/api/automations/{}", args.name);
+            let reply = backend.get(&path)?;
             if args.format.json {
                 println!("{reply}");
             } else {
-                let a = &reply["automation"];
-                println!("automation {}", text(&a["name"]));
-                println!("on         {}", text(&a["on"]));
+                let info: AutomationInfo = Backend::parse(&path, reply)?;
+                let a = &info.automation;
+                println!("automation {}", a.name);
+                println!("on         {}", a.on.as_str());
                 println!("runs       {}", watched(a));
-                println!("webhook    {}", text(&a["webhook"]));
-                println!("headers    {}", a["headers"]);
+                println!("webhook    {}", a.webhook);
+                println!("headers    {}", serde_json::to_string(&a.headers)?);
                 println!(
                     "template   {}",
-                    a["template"]
-                        .as_str()
+                    a.template
+                        .as_deref()
                         .map(str::trim_end)
                         .unwrap_or("(default JSON payload)")
                 );
-                println!(
-                    "status     {}",
-                    if a["paused"] == true {
-                        "paused"
-                    } else {
-                        "active"
-                    }
-                );
+                println!("status     {}", status(a));
             }
             Ok(())
         }
@@ -174,30 +166,30 @@ pub fn run(command: AutomationCommand) -> anyhow::Result<()> {
             Ok(())
         }
         AutomationCommand::Deliveries(args) => {
-            let reply = backend.get(&format!(
+            let path = format!(
                 "/api/automations/{}/deliveries?limit={}",
                 args.name, args.limit
-            ))?;
+            );
+            let reply = backend.get(&path)?;
             if args.format.json {
                 println!("{}", reply["deliveries"]);
                 return Ok(());
             }
-            let rows: Vec<Vec<String>> = reply["deliveries"]
-                .as_array()
-                .into_iter()
-                .flatten()
+            let list: DeliveryList = Backend::parse(&path, reply)?;
+            let rows: Vec<Vec<String>> = list
+                .deliveries
+                .iter()
                 .map(|d| {
                     vec![
-                        text(&d["created_at"]),
-                        text(&d["flow_run_id"]),
-                        text(&d["event"]),
-                        text(&d["status"]),
-                        d["attempts"].to_string(),
-                        d["response_code"]
-                            .as_u64()
+                        d.created_at.clone(),
+                        d.flow_run_id.clone(),
+                        d.event.clone(),
+                        d.status.clone(),
+                        d.attempts.to_string(),
+                        d.response_code
                             .map(|c| c.to_string())
                             .unwrap_or_else(|| "-".into()),
-                        d["last_error"].as_str().unwrap_or("-").to_string(),
+                        d.last_error.clone().unwrap_or_else(|| "-".into()),
                     ]
                 })
                 .collect();
@@ -268,19 +260,17 @@ fn create(backend: &Backend, args: CreateArgs) -> anyhow::Result<()> {
     automation
         .validate()
         .map_err(|e| Exit::bad_input(e.to_string()))?;
-    let reply = backend.send(
-        "PUT",
-        &format!("/api/automations/{}", args.name),
-        &json!(automation),
-    )?;
+    let path = format!("/api/automations/{}", args.name);
+    let reply = backend.send("PUT", &path, &json!(automation))?;
     if args.format.json {
         println!("{reply}");
     } else {
+        let saved: AutomationInfo = Backend::parse(&path, reply)?;
         println!(
             "Automation '{}' created: on {} of {}, POST {}. See its deliveries with: host automation deliveries {}",
             args.name,
             on.as_str(),
-            watched(&reply["automation"]),
+            watched(&saved.automation),
             automation.webhook,
             args.name
         );
@@ -302,23 +292,23 @@ fn action(backend: &Backend, args: &NameArgs, verb: &str, done: &str) -> anyhow:
     Ok(())
 }
 
-fn text(value: &Value) -> String {
-    value.as_str().unwrap_or("-").to_string()
+fn status(a: &Automation) -> &'static str {
+    if a.paused { "paused" } else { "active" }
 }
 
 /// Which runs an automation watches, in words.
-fn watched(a: &Value) -> String {
+fn watched(a: &Automation) -> String {
     let mut parts = Vec::new();
-    for (key, what) in [
-        ("deployment", "deployment"),
-        ("flow", "flow"),
-        ("tag", "tag"),
+    for (value, what) in [
+        (&a.deployment, "deployment"),
+        (&a.flow, "flow"),
+        (&a.tag, "tag"),
     ] {
-        if let Some(v) = a[key].as_str() {
+        if let Some(v) = value {
             parts.push(format!("{what} {v}"));
         }
     }
-    if let Some(s) = a["stuck_after_seconds"].as_u64() {
+    if let Some(s) = a.stuck_after_seconds {
         parts.push(format!(
             "running over {}",
             humantime::format_duration(std::time::Duration::from_secs(s))

@@ -4,9 +4,11 @@
 
 use super::{Exit, paths};
 use crate::api::InProcess;
+use crate::api::wire::{FlowRunDetail, LogList};
 use crate::client::Client;
 use crate::config::{Paths, Profiles, Settings};
 use crate::server::{Server, ServerConfig};
+use crate::store::{FlowRunRow, LogRow};
 use anyhow::Context;
 use serde_json::Value;
 use std::time::Duration;
@@ -89,6 +91,31 @@ impl Backend {
         self.call("GET", path, None, "application/json")
     }
 
+    /// GETs `path` and reads the reply as the API's type for it
+    /// (`crate::api::wire`): a field the server no longer sends fails here,
+    /// with the path named, instead of printing blank.
+    pub fn get_as<T: serde::de::DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
+        Self::parse(path, self.get(path)?)
+    }
+
+    /// Sends `body` and reads the reply as `T` (see [`Backend::get_as`]).
+    pub fn send_as<T: serde::de::DeserializeOwned>(
+        &self,
+        method: &str,
+        path: &str,
+        body: &Value,
+    ) -> anyhow::Result<T> {
+        Self::parse(path, self.send(method, path, body)?)
+    }
+
+    /// Reads a reply to `path` already in hand as `T` (a `--json` command
+    /// prints the reply as the server sent it, and reads it too).
+    pub fn parse<T: serde::de::DeserializeOwned>(path: &str, reply: Value) -> anyhow::Result<T> {
+        serde_json::from_value(reply).with_context(|| {
+            format!("reading the server's reply to {path}; is the server another version than this host?")
+        })
+    }
+
     pub fn send(&self, method: &str, path: &str, body: &Value) -> anyhow::Result<Value> {
         self.call(
             method,
@@ -150,33 +177,31 @@ impl Backend {
         &self,
         id: &str,
         json: bool,
-        mut print: impl FnMut(&Value),
-    ) -> anyhow::Result<Value> {
+        mut print: impl FnMut(&LogRow),
+    ) -> anyhow::Result<FlowRunRow> {
         let mut after = 0i64;
         let mut drained_after_end = 0;
         loop {
-            let page = self.get(&format!(
+            let page: LogList = self.get_as(&format!(
                 "/api/flow-runs/{id}/logs?after={after}&limit=1000"
             ))?;
-            let lines = page["logs"].as_array().cloned().unwrap_or_default();
+            let lines = page.logs;
             for line in &lines {
-                after = line["id"].as_i64().unwrap_or(after);
+                after = line.id;
                 if json {
-                    println!("{line}");
+                    println!("{}", serde_json::to_string(line)?);
                 } else {
                     print(line);
                 }
             }
-            let run = self.get(&format!("/api/flow-runs/{id}"))?;
-            let state: crate::model::RunState =
-                serde_json::from_value(run["flow_run"]["state"].clone())
-                    .context("reading the run's state")?;
+            let run: FlowRunDetail = self.get_as(&format!("/api/flow-runs/{id}"))?;
+            let state = run.flow_run.state;
             // A run paused for input waits for a person: following it ends here.
             let stopped = state.is_terminal() || state == crate::model::RunState::Paused;
             if stopped && lines.is_empty() {
                 drained_after_end += 1;
                 if drained_after_end >= 2 {
-                    return Ok(run["flow_run"].clone());
+                    return Ok(run.flow_run);
                 }
             }
             if lines.len() < 1000 {

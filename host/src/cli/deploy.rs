@@ -6,8 +6,11 @@
 use super::backend::Backend;
 use super::output::{level_label, table};
 use super::{Exit, JsonFlag};
+use crate::api::wire::{
+    FlowList, HostInfo, HostList, SecretList, Uploaded, VariableList, WorkPoolList, WorkQueueList,
+};
 use crate::clock::format_rfc3339;
-use crate::model::Policy;
+use crate::model::{Policy, RunState, WorkPool};
 use crate::protocol::{build_params, parse_memory_size};
 use anyhow::Context;
 use clap::{Args, Subcommand};
@@ -79,18 +82,16 @@ pub fn upload(args: UploadArgs) -> anyhow::Result<()> {
     if args.format.json {
         print_json(&reply);
     } else {
-        let flows: Vec<&str> = reply["flows"]
-            .as_array()
-            .map(|a| a.iter().filter_map(Value::as_str).collect())
-            .unwrap_or_default();
+        let uploaded: Uploaded = Backend::parse("/api/components", reply)?;
+        let flows = &uploaded.flows;
         println!(
             "{} sha256:{} to {} (flows: {})",
-            if reply["created"] == json!(true) {
+            if uploaded.created {
                 "Uploaded"
             } else {
                 "Already stored:"
             },
-            reply["digest"].as_str().unwrap_or_default(),
+            uploaded.digest,
             backend.describe(),
             flows.join(", ")
         );
@@ -105,27 +106,15 @@ pub fn list_flows(format: JsonFlag) -> anyhow::Result<()> {
         print_json(&reply["flows"]);
         return Ok(());
     }
-    let rows: Vec<Vec<String>> = reply["flows"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
+    let list: FlowList = Backend::parse("/api/flows", reply)?;
+    let rows: Vec<Vec<String>> = list
+        .flows
         .iter()
         .map(|f| {
             vec![
-                field(&f["name"]),
-                f["component"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .chars()
-                    .take(12)
-                    .collect(),
-                f["description"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .lines()
-                    .next()
-                    .unwrap_or_default()
-                    .to_string(),
+                f.name.clone(),
+                f.component.chars().take(12).collect(),
+                f.description.lines().next().unwrap_or_default().to_string(),
             ]
         })
         .collect();
@@ -948,48 +937,44 @@ fn run_deployment(backend: &Backend, args: DeploymentRunArgs) -> anyhow::Result<
     finish(&run, args.format.json)
 }
 
-pub(crate) fn print_log_line(line: &Value) {
-    let level: crate::model::LogLevel =
-        serde_json::from_value(line["level"].clone()).unwrap_or(crate::model::LogLevel::Info);
-    let at = line["at"]
-        .as_i64()
-        .map(|m| format_rfc3339(m)[11..23].to_string())
-        .unwrap_or_default();
-    let who = line["task_name"]
-        .as_str()
+pub(crate) fn print_log_line(line: &crate::store::LogRow) {
+    let at = format_rfc3339(line.at)[11..23].to_string();
+    let who = line
+        .task_name
+        .as_deref()
         .map(|n| format!("[{n}] "))
         .unwrap_or_default();
     println!(
         "{at} {:<5} {who}{}",
-        level_label(level),
-        super::output::indent_continuation(line["message"].as_str().unwrap_or_default())
+        level_label(line.level),
+        super::output::indent_continuation(&line.message)
     );
 }
 
 /// Prints how a followed run ended; exit 1 unless it Completed.
-pub(crate) fn finish(run: &Value, json: bool) -> anyhow::Result<()> {
-    let state = run["state"].as_str().unwrap_or_default();
+pub(crate) fn finish(run: &crate::store::FlowRunRow, json: bool) -> anyhow::Result<()> {
+    let state = run.state.as_str();
     if json {
         print_json(&json!({
-            "flow_run_id": run["id"],
+            "flow_run_id": run.id,
             "state": state,
-            "result": run["result"].as_str().and_then(|r| serde_json::from_str::<Value>(r).ok()),
-            "message": run["message"],
+            "result": run.result.as_deref().and_then(|r| serde_json::from_str::<Value>(r).ok()),
+            "message": run.message,
         }));
     } else {
-        match run["result"].as_str() {
+        match run.result.as_deref() {
             Some(result) => println!("\n{state}: {result}"),
             None => println!(
                 "\n{state}{}",
-                run["message"]
-                    .as_str()
+                run.message
+                    .as_deref()
                     .map(|m| format!(": {m}"))
                     .unwrap_or_default()
             ),
         }
     }
     // Paused for input is not a failure: the message says how to resume it.
-    if state == "Completed" || state == "Paused" {
+    if matches!(run.state, RunState::Completed | RunState::Paused) {
         Ok(())
     } else {
         Err(Exit::code(1))
@@ -1054,11 +1039,11 @@ pub fn secret(command: SecretCommand) -> anyhow::Result<()> {
             if format.json {
                 print_json(&reply["secrets"]);
             } else {
-                let rows: Vec<Vec<String>> = reply["secrets"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .map(|s| vec![field(&s["name"]), when(&s["updated_at"])])
+                let list: SecretList = Backend::parse("/api/secrets", reply)?;
+                let rows: Vec<Vec<String>> = list
+                    .secrets
+                    .iter()
+                    .map(|s| vec![s.name.clone(), when(&json!(s.updated_at))])
                     .collect();
                 println!("{}", table(&["NAME", "UPDATED (UTC)"], &rows));
             }
@@ -1083,14 +1068,13 @@ fn resolve_param_templates(
     if !params.to_string().contains("{{") {
         return Ok(params.clone());
     }
-    let listed = backend.get("/api/variables")?;
+    let listed: VariableList = backend.get_as("/api/variables")?;
     let mut lookup = |name: &str| -> Result<Option<Value>, String> {
-        Ok(listed["variables"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find(|v| v["name"] == name)
-            .map(|v| v["value"].clone()))
+        Ok(listed
+            .variables
+            .iter()
+            .find(|v| v.name == name)
+            .map(|v| v.value.clone()))
     };
     crate::model::template::resolve_variables(params, &mut lookup)
         .map_err(|e| Exit::bad_input(format!("deployment '{deployment}': {e}")))
@@ -1142,11 +1126,11 @@ pub fn variable(command: VariableCommand) -> anyhow::Result<()> {
             if format.json {
                 print_json(&reply["variables"]);
             } else {
-                let rows: Vec<Vec<String>> = reply["variables"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .map(|v| vec![field(&v["name"]), v["value"].to_string()])
+                let list: VariableList = Backend::parse("/api/variables", reply)?;
+                let rows: Vec<Vec<String>> = list
+                    .variables
+                    .iter()
+                    .map(|v| vec![v.name.clone(), v.value.to_string()])
                     .collect();
                 println!("{}", table(&["NAME", "VALUE"], &rows));
             }
@@ -1237,27 +1221,26 @@ pub struct QueueDeleteArgs {
     format: JsonFlag,
 }
 
-fn queue_rows(reply: &Value) -> Vec<Vec<String>> {
-    reply["work_queues"]
-        .as_array()
-        .into_iter()
-        .flatten()
+fn queue_rows(list: &WorkQueueList) -> Vec<Vec<String>> {
+    list.work_queues
+        .iter()
         .map(|q| {
             vec![
-                field(&q["name"]),
-                q["priority"].to_string(),
-                q["concurrency_limit"]
-                    .as_u64()
+                q.name.clone(),
+                q.priority.to_string(),
+                q.concurrency_limit
                     .map(|n| n.to_string())
                     .unwrap_or_else(|| "-".into()),
-                status(q).into(),
-                q["tags"]
-                    .as_array()
-                    .map(|tags| tags.iter().map(field).collect::<Vec<_>>().join(", "))
-                    .unwrap_or_default(),
+                paused_word(q.paused).into(),
+                q.tags.join(", "),
             ]
         })
         .collect()
+}
+
+/// "paused" or "active".
+fn paused_word(paused: bool) -> &'static str {
+    if paused { "paused" } else { "active" }
 }
 
 pub fn work_pool(command: WorkPoolCommand) -> anyhow::Result<()> {
@@ -1290,19 +1273,18 @@ pub fn work_pool(command: WorkPoolCommand) -> anyhow::Result<()> {
             if format.json {
                 print_json(&reply["work_pools"]);
             } else {
-                let rows: Vec<Vec<String>> = reply["work_pools"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
+                let list: WorkPoolList = Backend::parse("/api/work-pools", reply)?;
+                let rows: Vec<Vec<String>> = list
+                    .work_pools
+                    .iter()
                     .map(|p| {
                         vec![
-                            field(&p["name"]),
-                            status(p).into(),
-                            p["concurrency_limit"]
-                                .as_u64()
+                            p.name.clone(),
+                            paused_word(p.paused).into(),
+                            p.concurrency_limit
                                 .map(|n| n.to_string())
                                 .unwrap_or_else(|| "-".into()),
-                            field(&p["description"]),
+                            p.description.clone(),
                         ]
                     })
                     .collect();
@@ -1313,28 +1295,24 @@ pub fn work_pool(command: WorkPoolCommand) -> anyhow::Result<()> {
             }
         }
         WorkPoolCommand::Inspect(args) => {
-            let pool = backend.get(&format!("/api/work-pools/{}", args.name))?;
-            let queues = backend.get(&format!("/api/work-pools/{}/queues", args.name))?;
-            let hosts: Vec<Value> = backend.get("/api/hosts")?["hosts"]
-                .as_array()
+            let pool: WorkPool = backend.get_as(&format!("/api/work-pools/{}", args.name))?;
+            let queues: WorkQueueList =
+                backend.get_as(&format!("/api/work-pools/{}/queues", args.name))?;
+            let hosts: Vec<HostInfo> = backend
+                .get_as::<HostList>("/api/hosts")?
+                .hosts
                 .into_iter()
-                .flatten()
-                .filter(|h| {
-                    h["pools"]
-                        .as_array()
-                        .is_some_and(|pools| pools.iter().any(|p| p == args.name.as_str()))
-                })
-                .cloned()
+                .filter(|h| h.host.pools.contains(&args.name))
                 .collect();
             if args.format.json {
                 print_json(&json!({
                     "work_pool": pool,
-                    "work_queues": queues["work_queues"],
+                    "work_queues": queues.work_queues,
                     "hosts": hosts,
                 }));
             } else {
                 println!("work pool  {}", args.name);
-                println!("status     {}", status(&pool));
+                println!("status     {}", paused_word(pool.paused));
                 println!(
                     "\n{}",
                     table(
@@ -1346,19 +1324,11 @@ pub fn work_pool(command: WorkPoolCommand) -> anyhow::Result<()> {
                     .iter()
                     .map(|h| {
                         vec![
-                            h["name"].as_str().unwrap_or_default().to_string(),
-                            if h["online"] == true {
-                                "online"
-                            } else {
-                                "offline"
-                            }
-                            .to_string(),
-                            format!("{}/{}", h["runs_in_hand"], h["slots"]),
-                            h["version"].as_str().unwrap_or_default().to_string(),
-                            h["last_heartbeat"]
-                                .as_i64()
-                                .map(crate::clock::format_rfc3339)
-                                .unwrap_or_default(),
+                            h.host.name.clone(),
+                            if h.online { "online" } else { "offline" }.to_string(),
+                            format!("{}/{}", h.host.runs_in_hand, h.host.slots),
+                            h.host.version.clone(),
+                            crate::clock::format_rfc3339(h.host.last_heartbeat),
                         ]
                     })
                     .collect();
@@ -1403,15 +1373,17 @@ pub fn work_queue(command: WorkQueueCommand) -> anyhow::Result<()> {
             });
         }
         WorkQueueCommand::Ls(args) => {
-            let reply = backend.get(&format!("/api/work-pools/{}/queues", args.pool))?;
+            let path = format!("/api/work-pools/{}/queues", args.pool);
+            let reply = backend.get(&path)?;
             if args.format.json {
                 print_json(&reply["work_queues"]);
             } else {
+                let list: WorkQueueList = Backend::parse(&path, reply)?;
                 println!(
                     "{}",
                     table(
                         &["QUEUE", "PRIORITY", "LIMIT", "STATUS", "TAGS"],
-                        &queue_rows(&reply)
+                        &queue_rows(&list)
                     )
                 );
             }

@@ -2,6 +2,7 @@
 
 use super::output::{format_count, format_duration, table};
 use super::{Exit, JsonFlag};
+use crate::api::wire::{FlowRunDetail, FlowRunList, LogList, RunAction};
 use crate::clock::format_rfc3339;
 use crate::engine::human_bytes;
 use crate::model::RunState;
@@ -129,22 +130,23 @@ pub(super) enum Rerun {
     Retry,
 }
 
-/// POSTs `/api/flow-runs/{id}/{action}`; returns the run's full id and the reply.
+/// POSTs `/api/flow-runs/{id}/{action}`; returns the run's full id and state.
 fn run_action(
     backend: &super::backend::Backend,
     id: &str,
     action: &str,
-) -> anyhow::Result<(String, serde_json::Value)> {
-    let reply = backend.send(
+) -> anyhow::Result<RunAction> {
+    backend.send_as(
         "POST",
         &format!("/api/flow-runs/{id}/{action}"),
         &serde_json::json!({}),
-    )?;
-    let id = reply["flow_run_id"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
-    Ok((id, reply))
+    )
+}
+
+/// The state of run `id` now.
+fn state_of(backend: &super::backend::Backend, id: &str) -> anyhow::Result<RunState> {
+    let detail: FlowRunDetail = backend.get_as(&format!("/api/flow-runs/{id}"))?;
+    Ok(detail.flow_run.state)
 }
 
 /// Cancels through the API (the server's, or in-process over the local
@@ -153,33 +155,27 @@ fn run_action(
 fn cancel(args: IdArgs) -> anyhow::Result<()> {
     use super::backend::Backend;
     let backend = Backend::open()?;
-    let (id, reply) = run_action(&backend, &args.id, "cancel")?;
-    let ended = |state: &serde_json::Value| {
-        state
-            .as_str()
-            .and_then(|s| s.parse::<RunState>().ok())
-            .is_some_and(|s| s.is_terminal())
-    };
-    let mut state = reply["state"].clone();
+    let RunAction {
+        flow_run_id: id,
+        mut state,
+    } = run_action(&backend, &args.id, "cancel")?;
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while !ended(&state) {
+    while !state.is_terminal() {
         if std::time::Instant::now() >= deadline {
-            let forced = backend.send(
+            let forced = backend.send_as::<RunAction>(
                 "POST",
                 &format!("/api/flow-runs/{id}/cancel?force=true"),
                 &serde_json::json!({}),
             );
             state = match forced {
-                Ok(reply) => reply["state"].clone(),
+                Ok(reply) => reply.state,
                 // It ended on its own just now.
-                Err(_) => {
-                    backend.get(&format!("/api/flow-runs/{id}"))?["flow_run"]["state"].clone()
-                }
+                Err(_) => state_of(&backend, &id)?,
             };
             break;
         }
         std::thread::sleep(Duration::from_millis(50));
-        state = backend.get(&format!("/api/flow-runs/{id}"))?["flow_run"]["state"].clone();
+        state = state_of(&backend, &id)?;
     }
     if args.format.json {
         println!(
@@ -187,7 +183,7 @@ fn cancel(args: IdArgs) -> anyhow::Result<()> {
             serde_json::json!({ "flow_run_id": id, "state": state })
         );
     } else {
-        println!("flow run {id}: {}", state.as_str().unwrap_or_default());
+        println!("flow run {id}: {}", state.as_str());
     }
     Ok(())
 }
@@ -411,53 +407,38 @@ fn through_api(command: FlowRunCommand) -> anyhow::Result<()> {
             if let Some(flow) = &args.flow {
                 query.push_str(&format!("&flow={flow}"));
             }
-            let reply = backend.get(&query)?;
-            let rows: Vec<FlowRunRow> = serde_json::from_value(reply["flow_runs"].clone())
-                .context("reading the flow runs")?;
-            print_runs(&rows, &args)
+            let page: FlowRunList = backend.get_as(&query)?;
+            print_runs(&page.flow_runs, &args)
         }
         FlowRunCommand::Inspect(args) => {
-            let reply = backend.get(&format!("/api/flow-runs/{}", args.id))?;
-            let run: FlowRunRow = serde_json::from_value(reply["flow_run"].clone())?;
-            let tasks: Vec<TaskRunRow> = serde_json::from_value(reply["task_runs"].clone())?;
-            let history: History = reply["states"]
-                .as_array()
+            let detail: FlowRunDetail = backend.get_as(&format!("/api/flow-runs/{}", args.id))?;
+            let history: History = detail
+                .states
                 .into_iter()
-                .flatten()
-                .filter_map(|s| {
-                    Some((
-                        s["at"].as_i64()?,
-                        serde_json::from_value(s["state"].clone()).ok()?,
-                        s["message"].as_str().map(str::to_string),
-                    ))
-                })
+                .map(|s| (s.at, s.state, s.message))
                 .collect();
-            print_inspect(run, tasks, history, args.format.json)
+            print_inspect(detail.flow_run, detail.task_runs, history, args.format.json)
         }
         FlowRunCommand::Logs(args) => {
-            let run = backend.get(&format!("/api/flow-runs/{}", args.id))?;
-            let id = run["flow_run"]["id"]
-                .as_str()
-                .unwrap_or_default()
-                .to_string();
+            let run: FlowRunDetail = backend.get_as(&format!("/api/flow-runs/{}", args.id))?;
+            let id = run.flow_run.id.to_string();
             if args.follow {
                 let end = backend.follow(&id, args.format.json, super::deploy::print_log_line)?;
                 if !args.format.json {
-                    println!("-- {}", end["state"].as_str().unwrap_or_default());
+                    println!("-- {}", end.state);
                 }
                 return Ok(());
             }
             let mut after = 0;
             loop {
-                let page = backend.get(&format!(
+                let page: LogList = backend.get_as(&format!(
                     "/api/flow-runs/{id}/logs?after={after}&limit=1000"
                 ))?;
-                let lines = page["logs"].as_array().cloned().unwrap_or_default();
-                let Some(last) = lines.last() else { break };
-                after = last["id"].as_i64().unwrap_or(after);
-                for line in &lines {
+                let Some(last) = page.logs.last() else { break };
+                after = last.id;
+                for line in &page.logs {
                     if args.format.json {
-                        println!("{line}");
+                        println!("{}", serde_json::to_string(line)?);
                     } else {
                         super::deploy::print_log_line(line);
                     }
@@ -467,7 +448,7 @@ fn through_api(command: FlowRunCommand) -> anyhow::Result<()> {
         }
         FlowRunCommand::Cancel(args) => cancel(args),
         FlowRunCommand::Retry(args) => {
-            let (id, _) = run_action(&backend, &args.id, "retry")?;
+            let id = run_action(&backend, &args.id, "retry")?.flow_run_id;
             if !args.json {
                 eprintln!(
                     "Retrying flow run {id} on {}; completed tasks are replayed",
@@ -486,12 +467,9 @@ fn through_api(command: FlowRunCommand) -> anyhow::Result<()> {
                 Some(input) => serde_json::json!({ "input": input }),
                 None => serde_json::json!({}),
             };
-            let reply =
-                backend.send("POST", &format!("/api/flow-runs/{}/resume", args.id), &body)?;
-            let id = reply["flow_run_id"]
-                .as_str()
-                .unwrap_or_default()
-                .to_string();
+            let reply: RunAction =
+                backend.send_as("POST", &format!("/api/flow-runs/{}/resume", args.id), &body)?;
+            let id = reply.flow_run_id;
             if !args.json {
                 eprintln!(
                     "Resuming flow run {id} on {}; completed tasks are replayed",

@@ -310,11 +310,11 @@ impl Follower {
                 continue;
             }
             let after = self.after.entry(id.clone()).or_insert(0);
-            if let Ok(page) = api.get(&format!(
+            if let Ok(page) = api.get_as::<crate::api::wire::LogList>(&format!(
                 "/api/flow-runs/{id}/logs?after={after}&limit=1000"
             )) {
-                for line in page["logs"].as_array().into_iter().flatten() {
-                    *after = line["id"].as_i64().unwrap_or(*after);
+                for line in &page.logs {
+                    *after = line.id;
                     print!("{} ", short(&id));
                     super::deploy::print_log_line(line);
                 }

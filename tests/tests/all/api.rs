@@ -1099,6 +1099,291 @@ fn replies_match_their_documented_schemas() {
     insta::assert_json_snapshot!("error_body", error);
 }
 
+// ---- the document against the server, by a tester that does not trust either ----
+
+/// The schemathesis release the run is pinned to (from PyPI).
+const SCHEMATHESIS: &str = "4.32.5";
+
+/// A venv with schemathesis, made once in the cargo target dir; returns its `st`.
+fn schemathesis() -> std::path::PathBuf {
+    let venv = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("schemathesis-{SCHEMATHESIS}"));
+    // Written last: a venv whose install was cut off halfway is made again.
+    let complete = venv.join("weir-complete");
+    if complete.exists() {
+        return venv.join("bin/st");
+    }
+    let _ = std::fs::remove_dir_all(&venv);
+    let run = |program: &std::path::Path, args: &[&str]| {
+        let output = Command::new(program)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "running {}: {e}; install python3 with venv",
+                    program.display()
+                )
+            });
+        assert!(
+            output.status.success(),
+            "{} {args:?} failed:\n{}{}",
+            program.display(),
+            text(&output.stdout),
+            text(&output.stderr)
+        );
+    };
+    run(
+        std::path::Path::new("python3"),
+        &["-m", "venv", venv.to_str().unwrap()],
+    );
+    run(
+        &venv.join("bin/pip"),
+        &[
+            "install",
+            "--quiet",
+            &format!("schemathesis=={SCHEMATHESIS}"),
+        ],
+    );
+    std::fs::write(&complete, SCHEMATHESIS).unwrap();
+    venv.join("bin/st")
+}
+
+/// Schemathesis sends every operation schema-valid and schema-violating
+/// requests, follows the document's links between operations, and checks
+/// each reply against the document with every check on: no 5xx, every
+/// status, content type and body documented, valid requests accepted,
+/// invalid ones refused, deleted things gone. It needs python3 and PyPI, so
+/// it runs only with WEIR_SCHEMATHESIS=1 (CI sets it); `tests/schemathesis.toml`
+/// says where an operation's checks are narrowed, and why.
+#[test]
+fn schemathesis_finds_the_document_and_the_server_in_agreement() {
+    if !std::env::var("WEIR_SCHEMATHESIS").is_ok_and(|v| v == "1") {
+        // Straight to the terminal, past the harness's capture: a skip must
+        // be seen, never pass for a run.
+        use std::io::Write;
+        let _ = writeln!(
+            std::io::stderr().lock(),
+            "SKIPPED schemathesis_finds_the_document_and_the_server_in_agreement: set WEIR_SCHEMATHESIS=1 to install schemathesis from PyPI and run it"
+        );
+        return;
+    }
+    let st = schemathesis();
+    let server = TestServer::start();
+    // Something for the paths to find: a component, a deployment, a pool
+    // with a queue, a variable, a secret, a limit and a finished run.
+    let digest = server.upload(FIXTURE_WASM);
+    server.deploy("d1", adder("d1", &digest, 1, 2));
+    for (method, path, body) in [
+        ("PUT", "/api/work-pools/p1", json!({ "name": "p1" })),
+        ("POST", "/api/work-pools/p1/queues", json!({ "name": "q1" })),
+        ("PUT", "/api/variables/v1", json!({ "value": 1 })),
+        ("PUT", "/api/secrets/s1", json!({ "value": "s3cret" })),
+        ("PUT", "/api/concurrency-limits/l1", json!({ "slots": 2 })),
+    ] {
+        let (status, reply) = server.send(method, path, body);
+        assert!(status < 300, "{method} {path}: {status} {reply}");
+    }
+    let id = server.post_ok_status("/api/deployments/d1/runs", 202)["flow_run_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    wait_for_run(&server, &id, Duration::from_secs(60), finished);
+    let report = tempfile::tempdir().unwrap();
+    let mut child = Command::new(&st)
+        .arg("--config-file")
+        .arg(workspace().join("tests/schemathesis.toml"))
+        .arg("--no-color")
+        .args(["run", &format!("{}/api/openapi.json", server.url)])
+        .args(["--checks", "all", "--max-examples", "12", "--seed", "1"])
+        .args(["--generation-database", "none", "--workers", "2"])
+        .args(["--report", "junit", "--report-dir"])
+        .arg(report.path())
+        // Its own cache and reports go beside the report, not into the tree.
+        .current_dir(report.path())
+        .env(
+            "SCHEMATHESIS_HOOKS",
+            workspace().join("tests/schemathesis_hooks.py"),
+        )
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting schemathesis");
+    // Read both pipes while it runs, so a long report cannot block it.
+    let out = child.stdout.take().unwrap();
+    let err = child.stderr.take().unwrap();
+    let out = std::thread::spawn(move || std::io::read_to_string(out).unwrap_or_default());
+    let err = std::thread::spawn(move || std::io::read_to_string(err).unwrap_or_default());
+    // CI's bound: the run itself is bounded by its examples; this catches a hang.
+    let deadline = Instant::now() + Duration::from_secs(8 * 60);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "schemathesis ran longer than 8 minutes:\n{}",
+                out.join().unwrap()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let (out, err) = (out.join().unwrap(), err.join().unwrap());
+    assert!(
+        status.success(),
+        "schemathesis found the document and the server disagreeing ({status}):\n{out}\n{err}"
+    );
+}
+
+/// What schemathesis found, held without it: every refusal is the documented
+/// `ErrorBody` with a documented status, whoever wrote it (a handler or
+/// axum's own extractors), and the bodies the document rules out are refused.
+#[test]
+fn hostile_requests_get_the_documented_refusals() {
+    let server = TestServer::start();
+    let digest = server.upload(FIXTURE_WASM);
+    server.deploy("d", adder("d", &digest, 1, 2));
+    server.deploy("gone", adder("gone", &digest, 1, 2));
+    let doc: Value = serde_json::from_str(&weir_host::api::openapi_document()).unwrap();
+    let raw = |method: &str, path: &str, content_type: Option<&str>, body: &[u8]| {
+        let mut request = ureq::http::Request::builder()
+            .method(method)
+            .uri(format!("{}{path}", server.url));
+        if let Some(content_type) = content_type {
+            request = request.header("content-type", content_type);
+        }
+        let mut response = server
+            .agent
+            .run(request.body(body.to_vec()).unwrap())
+            .unwrap();
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let text = response.body_mut().read_to_string().unwrap_or_default();
+        (status, headers, text)
+    };
+    let json = Some("application/json");
+    for (method, path, template, content_type, body, want) in [
+        // Refused by axum's query extractor: was text/plain.
+        (
+            "GET",
+            "/api/flow-runs?limit=-1",
+            "/api/flow-runs",
+            None,
+            &b""[..],
+            400,
+        ),
+        (
+            "GET",
+            "/api/flow-runs/x/logs?after=9223372036854775808",
+            "/api/flow-runs/{id}/logs",
+            None,
+            b"",
+            400,
+        ),
+        (
+            "POST",
+            "/api/flow-runs/x/cancel?force=maybe",
+            "/api/flow-runs/{id}/cancel",
+            None,
+            b"",
+            400,
+        ),
+        // Bodies that are not what the operation reads.
+        (
+            "POST",
+            "/api/hosts/heartbeat",
+            "/api/hosts/heartbeat",
+            json,
+            b"\x00",
+            400,
+        ),
+        (
+            "POST",
+            "/api/hosts/claim",
+            "/api/hosts/claim",
+            json,
+            br#"{"holder": "h", "pools": "wasm"}"#,
+            400,
+        ),
+        // Serde would read the struct from an array of its fields.
+        (
+            "POST",
+            "/api/deployments/d/runs",
+            "/api/deployments/{name}/runs",
+            json,
+            b"[null, null]",
+            400,
+        ),
+        // A pool's name in its body must be a name, even though the path wins.
+        (
+            "PUT",
+            "/api/work-pools/p1",
+            "/api/work-pools/{name}",
+            json,
+            br#"{"name": {}}"#,
+            400,
+        ),
+        (
+            "POST",
+            "/api/work-pools/wasm/queues",
+            "/api/work-pools/{name}/queues",
+            json,
+            br#"{"name": "q", "work_pool": 7}"#,
+            400,
+        ),
+        // A valid cursor shape with a bad time.
+        (
+            "GET",
+            "/api/flow-runs?since=yesterday",
+            "/api/flow-runs",
+            None,
+            b"",
+            400,
+        ),
+    ] {
+        let (status, headers, text) = raw(method, path, content_type, body);
+        assert_eq!(status, want, "{method} {path}: {text}");
+        assert!(
+            headers
+                .get("content-type")
+                .is_some_and(|v| v.to_str().unwrap().starts_with("application/json")),
+            "{method} {path}: {headers:?}"
+        );
+        let reply: Value = serde_json::from_str(&text).unwrap();
+        assert!(
+            reply["error"].is_string() && reply["message"].is_string(),
+            "{method} {path}: {reply}"
+        );
+        let documented =
+            &doc["paths"][template][method.to_lowercase()]["responses"][want.to_string()];
+        assert!(
+            documented.is_object(),
+            "{method} {template} does not document {want}"
+        );
+    }
+    // A method the route lacks is a 405 naming the ones it has, whatever
+    // body and content type came with it.
+    for (method, content_type) in [("PUT", "application/wasm"), ("TRACE", "text/plain")] {
+        let (status, headers, text) = raw(method, "/api/components", Some(content_type), b"abc");
+        assert_eq!(status, 405, "{method}: {text}");
+        assert!(headers.get("allow").is_some(), "{method}: {headers:?}");
+    }
+    // No body, `null` or `{}`: a run with the deployment's params.
+    for body in [&b""[..], b"null", b"{}"] {
+        let content_type = if body.is_empty() { None } else { json };
+        let (status, _, text) = raw("POST", "/api/deployments/d/runs", content_type, body);
+        assert_eq!(status, 202, "{text}");
+    }
+    // A deleted deployment's history goes with it.
+    let (status, _) = server.request("DELETE", "/api/deployments/gone", None);
+    assert_eq!(status, 200);
+    let (status, reply) = server.get("/api/deployments/gone/versions");
+    assert_eq!(status, 404, "{reply}");
+}
+
 // ---- the dispatcher: admission, pauses and grants on every path ----
 
 #[test]
