@@ -2,7 +2,7 @@
 //! What only SQLite has (result files, pragmas) is tested in `sqlite::tests`.
 
 use super::*;
-use crate::model::ComponentDigest;
+use crate::model::{ComponentDigest, FailureKind};
 
 /// Every test here runs against both backends (`sqlite::NAME`,
 /// `postgres::NAME`). PostgreSQL is a throwaway cluster started once per
@@ -536,6 +536,119 @@ async fn runs_are_counted_per_hour_and_state(kind: Kind) {
     );
 }
 
+/// A fast task is created, attempted and ended in one unit (one commit),
+/// which a backend may write as one insert: the row, its history, its
+/// attempt and its cache entry must read back exactly as when the same
+/// task is created in one unit and ended in another. And a stale belief
+/// about the new row is refused like any other.
+async fn a_task_created_and_ended_in_one_unit_reads_back_as_in_two(kind: Kind) {
+    let Some((_place, store)) = open(kind) else {
+        return;
+    };
+    let endings = [
+        (RunState::Completed, None, Some("\"ok\""), None),
+        (RunState::Failed, Some(FailureKind::Failed), None, None),
+        (
+            RunState::Retrying,
+            Some(FailureKind::Failed),
+            None,
+            Some(99),
+        ),
+    ];
+    for (to, failure_kind, output, next_attempt_at) in endings {
+        let mut seen = Vec::new();
+        for in_one_unit in [true, false] {
+            let (flow, task) = (FlowRunId::new(), TaskRunId::new());
+            let key = format!("key-{to}-{in_one_unit}");
+            let mut change = StateChange::new(task.0, RunState::Running, to, 20);
+            change.output = output.map(str::to_string);
+            change.failure_kind = failure_kind;
+            change.message = failure_kind.map(|_| "it broke".to_string());
+            change.attempts = Some(1);
+            change.fuel_used = Some(123);
+            change.peak_memory = Some(65536);
+            change.next_attempt_at = next_attempt_at;
+            let attempt = Write::TaskAttempt(AttemptRecord {
+                task_run: task,
+                attempt: 1,
+                started_at: 10,
+                ended_at: 20,
+                fuel_used: 123,
+                peak_memory: 65536,
+                failure: failure_kind.map(|k| (k, "it broke".to_string())),
+            });
+            let created = new_task_run(task, flow, Some(&key));
+            let units = match in_one_unit {
+                true => vec![vec![
+                    new_flow_run(flow),
+                    created,
+                    attempt,
+                    Write::TaskRunState(change),
+                ]],
+                false => vec![
+                    vec![new_flow_run(flow), created],
+                    vec![attempt, Write::TaskRunState(change)],
+                ],
+            };
+            for unit in units {
+                store.submit(unit).committed().await.unwrap();
+            }
+            let rows = store.task_runs(flow).unwrap();
+            assert_eq!(rows.len(), 1);
+            let mut row = serde_json::to_value(&rows[0]).unwrap();
+            row["id"] = serde_json::Value::Null;
+            row["flow_run"] = serde_json::Value::Null;
+            let attempts: Vec<_> = store
+                .task_attempts(task)
+                .unwrap()
+                .into_iter()
+                .map(|a| {
+                    format!(
+                        "{:?}",
+                        AttemptRecord {
+                            task_run: TaskRunId::from_bytes([0; 16]),
+                            ..a
+                        }
+                    )
+                })
+                .collect();
+            seen.push((
+                row,
+                rows[0].input_sha256.clone(),
+                store.state_history(task.0).unwrap(),
+                attempts,
+                store.cached_output(&key, 0).unwrap().map(|(_, out)| out),
+            ));
+        }
+        assert_eq!(seen[0], seen[1], "ending {to}: one unit against two");
+    }
+
+    // A change that expects the new row in another state than it is
+    // created in fails its unit: neither the row nor its flow run is written.
+    let (flow, task) = (FlowRunId::new(), TaskRunId::new());
+    let stale = StateChange::new(task.0, RunState::Pending, RunState::Completed, 20);
+    let err = store
+        .submit(vec![
+            new_flow_run(flow),
+            new_task_run(task, flow, None),
+            Write::TaskRunState(stale),
+        ])
+        .committed()
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            StoreError::Conflict {
+                expected: RunState::Pending
+            }
+        ),
+        "{err}"
+    );
+    assert!(store.flow_run(flow).is_err());
+    assert!(store.state_history(task.0).unwrap().is_empty());
+}
+
 fn deployment_version(version: u32, body: &str) -> Write {
     Write::DeploymentVersion {
         deployment: "etl".into(),
@@ -789,6 +902,7 @@ async fn racing_takers_on_two_stores_get_exactly_the_slots_there_are(kind: Kind)
 }
 
 on_both_backends!(
+    a_task_created_and_ended_in_one_unit_reads_back_as_in_two,
     racing_takers_on_two_stores_get_exactly_the_slots_there_are,
     slots_are_taken_all_or_none_and_come_back,
     runs_are_counted_per_hour_and_state,

@@ -11,34 +11,152 @@ pub(super) fn apply_batch(
     // IMMEDIATE takes the write lock before any unit runs, so result files
     // are written or found while the lock is held: `prune` cannot remove one
     // between then and the commit of the row that points at it.
-    let tx = match conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate) {
-        Ok(tx) => tx,
-        Err(e) => {
-            return batch
-                .iter()
-                .map(|_| Err(batch_error("begin", &e)))
-                .collect();
-        }
-    };
-    let mut results = Vec::with_capacity(batch.len());
-    for job in batch {
-        let unit = (|| -> Result<(), StoreError> {
-            let sp = tx.unchecked_transaction_savepoint()?;
-            for write in &job.writes {
-                apply(&sp, write, files)?;
-            }
-            sp.commit()?;
-            Ok(())
-        })();
-        results.push(unit);
+    if let Err(e) = run_cached(conn, "BEGIN IMMEDIATE") {
+        return batch
+            .iter()
+            .map(|_| Err(batch_error("begin", &e)))
+            .collect();
     }
-    if let Err(e) = tx.commit() {
+    let results: Vec<Result<(), StoreError>> = match batch {
+        // One unit (a sequential flow's commit): the transaction is its
+        // savepoint, which saves two statements per commit.
+        [job] => {
+            let result = apply_unit(conn, &job.writes, files);
+            if result.is_err() {
+                let _ = run_cached(conn, "ROLLBACK");
+                return vec![result];
+            }
+            vec![result]
+        }
+        _ => batch
+            .iter()
+            .map(|job| {
+                run_cached(conn, "SAVEPOINT unit")?;
+                let result = apply_unit(conn, &job.writes, files);
+                let end = match result {
+                    Ok(()) => "RELEASE unit",
+                    Err(_) => "ROLLBACK TO unit",
+                };
+                let ended = run_cached(conn, end);
+                if result.is_err() {
+                    run_cached(conn, "RELEASE unit")?;
+                }
+                result.and(ended.map_err(StoreError::from))
+            })
+            .collect(),
+    };
+    if let Err(e) = run_cached(conn, "COMMIT") {
+        let _ = run_cached(conn, "ROLLBACK");
         return batch
             .iter()
             .map(|_| Err(batch_error("commit", &e)))
             .collect();
     }
     results
+}
+
+/// Runs a statement that takes no parameters, prepared once per connection:
+/// transaction control is a tenth of the statements of a fast task's commit.
+fn run_cached(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(sql)?.execute([])?;
+    Ok(())
+}
+
+/// Applies one unit's writes in order. A task run created and moved on in
+/// the same unit (a fast task: created, attempted and completed in one
+/// commit) is inserted as it ends, instead of inserted and then updated.
+fn apply_unit(conn: &Connection, writes: &[Write], files: &ResultFiles) -> Result<(), StoreError> {
+    let mut folded = None;
+    for (i, write) in writes.iter().enumerate() {
+        if folded == Some(i) {
+            continue;
+        }
+        if let Write::NewTaskRun(run) = write
+            && let Some(j) = first_change_of_new_task_run(run, &writes[i + 1..])
+            && let Write::TaskRunState(change) = &writes[i + 1 + j]
+        {
+            insert_moved_task_run(conn, run, change, files)?;
+            folded = Some(i + 1 + j);
+            continue;
+        }
+        apply(conn, write, files)?;
+    }
+    Ok(())
+}
+
+/// Where in `rest` the state change of a just-created Running task run is,
+/// when only its attempt records come between (nothing that could read the
+/// row in its first state).
+fn first_change_of_new_task_run(run: &NewTaskRun, rest: &[Write]) -> Option<usize> {
+    if run.state != RunState::Running || run.cached_from.is_some() {
+        return None;
+    }
+    for (j, write) in rest.iter().enumerate() {
+        match write {
+            Write::TaskAttempt(a) if a.task_run == run.id => {}
+            Write::TaskRunState(change) if change.id == run.id.0 && change.from == run.state => {
+                return Some(j);
+            }
+            _ => return None,
+        }
+    }
+    None
+}
+
+/// A Running task run's creation and its next state change as one insert,
+/// with the same row and history as the insert and compare-and-set update
+/// would leave.
+fn insert_moved_task_run(
+    conn: &Connection,
+    run: &NewTaskRun,
+    change: &StateChange,
+    files: &ResultFiles,
+) -> Result<(), StoreError> {
+    let output = change
+        .output
+        .as_deref()
+        .map(|o| files.deflate(o))
+        .transpose()?;
+    conn.prepare_cached(
+        "INSERT INTO task_runs (id, flow_run, call_seq, task_name, input, output, state, failure_kind, message,
+            attempts, fuel_used, peak_memory, created_us, started_us, ended_us, next_attempt_us, cache_key,
+            host, input_sha256)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?13, CASE WHEN ?14 THEN ?15 END, ?16,
+            ?17, ?18, ?19)",
+    )?
+    .execute(params![
+        run.id.as_bytes(),
+        run.flow_run.as_bytes(),
+        run.call_seq as i64,
+        run.task_name,
+        files.deflate(&run.input)?,
+        output,
+        change.to.as_str(),
+        change.failure_kind.map(|k| k.as_str()),
+        change.message,
+        change.attempts.unwrap_or(0),
+        change.fuel_used.unwrap_or(0) as i64,
+        change.peak_memory.unwrap_or(0) as i64,
+        run.at,
+        change.to.is_terminal(),
+        change.at,
+        change.next_attempt_at,
+        run.cache_key,
+        run.host,
+        run.input_sha256,
+    ])?;
+    conn.prepare_cached(
+        "INSERT OR IGNORE INTO run_states (run_id, at_us, state, message) VALUES (?1, ?2, ?3, NULL), (?1, ?4, ?5, ?6)",
+    )?
+    .execute(params![
+        run.id.as_bytes(),
+        run.at,
+        run.state.as_str(),
+        change.at,
+        change.to.as_str(),
+        change.message,
+    ])?;
+    Ok(())
 }
 
 /// What each job of a batch that could not begin or commit is told: a full
@@ -50,71 +168,35 @@ fn batch_error(step: &str, e: &rusqlite::Error) -> StoreError {
     }
 }
 
-/// Savepoints on a shared transaction reference (rusqlite wants `&mut`).
-trait SavepointExt {
-    fn unchecked_transaction_savepoint(&self) -> rusqlite::Result<Savepoint<'_>>;
-}
-
-impl SavepointExt for rusqlite::Transaction<'_> {
-    fn unchecked_transaction_savepoint(&self) -> rusqlite::Result<Savepoint<'_>> {
-        self.execute_batch("SAVEPOINT unit")?;
-        Ok(Savepoint {
-            conn: self,
-            done: false,
-        })
-    }
-}
-
-struct Savepoint<'a> {
-    conn: &'a Connection,
-    done: bool,
-}
-
-impl Savepoint<'_> {
-    fn commit(mut self) -> rusqlite::Result<()> {
-        self.done = true;
-        self.conn.execute_batch("RELEASE unit")
-    }
-}
-
-impl std::ops::Deref for Savepoint<'_> {
-    type Target = Connection;
-    fn deref(&self) -> &Connection {
-        self.conn
-    }
-}
-
-impl Drop for Savepoint<'_> {
-    fn drop(&mut self) {
-        if !self.done {
-            let _ = self.conn.execute_batch("ROLLBACK TO unit; RELEASE unit");
-        }
-    }
-}
-
 /// The two run tables whose state changes are written alike.
 #[derive(Clone, Copy)]
 enum RunTable {
-    Flow,
-    Task,
+    Flow = 0,
+    Task = 1,
 }
 
 impl RunTable {
     /// The compare-and-set update of a run's state, with the table's column
-    /// names; only task runs wait for a next attempt (`?12`).
-    fn set_state_sql(self) -> String {
-        let (table, output, attempts, next_attempt) = match self {
-            RunTable::Flow => ("flow_runs", "result", "attempt", ""),
-            RunTable::Task => ("task_runs", "output", "attempts", ", next_attempt_us = ?12"),
-        };
-        format!(
-            "UPDATE {table} SET state = ?3, message = CASE WHEN ?3 IN ('Completed', 'Running') THEN ?4 ELSE coalesce(?4, message) END, failure_kind = ?5,
+    /// names; only task runs wait for a next attempt (`?12`). Built once:
+    /// it is the statement cache's key on every state change.
+    fn set_state_sql(self) -> &'static str {
+        static SQL: std::sync::LazyLock<[String; 2]> = std::sync::LazyLock::new(|| {
+            [RunTable::Flow, RunTable::Task].map(|table| {
+                let (name, output, attempts, next_attempt) = match table {
+                    RunTable::Flow => ("flow_runs", "result", "attempt", ""),
+                    RunTable::Task => ("task_runs", "output", "attempts", ", next_attempt_us = ?12"),
+                };
+                format!(
+                    "UPDATE {name} SET state = ?3, message = CASE WHEN ?3 IN ('Completed', 'Running') THEN ?4 ELSE coalesce(?4, message) END, failure_kind = ?5,
                 {output} = coalesce(?6, {output}), {attempts} = coalesce(?7, {attempts}),
                 fuel_used = coalesce(?8, fuel_used), peak_memory = coalesce(?9, peak_memory),
                 started_us = CASE WHEN ?3 = 'Running' THEN coalesce(started_us, ?10) ELSE started_us END,
                 ended_us = CASE WHEN ?11 THEN ?10 ELSE NULL END{next_attempt}
              WHERE id = ?1 AND state = ?2"
-        )
+                )
+            })
+        });
+        &SQL[self as usize]
     }
 
     /// How many of `set_state`'s parameters its update binds.
@@ -154,7 +236,7 @@ fn set_state(
         change.next_attempt_at,
     ];
     let n = conn
-        .prepare_cached(&table.set_state_sql())?
+        .prepare_cached(table.set_state_sql())?
         .execute(&args[..table.set_state_parameters()])?;
     if n != 1 {
         return Err(StoreError::Conflict {

@@ -176,6 +176,9 @@ const CHANGES_BUFFER: usize = 4096;
 /// The most units one transaction carries; more wait for the next commit.
 const MAX_BATCH: usize = 4096;
 
+/// Prepared statements kept per connection: more than the store has.
+const STATEMENT_CACHE: usize = 256;
+
 /// How often the flusher folds the WAL back into the database.
 const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
@@ -404,6 +407,10 @@ fn connect(path: &Path, durability: DiskSync) -> rusqlite::Result<Connection> {
     // lose the last ones. FULL syncs the WAL at every commit.
     conn.pragma_update(None, "synchronous", durability.pragma())?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
+    // Every statement is prepared once per connection; rusqlite keeps 16 by
+    // default, fewer than the writer and the readers each use, and an
+    // evicted statement is parsed again on its next use.
+    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
     Ok(conn)
 }
 

@@ -90,13 +90,15 @@ impl TaskRuns for SqliteStore {
         not_before: TimestampMicros,
     ) -> Result<Option<(TaskRunId, String)>, StoreError> {
         let row: Option<(Vec<u8>, String)> = self.read(|c| {
-            c.query_row(
+            // Prepared once: a cache hit is this lookup and little else.
+            c.prepare_cached(
                 "SELECT id, output FROM task_runs
                  WHERE cache_key = ?1 AND state = 'Completed' AND ended_us >= ?2
                  ORDER BY ended_us DESC LIMIT 1",
-                params![cache_key, not_before],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
+            )?
+            .query_row(params![cache_key, not_before], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
             .optional()
         })?;
         row.map(|(id, mut out)| {
