@@ -151,7 +151,7 @@ pub fn run(options: &Options, report: &mut Report, host: &Path) {
             )),
     );
     let latencies = trigger_to_running(&server, "nap", n);
-    push_latency(report, "trigger → Running, remote host", &latencies, 10.0);
+    push_latency(report, "trigger → Running, remote host", &latencies, 5.0);
     let mut rates = Vec::new();
     for _ in 0..options.runs {
         rates.push(run_burst(&server, "add", burst).completed_per_second);
