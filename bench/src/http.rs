@@ -248,11 +248,25 @@ pub fn send(agent: &ureq::Agent, method: &str, url: &str, body: Vec<u8>) -> (u16
 }
 
 pub fn rss_kb(pid: u32) -> u64 {
+    status_kb(pid, "VmRSS:")
+}
+
+/// A process's resident memory split into its own (anonymous: heap, stacks,
+/// compiled code) and pages mapped from files (mostly the binary's code,
+/// shared with every process that runs it), in MB.
+pub fn rss_split_mb(pid: u32) -> (f64, f64) {
+    (
+        status_kb(pid, "RssAnon:") as f64 / 1024.0,
+        status_kb(pid, "RssFile:") as f64 / 1024.0,
+    )
+}
+
+fn status_kb(pid: u32, field: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
             s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
+                .find(|l| l.starts_with(field))
                 .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
         })
         .unwrap_or(0)

@@ -86,6 +86,9 @@ const REPORT_BUDGET_BYTES: usize = 32 << 20;
 const REPORT_LOG_LINES: usize = 5_000;
 /// The longest pause between attempts to reach a server that is away.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// How long a host holds no run before it gives freed heap back to the
+/// system: long enough that a burst never pays for it between two runs.
+const IDLE_TRIM_AFTER: Duration = Duration::from_secs(1);
 
 /// A run this host holds.
 struct Held {
@@ -130,6 +133,7 @@ pub struct RemoteHost {
 
 /// Runs a remote host until `stop`, then drains. Blocks.
 pub fn run(config: RemoteConfig, stop: CancellationToken) -> Result<(), RemoteError> {
+    cap_malloc_arenas();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .thread_name("weir-host")
         .enable_all()
@@ -363,6 +367,9 @@ impl RemoteHost {
 
     async fn ship_loop(self: Arc<Self>, finished: CancellationToken) {
         let mut backoff = SHIP_EVERY;
+        // Since when nothing is held, and whether memory went back since.
+        let mut idle_since: Option<tokio::time::Instant> = None;
+        let mut trimmed = false;
         loop {
             let ids: Vec<FlowRunId> = self.held().keys().copied().collect();
             let mut failed = false;
@@ -380,6 +387,16 @@ impl RemoteHost {
             };
             if finished.is_cancelled() && (failed || self.held_count() == 0) {
                 return;
+            }
+            if self.held_count() > 0 {
+                idle_since = None;
+                trimmed = false;
+            } else if !trimmed {
+                let since = *idle_since.get_or_insert_with(tokio::time::Instant::now);
+                if since.elapsed() >= IDLE_TRIM_AFTER {
+                    trimmed = true;
+                    let _ = tokio::task::spawn_blocking(give_back_freed_memory).await;
+                }
             }
             tokio::select! {
                 _ = finished.cancelled() => {}
@@ -804,6 +821,34 @@ impl RemoteHost {
     fn arc(&self) -> Arc<RemoteHost> {
         self.me.upgrade().expect("a borrowed host is alive")
     }
+}
+
+/// glibc gives each thread that allocates under contention an arena of its
+/// own (up to 8 per core) and keeps every arena's freed pages: a host whose
+/// runs went through tokio's blocking threads idled with three arenas of
+/// 5-13 MB each. Two arenas serve two cores.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn cap_malloc_arenas() {
+    // SAFETY: mallopt only sets an allocator parameter; it is called before
+    // the runtime starts its threads.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn cap_malloc_arenas() {}
+
+/// Returns the heap freed by finished runs to the system (glibc keeps it
+/// otherwise): after its first runs a host's anonymous memory went from
+/// 35 MB to 23 MB (41 to 18 MB with two arenas).
+fn give_back_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases free pages the allocator holds.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+    tracing::debug!("idle: gave freed memory back to the system");
 }
 
 /// "STATUS: message" from an error reply.

@@ -2524,6 +2524,16 @@ impl TestHost {
     }
 
     fn start_against(url: &str, key: Option<&str>, name: &str, extra: &[&str]) -> TestHost {
+        Self::start_with_env(url, key, name, extra, &[])
+    }
+
+    fn start_with_env(
+        url: &str,
+        key: Option<&str>,
+        name: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> TestHost {
         let home = tempfile::tempdir().unwrap();
         let log = home.path().join("host.log");
         let mut command = Command::new(HOST);
@@ -2534,7 +2544,8 @@ impl TestHost {
             .env_remove("WEIR_API_URL")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap());
+            .stderr(std::fs::File::create(&log).unwrap())
+            .envs(env.iter().copied());
         match key {
             Some(key) => command.env("WEIR_API_KEY", key),
             None => command.env_remove("WEIR_API_KEY"),
@@ -2588,6 +2599,72 @@ fn task_hosts(detail: &Value) -> Vec<String> {
         .iter()
         .map(|t| t["host"].as_str().unwrap_or_default().to_string())
         .collect()
+}
+
+/// A host that went idle gave its freed heap back (`malloc_trim`), and what
+/// it still holds (the compiled component, its store, the lease) is intact:
+/// the next runs, on the same loaded component, run and record as before.
+#[test]
+fn a_remote_host_that_gave_back_memory_when_idle_runs_the_next_runs_whole() {
+    let server = TestServer::start_with(&["--no-worker"], None);
+    let trims = "gave freed memory back";
+    let host = TestHost::start_with_env(
+        &server.url,
+        server.key.as_deref(),
+        "h1",
+        &["--slots", "2"],
+        &[("WEIR_LOG", "warn,weir_host::worker::remote=debug")],
+    );
+    let digest = server.upload(FIXTURE_WASM);
+    let run_and_check = |server: &TestServer| {
+        let ids: Vec<String> = (0..3)
+            .map(|_| {
+                start_fixture_run(
+                    server,
+                    &digest,
+                    "slow_sequential",
+                    json!({ "n": 3, "ms": 10 }),
+                )
+            })
+            .collect();
+        for id in &ids {
+            let run = wait_for_run(server, id, Duration::from_secs(60), |r| {
+                r["state"]
+                    .as_str()
+                    .is_some_and(|s| s != "Scheduled" && s != "Pending" && s != "Running")
+            });
+            assert_eq!(run["state"], "Completed", "{run}");
+            assert_eq!(run["result"], json!("30"), "{run}");
+            let (_, detail) = server.get(&format!("/api/flow-runs/{id}"));
+            let tasks = detail["task_runs"].as_array().unwrap();
+            assert_eq!(tasks.len(), 3, "each call recorded once: {detail}");
+            assert!(
+                tasks
+                    .iter()
+                    .all(|t| t["state"] == "Completed" && t["attempts"] == 1),
+                "{detail}"
+            );
+            assert_eq!(task_hosts(&detail), ["h1", "h1", "h1"], "{detail}");
+        }
+    };
+    run_and_check(&server);
+    wait_until("the idle host gives memory back", || {
+        host.log().matches(trims).count() >= 1
+    });
+    run_and_check(&server);
+    // Idle again after the second round: it gives memory back again.
+    wait_until("the host gives memory back after its next runs", || {
+        host.log().matches(trims).count() >= 2
+    });
+    let (_, listed) = server.get("/api/hosts");
+    assert!(
+        listed["hosts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|h| h["name"] == "h1" && h["online"] == true),
+        "{listed}"
+    );
 }
 
 #[test]
