@@ -4314,6 +4314,12 @@ fn a_slot_held_by_a_killed_host_comes_back_when_its_lease_lapses() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+    // The server must have heard that the run started: a run it still
+    // thinks Pending has not run as far as it knows, and goes back to the
+    // pool when its host is lost (then it would hold the slot again on h2).
+    wait_for_run(&server, &holder, Duration::from_secs(60), |r| {
+        r["state"] == "Running"
+    });
     h1.child.kill().unwrap();
     h1.child.wait().unwrap();
     let _h2 = TestHost::start(&server, "h2", &[]);
