@@ -172,38 +172,12 @@ pub(super) fn rerun(args: RerunArgs, mode: Rerun) -> anyhow::Result<()> {
         }
         state = RunState::Crashed;
     }
-    let digest = crate::model::ComponentDigest::parse(&run.component)
-        .ok_or_else(|| Exit::bad_input(format!("flow run {id} names no valid component digest")))?;
-    let bytes = local.files.get(&digest).with_context(|| {
-        format!(
-            "the component of flow run {id} (sha256:{}) is not stored here any more",
-            digest.short()
-        )
-    })?;
-    let component = runtime.block_on(local.load(&local.files.path_of(&digest), &bytes))?;
-    let mut request = FlowRunRequest::new(component, run.flow_name.clone(), run.params.clone());
-    request.existing = Some(ExistingRun {
-        id,
-        state,
-        attempt: run.attempt,
-    });
-    if !args.json {
-        eprintln!(
-            "Running flow run {id} ('{}') again as attempt {}; completed tasks are replayed",
-            run.flow_name,
-            run.attempt + 1
-        );
-    }
-    watch(
-        &runtime,
-        &local,
-        ExecutorSettings::default(),
-        request,
-        Display {
-            json: args.json,
-            quiet: args.quiet,
-        },
-    )
+    let banner = format!(
+        "Running flow run {id} ('{}') again as attempt {}; completed tasks are replayed",
+        run.flow_name,
+        run.attempt + 1
+    );
+    run_again(&runtime, &local, &run, state, &banner, &args)
 }
 
 /// Resumes a Paused run here with `input`: checked against its pause's
@@ -235,25 +209,45 @@ fn resume_paused(
         }
         Err(e) => return Err(e.into()),
     }
+    let banner = format!(
+        "Resuming flow run {id} ('{}') with input; finished calls are replayed",
+        run.flow_name
+    );
+    run_again(&runtime, &local, &run, RunState::Pending, &banner, args)
+}
+
+/// Runs `run` again in this process from `state`, replaying its finished
+/// calls, with live progress (after `banner`, unless `--json`).
+fn run_again(
+    runtime: &tokio::runtime::Runtime,
+    local: &Local,
+    run: &FlowRunRow,
+    state: RunState,
+    banner: &str,
+    args: &RerunArgs,
+) -> anyhow::Result<()> {
+    let id = run.id;
     let digest = crate::model::ComponentDigest::parse(&run.component)
         .ok_or_else(|| Exit::bad_input(format!("flow run {id} names no valid component digest")))?;
-    let bytes = local.files.get(&digest)?;
+    let bytes = local.files.get(&digest).with_context(|| {
+        format!(
+            "the component of flow run {id} (sha256:{}) is not stored here any more",
+            digest.short()
+        )
+    })?;
     let component = runtime.block_on(local.load(&local.files.path_of(&digest), &bytes))?;
     let mut request = FlowRunRequest::new(component, run.flow_name.clone(), run.params.clone());
     request.existing = Some(ExistingRun {
         id,
-        state: RunState::Pending,
+        state,
         attempt: run.attempt,
     });
     if !args.json {
-        eprintln!(
-            "Resuming flow run {id} ('{}') with input; finished calls are replayed",
-            run.flow_name
-        );
+        eprintln!("{banner}");
     }
     watch(
-        &runtime,
-        &local,
+        runtime,
+        local,
         ExecutorSettings::default(),
         request,
         Display {

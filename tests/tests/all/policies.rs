@@ -4,14 +4,11 @@
 
 use crate::common;
 
-use crate::common::RecordingTimer;
 use common::{TestServer, wait_for_run};
 use serde_json::{Value, json};
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
-use weir_host::clock::ManualClock;
-use weir_host::control::Control;
 use weir_host::model::capabilities::{Capabilities, DirGrant};
 use weir_host::model::{FlowRunId, RunState};
 use weir_host::store::TaskRunRow;
@@ -149,18 +146,7 @@ async fn a_flow_whose_retries_run_out_fails_with_its_last_attempts_reason() {
 #[tokio::test]
 async fn flow_retry_delays_follow_the_flow_policy() {
     let h = Harness::new();
-    let clock = ManualClock::starting_at(1_700_000_000_000_000);
-    let timer = Arc::new(RecordingTimer {
-        delays: Mutex::new(Vec::new()),
-        clock: clock.clone(),
-    });
-    let control = Arc::new(Control::new(h.store.clone(), Arc::new(clock.clone())));
-    let executor = Executor::with_timer(
-        h.engine.clone(),
-        control,
-        ExecutorSettings::default(),
-        timer.clone(),
-    );
+    let (executor, timer, _clock) = crate::common::manual_time_executor(&h);
     let component = h.load(FIXTURE_WASM).await;
     let dir = tempfile::tempdir().unwrap();
     let request = marking_request(
@@ -349,18 +335,7 @@ async fn cache_run(
 #[tokio::test]
 async fn cache_keys_from_input_params_or_run_id_and_a_cache_that_never_expires() {
     let h = Harness::new();
-    let clock = ManualClock::starting_at(1_700_000_000_000_000);
-    let timer = Arc::new(RecordingTimer {
-        delays: Mutex::new(Vec::new()),
-        clock: clock.clone(),
-    });
-    let control = Arc::new(Control::new(h.store.clone(), Arc::new(clock.clone())));
-    let executor = Executor::with_timer(
-        h.engine.clone(),
-        control,
-        ExecutorSettings::default(),
-        timer,
-    );
+    let (executor, _timer, clock) = crate::common::manual_time_executor(&h);
     let component = h.load(FIXTURE_WASM).await;
 
     let a = cache_run(&executor, &component, "a").await;

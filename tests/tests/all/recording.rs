@@ -1,9 +1,8 @@
 //! Policies and durability: retries, backoff, caching, fan-out limits,
 //! subflows, replay, cancellation, large results — as recorded in the store.
 
-use crate::common::RecordingTimer;
 use serde_json::json;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use weir_host::clock::{Clock, ManualClock};
 use weir_host::control::Control;
@@ -100,18 +99,7 @@ async fn retries_run_out() {
 #[tokio::test]
 async fn backoff_delays_follow_the_policy_without_waiting() {
     let h = Harness::new();
-    let clock = ManualClock::starting_at(1_700_000_000_000_000);
-    let timer = Arc::new(RecordingTimer {
-        delays: Mutex::new(Vec::new()),
-        clock: clock.clone(),
-    });
-    let control = Arc::new(Control::new(h.store.clone(), Arc::new(clock.clone())));
-    let executor = Executor::with_timer(
-        h.engine.clone(),
-        control,
-        ExecutorSettings::default(),
-        timer.clone(),
-    );
+    let (executor, timer, clock) = crate::common::manual_time_executor(&h);
     let component = h.load(FIXTURE_WASM).await;
     let started = Instant::now();
     let request = FlowRunRequest::new(

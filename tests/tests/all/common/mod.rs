@@ -410,3 +410,31 @@ impl weir_host::worker::Timer for RecordingTimer {
         Box::pin(async {})
     }
 }
+
+/// An executor over `h`'s store and engine on a manual clock that starts at
+/// a fixed time, whose sleeps are recorded and skipped (the clock moves).
+pub fn manual_time_executor(
+    h: &weir_tests::Harness,
+) -> (
+    std::sync::Arc<weir_host::worker::Executor>,
+    std::sync::Arc<RecordingTimer>,
+    weir_host::clock::ManualClock,
+) {
+    use std::sync::Arc;
+    let clock = weir_host::clock::ManualClock::starting_at(1_700_000_000_000_000);
+    let timer = Arc::new(RecordingTimer {
+        delays: std::sync::Mutex::new(Vec::new()),
+        clock: clock.clone(),
+    });
+    let control = Arc::new(weir_host::control::Control::new(
+        h.store.clone(),
+        Arc::new(clock.clone()),
+    ));
+    let executor = weir_host::worker::Executor::with_timer(
+        h.engine.clone(),
+        control,
+        weir_host::worker::ExecutorSettings::default(),
+        timer.clone(),
+    );
+    (executor, timer, clock)
+}
