@@ -158,13 +158,7 @@ async fn flow_retry_delays_follow_the_flow_policy() {
     let outcome = executor.run_flow(request).await.unwrap();
     assert_eq!(outcome.state, RunState::Completed);
     // retry_delay = ["10ms", "20ms"]: one delay per retry, in order.
-    let ms: Vec<u128> = timer
-        .delays
-        .lock()
-        .unwrap()
-        .iter()
-        .map(Duration::as_millis)
-        .collect();
+    let ms = timer.delays_ms();
     assert_eq!(ms, [10, 20]);
 }
 

@@ -110,13 +110,7 @@ async fn backoff_delays_follow_the_policy_without_waiting() {
     let outcome = executor.run_flow(request).await.unwrap();
     assert_eq!(outcome.state, RunState::Completed);
     // flaky: retry_delay = ["10ms", "20ms"], backoff = 2.0 → 10, 20, then 20 × 2.
-    let ms: Vec<u128> = timer
-        .delays
-        .lock()
-        .unwrap()
-        .iter()
-        .map(Duration::as_millis)
-        .collect();
+    let ms = timer.delays_ms();
     assert_eq!(ms, [10, 20, 40]);
     assert!(started.elapsed() < Duration::from_secs(30), "bounded");
     // The recorded next-attempt time is on the injected clock.

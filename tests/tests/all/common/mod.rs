@@ -403,6 +403,18 @@ pub struct RecordingTimer {
     pub clock: weir_host::clock::ManualClock,
 }
 
+impl RecordingTimer {
+    /// The delays asked for so far, in milliseconds, in order.
+    pub fn delays_ms(&self) -> Vec<u128> {
+        self.delays
+            .lock()
+            .unwrap()
+            .iter()
+            .map(Duration::as_millis)
+            .collect()
+    }
+}
+
 impl weir_host::worker::Timer for RecordingTimer {
     fn sleep(&self, delay: Duration) -> weir_host::engine::HostFuture<'static, ()> {
         self.delays.lock().unwrap().push(delay);
