@@ -151,9 +151,21 @@ pub fn crash_lost_runs(control: &Control) -> Vec<FlowRunRow> {
 
 /// Crashes `run` and every unfinished subflow below it in one unit.
 /// Returns false if the run moved meanwhile (it ended, or was claimed).
+///
+/// `run` is what the caller read when it judged the run lost. The state
+/// alone cannot tell that the run moved: a retry sends it back to its pool
+/// and the next claim makes it `Pending` again, so the crash also requires
+/// the lease it judged (holder and epoch) to be the run's lease still.
 pub fn crash_tree(control: &Control, run: &FlowRunRow, why: &str) -> bool {
     let now = control.now();
     let mut with = Vec::new();
+    if let Some(holder) = &run.lease_holder {
+        with.push(Write::CheckLease {
+            id: run.id,
+            holder: holder.clone(),
+            epoch: run.lease_epoch,
+        });
+    }
     for sub in control
         .store()
         .unfinished_descendants(run.id)
@@ -172,7 +184,7 @@ pub fn crash_tree(control: &Control, run: &FlowRunRow, why: &str) -> bool {
     match control.change_flow_run(change, with, Durability::Committed) {
         Ok(Some(ticket)) => match ticket.wait_blocking() {
             Ok(()) => true,
-            Err(StoreError::Conflict { .. }) => false,
+            Err(StoreError::Conflict { .. } | StoreError::LeaseLost { .. }) => false,
             Err(e) => {
                 tracing::warn!("flow run {} could not be marked Crashed: {e}", run.id);
                 false

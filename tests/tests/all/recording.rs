@@ -690,6 +690,54 @@ fn a_run_whose_lease_ran_out_is_crashed_with_its_subflows_and_a_held_one_is_not(
     );
 }
 
+/// A reaper judges a run lost from what it read; if the run was claimed
+/// again before the reaper's crash lands (a retry went back to the pool and
+/// another host took it), the crash must not land on the new claim.
+#[test]
+fn a_reaper_that_read_a_lapsed_lease_does_not_crash_the_next_claim() {
+    let home = tempfile::tempdir().unwrap();
+    let server = idle_server(home.path());
+    let now = weir_host::clock::SystemClock.now_micros();
+    let store = server.store.clone();
+    let run = held_run(&store, None, Some(("remote-7", now - 1)));
+    let judged = store.flow_run(run).unwrap();
+    // Meanwhile another host claims it under a fresh lease.
+    store
+        .submit(vec![weir_host::store::Write::TakeLease {
+            id: run,
+            holder: "remote-9".into(),
+            expires_at: now + 3_600_000_000,
+        }])
+        .wait_blocking()
+        .unwrap();
+    let control = server.dispatcher.control().clone();
+    let crashed = weir_host::dispatch::leases::crash_tree(&control, &judged, "host remote-7 lost");
+    assert!(!crashed, "the run moved on since the reaper looked");
+    let now_row = store.flow_run(run).unwrap();
+    assert_eq!(now_row.state, RunState::Running);
+    assert_eq!(now_row.lease_holder.as_deref(), Some("remote-9"));
+    // The run as it is now, lapsed again, is crashed.
+    store
+        .submit(vec![weir_host::store::Write::TakeLease {
+            id: run,
+            holder: "remote-9".into(),
+            expires_at: now - 1,
+        }])
+        .wait_blocking()
+        .unwrap();
+    let crashed = server.block_on(server.dispatcher.reap()).unwrap();
+    assert_eq!(crashed.iter().map(|r| r.id).collect::<Vec<_>>(), vec![run]);
+    assert!(
+        store
+            .flow_run(run)
+            .unwrap()
+            .message
+            .unwrap()
+            .contains("remote-9"),
+        "the crash names the holder that lapsed"
+    );
+}
+
 #[test]
 fn cancelling_a_run_nobody_holds_ends_it_at_once() {
     let home = tempfile::tempdir().unwrap();
