@@ -13,6 +13,7 @@
 mod artifacts;
 pub(crate) mod automations;
 pub(crate) mod deployments;
+mod drain;
 pub(crate) mod events;
 pub mod guard;
 mod hosts;
@@ -488,7 +489,10 @@ pub async fn serve(
             guard::require_own_host,
         ))
         // Refusals on the UI's addresses (the guard's too) as pages.
-        .layer(axum::middleware::from_fn(crate::ui::html_errors));
+        .layer(axum::middleware::from_fn(crate::ui::html_errors))
+        // Outermost: every refusal above, the guard's too, reaches a client
+        // that is still sending its body.
+        .layer(axum::middleware::from_fn(drain::drain_unread_bodies));
     // With each client's address: the UI limits sign-in attempts per client.
     let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
     axum::serve(listener, app)

@@ -1994,6 +1994,17 @@ fn a_damaged_component_file_is_reported_and_a_fresh_upload_repairs_it() {
 /// headers are exactly what a hostile page or client would send; returns the
 /// status and the JSON body.
 fn raw_request(server: &TestServer, request_head: &str, body: &[u8]) -> (u16, Value) {
+    let (_, status, reply) = raw_exchange(server, request_head, body);
+    (status, reply)
+}
+
+/// [`raw_request`], with what became of writing the body: a server that
+/// refuses on the headers alone may answer before it has read a large body.
+fn raw_exchange(
+    server: &TestServer,
+    request_head: &str,
+    body: &[u8],
+) -> (std::io::Result<()>, u16, Value) {
     use std::io::{Read, Write};
     let authority = server.url.trim_start_matches("http://");
     let mut stream = std::net::TcpStream::connect(authority).unwrap();
@@ -2008,9 +2019,6 @@ fn raw_request(server: &TestServer, request_head: &str, body: &[u8]) -> (u16, Va
     )
     .into_bytes();
     bytes.extend_from_slice(body);
-    // A server that refuses on the headers alone may answer and close before
-    // it has read a large body: the write then fails, and the answer is
-    // still there to read.
     let written = stream.write_all(&bytes);
     let mut reply = Vec::new();
     let read = stream.read_to_end(&mut reply);
@@ -2026,7 +2034,80 @@ fn raw_request(server: &TestServer, request_head: &str, body: &[u8]) -> (u16, Va
         .unwrap_or_else(|| panic!("no status line in {reply:?}"));
     let body = reply.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
     let value = serde_json::from_str(body).unwrap_or_else(|_| Value::String(body.to_string()));
-    (status, value)
+    (written, status, value)
+}
+
+/// A client that sends its whole body before it reads hears every early
+/// refusal: too large by `Content-Length`, no key, a foreign `Host`. The
+/// server reads and drops the rest of a refused body (up to a bound)
+/// instead of closing on it, which would reset the connection and lose the
+/// reply. Five times each, as a reset depends on timing.
+#[test]
+fn early_refusals_reach_a_client_that_sends_its_whole_body_first() {
+    let home = std::sync::Arc::new(tempfile::tempdir().unwrap());
+    let keys = home.path().join("keys.txt");
+    std::fs::write(&keys, format!("{ADMIN_KEY}\n")).unwrap();
+    let mut server = TestServer::start_in(
+        home.clone(),
+        &["--api-key-file", keys.to_str().unwrap()],
+        None,
+    );
+    server.key = Some(ADMIN_KEY.to_string());
+    let key = format!("Authorization: Bearer {ADMIN_KEY}");
+    let too_big_json = vec![b' '; (4 << 20) + (2 << 20)];
+    let too_big_wasm = vec![0u8; (64 << 20) + (1 << 20)];
+    let upload = vec![0u8; 8 << 20];
+    let cases: [(&str, String, &[u8], u16, &str); 4] = [
+        (
+            "JSON past its limit",
+            format!(
+                "PUT /api/variables/v HTTP/1.1\nHost: {{addr}}\n{key}\nContent-Type: application/json"
+            ),
+            &too_big_json,
+            413,
+            "too_large",
+        ),
+        (
+            "an upload past its limit",
+            format!(
+                "POST /api/components HTTP/1.1\nHost: {{addr}}\n{key}\nContent-Type: application/wasm"
+            ),
+            &too_big_wasm,
+            413,
+            "too_large",
+        ),
+        (
+            "an upload without a key",
+            "POST /api/components HTTP/1.1\nHost: {addr}\nContent-Type: application/wasm"
+                .to_string(),
+            &upload,
+            401,
+            "",
+        ),
+        (
+            "an upload to a foreign Host",
+            format!(
+                "POST /api/components HTTP/1.1\nHost: evil.example\n{key}\nContent-Type: application/wasm"
+            ),
+            &upload,
+            403,
+            "",
+        ),
+    ];
+    for (what, head, body, want, error) in cases {
+        for attempt in 0..5 {
+            let (written, status, reply) = raw_exchange(&server, &head, body);
+            assert!(
+                written.is_ok(),
+                "{what}, try {attempt}: the server stopped reading: {written:?}"
+            );
+            assert_eq!(status, want, "{what}, try {attempt}: {reply}");
+            if !error.is_empty() {
+                assert_eq!(reply["error"], error, "{what}: {reply}");
+            }
+        }
+    }
+    assert_eq!(server.get("/api/components").1["components"], json!([]));
 }
 
 /// DNS rebinding and cross-site requests: a page at evil.example (resolving
@@ -2132,12 +2213,11 @@ fn bodies_without_their_content_type_get_415_and_change_nothing() {
         "application/x-www-form-urlencoded",
         "application/json",
     ] {
-        // The refusal is by header; a short body is read whole with the
-        // headers, so the server's early answer is never cut off by a reset.
+        // The refusal is by header; the rest of the body is read and dropped.
         let (status, reply) = raw_request(
             &server,
             &format!("POST /api/components HTTP/1.1\nHost: {{addr}}\nContent-Type: {media_type}"),
-            &wasm[..wasm.len().min(4096)],
+            &wasm,
         );
         assert_eq!(status, 415, "{media_type}: {reply}");
         assert_eq!(reply["error"], "unsupported_media_type");
