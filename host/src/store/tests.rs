@@ -536,6 +536,90 @@ async fn runs_are_counted_per_hour_and_state(kind: Kind) {
     );
 }
 
+/// The counts stay true through every way a run's row changes: state
+/// changes (one unit moving several runs), a refused stale change, a
+/// forgotten run and a prune. They are compared with the runs listed one
+/// by one.
+async fn hourly_counts_follow_every_change_of_a_run(kind: Kind) {
+    let Some((_place, store)) = open(kind) else {
+        return;
+    };
+    const HOUR: i64 = 3_600_000_000;
+    let mut ids = Vec::new();
+    let mut writes = Vec::new();
+    for i in 0..12i64 {
+        let id = FlowRunId::new();
+        let mut write = new_flow_run(id);
+        if let Write::NewFlowRun(run) = &mut write {
+            run.at = (3 + i % 3) * HOUR + i;
+        }
+        writes.push(write);
+        ids.push(id);
+    }
+    store.submit(writes).committed().await.unwrap();
+    let end =
+        |id: &FlowRunId, from, to, at| Write::FlowRunState(StateChange::new(id.0, from, to, at));
+    // Several runs end in one unit.
+    let unit = ids[..6]
+        .iter()
+        .map(|id| end(id, RunState::Running, RunState::Completed, 10 * HOUR))
+        .collect();
+    store.submit(unit).committed().await.unwrap();
+    store
+        .submit(vec![end(
+            &ids[6],
+            RunState::Running,
+            RunState::Failed,
+            10 * HOUR,
+        )])
+        .committed()
+        .await
+        .unwrap();
+    // A stale change is refused and must not count.
+    let stale = store
+        .submit(vec![end(
+            &ids[0],
+            RunState::Running,
+            RunState::Crashed,
+            11 * HOUR,
+        )])
+        .committed()
+        .await;
+    assert!(stale.is_err(), "a change from a state the run left");
+    // A run forgotten, and the seven ended ones pruned.
+    store
+        .submit(vec![Write::ForgetFlowRun(ids[11])])
+        .committed()
+        .await
+        .unwrap();
+    let pruned = store.prune(10 * HOUR + 1).unwrap();
+    assert_eq!(pruned.flow_runs, 7, "{pruned:?}");
+
+    let mut truth: std::collections::BTreeMap<(i64, String), u64> = Default::default();
+    for run in store
+        .list_flow_runs(&FlowRunFilter {
+            limit: 1000,
+            ..Default::default()
+        })
+        .unwrap()
+    {
+        *truth
+            .entry((run.created_at / HOUR, run.state.as_str().to_string()))
+            .or_default() += 1;
+    }
+    assert_eq!(truth.values().sum::<u64>(), 4, "{truth:?}");
+    let counted: std::collections::BTreeMap<(i64, String), u64> = store
+        .count_flow_runs_per_hour_and_state_since(0)
+        .unwrap()
+        .into_iter()
+        .map(|(hour, state, n)| ((hour, state.as_str().to_string()), n))
+        .collect();
+    assert_eq!(counted, truth);
+    let mut by_state: Vec<(RunState, u64)> = store.count_flow_runs_by_state().unwrap();
+    by_state.sort_by_key(|(state, _)| state.as_str());
+    assert_eq!(by_state, vec![(RunState::Running, 4)]);
+}
+
 /// A fast task is created, attempted and ended in one unit (one commit),
 /// which a backend may write as one insert: the row, its history, its
 /// attempt and its cache entry must read back exactly as when the same
@@ -906,6 +990,7 @@ on_both_backends!(
     racing_takers_on_two_stores_get_exactly_the_slots_there_are,
     slots_are_taken_all_or_none_and_come_back,
     runs_are_counted_per_hour_and_state,
+    hourly_counts_follow_every_change_of_a_run,
     cursor_pages_split_ties_in_creation_time_without_loss,
     the_database_size_grows_with_its_rows,
     deployment_versions_are_numbered_once_and_runs_keep_theirs,

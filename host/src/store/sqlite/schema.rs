@@ -201,6 +201,35 @@ const MIGRATIONS: &[&str] = &[
         tat_us  INTEGER NOT NULL
     );
     ",
+    // The dashboard's day of runs by hour and state, kept as counts that
+    // follow every insert, state change and delete in the same transaction
+    // (triggers: no write path can forget them), so reading a day is 24
+    // hours × a few states, not a scan of every run in it.
+    "
+    CREATE TABLE flow_run_counts (
+        hour   INTEGER NOT NULL,
+        state  TEXT NOT NULL,
+        n      INTEGER NOT NULL,
+        PRIMARY KEY (hour, state)
+    ) WITHOUT ROWID;
+    INSERT INTO flow_run_counts (hour, state, n)
+        SELECT created_us / 3600000000, state, count(*) FROM flow_runs GROUP BY 1, 2;
+    CREATE TRIGGER flow_run_counts_insert AFTER INSERT ON flow_runs BEGIN
+        INSERT INTO flow_run_counts (hour, state, n) VALUES (new.created_us / 3600000000, new.state, 1)
+            ON CONFLICT (hour, state) DO UPDATE SET n = n + 1;
+    END;
+    CREATE TRIGGER flow_run_counts_update AFTER UPDATE OF state, created_us ON flow_runs
+        WHEN old.state IS NOT new.state OR old.created_us IS NOT new.created_us BEGIN
+        UPDATE flow_run_counts SET n = n - 1
+            WHERE hour = old.created_us / 3600000000 AND state = old.state;
+        INSERT INTO flow_run_counts (hour, state, n) VALUES (new.created_us / 3600000000, new.state, 1)
+            ON CONFLICT (hour, state) DO UPDATE SET n = n + 1;
+    END;
+    CREATE TRIGGER flow_run_counts_delete AFTER DELETE ON flow_runs BEGIN
+        UPDATE flow_run_counts SET n = n - 1
+            WHERE hour = old.created_us / 3600000000 AND state = old.state;
+    END;
+    ",
 ];
 
 /// The newest schema version this host knows.

@@ -152,3 +152,64 @@ fn pruning_files_never_removes_one_that_a_writer_in_progress_points_at() {
     writing.join().unwrap().unwrap();
     assert_eq!(store.flow_run(id).unwrap().params, params);
 }
+
+/// A database made before the per-hour counts gets them from its runs when
+/// it migrates, and they follow changes from then on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_hourly_counts_are_filled_from_the_runs_a_database_had() {
+    const HOUR: i64 = 3_600_000_000;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("weir.db");
+    let store = SqliteStore::open(&path).unwrap();
+    let ids: Vec<FlowRunId> = (0..5).map(|_| FlowRunId::new()).collect();
+    let writes = ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| {
+            let mut write = new_flow_run(*id);
+            if let Write::NewFlowRun(run) = &mut write {
+                run.at = (2 + i as i64 % 2) * HOUR;
+            }
+            write
+        })
+        .collect();
+    store.submit(writes).committed().await.unwrap();
+    drop(store);
+    // Back to the schema before the counts, as an older host left it.
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let version: i64 = conn
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .unwrap();
+    conn.execute_batch(
+        "DROP TRIGGER flow_run_counts_insert; DROP TRIGGER flow_run_counts_update;
+         DROP TRIGGER flow_run_counts_delete; DROP TABLE flow_run_counts;",
+    )
+    .unwrap();
+    conn.pragma_update(None, "user_version", version - 1)
+        .unwrap();
+    drop(conn);
+
+    let store = SqliteStore::open(&path).unwrap();
+    let mut counted = store.count_flow_runs_per_hour_and_state_since(0).unwrap();
+    counted.sort_by_key(|(hour, _, _)| *hour);
+    assert_eq!(
+        counted,
+        vec![(2, RunState::Running, 3), (3, RunState::Running, 2)]
+    );
+    let change = StateChange::new(ids[0].0, RunState::Running, RunState::Completed, 9 * HOUR);
+    store
+        .submit(vec![Write::FlowRunState(change)])
+        .committed()
+        .await
+        .unwrap();
+    let mut counted = store.count_flow_runs_per_hour_and_state_since(0).unwrap();
+    counted.sort_by_key(|(hour, state, _)| (*hour, state.as_str()));
+    assert_eq!(
+        counted,
+        vec![
+            (2, RunState::Completed, 1),
+            (2, RunState::Running, 2),
+            (3, RunState::Running, 2)
+        ]
+    );
+}
