@@ -124,7 +124,8 @@ pub(crate) async fn delete_automation(
         .await
 }
 
-async fn set_paused(
+/// Pauses or resumes the automation `name`; the UI's buttons call this too.
+pub(crate) async fn set_paused(
     state: Arc<ApiState>,
     name: String,
     paused: bool,

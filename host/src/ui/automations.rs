@@ -1,10 +1,10 @@
 //! Automations: the list, one form to create or replace one (its JSON, as
 //! `PUT /api/automations/{name}` takes it, checked by that very handler),
-//! and deletes. Header values may carry tokens: like the API, the pages show
+//! pause and resume, and deletes. Header values may carry tokens: like the API, the pages show
 //! their names only, and a value left as `***` in the form keeps the stored one.
 
 use super::html::{esc, url_part};
-use super::{DeleteForm, Session, UiError, UiResult, delete_button};
+use super::{CsrfForm, DeleteForm, Session, UiError, UiResult, delete_button};
 use crate::api::ApiState;
 use crate::model::Automation;
 use crate::model::deploy::REDACTED;
@@ -146,9 +146,22 @@ pub(super) async fn show(
             status: StatusCode::NOT_FOUND,
             message: format!("no automation named '{name}'; see the automations page"),
         })?;
+    let (action, label) = if automation.paused {
+        ("resume", "Resume")
+    } else {
+        ("pause", "Pause")
+    };
     let body = format!(
-        "<h1>Automation <span class=\"flow\">{}</span></h1><div class=\"actions\">{}</div>{}",
+        "<h1>Automation <span class=\"flow\">{}</span></h1><p>{}</p>\
+         <div class=\"actions\"><form method=\"post\" action=\"/automations/{}/{action}\">{}<button>{label}</button></form> {}</div>{}",
         esc(&automation.name),
+        if automation.paused {
+            "Paused: runs that end now are not delivered."
+        } else {
+            "Active."
+        },
+        esc(&url_part(&automation.name)),
+        session.csrf_field(),
         delete_button(
             &session,
             &format!("/automations/{}/delete", url_part(&automation.name)),
@@ -238,6 +251,36 @@ pub(super) async fn save(
         }
         Err(e) => Err(e.into()),
     }
+}
+
+async fn set_paused(
+    state: Arc<ApiState>,
+    session: Session,
+    name: String,
+    form: CsrfForm,
+    paused: bool,
+) -> UiResult<Response> {
+    session.check_csrf(&form.csrf)?;
+    let _saved = crate::api::automations::set_paused(state, name.clone(), paused).await?;
+    Ok(Redirect::to(&format!("/automations/{}", url_part(&name))).into_response())
+}
+
+pub(super) async fn pause(
+    State(state): State<Arc<ApiState>>,
+    Extension(session): Extension<Session>,
+    Path(name): Path<String>,
+    axum::Form(form): axum::Form<CsrfForm>,
+) -> UiResult<Response> {
+    set_paused(state, session, name, form, true).await
+}
+
+pub(super) async fn resume(
+    State(state): State<Arc<ApiState>>,
+    Extension(session): Extension<Session>,
+    Path(name): Path<String>,
+    axum::Form(form): axum::Form<CsrfForm>,
+) -> UiResult<Response> {
+    set_paused(state, session, name, form, false).await
 }
 
 pub(super) async fn delete(

@@ -342,6 +342,8 @@ pub fn routes(state: Arc<ApiState>) -> Router<Arc<ApiState>> {
             get(automations::list).post(automations::save),
         )
         .route("/automations/{name}", get(automations::show))
+        .route("/automations/{name}/pause", post(automations::pause))
+        .route("/automations/{name}/resume", post(automations::resume))
         .route("/automations/{name}/delete", post(automations::delete))
         .route("/logout", post(logout))
         .layer(axum::middleware::from_fn_with_state(state, require_session));

@@ -2244,6 +2244,44 @@ fn automations_are_made_edited_and_deleted_in_the_ui_without_showing_header_valu
     }
     assert_eq!(server.page("/automations/nope", None).status, 404);
 
+    // Paused and resumed from its page; a form without the CSRF token, or
+    // for an automation that does not exist, changes nothing.
+    let paused =
+        || server.api("GET", "/api/automations/notify", None).1["automation"]["paused"].clone();
+    assert!(
+        server
+            .page("/automations/notify", None)
+            .body
+            .contains("action=\"/automations/notify/pause\"")
+    );
+    assert_eq!(
+        server.form("/automations/notify/pause", &[], None).status,
+        403
+    );
+    assert_eq!(paused(), json!(false));
+    assert_eq!(
+        server
+            .form("/automations/nope/pause", &[("csrf", &csrf)], None)
+            .status,
+        404
+    );
+    let reply = server.form("/automations/notify/pause", &[("csrf", &csrf)], None);
+    assert_eq!(reply.status, 303, "{}", reply.body);
+    assert_eq!(paused(), json!(true));
+    let page = server.page("/automations/notify", None).body;
+    assert!(
+        page.contains("Paused") && page.contains("action=\"/automations/notify/resume\""),
+        "{page}"
+    );
+    assert!(server.page("/automations", None).body.contains("paused"));
+    let reply = server.form("/automations/notify/resume", &[("csrf", &csrf)], None);
+    assert_eq!(reply.status, 303, "{}", reply.body);
+    assert_eq!(paused(), json!(false));
+    assert!(
+        stored_token().contains(token),
+        "pausing keeps the header value"
+    );
+
     let reply = delete_in_two_steps(&server, "/automations/notify/delete", &csrf);
     assert_eq!(reply.status, 303, "{}", reply.body);
     assert_eq!(server.api("GET", "/api/automations/notify", None).0, 404);
