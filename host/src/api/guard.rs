@@ -82,6 +82,7 @@ impl Role {
             || path == "/api/secrets"
             // A claim hands over the run's secrets in clear.
             || path == "/api/hosts/claim"
+            || path == "/api/hosts/claims"
             // A prune destroys history.
             || path == "/api/flow-runs/prune"
         {

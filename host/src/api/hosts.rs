@@ -6,7 +6,9 @@ use super::runs::parse_run_id;
 use super::wire::{Accepted, HostInfo, HostList};
 use super::{ApiError, ApiResult, ApiState, parse_body, schema};
 use crate::dispatch::RunSource;
-use crate::dispatch::remote::{ClaimRequest, Heartbeat, HeartbeatReply, Report};
+use crate::dispatch::remote::{
+    ClaimRequest, Heartbeat, HeartbeatReply, MAX_CLAIM_BATCH, RemoteClaim, RemoteClaims, Report,
+};
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -28,7 +30,48 @@ pub(super) async fn claim(
     State(state): State<Arc<ApiState>>,
     body: axum::body::Bytes,
 ) -> ApiResult<Response> {
+    let mut request: ClaimRequest = parse_body(&body, "a claim (see /api/openapi.json)")?;
+    request.max_runs = Some(1);
+    Ok(match wait_for_claims(&state, request).await?.pop() {
+        Some(claim) => Json(claim).into_response(),
+        None => StatusCode::NO_CONTENT.into_response(),
+    })
+}
+
+/// Take up to `max_runs` runs of the host's pools in one round trip (a
+/// host asks for its free slots): 200 with the runs, each leased to the
+/// host, as soon as at least one is ready, or 204 when none became ready
+/// within `wait_ms`. Needs an admin key, as a single claim does.
+#[utoipa::path(post, path = "/api/hosts/claims", tag = "hosts",
+    request_body = schema::HostClaimRequest,
+    responses((status = 200, body = schema::HostClaims),
+        (status = 204, description = "Nothing became ready in time; ask again")))]
+pub(super) async fn claims(
+    State(state): State<Arc<ApiState>>,
+    body: axum::body::Bytes,
+) -> ApiResult<Response> {
     let request: ClaimRequest = parse_body(&body, "a claim (see /api/openapi.json)")?;
+    let asked = request.max_runs.unwrap_or(1);
+    if !(1..=MAX_CLAIM_BATCH).contains(&asked) {
+        return Err(ApiError::bad_request(
+            "bad_max_runs",
+            format!("max_runs is {asked}; ask for 1 to {MAX_CLAIM_BATCH} runs"),
+        ));
+    }
+    let claims = wait_for_claims(&state, request).await?;
+    Ok(if claims.is_empty() {
+        StatusCode::NO_CONTENT.into_response()
+    } else {
+        Json(RemoteClaims { claims }).into_response()
+    })
+}
+
+/// The long poll behind both claims: runs as soon as any is ready, or none
+/// once `wait_ms` (at most [`MAX_CLAIM_WAIT`]) has passed.
+async fn wait_for_claims(
+    state: &Arc<ApiState>,
+    request: ClaimRequest,
+) -> ApiResult<Vec<RemoteClaim>> {
     if request.pools.is_empty() {
         return Err(ApiError::bad_request(
             "no_pools",
@@ -41,13 +84,14 @@ pub(super) async fn claim(
     loop {
         // Interest first, so a run created between the look and the wait wakes us.
         let ready = RunSource::work_ready(&*dispatcher);
-        if let Some(claim) = dispatcher.claim_remote(request.clone()).await? {
-            return Ok(Json(claim).into_response());
+        let claims = dispatcher.claim_remote_some(request.clone()).await?;
+        if !claims.is_empty() {
+            return Ok(claims);
         }
         tokio::select! {
             _ = ready => {}
-            _ = tokio::time::sleep_until(deadline) => return Ok(StatusCode::NO_CONTENT.into_response()),
-            _ = state.shutdown.cancelled() => return Ok(StatusCode::NO_CONTENT.into_response()),
+            _ = tokio::time::sleep_until(deadline) => return Ok(Vec::new()),
+            _ = state.shutdown.cancelled() => return Ok(Vec::new()),
         }
     }
 }

@@ -137,6 +137,7 @@ impl ApiState {
         runs::resume_flow_run,
         events::flow_run_events,
         hosts::claim,
+        hosts::claims,
         hosts::heartbeat,
         hosts::report,
         hosts::list_hosts,
@@ -281,6 +282,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/api/task-runs/{id}", get(runs::get_task_run))
         .route("/api/hosts", get(hosts::list_hosts))
         .route("/api/hosts/claim", post(hosts::claim))
+        .route("/api/hosts/claims", post(hosts::claims))
         .route("/api/hosts/heartbeat", post(hosts::heartbeat))
         .route(
             "/api/deployments",

@@ -521,6 +521,15 @@ pub struct HostClaimRequest {
     /// What the host lets runs reach; it is handed only runs that need no more.
     #[schema(nullable = false)]
     pub allows: Option<Capabilities>,
+    /// `/api/hosts/claims` only: at most this many runs (absent is 1).
+    #[schema(nullable = false, minimum = 1, maximum = 64)]
+    pub max_runs: Option<u32>,
+}
+
+/// Runs handed to a remote host in one claim, each leased to it.
+#[derive(ToSchema)]
+pub struct HostClaims {
+    pub claims: Vec<HostClaim>,
 }
 
 /// A run handed to a remote host, leased to it at `epoch`.

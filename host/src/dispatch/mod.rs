@@ -151,6 +151,16 @@ pub trait RunSource: Send + Sync + 'static {
         pools: &'a [String],
     ) -> BoxFuture<'a, Result<Option<Claim>, DispatchError>>;
 
+    /// Some runs at once, as many as the caller has room for (a remote
+    /// host asks for its free slots in one round trip); empty when none is
+    /// ready. The default takes one.
+    fn claim_some<'a>(
+        &'a self,
+        pools: &'a [String],
+    ) -> BoxFuture<'a, Result<Vec<Claim>, DispatchError>> {
+        Box::pin(async move { Ok(self.claim(pools).await?.into_iter().collect()) })
+    }
+
     /// Resolves when new work may be ready.
     fn work_ready(&self) -> BoxFuture<'_, ()>;
 

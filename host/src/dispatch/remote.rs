@@ -32,6 +32,19 @@ pub struct ClaimRequest {
     /// What the host lets runs reach; it is handed only runs that need no more.
     #[serde(default)]
     pub allows: Capabilities,
+    /// `/api/hosts/claims` only: at most this many runs (1 to
+    /// [`MAX_CLAIM_BATCH`]; absent is 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_runs: Option<u32>,
+}
+
+/// The most runs one claim may take: a host asks for its free slots.
+pub const MAX_CLAIM_BATCH: u32 = 64;
+
+/// Runs handed to a remote host in one claim.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RemoteClaims {
+    pub claims: Vec<RemoteClaim>,
 }
 
 /// A run handed to a remote host.
@@ -153,25 +166,45 @@ impl Dispatcher {
     /// moved to `Pending` under a lease for `request.holder`.
     pub async fn claim_remote(
         self: &Arc<Self>,
-        request: ClaimRequest,
+        mut request: ClaimRequest,
     ) -> Result<Option<RemoteClaim>, DispatchError> {
+        request.max_runs = Some(1);
+        Ok(self.claim_remote_some(request).await?.pop())
+    }
+
+    /// Up to `request.max_runs` runs of `request.pools` that may start now,
+    /// each moved to `Pending` under a lease for `request.holder`, in one
+    /// trip to the store's thread. A run that cannot be handed over is
+    /// failed; the ones before it are still returned.
+    pub async fn claim_remote_some(
+        self: &Arc<Self>,
+        request: ClaimRequest,
+    ) -> Result<Vec<RemoteClaim>, DispatchError> {
+        let max = request.max_runs.unwrap_or(1).clamp(1, MAX_CLAIM_BATCH);
         self.blocking(move |d| {
-            let Some(id) = d.admit_for(
-                &request.pools,
-                &request.queues,
-                &request.holder,
-                &request.allows,
-            )?
-            else {
-                return Ok(None);
-            };
-            match d.remote_claim_of(id) {
-                Ok(claim) => Ok(Some(claim)),
-                Err(e) => {
-                    d.fail_claim(id, &e);
-                    Err(e)
+            let mut claims = Vec::new();
+            while claims.len() < max as usize {
+                let Some(id) = d.admit_for(
+                    &request.pools,
+                    &request.queues,
+                    &request.holder,
+                    &request.allows,
+                )?
+                else {
+                    break;
+                };
+                match d.remote_claim_of(id) {
+                    Ok(claim) => claims.push(claim),
+                    Err(e) => {
+                        d.fail_claim(id, &e);
+                        if claims.is_empty() {
+                            return Err(e);
+                        }
+                        break;
+                    }
                 }
             }
+            Ok(claims)
         })
         .await
     }

@@ -19,7 +19,8 @@ use crate::clock::SystemClock;
 use crate::config::Paths;
 use crate::control::Control;
 use crate::dispatch::remote::{
-    ClaimRequest, Heartbeat, HeartbeatReply, RemoteClaim, Report, ShippedLog, ShippedTaskRun,
+    ClaimRequest, Heartbeat, HeartbeatReply, MAX_CLAIM_BATCH, RemoteClaim, RemoteClaims, Report,
+    ShippedLog, ShippedTaskRun,
 };
 use crate::dispatch::{BoxFuture, Claim, DispatchError, RunSource, leases};
 use crate::engine::{Component, Engine, EngineConfig, EngineError};
@@ -28,6 +29,7 @@ use crate::model::{ComponentDigest, FlowRunId, GrantedSecrets, RunState, TaskRun
 use crate::store::{ComponentFiles, NewFlowRun, Store, StoreError, StoreOptions, Write};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::Semaphore;
@@ -128,6 +130,8 @@ pub struct RemoteHost {
     slots: Arc<Semaphore>,
     /// Set on SIGTERM: claims stop.
     stop: CancellationToken,
+    /// The server has no `/api/hosts/claims` (it is older): one run per claim.
+    single_claims: AtomicBool,
     me: std::sync::Weak<RemoteHost>,
 }
 
@@ -165,6 +169,7 @@ pub fn run(config: RemoteConfig, stop: CancellationToken) -> Result<(), RemoteEr
         running: Mutex::new(std::collections::HashSet::new()),
         ship_soon: tokio::sync::Notify::new(),
         stop: stop.clone(),
+        single_claims: AtomicBool::new(false),
     });
     let mut settings = host.config.executor.clone();
     settings.host_name = host.config.name.clone();
@@ -528,28 +533,62 @@ impl RemoteHost {
 
     // ---- claims ----
 
-    async fn claim_one(self: &Arc<Self>) -> Result<Option<Claim>, DispatchError> {
-        let request = ClaimRequest {
-            holder: self.holder.clone(),
-            pools: self.config.pools.clone(),
-            queues: self.config.queues.clone(),
-            wait_ms: CLAIM_WAIT_MS,
-            allows: self.config.allows.clone(),
-        };
-        let (status, body) = self
-            .post("/api/hosts/claim".into(), &request)
-            .await
-            .map_err(|e| DispatchError::Join(e.to_string()))?;
-        match status {
-            204 => return Ok(None),
-            200 => {}
-            _ => return Err(DispatchError::Join(server_message(status, &body))),
-        }
-        let claim: RemoteClaim =
-            serde_json::from_slice(&body).map_err(|e| DispatchError::Corrupt {
+    /// Claims up to `max` runs in one round trip and makes each ready to
+    /// run here; runs that cannot run here are ended and left out.
+    async fn claim_up_to(self: &Arc<Self>, max: u32) -> Result<Vec<Claim>, DispatchError> {
+        let claims = loop {
+            let single = max <= 1 || self.single_claims.load(Ordering::Relaxed);
+            let request = ClaimRequest {
+                holder: self.holder.clone(),
+                pools: self.config.pools.clone(),
+                queues: self.config.queues.clone(),
+                wait_ms: CLAIM_WAIT_MS,
+                allows: self.config.allows.clone(),
+                max_runs: (!single).then_some(max),
+            };
+            let path = if single {
+                "/api/hosts/claim"
+            } else {
+                "/api/hosts/claims"
+            };
+            let (status, body) = self
+                .post(path.into(), &request)
+                .await
+                .map_err(|e| DispatchError::Join(e.to_string()))?;
+            let corrupt = |e: serde_json::Error| DispatchError::Corrupt {
                 what: "claim",
                 message: e.to_string(),
-            })?;
+            };
+            match status {
+                204 => return Ok(Vec::new()),
+                200 if single => {
+                    break vec![serde_json::from_slice::<RemoteClaim>(&body).map_err(corrupt)?];
+                }
+                200 => {
+                    break serde_json::from_slice::<RemoteClaims>(&body)
+                        .map_err(corrupt)?
+                        .claims;
+                }
+                // A server from before batched claims: one run per claim.
+                404 if !single => {
+                    tracing::info!("the server takes one run per claim (an older version)");
+                    self.single_claims.store(true, Ordering::Relaxed);
+                }
+                _ => return Err(DispatchError::Join(server_message(status, &body))),
+            }
+        };
+        let mut taken = Vec::with_capacity(claims.len());
+        for claim in claims {
+            if let Some(claim) = self.accept(claim).await {
+                taken.push(claim);
+            }
+        }
+        Ok(taken)
+    }
+
+    /// Holds a claimed run and makes its local copy; `None` when it cannot
+    /// run here (it is then ended, so nobody waits for it).
+    async fn accept(self: &Arc<Self>, claim: RemoteClaim) -> Option<Claim> {
         let id = claim.run;
         // Held at once, so heartbeats renew its lease while the component is
         // fetched and compiled; reports wait for its local copy.
@@ -570,7 +609,7 @@ impl RemoteHost {
             h.copied = true;
         }
         match taken {
-            Ok(component) => Ok(Some(Claim {
+            Ok(component) => Some(Claim {
                 run: id,
                 component,
                 flow: claim.flow,
@@ -582,9 +621,8 @@ impl RemoteHost {
                 task_override: claim.task_override,
                 secrets: GrantedSecrets::new(claim.secrets),
                 capabilities: claim.capabilities,
-            })),
+            }),
             Err(why) => {
-                // Leased to us and unrunnable here: end it so nobody waits for it.
                 tracing::error!("flow run {id} cannot run on this host: {why}");
                 let this = self.clone();
                 let _ =
@@ -592,7 +630,7 @@ impl RemoteHost {
                 if let Some(h) = self.held().get_mut(&id) {
                     h.ended = true;
                 }
-                Ok(None)
+                None
             }
         }
     }
@@ -750,40 +788,14 @@ impl RunSource for RemoteHost {
         &'a self,
         _pools: &'a [String],
     ) -> BoxFuture<'a, Result<Option<Claim>, DispatchError>> {
-        Box::pin(async move {
-            let this = self.arc();
-            // A slot first: a host never takes more runs than it has room for.
-            let permit = tokio::select! {
-                permit = this.slots.clone().acquire_owned() => permit.map_err(|e| DispatchError::Join(e.to_string()))?,
-                _ = this.stop.cancelled() => return Ok(None),
-            };
-            let mut backoff = Duration::from_millis(100);
-            loop {
-                if this.stop.is_cancelled() {
-                    return Ok(None);
-                }
-                match this.claim_one().await {
-                    Ok(Some(claim)) => {
-                        // Given back in `run_ended`.
-                        permit.forget();
-                        this.running
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .insert(claim.run);
-                        return Ok(Some(claim));
-                    }
-                    Ok(None) => return Ok(None),
-                    Err(e) => {
-                        tracing::warn!("claiming runs: {e}; trying again in {backoff:?}");
-                        tokio::select! {
-                            _ = this.stop.cancelled() => return Ok(None),
-                            _ = tokio::time::sleep(backoff) => {}
-                        }
-                        backoff = (backoff * 2).min(MAX_BACKOFF);
-                    }
-                }
-            }
-        })
+        Box::pin(async move { Ok(self.claim_with_room(1).await?.pop()) })
+    }
+
+    fn claim_some<'a>(
+        &'a self,
+        _pools: &'a [String],
+    ) -> BoxFuture<'a, Result<Vec<Claim>, DispatchError>> {
+        Box::pin(self.claim_with_room(MAX_CLAIM_BATCH))
     }
 
     fn work_ready(&self) -> BoxFuture<'_, ()> {
@@ -820,6 +832,50 @@ impl RemoteHost {
     /// of it keeps that alive.
     fn arc(&self) -> Arc<RemoteHost> {
         self.me.upgrade().expect("a borrowed host is alive")
+    }
+
+    /// Waits for a free slot, then claims as many runs as there are free
+    /// slots (at most `limit`) in one round trip, retrying while the server
+    /// is away. Empty when nothing became ready or the host is stopping.
+    async fn claim_with_room(&self, limit: u32) -> Result<Vec<Claim>, DispatchError> {
+        let this = self.arc();
+        // A slot first: a host never takes more runs than it has room for.
+        let mut permit = tokio::select! {
+            permit = this.slots.clone().acquire_owned() => permit.map_err(|e| DispatchError::Join(e.to_string()))?,
+            _ = this.stop.cancelled() => return Ok(Vec::new()),
+        };
+        // Every other free slot too, in the same round trip.
+        let extra = (this.slots.available_permits() as u32).min(limit.saturating_sub(1));
+        if extra > 0
+            && let Ok(more) = this.slots.clone().try_acquire_many_owned(extra)
+        {
+            permit.merge(more);
+        }
+        let room = permit.num_permits();
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            if this.stop.is_cancelled() {
+                return Ok(Vec::new());
+            }
+            match this.claim_up_to(room as u32).await {
+                Ok(claims) => {
+                    // A run's slot comes back in `run_ended`; unused ones now.
+                    permit.forget();
+                    this.slots.add_permits(room - claims.len());
+                    let mut running = this.running.lock().unwrap_or_else(|p| p.into_inner());
+                    running.extend(claims.iter().map(|c| c.run));
+                    return Ok(claims);
+                }
+                Err(e) => {
+                    tracing::warn!("claiming runs: {e}; trying again in {backoff:?}");
+                    tokio::select! {
+                        _ = this.stop.cancelled() => return Ok(Vec::new()),
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+        }
     }
 }
 

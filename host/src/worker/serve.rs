@@ -33,9 +33,15 @@ pub async fn serve(
             if stop.is_cancelled() {
                 return;
             }
-            match source.claim(&pools).await {
-                Ok(Some(claim)) => start(&executor, &source, &runtime, claim),
-                Ok(None) => break,
+            match source.claim_some(&pools).await {
+                Ok(claims) if claims.is_empty() => break,
+                // Every run claimed starts, even if `stop` came meanwhile:
+                // it is leased to this executor now.
+                Ok(claims) => {
+                    for claim in claims {
+                        start(&executor, &source, &runtime, claim);
+                    }
+                }
                 Err(e) => {
                     tracing::warn!("claiming runs of {}: {e}", pools.join(", "));
                     break;

@@ -272,6 +272,7 @@ fn with_api_keys_every_endpoint_but_health_needs_one() {
         // (which destroy history) need admin.
         if template.starts_with("/api/secrets/")
             || template == "/api/hosts/claim"
+            || template == "/api/hosts/claims"
             || template == "/api/flow-runs/prune"
         {
             assert_eq!(status, 403, "{method} {path} with an operator key: {reply}");
@@ -2881,6 +2882,90 @@ fn a_host_killed_mid_run_is_replaced_and_its_finished_tasks_replay() {
             .contains("host h1 pid="),
         "{crashed}"
     );
+}
+
+/// A host asks for its free slots in one claim (`/api/hosts/claims`): two
+/// holders racing with batches over 25 waiting runs get each run exactly
+/// once, each leased to the holder it went to; a size out of 1..=64 is
+/// refused and takes nothing.
+#[test]
+fn batched_claims_hand_each_run_to_one_holder_once() {
+    let server = TestServer::start_with(&["--no-worker"], None);
+    let digest = server.upload(FIXTURE_WASM);
+    let ids: std::collections::BTreeSet<String> = (0..25)
+        .map(|_| {
+            start_fixture_run(
+                &server,
+                &digest,
+                "slow_sequential",
+                json!({ "n": 1, "ms": 1 }),
+            )
+        })
+        .collect();
+    for bad in [json!(0), json!(65), json!(-1), json!("4")] {
+        let (status, reply) = server.send(
+            "POST",
+            "/api/hosts/claims",
+            json!({ "holder": "x", "pools": ["wasm"], "wait_ms": 0, "max_runs": bad }),
+        );
+        assert_eq!(status, 400, "max_runs {bad}: {reply}");
+    }
+    let racers: Vec<_> = ["a", "b"]
+        .into_iter()
+        .map(|holder| {
+            let (url, agent) = (server.url.clone(), server.agent.clone());
+            std::thread::spawn(move || {
+                let mut got = Vec::new();
+                loop {
+                    let body =
+                        json!({ "holder": holder, "pools": ["wasm"], "wait_ms": 0, "max_runs": 4 });
+                    let mut reply = agent
+                        .post(format!("{url}/api/hosts/claims"))
+                        .header("content-type", "application/json")
+                        .send(body.to_string())
+                        .unwrap();
+                    if reply.status() == 204 {
+                        return got;
+                    }
+                    let claims: Value =
+                        serde_json::from_str(&reply.body_mut().read_to_string().unwrap()).unwrap();
+                    let claims = claims["claims"].as_array().unwrap().clone();
+                    assert!((1..=4).contains(&claims.len()), "{claims:?}");
+                    got.extend(
+                        claims
+                            .into_iter()
+                            .map(|c| (holder, c["run"].as_str().unwrap().to_string())),
+                    );
+                }
+            })
+        })
+        .collect();
+    let mut claimed: Vec<(&str, String)> =
+        racers.into_iter().flat_map(|r| r.join().unwrap()).collect();
+    claimed.sort_by(|x, y| x.1.cmp(&y.1));
+    let runs: Vec<String> = claimed.iter().map(|(_, run)| run.clone()).collect();
+    assert_eq!(runs.len(), 25, "every run claimed once: {claimed:?}");
+    assert_eq!(
+        runs.iter()
+            .cloned()
+            .collect::<std::collections::BTreeSet<_>>(),
+        ids
+    );
+    for (holder, run) in &claimed {
+        let (_, detail) = server.get(&format!("/api/flow-runs/{run}"));
+        assert_eq!(detail["flow_run"]["state"], "Pending", "{detail}");
+        assert!(
+            detail["flow_run"]["lease_holder"] == json!(holder),
+            "{run} went to {holder}: {detail}"
+        );
+    }
+    // Nothing left: 204 at once.
+    let (status, _) = server.send(
+        "POST",
+        "/api/hosts/claims",
+        json!({ "holder": "a", "pools": ["wasm"], "wait_ms": 0, "max_runs": 64 }),
+    );
+    assert_eq!(status, 204);
 }
 
 /// The protocol as two hosts speak it, one of which lost its lease: every
