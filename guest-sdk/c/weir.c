@@ -264,6 +264,53 @@ char *weir_variable(const char *name) {
     return text;
 }
 
+bool weir_take_slots(const char *const *names, size_t count, uint32_t slots, int64_t timeout_seconds,
+                     uint64_t *handle) {
+    flow_string_t *borrowed = (flow_string_t *)calloc(count ? count : 1, sizeof(flow_string_t));
+    if (!borrowed) abort();
+    for (size_t i = 0; i < count; i++) borrowed[i] = borrow(names[i]);
+    flow_list_string_t list = {borrowed, count};
+    uint64_t timeout = timeout_seconds < 0 ? 0 : (uint64_t)timeout_seconds;
+    uint64_t taken = 0;
+    weir_flow_runtime_task_error_t err;
+    bool ok = weir_flow_runtime_take_slots(&list, slots, timeout_seconds < 0 ? NULL : &timeout, &taken, &err);
+    free(borrowed);
+    if (!ok) {
+        take_error(&err);
+        return false;
+    }
+    if (handle) *handle = taken;
+    return true;
+}
+
+void weir_release_slots(uint64_t handle) {
+    weir_flow_runtime_release_slots(handle);
+}
+
+static flow_option_string_t maybe(const char *text) {
+    flow_option_string_t option = {text != NULL, borrow(text)};
+    return option;
+}
+
+char *weir_create_artifact(weir_artifact_kind kind, const char *key, const char *description,
+                           const char *data) {
+    weir_flow_runtime_artifact_t artifact = {
+        .kind = (weir_flow_runtime_artifact_kind_t)kind,
+        .key = maybe(key),
+        .description = maybe(description),
+        .data = borrow(data ? data : ""),
+    };
+    flow_string_t id;
+    weir_flow_runtime_task_error_t err;
+    if (!weir_flow_runtime_create_artifact(&artifact, &id, &err)) {
+        take_error(&err);
+        return NULL;
+    }
+    char *text = copy_n(id.ptr, id.len);
+    flow_string_free(&id);
+    return text;
+}
+
 /* --- the component's exports --------------------------------------------------------- */
 
 /* Hands `text` (malloc) to the host as an export's string result; the

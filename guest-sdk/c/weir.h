@@ -196,6 +196,27 @@ char *weir_secret(const char *name);
 /* A variable's JSON value (`host variable set`), or NULL (malloc). */
 char *weir_variable(const char *name);
 
+/* Takes `slots` of each of the `count` limits named (`host concurrency-limit
+ * create NAME N`), waiting while one is full: at most `timeout_seconds`, or
+ * as long as it takes when that is negative. The limits hold for every run
+ * on every host. On success sets *handle (for weir_release_slots) and
+ * returns true; false with weir_last_error() set (a name with no limit, the
+ * timeout). Slots still held are given back when the task or flow that took
+ * them ends, so a failure cannot leak them. */
+bool weir_take_slots(const char *const *names, size_t count, uint32_t slots, int64_t timeout_seconds,
+                     uint64_t *handle);
+/* Gives back the slots a weir_take_slots handle holds (a second time does nothing). */
+void weir_release_slots(uint64_t handle);
+
+typedef enum weir_artifact_kind { WEIR_ARTIFACT_MARKDOWN, WEIR_ARTIFACT_TABLE, WEIR_ARTIFACT_LINK } weir_artifact_kind;
+/* Leaves an artifact on the run for people to read: Markdown text, a JSON
+ * table (an array of objects or of arrays) or a URL in `data`. With a `key`
+ * (lowercase letters, digits, dashes; NULL for none) it is also the next
+ * version of that key's artifact across runs. Its id (malloc), or NULL with
+ * weir_last_error() set. */
+char *weir_create_artifact(weir_artifact_kind kind, const char *key, const char *description,
+                           const char *data);
+
 #ifdef __cplusplus
 }
 #endif

@@ -524,3 +524,51 @@ fn python_state_hooks_run_as_recorded_tasks_and_never_change_the_state() {
     assert_eq!(hooks.len(), 1, "{hooks:?}");
     assert_eq!(hooks[0].2, Value::String("Completed:".into()));
 }
+
+/// The C SDK takes and gives back slots of a limit, as the Rust SDK does: a
+/// second take of the only slot times out, a release frees it at once, a
+/// name with no limit is refused (and takes nothing of the others), and
+/// nothing stays held after the run. It also leaves a keyed artifact.
+#[test]
+fn a_c_flow_takes_and_gives_back_slots_and_leaves_an_artifact() {
+    if !c_toolchain_or_skip("a_c_flow_takes_and_gives_back_slots_and_leaves_an_artifact") {
+        return;
+    }
+    let home = tempfile::tempdir().unwrap();
+    let made = host(home.path(), &["concurrency-limit", "create", "db", "1"]);
+    assert!(made.status.success(), "{}", text(&made.stderr));
+    let (out, run) = run_json(home.path(), "tests/fixtures/c-limits", Some("limits"), &[]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let held = &run["result"]["held"];
+    assert_eq!(held["n"], 1, "{run}");
+    assert_eq!(held["doubled"], false, "the only slot, taken twice: {run}");
+    let refused = held["refused"]["message"].as_str().unwrap_or_default();
+    assert!(refused.contains("db"), "{run}");
+    assert_eq!(held["retaken"], true, "released, so free again: {run}");
+    let missing = &run["result"]["missing"];
+    assert!(
+        missing["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("no-such-limit")),
+        "{run}"
+    );
+    let inspected = host(
+        home.path(),
+        &["concurrency-limit", "inspect", "db", "--json"],
+    );
+    assert!(inspected.status.success(), "{}", text(&inspected.stderr));
+    assert_eq!(
+        json_out(&inspected)["in_use"],
+        0,
+        "nothing held after the run"
+    );
+
+    let listed = host(home.path(), &["artifact", "ls", "--json"]);
+    assert!(listed.status.success(), "{}", text(&listed.stderr));
+    let listed = text(&listed.stdout);
+    assert!(
+        listed.contains("limits-report")
+            && listed.contains(run["result"]["artifact"].as_str().unwrap()),
+        "{listed}"
+    );
+}
