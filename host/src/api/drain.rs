@@ -2,13 +2,15 @@
 //! and dropped before the server answers.
 //!
 //! A request refused early (too large by its `Content-Length`, no key, a
-//! foreign `Host`) leaves its body unread. Closing a socket with unread bytes
-//! makes the kernel send a reset, and a client still writing its upload
-//! then loses the reply: it sees "connection reset" instead of the 413 that
-//! says what the limit is. So a large body goes through a handle this layer
-//! keeps, and what the handlers left of it is read (not kept) up to
-//! [`DRAIN_MAX_BYTES`] and [`DRAIN_TIME`] before the reply goes out. Past
-//! either bound the server gives up and closes as before.
+//! foreign `Host`, a role that may not) leaves its body unread. The server
+//! then cannot read the connection's next request, so it closes it: with
+//! bytes still unread the kernel sends a reset and a client still writing
+//! its upload loses the reply (it sees "connection reset" instead of the 413
+//! that says what the limit is), and a client that pooled the connection
+//! sends its next request into a closed socket. So every body goes through
+//! a handle this layer keeps, and what the handlers left of it is read (not
+//! kept) up to [`DRAIN_MAX_BYTES`] and [`DRAIN_TIME`] before the reply goes
+//! out. Past either bound the reply says `Connection: close`.
 
 use axum::body::{Body, BodyDataStream, Bytes};
 use axum::extract::Request;
@@ -20,10 +22,6 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
-
-/// Bodies up to this size are in hyper's buffer already when a handler
-/// runs; only larger ones (or ones of unknown length) need the handle.
-const SMALL_BODY_BYTES: u64 = 256 << 10;
 
 /// The most of a refused body the server reads and drops: twice the largest
 /// upload it accepts, so a client that overshoots a limit hears why.
@@ -40,7 +38,7 @@ pub(super) async fn drain_unread_bodies(request: Request, next: Next) -> Respons
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     let chunked = request.headers().contains_key(header::TRANSFER_ENCODING);
-    if !chunked && declared.is_none_or(|n| n <= SMALL_BODY_BYTES) {
+    if !chunked && declared.is_none_or(|n| n == 0) {
         return next.run(request).await;
     }
     let (parts, body) = request.into_parts();

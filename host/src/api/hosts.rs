@@ -7,7 +7,7 @@ use super::wire::{Accepted, HostInfo, HostList};
 use super::{ApiError, ApiResult, ApiState, parse_body, schema};
 use crate::dispatch::RunSource;
 use crate::dispatch::remote::{
-    ClaimRequest, Heartbeat, HeartbeatReply, MAX_CLAIM_BATCH, RemoteClaim, RemoteClaims, Report,
+    ClaimRequest, Heartbeat, HeartbeatReply, RemoteClaim, RemoteClaims, Report,
 };
 use axum::Json;
 use axum::extract::{Path, State};
@@ -30,8 +30,13 @@ pub(super) async fn claim(
     State(state): State<Arc<ApiState>>,
     body: axum::body::Bytes,
 ) -> ApiResult<Response> {
-    let mut request: ClaimRequest = parse_body(&body, "a claim (see /api/openapi.json)")?;
-    request.max_runs = Some(1);
+    let request: ClaimRequest = parse_body(&body, "a claim (see /api/openapi.json)")?;
+    request.check_max_runs()?;
+    // One run, whatever the host asked for: the reply has room for one.
+    let request = ClaimRequest {
+        max_runs: 1,
+        ..request
+    };
     Ok(match wait_for_claims(&state, request).await?.pop() {
         Some(claim) => Json(claim).into_response(),
         None => StatusCode::NO_CONTENT.into_response(),
@@ -51,13 +56,7 @@ pub(super) async fn claims(
     body: axum::body::Bytes,
 ) -> ApiResult<Response> {
     let request: ClaimRequest = parse_body(&body, "a claim (see /api/openapi.json)")?;
-    let asked = request.max_runs.unwrap_or(1);
-    if !(1..=MAX_CLAIM_BATCH).contains(&asked) {
-        return Err(ApiError::bad_request(
-            "bad_max_runs",
-            format!("max_runs is {asked}; ask for 1 to {MAX_CLAIM_BATCH} runs"),
-        ));
-    }
+    request.check_max_runs()?;
     let claims = wait_for_claims(&state, request).await?;
     Ok(if claims.is_empty() {
         StatusCode::NO_CONTENT.into_response()

@@ -641,6 +641,7 @@ impl From<DispatchError> for ApiError {
             }
             D::UnknownFlow { .. } => ApiError::unprocessable("unknown_flow", message),
             D::ParamsNotObject => ApiError::bad_request("invalid_params", message),
+            D::BadClaimSize { .. } => ApiError::bad_request("bad_max_runs", message),
             D::InvalidParams(_) => ApiError::unprocessable("invalid_params", message),
             D::InvalidResumeInput { .. } => ApiError::unprocessable("invalid_input", message),
             D::DeploymentPaused(_)

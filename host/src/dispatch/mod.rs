@@ -57,6 +57,9 @@ pub enum DispatchError {
     UnknownDeployment(String),
     #[error("no flow run {0}")]
     UnknownRun(FlowRunId),
+    /// A claim asking for a number of runs out of range; it takes nothing.
+    #[error("max_runs is {asked}; ask for 1 to {max} runs", max = remote::MAX_CLAIM_BATCH)]
+    BadClaimSize { asked: u32 },
     /// Params that are not a JSON object.
     #[error("params must be a JSON object")]
     ParamsNotObject,

@@ -32,10 +32,32 @@ pub struct ClaimRequest {
     /// What the host lets runs reach; it is handed only runs that need no more.
     #[serde(default)]
     pub allows: Capabilities,
-    /// `/api/hosts/claims` only: at most this many runs (1 to
-    /// [`MAX_CLAIM_BATCH`]; absent is 1).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_runs: Option<u32>,
+    /// At most this many runs (1 to [`MAX_CLAIM_BATCH`]; absent is 1);
+    /// only `/api/hosts/claims` hands over more than one. Not sent when 1,
+    /// so a server from before batched claims reads the request as ever.
+    #[serde(default = "one_run", skip_serializing_if = "is_one_run")]
+    pub max_runs: u32,
+}
+
+fn one_run() -> u32 {
+    1
+}
+
+fn is_one_run(n: &u32) -> bool {
+    *n == 1
+}
+
+impl ClaimRequest {
+    /// A refusal of a batch size out of range, which takes nothing.
+    pub fn check_max_runs(&self) -> Result<(), DispatchError> {
+        if (1..=MAX_CLAIM_BATCH).contains(&self.max_runs) {
+            Ok(())
+        } else {
+            Err(DispatchError::BadClaimSize {
+                asked: self.max_runs,
+            })
+        }
+    }
 }
 
 /// The most runs one claim may take: a host asks for its free slots.
@@ -168,7 +190,7 @@ impl Dispatcher {
         self: &Arc<Self>,
         mut request: ClaimRequest,
     ) -> Result<Option<RemoteClaim>, DispatchError> {
-        request.max_runs = Some(1);
+        request.max_runs = 1;
         Ok(self.claim_remote_some(request).await?.pop())
     }
 
@@ -180,7 +202,8 @@ impl Dispatcher {
         self: &Arc<Self>,
         request: ClaimRequest,
     ) -> Result<Vec<RemoteClaim>, DispatchError> {
-        let max = request.max_runs.unwrap_or(1).clamp(1, MAX_CLAIM_BATCH);
+        request.check_max_runs()?;
+        let max = request.max_runs;
         self.blocking(move |d| {
             let mut claims = Vec::new();
             while claims.len() < max as usize {

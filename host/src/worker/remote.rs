@@ -544,7 +544,7 @@ impl RemoteHost {
                 queues: self.config.queues.clone(),
                 wait_ms: CLAIM_WAIT_MS,
                 allows: self.config.allows.clone(),
-                max_runs: (!single).then_some(max),
+                max_runs: if single { 1 } else { max },
             };
             let path = if single {
                 "/api/hosts/claim"

@@ -2111,6 +2111,59 @@ fn early_refusals_reach_a_client_that_sends_its_whole_body_first() {
     assert_eq!(server.get("/api/components").1["components"], json!([]));
 }
 
+/// A refusal before a small body is read (the body's packet may come after
+/// the headers) keeps the connection: the next request on it is answered.
+/// A client that pools connections would otherwise send into a closed one.
+#[test]
+fn a_refused_request_leaves_its_connection_usable() {
+    use std::io::{Read, Write};
+    let server = TestServer::start();
+    let authority = server.url.trim_start_matches("http://").to_string();
+    let mut stream = std::net::TcpStream::connect(&authority).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let body = br#"{"value": 1}"#;
+    let head = format!(
+        "PUT /api/variables/v HTTP/1.1\r\nHost: evil.example\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).unwrap();
+    // The body in a packet of its own, after the server has had time to refuse.
+    std::thread::sleep(Duration::from_millis(200));
+    stream.write_all(body).unwrap();
+    let mut reply = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&reply).contains("\r\n\r\n{") || !reply.ends_with(b"}") {
+        let n = stream.read(&mut buf).unwrap();
+        assert!(
+            n > 0,
+            "closed before the refusal: {}",
+            String::from_utf8_lossy(&reply)
+        );
+        reply.extend_from_slice(&buf[..n]);
+    }
+    let reply = String::from_utf8_lossy(&reply).into_owned();
+    assert!(reply.starts_with("HTTP/1.1 403"), "{reply}");
+    assert!(
+        !reply.to_ascii_lowercase().contains("connection: close"),
+        "{reply}"
+    );
+    stream
+        .write_all(
+            format!("GET /api/health HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .unwrap();
+    let mut next = Vec::new();
+    let _ = stream.read_to_end(&mut next);
+    let next = String::from_utf8_lossy(&next);
+    assert!(
+        next.starts_with("HTTP/1.1 200"),
+        "the next request on the connection: {next:?}"
+    );
+}
+
 /// DNS rebinding and cross-site requests: a page at evil.example (resolving
 /// to 127.0.0.1, or fetching 127.0.0.1 directly) gets nothing done and reads nothing.
 #[test]
@@ -2902,13 +2955,15 @@ fn batched_claims_hand_each_run_to_one_holder_once() {
             )
         })
         .collect();
-    for bad in [json!(0), json!(65), json!(-1), json!("4")] {
-        let (status, reply) = server.send(
-            "POST",
-            "/api/hosts/claims",
-            json!({ "holder": "x", "pools": ["wasm"], "wait_ms": 0, "max_runs": bad }),
-        );
-        assert_eq!(status, 400, "max_runs {bad}: {reply}");
+    for bad in [json!(0), json!(65), json!(-1), json!("4"), json!(null)] {
+        for path in ["/api/hosts/claims", "/api/hosts/claim"] {
+            let (status, reply) = server.send(
+                "POST",
+                path,
+                json!({ "holder": "x", "pools": ["wasm"], "wait_ms": 0, "max_runs": bad }),
+            );
+            assert_eq!(status, 400, "{path} max_runs {bad}: {reply}");
+        }
     }
     let racers: Vec<_> = ["a", "b"]
         .into_iter()
