@@ -3,9 +3,10 @@
 
 use super::host::FlowHost;
 use super::logs::LogBudget;
+use super::retry::{self, AfterFailure};
 use super::{
-    Executor, FlowRun, FlowRunOutcome, FlowRunRequest, RunEvent, Stats, WorkerError, hooks,
-    process_marker, send,
+    Executor, ExistingRun, FlowRun, FlowRunOutcome, FlowRunRequest, RunEvent, Stats, WorkerError,
+    hooks, process_marker, send,
 };
 use crate::control::{ControlError, Durability};
 use crate::engine::{Entry, GuestHost, HostFuture};
@@ -14,8 +15,10 @@ use crate::store::{Lease, NewFlowRun, StateChange};
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
 impl Executor {
     /// Runs a flow to its end: attempts, flow-level retries, replay of completed tasks.
@@ -52,133 +55,25 @@ impl Executor {
         );
         let started = Instant::now();
 
-        let (id, attempt, state) = match request.existing {
-            Some(run) => {
-                let now = self.control.now();
-                let mut from = run.state;
-                let attempt = run.attempt + 1;
-                if from.is_terminal() {
-                    // A finished run comes back through Pending (a user's retry or a resume).
-                    let mut change = StateChange::new(run.id.0, from, RunState::Pending, now);
-                    change.message = Some(format!(
-                        "attempt {attempt} requested; completed tasks will be replayed"
-                    ));
-                    self.control
-                        .change_flow_run(change, Vec::new(), Durability::Detached)?;
-                    from = RunState::Pending;
-                }
-                let mut change = StateChange::new(run.id.0, from, RunState::Running, now);
-                change.attempts = Some(attempt);
-                self.committed(self.control.change_flow_run(
-                    change,
-                    Vec::new(),
-                    Durability::Committed,
-                )?)
-                .await?;
-                (run.id, attempt, RunState::Running)
-            }
-            None => {
-                let id = FlowRunId::new();
-                self.control.create_flow_run(
-                    NewFlowRun {
-                        id,
-                        parent_flow_run: request.parent,
-                        component: request.component.digest.clone(),
-                        flow_name: request.flow_name.clone(),
-                        // A subflow's params are built by its parent from what it read.
-                        params: request.secrets.redact(&request.params).into_owned(),
-                        state: RunState::Running,
-                        attempt: 1,
-                        host: process_marker(&self.settings.host_name),
-                        at: self.control.now(),
-                        deployment: request.deployment.clone(),
-                        tags: Vec::new(),
-                        scheduled_at: None,
-                        work_pool: None,
-                        work_queue: None,
-                        secret_grants: Vec::new(),
-                        // A subflow lives and dies under its root's lease.
-                        lease: request.parent.is_none().then(|| Lease {
-                            holder: process_marker(&self.settings.host_name),
-                            expires_at: self.control.now()
-                                + self.settings.lease_ttl.as_micros() as i64,
-                        }),
-                        deployment_version: None,
-                    },
-                    Durability::Detached,
-                )?;
-                (id, 1, RunState::Running)
-            }
+        let (id, attempt) = match request.existing {
+            Some(run) => (run.id, self.reopen_record(run).await?),
+            None => (self.create_record(&request)?, 1),
         };
-        let events = request.events.clone();
         send(
-            &events,
+            &request.events,
             RunEvent::FlowStarted {
                 id,
                 flow_name: request.flow_name.clone(),
                 attempt,
             },
         );
-
-        let run = Arc::new(FlowRun {
-            executor: self.clone(),
-            id,
-            root: request.root.unwrap_or(id),
-            component: request.component.clone(),
-            flow_name: request.flow_name.clone(),
-            attempt: AtomicU32::new(attempt),
-            depth,
-            seq: AtomicU64::new(0),
-            replay: Mutex::new(HashMap::new()),
-            handles: Mutex::new(HashMap::new()),
-            background: Mutex::new(Vec::new()),
-            next_handle: AtomicU64::new(1),
-            permits: Arc::new(Semaphore::new(self.settings.flow_concurrency.max(1))),
-            cancel: request.cancel.clone(),
-            events: events.clone(),
-            owns_log_budget: request.log_budget.is_none(),
-            persist_result: policy.persist_result,
-            logs: request.log_budget.clone().unwrap_or_else(|| {
-                Arc::new(LogBudget::new(
-                    self.settings.max_log_lines_per_run,
-                    self.settings.max_log_bytes_per_run,
-                ))
-            }),
-            clamps_noted: Mutex::new(HashSet::new()),
-            submits_refused: AtomicBool::new(false),
-            paused: AtomicBool::new(false),
-            task_override: request.task_override.clone(),
-            deployment: request.deployment.clone(),
-            secrets: request.secrets.clone(),
-            capabilities: request.capabilities.clone(),
-            stats: Stats::default(),
-            params: request.params.clone(),
-        });
-
+        let run = self.flow_run(&request, id, attempt, depth, &policy);
         run.note_clamps("this flow", &policy.clamped);
 
         // Someone in another process (or the API) may ask to cancel this run.
-        let poller = (depth == 0).then(|| {
-            let (store, cancel, every) = (
-                self.control.store().clone(),
-                request.cancel.clone(),
-                self.settings.cancel_poll,
-            );
-            tokio::spawn(async move {
-                loop {
-                    tokio::select! {
-                        _ = cancel.cancelled() => return,
-                        _ = tokio::time::sleep(every) => {}
-                    }
-                    if store.cancel_requested(id).unwrap_or(false) {
-                        cancel.cancel();
-                        return;
-                    }
-                }
-            })
-        });
+        let poller = (depth == 0).then(|| self.watch_for_cancel(id, request.cancel.clone()));
         let outcome = self
-            .attempts(&run, &request, &policy, attempt, state, started)
+            .attempts(&run, &request, &policy, attempt, RunState::Running, started)
             .await;
         if let Some(poller) = poller {
             poller.abort();
@@ -201,6 +96,128 @@ impl Executor {
             run.run_hooks(&flow_def.policy, ended).await;
         }
         outcome
+    }
+
+    /// Moves an existing run (a retry or a resume) to Running for its next
+    /// attempt, durably; answers that attempt's number.
+    async fn reopen_record(&self, run: ExistingRun) -> Result<u32, WorkerError> {
+        let now = self.control.now();
+        let mut from = run.state;
+        let attempt = run.attempt + 1;
+        if from.is_terminal() {
+            // A finished run comes back through Pending (a user's retry or a resume).
+            let mut change = StateChange::new(run.id.0, from, RunState::Pending, now);
+            change.message = Some(format!(
+                "attempt {attempt} requested; completed tasks will be replayed"
+            ));
+            self.control
+                .change_flow_run(change, Vec::new(), Durability::Detached)?;
+            from = RunState::Pending;
+        }
+        let mut change = StateChange::new(run.id.0, from, RunState::Running, now);
+        change.attempts = Some(attempt);
+        self.committed(
+            self.control
+                .change_flow_run(change, Vec::new(), Durability::Committed)?,
+        )
+        .await?;
+        Ok(attempt)
+    }
+
+    /// Records a new run, Running at its first attempt.
+    fn create_record(&self, request: &FlowRunRequest) -> Result<FlowRunId, WorkerError> {
+        let id = FlowRunId::new();
+        self.control.create_flow_run(
+            NewFlowRun {
+                id,
+                parent_flow_run: request.parent,
+                component: request.component.digest.clone(),
+                flow_name: request.flow_name.clone(),
+                // A subflow's params are built by its parent from what it read.
+                params: request.secrets.redact(&request.params).into_owned(),
+                state: RunState::Running,
+                attempt: 1,
+                host: process_marker(&self.settings.host_name),
+                at: self.control.now(),
+                deployment: request.deployment.clone(),
+                tags: Vec::new(),
+                scheduled_at: None,
+                work_pool: None,
+                work_queue: None,
+                secret_grants: Vec::new(),
+                // A subflow lives and dies under its root's lease.
+                lease: request.parent.is_none().then(|| Lease {
+                    holder: process_marker(&self.settings.host_name),
+                    expires_at: self.control.now() + self.settings.lease_ttl.as_micros() as i64,
+                }),
+                deployment_version: None,
+            },
+            Durability::Detached,
+        )?;
+        Ok(id)
+    }
+
+    /// The state of run `id` in progress, as its attempts and calls share it.
+    fn flow_run(
+        self: &Arc<Self>,
+        request: &FlowRunRequest,
+        id: FlowRunId,
+        attempt: u32,
+        depth: u32,
+        policy: &EffectivePolicy,
+    ) -> Arc<FlowRun> {
+        Arc::new(FlowRun {
+            executor: self.clone(),
+            id,
+            root: request.root.unwrap_or(id),
+            component: request.component.clone(),
+            flow_name: request.flow_name.clone(),
+            attempt: AtomicU32::new(attempt),
+            depth,
+            seq: AtomicU64::new(0),
+            replay: Mutex::new(HashMap::new()),
+            handles: Mutex::new(HashMap::new()),
+            background: Mutex::new(Vec::new()),
+            next_handle: AtomicU64::new(1),
+            permits: Arc::new(Semaphore::new(self.settings.flow_concurrency.max(1))),
+            cancel: request.cancel.clone(),
+            events: request.events.clone(),
+            owns_log_budget: request.log_budget.is_none(),
+            persist_result: policy.persist_result,
+            logs: request.log_budget.clone().unwrap_or_else(|| {
+                Arc::new(LogBudget::new(
+                    self.settings.max_log_lines_per_run,
+                    self.settings.max_log_bytes_per_run,
+                ))
+            }),
+            clamps_noted: Mutex::new(HashSet::new()),
+            submits_refused: AtomicBool::new(false),
+            paused: AtomicBool::new(false),
+            task_override: request.task_override.clone(),
+            deployment: request.deployment.clone(),
+            secrets: request.secrets.clone(),
+            capabilities: request.capabilities.clone(),
+            stats: Stats::default(),
+            params: request.params.clone(),
+        })
+    }
+
+    /// Cancels `cancel` once someone (another process, the API) asks to
+    /// cancel run `id` in the store; checks every `cancel_poll`.
+    fn watch_for_cancel(&self, id: FlowRunId, cancel: CancellationToken) -> JoinHandle<()> {
+        let (store, every) = (self.control.store().clone(), self.settings.cancel_poll);
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tokio::time::sleep(every) => {}
+                }
+                if store.cancel_requested(id).unwrap_or(false) {
+                    cancel.cancel();
+                    return;
+                }
+            }
+        })
     }
 
     /// Runs attempts of a flow until one succeeds or the policy gives up.
@@ -252,67 +269,64 @@ impl Executor {
             }
 
             let now = self.control.now();
-            match execution.result {
+            let failure = match execution.result {
                 Ok(result) => return self.finish(run, state, Ok(result), started).await,
-                Err(failure) => {
-                    let cancelled = request.cancel.is_cancelled();
-                    if !cancelled && policy.should_retry(attempt, failure.kind) {
-                        let delay = policy.retry_delay(attempt, rand::random::<f64>());
-                        let mut change = StateChange::new(id.0, state, RunState::Retrying, now);
-                        change.message = Some(
-                            run.secrets
-                                .redact(&format!("attempt {attempt} failed: {failure}"))
-                                .into_owned(),
-                        );
-                        change.next_attempt_at = Some(now + delay.as_micros() as i64);
-                        self.control
-                            .change_flow_run(change, Vec::new(), Durability::Detached)?;
-                        run.log(
-                            None,
-                            LogLevel::Warn,
-                            &format!(
-                                "flow attempt {attempt} failed ({failure}); retrying in {}",
-                                humantime::format_duration(delay)
-                            ),
-                        );
-                        if self.sleep_unless_cancelled(delay, &request.cancel).await {
-                            let cancelled = Failure::new(
-                                FailureKind::Cancelled,
-                                "cancelled while waiting to retry",
-                            );
-                            return self
-                                .finish(run, RunState::Retrying, Err(cancelled), started)
-                                .await;
-                        }
-                        attempt += 1;
-                        run.attempt.store(attempt, Ordering::SeqCst);
-                        let mut change = StateChange::new(
-                            id.0,
-                            RunState::Retrying,
-                            RunState::Running,
-                            self.control.now(),
-                        );
-                        change.attempts = Some(attempt);
-                        self.control
-                            .change_flow_run(change, Vec::new(), Durability::Detached)?;
-                        state = RunState::Running;
-                        continue;
-                    }
-                    let kind = if cancelled {
-                        FailureKind::Cancelled
-                    } else {
-                        failure.kind
-                    };
+                Err(failure) => failure,
+            };
+            let announce = |failure: &Failure, delay: Duration| -> Result<(), WorkerError> {
+                let mut change = StateChange::new(id.0, state, RunState::Retrying, now);
+                change.message = Some(
+                    run.secrets
+                        .redact(&format!("attempt {attempt} failed: {failure}"))
+                        .into_owned(),
+                );
+                change.next_attempt_at = Some(now + delay.as_micros() as i64);
+                self.control
+                    .change_flow_run(change, Vec::new(), Durability::Detached)?;
+                run.log(
+                    None,
+                    LogLevel::Warn,
+                    &format!(
+                        "flow attempt {attempt} failed ({failure}); retrying in {}",
+                        humantime::format_duration(delay)
+                    ),
+                );
+                Ok(())
+            };
+            let after = retry::after_failed_attempt(
+                &*self.timer,
+                policy,
+                attempt,
+                failure,
+                &request.cancel,
+                announce,
+            )
+            .await?;
+            match after {
+                AfterFailure::RetryNow => {}
+                AfterFailure::CancelledWhileWaiting => {
+                    let cancelled =
+                        Failure::new(FailureKind::Cancelled, "cancelled while waiting to retry");
                     return self
-                        .finish(
-                            run,
-                            state,
-                            Err(Failure::new(kind, failure.message)),
-                            started,
-                        )
+                        .finish(run, RunState::Retrying, Err(cancelled), started)
                         .await;
                 }
+                AfterFailure::GiveUp(failure) => {
+                    return self.finish(run, state, Err(failure), started).await;
+                }
             }
+            attempt += 1;
+            run.attempt.store(attempt, Ordering::SeqCst);
+            let mut change = StateChange::new(
+                id.0,
+                RunState::Retrying,
+                RunState::Running,
+                self.control.now(),
+            );
+            change.attempts = Some(attempt);
+            self.control
+                .change_flow_run(change, Vec::new(), Durability::Detached)?;
+            state = RunState::Running;
         }
     }
 

@@ -37,6 +37,7 @@ pub mod remote;
 mod replay;
 mod result_storage;
 mod retention;
+mod retry;
 mod run;
 mod serve;
 mod task;
@@ -274,14 +275,6 @@ impl Executor {
 
     pub fn settings(&self) -> &ExecutorSettings {
         &self.settings
-    }
-
-    /// Sleeps for `delay` on the executor's timer; returns true if cancelled first.
-    async fn sleep_unless_cancelled(&self, delay: Duration, cancel: &CancellationToken) -> bool {
-        tokio::select! {
-            _ = cancel.cancelled() => true,
-            _ = self.timer.sleep(delay) => false,
-        }
     }
 
     pub fn engine(&self) -> &Arc<Engine> {
