@@ -258,12 +258,7 @@ impl Executor {
             }
             // Tasks the flow submitted but never awaited still finish and are recorded.
             run.drain_handles().await;
-            run.stats
-                .fuel
-                .fetch_add(execution.fuel_used, Ordering::Relaxed);
-            run.stats
-                .peak_memory
-                .fetch_max(execution.peak_memory_bytes, Ordering::Relaxed);
+            run.stats.count_resources(&execution);
             if run.paused.swap(false, Ordering::SeqCst) && !request.cancel.is_cancelled() {
                 return run.suspend(state, started).await;
             }

@@ -303,6 +303,15 @@ struct Stats {
     peak_memory: AtomicU64,
 }
 
+impl Stats {
+    /// Adds what an instance (a flow attempt or a task attempt) used.
+    fn count_resources(&self, execution: &crate::engine::Execution) {
+        self.fuel.fetch_add(execution.fuel_used, Ordering::Relaxed);
+        self.peak_memory
+            .fetch_max(execution.peak_memory_bytes, Ordering::Relaxed);
+    }
+}
+
 /// One flow run in progress: serves the flow instance's imports.
 struct FlowRun {
     executor: Arc<Executor>,

@@ -158,18 +158,10 @@ impl FlowRun {
         control
             .create_task_run(
                 NewTaskRun {
-                    id,
-                    flow_run: self.id,
-                    call_seq: call.seq,
-                    task_name: call.name.clone(),
-                    input_sha256: input_sha256(&call.input),
-                    input: self.secrets.redact(&call.input).into_owned(),
-                    state: RunState::Cached,
                     // A hit is not a source for later hits: lookups stay one index probe.
                     cache_key: None,
                     cached_from: Some((from, output)),
-                    host: self.executor.settings.host_name.clone(),
-                    at: control.now(),
+                    ..self.new_task_run(call, id, RunState::Cached)
                 },
                 Durability::Detached,
             )
@@ -186,6 +178,25 @@ impl FlowRun {
             },
         );
         Ok(Some(read))
+    }
+
+    /// The row of task run `id` for this call, created in `state`, under
+    /// the call's cache key; its input is recorded redacted, with the hash
+    /// of the text the flow passed for replay to compare.
+    fn new_task_run(&self, call: &TaskCall, id: TaskRunId, state: RunState) -> NewTaskRun {
+        NewTaskRun {
+            id,
+            flow_run: self.id,
+            call_seq: call.seq,
+            task_name: call.name.clone(),
+            input_sha256: input_sha256(&call.input),
+            input: self.secrets.redact(&call.input).into_owned(),
+            state,
+            cache_key: call.cache_key.clone(),
+            cached_from: None,
+            host: self.executor.settings.host_name.clone(),
+            at: self.control().now(),
+        }
     }
 
     /// A slot among the run's tasks (unless the call brings one), one per
@@ -246,19 +257,7 @@ impl FlowRun {
             id,
             state: RunState::Running,
             finished: false,
-            unannounced: Some(NewTaskRun {
-                id,
-                flow_run: self.id,
-                call_seq: call.seq,
-                task_name: call.name.clone(),
-                input_sha256: input_sha256(&call.input),
-                input: self.secrets.redact(&call.input).into_owned(),
-                state: RunState::Running,
-                cache_key: call.cache_key.clone(),
-                cached_from: None,
-                host: self.executor.settings.host_name.clone(),
-                at: control.now(),
-            }),
+            unannounced: Some(self.new_task_run(&call, id, RunState::Running)),
         };
 
         let started = Instant::now();
@@ -314,12 +313,7 @@ impl FlowRun {
         totals.fuel += execution.fuel_used;
         totals.peak_memory = totals.peak_memory.max(execution.peak_memory_bytes);
         record_attempt_metrics(execution);
-        self.stats
-            .fuel
-            .fetch_add(execution.fuel_used, Ordering::Relaxed);
-        self.stats
-            .peak_memory
-            .fetch_max(execution.peak_memory_bytes, Ordering::Relaxed);
+        self.stats.count_resources(execution);
         let now = self.control().now();
         let record = AttemptRecord {
             task_run: guard.id,
@@ -475,12 +469,11 @@ impl FlowRun {
         output: String,
         started: Instant,
     ) -> Result<String, Failure> {
-        let control = self.control();
-        let AttemptEnd { mut change, record } = end;
+        let mut end = end;
         let policy = &call.policy;
         // Recorded redacted: a replay of a secret-bearing result sees `***`;
         // not at all under persist_result = false (a resume runs it again).
-        change.output = match (&policy.result_storage, policy.persist_result) {
+        end.change.output = match (&policy.result_storage, policy.persist_result) {
             (_, false) => None,
             (None, true) => Some(self.secrets.redact(&output).into_owned()),
             // The file holds it (redacted); the record, a reference to it.
@@ -493,18 +486,7 @@ impl FlowRun {
                 .map_err(crashed)?,
             ),
         };
-        // Durable before the flow sees it: the rule that makes resume safe.
-        let ticket = control
-            .change_task_run(
-                change,
-                guard.unit(vec![Write::TaskAttempt(record)])?,
-                Durability::Committed,
-            )
-            .map_err(crashed)?;
-        guard.finished = true;
-        if let Some(ticket) = ticket {
-            ticket.committed().await.map_err(crashed)?;
-        }
+        self.record_final(&mut guard, end).await?;
         send(
             &self.events,
             RunEvent::TaskFinished {
@@ -527,23 +509,12 @@ impl FlowRun {
         failure: Failure,
         started: Instant,
     ) -> Result<String, Failure> {
-        let control = self.control();
-        let AttemptEnd { mut change, record } = end;
+        let mut end = end;
         let kind = failure.kind;
-        change.to = kind.final_state();
-        change.message = Some(self.secrets.redact(&failure.message).into_owned());
-        change.failure_kind = Some(kind);
-        let ticket = control
-            .change_task_run(
-                change,
-                guard.unit(vec![Write::TaskAttempt(record)])?,
-                Durability::Committed,
-            )
-            .map_err(crashed)?;
-        guard.finished = true;
-        if let Some(ticket) = ticket {
-            ticket.committed().await.map_err(crashed)?;
-        }
+        end.change.to = kind.final_state();
+        end.change.message = Some(self.secrets.redact(&failure.message).into_owned());
+        end.change.failure_kind = Some(kind);
+        self.record_final(&mut guard, end).await?;
         self.stats.failed.fetch_add(1, Ordering::Relaxed);
         self.log(
             Some((guard.id, &call.name)),
@@ -560,6 +531,29 @@ impl FlowRun {
             },
         );
         Err(failure)
+    }
+
+    /// Writes how the call ended and waits until it is durable: the flow
+    /// sees neither its result nor its failure before that (the rule that
+    /// makes resume safe).
+    async fn record_final(
+        &self,
+        guard: &mut CallGuard<'_>,
+        end: AttemptEnd,
+    ) -> Result<(), Failure> {
+        let ticket = self
+            .control()
+            .change_task_run(
+                end.change,
+                guard.unit(vec![Write::TaskAttempt(end.record)])?,
+                Durability::Committed,
+            )
+            .map_err(crashed)?;
+        guard.finished = true;
+        if let Some(ticket) = ticket {
+            ticket.committed().await.map_err(crashed)?;
+        }
+        Ok(())
     }
 }
 
