@@ -10,7 +10,9 @@ use crate::engine::HeldSlots;
 use crate::model::{Failure, FailureKind, LogLevel};
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::Semaphore;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 /// Slots held under one lease; given back on drop.
 struct Held {
@@ -137,5 +139,32 @@ impl FlowRun {
         let held = self.take_slots(&who, names, slots, true, timeout).await?;
         // Strict asks name limits that exist, so something was taken.
         Ok(held.unwrap_or_else(|| Box::new(())))
+    }
+}
+
+impl Executor {
+    /// Permits for each limited tag, taken in name order so two tasks never deadlock.
+    pub(super) async fn acquire_tag_permits(
+        &self,
+        tags: &[String],
+        cancel: &CancellationToken,
+    ) -> Option<Vec<tokio::sync::OwnedSemaphorePermit>> {
+        let mut limited: Vec<&Arc<Semaphore>> = Vec::new();
+        let mut names: Vec<&String> = tags.iter().collect();
+        names.sort();
+        names.dedup();
+        for tag in names {
+            if let Some(semaphore) = self.tag_permits.get(tag) {
+                limited.push(semaphore);
+            }
+        }
+        let mut permits = Vec::with_capacity(limited.len());
+        for semaphore in limited {
+            tokio::select! {
+                permit = semaphore.clone().acquire_owned() => permits.push(permit.ok()?),
+                _ = cancel.cancelled() => return None,
+            }
+        }
+        Some(permits)
     }
 }
