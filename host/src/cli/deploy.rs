@@ -4,52 +4,38 @@
 //! works against a server or the local database alike.
 
 use super::backend::Backend;
-use super::output::{level_label, table};
+use super::output::{level_label, print_json, table};
 use super::{Exit, JsonFlag};
 use crate::api::wire::{
-    FlowList, HostInfo, HostList, SecretList, Uploaded, VariableList, WorkPoolList, WorkQueueList,
+    ComponentDetail, DeploymentHistory, DeploymentInfo, DeploymentList, DeploymentSaved, FlowList,
+    HostInfo, HostList, RunAction, SecretList, Uploaded, VariableList, WorkPoolList, WorkQueueList,
 };
 use crate::clock::format_rfc3339;
-use crate::model::{Policy, RunState, WorkPool};
+use crate::model::{Policy, RunState, Variable, WorkPool};
 use crate::protocol::{build_params, parse_memory_size};
 use anyhow::Context;
 use clap::{Args, Subcommand};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use std::path::{Path, PathBuf};
-
-fn print_json(value: &Value) {
-    println!("{value}");
-}
-
-/// A JSON string field as text ("" when absent).
-fn field(value: &Value) -> String {
-    value.as_str().unwrap_or_default().to_string()
-}
-
-/// "paused" or "active", for deployments, pools and queues.
-fn status(value: &Value) -> &'static str {
-    if value["paused"] == json!(true) {
-        "paused"
-    } else {
-        "active"
-    }
-}
 
 /// Prints the API's reply for scripts (`--json`), else a sentence for people.
 fn said(reply: &Value, json: bool, sentence: impl FnOnce() -> String) {
     if json {
-        print_json(reply);
+        println!("{reply}");
     } else {
         println!("{}", sentence());
     }
 }
 
-fn when(value: &Value) -> String {
-    value
-        .as_i64()
-        .map(|m| format_rfc3339(m)[..19].replace('T', " "))
-        .unwrap_or_else(|| "-".into())
+/// A time for people: "2026-01-05 09:00:00".
+fn when(micros: i64) -> String {
+    format_rfc3339(micros)[..19].replace('T', " ")
+}
+
+/// The first characters of a component digest, as tables show it.
+fn short_digest(digest: &str) -> String {
+    digest.chars().take(12).collect()
 }
 
 // ---- host flow upload / host flow ls ----
@@ -80,7 +66,7 @@ pub fn upload(args: UploadArgs) -> anyhow::Result<()> {
     let backend = Backend::open()?;
     let reply = upload_path(&backend, &args.path, !args.format.json)?;
     if args.format.json {
-        print_json(&reply);
+        println!("{reply}");
     } else {
         let uploaded: Uploaded = Backend::parse("/api/components", reply)?;
         let flows = &uploaded.flows;
@@ -101,12 +87,10 @@ pub fn upload(args: UploadArgs) -> anyhow::Result<()> {
 
 pub fn list_flows(format: JsonFlag) -> anyhow::Result<()> {
     let backend = Backend::open()?;
-    let reply = backend.get("/api/flows")?;
+    let list: FlowList = backend.get_as("/api/flows")?;
     if format.json {
-        print_json(&reply["flows"]);
-        return Ok(());
+        return print_json(&list.flows);
     }
-    let list: FlowList = Backend::parse("/api/flows", reply)?;
     let rows: Vec<Vec<String>> = list
         .flows
         .iter()
@@ -403,7 +387,7 @@ pub(super) fn apply_document(
         } else {
             let path = base.join(&spec.component);
             let reply = upload_path(&backend, &path, !json_output)?;
-            field(&reply["digest"])
+            Backend::parse::<Uploaded>("/api/components", reply)?.digest
         };
         let schedules = spec
             .schedules
@@ -414,47 +398,36 @@ pub(super) fn apply_document(
                     .as_deref()
                     .map(|i| humantime::parse_duration(i).map(|d| d.as_secs()))
                     .transpose()
-                    .map_err(|e| Exit::bad_input(format!("deployment '{}': schedule interval: {e}", spec.name)))?;
-                let mut schedule = json!({ "cron": s.cron, "interval_seconds": interval_seconds, "active": s.active });
-                for (key, value) in [
-                    ("rrule", &s.rrule),
-                    ("anchor", &s.anchor),
-                    ("timezone", &s.timezone),
-                ] {
-                    if let Some(value) = value {
-                        schedule[key] = json!(value);
-                    }
-                }
-                if !s.params.is_empty() {
-                    schedule["params"] = json!(s.params);
-                }
-                Ok(schedule)
+                    .map_err(|e| {
+                        Exit::bad_input(format!(
+                            "deployment '{}': schedule interval: {e}",
+                            spec.name
+                        ))
+                    })?;
+                let params = (!s.params.is_empty())
+                    .then(|| {
+                        resolve_param_templates(
+                            &backend,
+                            &spec.name,
+                            &Value::Object(s.params.clone()),
+                        )
+                    })
+                    .transpose()?;
+                // Absent fields are left out (`strip_nulls`): the server fills in its defaults.
+                Ok(json!({
+                    "cron": s.cron,
+                    "interval_seconds": interval_seconds,
+                    "active": s.active,
+                    "rrule": s.rrule,
+                    "anchor": s.anchor,
+                    "timezone": s.timezone,
+                    "params": params,
+                }))
             })
             .collect::<anyhow::Result<Vec<Value>>>()?;
         let params =
             resolve_param_templates(&backend, &spec.name, &Value::Object(spec.params.clone()))?;
-        let schedules = schedules
-            .into_iter()
-            .map(|mut s| {
-                if let Some(p) = s.get("params").cloned() {
-                    s["params"] = resolve_param_templates(&backend, &spec.name, &p)?;
-                }
-                Ok(s)
-            })
-            .collect::<anyhow::Result<Vec<Value>>>()?;
-        let mut body = json!({
-            "name": spec.name,
-            "component": digest,
-            "flow": spec.flow,
-            "description": spec.description,
-            "params": params,
-            "schedules": schedules,
-            "task_policy": spec.limits.policy(&spec.name)?,
-            "tags": spec.tags,
-            "secrets": spec.secrets,
-            "paused": spec.paused,
-            "concurrency_limit": spec.concurrency_limit,
-        });
+        let task_policy = spec.limits.policy(&spec.name)?;
         let dirs = spec
             .capabilities
             .dirs
@@ -469,36 +442,44 @@ pub(super) fn apply_document(
                 Exit::bad_input(format!("deployment '{}': capabilities: {e}", spec.name))
             })?;
         }
-        if !dirs.is_empty()
+        let capabilities = (!dirs.is_empty()
             || !spec.capabilities.env.is_empty()
-            || !spec.capabilities.http.is_empty()
-        {
-            body["capabilities"] = json!({
+            || !spec.capabilities.http.is_empty())
+        .then(|| {
+            json!({
                 "dirs": dirs,
                 "env": spec.capabilities.env,
                 "http": spec.capabilities.http,
-            });
-        }
-        if let Some(pool) = &spec.work_pool {
-            body["work_pool"] = json!(pool);
-        }
-        if let Some(catchup) = &spec.catchup {
-            body["catchup"] = json!(catchup);
-        }
-        if let Some(limit) = spec.catchup_limit {
-            body["catchup_limit"] = json!(limit);
-        }
-        if let Some(queue) = &spec.work_queue {
-            body["work_queue"] = json!(queue);
-        }
+            })
+        });
+        let mut body = json!({
+            "name": spec.name,
+            "component": digest,
+            "flow": spec.flow,
+            "description": spec.description,
+            "params": params,
+            "schedules": schedules,
+            "task_policy": task_policy,
+            "tags": spec.tags,
+            "secrets": spec.secrets,
+            "paused": spec.paused,
+            "concurrency_limit": spec.concurrency_limit,
+            "capabilities": capabilities,
+            "work_pool": spec.work_pool,
+            "work_queue": spec.work_queue,
+            "catchup": spec.catchup,
+            "catchup_limit": spec.catchup_limit,
+        });
         strip_nulls(&mut body);
-        let reply = backend.send("PUT", &format!("/api/deployments/{}", spec.name), &body)?;
+        let path = format!("/api/deployments/{}", spec.name);
+        let reply = backend.send("PUT", &path, &body)?;
         if !json_output {
+            let saved: DeploymentSaved = Backend::parse(&path, reply.clone())?;
             println!(
                 "{} deployment '{}' (flow {}, component sha256:{}, pool {}) on {}",
-                if reply["created"] == json!(true) {
+                if saved.created {
                     "Created"
-                } else if reply["changed"] == json!(false) {
+                } else if !saved.changed {
                     "Unchanged"
                 } else {
                     "Updated"
@@ -506,19 +487,17 @@ pub(super) fn apply_document(
                 spec.name,
                 spec.flow,
                 &digest[..12.min(digest.len())],
-                reply["deployment"]["work_pool"]
-                    .as_str()
-                    .unwrap_or_default(),
+                saved.deployment.work_pool,
                 backend.describe()
             );
-            if let Some(version) = reply["deployment"]["version"].as_u64() {
+            if let Some(version) = saved.deployment.version {
                 println!(
                     "  version {version} (host deployment history {})",
                     spec.name
                 );
             }
-            for warning in reply["warnings"].as_array().into_iter().flatten() {
-                println!("  warning: {}", warning.as_str().unwrap_or_default());
+            for warning in &saved.warnings {
+                println!("  warning: {warning}");
             }
             println!("  run it with: host deployment run {}", spec.name);
         }
@@ -548,11 +527,12 @@ pub(super) fn apply_document(
         automation_replies.push(reply);
     }
     if json_output {
-        let mut out = json!({ "deployments": replies });
+        let mut out = Map::new();
+        out.insert("deployments".into(), Value::Array(replies));
         if !automation_replies.is_empty() {
-            out["automations"] = json!(automation_replies);
+            out.insert("automations".into(), Value::Array(automation_replies));
         }
-        print_json(&out);
+        println!("{}", Value::Object(out));
     }
     Ok(())
 }
@@ -632,39 +612,23 @@ pub fn deployment(command: DeploymentCommand) -> anyhow::Result<()> {
     let backend = Backend::open()?;
     match command {
         DeploymentCommand::Ls(format) => {
-            let reply = backend.get("/api/deployments")?;
+            let list: DeploymentList = backend.get_as("/api/deployments")?;
             if format.json {
-                print_json(&reply["deployments"]);
-                return Ok(());
+                return print_json(&list.deployments);
             }
-            let rows: Vec<Vec<String>> = reply["deployments"]
-                .as_array()
-                .cloned()
-                .unwrap_or_default()
+            let rows: Vec<Vec<String>> = list
+                .deployments
                 .iter()
-                .map(|d| {
-                    let d = &d["deployment"];
-                    let schedules: Vec<String> = d["schedules"]
-                        .as_array()
-                        .into_iter()
-                        .flatten()
-                        .map(|s| {
-                            serde_json::from_value::<crate::model::Schedule>(s.clone())
-                                .map(|s| describe_schedule(&s))
-                                .unwrap_or_else(|_| s.to_string())
-                        })
-                        .collect();
+                .map(|info| {
+                    let d = &info.deployment;
+                    let schedules: Vec<String> =
+                        d.schedules.iter().map(describe_schedule).collect();
                     vec![
-                        field(&d["name"]),
-                        field(&d["flow"]),
-                        d["component"]
-                            .as_str()
-                            .unwrap_or_default()
-                            .chars()
-                            .take(12)
-                            .collect(),
-                        field(&d["work_pool"]),
-                        status(d).into(),
+                        d.name.clone(),
+                        d.flow.clone(),
+                        short_digest(&d.component),
+                        d.work_pool.clone(),
+                        paused_word(d.paused).into(),
                         schedules.join(", "),
                     ]
                 })
@@ -682,43 +646,38 @@ pub fn deployment(command: DeploymentCommand) -> anyhow::Result<()> {
             }
         }
         DeploymentCommand::Inspect(args) => {
-            let mut reply = backend.get(&format!("/api/deployments/{}", args.name))?;
-            let schedules = next_fire_times(&mut reply["deployment"]["schedules"]);
+            let info: DeploymentInfo =
+                backend.get_as(&format!("/api/deployments/{}", args.name))?;
+            let schedules = next_fire_times(&info.deployment.schedules);
             if args.format.json {
-                print_json(&reply);
+                print_json(&with_next_fire_times(&info, &schedules)?)?;
             } else {
-                let d = &reply["deployment"];
-                println!("deployment {}", d["name"].as_str().unwrap_or_default());
-                match d["version"].as_u64() {
+                let d = &info.deployment;
+                println!("deployment {}", d.name);
+                match d.version {
                     Some(v) => println!("version    {v} (host deployment history to see all)"),
                     None => println!("version    none saved yet (deploy it again to save one)"),
                 }
-                println!("flow       {}", d["flow"].as_str().unwrap_or_default());
-                println!(
-                    "component  sha256:{}",
-                    d["component"].as_str().unwrap_or_default()
-                );
-                println!("params     {}", d["params"]);
-                println!(
-                    "pool       {} / queue {}",
-                    d["work_pool"].as_str().unwrap_or_default(),
-                    d["work_queue"].as_str().unwrap_or_default()
-                );
-                println!("status     {}", status(d));
+                println!("flow       {}", d.flow);
+                println!("component  sha256:{}", d.component);
+                println!("params     {}", Value::Object(d.params.clone()));
+                println!("pool       {} / queue {}", d.work_pool, d.work_queue);
+                println!("status     {}", paused_word(d.paused));
                 if schedules.is_empty() {
                     println!("schedules  none");
                 }
-                for (i, (what, next)) in schedules.iter().enumerate() {
+                for (i, shown) in schedules.iter().enumerate() {
                     println!(
-                        "{}{what}",
-                        if i == 0 { "schedules  " } else { "           " }
+                        "{}{}",
+                        if i == 0 { "schedules  " } else { "           " },
+                        shown.what
                     );
-                    println!("             next: {next}");
+                    println!("             next: {}", shown.next_line);
                 }
-                println!("limits     {}", d["task_policy"]);
-                println!("tags       {}", d["tags"]);
-                println!("secrets    {}", d["secrets"]);
-                println!("updated    {} UTC", when(&reply["updated_at"]));
+                println!("limits     {}", serde_json::to_value(&d.task_policy)?);
+                println!("tags       {}", json!(d.tags));
+                println!("secrets    {}", json!(d.secrets));
+                println!("updated    {} UTC", when(info.updated_at));
             }
         }
         DeploymentCommand::Run(args) => run_deployment(&backend, args)?,
@@ -743,31 +702,24 @@ pub fn deployment(command: DeploymentCommand) -> anyhow::Result<()> {
             report(&args, &reply, "deleted");
         }
         DeploymentCommand::History(args) => {
-            let reply = backend.get(&format!("/api/deployments/{}/versions", args.name))?;
+            let history: DeploymentHistory =
+                backend.get_as(&format!("/api/deployments/{}/versions", args.name))?;
             if args.format.json {
-                print_json(&reply["versions"]);
-                return Ok(());
+                return print_json(&history.versions);
             }
-            let rows: Vec<Vec<String>> = reply["versions"]
-                .as_array()
-                .cloned()
-                .unwrap_or_default()
+            let rows: Vec<Vec<String>> = history
+                .versions
                 .iter()
                 .map(|v| {
-                    let d = &v["deployment"];
+                    let d = &v.deployment;
                     vec![
-                        v["version"].to_string(),
-                        format!("{} UTC", when(&v["created_at"])),
-                        field(&v["created_by"]),
-                        d["component"]
-                            .as_str()
-                            .unwrap_or_default()
-                            .chars()
-                            .take(12)
-                            .collect(),
-                        field(&d["flow"]),
-                        d["params"].to_string(),
-                        v["note"].as_str().unwrap_or_default().to_string(),
+                        v.version.to_string(),
+                        format!("{} UTC", when(v.created_at)),
+                        v.created_by.clone(),
+                        short_digest(&d.component),
+                        d.flow.clone(),
+                        Value::Object(d.params.clone()).to_string(),
+                        v.note.clone().unwrap_or_default(),
                     ]
                 })
                 .collect();
@@ -795,17 +747,19 @@ pub fn deployment(command: DeploymentCommand) -> anyhow::Result<()> {
             }
         }
         DeploymentCommand::Rollback(args) => {
-            let reply = backend.send(
-                "POST",
-                &format!("/api/deployments/{}/rollback", args.name),
-                &json!({ "to": args.to }),
-            )?;
+            let path = format!("/api/deployments/{}/rollback", args.name);
+            let reply = backend.send("POST", &path, &json!({ "to": args.to }))?;
             if args.format.json {
-                print_json(&reply);
-            } else if reply["changed"] == json!(true) {
+                println!("{reply}");
+                return Ok(());
+            }
+            let saved: DeploymentSaved = Backend::parse(&path, reply)?;
+            if saved.changed {
                 println!(
                     "Rolled {} back to version {}: saved as version {}",
-                    args.name, args.to, reply["deployment"]["version"]
+                    args.name,
+                    args.to,
+                    json!(saved.deployment.version)
                 );
             } else {
                 println!(
@@ -818,36 +772,64 @@ pub fn deployment(command: DeploymentCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Adds each schedule's next 5 fire times (`next`) to the JSON and returns,
-/// for people, a line saying what each is and one with those times.
-fn next_fire_times(schedules: &mut Value) -> Vec<(String, String)> {
-    let Some(schedules) = schedules.as_array_mut() else {
-        return Vec::new();
-    };
+/// A schedule as `deployment inspect` shows it.
+struct ShownSchedule {
+    /// What it is, for people.
+    what: String,
+    /// Its next fire times, or why there are none.
+    next_line: String,
+    /// Its next 5 fire times, when they could be worked out.
+    next: Option<Vec<String>>,
+}
+
+fn next_fire_times(schedules: &[crate::model::Schedule]) -> Vec<ShownSchedule> {
     schedules
-        .iter_mut()
-        .map(|json| {
-            let Ok(schedule) = serde_json::from_value::<crate::model::Schedule>(json.clone())
-            else {
-                return (
-                    json.to_string(),
-                    "(not readable by this version of host)".into(),
-                );
+        .iter()
+        .map(|schedule| {
+            let (next_line, next) = match super::schedule::next_times(schedule, 5) {
+                Ok(times) if times.is_empty() => ("never".to_string(), Some(times)),
+                Ok(times) => (times.join(", "), Some(times)),
+                Err(e) => (e.to_string(), None),
             };
-            let next = match super::schedule::next_times(&schedule, 5) {
-                Ok(times) => {
-                    json["next"] = json!(times);
-                    if times.is_empty() {
-                        "never".to_string()
-                    } else {
-                        times.join(", ")
-                    }
-                }
-                Err(e) => e.to_string(),
-            };
-            (describe_schedule(&schedule), next)
+            ShownSchedule {
+                what: describe_schedule(schedule),
+                next_line,
+                next,
+            }
         })
         .collect()
+}
+
+/// `deployment inspect --json`: the reply with each schedule's next fire
+/// times added as `next`, beside the fields the server sent.
+fn with_next_fire_times(info: &DeploymentInfo, shown: &[ShownSchedule]) -> anyhow::Result<Value> {
+    #[derive(Serialize)]
+    struct ScheduleWithNext<'a> {
+        #[serde(flatten)]
+        schedule: &'a crate::model::Schedule,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        next: Option<&'a Vec<String>>,
+    }
+    let schedules: Vec<ScheduleWithNext> = info
+        .deployment
+        .schedules
+        .iter()
+        .zip(shown)
+        .map(|(schedule, shown)| ScheduleWithNext {
+            schedule,
+            next: shown.next.as_ref(),
+        })
+        .collect();
+    let Value::Object(mut deployment) = serde_json::to_value(&info.deployment)? else {
+        anyhow::bail!("a deployment serialized to something other than an object");
+    };
+    // Replaces the schedules the typed deployment wrote, key for key.
+    deployment.insert("schedules".into(), serde_json::to_value(&schedules)?);
+    Ok(json!({
+        "deployment": deployment,
+        "created_at": info.created_at,
+        "updated_at": info.updated_at,
+    }))
 }
 
 fn describe_schedule(s: &crate::model::Schedule) -> String {
@@ -887,33 +869,22 @@ fn report(args: &NameArgs, reply: &Value, what: &str) {
 }
 
 fn run_deployment(backend: &Backend, args: DeploymentRunArgs) -> anyhow::Result<()> {
-    let deployment = backend.get(&format!("/api/deployments/{}", args.name))?;
-    let digest = deployment["deployment"]["component"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
-    let flow = deployment["deployment"]["flow"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
-    let component = backend.get(&format!("/api/components/{digest}"))?;
-    let schema = component["manifest"]["flows"]
-        .as_array()
+    let info: DeploymentInfo = backend.get_as(&format!("/api/deployments/{}", args.name))?;
+    let deployment = info.deployment;
+    let component: ComponentDetail =
+        backend.get_as(&format!("/api/components/{}", deployment.component))?;
+    let schema = component
+        .manifest
+        .flows
         .into_iter()
-        .flatten()
-        .find(|f| f["name"] == json!(flow))
-        .and_then(|f| f.get("params_schema").cloned());
+        .find(|f| f.name == deployment.flow)
+        .and_then(|f| f.params_schema);
     let params = build_params(args.params_json.as_deref(), &args.params, schema.as_ref())
         .map_err(|e| Exit::bad_input(e.to_string()))?;
-    let reply = backend.send(
-        "POST",
-        &format!("/api/deployments/{}/runs", args.name),
-        &json!({ "params": params }),
-    )?;
-    let id = reply["flow_run_id"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
+    let path = format!("/api/deployments/{}/runs", args.name);
+    let reply = backend.send("POST", &path, &json!({ "params": params }))?;
+    let started: RunAction = Backend::parse(&path, reply.clone())?;
+    let id = started.flow_run_id;
     // Without a server the run lives in this process: it must be followed.
     let follow = args.watch || !backend.is_remote();
     if !follow {
@@ -921,7 +892,7 @@ fn run_deployment(backend: &Backend, args: DeploymentRunArgs) -> anyhow::Result<
             format!(
                 "Started flow run {id} of deployment '{}' ({}). Follow it with: host flow-run logs -f {id}",
                 args.name,
-                reply["state"].as_str().unwrap_or_default()
+                started.state.as_str()
             )
         });
         return Ok(());
@@ -937,7 +908,7 @@ fn run_deployment(backend: &Backend, args: DeploymentRunArgs) -> anyhow::Result<
     finish(&run, args.format.json)
 }
 
-pub(crate) fn print_log_line(line: &crate::store::LogRow) {
+pub(crate) fn print_log_line(line: &crate::api::wire::LogLine) {
     let at = format_rfc3339(line.at)[11..23].to_string();
     let who = line
         .task_name
@@ -952,15 +923,18 @@ pub(crate) fn print_log_line(line: &crate::store::LogRow) {
 }
 
 /// Prints how a followed run ended; exit 1 unless it Completed.
-pub(crate) fn finish(run: &crate::store::FlowRunRow, json: bool) -> anyhow::Result<()> {
+pub(crate) fn finish(run: &crate::api::wire::FlowRun, json: bool) -> anyhow::Result<()> {
     let state = run.state.as_str();
     if json {
-        print_json(&json!({
-            "flow_run_id": run.id,
-            "state": state,
-            "result": run.result.as_deref().and_then(|r| serde_json::from_str::<Value>(r).ok()),
-            "message": run.message,
-        }));
+        println!(
+            "{}",
+            json!({
+                "flow_run_id": run.id,
+                "state": state,
+                "result": run.result.as_deref().and_then(|r| serde_json::from_str::<Value>(r).ok()),
+                "message": run.message,
+            })
+        );
     } else {
         match run.result.as_deref() {
             Some(result) => println!("\n{state}: {result}"),
@@ -1035,15 +1009,14 @@ pub fn secret(command: SecretCommand) -> anyhow::Result<()> {
             });
         }
         SecretCommand::Ls(format) => {
-            let reply = backend.get("/api/secrets")?;
+            let list: SecretList = backend.get_as("/api/secrets")?;
             if format.json {
-                print_json(&reply["secrets"]);
+                print_json(&list.secrets)?;
             } else {
-                let list: SecretList = Backend::parse("/api/secrets", reply)?;
                 let rows: Vec<Vec<String>> = list
                     .secrets
                     .iter()
-                    .map(|s| vec![s.name.clone(), when(&json!(s.updated_at))])
+                    .map(|s| vec![s.name.clone(), when(s.updated_at)])
                     .collect();
                 println!("{}", table(&["NAME", "UPDATED (UTC)"], &rows));
             }
@@ -1108,25 +1081,24 @@ pub fn variable(command: VariableCommand) -> anyhow::Result<()> {
         VariableCommand::Set(args) => {
             let value: Value =
                 serde_json::from_str(&args.value).unwrap_or(Value::String(args.value.clone()));
-            let reply = backend.send(
-                "PUT",
-                &format!("/api/variables/{}", args.name),
-                &json!({ "value": value }),
-            )?;
+            let path = format!("/api/variables/{}", args.name);
+            let reply = backend.send("PUT", &path, &json!({ "value": value }))?;
+            let saved: Variable = Backend::parse(&path, reply.clone())?;
             said(&reply, args.format.json, || {
-                format!("Variable '{}' = {}", args.name, reply["value"])
+                format!("Variable '{}' = {}", args.name, saved.value)
             });
         }
         VariableCommand::Get(args) => {
-            let reply = backend.get(&format!("/api/variables/{}", args.name))?;
-            said(&reply, args.format.json, || format!("{}", reply["value"]));
+            let path = format!("/api/variables/{}", args.name);
+            let reply = backend.get(&path)?;
+            let variable: Variable = Backend::parse(&path, reply.clone())?;
+            said(&reply, args.format.json, || variable.value.to_string());
         }
         VariableCommand::Ls(format) => {
-            let reply = backend.get("/api/variables")?;
+            let list: VariableList = backend.get_as("/api/variables")?;
             if format.json {
-                print_json(&reply["variables"]);
+                print_json(&list.variables)?;
             } else {
-                let list: VariableList = Backend::parse("/api/variables", reply)?;
                 let rows: Vec<Vec<String>> = list
                     .variables
                     .iter()
@@ -1269,11 +1241,10 @@ pub fn work_pool(command: WorkPoolCommand) -> anyhow::Result<()> {
             });
         }
         WorkPoolCommand::Ls(format) => {
-            let reply = backend.get("/api/work-pools")?;
+            let list: WorkPoolList = backend.get_as("/api/work-pools")?;
             if format.json {
-                print_json(&reply["work_pools"]);
+                print_json(&list.work_pools)?;
             } else {
-                let list: WorkPoolList = Backend::parse("/api/work-pools", reply)?;
                 let rows: Vec<Vec<String>> = list
                     .work_pools
                     .iter()
@@ -1309,7 +1280,7 @@ pub fn work_pool(command: WorkPoolCommand) -> anyhow::Result<()> {
                     "work_pool": pool,
                     "work_queues": queues.work_queues,
                     "hosts": hosts,
-                }));
+                }))?;
             } else {
                 println!("work pool  {}", args.name);
                 println!("status     {}", paused_word(pool.paused));
@@ -1373,12 +1344,11 @@ pub fn work_queue(command: WorkQueueCommand) -> anyhow::Result<()> {
             });
         }
         WorkQueueCommand::Ls(args) => {
-            let path = format!("/api/work-pools/{}/queues", args.pool);
-            let reply = backend.get(&path)?;
+            let list: WorkQueueList =
+                backend.get_as(&format!("/api/work-pools/{}/queues", args.pool))?;
             if args.format.json {
-                print_json(&reply["work_queues"]);
+                print_json(&list.work_queues)?;
             } else {
-                let list: WorkQueueList = Backend::parse(&path, reply)?;
                 println!(
                     "{}",
                     table(

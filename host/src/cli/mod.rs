@@ -198,7 +198,7 @@ fn restore_sigpipe() {
 fn init_tracing(format: LogFormat) {
     let level = backend::settings()
         .ok()
-        .and_then(|s| s.get("logging.level").map(str::to_string))
+        .and_then(|settings| settings.get("logging.level").map(str::to_string))
         .unwrap_or_else(|| "warn".into());
     let filter = tracing_subscriber::EnvFilter::try_new(&level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));

@@ -164,6 +164,14 @@ pub fn format_duration(d: Duration) -> String {
 }
 
 /// A plain text table with left-aligned columns.
+/// Prints what the API answered for scripts (`--json`). Through a `Value`,
+/// whose keys are sorted, so a reply read as a type prints as the server
+/// sent it.
+pub fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_value(value)?);
+    Ok(())
+}
+
 pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
     let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
     for row in rows {

@@ -2,11 +2,10 @@
 
 use super::output::{format_count, format_duration, table};
 use super::{Exit, JsonFlag};
-use crate::api::wire::{FlowRunDetail, FlowRunList, LogList, RunAction};
+use crate::api::wire::{FlowRun, FlowRunDetail, FlowRunList, LogList, RunAction, TaskRun};
 use crate::clock::format_rfc3339;
 use crate::engine::human_bytes;
 use crate::model::RunState;
-use crate::store::{FlowRunRow, TaskRunRow};
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use std::time::Duration;
@@ -229,7 +228,7 @@ fn took(start: Option<i64>, end: Option<i64>) -> String {
     }
 }
 
-fn print_runs(rows: &[FlowRunRow], args: &LsArgs) -> anyhow::Result<()> {
+fn print_runs(rows: &[FlowRun], args: &LsArgs) -> anyhow::Result<()> {
     if args.format.json {
         println!("{}", serde_json::to_string(&rows)?);
         return Ok(());
@@ -279,8 +278,8 @@ fn print_runs(rows: &[FlowRunRow], args: &LsArgs) -> anyhow::Result<()> {
 type History = Vec<(i64, RunState, Option<String>)>;
 
 fn print_inspect(
-    run: FlowRunRow,
-    tasks: Vec<TaskRunRow>,
+    run: FlowRun,
+    tasks: Vec<TaskRun>,
     history: History,
     json: bool,
 ) -> anyhow::Result<()> {
