@@ -3,8 +3,8 @@
 //! flows and tasks take slots by name from code (`weir_sdk::limit`).
 
 use super::JsonFlag;
+use super::NameArgs;
 use super::backend::Backend;
-use super::deploy::NameArgs;
 use super::output::{print_json, table};
 use crate::api::limits::{LimitInfo, LimitList};
 use crate::clock::format_rfc3339;

@@ -422,7 +422,7 @@ fn through_api(command: FlowRunCommand) -> anyhow::Result<()> {
             let run: FlowRunDetail = backend.get_as(&format!("/api/flow-runs/{}", args.id))?;
             let id = run.flow_run.id.to_string();
             if args.follow {
-                let end = backend.follow(&id, args.format.json, super::deploy::print_log_line)?;
+                let end = backend.follow(&id, args.format.json, super::output::print_log_line)?;
                 if !args.format.json {
                     println!("-- {}", end.state);
                 }
@@ -439,7 +439,7 @@ fn through_api(command: FlowRunCommand) -> anyhow::Result<()> {
                     if args.format.json {
                         println!("{}", serde_json::to_string(line)?);
                     } else {
-                        super::deploy::print_log_line(line);
+                        super::output::print_log_line(line);
                     }
                 }
             }
@@ -456,10 +456,10 @@ fn through_api(command: FlowRunCommand) -> anyhow::Result<()> {
             }
             let end = backend.follow(&id, args.json, |line| {
                 if !args.quiet {
-                    super::deploy::print_log_line(line)
+                    super::output::print_log_line(line)
                 }
             })?;
-            super::deploy::finish(&end, args.json)
+            super::output::finish(&end, args.json)
         }
         FlowRunCommand::Resume(args) => {
             let body = match args.input()? {
@@ -477,10 +477,10 @@ fn through_api(command: FlowRunCommand) -> anyhow::Result<()> {
             }
             let end = backend.follow(&id, args.json, |line| {
                 if !args.quiet {
-                    super::deploy::print_log_line(line)
+                    super::output::print_log_line(line)
                 }
             })?;
-            super::deploy::finish(&end, args.json)
+            super::output::finish(&end, args.json)
         }
         FlowRunCommand::Prune(args) => prune(&backend, args),
     }

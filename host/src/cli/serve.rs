@@ -310,7 +310,7 @@ impl Follower {
                 for line in &page.logs {
                     *after = line.id;
                     print!("{} ", short(&id));
-                    super::deploy::print_log_line(line);
+                    super::output::print_log_line(line);
                 }
             }
             if state.is_terminal() && !self.ending.insert(id.clone()) {
