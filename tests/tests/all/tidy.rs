@@ -10,10 +10,11 @@
 //!   module's boundary are typed;
 //! - the CLI reads the API's replies as `api::wire` types, never JSON by a
 //!   string key (a renamed field would print blank instead of failing);
-//! - the API's router and its OpenAPI document list the same routes;
+//! - every API route is registered with `routes!`, so the router and the
+//!   OpenAPI document come from one list;
 //! - every source file says what it owns in a `//!` comment.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 /// Layers, lowest first. A module may use the layers below its own, and a
@@ -84,6 +85,7 @@ const OWNERS: &[(&str, &[&str])] = &[
     ("axum", &["api", "ui"]),
     ("flate2", &["ui"]),
     ("utoipa", &["api"]),
+    ("utoipa_axum", &["api"]),
     ("chacha20poly1305", &["secrets"]),
     ("ureq", &["client"]),
     ("clap", &["cli"]),
@@ -382,92 +384,35 @@ fn the_cli_reads_replies_as_types() {
     assert!(offences.is_empty(), "\n{}", offences.join("\n"));
 }
 
-/// The text of the API's router function in `host/src/api/mod.rs`.
-fn router_source() -> String {
-    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("../host/src/api/mod.rs");
-    let text = std::fs::read_to_string(&file).unwrap();
-    let start = text
-        .find("pub fn router(")
-        .expect("host/src/api/mod.rs has no `pub fn router(`; point router_source at the router");
-    let body = &text[start..];
-    body[..body.find("\n}\n").unwrap_or(body.len())].to_string()
-}
-
-/// `(METHOD, path)` of every `.route("path", get(..).post(..))` in `router`.
-fn routed(router: &str) -> BTreeSet<(String, String)> {
-    let mut routes = BTreeSet::new();
-    for call in router.split(".route(").skip(1) {
-        // The call's arguments: up to the `)` that closes `.route(`.
-        let mut depth = 1;
-        let end = call
-            .char_indices()
-            .find(|&(_, c)| {
-                depth += match c {
-                    '(' => 1,
-                    ')' => -1,
-                    _ => 0,
-                };
-                depth == 0
-            })
-            .map_or(call.len(), |(i, _)| i);
-        let arguments = &call[..end];
-        let Some(path) = arguments.split('"').nth(1) else {
+/// Routes registered by hand on the API's router: they would be served but
+/// missing from the OpenAPI document. `routes!` (utoipa-axum) registers a
+/// handler from its `#[utoipa::path]`, so the router and the document come
+/// from one list.
+fn undocumented_route_offences(files: &BTreeMap<PathBuf, String>) -> Vec<String> {
+    let mut offences = Vec::new();
+    for (path, text) in files {
+        if module_of(path) != "api" {
             continue;
-        };
-        let bytes = arguments.as_bytes();
-        for method in ["get", "post", "put", "delete", "patch"] {
-            // `get(`, `.put(`, `routing::delete(`, but not `delete_pool(`
-            // or `runs::get_component`.
-            let called = arguments
-                .match_indices(&format!("{method}("))
-                .any(|(at, _)| {
-                    at.checked_sub(1)
-                        .is_none_or(|i| !(bytes[i].is_ascii_alphanumeric() || bytes[i] == b'_'))
-                });
-            if called {
-                routes.insert((method.to_uppercase(), path.to_string()));
+        }
+        for (n, line) in code_lines(text) {
+            for call in [".route(", ".route_service(", ".nest(", ".nest_service("] {
+                if line.contains(call) {
+                    offences.push(format!(
+                        "{}:{n}: `{call}..)` serves a route the OpenAPI document does not list; give the handler a #[utoipa::path] and register it with `.routes(routes!(..))` in api::documented_routes: {}",
+                        path.display(),
+                        line.trim()
+                    ));
+                }
             }
         }
     }
-    routes
+    offences
 }
 
-/// `(METHOD, path)` of every operation in an OpenAPI document.
-fn documented(document: &str) -> BTreeSet<(String, String)> {
-    let document: serde_json::Value = serde_json::from_str(document).unwrap();
-    let mut routes = BTreeSet::new();
-    for (path, item) in document["paths"]
-        .as_object()
-        .expect("the document has paths")
-    {
-        for method in ["get", "post", "put", "delete", "patch"] {
-            if item.get(method).is_some() {
-                routes.insert((method.to_uppercase(), path.clone()));
-            }
-        }
-    }
-    routes
-}
-
-/// Each route is written twice, in the router and in `#[openapi(paths(..))]`;
-/// this keeps the two lists the same until one registration (utoipa-axum's
-/// `OpenApiRouter`) replaces both.
 #[test]
-fn the_router_and_the_openapi_document_list_the_same_routes() {
-    let routed = routed(&router_source());
-    let documented = documented(&weir_host::api::openapi_document());
-    assert!(
-        routed.len() > 40,
-        "found only {} routes in the router; has its shape changed?",
-        routed.len()
-    );
-    let undocumented: Vec<_> = routed.difference(&documented).collect();
-    let unrouted: Vec<_> = documented.difference(&routed).collect();
-    assert!(
-        undocumented.is_empty() && unrouted.is_empty(),
-        "routed but not in `#[openapi(paths(..))]` (add the handler there, with #[utoipa::path]): {undocumented:?}\n\
-         documented but not routed (add a `.route` in api::router, or drop it from paths): {unrouted:?}"
-    );
+fn every_api_route_is_registered_with_its_document() {
+    let offences = undocumented_route_offences(&host_sources());
+    assert!(offences.is_empty(), "\n{}", offences.join("\n"));
 }
 
 /// Test support that may answer plain text: it is not part of the program.
@@ -663,44 +608,29 @@ fn the_rules_catch_planted_violations() {
         cli_json_key_offences(&planted("api/runs.rs", r#"let x = body["name"].as_str();"#))
             .is_empty()
     );
-    // Routes read from a router: each method once, on one line or several,
-    // and handler names that contain a method's name are not methods.
-    let router = r#"Router::new()
-        .route("/api/a", get(a::list).post(a::create).layer(DefaultBodyLimit::max(9)))
-        .route(
-            "/api/a/{name}",
-            get(a::get_one)
-                .put(a::put_one)
-                .delete(a::delete_one),
-        )
-        .route("/api/a/{name}/b", axum::routing::delete(a::delete_b))
-        .route("/api/c", post(c::get_c))
-        .layer(from_fn(guard))"#;
-    let found: Vec<String> = routed(router)
-        .into_iter()
-        .map(|(m, p)| format!("{m} {p}"))
-        .collect();
+    // A route added to the API by hand, bypassing the document.
     assert_eq!(
-        found,
-        [
-            "DELETE /api/a/{name}",
-            "DELETE /api/a/{name}/b",
-            "GET /api/a",
-            "GET /api/a/{name}",
-            "POST /api/a",
-            "POST /api/c",
-            "PUT /api/a/{name}",
-        ]
+        undocumented_route_offences(&planted(
+            "api/mod.rs",
+            ".routes(routes!(runs::get_flow_run))\n    .route(\"/api/x\", get(x))"
+        ))
+        .len(),
+        1
     );
-    let document = r#"{"paths": {"/api/a": {"get": {}, "post": {}}, "/api/x": {"delete": {}}}}"#;
-    let missing: Vec<_> = routed(router)
-        .difference(&documented(document))
-        .cloned()
-        .collect();
-    assert_eq!(missing.len(), 5, "{missing:?}");
+    assert_eq!(
+        undocumented_route_offences(&planted("api/runs.rs", "router.nest(\"/v2\", other)")).len(),
+        1
+    );
     assert!(
-        documented(document).contains(&("DELETE".to_string(), "/api/x".to_string()))
-            && !routed(router).contains(&("DELETE".to_string(), "/api/x".to_string()))
+        undocumented_route_offences(&planted(
+            "api/mod.rs",
+            ".routes(routes!(runs::list_components, runs::upload_component))"
+        ))
+        .is_empty()
+    );
+    // The web UI is no part of the API document.
+    assert!(
+        undocumented_route_offences(&planted("ui/mod.rs", ".route(\"/\", get(home))")).is_empty()
     );
     // A public function with a text error, on one line or wrapped.
     assert_eq!(
