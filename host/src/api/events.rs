@@ -148,7 +148,7 @@ impl Cursor {
                 Event::default()
                     .event("log")
                     .id(line.id.to_string())
-                    .data(to_json(&line)),
+                    .data(to_json(&super::wire::LogLine::from(line))),
             );
         }
         let Ok(run) = run else {
@@ -170,8 +170,11 @@ impl Cursor {
             if got_lines {
                 *left = DRAIN_POLLS;
             } else if *left == 0 {
-                self.pending
-                    .push_back(Event::default().event("end").data(to_json(&run)));
+                self.pending.push_back(
+                    Event::default()
+                        .event("end")
+                        .data(to_json(&super::wire::FlowRun::from(run))),
+                );
                 self.done = true;
             } else {
                 *left -= 1;

@@ -31,12 +31,13 @@ use axum::extract::{DefaultBodyLimit, Request};
 use axum::http::{StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use axum::{Json, Router};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use utoipa::OpenApi;
+use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouterExt};
+use utoipa_axum::routes;
 
 use guard::GuardResponses;
 pub use objects::ensure_pool;
@@ -105,89 +106,20 @@ impl ApiState {
     }
 }
 
+/// The document's info; its paths come from the routes themselves
+/// ([`documented_routes`]), and the modifiers run once they are in
+/// ([`document`]).
 #[derive(OpenApi)]
-#[openapi(
-    info(
-        title = "Weir API",
-        description = "Upload flow components, deploy and run them, and follow their runs. \
+#[openapi(info(
+    title = "Weir API",
+    description = "Upload flow components, deploy and run them, and follow their runs. \
             Errors are `{\"error\": code, \"message\": sentence}` with a 4xx status. \
             When the server has API keys, every endpoint but /api/health and /api/ready needs `Authorization: Bearer <key>`; \
             read-only keys may only GET, operator keys may not write secrets or grant them to deployments. \
             Bodies must be sent with their Content-Type (`application/json`, or `application/wasm` for uploads).",
-        license(name = "Apache-2.0")
-    ),
-    paths(
-        health,
-        metrics::ready,
-        metrics::metrics,
-        openapi_json,
-        runs::upload_component,
-        runs::list_components,
-        runs::get_component,
-        runs::download_component,
-        runs::list_flows,
-        runs::start_flow_run,
-        runs::list_flow_runs,
-        runs::get_flow_run,
-        runs::list_task_runs,
-        runs::get_task_run,
-        runs::get_logs,
-        runs::cancel_flow_run,
-        runs::retry_flow_run,
-        runs::resume_flow_run,
-        events::flow_run_events,
-        hosts::claim,
-        hosts::claims,
-        hosts::heartbeat,
-        hosts::report,
-        hosts::list_hosts,
-        deployments::list_deployments,
-        deployments::create_deployment,
-        deployments::put_deployment,
-        deployments::get_deployment,
-        deployments::delete_deployment,
-        deployments::pause_deployment,
-        deployments::resume_deployment,
-        deployments::run_deployment,
-        deployments::list_deployment_versions,
-        deployments::rollback_deployment,
-        objects::list_work_pools,
-        objects::create_work_pool,
-        objects::get_work_pool,
-        objects::put_work_pool,
-        objects::delete_work_pool,
-        objects::pause_work_pool,
-        objects::resume_work_pool,
-        objects::list_work_queues,
-        objects::create_work_queue,
-        objects::delete_work_queue,
-        objects::list_secrets,
-        objects::put_secret,
-        objects::delete_secret,
-        objects::list_variables,
-        objects::get_variable,
-        objects::put_variable,
-        objects::delete_variable,
-        automations::list_automations,
-        automations::put_automation,
-        automations::get_automation,
-        automations::delete_automation,
-        automations::pause_automation,
-        automations::resume_automation,
-        automations::list_deliveries,
-        artifacts::list_artifacts,
-        artifacts::get_artifact,
-        limits::list_limits,
-        limits::get_limit,
-        limits::put_limit,
-        limits::delete_limit,
-        limits::take_slots,
-        limits::release_slots,
-        housekeeping::prune_flow_runs,
-    ),
-    modifiers(&BearerAuth, &GuardResponses, &WireRules)
-)]
-pub struct ApiDoc;
+    license(name = "Apache-2.0")
+))]
+struct ApiDoc;
 
 struct BearerAuth;
 
@@ -207,7 +139,7 @@ impl utoipa::Modify for BearerAuth {
 fn is_operation(method: &axum::http::Method, path: &str) -> bool {
     static OPERATIONS: std::sync::LazyLock<Vec<(String, Vec<String>)>> =
         std::sync::LazyLock::new(|| {
-            let doc = ApiDoc::openapi();
+            let doc = document();
             let mut operations = Vec::new();
             for (template, item) in &doc.paths.paths {
                 for (method, operation) in [
@@ -237,164 +169,131 @@ fn is_operation(method: &axum::http::Method, path: &str) -> bool {
 
 /// The OpenAPI document, as served and as checked into `host/openapi.json`.
 pub fn openapi_document() -> String {
-    let mut text = ApiDoc::openapi()
+    let mut text = document()
         .to_pretty_json()
         .expect("the OpenAPI document serializes");
     text.push('\n');
     text
 }
 
+/// Every documented route, each registered once: the router and the
+/// OpenAPI document both come from this list (utoipa-axum's `routes!` reads
+/// each handler's `#[utoipa::path]`). `keyed` are those behind the API key.
+fn documented_routes() -> (OpenApiRouter<Arc<ApiState>>, OpenApiRouter<Arc<ApiState>>) {
+    let open = OpenApiRouter::default()
+        .routes(routes!(health))
+        .routes(routes!(metrics::ready));
+    let keyed = OpenApiRouter::default()
+        .routes(routes!(openapi_json))
+        .routes(routes!(metrics::metrics))
+        .routes(
+            routes!(runs::list_components, runs::upload_component)
+                .layer(DefaultBodyLimit::max(MAX_COMPONENT_BYTES)),
+        )
+        .routes(routes!(runs::get_component))
+        .routes(routes!(runs::download_component))
+        .routes(routes!(runs::start_flow_run))
+        .routes(routes!(runs::list_flows))
+        .routes(routes!(runs::list_flow_runs))
+        .routes(routes!(housekeeping::prune_flow_runs))
+        .routes(routes!(runs::get_flow_run))
+        .routes(routes!(runs::list_task_runs))
+        .routes(routes!(runs::get_logs))
+        .routes(routes!(events::flow_run_events))
+        .routes(routes!(runs::cancel_flow_run))
+        .routes(routes!(runs::retry_flow_run))
+        .routes(routes!(runs::resume_flow_run))
+        .routes(routes!(hosts::report).layer(DefaultBodyLimit::max(MAX_REPORT_BYTES)))
+        .routes(routes!(runs::get_task_run))
+        .routes(routes!(hosts::list_hosts))
+        .routes(routes!(hosts::claim))
+        .routes(routes!(hosts::claims))
+        .routes(routes!(hosts::heartbeat))
+        .routes(routes!(
+            deployments::list_deployments,
+            deployments::create_deployment
+        ))
+        .routes(routes!(
+            deployments::get_deployment,
+            deployments::put_deployment,
+            deployments::delete_deployment
+        ))
+        .routes(routes!(deployments::pause_deployment))
+        .routes(routes!(deployments::resume_deployment))
+        .routes(routes!(deployments::run_deployment))
+        .routes(routes!(deployments::list_deployment_versions))
+        .routes(routes!(deployments::rollback_deployment))
+        .routes(routes!(objects::list_work_pools, objects::create_work_pool))
+        .routes(routes!(
+            objects::get_work_pool,
+            objects::put_work_pool,
+            objects::delete_work_pool
+        ))
+        .routes(routes!(objects::pause_work_pool))
+        .routes(routes!(objects::resume_work_pool))
+        .routes(routes!(
+            objects::list_work_queues,
+            objects::create_work_queue
+        ))
+        .routes(routes!(objects::delete_work_queue))
+        .routes(routes!(objects::list_secrets))
+        .routes(routes!(objects::put_secret, objects::delete_secret))
+        .routes(routes!(objects::list_variables))
+        .routes(routes!(
+            objects::get_variable,
+            objects::put_variable,
+            objects::delete_variable
+        ))
+        .routes(routes!(limits::list_limits))
+        .routes(routes!(
+            limits::get_limit,
+            limits::put_limit,
+            limits::delete_limit
+        ))
+        .routes(routes!(limits::take_slots))
+        .routes(routes!(limits::release_slots))
+        .routes(routes!(artifacts::list_artifacts))
+        .routes(routes!(artifacts::get_artifact))
+        .routes(routes!(automations::list_automations))
+        .routes(routes!(
+            automations::get_automation,
+            automations::put_automation,
+            automations::delete_automation
+        ))
+        .routes(routes!(automations::pause_automation))
+        .routes(routes!(automations::resume_automation))
+        .routes(routes!(automations::list_deliveries));
+    (open, keyed)
+}
+
+/// The OpenAPI document: [`ApiDoc`]'s info, the routes' paths, then the
+/// modifiers (they read the paths).
+fn document() -> utoipa::openapi::OpenApi {
+    use utoipa::Modify;
+    let (open, keyed) = documented_routes();
+    let mut doc = ApiDoc::openapi();
+    doc.merge(open.into_openapi());
+    doc.merge(keyed.into_openapi());
+    for modifier in [&BearerAuth as &dyn Modify, &GuardResponses, &WireRules] {
+        modifier.modify(&mut doc);
+    }
+    doc
+}
+
 /// The routes.
 pub fn router(state: Arc<ApiState>) -> Router {
     let json_limit = DefaultBodyLimit::max(MAX_JSON_BYTES);
-    let api = Router::new()
-        .route("/api/openapi.json", get(openapi_json))
-        .route("/metrics", get(metrics::metrics))
-        .route(
-            "/api/components",
-            get(runs::list_components)
-                .post(runs::upload_component)
-                .layer(DefaultBodyLimit::max(MAX_COMPONENT_BYTES)),
-        )
-        .route("/api/components/{digest}", get(runs::get_component))
-        .route(
-            "/api/components/{digest}/wasm",
-            get(runs::download_component),
-        )
-        .route(
-            "/api/components/{digest}/flows/{flow}/runs",
-            post(runs::start_flow_run),
-        )
-        .route("/api/flows", get(runs::list_flows))
-        .route("/api/flow-runs", get(runs::list_flow_runs))
-        .route("/api/flow-runs/prune", post(housekeeping::prune_flow_runs))
-        .route("/api/flow-runs/{id}", get(runs::get_flow_run))
-        .route("/api/flow-runs/{id}/task-runs", get(runs::list_task_runs))
-        .route("/api/flow-runs/{id}/logs", get(runs::get_logs))
-        .route("/api/flow-runs/{id}/events", get(events::flow_run_events))
-        .route("/api/flow-runs/{id}/cancel", post(runs::cancel_flow_run))
-        .route("/api/flow-runs/{id}/retry", post(runs::retry_flow_run))
-        .route("/api/flow-runs/{id}/resume", post(runs::resume_flow_run))
-        .route(
-            "/api/flow-runs/{id}/report",
-            post(hosts::report).layer(DefaultBodyLimit::max(MAX_REPORT_BYTES)),
-        )
-        .route("/api/task-runs/{id}", get(runs::get_task_run))
-        .route("/api/hosts", get(hosts::list_hosts))
-        .route("/api/hosts/claim", post(hosts::claim))
-        .route("/api/hosts/claims", post(hosts::claims))
-        .route("/api/hosts/heartbeat", post(hosts::heartbeat))
-        .route(
-            "/api/deployments",
-            get(deployments::list_deployments).post(deployments::create_deployment),
-        )
-        .route(
-            "/api/deployments/{name}",
-            get(deployments::get_deployment)
-                .put(deployments::put_deployment)
-                .delete(deployments::delete_deployment),
-        )
-        .route(
-            "/api/deployments/{name}/pause",
-            post(deployments::pause_deployment),
-        )
-        .route(
-            "/api/deployments/{name}/resume",
-            post(deployments::resume_deployment),
-        )
-        .route(
-            "/api/deployments/{name}/runs",
-            post(deployments::run_deployment),
-        )
-        .route(
-            "/api/deployments/{name}/versions",
-            get(deployments::list_deployment_versions),
-        )
-        .route(
-            "/api/deployments/{name}/rollback",
-            post(deployments::rollback_deployment),
-        )
-        .route(
-            "/api/work-pools",
-            get(objects::list_work_pools).post(objects::create_work_pool),
-        )
-        .route(
-            "/api/work-pools/{name}",
-            get(objects::get_work_pool)
-                .put(objects::put_work_pool)
-                .delete(objects::delete_work_pool),
-        )
-        .route(
-            "/api/work-pools/{name}/pause",
-            post(objects::pause_work_pool),
-        )
-        .route(
-            "/api/work-pools/{name}/resume",
-            post(objects::resume_work_pool),
-        )
-        .route(
-            "/api/work-pools/{name}/queues",
-            get(objects::list_work_queues).post(objects::create_work_queue),
-        )
-        .route(
-            "/api/work-pools/{pool}/queues/{name}",
-            axum::routing::delete(objects::delete_work_queue),
-        )
-        .route("/api/secrets", get(objects::list_secrets))
-        .route(
-            "/api/secrets/{name}",
-            axum::routing::put(objects::put_secret).delete(objects::delete_secret),
-        )
-        .route("/api/variables", get(objects::list_variables))
-        .route(
-            "/api/variables/{name}",
-            get(objects::get_variable)
-                .put(objects::put_variable)
-                .delete(objects::delete_variable),
-        )
-        .route("/api/concurrency-limits", get(limits::list_limits))
-        .route(
-            "/api/concurrency-limits/{name}",
-            get(limits::get_limit)
-                .put(limits::put_limit)
-                .delete(limits::delete_limit),
-        )
-        .route("/api/concurrency-slots/take", post(limits::take_slots))
-        .route(
-            "/api/concurrency-slots/release",
-            post(limits::release_slots),
-        )
-        .route("/api/artifacts", get(artifacts::list_artifacts))
-        .route("/api/artifacts/{key}", get(artifacts::get_artifact))
-        .route("/api/automations", get(automations::list_automations))
-        .route(
-            "/api/automations/{name}",
-            get(automations::get_automation)
-                .put(automations::put_automation)
-                .delete(automations::delete_automation),
-        )
-        .route(
-            "/api/automations/{name}/pause",
-            post(automations::pause_automation),
-        )
-        .route(
-            "/api/automations/{name}/resume",
-            post(automations::resume_automation),
-        )
-        .route(
-            "/api/automations/{name}/deliveries",
-            get(automations::list_deliveries),
-        )
+    let (open, keyed) = documented_routes();
+    let (open, _) = open.split_for_parts();
+    let (keyed, _) = keyed.split_for_parts();
+    let api = keyed
         .layer(axum::middleware::from_fn(guard::require_body_type))
         .layer(axum::middleware::from_fn(json_errors))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             guard::require_key,
         ));
-    Router::new()
-        .route("/api/health", get(health))
-        .route("/api/ready", get(metrics::ready))
-        .merge(api)
+    open.merge(api)
         // The web UI: its own guard (a cookie instead of a bearer key), the
         // same state, dispatcher and handlers.
         .merge(crate::ui::routes(state.clone()))

@@ -310,7 +310,7 @@ pub(super) async fn list_flow_runs(
         .filter(|_| full)
         .map(|row| RunCursor::after(row).to_string());
     Ok(Json(FlowRunList {
-        flow_runs: rows,
+        flow_runs: rows.into_iter().map(Into::into).collect(),
         next_offset,
         next_cursor,
     }))
@@ -347,8 +347,8 @@ pub(super) async fn get_flow_run(
                 .map(|(at, state, message)| StateEntry { at, state, message })
                 .collect();
             Ok(Json(FlowRunDetail {
-                flow_run: run,
-                task_runs: tasks,
+                flow_run: run.into(),
+                task_runs: tasks.into_iter().map(Into::into).collect(),
                 states,
             }))
         })
@@ -368,7 +368,12 @@ pub(super) async fn list_task_runs(
             let id = parse_run_id(state, &id)?;
             state.store.flow_run(id)?;
             Ok(Json(TaskRunList {
-                task_runs: state.store.task_runs(id)?,
+                task_runs: state
+                    .store
+                    .task_runs(id)?
+                    .into_iter()
+                    .map(Into::into)
+                    .collect(),
             }))
         })
         .await
@@ -401,7 +406,7 @@ pub(super) async fn get_task_run(
         })
         .collect();
     Ok(Json(TaskRunDetail {
-        task_run: run,
+        task_run: run.into(),
         attempts,
     }))
 }
@@ -433,7 +438,9 @@ pub(super) async fn get_logs(
                 q.after.unwrap_or(0),
                 q.limit.unwrap_or(1000).clamp(1, 10_000),
             )?;
-            Ok(Json(LogList { logs: lines }))
+            Ok(Json(LogList {
+                logs: lines.into_iter().map(Into::into).collect(),
+            }))
         })
         .await
 }

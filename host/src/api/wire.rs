@@ -6,7 +6,9 @@
 //! `tests/tests/all/api.rs` validates real replies against those descriptions.
 //! Times are microseconds since the Unix epoch.
 
-use crate::model::{FailureKind, Manifest, RunState};
+use crate::model::{
+    FailureKind, FlowRunId, LogLevel, Manifest, RunState, TaskRunId, TimestampMicros,
+};
 use crate::store::{FlowRunRow, LogRow, TaskRunRow};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -65,10 +67,221 @@ pub struct RunAction {
     pub state: RunState,
 }
 
+/// A flow run as the API shows it: the store's row without what only the
+/// server may see (the secrets it may read). Fields added since a client's
+/// version default, so an older server's reply still reads.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FlowRun {
+    pub id: FlowRunId,
+    pub parent_flow_run: Option<FlowRunId>,
+    pub component: String,
+    pub flow_name: String,
+    /// The parameters as JSON text.
+    pub params: String,
+    pub state: RunState,
+    pub message: Option<String>,
+    pub failure_kind: Option<FailureKind>,
+    /// The result as JSON text, once Completed.
+    pub result: Option<String>,
+    pub attempt: u32,
+    pub host: Option<String>,
+    pub created_at: TimestampMicros,
+    pub started_at: Option<TimestampMicros>,
+    pub ended_at: Option<TimestampMicros>,
+    pub fuel_used: u64,
+    pub peak_memory: u64,
+    #[serde(default)]
+    pub deployment: Option<String>,
+    #[serde(default)]
+    pub tags: Vec<String>,
+    #[serde(default)]
+    pub scheduled_at: Option<TimestampMicros>,
+    #[serde(default)]
+    pub work_pool: Option<String>,
+    #[serde(default)]
+    pub work_queue: Option<String>,
+    #[serde(default)]
+    pub lease_holder: Option<String>,
+    #[serde(default)]
+    pub lease_epoch: u64,
+    #[serde(default)]
+    pub lease_expires_at: Option<TimestampMicros>,
+    #[serde(default)]
+    pub deployment_version: Option<u32>,
+}
+
+impl From<FlowRunRow> for FlowRun {
+    fn from(row: FlowRunRow) -> FlowRun {
+        // Named field by field (no `..`): a column added to the row must be
+        // placed here, or left off the wire, on purpose.
+        let FlowRunRow {
+            id,
+            parent_flow_run,
+            component,
+            flow_name,
+            params,
+            state,
+            message,
+            failure_kind,
+            result,
+            attempt,
+            host,
+            created_at,
+            started_at,
+            ended_at,
+            fuel_used,
+            peak_memory,
+            deployment,
+            tags,
+            scheduled_at,
+            work_pool,
+            work_queue,
+            secret_grants: _,
+            lease_holder,
+            lease_epoch,
+            lease_expires_at,
+            deployment_version,
+        } = row;
+        FlowRun {
+            id,
+            parent_flow_run,
+            component,
+            flow_name,
+            params,
+            state,
+            message,
+            failure_kind,
+            result,
+            attempt,
+            host,
+            created_at,
+            started_at,
+            ended_at,
+            fuel_used,
+            peak_memory,
+            deployment,
+            tags,
+            scheduled_at,
+            work_pool,
+            work_queue,
+            lease_holder,
+            lease_epoch,
+            lease_expires_at,
+            deployment_version,
+        }
+    }
+}
+
+/// A task run as the API shows it: the store's row without the hash of its
+/// unredacted input (from which a short secret could be guessed).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TaskRun {
+    pub id: TaskRunId,
+    pub flow_run: FlowRunId,
+    pub call_seq: u64,
+    pub task_name: String,
+    /// The input as JSON text, secrets redacted.
+    pub input: String,
+    pub output: Option<String>,
+    pub state: RunState,
+    pub failure_kind: Option<FailureKind>,
+    pub message: Option<String>,
+    pub attempts: u32,
+    pub fuel_used: u64,
+    pub peak_memory: u64,
+    pub created_at: TimestampMicros,
+    pub started_at: Option<TimestampMicros>,
+    pub ended_at: Option<TimestampMicros>,
+    pub next_attempt_at: Option<TimestampMicros>,
+    pub cached_from: Option<TaskRunId>,
+    pub host: Option<String>,
+}
+
+impl From<TaskRunRow> for TaskRun {
+    fn from(row: TaskRunRow) -> TaskRun {
+        let TaskRunRow {
+            id,
+            flow_run,
+            call_seq,
+            task_name,
+            input,
+            output,
+            state,
+            failure_kind,
+            message,
+            attempts,
+            fuel_used,
+            peak_memory,
+            created_at,
+            started_at,
+            ended_at,
+            next_attempt_at,
+            cached_from,
+            host,
+            input_sha256: _,
+        } = row;
+        TaskRun {
+            id,
+            flow_run,
+            call_seq,
+            task_name,
+            input,
+            output,
+            state,
+            failure_kind,
+            message,
+            attempts,
+            fuel_used,
+            peak_memory,
+            created_at,
+            started_at,
+            ended_at,
+            next_attempt_at,
+            cached_from,
+            host,
+        }
+    }
+}
+
+/// One line of a run's log.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LogLine {
+    /// Grows with every line: pass the last one seen as `after`.
+    pub id: i64,
+    pub task_run: Option<TaskRunId>,
+    pub at: TimestampMicros,
+    pub level: LogLevel,
+    pub message: String,
+    /// The task that wrote it, if a task did.
+    #[serde(default)]
+    pub task_name: Option<String>,
+}
+
+impl From<LogRow> for LogLine {
+    fn from(row: LogRow) -> LogLine {
+        let LogRow {
+            id,
+            task_run,
+            at,
+            level,
+            message,
+            task_name,
+        } = row;
+        LogLine {
+            id,
+            task_run,
+            at,
+            level,
+            message,
+            task_name,
+        }
+    }
+}
+
 /// `GET /api/flow-runs`: a page.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct FlowRunList {
-    pub flow_runs: Vec<FlowRunRow>,
+    pub flow_runs: Vec<FlowRun>,
     pub next_offset: Option<usize>,
     pub next_cursor: Option<String>,
 }
@@ -84,15 +297,15 @@ pub struct StateEntry {
 /// `GET /api/flow-runs/{id}`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct FlowRunDetail {
-    pub flow_run: FlowRunRow,
-    pub task_runs: Vec<TaskRunRow>,
+    pub flow_run: FlowRun,
+    pub task_runs: Vec<TaskRun>,
     pub states: Vec<StateEntry>,
 }
 
 /// `GET /api/flow-runs/{id}/task-runs`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TaskRunList {
-    pub task_runs: Vec<TaskRunRow>,
+    pub task_runs: Vec<TaskRun>,
 }
 
 /// One attempt of a task run.
@@ -110,14 +323,14 @@ pub struct Attempt {
 /// `GET /api/task-runs/{id}`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TaskRunDetail {
-    pub task_run: TaskRunRow,
+    pub task_run: TaskRun,
     pub attempts: Vec<Attempt>,
 }
 
 /// `GET /api/flow-runs/{id}/logs`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LogList {
-    pub logs: Vec<LogRow>,
+    pub logs: Vec<LogLine>,
 }
 
 /// `GET /api/health`.

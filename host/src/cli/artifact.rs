@@ -3,7 +3,7 @@
 
 use super::JsonFlag;
 use super::backend::Backend;
-use super::output::table;
+use super::output::{print_json, table};
 use crate::api::wire::{ArtifactList, ArtifactVersions};
 use clap::{Args, Subcommand};
 use serde_json::Value;
@@ -47,12 +47,10 @@ pub fn run(command: ArtifactCommand) -> anyhow::Result<()> {
             query.extend(args.key.map(|k| format!("key={k}")));
             query.extend(args.flow_run.map(|r| format!("flow_run={r}")));
             let path = format!("/api/artifacts?{}", query.join("&"));
-            let reply = backend.get(&path)?;
+            let list: ArtifactList = backend.get_as(&path)?;
             if args.format.json {
-                println!("{}", reply["artifacts"]);
-                return Ok(());
+                return print_json(&list.artifacts);
             }
-            let list: ArtifactList = Backend::parse(&path, reply)?;
             let rows: Vec<Vec<String>> = list
                 .artifacts
                 .iter()

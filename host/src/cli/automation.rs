@@ -2,7 +2,7 @@
 //! cancelled, completed, stuck), and the record of their deliveries.
 
 use super::backend::Backend;
-use super::output::table;
+use super::output::{print_json, table};
 use super::{Exit, JsonFlag};
 use crate::api::wire::{AutomationInfo, AutomationList, DeliveryList};
 use crate::model::{Automation, AutomationEvent};
@@ -98,12 +98,10 @@ pub fn run(command: AutomationCommand) -> anyhow::Result<()> {
         AutomationCommand::Create(args) => create(&backend, args),
         AutomationCommand::Ls(format) => {
             let path = "/api/automations";
-            let reply = backend.get(path)?;
+            let list: AutomationList = backend.get_as(path)?;
             if format.json {
-                println!("{}", reply["automations"]);
-                return Ok(());
+                return print_json(&list.automations);
             }
-            let list: AutomationList = Backend::parse(path, reply)?;
             let rows: Vec<Vec<String>> = list
                 .automations
                 .iter()
@@ -170,12 +168,10 @@ pub fn run(command: AutomationCommand) -> anyhow::Result<()> {
                 "/api/automations/{}/deliveries?limit={}",
                 args.name, args.limit
             );
-            let reply = backend.get(&path)?;
+            let list: DeliveryList = backend.get_as(&path)?;
             if args.format.json {
-                println!("{}", reply["deliveries"]);
-                return Ok(());
+                return print_json(&list.deliveries);
             }
-            let list: DeliveryList = Backend::parse(&path, reply)?;
             let rows: Vec<Vec<String>> = list
                 .deliveries
                 .iter()

@@ -4,11 +4,10 @@
 
 use super::{Exit, paths};
 use crate::api::InProcess;
-use crate::api::wire::{FlowRunDetail, LogList};
+use crate::api::wire::{FlowRun, FlowRunDetail, LogLine, LogList};
 use crate::client::Client;
 use crate::config::{Paths, Profiles, Settings};
 use crate::server::{Server, ServerConfig};
-use crate::store::{FlowRunRow, LogRow};
 use anyhow::Context;
 use serde_json::Value;
 use std::time::Duration;
@@ -159,11 +158,11 @@ impl Backend {
         if (200..300).contains(&status) {
             return Ok(value);
         }
-        let message = value
-            .get("message")
-            .and_then(Value::as_str)
-            .map(str::to_string)
-            .unwrap_or_else(|| format!("HTTP {status}: {value}"));
+        // The API's refusals say what to do; anything else (a proxy's page)
+        // is shown as it came.
+        let message = serde_json::from_value::<crate::api::ErrorReply>(value.clone())
+            .map(|refusal| refusal.message)
+            .unwrap_or_else(|_| format!("HTTP {status}: {value}"));
         Err(Exit {
             code: if (400..500).contains(&status) { 2 } else { 1 },
             message,
@@ -177,8 +176,8 @@ impl Backend {
         &self,
         id: &str,
         json: bool,
-        mut print: impl FnMut(&LogRow),
-    ) -> anyhow::Result<FlowRunRow> {
+        mut print: impl FnMut(&LogLine),
+    ) -> anyhow::Result<FlowRun> {
         let mut after = 0i64;
         let mut drained_after_end = 0;
         loop {

@@ -1,132 +1,17 @@
-//! Commands that change server state: `flow upload|ls`, `deploy`,
-//! `deployment ...`, `secret ...`, `variable ...`, `work-pool ...`,
-//! `work-queue ...`. Each is one or two API calls through [`Backend`], so it
-//! works against a server or the local database alike.
+//! `host deploy`: a weir.yaml document made into deployments (and their
+//! automations), each one `PUT` through [`Backend`]; `host serve` writes its
+//! own document and comes here too.
 
 use super::backend::Backend;
-use super::output::{level_label, table};
+use super::component::upload_path;
 use super::{Exit, JsonFlag};
-use crate::api::wire::{
-    FlowList, HostInfo, HostList, SecretList, Uploaded, VariableList, WorkPoolList, WorkQueueList,
-};
-use crate::clock::format_rfc3339;
-use crate::model::{Policy, RunState, WorkPool};
-use crate::protocol::{build_params, parse_memory_size};
-use anyhow::Context;
-use clap::{Args, Subcommand};
+use crate::api::wire::{DeploymentSaved, Uploaded, VariableList};
+use crate::model::Policy;
+use crate::protocol::parse_memory_size;
+use clap::Args;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use std::path::{Path, PathBuf};
-
-fn print_json(value: &Value) {
-    println!("{value}");
-}
-
-/// A JSON string field as text ("" when absent).
-fn field(value: &Value) -> String {
-    value.as_str().unwrap_or_default().to_string()
-}
-
-/// "paused" or "active", for deployments, pools and queues.
-fn status(value: &Value) -> &'static str {
-    if value["paused"] == json!(true) {
-        "paused"
-    } else {
-        "active"
-    }
-}
-
-/// Prints the API's reply for scripts (`--json`), else a sentence for people.
-fn said(reply: &Value, json: bool, sentence: impl FnOnce() -> String) {
-    if json {
-        print_json(reply);
-    } else {
-        println!("{}", sentence());
-    }
-}
-
-fn when(value: &Value) -> String {
-    value
-        .as_i64()
-        .map(|m| format_rfc3339(m)[..19].replace('T', " "))
-        .unwrap_or_else(|| "-".into())
-}
-
-// ---- host flow upload / host flow ls ----
-
-#[derive(Args, Debug)]
-pub struct UploadArgs {
-    /// A guest project folder (built first) or a .wasm component.
-    path: PathBuf,
-    #[command(flatten)]
-    format: JsonFlag,
-}
-
-/// Builds `path` if it is a project and uploads the component; returns the reply.
-fn upload_path(backend: &Backend, path: &Path, progress: bool) -> anyhow::Result<Value> {
-    let built = super::flow::build_component(path, progress)?;
-    let bytes =
-        std::fs::read(&built.wasm).with_context(|| format!("reading {}", built.wasm.display()))?;
-    backend.upload(bytes).map_err(|e| {
-        // Name the file in a refusal, as `flow run` does.
-        match e.downcast::<Exit>() {
-            Ok(exit) => Exit::bad_input(format!("{}: {}", path.display(), exit.message)),
-            Err(e) => e,
-        }
-    })
-}
-
-pub fn upload(args: UploadArgs) -> anyhow::Result<()> {
-    let backend = Backend::open()?;
-    let reply = upload_path(&backend, &args.path, !args.format.json)?;
-    if args.format.json {
-        print_json(&reply);
-    } else {
-        let uploaded: Uploaded = Backend::parse("/api/components", reply)?;
-        let flows = &uploaded.flows;
-        println!(
-            "{} sha256:{} to {} (flows: {})",
-            if uploaded.created {
-                "Uploaded"
-            } else {
-                "Already stored:"
-            },
-            uploaded.digest,
-            backend.describe(),
-            flows.join(", ")
-        );
-    }
-    Ok(())
-}
-
-pub fn list_flows(format: JsonFlag) -> anyhow::Result<()> {
-    let backend = Backend::open()?;
-    let reply = backend.get("/api/flows")?;
-    if format.json {
-        print_json(&reply["flows"]);
-        return Ok(());
-    }
-    let list: FlowList = Backend::parse("/api/flows", reply)?;
-    let rows: Vec<Vec<String>> = list
-        .flows
-        .iter()
-        .map(|f| {
-            vec![
-                f.name.clone(),
-                f.component.chars().take(12).collect(),
-                f.description.lines().next().unwrap_or_default().to_string(),
-            ]
-        })
-        .collect();
-    if rows.is_empty() {
-        println!("No flows uploaded yet. Upload one with: host flow upload examples/etl");
-    } else {
-        println!("{}", table(&["FLOW", "COMPONENT", "DESCRIPTION"], &rows));
-    }
-    Ok(())
-}
-
-// ---- host deploy ----
 
 #[derive(Args, Debug)]
 #[command(after_help = "A deployment file (weir.yaml):
@@ -403,7 +288,7 @@ pub(super) fn apply_document(
         } else {
             let path = base.join(&spec.component);
             let reply = upload_path(&backend, &path, !json_output)?;
-            field(&reply["digest"])
+            Backend::parse::<Uploaded>("/api/components", reply)?.digest
         };
         let schedules = spec
             .schedules
@@ -414,47 +299,36 @@ pub(super) fn apply_document(
                     .as_deref()
                     .map(|i| humantime::parse_duration(i).map(|d| d.as_secs()))
                     .transpose()
-                    .map_err(|e| Exit::bad_input(format!("deployment '{}': schedule interval: {e}", spec.name)))?;
-                let mut schedule = json!({ "cron": s.cron, "interval_seconds": interval_seconds, "active": s.active });
-                for (key, value) in [
-                    ("rrule", &s.rrule),
-                    ("anchor", &s.anchor),
-                    ("timezone", &s.timezone),
-                ] {
-                    if let Some(value) = value {
-                        schedule[key] = json!(value);
-                    }
-                }
-                if !s.params.is_empty() {
-                    schedule["params"] = json!(s.params);
-                }
-                Ok(schedule)
+                    .map_err(|e| {
+                        Exit::bad_input(format!(
+                            "deployment '{}': schedule interval: {e}",
+                            spec.name
+                        ))
+                    })?;
+                let params = (!s.params.is_empty())
+                    .then(|| {
+                        resolve_param_templates(
+                            &backend,
+                            &spec.name,
+                            &Value::Object(s.params.clone()),
+                        )
+                    })
+                    .transpose()?;
+                // Absent fields are left out (`strip_nulls`): the server fills in its defaults.
+                Ok(json!({
+                    "cron": s.cron,
+                    "interval_seconds": interval_seconds,
+                    "active": s.active,
+                    "rrule": s.rrule,
+                    "anchor": s.anchor,
+                    "timezone": s.timezone,
+                    "params": params,
+                }))
             })
             .collect::<anyhow::Result<Vec<Value>>>()?;
         let params =
             resolve_param_templates(&backend, &spec.name, &Value::Object(spec.params.clone()))?;
-        let schedules = schedules
-            .into_iter()
-            .map(|mut s| {
-                if let Some(p) = s.get("params").cloned() {
-                    s["params"] = resolve_param_templates(&backend, &spec.name, &p)?;
-                }
-                Ok(s)
-            })
-            .collect::<anyhow::Result<Vec<Value>>>()?;
-        let mut body = json!({
-            "name": spec.name,
-            "component": digest,
-            "flow": spec.flow,
-            "description": spec.description,
-            "params": params,
-            "schedules": schedules,
-            "task_policy": spec.limits.policy(&spec.name)?,
-            "tags": spec.tags,
-            "secrets": spec.secrets,
-            "paused": spec.paused,
-            "concurrency_limit": spec.concurrency_limit,
-        });
+        let task_policy = spec.limits.policy(&spec.name)?;
         let dirs = spec
             .capabilities
             .dirs
@@ -469,36 +343,44 @@ pub(super) fn apply_document(
                 Exit::bad_input(format!("deployment '{}': capabilities: {e}", spec.name))
             })?;
         }
-        if !dirs.is_empty()
+        let capabilities = (!dirs.is_empty()
             || !spec.capabilities.env.is_empty()
-            || !spec.capabilities.http.is_empty()
-        {
-            body["capabilities"] = json!({
+            || !spec.capabilities.http.is_empty())
+        .then(|| {
+            json!({
                 "dirs": dirs,
                 "env": spec.capabilities.env,
                 "http": spec.capabilities.http,
-            });
-        }
-        if let Some(pool) = &spec.work_pool {
-            body["work_pool"] = json!(pool);
-        }
-        if let Some(catchup) = &spec.catchup {
-            body["catchup"] = json!(catchup);
-        }
-        if let Some(limit) = spec.catchup_limit {
-            body["catchup_limit"] = json!(limit);
-        }
-        if let Some(queue) = &spec.work_queue {
-            body["work_queue"] = json!(queue);
-        }
+            })
+        });
+        let mut body = json!({
+            "name": spec.name,
+            "component": digest,
+            "flow": spec.flow,
+            "description": spec.description,
+            "params": params,
+            "schedules": schedules,
+            "task_policy": task_policy,
+            "tags": spec.tags,
+            "secrets": spec.secrets,
+            "paused": spec.paused,
+            "concurrency_limit": spec.concurrency_limit,
+            "capabilities": capabilities,
+            "work_pool": spec.work_pool,
+            "work_queue": spec.work_queue,
+            "catchup": spec.catchup,
+            "catchup_limit": spec.catchup_limit,
+        });
         strip_nulls(&mut body);
-        let reply = backend.send("PUT", &format!("/api/deployments/{}", spec.name), &body)?;
+        let path = format!("/api/deployments/{}", spec.name);
+        let reply = backend.send("PUT", &path, &body)?;
         if !json_output {
+            let saved: DeploymentSaved = Backend::parse(&path, reply.clone())?;
             println!(
                 "{} deployment '{}' (flow {}, component sha256:{}, pool {}) on {}",
-                if reply["created"] == json!(true) {
+                if saved.created {
                     "Created"
-                } else if reply["changed"] == json!(false) {
+                } else if !saved.changed {
                     "Unchanged"
                 } else {
                     "Updated"
@@ -506,19 +388,17 @@ pub(super) fn apply_document(
                 spec.name,
                 spec.flow,
                 &digest[..12.min(digest.len())],
-                reply["deployment"]["work_pool"]
-                    .as_str()
-                    .unwrap_or_default(),
+                saved.deployment.work_pool,
                 backend.describe()
             );
-            if let Some(version) = reply["deployment"]["version"].as_u64() {
+            if let Some(version) = saved.deployment.version {
                 println!(
                     "  version {version} (host deployment history {})",
                     spec.name
                 );
             }
-            for warning in reply["warnings"].as_array().into_iter().flatten() {
-                println!("  warning: {}", warning.as_str().unwrap_or_default());
+            for warning in &saved.warnings {
+                println!("  warning: {warning}");
             }
             println!("  run it with: host deployment run {}", spec.name);
         }
@@ -548,11 +428,12 @@ pub(super) fn apply_document(
         automation_replies.push(reply);
     }
     if json_output {
-        let mut out = json!({ "deployments": replies });
+        let mut out = Map::new();
+        out.insert("deployments".into(), Value::Array(replies));
         if !automation_replies.is_empty() {
-            out["automations"] = json!(automation_replies);
+            out.insert("automations".into(), Value::Array(automation_replies));
         }
-        print_json(&out);
+        println!("{}", Value::Object(out));
     }
     Ok(())
 }
@@ -564,498 +445,6 @@ fn strip_nulls(value: &mut Value) {
     } else if let Value::Array(items) = value {
         items.iter_mut().for_each(strip_nulls);
     }
-}
-
-// ---- host deployment ... ----
-
-#[derive(Subcommand, Debug)]
-pub enum DeploymentCommand {
-    /// List deployments.
-    Ls(JsonFlag),
-    /// Show a deployment: flow, component, params, schedules, limits, secrets.
-    Inspect(NameArgs),
-    /// Start a run; --watch follows its log until it ends.
-    #[command(after_help = "Examples:
-  host deployment run etl-nightly --param rows=50 --watch
-  host deployment run etl-nightly --params-json '{\"rows\": 10}' --json")]
-    Run(DeploymentRunArgs),
-    /// Stop its schedules and refuse new runs.
-    Pause(NameArgs),
-    /// Undo pause.
-    Resume(NameArgs),
-    /// Delete it (its runs stay).
-    Delete(NameArgs),
-    /// List its saved versions: each deploy that changed it, and rollbacks.
-    History(NameArgs),
-    /// Restore an earlier version's definition (saved as a new version).
-    #[command(after_help = "Example:
-  host deployment history etl-nightly
-  host deployment rollback etl-nightly --to 2")]
-    Rollback(RollbackArgs),
-}
-
-#[derive(Args, Debug)]
-pub struct RollbackArgs {
-    name: String,
-    /// The version to restore (see `host deployment history NAME`).
-    #[arg(long, value_name = "VERSION")]
-    to: u32,
-    #[command(flatten)]
-    format: JsonFlag,
-}
-
-/// A name and `--json`: the arguments of most `inspect`/`delete` commands.
-#[derive(Args, Debug)]
-pub struct NameArgs {
-    pub(super) name: String,
-    #[command(flatten)]
-    pub(super) format: JsonFlag,
-}
-
-#[derive(Args, Debug)]
-pub struct DeploymentRunArgs {
-    name: String,
-    /// A parameter as key=value, laid over the deployment's defaults.
-    #[arg(long = "param", short = 'p', value_name = "KEY=VALUE")]
-    params: Vec<String>,
-    /// Parameters as one JSON object; --param values override its keys.
-    #[arg(long, value_name = "JSON")]
-    params_json: Option<String>,
-    /// Follow the run's log until it ends; exit 1 unless it Completed.
-    #[arg(long, short)]
-    watch: bool,
-    #[command(flatten)]
-    format: JsonFlag,
-}
-
-pub fn deployment(command: DeploymentCommand) -> anyhow::Result<()> {
-    let backend = Backend::open()?;
-    match command {
-        DeploymentCommand::Ls(format) => {
-            let reply = backend.get("/api/deployments")?;
-            if format.json {
-                print_json(&reply["deployments"]);
-                return Ok(());
-            }
-            let rows: Vec<Vec<String>> = reply["deployments"]
-                .as_array()
-                .cloned()
-                .unwrap_or_default()
-                .iter()
-                .map(|d| {
-                    let d = &d["deployment"];
-                    let schedules: Vec<String> = d["schedules"]
-                        .as_array()
-                        .into_iter()
-                        .flatten()
-                        .map(|s| {
-                            serde_json::from_value::<crate::model::Schedule>(s.clone())
-                                .map(|s| describe_schedule(&s))
-                                .unwrap_or_else(|_| s.to_string())
-                        })
-                        .collect();
-                    vec![
-                        field(&d["name"]),
-                        field(&d["flow"]),
-                        d["component"]
-                            .as_str()
-                            .unwrap_or_default()
-                            .chars()
-                            .take(12)
-                            .collect(),
-                        field(&d["work_pool"]),
-                        status(d).into(),
-                        schedules.join(", "),
-                    ]
-                })
-                .collect();
-            if rows.is_empty() {
-                println!("No deployments yet. Create one with: host deploy -f weir.yaml");
-            } else {
-                println!(
-                    "{}",
-                    table(
-                        &["NAME", "FLOW", "COMPONENT", "POOL", "STATUS", "SCHEDULES"],
-                        &rows
-                    )
-                );
-            }
-        }
-        DeploymentCommand::Inspect(args) => {
-            let mut reply = backend.get(&format!("/api/deployments/{}", args.name))?;
-            let schedules = next_fire_times(&mut reply["deployment"]["schedules"]);
-            if args.format.json {
-                print_json(&reply);
-            } else {
-                let d = &reply["deployment"];
-                println!("deployment {}", d["name"].as_str().unwrap_or_default());
-                match d["version"].as_u64() {
-                    Some(v) => println!("version    {v} (host deployment history to see all)"),
-                    None => println!("version    none saved yet (deploy it again to save one)"),
-                }
-                println!("flow       {}", d["flow"].as_str().unwrap_or_default());
-                println!(
-                    "component  sha256:{}",
-                    d["component"].as_str().unwrap_or_default()
-                );
-                println!("params     {}", d["params"]);
-                println!(
-                    "pool       {} / queue {}",
-                    d["work_pool"].as_str().unwrap_or_default(),
-                    d["work_queue"].as_str().unwrap_or_default()
-                );
-                println!("status     {}", status(d));
-                if schedules.is_empty() {
-                    println!("schedules  none");
-                }
-                for (i, (what, next)) in schedules.iter().enumerate() {
-                    println!(
-                        "{}{what}",
-                        if i == 0 { "schedules  " } else { "           " }
-                    );
-                    println!("             next: {next}");
-                }
-                println!("limits     {}", d["task_policy"]);
-                println!("tags       {}", d["tags"]);
-                println!("secrets    {}", d["secrets"]);
-                println!("updated    {} UTC", when(&reply["updated_at"]));
-            }
-        }
-        DeploymentCommand::Run(args) => run_deployment(&backend, args)?,
-        DeploymentCommand::Pause(args) => {
-            let reply = backend.send(
-                "POST",
-                &format!("/api/deployments/{}/pause", args.name),
-                &json!({}),
-            )?;
-            report(&args, &reply, "paused");
-        }
-        DeploymentCommand::Resume(args) => {
-            let reply = backend.send(
-                "POST",
-                &format!("/api/deployments/{}/resume", args.name),
-                &json!({}),
-            )?;
-            report(&args, &reply, "resumed");
-        }
-        DeploymentCommand::Delete(args) => {
-            let reply = backend.delete(&format!("/api/deployments/{}", args.name))?;
-            report(&args, &reply, "deleted");
-        }
-        DeploymentCommand::History(args) => {
-            let reply = backend.get(&format!("/api/deployments/{}/versions", args.name))?;
-            if args.format.json {
-                print_json(&reply["versions"]);
-                return Ok(());
-            }
-            let rows: Vec<Vec<String>> = reply["versions"]
-                .as_array()
-                .cloned()
-                .unwrap_or_default()
-                .iter()
-                .map(|v| {
-                    let d = &v["deployment"];
-                    vec![
-                        v["version"].to_string(),
-                        format!("{} UTC", when(&v["created_at"])),
-                        field(&v["created_by"]),
-                        d["component"]
-                            .as_str()
-                            .unwrap_or_default()
-                            .chars()
-                            .take(12)
-                            .collect(),
-                        field(&d["flow"]),
-                        d["params"].to_string(),
-                        v["note"].as_str().unwrap_or_default().to_string(),
-                    ]
-                })
-                .collect();
-            if rows.is_empty() {
-                println!(
-                    "Deployment {} has no saved versions yet; the next `host deploy` saves one.",
-                    args.name
-                );
-            } else {
-                println!(
-                    "{}",
-                    table(
-                        &[
-                            "VERSION",
-                            "SAVED",
-                            "BY",
-                            "COMPONENT",
-                            "FLOW",
-                            "PARAMS",
-                            "NOTE"
-                        ],
-                        &rows
-                    )
-                );
-            }
-        }
-        DeploymentCommand::Rollback(args) => {
-            let reply = backend.send(
-                "POST",
-                &format!("/api/deployments/{}/rollback", args.name),
-                &json!({ "to": args.to }),
-            )?;
-            if args.format.json {
-                print_json(&reply);
-            } else if reply["changed"] == json!(true) {
-                println!(
-                    "Rolled {} back to version {}: saved as version {}",
-                    args.name, args.to, reply["deployment"]["version"]
-                );
-            } else {
-                println!(
-                    "{} is already at version {}'s definition; nothing changed",
-                    args.name, args.to
-                );
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Adds each schedule's next 5 fire times (`next`) to the JSON and returns,
-/// for people, a line saying what each is and one with those times.
-fn next_fire_times(schedules: &mut Value) -> Vec<(String, String)> {
-    let Some(schedules) = schedules.as_array_mut() else {
-        return Vec::new();
-    };
-    schedules
-        .iter_mut()
-        .map(|json| {
-            let Ok(schedule) = serde_json::from_value::<crate::model::Schedule>(json.clone())
-            else {
-                return (
-                    json.to_string(),
-                    "(not readable by this version of host)".into(),
-                );
-            };
-            let next = match super::schedule::next_times(&schedule, 5) {
-                Ok(times) => {
-                    json["next"] = json!(times);
-                    if times.is_empty() {
-                        "never".to_string()
-                    } else {
-                        times.join(", ")
-                    }
-                }
-                Err(e) => e.to_string(),
-            };
-            (describe_schedule(&schedule), next)
-        })
-        .collect()
-}
-
-fn describe_schedule(s: &crate::model::Schedule) -> String {
-    let mut text = match (&s.cron, s.interval_seconds) {
-        _ if s.rrule.is_some() => format!(
-            "rrule '{}' in {}",
-            s.rrule.as_deref().unwrap_or_default(),
-            s.timezone.as_deref().unwrap_or("UTC")
-        ),
-        (Some(cron), _) => format!(
-            "cron '{cron}' in {}",
-            s.timezone.as_deref().unwrap_or("UTC")
-        ),
-        (_, Some(every)) => format!(
-            "every {}{}",
-            humantime::format_duration(std::time::Duration::from_secs(every)),
-            s.anchor
-                .as_deref()
-                .map(|a| format!(" from {a}"))
-                .unwrap_or_default()
-        ),
-        _ => "(empty)".to_string(),
-    };
-    if !s.params.is_empty() {
-        text.push_str(&format!(" with params {}", Value::Object(s.params.clone())));
-    }
-    if !s.active {
-        text.push_str(" (inactive)");
-    }
-    text
-}
-
-fn report(args: &NameArgs, reply: &Value, what: &str) {
-    said(reply, args.format.json, || {
-        format!("Deployment '{}' {what}.", args.name)
-    });
-}
-
-fn run_deployment(backend: &Backend, args: DeploymentRunArgs) -> anyhow::Result<()> {
-    let deployment = backend.get(&format!("/api/deployments/{}", args.name))?;
-    let digest = deployment["deployment"]["component"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
-    let flow = deployment["deployment"]["flow"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
-    let component = backend.get(&format!("/api/components/{digest}"))?;
-    let schema = component["manifest"]["flows"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|f| f["name"] == json!(flow))
-        .and_then(|f| f.get("params_schema").cloned());
-    let params = build_params(args.params_json.as_deref(), &args.params, schema.as_ref())
-        .map_err(|e| Exit::bad_input(e.to_string()))?;
-    let reply = backend.send(
-        "POST",
-        &format!("/api/deployments/{}/runs", args.name),
-        &json!({ "params": params }),
-    )?;
-    let id = reply["flow_run_id"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
-    // Without a server the run lives in this process: it must be followed.
-    let follow = args.watch || !backend.is_remote();
-    if !follow {
-        said(&reply, args.format.json, || {
-            format!(
-                "Started flow run {id} of deployment '{}' ({}). Follow it with: host flow-run logs -f {id}",
-                args.name,
-                reply["state"].as_str().unwrap_or_default()
-            )
-        });
-        return Ok(());
-    }
-    if !args.format.json {
-        eprintln!(
-            "Flow run {id} of deployment '{}' on {}",
-            args.name,
-            backend.describe()
-        );
-    }
-    let run = backend.follow(&id, args.format.json, print_log_line)?;
-    finish(&run, args.format.json)
-}
-
-pub(crate) fn print_log_line(line: &crate::store::LogRow) {
-    let at = format_rfc3339(line.at)[11..23].to_string();
-    let who = line
-        .task_name
-        .as_deref()
-        .map(|n| format!("[{n}] "))
-        .unwrap_or_default();
-    println!(
-        "{at} {:<5} {who}{}",
-        level_label(line.level),
-        super::output::indent_continuation(&line.message)
-    );
-}
-
-/// Prints how a followed run ended; exit 1 unless it Completed.
-pub(crate) fn finish(run: &crate::store::FlowRunRow, json: bool) -> anyhow::Result<()> {
-    let state = run.state.as_str();
-    if json {
-        print_json(&json!({
-            "flow_run_id": run.id,
-            "state": state,
-            "result": run.result.as_deref().and_then(|r| serde_json::from_str::<Value>(r).ok()),
-            "message": run.message,
-        }));
-    } else {
-        match run.result.as_deref() {
-            Some(result) => println!("\n{state}: {result}"),
-            None => println!(
-                "\n{state}{}",
-                run.message
-                    .as_deref()
-                    .map(|m| format!(": {m}"))
-                    .unwrap_or_default()
-            ),
-        }
-    }
-    // Paused for input is not a failure: the message says how to resume it.
-    if matches!(run.state, RunState::Completed | RunState::Paused) {
-        Ok(())
-    } else {
-        Err(Exit::code(1))
-    }
-}
-
-// ---- host secret ... ----
-
-#[derive(Subcommand, Debug)]
-pub enum SecretCommand {
-    /// Set a secret; the value is read from --value, or else from standard input.
-    #[command(after_help = "Examples:
-  printf %s \"$PASSWORD\" | host secret set warehouse-password
-  host secret set api-token --value abc123")]
-    Set(SecretSetArgs),
-    /// List secret names (values are never shown).
-    Ls(JsonFlag),
-    /// Delete a secret.
-    Rm(NameArgs),
-}
-
-#[derive(Args, Debug)]
-pub struct SecretSetArgs {
-    name: String,
-    /// The value (visible in your shell history; prefer standard input).
-    #[arg(long)]
-    value: Option<String>,
-    #[command(flatten)]
-    format: JsonFlag,
-}
-
-pub fn secret(command: SecretCommand) -> anyhow::Result<()> {
-    let backend = Backend::open()?;
-    match command {
-        SecretCommand::Set(args) => {
-            let value = match args.value {
-                Some(v) => v,
-                None => {
-                    use std::io::{IsTerminal, Read};
-                    if std::io::stdin().is_terminal() {
-                        eprintln!("Value for secret '{}' (end with Ctrl-D):", args.name);
-                    }
-                    let mut text = String::new();
-                    std::io::stdin().read_to_string(&mut text)?;
-                    text.trim_end_matches(['\n', '\r']).to_string()
-                }
-            };
-            if value.is_empty() {
-                return Err(Exit::bad_input("the secret's value is empty"));
-            }
-            let reply = backend.send(
-                "PUT",
-                &format!("/api/secrets/{}", args.name),
-                &json!({ "value": value }),
-            )?;
-            said(&reply, args.format.json, || {
-                format!("Secret '{}' set on {}.", args.name, backend.describe())
-            });
-        }
-        SecretCommand::Ls(format) => {
-            let reply = backend.get("/api/secrets")?;
-            if format.json {
-                print_json(&reply["secrets"]);
-            } else {
-                let list: SecretList = Backend::parse("/api/secrets", reply)?;
-                let rows: Vec<Vec<String>> = list
-                    .secrets
-                    .iter()
-                    .map(|s| vec![s.name.clone(), when(&json!(s.updated_at))])
-                    .collect();
-                println!("{}", table(&["NAME", "UPDATED (UTC)"], &rows));
-            }
-        }
-        SecretCommand::Rm(args) => {
-            let reply = backend.delete(&format!("/api/secrets/{}", args.name))?;
-            said(&reply, args.format.json, || {
-                format!("Secret '{}' deleted.", args.name)
-            });
-        }
-    }
-    Ok(())
 }
 
 /// Params with `{{ variables.NAME }}` replaced by the variables' values now
@@ -1078,328 +467,4 @@ fn resolve_param_templates(
     };
     crate::model::template::resolve_variables(params, &mut lookup)
         .map_err(|e| Exit::bad_input(format!("deployment '{deployment}': {e}")))
-}
-
-// ---- host variable ... ----
-
-#[derive(Subcommand, Debug)]
-pub enum VariableCommand {
-    /// Set a variable; VALUE is read as JSON when it parses, else as text.
-    Set(VariableSetArgs),
-    /// Print a variable's value (as JSON).
-    Get(NameArgs),
-    /// List variables.
-    Ls(JsonFlag),
-    /// Delete a variable.
-    Rm(NameArgs),
-}
-
-#[derive(Args, Debug)]
-pub struct VariableSetArgs {
-    name: String,
-    value: String,
-    #[command(flatten)]
-    format: JsonFlag,
-}
-
-pub fn variable(command: VariableCommand) -> anyhow::Result<()> {
-    let backend = Backend::open()?;
-    match command {
-        VariableCommand::Set(args) => {
-            let value: Value =
-                serde_json::from_str(&args.value).unwrap_or(Value::String(args.value.clone()));
-            let reply = backend.send(
-                "PUT",
-                &format!("/api/variables/{}", args.name),
-                &json!({ "value": value }),
-            )?;
-            said(&reply, args.format.json, || {
-                format!("Variable '{}' = {}", args.name, reply["value"])
-            });
-        }
-        VariableCommand::Get(args) => {
-            let reply = backend.get(&format!("/api/variables/{}", args.name))?;
-            said(&reply, args.format.json, || format!("{}", reply["value"]));
-        }
-        VariableCommand::Ls(format) => {
-            let reply = backend.get("/api/variables")?;
-            if format.json {
-                print_json(&reply["variables"]);
-            } else {
-                let list: VariableList = Backend::parse("/api/variables", reply)?;
-                let rows: Vec<Vec<String>> = list
-                    .variables
-                    .iter()
-                    .map(|v| vec![v.name.clone(), v.value.to_string()])
-                    .collect();
-                println!("{}", table(&["NAME", "VALUE"], &rows));
-            }
-        }
-        VariableCommand::Rm(args) => {
-            let reply = backend.delete(&format!("/api/variables/{}", args.name))?;
-            said(&reply, args.format.json, || {
-                format!("Variable '{}' deleted.", args.name)
-            });
-        }
-    }
-    Ok(())
-}
-
-// ---- host work-pool / work-queue ----
-
-#[derive(Subcommand, Debug)]
-pub enum WorkPoolCommand {
-    /// Create a pool (it gets a `default` queue).
-    Create(PoolCreateArgs),
-    /// List pools.
-    Ls(JsonFlag),
-    /// Show a pool and its queues.
-    Inspect(NameArgs),
-    /// Runs for a paused pool wait in Scheduled.
-    Pause(NameArgs),
-    /// Undo pause.
-    Resume(NameArgs),
-    /// Delete a pool no deployment uses.
-    Delete(NameArgs),
-}
-
-#[derive(Args, Debug)]
-pub struct PoolCreateArgs {
-    name: String,
-    #[arg(long, default_value = "")]
-    description: String,
-    /// At most N runs of this pool at once.
-    #[arg(long)]
-    concurrency_limit: Option<u32>,
-    #[command(flatten)]
-    format: JsonFlag,
-}
-
-#[derive(Subcommand, Debug)]
-pub enum WorkQueueCommand {
-    /// Create (or replace) a queue in a pool.
-    Create(QueueCreateArgs),
-    /// List a pool's queues, by priority.
-    Ls(QueueLsArgs),
-    /// Delete a queue.
-    Delete(QueueDeleteArgs),
-}
-
-#[derive(Args, Debug)]
-pub struct QueueCreateArgs {
-    name: String,
-    #[arg(long, default_value = crate::model::deploy::DEFAULT_POOL)]
-    pool: String,
-    /// Lower numbers are served first.
-    #[arg(long, default_value_t = 1)]
-    priority: u32,
-    #[arg(long)]
-    concurrency_limit: Option<u32>,
-    /// Also take the pool's runs whose tags include this one (repeatable;
-    /// all must match), e.g. `--tag demo`; hosts started with `--queue NAME`
-    /// then serve them.
-    #[arg(long = "tag", value_name = "TAG")]
-    tags: Vec<String>,
-    #[command(flatten)]
-    format: JsonFlag,
-}
-
-#[derive(Args, Debug)]
-pub struct QueueLsArgs {
-    #[arg(long, default_value = crate::model::deploy::DEFAULT_POOL)]
-    pool: String,
-    #[command(flatten)]
-    format: JsonFlag,
-}
-
-#[derive(Args, Debug)]
-pub struct QueueDeleteArgs {
-    name: String,
-    #[arg(long, default_value = crate::model::deploy::DEFAULT_POOL)]
-    pool: String,
-    #[command(flatten)]
-    format: JsonFlag,
-}
-
-fn queue_rows(list: &WorkQueueList) -> Vec<Vec<String>> {
-    list.work_queues
-        .iter()
-        .map(|q| {
-            vec![
-                q.name.clone(),
-                q.priority.to_string(),
-                q.concurrency_limit
-                    .map(|n| n.to_string())
-                    .unwrap_or_else(|| "-".into()),
-                paused_word(q.paused).into(),
-                q.tags.join(", "),
-            ]
-        })
-        .collect()
-}
-
-/// "paused" or "active".
-fn paused_word(paused: bool) -> &'static str {
-    if paused { "paused" } else { "active" }
-}
-
-pub fn work_pool(command: WorkPoolCommand) -> anyhow::Result<()> {
-    let backend = Backend::open()?;
-    let simple = |args: &NameArgs, method: &str, suffix: &str, what: &str| -> anyhow::Result<()> {
-        let reply = backend.call(
-            method,
-            &format!("/api/work-pools/{}{suffix}", args.name),
-            None,
-            "application/json",
-        )?;
-        said(&reply, args.format.json, || {
-            format!("Work pool '{}' {what}.", args.name)
-        });
-        Ok(())
-    };
-    match command {
-        WorkPoolCommand::Create(args) => {
-            let reply = backend.send(
-                "POST",
-                "/api/work-pools",
-                &json!({ "name": args.name, "description": args.description, "concurrency_limit": args.concurrency_limit }),
-            )?;
-            said(&reply, args.format.json, || {
-                format!("Work pool '{}' created with queue 'default'.", args.name)
-            });
-        }
-        WorkPoolCommand::Ls(format) => {
-            let reply = backend.get("/api/work-pools")?;
-            if format.json {
-                print_json(&reply["work_pools"]);
-            } else {
-                let list: WorkPoolList = Backend::parse("/api/work-pools", reply)?;
-                let rows: Vec<Vec<String>> = list
-                    .work_pools
-                    .iter()
-                    .map(|p| {
-                        vec![
-                            p.name.clone(),
-                            paused_word(p.paused).into(),
-                            p.concurrency_limit
-                                .map(|n| n.to_string())
-                                .unwrap_or_else(|| "-".into()),
-                            p.description.clone(),
-                        ]
-                    })
-                    .collect();
-                println!(
-                    "{}",
-                    table(&["NAME", "STATUS", "LIMIT", "DESCRIPTION"], &rows)
-                );
-            }
-        }
-        WorkPoolCommand::Inspect(args) => {
-            let pool: WorkPool = backend.get_as(&format!("/api/work-pools/{}", args.name))?;
-            let queues: WorkQueueList =
-                backend.get_as(&format!("/api/work-pools/{}/queues", args.name))?;
-            let hosts: Vec<HostInfo> = backend
-                .get_as::<HostList>("/api/hosts")?
-                .hosts
-                .into_iter()
-                .filter(|h| h.host.pools.contains(&args.name))
-                .collect();
-            if args.format.json {
-                print_json(&json!({
-                    "work_pool": pool,
-                    "work_queues": queues.work_queues,
-                    "hosts": hosts,
-                }));
-            } else {
-                println!("work pool  {}", args.name);
-                println!("status     {}", paused_word(pool.paused));
-                println!(
-                    "\n{}",
-                    table(
-                        &["QUEUE", "PRIORITY", "LIMIT", "STATUS", "TAGS"],
-                        &queue_rows(&queues)
-                    )
-                );
-                let rows: Vec<Vec<String>> = hosts
-                    .iter()
-                    .map(|h| {
-                        vec![
-                            h.host.name.clone(),
-                            if h.online { "online" } else { "offline" }.to_string(),
-                            format!("{}/{}", h.host.runs_in_hand, h.host.slots),
-                            h.host.version.clone(),
-                            crate::clock::format_rfc3339(h.host.last_heartbeat),
-                        ]
-                    })
-                    .collect();
-                if rows.is_empty() {
-                    println!(
-                        "\nno remote hosts (start one with `host run --pool {}`)",
-                        args.name
-                    );
-                } else {
-                    println!(
-                        "\n{}",
-                        table(
-                            &["HOST", "STATUS", "RUNS/SLOTS", "VERSION", "LAST HEARTBEAT"],
-                            &rows
-                        )
-                    );
-                }
-            }
-        }
-        WorkPoolCommand::Pause(args) => simple(&args, "POST", "/pause", "paused")?,
-        WorkPoolCommand::Resume(args) => simple(&args, "POST", "/resume", "resumed")?,
-        WorkPoolCommand::Delete(args) => simple(&args, "DELETE", "", "deleted")?,
-    }
-    Ok(())
-}
-
-pub fn work_queue(command: WorkQueueCommand) -> anyhow::Result<()> {
-    let backend = Backend::open()?;
-    match command {
-        WorkQueueCommand::Create(args) => {
-            let reply = backend.send(
-                "POST",
-                &format!("/api/work-pools/{}/queues", args.pool),
-                &json!({ "name": args.name, "priority": args.priority,
-                         "concurrency_limit": args.concurrency_limit, "tags": args.tags }),
-            )?;
-            said(&reply, args.format.json, || {
-                format!(
-                    "Work queue '{}' in pool '{}' (priority {}).",
-                    args.name, args.pool, args.priority
-                )
-            });
-        }
-        WorkQueueCommand::Ls(args) => {
-            let path = format!("/api/work-pools/{}/queues", args.pool);
-            let reply = backend.get(&path)?;
-            if args.format.json {
-                print_json(&reply["work_queues"]);
-            } else {
-                let list: WorkQueueList = Backend::parse(&path, reply)?;
-                println!(
-                    "{}",
-                    table(
-                        &["QUEUE", "PRIORITY", "LIMIT", "STATUS", "TAGS"],
-                        &queue_rows(&list)
-                    )
-                );
-            }
-        }
-        WorkQueueCommand::Delete(args) => {
-            let reply = backend.delete(&format!(
-                "/api/work-pools/{}/queues/{}",
-                args.pool, args.name
-            ))?;
-            said(&reply, args.format.json, || {
-                format!(
-                    "Work queue '{}' deleted from pool '{}'.",
-                    args.name, args.pool
-                )
-            });
-        }
-    }
-    Ok(())
 }

@@ -29,7 +29,7 @@ pub enum FlowCommand {
     #[command(after_help = "Examples:
   host flow upload examples/etl
   host flow upload target/flow.wasm --json")]
-    Upload(super::deploy::UploadArgs),
+    Upload(super::component::UploadArgs),
     /// List the flows of uploaded components.
     Ls(JsonFlag),
 }
@@ -111,8 +111,8 @@ pub fn run(command: FlowCommand) -> anyhow::Result<()> {
     match command {
         FlowCommand::Run(args) => run_flow(*args),
         FlowCommand::Inspect(args) => inspect(args),
-        FlowCommand::Upload(args) => super::deploy::upload(args),
-        FlowCommand::Ls(format) => super::deploy::list_flows(format),
+        FlowCommand::Upload(args) => super::component::upload(args),
+        FlowCommand::Ls(format) => super::component::list_flows(format),
     }
 }
 

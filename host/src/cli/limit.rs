@@ -3,9 +3,9 @@
 //! flows and tasks take slots by name from code (`weir_sdk::limit`).
 
 use super::JsonFlag;
+use super::NameArgs;
 use super::backend::Backend;
-use super::deploy::NameArgs;
-use super::output::table;
+use super::output::{print_json, table};
 use crate::api::limits::{LimitInfo, LimitList};
 use crate::clock::format_rfc3339;
 use clap::{Args, Subcommand};
@@ -48,12 +48,13 @@ pub fn run(command: LimitCommand) -> anyhow::Result<()> {
     let backend = Backend::open()?;
     match command {
         LimitCommand::Create(args) => {
+            let path = format!("/api/concurrency-limits/{}", args.name);
             let reply = backend.send(
                 "PUT",
-                &format!("/api/concurrency-limits/{}", args.name),
+                &path,
                 &json!({ "slots": args.slots, "slot_decay_per_second": args.slot_decay_per_second }),
             )?;
-            let limit: LimitInfo = serde_json::from_value(reply.clone())?;
+            let limit: LimitInfo = Backend::parse(&path, reply.clone())?;
             if args.format.json {
                 println!("{reply}");
             } else {
@@ -61,11 +62,9 @@ pub fn run(command: LimitCommand) -> anyhow::Result<()> {
             }
         }
         LimitCommand::Ls(format) => {
-            let reply = backend.get("/api/concurrency-limits")?;
-            let list: LimitList = serde_json::from_value(reply.clone())?;
+            let list: LimitList = backend.get_as("/api/concurrency-limits")?;
             if format.json {
-                println!("{}", reply["limits"]);
-                return Ok(());
+                return print_json(&list.limits);
             }
             let rows: Vec<Vec<String>> = list
                 .limits
@@ -87,8 +86,9 @@ pub fn run(command: LimitCommand) -> anyhow::Result<()> {
             );
         }
         LimitCommand::Inspect(args) => {
-            let reply = backend.get(&format!("/api/concurrency-limits/{}", args.name))?;
-            let limit: LimitInfo = serde_json::from_value(reply.clone())?;
+            let path = format!("/api/concurrency-limits/{}", args.name);
+            let reply = backend.get(&path)?;
+            let limit: LimitInfo = Backend::parse(&path, reply.clone())?;
             if args.format.json {
                 println!("{reply}");
                 return Ok(());

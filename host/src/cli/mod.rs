@@ -9,19 +9,24 @@
 mod artifact;
 mod automation;
 mod backend;
+mod component;
 mod db;
 mod deploy;
+mod deployment;
 mod flow;
 mod init;
 mod limit;
 mod local;
 mod output;
+mod pool;
 mod profile;
 mod remote;
 mod runs;
 mod schedule;
+mod secret;
 mod serve;
 mod server;
+mod variable;
 
 use crate::config::Paths;
 use clap::{Args, Parser, Subcommand};
@@ -85,13 +90,13 @@ enum Command {
     Deploy(deploy::DeployArgs),
     /// List, inspect, run, pause, resume and delete deployments.
     #[command(subcommand)]
-    Deployment(deploy::DeploymentCommand),
+    Deployment(deployment::DeploymentCommand),
     /// Secrets for flows: encrypted at rest, given only to deployments that grant them.
     #[command(subcommand)]
-    Secret(deploy::SecretCommand),
+    Secret(secret::SecretCommand),
     /// Named JSON values.
     #[command(subcommand)]
-    Variable(deploy::VariableCommand),
+    Variable(variable::VariableCommand),
     /// Reports, tables and links that runs left.
     #[command(subcommand)]
     Artifact(artifact::ArtifactCommand),
@@ -100,10 +105,10 @@ enum Command {
     ConcurrencyLimit(limit::LimitCommand),
     /// Work pools: which executors may run a deployment's runs.
     #[command(name = "work-pool", subcommand)]
-    WorkPool(deploy::WorkPoolCommand),
+    WorkPool(pool::WorkPoolCommand),
     /// Queues inside a work pool, with priorities and limits.
     #[command(name = "work-queue", subcommand)]
-    WorkQueue(deploy::WorkQueueCommand),
+    WorkQueue(pool::WorkQueueCommand),
     /// Schedules: preview when a deployment's runs will be made.
     #[command(subcommand)]
     Schedule(schedule::ScheduleCommand),
@@ -130,6 +135,14 @@ pub struct JsonFlag {
     /// Print JSON instead of text (for scripts).
     #[arg(long)]
     json: bool,
+}
+
+/// A name and `--json`: the arguments of most `inspect`/`delete` commands.
+#[derive(Args, Debug)]
+pub struct NameArgs {
+    name: String,
+    #[command(flatten)]
+    format: JsonFlag,
 }
 
 /// An error that carries the exit code it should end the process with.
@@ -198,7 +211,7 @@ fn restore_sigpipe() {
 fn init_tracing(format: LogFormat) {
     let level = backend::settings()
         .ok()
-        .and_then(|s| s.get("logging.level").map(str::to_string))
+        .and_then(|settings| settings.get("logging.level").map(str::to_string))
         .unwrap_or_else(|| "warn".into());
     let filter = tracing_subscriber::EnvFilter::try_new(&level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
@@ -227,15 +240,15 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::FlowRun(command) => runs::run(command),
         Command::Server(command) => server::run(command),
         Command::Deploy(args) => deploy::deploy(args),
-        Command::Deployment(command) => deploy::deployment(command),
+        Command::Deployment(command) => deployment::deployment(command),
         Command::Schedule(command) => schedule::run(command),
         Command::Automation(command) => automation::run(command),
-        Command::Secret(command) => deploy::secret(command),
-        Command::Variable(command) => deploy::variable(command),
+        Command::Secret(command) => secret::secret(command),
+        Command::Variable(command) => variable::variable(command),
         Command::ConcurrencyLimit(command) => limit::run(command),
         Command::Artifact(command) => artifact::run(command),
-        Command::WorkPool(command) => deploy::work_pool(command),
-        Command::WorkQueue(command) => deploy::work_queue(command),
+        Command::WorkPool(command) => pool::work_pool(command),
+        Command::WorkQueue(command) => pool::work_queue(command),
         Command::Profile(command) => profile::profile(command),
         Command::Config(command) => profile::config(command),
     }

@@ -1,10 +1,13 @@
-//! How the CLI shows things: live progress, summaries and tables.
+//! How the CLI shows things: live progress, summaries, tables, log lines,
+//! how a followed run ended, and replies printed for scripts (`--json`).
 
+use super::Exit;
 use crate::clock::format_rfc3339;
 use crate::engine::human_bytes;
 use crate::model::{LogLevel, RunState};
 use crate::worker::{RunEvent, RunSummary};
 use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::time::Duration;
 use tokio::sync::mpsc::UnboundedReceiver;
@@ -164,6 +167,14 @@ pub fn format_duration(d: Duration) -> String {
 }
 
 /// A plain text table with left-aligned columns.
+/// Prints what the API answered for scripts (`--json`). Through a `Value`,
+/// whose keys are sorted, so a reply read as a type prints as the server
+/// sent it.
+pub fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_value(value)?);
+    Ok(())
+}
+
 pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
     let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
     for row in rows {
@@ -196,6 +207,78 @@ macro_rules! say {
     }};
 }
 pub(crate) use say;
+
+/// Prints the API's reply for scripts (`--json`), else a sentence for people.
+pub fn said(reply: &Value, json: bool, sentence: impl FnOnce() -> String) {
+    if json {
+        println!("{reply}");
+    } else {
+        println!("{}", sentence());
+    }
+}
+
+/// A time for people: "2026-01-05 09:00:00".
+pub fn when(micros: i64) -> String {
+    format_rfc3339(micros)[..19].replace('T', " ")
+}
+
+/// The first characters of a component digest, as tables show it.
+pub fn short_digest(digest: &str) -> String {
+    digest.chars().take(12).collect()
+}
+
+/// "paused" or "active".
+pub fn paused_word(paused: bool) -> &'static str {
+    if paused { "paused" } else { "active" }
+}
+
+/// A log line for people: time, level, the task that wrote it, message.
+pub(crate) fn print_log_line(line: &crate::api::wire::LogLine) {
+    let at = format_rfc3339(line.at)[11..23].to_string();
+    let who = line
+        .task_name
+        .as_deref()
+        .map(|n| format!("[{n}] "))
+        .unwrap_or_default();
+    println!(
+        "{at} {:<5} {who}{}",
+        level_label(line.level),
+        indent_continuation(&line.message)
+    );
+}
+
+/// Prints how a followed run ended; exit 1 unless it Completed.
+pub(crate) fn finish(run: &crate::api::wire::FlowRun, json: bool) -> anyhow::Result<()> {
+    let state = run.state.as_str();
+    if json {
+        println!(
+            "{}",
+            json!({
+                "flow_run_id": run.id,
+                "state": state,
+                "result": run.result.as_deref().and_then(|r| serde_json::from_str::<Value>(r).ok()),
+                "message": run.message,
+            })
+        );
+    } else {
+        match run.result.as_deref() {
+            Some(result) => println!("\n{state}: {result}"),
+            None => println!(
+                "\n{state}{}",
+                run.message
+                    .as_deref()
+                    .map(|m| format!(": {m}"))
+                    .unwrap_or_default()
+            ),
+        }
+    }
+    // Paused for input is not a failure: the message says how to resume it.
+    if matches!(run.state, RunState::Completed | RunState::Paused) {
+        Ok(())
+    } else {
+        Err(Exit::code(1))
+    }
+}
 
 #[cfg(test)]
 mod tests {

@@ -2,11 +2,10 @@
 
 use super::output::{format_count, format_duration, table};
 use super::{Exit, JsonFlag};
-use crate::api::wire::{FlowRunDetail, FlowRunList, LogList, RunAction};
+use crate::api::wire::{FlowRun, FlowRunDetail, FlowRunList, LogList, RunAction, TaskRun};
 use crate::clock::format_rfc3339;
 use crate::engine::human_bytes;
 use crate::model::RunState;
-use crate::store::{FlowRunRow, TaskRunRow};
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use std::time::Duration;
@@ -229,7 +228,7 @@ fn took(start: Option<i64>, end: Option<i64>) -> String {
     }
 }
 
-fn print_runs(rows: &[FlowRunRow], args: &LsArgs) -> anyhow::Result<()> {
+fn print_runs(rows: &[FlowRun], args: &LsArgs) -> anyhow::Result<()> {
     if args.format.json {
         println!("{}", serde_json::to_string(&rows)?);
         return Ok(());
@@ -279,8 +278,8 @@ fn print_runs(rows: &[FlowRunRow], args: &LsArgs) -> anyhow::Result<()> {
 type History = Vec<(i64, RunState, Option<String>)>;
 
 fn print_inspect(
-    run: FlowRunRow,
-    tasks: Vec<TaskRunRow>,
+    run: FlowRun,
+    tasks: Vec<TaskRun>,
     history: History,
     json: bool,
 ) -> anyhow::Result<()> {
@@ -423,7 +422,7 @@ fn through_api(command: FlowRunCommand) -> anyhow::Result<()> {
             let run: FlowRunDetail = backend.get_as(&format!("/api/flow-runs/{}", args.id))?;
             let id = run.flow_run.id.to_string();
             if args.follow {
-                let end = backend.follow(&id, args.format.json, super::deploy::print_log_line)?;
+                let end = backend.follow(&id, args.format.json, super::output::print_log_line)?;
                 if !args.format.json {
                     println!("-- {}", end.state);
                 }
@@ -440,7 +439,7 @@ fn through_api(command: FlowRunCommand) -> anyhow::Result<()> {
                     if args.format.json {
                         println!("{}", serde_json::to_string(line)?);
                     } else {
-                        super::deploy::print_log_line(line);
+                        super::output::print_log_line(line);
                     }
                 }
             }
@@ -457,10 +456,10 @@ fn through_api(command: FlowRunCommand) -> anyhow::Result<()> {
             }
             let end = backend.follow(&id, args.json, |line| {
                 if !args.quiet {
-                    super::deploy::print_log_line(line)
+                    super::output::print_log_line(line)
                 }
             })?;
-            super::deploy::finish(&end, args.json)
+            super::output::finish(&end, args.json)
         }
         FlowRunCommand::Resume(args) => {
             let body = match args.input()? {
@@ -478,10 +477,10 @@ fn through_api(command: FlowRunCommand) -> anyhow::Result<()> {
             }
             let end = backend.follow(&id, args.json, |line| {
                 if !args.quiet {
-                    super::deploy::print_log_line(line)
+                    super::output::print_log_line(line)
                 }
             })?;
-            super::deploy::finish(&end, args.json)
+            super::output::finish(&end, args.json)
         }
         FlowRunCommand::Prune(args) => prune(&backend, args),
     }

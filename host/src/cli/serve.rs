@@ -13,6 +13,7 @@ use super::backend::{Backend, settings};
 use super::output::say;
 use super::server::{Foreground, GRACE, StartArgs, serve_in_foreground};
 use super::{Exit, paths};
+use crate::api::wire::FlowRunList;
 use crate::client::Client;
 use crate::model::RunState;
 use serde_json::{Value, json};
@@ -225,14 +226,12 @@ impl Serving {
         while Instant::now() < deadline {
             let mut waiting = Vec::new();
             for state in [RunState::Scheduled, RunState::Late] {
-                match api.get(&format!(
+                match api.get_as::<FlowRunList>(&format!(
                     "/api/flow-runs?deployment={}&state={}&limit=100",
                     self.deployment,
                     state.as_str()
                 )) {
-                    Ok(page) => {
-                        waiting.extend(page["flow_runs"].as_array().cloned().unwrap_or_default())
-                    }
+                    Ok(page) => waiting.extend(page.flow_runs),
                     Err(_) => return,
                 }
             }
@@ -241,8 +240,8 @@ impl Serving {
             }
             let now = crate::clock::Clock::now_micros(&crate::clock::SystemClock);
             for run in &waiting {
-                let due = run["scheduled_at"].as_i64().is_none_or(|at| at <= now);
-                if due && let Some(id) = run["id"].as_str() {
+                if run.scheduled_at.is_none_or(|at| at <= now) {
+                    let id = run.id;
                     let _ = api.send("POST", &format!("/api/flow-runs/{id}/cancel"), &json!({}));
                 }
             }
@@ -283,7 +282,7 @@ impl Follower {
     fn look(&mut self, api: &Backend) {
         let mut runs = Vec::new();
         for state in WATCHED {
-            let Ok(page) = api.get(&format!(
+            let Ok(page) = api.get_as::<FlowRunList>(&format!(
                 "/api/flow-runs?deployment={}&top_level=true&since={}&state={}&limit={LISTED}",
                 self.deployment,
                 self.since,
@@ -291,21 +290,16 @@ impl Follower {
             )) else {
                 return;
             };
-            runs.extend(page["flow_runs"].as_array().cloned().unwrap_or_default());
+            runs.extend(page.flow_runs);
         }
         // Oldest first, so the output reads in order.
-        runs.sort_by_key(|r| r["created_at"].as_i64().unwrap_or_default());
-        let listed: BTreeSet<String> = runs
-            .iter()
-            .filter_map(|r| r["id"].as_str().map(str::to_string))
-            .collect();
+        runs.sort_by_key(|r| r.created_at);
+        let listed: BTreeSet<String> = runs.iter().map(|r| r.id.to_string()).collect();
         // Only what can still be listed is remembered, however long it serves.
         self.ended.retain(|id| listed.contains(id));
         for run in runs {
-            let id = run["id"].as_str().unwrap_or_default().to_string();
-            let Ok(state) = serde_json::from_value::<RunState>(run["state"].clone()) else {
-                continue;
-            };
+            let id = run.id.to_string();
+            let state = run.state;
             if self.ended.contains(&id) {
                 continue;
             }
@@ -316,19 +310,19 @@ impl Follower {
                 for line in &page.logs {
                     *after = line.id;
                     print!("{} ", short(&id));
-                    super::deploy::print_log_line(line);
+                    super::output::print_log_line(line);
                 }
             }
             if state.is_terminal() && !self.ending.insert(id.clone()) {
-                let outcome = match run["result"].as_str() {
+                let outcome = match &run.result {
                     Some(result) => format!("→ {result}"),
-                    None => run["message"].as_str().unwrap_or_default().to_string(),
+                    None => run.message.clone().unwrap_or_default(),
                 };
                 println!(
                     "{} {} flow run {id} ('{}') {outcome}",
                     short(&id),
                     state.as_str(),
-                    run["flow_name"].as_str().unwrap_or_default()
+                    run.flow_name
                 );
                 self.after.remove(&id);
                 self.ending.remove(&id);

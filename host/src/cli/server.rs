@@ -147,9 +147,9 @@ pub(super) fn serve_in_foreground(
     let mut config = ServerConfig::new(paths.clone());
     config.api_keys = api_keys.clone();
     config.allowed_hosts = args.allowed_hosts.clone();
+    let allowed_hosts = settings.get("server.allowed_hosts");
     config.allowed_hosts.extend(
-        settings
-            .get("server.allowed_hosts")
+        allowed_hosts
             .into_iter()
             .flat_map(|names| names.split(',').map(|n| n.trim().to_string()))
             .filter(|n| !n.is_empty()),

@@ -543,3 +543,73 @@ fn the_example_deploys_a_time_zone_cron_and_inspect_shows_its_next_times() {
         "{stdout}"
     );
 }
+
+/// A server of another version: answers every request with `body` (200,
+/// JSON), whatever was asked. Listens on 127.0.0.1:0; returns its URL.
+fn server_answering(body: &'static str) -> String {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            // The request's head; these commands send no body.
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut line = String::new();
+            while reader.read_line(&mut line).is_ok_and(|n| n > 0) && line != "\r\n" {
+                line.clear();
+            }
+            let _ = write!(
+                stream,
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    url
+}
+
+/// A server whose replies renamed a field (`name` → `title`, `value` →
+/// `val`): every command that reads it fails and says so, instead of
+/// printing a blank column or `null` and exiting 0.
+#[test]
+fn a_reply_with_a_renamed_field_fails_instead_of_printing_blank() {
+    let home = tempfile::tempdir().unwrap();
+    let deployments = server_answering(
+        r#"{"deployments": [{"deployment": {"title": "etl", "component": "ab", "flow": "etl"}, "created_at": 1, "updated_at": 1}]}"#,
+    );
+    let variable = server_answering(r#"{"name": "rows", "val": 5}"#);
+    for (url, args, path) in [
+        (&deployments, &["deployment", "ls"][..], "/api/deployments"),
+        (
+            &deployments,
+            &["deployment", "ls", "--json"][..],
+            "/api/deployments",
+        ),
+        (
+            &variable,
+            &["variable", "get", "rows"][..],
+            "/api/variables/rows",
+        ),
+    ] {
+        let out = Command::new(HOST)
+            .args(args)
+            .env("WEIR_HOME", home.path())
+            .env("WEIR_API_URL", url)
+            .stdin(Stdio::null())
+            .output()
+            .expect("running the host");
+        let stderr = text(&out.stderr);
+        assert!(
+            !out.status.success(),
+            "{args:?} printed: {}",
+            text(&out.stdout)
+        );
+        assert!(
+            stderr.contains(&format!("reading the server's reply to {path}"))
+                && stderr.contains("another version"),
+            "{args:?}: {stderr}"
+        );
+        assert!(out.stdout.is_empty(), "{args:?}: {}", text(&out.stdout));
+    }
+}

@@ -8,6 +8,10 @@
 //!   other command goes through the API;
 //! - a public function never answers `Result<_, String>`: errors that cross a
 //!   module's boundary are typed;
+//! - the CLI reads the API's replies as `api::wire` types, never JSON by a
+//!   string key (a renamed field would print blank instead of failing);
+//! - every API route is registered with `routes!`, so the router and the
+//!   OpenAPI document come from one list;
 //! - every source file says what it owns in a `//!` comment.
 
 use std::collections::BTreeMap;
@@ -81,6 +85,7 @@ const OWNERS: &[(&str, &[&str])] = &[
     ("axum", &["api", "ui"]),
     ("flate2", &["ui"]),
     ("utoipa", &["api"]),
+    ("utoipa_axum", &["api"]),
     ("chacha20poly1305", &["secrets"]),
     ("ureq", &["client"]),
     ("clap", &["cli"]),
@@ -303,6 +308,113 @@ fn the_cli_opens_the_database_in_one_file() {
     assert!(offences.is_empty(), "\n{}", offences.join("\n"));
 }
 
+/// Where the CLI may read JSON by key: values free-form by design (a flow's
+/// parameter JSON Schema, written by the flow's author), not API replies.
+const CLI_FREE_FORM_JSON: &[(&str, &str)] = &[
+    ("cli/flow.rs", r#"schema["required"]"#),
+    ("cli/flow.rs", r#"schema["properties"]"#),
+    ("cli/flow.rs", r#"prop["type"]"#),
+    ("cli/flow.rs", r#".get("default")"#),
+];
+
+/// How `line` reads JSON by a string key, if it does: `reply["state"]`
+/// (indexing after a name, a call or another index; not `&["A", "B"]` or
+/// `vec!["a"]`, and not an assignment `out["rows"] = ...`, which writes),
+/// or `value.get("state")` on anything but the CLI's settings.
+fn json_key_read(line: &str) -> Option<&'static str> {
+    let bytes = line.as_bytes();
+    for (at, _) in line.match_indices("[\"") {
+        let indexes = at
+            .checked_sub(1)
+            .map(|i| bytes[i])
+            .is_some_and(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b')' || b == b']');
+        if !indexes {
+            continue;
+        }
+        let after_key = line[at + 2..]
+            .find("\"]")
+            .map(|end| line[at + 2 + end + 2..].trim_start());
+        let writes = after_key.is_some_and(|rest| rest.starts_with('=') && !rest.starts_with("=="));
+        if !writes {
+            return Some("indexes JSON by a string key");
+        }
+    }
+    for call in [".get(\"", ".get_mut(\""] {
+        for (at, _) in line.match_indices(call) {
+            let receiver = line[..at].trim_end();
+            if !(receiver.ends_with("settings") || receiver.ends_with("settings()?")) {
+                return Some("looks up a JSON key with `.get`");
+            }
+        }
+    }
+    None
+}
+
+/// String-key reads of JSON in the CLI: a field the server renamed would
+/// print blank instead of failing. Replies are read as `api::wire` types.
+fn cli_json_key_offences(files: &BTreeMap<PathBuf, String>) -> Vec<String> {
+    let mut offences = Vec::new();
+    for (path, text) in files {
+        if !path.starts_with("cli") {
+            continue;
+        }
+        let lines = code_lines(text).take_while(|(_, l)| !l.contains("#[cfg(test)]"));
+        for (n, line) in lines {
+            let free_form = CLI_FREE_FORM_JSON
+                .iter()
+                .any(|(file, needle)| path == Path::new(file) && line.contains(needle));
+            if free_form {
+                continue;
+            }
+            if let Some(how) = json_key_read(line) {
+                offences.push(format!(
+                    "{}:{n}: {how}; read the reply as its type from `api::wire` (`Backend::get_as`, `send_as`, `parse`), or add a free-form value to CLI_FREE_FORM_JSON: {}",
+                    path.display(),
+                    line.trim()
+                ));
+            }
+        }
+    }
+    offences
+}
+
+#[test]
+fn the_cli_reads_replies_as_types() {
+    let offences = cli_json_key_offences(&host_sources());
+    assert!(offences.is_empty(), "\n{}", offences.join("\n"));
+}
+
+/// Routes registered by hand on the API's router: they would be served but
+/// missing from the OpenAPI document. `routes!` (utoipa-axum) registers a
+/// handler from its `#[utoipa::path]`, so the router and the document come
+/// from one list.
+fn undocumented_route_offences(files: &BTreeMap<PathBuf, String>) -> Vec<String> {
+    let mut offences = Vec::new();
+    for (path, text) in files {
+        if module_of(path) != "api" {
+            continue;
+        }
+        for (n, line) in code_lines(text) {
+            for call in [".route(", ".route_service(", ".nest(", ".nest_service("] {
+                if line.contains(call) {
+                    offences.push(format!(
+                        "{}:{n}: `{call}..)` serves a route the OpenAPI document does not list; give the handler a #[utoipa::path] and register it with `.routes(routes!(..))` in api::documented_routes: {}",
+                        path.display(),
+                        line.trim()
+                    ));
+                }
+            }
+        }
+    }
+    offences
+}
+
+#[test]
+fn every_api_route_is_registered_with_its_document() {
+    let offences = undocumented_route_offences(&host_sources());
+    assert!(offences.is_empty(), "\n{}", offences.join("\n"));
+}
+
 /// Test support that may answer plain text: it is not part of the program.
 const STRING_ERRORS_ALLOWED: &[&str] = &["store/pg/testing.rs"];
 
@@ -447,6 +559,79 @@ fn the_rules_catch_planted_violations() {
     );
     assert!(cli_store_offences(&planted("cli/output.rs", "use std::io::Write as _;")).is_empty());
     assert!(cli_store_offences(&planted("api/runs.rs", "let s = Store::open(&path)?;")).is_empty());
+    // The CLI reading a reply by key: indexing, comparing, `.get`.
+    for read in [
+        r#"let id = reply["flow_run_id"].as_str().unwrap_or_default();"#,
+        r#"if reply["created"] == json!(true) {"#,
+        r#"let pool = reply["deployment"]["work_pool"].clone();"#,
+        r#"let n = page.logs()["id"].as_i64();"#,
+        r#"let m = value.get("message").and_then(Value::as_str);"#,
+    ] {
+        assert_eq!(
+            cli_json_key_offences(&planted("cli/deploy.rs", read)).len(),
+            1,
+            "{read}"
+        );
+    }
+    // Not reads: table headers, arrays, writes, settings, tests, free-form
+    // schemas, and other modules.
+    for fine in [
+        r#"println!("{}", table(&["NAME", "FLOW"], &rows));"#,
+        r#"let v = vec!["a".into(), "b".into()];"#,
+        r#"for bad in ["1demo", "de mo"] {"#,
+        r#"out["rows"] = json!({"logs": 1});"#,
+        r#"let url = settings.get("api.url");"#,
+        r#"let key = settings()?.get("api.key");"#,
+        "#[cfg(test)]\nmod tests { let x = parsed[\"lib\"][\"crate-type\"]; }",
+    ] {
+        assert!(
+            cli_json_key_offences(&planted("cli/deploy.rs", fine)).is_empty(),
+            "{fine}"
+        );
+    }
+    assert!(
+        cli_json_key_offences(&planted(
+            "cli/flow.rs",
+            r#"let Some(props) = schema["properties"].as_object() else {"#
+        ))
+        .is_empty()
+    );
+    assert_eq!(
+        cli_json_key_offences(&planted(
+            "cli/deploy.rs",
+            r#"let Some(props) = schema["properties"].as_object() else {"#
+        ))
+        .len(),
+        1
+    );
+    assert!(
+        cli_json_key_offences(&planted("api/runs.rs", r#"let x = body["name"].as_str();"#))
+            .is_empty()
+    );
+    // A route added to the API by hand, bypassing the document.
+    assert_eq!(
+        undocumented_route_offences(&planted(
+            "api/mod.rs",
+            ".routes(routes!(runs::get_flow_run))\n    .route(\"/api/x\", get(x))"
+        ))
+        .len(),
+        1
+    );
+    assert_eq!(
+        undocumented_route_offences(&planted("api/runs.rs", "router.nest(\"/v2\", other)")).len(),
+        1
+    );
+    assert!(
+        undocumented_route_offences(&planted(
+            "api/mod.rs",
+            ".routes(routes!(runs::list_components, runs::upload_component))"
+        ))
+        .is_empty()
+    );
+    // The web UI is no part of the API document.
+    assert!(
+        undocumented_route_offences(&planted("ui/mod.rs", ".route(\"/\", get(home))")).is_empty()
+    );
     // A public function with a text error, on one line or wrapped.
     assert_eq!(
         string_error_offences(&planted(
