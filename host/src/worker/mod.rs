@@ -1191,6 +1191,8 @@ impl FlowRun {
             }
         };
         let id = TaskRunId::new();
+        // Attempt 1 starts as its row is created, so a fast task's attempt is its row (one write).
+        let created_at = control.now();
         // The row is written with the first outcome, unless the attempt runs
         // longer than ANNOUNCE_AFTER: then it is written as Running right away.
         // A fast task costs one commit; a slow one is visible while it runs.
@@ -1212,7 +1214,7 @@ impl FlowRun {
             cache_key: cache_key.clone(),
             cached_from: None,
             host: self.executor.settings.host_name.clone(),
-            at: control.now(),
+            at: created_at,
         });
 
         let started = Instant::now();
@@ -1234,7 +1236,11 @@ impl FlowRun {
                 task_name: name.clone(),
                 attempt,
             });
-            let attempt_started = control.now();
+            let attempt_started = if attempt == 1 {
+                created_at
+            } else {
+                control.now()
+            };
             let run = self.executor.engine.run(
                 &self.component,
                 Entry::Task {
