@@ -22,7 +22,7 @@ pub fn run(report: &mut Report, host: &Path) {
             report.push(figure);
         }
     };
-    add(drills::kill_mid_flows(host, 100, 20), report);
+    add(drills::kill_mid_flows(host, 100, 20, 5), report);
     add(drills::concurrent_triggers(host, 1000, 32), report);
     add(drills::fuzz_api(host, 20, 0xbe7c4), report);
     match drills::disk_full(host) {

@@ -302,8 +302,13 @@ fn hyphenated_uuid(bytes: &[u8]) -> String {
 /// restart it: every run must end Completed (resumed) or Crashed with a
 /// reason; no call whose completion was in the database at the kill runs
 /// again (its side-effect file holds one line); the database is intact.
-pub fn kill_mid_flows(host: &Path, flows: usize, calls: u32) -> DrillReport {
-    let mut report = DrillReport::new("kill -9 mid flows");
+/// Each call sleeps `ms` first: 0 makes every call a fast task, whose
+/// attempt and history the store keeps in its one row.
+pub fn kill_mid_flows(host: &Path, flows: usize, calls: u32, ms: u64) -> DrillReport {
+    let mut report = DrillReport::new(match ms {
+        0 => "kill -9 mid flows of fast calls",
+        _ => "kill -9 mid flows",
+    });
     let scratch = tempfile::tempdir().unwrap();
     let home = scratch.path().join("home");
     let marks = scratch.path().join("marks");
@@ -314,7 +319,7 @@ pub fn kill_mid_flows(host: &Path, flows: usize, calls: u32) -> DrillReport {
     let digest = server.upload_fixture();
     server.deploy(json!({
         "name": "marked", "component": digest, "flow": "marked",
-        "params": { "dir": marks_dir, "n": calls, "ms": 5 },
+        "params": { "dir": marks_dir, "n": calls, "ms": ms },
         "capabilities": { "dirs": [{ "path": marks_dir, "writable": true }] },
     }));
     let ids: Vec<String> = (0..flows)

@@ -88,7 +88,7 @@ pub(crate) fn new_flow_run(id: FlowRunId) -> Write {
 }
 
 /// Call #0 of `flow`, task `load` with input `{}`, Running since 10.
-fn new_task_run(id: TaskRunId, flow: FlowRunId, cache_key: Option<&str>) -> Write {
+pub(crate) fn new_task_run(id: TaskRunId, flow: FlowRunId, cache_key: Option<&str>) -> Write {
     Write::NewTaskRun(NewTaskRun {
         id,
         flow_run: flow,
@@ -733,6 +733,132 @@ async fn a_task_created_and_ended_in_one_unit_reads_back_as_in_two(kind: Kind) {
     assert!(store.state_history(task.0).unwrap().is_empty());
 }
 
+/// What a reader sees of a task run: its row (ids blanked), its history
+/// and its attempts.
+fn task_as_read(store: &Store, flow: FlowRunId, task: TaskRunId) -> String {
+    let rows = store.task_runs(flow).unwrap();
+    assert_eq!(rows.len(), 1);
+    let mut row = serde_json::to_value(&rows[0]).unwrap();
+    row["id"] = serde_json::Value::Null;
+    row["flow_run"] = serde_json::Value::Null;
+    let attempts: Vec<_> = store
+        .task_attempts(task)
+        .unwrap()
+        .into_iter()
+        .map(|a| AttemptRecord {
+            task_run: TaskRunId::from_bytes([0; 16]),
+            ..a
+        })
+        .collect();
+    format!(
+        "{row}\n{:?}\n{attempts:?}",
+        store.state_history(task.0).unwrap()
+    )
+}
+
+/// A fast task's one-unit commit may keep its attempt and history in its
+/// row alone (SQLite does). Attacked where that could show: an end at the
+/// very microsecond of the start (history ties), an attempt whose facts
+/// differ from the row's (its failure kind, its start, its fuel), and later
+/// changes to the row (a retry brings it back: Failed → Pending → Running
+/// with a second attempt → Completed). Every reading must equal that of the
+/// same task written in separate units, row by row.
+async fn a_fast_tasks_attempt_and_history_read_back_whole_through_later_changes(kind: Kind) {
+    let Some((_place, store)) = open(kind) else {
+        return;
+    };
+    // (ended at, attempt started at, attempt's failure kind, attempt's fuel)
+    let cases = [
+        (10, 10, Some(FailureKind::Failed), 123),
+        (20, 10, Some(FailureKind::Failed), 123),
+        (20, 12, Some(FailureKind::Failed), 123),
+        (20, 10, Some(FailureKind::Trap), 123),
+        (20, 10, Some(FailureKind::Failed), 7),
+    ];
+    for (ended_at, attempt_started, attempt_kind, attempt_fuel) in cases {
+        let mut seen = Vec::new();
+        for in_one_unit in [true, false] {
+            let (flow, task) = (FlowRunId::new(), TaskRunId::new());
+            let mut failed =
+                StateChange::new(task.0, RunState::Running, RunState::Failed, ended_at);
+            failed.failure_kind = Some(FailureKind::Failed);
+            failed.message = Some("it broke".into());
+            failed.attempts = Some(1);
+            failed.fuel_used = Some(123);
+            failed.peak_memory = Some(65536);
+            let attempt = |n: u32, started_at, ended_at, failure| {
+                Write::TaskAttempt(AttemptRecord {
+                    task_run: task,
+                    attempt: n,
+                    started_at,
+                    ended_at,
+                    fuel_used: attempt_fuel,
+                    peak_memory: 65536,
+                    failure,
+                })
+            };
+            let first = attempt(
+                1,
+                attempt_started,
+                ended_at,
+                attempt_kind.map(|k| (k, "it broke".to_string())),
+            );
+            let created = new_task_run(task, flow, None);
+            let units = match in_one_unit {
+                true => vec![vec![
+                    new_flow_run(flow),
+                    created,
+                    first,
+                    Write::TaskRunState(failed),
+                ]],
+                false => vec![
+                    vec![new_flow_run(flow), created],
+                    vec![first, Write::TaskRunState(failed)],
+                ],
+            };
+            for unit in units {
+                store.submit(unit).committed().await.unwrap();
+            }
+            let mut readings = vec![task_as_read(&store, flow, task)];
+            // A retry brings the ended task back, then it runs again.
+            let steps = [
+                (RunState::Failed, RunState::Pending, 30),
+                (RunState::Pending, RunState::Running, 40),
+            ];
+            for (from, to, at) in steps {
+                store
+                    .submit(vec![Write::TaskRunState(StateChange::new(
+                        task.0, from, to, at,
+                    ))])
+                    .committed()
+                    .await
+                    .unwrap();
+                readings.push(task_as_read(&store, flow, task));
+            }
+            let mut completed =
+                StateChange::new(task.0, RunState::Running, RunState::Completed, 50);
+            completed.attempts = Some(2);
+            completed.output = Some("\"ok\"".into());
+            store
+                .submit(vec![
+                    attempt(2, 40, 50, None),
+                    Write::TaskRunState(completed),
+                ])
+                .committed()
+                .await
+                .unwrap();
+            readings.push(task_as_read(&store, flow, task));
+            seen.push(readings);
+        }
+        assert_eq!(
+            seen[0], seen[1],
+            "ended at {ended_at}, attempt from {attempt_started}, {attempt_kind:?}, fuel {attempt_fuel}: one unit against two"
+        );
+        assert_eq!(seen[0][0].matches("attempt: ").count(), 1, "{}", seen[0][0]);
+        assert_eq!(seen[0][3].matches("attempt: ").count(), 2, "{}", seen[0][3]);
+    }
+}
+
 fn deployment_version(version: u32, body: &str) -> Write {
     Write::DeploymentVersion {
         deployment: "etl".into(),
@@ -987,6 +1113,7 @@ async fn racing_takers_on_two_stores_get_exactly_the_slots_there_are(kind: Kind)
 
 on_both_backends!(
     a_task_created_and_ended_in_one_unit_reads_back_as_in_two,
+    a_fast_tasks_attempt_and_history_read_back_whole_through_later_changes,
     racing_takers_on_two_stores_get_exactly_the_slots_there_are,
     slots_are_taken_all_or_none_and_come_back,
     runs_are_counted_per_hour_and_state,

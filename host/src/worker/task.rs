@@ -427,7 +427,12 @@ impl FlowRun {
             task_name: call.name.clone(),
             attempt,
         });
-        let attempt_started = control.now();
+        // Attempt 1 starts as its row is created, so a fast task's attempt
+        // is its row alone (the store writes no attempt or history rows).
+        let attempt_started = match (attempt, &guard.unannounced) {
+            (1, Some(row)) => row.at,
+            _ => control.now(),
+        };
         let run = self.executor.engine.run(
             &self.component,
             Entry::Task {

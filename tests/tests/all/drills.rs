@@ -14,7 +14,14 @@ const HOST: &str = env!("CARGO_BIN_EXE_host-under-test");
 
 #[test]
 fn kill_9_mid_flows_loses_nothing_and_reruns_no_recorded_call() {
-    drills::kill_mid_flows(Path::new(HOST), 20, 10).print();
+    drills::kill_mid_flows(Path::new(HOST), 20, 10, 5).print();
+}
+
+/// The same with calls that take no time: each is a fast task, committed as
+/// its row alone, hundreds of them between the drill's looks at the disk.
+#[test]
+fn kill_9_mid_fast_flows_loses_nothing_and_reruns_no_recorded_call() {
+    drills::kill_mid_flows(Path::new(HOST), 4, 2000, 0).print();
 }
 
 #[test]

@@ -66,22 +66,52 @@ fn run_cached(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
 /// the same unit (a fast task: created, attempted and completed in one
 /// commit) is inserted as it ends, instead of inserted and then updated.
 fn apply_unit(conn: &Connection, writes: &[Write], files: &ResultFiles) -> Result<(), StoreError> {
-    let mut folded = None;
+    // Writes already applied as part of a folded task run's insert.
+    let mut folded: Vec<usize> = Vec::new();
     for (i, write) in writes.iter().enumerate() {
-        if folded == Some(i) {
+        if folded.contains(&i) {
             continue;
         }
         if let Write::NewTaskRun(run) = write
             && let Some(j) = first_change_of_new_task_run(run, &writes[i + 1..])
             && let Write::TaskRunState(change) = &writes[i + 1 + j]
         {
-            insert_moved_task_run(conn, run, change, files)?;
-            folded = Some(i + 1 + j);
+            let attempts = &writes[i + 1..i + 1 + j];
+            let in_row = attempt_is_in_row(run, attempts, change);
+            insert_moved_task_run(conn, run, change, in_row, files)?;
+            folded.push(i + 1 + j);
+            if in_row {
+                folded.extend(i + 1..i + 1 + j);
+            }
             continue;
         }
         apply(conn, write, files)?;
     }
     Ok(())
+}
+
+/// Whether a fast task's only attempt says nothing its final row does not:
+/// attempt 1, from the row's creation to its end, with the row's fuel,
+/// memory and failure. Then neither that attempt nor the row's two history
+/// entries (Running at creation, the final state at the end) are written:
+/// a commit touches the task row and its index alone (two WAL pages, not
+/// four), and [`super::tasks`] reads them back from the row. A task row
+/// with no history entries is such a row (every other write records one).
+fn attempt_is_in_row(run: &NewTaskRun, attempts: &[Write], change: &StateChange) -> bool {
+    let [Write::TaskAttempt(attempt)] = attempts else {
+        return false;
+    };
+    let failure_in_row = change
+        .failure_kind
+        .map(|kind| (kind, change.message.clone().unwrap_or_default()));
+    change.to.is_terminal()
+        && change.attempts == Some(1)
+        && attempt.attempt == 1
+        && attempt.started_at == run.at
+        && attempt.ended_at == change.at
+        && change.fuel_used == Some(attempt.fuel_used)
+        && change.peak_memory == Some(attempt.peak_memory)
+        && attempt.failure == failure_in_row
 }
 
 /// Where in `rest` the state change of a just-created Running task run is,
@@ -105,11 +135,13 @@ fn first_change_of_new_task_run(run: &NewTaskRun, rest: &[Write]) -> Option<usiz
 
 /// A Running task run's creation and its next state change as one insert,
 /// with the same row and history as the insert and compare-and-set update
-/// would leave.
+/// would leave (the history left to be read from the row when
+/// `attempt_in_row`: see [`attempt_is_in_row`]).
 fn insert_moved_task_run(
     conn: &Connection,
     run: &NewTaskRun,
     change: &StateChange,
+    attempt_in_row: bool,
     files: &ResultFiles,
 ) -> Result<(), StoreError> {
     let output = change
@@ -145,6 +177,9 @@ fn insert_moved_task_run(
         run.host,
         run.input_sha256,
     ])?;
+    if attempt_in_row {
+        return Ok(());
+    }
     conn.prepare_cached(
         "INSERT OR IGNORE INTO run_states (run_id, at_us, state, message) VALUES (?1, ?2, ?3, NULL), (?1, ?4, ?5, ?6)",
     )?
@@ -235,6 +270,11 @@ fn set_state(
         change.to.is_terminal(),
         change.next_attempt_at,
     ];
+    if let RunTable::Task = table
+        && change.from.is_terminal()
+    {
+        write_out_task_in_row(conn, change.id)?;
+    }
     let n = conn
         .prepare_cached(table.set_state_sql())?
         .execute(&args[..table.set_state_parameters()])?;
@@ -328,6 +368,7 @@ fn apply(conn: &Connection, write: &Write, files: &ResultFiles) -> Result<(), St
         Write::FlowRunState(change) => set_state(conn, RunTable::Flow, change, files)?,
         Write::TaskRunState(change) => set_state(conn, RunTable::Task, change, files)?,
         Write::TaskAttempt(a) => {
+            write_out_task_in_row(conn, a.task_run.0)?;
             let (kind, message) = match &a.failure {
                 Some((kind, message)) => (Some(kind.as_str()), Some(message.as_str())),
                 None => (None, None),
@@ -669,6 +710,7 @@ fn apply(conn: &Connection, write: &Write, files: &ResultFiles) -> Result<(), St
             record_state(conn, run.id.0, at, run.state, run.message.as_deref())?;
         }
         Write::UpsertTaskRun(task) => {
+            write_out_task_in_row(conn, task.id.0)?;
             let input = files.deflate(&task.input)?;
             let output = task
                 .output
@@ -746,6 +788,32 @@ fn apply(conn: &Connection, write: &Write, files: &ResultFiles) -> Result<(), St
             }
         }
     }
+    Ok(())
+}
+
+/// Before a task run whose attempt and history live in its row (see
+/// [`attempt_is_in_row`]) gets another attempt or state, writes them out as
+/// the rows they stand for, so that what is read back stays whole. Nothing
+/// for any other task run.
+fn write_out_task_in_row(conn: &Connection, task_run: uuid::Uuid) -> rusqlite::Result<()> {
+    // The attempt first: it is found by the history being absent.
+    conn.prepare_cached(
+        "INSERT OR IGNORE INTO task_attempts (task_run, attempt, started_us, ended_us, fuel_used, peak_memory,
+            failure_kind, message)
+         SELECT id, 1, started_us, ended_us, fuel_used, peak_memory, failure_kind,
+            CASE WHEN failure_kind IS NOT NULL THEN coalesce(message, '') END
+         FROM task_runs WHERE id = ?1 AND NOT EXISTS (SELECT 1 FROM run_states WHERE run_id = ?1)",
+    )?
+    .execute([task_run.as_bytes()])?;
+    conn.prepare_cached(
+        "INSERT OR IGNORE INTO run_states (run_id, at_us, state, message)
+         SELECT id, created_us, 'Running', NULL FROM task_runs
+            WHERE id = ?1 AND NOT EXISTS (SELECT 1 FROM run_states WHERE run_id = ?1)
+         UNION ALL
+         SELECT id, ended_us, state, message FROM task_runs
+            WHERE id = ?1 AND NOT EXISTS (SELECT 1 FROM run_states WHERE run_id = ?1)",
+    )?
+    .execute([task_run.as_bytes()])?;
     Ok(())
 }
 

@@ -43,9 +43,15 @@ impl TaskRuns for SqliteStore {
 
     fn task_attempts(&self, task_run: TaskRunId) -> Result<Vec<AttemptRecord>, StoreError> {
         self.read(|c| {
-            let mut stmt = c.prepare(
+            // A fast task's only attempt may live in its row (a task row
+            // with no history: see `apply::attempt_is_in_row`).
+            let mut stmt = c.prepare_cached(
                 "SELECT attempt, started_us, ended_us, fuel_used, peak_memory, failure_kind, message
-                 FROM task_attempts WHERE task_run = ?1 ORDER BY attempt",
+                 FROM task_attempts WHERE task_run = ?1
+                 UNION ALL
+                 SELECT 1, started_us, ended_us, fuel_used, peak_memory, failure_kind, message
+                 FROM task_runs WHERE id = ?1 AND NOT EXISTS (SELECT 1 FROM run_states WHERE run_id = ?1)
+                 ORDER BY 1",
             )?;
             stmt.query_map([task_run.as_bytes()], |r| {
                 let kind: Option<String> = r.get(5)?;
@@ -72,8 +78,18 @@ impl TaskRuns for SqliteStore {
         run: uuid::Uuid,
     ) -> Result<Vec<(TimestampMicros, RunState, Option<String>)>, StoreError> {
         let rows: Vec<(i64, String, Option<String>)> = self.read(|c| {
-            let mut stmt = c.prepare(
-                "SELECT at_us, state, message FROM run_states WHERE run_id = ?1 ORDER BY at_us",
+            // A task row with no history entries holds them itself: Running
+            // at its creation, its state at its end (`apply::attempt_is_in_row`).
+            // Ties in time go by state, as the history's primary key orders them.
+            let mut stmt = c.prepare_cached(
+                "SELECT at_us, state, message FROM run_states WHERE run_id = ?1
+                 UNION ALL
+                 SELECT created_us, 'Running', NULL FROM task_runs
+                    WHERE id = ?1 AND NOT EXISTS (SELECT 1 FROM run_states WHERE run_id = ?1)
+                 UNION ALL
+                 SELECT ended_us, state, message FROM task_runs
+                    WHERE id = ?1 AND NOT EXISTS (SELECT 1 FROM run_states WHERE run_id = ?1)
+                 ORDER BY 1, 2",
             )?;
             stmt.query_map([run.as_bytes()], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
                 .collect()

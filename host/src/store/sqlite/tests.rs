@@ -213,3 +213,83 @@ async fn the_hourly_counts_are_filled_from_the_runs_a_database_had() {
         ]
     );
 }
+
+/// A fast task (created, attempted once and ended in one unit) is one row:
+/// no attempt row and no history rows, so its commit writes the task table
+/// and its index alone. A task whose attempt says more than its row (here
+/// a start after the row's creation) keeps both, as before.
+#[tokio::test]
+async fn a_fast_task_is_its_row_alone_and_a_slower_one_keeps_its_attempt_and_history() {
+    let (_dir, store) = open();
+    let flow = FlowRunId::new();
+    store
+        .submit(vec![new_flow_run(flow)])
+        .committed()
+        .await
+        .unwrap();
+    let mut tasks = Vec::new();
+    for (seq, attempt_started) in [(0u64, 10), (1, 11)] {
+        let task = TaskRunId::new();
+        let Write::NewTaskRun(mut created) = crate::store::tests::new_task_run(task, flow, None)
+        else {
+            unreachable!()
+        };
+        created.call_seq = seq;
+        let mut change = StateChange::new(task.0, RunState::Running, RunState::Completed, 20);
+        change.attempts = Some(1);
+        change.fuel_used = Some(5);
+        change.peak_memory = Some(6);
+        change.output = Some("1".into());
+        store
+            .submit(vec![
+                Write::NewTaskRun(created),
+                Write::TaskAttempt(AttemptRecord {
+                    task_run: task,
+                    attempt: 1,
+                    started_at: attempt_started,
+                    ended_at: 20,
+                    fuel_used: 5,
+                    peak_memory: 6,
+                    failure: None,
+                }),
+                Write::TaskRunState(change),
+            ])
+            .committed()
+            .await
+            .unwrap();
+        tasks.push(task);
+    }
+    let rows_of = |task: TaskRunId| {
+        store
+            .read(|c| {
+                c.query_row(
+                    "SELECT (SELECT count(*) FROM run_states WHERE run_id = ?1),
+                            (SELECT count(*) FROM task_attempts WHERE task_run = ?1)",
+                    [task.as_bytes()],
+                    |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)),
+                )
+            })
+            .unwrap()
+    };
+    assert_eq!(rows_of(tasks[0]), (0, 0), "the fast task is its row alone");
+    assert_eq!(rows_of(tasks[1]), (2, 1), "history and attempt written");
+    for (task, started_at) in tasks.iter().zip([10, 11]) {
+        let attempts = store.task_attempts(*task).unwrap();
+        assert_eq!(attempts.len(), 1);
+        assert_eq!(
+            (
+                attempts[0].started_at,
+                attempts[0].ended_at,
+                attempts[0].fuel_used
+            ),
+            (started_at, 20, 5)
+        );
+        let states: Vec<_> = store
+            .state_history(task.0)
+            .unwrap()
+            .into_iter()
+            .map(|(at, state, _)| (at, state))
+            .collect();
+        assert_eq!(states, [(10, RunState::Running), (20, RunState::Completed)]);
+    }
+}
