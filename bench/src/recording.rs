@@ -139,7 +139,7 @@ pub async fn run(options: &Options, report: &mut Report) {
                 .target(at_least(target));
             if figure.met() == Some(false) {
                 figure = figure.note(
-                    "sequential: one commit per task (the promise), ~11 WAL pwrites and ~6 fcntl locks each (strace); fan-out shares commits. See ARCHITECTURE.md, store/sqlite",
+                    "sequential: one commit per task (the promise), ~6 WAL pwrites and ~6 fcntl locks each (strace); fan-out shares few commits. See ARCHITECTURE.md, store/sqlite",
                 );
             }
             report.push(figure);
