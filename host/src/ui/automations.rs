@@ -253,25 +253,20 @@ pub(super) async fn save(
     }
 }
 
-async fn set_paused(
-    state: Arc<ApiState>,
-    session: Session,
-    name: String,
-    form: CsrfForm,
-    paused: bool,
-) -> UiResult<Response> {
-    session.check_csrf(&form.csrf)?;
-    let _saved = crate::api::automations::set_paused(state, name.clone(), paused).await?;
-    Ok(Redirect::to(&format!("/automations/{}", url_part(&name))).into_response())
-}
-
 pub(super) async fn pause(
     State(state): State<Arc<ApiState>>,
     Extension(session): Extension<Session>,
     Path(name): Path<String>,
     axum::Form(form): axum::Form<CsrfForm>,
 ) -> UiResult<Response> {
-    set_paused(state, session, name, form, true).await
+    let back = format!("/automations/{}", url_part(&name));
+    super::action_step(
+        &session,
+        form,
+        &back,
+        crate::api::automations::set_paused(state, name, true),
+    )
+    .await
 }
 
 pub(super) async fn resume(
@@ -280,7 +275,14 @@ pub(super) async fn resume(
     Path(name): Path<String>,
     axum::Form(form): axum::Form<CsrfForm>,
 ) -> UiResult<Response> {
-    set_paused(state, session, name, form, false).await
+    let back = format!("/automations/{}", url_part(&name));
+    super::action_step(
+        &session,
+        form,
+        &back,
+        crate::api::automations::set_paused(state, name, false),
+    )
+    .await
 }
 
 pub(super) async fn delete(

@@ -581,25 +581,20 @@ pub(super) async fn edit(
     }
 }
 
-async fn set_paused(
-    state: Arc<ApiState>,
-    session: Session,
-    name: String,
-    form: CsrfForm,
-    paused: bool,
-) -> UiResult<Response> {
-    session.check_csrf(&form.csrf)?;
-    let _saved = crate::api::deployments::set_paused(&state, name.clone(), paused).await?;
-    Ok(Redirect::to(&format!("/deployments/{}", url_part(&name))).into_response())
-}
-
 pub(super) async fn pause(
     State(state): State<Arc<ApiState>>,
     Extension(session): Extension<Session>,
     Path(name): Path<String>,
     axum::Form(form): axum::Form<CsrfForm>,
 ) -> UiResult<Response> {
-    set_paused(state, session, name, form, true).await
+    let back = format!("/deployments/{}", url_part(&name));
+    super::action_step(
+        &session,
+        form,
+        &back,
+        crate::api::deployments::set_paused(&state, name, true),
+    )
+    .await
 }
 
 pub(super) async fn resume(
@@ -608,7 +603,14 @@ pub(super) async fn resume(
     Path(name): Path<String>,
     axum::Form(form): axum::Form<CsrfForm>,
 ) -> UiResult<Response> {
-    set_paused(state, session, name, form, false).await
+    let back = format!("/deployments/{}", url_part(&name));
+    super::action_step(
+        &session,
+        form,
+        &back,
+        crate::api::deployments::set_paused(&state, name, false),
+    )
+    .await
 }
 
 /// Deletes a deployment after the confirmation step, as

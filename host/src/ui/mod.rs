@@ -171,6 +171,20 @@ async fn delete_step<T>(
     Ok(Redirect::to(back_to).into_response())
 }
 
+/// A button that only confirms an action (pause, resume): the form's CSRF
+/// token first, then `action` (the API's own handler; a future, so nothing
+/// runs before the check), then back to `back_to`.
+async fn action_step<T>(
+    session: &Session,
+    form: CsrfForm,
+    back_to: &str,
+    action: impl std::future::Future<Output = Result<T, crate::api::ApiError>>,
+) -> UiResult<Response> {
+    session.check_csrf(&form.csrf)?;
+    action.await?;
+    Ok(Redirect::to(back_to).into_response())
+}
+
 /// Who is looking: the key's role and the CSRF token for its forms.
 #[derive(Clone, Debug)]
 pub(crate) struct Session {

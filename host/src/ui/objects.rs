@@ -546,25 +546,19 @@ pub(super) async fn set_variable(
     Ok(Redirect::to("/variables").into_response())
 }
 
-async fn set_pool_paused(
-    state: Arc<ApiState>,
-    session: Session,
-    name: String,
-    form: CsrfForm,
-    paused: bool,
-) -> UiResult<Response> {
-    session.check_csrf(&form.csrf)?;
-    let _saved = crate::api::objects::set_pool_paused(&state, name, paused).await?;
-    Ok(Redirect::to("/pools").into_response())
-}
-
 pub(super) async fn pause_pool(
     State(state): State<Arc<ApiState>>,
     Extension(session): Extension<Session>,
     Path(name): Path<String>,
     axum::Form(form): axum::Form<CsrfForm>,
 ) -> UiResult<Response> {
-    set_pool_paused(state, session, name, form, true).await
+    super::action_step(
+        &session,
+        form,
+        "/pools",
+        crate::api::objects::set_pool_paused(&state, name, true),
+    )
+    .await
 }
 
 pub(super) async fn resume_pool(
@@ -573,7 +567,13 @@ pub(super) async fn resume_pool(
     Path(name): Path<String>,
     axum::Form(form): axum::Form<CsrfForm>,
 ) -> UiResult<Response> {
-    set_pool_paused(state, session, name, form, false).await
+    super::action_step(
+        &session,
+        form,
+        "/pools",
+        crate::api::objects::set_pool_paused(&state, name, false),
+    )
+    .await
 }
 
 /// Deletes a pool and its queues after the confirmation step, through the
