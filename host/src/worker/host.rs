@@ -39,7 +39,7 @@ impl GuestHost for FlowHost {
 
     fn call_task(&self, name: String, input: String) -> HostFuture<'_, Result<String, Failure>> {
         let seq = self.0.seq.fetch_add(1, Ordering::SeqCst);
-        self.0.in_background(
+        self.0.in_place(
             self.0
                 .clone()
                 .execute_task_and_hooks(name, input, seq, None),

@@ -5,7 +5,11 @@ use super::{FlowRun, RunSummary, crashed};
 use crate::control::Control;
 use crate::engine::HostFuture;
 use crate::model::{Failure, FailureKind, LogLevel, RunInfo, TaskRunId};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::sync::OwnedSemaphorePermit;
 
@@ -108,6 +112,22 @@ impl FlowRun {
         })
     }
 
+    /// Runs a call the flow waits for inside the flow's own tokio task: no
+    /// hand-off to another worker thread and back for each call of a
+    /// sequential flow (the wake-ups cost more than the commit). If the flow
+    /// instance is dropped mid-call (a cancel, a deadline), the rest of the
+    /// call moves to a task of its own, as [`Self::in_background`] would have
+    /// run it, so it still ends and records how, and the run waits for it.
+    pub(super) fn in_place(
+        self: &Arc<Self>,
+        call: impl Future<Output = Result<String, Failure>> + Send + 'static,
+    ) -> HostFuture<'static, Result<String, Failure>> {
+        Box::pin(InPlace {
+            call: Some(Box::pin(call)),
+            run: self.clone(),
+        })
+    }
+
     /// A slot among the tasks of this run that may run at once.
     pub(super) async fn concurrency_permit(&self) -> Result<OwnedSemaphorePermit, Failure> {
         tokio::select! {
@@ -132,5 +152,46 @@ impl FlowRun {
             deployment: self.deployment.clone(),
             scheduled_at: None,
         }
+    }
+}
+
+/// A call polled where its caller is, until the caller lets go of it unfinished.
+struct InPlace {
+    call: Option<HostFuture<'static, Result<String, Failure>>>,
+    run: Arc<FlowRun>,
+}
+
+impl Future for InPlace {
+    type Output = Result<String, Failure>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let Some(call) = self.call.as_mut() else {
+            return Poll::Ready(Err(crashed("the call was polled after it ended")));
+        };
+        let outcome = call.as_mut().poll(cx);
+        if outcome.is_ready() {
+            self.call = None;
+        }
+        outcome
+    }
+}
+
+impl Drop for InPlace {
+    /// Dropped unfinished: the call goes on as a task of the run's own. With
+    /// no runtime left (the process is ending) it is dropped, and its
+    /// `CallGuard` records it Cancelled.
+    fn drop(&mut self) {
+        let (Some(call), Ok(runtime)) = (self.call.take(), tokio::runtime::Handle::try_current())
+        else {
+            return;
+        };
+        let join = runtime.spawn(async move {
+            let _ = call.await;
+        });
+        self.run
+            .background
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(join);
     }
 }
