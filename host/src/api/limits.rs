@@ -43,13 +43,13 @@ pub struct LimitList {
 }
 
 /// `PUT /api/concurrency-limits/{name}`'s body.
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LimitBody {
     #[schema(minimum = 1, maximum = 1000000)]
     pub slots: u32,
     /// Makes it a rate limit: above 0, at most 1000000.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(exclusive_minimum = 0, maximum = 1000000)]
     pub slot_decay_per_second: Option<f64>,
 }

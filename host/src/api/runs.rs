@@ -495,8 +495,11 @@ pub(super) async fn resume_flow_run(
     let input = if body.is_empty() {
         None
     } else {
-        parse_body::<Option<ResumeInput>>(&body, r#"{"input": <JSON matching the pause's schema>}"#)?
-            .and_then(|b| b.input)
+        parse_body::<Option<ResumeInput>>(
+            &body,
+            r#"{"input": <JSON matching the pause's schema>}"#,
+        )?
+        .and_then(|b| b.input)
     };
     let (id, paused) = state
         .blocking(move |state| {

@@ -6,11 +6,11 @@
 //! document shape with `#[schema(value_type = ...)]` (`schema.rs`).
 //! Times are microseconds since the Unix epoch.
 
+use super::schema;
 use crate::model::{
     FailureKind, FlowRunId, LogLevel, Manifest, RunState, TaskRunId, TimestampMicros,
 };
 use crate::store::{FlowRunRow, LogRow, TaskRunRow};
-use super::schema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
