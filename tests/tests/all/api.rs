@@ -1385,6 +1385,138 @@ fn hostile_requests_get_the_documented_refusals() {
     assert_eq!(status, 404, "{reply}");
 }
 
+/// A hand-written body with a field the server does not read, or a field
+/// of the wrong type, is refused with 400 `bad_json` (as before the bodies
+/// became shared types), and the document says each of these bodies is
+/// closed: a client is never told a field is fine that the server refuses.
+/// The same body without the surplus is accepted, so the refusal is the
+/// field's and not the route's.
+#[test]
+fn closed_request_bodies_refuse_surplus_fields_and_wrong_types() {
+    let server = TestServer::start();
+    let digest = server.upload(FIXTURE_WASM);
+    server.deploy("d", adder("d", &digest, 1, 2));
+    server.send("PUT", "/api/work-pools/p", json!({ "name": "p" }));
+    let doc: Value = serde_json::from_str(&weir_host::api::openapi_document()).unwrap();
+    let unknown_run = "/api/flow-runs/0b7e6f5c-1d2a-4c3b-9e8f-7a6b5c4d3e2f/resume".to_string();
+    // (method, path, template, a body the server takes, its answer, wrong types)
+    let cases: Vec<(&str, String, &str, Value, u16, Vec<Value>)> = vec![
+        (
+            "PUT",
+            "/api/secrets/s".into(),
+            "/api/secrets/{name}",
+            json!({ "value": "s3cret" }),
+            200,
+            vec![json!({ "value": 7 }), json!({ "value": ["s3cret"] })],
+        ),
+        (
+            "PUT",
+            "/api/variables/v".into(),
+            "/api/variables/{name}",
+            json!({ "value": { "any": ["json"] } }),
+            200,
+            vec![json!({})],
+        ),
+        (
+            "POST",
+            "/api/deployments/d/rollback".into(),
+            "/api/deployments/{name}/rollback",
+            json!({ "to": 1 }),
+            200,
+            vec![
+                json!({ "to": "1" }),
+                json!({ "to": -1 }),
+                json!({ "to": 1.5 }),
+            ],
+        ),
+        (
+            "POST",
+            "/api/deployments/d/runs".into(),
+            "/api/deployments/{name}/runs",
+            json!({ "tags": ["t"] }),
+            202,
+            vec![json!({ "tags": "t" }), json!({ "tags": [1] })],
+        ),
+        (
+            "PUT",
+            "/api/concurrency-limits/l".into(),
+            "/api/concurrency-limits/{name}",
+            json!({ "slots": 2 }),
+            200,
+            vec![
+                json!({ "slots": "2" }),
+                json!({ "slots": 2, "slot_decay_per_second": "1" }),
+            ],
+        ),
+        (
+            "PUT",
+            "/api/work-pools/p".into(),
+            "/api/work-pools/{name}",
+            json!({ "paused": false }),
+            200,
+            vec![
+                json!({ "paused": "no" }),
+                json!({ "concurrency_limit": -1 }),
+            ],
+        ),
+        (
+            "PUT",
+            "/api/deployments/d".into(),
+            "/api/deployments/{name}",
+            adder("d", &digest, 1, 2),
+            200,
+            vec![{
+                let mut d = adder("d", &digest, 1, 2);
+                d["paused"] = json!("yes");
+                d
+            }],
+        ),
+        // The body is read before the run is looked up: a good one finds
+        // no run (404), a bad one never gets that far.
+        (
+            "POST",
+            unknown_run,
+            "/api/flow-runs/{id}/resume",
+            json!({ "input": { "approved": true } }),
+            404,
+            vec![json!({ "input": 1, "approved": true })],
+        ),
+    ];
+    for (method, path, template, good, answer, wrong_types) in cases {
+        let mut surplus = good.clone();
+        surplus["surplus"] = json!(1);
+        for bad in std::iter::once(surplus).chain(wrong_types) {
+            let (status, reply) = server.send(method, &path, bad.clone());
+            assert_eq!(
+                (status, reply["error"].as_str()),
+                (400, Some("bad_json")),
+                "{method} {path} {bad}: {reply}"
+            );
+        }
+        let (status, reply) = server.send(method, &path, good.clone());
+        assert_eq!(status, answer, "{method} {path} {good}: {reply}");
+        // What the document says of the body: closed.
+        let body = &doc["paths"][template][method.to_lowercase()]["requestBody"]["content"]["application/json"]
+            ["schema"];
+        let reference = body["$ref"]
+            .as_str()
+            .or_else(|| {
+                // `Option<T>` bodies: T or null.
+                body["oneOf"]
+                    .as_array()?
+                    .iter()
+                    .find_map(|s| s["$ref"].as_str())
+            })
+            .unwrap_or_else(|| panic!("{method} {template}: no schema for its body: {body}"));
+        let name = reference.trim_start_matches("#/components/schemas/");
+        assert_eq!(
+            doc["components"]["schemas"][name]["additionalProperties"],
+            json!(false),
+            "{method} {template}: the server refuses fields {name} does not list; the document must say so"
+        );
+    }
+}
+
 // ---- the dispatcher: admission, pauses and grants on every path ----
 
 #[test]
