@@ -53,8 +53,21 @@ pub struct TaskPolicy {
     pub cache_ttl_ms: Option<u64>,
     /// input-and-code, input or none.
     pub cache_key: Option<String>,
+    /// The key's parts, used instead of `cache_key`: input, params, run-id, code.
+    pub cache_key_parts: Option<Vec<String>>,
     pub refresh_cache: Option<bool>,
     pub tags: Option<Vec<String>>,
+    /// State hooks: tasks of the same component run when a run ends
+    /// Completed, Failed, Cancelled or Crashed. Only the code's own policy
+    /// names them; a deployment's or an override's are not used.
+    pub on_completion: Option<Vec<String>>,
+    pub on_failure: Option<Vec<String>>,
+    pub on_cancellation: Option<Vec<String>>,
+    pub on_crashed: Option<Vec<String>>,
+    /// `false` keeps the result out of the records (a resume runs it again).
+    pub persist_result: Option<bool>,
+    /// A storage the host names (`--result-storage NAME=DIR`) that keeps the result in a file.
+    pub result_storage: Option<String>,
 }
 
 #[derive(ToSchema)]

@@ -1100,6 +1100,158 @@ fn replies_match_their_documented_schemas() {
     insta::assert_json_snapshot!("error_body", error);
 }
 
+/// The shapes `api/schema.rs` keeps for types below the API (`model` may not
+/// name utoipa) are written by hand, so they could fall behind. Each real
+/// type is built here with every field set, named one by one: a field added
+/// to it fails to compile until it is added here, and then this test fails
+/// until its shape in the document lists it too.
+#[test]
+fn schema_only_shapes_list_every_field_of_their_model_types() {
+    use weir_host::model::artifact::{Artifact, ArtifactKind};
+    use weir_host::model::capabilities::{Capabilities, DirGrant};
+    use weir_host::model::{
+        Automation, AutomationEvent, CacheKeyPart, CacheKeyPolicy, Catchup, Deployment,
+        DeploymentVersion, FailureKind, Policy, Schedule, Variable, WorkPool, WorkQueue,
+    };
+    let doc: Value = serde_json::from_str(&weir_host::api::openapi_document()).unwrap();
+    // The document with every component closed: a property it does not list fails.
+    let mut closed = doc["components"].clone();
+    for schema in closed["schemas"].as_object_mut().unwrap().values_mut() {
+        if schema.get("properties").is_some() {
+            schema["additionalProperties"] = json!(false);
+        }
+    }
+    let check = |schema: &str, value: Value| {
+        let root =
+            json!({ "$ref": format!("#/components/schemas/{schema}"), "components": closed });
+        let validator = jsonschema::validator_for(&root).unwrap();
+        let problems: Vec<String> = validator
+            .iter_errors(&value)
+            .map(|e| format!("{} at {}", e, e.instance_path()))
+            .collect();
+        assert!(
+            problems.is_empty(),
+            "{schema} in api/schema.rs does not say what the real type sends: {problems:?}\n{value}"
+        );
+    };
+    let task_policy = Policy {
+        retries: Some(2),
+        retry_delay_ms: Some(vec![100, 200]),
+        backoff: Some(2.0),
+        max_delay_ms: Some(1000),
+        jitter: Some(0.1),
+        retry_on: Some(vec![FailureKind::Failed, FailureKind::Timeout]),
+        timeout_ms: Some(5000),
+        fuel: Some(1_000_000),
+        memory_bytes: Some(64 << 20),
+        cache_ttl_ms: Some(60_000),
+        cache_key: Some(CacheKeyPolicy::Input),
+        cache_key_parts: Some(vec![CacheKeyPart::Input, CacheKeyPart::Params]),
+        refresh_cache: Some(true),
+        tags: Some(vec!["db".into()]),
+        on_completion: Some(vec!["notify".into()]),
+        on_failure: Some(vec!["notify".into()]),
+        on_cancellation: Some(vec!["notify".into()]),
+        on_crashed: Some(vec!["notify".into()]),
+        persist_result: Some(false),
+        result_storage: Some("reports".into()),
+    };
+    let schedule = Schedule {
+        cron: Some("0 9 * * *".into()),
+        interval_seconds: Some(60),
+        rrule: Some("FREQ=DAILY".into()),
+        anchor: Some("2026-01-01T00:00:00Z".into()),
+        timezone: Some("Europe/Berlin".into()),
+        params: serde_json::Map::from_iter([("rows".to_string(), json!(5))]),
+        active: false,
+    };
+    let capabilities = Capabilities {
+        dirs: vec![DirGrant {
+            path: "/data".into(),
+            writable: true,
+        }],
+        env: vec!["TZ".into()],
+        http: vec!["api.example.com".into()],
+    };
+    let deployment = Deployment {
+        name: "etl".into(),
+        component: "0".repeat(64),
+        flow: "etl".into(),
+        description: "nightly".into(),
+        params: serde_json::Map::from_iter([("rows".to_string(), json!(5))]),
+        work_pool: "wasm".into(),
+        work_queue: "default".into(),
+        schedules: vec![schedule.clone()],
+        task_policy: task_policy.clone(),
+        tags: vec!["nightly".into()],
+        secrets: vec!["token".into()],
+        paused: true,
+        concurrency_limit: Some(1),
+        capabilities: capabilities.clone(),
+        catchup: Catchup::All,
+        catchup_limit: 3,
+        version: Some(2),
+    };
+    let version = DeploymentVersion {
+        version: 2,
+        deployment: deployment.clone(),
+        created_by: "admin key 1234abcd".into(),
+        created_at: 1,
+        note: Some("rollback to version 1".into()),
+    };
+    let automation = Automation {
+        name: "stuck".into(),
+        on: AutomationEvent::Stuck,
+        deployment: Some("etl".into()),
+        tag: Some("nightly".into()),
+        flow: Some("etl".into()),
+        stuck_after_seconds: Some(600),
+        webhook: "http://127.0.0.1:9000/hook".into(),
+        headers: std::collections::BTreeMap::from([("x-token".to_string(), "***".to_string())]),
+        template: Some(r#"{"text": "{{flow}}"}"#.into()),
+        paused: true,
+    };
+    let artifact = Artifact {
+        id: "a1".into(),
+        key: Some("report".into()),
+        version: 1,
+        kind: ArtifactKind::Table,
+        description: Some("rows".into()),
+        data: json!([{ "n": 1 }]),
+        flow_run: "r1".into(),
+        task_run: Some("t1".into()),
+        created_at: "2026-01-01T00:00:00Z".into(),
+    };
+    let pool = WorkPool {
+        name: "gpu".into(),
+        description: "the GPU hosts".into(),
+        paused: true,
+        concurrency_limit: Some(4),
+    };
+    let queue = WorkQueue {
+        name: "fast".into(),
+        work_pool: "gpu".into(),
+        priority: 1,
+        concurrency_limit: Some(2),
+        paused: true,
+        tags: vec!["urgent".into()],
+    };
+    let variable = Variable {
+        name: "rows".into(),
+        value: json!({ "any": ["json"] }),
+    };
+    check("TaskPolicy", serde_json::to_value(&task_policy).unwrap());
+    check("Schedule", serde_json::to_value(&schedule).unwrap());
+    check("Capabilities", serde_json::to_value(&capabilities).unwrap());
+    check("Deployment", serde_json::to_value(&deployment).unwrap());
+    check("DeploymentVersion", serde_json::to_value(&version).unwrap());
+    check("Automation", serde_json::to_value(&automation).unwrap());
+    check("Artifact", serde_json::to_value(&artifact).unwrap());
+    check("WorkPool", serde_json::to_value(&pool).unwrap());
+    check("WorkQueue", serde_json::to_value(&queue).unwrap());
+    check("Variable", serde_json::to_value(&variable).unwrap());
+}
+
 // ---- the document against the server, by a tester that does not trust either ----
 
 /// The schemathesis release the run is pinned to (from PyPI).
