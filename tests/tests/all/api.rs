@@ -1550,28 +1550,43 @@ fn closed_request_bodies_refuse_surplus_fields_and_wrong_types() {
     server.deploy("d", adder("d", &digest, 1, 2));
     server.send("PUT", "/api/work-pools/p", json!({ "name": "p" }));
     let doc: Value = serde_json::from_str(&weir_host::api::openapi_document()).unwrap();
-    let unknown_run = "/api/flow-runs/0b7e6f5c-1d2a-4c3b-9e8f-7a6b5c4d3e2f/resume".to_string();
-    // (method, path, template, a body the server takes, its answer, wrong types)
-    let cases: Vec<(&str, String, &str, Value, u16, Vec<Value>)> = vec![
-        (
+    struct Case<'a> {
+        method: &'a str,
+        path: &'a str,
+        template: &'a str,
+        /// A body the server takes, and its answer to it.
+        good: Value,
+        answer: u16,
+        wrong_types: Vec<Value>,
+    }
+    let case = |method, path, template, good, answer, wrong_types| Case {
+        method,
+        path,
+        template,
+        good,
+        answer,
+        wrong_types,
+    };
+    let cases = vec![
+        case(
             "PUT",
-            "/api/secrets/s".into(),
+            "/api/secrets/s",
             "/api/secrets/{name}",
             json!({ "value": "s3cret" }),
             200,
             vec![json!({ "value": 7 }), json!({ "value": ["s3cret"] })],
         ),
-        (
+        case(
             "PUT",
-            "/api/variables/v".into(),
+            "/api/variables/v",
             "/api/variables/{name}",
             json!({ "value": { "any": ["json"] } }),
             200,
             vec![json!({})],
         ),
-        (
+        case(
             "POST",
-            "/api/deployments/d/rollback".into(),
+            "/api/deployments/d/rollback",
             "/api/deployments/{name}/rollback",
             json!({ "to": 1 }),
             200,
@@ -1581,17 +1596,17 @@ fn closed_request_bodies_refuse_surplus_fields_and_wrong_types() {
                 json!({ "to": 1.5 }),
             ],
         ),
-        (
+        case(
             "POST",
-            "/api/deployments/d/runs".into(),
+            "/api/deployments/d/runs",
             "/api/deployments/{name}/runs",
             json!({ "tags": ["t"] }),
             202,
             vec![json!({ "tags": "t" }), json!({ "tags": [1] })],
         ),
-        (
+        case(
             "PUT",
-            "/api/concurrency-limits/l".into(),
+            "/api/concurrency-limits/l",
             "/api/concurrency-limits/{name}",
             json!({ "slots": 2 }),
             200,
@@ -1600,9 +1615,9 @@ fn closed_request_bodies_refuse_surplus_fields_and_wrong_types() {
                 json!({ "slots": 2, "slot_decay_per_second": "1" }),
             ],
         ),
-        (
+        case(
             "PUT",
-            "/api/work-pools/p".into(),
+            "/api/work-pools/p",
             "/api/work-pools/{name}",
             json!({ "paused": false }),
             200,
@@ -1611,9 +1626,9 @@ fn closed_request_bodies_refuse_surplus_fields_and_wrong_types() {
                 json!({ "concurrency_limit": -1 }),
             ],
         ),
-        (
+        case(
             "PUT",
-            "/api/deployments/d".into(),
+            "/api/deployments/d",
             "/api/deployments/{name}",
             adder("d", &digest, 1, 2),
             200,
@@ -1625,27 +1640,35 @@ fn closed_request_bodies_refuse_surplus_fields_and_wrong_types() {
         ),
         // The body is read before the run is looked up: a good one finds
         // no run (404), a bad one never gets that far.
-        (
+        case(
             "POST",
-            unknown_run,
+            "/api/flow-runs/0b7e6f5c-1d2a-4c3b-9e8f-7a6b5c4d3e2f/resume",
             "/api/flow-runs/{id}/resume",
             json!({ "input": { "approved": true } }),
             404,
             vec![json!({ "input": 1, "approved": true })],
         ),
     ];
-    for (method, path, template, good, answer, wrong_types) in cases {
+    for Case {
+        method,
+        path,
+        template,
+        good,
+        answer,
+        wrong_types,
+    } in cases
+    {
         let mut surplus = good.clone();
         surplus["surplus"] = json!(1);
         for bad in std::iter::once(surplus).chain(wrong_types) {
-            let (status, reply) = server.send(method, &path, bad.clone());
+            let (status, reply) = server.send(method, path, bad.clone());
             assert_eq!(
                 (status, reply["error"].as_str()),
                 (400, Some("bad_json")),
                 "{method} {path} {bad}: {reply}"
             );
         }
-        let (status, reply) = server.send(method, &path, good.clone());
+        let (status, reply) = server.send(method, path, good.clone());
         assert_eq!(status, answer, "{method} {path} {good}: {reply}");
         // What the document says of the body: closed.
         let body = &doc["paths"][template][method.to_lowercase()]["requestBody"]["content"]["application/json"]
