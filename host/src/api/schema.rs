@@ -303,6 +303,8 @@ pub struct Host {
     pub slots: u32,
     pub runs_in_hand: u64,
     pub last_heartbeat: i64,
+    /// What it lets runs reach.
+    pub allows: Capabilities,
     /// Heard from within two lease periods.
     pub online: bool,
 }

@@ -1100,13 +1100,13 @@ fn replies_match_their_documented_schemas() {
     insta::assert_json_snapshot!("error_body", error);
 }
 
-/// The shapes `api/schema.rs` keeps for types below the API (`model` may not
-/// name utoipa) are written by hand, so they could fall behind. Each real
+/// The shapes `api/schema.rs` keeps for types below the API (`model` and
+/// `dispatch` may not name utoipa) are written by hand, so they could fall behind. Each real
 /// type is built here with every field set, named one by one: a field added
 /// to it fails to compile until it is added here, and then this test fails
 /// until its shape in the document lists it too.
 #[test]
-fn schema_only_shapes_list_every_field_of_their_model_types() {
+fn schema_only_shapes_list_every_field_of_their_real_types() {
     use weir_host::model::artifact::{Artifact, ArtifactKind};
     use weir_host::model::capabilities::{Capabilities, DirGrant};
     use weir_host::model::{
@@ -1250,6 +1250,93 @@ fn schema_only_shapes_list_every_field_of_their_model_types() {
     check("WorkPool", serde_json::to_value(&pool).unwrap());
     check("WorkQueue", serde_json::to_value(&queue).unwrap());
     check("Variable", serde_json::to_value(&variable).unwrap());
+    // The remote hosts' exchanges and the slot asks, from `dispatch`.
+    use weir_host::dispatch::limits::{TakeSlots, Taken};
+    use weir_host::dispatch::remote::{
+        ClaimRequest, Heartbeat, HeartbeatReply, HostRecord, RemoteClaim, RemoteClaims,
+    };
+    let run = weir_host::model::FlowRunId::new();
+    let claim_request = ClaimRequest {
+        holder: "h pid=1 boot=2".into(),
+        pools: vec!["wasm".into()],
+        queues: vec!["default".into()],
+        wait_ms: 1000,
+        allows: capabilities.clone(),
+        max_runs: 4,
+    };
+    let claims = RemoteClaims {
+        claims: vec![RemoteClaim {
+            run,
+            epoch: 1,
+            component: "0".repeat(64),
+            flow: "etl".into(),
+            params: "{}".into(),
+            attempt: 1,
+            deployment: Some("etl".into()),
+            task_override: task_policy.clone(),
+            secrets: vec![("token".into(), "s3cret".into())],
+            replay: Vec::new(),
+            capabilities: capabilities.clone(),
+            lease_ttl_ms: 30_000,
+        }],
+    };
+    let heartbeat = Heartbeat {
+        holder: "h pid=1 boot=2".into(),
+        name: "h".into(),
+        version: "0.1.0".into(),
+        pools: vec!["wasm".into()],
+        queues: vec!["default".into()],
+        slots: 4,
+        runs: vec![(run, 1)],
+        allows: capabilities.clone(),
+    };
+    let heartbeat_reply = HeartbeatReply {
+        lost: vec![run],
+        cancel: vec![run],
+        lease_ttl_ms: 30_000,
+    };
+    let host = weir_host::api::wire::HostInfo {
+        host: HostRecord {
+            name: "h".into(),
+            holder: "h pid=1 boot=2".into(),
+            version: "0.1.0".into(),
+            pools: vec!["wasm".into()],
+            queues: vec!["default".into()],
+            slots: 4,
+            runs_in_hand: 1,
+            last_heartbeat: 1,
+            allows: capabilities.clone(),
+        },
+        online: true,
+    };
+    let take = TakeSlots {
+        flow_run: run,
+        names: vec!["db".into()],
+        slots: 1,
+        strict: true,
+    };
+    check(
+        "HostClaimRequest",
+        serde_json::to_value(&claim_request).unwrap(),
+    );
+    check("HostClaims", serde_json::to_value(&claims).unwrap());
+    check("HostHeartbeat", serde_json::to_value(&heartbeat).unwrap());
+    check(
+        "HostHeartbeatReply",
+        serde_json::to_value(&heartbeat_reply).unwrap(),
+    );
+    check("Host", serde_json::to_value(&host).unwrap());
+    check("TakeSlotsRequest", serde_json::to_value(&take).unwrap());
+    for taken in [
+        Taken::Taken { lease: run.0 },
+        Taken::Unlimited,
+        Taken::Full {
+            limit: "db".into(),
+            retry_after_ms: Some(100),
+        },
+    ] {
+        check("SlotOutcome", serde_json::to_value(&taken).unwrap());
+    }
 }
 
 // ---- the document against the server, by a tester that does not trust either ----
