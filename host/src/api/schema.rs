@@ -4,11 +4,11 @@
 //! beside their handlers) derive `ToSchema` themselves. What is left here:
 //! the raw `.wasm` body, and schema-only shapes of types that live below the
 //! API (`model`, `dispatch`), which must not know about OpenAPI; a wire
-//! field holding one points here with `#[schema(value_type = ...)]`. The
-//! closed ones (`CLOSED_BODIES`) make `tests/tests/all/api.rs`, which
-//! validates real replies against the document, fail on a field added to
-//! the real type and not here. Then [`WireRules`]: what the derives cannot
-//! say (patterns, ranges, closed bodies).
+//! field holding one points here with `#[schema(value_type = ...)]`.
+//! `schema_only_shapes_list_every_field_of_their_real_types` (in
+//! `tests/tests/all/api.rs`) builds each real type with every field set and
+//! fails when a shape here does not list one. Then [`WireRules`]: what the
+//! derives cannot say (patterns, ranges, closed bodies).
 //! Times are microseconds since the Unix epoch; ids are UUIDs.
 
 #![allow(dead_code)]
