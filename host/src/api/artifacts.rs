@@ -2,7 +2,7 @@
 //! and read by key (every version) or by id.
 
 use super::wire::{ArtifactList, ArtifactVersions};
-use super::{ApiError, ApiResult, ApiState, schema};
+use super::{ApiError, ApiResult, ApiState};
 use crate::model::artifact::Artifact;
 use crate::store::ObjectKind;
 use axum::Json;
@@ -35,7 +35,7 @@ fn all_artifacts(state: &ApiState) -> ApiResult<Vec<Artifact>> {
 #[utoipa::path(get, path = "/api/artifacts", tag = "artifacts",
     params(("key" = Option<String>, Query), ("flow_run" = Option<String>, Query, description = "a flow run id"),
         ("limit" = Option<usize>, Query, description = "at most this many (default 200)")),
-    responses((status = 200, body = schema::ArtifactList)))]
+    responses((status = 200, body = super::wire::ArtifactList)))]
 pub(super) async fn list_artifacts(
     State(state): State<Arc<ApiState>>,
     Query(q): Query<ArtifactQuery>,
@@ -57,7 +57,7 @@ pub(super) async fn list_artifacts(
 /// with every version of its key, newest first.
 #[utoipa::path(get, path = "/api/artifacts/{key}", tag = "artifacts",
     params(("key" = String, Path, description = "an artifact key, or an artifact's id")),
-    responses((status = 200, body = schema::ArtifactVersions), (status = 404, body = schema::ErrorBody)))]
+    responses((status = 200, body = super::wire::ArtifactVersions), (status = 404, body = super::ErrorReply)))]
 pub(super) async fn get_artifact(
     State(state): State<Arc<ApiState>>,
     Path(key): Path<String>,

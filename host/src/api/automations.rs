@@ -41,7 +41,7 @@ fn load(state: &ApiState, name: &str) -> ApiResult<(Automation, ObjectRow)> {
 
 /// Automations.
 #[utoipa::path(get, path = "/api/automations", tag = "automations",
-    responses((status = 200, body = schema::AutomationList)))]
+    responses((status = 200, body = super::wire::AutomationList)))]
 pub(super) async fn list_automations(
     State(state): State<Arc<ApiState>>,
 ) -> ApiResult<Json<AutomationList>> {
@@ -62,8 +62,8 @@ pub(super) async fn list_automations(
 #[utoipa::path(put, path = "/api/automations/{name}", tag = "automations",
     params(("name" = String, Path)),
     request_body(content = schema::Automation, content_type = "application/json"),
-    responses((status = 201, body = schema::AutomationInfo), (status = 200, body = schema::AutomationInfo),
-        (status = 400, body = schema::ErrorBody)))]
+    responses((status = 201, body = super::wire::AutomationInfo), (status = 200, body = super::wire::AutomationInfo),
+        (status = 400, body = super::ErrorReply)))]
 pub(crate) async fn put_automation(
     State(state): State<Arc<ApiState>>,
     Path(name): Path<String>,
@@ -101,7 +101,7 @@ pub(crate) async fn put_automation(
 /// An automation (header values hidden).
 #[utoipa::path(get, path = "/api/automations/{name}", tag = "automations",
     params(("name" = String, Path)),
-    responses((status = 200, body = schema::AutomationInfo), (status = 404, body = schema::ErrorBody)))]
+    responses((status = 200, body = super::wire::AutomationInfo), (status = 404, body = super::ErrorReply)))]
 pub(super) async fn get_automation(
     State(state): State<Arc<ApiState>>,
     Path(name): Path<String>,
@@ -114,7 +114,7 @@ pub(super) async fn get_automation(
 /// Delete an automation (its deliveries' records stay; pending ones are not sent).
 #[utoipa::path(delete, path = "/api/automations/{name}", tag = "automations",
     params(("name" = String, Path)),
-    responses((status = 200, body = schema::Deleted), (status = 404, body = schema::ErrorBody)))]
+    responses((status = 200, body = super::wire::Deleted), (status = 404, body = super::ErrorReply)))]
 pub(crate) async fn delete_automation(
     State(state): State<Arc<ApiState>>,
     Path(name): Path<String>,
@@ -143,7 +143,7 @@ pub(crate) async fn set_paused(
 /// Pause an automation: no new deliveries are queued or sent until it resumes.
 #[utoipa::path(post, path = "/api/automations/{name}/pause", tag = "automations",
     params(("name" = String, Path)),
-    responses((status = 200, body = schema::AutomationInfo), (status = 404, body = schema::ErrorBody)))]
+    responses((status = 200, body = super::wire::AutomationInfo), (status = 404, body = super::ErrorReply)))]
 pub(super) async fn pause_automation(
     State(state): State<Arc<ApiState>>,
     Path(name): Path<String>,
@@ -154,7 +154,7 @@ pub(super) async fn pause_automation(
 /// Resume a paused automation.
 #[utoipa::path(post, path = "/api/automations/{name}/resume", tag = "automations",
     params(("name" = String, Path)),
-    responses((status = 200, body = schema::AutomationInfo), (status = 404, body = schema::ErrorBody)))]
+    responses((status = 200, body = super::wire::AutomationInfo), (status = 404, body = super::ErrorReply)))]
 pub(super) async fn resume_automation(
     State(state): State<Arc<ApiState>>,
     Path(name): Path<String>,
@@ -187,7 +187,7 @@ fn delivery(d: &DeliveryRow) -> Delivery {
 /// and response code.
 #[utoipa::path(get, path = "/api/automations/{name}/deliveries", tag = "automations",
     params(("name" = String, Path), ("limit" = Option<usize>, Query)),
-    responses((status = 200, body = schema::DeliveryList), (status = 404, body = schema::ErrorBody)))]
+    responses((status = 200, body = super::wire::DeliveryList), (status = 404, body = super::ErrorReply)))]
 pub(super) async fn list_deliveries(
     State(state): State<Arc<ApiState>>,
     Path(name): Path<String>,

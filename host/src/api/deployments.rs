@@ -3,9 +3,10 @@
 //! only turns HTTP into its calls.
 
 use super::guard::Caller;
-use super::runs::{StartRun, parse_digest, run_action};
+use super::runs::{parse_digest, run_started};
 use super::wire::{
-    Deleted, DeploymentHistory, DeploymentInfo, DeploymentList, DeploymentSaved, RunAction,
+    Deleted, DeploymentHistory, DeploymentInfo, DeploymentList, DeploymentSaved, Rollback,
+    RunStarted, StartRun,
 };
 use super::{ApiError, ApiResult, ApiState, parse_body, schema};
 use crate::model::deploy::DEFAULT_POOL;
@@ -44,7 +45,7 @@ fn load(state: &ApiState, name: &str) -> ApiResult<(Deployment, ObjectRow)> {
 
 /// Deployments, by name.
 #[utoipa::path(get, path = "/api/deployments", tag = "deployments",
-    responses((status = 200, body = schema::DeploymentList)))]
+    responses((status = 200, body = super::wire::DeploymentList)))]
 pub(super) async fn list_deployments(
     State(state): State<Arc<ApiState>>,
 ) -> ApiResult<Json<DeploymentList>> {
@@ -64,9 +65,9 @@ pub(super) async fn list_deployments(
 /// Create a deployment; 409 if one has its name (use PUT to replace).
 #[utoipa::path(post, path = "/api/deployments", tag = "deployments",
     request_body(content = schema::Deployment, content_type = "application/json"),
-    responses((status = 201, body = schema::DeploymentSaved),
-        (status = 400, body = schema::ErrorBody), (status = 409, body = schema::ErrorBody),
-        (status = 422, body = schema::ErrorBody, description = "Unknown component, flow, pool or queue, or bad default params")))]
+    responses((status = 201, body = super::wire::DeploymentSaved),
+        (status = 400, body = super::ErrorReply), (status = 409, body = super::ErrorReply),
+        (status = 422, body = super::ErrorReply, description = "Unknown component, flow, pool or queue, or bad default params")))]
 pub(super) async fn create_deployment(
     State(state): State<Arc<ApiState>>,
     axum::Extension(caller): axum::Extension<super::guard::Role>,
@@ -96,9 +97,9 @@ pub(super) async fn create_deployment(
 #[utoipa::path(put, path = "/api/deployments/{name}", tag = "deployments",
     params(("name" = String, Path)),
     request_body(content = schema::Deployment, content_type = "application/json"),
-    responses((status = 200, body = schema::DeploymentSaved, description = "Replaced"),
-        (status = 201, body = schema::DeploymentSaved, description = "Created"),
-        (status = 400, body = schema::ErrorBody), (status = 422, body = schema::ErrorBody)))]
+    responses((status = 200, body = super::wire::DeploymentSaved, description = "Replaced"),
+        (status = 201, body = super::wire::DeploymentSaved, description = "Created"),
+        (status = 400, body = super::ErrorReply), (status = 422, body = super::ErrorReply)))]
 pub(super) async fn put_deployment(
     State(state): State<Arc<ApiState>>,
     Path(name): Path<String>,
@@ -309,7 +310,7 @@ fn version_json(row: &DeploymentVersionRow) -> ApiResult<DeploymentVersion> {
 /// A deployment's saved versions, oldest first (the last is the current one).
 #[utoipa::path(get, path = "/api/deployments/{name}/versions", tag = "deployments",
     params(("name" = String, Path)),
-    responses((status = 200, body = schema::DeploymentHistory), (status = 404, body = schema::ErrorBody)))]
+    responses((status = 200, body = super::wire::DeploymentHistory), (status = 404, body = super::ErrorReply)))]
 pub(super) async fn list_deployment_versions(
     State(state): State<Arc<ApiState>>,
     Path(name): Path<String>,
@@ -334,10 +335,10 @@ pub(super) async fn list_deployment_versions(
 /// current definition already.
 #[utoipa::path(post, path = "/api/deployments/{name}/rollback", tag = "deployments",
     params(("name" = String, Path)),
-    request_body(content = schema::Rollback, content_type = "application/json"),
-    responses((status = 200, body = schema::DeploymentSaved),
-        (status = 404, body = schema::ErrorBody, description = "No such deployment or version"),
-        (status = 422, body = schema::ErrorBody, description = "The version's component or pool is gone")))]
+    request_body(content = super::wire::Rollback, content_type = "application/json"),
+    responses((status = 200, body = super::wire::DeploymentSaved),
+        (status = 404, body = super::ErrorReply, description = "No such deployment or version"),
+        (status = 422, body = super::ErrorReply, description = "The version's component or pool is gone")))]
 pub(super) async fn rollback_deployment(
     State(state): State<Arc<ApiState>>,
     Path(name): Path<String>,
@@ -345,11 +346,6 @@ pub(super) async fn rollback_deployment(
     axum::Extension(who): axum::Extension<Caller>,
     body: axum::body::Bytes,
 ) -> ApiResult<(StatusCode, Json<DeploymentSaved>)> {
-    #[derive(serde::Deserialize)]
-    #[serde(deny_unknown_fields)]
-    struct Rollback {
-        to: u32,
-    }
     let Rollback { to } = parse_body(&body, "{\"to\": VERSION}")?;
     state
         .blocking(move |state| {
@@ -431,7 +427,7 @@ pub(super) fn delete_object(
 /// A deployment.
 #[utoipa::path(get, path = "/api/deployments/{name}", tag = "deployments",
     params(("name" = String, Path)),
-    responses((status = 200, body = schema::DeploymentInfo), (status = 404, body = schema::ErrorBody)))]
+    responses((status = 200, body = super::wire::DeploymentInfo), (status = 404, body = super::ErrorReply)))]
 pub(super) async fn get_deployment(
     State(state): State<Arc<ApiState>>,
     Path(name): Path<String>,
@@ -447,7 +443,7 @@ pub(super) async fn get_deployment(
 /// Delete a deployment (its runs stay).
 #[utoipa::path(delete, path = "/api/deployments/{name}", tag = "deployments",
     params(("name" = String, Path)),
-    responses((status = 200, body = schema::Deleted), (status = 404, body = schema::ErrorBody)))]
+    responses((status = 200, body = super::wire::Deleted), (status = 404, body = super::ErrorReply)))]
 pub(crate) async fn delete_deployment(
     State(state): State<Arc<ApiState>>,
     Path(name): Path<String>,
@@ -477,7 +473,7 @@ pub(crate) async fn set_paused(
 /// Pause a deployment: its schedules stop and runs cannot be started.
 #[utoipa::path(post, path = "/api/deployments/{name}/pause", tag = "deployments",
     params(("name" = String, Path)),
-    responses((status = 200, body = schema::DeploymentInfo), (status = 404, body = schema::ErrorBody)))]
+    responses((status = 200, body = super::wire::DeploymentInfo), (status = 404, body = super::ErrorReply)))]
 pub(super) async fn pause_deployment(
     State(state): State<Arc<ApiState>>,
     Path(name): Path<String>,
@@ -488,7 +484,7 @@ pub(super) async fn pause_deployment(
 /// Resume a paused deployment.
 #[utoipa::path(post, path = "/api/deployments/{name}/resume", tag = "deployments",
     params(("name" = String, Path)),
-    responses((status = 200, body = schema::DeploymentInfo), (status = 404, body = schema::ErrorBody)))]
+    responses((status = 200, body = super::wire::DeploymentInfo), (status = 404, body = super::ErrorReply)))]
 pub(super) async fn resume_deployment(
     State(state): State<Arc<ApiState>>,
     Path(name): Path<String>,
@@ -499,21 +495,21 @@ pub(super) async fn resume_deployment(
 /// Run a deployment; `params` are laid over its defaults and checked against the schema.
 #[utoipa::path(post, path = "/api/deployments/{name}/runs", tag = "deployments",
     params(("name" = String, Path)),
-    request_body(content = Option<schema::StartRun>, content_type = "application/json",
+    request_body(content = Option<super::wire::StartRun>, content_type = "application/json",
         description = "Optional: no body runs with the deployment's params"),
-    responses((status = 202, body = schema::RunStarted),
-        (status = 404, body = schema::ErrorBody),
-        (status = 409, body = schema::ErrorBody, description = "Paused, or a granted secret is not set"),
-        (status = 422, body = schema::ErrorBody, description = "Params do not match the flow's schema")))]
+    responses((status = 202, body = super::wire::RunStarted),
+        (status = 404, body = super::ErrorReply),
+        (status = 409, body = super::ErrorReply, description = "Paused, or a granted secret is not set"),
+        (status = 422, body = super::ErrorReply, description = "Params do not match the flow's schema")))]
 pub(super) async fn run_deployment(
     State(state): State<Arc<ApiState>>,
     Path(name): Path<String>,
     body: axum::body::Bytes,
-) -> ApiResult<(StatusCode, Json<RunAction>)> {
+) -> ApiResult<(StatusCode, Json<RunStarted>)> {
     let start = StartRun::from_body(&body)?;
     let dispatched = state
         .dispatcher
         .run_deployment(&name, start.params, start.tags.unwrap_or_default())
         .await?;
-    Ok((StatusCode::ACCEPTED, Json(run_action(dispatched))))
+    Ok((StatusCode::ACCEPTED, Json(run_started(dispatched))))
 }

@@ -54,8 +54,8 @@ struct Cursor {
     params(("id" = String, Path), ("after" = Option<i64>, Query, description = "skip log lines up to this id")),
     responses((status = 200, content_type = "text/event-stream",
         description = "`event: log` (a LogLine), `event: state` ({state, message}), `event: end` (the FlowRun)"),
-        (status = 404, body = super::schema::ErrorBody),
-        (status = 503, body = super::schema::ErrorBody, description = "Too many streams are open")))]
+        (status = 404, body = super::ErrorReply),
+        (status = 503, body = super::ErrorReply, description = "Too many streams are open")))]
 pub(crate) async fn flow_run_events(
     State(state): State<Arc<ApiState>>,
     Path(id): Path<String>,

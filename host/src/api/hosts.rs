@@ -113,9 +113,9 @@ pub(super) async fn heartbeat(
 #[utoipa::path(post, path = "/api/flow-runs/{id}/report", tag = "hosts",
     params(("id" = String, Path)),
     request_body = schema::HostReport,
-    responses((status = 200, body = schema::Accepted),
-        (status = 404, body = schema::ErrorBody),
-        (status = 409, body = schema::ErrorBody, description = "The host does not hold the run (any more)")))]
+    responses((status = 200, body = super::wire::Accepted),
+        (status = 404, body = super::ErrorReply),
+        (status = 409, body = super::ErrorReply, description = "The host does not hold the run (any more)")))]
 pub(super) async fn report(
     State(state): State<Arc<ApiState>>,
     Path(id): Path<String>,
@@ -131,7 +131,7 @@ pub(super) async fn report(
 
 /// The hosts that have said hello: pools, slots, runs in hand, last heartbeat.
 #[utoipa::path(get, path = "/api/hosts", tag = "hosts",
-    responses((status = 200, body = schema::HostList)))]
+    responses((status = 200, body = super::wire::HostList)))]
 pub(super) async fn list_hosts(State(state): State<Arc<ApiState>>) -> ApiResult<Json<HostList>> {
     let hosts = state
         .dispatcher

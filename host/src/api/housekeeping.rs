@@ -38,7 +38,7 @@ pub struct PruneReply {
 #[utoipa::path(post, path = "/api/flow-runs/prune", tag = "flow runs",
     request_body(content = PruneRequest, content_type = "application/json"),
     responses((status = 200, body = PruneReply),
-        (status = 400, body = super::schema::ErrorBody, description = "Not a prune request, or an age over 100 years")))]
+        (status = 400, body = super::ErrorReply, description = "Not a prune request, or an age over 100 years")))]
 pub(super) async fn prune_flow_runs(
     State(state): State<Arc<ApiState>>,
     body: axum::body::Bytes,

@@ -43,13 +43,13 @@ pub struct LimitList {
 }
 
 /// `PUT /api/concurrency-limits/{name}`'s body.
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LimitBody {
     #[schema(minimum = 1, maximum = 1000000)]
     pub slots: u32,
     /// Makes it a rate limit: above 0, at most 1000000.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(exclusive_minimum = 0, maximum = 1000000)]
     pub slot_decay_per_second: Option<f64>,
 }
@@ -149,7 +149,7 @@ pub(super) async fn list_limits(State(state): State<Arc<ApiState>>) -> ApiResult
 /// A limit, with who holds its slots.
 #[utoipa::path(get, path = "/api/concurrency-limits/{name}", tag = "limits",
     params(("name" = String, Path)),
-    responses((status = 200, body = LimitInfo), (status = 404, body = schema::ErrorBody)))]
+    responses((status = 200, body = LimitInfo), (status = 404, body = super::ErrorReply)))]
 pub(super) async fn get_limit(
     State(state): State<Arc<ApiState>>,
     Path(name): Path<String>,
@@ -164,7 +164,7 @@ pub(super) async fn get_limit(
 #[utoipa::path(put, path = "/api/concurrency-limits/{name}", tag = "limits",
     params(("name" = String, Path)),
     request_body(content = LimitBody, content_type = "application/json"),
-    responses((status = 200, body = LimitInfo), (status = 400, body = schema::ErrorBody)))]
+    responses((status = 200, body = LimitInfo), (status = 400, body = super::ErrorReply)))]
 pub(super) async fn put_limit(
     State(state): State<Arc<ApiState>>,
     Path(name): Path<String>,
@@ -196,7 +196,7 @@ pub(super) async fn put_limit(
 /// Deletes a limit. Its holders keep what they took until they give it back.
 #[utoipa::path(delete, path = "/api/concurrency-limits/{name}", tag = "limits",
     params(("name" = String, Path)),
-    responses((status = 200, body = schema::Deleted), (status = 404, body = schema::ErrorBody)))]
+    responses((status = 200, body = super::wire::Deleted), (status = 404, body = super::ErrorReply)))]
 pub(super) async fn delete_limit(
     State(state): State<Arc<ApiState>>,
     Path(name): Path<String>,
@@ -210,8 +210,8 @@ pub(super) async fn delete_limit(
 /// lease to give back, `unlimited`, or `full` (ask again; a rate limit says when).
 #[utoipa::path(post, path = "/api/concurrency-slots/take", tag = "limits",
     request_body(content = schema::TakeSlotsRequest, content_type = "application/json"),
-    responses((status = 200, body = schema::SlotOutcome), (status = 400, body = schema::ErrorBody),
-        (status = 404, body = schema::ErrorBody), (status = 409, body = schema::ErrorBody)))]
+    responses((status = 200, body = schema::SlotOutcome), (status = 400, body = super::ErrorReply),
+        (status = 404, body = super::ErrorReply), (status = 409, body = super::ErrorReply)))]
 pub(super) async fn take_slots(
     State(state): State<Arc<ApiState>>,
     body: axum::body::Bytes,
@@ -249,7 +249,7 @@ pub(super) async fn take_slots(
 /// Gives back the slots a lease holds (nothing if they are back already).
 #[utoipa::path(post, path = "/api/concurrency-slots/release", tag = "limits",
     request_body(content = ReleaseSlots, content_type = "application/json"),
-    responses((status = 200, body = Released), (status = 400, body = schema::ErrorBody)))]
+    responses((status = 200, body = Released), (status = 400, body = super::ErrorReply)))]
 pub(super) async fn release_slots(
     State(state): State<Arc<ApiState>>,
     body: axum::body::Bytes,

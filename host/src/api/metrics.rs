@@ -169,8 +169,8 @@ fn label(value: &str) -> String {
 /// Ready to serve: the database answers a read (so it is open and its
 /// migrations ran: the server opens it only after they do).
 #[utoipa::path(get, path = "/api/ready", tag = "server",
-    responses((status = 200, body = super::schema::Ready, description = "The database answers"),
-        (status = 503, body = super::schema::ErrorBody, description = "The database does not answer")))]
+    responses((status = 200, body = super::wire::Ready, description = "The database answers"),
+        (status = 503, body = super::ErrorReply, description = "The database does not answer")))]
 pub(super) async fn ready(
     State(state): State<Arc<ApiState>>,
 ) -> ApiResult<Json<super::wire::Ready>> {

@@ -510,10 +510,11 @@ impl ApiError {
     }
 }
 
-/// Every 4xx and 5xx body (`schema::ErrorBody` in the document).
-#[derive(Debug, serde::Serialize, serde::Deserialize)]
+/// Every 4xx and 5xx body.
+#[derive(Debug, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[schema(as = ErrorBody)]
 pub struct ErrorReply {
-    /// A short code: `bad_json`, `not_found`, `conflict`, ...
+    /// A short code: `bad_json`, `invalid_params`, `invalid_component`, `not_found`, ...
     pub error: String,
     /// What was wrong and what to do, for people.
     pub message: String,
@@ -630,7 +631,7 @@ fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8], expected: &str) -> Ap
 
 /// Liveness and version.
 #[utoipa::path(get, path = "/api/health", tag = "server",
-    responses((status = 200, body = schema::Health)))]
+    responses((status = 200, body = wire::Health)))]
 async fn health() -> Json<wire::Health> {
     Json(wire::Health {
         status: "ok".to_string(),

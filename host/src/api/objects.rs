@@ -1,7 +1,10 @@
 //! Work pools and queues, secrets (write-only) and variables.
 
 use super::deployments::{delete_object, put_object, put_raw};
-use super::wire::{Deleted, SecretList, SecretName, VariableList, WorkPoolList, WorkQueueList};
+use super::wire::{
+    Deleted, SecretList, SecretName, SecretValue, VariableList, VariableValue, WorkPoolList,
+    WorkQueueList,
+};
 use super::{ApiError, ApiResult, ApiState, parse_body, schema};
 use crate::model::deploy::{DEFAULT_QUEUE, validate_name};
 use crate::model::{Variable, WorkPool, WorkQueue};
@@ -9,7 +12,6 @@ use crate::store::ObjectKind;
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use serde::Deserialize;
 use serde_json::Value;
 use std::sync::Arc;
 
@@ -81,7 +83,7 @@ fn ensure_pool_now(state: &ApiState, name: &str) -> ApiResult<()> {
 
 /// Work pools.
 #[utoipa::path(get, path = "/api/work-pools", tag = "work pools",
-    responses((status = 200, body = schema::WorkPoolList)))]
+    responses((status = 200, body = super::wire::WorkPoolList)))]
 pub(super) async fn list_work_pools(
     State(state): State<Arc<ApiState>>,
 ) -> ApiResult<Json<WorkPoolList>> {
@@ -96,7 +98,7 @@ pub(super) async fn list_work_pools(
 /// Create a work pool (with a `default` queue).
 #[utoipa::path(post, path = "/api/work-pools", tag = "work pools",
     request_body(content = schema::WorkPool, content_type = "application/json"),
-    responses((status = 201, body = schema::WorkPool), (status = 409, body = schema::ErrorBody)))]
+    responses((status = 201, body = schema::WorkPool), (status = 409, body = super::ErrorReply)))]
 pub(super) async fn create_work_pool(
     State(state): State<Arc<ApiState>>,
     body: axum::body::Bytes,
@@ -133,7 +135,7 @@ pub(crate) fn create_pool(state: &ApiState, new: WorkPool) -> ApiResult<WorkPool
 #[utoipa::path(put, path = "/api/work-pools/{name}", tag = "work pools",
     params(("name" = String, Path)),
     request_body(content = schema::WorkPoolUpdate, content_type = "application/json"),
-    responses((status = 200, body = schema::WorkPool), (status = 400, body = schema::ErrorBody)))]
+    responses((status = 200, body = schema::WorkPool), (status = 400, body = super::ErrorReply)))]
 pub(super) async fn put_work_pool(
     State(state): State<Arc<ApiState>>,
     Path(name): Path<String>,
@@ -169,7 +171,7 @@ pub(super) async fn put_work_pool(
 /// A work pool.
 #[utoipa::path(get, path = "/api/work-pools/{name}", tag = "work pools",
     params(("name" = String, Path)),
-    responses((status = 200, body = schema::WorkPool), (status = 404, body = schema::ErrorBody)))]
+    responses((status = 200, body = schema::WorkPool), (status = 404, body = super::ErrorReply)))]
 pub(super) async fn get_work_pool(
     State(state): State<Arc<ApiState>>,
     Path(name): Path<String>,
@@ -182,7 +184,7 @@ pub(super) async fn get_work_pool(
 /// Delete a work pool and its queues; refused while a deployment uses it.
 #[utoipa::path(delete, path = "/api/work-pools/{name}", tag = "work pools",
     params(("name" = String, Path)),
-    responses((status = 200, body = schema::Deleted), (status = 404, body = schema::ErrorBody), (status = 409, body = schema::ErrorBody)))]
+    responses((status = 200, body = super::wire::Deleted), (status = 404, body = super::ErrorReply), (status = 409, body = super::ErrorReply)))]
 pub(crate) async fn delete_work_pool(
     State(state): State<Arc<ApiState>>,
     Path(name): Path<String>,
@@ -234,7 +236,7 @@ pub(crate) async fn set_pool_paused(
 /// Pause a pool: its runs wait in `Scheduled`.
 #[utoipa::path(post, path = "/api/work-pools/{name}/pause", tag = "work pools",
     params(("name" = String, Path)),
-    responses((status = 200, body = schema::WorkPool), (status = 404, body = schema::ErrorBody)))]
+    responses((status = 200, body = schema::WorkPool), (status = 404, body = super::ErrorReply)))]
 pub(super) async fn pause_work_pool(
     State(state): State<Arc<ApiState>>,
     Path(name): Path<String>,
@@ -245,7 +247,7 @@ pub(super) async fn pause_work_pool(
 /// Resume a paused pool.
 #[utoipa::path(post, path = "/api/work-pools/{name}/resume", tag = "work pools",
     params(("name" = String, Path)),
-    responses((status = 200, body = schema::WorkPool), (status = 404, body = schema::ErrorBody)))]
+    responses((status = 200, body = schema::WorkPool), (status = 404, body = super::ErrorReply)))]
 pub(super) async fn resume_work_pool(
     State(state): State<Arc<ApiState>>,
     Path(name): Path<String>,
@@ -256,7 +258,7 @@ pub(super) async fn resume_work_pool(
 /// A pool's queues, by priority.
 #[utoipa::path(get, path = "/api/work-pools/{name}/queues", tag = "work pools",
     params(("name" = String, Path)),
-    responses((status = 200, body = schema::WorkQueueList), (status = 404, body = schema::ErrorBody)))]
+    responses((status = 200, body = super::wire::WorkQueueList), (status = 404, body = super::ErrorReply)))]
 pub(super) async fn list_work_queues(
     State(state): State<Arc<ApiState>>,
     Path(name): Path<String>,
@@ -278,7 +280,7 @@ pub(super) async fn list_work_queues(
 #[utoipa::path(post, path = "/api/work-pools/{name}/queues", tag = "work pools",
     params(("name" = String, Path)),
     request_body(content = schema::WorkQueue, content_type = "application/json"),
-    responses((status = 201, body = schema::WorkQueue), (status = 404, body = schema::ErrorBody)))]
+    responses((status = 201, body = schema::WorkQueue), (status = 404, body = super::ErrorReply)))]
 pub(super) async fn create_work_queue(
     State(state): State<Arc<ApiState>>,
     Path(name): Path<String>,
@@ -326,7 +328,7 @@ pub(crate) fn put_queue(state: &ApiState, queue: WorkQueue) -> ApiResult<WorkQue
 /// Delete a queue (not a pool's `default`).
 #[utoipa::path(delete, path = "/api/work-pools/{pool}/queues/{name}", tag = "work pools",
     params(("pool" = String, Path), ("name" = String, Path)),
-    responses((status = 200, body = schema::Deleted), (status = 404, body = schema::ErrorBody), (status = 409, body = schema::ErrorBody)))]
+    responses((status = 200, body = super::wire::Deleted), (status = 404, body = super::ErrorReply), (status = 409, body = super::ErrorReply)))]
 pub(crate) async fn delete_work_queue(
     State(state): State<Arc<ApiState>>,
     Path((pool_name, name)): Path<(String, String)>,
@@ -345,7 +347,7 @@ pub(crate) async fn delete_work_queue(
 
 /// Secret names; values are never returned.
 #[utoipa::path(get, path = "/api/secrets", tag = "secrets",
-    responses((status = 200, body = schema::SecretList)))]
+    responses((status = 200, body = super::wire::SecretList)))]
 pub(super) async fn list_secrets(
     State(state): State<Arc<ApiState>>,
 ) -> ApiResult<Json<SecretList>> {
@@ -362,18 +364,12 @@ pub(super) async fn list_secrets(
     Ok(Json(SecretList { secrets }))
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct SecretValue {
-    value: String,
-}
-
 /// Set a secret; it is encrypted at rest and readable only by runs of
 /// deployments that grant it.
 #[utoipa::path(put, path = "/api/secrets/{name}", tag = "secrets",
     params(("name" = String, Path)),
-    request_body(content = schema::SecretValue, content_type = "application/json"),
-    responses((status = 200, body = schema::SecretName), (status = 400, body = schema::ErrorBody)))]
+    request_body(content = super::wire::SecretValue, content_type = "application/json"),
+    responses((status = 200, body = super::wire::SecretName), (status = 400, body = super::ErrorReply)))]
 pub(super) async fn put_secret(
     State(state): State<Arc<ApiState>>,
     Path(name): Path<String>,
@@ -407,7 +403,7 @@ pub(crate) fn set_secret(state: &ApiState, name: &str, value: &str) -> ApiResult
 /// Delete a secret.
 #[utoipa::path(delete, path = "/api/secrets/{name}", tag = "secrets",
     params(("name" = String, Path)),
-    responses((status = 200, body = schema::Deleted), (status = 404, body = schema::ErrorBody)))]
+    responses((status = 200, body = super::wire::Deleted), (status = 404, body = super::ErrorReply)))]
 pub(crate) async fn delete_secret(
     State(state): State<Arc<ApiState>>,
     Path(name): Path<String>,
@@ -419,7 +415,7 @@ pub(crate) async fn delete_secret(
 
 /// Variables, by name.
 #[utoipa::path(get, path = "/api/variables", tag = "variables",
-    responses((status = 200, body = schema::VariableList)))]
+    responses((status = 200, body = super::wire::VariableList)))]
 pub(super) async fn list_variables(
     State(state): State<Arc<ApiState>>,
 ) -> ApiResult<Json<VariableList>> {
@@ -434,7 +430,7 @@ pub(super) async fn list_variables(
 /// A variable.
 #[utoipa::path(get, path = "/api/variables/{name}", tag = "variables",
     params(("name" = String, Path)),
-    responses((status = 200, body = schema::Variable), (status = 404, body = schema::ErrorBody)))]
+    responses((status = 200, body = schema::Variable), (status = 404, body = super::ErrorReply)))]
 pub(super) async fn get_variable(
     State(state): State<Arc<ApiState>>,
     Path(name): Path<String>,
@@ -451,17 +447,11 @@ pub(super) async fn get_variable(
     Ok(Json(variable))
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct VariableValue {
-    value: Value,
-}
-
 /// Set a variable to any JSON value.
 #[utoipa::path(put, path = "/api/variables/{name}", tag = "variables",
     params(("name" = String, Path)),
-    request_body(content = schema::VariableValue, content_type = "application/json", description = "`{\"value\": <any JSON>}`"),
-    responses((status = 200, body = schema::Variable), (status = 400, body = schema::ErrorBody)))]
+    request_body(content = super::wire::VariableValue, content_type = "application/json", description = "`{\"value\": <any JSON>}`"),
+    responses((status = 200, body = schema::Variable), (status = 400, body = super::ErrorReply)))]
 pub(super) async fn put_variable(
     State(state): State<Arc<ApiState>>,
     Path(name): Path<String>,
@@ -484,7 +474,7 @@ pub(crate) fn set_variable(state: &ApiState, name: String, value: Value) -> ApiR
 /// Delete a variable.
 #[utoipa::path(delete, path = "/api/variables/{name}", tag = "variables",
     params(("name" = String, Path)),
-    responses((status = 200, body = schema::Deleted), (status = 404, body = schema::ErrorBody)))]
+    responses((status = 200, body = super::wire::Deleted), (status = 404, body = super::ErrorReply)))]
 pub(crate) async fn delete_variable(
     State(state): State<Arc<ApiState>>,
     Path(name): Path<String>,

@@ -2,7 +2,8 @@
 
 use super::wire::{
     Attempt, ComponentDetail, ComponentList, ComponentSummary, FlowList, FlowRunDetail,
-    FlowRunList, FlowSummary, LogList, RunAction, StateEntry, TaskRunDetail, TaskRunList, Uploaded,
+    FlowRunList, FlowSummary, LogList, ResumeInput, RunAction, RunStarted, StartRun, StateEntry,
+    TaskRunDetail, TaskRunList, Uploaded,
 };
 use super::{ApiError, ApiResult, ApiState, parse_body, schema};
 use crate::dispatch::{DispatchError, Dispatched, NewRun};
@@ -23,9 +24,9 @@ use std::sync::Arc;
 #[utoipa::path(post, path = "/api/components", tag = "components",
     request_body(content = schema::WasmBytes, content_type = "application/wasm", description = "The component's bytes (at most 64 MiB)"),
     responses(
-        (status = 201, body = schema::Uploaded, description = "Stored"),
-        (status = 200, body = schema::Uploaded, description = "Already stored"),
-        (status = 400, body = schema::ErrorBody, description = "Empty, not a component, or a component of another world"),
+        (status = 201, body = super::wire::Uploaded, description = "Stored"),
+        (status = 200, body = super::wire::Uploaded, description = "Already stored"),
+        (status = 400, body = super::ErrorReply, description = "Empty, not a component, or a component of another world"),
         (status = 413, description = "Larger than 64 MiB"),
     ))]
 pub(super) async fn upload_component(
@@ -55,7 +56,7 @@ pub(super) async fn upload_component(
 
 /// Uploaded components, newest first.
 #[utoipa::path(get, path = "/api/components", tag = "components",
-    responses((status = 200, body = schema::ComponentList)))]
+    responses((status = 200, body = super::wire::ComponentList)))]
 pub(super) async fn list_components(
     State(state): State<Arc<ApiState>>,
 ) -> ApiResult<Json<ComponentList>> {
@@ -89,7 +90,7 @@ pub(super) fn parse_digest(text: &str) -> ApiResult<ComponentDigest> {
 /// A component's manifest: its flows, tasks, schemas and policies.
 #[utoipa::path(get, path = "/api/components/{digest}", tag = "components",
     params(("digest" = String, Path, description = "sha256, hex")),
-    responses((status = 200, body = schema::ComponentDetail), (status = 404, body = schema::ErrorBody)))]
+    responses((status = 200, body = super::wire::ComponentDetail), (status = 404, body = super::ErrorReply)))]
 pub(super) async fn get_component(
     State(state): State<Arc<ApiState>>,
     Path(digest): Path<String>,
@@ -114,7 +115,7 @@ pub(super) async fn get_component(
 /// The component's bytes, as uploaded (remote executors fetch them by digest).
 #[utoipa::path(get, path = "/api/components/{digest}/wasm", tag = "components",
     params(("digest" = String, Path, description = "sha256, hex")),
-    responses((status = 200, content_type = "application/wasm", body = schema::WasmBytes), (status = 404, body = schema::ErrorBody)))]
+    responses((status = 200, content_type = "application/wasm", body = schema::WasmBytes), (status = 404, body = super::ErrorReply)))]
 pub(super) async fn download_component(
     State(state): State<Arc<ApiState>>,
     Path(digest): Path<String>,
@@ -128,7 +129,7 @@ pub(super) async fn download_component(
 
 /// Flows of every uploaded component.
 #[utoipa::path(get, path = "/api/flows", tag = "components",
-    responses((status = 200, body = schema::FlowList)))]
+    responses((status = 200, body = super::wire::FlowList)))]
 pub(super) async fn list_flows(State(state): State<Arc<ApiState>>) -> ApiResult<Json<FlowList>> {
     let mut flows = Vec::new();
     let components = state
@@ -147,15 +148,6 @@ pub(super) async fn list_flows(State(state): State<Arc<ApiState>>) -> ApiResult<
     Ok(Json(FlowList { flows }))
 }
 
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-pub(super) struct StartRun {
-    #[serde(default)]
-    pub params: Option<Value>,
-    #[serde(default)]
-    pub tags: Option<Vec<String>>,
-}
-
 impl StartRun {
     pub(super) fn from_body(body: &[u8]) -> ApiResult<StartRun> {
         if body.is_empty() {
@@ -172,18 +164,18 @@ impl StartRun {
 /// Run a flow of an uploaded component on the server's pool (no deployment).
 #[utoipa::path(post, path = "/api/components/{digest}/flows/{flow}/runs", tag = "flow runs",
     params(("digest" = String, Path), ("flow" = String, Path)),
-    request_body(content = Option<schema::StartRun>, content_type = "application/json",
+    request_body(content = Option<super::wire::StartRun>, content_type = "application/json",
         description = "Optional: no body runs with the flow's defaults"),
     responses(
-        (status = 202, body = schema::RunStarted),
-        (status = 404, body = schema::ErrorBody, description = "No such component or flow"),
-        (status = 422, body = schema::ErrorBody, description = "Params do not match the flow's schema"),
+        (status = 202, body = super::wire::RunStarted),
+        (status = 404, body = super::ErrorReply, description = "No such component or flow"),
+        (status = 422, body = super::ErrorReply, description = "Params do not match the flow's schema"),
     ))]
 pub(super) async fn start_flow_run(
     State(state): State<Arc<ApiState>>,
     Path((digest, flow)): Path<(String, String)>,
     body: axum::body::Bytes,
-) -> ApiResult<(StatusCode, Json<RunAction>)> {
+) -> ApiResult<(StatusCode, Json<RunStarted>)> {
     let digest = parse_digest(&digest)?;
     let start = StartRun::from_body(&body)?;
     let dispatched = state
@@ -203,12 +195,20 @@ pub(super) async fn start_flow_run(
             DispatchError::UnknownFlow { .. } => ApiError::not_found(e.to_string()),
             other => other.into(),
         })?;
-    Ok((StatusCode::ACCEPTED, Json(run_action(dispatched))))
+    Ok((StatusCode::ACCEPTED, Json(run_started(dispatched))))
 }
 
-/// The reply to starting, retrying or cancelling a run.
+/// The reply to retrying, resuming or cancelling a run.
 pub(super) fn run_action(dispatched: Dispatched) -> RunAction {
     RunAction {
+        flow_run_id: dispatched.id.to_string(),
+        state: dispatched.state,
+    }
+}
+
+/// The reply to starting a run.
+pub(super) fn run_started(dispatched: Dispatched) -> RunStarted {
+    RunStarted {
         flow_run_id: dispatched.id.to_string(),
         state: dispatched.state,
     }
@@ -264,7 +264,7 @@ fn parse_time(name: &str, text: Option<&str>) -> ApiResult<Option<i64>> {
         ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page: the page after it, at the same cost however deep"),
         ("top_level" = Option<bool>, Query, description = "true leaves out subflow runs"),
     ),
-    responses((status = 200, body = schema::FlowRunList), (status = 400, body = schema::ErrorBody)))]
+    responses((status = 200, body = super::wire::FlowRunList), (status = 400, body = super::ErrorReply)))]
 pub(super) async fn list_flow_runs(
     State(state): State<Arc<ApiState>>,
     Query(q): Query<RunQuery>,
@@ -330,7 +330,7 @@ pub(crate) fn parse_run_id(state: &ApiState, text: &str) -> ApiResult<FlowRunId>
 /// A flow run and its task runs.
 #[utoipa::path(get, path = "/api/flow-runs/{id}", tag = "flow runs",
     params(("id" = String, Path)),
-    responses((status = 200, body = schema::FlowRunDetail), (status = 404, body = schema::ErrorBody)))]
+    responses((status = 200, body = super::wire::FlowRunDetail), (status = 404, body = super::ErrorReply)))]
 pub(super) async fn get_flow_run(
     State(state): State<Arc<ApiState>>,
     Path(id): Path<String>,
@@ -358,7 +358,7 @@ pub(super) async fn get_flow_run(
 /// The task runs of a flow run, in call order.
 #[utoipa::path(get, path = "/api/flow-runs/{id}/task-runs", tag = "flow runs",
     params(("id" = String, Path)),
-    responses((status = 200, body = schema::TaskRunList), (status = 404, body = schema::ErrorBody)))]
+    responses((status = 200, body = super::wire::TaskRunList), (status = 404, body = super::ErrorReply)))]
 pub(super) async fn list_task_runs(
     State(state): State<Arc<ApiState>>,
     Path(id): Path<String>,
@@ -382,7 +382,7 @@ pub(super) async fn list_task_runs(
 /// A task run and each of its attempts.
 #[utoipa::path(get, path = "/api/task-runs/{id}", tag = "flow runs",
     params(("id" = String, Path)),
-    responses((status = 200, body = schema::TaskRunDetail), (status = 404, body = schema::ErrorBody)))]
+    responses((status = 200, body = super::wire::TaskRunDetail), (status = 404, body = super::ErrorReply)))]
 pub(super) async fn get_task_run(
     State(state): State<Arc<ApiState>>,
     Path(id): Path<String>,
@@ -423,7 +423,7 @@ pub(super) struct LogQuery {
     params(("id" = String, Path),
         ("after" = Option<i64>, Query, description = "only lines with a greater id"),
         ("limit" = Option<usize>, Query, description = "default 1000, at most 10000")),
-    responses((status = 200, body = schema::LogList), (status = 404, body = schema::ErrorBody)))]
+    responses((status = 200, body = super::wire::LogList), (status = 404, body = super::ErrorReply)))]
 pub(super) async fn get_logs(
     State(state): State<Arc<ApiState>>,
     Path(id): Path<String>,
@@ -456,9 +456,9 @@ pub(super) struct CancelQuery {
 #[utoipa::path(post, path = "/api/flow-runs/{id}/cancel", tag = "flow runs",
     params(("id" = String, Path),
         ("force" = Option<bool>, Query, description = "end it here even if its executor does not answer")),
-    responses((status = 200, body = schema::RunAction),
-        (status = 404, body = schema::ErrorBody),
-        (status = 409, body = schema::ErrorBody, description = "It already ended")))]
+    responses((status = 200, body = super::wire::RunAction),
+        (status = 404, body = super::ErrorReply),
+        (status = 409, body = super::ErrorReply, description = "It already ended")))]
 pub(super) async fn cancel_flow_run(
     State(state): State<Arc<ApiState>>,
     Path(id): Path<String>,
@@ -471,13 +471,6 @@ pub(super) async fn cancel_flow_run(
     Ok(Json(run_action(state.dispatcher.cancel(id, force).await?)))
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ResumeBody {
-    #[serde(default)]
-    input: Option<Value>,
-}
-
 /// Resume an interrupted flow run: one whose holder is gone (it is crashed
 /// now, with its subflows) or already Crashed goes again, its completed
 /// tasks replayed. A run someone still holds gets 409: cancel it first.
@@ -487,12 +480,12 @@ struct ResumeBody {
 /// replaying its finished calls, and its pause returns the input.
 #[utoipa::path(post, path = "/api/flow-runs/{id}/resume", tag = "flow runs",
     params(("id" = String, Path)),
-    request_body(content = Option<schema::ResumeInput>, content_type = "application/json",
+    request_body(content = Option<super::wire::ResumeInput>, content_type = "application/json",
         description = "For a Paused run: `{\"input\": <JSON matching its pause's schema>}`"),
-    responses((status = 202, body = schema::RunAction),
-        (status = 404, body = schema::ErrorBody),
-        (status = 409, body = schema::ErrorBody, description = "Someone still holds it, it completed, or input was sent for a run that is not Paused"),
-        (status = 422, body = schema::ErrorBody, description = "The input does not match the pause's schema; the run stays Paused")))]
+    responses((status = 202, body = super::wire::RunAction),
+        (status = 404, body = super::ErrorReply),
+        (status = 409, body = super::ErrorReply, description = "Someone still holds it, it completed, or input was sent for a run that is not Paused"),
+        (status = 422, body = super::ErrorReply, description = "The input does not match the pause's schema; the run stays Paused")))]
 pub(super) async fn resume_flow_run(
     State(state): State<Arc<ApiState>>,
     Path(id): Path<String>,
@@ -502,8 +495,11 @@ pub(super) async fn resume_flow_run(
     let input = if body.is_empty() {
         None
     } else {
-        parse_body::<Option<ResumeBody>>(&body, r#"{"input": <JSON matching the pause's schema>}"#)?
-            .and_then(|b| b.input)
+        parse_body::<Option<ResumeInput>>(
+            &body,
+            r#"{"input": <JSON matching the pause's schema>}"#,
+        )?
+        .and_then(|b| b.input)
     };
     let (id, paused) = state
         .blocking(move |state| {
@@ -528,9 +524,9 @@ pub(super) async fn resume_flow_run(
 /// (`Scheduled`) like any other run.
 #[utoipa::path(post, path = "/api/flow-runs/{id}/retry", tag = "flow runs",
     params(("id" = String, Path)),
-    responses((status = 202, body = schema::RunAction),
-        (status = 404, body = schema::ErrorBody),
-        (status = 409, body = schema::ErrorBody, description = "It has not ended, or it completed")))]
+    responses((status = 202, body = super::wire::RunAction),
+        (status = 404, body = super::ErrorReply),
+        (status = 409, body = super::ErrorReply, description = "It has not ended, or it completed")))]
 pub(super) async fn retry_flow_run(
     State(state): State<Arc<ApiState>>,
     Path(id): Path<String>,

@@ -1,9 +1,14 @@
-//! The shapes of the API's JSON, for the OpenAPI document.
+//! What the OpenAPI document cannot take from a real type.
 //!
-//! Handlers serialize the model and store types; these mirror them field for
-//! field so the document can describe them without the lower layers knowing
-//! about OpenAPI. `tests/tests/all/api.rs` validates real responses against these
-//! schemas, so a field added on one side and not the other fails a test.
+//! The API's own request and reply structs (`api::wire`, and the few kept
+//! beside their handlers) derive `ToSchema` themselves. What is left here:
+//! the raw `.wasm` body, and schema-only shapes of types that live below the
+//! API (`model`, `dispatch`), which must not know about OpenAPI; a wire
+//! field holding one points here with `#[schema(value_type = ...)]`.
+//! `schema_only_shapes_list_every_field_of_their_real_types` (in
+//! `tests/tests/all/api.rs`) builds each real type with every field set and
+//! fails when a shape here does not list one. Then [`WireRules`]: what the
+//! derives cannot say (patterns, ranges, closed bodies).
 //! Times are microseconds since the Unix epoch; ids are UUIDs.
 
 #![allow(dead_code)]
@@ -11,231 +16,10 @@
 use serde_json::Value;
 use utoipa::ToSchema;
 
-/// `GET /api/ready`.
-#[derive(ToSchema)]
-pub struct Ready {
-    /// `ready`
-    pub status: String,
-    /// `ok`
-    pub database: String,
-}
-
-#[derive(ToSchema)]
-pub struct Health {
-    pub status: String,
-    pub version: String,
-}
-
-/// Every 4xx and 5xx body.
-#[derive(ToSchema)]
-pub struct ErrorBody {
-    /// A short code: `bad_json`, `invalid_params`, `invalid_component`, `not_found`, ...
-    pub error: String,
-    /// What was wrong and what to do, for people.
-    pub message: String,
-}
-
 /// A component's bytes, as uploaded.
 #[derive(ToSchema)]
 #[schema(value_type = String, format = Binary)]
 pub struct WasmBytes(Vec<u8>);
-
-#[derive(ToSchema)]
-pub struct Uploaded {
-    pub digest: String,
-    pub size_bytes: u64,
-    pub flows: Vec<String>,
-    /// False when the same bytes were uploaded before.
-    pub created: bool,
-}
-
-#[derive(ToSchema)]
-pub struct ComponentSummary {
-    pub digest: String,
-    pub size_bytes: u64,
-    pub flows: Vec<String>,
-    pub created_at: i64,
-}
-
-#[derive(ToSchema)]
-pub struct ComponentList {
-    pub components: Vec<ComponentSummary>,
-}
-
-#[derive(ToSchema)]
-pub struct ComponentDetail {
-    pub digest: String,
-    pub size_bytes: u64,
-    pub created_at: i64,
-    /// What the component's `describe()` returned: flows, tasks, schemas, policies.
-    pub manifest: Value,
-}
-
-#[derive(ToSchema)]
-pub struct FlowSummary {
-    pub name: String,
-    pub component: String,
-    pub description: String,
-    pub params_schema: Option<Value>,
-}
-
-#[derive(ToSchema)]
-pub struct FlowList {
-    pub flows: Vec<FlowSummary>,
-}
-
-/// The body of a request that starts a run.
-#[derive(ToSchema)]
-pub struct StartRun {
-    /// Parameters, checked against the flow's JSON Schema.
-    pub params: Option<std::collections::BTreeMap<String, Value>>,
-    /// Tags recorded on the run (filter with `?tag=`).
-    pub tags: Option<Vec<String>>,
-}
-
-#[derive(ToSchema)]
-pub struct RunStarted {
-    pub flow_run_id: String,
-    /// `Pending` when an executor takes it now, `Scheduled` when it waits.
-    pub state: String,
-}
-
-#[derive(ToSchema)]
-pub struct FlowRun {
-    pub id: String,
-    pub parent_flow_run: Option<String>,
-    pub component: String,
-    pub flow_name: String,
-    /// The parameters as JSON text.
-    pub params: String,
-    pub state: String,
-    pub message: Option<String>,
-    pub failure_kind: Option<String>,
-    /// The result as JSON text, once Completed.
-    pub result: Option<String>,
-    pub attempt: u32,
-    pub host: Option<String>,
-    pub created_at: i64,
-    pub started_at: Option<i64>,
-    pub ended_at: Option<i64>,
-    pub fuel_used: u64,
-    pub peak_memory: u64,
-    pub deployment: Option<String>,
-    pub tags: Vec<String>,
-    pub scheduled_at: Option<i64>,
-    pub work_pool: Option<String>,
-    pub work_queue: Option<String>,
-    /// Who holds the run: the executor or remote host that claimed it.
-    pub lease_holder: Option<String>,
-    /// Grows with every claim; a write from an older claim is refused.
-    pub lease_epoch: u64,
-    /// When the lease runs out unless its holder renews it (µs since the epoch).
-    pub lease_expires_at: Option<i64>,
-    /// The version of its deployment that made it.
-    pub deployment_version: Option<u32>,
-}
-
-#[derive(ToSchema)]
-pub struct FlowRunList {
-    pub flow_runs: Vec<FlowRun>,
-    /// Pass as `offset` for the next page; absent on the last page (and
-    /// when paging by cursor).
-    pub next_offset: Option<usize>,
-    /// Pass as `cursor` for the next page: same cost at any depth, and no
-    /// run is skipped or repeated when new runs arrive between pages.
-    pub next_cursor: Option<String>,
-}
-
-#[derive(ToSchema)]
-pub struct TaskRun {
-    pub id: String,
-    pub flow_run: String,
-    pub call_seq: u64,
-    pub task_name: String,
-    pub input: String,
-    pub output: Option<String>,
-    pub state: String,
-    pub failure_kind: Option<String>,
-    pub message: Option<String>,
-    pub attempts: u32,
-    pub fuel_used: u64,
-    pub peak_memory: u64,
-    pub created_at: i64,
-    pub started_at: Option<i64>,
-    pub ended_at: Option<i64>,
-    pub next_attempt_at: Option<i64>,
-    pub cached_from: Option<String>,
-    pub host: Option<String>,
-}
-
-#[derive(ToSchema)]
-pub struct FlowRunDetail {
-    pub flow_run: FlowRun,
-    pub task_runs: Vec<TaskRun>,
-    /// Every state it went through, oldest first.
-    pub states: Vec<StateEntry>,
-}
-
-#[derive(ToSchema)]
-pub struct StateEntry {
-    pub at: i64,
-    pub state: String,
-    pub message: Option<String>,
-}
-
-#[derive(ToSchema)]
-pub struct TaskRunList {
-    pub task_runs: Vec<TaskRun>,
-}
-
-#[derive(ToSchema)]
-pub struct Attempt {
-    pub attempt: u32,
-    pub started_at: i64,
-    pub ended_at: i64,
-    pub fuel_used: u64,
-    pub peak_memory: u64,
-    pub failure_kind: Option<String>,
-    pub message: Option<String>,
-}
-
-#[derive(ToSchema)]
-pub struct TaskRunDetail {
-    pub task_run: TaskRun,
-    pub attempts: Vec<Attempt>,
-}
-
-#[derive(ToSchema)]
-pub struct LogLine {
-    /// Increasing; pass the last one seen as `after`.
-    pub id: i64,
-    pub task_run: Option<String>,
-    pub at: i64,
-    /// trace, debug, info, warn or error.
-    pub level: String,
-    pub message: String,
-    /// The task that wrote it, if a task did.
-    pub task_name: Option<String>,
-}
-
-#[derive(ToSchema)]
-pub struct LogList {
-    pub logs: Vec<LogLine>,
-}
-
-#[derive(ToSchema)]
-pub struct RunAction {
-    pub flow_run_id: String,
-    pub state: String,
-}
-
-/// The input that resumes a Paused run.
-#[derive(ToSchema)]
-pub struct ResumeInput {
-    /// Must match the JSON Schema the flow's `pause` asked for; absent or
-    /// null resumes an interrupted run without input.
-    pub input: Option<Value>,
-}
 
 /// A report, table or link a run left; with a key, one version of it.
 #[derive(ToSchema)]
@@ -251,18 +35,6 @@ pub struct Artifact {
     pub flow_run: String,
     pub task_run: Option<String>,
     pub created_at: String,
-}
-
-/// An artifact key's newest version, and all its versions newest first.
-#[derive(ToSchema)]
-pub struct ArtifactVersions {
-    pub artifact: Artifact,
-    pub versions: Vec<Artifact>,
-}
-
-#[derive(ToSchema)]
-pub struct ArtifactList {
-    pub artifacts: Vec<Artifact>,
 }
 
 /// A task policy or override; every field optional.
@@ -281,8 +53,21 @@ pub struct TaskPolicy {
     pub cache_ttl_ms: Option<u64>,
     /// input-and-code, input or none.
     pub cache_key: Option<String>,
+    /// The key's parts, used instead of `cache_key`: input, params, run-id, code.
+    pub cache_key_parts: Option<Vec<String>>,
     pub refresh_cache: Option<bool>,
     pub tags: Option<Vec<String>>,
+    /// State hooks: tasks of the same component run when a run ends
+    /// Completed, Failed, Cancelled or Crashed. Only the code's own policy
+    /// names them; a deployment's or an override's are not used.
+    pub on_completion: Option<Vec<String>>,
+    pub on_failure: Option<Vec<String>>,
+    pub on_cancellation: Option<Vec<String>>,
+    pub on_crashed: Option<Vec<String>>,
+    /// `false` keeps the result out of the records (a resume runs it again).
+    pub persist_result: Option<bool>,
+    /// A storage the host names (`--result-storage NAME=DIR`) that keeps the result in a file.
+    pub result_storage: Option<String>,
 }
 
 #[derive(ToSchema)]
@@ -387,50 +172,11 @@ pub struct DeploymentVersion {
 }
 
 #[derive(ToSchema)]
-pub struct DeploymentHistory {
-    /// Oldest first; the last is the current one.
-    pub versions: Vec<DeploymentVersion>,
-}
-
-#[derive(ToSchema)]
-pub struct Rollback {
-    /// The version whose definition to restore.
-    pub to: u32,
-}
-
-#[derive(ToSchema)]
-pub struct DeploymentInfo {
-    pub deployment: Deployment,
-    pub created_at: i64,
-    pub updated_at: i64,
-}
-
-#[derive(ToSchema)]
-pub struct DeploymentList {
-    pub deployments: Vec<DeploymentInfo>,
-}
-
-#[derive(ToSchema)]
-pub struct DeploymentSaved {
-    pub deployment: Deployment,
-    pub created: bool,
-    /// Whether this made a new version (false: the same definition was deployed again).
-    pub changed: bool,
-    /// Things that will fail later, e.g. a granted secret that is not set yet.
-    pub warnings: Vec<String>,
-}
-
-#[derive(ToSchema)]
 pub struct WorkPool {
     pub name: String,
     pub description: Option<String>,
     pub paused: Option<bool>,
     pub concurrency_limit: Option<u32>,
-}
-
-#[derive(ToSchema)]
-pub struct WorkPoolList {
-    pub work_pools: Vec<WorkPool>,
 }
 
 #[derive(ToSchema)]
@@ -447,39 +193,8 @@ pub struct WorkQueue {
 }
 
 #[derive(ToSchema)]
-pub struct WorkQueueList {
-    pub work_queues: Vec<WorkQueue>,
-}
-
-/// A secret as listed: never its value.
-#[derive(ToSchema)]
-pub struct SecretName {
-    pub name: String,
-    pub created_at: i64,
-    pub updated_at: i64,
-}
-
-#[derive(ToSchema)]
-pub struct SecretList {
-    pub secrets: Vec<SecretName>,
-}
-
-#[derive(ToSchema)]
-pub struct SecretValue {
-    /// At least 3 characters (`MIN_SECRET_CHARS`).
-    #[schema(min_length = 3)]
-    pub value: String,
-}
-
-#[derive(ToSchema)]
 pub struct Variable {
     pub name: String,
-    pub value: Value,
-}
-
-/// `PUT /api/variables/{name}`'s body: the path names it.
-#[derive(ToSchema)]
-pub struct VariableValue {
     pub value: Value,
 }
 
@@ -494,16 +209,6 @@ pub struct WorkPoolUpdate {
     #[schema(nullable = false)]
     pub paused: Option<bool>,
     pub concurrency_limit: Option<u32>,
-}
-
-#[derive(ToSchema)]
-pub struct VariableList {
-    pub variables: Vec<Variable>,
-}
-
-#[derive(ToSchema)]
-pub struct Deleted {
-    pub deleted: String,
 }
 
 #[derive(ToSchema)]
@@ -583,14 +288,9 @@ pub struct HostReport {
     pub holder: String,
     pub epoch: u64,
     /// The run first, then its subflows.
-    pub flow_runs: Vec<FlowRun>,
+    pub flow_runs: Vec<super::wire::FlowRun>,
     pub task_runs: Option<Vec<Value>>,
     pub logs: Option<Vec<Value>>,
-}
-
-#[derive(ToSchema)]
-pub struct Accepted {
-    pub accepted: bool,
 }
 
 #[derive(ToSchema)]
@@ -603,13 +303,10 @@ pub struct Host {
     pub slots: u32,
     pub runs_in_hand: u64,
     pub last_heartbeat: i64,
+    /// What it lets runs reach.
+    pub allows: Capabilities,
     /// Heard from within two lease periods.
     pub online: bool,
-}
-
-#[derive(ToSchema)]
-pub struct HostList {
-    pub hosts: Vec<Host>,
 }
 
 #[derive(ToSchema)]
@@ -630,40 +327,6 @@ pub struct Automation {
     /// {{deployment}}, {{state}}, {{reason}} and {{link}}.
     pub template: Option<String>,
     pub paused: Option<bool>,
-}
-
-#[derive(ToSchema)]
-pub struct AutomationInfo {
-    pub automation: Automation,
-    pub created_at: i64,
-    pub updated_at: i64,
-}
-
-#[derive(ToSchema)]
-pub struct AutomationList {
-    pub automations: Vec<AutomationInfo>,
-}
-
-#[derive(ToSchema)]
-pub struct Delivery {
-    pub id: i64,
-    pub flow_run_id: String,
-    pub event: String,
-    /// pending, delivered or failed (given up).
-    pub status: String,
-    pub attempts: u32,
-    pub last_error: Option<String>,
-    pub response_code: Option<u16>,
-    pub created_at: String,
-    pub next_attempt_at: Option<String>,
-    pub delivered_at: Option<String>,
-    /// The body sent.
-    pub payload: String,
-}
-
-#[derive(ToSchema)]
-pub struct DeliveryList {
-    pub deliveries: Vec<Delivery>,
 }
 
 /// An ask for slots of server-wide limits (`dispatch::limits::TakeSlots`).
@@ -712,22 +375,19 @@ const TIME_PATTERN: &str = "^(-?[0-9]{1,18}|(19|20)[0-9]{2}-(0[1-9]|1[0-2])-(0[1
 /// A component's sha256, as the server names it.
 const DIGEST_PATTERN: &str = "^[0-9a-f]{64}$";
 
-/// Request bodies the server reads with `deny_unknown_fields`: the document
-/// says so, or a client is told a field is fine that the server refuses.
+/// Schema-only request bodies whose real type (in `model` or `dispatch`)
+/// is read with `deny_unknown_fields`: the document says so, or a client is
+/// told a field is fine that the server refuses. (The `api` types that deny
+/// unknown fields say so themselves: the derive reads their serde attribute.)
+/// `WorkPoolUpdate` is read as a `model::WorkPool`, which denies them too.
 const CLOSED_BODIES: &[&str] = &[
     "Automation",
     "Deployment",
-    "ReleaseSlots",
-    "ResumeInput",
-    "Rollback",
     "Schedule",
-    "SecretValue",
-    "StartRun",
     "TakeSlotsRequest",
-    "VariableValue",
     "WorkPool",
+    "WorkPoolUpdate",
     "WorkQueue",
-    "LimitBody",
 ];
 
 /// What the derives cannot say about the parameters and bodies the server

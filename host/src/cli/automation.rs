@@ -7,7 +7,6 @@ use super::{Exit, JsonFlag};
 use crate::api::wire::{AutomationInfo, AutomationList, DeliveryList};
 use crate::model::{Automation, AutomationEvent};
 use clap::{Args, Subcommand, ValueEnum};
-use serde_json::json;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
@@ -257,7 +256,7 @@ fn create(backend: &Backend, args: CreateArgs) -> anyhow::Result<()> {
         .validate()
         .map_err(|e| Exit::bad_input(e.to_string()))?;
     let path = format!("/api/automations/{}", args.name);
-    let reply = backend.send("PUT", &path, &json!(automation))?;
+    let reply = backend.send("PUT", &path, &automation)?;
     if args.format.json {
         println!("{reply}");
     } else {
@@ -275,11 +274,7 @@ fn create(backend: &Backend, args: CreateArgs) -> anyhow::Result<()> {
 }
 
 fn action(backend: &Backend, args: &NameArgs, verb: &str, done: &str) -> anyhow::Result<()> {
-    let reply = backend.send(
-        "POST",
-        &format!("/api/automations/{}/{verb}", args.name),
-        &json!({}),
-    )?;
+    let reply = backend.act(&format!("/api/automations/{}/{verb}", args.name))?;
     if args.format.json {
         println!("{reply}");
     } else {

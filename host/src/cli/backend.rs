@@ -102,7 +102,7 @@ impl Backend {
         &self,
         method: &str,
         path: &str,
-        body: &Value,
+        body: &(impl serde::Serialize + ?Sized),
     ) -> anyhow::Result<T> {
         Self::parse(path, self.send(method, path, body)?)
     }
@@ -115,13 +115,31 @@ impl Backend {
         })
     }
 
-    pub fn send(&self, method: &str, path: &str, body: &Value) -> anyhow::Result<Value> {
+    /// Sends a request body: the type the handler reads (`api::wire`, or the
+    /// `model` type it takes whole), never JSON built by hand, so a field the
+    /// server renames fails to compile here.
+    pub fn send(
+        &self,
+        method: &str,
+        path: &str,
+        body: &(impl serde::Serialize + ?Sized),
+    ) -> anyhow::Result<Value> {
         self.call(
             method,
             path,
             Some(serde_json::to_vec(body)?),
             "application/json",
         )
+    }
+
+    /// POSTs an action its path names whole (pause, resume, cancel): no body.
+    pub fn act(&self, path: &str) -> anyhow::Result<Value> {
+        self.call("POST", path, None, "application/json")
+    }
+
+    /// [`Backend::act`], reading the reply as `T`.
+    pub fn act_as<T: serde::de::DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
+        Self::parse(path, self.act(path)?)
     }
 
     pub fn delete(&self, path: &str) -> anyhow::Result<Value> {

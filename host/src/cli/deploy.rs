@@ -6,11 +6,13 @@ use super::backend::Backend;
 use super::component::upload_path;
 use super::{Exit, JsonFlag};
 use crate::api::wire::{DeploymentSaved, Uploaded, VariableList};
-use crate::model::Policy;
+use crate::model::capabilities::Capabilities;
+use crate::model::deploy::{DEFAULT_CATCHUP_LIMIT, DEFAULT_POOL, DEFAULT_QUEUE};
+use crate::model::{Catchup, Deployment, Policy, Schedule};
 use crate::protocol::parse_memory_size;
 use clap::Args;
 use serde::Deserialize;
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 use std::path::{Path, PathBuf};
 
 #[derive(Args, Debug)]
@@ -154,7 +156,7 @@ struct DeploySpec {
     concurrency_limit: Option<u32>,
     /// skip, latest or all: fire times missed while no server ran.
     #[serde(default)]
-    catchup: Option<String>,
+    catchup: Catchup,
     #[serde(default)]
     catchup_limit: Option<u32>,
     #[serde(default)]
@@ -305,29 +307,18 @@ pub(super) fn apply_document(
                             spec.name
                         ))
                     })?;
-                let params = (!s.params.is_empty())
-                    .then(|| {
-                        resolve_param_templates(
-                            &backend,
-                            &spec.name,
-                            &Value::Object(s.params.clone()),
-                        )
-                    })
-                    .transpose()?;
-                // Absent fields are left out (`strip_nulls`): the server fills in its defaults.
-                Ok(json!({
-                    "cron": s.cron,
-                    "interval_seconds": interval_seconds,
-                    "active": s.active,
-                    "rrule": s.rrule,
-                    "anchor": s.anchor,
-                    "timezone": s.timezone,
-                    "params": params,
-                }))
+                Ok(Schedule {
+                    cron: s.cron.clone(),
+                    interval_seconds,
+                    rrule: s.rrule.clone(),
+                    anchor: s.anchor.clone(),
+                    timezone: s.timezone.clone(),
+                    params: resolve_param_templates(&backend, &spec.name, &s.params)?,
+                    active: s.active,
+                })
             })
-            .collect::<anyhow::Result<Vec<Value>>>()?;
-        let params =
-            resolve_param_templates(&backend, &spec.name, &Value::Object(spec.params.clone()))?;
+            .collect::<anyhow::Result<Vec<Schedule>>>()?;
+        let params = resolve_param_templates(&backend, &spec.name, &spec.params)?;
         let task_policy = spec.limits.policy(&spec.name)?;
         let dirs = spec
             .capabilities
@@ -343,35 +334,35 @@ pub(super) fn apply_document(
                 Exit::bad_input(format!("deployment '{}': capabilities: {e}", spec.name))
             })?;
         }
-        let capabilities = (!dirs.is_empty()
-            || !spec.capabilities.env.is_empty()
-            || !spec.capabilities.http.is_empty())
-        .then(|| {
-            json!({
-                "dirs": dirs,
-                "env": spec.capabilities.env,
-                "http": spec.capabilities.http,
-            })
-        });
-        let mut body = json!({
-            "name": spec.name,
-            "component": digest,
-            "flow": spec.flow,
-            "description": spec.description,
-            "params": params,
-            "schedules": schedules,
-            "task_policy": task_policy,
-            "tags": spec.tags,
-            "secrets": spec.secrets,
-            "paused": spec.paused,
-            "concurrency_limit": spec.concurrency_limit,
-            "capabilities": capabilities,
-            "work_pool": spec.work_pool,
-            "work_queue": spec.work_queue,
-            "catchup": spec.catchup,
-            "catchup_limit": spec.catchup_limit,
-        });
-        strip_nulls(&mut body);
+        // What the file leaves out is what the server would fill in.
+        let body = Deployment {
+            name: spec.name.clone(),
+            component: digest.clone(),
+            flow: spec.flow.clone(),
+            description: spec.description.clone(),
+            params,
+            work_pool: (spec.work_pool.as_deref())
+                .unwrap_or(DEFAULT_POOL)
+                .to_string(),
+            work_queue: (spec.work_queue.as_deref())
+                .unwrap_or(DEFAULT_QUEUE)
+                .to_string(),
+            schedules,
+            task_policy,
+            tags: spec.tags.clone(),
+            secrets: spec.secrets.clone(),
+            paused: spec.paused,
+            concurrency_limit: spec.concurrency_limit,
+            capabilities: Capabilities {
+                dirs,
+                env: spec.capabilities.env.clone(),
+                http: spec.capabilities.http.clone(),
+            },
+            catchup: spec.catchup,
+            catchup_limit: spec.catchup_limit.unwrap_or(DEFAULT_CATCHUP_LIMIT),
+            // The server numbers versions; what a client sends is ignored.
+            version: None,
+        };
         let path = format!("/api/deployments/{}", spec.name);
         let reply = backend.send("PUT", &path, &body)?;
         if !json_output {
@@ -415,7 +406,7 @@ pub(super) fn apply_document(
         let reply = backend.send(
             "PUT",
             &format!("/api/automations/{}", automation.name),
-            &json!(automation),
+            &automation,
         )?;
         if !json_output {
             println!(
@@ -438,24 +429,16 @@ pub(super) fn apply_document(
     Ok(())
 }
 
-fn strip_nulls(value: &mut Value) {
-    if let Value::Object(map) = value {
-        map.retain(|_, v| !v.is_null());
-        map.values_mut().for_each(strip_nulls);
-    } else if let Value::Array(items) = value {
-        items.iter_mut().for_each(strip_nulls);
-    }
-}
-
 /// Params with `{{ variables.NAME }}` replaced by the variables' values now
 /// (deploy time, as Prefect does): a run's params are what the deployment says.
 fn resolve_param_templates(
     backend: &Backend,
     deployment: &str,
-    params: &Value,
-) -> anyhow::Result<Value> {
+    params: &Map<String, Value>,
+) -> anyhow::Result<Map<String, Value>> {
+    let params = Value::Object(params.clone());
     if !params.to_string().contains("{{") {
-        return Ok(params.clone());
+        return Ok(object_of(params));
     }
     let listed: VariableList = backend.get_as("/api/variables")?;
     let mut lookup = |name: &str| -> Result<Option<Value>, String> {
@@ -465,6 +448,15 @@ fn resolve_param_templates(
             .find(|v| v.name == name)
             .map(|v| v.value.clone()))
     };
-    crate::model::template::resolve_variables(params, &mut lookup)
+    crate::model::template::resolve_variables(&params, &mut lookup)
+        .map(object_of)
         .map_err(|e| Exit::bad_input(format!("deployment '{deployment}': {e}")))
+}
+
+/// An object stays one when templates are resolved in its values.
+fn object_of(value: Value) -> Map<String, Value> {
+    match value {
+        Value::Object(map) => map,
+        _ => Map::new(),
+    }
 }

@@ -7,7 +7,8 @@ use super::output::{
 };
 use super::{Exit, JsonFlag, NameArgs};
 use crate::api::wire::{
-    ComponentDetail, DeploymentHistory, DeploymentInfo, DeploymentList, DeploymentSaved, RunAction,
+    ComponentDetail, DeploymentHistory, DeploymentInfo, DeploymentList, DeploymentSaved,
+    RunStarted, StartRun,
 };
 use crate::protocol::build_params;
 use clap::{Args, Subcommand};
@@ -133,26 +134,18 @@ pub fn deployment(command: DeploymentCommand) -> anyhow::Result<()> {
                     println!("             next: {}", shown.next_line);
                 }
                 println!("limits     {}", serde_json::to_value(&d.task_policy)?);
-                println!("tags       {}", json!(d.tags));
-                println!("secrets    {}", json!(d.secrets));
+                println!("tags       {}", serde_json::to_string(&d.tags)?);
+                println!("secrets    {}", serde_json::to_string(&d.secrets)?);
                 println!("updated    {} UTC", when(info.updated_at));
             }
         }
         DeploymentCommand::Run(args) => run_deployment(&backend, args)?,
         DeploymentCommand::Pause(args) => {
-            let reply = backend.send(
-                "POST",
-                &format!("/api/deployments/{}/pause", args.name),
-                &json!({}),
-            )?;
+            let reply = backend.act(&format!("/api/deployments/{}/pause", args.name))?;
             report(&args, &reply, "paused");
         }
         DeploymentCommand::Resume(args) => {
-            let reply = backend.send(
-                "POST",
-                &format!("/api/deployments/{}/resume", args.name),
-                &json!({}),
-            )?;
+            let reply = backend.act(&format!("/api/deployments/{}/resume", args.name))?;
             report(&args, &reply, "resumed");
         }
         DeploymentCommand::Delete(args) => {
@@ -206,7 +199,7 @@ pub fn deployment(command: DeploymentCommand) -> anyhow::Result<()> {
         }
         DeploymentCommand::Rollback(args) => {
             let path = format!("/api/deployments/{}/rollback", args.name);
-            let reply = backend.send("POST", &path, &json!({ "to": args.to }))?;
+            let reply = backend.send("POST", &path, &crate::api::wire::Rollback { to: args.to })?;
             if args.format.json {
                 println!("{reply}");
                 return Ok(());
@@ -217,7 +210,7 @@ pub fn deployment(command: DeploymentCommand) -> anyhow::Result<()> {
                     "Rolled {} back to version {}: saved as version {}",
                     args.name,
                     args.to,
-                    json!(saved.deployment.version)
+                    serde_json::to_string(&saved.deployment.version)?
                 );
             } else {
                 println!(
@@ -340,8 +333,12 @@ fn run_deployment(backend: &Backend, args: DeploymentRunArgs) -> anyhow::Result<
     let params = build_params(args.params_json.as_deref(), &args.params, schema.as_ref())
         .map_err(|e| Exit::bad_input(e.to_string()))?;
     let path = format!("/api/deployments/{}/runs", args.name);
-    let reply = backend.send("POST", &path, &json!({ "params": params }))?;
-    let started: RunAction = Backend::parse(&path, reply.clone())?;
+    let start = StartRun {
+        params: Some(params),
+        tags: None,
+    };
+    let reply = backend.send("POST", &path, &start)?;
+    let started: RunStarted = Backend::parse(&path, reply.clone())?;
     let id = started.flow_run_id;
     // Without a server the run lives in this process: it must be followed.
     let follow = args.watch || !backend.is_remote();

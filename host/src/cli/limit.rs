@@ -6,10 +6,10 @@ use super::JsonFlag;
 use super::NameArgs;
 use super::backend::Backend;
 use super::output::{print_json, table};
-use crate::api::limits::{LimitInfo, LimitList};
+use crate::api::limits::{LimitBody, LimitInfo, LimitList};
 use crate::clock::format_rfc3339;
 use clap::{Args, Subcommand};
-use serde_json::{Value, json};
+use serde_json::Value;
 
 #[derive(Subcommand, Debug)]
 pub enum LimitCommand {
@@ -52,7 +52,10 @@ pub fn run(command: LimitCommand) -> anyhow::Result<()> {
             let reply = backend.send(
                 "PUT",
                 &path,
-                &json!({ "slots": args.slots, "slot_decay_per_second": args.slot_decay_per_second }),
+                &LimitBody {
+                    slots: args.slots,
+                    slot_decay_per_second: args.slot_decay_per_second,
+                },
             )?;
             let limit: LimitInfo = Backend::parse(&path, reply.clone())?;
             if args.format.json {

@@ -5,7 +5,7 @@ use super::backend::Backend;
 use super::output::{paused_word, print_json, said, table};
 use super::{JsonFlag, NameArgs};
 use crate::api::wire::{HostInfo, HostList, WorkPoolList, WorkQueueList};
-use crate::model::WorkPool;
+use crate::model::{WorkPool, WorkQueue};
 use clap::{Args, Subcommand};
 use serde_json::json;
 
@@ -119,7 +119,12 @@ pub fn work_pool(command: WorkPoolCommand) -> anyhow::Result<()> {
             let reply = backend.send(
                 "POST",
                 "/api/work-pools",
-                &json!({ "name": args.name, "description": args.description, "concurrency_limit": args.concurrency_limit }),
+                &WorkPool {
+                    name: args.name.clone(),
+                    description: args.description.clone(),
+                    paused: false,
+                    concurrency_limit: args.concurrency_limit,
+                },
             )?;
             said(&reply, args.format.json, || {
                 format!("Work pool '{}' created with queue 'default'.", args.name)
@@ -218,8 +223,14 @@ pub fn work_queue(command: WorkQueueCommand) -> anyhow::Result<()> {
             let reply = backend.send(
                 "POST",
                 &format!("/api/work-pools/{}/queues", args.pool),
-                &json!({ "name": args.name, "priority": args.priority,
-                         "concurrency_limit": args.concurrency_limit, "tags": args.tags }),
+                &WorkQueue {
+                    name: args.name.clone(),
+                    work_pool: args.pool.clone(),
+                    priority: args.priority,
+                    concurrency_limit: args.concurrency_limit,
+                    paused: false,
+                    tags: args.tags.clone(),
+                },
             )?;
             said(&reply, args.format.json, || {
                 format!(

@@ -2,7 +2,9 @@
 
 use super::output::{format_count, format_duration, table};
 use super::{Exit, JsonFlag};
-use crate::api::wire::{FlowRun, FlowRunDetail, FlowRunList, LogList, RunAction, TaskRun};
+use crate::api::wire::{
+    FlowRun, FlowRunDetail, FlowRunList, LogList, ResumeInput, RunAction, TaskRun,
+};
 use crate::clock::format_rfc3339;
 use crate::engine::human_bytes;
 use crate::model::RunState;
@@ -135,11 +137,7 @@ fn run_action(
     id: &str,
     action: &str,
 ) -> anyhow::Result<RunAction> {
-    backend.send_as(
-        "POST",
-        &format!("/api/flow-runs/{id}/{action}"),
-        &serde_json::json!({}),
-    )
+    backend.act_as(&format!("/api/flow-runs/{id}/{action}"))
 }
 
 /// The state of run `id` now.
@@ -161,11 +159,8 @@ fn cancel(args: IdArgs) -> anyhow::Result<()> {
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     while !state.is_terminal() {
         if std::time::Instant::now() >= deadline {
-            let forced = backend.send_as::<RunAction>(
-                "POST",
-                &format!("/api/flow-runs/{id}/cancel?force=true"),
-                &serde_json::json!({}),
-            );
+            let forced =
+                backend.act_as::<RunAction>(&format!("/api/flow-runs/{id}/cancel?force=true"));
             state = match forced {
                 Ok(reply) => reply.state,
                 // It ended on its own just now.
@@ -177,10 +172,11 @@ fn cancel(args: IdArgs) -> anyhow::Result<()> {
         state = state_of(&backend, &id)?;
     }
     if args.format.json {
-        println!(
-            "{}",
-            serde_json::json!({ "flow_run_id": id, "state": state })
-        );
+        let ended = RunAction {
+            flow_run_id: id,
+            state,
+        };
+        println!("{}", serde_json::to_string(&ended)?);
     } else {
         println!("flow run {id}: {}", state.as_str());
     }
@@ -462,9 +458,8 @@ fn through_api(command: FlowRunCommand) -> anyhow::Result<()> {
             super::output::finish(&end, args.json)
         }
         FlowRunCommand::Resume(args) => {
-            let body = match args.input()? {
-                Some(input) => serde_json::json!({ "input": input }),
-                None => serde_json::json!({}),
+            let body = ResumeInput {
+                input: args.input()?,
             };
             let reply: RunAction =
                 backend.send_as("POST", &format!("/api/flow-runs/{}/resume", args.id), &body)?;

@@ -4,9 +4,8 @@
 use super::backend::Backend;
 use super::output::{print_json, said, table, when};
 use super::{Exit, JsonFlag, NameArgs};
-use crate::api::wire::SecretList;
+use crate::api::wire::{SecretList, SecretValue};
 use clap::{Args, Subcommand};
-use serde_json::json;
 
 #[derive(Subcommand, Debug)]
 pub enum SecretCommand {
@@ -53,7 +52,7 @@ pub fn secret(command: SecretCommand) -> anyhow::Result<()> {
             let reply = backend.send(
                 "PUT",
                 &format!("/api/secrets/{}", args.name),
-                &json!({ "value": value }),
+                &SecretValue { value },
             )?;
             said(&reply, args.format.json, || {
                 format!("Secret '{}' set on {}.", args.name, backend.describe())

@@ -89,21 +89,24 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let name = args.name.clone().unwrap_or_else(|| args.flow.clone());
     let mut schedule = serde_json::Map::new();
     if let Some(cron) = &args.cron {
-        schedule.insert("cron".into(), json!(cron));
+        schedule.insert("cron".into(), Value::from(cron.as_str()));
         if let Some(zone) = &args.timezone {
-            schedule.insert("timezone".into(), json!(zone));
+            schedule.insert("timezone".into(), Value::from(zone.as_str()));
         }
     }
     if let Some(interval) = args.interval {
         if interval.as_secs() == 0 {
             return Err(Exit::bad_input("--interval must be at least 1s"));
         }
-        schedule.insert("interval".into(), json!(format!("{}s", interval.as_secs())));
+        schedule.insert(
+            "interval".into(),
+            Value::from(format!("{}s", interval.as_secs())),
+        );
         // The grid starts now rather than at the Unix epoch's multiples.
         schedule.insert(
             "anchor".into(),
-            json!(crate::clock::format_rfc3339(
-                crate::clock::Clock::now_micros(&crate::clock::SystemClock)
+            Value::from(crate::clock::format_rfc3339(
+                crate::clock::Clock::now_micros(&crate::clock::SystemClock),
             )),
         );
     }
@@ -185,13 +188,9 @@ impl Foreground for Serving {
 
     fn stopping(&mut self, handle: &crate::server::ServerHandle) {
         say!("\nStopping: pausing deployment '{}' ...", self.deployment);
-        match own_api(&handle.url()).and_then(|api| {
-            api.send(
-                "POST",
-                &format!("/api/deployments/{}/pause", self.deployment),
-                &json!({}),
-            )
-        }) {
+        match own_api(&handle.url())
+            .and_then(|api| api.act(&format!("/api/deployments/{}/pause", self.deployment)))
+        {
             Ok(_) => self.settle_waiting_runs(&handle.url()),
             Err(e) => say!("  could not pause it ({e}); it stays active"),
         }
@@ -242,7 +241,7 @@ impl Serving {
             for run in &waiting {
                 if run.scheduled_at.is_none_or(|at| at <= now) {
                     let id = run.id;
-                    let _ = api.send("POST", &format!("/api/flow-runs/{id}/cancel"), &json!({}));
+                    let _ = api.act(&format!("/api/flow-runs/{id}/cancel"));
                 }
             }
             std::thread::sleep(Duration::from_millis(50));

@@ -4,10 +4,10 @@
 use super::backend::Backend;
 use super::output::{print_json, said, table};
 use super::{JsonFlag, NameArgs};
-use crate::api::wire::VariableList;
+use crate::api::wire::{VariableList, VariableValue};
 use crate::model::Variable;
 use clap::{Args, Subcommand};
-use serde_json::{Value, json};
+use serde_json::Value;
 
 #[derive(Subcommand, Debug)]
 pub enum VariableCommand {
@@ -36,7 +36,7 @@ pub fn variable(command: VariableCommand) -> anyhow::Result<()> {
             let value: Value =
                 serde_json::from_str(&args.value).unwrap_or(Value::String(args.value.clone()));
             let path = format!("/api/variables/{}", args.name);
-            let reply = backend.send("PUT", &path, &json!({ "value": value }))?;
+            let reply = backend.send("PUT", &path, &VariableValue { value })?;
             let saved: Variable = Backend::parse(&path, reply.clone())?;
             said(&reply, args.format.json, || {
                 format!("Variable '{}' = {}", args.name, saved.value)

@@ -123,8 +123,11 @@ pub enum Catchup {
     All,
 }
 
+/// How many missed times `catchup: all` runs when the deployment does not say.
+pub const DEFAULT_CATCHUP_LIMIT: u32 = 10;
+
 fn default_catchup_limit() -> u32 {
-    10
+    DEFAULT_CATCHUP_LIMIT
 }
 
 /// The most missed times `catchup: all` runs: a week's downtime of an

@@ -1100,6 +1100,245 @@ fn replies_match_their_documented_schemas() {
     insta::assert_json_snapshot!("error_body", error);
 }
 
+/// The shapes `api/schema.rs` keeps for types below the API (`model` and
+/// `dispatch` may not name utoipa) are written by hand, so they could fall behind. Each real
+/// type is built here with every field set, named one by one: a field added
+/// to it fails to compile until it is added here, and then this test fails
+/// until its shape in the document lists it too.
+#[test]
+fn schema_only_shapes_list_every_field_of_their_real_types() {
+    use weir_host::model::artifact::{Artifact, ArtifactKind};
+    use weir_host::model::capabilities::{Capabilities, DirGrant};
+    use weir_host::model::{
+        Automation, AutomationEvent, CacheKeyPart, CacheKeyPolicy, Catchup, Deployment,
+        DeploymentVersion, FailureKind, Policy, Schedule, Variable, WorkPool, WorkQueue,
+    };
+    let doc: Value = serde_json::from_str(&weir_host::api::openapi_document()).unwrap();
+    // The document with every component closed: a property it does not list fails.
+    let mut closed = doc["components"].clone();
+    for schema in closed["schemas"].as_object_mut().unwrap().values_mut() {
+        if schema.get("properties").is_some() {
+            schema["additionalProperties"] = json!(false);
+        }
+    }
+    let check = |schema: &str, value: Value| {
+        let root =
+            json!({ "$ref": format!("#/components/schemas/{schema}"), "components": closed });
+        let validator = jsonschema::validator_for(&root).unwrap();
+        let problems: Vec<String> = validator
+            .iter_errors(&value)
+            .map(|e| format!("{} at {}", e, e.instance_path()))
+            .collect();
+        assert!(
+            problems.is_empty(),
+            "{schema} in api/schema.rs does not say what the real type sends: {problems:?}\n{value}"
+        );
+    };
+    let task_policy = Policy {
+        retries: Some(2),
+        retry_delay_ms: Some(vec![100, 200]),
+        backoff: Some(2.0),
+        max_delay_ms: Some(1000),
+        jitter: Some(0.1),
+        retry_on: Some(vec![FailureKind::Failed, FailureKind::Timeout]),
+        timeout_ms: Some(5000),
+        fuel: Some(1_000_000),
+        memory_bytes: Some(64 << 20),
+        cache_ttl_ms: Some(60_000),
+        cache_key: Some(CacheKeyPolicy::Input),
+        cache_key_parts: Some(vec![CacheKeyPart::Input, CacheKeyPart::Params]),
+        refresh_cache: Some(true),
+        tags: Some(vec!["db".into()]),
+        on_completion: Some(vec!["notify".into()]),
+        on_failure: Some(vec!["notify".into()]),
+        on_cancellation: Some(vec!["notify".into()]),
+        on_crashed: Some(vec!["notify".into()]),
+        persist_result: Some(false),
+        result_storage: Some("reports".into()),
+    };
+    let schedule = Schedule {
+        cron: Some("0 9 * * *".into()),
+        interval_seconds: Some(60),
+        rrule: Some("FREQ=DAILY".into()),
+        anchor: Some("2026-01-01T00:00:00Z".into()),
+        timezone: Some("Europe/Berlin".into()),
+        params: serde_json::Map::from_iter([("rows".to_string(), json!(5))]),
+        active: false,
+    };
+    let capabilities = Capabilities {
+        dirs: vec![DirGrant {
+            path: "/data".into(),
+            writable: true,
+        }],
+        env: vec!["TZ".into()],
+        http: vec!["api.example.com".into()],
+    };
+    let deployment = Deployment {
+        name: "etl".into(),
+        component: "0".repeat(64),
+        flow: "etl".into(),
+        description: "nightly".into(),
+        params: serde_json::Map::from_iter([("rows".to_string(), json!(5))]),
+        work_pool: "wasm".into(),
+        work_queue: "default".into(),
+        schedules: vec![schedule.clone()],
+        task_policy: task_policy.clone(),
+        tags: vec!["nightly".into()],
+        secrets: vec!["token".into()],
+        paused: true,
+        concurrency_limit: Some(1),
+        capabilities: capabilities.clone(),
+        catchup: Catchup::All,
+        catchup_limit: 3,
+        version: Some(2),
+    };
+    let version = DeploymentVersion {
+        version: 2,
+        deployment: deployment.clone(),
+        created_by: "admin key 1234abcd".into(),
+        created_at: 1,
+        note: Some("rollback to version 1".into()),
+    };
+    let automation = Automation {
+        name: "stuck".into(),
+        on: AutomationEvent::Stuck,
+        deployment: Some("etl".into()),
+        tag: Some("nightly".into()),
+        flow: Some("etl".into()),
+        stuck_after_seconds: Some(600),
+        webhook: "http://127.0.0.1:9000/hook".into(),
+        headers: std::collections::BTreeMap::from([("x-token".to_string(), "***".to_string())]),
+        template: Some(r#"{"text": "{{flow}}"}"#.into()),
+        paused: true,
+    };
+    let artifact = Artifact {
+        id: "a1".into(),
+        key: Some("report".into()),
+        version: 1,
+        kind: ArtifactKind::Table,
+        description: Some("rows".into()),
+        data: json!([{ "n": 1 }]),
+        flow_run: "r1".into(),
+        task_run: Some("t1".into()),
+        created_at: "2026-01-01T00:00:00Z".into(),
+    };
+    let pool = WorkPool {
+        name: "gpu".into(),
+        description: "the GPU hosts".into(),
+        paused: true,
+        concurrency_limit: Some(4),
+    };
+    let queue = WorkQueue {
+        name: "fast".into(),
+        work_pool: "gpu".into(),
+        priority: 1,
+        concurrency_limit: Some(2),
+        paused: true,
+        tags: vec!["urgent".into()],
+    };
+    let variable = Variable {
+        name: "rows".into(),
+        value: json!({ "any": ["json"] }),
+    };
+    check("TaskPolicy", serde_json::to_value(&task_policy).unwrap());
+    check("Schedule", serde_json::to_value(&schedule).unwrap());
+    check("Capabilities", serde_json::to_value(&capabilities).unwrap());
+    check("Deployment", serde_json::to_value(&deployment).unwrap());
+    check("DeploymentVersion", serde_json::to_value(&version).unwrap());
+    check("Automation", serde_json::to_value(&automation).unwrap());
+    check("Artifact", serde_json::to_value(&artifact).unwrap());
+    check("WorkPool", serde_json::to_value(&pool).unwrap());
+    check("WorkQueue", serde_json::to_value(&queue).unwrap());
+    check("Variable", serde_json::to_value(&variable).unwrap());
+    // The remote hosts' exchanges and the slot asks, from `dispatch`.
+    use weir_host::dispatch::limits::{TakeSlots, Taken};
+    use weir_host::dispatch::remote::{
+        ClaimRequest, Heartbeat, HeartbeatReply, HostRecord, RemoteClaim, RemoteClaims,
+    };
+    let run = weir_host::model::FlowRunId::new();
+    let claim_request = ClaimRequest {
+        holder: "h pid=1 boot=2".into(),
+        pools: vec!["wasm".into()],
+        queues: vec!["default".into()],
+        wait_ms: 1000,
+        allows: capabilities.clone(),
+        max_runs: 4,
+    };
+    let claims = RemoteClaims {
+        claims: vec![RemoteClaim {
+            run,
+            epoch: 1,
+            component: "0".repeat(64),
+            flow: "etl".into(),
+            params: "{}".into(),
+            attempt: 1,
+            deployment: Some("etl".into()),
+            task_override: task_policy.clone(),
+            secrets: vec![("token".into(), "s3cret".into())],
+            replay: Vec::new(),
+            capabilities: capabilities.clone(),
+            lease_ttl_ms: 30_000,
+        }],
+    };
+    let heartbeat = Heartbeat {
+        holder: "h pid=1 boot=2".into(),
+        name: "h".into(),
+        version: "0.1.0".into(),
+        pools: vec!["wasm".into()],
+        queues: vec!["default".into()],
+        slots: 4,
+        runs: vec![(run, 1)],
+        allows: capabilities.clone(),
+    };
+    let heartbeat_reply = HeartbeatReply {
+        lost: vec![run],
+        cancel: vec![run],
+        lease_ttl_ms: 30_000,
+    };
+    let host = weir_host::api::wire::HostInfo {
+        host: HostRecord {
+            name: "h".into(),
+            holder: "h pid=1 boot=2".into(),
+            version: "0.1.0".into(),
+            pools: vec!["wasm".into()],
+            queues: vec!["default".into()],
+            slots: 4,
+            runs_in_hand: 1,
+            last_heartbeat: 1,
+            allows: capabilities.clone(),
+        },
+        online: true,
+    };
+    let take = TakeSlots {
+        flow_run: run,
+        names: vec!["db".into()],
+        slots: 1,
+        strict: true,
+    };
+    check(
+        "HostClaimRequest",
+        serde_json::to_value(&claim_request).unwrap(),
+    );
+    check("HostClaims", serde_json::to_value(&claims).unwrap());
+    check("HostHeartbeat", serde_json::to_value(&heartbeat).unwrap());
+    check(
+        "HostHeartbeatReply",
+        serde_json::to_value(&heartbeat_reply).unwrap(),
+    );
+    check("Host", serde_json::to_value(&host).unwrap());
+    check("TakeSlotsRequest", serde_json::to_value(&take).unwrap());
+    for taken in [
+        Taken::Taken { lease: run.0 },
+        Taken::Unlimited,
+        Taken::Full {
+            limit: "db".into(),
+            retry_after_ms: Some(100),
+        },
+    ] {
+        check("SlotOutcome", serde_json::to_value(&taken).unwrap());
+    }
+}
+
 // ---- the document against the server, by a tester that does not trust either ----
 
 /// The schemathesis release the run is pinned to (from PyPI).
@@ -1383,6 +1622,161 @@ fn hostile_requests_get_the_documented_refusals() {
     assert_eq!(status, 200);
     let (status, reply) = server.get("/api/deployments/gone/versions");
     assert_eq!(status, 404, "{reply}");
+}
+
+/// A hand-written body with a field the server does not read, or a field
+/// of the wrong type, is refused with 400 `bad_json` (as before the bodies
+/// became shared types), and the document says each of these bodies is
+/// closed: a client is never told a field is fine that the server refuses.
+/// The same body without the surplus is accepted, so the refusal is the
+/// field's and not the route's.
+#[test]
+fn closed_request_bodies_refuse_surplus_fields_and_wrong_types() {
+    let server = TestServer::start();
+    let digest = server.upload(FIXTURE_WASM);
+    server.deploy("d", adder("d", &digest, 1, 2));
+    server.send("PUT", "/api/work-pools/p", json!({ "name": "p" }));
+    let doc: Value = serde_json::from_str(&weir_host::api::openapi_document()).unwrap();
+    struct Case<'a> {
+        method: &'a str,
+        path: &'a str,
+        template: &'a str,
+        /// A body the server takes, and its answer to it.
+        good: Value,
+        answer: u16,
+        wrong_types: Vec<Value>,
+    }
+    let case = |method, path, template, good, answer, wrong_types| Case {
+        method,
+        path,
+        template,
+        good,
+        answer,
+        wrong_types,
+    };
+    let cases = vec![
+        case(
+            "PUT",
+            "/api/secrets/s",
+            "/api/secrets/{name}",
+            json!({ "value": "s3cret" }),
+            200,
+            vec![json!({ "value": 7 }), json!({ "value": ["s3cret"] })],
+        ),
+        case(
+            "PUT",
+            "/api/variables/v",
+            "/api/variables/{name}",
+            json!({ "value": { "any": ["json"] } }),
+            200,
+            vec![json!({})],
+        ),
+        case(
+            "POST",
+            "/api/deployments/d/rollback",
+            "/api/deployments/{name}/rollback",
+            json!({ "to": 1 }),
+            200,
+            vec![
+                json!({ "to": "1" }),
+                json!({ "to": -1 }),
+                json!({ "to": 1.5 }),
+            ],
+        ),
+        case(
+            "POST",
+            "/api/deployments/d/runs",
+            "/api/deployments/{name}/runs",
+            json!({ "tags": ["t"] }),
+            202,
+            vec![json!({ "tags": "t" }), json!({ "tags": [1] })],
+        ),
+        case(
+            "PUT",
+            "/api/concurrency-limits/l",
+            "/api/concurrency-limits/{name}",
+            json!({ "slots": 2 }),
+            200,
+            vec![
+                json!({ "slots": "2" }),
+                json!({ "slots": 2, "slot_decay_per_second": "1" }),
+            ],
+        ),
+        case(
+            "PUT",
+            "/api/work-pools/p",
+            "/api/work-pools/{name}",
+            json!({ "paused": false }),
+            200,
+            vec![
+                json!({ "paused": "no" }),
+                json!({ "concurrency_limit": -1 }),
+            ],
+        ),
+        case(
+            "PUT",
+            "/api/deployments/d",
+            "/api/deployments/{name}",
+            adder("d", &digest, 1, 2),
+            200,
+            vec![{
+                let mut d = adder("d", &digest, 1, 2);
+                d["paused"] = json!("yes");
+                d
+            }],
+        ),
+        // The body is read before the run is looked up: a good one finds
+        // no run (404), a bad one never gets that far.
+        case(
+            "POST",
+            "/api/flow-runs/0b7e6f5c-1d2a-4c3b-9e8f-7a6b5c4d3e2f/resume",
+            "/api/flow-runs/{id}/resume",
+            json!({ "input": { "approved": true } }),
+            404,
+            vec![json!({ "input": 1, "approved": true })],
+        ),
+    ];
+    for Case {
+        method,
+        path,
+        template,
+        good,
+        answer,
+        wrong_types,
+    } in cases
+    {
+        let mut surplus = good.clone();
+        surplus["surplus"] = json!(1);
+        for bad in std::iter::once(surplus).chain(wrong_types) {
+            let (status, reply) = server.send(method, path, bad.clone());
+            assert_eq!(
+                (status, reply["error"].as_str()),
+                (400, Some("bad_json")),
+                "{method} {path} {bad}: {reply}"
+            );
+        }
+        let (status, reply) = server.send(method, path, good.clone());
+        assert_eq!(status, answer, "{method} {path} {good}: {reply}");
+        // What the document says of the body: closed.
+        let body = &doc["paths"][template][method.to_lowercase()]["requestBody"]["content"]["application/json"]
+            ["schema"];
+        let reference = body["$ref"]
+            .as_str()
+            .or_else(|| {
+                // `Option<T>` bodies: T or null.
+                body["oneOf"]
+                    .as_array()?
+                    .iter()
+                    .find_map(|s| s["$ref"].as_str())
+            })
+            .unwrap_or_else(|| panic!("{method} {template}: no schema for its body: {body}"));
+        let name = reference.trim_start_matches("#/components/schemas/");
+        assert_eq!(
+            doc["components"]["schemas"][name]["additionalProperties"],
+            json!(false),
+            "{method} {template}: the server refuses fields {name} does not list; the document must say so"
+        );
+    }
 }
 
 // ---- the dispatcher: admission, pauses and grants on every path ----

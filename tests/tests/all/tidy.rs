@@ -10,6 +10,8 @@
 //!   module's boundary are typed;
 //! - the CLI reads the API's replies as `api::wire` types, never JSON by a
 //!   string key (a renamed field would print blank instead of failing);
+//! - the CLI sends request bodies as the types the handlers read, never
+//!   `json!` (only free-form output and files are built by hand);
 //! - every API route is registered with `routes!`, so the router and the
 //!   OpenAPI document come from one list;
 //! - every source file says what it owns in a `//!` comment.
@@ -384,6 +386,72 @@ fn the_cli_reads_replies_as_types() {
     assert!(offences.is_empty(), "\n{}", offences.join("\n"));
 }
 
+/// The JSON the CLI builds by hand, each free-form by nature: `--json`
+/// output, a file it writes, a deploy document it reads back itself.
+/// Request bodies are never here: they are the types the handlers read.
+const CLI_HAND_BUILT_JSON: &[(&str, &str)] = &[
+    // `--json` output.
+    ("cli/deployment.rs", "Ok(json!({"),
+    ("cli/flow.rs", "let json = serde_json::json!({"),
+    (
+        "cli/flow.rs",
+        "|p: housekeeping::Pruned| serde_json::json!({",
+    ),
+    ("cli/flow.rs", r#"serde_json::json!({"builds""#),
+    ("cli/flow.rs", r#"serde_json::json!({"kind""#),
+    ("cli/local.rs", "let mut out = serde_json::json!({"),
+    ("cli/local.rs", r#"serde_json::json!({"flow_runs""#),
+    ("cli/mod.rs", r#"serde_json::json!({"host""#),
+    ("cli/output.rs", "json!({"),
+    ("cli/pool.rs", "print_json(&json!({"),
+    ("cli/profile.rs", r#"json!({ "active""#),
+    ("cli/profile.rs", r#"json!({ "value": shown"#),
+    ("cli/profile.rs", r#"json!({ "profile""#),
+    ("cli/runs.rs", r#"serde_json::json!({"at""#),
+    ("cli/runs.rs", r#"serde_json::json!({"flow_run""#),
+    ("cli/schedule.rs", r#"json!({ "times""#),
+    // Files: a new JS project's package.json, the server's address file.
+    ("cli/init.rs", "let package = serde_json::json!({"),
+    ("cli/server.rs", r#"serde_json::json!({ "url""#),
+    // `host serve`'s deploy document, read back by `host deploy`'s parser.
+    ("cli/serve.rs", r#"json!({ "deployments""#),
+];
+
+/// `json!(` in the CLI outside [`CLI_HAND_BUILT_JSON`]: a request body
+/// built by hand would drift from what the handler reads without failing
+/// to compile.
+fn cli_hand_built_json_offences(files: &BTreeMap<PathBuf, String>) -> Vec<String> {
+    let mut offences = Vec::new();
+    for (path, text) in files {
+        if !path.starts_with("cli") {
+            continue;
+        }
+        let lines = code_lines(text).take_while(|(_, l)| !l.contains("#[cfg(test)]"));
+        for (n, line) in lines {
+            if !line.contains("json!(") {
+                continue;
+            }
+            let free_form = CLI_HAND_BUILT_JSON
+                .iter()
+                .any(|(file, needle)| path == Path::new(file) && line.contains(needle));
+            if !free_form {
+                offences.push(format!(
+                    "{}:{n}: JSON built by hand; send the request type the handler reads (`api::wire`, or the `model` type it takes whole), or, for free-form output, add it to CLI_HAND_BUILT_JSON: {}",
+                    path.display(),
+                    line.trim()
+                ));
+            }
+        }
+    }
+    offences
+}
+
+#[test]
+fn the_cli_sends_requests_as_types() {
+    let offences = cli_hand_built_json_offences(&host_sources());
+    assert!(offences.is_empty(), "\n{}", offences.join("\n"));
+}
+
 /// Routes registered by hand on the API's router: they would be served but
 /// missing from the OpenAPI document. `routes!` (utoipa-axum) registers a
 /// handler from its `#[utoipa::path]`, so the router and the document come
@@ -607,6 +675,44 @@ fn the_rules_catch_planted_violations() {
     assert!(
         cli_json_key_offences(&planted("api/runs.rs", r#"let x = body["name"].as_str();"#))
             .is_empty()
+    );
+    // The CLI building a request body by hand, inline or ahead of the call.
+    for body in [
+        r#"let reply = backend.send("PUT", &path, &json!({ "value": value }))?;"#,
+        r#"let body = serde_json::json!({ "to": args.to });"#,
+        r#"backend.send("POST", &path, &json!({}))?;"#,
+    ] {
+        assert_eq!(
+            cli_hand_built_json_offences(&planted("cli/variable.rs", body)).len(),
+            1,
+            "{body}"
+        );
+    }
+    // Free-form output where it is allowed, tests, and other modules.
+    for fine in [
+        (
+            "cli/schedule.rs",
+            r#"println!("{}", json!({ "times": times }));"#,
+        ),
+        (
+            "cli/variable.rs",
+            "#[cfg(test)]\nmod tests { let x = json!({}); }",
+        ),
+        ("api/runs.rs", r#"let x = json!({ "value": 1 });"#),
+    ] {
+        assert!(
+            cli_hand_built_json_offences(&planted(fine.0, fine.1)).is_empty(),
+            "{fine:?}"
+        );
+    }
+    // An allowance is for its own file only.
+    assert_eq!(
+        cli_hand_built_json_offences(&planted(
+            "cli/variable.rs",
+            r#"println!("{}", json!({ "times": times }));"#
+        ))
+        .len(),
+        1
     );
     // A route added to the API by hand, bypassing the document.
     assert_eq!(
