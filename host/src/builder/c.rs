@@ -178,9 +178,6 @@ pub fn build(project: &Path, dirs: &BuildDirs, show: bool) -> Result<(PathBuf, b
         });
     }
     let clang = clang_version()?;
-    if language == Language::Cpp {
-        libcxx_present()?;
-    }
     let key = build_key(
         &[
             language.as_str(),
@@ -204,6 +201,11 @@ pub fn build(project: &Path, dirs: &BuildDirs, show: bool) -> Result<(PathBuf, b
     if wasm.is_file() {
         super::housekeeping::touch(&out);
         return Ok((wasm, true));
+    }
+    if language == Language::Cpp {
+        // Only before a compile: its two clang++ runs would double the time
+        // of a cache hit.
+        libcxx_present()?;
     }
     if show {
         eprintln!("Building {} with {clang} ...", project.display());
