@@ -647,7 +647,8 @@ fn a_cpp_file_in_a_c_project_names_the_language_to_declare() {
 }
 
 /// A clang++ that finds no libc++ fails a C++ build with one line naming
-/// the apt packages, not with `'string' file not found` in the user's code.
+/// the apt packages, not with `'string' file not found` in the user's code;
+/// a build already made is reused without asking.
 #[test]
 fn a_cpp_build_without_libcxx_names_the_apt_packages() {
     if !c_toolchain_or_skip("a_cpp_build_without_libcxx_names_the_apt_packages") {
@@ -681,6 +682,17 @@ fn a_cpp_build_without_libcxx_names_the_apt_packages() {
         "{stderr}"
     );
     assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
+
+    // Built once with libc++ there, the project is a cache hit without
+    // asking clang++ again (two clang++ runs took a hit to 148 ms).
+    let out = host(home.path(), work.path(), &["build", "demo"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = command(home.path(), work.path(), &["build", "demo", "--json"])
+        .env("PATH", format!("{}:{real_path}", bin.path().display()))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(json_out(&out)["reused_build"], true);
 }
 
 /// A C build is reused while nothing in the project changes (rewriting a
