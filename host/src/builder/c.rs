@@ -303,6 +303,10 @@ impl Build<'_> {
         if cpp {
             command.args([CXX_STANDARD, "-fno-exceptions"]);
         }
+        if self.language == Language::Cpp {
+            // The SDK's manifest names the project's language, as the other SDKs do.
+            command.arg("-DWEIR_SDK_LANGUAGE=\"cpp\"");
+        }
         command.args(&self.manifest.cflags);
         if cpp {
             command.args(&self.manifest.cxxflags);

@@ -187,6 +187,15 @@ fn a_cpp_task_that_runs_out_of_memory_or_range_is_a_clean_failure() {
         serde_json::json!(["alpha", "gamma", "beta"]),
         "{run}"
     );
+    // Its manifest names C++, a C project's C.
+    for (fixture, language) in [
+        ("tests/fixtures/cpp-failing", "cpp"),
+        ("tests/fixtures/c-failing", "c"),
+    ] {
+        let out = host(home.path(), &["flow", "inspect", fixture, "--json"]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        assert_eq!(json_out(&out)["manifest"]["sdk"]["language"], language);
+    }
 }
 
 #[test]
