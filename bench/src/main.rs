@@ -41,7 +41,7 @@ const SCENARIOS: &[(&str, &str)] = &[
     ),
     (
         "polyglot",
-        "Rust, Python and JavaScript components: build, cold compile, cached load, task overhead",
+        "Rust, Python, JavaScript, C and C++ components: build, cold compile, cached load, task overhead",
     ),
     (
         "backends",

@@ -1,6 +1,6 @@
-//! `polyglot`: what a Python, JavaScript or C guest costs next to Rust.
+//! `polyglot`: what a Python, JavaScript, C or C++ guest costs next to Rust.
 //!
-//! For each ETL twin (examples/etl, etl-python, etl-js, etl-c): the build (first,
+//! For each ETL twin (examples/etl, etl-python, etl-js, etl-c, etl-cpp): the build (first,
 //! and reused from the build cache), cold compile of the component and a
 //! cached load in a fresh engine (as in a new process), and the per-task
 //! overhead: one trivial task (`transform` of an empty chunk) in a fresh
@@ -8,7 +8,11 @@
 //! `$WEIR_TOOLCHAINS`, default `<target>/weir-toolchains`; a language whose
 //! toolchain cannot be installed (no network, no clang) is skipped with one
 //! line. C's per-task target is Rust's figure of the same run plus 10 %
-//! (issue 17).
+//! (issue 17); C++ is held to the same. That ratio is measured apart from the
+//! per-language figures, in rounds that run Rust, C and C++ tasks in turn in
+//! one engine: measured minutes apart, as the per-language figures are, the
+//! load of a shared machine moved the ratio by more than the 10 % it judges
+//! (57 % to 393 % in four runs, docs/performance.md).
 
 use crate::Options;
 use crate::report::{Figure, Report, at_most};
@@ -18,26 +22,34 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use weir_host::builder::{self, BuildDirs};
 use weir_host::config::Paths;
-use weir_host::engine::{Engine, EngineConfig, Entry, GuestHost, LoadKind, NullHost};
+use weir_host::engine::{Component, Engine, EngineConfig, Entry, GuestHost, LoadKind, NullHost};
 use weir_host::model::Limits;
 
 const S: &str = "polyglot";
+/// Generous: a trivial task is measured, not stopped.
+const TASK_LIMITS: Limits = Limits {
+    fuel: 10_000_000_000,
+    memory_bytes: 128 << 20,
+    timeout: Some(Duration::from_secs(30)),
+};
 
 pub async fn run(options: &Options, report: &mut Report) {
     let toolchains = std::env::var_os("WEIR_TOOLCHAINS")
         .map(PathBuf::from)
         .unwrap_or_else(|| crate::target_dir().join("weir-toolchains"));
-    let mut rust_task_ms = None;
-    let mut rust_task_us = None;
-    for (language, example, second_load, mut task) in [
+    // The compiled twins' components, for the interleaved per-task rounds.
+    let mut compiled: Vec<(&str, Vec<u8>)> = Vec::new();
+    for (language, example, second_load, task) in [
         ("rust", "examples/etl", None, None),
         ("python", "examples/etl-python", Some(50.0), Some(2.0)),
         ("javascript", "examples/etl-js", None, Some(1.0)),
         ("c", "examples/etl-c", None, None),
+        // C's and C++'s target is a ratio to Rust's: `per_task_ratios`.
+        ("cpp", "examples/etl-cpp", None, None),
     ] {
         let path = weir_tests::workspace().join(example);
-        let r = match measure(language, &path, &toolchains, options.quick).await {
-            Ok(r) => r,
+        let (r, wasm) = match measure(language, &path, &toolchains, options.quick).await {
+            Ok(measured) => measured,
             Err(why) => {
                 report
                     .notes
@@ -46,29 +58,22 @@ pub async fn run(options: &Options, report: &mut Report) {
             }
         };
         let f = |key: &str| r[key].as_f64().unwrap_or(f64::NAN);
-        match language {
-            "rust" => rust_task_ms = Some(f("task_ms")),
-            "c" => task = rust_task_ms.map(|rust| rust * 1.10),
-            _ => {}
-        }
-        if let ("c", Some(rust)) = (language, rust_task_us) {
-            // The issue's target, as a ratio of the same run's figures in µs
-            // (the ms figures round to 10 µs, a fifth of a task).
-            report.push(
-                Figure::new(S, "c: per-task overhead / rust's", "%")
-                    .one(100.0 * f("task_us") / rust)
-                    .target(at_most(110.0)),
-            );
-        }
-        if language == "rust" {
-            rust_task_us = Some(f("task_us"));
+        if matches!(language, "rust" | "c" | "cpp") {
+            compiled.push((language, wasm));
         }
         let kb = f("component_bytes") / 1024.0;
         report.push(
             Figure::new(S, format!("{language}: build, first"), "ms").one(f("first_build_ms")),
         );
         report.push(
-            Figure::new(S, format!("{language}: build, cached"), "ms").one(f("second_build_ms")),
+            Figure::new(S, format!("{language}: build, cached"), "ms")
+                .one(f("second_build_ms"))
+                // Issue 17: a second build of an unchanged project is a cache hit.
+                .target(if language == "rust" {
+                    None
+                } else {
+                    at_most(100.0)
+                }),
         );
         report.push(
             Figure::new(S, format!("{language}: cold compile ({kb:.0} KB)"), "ms")
@@ -96,6 +101,83 @@ pub async fn run(options: &Options, report: &mut Report) {
             .target(task.and_then(at_most)),
         );
     }
+    if compiled
+        .first()
+        .is_some_and(|(language, _)| *language == "rust")
+        && compiled.len() > 1
+    {
+        per_task_ratios(&compiled, options.quick, report).await;
+    }
+}
+
+/// The per-task overhead of C and C++ as a percentage of Rust's: rounds of
+/// `n` trivial tasks of each language in turn, in one engine, each round's
+/// ratio a sample, so a change of load hits both sides of a ratio alike.
+async fn per_task_ratios(compiled: &[(&str, Vec<u8>)], quick: bool, report: &mut Report) {
+    let engine = Engine::new(EngineConfig::default()).unwrap();
+    let mut components = Vec::new();
+    for (language, bytes) in compiled {
+        components.push((*language, engine.load(bytes).await.unwrap()));
+    }
+    let (rounds, n) = if quick { (10, 200) } else { (30, 500) };
+    let mut ratios: Vec<Vec<f64>> = vec![Vec::new(); components.len()];
+    let mut fuel = vec![0; components.len()];
+    for round in 0..=rounds {
+        let mut per_task_us = vec![0.0; components.len()];
+        // Every other round backwards, so going first or last favours no one.
+        let mut order: Vec<usize> = (0..components.len()).collect();
+        if round % 2 == 1 {
+            order.reverse();
+        }
+        for i in order {
+            let (elapsed, used) = trivial_tasks(&engine, &components[i].1, n).await;
+            per_task_us[i] = elapsed.as_secs_f64() * 1e6 / f64::from(n);
+            fuel[i] = used;
+        }
+        // Round 0 warms every instance slot and cache line; it is not kept.
+        if round > 0 {
+            for (i, us) in per_task_us.iter().enumerate() {
+                ratios[i].push(100.0 * us / per_task_us[0]);
+            }
+        }
+    }
+    for (i, (language, _)) in components.iter().enumerate().skip(1) {
+        report.push(
+            Figure::new(S, format!("{language}: per-task overhead / rust's"), "%")
+                .samples(std::mem::take(&mut ratios[i]))
+                .target(at_most(110.0))
+                .note(format!(
+                    "{rounds} rounds of {n} tasks, in turn with Rust; fuel per task {} against Rust's {}",
+                    fuel[i], fuel[0]
+                )),
+        );
+    }
+}
+
+/// Runs `transform` of an empty chunk `n` times in fresh sandboxes: the time
+/// taken and the fuel of the last task.
+async fn trivial_tasks(engine: &Engine, component: &Component, n: u32) -> (Duration, u64) {
+    let host: Arc<dyn GuestHost> = Arc::new(NullHost);
+    let entry = Entry::Task {
+        name: "transform",
+        input: r#"{"chunk":[]}"#,
+    };
+    let mut fuel = 0;
+    let started = Instant::now();
+    for _ in 0..n {
+        let run = engine
+            .run(
+                component,
+                entry,
+                TASK_LIMITS,
+                host.clone(),
+                Default::default(),
+            )
+            .await;
+        run.result.expect("transform([])");
+        fuel = run.fuel_used;
+    }
+    (started.elapsed(), fuel)
 }
 
 async fn measure(
@@ -103,7 +185,7 @@ async fn measure(
     project: &Path,
     toolchains: &Path,
     quick: bool,
-) -> Result<serde_json::Value, String> {
+) -> Result<(serde_json::Value, Vec<u8>), String> {
     let home = tempfile::tempdir().unwrap();
     let paths = Paths::at(home.path());
     let dirs = BuildDirs::new(&paths, Some(toolchains.to_path_buf()));
@@ -145,12 +227,6 @@ async fn measure(
     // Per-task overhead: fresh sandbox + a trivial task, sequentially.
     let engine = Engine::new(config).unwrap();
     let component = engine.load(&bytes).await.unwrap();
-    let host: Arc<dyn GuestHost> = Arc::new(NullHost);
-    let limits = Limits {
-        fuel: 10_000_000_000,
-        memory_bytes: 128 << 20,
-        timeout: Some(Duration::from_secs(30)),
-    };
     let n = match (language, quick) {
         ("python", true) => 100,
         ("python", false) => 1_000,
@@ -161,26 +237,25 @@ async fn measure(
         name: "transform",
         input: r#"{"chunk":[]}"#,
     };
+    let host: Arc<dyn GuestHost> = Arc::new(NullHost);
     for _ in 0..10 {
         let warm = engine
-            .run(&component, entry, limits, host.clone(), Default::default())
+            .run(
+                &component,
+                entry,
+                TASK_LIMITS,
+                host.clone(),
+                Default::default(),
+            )
             .await;
         let output = warm.result.expect("transform([])");
         let value: serde_json::Value = serde_json::from_str(&output).unwrap();
         assert_eq!(value, json!({"count": 0, "sum": 0}), "{language}");
     }
-    let mut fuel = 0;
-    let started = Instant::now();
-    for _ in 0..n {
-        let run = engine
-            .run(&component, entry, limits, host.clone(), Default::default())
-            .await;
-        run.result.expect("transform([])");
-        fuel = run.fuel_used;
-    }
-    let per_task = started.elapsed() / n;
+    let (elapsed, fuel) = trivial_tasks(&engine, &component, n).await;
+    let per_task = elapsed / n;
 
-    Ok(json!({
+    let measured = json!({
         "language": language,
         "example": project.strip_prefix(weir_tests::workspace()).unwrap_or(project),
         "component_bytes": bytes.len(),
@@ -193,7 +268,8 @@ async fn measure(
         "task_us": per_task.as_secs_f64() * 1e6,
         "task_fuel": fuel,
         "tasks_measured": n,
-    }))
+    });
+    Ok((measured, bytes))
 }
 
 fn ms(d: Duration) -> f64 {

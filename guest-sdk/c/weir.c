@@ -326,9 +326,15 @@ static void give(flow_string_t *out, char *text) {
     out->len = len;
 }
 
+/* `host build` says "cpp" when the project is C++ (this file is C either way). */
+#ifndef WEIR_SDK_LANGUAGE
+#define WEIR_SDK_LANGUAGE "c"
+#endif
+
 void exports_weir_flow_guest_describe(exports_weir_flow_guest_json_t *ret) {
     weir_buf out = {0};
-    weir_buf_printf(&out, "{\"sdk\":{\"language\":\"c\",\"version\":\"%s\"},\"flows\":", WEIR_SDK_VERSION);
+    weir_buf_printf(&out, "{\"sdk\":{\"language\":\"%s\",\"version\":\"%s\"},\"flows\":", WEIR_SDK_LANGUAGE,
+                    WEIR_SDK_VERSION);
     put_entries(&out, WEIR_KIND_FLOW, "params_schema");
     weir_buf_append(&out, ",\"tasks\":", 9);
     put_entries(&out, WEIR_KIND_TASK, "input_schema");

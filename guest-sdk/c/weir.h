@@ -37,6 +37,11 @@
  * `host build` compiles this SDK (weir.c, weir_json.c) and the bindings generated from
  * wit/flow.wit with the project's own files; include "weir.h" and nothing
  * else is needed.
+ *
+ * From C++ (`language = "cpp"`) the same header is used as is; give the
+ * WEIR_FLOW/WEIR_TASK options in the order weir_options declares them (C++
+ * designated initializers), and return a std::string as
+ * `strdup(s.c_str())`. C++ guests are built without exceptions.
  */
 #ifndef WEIR_H
 #define WEIR_H

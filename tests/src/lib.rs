@@ -97,27 +97,49 @@ pub fn json(text: &str) -> serde_json::Value {
 /// returns false; with `CI=true` it fails instead, since CI installs the
 /// toolchain (`.ci/run`) and a skip there would hide a missing install.
 pub fn c_toolchain_or_skip(test: &str) -> bool {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("probe.c"),
+    toolchain_or_skip(
+        test,
+        "clang",
+        "probe.c",
         "#include <stdlib.h>\nvoid *probe(void) { return malloc(1); }\n",
     )
-    .unwrap();
-    let built = std::process::Command::new("clang")
-        .args(["--target=wasm32-wasi", "-mexec-model=reactor", "probe.c"])
+}
+
+/// Whether C++ guests can be built here: clang++ compiles and links libc++
+/// for wasm32-wasi (else as [`c_toolchain_or_skip`]).
+pub fn cpp_toolchain_or_skip(test: &str) -> bool {
+    toolchain_or_skip(
+        test,
+        "clang++",
+        "probe.cpp",
+        "#include <string>\nextern \"C\" unsigned long probe(int n) { return std::to_string(n).size(); }\n",
+    )
+}
+
+fn toolchain_or_skip(test: &str, compiler: &str, file: &str, source: &str) -> bool {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join(file), source).unwrap();
+    let built = std::process::Command::new(compiler)
+        .args([
+            "--target=wasm32-wasi",
+            "-mexec-model=reactor",
+            "-fno-exceptions",
+            file,
+        ])
         .args(["-o", "probe.wasm"])
         .current_dir(dir.path())
         .output()
         .is_ok_and(|out| out.status.success());
     if !built {
-        let install = "apt-get install clang lld wasi-libc libclang-rt-dev-wasm32";
+        let install =
+            "apt-get install clang lld wasi-libc libclang-rt-dev-wasm32 libc++-dev-wasm32";
         if std::env::var("CI").is_ok_and(|v| v == "true") {
-            panic!("{test}: clang cannot build for wasm32-wasi here and CI=true; {install}");
+            panic!("{test}: {compiler} cannot build for wasm32-wasi here and CI=true; {install}");
         }
         use std::io::Write;
         let _ = writeln!(
             std::io::stderr().lock(),
-            "SKIPPED {test}: clang for wasm32-wasi is not installed ({install})"
+            "SKIPPED {test}: {compiler} for wasm32-wasi is not installed ({install})"
         );
     }
     built

@@ -287,6 +287,9 @@ pub fn c_toolchain_missing(output: &str, sdk: &Path) -> Option<String> {
             "the wasm-ld linker"
         } else if line.contains("libclang_rt.builtins-wasm32") {
             "the wasm32 compiler runtime"
+        } else if line.contains("unable to find library -lc++") {
+            // Before `-lc`, which it starts with.
+            "libc++ (the C++ standard library for wasm32-wasi)"
         } else if line.contains("crt1-reactor.o")
             || line.contains("unable to find library -lc")
             || (line.starts_with(sdk.as_ref()) && line.contains("file not found"))
@@ -347,11 +350,14 @@ pub fn c(output: &str, sdk: &Path) -> Option<Diagnosis> {
 fn c_advice(message: &str) -> String {
     if let Some(symbol) = message.strip_prefix("undefined symbol: ") {
         return format!(
-            "define `{symbol}` in one of the project's files (every .c, .cc and .cpp file beside weir.toml is compiled), or do not use it"
+            "define `{symbol}` in one of the project's files (every .c, .cc, .cpp and .cxx file beside weir.toml is compiled), or do not use it"
         );
     }
     if message.contains("file not found") {
-        return "put the header in the project folder, or name its folder in weir.toml: cflags = [\"-Ipath\"]; wasi-libc has the C standard headers only".into();
+        return "put the header in the project folder, or name its folder in weir.toml: cflags = [\"-Ipath\"]; wasi-libc has the C standard headers, libc++ the C++ ones (for .cpp files, with language = \"cpp\")".into();
+    }
+    if message.contains("with exceptions disabled") {
+        return "C++ guests are built with -fno-exceptions (clang has no exception handling for WASI): fail the task with `return weir_fail(\"...\");` instead of throwing".into();
     }
     "fix the code at that line".into()
 }
@@ -497,6 +503,13 @@ KeyError: 'nope'
         let d = c(sdk, Path::new("/b/.c-1.tmp-9/sdk")).unwrap();
         assert_eq!(d.location.as_deref(), Some("weir.h:9:3"));
         assert_eq!(c("clang: error: no input files\n", Path::new("/sdk")), None);
+
+        // A `throw` in a C++ guest (built with -fno-exceptions) says what to do instead.
+        let thrown = "app.cpp:4:5: error: cannot use 'throw' with exceptions disabled\n    throw std::runtime_error(\"no\");\n    ^\n1 error generated.\n";
+        let d = c(thrown, Path::new("/sdk")).unwrap();
+        assert_eq!(d.location.as_deref(), Some("app.cpp:4:5"));
+        assert_eq!(d.code.as_deref(), Some("throw std::runtime_error(\"no\");"));
+        assert!(d.advice.contains("weir_fail"), "{}", d.advice);
     }
 
     #[test]
@@ -522,6 +535,14 @@ KeyError: 'nope'
         assert_eq!(
             missing("wasm-ld-14: error: cannot open /x/lib/wasi/libclang_rt.builtins-wasm32.a: No such file").as_deref(),
             Some("the wasm32 compiler runtime")
+        );
+        assert_eq!(
+            missing("wasm-ld-14: error: unable to find library -lc++").as_deref(),
+            Some("libc++ (the C++ standard library for wasm32-wasi)")
+        );
+        assert_eq!(
+            missing("wasm-ld-14: error: unable to find library -lc").as_deref(),
+            Some("wasi-libc")
         );
         // The project's own missing header is the project's error, not the toolchain's.
         assert_eq!(

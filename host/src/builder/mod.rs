@@ -3,7 +3,8 @@
 //!
 //! The language is told by the project's files: `Cargo.toml` → Rust,
 //! `pyproject.toml` or `app.py` → Python, `package.json` → JavaScript,
-//! `weir.toml` with `language = "c"` → C and C++ (see [`c`]).
+//! `weir.toml` with `language = "c"` → C, with `language = "cpp"` → C++
+//! (see [`c`]).
 //!
 //! Rust projects are built with `cargo build --target wasm32-wasip2`; the
 //! target is added with rustup once if it is missing. Guests share one target
@@ -37,7 +38,7 @@ pub enum BuildError {
     #[error("{0} does not exist")]
     Missing(PathBuf),
     #[error(
-        "{0} is not a guest project: expected a .wasm file or a folder with Cargo.toml (Rust), pyproject.toml or app.py (Python), package.json (JavaScript), or weir.toml saying language = \"c\" (C)"
+        "{0} is not a guest project: expected a .wasm file or a folder with Cargo.toml (Rust), pyproject.toml or app.py (Python), package.json (JavaScript), or weir.toml saying language = \"c\" (C) or \"cpp\" (C++)"
     )]
     UnknownProject(PathBuf),
     #[error("{project} has no entry module: expected {expected}")]
@@ -75,7 +76,7 @@ pub enum BuildError {
         diagnosis: diagnose::Diagnosis,
     },
     #[error(
-        "C guests are built by clang for wasm32-wasi with wasi-libc, and {missing} is missing here: install them with `apt-get install {}`",
+        "C and C++ guests are built by clang for wasm32-wasi with wasi-libc (and libc++ for C++), and {missing} is missing here: install them with `apt-get install {}`",
         c::APT_PACKAGES
     )]
     CToolchainMissing { missing: String },
@@ -100,6 +101,7 @@ pub enum Language {
     Python,
     JavaScript,
     C,
+    Cpp,
 }
 
 impl Language {
@@ -115,7 +117,7 @@ impl Language {
         } else if has("weir.toml") {
             // Its `language` is checked by the C builder, which names a wrong
             // one or a TOML error rather than calling this no project at all.
-            Some(Language::C)
+            Some(c::declared_language(project))
         } else {
             None
         }
@@ -127,6 +129,18 @@ impl Language {
             Language::Python => "python",
             Language::JavaScript => "javascript",
             Language::C => "c",
+            Language::Cpp => "cpp",
+        }
+    }
+
+    /// The language's name in messages: "C++", not "cpp".
+    pub fn label(self) -> &'static str {
+        match self {
+            Language::Rust => "Rust",
+            Language::Python => "Python",
+            Language::JavaScript => "JavaScript",
+            Language::C => "C",
+            Language::Cpp => "C++",
         }
     }
 }
@@ -150,7 +164,7 @@ pub struct Built {
     pub language: Option<Language>,
     /// True when PATH was a project (built now or reused from the build cache).
     pub compiled: bool,
-    /// True when an unchanged Python, JavaScript or C project was not built again.
+    /// True when an unchanged Python, JavaScript, C or C++ project was not built again.
     pub reused: bool,
 }
 
@@ -178,7 +192,7 @@ pub fn build(path: &Path, dirs: &BuildDirs, show_progress: bool) -> Result<Built
         }
         Language::Python => python::build(path, dirs, show_progress)?,
         Language::JavaScript => js::build(path, dirs, show_progress)?,
-        Language::C => c::build(path, dirs, show_progress)?,
+        Language::C | Language::Cpp => c::build(path, dirs, show_progress)?,
     };
     Ok(Built {
         wasm,
@@ -321,6 +335,14 @@ mod tests {
         let c = tempfile::tempdir_in(dir.path()).unwrap();
         std::fs::write(c.path().join("weir.toml"), "language = \"c\"\n").unwrap();
         assert_eq!(Language::detect(c.path()), Some(Language::C));
+        for cpp in ["cpp", "c++"] {
+            std::fs::write(
+                c.path().join("weir.toml"),
+                format!("language = \"{cpp}\"\n"),
+            )
+            .unwrap();
+            assert_eq!(Language::detect(c.path()), Some(Language::Cpp), "{cpp}");
+        }
         // A weir.toml naming another language, or broken, is told as such.
         let dirs = BuildDirs::new(&Paths::at(dir.path()), None);
         for (text, expected) in [

@@ -1,4 +1,4 @@
-//! `host init NAME --lang rust|python|js|c`: a new guest project that builds
+//! `host init NAME --lang rust|python|js|c|cpp`: a new guest project that builds
 //! and runs at once (`host flow run NAME`), with a hello flow, a `weir.yaml`
 //! and a short README.
 //!
@@ -6,8 +6,8 @@
 //! a source tree that is still there (the SDK is not on crates.io), and takes
 //! that tree's `Cargo.lock`, so its dependencies are the versions the host's
 //! own guests were built with (and reuse their build). Python, JavaScript
-//! and C projects need nothing: their SDK comes with `host` (C needs clang
-//! for wasm32-wasi from apt).
+//! C and C++ projects need nothing: their SDK comes with `host` (C and C++
+//! need clang for wasm32-wasi from apt).
 
 use super::Exit;
 use clap::{Args, ValueEnum};
@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
   host init demo --lang python && host flow run demo
   host init etl --lang rust
   host init demo --lang c && host flow run demo
+  host init demo --lang cpp && host flow run demo
   host serve demo --flow hello --interval 10s")]
 pub struct InitArgs {
     /// The folder to create (its last part names the project).
@@ -33,8 +34,11 @@ pub enum Lang {
     Python,
     #[value(alias = "javascript")]
     Js,
-    /// C (and C++), built with clang for wasm32-wasi.
+    /// C, built with clang for wasm32-wasi.
     C,
+    /// C++ with its standard library (libc++, no exceptions), built with clang++ for wasm32-wasi.
+    #[value(alias = "c++")]
+    Cpp,
 }
 
 /// The SDK crate beside the host's sources, when the host was built from them.
@@ -83,6 +87,7 @@ impl Lang {
             Lang::Python => "Python",
             Lang::Js => "JavaScript",
             Lang::C => "C",
+            Lang::Cpp => "C++",
         }
     }
 }
@@ -188,6 +193,20 @@ fn project_files(name: &str, lang: Lang, sdk: Option<&str>) -> Vec<(&'static str
             ));
             files.push(("app.c", C_HELLO.to_string()));
         }
+        Lang::Cpp => {
+            files.push((
+                "weir.toml",
+                "# `host build` compiles every .cpp (and .c) file here with clang++ for\n\
+                 # wasm32-wasi against libc++, exceptions off, with the Weir C SDK (weir.h).\n\
+                 language = \"cpp\"\n\
+                 # Extra flags for every file and the link, e.g. [\"-Iinclude\", \"-DNDEBUG\"];\n\
+                 # cxxflags for the C++ files only (C++20 unless it says otherwise).\n\
+                 cflags = []\n\
+                 cxxflags = []\n"
+                    .to_string(),
+            ));
+            files.push(("app.cpp", CPP_HELLO.to_string()));
+        }
     }
     files
 }
@@ -279,6 +298,44 @@ static char *hello(weir_json params) {
     free(quoted);
     free(name);
     return result;
+}
+WEIR_FLOW(hello, .description = "Greets someone, the world by default.",
+          .params = "{\"name\": {\"type\": \"string\", \"default\": \"world\"}}");
+"#;
+
+const CPP_HELLO: &str = r#"// A flow with one task: run it with `host flow run .`.
+#include "weir.h"
+
+#include <string>
+
+// A JSON string's text, or `fallback` when it is not a string.
+static std::string text_of(weir_json value, const std::string &fallback) {
+    char *text = weir_json_string(value);
+    std::string out = text != nullptr ? text : fallback;
+    free(text);
+    return out;
+}
+
+// Makes a greeting (a task: it runs in a sandbox of its own, with retries).
+static char *greet(weir_json input) {
+    char *name = weir_json_string(weir_json_get(input, "name"));
+    if (name == nullptr) return weir_invalid_input("name must be a string");
+    std::string greeting = std::string("Hello, ") + name + "!";
+    free(name);
+    return weir_json_quote(greeting.c_str()); // a JSON string, from malloc: the SDK frees it
+}
+// Options in the order weir_options declares them (C++ designated initializers).
+WEIR_TASK(greet, .description = "Makes a greeting (a task: it runs in a sandbox of its own, with retries).",
+          .params = "{\"name\": {\"type\": \"string\"}}", .retries = 2, .retry_delay_ms = 100);
+
+// Greets someone, the world by default.
+static char *hello(weir_json params) {
+    std::string name = text_of(weir_json_get(params, "name"), "world");
+    weir_info("greeting %s", name.c_str());
+    char *quoted = weir_json_quote(name.c_str());
+    std::string input = std::string("{\"name\": ") + quoted + "}";
+    free(quoted);
+    return weir_call_task("greet", input.c_str()); // NULL on failure: the flow fails with it
 }
 WEIR_FLOW(hello, .description = "Greets someone, the world by default.",
           .params = "{\"name\": {\"type\": \"string\", \"default\": \"world\"}}");

@@ -1,4 +1,4 @@
-//! Python, JavaScript and C guests, through the `host` program: the ETL twins
+//! Python, JavaScript, C and C++ guests, through the `host` program: the ETL twins
 //! give the Rust example's result, a second run neither rebuilds nor
 //! recompiles, a task that raises or throws is a clean failure, and the
 //! committed Python bindings match what componentize-py generates from the WIT.
@@ -6,14 +6,15 @@
 //! The Python and JavaScript tests need python3, node and npm and reach PyPI
 //! and npm on first use, so they run only with WEIR_POLYGLOT_TESTS=1 (CI sets
 //! it). The toolchains are installed once into the cargo target dir and
-//! shared by every test. The C tests need Debian's clang for wasm32-wasi
-//! (`c_toolchain_or_skip`), nothing from the network.
+//! shared by every test. The C and C++ tests need Debian's clang for
+//! wasm32-wasi (`c_toolchain_or_skip`, and libc++ for C++:
+//! `cpp_toolchain_or_skip`), nothing from the network.
 
 use crate::common::text;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use weir_tests::{ETL_WASM, c_toolchain_or_skip, workspace};
+use weir_tests::{ETL_WASM, c_toolchain_or_skip, cpp_toolchain_or_skip, workspace};
 
 const HOST: &str = env!("CARGO_BIN_EXE_host-under-test");
 
@@ -141,6 +142,59 @@ fn the_js_etl_gives_the_rust_result_and_is_not_rebuilt_or_recompiled() {
 fn the_c_etl_gives_the_rust_result_and_is_not_rebuilt_or_recompiled() {
     if c_toolchain_or_skip("the_c_etl_gives_the_rust_result") {
         runs_like_the_rust_etl("examples/etl-c", "c");
+    }
+}
+
+#[test]
+fn the_cpp_etl_gives_the_rust_result_and_is_not_rebuilt_or_recompiled() {
+    if cpp_toolchain_or_skip("the_cpp_etl_gives_the_rust_result") {
+        runs_like_the_rust_etl("examples/etl-cpp", "cpp");
+    }
+}
+
+/// C++ without exceptions, where the standard library would throw: an
+/// allocation past the task's memory limit is a memory-limit failure (not a
+/// null pointer the task writes through and goes on with), `.at()` out of
+/// range is a trap, and a table a static constructor built is there at the
+/// first call. The flow survives them all.
+#[test]
+fn a_cpp_task_that_runs_out_of_memory_or_range_is_a_clean_failure() {
+    if !cpp_toolchain_or_skip("a_cpp_task_that_runs_out_of_memory_or_range_is_a_clean_failure") {
+        return;
+    }
+    let home = tempfile::tempdir().unwrap();
+    let (out, run) = run_json(
+        home.path(),
+        "tests/fixtures/cpp-failing",
+        Some("survive"),
+        &[],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(run["state"], "Completed", "{run}");
+    let result = &run["result"];
+    assert_eq!(result["greedy"]["kind"], "memory-limit", "{run}");
+    assert!(
+        result["greedy"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("exceeded its memory limit of 32.0 MiB"),
+        "{run}"
+    );
+    assert_eq!(result["past_the_end"]["kind"], "trap", "{run}");
+    assert_eq!(result["in_range"], 3, "{run}");
+    assert_eq!(
+        result["ranked"],
+        serde_json::json!(["alpha", "gamma", "beta"]),
+        "{run}"
+    );
+    // Its manifest names C++, a C project's C.
+    for (fixture, language) in [
+        ("tests/fixtures/cpp-failing", "cpp"),
+        ("tests/fixtures/c-failing", "c"),
+    ] {
+        let out = host(home.path(), &["flow", "inspect", fixture, "--json"]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        assert_eq!(json_out(&out)["manifest"]["sdk"]["language"], language);
     }
 }
 

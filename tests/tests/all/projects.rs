@@ -5,7 +5,8 @@
 //! The Python and JavaScript projects need python3, node and npm and reach
 //! PyPI and npm on first use, so they run only with WEIR_POLYGLOT_TESTS=1 (CI
 //! sets it), with the toolchains shared with `tests/polyglot.rs`. The C
-//! project needs clang for wasm32-wasi (`c_toolchain_or_skip`).
+//! project needs clang for wasm32-wasi (`c_toolchain_or_skip`), the C++ one
+//! libc++ too (`cpp_toolchain_or_skip`).
 
 use crate::common::text;
 use serde_json::Value;
@@ -14,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
-use weir_tests::{FIXTURE_WASM, HELLO_WASM, c_toolchain_or_skip, workspace};
+use weir_tests::{FIXTURE_WASM, HELLO_WASM, c_toolchain_or_skip, cpp_toolchain_or_skip, workspace};
 
 const HOST: &str = env!("CARGO_BIN_EXE_host-under-test");
 
@@ -143,6 +144,22 @@ fn a_c_project_from_init_runs_at_once() {
     if c_toolchain_or_skip("a_c_project_from_init_runs_at_once") {
         init_then_run("c");
     }
+}
+
+#[test]
+fn a_cpp_project_from_init_runs_at_once() {
+    if !cpp_toolchain_or_skip("a_cpp_project_from_init_runs_at_once") {
+        return;
+    }
+    init_then_run("cpp");
+    // `c++` names the same language.
+    let home = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let out = host(home.path(), work.path(), &["init", "plus", "--lang", "c++"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let manifest = std::fs::read_to_string(work.path().join("plus/weir.toml")).unwrap();
+    assert!(manifest.contains("language = \"cpp\""), "{manifest}");
+    assert!(work.path().join("plus/app.cpp").is_file());
 }
 
 #[test]
@@ -561,6 +578,123 @@ fn c_build_errors_show_clangs_file_line_message_and_advice_only() {
     );
 }
 
+/// C++ goes through the same reading of clang's output as C: file, line,
+/// message and the line of code; a `throw` (C++ guests have no exceptions)
+/// says what to write instead.
+#[test]
+fn cpp_build_errors_show_clangs_file_line_message_and_advice_only() {
+    if !cpp_toolchain_or_skip("cpp_build_errors_show_clangs_file_line_message_and_advice_only") {
+        return;
+    }
+    let stderr = build_error("cpp", "app.cpp", |s| {
+        format!("#include <vector>\nint broken() {{ std::vector<int> v{{1}}; return v[0] }}\n{s}")
+    });
+    assert!(
+        stderr.contains(
+            "the C++ guest failed to build:\nbroken/app.cpp:2:50: expected ';' after return statement\n    int broken() { std::vector<int> v{1}; return v[0] }\nhint: fix the code at that line"
+        ),
+        "{stderr}"
+    );
+    for noise in [
+        "errors generated",
+        "clang: error",
+        "clang++",
+        "wasm-ld",
+        "^",
+    ] {
+        assert!(!stderr.contains(noise), "{noise:?} shown:\n{stderr}");
+    }
+    let stderr = build_error("cpp", "app.cpp", |s| {
+        format!("int thrower(int n) {{ if (n) throw n; return 0; }}\n{s}")
+    });
+    assert!(
+        stderr.contains("broken/app.cpp:1:29: cannot use 'throw' with exceptions disabled\n"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("hint: C++ guests are built with -fno-exceptions")
+            && stderr.contains("weir_fail"),
+        "{stderr}"
+    );
+}
+
+/// A C++ file in a project that says `language = "c"` is refused before any
+/// compile, with the line to change; a weir.toml naming neither is refused too.
+#[test]
+fn a_cpp_file_in_a_c_project_names_the_language_to_declare() {
+    let home = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let out = host(home.path(), work.path(), &["init", "mixed", "--lang", "c"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let project = work.path().join("mixed");
+    std::fs::create_dir(project.join("src")).unwrap();
+    std::fs::write(project.join("src/extra.cc"), "int extra() { return 1; }\n").unwrap();
+    let out = host(home.path(), work.path(), &["build", "mixed"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("src/extra.cc is C++ but language = \"c\"; say language = \"cpp\""),
+        "{stderr}"
+    );
+    std::fs::write(project.join("weir.toml"), "language = \"c#\"\n").unwrap();
+    let out = host(home.path(), work.path(), &["build", "mixed"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("use \"c\" or \"cpp\""),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+/// A clang++ that finds no libc++ fails a C++ build with one line naming
+/// the apt packages, not with `'string' file not found` in the user's code;
+/// a build already made is reused without asking.
+#[test]
+fn a_cpp_build_without_libcxx_names_the_apt_packages() {
+    if !c_toolchain_or_skip("a_cpp_build_without_libcxx_names_the_apt_packages") {
+        return;
+    }
+    let home = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let out = host(home.path(), work.path(), &["init", "demo", "--lang", "cpp"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let bin = tempfile::tempdir().unwrap();
+    let real_path = std::env::var("PATH").unwrap_or_default();
+    let fake = bin.path().join("clang++");
+    std::fs::write(
+        &fake,
+        format!("#!/bin/sh\nPATH='{real_path}' exec clang++ --sysroot=/nonexistent \"$@\"\n"),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out = command(home.path(), work.path(), &["build", "demo"])
+        .env("PATH", format!("{}:{real_path}", bin.path().display()))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("libc++.a (the C++ standard library for wasm32-wasi) is missing here")
+            && stderr.contains(
+                "apt-get install clang lld wasi-libc libclang-rt-dev-wasm32 libc++-dev-wasm32"
+            ),
+        "{stderr}"
+    );
+    assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
+
+    // Built once with libc++ there, the project is a cache hit without
+    // asking clang++ again (two clang++ runs took a hit to 148 ms).
+    let out = host(home.path(), work.path(), &["build", "demo"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = command(home.path(), work.path(), &["build", "demo", "--json"])
+        .env("PATH", format!("{}:{real_path}", bin.path().display()))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(json_out(&out)["reused_build"], true);
+}
+
 /// A C build is reused while nothing in the project changes (rewriting a
 /// file with the same bytes included), and made again when a header the
 /// code includes changes, with a new component.
@@ -607,18 +741,18 @@ fn a_c_build_is_reused_until_a_file_changes() {
     assert_eq!(json_out(&out)["result"], "Howdy, world!");
 }
 
-/// C++ files beside weir.toml are compiled too (classes, namespaces, no
-/// standard library), with the same header and macros.
+/// A project saying `language = "c++"` (the alias of "cpp") builds its C++
+/// files with the C SDK's header and macros (classes, namespaces).
 #[test]
 fn a_cpp_file_builds_and_runs_with_the_c_sdk() {
-    if !c_toolchain_or_skip("a_cpp_file_builds_and_runs_with_the_c_sdk") {
+    if !cpp_toolchain_or_skip("a_cpp_file_builds_and_runs_with_the_c_sdk") {
         return;
     }
     let home = tempfile::tempdir().unwrap();
     let work = tempfile::tempdir().unwrap();
     let project = work.path().join("cpp");
     std::fs::create_dir(&project).unwrap();
-    std::fs::write(project.join("weir.toml"), "language = \"c\"\n").unwrap();
+    std::fs::write(project.join("weir.toml"), "language = \"c++\"\n").unwrap();
     std::fs::write(
         project.join("app.cpp"),
         r#"#include "weir.h"
@@ -661,7 +795,7 @@ fn a_c_build_without_the_toolchain_names_the_apt_packages() {
     let work = tempfile::tempdir().unwrap();
     let out = host(home.path(), work.path(), &["init", "demo", "--lang", "c"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    let install = "install them with `apt-get install clang lld wasi-libc libclang-rt-dev-wasm32`";
+    let install = "install them with `apt-get install clang lld wasi-libc libclang-rt-dev-wasm32 libc++-dev-wasm32`";
     // The build's progress line aside, the error is one line.
     let error_lines = |stderr: &str| {
         stderr
