@@ -728,10 +728,19 @@ fn the_cli_deploys_from_a_file_and_follows_a_run() {
     let server = TestServer::start();
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("weir.yaml");
+    // Twelve hours from now: the scheduler makes runs up to an hour ahead,
+    // and one beside the test's run would share its id prefix.
+    let hour = (std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        / 3600
+        + 12)
+        % 24;
     std::fs::write(
         &file,
         format!(
-            "deployments:\n  - name: etl-cli\n    component: {}\n    flow: etl\n    params: {{rows: 30}}\n    schedules:\n      - cron: \"0 3 * * *\"\n    limits: {{timeout: 30s, memory: 64MiB}}\n    tags: [nightly]\n",
+            "deployments:\n  - name: etl-cli\n    component: {}\n    flow: etl\n    params: {{rows: 30}}\n    schedules:\n      - cron: \"0 {hour} * * *\"\n    limits: {{timeout: 30s, memory: 64MiB}}\n    tags: [nightly]\n",
             ETL_WASM
         ),
     )
