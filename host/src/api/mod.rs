@@ -555,6 +555,8 @@ impl From<DispatchError> for ApiError {
             D::Engine(_) | D::Files(_) | D::Corrupt { .. } | D::Control(_) | D::Join(_) => {
                 ApiError::internal(message)
             }
+            // A remote host's own errors; a server never answers with them.
+            D::ClaimFailed(_) | D::NoClaimEndpoint { .. } => ApiError::internal(message),
         }
     }
 }

@@ -3144,6 +3144,27 @@ enum Proxy {
     Tamper,
     /// Speaks TLS with the test certificate (`tests/fixtures/tls`).
     Tls(std::sync::Arc<rustls::ServerConfig>),
+    /// Answers 404 to these paths, as a server without those routes does,
+    /// and forwards the rest; writes down each request's path and status.
+    Refuse(&'static [&'static str], std::sync::Arc<ProxyLog>),
+}
+
+/// The requests a proxy passed on or refused: (path, status), in order.
+#[derive(Default)]
+struct ProxyLog(std::sync::Mutex<Vec<(String, u16)>>);
+
+impl ProxyLog {
+    fn count(&self, path: &str, status: u16) -> usize {
+        let seen = self.0.lock().unwrap();
+        seen.iter()
+            .filter(|(p, s)| p == path && *s == status)
+            .count()
+    }
+
+    fn count_path(&self, path: &str) -> usize {
+        let seen = self.0.lock().unwrap();
+        seen.iter().filter(|(p, _)| p == path).count()
+    }
 }
 
 /// A proxy in front of `server_url` (one request per connection); returns its URL.
@@ -3152,20 +3173,20 @@ fn proxy(server_url: &str, how: Proxy) -> String {
     let addr = listener.local_addr().unwrap();
     let upstream = server_url.to_string();
     let scheme = match how {
-        Proxy::Tamper => "http",
+        Proxy::Tamper | Proxy::Refuse(..) => "http",
         Proxy::Tls(_) => "https",
     };
     std::thread::spawn(move || {
         for stream in listener.incoming().flatten() {
             let (upstream, how) = (upstream.clone(), how.clone());
             std::thread::spawn(move || match how {
-                Proxy::Tamper => forward_one(stream, &upstream, true),
-                Proxy::Tls(config) => {
-                    let Ok(conn) = rustls::ServerConnection::new(config) else {
+                Proxy::Tamper | Proxy::Refuse(..) => forward_one(stream, &upstream, &how),
+                Proxy::Tls(ref config) => {
+                    let Ok(conn) = rustls::ServerConnection::new(config.clone()) else {
                         return;
                     };
                     let mut tls = rustls::StreamOwned::new(conn, stream);
-                    forward_one(&mut tls, &upstream, false);
+                    forward_one(&mut tls, &upstream, &how);
                     tls.conn.send_close_notify();
                     let _ = std::io::Write::flush(&mut tls);
                 }
@@ -3176,7 +3197,7 @@ fn proxy(server_url: &str, how: Proxy) -> String {
 }
 
 /// Reads one request from `stream`, sends it to `upstream`, writes the reply back.
-fn forward_one(mut stream: impl std::io::Read + std::io::Write, upstream: &str, tamper: bool) {
+fn forward_one(mut stream: impl std::io::Read + std::io::Write, upstream: &str, how: &Proxy) {
     let mut head = Vec::new();
     let mut byte = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {
@@ -3208,6 +3229,14 @@ fn forward_one(mut stream: impl std::io::Read + std::io::Write, upstream: &str, 
     if stream.read_exact(&mut body).is_err() {
         return;
     }
+    if let Proxy::Refuse(refused, log) = how
+        && refused.contains(&path)
+    {
+        log.0.lock().unwrap().push((path.to_string(), 404));
+        let reply = "HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
+        let _ = stream.write_all(reply.as_bytes());
+        return;
+    }
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
         .build()
@@ -3216,13 +3245,16 @@ fn forward_one(mut stream: impl std::io::Read + std::io::Write, upstream: &str, 
         return;
     };
     let status = response.status().as_u16();
+    if let Proxy::Refuse(_, log) = how {
+        log.0.lock().unwrap().push((path.to_string(), status));
+    }
     let mut bytes = response
         .body_mut()
         .with_config()
         .limit(u64::MAX)
         .read_to_vec()
         .unwrap_or_default();
-    if tamper && path.ends_with("/wasm") && status == 200 {
+    if matches!(how, Proxy::Tamper) && path.ends_with("/wasm") && status == 200 {
         let last = bytes.len() - 1;
         bytes[last] ^= 0x01;
     }
@@ -3232,6 +3264,97 @@ fn forward_one(mut stream: impl std::io::Read + std::io::Write, upstream: &str, 
     );
     let _ = stream.write_all(reply.as_bytes());
     let _ = stream.write_all(&bytes);
+}
+
+/// A server from before batched claims answers 404 to `/api/hosts/claims`:
+/// a host falls back to one run per `/api/hosts/claim` and takes and
+/// completes every run through it, having asked for a batch once only.
+#[test]
+fn a_host_falls_back_to_single_claims_on_a_server_without_batches() {
+    let server = TestServer::start_with(&["--no-worker"], None);
+    let log = std::sync::Arc::new(ProxyLog::default());
+    let proxy = proxy(
+        &server.url,
+        Proxy::Refuse(&["/api/hosts/claims"], log.clone()),
+    );
+    let host = TestHost::start_against(&proxy, None, "h1", &["--slots", "3"]);
+    let digest = server.upload(FIXTURE_WASM);
+    let ids: Vec<String> = (0..6)
+        .map(|_| {
+            start_fixture_run(
+                &server,
+                &digest,
+                "slow_sequential",
+                json!({ "n": 2, "ms": 5 }),
+            )
+        })
+        .collect();
+    for id in &ids {
+        let run = wait_for_run(&server, id, Duration::from_secs(60), |r| {
+            r["state"]
+                .as_str()
+                .is_some_and(|s| s != "Scheduled" && s != "Pending" && s != "Running")
+        });
+        assert_eq!(run["state"], "Completed", "{run}\n{}", host.log());
+        assert_eq!(run["result"], json!("10"), "{run}");
+        let (_, detail) = server.get(&format!("/api/flow-runs/{id}"));
+        assert_eq!(task_hosts(&detail), ["h1", "h1"], "{detail}");
+    }
+    assert!(
+        log.count("/api/hosts/claim", 200) >= ids.len(),
+        "every run came through a single claim"
+    );
+    assert_eq!(
+        log.count_path("/api/hosts/claims"),
+        1,
+        "a batch is asked for once, then the host remembers"
+    );
+}
+
+/// A server that answers 404 to both claim endpoints (not a Weir server's
+/// API, or a proxy hiding them) gets a clear error in the host's log and
+/// claims that back off, not a loop: once the pause has grown, a 2 s window
+/// sees a handful of claims (a loop without a pause makes hundreds).
+#[test]
+fn a_server_without_claims_gets_a_clear_error_and_backed_off_claims() {
+    let server = TestServer::start_with(&["--no-worker"], None);
+    let log = std::sync::Arc::new(ProxyLog::default());
+    let proxy = proxy(
+        &server.url,
+        Proxy::Refuse(&["/api/hosts/claims", "/api/hosts/claim"], log.clone()),
+    );
+    let host = TestHost::start_against(&proxy, None, "h1", &[]);
+    let claims = || log.count_path("/api/hosts/claims") + log.count_path("/api/hosts/claim");
+    let said = "has no host claims (POST /api/hosts/claims and /api/hosts/claim answered 404); point --api at a Weir server";
+    // Five refusals: the pause is at 1.6 s by then.
+    wait_until("the host says what is wrong five times", || {
+        host.log().matches(said).count() >= 5
+    });
+    let before = claims();
+    std::thread::sleep(Duration::from_secs(2));
+    let in_window = claims() - before;
+    assert!(
+        in_window <= 8,
+        "{in_window} claims in 2 s: the host does not back off\n{}",
+        host.log()
+    );
+    assert!(
+        host.log()
+            .lines()
+            .any(|l| l.contains("ERROR") && l.contains(said)),
+        "{}",
+        host.log()
+    );
+    // It kept its link: the server still lists it online.
+    let (_, listed) = server.get("/api/hosts");
+    assert!(
+        listed["hosts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|h| h["name"] == "h1" && h["online"] == true),
+        "{listed}"
+    );
 }
 
 #[test]
