@@ -3311,6 +3311,45 @@ fn a_host_falls_back_to_single_claims_on_a_server_without_batches() {
     );
 }
 
+/// `host run --claim-batch 1` asks for one run per claim (the A/B of the
+/// benchmark) even with free slots, and still completes every run; a batch
+/// size the server would refuse is refused before the host starts.
+#[test]
+fn claim_batch_1_makes_a_host_claim_one_run_at_a_time() {
+    let server = TestServer::start_with(&["--no-worker"], None);
+    let log = std::sync::Arc::new(ProxyLog::default());
+    let proxy = proxy(&server.url, Proxy::Refuse(&[], log.clone()));
+    let host = TestHost::start_against(&proxy, None, "h1", &["--slots", "4", "--claim-batch", "1"]);
+    let digest = server.upload(FIXTURE_WASM);
+    let ids: Vec<String> = (0..6)
+        .map(|_| {
+            start_fixture_run(
+                &server,
+                &digest,
+                "slow_sequential",
+                json!({ "n": 1, "ms": 5 }),
+            )
+        })
+        .collect();
+    for id in &ids {
+        let run = wait_for_run(&server, id, Duration::from_secs(60), |r| {
+            r["state"]
+                .as_str()
+                .is_some_and(|s| s != "Scheduled" && s != "Pending" && s != "Running")
+        });
+        assert_eq!(run["state"], "Completed", "{run}\n{}", host.log());
+    }
+    assert!(log.count("/api/hosts/claim", 200) >= ids.len());
+    assert_eq!(log.count_path("/api/hosts/claims"), 0, "no batch asked for");
+    for bad in ["0", "65", "-1", "many"] {
+        let arg = format!("--claim-batch={bad}");
+        let mut refused = TestHost::start_against(&server.url, None, "h2", &[&arg]);
+        let status = refused.wait_exit(Duration::from_secs(30));
+        assert_eq!(status.code(), Some(2), "--claim-batch {bad}");
+        assert!(refused.log().contains("--claim-batch"), "{}", refused.log());
+    }
+}
+
 /// A server that answers 404 to both claim endpoints (not a Weir server's
 /// API, or a proxy hiding them) gets a clear error in the host's log and
 /// claims that back off, not a loop: once the pause has grown, a 2 s window

@@ -61,6 +61,10 @@ pub struct RemoteConfig {
     pub queues: Vec<String>,
     /// Flow runs at once.
     pub slots: usize,
+    /// Runs asked for in one claim, at most (1 to [`MAX_CLAIM_BATCH`]): a
+    /// host asks for all its free slots up to this; 1 asks one at a time
+    /// through `/api/hosts/claim`, to compare the two.
+    pub claim_batch: u32,
     /// Shown in the server's host list and recorded on its task runs.
     pub name: String,
     /// How long SIGTERM waits for running flows before leaving them to
@@ -320,7 +324,7 @@ impl RunSource for RemoteHost {
         &'a self,
         _pools: &'a [String],
     ) -> BoxFuture<'a, Result<Vec<Claim>, DispatchError>> {
-        Box::pin(self.claim_with_room(MAX_CLAIM_BATCH))
+        Box::pin(self.claim_with_room(self.config.claim_batch.clamp(1, MAX_CLAIM_BATCH)))
     }
 
     fn work_ready(&self) -> BoxFuture<'_, ()> {
