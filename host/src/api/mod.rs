@@ -13,7 +13,7 @@
 mod artifacts;
 pub(crate) mod automations;
 pub(crate) mod deployments;
-mod drain;
+pub mod drain;
 pub(crate) mod events;
 pub mod guard;
 mod hosts;

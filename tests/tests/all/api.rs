@@ -5016,3 +5016,89 @@ fn prune_through_the_api_deletes_only_old_ended_runs() {
     assert_eq!(going_now["flow_run"]["state"], "Running", "{going_now}");
     server.post_ok(&format!("/api/flow-runs/{going}/cancel"));
 }
+
+/// A refused request's body is read and dropped up to a bound, so the
+/// client hears the refusal and keeps its connection; past the bound the
+/// reply says `Connection: close` and the connection ends. The server is
+/// started with a test-only bound of 1 MiB instead of 256 MiB; the bodies
+/// are streamed in chunks, never held whole.
+#[test]
+fn a_refused_body_past_the_drain_bound_closes_the_connection() {
+    use std::io::{Read, Write};
+    use weir_host::api::drain::{DRAIN_MAX_BYTES, TEST_ONLY_DRAIN_MAX_BYTES_ENV};
+    const BOUND: u64 = 1 << 20;
+    const { assert!(BOUND < DRAIN_MAX_BYTES) };
+    let home = std::sync::Arc::new(tempfile::tempdir().unwrap());
+    let weir_home = home.path().to_path_buf();
+    let output = common::ServerOutput {
+        stderr: None,
+        env: vec![(TEST_ONLY_DRAIN_MAX_BYTES_ENV.into(), BOUND.to_string())],
+    };
+    let server = TestServer::launch(home, &weir_home, &[], None, &[], output);
+    let addr = server.url.trim_start_matches("http://").to_string();
+    // A refused upload (wrong content type) whose body is `length` bytes,
+    // written in 64 KiB chunks by a thread of its own (a client still
+    // uploading while the reply comes).
+    let send_refused = |stream: &std::net::TcpStream, length: u64| {
+        let mut writer = stream.try_clone().unwrap();
+        let head = format!(
+            "POST /api/components HTTP/1.1\r\nhost: {addr}\r\ncontent-type: text/plain\r\ncontent-length: {length}\r\n\r\n"
+        );
+        std::thread::spawn(move || {
+            writer.write_all(head.as_bytes())?;
+            let chunk = [b'x'; 64 << 10];
+            let mut left = length;
+            while left > 0 {
+                let n = left.min(chunk.len() as u64) as usize;
+                writer.write_all(&chunk[..n])?;
+                left -= n as u64;
+            }
+            Ok::<(), std::io::Error>(())
+        })
+    };
+    // Reads one reply's head and its (small) body; returns the head.
+    let read_reply = |stream: &mut std::net::TcpStream| -> String {
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            assert_eq!(stream.read(&mut byte).unwrap(), 1, "reply cut short");
+            head.push(byte[0]);
+        }
+        let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+        let length: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .map(|v| v.trim().parse().unwrap())
+            .unwrap_or(0);
+        let mut body = vec![0u8; length];
+        stream.read_exact(&mut body).unwrap();
+        head
+    };
+    let timeout = Some(Duration::from_secs(30));
+    // Under the bound: refused, drained, and the connection serves another request.
+    let mut stream = std::net::TcpStream::connect(&addr).unwrap();
+    stream.set_read_timeout(timeout).unwrap();
+    let writer = send_refused(&stream, BOUND / 2);
+    let head = read_reply(&mut stream);
+    assert!(head.starts_with("http/1.1 415"), "{head}");
+    assert!(!head.contains("connection: close"), "{head}");
+    writer.join().unwrap().unwrap();
+    stream
+        .write_all(format!("GET /api/health HTTP/1.1\r\nhost: {addr}\r\n\r\n").as_bytes())
+        .unwrap();
+    let head = read_reply(&mut stream);
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    // Past the bound: refused with `Connection: close`, and the connection ends.
+    let mut stream = std::net::TcpStream::connect(&addr).unwrap();
+    stream.set_read_timeout(timeout).unwrap();
+    let _writer = send_refused(&stream, BOUND * 4);
+    let head = read_reply(&mut stream);
+    assert!(head.starts_with("http/1.1 415"), "{head}");
+    assert!(head.contains("connection: close"), "{head}");
+    let mut rest = [0u8; 1];
+    match stream.read(&mut rest) {
+        Ok(0) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        other => panic!("the connection stayed open: {other:?}"),
+    }
+}
