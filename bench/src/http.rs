@@ -172,12 +172,18 @@ pub fn wait_ready(ready: &Path) -> String {
 }
 
 /// A remote host (`host run --pool wasm`) with its own home.
-pub fn start_remote(host: &Path, url: &str, name: &str) -> (Child, tempfile::TempDir) {
+pub fn start_remote(
+    host: &Path,
+    url: &str,
+    name: &str,
+    extra: &[&str],
+) -> (Child, tempfile::TempDir) {
     let home = tempfile::tempdir().unwrap();
     let child = Command::new(host)
         .args([
             "run", "--pool", "wasm", "--slots", "8", "--api", url, "--name", name,
         ])
+        .args(extra)
         .env("WEIR_HOME", home.path())
         .env_remove("WEIR_API_KEY")
         .stdout(Stdio::null())

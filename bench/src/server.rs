@@ -131,7 +131,7 @@ pub fn run(options: &Options, report: &mut Report, host: &Path) {
     server.deploy_task("nap", &digest, "sleeper", json!({"ms": 100}), json!({}));
     let mut hosts: Vec<_> = ["h1", "h2"]
         .iter()
-        .map(|name| start_remote(host, &server.url, name))
+        .map(|name| start_remote(host, &server.url, name, &[]))
         .collect();
     // One run each first: every host fetches and compiles the component once.
     for _ in 0..4 {
@@ -164,6 +164,32 @@ pub fn run(options: &Options, report: &mut Report, host: &Path) {
         )
         .samples(rates)
         .target(at_least(300.0)),
+    );
+    for (child, _) in &mut hosts {
+        stop(child);
+    }
+    // The same two hosts asking for one run per claim, as before batched
+    // claims: the A/B of batching, measured in the same sitting.
+    let mut hosts: Vec<_> = ["s1", "s2"]
+        .iter()
+        .map(|name| start_remote(host, &server.url, name, &["--claim-batch", "1"]))
+        .collect();
+    for _ in 0..4 {
+        let id = server.trigger("add");
+        server.wait_final(&id, Duration::from_secs(60));
+    }
+    let mut single = Vec::new();
+    for _ in 0..options.runs {
+        single.push(run_burst(&server, "add", burst).completed_per_second);
+    }
+    report.push(
+        Figure::new(
+            S,
+            format!("flows/s through the API, {burst} at once, 2 remote hosts, one run per claim"),
+            "/s",
+        )
+        .samples(single)
+        .note("--claim-batch 1: the row above asks for all free slots in one claim"),
     );
     for (child, _) in &mut hosts {
         stop(child);

@@ -30,6 +30,22 @@ pub const DRAIN_MAX_BYTES: u64 = 2 * super::MAX_REPORT_BYTES as u64;
 /// The longest the server spends reading a refused body.
 pub const DRAIN_TIME: Duration = Duration::from_secs(10);
 
+/// The environment variable that lowers [`DRAIN_MAX_BYTES`] for tests, so
+/// that going past the bound does not take sending 256 MiB. Nothing else
+/// should set it.
+pub const TEST_ONLY_DRAIN_MAX_BYTES_ENV: &str = "WEIR_TEST_ONLY_DRAIN_MAX_BYTES";
+
+/// [`DRAIN_MAX_BYTES`], or the test-only bound; read once.
+fn drain_max_bytes() -> u64 {
+    static BOUND: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *BOUND.get_or_init(|| {
+        std::env::var(TEST_ONLY_DRAIN_MAX_BYTES_ENV)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(DRAIN_MAX_BYTES)
+    })
+}
+
 /// The layer: see the module's comment.
 pub(super) async fn drain_unread_bodies(request: Request, next: Next) -> Response {
     let declared = request
@@ -63,7 +79,7 @@ async fn drain(mut left: BodyDataStream) -> bool {
         while let Some(chunk) = left.next().await {
             let Ok(chunk) = chunk else { return false };
             read += chunk.len() as u64;
-            if read > DRAIN_MAX_BYTES {
+            if read > drain_max_bytes() {
                 return false;
             }
         }

@@ -13,7 +13,7 @@
 mod artifacts;
 pub(crate) mod automations;
 pub(crate) mod deployments;
-mod drain;
+pub mod drain;
 pub(crate) mod events;
 pub mod guard;
 mod hosts;
@@ -556,6 +556,8 @@ impl From<DispatchError> for ApiError {
             D::Engine(_) | D::Files(_) | D::Corrupt { .. } | D::Control(_) | D::Join(_) => {
                 ApiError::internal(message)
             }
+            // A remote host's own errors; a server never answers with them.
+            D::ClaimFailed(_) | D::NoClaimEndpoint { .. } => ApiError::internal(message),
         }
     }
 }

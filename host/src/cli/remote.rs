@@ -2,6 +2,7 @@
 
 use super::output::say;
 use super::{Exit, paths};
+use crate::dispatch::remote::MAX_CLAIM_BATCH;
 use crate::engine::EngineConfig;
 use crate::model::capabilities::{Capabilities, DirGrant, HttpHost};
 use crate::worker::ExecutorSettings;
@@ -37,6 +38,12 @@ pub struct RunArgs {
     /// Flow runs this host runs at once.
     #[arg(long, default_value_t = 4)]
     slots: usize,
+    /// Runs asked for in one claim, at most (1 to 64): a host asks for all
+    /// its free slots at once; 1 asks for one run per claim, as hosts did
+    /// before batched claims (for comparisons).
+    #[arg(long, value_name = "N", default_value_t = MAX_CLAIM_BATCH,
+          value_parser = clap::value_parser!(u32).range(1..=MAX_CLAIM_BATCH as i64))]
+    claim_batch: u32,
     /// How the server lists this host [default: the machine's host name].
     #[arg(long, value_name = "NAME")]
     name: Option<String>,
@@ -120,6 +127,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         pools: args.pools.clone(),
         queues: args.queues.clone(),
         slots: args.slots,
+        claim_batch: args.claim_batch,
         name: name.clone(),
         drain_timeout: args.drain_timeout.into(),
         executor: ExecutorSettings::default(),

@@ -100,6 +100,17 @@ pub enum DispatchError {
     Control(#[from] ControlError),
     #[error("the dispatcher's worker thread stopped: {0}")]
     Join(String),
+    /// A remote host could not ask its server for runs (unreachable, or an
+    /// error reply); it asks again after a pause.
+    #[error("asking the server for runs: {0}")]
+    ClaimFailed(String),
+    /// A remote host's server answers 404 to both claim endpoints: `--api`
+    /// names something that is not a Weir server's API (a proxy that does
+    /// not route `/api/hosts/*`, another service).
+    #[error(
+        "the server at {api} has no host claims (POST /api/hosts/claims and /api/hosts/claim answered 404); point --api at a Weir server (`host server start`), not a proxy that hides /api/hosts/"
+    )]
+    NoClaimEndpoint { api: String },
     #[error(
         "no host of pool '{pool}' allows what deployment '{deployment}' needs: {missing}; start one with `host run --pool {pool}` and --allow-dir / --allow-env / --allow-http"
     )]

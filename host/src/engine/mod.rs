@@ -264,6 +264,9 @@ impl Default for EngineConfig {
 /// The wasmtime engine, its linker and the ticker that drives deadlines.
 pub struct Engine {
     wasmtime: wasmtime::Engine,
+    /// The same settings without the instance pool: what compiles a
+    /// component into the cache, in an engine dropped after (see `cache`).
+    compile_config: Config,
     linker: Linker<Sandbox>,
     config: EngineConfig,
     ticker_stop: Arc<AtomicBool>,
@@ -352,6 +355,7 @@ impl Engine {
             .memory_reservation(config.max_memory_bytes.max(64 << 20))
             .max_wasm_stack(2 << 20)
             .async_stack_size(4 << 20);
+        let compile_config = wasm.clone();
         if config.pooling {
             let n = config.max_instances.max(1);
             let mut pool = PoolingAllocationConfig::new();
@@ -389,6 +393,7 @@ impl Engine {
         spawn_epoch_ticker(wasmtime.clone(), config.epoch_tick, ticker_stop.clone());
         Ok(Self {
             wasmtime,
+            compile_config,
             linker,
             slots: InstanceSlots::new(config.max_instances),
             config,
@@ -407,7 +412,9 @@ impl Engine {
         let digest = ComponentDigest::from_sha256(Sha256::digest(bytes).into());
         let started = Instant::now();
         let (component, cached) = match &self.config.cache_dir {
-            Some(dir) => cache::load_or_compile(&self.wasmtime, dir, &digest, bytes)?,
+            Some(dir) => {
+                cache::load_or_compile(&self.wasmtime, &self.compile_config, dir, &digest, bytes)?
+            }
             None => (compile(&self.wasmtime, bytes)?, false),
         };
         let millis = started.elapsed().as_millis() as u64;
@@ -1165,6 +1172,20 @@ impl GuestHost for DescribeHost {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Components are compiled in a scratch engine without the instance
+    /// pool and loaded into the pooling one; were their compatibility
+    /// hashes to differ, every compile would silently fall back to the
+    /// engine itself (and keep the compiler's memory).
+    #[test]
+    fn the_scratch_compile_engine_makes_artifacts_this_engine_takes() {
+        let engine = Engine::new(EngineConfig::default()).unwrap();
+        let scratch = wasmtime::Engine::new(&engine.compile_config).unwrap();
+        assert_eq!(
+            cache::compatibility_hash(&scratch),
+            cache::compatibility_hash(&engine.wasmtime)
+        );
+    }
 
     #[test]
     fn header_check_names_the_problem() {

@@ -3547,6 +3547,27 @@ enum Proxy {
     Tamper,
     /// Speaks TLS with the test certificate (`tests/fixtures/tls`).
     Tls(std::sync::Arc<rustls::ServerConfig>),
+    /// Answers 404 to these paths, as a server without those routes does,
+    /// and forwards the rest; writes down each request's path and status.
+    Refuse(&'static [&'static str], std::sync::Arc<ProxyLog>),
+}
+
+/// The requests a proxy passed on or refused: (path, status), in order.
+#[derive(Default)]
+struct ProxyLog(std::sync::Mutex<Vec<(String, u16)>>);
+
+impl ProxyLog {
+    fn count(&self, path: &str, status: u16) -> usize {
+        let seen = self.0.lock().unwrap();
+        seen.iter()
+            .filter(|(p, s)| p == path && *s == status)
+            .count()
+    }
+
+    fn count_path(&self, path: &str) -> usize {
+        let seen = self.0.lock().unwrap();
+        seen.iter().filter(|(p, _)| p == path).count()
+    }
 }
 
 /// A proxy in front of `server_url` (one request per connection); returns its URL.
@@ -3555,20 +3576,20 @@ fn proxy(server_url: &str, how: Proxy) -> String {
     let addr = listener.local_addr().unwrap();
     let upstream = server_url.to_string();
     let scheme = match how {
-        Proxy::Tamper => "http",
+        Proxy::Tamper | Proxy::Refuse(..) => "http",
         Proxy::Tls(_) => "https",
     };
     std::thread::spawn(move || {
         for stream in listener.incoming().flatten() {
             let (upstream, how) = (upstream.clone(), how.clone());
             std::thread::spawn(move || match how {
-                Proxy::Tamper => forward_one(stream, &upstream, true),
-                Proxy::Tls(config) => {
-                    let Ok(conn) = rustls::ServerConnection::new(config) else {
+                Proxy::Tamper | Proxy::Refuse(..) => forward_one(stream, &upstream, &how),
+                Proxy::Tls(ref config) => {
+                    let Ok(conn) = rustls::ServerConnection::new(config.clone()) else {
                         return;
                     };
                     let mut tls = rustls::StreamOwned::new(conn, stream);
-                    forward_one(&mut tls, &upstream, false);
+                    forward_one(&mut tls, &upstream, &how);
                     tls.conn.send_close_notify();
                     let _ = std::io::Write::flush(&mut tls);
                 }
@@ -3579,7 +3600,7 @@ fn proxy(server_url: &str, how: Proxy) -> String {
 }
 
 /// Reads one request from `stream`, sends it to `upstream`, writes the reply back.
-fn forward_one(mut stream: impl std::io::Read + std::io::Write, upstream: &str, tamper: bool) {
+fn forward_one(mut stream: impl std::io::Read + std::io::Write, upstream: &str, how: &Proxy) {
     let mut head = Vec::new();
     let mut byte = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {
@@ -3611,6 +3632,14 @@ fn forward_one(mut stream: impl std::io::Read + std::io::Write, upstream: &str, 
     if stream.read_exact(&mut body).is_err() {
         return;
     }
+    if let Proxy::Refuse(refused, log) = how
+        && refused.contains(&path)
+    {
+        log.0.lock().unwrap().push((path.to_string(), 404));
+        let reply = "HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
+        let _ = stream.write_all(reply.as_bytes());
+        return;
+    }
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
         .build()
@@ -3619,13 +3648,16 @@ fn forward_one(mut stream: impl std::io::Read + std::io::Write, upstream: &str, 
         return;
     };
     let status = response.status().as_u16();
+    if let Proxy::Refuse(_, log) = how {
+        log.0.lock().unwrap().push((path.to_string(), status));
+    }
     let mut bytes = response
         .body_mut()
         .with_config()
         .limit(u64::MAX)
         .read_to_vec()
         .unwrap_or_default();
-    if tamper && path.ends_with("/wasm") && status == 200 {
+    if matches!(how, Proxy::Tamper) && path.ends_with("/wasm") && status == 200 {
         let last = bytes.len() - 1;
         bytes[last] ^= 0x01;
     }
@@ -3635,6 +3667,136 @@ fn forward_one(mut stream: impl std::io::Read + std::io::Write, upstream: &str, 
     );
     let _ = stream.write_all(reply.as_bytes());
     let _ = stream.write_all(&bytes);
+}
+
+/// A server from before batched claims answers 404 to `/api/hosts/claims`:
+/// a host falls back to one run per `/api/hosts/claim` and takes and
+/// completes every run through it, having asked for a batch once only.
+#[test]
+fn a_host_falls_back_to_single_claims_on_a_server_without_batches() {
+    let server = TestServer::start_with(&["--no-worker"], None);
+    let log = std::sync::Arc::new(ProxyLog::default());
+    let proxy = proxy(
+        &server.url,
+        Proxy::Refuse(&["/api/hosts/claims"], log.clone()),
+    );
+    let host = TestHost::start_against(&proxy, None, "h1", &["--slots", "3"]);
+    let digest = server.upload(FIXTURE_WASM);
+    let ids: Vec<String> = (0..6)
+        .map(|_| {
+            start_fixture_run(
+                &server,
+                &digest,
+                "slow_sequential",
+                json!({ "n": 2, "ms": 5 }),
+            )
+        })
+        .collect();
+    for id in &ids {
+        let run = wait_for_run(&server, id, Duration::from_secs(60), |r| {
+            r["state"]
+                .as_str()
+                .is_some_and(|s| s != "Scheduled" && s != "Pending" && s != "Running")
+        });
+        assert_eq!(run["state"], "Completed", "{run}\n{}", host.log());
+        assert_eq!(run["result"], json!("10"), "{run}");
+        let (_, detail) = server.get(&format!("/api/flow-runs/{id}"));
+        assert_eq!(task_hosts(&detail), ["h1", "h1"], "{detail}");
+    }
+    assert!(
+        log.count("/api/hosts/claim", 200) >= ids.len(),
+        "every run came through a single claim"
+    );
+    assert_eq!(
+        log.count_path("/api/hosts/claims"),
+        1,
+        "a batch is asked for once, then the host remembers"
+    );
+}
+
+/// `host run --claim-batch 1` asks for one run per claim (the A/B of the
+/// benchmark) even with free slots, and still completes every run; a batch
+/// size the server would refuse is refused before the host starts.
+#[test]
+fn claim_batch_1_makes_a_host_claim_one_run_at_a_time() {
+    let server = TestServer::start_with(&["--no-worker"], None);
+    let log = std::sync::Arc::new(ProxyLog::default());
+    let proxy = proxy(&server.url, Proxy::Refuse(&[], log.clone()));
+    let host = TestHost::start_against(&proxy, None, "h1", &["--slots", "4", "--claim-batch", "1"]);
+    let digest = server.upload(FIXTURE_WASM);
+    let ids: Vec<String> = (0..6)
+        .map(|_| {
+            start_fixture_run(
+                &server,
+                &digest,
+                "slow_sequential",
+                json!({ "n": 1, "ms": 5 }),
+            )
+        })
+        .collect();
+    for id in &ids {
+        let run = wait_for_run(&server, id, Duration::from_secs(60), |r| {
+            r["state"]
+                .as_str()
+                .is_some_and(|s| s != "Scheduled" && s != "Pending" && s != "Running")
+        });
+        assert_eq!(run["state"], "Completed", "{run}\n{}", host.log());
+    }
+    assert!(log.count("/api/hosts/claim", 200) >= ids.len());
+    assert_eq!(log.count_path("/api/hosts/claims"), 0, "no batch asked for");
+    for bad in ["0", "65", "-1", "many"] {
+        let arg = format!("--claim-batch={bad}");
+        let mut refused = TestHost::start_against(&server.url, None, "h2", &[&arg]);
+        let status = refused.wait_exit(Duration::from_secs(30));
+        assert_eq!(status.code(), Some(2), "--claim-batch {bad}");
+        assert!(refused.log().contains("--claim-batch"), "{}", refused.log());
+    }
+}
+
+/// A server that answers 404 to both claim endpoints (not a Weir server's
+/// API, or a proxy hiding them) gets a clear error in the host's log and
+/// claims that back off, not a loop: once the pause has grown, a 2 s window
+/// sees a handful of claims (a loop without a pause makes hundreds).
+#[test]
+fn a_server_without_claims_gets_a_clear_error_and_backed_off_claims() {
+    let server = TestServer::start_with(&["--no-worker"], None);
+    let log = std::sync::Arc::new(ProxyLog::default());
+    let proxy = proxy(
+        &server.url,
+        Proxy::Refuse(&["/api/hosts/claims", "/api/hosts/claim"], log.clone()),
+    );
+    let host = TestHost::start_against(&proxy, None, "h1", &[]);
+    let claims = || log.count_path("/api/hosts/claims") + log.count_path("/api/hosts/claim");
+    let said = "has no host claims (POST /api/hosts/claims and /api/hosts/claim answered 404); point --api at a Weir server";
+    // Five refusals: the pause is at 1.6 s by then.
+    wait_until("the host says what is wrong five times", || {
+        host.log().matches(said).count() >= 5
+    });
+    let before = claims();
+    std::thread::sleep(Duration::from_secs(2));
+    let in_window = claims() - before;
+    assert!(
+        in_window <= 8,
+        "{in_window} claims in 2 s: the host does not back off\n{}",
+        host.log()
+    );
+    assert!(
+        host.log()
+            .lines()
+            .any(|l| l.contains("ERROR") && l.contains(said)),
+        "{}",
+        host.log()
+    );
+    // It kept its link: the server still lists it online.
+    let (_, listed) = server.get("/api/hosts");
+    assert!(
+        listed["hosts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|h| h["name"] == "h1" && h["online"] == true),
+        "{listed}"
+    );
 }
 
 #[test]
@@ -5256,4 +5418,90 @@ fn prune_through_the_api_deletes_only_old_ended_runs() {
     assert_eq!(status, 200);
     assert_eq!(going_now["flow_run"]["state"], "Running", "{going_now}");
     server.post_ok(&format!("/api/flow-runs/{going}/cancel"));
+}
+
+/// A refused request's body is read and dropped up to a bound, so the
+/// client hears the refusal and keeps its connection; past the bound the
+/// reply says `Connection: close` and the connection ends. The server is
+/// started with a test-only bound of 1 MiB instead of 256 MiB; the bodies
+/// are streamed in chunks, never held whole.
+#[test]
+fn a_refused_body_past_the_drain_bound_closes_the_connection() {
+    use std::io::{Read, Write};
+    use weir_host::api::drain::{DRAIN_MAX_BYTES, TEST_ONLY_DRAIN_MAX_BYTES_ENV};
+    const BOUND: u64 = 1 << 20;
+    const { assert!(BOUND < DRAIN_MAX_BYTES) };
+    let home = std::sync::Arc::new(tempfile::tempdir().unwrap());
+    let weir_home = home.path().to_path_buf();
+    let output = common::ServerOutput {
+        stderr: None,
+        env: vec![(TEST_ONLY_DRAIN_MAX_BYTES_ENV.into(), BOUND.to_string())],
+    };
+    let server = TestServer::launch(home, &weir_home, &[], None, &[], output);
+    let addr = server.url.trim_start_matches("http://").to_string();
+    // A refused upload (wrong content type) whose body is `length` bytes,
+    // written in 64 KiB chunks by a thread of its own (a client still
+    // uploading while the reply comes).
+    let send_refused = |stream: &std::net::TcpStream, length: u64| {
+        let mut writer = stream.try_clone().unwrap();
+        let head = format!(
+            "POST /api/components HTTP/1.1\r\nhost: {addr}\r\ncontent-type: text/plain\r\ncontent-length: {length}\r\n\r\n"
+        );
+        std::thread::spawn(move || {
+            writer.write_all(head.as_bytes())?;
+            let chunk = [b'x'; 64 << 10];
+            let mut left = length;
+            while left > 0 {
+                let n = left.min(chunk.len() as u64) as usize;
+                writer.write_all(&chunk[..n])?;
+                left -= n as u64;
+            }
+            Ok::<(), std::io::Error>(())
+        })
+    };
+    // Reads one reply's head and its (small) body; returns the head.
+    let read_reply = |stream: &mut std::net::TcpStream| -> String {
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            assert_eq!(stream.read(&mut byte).unwrap(), 1, "reply cut short");
+            head.push(byte[0]);
+        }
+        let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+        let length: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .map(|v| v.trim().parse().unwrap())
+            .unwrap_or(0);
+        let mut body = vec![0u8; length];
+        stream.read_exact(&mut body).unwrap();
+        head
+    };
+    let timeout = Some(Duration::from_secs(30));
+    // Under the bound: refused, drained, and the connection serves another request.
+    let mut stream = std::net::TcpStream::connect(&addr).unwrap();
+    stream.set_read_timeout(timeout).unwrap();
+    let writer = send_refused(&stream, BOUND / 2);
+    let head = read_reply(&mut stream);
+    assert!(head.starts_with("http/1.1 415"), "{head}");
+    assert!(!head.contains("connection: close"), "{head}");
+    writer.join().unwrap().unwrap();
+    stream
+        .write_all(format!("GET /api/health HTTP/1.1\r\nhost: {addr}\r\n\r\n").as_bytes())
+        .unwrap();
+    let head = read_reply(&mut stream);
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    // Past the bound: refused with `Connection: close`, and the connection ends.
+    let mut stream = std::net::TcpStream::connect(&addr).unwrap();
+    stream.set_read_timeout(timeout).unwrap();
+    let _writer = send_refused(&stream, BOUND * 4);
+    let head = read_reply(&mut stream);
+    assert!(head.starts_with("http/1.1 415"), "{head}");
+    assert!(head.contains("connection: close"), "{head}");
+    let mut rest = [0u8; 1];
+    match stream.read(&mut rest) {
+        Ok(0) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        other => panic!("the connection stayed open: {other:?}"),
+    }
 }

@@ -38,7 +38,7 @@ impl RemoteHost {
             let (status, body) = self
                 .post(path.into(), &request)
                 .await
-                .map_err(|e| DispatchError::Join(e.to_string()))?;
+                .map_err(|e| DispatchError::ClaimFailed(e.to_string()))?;
             let corrupt = |e: serde_json::Error| DispatchError::Corrupt {
                 what: "claim",
                 message: e.to_string(),
@@ -58,7 +58,16 @@ impl RemoteHost {
                     tracing::info!("the server takes one run per claim (an older version)");
                     self.single_claims.store(true, Ordering::Relaxed);
                 }
-                _ => return Err(DispatchError::Join(server_message(status, &body))),
+                // Neither endpoint: not a Weir server's API. Batches are
+                // tried first again next time, in case it is fixed or
+                // upgraded meanwhile; the caller backs off in between.
+                404 => {
+                    self.single_claims.store(false, Ordering::Relaxed);
+                    return Err(DispatchError::NoClaimEndpoint {
+                        api: self.config.api.clone(),
+                    });
+                }
+                _ => return Err(DispatchError::ClaimFailed(server_message(status, &body))),
             }
         };
         let mut taken = Vec::with_capacity(claims.len());
@@ -152,7 +161,13 @@ impl RemoteHost {
                     return Ok(claims);
                 }
                 Err(e) => {
-                    tracing::warn!("claiming runs: {e}; trying again in {backoff:?}");
+                    if matches!(e, DispatchError::NoClaimEndpoint { .. }) {
+                        // A setup mistake, not a hiccup: said louder; the
+                        // same bounded backoff keeps it from flooding anyone.
+                        tracing::error!("{e}; trying again in {backoff:?}");
+                    } else {
+                        tracing::warn!("{e}; trying again in {backoff:?}");
+                    }
                     tokio::select! {
                         _ = this.stop.cancelled() => return Ok(Vec::new()),
                         _ = tokio::time::sleep(backoff) => {}

@@ -14,6 +14,7 @@
 //! or it ended there) is cancelled here and its records are not sent again.
 
 mod claim;
+mod memory;
 mod report;
 
 use super::{Executor, ExecutorSettings, serve};
@@ -61,6 +62,10 @@ pub struct RemoteConfig {
     pub queues: Vec<String>,
     /// Flow runs at once.
     pub slots: usize,
+    /// Runs asked for in one claim, at most (1 to [`MAX_CLAIM_BATCH`]): a
+    /// host asks for all its free slots up to this; 1 asks one at a time
+    /// through `/api/hosts/claim`, to compare the two.
+    pub claim_batch: u32,
     /// Shown in the server's host list and recorded on its task runs.
     pub name: String,
     /// How long SIGTERM waits for running flows before leaving them to
@@ -136,7 +141,7 @@ pub struct RemoteHost {
 
 /// Runs a remote host until `stop`, then drains. Blocks.
 pub fn run(config: RemoteConfig, stop: CancellationToken) -> Result<(), RemoteError> {
-    cap_malloc_arenas();
+    memory::cap_malloc_arenas();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .thread_name("weir-host")
         .enable_all()
@@ -320,7 +325,7 @@ impl RunSource for RemoteHost {
         &'a self,
         _pools: &'a [String],
     ) -> BoxFuture<'a, Result<Vec<Claim>, DispatchError>> {
-        Box::pin(self.claim_with_room(MAX_CLAIM_BATCH))
+        Box::pin(self.claim_with_room(self.config.claim_batch.clamp(1, MAX_CLAIM_BATCH)))
     }
 
     fn work_ready(&self) -> BoxFuture<'_, ()> {
@@ -358,34 +363,6 @@ impl RemoteHost {
     fn arc(&self) -> Arc<RemoteHost> {
         self.me.upgrade().expect("a borrowed host is alive")
     }
-}
-
-/// glibc gives each thread that allocates under contention an arena of its
-/// own (up to 8 per core) and keeps every arena's freed pages: a host whose
-/// runs went through tokio's blocking threads idled with three arenas of
-/// 5-13 MB each. Two arenas serve two cores.
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-fn cap_malloc_arenas() {
-    // SAFETY: mallopt only sets an allocator parameter; it is called before
-    // the runtime starts its threads.
-    unsafe {
-        libc::mallopt(libc::M_ARENA_MAX, 2);
-    }
-}
-
-#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-fn cap_malloc_arenas() {}
-
-/// Returns the heap freed by finished runs to the system (glibc keeps it
-/// otherwise): after its first runs a host's anonymous memory went from
-/// 35 MB to 23 MB (41 to 18 MB with two arenas).
-fn give_back_freed_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only releases free pages the allocator holds.
-    unsafe {
-        libc::malloc_trim(0);
-    }
-    tracing::debug!("idle: gave freed memory back to the system");
 }
 
 /// "STATUS: message" from an error reply.

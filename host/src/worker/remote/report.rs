@@ -3,7 +3,7 @@
 
 use super::{
     IDLE_TRIM_AFTER, MAX_BACKOFF, REPORT_BUDGET_BYTES, REPORT_LOG_LINES, RemoteError, RemoteHost,
-    SHIP_EVERY, Shipped, give_back_freed_memory, server_message,
+    SHIP_EVERY, Shipped, memory::give_back_freed_memory, server_message,
 };
 use crate::dispatch::remote::{Heartbeat, HeartbeatReply, Report, ShippedLog, ShippedTaskRun};
 use crate::model::FlowRunId;
