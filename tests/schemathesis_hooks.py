@@ -13,19 +13,14 @@ schemathesis.serializer.alias("application/wasm", "application/octet-stream")
 # ast conversion (it keeps its recursion depth in shared state: "SystemError:
 # AST constructor recursion depth mismatch") nor hypothesis's cache of parsed
 # sources (a KeyError) is safe for that; the run then ends with a runtime
-# error that says nothing about the API. The name is only a description, so
-# one thread at a time makes it.
-import threading
-
+# error that says nothing about the API. A lock around the naming was not
+# enough (CI saw the SystemError again: other threads parse too). The name
+# is only a description, so it is taken from the function, never parsed.
 from hypothesis.internal import lambda_sources
 
-_naming = threading.RLock()
-_describe = lambda_sources.lambda_description
+
+def _describe_without_parsing(f):
+    return getattr(f, "__qualname__", None) or "<lambda>"
 
 
-def _describe_one_at_a_time(f):
-    with _naming:
-        return _describe(f)
-
-
-lambda_sources.lambda_description = _describe_one_at_a_time
+lambda_sources.lambda_description = _describe_without_parsing

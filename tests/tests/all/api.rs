@@ -788,7 +788,12 @@ fn the_cli_deploys_from_a_file_and_follows_a_run() {
 
     let out = server.cli(&["deployment", "ls", "--json"]);
     let list: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        list[0]["deployment"]["schedules"][0]["cron"],
+        json!(format!("0 {hour} * * *"))
+    );
     insta::assert_json_snapshot!("deployment_from_yaml", list[0], {
+        ".deployment.schedules[0].cron" => "[twelve hours from the test's start]",
         ".deployment.component" => "[digest]",
         ".created_at" => "[time]",
         ".updated_at" => "[time]",
@@ -3672,6 +3677,36 @@ fn forward_one(mut stream: impl std::io::Read + std::io::Write, upstream: &str, 
 /// A server from before batched claims answers 404 to `/api/hosts/claims`:
 /// a host falls back to one run per `/api/hosts/claim` and takes and
 /// completes every run through it, having asked for a batch once only.
+/// Starts six `slow_sequential` runs of `n` calls and waits until each has
+/// Completed with its sum: the claim tests' common workload.
+fn six_slow_runs_completed(
+    server: &TestServer,
+    digest: &str,
+    n: u32,
+    host: &TestHost,
+) -> Vec<String> {
+    let ids: Vec<String> = (0..6)
+        .map(|_| {
+            start_fixture_run(
+                server,
+                digest,
+                "slow_sequential",
+                json!({ "n": n, "ms": 5 }),
+            )
+        })
+        .collect();
+    for id in &ids {
+        let run = wait_for_run(server, id, Duration::from_secs(60), |r| {
+            r["state"]
+                .as_str()
+                .is_some_and(|s| s != "Scheduled" && s != "Pending" && s != "Running")
+        });
+        assert_eq!(run["state"], "Completed", "{run}\n{}", host.log());
+        assert_eq!(run["result"], json!((5 * n).to_string()), "{run}");
+    }
+    ids
+}
+
 #[test]
 fn a_host_falls_back_to_single_claims_on_a_server_without_batches() {
     let server = TestServer::start_with(&["--no-worker"], None);
@@ -3682,24 +3717,8 @@ fn a_host_falls_back_to_single_claims_on_a_server_without_batches() {
     );
     let host = TestHost::start_against(&proxy, None, "h1", &["--slots", "3"]);
     let digest = server.upload(FIXTURE_WASM);
-    let ids: Vec<String> = (0..6)
-        .map(|_| {
-            start_fixture_run(
-                &server,
-                &digest,
-                "slow_sequential",
-                json!({ "n": 2, "ms": 5 }),
-            )
-        })
-        .collect();
+    let ids = six_slow_runs_completed(&server, &digest, 2, &host);
     for id in &ids {
-        let run = wait_for_run(&server, id, Duration::from_secs(60), |r| {
-            r["state"]
-                .as_str()
-                .is_some_and(|s| s != "Scheduled" && s != "Pending" && s != "Running")
-        });
-        assert_eq!(run["state"], "Completed", "{run}\n{}", host.log());
-        assert_eq!(run["result"], json!("10"), "{run}");
         let (_, detail) = server.get(&format!("/api/flow-runs/{id}"));
         assert_eq!(task_hosts(&detail), ["h1", "h1"], "{detail}");
     }
@@ -3724,24 +3743,7 @@ fn claim_batch_1_makes_a_host_claim_one_run_at_a_time() {
     let proxy = proxy(&server.url, Proxy::Refuse(&[], log.clone()));
     let host = TestHost::start_against(&proxy, None, "h1", &["--slots", "4", "--claim-batch", "1"]);
     let digest = server.upload(FIXTURE_WASM);
-    let ids: Vec<String> = (0..6)
-        .map(|_| {
-            start_fixture_run(
-                &server,
-                &digest,
-                "slow_sequential",
-                json!({ "n": 1, "ms": 5 }),
-            )
-        })
-        .collect();
-    for id in &ids {
-        let run = wait_for_run(&server, id, Duration::from_secs(60), |r| {
-            r["state"]
-                .as_str()
-                .is_some_and(|s| s != "Scheduled" && s != "Pending" && s != "Running")
-        });
-        assert_eq!(run["state"], "Completed", "{run}\n{}", host.log());
-    }
+    let ids = six_slow_runs_completed(&server, &digest, 1, &host);
     assert!(log.count("/api/hosts/claim", 200) >= ids.len());
     assert_eq!(log.count_path("/api/hosts/claims"), 0, "no batch asked for");
     for bad in ["0", "65", "-1", "many"] {
