@@ -371,8 +371,20 @@ impl Engine {
                 .max_component_instance_size(4 << 20)
                 .table_elements(100_000)
                 .max_memory_size(config.max_memory_bytes as usize)
-                // Zeroing a small resident prefix beats madvise + page faults; 1 MiB costs more than it saves.
-                .linear_memory_keep_resident(64 << 10)
+                // A slot is reset, not unmapped, between instances: the
+                // PAGEMAP_SCAN ioctl (Linux 6.7+; off elsewhere) finds the
+                // pages the last instance dirtied in the first 1 MiB and
+                // only those are restored; the rest is madvised away. A
+                // trivial task so skips both the madvise and the page
+                // faults that follow it: sandbox-only 32k -> 57k/s
+                // (docs/performance.md). Without the ioctl, zeroing 1 MiB
+                // a task costs more than it saves, hence 64 KiB there.
+                .pagemap_scan(wasmtime::Enabled::Auto)
+                .linear_memory_keep_resident(if pagemap_scan_works() {
+                    1 << 20
+                } else {
+                    64 << 10
+                })
                 .table_keep_resident(64 << 10);
             wasm.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         }
@@ -641,6 +653,27 @@ impl Engine {
 impl Drop for Engine {
     fn drop(&mut self) {
         self.ticker_stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Whether the kernel has the PAGEMAP_SCAN ioctl (Linux 6.7+), which lets
+/// a slot's reset touch only the pages an instance dirtied. wasmtime falls
+/// back by itself when the ioctl fails; this only picks how much memory a
+/// reset may restore in place rather than madvise.
+fn pagemap_scan_works() -> bool {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    kernel_at_least(&release, (6, 7))
+}
+
+/// Whether a kernel release string ("6.18.0-foo") is at least `major.minor`.
+fn kernel_at_least(release: &str, (major, minor): (u32, u32)) -> bool {
+    let mut parts = release
+        .trim()
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|p| p.parse::<u32>().ok());
+    match (parts.next().flatten(), parts.next().flatten()) {
+        (Some(a), Some(b)) => (a, b) >= (major, minor),
+        _ => false,
     }
 }
 
@@ -1171,6 +1204,18 @@ impl GuestHost for DescribeHost {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn kernel_releases_are_compared_by_major_and_minor() {
+        assert!(kernel_at_least("6.18.0-cloud\n", (6, 7)));
+        assert!(kernel_at_least("6.7.1", (6, 7)));
+        assert!(kernel_at_least("7.0", (6, 7)));
+        assert!(!kernel_at_least("6.6.30-lts", (6, 7)));
+        assert!(!kernel_at_least("5.19.0", (6, 7)));
+        assert!(!kernel_at_least("", (6, 7)));
+        assert!(!kernel_at_least("garbage", (6, 7)));
+    }
+
     use super::*;
 
     /// Components are compiled in a scratch engine without the instance

@@ -279,6 +279,34 @@ async fn run_info_tells_the_task_who_it_is() {
     assert_eq!(info["task_run_id"], task.id.to_string());
 }
 
+/// Instances come from a pool whose slots are reset, not unmapped, between
+/// tasks. A task that marks a 1 MiB static and megabytes of grown memory
+/// must leave nothing for the next task in that slot, called one after
+/// another (one slot reused) or all at once (many slots, each reused).
+#[tokio::test]
+async fn every_task_starts_in_clean_memory_whatever_the_last_one_left() {
+    let h = Harness::new();
+    let component = h.load(FIXTURE_WASM).await;
+    for fan in [false, true] {
+        let params = json!({ "n": 60, "pages": 48, "fan": fan });
+        let outcome = h.run(&component, "memory_probes", params).await;
+        let report = json(&outcome.result.unwrap());
+        assert_eq!(
+            report["own_instance_marked"], true,
+            "the probe sees its own marks in one instance: {report}"
+        );
+        assert_eq!(report["calls"], 60, "{report}");
+        assert_eq!(
+            report["low_marked"], 0,
+            "fan {fan}: a task saw a static marked by an earlier one: {report}"
+        );
+        assert_eq!(
+            report["high_marked"], 0,
+            "fan {fan}: a task saw grown memory marked by an earlier one: {report}"
+        );
+    }
+}
+
 /// This process's resident memory, from /proc/self/status.
 fn resident_bytes() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap();
