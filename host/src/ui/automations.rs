@@ -253,7 +253,8 @@ pub(super) async fn save(
     }
 }
 
-pub(super) async fn pause(
+/// Pauses (`PAUSED`) or resumes an automation: one handler for both routes.
+pub(super) async fn set_paused<const PAUSED: bool>(
     State(state): State<Arc<ApiState>>,
     Extension(session): Extension<Session>,
     Path(name): Path<String>,
@@ -264,23 +265,7 @@ pub(super) async fn pause(
         &session,
         form,
         &back,
-        crate::api::automations::set_paused(state, name, true),
-    )
-    .await
-}
-
-pub(super) async fn resume(
-    State(state): State<Arc<ApiState>>,
-    Extension(session): Extension<Session>,
-    Path(name): Path<String>,
-    axum::Form(form): axum::Form<CsrfForm>,
-) -> UiResult<Response> {
-    let back = format!("/automations/{}", url_part(&name));
-    super::action_step(
-        &session,
-        form,
-        &back,
-        crate::api::automations::set_paused(state, name, false),
+        crate::api::automations::set_paused(state, name, PAUSED),
     )
     .await
 }

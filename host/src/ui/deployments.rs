@@ -581,7 +581,8 @@ pub(super) async fn edit(
     }
 }
 
-pub(super) async fn pause(
+/// Pauses (`PAUSED`) or resumes a deployment's schedules: one handler for both routes.
+pub(super) async fn set_paused<const PAUSED: bool>(
     State(state): State<Arc<ApiState>>,
     Extension(session): Extension<Session>,
     Path(name): Path<String>,
@@ -592,23 +593,7 @@ pub(super) async fn pause(
         &session,
         form,
         &back,
-        crate::api::deployments::set_paused(&state, name, true),
-    )
-    .await
-}
-
-pub(super) async fn resume(
-    State(state): State<Arc<ApiState>>,
-    Extension(session): Extension<Session>,
-    Path(name): Path<String>,
-    axum::Form(form): axum::Form<CsrfForm>,
-) -> UiResult<Response> {
-    let back = format!("/deployments/{}", url_part(&name));
-    super::action_step(
-        &session,
-        form,
-        &back,
-        crate::api::deployments::set_paused(&state, name, false),
+        crate::api::deployments::set_paused(&state, name, PAUSED),
     )
     .await
 }

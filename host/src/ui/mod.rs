@@ -324,13 +324,25 @@ pub fn routes(state: Arc<ApiState>) -> Router<Arc<ApiState>> {
         .route("/deployments/{name}", get(deployments::show))
         .route("/deployments/{name}/run", post(deployments::run))
         .route("/deployments/{name}/edit", post(deployments::edit))
-        .route("/deployments/{name}/pause", post(deployments::pause))
-        .route("/deployments/{name}/resume", post(deployments::resume))
+        .route(
+            "/deployments/{name}/pause",
+            post(deployments::set_paused::<true>),
+        )
+        .route(
+            "/deployments/{name}/resume",
+            post(deployments::set_paused::<false>),
+        )
         .route("/deployments/{name}/delete", post(deployments::delete))
         .route("/pools", get(objects::pools).post(objects::create_pool))
         .route("/pools/queues", post(objects::put_queue))
-        .route("/pools/{name}/pause", post(objects::pause_pool))
-        .route("/pools/{name}/resume", post(objects::resume_pool))
+        .route(
+            "/pools/{name}/pause",
+            post(objects::set_pool_paused::<true>),
+        )
+        .route(
+            "/pools/{name}/resume",
+            post(objects::set_pool_paused::<false>),
+        )
         .route("/pools/{name}/delete", post(objects::delete_pool))
         .route(
             "/pools/{pool}/queues/{name}/delete",
@@ -356,8 +368,14 @@ pub fn routes(state: Arc<ApiState>) -> Router<Arc<ApiState>> {
             get(automations::list).post(automations::save),
         )
         .route("/automations/{name}", get(automations::show))
-        .route("/automations/{name}/pause", post(automations::pause))
-        .route("/automations/{name}/resume", post(automations::resume))
+        .route(
+            "/automations/{name}/pause",
+            post(automations::set_paused::<true>),
+        )
+        .route(
+            "/automations/{name}/resume",
+            post(automations::set_paused::<false>),
+        )
         .route("/automations/{name}/delete", post(automations::delete))
         .route("/logout", post(logout))
         .layer(axum::middleware::from_fn_with_state(state, require_session));

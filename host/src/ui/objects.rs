@@ -546,7 +546,8 @@ pub(super) async fn set_variable(
     Ok(Redirect::to("/variables").into_response())
 }
 
-pub(super) async fn pause_pool(
+/// Pauses (`PAUSED`) or resumes a pool: one handler for both routes.
+pub(super) async fn set_pool_paused<const PAUSED: bool>(
     State(state): State<Arc<ApiState>>,
     Extension(session): Extension<Session>,
     Path(name): Path<String>,
@@ -556,22 +557,7 @@ pub(super) async fn pause_pool(
         &session,
         form,
         "/pools",
-        crate::api::objects::set_pool_paused(&state, name, true),
-    )
-    .await
-}
-
-pub(super) async fn resume_pool(
-    State(state): State<Arc<ApiState>>,
-    Extension(session): Extension<Session>,
-    Path(name): Path<String>,
-    axum::Form(form): axum::Form<CsrfForm>,
-) -> UiResult<Response> {
-    super::action_step(
-        &session,
-        form,
-        "/pools",
-        crate::api::objects::set_pool_paused(&state, name, false),
+        crate::api::objects::set_pool_paused(&state, name, PAUSED),
     )
     .await
 }
