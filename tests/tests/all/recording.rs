@@ -436,6 +436,61 @@ async fn cancel_stops_a_running_task_within_a_second() {
     );
 }
 
+/// A sequential call runs inside the flow's own tokio task; when a cancel
+/// drops the flow instance mid-call, the rest of the call moves to a task of
+/// its own. It must still end and be recorded once, before the run ends,
+/// and no later call may start.
+#[tokio::test]
+async fn a_sequential_call_cut_off_by_a_cancel_is_recorded_once_before_the_run_ends() {
+    let h = Harness::new();
+    let component = h.load(FIXTURE_WASM).await;
+    let request = FlowRunRequest::new(
+        component,
+        "slow_sequential",
+        json!({ "n": 5, "ms": 60_000 }).to_string(),
+    );
+    let cancel = request.cancel.clone();
+    let executor = h.executor.clone();
+    let running = tokio::spawn(async move { executor.run_flow(request).await.unwrap() });
+    let store = h.store.clone();
+    wait_until(Duration::from_secs(20), || {
+        let runs = store
+            .list_flow_runs(&weir_host::store::FlowRunFilter {
+                limit: 1,
+                ..Default::default()
+            })
+            .unwrap();
+        runs.first()
+            .is_some_and(|r| !store.task_runs(r.id).unwrap().is_empty())
+    })
+    .await;
+    cancel.cancel();
+    let outcome = tokio::time::timeout(Duration::from_secs(10), running)
+        .await
+        .expect("the cancelled run ended")
+        .unwrap();
+    assert_eq!(outcome.state, RunState::Cancelled);
+    let tasks = calls(&h, outcome.id);
+    assert_eq!(
+        tasks.len(),
+        1,
+        "one call started, none after the cancel: {tasks:?}"
+    );
+    let task = &tasks[0];
+    assert_eq!(task.state, RunState::Cancelled, "{task:?}");
+    let run = h.store.flow_run(outcome.id).unwrap();
+    let (task_end, run_end) = (task.ended_at.unwrap(), run.ended_at.unwrap());
+    assert!(
+        task_end <= run_end,
+        "the run ended ({run_end:?}) before its call ({task_end:?})"
+    );
+    // Nothing is left to finish later: a second look finds the same rows.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let again = calls(&h, outcome.id);
+    assert_eq!(again.len(), 1, "{again:?}");
+    assert_eq!(again[0].ended_at, task.ended_at, "{again:?}");
+}
+
 #[tokio::test]
 async fn a_cancel_request_from_another_process_is_noticed() {
     let h = Harness::new();
