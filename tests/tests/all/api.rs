@@ -3964,16 +3964,23 @@ fn admitted_at(server: &TestServer, id: &str) -> i64 {
         .unwrap_or_else(|| panic!("never admitted: {detail}"))
 }
 
+/// Two hosts claim batches at the same moment from one pool whose limit
+/// leaves room for more than the urgent queue holds: the urgent runs are
+/// admitted before any bulk run, though every bulk run was queued first and
+/// the two hosts race, and, counted from the records, no limit is exceeded.
 #[test]
 fn hosts_take_runs_by_queue_priority_and_never_past_a_limit() {
     let server = TestServer::start_with(&["--no-worker"], None);
     let digest = server.upload(FIXTURE_WASM);
-    assert_eq!(
-        server
-            .send("PUT", "/api/work-pools/wasm", json!({ "paused": true }))
-            .0,
-        200
-    );
+    let pool = |paused: bool| {
+        let (status, reply) = server.send(
+            "PUT",
+            "/api/work-pools/wasm",
+            json!({ "paused": paused, "concurrency_limit": 4 }),
+        );
+        assert_eq!(status, 200, "{reply}");
+    };
+    pool(true);
     for (queue, priority) in [("bulk", 5), ("urgent", 0)] {
         let (status, reply) = server.send(
             "POST",
@@ -3997,17 +4004,15 @@ fn hosts_take_runs_by_queue_priority_and_never_past_a_limit() {
         assert_eq!(status, 202, "{reply}");
         reply["flow_run_id"].as_str().unwrap().to_string()
     };
-    // Bulk runs queue first; urgent ones later; then the pool opens.
-    let bulk: Vec<String> = (0..4).map(|_| trigger("bulk")).collect();
-    let urgent: Vec<String> = (0..4).map(|_| trigger("urgent")).collect();
-    let _h1 = TestHost::start(&server, "h1", &["--slots", "4"]);
-    let _h2 = TestHost::start(&server, "h2", &["--slots", "4"]);
-    assert_eq!(
-        server
-            .send("PUT", "/api/work-pools/wasm", json!({ "paused": false }))
-            .0,
-        200
-    );
+    // Bulk runs queue first; urgent ones later. Each host has room for two,
+    // so the first four admitted (the pool's limit) span both hosts.
+    let bulk: Vec<String> = (0..6).map(|_| trigger("bulk")).collect();
+    let urgent: Vec<String> = (0..2).map(|_| trigger("urgent")).collect();
+    let _h1 = TestHost::start(&server, "h1", &["--slots", "2"]);
+    let _h2 = TestHost::start(&server, "h2", &["--slots", "2"]);
+    wait_for_host(&server, "h1");
+    wait_for_host(&server, "h2");
+    pool(false);
     let mut runs = Vec::new();
     for id in bulk.iter().chain(&urgent) {
         let run = wait_for_run(&server, id, Duration::from_secs(120), |r| {
@@ -4015,26 +4020,32 @@ fn hosts_take_runs_by_queue_priority_and_never_past_a_limit() {
         });
         runs.push(run);
     }
-    // The first admitted was urgent, though queued after every bulk run, and
-    // both urgent runs its limit allows were in the first wave. (Two hosts
-    // claim batches at once, so bulk runs may be admitted between them.)
+    // Queue priority across hosts, in the order the records say the runs
+    // were admitted: both urgent runs, then every bulk run.
     let mut admitted: Vec<(i64, &str)> = bulk
         .iter()
         .map(|id| (admitted_at(&server, id), "bulk"))
         .chain(urgent.iter().map(|id| (admitted_at(&server, id), "urgent")))
         .collect();
     admitted.sort();
-    assert_eq!(admitted[0].1, "urgent", "{admitted:?}");
     assert_eq!(
-        admitted[..4].iter().filter(|(_, q)| *q == "urgent").count(),
-        2,
+        admitted.iter().map(|(_, q)| *q).collect::<Vec<_>>(),
+        [
+            "urgent", "urgent", "bulk", "bulk", "bulk", "bulk", "bulk", "bulk"
+        ],
         "{admitted:?}"
     );
-    // ...and, counted from the records, no deployment ever ran more than its limit of 2.
-    for deployment in ["bulk", "urgent"] {
+    let hosts: std::collections::BTreeSet<&str> = runs
+        .iter()
+        .map(|r| r["host"].as_str().unwrap().split(' ').next().unwrap())
+        .collect();
+    assert_eq!(hosts.len(), 2, "both hosts took runs: {hosts:?}");
+    // ...and, counted from the records, no deployment ever ran more than
+    // its limit of 2, nor the pool more than its 4.
+    let most_at_once = |of: &dyn Fn(&Value) -> bool| {
         let mut edges: Vec<(i64, i32)> = runs
             .iter()
-            .filter(|r| r["deployment"] == deployment)
+            .filter(|r| of(r))
             .flat_map(|r| {
                 [
                     (r["started_at"].as_i64().unwrap(), 1),
@@ -4042,6 +4053,7 @@ fn hosts_take_runs_by_queue_priority_and_never_past_a_limit() {
                 ]
             })
             .collect();
+        // An end and a start at the same instant: the end first.
         edges.sort();
         let mut running = 0;
         let mut most = 0;
@@ -4049,8 +4061,14 @@ fn hosts_take_runs_by_queue_priority_and_never_past_a_limit() {
             running += step;
             most = most.max(running);
         }
+        most
+    };
+    for deployment in ["bulk", "urgent"] {
+        let most = most_at_once(&|r| r["deployment"] == deployment);
         assert!(most <= 2, "{deployment}: {most} runs at once");
     }
+    let most = most_at_once(&|_| true);
+    assert!(most <= 4, "pool: {most} runs at once");
 }
 
 /// A secret that is set is still out of reach of a run started by hand (no
