@@ -3143,13 +3143,15 @@ fn task_hosts(detail: &Value) -> Vec<String> {
         .collect()
 }
 
-/// A host that went idle gave its freed heap back (`malloc_trim`), and what
-/// it still holds (the compiled component, its store, the lease) is intact:
-/// the next runs, on the same loaded component, run and record as before.
+/// A host that went idle dropped its compiled component and its store's
+/// caches and gave its freed heap back (`malloc_trim`), and what it still
+/// holds (its store, the lease) is intact: the next runs load the
+/// component again from the host's compiled cache and run and record as
+/// before.
 #[test]
 fn a_remote_host_that_gave_back_memory_when_idle_runs_the_next_runs_whole() {
     let server = TestServer::start_with(&["--no-worker"], None);
-    let trims = "gave freed memory back";
+    let trims = "dropped the compiled state (1 components)";
     let host = TestHost::start_with_env(
         &server.url,
         server.key.as_deref(),
@@ -4132,6 +4134,62 @@ fn a_remote_run_that_logs_more_than_a_report_holds_delivers_every_line_once() {
     assert_eq!(distinct.len(), 20_000);
     assert_eq!(lines.first(), Some(&"flood line 0"));
     assert_eq!(lines.last(), Some(&"flood line 19999"));
+}
+
+/// The attacker's side of dropping compiled state when idle: with the idle
+/// time shortened to a millisecond, the host drops its component between
+/// every two runs, so claims (one at a time and several at once) arrive
+/// while a drop is under way or just done. No run is lost, each completes
+/// once with its result, and each task call is recorded once.
+#[test]
+fn runs_claimed_while_an_idle_host_drops_its_compiled_state_are_not_lost() {
+    let server = TestServer::start_with(&["--no-worker"], None);
+    let drops = "idle: dropped the compiled state";
+    let host = TestHost::start_with_env(
+        &server.url,
+        server.key.as_deref(),
+        "h1",
+        &["--slots", "3", "--test-only-idle-after", "1ms"],
+        &[("WEIR_LOG", "warn,weir_host::worker::remote=debug")],
+    );
+    let digest = server.upload(FIXTURE_WASM);
+    let check = |id: &str| {
+        let run = wait_for_run(&server, id, Duration::from_secs(60), |r| {
+            r["state"]
+                .as_str()
+                .is_some_and(|s| s != "Scheduled" && s != "Pending" && s != "Running")
+        });
+        assert_eq!(run["state"], "Completed", "{run}\n{}", host.log());
+        assert_eq!(run["result"], json!("4"), "{run}");
+        let (_, detail) = server.get(&format!("/api/flow-runs/{id}"));
+        let tasks = detail["task_runs"].as_array().unwrap();
+        assert_eq!(tasks.len(), 2, "each call recorded once: {detail}");
+        assert!(
+            tasks
+                .iter()
+                .all(|t| t["state"] == "Completed" && t["attempts"] == 1),
+            "{detail}"
+        );
+    };
+    let start = || {
+        start_fixture_run(
+            &server,
+            &digest,
+            "slow_sequential",
+            json!({ "n": 2, "ms": 2 }),
+        )
+    };
+    for round in 0..8 {
+        // Each round starts once the host has dropped its state since the
+        // last one, so every claim meets a host that is dropping or dropped.
+        wait_until("the idle host drops its compiled state", || {
+            host.log().matches(drops).count() > round
+        });
+        let ids: Vec<String> = (0..1 + round % 3).map(|_| start()).collect();
+        for id in &ids {
+            check(id);
+        }
+    }
 }
 
 /// Waits (bounded) until the server lists host `name` online.
