@@ -403,6 +403,14 @@ pub(super) fn put_raw(
             at: state.now(),
         }])
         .wait_blocking()?;
+    if matches!(
+        kind,
+        ObjectKind::WorkPool | ObjectKind::WorkQueue | ObjectKind::Deployment
+    ) {
+        // A pause lifted or a limit raised may let waiting runs start:
+        // long-polling hosts look now, not at the scheduler's next tick.
+        state.dispatcher.wake_claimers();
+    }
     Ok(())
 }
 

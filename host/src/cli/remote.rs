@@ -54,6 +54,11 @@ pub struct RunArgs {
     drain_timeout: humantime::Duration,
     #[command(flatten)]
     allows: AllowArgs,
+    /// Test-only: how long the host holds no run before it drops its
+    /// compiled components and gives memory back (tests shorten it so
+    /// that claims race the drop).
+    #[arg(long = "test-only-idle-after", value_name = "DURATION", hide = true)]
+    test_only_idle_after: Option<humantime::Duration>,
 }
 
 /// What runs may reach beyond their sandbox on this machine.
@@ -130,6 +135,9 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         claim_batch: args.claim_batch,
         name: name.clone(),
         drain_timeout: args.drain_timeout.into(),
+        idle_after: args
+            .test_only_idle_after
+            .map_or(crate::worker::remote::IDLE_AFTER, Into::into),
         executor: ExecutorSettings::default(),
         allows: args.allows.capabilities()?,
         ca_file: args

@@ -1054,9 +1054,35 @@ impl Dispatcher {
         holder: &str,
         allows: &Capabilities,
     ) -> Result<Option<FlowRunId>, DispatchError> {
-        if pools.is_empty() {
-            return Ok(None);
+        Ok(self.admit_some_for(pools, queues, holder, allows, 1)?.pop())
+    }
+
+    /// Admits up to `max` waiting runs of `pools` (and of `queues`, unless
+    /// empty) that may start now, by queue priority then age, each moved to
+    /// `Pending` under a lease for `holder`, in admission order.
+    ///
+    /// The whole pass holds the admission lock, from reading the waiting
+    /// runs to the last commit, and reads the clock under it: two hosts
+    /// claiming batches at once are served one after the other, each from
+    /// the runs still waiting then, so a lower queue's run is never taken
+    /// while a higher queue's run that may start waits, and the `Pending`
+    /// times the records keep are the order runs were admitted in. (The
+    /// clock and the waiting runs used to be read before the lock: a claimer
+    /// that waited on it recorded an earlier time than the run admitted
+    /// ahead of it, and could miss a run made meanwhile.)
+    fn admit_some_for(
+        &self,
+        pools: &[String],
+        queues: &[String],
+        holder: &str,
+        allows: &Capabilities,
+        max: usize,
+    ) -> Result<Vec<FlowRunId>, DispatchError> {
+        let mut taken = Vec::new();
+        if pools.is_empty() || max == 0 {
+            return Ok(taken);
         }
+        let _admission = self.admit_alone()?;
         let now = self.control.now();
         let mut due = self.store.due_runs(pools, now, MAX_WAITING_SCAN)?;
         if !queues.is_empty() {
@@ -1078,7 +1104,7 @@ impl Dispatcher {
             });
         }
         if due.is_empty() {
-            return Ok(None);
+            return Ok(taken);
         }
         let priorities: HashMap<String, u32> = self
             .store
@@ -1098,11 +1124,14 @@ impl Dispatcher {
             priorities.get(&key).copied().unwrap_or(u32::MAX)
         };
         due.sort_by_key(|run| (priority(run), run.scheduled_at));
-        let _admission = self.admit_alone()?;
         // Runs held by one limit say nothing of runs under others, and are
-        // decided once per pass: a hundred stuck runs cost one check.
+        // decided once until the next admission: a hundred stuck runs cost
+        // one check.
         let mut decided: HashMap<(String, String, Option<String>), bool> = HashMap::new();
         for run in due {
+            if taken.len() == max {
+                break;
+            }
             let pool = run.work_pool.as_deref().unwrap_or(DEFAULT_POOL);
             let queue = run.work_queue.as_deref().unwrap_or(DEFAULT_QUEUE);
             let key = (pool.to_string(), queue.to_string(), run.deployment.clone());
@@ -1126,11 +1155,13 @@ impl Dispatcher {
             if !admitted {
                 continue;
             }
-            let change = StateChange::new(run.id.0, run.state, RunState::Pending, now);
+            // Each its own time, so the records order a batch too.
+            let at = self.control.now();
+            let change = StateChange::new(run.id.0, run.state, RunState::Pending, at);
             let lease = vec![Write::TakeLease {
                 id: run.id,
                 holder: holder.to_string(),
-                expires_at: self.lease_until(now),
+                expires_at: self.lease_until(at),
             }];
             let moved = self
                 .control
@@ -1141,13 +1172,26 @@ impl Dispatcher {
                     None => Ok(()),
                 });
             match moved {
-                Ok(()) => return Ok(Some(run.id)),
-                // Another claimer (or a cancel) got there first.
+                Ok(()) => {
+                    taken.push(run.id);
+                    // It counts against its pool's, queue's and
+                    // deployment's limits now: keys that had room are
+                    // decided again (one refused stays refused: admitting
+                    // never frees room).
+                    decided.retain(|_, admitted| !*admitted);
+                }
+                // Another server sharing the database (or a cancel) got
+                // there first.
                 Err(DispatchError::Store(StoreError::Conflict { .. })) => continue,
+                // What was admitted is committed and leased: handed over.
+                Err(e) if !taken.is_empty() => {
+                    tracing::warn!("admitting flow run {}: {e}", run.id);
+                    break;
+                }
                 Err(e) => return Err(e),
             }
         }
-        Ok(None)
+        Ok(taken)
     }
 
     /// The run `id`, which the caller now owns in `Pending`, as a claim.

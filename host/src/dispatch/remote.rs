@@ -196,8 +196,8 @@ impl Dispatcher {
 
     /// Up to `request.max_runs` runs of `request.pools` that may start now,
     /// each moved to `Pending` under a lease for `request.holder`, in one
-    /// trip to the store's thread. A run that cannot be handed over is
-    /// failed; the ones before it are still returned.
+    /// admission pass. A run that cannot be handed over is failed; the
+    /// others are still returned.
     pub async fn claim_remote_some(
         self: &Arc<Self>,
         request: ClaimRequest,
@@ -205,29 +205,32 @@ impl Dispatcher {
         request.check_max_runs()?;
         let max = request.max_runs;
         self.blocking(move |d| {
-            let mut claims = Vec::new();
-            while claims.len() < max as usize {
-                let Some(id) = d.admit_for(
-                    &request.pools,
-                    &request.queues,
-                    &request.holder,
-                    &request.allows,
-                )?
-                else {
-                    break;
-                };
+            // Admitted in one pass, so the batch is the best `max` runs
+            // waiting now, whoever else claims at the same moment.
+            let admitted = d.admit_some_for(
+                &request.pools,
+                &request.queues,
+                &request.holder,
+                &request.allows,
+                max as usize,
+            )?;
+            let mut claims = Vec::with_capacity(admitted.len());
+            let mut first_error = None;
+            for id in admitted {
                 match d.remote_claim_of(id) {
                     Ok(claim) => claims.push(claim),
                     Err(e) => {
+                        // Every run admitted is leased to this host: one
+                        // that cannot be handed over is ended, not stranded.
                         d.fail_claim(id, &e);
-                        if claims.is_empty() {
-                            return Err(e);
-                        }
-                        break;
+                        first_error.get_or_insert(e);
                     }
                 }
             }
-            Ok(claims)
+            match first_error {
+                Some(e) if claims.is_empty() => Err(e),
+                _ => Ok(claims),
+            }
         })
         .await
     }

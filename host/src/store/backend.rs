@@ -178,6 +178,10 @@ pub trait Housekeeping {
     /// Bytes the database takes: SQLite's pages (the WAL's included),
     /// PostgreSQL's `pg_database_size`. Result files beside it are not counted.
     fn size_bytes(&self) -> Result<u64, StoreError>;
+    /// Gives back what the connections cache (pages, prepared statements)
+    /// and no one is using now: an idle remote host. The next queries read
+    /// and prepare again. Does nothing where there is nothing to give.
+    fn release_memory(&self) {}
 }
 
 /// What several servers sharing one database agree on.

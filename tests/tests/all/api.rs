@@ -3143,13 +3143,15 @@ fn task_hosts(detail: &Value) -> Vec<String> {
         .collect()
 }
 
-/// A host that went idle gave its freed heap back (`malloc_trim`), and what
-/// it still holds (the compiled component, its store, the lease) is intact:
-/// the next runs, on the same loaded component, run and record as before.
+/// A host that went idle dropped its compiled component and its store's
+/// caches and gave its freed heap back (`malloc_trim`), and what it still
+/// holds (its store, the lease) is intact: the next runs load the
+/// component again from the host's compiled cache and run and record as
+/// before.
 #[test]
 fn a_remote_host_that_gave_back_memory_when_idle_runs_the_next_runs_whole() {
     let server = TestServer::start_with(&["--no-worker"], None);
-    let trims = "gave freed memory back";
+    let trims = "dropped the compiled state (1 components)";
     let host = TestHost::start_with_env(
         &server.url,
         server.key.as_deref(),
@@ -3964,16 +3966,23 @@ fn admitted_at(server: &TestServer, id: &str) -> i64 {
         .unwrap_or_else(|| panic!("never admitted: {detail}"))
 }
 
+/// Two hosts claim batches at the same moment from one pool whose limit
+/// leaves room for more than the urgent queue holds: the urgent runs are
+/// admitted before any bulk run, though every bulk run was queued first and
+/// the two hosts race, and, counted from the records, no limit is exceeded.
 #[test]
 fn hosts_take_runs_by_queue_priority_and_never_past_a_limit() {
     let server = TestServer::start_with(&["--no-worker"], None);
     let digest = server.upload(FIXTURE_WASM);
-    assert_eq!(
-        server
-            .send("PUT", "/api/work-pools/wasm", json!({ "paused": true }))
-            .0,
-        200
-    );
+    let pool = |paused: bool| {
+        let (status, reply) = server.send(
+            "PUT",
+            "/api/work-pools/wasm",
+            json!({ "paused": paused, "concurrency_limit": 4 }),
+        );
+        assert_eq!(status, 200, "{reply}");
+    };
+    pool(true);
     for (queue, priority) in [("bulk", 5), ("urgent", 0)] {
         let (status, reply) = server.send(
             "POST",
@@ -3997,17 +4006,15 @@ fn hosts_take_runs_by_queue_priority_and_never_past_a_limit() {
         assert_eq!(status, 202, "{reply}");
         reply["flow_run_id"].as_str().unwrap().to_string()
     };
-    // Bulk runs queue first; urgent ones later; then the pool opens.
-    let bulk: Vec<String> = (0..4).map(|_| trigger("bulk")).collect();
-    let urgent: Vec<String> = (0..4).map(|_| trigger("urgent")).collect();
-    let _h1 = TestHost::start(&server, "h1", &["--slots", "4"]);
-    let _h2 = TestHost::start(&server, "h2", &["--slots", "4"]);
-    assert_eq!(
-        server
-            .send("PUT", "/api/work-pools/wasm", json!({ "paused": false }))
-            .0,
-        200
-    );
+    // Bulk runs queue first; urgent ones later. Each host has room for two,
+    // so the first four admitted (the pool's limit) span both hosts.
+    let bulk: Vec<String> = (0..6).map(|_| trigger("bulk")).collect();
+    let urgent: Vec<String> = (0..2).map(|_| trigger("urgent")).collect();
+    let _h1 = TestHost::start(&server, "h1", &["--slots", "2"]);
+    let _h2 = TestHost::start(&server, "h2", &["--slots", "2"]);
+    wait_for_host(&server, "h1");
+    wait_for_host(&server, "h2");
+    pool(false);
     let mut runs = Vec::new();
     for id in bulk.iter().chain(&urgent) {
         let run = wait_for_run(&server, id, Duration::from_secs(120), |r| {
@@ -4015,26 +4022,32 @@ fn hosts_take_runs_by_queue_priority_and_never_past_a_limit() {
         });
         runs.push(run);
     }
-    // The first admitted was urgent, though queued after every bulk run, and
-    // both urgent runs its limit allows were in the first wave. (Two hosts
-    // claim batches at once, so bulk runs may be admitted between them.)
+    // Queue priority across hosts, in the order the records say the runs
+    // were admitted: both urgent runs, then every bulk run.
     let mut admitted: Vec<(i64, &str)> = bulk
         .iter()
         .map(|id| (admitted_at(&server, id), "bulk"))
         .chain(urgent.iter().map(|id| (admitted_at(&server, id), "urgent")))
         .collect();
     admitted.sort();
-    assert_eq!(admitted[0].1, "urgent", "{admitted:?}");
     assert_eq!(
-        admitted[..4].iter().filter(|(_, q)| *q == "urgent").count(),
-        2,
+        admitted.iter().map(|(_, q)| *q).collect::<Vec<_>>(),
+        [
+            "urgent", "urgent", "bulk", "bulk", "bulk", "bulk", "bulk", "bulk"
+        ],
         "{admitted:?}"
     );
-    // ...and, counted from the records, no deployment ever ran more than its limit of 2.
-    for deployment in ["bulk", "urgent"] {
+    let hosts: std::collections::BTreeSet<&str> = runs
+        .iter()
+        .map(|r| r["host"].as_str().unwrap().split(' ').next().unwrap())
+        .collect();
+    assert_eq!(hosts.len(), 2, "both hosts took runs: {hosts:?}");
+    // ...and, counted from the records, no deployment ever ran more than
+    // its limit of 2, nor the pool more than its 4.
+    let most_at_once = |of: &dyn Fn(&Value) -> bool| {
         let mut edges: Vec<(i64, i32)> = runs
             .iter()
-            .filter(|r| r["deployment"] == deployment)
+            .filter(|r| of(r))
             .flat_map(|r| {
                 [
                     (r["started_at"].as_i64().unwrap(), 1),
@@ -4042,6 +4055,7 @@ fn hosts_take_runs_by_queue_priority_and_never_past_a_limit() {
                 ]
             })
             .collect();
+        // An end and a start at the same instant: the end first.
         edges.sort();
         let mut running = 0;
         let mut most = 0;
@@ -4049,8 +4063,14 @@ fn hosts_take_runs_by_queue_priority_and_never_past_a_limit() {
             running += step;
             most = most.max(running);
         }
+        most
+    };
+    for deployment in ["bulk", "urgent"] {
+        let most = most_at_once(&|r| r["deployment"] == deployment);
         assert!(most <= 2, "{deployment}: {most} runs at once");
     }
+    let most = most_at_once(&|_| true);
+    assert!(most <= 4, "pool: {most} runs at once");
 }
 
 /// A secret that is set is still out of reach of a run started by hand (no
@@ -4114,6 +4134,62 @@ fn a_remote_run_that_logs_more_than_a_report_holds_delivers_every_line_once() {
     assert_eq!(distinct.len(), 20_000);
     assert_eq!(lines.first(), Some(&"flood line 0"));
     assert_eq!(lines.last(), Some(&"flood line 19999"));
+}
+
+/// The attacker's side of dropping compiled state when idle: with the idle
+/// time shortened to a millisecond, the host drops its component between
+/// every two runs, so claims (one at a time and several at once) arrive
+/// while a drop is under way or just done. No run is lost, each completes
+/// once with its result, and each task call is recorded once.
+#[test]
+fn runs_claimed_while_an_idle_host_drops_its_compiled_state_are_not_lost() {
+    let server = TestServer::start_with(&["--no-worker"], None);
+    let drops = "idle: dropped the compiled state";
+    let host = TestHost::start_with_env(
+        &server.url,
+        server.key.as_deref(),
+        "h1",
+        &["--slots", "3", "--test-only-idle-after", "1ms"],
+        &[("WEIR_LOG", "warn,weir_host::worker::remote=debug")],
+    );
+    let digest = server.upload(FIXTURE_WASM);
+    let check = |id: &str| {
+        let run = wait_for_run(&server, id, Duration::from_secs(60), |r| {
+            r["state"]
+                .as_str()
+                .is_some_and(|s| s != "Scheduled" && s != "Pending" && s != "Running")
+        });
+        assert_eq!(run["state"], "Completed", "{run}\n{}", host.log());
+        assert_eq!(run["result"], json!("4"), "{run}");
+        let (_, detail) = server.get(&format!("/api/flow-runs/{id}"));
+        let tasks = detail["task_runs"].as_array().unwrap();
+        assert_eq!(tasks.len(), 2, "each call recorded once: {detail}");
+        assert!(
+            tasks
+                .iter()
+                .all(|t| t["state"] == "Completed" && t["attempts"] == 1),
+            "{detail}"
+        );
+    };
+    let start = || {
+        start_fixture_run(
+            &server,
+            &digest,
+            "slow_sequential",
+            json!({ "n": 2, "ms": 2 }),
+        )
+    };
+    for round in 0..8 {
+        // Each round starts once the host has dropped its state since the
+        // last one, so every claim meets a host that is dropping or dropped.
+        wait_until("the idle host drops its compiled state", || {
+            host.log().matches(drops).count() > round
+        });
+        let ids: Vec<String> = (0..1 + round % 3).map(|_| start()).collect();
+        for id in &ids {
+            check(id);
+        }
+    }
 }
 
 /// Waits (bounded) until the server lists host `name` online.

@@ -38,6 +38,21 @@ impl Housekeeping for SqliteStore {
         })
     }
 
+    fn release_memory(&self) {
+        // Connections busy now keep theirs: they are not idle.
+        let idle = self
+            .readers
+            .iter()
+            .chain(std::iter::once(&self.writer.conn))
+            .filter_map(|conn| conn.try_lock().ok());
+        for conn in idle {
+            conn.flush_prepared_statement_cache();
+            if let Err(e) = conn.release_memory() {
+                tracing::debug!("sqlite kept its cache: {e}");
+            }
+        }
+    }
+
     fn prune(&self, ended_before: TimestampMicros) -> Result<PruneReport, StoreError> {
         let mut report = PruneReport::default();
         {

@@ -321,6 +321,18 @@ impl RemoteHost {
         Ok(component)
     }
 
+    /// Drops what only runs need, while none is held: the compiled
+    /// components (a claim loads its component again from this host's
+    /// compiled cache: a map of the artifact and `describe()`, no compile)
+    /// and what the store's connections cache. A run that holds a component
+    /// holds its own handle, so one claimed meanwhile is not affected.
+    /// Returns how many components were dropped.
+    pub(super) fn drop_idle_state(&self) -> usize {
+        let dropped = std::mem::take(&mut *self.loaded()).len();
+        self.store.release_memory();
+        dropped
+    }
+
     fn loaded(&self) -> std::sync::MutexGuard<'_, HashMap<ComponentDigest, Component>> {
         self.loaded.lock().unwrap_or_else(|p| p.into_inner())
     }

@@ -14,12 +14,21 @@
 /// own (up to 8 per core) and keeps every arena's freed pages: a host whose
 /// runs went through tokio's blocking threads idled with three arenas of
 /// 5-13 MB each. Two arenas serve two cores.
+///
+/// Blocks of 128 KiB and more are mapped on their own and unmapped when
+/// freed. That is glibc's default too, but it raises the bound each time
+/// such a block is freed (up to 32 MB), after which a run's big buffers
+/// land in the heap and leave it fragmented: after its first runs an idle
+/// host kept 7-10 MB of heap resident for 2-3 MB in use, which
+/// `malloc_trim` could not give back; with the bound fixed its idle RSS fell
+/// from 17-17.5 to 14.1-14.5 MB, with runs as fast.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 pub(super) fn cap_malloc_arenas() {
-    // SAFETY: mallopt only sets an allocator parameter; it is called before
+    // SAFETY: mallopt only sets allocator parameters; it is called before
     // the runtime starts its threads.
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, 2);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 << 10);
     }
 }
 

@@ -71,6 +71,9 @@ pub struct RemoteConfig {
     /// How long SIGTERM waits for running flows before leaving them to
     /// their leases.
     pub drain_timeout: Duration,
+    /// How long the host holds no run before it sheds what only runs need
+    /// ([`IDLE_AFTER`]; tests shorten it).
+    pub idle_after: Duration,
     pub executor: ExecutorSettings,
     pub engine: EngineConfig,
     /// What runs on this host may reach (directories, env); it takes only
@@ -92,9 +95,14 @@ const REPORT_BUDGET_BYTES: usize = 32 << 20;
 const REPORT_LOG_LINES: usize = 5_000;
 /// The longest pause between attempts to reach a server that is away.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
-/// How long a host holds no run before it gives freed heap back to the
-/// system: long enough that a burst never pays for it between two runs.
-const IDLE_TRIM_AFTER: Duration = Duration::from_secs(1);
+/// How long a host holds no run before it drops its compiled components
+/// and gives freed heap back to the system: long enough that a burst never
+/// pays for it between two runs.
+pub const IDLE_AFTER: Duration = Duration::from_secs(1);
+/// While idle, heap is given back again at twice the idle time of the last
+/// time (2 s, 4 s, ...) up to this: what is freed after the first time
+/// (pooled connections, blocking threads that exit) goes back too.
+const IDLE_LAST_TRIM_AFTER: Duration = Duration::from_secs(64);
 
 /// A run this host holds.
 struct Held {

@@ -2,8 +2,8 @@
 //! what it recorded to the server.
 
 use super::{
-    IDLE_TRIM_AFTER, MAX_BACKOFF, REPORT_BUDGET_BYTES, REPORT_LOG_LINES, RemoteError, RemoteHost,
-    SHIP_EVERY, Shipped, memory::give_back_freed_memory, server_message,
+    IDLE_LAST_TRIM_AFTER, MAX_BACKOFF, REPORT_BUDGET_BYTES, REPORT_LOG_LINES, RemoteError,
+    RemoteHost, SHIP_EVERY, Shipped, memory::give_back_freed_memory, server_message,
 };
 use crate::dispatch::remote::{Heartbeat, HeartbeatReply, Report, ShippedLog, ShippedTaskRun};
 use crate::model::FlowRunId;
@@ -75,9 +75,10 @@ impl RemoteHost {
 
     pub(super) async fn ship_loop(self: Arc<Self>, finished: CancellationToken) {
         let mut backoff = SHIP_EVERY;
-        // Since when nothing is held, and whether memory went back since.
+        // Since when nothing is held, and how long idle until memory goes
+        // back next (`None`: done for this idle spell).
         let mut idle_since: Option<tokio::time::Instant> = None;
-        let mut trimmed = false;
+        let mut next_trim = Some(self.config.idle_after);
         loop {
             let ids: Vec<FlowRunId> = self.held().keys().copied().collect();
             let mut failed = false;
@@ -98,12 +99,26 @@ impl RemoteHost {
             }
             if self.held_count() > 0 {
                 idle_since = None;
-                trimmed = false;
-            } else if !trimmed {
+                next_trim = Some(self.config.idle_after);
+            } else if let Some(after) = next_trim {
                 let since = *idle_since.get_or_insert_with(tokio::time::Instant::now);
-                if since.elapsed() >= IDLE_TRIM_AFTER {
-                    trimmed = true;
-                    let _ = tokio::task::spawn_blocking(give_back_freed_memory).await;
+                if since.elapsed() >= after {
+                    // The first time in an idle spell, the compiled state
+                    // goes too; later times give back what was freed since.
+                    let first = after == self.config.idle_after;
+                    let later = (after * 2).max(Duration::from_millis(1));
+                    next_trim = (later <= IDLE_LAST_TRIM_AFTER).then_some(later);
+                    let this = self.clone();
+                    let _ = tokio::task::spawn_blocking(move || {
+                        if first {
+                            let dropped = this.drop_idle_state();
+                            tracing::debug!(
+                                "idle: dropped the compiled state ({dropped} components) and the store's caches"
+                            );
+                        }
+                        give_back_freed_memory();
+                    })
+                    .await;
                 }
             }
             tokio::select! {
