@@ -395,20 +395,23 @@ async fn wait_until(limit: Duration, mut condition: impl FnMut() -> bool) {
     }
 }
 
-#[tokio::test]
-async fn cancel_stops_a_running_task_within_a_second() {
-    let h = Harness::new();
+/// Starts a flow of the fixture and returns once its first task row is
+/// recorded (announced once the attempt has run for a while), with the run's
+/// handle and its cancel token.
+async fn start_until_first_call(
+    h: &Harness,
+    flow: &str,
+    params: serde_json::Value,
+) -> (
+    tokio::task::JoinHandle<weir_host::worker::FlowRunOutcome>,
+    tokio_util::sync::CancellationToken,
+) {
     let component = h.load(FIXTURE_WASM).await;
-    let request = FlowRunRequest::new(
-        component,
-        "call",
-        json!({"task": "sleeper", "input": {"ms": 60_000}}).to_string(),
-    );
-    let id_cancel = request.cancel.clone();
+    let request = FlowRunRequest::new(component, flow, params.to_string());
+    let cancel = request.cancel.clone();
     let executor = h.executor.clone();
     let running = tokio::spawn(async move { executor.run_flow(request).await.unwrap() });
     let store = h.store.clone();
-    // The task row is announced once the attempt has run for a while.
     wait_until(Duration::from_secs(20), || {
         let runs = store
             .list_flow_runs(&weir_host::store::FlowRunFilter {
@@ -420,6 +423,14 @@ async fn cancel_stops_a_running_task_within_a_second() {
             .is_some_and(|r| !store.task_runs(r.id).unwrap().is_empty())
     })
     .await;
+    (running, cancel)
+}
+
+#[tokio::test]
+async fn cancel_stops_a_running_task_within_a_second() {
+    let h = Harness::new();
+    let params = json!({"task": "sleeper", "input": {"ms": 60_000}});
+    let (running, id_cancel) = start_until_first_call(&h, "call", params).await;
     let asked = Instant::now();
     id_cancel.cancel();
     let outcome = tokio::time::timeout(Duration::from_secs(5), running)
@@ -443,27 +454,8 @@ async fn cancel_stops_a_running_task_within_a_second() {
 #[tokio::test]
 async fn a_sequential_call_cut_off_by_a_cancel_is_recorded_once_before_the_run_ends() {
     let h = Harness::new();
-    let component = h.load(FIXTURE_WASM).await;
-    let request = FlowRunRequest::new(
-        component,
-        "slow_sequential",
-        json!({ "n": 5, "ms": 60_000 }).to_string(),
-    );
-    let cancel = request.cancel.clone();
-    let executor = h.executor.clone();
-    let running = tokio::spawn(async move { executor.run_flow(request).await.unwrap() });
-    let store = h.store.clone();
-    wait_until(Duration::from_secs(20), || {
-        let runs = store
-            .list_flow_runs(&weir_host::store::FlowRunFilter {
-                limit: 1,
-                ..Default::default()
-            })
-            .unwrap();
-        runs.first()
-            .is_some_and(|r| !store.task_runs(r.id).unwrap().is_empty())
-    })
-    .await;
+    let params = json!({ "n": 5, "ms": 60_000 });
+    let (running, cancel) = start_until_first_call(&h, "slow_sequential", params).await;
     cancel.cancel();
     let outcome = tokio::time::timeout(Duration::from_secs(10), running)
         .await
