@@ -114,6 +114,13 @@ impl Server {
     pub fn settled_rss_mb(&self) -> f64 {
         settled_rss_mb(self.child.id())
     }
+
+    /// RSS once the server has been idle for [`IDLE`] (an idle server gives
+    /// freed heap back after a second without run changes), then settled.
+    pub fn idle_rss_mb(&self) -> f64 {
+        std::thread::sleep(IDLE);
+        settled_rss_mb(self.child.id())
+    }
 }
 
 impl Drop for Server {
@@ -121,6 +128,9 @@ impl Drop for Server {
         stop(&mut self.child);
     }
 }
+
+/// How long the idle-RSS rows let a server idle first.
+pub const IDLE: Duration = Duration::from_secs(2);
 
 pub fn settled_rss_mb(pid: u32) -> f64 {
     let deadline = Instant::now() + Duration::from_secs(5);

@@ -3890,6 +3890,47 @@ fn the_api_answers_while_a_flow_submits_ten_million_tasks() {
     );
 }
 
+/// Compiling an uploaded component and running it leaves megabytes of heap
+/// free inside glibc's arenas, which it keeps. A server a second past its
+/// last run change gives them back, and still runs the next run whole.
+#[test]
+fn an_idle_server_gives_freed_heap_back_and_runs_the_next_run_whole() {
+    let server = TestServer::start();
+    let digest = server.upload(FIXTURE_WASM);
+    let done = |r: &Value| r["state"] == "Completed";
+    let id = start_fixture_run(&server, &digest, "sequential", json!({ "n": 20 }));
+    wait_for_run(&server, &id, Duration::from_secs(60), done);
+    let pid = server.child.id();
+    let busy = anonymous_kb(pid);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let idle = loop {
+        let now = anonymous_kb(pid);
+        if now + 4096 <= busy {
+            break now;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the idle server still holds {now} KiB of anonymous memory ({busy} KiB just after its run)"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    eprintln!("anonymous memory: {busy} KiB after the run, {idle} KiB idle");
+    let id = start_fixture_run(&server, &digest, "sequential", json!({ "n": 20 }));
+    let run = wait_for_run(&server, &id, Duration::from_secs(60), done);
+    // add(i, 1) for i in 0..20.
+    assert_eq!(run["result"], json!("210"), "{run}");
+}
+
+/// Anonymous resident memory of a process (its heap, arenas and stacks), in KiB.
+fn anonymous_kb(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("Anonymous:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
 /// Resident memory of a process, in KiB.
 fn rss_kb(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))

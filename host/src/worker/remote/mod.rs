@@ -14,7 +14,7 @@
 //! or it ended there) is cancelled here and its records are not sent again.
 
 mod claim;
-mod memory;
+pub(crate) mod memory;
 mod report;
 
 use super::{Executor, ExecutorSettings, serve};
