@@ -436,29 +436,20 @@ impl ServerHandle {
 /// again.
 async fn trim_heap_when_idle(store: Arc<Store>, stop: CancellationToken) {
     let mut changes = store.changes();
+    // Whether a run changed since the last trim; each change restarts the wait.
+    let mut changed = false;
     loop {
-        // Wait for activity: a run changed.
         tokio::select! {
             _ = stop.cancelled() => return,
-            change = changes.recv() => {
-                if let Err(tokio::sync::broadcast::error::RecvError::Closed) = change {
-                    return;
-                }
+            change = changes.recv() => match change {
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                _ => changed = true,
+            },
+            _ = tokio::time::sleep(TRIM_AFTER), if changed => {
+                changed = false;
+                let _ = tokio::task::spawn_blocking(crate::worker::remote::memory::trim_heap).await;
             }
         }
-        // Then for a quiet spell.
-        loop {
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                change = changes.recv() => {
-                    if let Err(tokio::sync::broadcast::error::RecvError::Closed) = change {
-                        return;
-                    }
-                }
-                _ = tokio::time::sleep(TRIM_AFTER) => break,
-            }
-        }
-        let _ = tokio::task::spawn_blocking(crate::worker::remote::memory::trim_heap).await;
     }
 }
 

@@ -373,11 +373,34 @@ async fn followers_hear_of_each_commit(kind: Kind) {
     .expect("no change was heard");
     assert_eq!(heard.run, id);
     if let Some(theirs) = theirs.as_mut() {
+        // The other store's listener connects on a thread of its own and may
+        // have missed the commits above: write until it hears one.
         let change = tokio::time::timeout(wait, async {
+            let mut seq = 1_000;
             loop {
-                if let Ok(change) = theirs.recv().await
-                    && change.run == id
-                {
+                let log = LogRecord {
+                    flow_run: id,
+                    task_run: None,
+                    at: seq,
+                    level: crate::model::LogLevel::Info,
+                    message: format!("line {seq}"),
+                };
+                store
+                    .submit(vec![Write::Logs(vec![log])])
+                    .committed()
+                    .await
+                    .unwrap();
+                seq += 1;
+                let heard = tokio::time::timeout(std::time::Duration::from_millis(200), async {
+                    loop {
+                        match theirs.recv().await {
+                            Ok(change) if change.run == id => return Some(change),
+                            Ok(_) => continue,
+                            Err(_) => return None,
+                        }
+                    }
+                });
+                if let Ok(Some(change)) = heard.await {
                     return change;
                 }
             }

@@ -1,4 +1,5 @@
-//! What an idle remote host gives back to the system.
+//! What an idle remote host gives back to the system (and, of it, the
+//! freed heap an idle server gives back: [`trim_heap`]).
 //!
 //! A host idles far more than it runs, so what it holds between runs is
 //! what a machine full of them pays for. Two kinds of pages stay resident
