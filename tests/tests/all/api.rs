@@ -3053,6 +3053,37 @@ fn a_server_that_is_pid_1_again_after_a_restart_resumes_its_run() {
 
 // ---- remote hosts: `host run --pool` ----
 
+/// Waits (bounded) for run `id` to end and checks that it Completed with
+/// `result`, each of its `calls` task calls recorded once and run once.
+/// `context` adds to a failure's message (a host's log). Returns the run
+/// and its detail.
+fn completed_once(
+    server: &TestServer,
+    id: &str,
+    within: Duration,
+    result: &str,
+    calls: usize,
+    context: impl Fn() -> String,
+) -> (Value, Value) {
+    let run = wait_for_run(server, id, within, |r| {
+        r["state"]
+            .as_str()
+            .is_some_and(|s| s != "Scheduled" && s != "Pending" && s != "Running")
+    });
+    assert_eq!(run["state"], "Completed", "{run}\n{}", context());
+    assert_eq!(run["result"], json!(result), "{run}");
+    let (_, detail) = server.get(&format!("/api/flow-runs/{id}"));
+    let tasks = detail["task_runs"].as_array().unwrap();
+    assert_eq!(tasks.len(), calls, "each call recorded once: {detail}");
+    assert!(
+        tasks
+            .iter()
+            .all(|t| t["state"] == "Completed" && t["attempts"] == 1),
+        "{detail}"
+    );
+    (run, detail)
+}
+
 /// A remote host process (`host run --pool wasm`) with a home of its own.
 struct TestHost {
     child: Child,
@@ -3172,22 +3203,8 @@ fn a_remote_host_that_gave_back_memory_when_idle_runs_the_next_runs_whole() {
             })
             .collect();
         for id in &ids {
-            let run = wait_for_run(server, id, Duration::from_secs(60), |r| {
-                r["state"]
-                    .as_str()
-                    .is_some_and(|s| s != "Scheduled" && s != "Pending" && s != "Running")
-            });
-            assert_eq!(run["state"], "Completed", "{run}");
-            assert_eq!(run["result"], json!("30"), "{run}");
-            let (_, detail) = server.get(&format!("/api/flow-runs/{id}"));
-            let tasks = detail["task_runs"].as_array().unwrap();
-            assert_eq!(tasks.len(), 3, "each call recorded once: {detail}");
-            assert!(
-                tasks
-                    .iter()
-                    .all(|t| t["state"] == "Completed" && t["attempts"] == 1),
-                "{detail}"
-            );
+            let (_, detail) =
+                completed_once(server, id, Duration::from_secs(60), "30", 3, String::new);
             assert_eq!(task_hosts(&detail), ["h1", "h1", "h1"], "{detail}");
         }
     };
@@ -3229,22 +3246,8 @@ fn runs_of_a_pool_go_to_remote_hosts_each_exactly_once() {
         .collect();
     let mut hosts = std::collections::BTreeSet::new();
     for id in &ids {
-        let run = wait_for_run(&server, id, Duration::from_secs(120), |r| {
-            r["state"]
-                .as_str()
-                .is_some_and(|s| s != "Scheduled" && s != "Pending" && s != "Running")
-        });
-        assert_eq!(run["state"], "Completed", "{run}");
-        assert_eq!(run["result"], json!("90"));
-        let (_, detail) = server.get(&format!("/api/flow-runs/{id}"));
-        let tasks = detail["task_runs"].as_array().unwrap();
-        assert_eq!(tasks.len(), 3, "each call recorded once: {detail}");
-        assert!(
-            tasks
-                .iter()
-                .all(|t| t["state"] == "Completed" && t["attempts"] == 1),
-            "{detail}"
-        );
+        let (run, detail) =
+            completed_once(&server, id, Duration::from_secs(120), "90", 3, String::new);
         let ran_on: std::collections::BTreeSet<String> = task_hosts(&detail).into_iter().collect();
         assert_eq!(ran_on.len(), 1, "one run, one host: {detail}");
         hosts.extend(ran_on);
@@ -3923,20 +3926,20 @@ fn an_idle_server_gives_freed_heap_back_and_runs_the_next_run_whole() {
 
 /// Anonymous resident memory of a process (its heap, arenas and stacks), in KiB.
 fn anonymous_kb(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("Anonymous:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
+    proc_kb(pid, "smaps_rollup", "Anonymous:")
 }
 
 /// Resident memory of a process, in KiB.
 fn rss_kb(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
+    proc_kb(pid, "status", "VmRSS:")
+}
+
+/// The KiB figure of `field` in `/proc/PID/FILE` (0 when the process is gone).
+fn proc_kb(pid: u32, file: &str, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/{file}"))
         .unwrap_or_default()
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
         .unwrap_or(0)
 }
@@ -4195,22 +4198,7 @@ fn runs_claimed_while_an_idle_host_drops_its_compiled_state_are_not_lost() {
     );
     let digest = server.upload(FIXTURE_WASM);
     let check = |id: &str| {
-        let run = wait_for_run(&server, id, Duration::from_secs(60), |r| {
-            r["state"]
-                .as_str()
-                .is_some_and(|s| s != "Scheduled" && s != "Pending" && s != "Running")
-        });
-        assert_eq!(run["state"], "Completed", "{run}\n{}", host.log());
-        assert_eq!(run["result"], json!("4"), "{run}");
-        let (_, detail) = server.get(&format!("/api/flow-runs/{id}"));
-        let tasks = detail["task_runs"].as_array().unwrap();
-        assert_eq!(tasks.len(), 2, "each call recorded once: {detail}");
-        assert!(
-            tasks
-                .iter()
-                .all(|t| t["state"] == "Completed" && t["attempts"] == 1),
-            "{detail}"
-        );
+        completed_once(&server, id, Duration::from_secs(60), "4", 2, || host.log());
     };
     let start = || {
         start_fixture_run(
