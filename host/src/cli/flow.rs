@@ -483,12 +483,14 @@ pub(crate) fn watch(
     let tty = std::io::stderr().is_terminal() && !display.json;
     let executor = local.executor(settings);
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    request.events = Some(tx);
+    // `--json` shows nothing until the end: the run sends no events then.
+    request.events = (!display.json).then_some(tx);
     let cancel = request.cancel.clone();
     let flow_name = request.flow_name.clone();
     let progress = Progress::new(tty, display.json, display.quiet);
     let outcome = runtime.block_on(async {
-        let watcher = tokio::spawn(progress.watch(rx));
+        let ended = tokio_util::sync::CancellationToken::new();
+        let watcher = tokio::spawn(progress.watch(rx, ended.clone()));
         tokio::spawn(async move {
             if tokio::signal::ctrl_c().await.is_ok() {
                 eprintln!("\nCancelling the run (Ctrl-C) ...");
@@ -506,6 +508,7 @@ pub(crate) fn watch(
         ));
         let outcome = executor.run_flow(request).await;
         keeping.cancel();
+        ended.cancel();
         let _ = watcher.await;
         outcome
     })?;

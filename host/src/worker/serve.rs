@@ -78,9 +78,12 @@ fn start(
         request.events = Some(events);
         let source = source.clone();
         runtime.spawn(async move {
+            // The first start is all the source wants: the receiver then
+            // goes, so task events cost a failed send, not a wake-up each.
             while let Some(event) = seen.recv().await {
                 if let super::RunEvent::FlowStarted { id, .. } = event {
                     source.run_started(id);
+                    break;
                 }
             }
         });

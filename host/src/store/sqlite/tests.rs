@@ -293,3 +293,74 @@ async fn a_fast_task_is_its_row_alone_and_a_slower_one_keeps_its_attempt_and_his
         assert_eq!(states, [(10, RunState::Running), (20, RunState::Completed)]);
     }
 }
+
+/// The WAL header's checkpoint sequence: SQLite adds one each time the WAL
+/// starts over.
+fn wal_generation(db: &std::path::Path) -> Option<u32> {
+    use std::io::Read;
+    let mut header = [0u8; 16];
+    let mut wal = std::fs::File::open(db.with_extension("db-wal")).ok()?;
+    wal.read_exact(&mut header).ok()?;
+    Some(u32::from_be_bytes(header[12..16].try_into().ok()?))
+}
+
+/// Under commits that never pause, a checkpoint never catches up with the
+/// WAL by itself, and SQLite starts a WAL over only once all of it was
+/// copied back: a 100,000-task flow left a 1.2 GB WAL. The flusher's
+/// second pass holds the commits so that the WAL starts over while they
+/// go on. Two writers commit back to back until the WAL's header says it
+/// started over (bounded: 60 s or 30,000 commits each, ~1 GB of WAL).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_wal_starts_over_while_commits_never_pause() {
+    let (dir, store) = open();
+    let store = Arc::new(store);
+    let db = dir.path().join("weir.db");
+    let params = format!("{{\"pad\": \"{}\"}}", "p".repeat(1500));
+    store
+        .submit(vec![flow_run_with_params(FlowRunId::new(), &params, 1)])
+        .committed()
+        .await
+        .unwrap();
+    let first = wal_generation(&db).expect("a WAL with a header");
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writers: Vec<_> = (0..2)
+        .map(|_| {
+            let (store, params, stop) = (store.clone(), params.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut commits = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) && commits < 30_000 {
+                    let run = flow_run_with_params(FlowRunId::new(), &params, 1);
+                    store.submit(vec![run]).committed().await.unwrap();
+                    commits += 1;
+                }
+                commits
+            })
+        })
+        .collect();
+    let started = std::time::Instant::now();
+    let mut largest = 0u64;
+    let restarted = loop {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        let wal = std::fs::metadata(db.with_extension("db-wal")).map_or(0, |m| m.len());
+        largest = largest.max(wal);
+        if wal_generation(&db) != Some(first) {
+            break true;
+        }
+        if started.elapsed() > std::time::Duration::from_secs(60)
+            || writers.iter().all(|w| w.is_finished())
+        {
+            break false;
+        }
+    };
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut commits = 0;
+    for writer in writers {
+        commits += writer.await.unwrap();
+    }
+    assert!(
+        restarted,
+        "the WAL never started over: {commits} commits in {:?}, WAL {} MB",
+        started.elapsed(),
+        largest >> 20
+    );
+}
