@@ -126,12 +126,12 @@ pub async fn run(options: &Options, report: &mut Report) {
             (
                 "sequential",
                 15_000.0,
-                "per task: a fresh sandbox (the row 'sandbox only') and one commit of its own (the promise: ~6 WAL pwrites, ~6 fcntl locks). See ARCHITECTURE.md, store/sqlite",
+                "per task: a fresh sandbox (the row 'sandbox only') and one commit of its own (the promise: ~6 WAL pwrites, ~6 fcntl locks); short flows swing with the machine. See ARCHITECTURE.md, store/sqlite",
             ),
             (
                 "fan_out",
                 30_000.0,
-                "~75 us of CPU a task (sandbox, commit, malloc, wake-ups) with the cores half busy under load; 25-27k/s on a quiet machine. See docs/performance.md",
+                "~60 us of CPU a task over both cores (instantiation, commits, slot reset, spawn, wake-ups): 30-37k/s on a quiet machine, less when it is busy. See docs/performance.md",
             ),
         ] {
             let mut rates = Vec::new();
