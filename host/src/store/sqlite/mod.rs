@@ -24,7 +24,7 @@ use super::*;
 use apply::apply_batch;
 use rusqlite::{Connection, OptionalExtension, params};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use tokio::sync::oneshot;
 
@@ -45,11 +45,11 @@ struct Writer {
     wake: Condvar,
     conn: Mutex<Connection>,
     /// Commits were made since the last checkpoint.
-    unfolded: std::sync::atomic::AtomicBool,
+    unfolded: AtomicBool,
     /// The WAL's length in pages after the last commit (SQLite's WAL hook).
-    wal_pages: Arc<std::sync::atomic::AtomicU32>,
+    wal_pages: Arc<AtomicU32>,
     /// The flusher was told the WAL passed its bound.
-    fold_asked: std::sync::atomic::AtomicBool,
+    fold_asked: AtomicBool,
     results: Arc<ResultFiles>,
     changes: tokio::sync::broadcast::Sender<Change>,
 }
@@ -136,8 +136,10 @@ impl Writer {
         }
     }
 
-    /// Whether the WAL should be folded back now: a second after a commit,
-    /// or at once (at most every [`FOLD_GAP`]) when it passed its bound.
+    /// Whether the WAL should be folded back now: commits came since the
+    /// last checkpoint and that was a second ago (so the first commit after
+    /// an idle spell is folded back at once), or the WAL passed its bound
+    /// (at most every [`FOLD_GAP`]).
     fn fold_due(&self, last_checkpoint: std::time::Instant) -> bool {
         let since = last_checkpoint.elapsed();
         self.unfolded.load(Ordering::Acquire)
@@ -255,9 +257,8 @@ const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The WAL's length (4 KiB pages: 256 MiB) past which it is folded back
 /// before the second is up. A sequential flow writes ~350 MB of WAL a
-/// second (each commit writes whole pages); folding it back takes an fsync
-/// that writes it out, so a lower bound costs throughput (a 10k-task flow
-/// at 32 MiB: 440 ms instead of 320).
+/// second (each commit writes whole pages); each checkpoint's fsync writes
+/// the WAL out, so a lower bound means more of them.
 const WAL_PAGES_TO_FOLD: u32 = 65536;
 
 /// The WAL's length (4 KiB pages: 64 MiB, as `journal_size_limit`) from
@@ -312,7 +313,7 @@ impl SqliteStore {
         // The flusher thread checkpoints; commits never do.
         conn.pragma_update(None, "wal_autocheckpoint", 0)
             .map_err(|e| open_error(&e))?;
-        let wal_pages = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let wal_pages = Arc::new(AtomicU32::new(0));
         let heard = wal_pages.clone();
         conn.wal_hook(Some(
             move |_: &mut rusqlite::hooks::Wal, pages: std::ffi::c_int| {
