@@ -131,7 +131,7 @@ pub async fn run(options: &Options, report: &mut Report) {
             (
                 "fan_out",
                 30_000.0,
-                "~60 us of CPU a task over both cores (instantiation, commits, slot reset, spawn, wake-ups): 30-37k/s on a quiet machine, less when it is busy. See docs/performance.md",
+                "~50 us of CPU a task over both cores (instantiation, slot reset, spawn, commits shared by the calls ready together): it moves with the machine's load. See docs/performance.md",
             ),
         ] {
             let mut rates = Vec::new();

@@ -65,7 +65,7 @@ pub fn run(options: &Options, report: &mut Report, host: &Path) {
         Figure::new(S, "idle RSS, one component uploaded and run", "MB")
             .one(server.idle_rss_mb())
             .target(at_most(40.0))
-            .note("idle 2 s; the binary's code that compiling touched, the mapped component and the instance pool's resident pages stay"),
+            .note("idle 2 s: freed heap and the binary's code go back after an idle second; the mapped component, the instance pool's resident pages and heap in use stay"),
     );
 
     let n = if options.quick { 30 } else { 100 };

@@ -31,6 +31,9 @@ pub enum Durability {
     Committed,
     /// Queue and move on (logs, intermediate states).
     Detached,
+    /// Return a ticket; the write waits in the queue until the caller (or
+    /// another writer) commits it: [`Control::commit_queued`].
+    Queued,
 }
 
 impl Control {
@@ -125,9 +128,15 @@ impl Control {
         self.submit(writes, durability)
     }
 
+    /// Commits writes left queued by [`Durability::Queued`].
+    pub fn commit_queued(&self) {
+        self.store.commit_queued();
+    }
+
     fn submit(&self, writes: Vec<Write>, durability: Durability) -> Option<Ticket> {
         match durability {
             Durability::Committed => Some(self.store.submit(writes)),
+            Durability::Queued => Some(self.store.submit_queued(writes)),
             Durability::Detached => {
                 self.store.submit_detached(writes);
                 None

@@ -332,8 +332,10 @@ impl Server {
             self.stop.clone(),
         ));
         self.start_executor();
-        self.guests()
-            .spawn(trim_heap_when_idle(self.store.clone(), self.stop.clone()));
+        self.guests().spawn(give_back_memory_when_idle(
+            self.store.clone(),
+            self.stop.clone(),
+        ));
         if let Some(keep) = self.config.log_retention {
             self.guests().spawn(crate::worker::log_retention_job(
                 self.dispatcher.control().clone(),
@@ -428,13 +430,15 @@ impl ServerHandle {
     }
 }
 
-/// Gives freed heap back to the system once a spell without run changes
-/// has lasted [`TRIM_AFTER`]. glibc keeps what it freed: after compiling one
-/// uploaded component and running one task an idle server held 44 MB of
-/// anonymous memory, most of it free space in its malloc arenas. A busy
-/// server is never trimmed; an idle one is trimmed once, not again and
-/// again.
-async fn trim_heap_when_idle(store: Arc<Store>, stop: CancellationToken) {
+/// Gives freed memory back to the system once a spell without run changes
+/// has lasted [`TRIM_AFTER`]: the heap glibc keeps once freed (after
+/// compiling one uploaded component and running one task an idle server
+/// held 44 MB of anonymous memory, most of it free space in its malloc
+/// arenas), and the binary's code and constants that compiling touched
+/// (~20 MB, clean copies the page cache keeps: the next run maps them back
+/// with a few hundred minor faults). A busy server is never trimmed; an
+/// idle one is trimmed once, not again and again.
+async fn give_back_memory_when_idle(store: Arc<Store>, stop: CancellationToken) {
     let mut changes = store.changes();
     // Whether a run changed since the last trim; each change restarts the wait.
     let mut changed = false;
@@ -447,13 +451,16 @@ async fn trim_heap_when_idle(store: Arc<Store>, stop: CancellationToken) {
             },
             _ = tokio::time::sleep(TRIM_AFTER), if changed => {
                 changed = false;
-                let _ = tokio::task::spawn_blocking(crate::worker::remote::memory::trim_heap).await;
+                let _ = tokio::task::spawn_blocking(
+                    crate::worker::remote::memory::give_back_freed_memory,
+                )
+                .await;
             }
         }
     }
 }
 
-/// How long a server goes without run changes before it gives freed heap back.
+/// How long a server goes without run changes before it gives memory back.
 const TRIM_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
 
 fn running_here(store: &Store) -> usize {

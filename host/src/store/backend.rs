@@ -10,6 +10,16 @@ pub trait Writes {
     fn submit(&self, writes: Vec<Write>) -> Ticket;
     /// Queues writes that nobody waits for (logs, intermediate states).
     fn submit_detached(&self, writes: Vec<Write>);
+    /// Queues writes that the caller will wait for, without committing them
+    /// yet, so that they join a larger commit: the caller calls
+    /// [`Writes::commit_queued`] before it waits on the ticket. A backend
+    /// without group commit commits them at once.
+    fn submit_queued(&self, writes: Vec<Write>) -> Ticket {
+        self.submit(writes)
+    }
+    /// Commits what [`Writes::submit_queued`] left queued (with whatever
+    /// else is queued), unless another caller is committing: it takes them.
+    fn commit_queued(&self) {}
     /// Commits everything queued so far; later writes fail with `WriterGone`.
     fn close(&self);
 }

@@ -3894,30 +3894,35 @@ fn the_api_answers_while_a_flow_submits_ten_million_tasks() {
 }
 
 /// Compiling an uploaded component and running it leaves megabytes of heap
-/// free inside glibc's arenas, which it keeps. A server a second past its
-/// last run change gives them back, and still runs the next run whole.
+/// free inside glibc's arenas, which it keeps, and megabytes of the
+/// binary's code resident. A server a second past its last run change gives
+/// both back, and still runs the next run whole (its code mapped back in).
 #[test]
-fn an_idle_server_gives_freed_heap_back_and_runs_the_next_run_whole() {
+fn an_idle_server_gives_freed_heap_and_code_back_and_runs_the_next_run_whole() {
     let server = TestServer::start();
     let digest = server.upload(FIXTURE_WASM);
     let done = |r: &Value| r["state"] == "Completed";
     let id = start_fixture_run(&server, &digest, "sequential", json!({ "n": 20 }));
     wait_for_run(&server, &id, Duration::from_secs(60), done);
     let pid = server.child.id();
-    let busy = anonymous_kb(pid);
+    let (busy, busy_code) = (anonymous_kb(pid), file_kb(pid));
     let deadline = Instant::now() + Duration::from_secs(20);
-    let idle = loop {
-        let now = anonymous_kb(pid);
-        if now + 4096 <= busy {
-            break now;
+    let (idle, idle_code) = loop {
+        let (now, code) = (anonymous_kb(pid), file_kb(pid));
+        if now + 4096 <= busy && code + 4096 <= busy_code {
+            break (now, code);
         }
         assert!(
             Instant::now() < deadline,
-            "the idle server still holds {now} KiB of anonymous memory ({busy} KiB just after its run)"
+            "the idle server still holds {now} KiB of anonymous memory ({busy} KiB just after its run) \
+             and {code} KiB of file pages ({busy_code} KiB)"
         );
         std::thread::sleep(Duration::from_millis(100));
     };
-    eprintln!("anonymous memory: {busy} KiB after the run, {idle} KiB idle");
+    eprintln!(
+        "anonymous memory: {busy} KiB after the run, {idle} KiB idle; \
+         file pages: {busy_code} KiB after the run, {idle_code} KiB idle"
+    );
     let id = start_fixture_run(&server, &digest, "sequential", json!({ "n": 20 }));
     let run = wait_for_run(&server, &id, Duration::from_secs(60), done);
     // add(i, 1) for i in 0..20.
@@ -3927,6 +3932,12 @@ fn an_idle_server_gives_freed_heap_back_and_runs_the_next_run_whole() {
 /// Anonymous resident memory of a process (its heap, arenas and stacks), in KiB.
 fn anonymous_kb(pid: u32) -> u64 {
     proc_kb(pid, "smaps_rollup", "Anonymous:")
+}
+
+/// Resident file-backed memory of a process (its code, the mapped
+/// component), in KiB.
+fn file_kb(pid: u32) -> u64 {
+    proc_kb(pid, "status", "RssFile:")
 }
 
 /// Resident memory of a process, in KiB.

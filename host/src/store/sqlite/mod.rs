@@ -4,8 +4,10 @@
 //! in one transaction, each in its own savepoint, so a failed compare-and-set
 //! rolls back that unit alone. A caller that needs a write to be durable
 //! before it goes on (a completed task's result) commits inline or has the
-//! current committer do it, and awaits its [`Ticket`]; everything else is
-//! committed by a flusher thread. Reads use connections of their own.
+//! current committer do it, and awaits its [`Ticket`]; one that can wait a
+//! moment queues it (`submit_queued`) and commits later, with what others
+//! queued meanwhile. Everything else is committed by a flusher thread.
+//! Reads use connections of their own.
 //!
 //! Payloads over the result threshold are kept in content-addressed files
 //! beside the database (`results/`), written inside the write transaction.
@@ -387,6 +389,19 @@ impl Writes for SqliteStore {
             self.writer.flush();
         }
         ticket
+    }
+
+    fn submit_queued(&self, writes: Vec<Write>) -> Ticket {
+        let (done, ticket) = Ticket::new();
+        self.writer.push(Job {
+            writes,
+            done: Some(done),
+        });
+        ticket
+    }
+
+    fn commit_queued(&self) {
+        self.writer.flush();
     }
 
     /// Queues writes that nobody waits for (logs, intermediate states).

@@ -33,6 +33,30 @@ fn durability_full_syncs_every_commit_and_normal_is_the_default() {
     assert_eq!("full".parse::<DiskSync>(), Ok(DiskSync::Full));
 }
 
+/// A queued write is committed by its caller's `commit_queued`, or taken
+/// along by another writer's commit; either way its ticket resolves. (The
+/// flusher may commit it too, at its next checkpoint: nothing queued is
+/// left behind, so whether it was committed before a commit was asked for
+/// depends on timing and is not asserted.)
+#[tokio::test]
+async fn a_queued_write_is_committed_by_its_callers_commit_or_any_other() {
+    let (_dir, store) = open();
+    let (a, b, c) = (FlowRunId::new(), FlowRunId::new(), FlowRunId::new());
+    let queued = store.submit_queued(vec![new_flow_run(a)]);
+    store.commit_queued();
+    assert!(store.flow_run(a).is_ok());
+    queued.committed().await.unwrap();
+
+    let queued = store.submit_queued(vec![new_flow_run(b)]);
+    store
+        .submit(vec![new_flow_run(c)])
+        .committed()
+        .await
+        .unwrap();
+    assert!(store.flow_run(b).is_ok() && store.flow_run(c).is_ok());
+    queued.committed().await.unwrap();
+}
+
 fn flow_run_with_params(id: FlowRunId, params: &str, at: TimestampMicros) -> Write {
     let Write::NewFlowRun(mut run) = new_flow_run(id) else {
         unreachable!()

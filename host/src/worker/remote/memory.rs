@@ -1,5 +1,4 @@
-//! What an idle remote host gives back to the system (and, of it, the
-//! freed heap an idle server gives back: [`trim_heap`]).
+//! What an idle remote host or server gives back to the system.
 //!
 //! A host idles far more than it runs, so what it holds between runs is
 //! what a machine full of them pays for. Two kinds of pages stay resident
@@ -40,7 +39,7 @@ pub(super) fn cap_malloc_arenas() {}
 /// otherwise: after its first runs a host's anonymous memory went from
 /// 35 MB to 23 MB, 41 to 18 MB with two arenas), and unmaps the binary's
 /// clean pages from this process (they stay in the page cache).
-pub(super) fn give_back_freed_memory() {
+pub(crate) fn give_back_freed_memory() {
     trim_heap();
     let dropped_kb = drop_clean_binary_pages();
     tracing::debug!(
@@ -49,9 +48,9 @@ pub(super) fn give_back_freed_memory() {
 }
 
 /// Returns the heap glibc holds free to the system: the top of each arena
-/// and the free pages inside it. The server calls this too when no run is
-/// in hand, since compiling a component leaves arenas of 13 MB mostly free.
-pub(crate) fn trim_heap() {
+/// and the free pages inside it (compiling a component leaves arenas of
+/// 13 MB mostly free).
+fn trim_heap() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim only releases free pages the allocator holds.
     unsafe {
