@@ -459,6 +459,101 @@ async fn a_failed_unit_in_a_busy_batch_takes_nothing_else_with_it(kind: Kind) {
     assert_eq!(store.flow_run(existing).unwrap().state, RunState::Running);
 }
 
+/// A unit of many new flow runs (PostgreSQL writes them as one statement)
+/// reads back field for field as the same runs written one unit each; a
+/// later write of the unit sees them; a duplicate id fails the unit whole.
+async fn a_unit_of_many_new_runs_reads_back_as_runs_written_one_by_one(kind: Kind) {
+    let Some((_place, store)) = open(kind) else {
+        return;
+    };
+    let parent = FlowRunId::new();
+    store
+        .submit(vec![new_flow_run(parent)])
+        .committed()
+        .await
+        .unwrap();
+    let varied = |i: usize, id: FlowRunId| -> Write {
+        let Write::NewFlowRun(mut run) = new_flow_run(id) else {
+            unreachable!()
+        };
+        run.at = 100 + i as i64;
+        run.state = [RunState::Running, RunState::Scheduled, RunState::Pending][i % 3];
+        run.parent_flow_run = i.is_multiple_of(2).then_some(parent);
+        run.params = format!("{{\"i\": {i}, \"quote\": \"a'b\\\"c\\n\"}}");
+        run.deployment = i.is_multiple_of(4).then(|| format!("d{i}"));
+        run.tags = match i % 3 {
+            0 => vec!["a".into(), "b\"c".into()],
+            _ => Vec::new(),
+        };
+        run.scheduled_at = i.is_multiple_of(5).then_some(500 + i as i64);
+        run.work_pool = (i % 2 == 1).then(|| "wasm".into());
+        run.work_queue = (i % 2 == 1).then(|| "fast".into());
+        run.secret_grants = match i % 2 {
+            0 => vec!["token".into()],
+            _ => Vec::new(),
+        };
+        run.lease = (i % 3 == 1).then(|| Lease {
+            holder: format!("h{i}"),
+            expires_at: 900 + i as i64,
+        });
+        run.deployment_version = i.is_multiple_of(4).then_some(i as u32);
+        Write::NewFlowRun(run)
+    };
+    let together: Vec<FlowRunId> = (0..12).map(|_| FlowRunId::new()).collect();
+    let alone: Vec<FlowRunId> = (0..12).map(|_| FlowRunId::new()).collect();
+    // The unit's last write moves its first run on: it must see the rows.
+    let mut unit: Vec<Write> = together
+        .iter()
+        .enumerate()
+        .map(|(i, id)| varied(i, *id))
+        .collect();
+    unit.push(Write::FlowRunState(StateChange::new(
+        together[0].0,
+        RunState::Running,
+        RunState::Completed,
+        200,
+    )));
+    store.submit(unit).committed().await.unwrap();
+    for (i, id) in alone.iter().enumerate() {
+        store
+            .submit(vec![varied(i, *id)])
+            .committed()
+            .await
+            .unwrap();
+    }
+    store
+        .submit(vec![Write::FlowRunState(StateChange::new(
+            alone[0].0,
+            RunState::Running,
+            RunState::Completed,
+            200,
+        ))])
+        .committed()
+        .await
+        .unwrap();
+    let read = |id: FlowRunId| {
+        let mut row = serde_json::to_value(store.flow_run(id).unwrap()).unwrap();
+        row["id"] = serde_json::Value::Null;
+        let history = store.state_history(id.0).unwrap();
+        (row, history)
+    };
+    for (i, (a, b)) in together.iter().zip(&alone).enumerate() {
+        assert_eq!(read(*a), read(*b), "run #{i}");
+    }
+    assert_eq!(
+        store.flow_run(together[0]).unwrap().state,
+        RunState::Completed
+    );
+
+    let (x, y) = (FlowRunId::new(), FlowRunId::new());
+    let outcome = store
+        .submit(vec![varied(1, x), varied(2, y), varied(3, x)])
+        .committed()
+        .await;
+    assert!(outcome.is_err(), "a duplicate id was accepted");
+    assert!(store.flow_run(x).is_err() && store.flow_run(y).is_err());
+}
+
 /// The size that `host db check` and the benchmarks report grows with the
 /// rows written (PostgreSQL's counts every table's pages; SQLite's, the WAL's).
 async fn the_database_size_grows_with_its_rows(kind: Kind) {
@@ -1135,6 +1230,7 @@ async fn racing_takers_on_two_stores_get_exactly_the_slots_there_are(kind: Kind)
 }
 
 on_both_backends!(
+    a_unit_of_many_new_runs_reads_back_as_runs_written_one_by_one,
     a_task_created_and_ended_in_one_unit_reads_back_as_in_two,
     a_fast_tasks_attempt_and_history_read_back_whole_through_later_changes,
     racing_takers_on_two_stores_get_exactly_the_slots_there_are,

@@ -42,11 +42,7 @@ fn apply_whole(client: &mut postgres::Client, batch: &[Job]) -> Option<Outcome> 
         Err(_) => return None,
     };
     for job in batch {
-        match job
-            .writes
-            .iter()
-            .try_for_each(|write| apply(&mut tx, write))
-        {
+        match apply_unit(&mut tx, &job.writes) {
             Ok(()) => {}
             Err(StoreError::ConnectionLost(message)) => {
                 return Some(Outcome::LostBeforeCommit(StoreError::ConnectionLost(
@@ -71,10 +67,7 @@ fn apply_units(client: &mut postgres::Client, batch: &[Job]) -> Outcome {
     if let [job] = batch {
         // One unit (a sequential flow's usual batch): the transaction is its
         // savepoint, two round trips fewer.
-        let unit = job
-            .writes
-            .iter()
-            .try_for_each(|write| apply(&mut tx, write));
+        let unit = apply_unit(&mut tx, &job.writes);
         match unit {
             Err(StoreError::ConnectionLost(message)) => {
                 return Outcome::LostBeforeCommit(StoreError::ConnectionLost(message));
@@ -87,9 +80,7 @@ fn apply_units(client: &mut postgres::Client, batch: &[Job]) -> Outcome {
     for job in batch.iter().skip(results.len()) {
         let unit = (|| -> Result<(), StoreError> {
             let mut sp = tx.savepoint("unit")?;
-            for write in &job.writes {
-                apply(&mut sp, write)?;
-            }
+            apply_unit(&mut sp, &job.writes)?;
             sp.commit()?;
             Ok(())
         })();
@@ -245,6 +236,107 @@ fn record_state(
         tx,
         "INSERT INTO run_states (run_id, at_us, state, message) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
         &[&bytes(&run), &at, &state.as_str(), &message],
+    )?;
+    Ok(())
+}
+
+/// Applies a unit's writes in order. Consecutive new flow runs (a backfill,
+/// a schedule's burst) go in as two statements, their rows and their first
+/// states, instead of two round trips each: 1M runs in batches of 10,000
+/// were written in 206 s one by one.
+fn apply_unit(tx: &mut Transaction<'_>, writes: &[Write]) -> Result<(), StoreError> {
+    let mut rest = writes;
+    while let Some(first) = rest.first() {
+        let runs: Vec<&NewFlowRun> = rest
+            .iter()
+            .map_while(|w| match w {
+                Write::NewFlowRun(run) => Some(run),
+                _ => None,
+            })
+            .collect();
+        if runs.len() < 2 {
+            apply(tx, first)?;
+            rest = &rest[1..];
+            continue;
+        }
+        insert_flow_runs(tx, &runs)?;
+        rest = &rest[runs.len()..];
+    }
+    Ok(())
+}
+
+/// Many `Write::NewFlowRun`s at once, as [`apply`] writes each: one
+/// `INSERT ... SELECT FROM UNNEST` for the rows and one for their states.
+fn insert_flow_runs(tx: &mut Transaction<'_>, runs: &[&NewFlowRun]) -> Result<(), StoreError> {
+    let col = |f: &dyn Fn(&NewFlowRun) -> Option<String>| -> Vec<Option<String>> {
+        runs.iter().map(|r| f(r)).collect()
+    };
+    let ids: Vec<&[u8]> = runs.iter().map(|r| bytes(&r.id.0)).collect();
+    let parents: Vec<Option<Vec<u8>>> = runs
+        .iter()
+        .map(|r| r.parent_flow_run.map(|p| p.as_bytes().to_vec()))
+        .collect();
+    let components = col(&|r| Some(r.component.as_str().to_string()));
+    let flow_names = col(&|r| Some(r.flow_name.clone()));
+    let params = col(&|r| Some(r.params.clone()));
+    let states = col(&|r| Some(r.state.as_str().to_string()));
+    let attempts: Vec<i64> = runs.iter().map(|r| i64::from(r.attempt)).collect();
+    let hosts = col(&|r| Some(r.host.clone()));
+    let created: Vec<i64> = runs.iter().map(|r| r.at).collect();
+    let deployments = col(&|r| r.deployment.clone());
+    let tags = col(&|r| tags_text(&r.tags));
+    let scheduled: Vec<Option<i64>> = runs.iter().map(|r| r.scheduled_at).collect();
+    let pools = col(&|r| r.work_pool.clone());
+    let queues = col(&|r| r.work_queue.clone());
+    let grants = col(&|r| tags_text(&r.secret_grants));
+    let holders = col(&|r| r.lease.as_ref().map(|l| l.holder.clone()));
+    let expires: Vec<Option<i64>> = runs
+        .iter()
+        .map(|r| r.lease.as_ref().map(|l| l.expires_at))
+        .collect();
+    let versions: Vec<Option<i64>> = runs
+        .iter()
+        .map(|r| r.deployment_version.map(i64::from))
+        .collect();
+    exec(
+        tx,
+        "INSERT INTO flow_runs (id, parent_flow_run, component, flow_name, params, state, attempt, host, created_us, started_us,
+            deployment, tags, scheduled_us, work_pool, work_queue, secret_grants, lease_holder, lease_epoch, lease_expires_us,
+            deployment_version)
+         SELECT id, parent, component, flow_name, params, state, attempt, host, created, CASE WHEN state = 'Running' THEN created END,
+            deployment, tags, scheduled, pool, queue, grants, holder, CASE WHEN holder IS NULL THEN 0 ELSE 1 END, expires, version
+         FROM UNNEST($1::bytea[], $2::bytea[], $3::text[], $4::text[], $5::text[], $6::text[], $7::bigint[], $8::text[],
+            $9::bigint[], $10::text[], $11::text[], $12::bigint[], $13::text[], $14::text[], $15::text[], $16::text[],
+            $17::bigint[], $18::bigint[])
+            AS r (id, parent, component, flow_name, params, state, attempt, host, created, deployment, tags, scheduled,
+            pool, queue, grants, holder, expires, version)",
+        &[
+            &ids,
+            &parents,
+            &components,
+            &flow_names,
+            &params,
+            &states,
+            &attempts,
+            &hosts,
+            &created,
+            &deployments,
+            &tags,
+            &scheduled,
+            &pools,
+            &queues,
+            &grants,
+            &holders,
+            &expires,
+            &versions,
+        ],
+    )?;
+    exec(
+        tx,
+        "INSERT INTO run_states (run_id, at_us, state, message)
+         SELECT id, at, state, NULL FROM UNNEST($1::bytea[], $2::bigint[], $3::text[]) AS r (id, at, state)
+         ON CONFLICT DO NOTHING",
+        &[&ids, &created, &states],
     )?;
     Ok(())
 }
