@@ -268,36 +268,27 @@ fn apply_unit(tx: &mut Transaction<'_>, writes: &[Write]) -> Result<(), StoreErr
 /// Many `Write::NewFlowRun`s at once, as [`apply`] writes each: one
 /// `INSERT ... SELECT FROM UNNEST` for the rows and one for their states.
 fn insert_flow_runs(tx: &mut Transaction<'_>, runs: &[&NewFlowRun]) -> Result<(), StoreError> {
-    let col = |f: &dyn Fn(&NewFlowRun) -> Option<String>| -> Vec<Option<String>> {
+    fn column<'r, T>(runs: &[&'r NewFlowRun], f: impl Fn(&'r NewFlowRun) -> T) -> Vec<T> {
         runs.iter().map(|r| f(r)).collect()
-    };
-    let ids: Vec<&[u8]> = runs.iter().map(|r| bytes(&r.id.0)).collect();
-    let parents: Vec<Option<Vec<u8>>> = runs
-        .iter()
-        .map(|r| r.parent_flow_run.map(|p| p.as_bytes().to_vec()))
-        .collect();
-    let components = col(&|r| Some(r.component.as_str().to_string()));
-    let flow_names = col(&|r| Some(r.flow_name.clone()));
-    let params = col(&|r| Some(r.params.clone()));
-    let states = col(&|r| Some(r.state.as_str().to_string()));
-    let attempts: Vec<i64> = runs.iter().map(|r| i64::from(r.attempt)).collect();
-    let hosts = col(&|r| Some(r.host.clone()));
-    let created: Vec<i64> = runs.iter().map(|r| r.at).collect();
-    let deployments = col(&|r| r.deployment.clone());
-    let tags = col(&|r| tags_text(&r.tags));
-    let scheduled: Vec<Option<i64>> = runs.iter().map(|r| r.scheduled_at).collect();
-    let pools = col(&|r| r.work_pool.clone());
-    let queues = col(&|r| r.work_queue.clone());
-    let grants = col(&|r| tags_text(&r.secret_grants));
-    let holders = col(&|r| r.lease.as_ref().map(|l| l.holder.clone()));
-    let expires: Vec<Option<i64>> = runs
-        .iter()
-        .map(|r| r.lease.as_ref().map(|l| l.expires_at))
-        .collect();
-    let versions: Vec<Option<i64>> = runs
-        .iter()
-        .map(|r| r.deployment_version.map(i64::from))
-        .collect();
+    }
+    let ids = column(runs, |r| bytes(&r.id.0));
+    let parents = column(runs, |r| r.parent_flow_run.map(|p| p.as_bytes().to_vec()));
+    let components = column(runs, |r| r.component.as_str());
+    let flow_names = column(runs, |r| r.flow_name.as_str());
+    let params = column(runs, |r| r.params.as_str());
+    let states = column(runs, |r| r.state.as_str());
+    let attempts = column(runs, |r| i64::from(r.attempt));
+    let hosts = column(runs, |r| r.host.as_str());
+    let created = column(runs, |r| r.at);
+    let deployments = column(runs, |r| r.deployment.as_deref());
+    let tags = column(runs, |r| tags_text(&r.tags));
+    let scheduled = column(runs, |r| r.scheduled_at);
+    let pools = column(runs, |r| r.work_pool.as_deref());
+    let queues = column(runs, |r| r.work_queue.as_deref());
+    let grants = column(runs, |r| tags_text(&r.secret_grants));
+    let holders = column(runs, |r| r.lease.as_ref().map(|l| l.holder.as_str()));
+    let expires = column(runs, |r| r.lease.as_ref().map(|l| l.expires_at));
+    let versions = column(runs, |r| r.deployment_version.map(i64::from));
     exec(
         tx,
         "INSERT INTO flow_runs (id, parent_flow_run, component, flow_name, params, state, attempt, host, created_us, started_us,

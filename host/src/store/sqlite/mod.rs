@@ -381,13 +381,8 @@ impl Writes for SqliteStore {
     /// Applies writes atomically, committing inline when the connection is
     /// free; the ticket resolves when they are durable.
     fn submit(&self, writes: Vec<Write>) -> Ticket {
-        let (done, ticket) = Ticket::new();
-        if self.writer.push(Job {
-            writes,
-            done: Some(done),
-        }) {
-            self.writer.flush();
-        }
+        let ticket = self.submit_queued(writes);
+        self.writer.flush();
         ticket
     }
 
