@@ -339,6 +339,89 @@ fn a_run_killed_with_sigkill_resumes_without_redoing_completed_tasks() {
     );
 }
 
+/// Kills a fan-out mid-way with SIGKILL, where submitted calls commit
+/// their outcomes in shared, queued commits, then resumes it: every call
+/// recorded before the kill is replayed, none completes twice, and the
+/// flow's sum is whole.
+#[test]
+fn a_fan_out_killed_with_sigkill_resumes_without_redoing_recorded_calls() {
+    let home = tempfile::tempdir().unwrap();
+    let (n, ms) = (600u64, 40u64);
+    let mut child = Command::new(HOST)
+        .args(["flow", "run", FIXTURE_WASM, "db_fan_out", "--quiet"])
+        .args(["--param", &format!("n={n}"), "--param", &format!("ms={ms}")])
+        .env("WEIR_HOME", home.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("starting the host");
+    let store = Store::open(&home.path().join("weir.db")).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let id = loop {
+        assert!(Instant::now() < deadline, "the run never got going");
+        let runs = store
+            .list_flow_runs(&Default::default())
+            .unwrap_or_default();
+        if let Some(run) = runs.first() {
+            let done = store
+                .task_runs(run.id)
+                .unwrap()
+                .iter()
+                .filter(|t| t.state == RunState::Completed)
+                .count();
+            if done >= 64 {
+                break run.id;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    };
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let completed_before: Vec<u64> = store
+        .task_runs(id)
+        .unwrap()
+        .iter()
+        .filter(|t| t.state == RunState::Completed)
+        .map(|t| t.call_seq)
+        .collect();
+    assert!(
+        (completed_before.len() as u64) < n,
+        "killed mid-way ({} done)",
+        completed_before.len()
+    );
+
+    let out = host(
+        home.path(),
+        &["flow-run", "resume", &id.to_string(), "--json", "--quiet"],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let outcome = json_out(&out);
+    assert_eq!(outcome["state"], "Completed", "{outcome}");
+    assert_eq!(outcome["result"], n * ms);
+    assert_eq!(
+        outcome["summary"]["replayed"].as_u64(),
+        Some(completed_before.len() as u64)
+    );
+    let after = store.task_runs(id).unwrap();
+    for seq in 0..n {
+        let completed: Vec<_> = after
+            .iter()
+            .filter(|t| t.call_seq == seq && t.state == RunState::Completed)
+            .collect();
+        assert_eq!(
+            completed.len(),
+            1,
+            "call #{seq} completed {} times",
+            completed.len()
+        );
+        if completed_before.contains(&seq) {
+            let attempts = store.task_attempts(completed[0].id).unwrap();
+            assert_eq!(attempts.len(), 1, "call #{seq} ran again after its record");
+        }
+    }
+}
+
 #[test]
 fn cancel_from_another_process_stops_a_running_flow() {
     let home = tempfile::tempdir().unwrap();
